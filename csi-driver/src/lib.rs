@@ -1,0 +1,1 @@
+//! kcred CSI node driver.
