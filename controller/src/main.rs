@@ -1,1 +1,69 @@
-fn main() {}
+//! `kcred-controller`: runs the controller, or prepares its master key.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kcred_controller::crypto::MasterKey;
+use kcred_controller::{Config, Controller};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "kcred controller: issues Kerberos credentials to Kubernetes pods"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(
+            long,
+            short,
+            env = "KCRED_CONFIG",
+            default_value = "/etc/kcred/controller.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Create a new random master key file (mode 0600); never overwrites.
+    GenerateMasterKey {
+        /// Where to write it.
+        path: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::GenerateMasterKey { path } => {
+            let key = MasterKey::generate_file(&path)?;
+            println!("wrote master key {} to {}", key.id(), path.display());
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            let controller = Controller::start(&cfg)?;
+            tracing::info!(listen = %cfg.listen, "serving node API");
+            controller
+                .serve(listener, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! What a pod asks for, read from its `kcred.io/*` annotations.
+//!
+//! Pods are the untrusted side: every name is validated strictly here, and a
+//! malformed annotation is an `InvalidArgument` that names the annotation
+//! and the bad entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::names::{NameError, ServicePrincipal};
+
+/// Annotation listing the service principals whose keytabs the pod wants.
+pub const KEYTABS: &str = "kcred.io/keytabs";
+/// Annotation reserved for prestashed tickets (not served yet).
+pub const TICKETS: &str = "kcred.io/tickets";
+/// Annotation reserved for X.509 certificates (not served yet).
+pub const CERTS: &str = "kcred.io/certs";
+/// Annotation reserved for encryption keys (not served yet).
+pub const KEYS: &str = "kcred.io/keys";
+
+/// Longest annotation value kcred reads.
+const MAX_VALUE_LEN: usize = 8 * 1024;
+/// Most entries one annotation may list.
+const MAX_ENTRIES: usize = 32;
+
+/// Why a pod's annotations could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnnotationError {
+    /// The pod carries no kcred annotation at all.
+    #[error("pod has no kcred.io/ annotations: nothing to deliver (annotate it with {KEYTABS})")]
+    Nothing,
+    /// An annotation value is oversized or lists too many entries.
+    #[error("annotation {annotation}: {reason}")]
+    Malformed {
+        /// Which annotation.
+        annotation: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// One entry is not a valid name.
+    #[error("annotation {annotation}: {source}")]
+    BadName {
+        /// Which annotation.
+        annotation: &'static str,
+        /// The name error.
+        source: NameError,
+    },
+    /// The pod asks for a credential kind this controller does not issue.
+    #[error("annotation {0}: this controller does not issue that credential kind yet")]
+    Unsupported(&'static str),
+}
+
+/// The credentials one pod asks for, validated and deduplicated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialRequest {
+    /// Service principals for the pod's `krb5.keytab`.
+    pub keytabs: BTreeSet<ServicePrincipal>,
+}
+
+impl CredentialRequest {
+    /// Reads the kcred annotations of a pod.
+    pub fn from_annotations(
+        annotations: &BTreeMap<String, String>,
+        realm: &str,
+    ) -> Result<Self, AnnotationError> {
+        for unsupported in [TICKETS, CERTS, KEYS] {
+            if annotations.contains_key(unsupported) {
+                return Err(AnnotationError::Unsupported(unsupported));
+            }
+        }
+        let mut req = CredentialRequest::default();
+        if let Some(value) = annotations.get(KEYTABS) {
+            for entry in split_list(KEYTABS, value)? {
+                let sp = ServicePrincipal::parse(entry, realm).map_err(|source| {
+                    AnnotationError::BadName {
+                        annotation: KEYTABS,
+                        source,
+                    }
+                })?;
+                req.keytabs.insert(sp);
+            }
+        }
+        if req.keytabs.is_empty() {
+            return Err(AnnotationError::Nothing);
+        }
+        Ok(req)
+    }
+}
+
+/// Splits a comma-separated annotation value into trimmed, non-empty entries.
+fn split_list<'a>(
+    annotation: &'static str,
+    value: &'a str,
+) -> Result<Vec<&'a str>, AnnotationError> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(AnnotationError::Malformed {
+            annotation,
+            reason: format!("value is longer than {MAX_VALUE_LEN} bytes"),
+        });
+    }
+    let entries: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() {
+        return Err(AnnotationError::Malformed {
+            annotation,
+            reason: "lists no entries".into(),
+        });
+    }
+    if entries.len() > MAX_ENTRIES {
+        return Err(AnnotationError::Malformed {
+            annotation,
+            reason: format!(
+                "lists {} entries; at most {MAX_ENTRIES} are allowed",
+                entries.len()
+            ),
+        });
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn keytab_list_is_split_trimmed_and_deduplicated() {
+        let req = CredentialRequest::from_annotations(
+            &ann(&[(
+                KEYTABS,
+                "HTTP/web.example.com, postgres/db1.example.com ,HTTP/web.example.com@KCRED.TEST",
+            )]),
+            "KCRED.TEST",
+        )
+        .expect("valid");
+        let names: Vec<String> = req.keytabs.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "HTTP/web.example.com@KCRED.TEST",
+                "postgres/db1.example.com@KCRED.TEST"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_names_the_annotation() {
+        let err = CredentialRequest::from_annotations(
+            &ann(&[(KEYTABS, "HTTP/web.example.com, evil name")]),
+            "KCRED.TEST",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(KEYTABS) && msg.contains("evil name"), "{msg}");
+    }
+
+    #[test]
+    fn no_annotation_means_nothing_to_deliver() {
+        let err =
+            CredentialRequest::from_annotations(&ann(&[("other", "x")]), "KCRED.TEST").unwrap_err();
+        assert_eq!(err, AnnotationError::Nothing);
+        let err = CredentialRequest::from_annotations(&ann(&[(KEYTABS, " , ")]), "KCRED.TEST")
+            .unwrap_err();
+        assert!(matches!(err, AnnotationError::Malformed { .. }));
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let many: Vec<String> = (0..40).map(|i| format!("HTTP/h{i}.example.com")).collect();
+        let err =
+            CredentialRequest::from_annotations(&ann(&[(KEYTABS, &many.join(","))]), "KCRED.TEST")
+                .unwrap_err();
+        assert!(matches!(err, AnnotationError::Malformed { .. }));
+    }
+}

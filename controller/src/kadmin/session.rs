@@ -1,0 +1,273 @@
+//! One long-lived `kadmin` process and the command protocol over it.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdin, Command};
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::keytab::Keytab;
+use crate::names::ServicePrincipal;
+
+/// How to reach kadmind.
+#[derive(Debug, Clone)]
+pub struct KadminConfig {
+    /// The `kadmin` client binary.
+    pub program: PathBuf,
+    /// The controller's admin principal (needs the `e` privilege).
+    pub principal: String,
+    /// Keytab holding the admin principal's key.
+    pub keytab: PathBuf,
+    /// `KRB5_CONFIG` for the child, if not the system default.
+    pub krb5_config: Option<PathBuf>,
+    /// Private directory for transient keytab files (ideally tmpfs).
+    pub work_dir: PathBuf,
+    /// Longest wait for one command.
+    pub timeout: Duration,
+}
+
+/// Why an extraction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KadminError {
+    /// The principal is not in the KDC database.
+    #[error("principal {0} does not exist in the KDC")]
+    NoSuchPrincipal(String),
+    /// kadmind refused (missing ACL privilege, locked-down keys).
+    #[error("kadmind refused to extract {principal}: {message}")]
+    Refused {
+        /// The principal.
+        principal: String,
+        /// kadmin's words.
+        message: String,
+    },
+    /// kadmind or the KDC cannot be reached; retry later.
+    #[error("kadmind unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else kadmin reported, or a local failure.
+    #[error("kadmin failed: {0}")]
+    Failed(String),
+}
+
+struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stderr: Lines<BufReader<ChildStderr>>,
+}
+
+/// A client that owns one kadmin session and respawns it when it dies.
+pub struct KadminClient {
+    cfg: KadminConfig,
+    session: Mutex<Option<Session>>,
+    seq: AtomicU64,
+}
+
+fn path_is_safe_for_kadmin(p: &Path) -> bool {
+    p.to_str().is_some_and(|s| {
+        s.starts_with('/')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+    })
+}
+
+/// Text kadmin prints when the server side is unreachable.
+fn is_unavailable(msg: &str) -> bool {
+    const MARKERS: [&str; 5] = [
+        "Cannot contact any KDC",
+        "Communication failure",
+        "while initializing kadmin interface",
+        "Connection refused",
+        "RPC",
+    ];
+    MARKERS.iter().any(|m| msg.contains(m))
+}
+
+impl KadminClient {
+    /// Prepares the work directory (created 0700, leftovers wiped); the
+    /// session itself starts lazily on first use.
+    pub fn new(cfg: KadminConfig) -> Result<Self, KadminError> {
+        if !path_is_safe_for_kadmin(&cfg.work_dir) {
+            return Err(KadminError::Failed(format!(
+                "work dir {} must be an absolute path of letters, digits, '/', '.', '_' and '-'",
+                cfg.work_dir.display()
+            )));
+        }
+        let io = |e: std::io::Error| {
+            KadminError::Failed(format!("work dir {}: {e}", cfg.work_dir.display()))
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.work_dir)
+            .map_err(io)?;
+        std::fs::set_permissions(&cfg.work_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io)?;
+        for entry in std::fs::read_dir(&cfg.work_dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "keytab") {
+                std::fs::remove_file(&path).map_err(io)?;
+            }
+        }
+        Ok(KadminClient {
+            cfg,
+            session: Mutex::new(None),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    fn spawn(&self) -> Result<Session, KadminError> {
+        let mut cmd = Command::new(&self.cfg.program);
+        cmd.arg("-k")
+            .arg("-t")
+            .arg(&self.cfg.keytab)
+            .arg("-p")
+            .arg(&self.cfg.principal)
+            .env("KRB5CCNAME", "MEMORY:kcred-kadmin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(conf) = &self.cfg.krb5_config {
+            cmd.env("KRB5_CONFIG", conf);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            KadminError::Failed(format!("cannot start {}: {e}", self.cfg.program.display()))
+        })?;
+        let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
+            return Err(KadminError::Failed("kadmin pipes missing".into()));
+        };
+        Ok(Session {
+            child,
+            stdin,
+            stderr: BufReader::new(stderr).lines(),
+        })
+    }
+
+    /// Runs one command and returns the stderr lines it produced.
+    async fn run(&self, session: &mut Session, command: &str) -> Result<Vec<String>, KadminError> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let marker = format!("kcred-sync-{n}");
+        let input = format!("{command}\n{marker}\n");
+        session
+            .stdin
+            .write_all(input.as_bytes())
+            .await
+            .map_err(|e| KadminError::Unavailable(format!("kadmin session closed: {e}")))?;
+        session
+            .stdin
+            .flush()
+            .await
+            .map_err(|e| KadminError::Unavailable(format!("kadmin session closed: {e}")))?;
+        let mut lines = Vec::new();
+        let read = async {
+            loop {
+                match session.stderr.next_line().await {
+                    Ok(Some(line)) if line.contains(&marker) => return Ok(()),
+                    Ok(Some(line)) => lines.push(line),
+                    Ok(None) => {
+                        return Err(KadminError::Unavailable(if lines.is_empty() {
+                            "kadmin exited".to_string()
+                        } else {
+                            lines.join("; ")
+                        }));
+                    }
+                    Err(e) => return Err(KadminError::Unavailable(format!("reading kadmin: {e}"))),
+                }
+            }
+        };
+        match tokio::time::timeout(self.cfg.timeout, read).await {
+            Ok(Ok(())) => Ok(lines),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(KadminError::Unavailable(format!(
+                "kadmin did not answer within {:?}",
+                self.cfg.timeout
+            ))),
+        }
+    }
+
+    /// Extracts a principal's current keys (every kvno kadmind holds)
+    /// without changing them.
+    pub async fn extract_keytab(
+        &self,
+        principal: &ServicePrincipal,
+    ) -> Result<Keytab, KadminError> {
+        let file = self.cfg.work_dir.join(format!(
+            "{}-{:016x}.keytab",
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            rand_suffix()
+        ));
+        let _cleanup = RemoveOnDrop(file.clone());
+        let command = format!("ktadd -k {} -norandkey {principal}", file.display());
+        let mut guard = self.session.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.spawn()?);
+        }
+        let Some(session) = guard.as_mut() else {
+            return Err(KadminError::Failed("no kadmin session".into()));
+        };
+        let result = self.run(session, &command).await;
+        let errors = match result {
+            Ok(lines) => lines,
+            Err(e) => {
+                if let Some(mut dead) = guard.take() {
+                    let _ = dead.child.start_kill();
+                }
+                return Err(e);
+            }
+        };
+        drop(guard);
+        let message = errors.join("; ");
+        if !errors.is_empty() {
+            if is_unavailable(&message) {
+                // The connection is broken: start afresh next time.
+                if let Some(mut dead) = self.session.lock().await.take() {
+                    let _ = dead.child.start_kill();
+                }
+                return Err(KadminError::Unavailable(message));
+            }
+            if message.contains("does not exist") {
+                return Err(KadminError::NoSuchPrincipal(principal.to_string()));
+            }
+            if message.contains("privilege")
+                || message.contains("not permitted")
+                || message.contains("lockdown")
+            {
+                return Err(KadminError::Refused {
+                    principal: principal.to_string(),
+                    message,
+                });
+            }
+            return Err(KadminError::Failed(message));
+        }
+        let bytes = tokio::fs::read(&file).await.map_err(|e| {
+            KadminError::Failed(format!(
+                "kadmin reported success but {} is unreadable: {e}",
+                file.display()
+            ))
+        })?;
+        Keytab::parse(Zeroizing::new(bytes))
+            .map_err(|e| KadminError::Failed(format!("keytab from kadmin for {principal}: {e}")))
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use aes_gcm::aead::rand_core::RngCore;
+    aes_gcm::aead::OsRng.next_u64()
+}
+
+/// Deletes a transient keytab file whatever happens.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(path = %self.0.display(), error = %e, "cannot remove transient keytab");
+        }
+    }
+}

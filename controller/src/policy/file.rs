@@ -1,0 +1,156 @@
+//! The policy file format (TOML), documented in `deploy/controller/policy.example.toml`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{Policy, RoleAccount};
+use crate::names::{self, ServicePrincipal};
+use crate::reload::LoadError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    role_accounts: Vec<RoleAccountEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleAccountEntry {
+    login: String,
+    uid: u32,
+    gid: u32,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default)]
+    service_principals: Vec<String>,
+    #[serde(default)]
+    certificates: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// Parses and validates a policy file; `realm` is the realm principals
+/// without one belong to (a principal in another realm is an error).
+pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, LoadError> {
+    let invalid = |reason: String| LoadError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file: PolicyFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let mut roles = Vec::with_capacity(file.role_accounts.len());
+    for e in file.role_accounts {
+        let ctx = |what: String| invalid(format!("role account {:?}: {what}", e.login));
+        names::validate_login(&e.login).map_err(|err| invalid(err.to_string()))?;
+        if e.uid == 0 || e.gid == 0 {
+            return Err(ctx("uid and gid 0 (root) are not allowed".into()));
+        }
+        let mut namespaces = BTreeSet::new();
+        for ns in e.namespaces {
+            names::validate_k8s_name("namespace", &ns).map_err(|err| ctx(err.to_string()))?;
+            namespaces.insert(ns);
+        }
+        let mut principals = BTreeSet::new();
+        for p in e.service_principals {
+            let sp = ServicePrincipal::parse(&p, realm).map_err(|err| ctx(err.to_string()))?;
+            principals.insert(sp.without_realm());
+        }
+        let mut certificates = BTreeSet::new();
+        for c in e.certificates {
+            names::validate_dns_name("certificate name", &c).map_err(|err| ctx(err.to_string()))?;
+            certificates.insert(c);
+        }
+        let mut keys = BTreeSet::new();
+        for k in e.keys {
+            names::validate_dns_name("key id", &k).map_err(|err| ctx(err.to_string()))?;
+            keys.insert(k);
+        }
+        roles.push(RoleAccount {
+            login: e.login,
+            uid: e.uid,
+            gid: e.gid,
+            groups: e.groups,
+            namespaces,
+            service_principals: principals,
+            certificates,
+            keys,
+        });
+    }
+    Policy::new(roles).map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Denied;
+
+    const R: &str = "KCRED.TEST";
+
+    fn parse(text: &str) -> Result<Policy, LoadError> {
+        parse_policy(Path::new("policy.toml"), text, R)
+    }
+
+    const GOOD: &str = r#"
+        [[role_accounts]]
+        login = "websvc"
+        uid = 1500
+        gid = 1500
+        namespaces = ["web"]
+        service_principals = ["HTTP/web.example.com"]
+
+        [[role_accounts]]
+        login = "dbsvc"
+        uid = 1600
+        gid = 1600
+        namespaces = ["db", "db-staging"]
+        service_principals = ["postgres/db1.example.com@KCRED.TEST"]
+    "#;
+
+    #[test]
+    fn owner_gets_its_principal_and_others_are_refused_by_rule() {
+        let p = parse(GOOD).expect("valid");
+        let http = ServicePrincipal::parse("HTTP/web.example.com", R).expect("sp");
+        let pg = ServicePrincipal::parse("postgres/db1.example.com", R).expect("sp");
+        assert_eq!(p.authorize_keytab("web", &http).expect("allowed").uid, 1500);
+        assert_eq!(
+            p.authorize_keytab("db-staging", &pg)
+                .expect("allowed")
+                .login,
+            "dbsvc"
+        );
+        let denied = p.authorize_keytab("db", &http).unwrap_err();
+        assert!(matches!(denied, Denied::PrincipalNotOwned { .. }));
+        assert!(
+            denied.to_string().contains("rule service_principals"),
+            "{denied}"
+        );
+        let denied = p.authorize_keytab("nowhere", &http).unwrap_err();
+        assert!(matches!(denied, Denied::NoRoleAccount { .. }));
+    }
+
+    #[test]
+    fn a_namespace_claimed_twice_is_an_error() {
+        let text = format!(
+            "{GOOD}\n[[role_accounts]]\nlogin = \"other\"\nuid = 1700\ngid = 1700\nnamespaces = [\"web\"]\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("claimed by both"), "{err}");
+    }
+
+    #[test]
+    fn root_bad_names_and_unknown_fields_are_errors() {
+        for bad in [
+            "[[role_accounts]]\nlogin = \"x\"\nuid = 0\ngid = 1\n",
+            "[[role_accounts]]\nlogin = \"x\"\nuid = 1\ngid = 1\nservice_principals = [\"HTTP/Bad Host\"]\n",
+            "[[role_accounts]]\nlogin = \"x\"\nuid = 1\ngid = 1\nnamespaces = [\"UPPER\"]\n",
+            "[[role_accounts]]\nlogin = \"x\"\nuid = 1\ngid = 1\nsurprise = 1\n",
+            "[[role_accounts]]\nlogin = \"x\"\nuid = 1\ngid = 1\nservice_principals = [\"HTTP/a.example.com@OTHER.REALM\"]\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

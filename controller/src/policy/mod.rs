@@ -1,0 +1,126 @@
+//! Who may get what: the role-account policy.
+//!
+//! Every namespace belongs to exactly one unix role account. A pod may get
+//! keytabs only for service principals its namespace's role account owns.
+//! Every refusal names the rule that refused it, for the pod's events and
+//! the audit.
+
+mod file;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use file::parse_policy;
+
+use crate::names::ServicePrincipal;
+
+/// A unix account that owns a set of credentials and the namespaces that
+/// run as it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleAccount {
+    /// Unix login.
+    pub login: String,
+    /// Owner of delivered files.
+    pub uid: u32,
+    /// Group of delivered files.
+    pub gid: u32,
+    /// Supplementary groups (informational; used by later identity sync).
+    pub groups: Vec<String>,
+    /// Namespaces whose pods run as this account.
+    pub namespaces: BTreeSet<String>,
+    /// Service principals this account owns, without realm.
+    pub service_principals: BTreeSet<String>,
+    /// DNS names this account may get certificates for.
+    pub certificates: BTreeSet<String>,
+    /// Encryption key ids granted to this account.
+    pub keys: BTreeSet<String>,
+}
+
+/// The whole policy, indexed by namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    roles: BTreeMap<String, RoleAccount>,
+    by_namespace: BTreeMap<String, String>,
+}
+
+/// A refusal, naming the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The namespace is mapped to no role account.
+    #[error("rule namespaces: namespace {namespace:?} belongs to no role account in the policy")]
+    NoRoleAccount {
+        /// The namespace.
+        namespace: String,
+    },
+    /// The role account does not own the principal.
+    #[error(
+        "rule service_principals: role account {login:?} (namespace {namespace:?}) does not own {principal}"
+    )]
+    PrincipalNotOwned {
+        /// The role account.
+        login: String,
+        /// The namespace.
+        namespace: String,
+        /// The principal asked for.
+        principal: String,
+    },
+}
+
+impl Policy {
+    /// Builds the namespace index; fails on a namespace claimed twice.
+    pub fn new(roles: Vec<RoleAccount>) -> Result<Self, String> {
+        let mut policy = Policy::default();
+        for role in roles {
+            if policy.roles.contains_key(&role.login) {
+                return Err(format!("role account {:?} is defined twice", role.login));
+            }
+            for ns in &role.namespaces {
+                if let Some(other) = policy.by_namespace.insert(ns.clone(), role.login.clone()) {
+                    return Err(format!(
+                        "namespace {ns:?} is claimed by both {other:?} and {:?}",
+                        role.login
+                    ));
+                }
+            }
+            policy.roles.insert(role.login.clone(), role);
+        }
+        Ok(policy)
+    }
+
+    /// The role account a namespace runs as.
+    pub fn role_for_namespace(&self, namespace: &str) -> Result<&RoleAccount, Denied> {
+        self.by_namespace
+            .get(namespace)
+            .and_then(|login| self.roles.get(login))
+            .ok_or_else(|| Denied::NoRoleAccount {
+                namespace: namespace.to_string(),
+            })
+    }
+
+    /// Whether a pod in `namespace` may receive a keytab for `principal`.
+    pub fn authorize_keytab<'a>(
+        &'a self,
+        namespace: &str,
+        principal: &ServicePrincipal,
+    ) -> Result<&'a RoleAccount, Denied> {
+        let role = self.role_for_namespace(namespace)?;
+        if role.service_principals.contains(&principal.without_realm()) {
+            Ok(role)
+        } else {
+            Err(Denied::PrincipalNotOwned {
+                login: role.login.clone(),
+                namespace: namespace.to_string(),
+                principal: principal.to_string(),
+            })
+        }
+    }
+
+    /// Number of role accounts (for status and logs).
+    pub fn len(&self) -> usize {
+        self.roles.len()
+    }
+
+    /// Whether the policy grants nothing.
+    pub fn is_empty(&self) -> bool {
+        self.roles.is_empty()
+    }
+}

@@ -1,0 +1,754 @@
+//! A throwaway MIT Kerberos realm for kcred's tests.
+//!
+//! kcred's behaviour only means something against a real KDC and a real
+//! kadmind, so each test gets its own: [`Realm::start`] creates a database in
+//! a temporary directory, runs `krb5kdc` and `kadmind` on free loopback ports
+//! and stops both when the [`Realm`] is dropped. Every tool is run with the
+//! realm's configuration set on that one [`Command`], never process-wide, so
+//! tests can run many realms in parallel threads. The API is blocking and has
+//! no async runtime, so it works from sync and async tests alike (call it from
+//! `spawn_blocking` if blocking a runtime thread matters).
+
+#![warn(missing_docs)]
+
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Realm name used when the test does not care, so logs and fixtures agree.
+pub const DEFAULT_REALM: &str = "KCRED.TEST";
+
+/// Master key password; the realm is thrown away, so it need not be secret.
+const MASTER_PASSWORD: &str = "kcred-testrealm-master";
+/// A daemon can lose its port to another process between picking and binding;
+/// starting over with fresh ports makes that race harmless.
+const START_ATTEMPTS: u32 = 3;
+/// How long a daemon may take to bind its ports before start-up is abandoned.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Renewable lifetime given to the TGS and to every principal this crate adds,
+/// because MIT's default of 0 makes renewal tests impossible.
+const MAX_RENEW_LIFE: &str = "7d";
+/// Where the kcred controller's admin keytab lives inside the realm directory.
+const ADMIN_KEYTAB_FILE: &str = "kcred-admin.keytab";
+/// Directories searched after `PATH`, because non-root users often lack
+/// `/usr/sbin` (where Debian puts `krb5kdc`, `kadmind`, `kdb5_util`).
+const FALLBACK_TOOL_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"];
+
+/// Settings a test may need to vary; everything else is fixed so realms are
+/// predictable.
+#[derive(Debug, Clone)]
+pub struct RealmOptions {
+    /// Realm name, so tests can check realm handling (e.g. cross-realm names).
+    pub realm: String,
+    /// Extra `kadm5.acl` lines appended after the default
+    /// `kcred/admin@REALM e */*@REALM`, for tests that need wider or narrower
+    /// admin rights. kadmind reads the ACL only at start, hence an option.
+    pub acl: Vec<String>,
+}
+
+impl Default for RealmOptions {
+    fn default() -> Self {
+        RealmOptions {
+            realm: DEFAULT_REALM.to_string(),
+            acl: Vec::new(),
+        }
+    }
+}
+
+/// Why the realm or one of its tools failed; carries the failing command and
+/// its stderr (or the daemon's log) so a failed test explains itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RealmError {
+    /// A file or process operation failed (e.g. a Kerberos tool is missing).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being attempted.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A Kerberos tool exited non-zero, or reported an error on stderr.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line (secrets redacted).
+        command: String,
+        /// Exit status as text.
+        status: String,
+        /// What the tool printed on stderr.
+        stderr: String,
+    },
+    /// `krb5kdc` or `kadmind` exited or did not listen in time.
+    #[error("{daemon} did not start: {reason}\n--- {daemon} log ---\n{log}")]
+    DaemonStart {
+        /// `krb5kdc` or `kadmind`.
+        daemon: &'static str,
+        /// Exit status or timeout.
+        reason: String,
+        /// Tail of the daemon's log file and stderr.
+        log: String,
+    },
+    /// A tool's output did not have the expected shape.
+    #[error("unexpected output from `{command}`: {output}")]
+    Parse {
+        /// The command whose output was parsed.
+        command: String,
+        /// The output that could not be understood.
+        output: String,
+    },
+    /// An argument would corrupt the generated configuration.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// A running realm. Dropping it kills and reaps `krb5kdc` and `kadmind` and
+/// deletes its directory, so a test cannot leak daemons or files even when it
+/// panics.
+#[derive(Debug)]
+pub struct Realm {
+    name: String,
+    ports: Ports,
+    kdc: Option<Child>,
+    kadmind: Option<Child>,
+    ccache_seq: AtomicU64,
+    // Last so the directory outlives the daemons that write into it.
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    kdc: u16,
+    kadmind: u16,
+    kpasswd: u16,
+}
+
+impl Realm {
+    /// Starts a realm named [`DEFAULT_REALM`] with the default ACL; what most
+    /// tests want.
+    pub fn start() -> Result<Realm, RealmError> {
+        Realm::start_with(RealmOptions::default())
+    }
+
+    /// Starts a realm with custom options. Retries with fresh ports when a
+    /// daemon fails to come up, since another process may grab a port between
+    /// picking it and the daemon binding it.
+    pub fn start_with(opts: RealmOptions) -> Result<Realm, RealmError> {
+        validate_options(&opts)?;
+        let mut attempt = 1;
+        loop {
+            match Realm::try_start(&opts) {
+                Err(RealmError::DaemonStart { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start(opts: &RealmOptions) -> Result<Realm, RealmError> {
+        let dir = tempfile::Builder::new()
+            .prefix("kcred-realm-")
+            .tempdir()
+            .map_err(|e| io_err("creating realm directory", e))?;
+        let ports = pick_ports()?;
+        let realm = Realm {
+            name: opts.realm.clone(),
+            ports,
+            kdc: None,
+            kadmind: None,
+            ccache_seq: AtomicU64::new(0),
+            dir,
+        };
+        realm.write_config(&opts.acl)?;
+
+        let mut create = realm.tool("kdb5_util");
+        create.args(["create", "-s", "-r", &realm.name, "-P", MASTER_PASSWORD]);
+        run(
+            create,
+            format!("kdb5_util create -s -r {} -P ***", realm.name),
+        )?;
+        realm.kadmin_local(&format!(
+            "modprinc -maxrenewlife {MAX_RENEW_LIFE} {}",
+            ss_quote(&format!("krbtgt/{0}@{0}", realm.name))
+        ))?;
+        let admin = realm.admin_principal();
+        realm.add_principal(&admin)?;
+        realm.extract_keytab(&admin, &realm.admin_keytab())?;
+
+        let mut realm = realm;
+        realm.start_kdc()?;
+        realm.start_kadmind()?;
+        Ok(realm)
+    }
+
+    fn write_config(&self, extra_acl: &[String]) -> Result<(), RealmError> {
+        let d = self.dir().display();
+        let realm = &self.name;
+        let Ports {
+            kdc,
+            kadmind,
+            kpasswd,
+        } = self.ports;
+        let krb5_conf = format!(
+            "[libdefaults]\n\
+             \tdefault_realm = {realm}\n\
+             \tdns_lookup_kdc = false\n\
+             \tdns_lookup_realm = false\n\
+             \tdns_canonicalize_hostname = false\n\
+             \trdns = false\n\
+             \tudp_preference_limit = 1\n\
+             \n\
+             [realms]\n\
+             \t{realm} = {{\n\
+             \t\tkdc = 127.0.0.1:{kdc}\n\
+             \t\tadmin_server = 127.0.0.1:{kadmind}\n\
+             \t\tkpasswd_server = 127.0.0.1:{kpasswd}\n\
+             \t}}\n"
+        );
+        let kdc_conf = format!(
+            "[kdcdefaults]\n\
+             \tkdc_listen = 127.0.0.1:{kdc}\n\
+             \tkdc_tcp_listen = 127.0.0.1:{kdc}\n\
+             \n\
+             [realms]\n\
+             \t{realm} = {{\n\
+             \t\tdatabase_name = {d}/principal\n\
+             \t\tkey_stash_file = {d}/stash\n\
+             \t\tacl_file = {d}/kadm5.acl\n\
+             \t\tkadmind_listen = 127.0.0.1:{kadmind}\n\
+             \t\tkpasswd_listen = 127.0.0.1:{kpasswd}\n\
+             \t\tmax_life = 1d\n\
+             \t\tmax_renewable_life = {MAX_RENEW_LIFE}\n\
+             \t}}\n\
+             \n\
+             [logging]\n\
+             \tkdc = FILE:{d}/kdc.log\n\
+             \tadmin_server = FILE:{d}/kadmind.log\n\
+             \tdefault = FILE:{d}/krb5.log\n"
+        );
+        let mut acl = format!("{} e */*@{realm}\n", self.admin_principal());
+        for line in extra_acl {
+            acl.push_str(line);
+            acl.push('\n');
+        }
+        write_file(&self.krb5_conf_path(), &krb5_conf)?;
+        write_file(&self.kdc_conf_path(), &kdc_conf)?;
+        write_file(&self.dir().join("kadm5.acl"), &acl)
+    }
+
+    /// The realm name, for building principal names in tests.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The realm's private directory (database, configs, logs, keytabs);
+    /// a convenient place for test files that must vanish with the realm.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Client configuration; point `KRB5_CONFIG` at it to reach this realm.
+    pub fn krb5_conf_path(&self) -> PathBuf {
+        self.dir().join("krb5.conf")
+    }
+
+    /// KDC profile; only the admin tools and daemons need it.
+    pub fn kdc_conf_path(&self) -> PathBuf {
+        self.dir().join("kdc.conf")
+    }
+
+    /// Where the KDC listens (TCP and UDP), for code that takes an address
+    /// rather than a krb5.conf.
+    pub fn kdc_addr(&self) -> SocketAddr {
+        loopback(self.ports.kdc)
+    }
+
+    /// Where kadmind listens for remote kadmin (the controller's path).
+    pub fn kadmind_addr(&self) -> SocketAddr {
+        loopback(self.ports.kadmind)
+    }
+
+    /// Process id of the running KDC, so tests can check it really stops.
+    pub fn kdc_pid(&self) -> Option<u32> {
+        self.kdc.as_ref().map(Child::id)
+    }
+
+    /// Process id of the running kadmind, so tests can check it really stops.
+    pub fn kadmind_pid(&self) -> Option<u32> {
+        self.kadmind.as_ref().map(Child::id)
+    }
+
+    /// Env vars a child process needs to talk to this realm (`KRB5_CONFIG`,
+    /// `KRB5_KDC_PROFILE`); set them on the child's `Command`, never on this
+    /// process, because parallel tests each have their own realm.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "KRB5_CONFIG".to_string(),
+                self.krb5_conf_path().display().to_string(),
+            ),
+            (
+                "KRB5_KDC_PROFILE".to_string(),
+                self.kdc_conf_path().display().to_string(),
+            ),
+        ]
+    }
+
+    /// The credential cache [`Realm::command`] uses by default, so a test can
+    /// `kinit` in one command and `klist` in the next.
+    pub fn ccache_path(&self) -> PathBuf {
+        self.dir().join("ccache")
+    }
+
+    /// A `Command` for `program` (e.g. `kinit`, `klist`, `kvno`, `kadmin`)
+    /// configured for this realm: realm env, the shared ccache
+    /// [`Realm::ccache_path`] and a default keytab inside the realm directory,
+    /// so nothing touches the host's `/tmp/krb5cc_*` or `/etc/krb5.keytab`.
+    /// Override `KRB5CCNAME` on the returned command for a separate cache.
+    /// `program` is looked up in `PATH`, then in `/usr/sbin` and friends.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(find_tool(program));
+        cmd.envs(self.env())
+            .env(
+                "KRB5CCNAME",
+                format!("FILE:{}", self.ccache_path().display()),
+            )
+            .env(
+                "KRB5_KTNAME",
+                format!("FILE:{}", self.dir().join("krb5.keytab").display()),
+            );
+        cmd
+    }
+
+    /// Internal tool invocation: realm command with a C locale so error
+    /// messages are stable enough to parse, and no stdin so nothing prompts.
+    fn tool(&self, program: &str) -> Command {
+        let mut cmd = self.command(program);
+        cmd.env("LC_ALL", "C").stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `kadmin.local -q QUERY` and returns its stdout (without the
+    /// "Authenticating as ..." banner). kadmin.local exits 0 on most failures,
+    /// so any stderr line other than known-harmless notices counts as an
+    /// error; a test never silently continues after a failed admin step.
+    pub fn kadmin_local(&self, query: &str) -> Result<String, RealmError> {
+        self.kadmin_local_redacted(query, query)
+    }
+
+    fn kadmin_local_redacted(&self, query: &str, shown: &str) -> Result<String, RealmError> {
+        let mut cmd = self.tool("kadmin.local");
+        cmd.args(["-r", &self.name, "-q", query]);
+        let command = format!("kadmin.local -q {shown}");
+        let out = run(cmd, command.clone())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !is_harmless_kadmin_line(l))
+            .collect();
+        if !errors.is_empty() {
+            return Err(RealmError::Command {
+                command,
+                status: out.status.to_string(),
+                stderr: errors.join("\n"),
+            });
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        Ok(stdout
+            .lines()
+            .filter(|l| !l.starts_with("Authenticating as principal "))
+            .map(|l| format!("{l}\n"))
+            .collect())
+    }
+
+    /// Adds a service-style principal with random keys (kvno 1) and a 7-day
+    /// renewable lifetime, the shape kcred manages.
+    pub fn add_principal(&self, principal: &str) -> Result<(), RealmError> {
+        self.kadmin_local(&format!(
+            "addprinc -randkey -maxrenewlife {MAX_RENEW_LIFE} {}",
+            ss_quote(principal)
+        ))
+        .map(drop)
+    }
+
+    /// Adds a user-style principal with a known password, for tests that
+    /// `kinit` interactively. The password is redacted from error messages.
+    pub fn add_principal_with_password(
+        &self,
+        principal: &str,
+        password: &str,
+    ) -> Result<(), RealmError> {
+        let tail = format!("-maxrenewlife {MAX_RENEW_LIFE} {}", ss_quote(principal));
+        self.kadmin_local_redacted(
+            &format!("addprinc -pw {} {tail}", ss_quote(password)),
+            &format!("addprinc -pw *** {tail}"),
+        )
+        .map(drop)
+    }
+
+    /// Deletes a principal, for tests of what happens when an identity goes
+    /// away under kcred.
+    pub fn delete_principal(&self, principal: &str) -> Result<(), RealmError> {
+        self.kadmin_local(&format!("delprinc -force {}", ss_quote(principal)))
+            .map(drop)
+    }
+
+    /// Gives a principal new random keys (kvno + 1), i.e. a rotation done
+    /// behind kcred's back, so tests can check that stale keytabs are noticed.
+    pub fn randomize_key(&self, principal: &str) -> Result<(), RealmError> {
+        self.kadmin_local(&format!("cpw -randkey {}", ss_quote(principal)))
+            .map(drop)
+    }
+
+    /// Appends a principal's current keys to `keytab` without changing them
+    /// (`ktadd -norandkey`), so tests can prepare keytabs without bumping the
+    /// kvno.
+    pub fn extract_keytab(&self, principal: &str, keytab: &Path) -> Result<(), RealmError> {
+        self.kadmin_local(&format!(
+            "ktadd -k {} -norandkey {}",
+            ss_quote(&keytab.display().to_string()),
+            ss_quote(principal)
+        ))
+        .map(drop)
+    }
+
+    /// The controller's admin identity, created at start and allowed by the
+    /// default ACL to extract keys (`e`) of every two-component principal.
+    pub fn admin_principal(&self) -> String {
+        format!("kcred/admin@{}", self.name)
+    }
+
+    /// Keytab for [`Realm::admin_principal`], what the controller authenticates
+    /// to kadmind with.
+    pub fn admin_keytab(&self) -> PathBuf {
+        self.dir().join(ADMIN_KEYTAB_FILE)
+    }
+
+    /// Current kvno of a principal as the KDC database holds it (highest
+    /// `Key: vno N` in `getprinc`), to check whether an operation rotated keys.
+    pub fn kvno(&self, principal: &str) -> Result<u32, RealmError> {
+        let query = format!("getprinc {}", ss_quote(principal));
+        let out = self.kadmin_local(&query)?;
+        out.lines()
+            .filter_map(|l| l.strip_prefix("Key: vno "))
+            .filter_map(|rest| rest.split(',').next()?.trim().parse::<u32>().ok())
+            .max()
+            .ok_or_else(|| RealmError::Parse {
+                command: format!("kadmin.local -q {query}"),
+                output: out.clone(),
+            })
+    }
+
+    /// Gets a TGT with `kinit -k -t KEYTAB PRINCIPAL` into a fresh private
+    /// ccache: the end-to-end proof that a delivered keytab is usable.
+    pub fn kinit_keytab(&self, keytab: &Path, principal: &str) -> Result<(), RealmError> {
+        let n = self.ccache_seq.fetch_add(1, Ordering::Relaxed);
+        let ccache = self.dir().join(format!("kinit-{n}.ccache"));
+        let mut cmd = self.tool("kinit");
+        cmd.env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+            .arg("-k")
+            .arg("-t")
+            .arg(keytab)
+            .arg(principal);
+        run(cmd, format!("kinit -k -t {} {principal}", keytab.display())).map(drop)
+    }
+
+    /// Stops the KDC but leaves kadmind running, to test behaviour during a
+    /// KDC outage. Does nothing if it is already stopped.
+    pub fn stop_kdc(&mut self) -> Result<(), RealmError> {
+        if let Some(child) = self.kdc.take() {
+            stop_child(child).map_err(|e| io_err("stopping krb5kdc", e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the KDC again on the same port after [`Realm::stop_kdc`]
+    /// (no-op if it is running). Fails if the port was taken meanwhile.
+    pub fn start_kdc(&mut self) -> Result<(), RealmError> {
+        if self.kdc.is_some() {
+            return Ok(());
+        }
+        let child = self.spawn_daemon("krb5kdc", &["-n"], self.kdc_addr())?;
+        self.kdc = Some(child);
+        Ok(())
+    }
+
+    fn start_kadmind(&mut self) -> Result<(), RealmError> {
+        let child = self.spawn_daemon("kadmind", &["-nofork"], self.kadmind_addr())?;
+        self.kadmind = Some(child);
+        Ok(())
+    }
+
+    /// Spawns a daemon and waits until it has bound its ports: both daemons
+    /// write their pid file only after network setup succeeded, and exit when
+    /// a port is taken, so "pid file names our child and the port accepts" is
+    /// a reliable readiness test.
+    fn spawn_daemon(
+        &self,
+        daemon: &'static str,
+        args: &[&str],
+        addr: SocketAddr,
+    ) -> Result<Child, RealmError> {
+        let pid_file = self.dir().join(format!("{daemon}.pid"));
+        let stderr_file = self.dir().join(format!("{daemon}.stderr"));
+        let log_file = self.dir().join(match daemon {
+            "krb5kdc" => "kdc.log",
+            _ => "kadmind.log",
+        });
+        match fs::remove_file(&pid_file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err(format!("removing {}", pid_file.display()), e));
+            }
+            _ => {}
+        }
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_file)
+            .map_err(|e| io_err(format!("opening {}", stderr_file.display()), e))?;
+        let mut cmd = self.tool(daemon);
+        cmd.args(args)
+            .arg("-P")
+            .arg(&pid_file)
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| io_err(format!("spawning {daemon}"), e))?;
+        let log = || log_tail(&[&log_file, &stderr_file]);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    return Err(RealmError::DaemonStart {
+                        daemon,
+                        reason: format!("exited with {status}"),
+                        log: log(),
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = stop_child(child);
+                    return Err(io_err(format!("waiting for {daemon}"), e));
+                }
+            }
+            let pid_ok = fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                == Some(child.id());
+            if pid_ok && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(child);
+            }
+            if Instant::now() >= deadline {
+                let _ = stop_child(child);
+                return Err(RealmError::DaemonStart {
+                    daemon,
+                    reason: format!("not listening on {addr} after {READY_TIMEOUT:?}"),
+                    log: log(),
+                });
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Realm {
+    fn drop(&mut self) {
+        for child in [self.kdc.take(), self.kadmind.take()].into_iter().flatten() {
+            let _ = stop_child(child);
+        }
+    }
+}
+
+/// Kills and reaps a daemon so it leaves neither an orphan nor a zombie.
+fn stop_child(mut child: Child) -> io::Result<()> {
+    if child.try_wait()?.is_none() {
+        child.kill()?;
+    }
+    child.wait().map(drop)
+}
+
+/// Rejects values that would break or inject into the generated profiles.
+fn validate_options(opts: &RealmOptions) -> Result<(), RealmError> {
+    let bad_realm = opts.realm.is_empty()
+        || opts
+            .realm
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "{}[]=\"#;/@".contains(c));
+    if bad_realm {
+        return Err(RealmError::InvalidArgument(format!(
+            "realm name {:?} cannot be used in krb5.conf",
+            opts.realm
+        )));
+    }
+    if let Some(line) = opts.acl.iter().find(|l| l.contains(['\n', '\r'])) {
+        return Err(RealmError::InvalidArgument(format!(
+            "ACL entry {line:?} spans several lines"
+        )));
+    }
+    Ok(())
+}
+
+/// Notices kadmin.local prints on stderr even when it succeeds.
+fn is_harmless_kadmin_line(line: &str) -> bool {
+    let line = line.trim();
+    line.is_empty()
+        || line.starts_with("No policy specified for ")
+        || line.starts_with("WARNING: no policy specified for ")
+        || line.starts_with("Authenticating as principal ")
+}
+
+/// Quotes an argument for kadmin's request parser (libss): double quotes,
+/// with embedded quotes doubled, so spaces and quotes survive.
+fn ss_quote(arg: &str) -> String {
+    format!("\"{}\"", arg.replace('"', "\"\""))
+}
+
+/// Runs a command to completion; non-zero exit becomes an error with stderr.
+fn run(mut cmd: Command, display: String) -> Result<Output, RealmError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io_err(format!("running `{display}`"), e))?;
+    if !out.status.success() {
+        return Err(RealmError::Command {
+            command: display,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Picks ports for the KDC (TCP+UDP), kadmind (TCP) and kpasswd (TCP+UDP),
+/// holding all sockets until the end so the three are distinct.
+fn pick_ports() -> Result<Ports, RealmError> {
+    let mut held = Vec::new();
+    let mut ports = [0u16; 3];
+    for (slot, needs_udp) in ports.iter_mut().zip([true, false, true]) {
+        let mut found = None;
+        for _ in 0..100 {
+            let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .map_err(|e| io_err("binding a free loopback port", e))?;
+            let port = tcp
+                .local_addr()
+                .map_err(|e| io_err("reading a bound port", e))?
+                .port();
+            let udp = if needs_udp {
+                match UdpSocket::bind((Ipv4Addr::LOCALHOST, port)) {
+                    Ok(udp) => Some(udp),
+                    Err(_) => continue,
+                }
+            } else {
+                None
+            };
+            held.push((tcp, udp));
+            found = Some(port);
+            break;
+        }
+        *slot = found.ok_or_else(|| {
+            io_err(
+                "finding a port free on both TCP and UDP",
+                io::Error::from(io::ErrorKind::AddrInUse),
+            )
+        })?;
+    }
+    Ok(Ports {
+        kdc: ports[0],
+        kadmind: ports[1],
+        kpasswd: ports[2],
+    })
+}
+
+/// Resolves a tool name via `PATH`, then the usual sbin directories; a name
+/// with a slash, or one found nowhere, is returned unchanged so spawning
+/// reports the real error.
+fn find_tool(program: &str) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(FALLBACK_TOOL_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), RealmError> {
+    fs::write(path, contents).map_err(|e| io_err(format!("writing {}", path.display()), e))
+}
+
+fn io_err(context: impl Into<String>, source: io::Error) -> RealmError {
+    RealmError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// Last lines of the given files, for daemon start-up errors.
+fn log_tail(files: &[&Path]) -> String {
+    let mut out = String::new();
+    for file in files {
+        if let Ok(text) = fs::read_to_string(file) {
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines.len().saturating_sub(15);
+            for line in &lines[start..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn harmless_kadmin_lines() {
+        assert!(is_harmless_kadmin_line(
+            "No policy specified for foo@KCRED.TEST; defaulting to no policy"
+        ));
+        assert!(!is_harmless_kadmin_line(
+            "add_principal: Principal or policy already exists while creating \"foo@KCRED.TEST\"."
+        ));
+        assert!(!is_harmless_kadmin_line(
+            "kadmin.local: Command not found bogus"
+        ));
+    }
+
+    #[test]
+    fn ss_quoting_doubles_quotes() {
+        assert_eq!(ss_quote(r#"a b"c"#), r#""a b""c""#);
+    }
+
+    #[test]
+    fn bad_realm_names_are_rejected() {
+        for realm in ["", "A B", "A}B", "A\nB"] {
+            let opts = RealmOptions {
+                realm: realm.to_string(),
+                acl: vec![],
+            };
+            assert!(validate_options(&opts).is_err(), "{realm:?} accepted");
+        }
+        assert!(validate_options(&RealmOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn ports_are_distinct() {
+        let p = pick_ports().expect("pick ports");
+        assert_ne!(p.kdc, p.kadmind);
+        assert_ne!(p.kdc, p.kpasswd);
+        assert_ne!(p.kadmind, p.kpasswd);
+    }
+}
