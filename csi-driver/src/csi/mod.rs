@@ -1,0 +1,6 @@
+//! The CSI protocol, and nothing else: validate what kubelet sends, hand it
+//! to [`crate::volumes`], and answer with the status code the spec names.
+
+pub mod identity;
+pub mod node;
+pub mod server;

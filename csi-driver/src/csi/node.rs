@@ -1,0 +1,171 @@
+//! CSI Node: publish and unpublish ephemeral inline volumes.
+
+use std::sync::Arc;
+
+use kcred_proto::csi::v1::node_server::Node;
+use kcred_proto::csi::v1::volume_capability::AccessType;
+use kcred_proto::csi::v1::*;
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::DriverConfig;
+use crate::volumes::request::{pod_from_context, validate_target_path};
+use crate::volumes::{PublishRequest, VolumeError, VolumeManager};
+
+/// Longest node id the spec allows.
+const MAX_NODE_ID: usize = 256;
+/// Longest volume id kcred accepts (kubelet's are 68 bytes).
+const MAX_VOLUME_ID: usize = 128;
+
+/// The Node service.
+pub struct NodeService {
+    cfg: DriverConfig,
+    volumes: Arc<VolumeManager>,
+}
+
+impl NodeService {
+    /// Serves the node API over a volume manager.
+    pub fn new(cfg: DriverConfig, volumes: Arc<VolumeManager>) -> Self {
+        NodeService { cfg, volumes }
+    }
+}
+
+fn volume_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("volume_id is required"));
+    }
+    if id.len() > MAX_VOLUME_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!(
+            "volume_id must be 1 to {MAX_VOLUME_ID} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+impl From<VolumeError> for Status {
+    fn from(e: VolumeError) -> Status {
+        match e {
+            VolumeError::Busy(_) => Status::aborted(e.to_string()),
+            VolumeError::Conflict(_) => Status::failed_precondition(e.to_string()),
+            VolumeError::Controller(s) => {
+                // The controller's verdict keeps its code; a transport
+                // failure is retryable.
+                let code = match s.code() {
+                    Code::Unknown | Code::Cancelled => Code::Unavailable,
+                    c => c,
+                };
+                Status::new(code, format!("controller: {}", s.message()))
+            }
+            VolumeError::Storage(_) | VolumeError::Task(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        volume_id(&req.volume_id)?;
+        let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        match &cap.access_type {
+            Some(AccessType::Mount(_)) => {}
+            Some(AccessType::Block(_)) => {
+                return Err(Status::invalid_argument(
+                    "volume_capability: block access is not supported; use a mount volume",
+                ));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "volume_capability.access_type is required",
+                ));
+            }
+        }
+        if !req.staging_target_path.is_empty() {
+            return Err(Status::invalid_argument(
+                "staging_target_path must be empty: kcred does not stage volumes",
+            ));
+        }
+        let pod =
+            pod_from_context(&req.volume_context).map_err(|e| Status::invalid_argument(e.0))?;
+        let outcome = self
+            .volumes
+            .publish(PublishRequest {
+                volume_id: req.volume_id.clone(),
+                target,
+                pod,
+            })
+            .await?;
+        tracing::debug!(volume = %req.volume_id, ?outcome, "publish done");
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        volume_id(&req.volume_id)?;
+        let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        self.volumes.unpublish(&req.volume_id, target).await?;
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: vec![],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        if self.cfg.node_id.is_empty() || self.cfg.node_id.len() > MAX_NODE_ID {
+            return Err(Status::internal("node id is not configured"));
+        }
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.cfg.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+
+    async fn node_stage_volume(
+        &self,
+        _: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        Err(Status::unimplemented("kcred does not stage volumes"))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        _: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        Err(Status::unimplemented("kcred does not stage volumes"))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        _: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        Err(Status::unimplemented("volume stats are not offered"))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented("kcred volumes cannot be expanded"))
+    }
+}

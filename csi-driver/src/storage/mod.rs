@@ -1,0 +1,93 @@
+//! Bytes on the node: where a pod's credentials physically live.
+//!
+//! The model, and why:
+//!
+//! * **tmpfs only.** Every published volume is its own size-limited tmpfs
+//!   mounted at kubelet's target path (`nosuid,nodev,noexec`). Secrets are
+//!   written only inside that mount, so they live in RAM, are bounded in size,
+//!   and vanish with the unmount (or a node reboot) without any shredding.
+//!   The node's disk only ever holds [`state`]: non-secret metadata that lets
+//!   the driver resume after a restart.
+//! * **One symlink swap per update.** Kubelet re-publishes a volume every
+//!   minute or so while the pod may be reading it. [`atomic_writer`] follows
+//!   kubelet's own `AtomicWriter`: each version of the files is written into a
+//!   fresh hidden generation directory, and a single `rename(2)` of the
+//!   `..data` symlink switches the whole set at once. Each visible file
+//!   (`krb5.keytab` → `..data/krb5.keytab`) therefore always resolves to a
+//!   complete file, and a reader that resolves `..data` once sees one
+//!   consistent generation of every file.
+//! * **Crash safety by construction.** Nothing visible changes before that
+//!   rename, so an interrupted write leaves the previous view intact; its
+//!   leftovers are removed by the next write.
+
+pub mod atomic_writer;
+pub mod state;
+pub mod tmpfs;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while putting bytes on the node; each variant
+/// names the operation and the path so a log line alone locates the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// mount(2) of the volume's tmpfs failed.
+    #[error("mounting tmpfs at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    /// umount2(2) failed even with the lazy-detach fallback.
+    #[error("unmounting {path}: {source}")]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    /// A raw system call (openat, renameat, statfs, ...) failed.
+    #[error("{op} {path}: {source}")]
+    Sys {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    /// A std I/O operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Mount options that would silently weaken isolation (e.g. `size=0`,
+    /// which tmpfs reads as "unlimited").
+    #[error("invalid tmpfs options: {0}")]
+    InvalidTmpfsOptions(&'static str),
+    /// Refused to write credentials into a directory that is not on tmpfs:
+    /// they would land on the node's disk.
+    #[error("refusing to write credentials to {0}: not on tmpfs")]
+    NotTmpfs(PathBuf),
+    /// A credential file name that is not a plain, non-hidden file name.
+    #[error("invalid credential file name {0:?}")]
+    InvalidFileName(String),
+    /// The same file name appears twice in one payload.
+    #[error("duplicate credential file name {0:?}")]
+    DuplicateFileName(String),
+    /// A file mode with bits outside 0o777 (setuid, setgid, sticky, type bits).
+    #[error("invalid mode {mode:#o} for credential file {name:?}")]
+    InvalidMode { name: String, mode: u32 },
+    /// Something on disk is not what this module would ever have written.
+    #[error("corrupt or unexpected entry {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    /// A state record could not be serialized.
+    #[error("encoding state record for {path}: {source}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Shorthand used throughout the storage layer.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

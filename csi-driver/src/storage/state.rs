@@ -1,0 +1,310 @@
+//! Non-secret per-volume metadata on the node's disk, so a restarted driver
+//! knows which volumes it published and can keep refreshing them.
+//!
+//! One JSON file per volume, named by the SHA-256 of the volume id: ids come
+//! from the CSI caller and are untrusted, hashing makes any id a safe, fixed
+//! length file name. Records hold identities and paths, never secret bytes.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Result, StorageError};
+
+/// Prefix of in-flight files; never listed, removed by [`StateDir::open`].
+const TMP_PREFIX: &str = ".tmp-";
+const SUFFIX: &str = ".json";
+
+/// What the driver must remember about a published volume to resume it.
+/// Deliberately no credential material: this lives on disk.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct VolumeRecord {
+    /// CSI volume id (untrusted; only ever used hashed as a file name).
+    pub volume_id: String,
+    /// Kubelet's target path: the tmpfs mount point.
+    pub target_path: PathBuf,
+    /// Pod the volume belongs to, for re-issuing its credentials.
+    pub pod_namespace: String,
+    /// Name of that pod.
+    pub pod_name: String,
+    /// UID of that pod, which tells a re-created pod of the same name apart.
+    pub pod_uid: String,
+    /// Service account whose role the credentials were issued for.
+    pub service_account: String,
+    /// Owner uid of the written files.
+    pub uid: u32,
+    /// Group of the written files.
+    pub gid: u32,
+    /// Name of the published generation directory (`..<timestamp>.<random>`).
+    pub generation: String,
+    /// When that generation was published, seconds since the Unix epoch.
+    pub published_at_unix: i64,
+}
+
+/// The driver's private state directory. One driver process per node owns it.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { op, path, source }
+}
+
+impl StateDir {
+    /// Creates `root` (and parents) if needed and restricts it to 0700, since
+    /// records reveal which pods hold which identities. Removes temp files
+    /// left by a save that crashed.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(io_err("creating state dir", &root))?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod state dir", &root))?;
+        let dir = Self { root };
+        for entry in fs::read_dir(&dir.root).map_err(io_err("listing", &dir.root))? {
+            let Ok(entry) = entry else { continue };
+            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX)
+                && let Err(e) = fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "stale temp file");
+            }
+        }
+        Ok(dir)
+    }
+
+    /// `<hex sha256(volume_id)>.json`: safe for any id, including `../..`.
+    fn path_for(&self, volume_id: &str) -> PathBuf {
+        let digest = Sha256::digest(volume_id.as_bytes());
+        self.root.join(format!("{}{SUFFIX}", hex::encode(digest)))
+    }
+
+    /// Stores `v`, replacing any previous record for the same volume. Written
+    /// to a temp file, fsynced and renamed, so a crash leaves either the old
+    /// or the new record, never half of one.
+    pub fn save(&self, v: &VolumeRecord) -> Result<()> {
+        let path = self.path_for(&v.volume_id);
+        let json = serde_json::to_vec_pretty(v).map_err(|source| StorageError::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        let tmp = self
+            .root
+            .join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(source) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(StorageError::Io {
+                op: "writing state record",
+                path,
+                source,
+            });
+        }
+        self.sync_dir()
+    }
+
+    /// The record for `volume_id`, or `None` if none was saved.
+    pub fn load(&self, volume_id: &str) -> Result<Option<VolumeRecord>> {
+        let path = self.path_for(volume_id);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io_err("reading state record", &path)(source)),
+        };
+        let record = parse(&path, &bytes)?;
+        if record.volume_id != volume_id {
+            return Err(StorageError::Corrupt {
+                path,
+                reason: format!("holds volume {:?}", record.volume_id),
+            });
+        }
+        Ok(Some(record))
+    }
+
+    /// Forgets `volume_id`; succeeds if it was never saved (unpublish retries).
+    pub fn remove(&self, volume_id: &str) -> Result<()> {
+        let path = self.path_for(volume_id);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io_err("removing state record", &path)(source)),
+        }
+    }
+
+    /// All readable records, sorted by volume id. A corrupt or misplaced file
+    /// is logged and skipped so one bad entry cannot stop the driver from
+    /// resuming every other volume; only an unreadable directory fails.
+    pub fn list(&self) -> Result<Vec<VolumeRecord>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io_err("listing", &self.root))? {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(dir = %self.root.display(), error = %e, "skipping state entry");
+                    continue;
+                }
+            };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || !name.ends_with(SUFFIX) {
+                continue;
+            }
+            let path = entry.path();
+            let record = fs::read(&path)
+                .map_err(io_err("reading state record", &path))
+                .and_then(|bytes| parse(&path, &bytes))
+                .and_then(|r| {
+                    if self.path_for(&r.volume_id) == path {
+                        Ok(r)
+                    } else {
+                        Err(StorageError::Corrupt {
+                            path: path.clone(),
+                            reason: "file name does not match its volume id".into(),
+                        })
+                    }
+                });
+            match record {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable state record"),
+            }
+        }
+        out.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+        Ok(out)
+    }
+
+    /// Makes a rename or unlink durable across a power loss.
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync state dir", &self.root))
+    }
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<VolumeRecord> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn record(volume_id: &str) -> VolumeRecord {
+        VolumeRecord {
+            volume_id: volume_id.into(),
+            target_path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount".into(),
+            pod_namespace: "ns".into(),
+            pod_name: "pod".into(),
+            pod_uid: "u".into(),
+            service_account: "sa".into(),
+            uid: 4242,
+            gid: 4243,
+            generation: "..2026_05_01_12_00_00.0123456789abcdef".into(),
+            published_at_unix: 1_777_636_800,
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn open_creates_a_private_dir_and_drops_stale_temp_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("a/b");
+        fs::create_dir_all(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(root.join(".tmp-deadbeef"), b"{half").unwrap();
+        StateDir::open(&root).unwrap();
+        assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+        assert!(files(&root).is_empty());
+    }
+
+    #[test]
+    fn save_load_list_remove_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let (a, b) = (record("vol-a"), record("vol-b"));
+        dir.save(&b).unwrap();
+        dir.save(&a).unwrap();
+        assert_eq!(dir.load("vol-a").unwrap(), Some(a.clone()));
+        assert_eq!(dir.load("vol-missing").unwrap(), None);
+        assert_eq!(dir.list().unwrap(), vec![a.clone(), b.clone()]);
+        let a2 = VolumeRecord {
+            generation: "..2026_05_01_12_01_00.1111111111111111".into(),
+            ..a
+        };
+        dir.save(&a2).unwrap();
+        assert_eq!(dir.load("vol-a").unwrap(), Some(a2));
+        assert_eq!(files(tmp.path()).len(), 2, "no temp files left behind");
+        let mode = fs::metadata(dir.path_for("vol-a")).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        dir.remove("vol-a").unwrap();
+        dir.remove("vol-a").unwrap();
+        assert_eq!(dir.load("vol-a").unwrap(), None);
+        assert_eq!(dir.list().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn list_skips_corrupt_and_misplaced_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        dir.save(&record("good")).unwrap();
+        fs::write(dir.path_for("bad"), b"{not json").unwrap();
+        let misplaced = serde_json::to_vec(&record("other")).unwrap();
+        fs::write(dir.path_for("elsewhere"), misplaced).unwrap();
+        fs::write(tmp.path().join("README"), b"ignored").unwrap();
+        fs::create_dir(tmp.path().join("sub.json")).unwrap();
+        assert_eq!(dir.list().unwrap(), vec![record("good")]);
+        assert!(matches!(dir.load("bad"), Err(StorageError::Corrupt { .. })));
+        assert!(matches!(
+            dir.load("elsewhere"),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn file_names_are_safe_for_hostile_volume_ids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let dir = StateDir::open(&root).unwrap();
+        let hostile = ["../../etc/passwd", "", "a/b", "/abs", ".tmp-x", "nul\0byte"];
+        for id in hostile {
+            dir.save(&record(id)).unwrap();
+            assert_eq!(dir.load(id).unwrap(), Some(record(id)));
+        }
+        let names = files(&root);
+        assert_eq!(names.len(), hostile.len());
+        for name in &names {
+            let stem = name.strip_suffix(".json").unwrap();
+            assert!(stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_eq!(files(tmp.path()), vec!["state".to_string()]);
+        assert_eq!(dir.list().unwrap().len(), hostile.len());
+    }
+}

@@ -1,0 +1,334 @@
+//! The volume lifecycle as one explicit state machine.
+//!
+//! ```text
+//!            publish (bundle fetched)              unpublish
+//!  Absent ──────────────────────────────▶ Mounted ──────────▶ Absent
+//!    │  fetch/mount/write fails: nothing      │ ▲
+//!    │  is left behind, error to kubelet      │ │ republish: refresh files
+//!    └────────────────────────────────────    └─┘ (a failed refresh keeps the
+//!                                                 last good files, answers OK)
+//! ```
+//! A republish never unmounts and never fails because of the controller:
+//! kubelet tears down the mount directory of a volume whose republish
+//! returns a final error (kubernetes/kubernetes#121271), so a refresh that
+//! cannot reach the controller keeps the files the pod already has.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kcred_proto::kcred::v1::{Bundle, PodRef};
+use zeroize::Zeroizing;
+
+use crate::config::DriverConfig;
+use crate::controller_client::ControllerClient;
+use crate::storage::StorageError;
+use crate::storage::atomic_writer::{AtomicWriter, FileSpec, Ownership};
+use crate::storage::state::{StateDir, VolumeRecord};
+use crate::storage::tmpfs::{self, TmpfsOptions};
+
+/// Why a volume operation failed; each maps to one CSI status code.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// Another operation on the same volume is running (CSI: ABORTED).
+    #[error("an operation on volume {0} is already in progress")]
+    Busy(String),
+    /// The volume is published elsewhere (CSI: FAILED_PRECONDITION).
+    #[error("{0}")]
+    Conflict(String),
+    /// The controller refused or failed; its status is passed on.
+    #[error("controller: {}", .0.message())]
+    Controller(tonic::Status),
+    /// Node-side storage failed (CSI: INTERNAL).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A blocking task failed (CSI: INTERNAL).
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// A validated publish request.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// Where to mount.
+    pub target: PathBuf,
+    /// The pod the volume belongs to.
+    pub pod: PodRef,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// A new tmpfs was mounted and filled.
+    Mounted,
+    /// The volume was already mounted; its files were replaced.
+    Refreshed,
+    /// The volume was already mounted and up to date.
+    Unchanged,
+    /// The refresh failed; the last good files stay (the error is logged).
+    KeptLastGood,
+}
+
+/// Drives every volume on this node.
+pub struct VolumeManager {
+    cfg: DriverConfig,
+    client: ControllerClient,
+    state: Arc<StateDir>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn files_of(bundle: &mut Bundle) -> Vec<FileSpec> {
+    bundle
+        .files
+        .iter_mut()
+        .map(|f| FileSpec {
+            name: f.name.clone(),
+            content: Zeroizing::new(std::mem::take(&mut f.content)),
+            mode: f.mode,
+        })
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, VolumeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VolumeError::Task(e.to_string()))?
+}
+
+/// Mounts a fresh tmpfs at `target` and writes the bundle; on any failure
+/// unmounts and removes what it created, so no mount is left behind.
+fn mount_and_fill(
+    target: &Path,
+    size: u64,
+    files: &[FileSpec],
+    owner: Ownership,
+) -> Result<(), VolumeError> {
+    let created_dir = match std::fs::create_dir(target) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(source) => {
+            return Err(StorageError::Io {
+                op: "create target directory",
+                path: target.to_path_buf(),
+                source,
+            }
+            .into());
+        }
+    };
+    let opts = TmpfsOptions {
+        size_bytes: size,
+        uid: owner.uid,
+        gid: owner.gid,
+        mode: 0o550,
+    };
+    let result = tmpfs::mount_tmpfs(target, &opts)
+        .and_then(|()| AtomicWriter::new(target).write(files, owner).map(|_| ()));
+    if let Err(e) = result {
+        if let Err(u) = tmpfs::unmount(target) {
+            tracing::error!(target = %target.display(), error = %u, "cleanup unmount failed");
+        }
+        if created_dir {
+            let _ = std::fs::remove_dir(target);
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+impl VolumeManager {
+    /// Builds the manager; `state` is the node's state directory.
+    pub fn new(cfg: DriverConfig, client: ControllerClient, state: StateDir) -> Self {
+        VolumeManager {
+            cfg,
+            client,
+            state: Arc::new(state),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes the volume's lock, or fails at once if it is held: kubelet
+    /// retries an ABORTED call, it must not queue behind a slow one.
+    fn try_lock(&self, volume_id: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, VolumeError> {
+        let lock = {
+            let mut map = match self.locks.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            map.retain(|_, l| Arc::strong_count(l) > 1 || l.try_lock().is_err());
+            Arc::clone(map.entry(volume_id.to_string()).or_default())
+        };
+        lock.try_lock_owned()
+            .map_err(|_| VolumeError::Busy(volume_id.to_string()))
+    }
+
+    /// Publishes a volume: mounts and fills it the first time, refreshes it
+    /// on a republish.
+    pub async fn publish(&self, req: PublishRequest) -> Result<PublishOutcome, VolumeError> {
+        let _guard = self.try_lock(&req.volume_id)?;
+        let state = Arc::clone(&self.state);
+        let (vid, target) = (req.volume_id.clone(), req.target.clone());
+        let (record, mounted) = blocking(move || {
+            let record = state.load(&vid)?;
+            let mounted = tmpfs::is_tmpfs_mount(&target)?;
+            Ok((record, mounted))
+        })
+        .await?;
+
+        if let Some(rec) = &record
+            && rec.target_path != req.target
+        {
+            return Err(VolumeError::Conflict(format!(
+                "volume {} is already published at {}, not {}",
+                req.volume_id,
+                rec.target_path.display(),
+                req.target.display()
+            )));
+        }
+
+        if mounted && record.is_some() {
+            return Ok(self.refresh(req).await);
+        }
+
+        // First publish (or a mount whose state was lost): fetch before
+        // touching anything, so a refusal leaves nothing behind.
+        let mut bundle = self
+            .client
+            .fetch_bundle(req.pod.clone(), &req.volume_id, false)
+            .await
+            .map_err(VolumeError::Controller)?;
+        let files = files_of(&mut bundle);
+        let owner = Ownership {
+            uid: bundle.uid,
+            gid: bundle.gid,
+        };
+        let size = self.cfg.tmpfs_size_bytes;
+        let target = req.target.clone();
+        let rec = self.record(&req, &bundle);
+        let state = Arc::clone(&self.state);
+        blocking(move || {
+            if mounted {
+                AtomicWriter::new(&target).write(&files, owner)?;
+            } else {
+                mount_and_fill(&target, size, &files, owner)?;
+            }
+            if let Err(e) = state.save(&rec) {
+                // Without state the driver could not resume this volume.
+                if !mounted {
+                    let _ = tmpfs::unmount(&target);
+                    let _ = std::fs::remove_dir(&target);
+                }
+                return Err(e.into());
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(volume = %req.volume_id, pod = %format!("{}/{}", req.pod.namespace, req.pod.name),
+            generation = %bundle.generation, "volume published");
+        Ok(PublishOutcome::Mounted)
+    }
+
+    fn record(&self, req: &PublishRequest, bundle: &Bundle) -> VolumeRecord {
+        VolumeRecord {
+            volume_id: req.volume_id.clone(),
+            target_path: req.target.clone(),
+            pod_namespace: req.pod.namespace.clone(),
+            pod_name: req.pod.name.clone(),
+            pod_uid: req.pod.uid.clone(),
+            service_account: req.pod.service_account.clone(),
+            uid: bundle.uid,
+            gid: bundle.gid,
+            generation: bundle.generation.clone(),
+            published_at_unix: now_unix(),
+        }
+    }
+
+    /// Refreshes a mounted volume; never fails the caller.
+    async fn refresh(&self, req: PublishRequest) -> PublishOutcome {
+        let pod = format!("{}/{}", req.pod.namespace, req.pod.name);
+        let mut bundle = match self
+            .client
+            .fetch_bundle(req.pod.clone(), &req.volume_id, true)
+            .await
+        {
+            Ok(b) => b,
+            Err(status) => {
+                tracing::warn!(volume = %req.volume_id, %pod, code = ?status.code(), error = %status.message(),
+                    "refresh failed; keeping the last good files");
+                return PublishOutcome::KeptLastGood;
+            }
+        };
+        let files = files_of(&mut bundle);
+        let owner = Ownership {
+            uid: bundle.uid,
+            gid: bundle.gid,
+        };
+        let target = req.target.clone();
+        let rec = self.record(&req, &bundle);
+        let state = Arc::clone(&self.state);
+        let written = blocking(move || {
+            let changed = AtomicWriter::new(&target).write(&files, owner)?;
+            if changed {
+                state.save(&rec)?;
+            }
+            Ok(changed)
+        })
+        .await;
+        match written {
+            Ok(true) => {
+                tracing::info!(volume = %req.volume_id, %pod, generation = %bundle.generation, "volume refreshed");
+                PublishOutcome::Refreshed
+            }
+            Ok(false) => PublishOutcome::Unchanged,
+            Err(e) => {
+                tracing::warn!(volume = %req.volume_id, %pod, error = %e, "refresh write failed; keeping the last good files");
+                PublishOutcome::KeptLastGood
+            }
+        }
+    }
+
+    /// Unmounts and removes a volume; succeeds when it is already gone.
+    pub async fn unpublish(&self, volume_id: &str, target: PathBuf) -> Result<(), VolumeError> {
+        let _guard = self.try_lock(volume_id)?;
+        let state = Arc::clone(&self.state);
+        let vid = volume_id.to_string();
+        blocking(move || {
+            if tmpfs::is_tmpfs_mount(&target)? {
+                tmpfs::unmount(&target)?;
+            }
+            match std::fs::remove_dir(&target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StorageError::Io {
+                        op: "remove target directory",
+                        path: target.clone(),
+                        source,
+                    }
+                    .into());
+                }
+            }
+            state.remove(&vid)?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(volume = %volume_id, "volume unpublished");
+        Ok(())
+    }
+
+    /// Whether the state directory is usable (for CSI Probe).
+    pub fn ready(&self) -> bool {
+        self.state.list().is_ok()
+    }
+}

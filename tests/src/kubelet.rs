@@ -1,0 +1,172 @@
+//! A kubelet stand-in: computes volume ids and target paths as kubelet
+//! does and calls the driver's CSI socket with the same requests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use kcred_proto::csi::v1::identity_client::IdentityClient;
+use kcred_proto::csi::v1::node_client::NodeClient;
+use kcred_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use kcred_proto::csi::v1::{
+    NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability,
+};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A pod as the tests describe it.
+#[derive(Debug, Clone)]
+pub struct TestPod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// Node it is bound to.
+    pub node: String,
+    /// Annotations.
+    pub annotations: Vec<(String, String)>,
+}
+
+impl TestPod {
+    /// A pod asking for keytabs of `principals` (comma-joined).
+    pub fn with_keytabs(namespace: &str, name: &str, node: &str, principals: &str) -> Self {
+        TestPod {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: format!(
+                "{:x}",
+                Sha256::digest(format!("{namespace}/{name}").as_bytes())
+            )[..32]
+                .to_string(),
+            node: node.into(),
+            annotations: vec![("kcred.io/keytabs".into(), principals.into())],
+        }
+    }
+
+    /// The controller's view of this pod.
+    pub fn info(&self) -> kcred_controller::pods::PodInfo {
+        kcred_controller::pods::PodInfo {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            node_name: self.node.clone(),
+            service_account: "default".into(),
+            annotations: self.annotations.iter().cloned().collect(),
+            fs_group: None,
+        }
+    }
+}
+
+/// Talks CSI to the driver, like kubelet.
+pub struct Kubelet {
+    root: PathBuf,
+    channel: Channel,
+}
+
+impl Kubelet {
+    /// Connects to the driver socket; `root` is the kubelet directory.
+    pub async fn connect(socket: &Path, root: &Path) -> anyhow::Result<Self> {
+        let socket = socket.to_path_buf();
+        let channel = Endpoint::try_from("http://[::1]:50051")?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await?;
+        Ok(Kubelet {
+            root: root.to_path_buf(),
+            channel,
+        })
+    }
+
+    /// CSI Node client.
+    pub fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel.clone())
+    }
+
+    /// CSI Identity client.
+    pub fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel.clone())
+    }
+
+    /// Kubelet's volume id: `csi-` + hex SHA-256 of pod UID ++ volume name.
+    pub fn volume_id(pod: &TestPod, volume: &str) -> String {
+        format!(
+            "csi-{}",
+            hex::encode(Sha256::digest(format!("{}{volume}", pod.uid).as_bytes()))
+        )
+    }
+
+    /// Kubelet's target path for an inline CSI volume.
+    pub fn target_path(&self, pod: &TestPod, volume: &str) -> PathBuf {
+        self.root
+            .join("pods")
+            .join(&pod.uid)
+            .join("volumes/kubernetes.io~csi")
+            .join(volume)
+            .join("mount")
+    }
+
+    /// The publish request kubelet sends (and creates the parent directory,
+    /// as kubelet does).
+    pub fn publish_request(&self, pod: &TestPod, volume: &str) -> NodePublishVolumeRequest {
+        let target = self.target_path(pod, volume);
+        if let Some(parent) = target.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let ctx: HashMap<String, String> = [
+            ("csi.storage.k8s.io/pod.name", pod.name.as_str()),
+            ("csi.storage.k8s.io/pod.namespace", pod.namespace.as_str()),
+            ("csi.storage.k8s.io/pod.uid", pod.uid.as_str()),
+            ("csi.storage.k8s.io/serviceAccount.name", "default"),
+            ("csi.storage.k8s.io/ephemeral", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        NodePublishVolumeRequest {
+            volume_id: Self::volume_id(pod, volume),
+            publish_context: HashMap::new(),
+            staging_target_path: String::new(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume {
+                    fs_type: String::new(),
+                    mount_flags: vec![],
+                    volume_mount_group: String::new(),
+                })),
+                access_mode: Some(AccessMode {
+                    mode: access_mode::Mode::SingleNodeWriter as i32,
+                }),
+            }),
+            readonly: false,
+            secrets: HashMap::new(),
+            volume_context: ctx,
+        }
+    }
+
+    /// Publishes `volume` for `pod`; returns the target path.
+    pub async fn publish(&self, pod: &TestPod, volume: &str) -> Result<PathBuf, tonic::Status> {
+        let req = self.publish_request(pod, volume);
+        let target = PathBuf::from(&req.target_path);
+        self.node().node_publish_volume(req).await?;
+        Ok(target)
+    }
+
+    /// Unpublishes `volume` of `pod`.
+    pub async fn unpublish(&self, pod: &TestPod, volume: &str) -> Result<(), tonic::Status> {
+        self.node()
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: Self::volume_id(pod, volume),
+                target_path: self.target_path(pod, volume).display().to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+}

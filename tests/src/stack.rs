@@ -1,0 +1,254 @@
+//! A whole kcred deployment in one test: realm, controller, node driver.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use kcred_controller::pods::PodIndex;
+use kcred_controller::{Config, Controller};
+use kcred_csi_driver::DriverConfig;
+use kcred_csi_driver::controller_client::ControllerClient;
+use kcred_csi_driver::csi::server;
+use kcred_csi_driver::storage::state::StateDir;
+use kcred_csi_driver::volumes::VolumeManager;
+use kcred_testrealm::Realm;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::kubelet::{Kubelet, TestPod};
+
+/// The default test policy: `web` runs as websvc (owns two HTTP
+/// principals), `db` as dbsvc (owns a postgres principal).
+pub const DEFAULT_POLICY: &str = r#"
+[[role_accounts]]
+login = "websvc"
+uid = 1500
+gid = 1500
+namespaces = ["web"]
+service_principals = ["HTTP/web.example.com", "HTTP/api.example.com"]
+
+[[role_accounts]]
+login = "dbsvc"
+uid = 1600
+gid = 1600
+namespaces = ["db"]
+service_principals = ["postgres/db1.example.com"]
+"#;
+
+/// Principals the default stack creates in the realm.
+pub const DEFAULT_PRINCIPALS: [&str; 3] = [
+    "HTTP/web.example.com",
+    "HTTP/api.example.com",
+    "postgres/db1.example.com",
+];
+
+/// How to build a stack.
+pub struct StackOptions {
+    /// The node the driver runs as.
+    pub node: String,
+    /// Policy file content.
+    pub policy: String,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            node: "node-a".into(),
+            policy: DEFAULT_POLICY.into(),
+        }
+    }
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("server task")?
+    }
+}
+
+/// A running realm, controller and driver.
+pub struct Stack {
+    /// The MIT realm.
+    pub realm: Realm,
+    /// Where everything lives (config, store, kubelet dir, sockets).
+    pub dir: tempfile::TempDir,
+    /// The kubelet stand-in connected to the driver.
+    pub kubelet: Kubelet,
+    /// The controller's config as written to disk.
+    pub config: Config,
+    controller_addr: SocketAddr,
+    pods: Arc<PodIndex>,
+    controller: Option<Running>,
+    driver: Option<Running>,
+}
+
+fn write(path: &Path, content: &str) -> anyhow::Result<()> {
+    std::fs::write(path, content).with_context(|| format!("write {}", path.display()))
+}
+
+impl Stack {
+    /// Starts a realm with the default principals, a controller and a driver.
+    pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
+        let realm = Realm::start()?;
+        for p in DEFAULT_PRINCIPALS {
+            realm.add_principal(p)?;
+        }
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        kcred_controller::crypto::MasterKey::generate_file(&d.join("master.key"))?;
+        write(&d.join("policy.toml"), &opts.policy)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let controller_addr = listener.local_addr()?;
+        let config_text = format!(
+            r#"
+listen = "{controller_addr}"
+realm = "{realm_name}"
+krb5_config = "{krb5}"
+master_key_file = "{d}/master.key"
+store_path = "{d}/store.redb"
+policy_file = "{d}/policy.toml"
+reload_interval_secs = 1
+
+[kadmin]
+principal = "{admin}"
+keytab = "{admin_keytab}"
+work_dir = "{d}/extract"
+timeout_secs = 10
+"#,
+            realm_name = realm.name(),
+            krb5 = realm.krb5_conf_path().display(),
+            d = d.display(),
+            admin = realm.admin_principal(),
+            admin_keytab = realm.admin_keytab().display(),
+        );
+        write(&d.join("controller.toml"), &config_text)?;
+        let config = Config::load(&d.join("controller.toml"))?;
+
+        let kubelet_dir = d.join("kubelet");
+        std::fs::create_dir_all(kubelet_dir.join("pods"))?;
+        let socket = d.join("csi/csi.sock");
+        let driver_cfg = DriverConfig {
+            driver_name: kcred_csi_driver::config::DEFAULT_DRIVER_NAME.into(),
+            node_id: opts.node.clone(),
+            kubelet_dir: kubelet_dir.clone(),
+            state_dir: d.join("driver-state"),
+            controller_endpoint: format!("http://{controller_addr}"),
+            tmpfs_size_bytes: 1024 * 1024,
+        };
+        let client = ControllerClient::new(&driver_cfg.controller_endpoint, &driver_cfg.node_id)?;
+        let volumes = Arc::new(VolumeManager::new(
+            driver_cfg.clone(),
+            client,
+            StateDir::open(&driver_cfg.state_dir)?,
+        ));
+        let unix = server::bind(&socket)?;
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server::serve(driver_cfg, volumes, unix, async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        });
+        let driver = Running { stop, task };
+
+        let controller = Controller::start(&config)?;
+        let pods = controller.pods();
+        let controller = Self::spawn_controller(controller, listener);
+        let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
+        Ok(Stack {
+            realm,
+            dir,
+            kubelet,
+            config,
+            controller_addr,
+            pods,
+            controller: Some(controller),
+            driver: Some(driver),
+        })
+    }
+
+    fn spawn_controller(controller: Controller, listener: tokio::net::TcpListener) -> Running {
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            controller
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        Running { stop, task }
+    }
+
+    /// Tells the controller about a pod (what the Kubernetes watch does).
+    pub fn add_pod(&self, pod: &TestPod) {
+        self.pods.upsert(pod.info());
+    }
+
+    /// Stops the controller; its store stays on disk.
+    pub async fn stop_controller(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.controller.take() {
+            c.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a fresh controller on the same address, store and config
+    /// (after `edit`), and feeds it `pods`.
+    pub async fn start_controller(
+        &mut self,
+        edit: impl FnOnce(&mut Config),
+        pods: &[&TestPod],
+    ) -> anyhow::Result<()> {
+        let mut cfg = self.config.clone();
+        edit(&mut cfg);
+        let controller = Controller::start(&cfg)?;
+        self.pods = controller.pods();
+        for p in pods {
+            self.add_pod(p);
+        }
+        let listener = tokio::net::TcpListener::bind(self.controller_addr).await?;
+        self.controller = Some(Self::spawn_controller(controller, listener));
+        Ok(())
+    }
+
+    /// The kubelet root directory.
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.dir.path().join("kubelet")
+    }
+
+    /// Stops the driver and the controller.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(d) = self.driver.take() {
+            d.stop().await?;
+        }
+        self.stop_controller().await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // A failed test must not leave tmpfs mounts under the temp dir.
+        let pods = self.kubelet_dir().join("pods");
+        let Ok(entries) = std::fs::read_dir(&pods) else {
+            return;
+        };
+        for pod in entries.flatten() {
+            let csi = pod.path().join("volumes/kubernetes.io~csi");
+            let Ok(vols) = std::fs::read_dir(&csi) else {
+                continue;
+            };
+            for v in vols.flatten() {
+                let _ =
+                    nix::mount::umount2(&v.path().join("mount"), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
