@@ -60,6 +60,12 @@ async fn publish_delivers_a_keytab_that_kinit_accepts() {
         "owned by the role account"
     );
     assert_eq!(meta.mode() & 0o777, 0o400, "keytab mode");
+    let root = std::fs::metadata(&target).expect("mount root metadata");
+    assert_eq!(
+        (root.uid(), root.gid(), root.mode() & 0o777),
+        (0, 1500, 0o550),
+        "the pod must not own the volume root (it could tamper with ..data)"
+    );
     let conf = std::fs::read_to_string(target.join("krb5.conf")).expect("krb5.conf");
     assert!(
         conf.contains(stack.realm.name()),

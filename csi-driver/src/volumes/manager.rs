@@ -115,21 +115,13 @@ fn mount_and_fill(
     files: &[FileSpec],
     owner: Ownership,
 ) -> Result<(), VolumeError> {
-    let created_dir = match std::fs::create_dir(target) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(source) => {
-            return Err(StorageError::Io {
-                op: "create target directory",
-                path: target.to_path_buf(),
-                source,
-            }
-            .into());
-        }
-    };
+    // mount_tmpfs creates the `mount` directory itself when it is missing.
+    let created_dir = !target.exists();
+    // The root is root's, readable by the role account's group: a pod that
+    // owned it could chmod it and tamper with `..data`.
     let opts = TmpfsOptions {
         size_bytes: size,
-        uid: owner.uid,
+        uid: 0,
         gid: owner.gid,
         mode: 0o550,
     };

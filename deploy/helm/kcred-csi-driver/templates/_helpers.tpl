@@ -1,0 +1,69 @@
+{{/*
+The CSI driver name. It must match the CSIDriver object, the driver's
+--driver-name flag, the plugin directory and the registration path, so it is
+defined once, here. Pods name it in their inline volumes.
+*/}}
+{{- define "kcred-csi-driver.driverName" -}}
+csi.kcred.io
+{{- end -}}
+
+{{- define "kcred-csi-driver.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kcred-csi-driver.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kcred-csi-driver.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kcred-csi-driver.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kcred-csi-driver.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kcred-csi-driver.labels" -}}
+helm.sh/chart: {{ include "kcred-csi-driver.chart" . }}
+{{ include "kcred-csi-driver.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kcred
+{{- end -}}
+
+{{- define "kcred-csi-driver.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kcred-csi-driver.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Kubelet's root directory, without a trailing slash. */}}
+{{- define "kcred-csi-driver.kubeletDir" -}}
+{{- required "kubeletDir is required" .Values.kubeletDir | trimSuffix "/" -}}
+{{- end -}}
+
+{{/* Host directory holding the driver's socket. */}}
+{{- define "kcred-csi-driver.pluginDir" -}}
+{{- printf "%s/plugins/%s" (include "kcred-csi-driver.kubeletDir" .) (include "kcred-csi-driver.driverName" .) -}}
+{{- end -}}
+
+{{/* The controller endpoint; rendering fails without it. */}}
+{{- define "kcred-csi-driver.controllerEndpoint" -}}
+{{- required "controller.endpoint is required: the kcred controller's node API as seen from the nodes, e.g. --set controller.endpoint=http://kcred-controller.example.com:7420" .Values.controller.endpoint -}}
+{{- end -}}
+
+{{- define "kcred-csi-driver.driverImage" -}}
+{{- printf "%s:%s" .Values.images.driver.repository (default .Chart.AppVersion .Values.images.driver.tag) -}}
+{{- end -}}
