@@ -47,6 +47,12 @@ pub struct Config {
     pub reload_interval_secs: u64,
     /// How to reach kadmind.
     pub kadmin: KadminSection,
+    /// Where `/metrics` is served (Prometheus text format); off if unset.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The KDC gate's budgets.
+    #[serde(default)]
+    pub gate: crate::gate::GateConfig,
 }
 
 /// The `[kadmin]` table.
@@ -94,6 +100,18 @@ impl Config {
         names::validate_realm(&self.realm).map_err(|e| e.to_string())?;
         if self.reload_interval_secs == 0 {
             return Err("reload_interval_secs must be at least 1".into());
+        }
+        for (lane, l) in [("kadmin", &self.gate.kadmin), ("kdc", &self.gate.kdc)] {
+            if l.rate_per_sec == 0 || l.burst == 0 {
+                return Err(format!(
+                    "gate.{lane}: rate_per_sec and burst must be at least 1"
+                ));
+            }
+            if l.backoff_min_ms > l.backoff_max_ms {
+                return Err(format!(
+                    "gate.{lane}: backoff_min_ms exceeds backoff_max_ms"
+                ));
+            }
         }
         if self.kadmin.timeout_secs == 0 {
             return Err("kadmin.timeout_secs must be at least 1".into());

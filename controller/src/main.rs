@@ -58,12 +58,26 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {}", cfg.listen))?;
             let controller = Controller::start(&cfg)?;
             tracing::info!(listen = %cfg.listen, "serving node API");
-            controller
-                .serve(listener, async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await?;
+            controller.serve(listener, shutdown_signal()).await?;
             Ok(())
         }
     }
+}
+
+/// Completes on SIGINT or SIGTERM (what systemd and Kubernetes send).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
 }

@@ -12,8 +12,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::node::NodeApi;
 use crate::config::Config;
 use crate::crypto::MasterKey;
+use crate::gate::KdcGate;
 use crate::issuers::keytab::KeytabIssuer;
 use crate::kadmin::{KadminClient, KadminConfig};
+use crate::metrics::Metrics;
 use crate::pods::{PodIndex, file_source};
 use crate::policy::parse_policy;
 use crate::reload::Watched;
@@ -44,6 +46,7 @@ fn startup(step: &'static str) -> impl Fn(String) -> ServeError {
 pub struct Controller {
     state: Arc<ControllerState>,
     background: Vec<JoinHandle<()>>,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Controller {
@@ -70,6 +73,8 @@ impl Controller {
             startup("pod krb5.conf")(format!("{}: {e}", cfg.pod_krb5_conf_path().display()))
         })?;
 
+        let metrics = Metrics::new();
+        let gate = Arc::new(KdcGate::new(&cfg.gate, Arc::clone(&metrics)));
         let pods = Arc::new(PodIndex::default());
         let mut background = vec![policy.spawn_poller(cfg.reload_interval(), |_| {})];
         if let Some(path) = &cfg.pods_file {
@@ -91,10 +96,25 @@ impl Controller {
             realm: cfg.realm.clone(),
             pods,
             policy,
-            keytabs: KeytabIssuer::new(Arc::new(store), Arc::new(kadmin)),
+            keytabs: KeytabIssuer::new(
+                Arc::new(store),
+                Arc::new(kadmin),
+                gate,
+                Arc::clone(&metrics),
+            ),
             pod_krb5_conf,
+            metrics,
         });
-        Ok(Controller { state, background })
+        Ok(Controller {
+            state,
+            background,
+            metrics_listen: cfg.metrics_listen,
+        })
+    }
+
+    /// The controller's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.state.metrics)
     }
 
     /// The pod index, for pod sources that feed it directly.
@@ -108,12 +128,24 @@ impl Controller {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
+        let mut background = self.background;
+        if let Some(addr) = self.metrics_listen {
+            let listener = crate::metrics::bind(addr)
+                .await
+                .map_err(|e| startup("metrics listener")(format!("{addr}: {e}")))?;
+            let metrics = Arc::clone(&self.state.metrics);
+            background.push(tokio::spawn(async move {
+                if let Err(e) = metrics.serve(listener).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            }));
+        }
         let api = NodeApi::new(Arc::clone(&self.state));
         let result = tonic::transport::Server::builder()
             .add_service(NodeCredentialsServer::new(api))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
-        for task in &self.background {
+        for task in &background {
             task.abort();
         }
         result.map_err(ServeError::from)

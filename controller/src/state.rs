@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::issuers::keytab::KeytabIssuer;
+use crate::metrics::Metrics;
 use crate::pods::PodIndex;
 use crate::policy::Policy;
 use crate::reload::Watched;
@@ -19,4 +20,6 @@ pub struct ControllerState {
     pub keytabs: KeytabIssuer,
     /// The `krb5.conf` delivered to pods.
     pub pod_krb5_conf: Vec<u8>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }

@@ -72,9 +72,24 @@ async fn main() -> anyhow::Result<()> {
     let volumes = Arc::new(VolumeManager::new(cfg.clone(), client, state));
     let listener = server::bind(&cli.endpoint)?;
     tracing::info!(endpoint = %cli.endpoint.display(), node = %cfg.node_id, "serving CSI");
-    server::serve(cfg, volumes, listener, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    server::serve(cfg, volumes, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM (what systemd and Kubernetes send).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
 }

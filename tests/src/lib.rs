@@ -5,6 +5,7 @@
 
 pub mod kubelet;
 pub mod stack;
+pub mod storm;
 
 pub use kcred_testrealm::Realm;
 pub use kubelet::{Kubelet, TestPod};

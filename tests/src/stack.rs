@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use kcred_controller::metrics::Metrics;
 use kcred_controller::pods::PodIndex;
 use kcred_controller::{Config, Controller};
 use kcred_csi_driver::DriverConfig;
@@ -49,6 +50,12 @@ pub struct StackOptions {
     pub node: String,
     /// Policy file content.
     pub policy: String,
+    /// Principals to create in the realm.
+    pub principals: Vec<String>,
+    /// Extra controller config (TOML tables such as `[gate.kadmin]`).
+    pub extra_config: String,
+    /// Serve the controller's `/metrics` here.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for StackOptions {
@@ -56,6 +63,9 @@ impl Default for StackOptions {
         StackOptions {
             node: "node-a".into(),
             policy: DEFAULT_POLICY.into(),
+            principals: DEFAULT_PRINCIPALS.iter().map(|s| s.to_string()).collect(),
+            extra_config: String::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -84,6 +94,7 @@ pub struct Stack {
     pub config: Config,
     controller_addr: SocketAddr,
     pods: Arc<PodIndex>,
+    metrics: Arc<Metrics>,
     controller: Option<Running>,
     driver: Option<Running>,
 }
@@ -96,7 +107,7 @@ impl Stack {
     /// Starts a realm with the default principals, a controller and a driver.
     pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
         let realm = Realm::start()?;
-        for p in DEFAULT_PRINCIPALS {
+        for p in &opts.principals {
             realm.add_principal(p)?;
         }
         let dir = tempfile::tempdir()?;
@@ -114,13 +125,21 @@ master_key_file = "{d}/master.key"
 store_path = "{d}/store.redb"
 policy_file = "{d}/policy.toml"
 reload_interval_secs = 1
+{metrics}
 
 [kadmin]
 principal = "{admin}"
 keytab = "{admin_keytab}"
 work_dir = "{d}/extract"
 timeout_secs = 10
+
+{extra}
 "#,
+            extra = opts.extra_config,
+            metrics = opts
+                .metrics_listen
+                .map(|a| format!("metrics_listen = \"{a}\""))
+                .unwrap_or_default(),
             realm_name = realm.name(),
             krb5 = realm.krb5_conf_path().display(),
             d = d.display(),
@@ -160,6 +179,7 @@ timeout_secs = 10
 
         let controller = Controller::start(&config)?;
         let pods = controller.pods();
+        let metrics = controller.metrics();
         let controller = Self::spawn_controller(controller, listener);
         let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
         Ok(Stack {
@@ -169,6 +189,7 @@ timeout_secs = 10
             config,
             controller_addr,
             pods,
+            metrics,
             controller: Some(controller),
             driver: Some(driver),
         })
@@ -211,12 +232,39 @@ timeout_secs = 10
         edit(&mut cfg);
         let controller = Controller::start(&cfg)?;
         self.pods = controller.pods();
+        self.metrics = controller.metrics();
         for p in pods {
             self.add_pod(p);
         }
         let listener = tokio::net::TcpListener::bind(self.controller_addr).await?;
         self.controller = Some(Self::spawn_controller(controller, listener));
         Ok(())
+    }
+
+    /// The running controller's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The controller's node API endpoint.
+    pub fn controller_endpoint(&self) -> String {
+        format!("http://{}", self.controller_addr)
+    }
+
+    /// A volume manager acting as another node (its own node id and state
+    /// directory, the same kubelet directory): a simulated node.
+    pub fn simulated_node(&self, node: &str) -> anyhow::Result<VolumeManager> {
+        let cfg = DriverConfig {
+            driver_name: kcred_csi_driver::config::DEFAULT_DRIVER_NAME.into(),
+            node_id: node.to_string(),
+            kubelet_dir: self.kubelet_dir(),
+            state_dir: self.dir.path().join("nodes").join(node),
+            controller_endpoint: self.controller_endpoint(),
+            tmpfs_size_bytes: 64 * 1024,
+        };
+        let client = ControllerClient::new(&cfg.controller_endpoint, node)?;
+        let state = StateDir::open(&cfg.state_dir)?;
+        Ok(VolumeManager::new(cfg, client, state))
     }
 
     /// The kubelet root directory.

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::annotations::CredentialRequest;
+use crate::gate::Priority;
 use crate::keytab::Keytab;
 use crate::names;
 use crate::state::ControllerState;
@@ -60,7 +61,23 @@ impl NodeCredentials for NodeApi {
         &self,
         request: Request<FetchBundleRequest>,
     ) -> Result<Response<Bundle>, Status> {
-        let req = request.into_inner();
+        let started = std::time::Instant::now();
+        let result = self.fetch(request.into_inner()).await;
+        let code = match &result {
+            Ok(_) => "Ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.state
+            .metrics
+            .fetch_seconds
+            .with_label_values(&[&code])
+            .observe(started.elapsed().as_secs_f64());
+        result.map(Response::new)
+    }
+}
+
+impl NodeApi {
+    async fn fetch(&self, req: FetchBundleRequest) -> Result<Bundle, Status> {
         let pod_ref = validate(&req)?;
         let st = &self.state;
         let who = format!("{}/{}", pod_ref.namespace, pod_ref.name);
@@ -104,9 +121,14 @@ impl NodeCredentials for NodeApi {
             None => policy.role_for_namespace(&pod.namespace)?.clone(),
         };
 
+        let priority = if req.refresh {
+            Priority::Background
+        } else {
+            Priority::Starting
+        };
         let mut keytabs = Vec::with_capacity(wants.keytabs.len());
         for principal in &wants.keytabs {
-            keytabs.push(st.keytabs.keytab(principal).await?);
+            keytabs.push(st.keytabs.keytab(principal, priority).await?);
         }
         let keytab = Keytab::merge(keytabs.iter())
             .map_err(|e| Status::internal(format!("merging keytabs: {e}")))?;
@@ -130,11 +152,11 @@ impl NodeCredentials for NodeApi {
             kvnos = ?keytab.kvnos(), %generation, refresh = req.refresh,
             "issued bundle"
         );
-        Ok(Response::new(Bundle {
+        Ok(Bundle {
             files,
             uid: role.uid,
             gid: role.gid,
             generation,
-        }))
+        })
     }
 }

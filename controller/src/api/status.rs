@@ -23,7 +23,9 @@ impl From<Denied> for Status {
 impl From<IssueError> for Status {
     fn from(e: IssueError) -> Status {
         match &e {
-            IssueError::Kadmin(KadminError::Unavailable(_)) => Status::unavailable(e.to_string()),
+            IssueError::Kadmin(KadminError::Unavailable(_)) | IssueError::Unavailable(_) => {
+                Status::unavailable(e.to_string())
+            }
             IssueError::Kadmin(KadminError::NoSuchPrincipal(_) | KadminError::Refused { .. }) => {
                 Status::failed_precondition(e.to_string())
             }

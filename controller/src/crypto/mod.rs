@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 const NONCE_LEN: usize = 12;
 
 /// Why a seal or open failed. Deliberately vague about contents.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CryptoError {
     /// The record names a master key this controller does not hold.
     #[error(

@@ -1,34 +1,47 @@
 //! Keytabs: extracted once from kadmind, then served from the store.
 //!
 //! A principal's keys are never randomized here: the first request extracts
-//! the current keys (`ktadd -norandkey`), seals them into the store, and
-//! every later request (any pod, any node, after any restart) gets exactly
-//! those bytes. Concurrent first requests for one principal wait on a single
-//! extraction.
+//! the current keys (`ktadd -norandkey`) through the gate, seals them into
+//! the store, and every later request (any pod, any node, after any
+//! restart, while kadmind is down) gets exactly those bytes. Concurrent
+//! first requests for one principal share a single extraction.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::IssueError;
+use crate::gate::single_flight::{Role, SingleFlight};
+use crate::gate::{KdcGate, Lane, Priority};
 use crate::kadmin::KadminClient;
 use crate::keytab::Keytab;
+use crate::metrics::Metrics;
 use crate::names::ServicePrincipal;
 use crate::store::Store;
+
+const KIND: &str = "keytab";
 
 /// Issues keytabs for service principals.
 pub struct KeytabIssuer {
     store: Arc<Store>,
     kadmin: Arc<KadminClient>,
-    inflight: Mutex<HashMap<ServicePrincipal, Arc<tokio::sync::Mutex<()>>>>,
+    gate: Arc<KdcGate>,
+    metrics: Arc<Metrics>,
+    flight: SingleFlight<ServicePrincipal, Keytab, IssueError>,
 }
 
 impl KeytabIssuer {
-    /// Builds an issuer over a store and a kadmin client.
-    pub fn new(store: Arc<Store>, kadmin: Arc<KadminClient>) -> Self {
+    /// Builds an issuer over a store, kadmind (behind the gate) and metrics.
+    pub fn new(
+        store: Arc<Store>,
+        kadmin: Arc<KadminClient>,
+        gate: Arc<KdcGate>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         KeytabIssuer {
             store,
             kadmin,
-            inflight: Mutex::new(HashMap::new()),
+            gate,
+            metrics,
+            flight: SingleFlight::default(),
         }
     }
 
@@ -41,48 +54,49 @@ impl KeytabIssuer {
         Ok(found.map(|s| s.keytab))
     }
 
-    fn flight_lock(&self, principal: &ServicePrincipal) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = match self.inflight.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        Arc::clone(map.entry(principal.clone()).or_default())
-    }
-
-    fn release_flight(&self, principal: &ServicePrincipal, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut map = match self.inflight.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        // Only the map and this caller hold it: nobody else is waiting.
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(principal);
-        }
-    }
-
     /// The principal's keytab: from the store, or extracted once.
-    pub async fn keytab(&self, principal: &ServicePrincipal) -> Result<Keytab, IssueError> {
+    pub async fn keytab(
+        &self,
+        principal: &ServicePrincipal,
+        priority: Priority,
+    ) -> Result<Keytab, IssueError> {
         if let Some(k) = self.stored(principal).await? {
+            self.metrics.cache_hits.with_label_values(&[KIND]).inc();
             return Ok(k);
         }
-        let lock = self.flight_lock(principal);
-        let result = async {
-            let _turn = lock.lock().await;
-            // Someone else may have extracted it while we waited.
-            if let Some(k) = self.stored(principal).await? {
-                return Ok(k);
-            }
-            let keytab = self.kadmin.extract_keytab(principal).await?;
-            let store = Arc::clone(&self.store);
-            let (p, k) = (principal.clone(), keytab.clone());
-            tokio::task::spawn_blocking(move || store.put_keytab(&p, &k))
-                .await
-                .map_err(|e| IssueError::Task(e.to_string()))??;
-            tracing::info!(principal = %principal, kvnos = ?keytab.kvnos(), "extracted keytab from kadmind");
-            Ok(keytab)
+        let (result, role) = self
+            .flight
+            .run(principal.clone(), || self.extract(principal, priority))
+            .await;
+        if role == Role::Follower {
+            self.metrics.coalesced.with_label_values(&[KIND]).inc();
         }
-        .await;
-        self.release_flight(principal, lock);
         result
+    }
+
+    async fn extract(
+        &self,
+        principal: &ServicePrincipal,
+        priority: Priority,
+    ) -> Result<Keytab, IssueError> {
+        // A flight that finished just before this one started stored it.
+        if let Some(k) = self.stored(principal).await? {
+            self.metrics.cache_hits.with_label_values(&[KIND]).inc();
+            return Ok(k);
+        }
+        self.metrics.cache_misses.with_label_values(&[KIND]).inc();
+        let keytab = self
+            .gate
+            .run(Lane::Kadmin, priority, "extract_keytab", || {
+                self.kadmin.extract_keytab(principal)
+            })
+            .await?;
+        let store = Arc::clone(&self.store);
+        let (p, k) = (principal.clone(), keytab.clone());
+        tokio::task::spawn_blocking(move || store.put_keytab(&p, &k))
+            .await
+            .map_err(|e| IssueError::Task(e.to_string()))??;
+        tracing::info!(principal = %principal, kvnos = ?keytab.kvnos(), "extracted keytab from kadmind");
+        Ok(keytab)
     }
 }

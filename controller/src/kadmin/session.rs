@@ -32,7 +32,7 @@ pub struct KadminConfig {
 }
 
 /// Why an extraction failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KadminError {
     /// The principal is not in the KDC database.
     #[error("principal {0} does not exist in the KDC")]
@@ -251,6 +251,12 @@ impl KadminClient {
         })?;
         Keytab::parse(Zeroizing::new(bytes))
             .map_err(|e| KadminError::Failed(format!("keytab from kadmin for {principal}: {e}")))
+    }
+}
+
+impl crate::gate::Transient for KadminError {
+    fn is_transient(&self) -> bool {
+        matches!(self, KadminError::Unavailable(_))
     }
 }
 

@@ -17,7 +17,7 @@ use crate::names::ServicePrincipal;
 const KEYTABS: TableDefinition<&str, &[u8]> = TableDefinition::new("keytabs_v1");
 
 /// Why the store failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database itself failed (I/O, corruption, locked by another process).
     #[error("store database: {0}")]

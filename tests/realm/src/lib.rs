@@ -476,10 +476,41 @@ impl Realm {
         Ok(())
     }
 
-    fn start_kadmind(&mut self) -> Result<(), RealmError> {
+    /// Stops kadmind but leaves the KDC running, to test behaviour during
+    /// an admin-server outage. Does nothing if it is already stopped.
+    pub fn stop_kadmind(&mut self) -> Result<(), RealmError> {
+        if let Some(child) = self.kadmind.take() {
+            stop_child(child).map_err(|e| io_err("stopping kadmind", e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts kadmind on its port (no-op if it is running).
+    pub fn start_kadmind(&mut self) -> Result<(), RealmError> {
+        if self.kadmind.is_some() {
+            return Ok(());
+        }
         let child = self.spawn_daemon("kadmind", &["-nofork"], self.kadmind_addr())?;
         self.kadmind = Some(child);
         Ok(())
+    }
+
+    /// Number of successful key extractions kadmind has logged for
+    /// `principal` (or for any principal if `None`): what reached the
+    /// server, counted at the server.
+    pub fn kadmind_extractions(&self, principal: Option<&str>) -> Result<Vec<String>, RealmError> {
+        let log = self.dir().join("kadmind.log");
+        let text = fs::read_to_string(&log)
+            .map_err(|e| io_err(format!("reading {}", log.display()), e))?;
+        Ok(text
+            .lines()
+            .filter(|l| l.contains("Request: kadm5_get_principal_keys, "))
+            .filter(|l| l.contains(", success, "))
+            .filter(|l| {
+                principal.is_none_or(|p| l.contains(&format!("kadm5_get_principal_keys, {p}@")))
+            })
+            .map(str::to_string)
+            .collect())
     }
 
     /// Spawns a daemon and waits until it has bound its ports: both daemons

@@ -1,0 +1,460 @@
+//! What is recorded, and the exact bytes a record's hash covers.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::signature::{ED25519, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{AuditError, ProblemKind, key_id_of};
+
+/// Version of the record format and canonical form; part of every hash.
+pub const RECORD_VERSION: u32 = 1;
+
+/// `prev_hash` of record 1: there is no predecessor.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Longest line (newline included) writers produce and readers accept, so a
+/// damaged file without newlines cannot exhaust memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// What happened. Serialized in snake_case ("issue", "node_lost").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A credential was issued for the first time.
+    Issue,
+    /// An existing credential was handed out again or renewed.
+    Renew,
+    /// A request was refused; `reason` names the rule.
+    Deny,
+    /// A credential's key was rotated (new kvno, serial or key version).
+    Rotate,
+    /// A credential was revoked.
+    Revoke,
+    /// A node stopped answering; its credentials are at risk.
+    NodeLost,
+    /// A lost node came back.
+    NodeReturned,
+    /// An administrator acted (policy change, manual revoke, audit export...).
+    Admin,
+}
+
+impl Action {
+    /// Every action, for CLI help and tests.
+    pub const ALL: [Action; 8] = [
+        Action::Issue,
+        Action::Renew,
+        Action::Deny,
+        Action::Rotate,
+        Action::Revoke,
+        Action::NodeLost,
+        Action::NodeReturned,
+        Action::Admin,
+    ];
+
+    /// The name used in records and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Issue => "issue",
+            Action::Renew => "renew",
+            Action::Deny => "deny",
+            Action::Rotate => "rotate",
+            Action::Revoke => "revoke",
+            Action::NodeLost => "node_lost",
+            Action::NodeReturned => "node_returned",
+            Action::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+
+    /// Parses the record name (`kcredctl audit query --action node_lost`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown audit action {s:?}"))
+    }
+}
+
+/// The controller's decision. Serialized as "allow" / "deny".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// The action was carried out.
+    Allow,
+    /// The action was refused.
+    Deny,
+}
+
+/// What a caller records. Holds names and numbers only: there is no field
+/// for secret bytes, so none can reach the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Who acted: "node/<name>", "admin/<principal>" or "controller".
+    pub actor: String,
+    /// What happened.
+    pub action: Action,
+    /// Credential kind ("keytab", "ticket", "cert", "key"), "" for node and
+    /// admin events.
+    pub kind: String,
+    /// What it concerns: principal, certificate names, key id.
+    pub subject: String,
+    /// Kerberos key version number, for keytabs and tickets.
+    pub kvno: Option<u32>,
+    /// Certificate serial number (hex), for certificates.
+    pub serial: Option<String>,
+    /// Version of a symmetric or signing key.
+    pub key_version: Option<u32>,
+    /// Node the credential goes to or the event concerns.
+    pub node: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// Allowed or refused.
+    pub decision: Decision,
+    /// For a refusal, the rule that refused; optional context otherwise.
+    pub reason: String,
+}
+
+impl AuditEvent {
+    /// Starts an event; the decision is `Deny` for [`Action::Deny`], `Allow`
+    /// otherwise. Chain the `with_*` methods for the rest.
+    pub fn new(actor: impl Into<String>, action: Action) -> Self {
+        AuditEvent {
+            actor: actor.into(),
+            action,
+            kind: String::new(),
+            subject: String::new(),
+            kvno: None,
+            serial: None,
+            key_version: None,
+            node: String::new(),
+            namespace: String::new(),
+            pod: String::new(),
+            decision: if action == Action::Deny {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            },
+            reason: String::new(),
+        }
+    }
+
+    /// Sets the credential kind.
+    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+
+    /// Sets the subject (principal, certificate names, key id).
+    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = subject.into();
+        self
+    }
+
+    /// Sets the Kerberos kvno.
+    pub fn with_kvno(mut self, kvno: u32) -> Self {
+        self.kvno = Some(kvno);
+        self
+    }
+
+    /// Sets the certificate serial.
+    pub fn with_serial(mut self, serial: impl Into<String>) -> Self {
+        self.serial = Some(serial.into());
+        self
+    }
+
+    /// Sets the key version.
+    pub fn with_key_version(mut self, version: u32) -> Self {
+        self.key_version = Some(version);
+        self
+    }
+
+    /// Sets where: node, namespace and pod.
+    pub fn with_place(
+        mut self,
+        node: impl Into<String>,
+        namespace: impl Into<String>,
+        pod: impl Into<String>,
+    ) -> Self {
+        self.node = node.into();
+        self.namespace = namespace.into();
+        self.pod = pod.into();
+        self
+    }
+
+    /// Marks the event refused by `rule` (e.g. "rule service_principals: ...").
+    pub fn denied(mut self, rule: impl Into<String>) -> Self {
+        self.decision = Decision::Deny;
+        self.reason = rule.into();
+        self
+    }
+
+    /// Sets a reason without changing the decision.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// Refuses events that would make a misleading record: no actor, a
+    /// denial without its rule, or a `deny` action marked allowed.
+    pub(super) fn check(&self) -> Result<(), AuditError> {
+        let bad = |m: &str| Err(AuditError::InvalidEvent(m.to_string()));
+        if self.actor.is_empty() {
+            return bad("the actor is empty");
+        }
+        if self.action == Action::Deny && self.decision != Decision::Deny {
+            return bad("a deny action must carry decision deny");
+        }
+        if self.decision == Decision::Deny && self.reason.is_empty() {
+            return bad("a denial must name the rule that refused (reason is empty)");
+        }
+        Ok(())
+    }
+}
+
+/// The last record of a log: what the controller keeps in its store so
+/// that cutting records from the end is detected ([`super::verify_with_head`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Sequence number of the last record.
+    pub seq: u64,
+    /// Its hash (hex).
+    pub hash: String,
+}
+
+/// One line of the log: the event, its place in the chain, and its seal.
+/// Unknown fields are refused when reading, so nothing unhashed can be
+/// smuggled into a line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Format version ([`RECORD_VERSION`]).
+    pub v: u32,
+    /// Position in the log: 1, 2, 3... without gaps.
+    pub seq: u64,
+    /// When, RFC 3339 UTC with milliseconds ("2026-05-01T12:00:00.123Z").
+    pub time: String,
+    /// The same instant in Unix milliseconds (for range queries).
+    pub unix_ms: i64,
+    /// `hash` of the previous record, [`GENESIS_HASH`] for record 1.
+    pub prev_hash: String,
+    /// Signing key: [`key_id_of`] its public key.
+    pub key_id: String,
+    /// See [`AuditEvent::actor`].
+    pub actor: String,
+    /// See [`AuditEvent::action`].
+    pub action: Action,
+    /// See [`AuditEvent::kind`].
+    pub kind: String,
+    /// See [`AuditEvent::subject`].
+    pub subject: String,
+    /// See [`AuditEvent::kvno`].
+    pub kvno: Option<u32>,
+    /// See [`AuditEvent::serial`].
+    pub serial: Option<String>,
+    /// See [`AuditEvent::key_version`].
+    pub key_version: Option<u32>,
+    /// See [`AuditEvent::node`].
+    pub node: String,
+    /// See [`AuditEvent::namespace`].
+    pub namespace: String,
+    /// See [`AuditEvent::pod`].
+    pub pod: String,
+    /// See [`AuditEvent::decision`].
+    pub decision: Decision,
+    /// See [`AuditEvent::reason`].
+    pub reason: String,
+    /// Hex SHA-256 of [`AuditRecord::canonical_bytes`].
+    pub hash: String,
+    /// Hex Ed25519 signature over the 32 raw bytes of `hash`.
+    pub signature: String,
+}
+
+/// The canonical form: every field but `hash` and `signature`, in this
+/// order. Do not reorder, rename or add fields without bumping
+/// [`RECORD_VERSION`]: old hashes would stop matching.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    v: u32,
+    seq: u64,
+    time: &'a str,
+    unix_ms: i64,
+    prev_hash: &'a str,
+    key_id: &'a str,
+    actor: &'a str,
+    action: Action,
+    kind: &'a str,
+    subject: &'a str,
+    kvno: Option<u32>,
+    serial: Option<&'a str>,
+    key_version: Option<u32>,
+    node: &'a str,
+    namespace: &'a str,
+    pod: &'a str,
+    decision: Decision,
+    reason: &'a str,
+}
+
+impl AuditRecord {
+    /// Builds an unsealed record (empty `hash` and `signature`).
+    pub(super) fn unsealed(
+        event: &AuditEvent,
+        seq: u64,
+        unix_ms: i64,
+        prev_hash: &str,
+        key_id: &str,
+    ) -> Self {
+        AuditRecord {
+            v: RECORD_VERSION,
+            seq,
+            time: rfc3339_ms(unix_ms),
+            unix_ms,
+            prev_hash: prev_hash.to_string(),
+            key_id: key_id.to_string(),
+            actor: event.actor.clone(),
+            action: event.action,
+            kind: event.kind.clone(),
+            subject: event.subject.clone(),
+            kvno: event.kvno,
+            serial: event.serial.clone(),
+            key_version: event.key_version,
+            node: event.node.clone(),
+            namespace: event.namespace.clone(),
+            pod: event.pod.clone(),
+            decision: event.decision,
+            reason: event.reason.clone(),
+            hash: String::new(),
+            signature: String::new(),
+        }
+    }
+
+    /// The bytes the hash covers: compact JSON (serde_json, no whitespace,
+    /// its standard string escaping, absent options as `null`) of the object
+    /// `{"v","seq","time","unix_ms","prev_hash","key_id","actor","action",
+    /// "kind","subject","kvno","serial","key_version","node","namespace",
+    /// "pod","decision","reason"}` with keys in exactly that order.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, AuditError> {
+        serde_json::to_vec(&Canonical {
+            v: self.v,
+            seq: self.seq,
+            time: &self.time,
+            unix_ms: self.unix_ms,
+            prev_hash: &self.prev_hash,
+            key_id: &self.key_id,
+            actor: &self.actor,
+            action: self.action,
+            kind: &self.kind,
+            subject: &self.subject,
+            kvno: self.kvno,
+            serial: self.serial.as_deref(),
+            key_version: self.key_version,
+            node: &self.node,
+            namespace: &self.namespace,
+            pod: &self.pod,
+            decision: self.decision,
+            reason: &self.reason,
+        })
+        .map_err(|source| AuditError::Encode {
+            seq: self.seq,
+            source,
+        })
+    }
+
+    /// SHA-256 of the canonical bytes: what `hash` must hold (hex).
+    pub fn content_hash(&self) -> Result<[u8; 32], AuditError> {
+        Ok(Sha256::digest(self.canonical_bytes()?).into())
+    }
+
+    /// Checks this record on its own (content against hash, signature and
+    /// key id against `public_key`), e.g. for one exported line in a SIEM.
+    /// Chain position is [`super::verify`]'s business.
+    pub fn verify_alone(&self, public_key: &[u8]) -> Result<(), ProblemKind> {
+        let digest = self
+            .content_hash()
+            .map_err(|_| ProblemKind::Unparseable)?;
+        if hex::encode(digest) != self.hash {
+            return Err(ProblemKind::HashMismatch);
+        }
+        let signature = hex::decode(&self.signature).map_err(|_| ProblemKind::BadSignature)?;
+        if self.key_id != key_id_of(public_key)
+            || UnparsedPublicKey::new(&ED25519, public_key)
+                .verify(&digest, &signature)
+                .is_err()
+        {
+            return Err(ProblemKind::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// The record's place in the chain.
+    pub fn head(&self) -> AuditHead {
+        AuditHead {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        }
+    }
+
+    /// The event this record holds.
+    pub fn event(&self) -> AuditEvent {
+        AuditEvent {
+            actor: self.actor.clone(),
+            action: self.action,
+            kind: self.kind.clone(),
+            subject: self.subject.clone(),
+            kvno: self.kvno,
+            serial: self.serial.clone(),
+            key_version: self.key_version,
+            node: self.node.clone(),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            decision: self.decision,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// Wall-clock time in Unix milliseconds (negative before 1970).
+pub(super) fn now_unix_ms() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC ("1970-01-01T00:00:00.000Z"),
+/// using the proleptic Gregorian calendar (H. Hinnant's civil_from_days).
+pub(super) fn rfc3339_ms(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let ms = unix_ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}

@@ -1,0 +1,178 @@
+//! Single-flight: concurrent requests for the same credential share one
+//! call. 1,000 pods asking for one principal cost the KDC one extraction.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+/// Whether this caller made the call or waited on another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// This caller ran the call.
+    Leader,
+    /// This caller received the leader's result.
+    Follower,
+}
+
+type Slot<V, E> = watch::Receiver<Option<Result<V, E>>>;
+
+/// Coalesces concurrent calls by key.
+pub struct SingleFlight<K, V, E> {
+    calls: Mutex<HashMap<K, Slot<V, E>>>,
+}
+
+impl<K, V, E> Default for SingleFlight<K, V, E> {
+    fn default() -> Self {
+        SingleFlight {
+            calls: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Removes the key when the leader finishes or is cancelled, so a
+/// cancelled leader never leaves followers waiting forever.
+struct Finish<'a, K: Eq + Hash, V, E> {
+    flight: &'a SingleFlight<K, V, E>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash, V, E> Drop for Finish<'_, K, V, E> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut calls = match self.flight.calls.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            calls.remove(&key);
+        }
+    }
+}
+
+impl<K, V, E> SingleFlight<K, V, E>
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+    E: Clone + From<Abandoned>,
+{
+    /// Runs `call` unless a call for `key` is already running, in which
+    /// case waits for that call's result.
+    pub async fn run<F, Fut>(&self, key: K, call: F) -> (Result<V, E>, Role)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let joined = {
+            let mut calls = match self.calls.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            match calls.get(&key) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    calls.insert(key.clone(), rx);
+                    Ok(tx)
+                }
+            }
+        };
+        match joined {
+            Ok(tx) => {
+                let _finish = Finish {
+                    flight: self,
+                    key: Some(key),
+                };
+                let result = call().await;
+                let _ = tx.send(Some(result.clone()));
+                (result, Role::Leader)
+            }
+            Err(mut rx) => {
+                let result = match rx.wait_for(Option::is_some).await {
+                    Ok(v) => v.clone().unwrap_or_else(|| Err(E::from(Abandoned))),
+                    Err(_) => Err(E::from(Abandoned)),
+                };
+                (result, Role::Follower)
+            }
+        }
+    }
+}
+
+/// The leader was cancelled before it produced a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abandoned;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct E;
+    impl From<Abandoned> for E {
+        fn from(_: Abandoned) -> E {
+            E
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_call() {
+        let flight = Arc::new(SingleFlight::<String, u32, E>::default());
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut handles = Vec::new();
+        for _ in 0..100 {
+            let (flight, calls) = (Arc::clone(&flight), Arc::clone(&calls));
+            handles.push(tokio::spawn(async move {
+                flight
+                    .run("HTTP/a".to_string(), || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(7)
+                    })
+                    .await
+            }));
+        }
+        let mut followers = 0;
+        for h in handles {
+            let (r, role) = h.await.expect("join");
+            assert_eq!(r, Ok(7));
+            followers += u32::from(role == Role::Follower);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(followers, 99);
+        // Once finished, the next call runs again.
+        let (r, role) = flight.run("HTTP/a".to_string(), || async { Ok(8) }).await;
+        assert_eq!((r, role), (Ok(8), Role::Leader));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_releases_its_followers() {
+        let flight = Arc::new(SingleFlight::<u8, u32, E>::default());
+        let leader = tokio::spawn({
+            let flight = Arc::clone(&flight);
+            async move {
+                flight
+                    .run(1, || async {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Ok(1)
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let follower = tokio::spawn({
+            let flight = Arc::clone(&flight);
+            async move { flight.run(1, || async { Ok(2) }).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        leader.abort();
+        let (r, _) = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("follower released")
+            .expect("join");
+        assert_eq!(r, Err(E));
+    }
+}
