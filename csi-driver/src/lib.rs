@@ -11,6 +11,7 @@
 pub mod config;
 pub mod controller_client;
 pub mod csi;
+pub mod metrics;
 pub mod storage;
 pub mod volumes;
 

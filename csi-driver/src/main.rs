@@ -43,6 +43,9 @@ struct Cli {
     /// Registered driver name.
     #[arg(long, default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
+    /// Serve Prometheus `/metrics` on this address (off if unset).
+    #[arg(long, env = "KCRED_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Size limit of each volume's tmpfs, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     tmpfs_size_bytes: u64,
@@ -70,6 +73,17 @@ async fn main() -> anyhow::Result<()> {
     let state = StateDir::open(&cfg.state_dir)
         .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
     let volumes = Arc::new(VolumeManager::new(cfg.clone(), client, state));
+    if let Some(addr) = cli.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics address {addr}"))?;
+        let metrics = volumes.metrics();
+        tokio::spawn(async move {
+            if let Err(e) = metrics.serve(listener).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
     let listener = server::bind(&cli.endpoint)?;
     tracing::info!(endpoint = %cli.endpoint.display(), node = %cfg.node_id, "serving CSI");
     server::serve(cfg, volumes, listener, shutdown_signal()).await?;

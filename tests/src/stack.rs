@@ -95,6 +95,7 @@ pub struct Stack {
     controller_addr: SocketAddr,
     pods: Arc<PodIndex>,
     metrics: Arc<Metrics>,
+    driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
     controller: Option<Running>,
     driver: Option<Running>,
 }
@@ -166,6 +167,7 @@ timeout_secs = 10
             client,
             StateDir::open(&driver_cfg.state_dir)?,
         ));
+        let driver_metrics = volumes.metrics();
         let unix = server::bind(&socket)?;
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -190,6 +192,7 @@ timeout_secs = 10
             controller_addr,
             pods,
             metrics,
+            driver_metrics,
             controller: Some(controller),
             driver: Some(driver),
         })
@@ -244,6 +247,11 @@ timeout_secs = 10
     /// The running controller's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// The node driver's metrics, rendered.
+    pub fn driver_metrics(&self) -> String {
+        self.driver_metrics.render()
     }
 
     /// The controller's node API endpoint.

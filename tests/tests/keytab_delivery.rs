@@ -170,6 +170,13 @@ async fn publish_twice_is_idempotent_and_unpublish_leaves_nothing() {
         bytes_before
     );
     assert_eq!(mounts_under(stack.dir.path()), 1, "one mount, not two");
+    assert!(
+        stack
+            .driver_metrics()
+            .contains("kcred_csi_mounted_volumes 1"),
+        "{}",
+        stack.driver_metrics()
+    );
 
     stack.kubelet.unpublish(&pod, VOL).await.expect("unpublish");
     assert!(!target.exists(), "target removed");
@@ -179,6 +186,8 @@ async fn publish_twice_is_idempotent_and_unpublish_leaves_nothing() {
         .unpublish(&pod, VOL)
         .await
         .expect("unpublish of a gone volume is OK");
+    let m = stack.driver_metrics();
+    assert!(m.contains("kcred_csi_mounted_volumes 0"), "{m}");
     stack.shutdown().await.expect("shutdown");
 }
 
@@ -208,6 +217,13 @@ async fn publish_refuses_a_principal_the_role_account_does_not_own() {
         "no mount directory"
     );
     assert_eq!(mounts_under(stack.dir.path()), 0);
+    let m = stack.driver_metrics();
+    assert!(
+        m.contains(
+            "kcred_csi_errors_total{code=\"PermissionDenied\",method=\"NodePublishVolume\"} 1"
+        ),
+        "{m}"
+    );
     stack.shutdown().await.expect("shutdown");
 }
 

@@ -378,9 +378,10 @@ fn validate_dns_names(names: &[String]) -> Result<(), CertError> {
         return Err(CertError::SanCount(names.len()));
     }
     for (i, name) in names.iter().enumerate() {
-        let checked = match names[..i].contains(name) {
-            true => Err("duplicate"),
-            false => validate_dns_name(name),
+        let checked = if names[..i].contains(name) {
+            Err("duplicate")
+        } else {
+            validate_dns_name(name)
         };
         checked.map_err(|reason| CertError::InvalidSan {
             name: name.clone(),

@@ -266,9 +266,7 @@ impl TicketIssuer {
                 "invalid principal name {principal:?}"
             )));
         }
-        let scratch = Scratch::create(&self.cfg.work_dir, || {
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        })?;
+        let scratch = self.scratch()?;
         let keytab_path = scratch.write("keytab", keytab.bytes())?;
         let ccache_path = scratch.dir.join("ccache");
         let mut args: Vec<OsString> = vec!["-k".into(), "-t".into(), file_name(&keytab_path)];
@@ -316,11 +314,15 @@ impl TicketIssuer {
         self.renew_at_kdc(ticket).await
     }
 
+    fn scratch(&self) -> Result<Scratch, TicketError> {
+        Scratch::create(&self.cfg.work_dir, || {
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        })
+    }
+
     /// Renewal without the local checks, so tests can see the KDC's verdict.
     async fn renew_at_kdc(&self, ticket: &Ticket) -> Result<Ticket, TicketError> {
-        let scratch = Scratch::create(&self.cfg.work_dir, || {
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        })?;
+        let scratch = self.scratch()?;
         let ccache_path = scratch.write("ccache", ticket.ccache())?;
         kinit::run(&self.cfg, vec!["-R".into()], &ccache_path)
             .await

@@ -60,13 +60,25 @@ impl From<VolumeError> for Status {
     }
 }
 
-#[tonic::async_trait]
-impl Node for NodeService {
-    async fn node_publish_volume(
+impl NodeService {
+    fn observe<T>(&self, method: &str, started: std::time::Instant, result: &Result<T, Status>) {
+        let m = self.volumes.metrics();
+        let code = match result {
+            Ok(_) => "Ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        m.call_seconds
+            .with_label_values(&[method, &code])
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            m.errors.with_label_values(&[method, &code]).inc();
+        }
+    }
+
+    async fn publish(
         &self,
-        request: Request<NodePublishVolumeRequest>,
-    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
-        let req = request.into_inner();
+        req: NodePublishVolumeRequest,
+    ) -> Result<NodePublishVolumeResponse, Status> {
         volume_id(&req.volume_id)?;
         let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)
             .map_err(|e| Status::invalid_argument(e.0))?;
@@ -103,19 +115,41 @@ impl Node for NodeService {
             })
             .await?;
         tracing::debug!(volume = %req.volume_id, ?outcome, "publish done");
-        Ok(Response::new(NodePublishVolumeResponse {}))
+        Ok(NodePublishVolumeResponse {})
+    }
+
+    async fn unpublish(
+        &self,
+        req: NodeUnpublishVolumeRequest,
+    ) -> Result<NodeUnpublishVolumeResponse, Status> {
+        volume_id(&req.volume_id)?;
+        let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        self.volumes.unpublish(&req.volume_id, target).await?;
+        Ok(NodeUnpublishVolumeResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.publish(request.into_inner()).await;
+        self.observe("NodePublishVolume", started, &result);
+        result.map(Response::new)
     }
 
     async fn node_unpublish_volume(
         &self,
         request: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
-        let req = request.into_inner();
-        volume_id(&req.volume_id)?;
-        let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)
-            .map_err(|e| Status::invalid_argument(e.0))?;
-        self.volumes.unpublish(&req.volume_id, target).await?;
-        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+        let started = std::time::Instant::now();
+        let result = self.unpublish(request.into_inner()).await;
+        self.observe("NodeUnpublishVolume", started, &result);
+        result.map(Response::new)
     }
 
     async fn node_get_capabilities(

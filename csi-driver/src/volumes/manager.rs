@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::config::DriverConfig;
 use crate::controller_client::ControllerClient;
+use crate::metrics::Metrics;
 use crate::storage::StorageError;
 use crate::storage::atomic_writer::{AtomicWriter, FileSpec, Ownership};
 use crate::storage::state::{StateDir, VolumeRecord};
@@ -74,6 +75,7 @@ pub enum PublishOutcome {
 
 /// Drives every volume on this node.
 pub struct VolumeManager {
+    metrics: Arc<Metrics>,
     cfg: DriverConfig,
     client: ControllerClient,
     state: Arc<StateDir>,
@@ -142,7 +144,12 @@ fn mount_and_fill(
 impl VolumeManager {
     /// Builds the manager; `state` is the node's state directory.
     pub fn new(cfg: DriverConfig, client: ControllerClient, state: StateDir) -> Self {
+        let metrics = Metrics::new();
+        metrics
+            .mounted_volumes
+            .set(state.list().map(|v| v.len() as i64).unwrap_or(0));
         VolumeManager {
+            metrics,
             cfg,
             client,
             state: Arc::new(state),
@@ -226,6 +233,7 @@ impl VolumeManager {
             Ok(())
         })
         .await?;
+        self.metrics.mounted_volumes.inc();
         tracing::info!(volume = %req.volume_id, pod = %format!("{}/{}", req.pod.namespace, req.pod.name),
             generation = %bundle.generation, "volume published");
         Ok(PublishOutcome::Mounted)
@@ -256,6 +264,10 @@ impl VolumeManager {
         {
             Ok(b) => b,
             Err(status) => {
+                self.metrics
+                    .refresh_failures
+                    .with_label_values(&["controller"])
+                    .inc();
                 tracing::warn!(volume = %req.volume_id, %pod, code = ?status.code(), error = %status.message(),
                     "refresh failed; keeping the last good files");
                 return PublishOutcome::KeptLastGood;
@@ -284,6 +296,10 @@ impl VolumeManager {
             }
             Ok(false) => PublishOutcome::Unchanged,
             Err(e) => {
+                self.metrics
+                    .refresh_failures
+                    .with_label_values(&["write"])
+                    .inc();
                 tracing::warn!(volume = %req.volume_id, %pod, error = %e, "refresh write failed; keeping the last good files");
                 PublishOutcome::KeptLastGood
             }
@@ -295,8 +311,9 @@ impl VolumeManager {
         let _guard = self.try_lock(volume_id)?;
         let state = Arc::clone(&self.state);
         let vid = volume_id.to_string();
-        blocking(move || {
-            if tmpfs::is_tmpfs_mount(&target)? {
+        let was_mounted = blocking(move || {
+            let was_mounted = tmpfs::is_tmpfs_mount(&target)?;
+            if was_mounted {
                 tmpfs::unmount(&target)?;
             }
             match std::fs::remove_dir(&target) {
@@ -312,11 +329,19 @@ impl VolumeManager {
                 }
             }
             state.remove(&vid)?;
-            Ok(())
+            Ok(was_mounted)
         })
         .await?;
+        if was_mounted {
+            self.metrics.mounted_volumes.dec();
+        }
         tracing::info!(volume = %volume_id, "volume unpublished");
         Ok(())
+    }
+
+    /// The driver's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Whether the state directory is usable (for CSI Probe).

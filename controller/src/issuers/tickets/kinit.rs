@@ -166,6 +166,7 @@ impl Scratch {
         Ok(path)
     }
 
+    /// Reads a file back into memory that is zeroed on drop.
     pub fn read(&self, name: &str) -> Result<Zeroizing<Vec<u8>>, TicketError> {
         let path = self.dir.join(name);
         let err = |e: io::Error| TicketError::Failed(format!("reading {}: {e}", path.display()));
@@ -187,10 +188,14 @@ impl Drop for Scratch {
     }
 }
 
-/// Overwrites the regular files in `dir` with zeros, then removes it; best
-/// effort, as there is nobody to report to (the next `TicketIssuer::new`
-/// retries leftovers).
+/// Overwrites the regular files in `dir` with zeros, then removes it (a
+/// stray non-directory is just removed). Best effort: there is nobody to
+/// report to, and the next `TicketIssuer::new` retries leftovers.
 pub(super) fn wipe_dir(dir: &Path) {
+    if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        let _ = fs::remove_file(dir);
+        return;
+    }
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             // Only regular files: opening a FIFO for writing would block.
