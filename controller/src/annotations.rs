@@ -6,15 +6,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::names::{NameError, ServicePrincipal};
+use crate::names::{self, NameError, ServicePrincipal};
 
 /// Annotation listing the service principals whose keytabs the pod wants.
 pub const KEYTABS: &str = "kcred.io/keytabs";
-/// Annotation reserved for prestashed tickets (not served yet).
+/// Annotation naming the role account whose prestashed TGT the pod wants.
 pub const TICKETS: &str = "kcred.io/tickets";
-/// Annotation reserved for X.509 certificates (not served yet).
+/// Annotation listing the DNS names of the pod's certificate.
 pub const CERTS: &str = "kcred.io/certs";
-/// Annotation reserved for encryption keys (not served yet).
+/// Annotation listing the data-encryption key ids the pod wants.
 pub const KEYS: &str = "kcred.io/keys";
 
 /// Longest annotation value kcred reads.
@@ -26,7 +26,9 @@ const MAX_ENTRIES: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnnotationError {
     /// The pod carries no kcred annotation at all.
-    #[error("pod has no kcred.io/ annotations: nothing to deliver (annotate it with {KEYTABS})")]
+    #[error(
+        "pod has no kcred.io/ annotations: nothing to deliver (annotate it with {KEYTABS}, {TICKETS}, {CERTS} or {KEYS})"
+    )]
     Nothing,
     /// An annotation value is oversized or lists too many entries.
     #[error("annotation {annotation}: {reason}")]
@@ -44,9 +46,6 @@ pub enum AnnotationError {
         /// The name error.
         source: NameError,
     },
-    /// The pod asks for a credential kind this controller does not issue.
-    #[error("annotation {0}: this controller does not issue that credential kind yet")]
-    Unsupported(&'static str),
 }
 
 /// The credentials one pod asks for, validated and deduplicated.
@@ -54,6 +53,12 @@ pub enum AnnotationError {
 pub struct CredentialRequest {
     /// Service principals for the pod's `krb5.keytab`.
     pub keytabs: BTreeSet<ServicePrincipal>,
+    /// The role account whose TGT the pod wants as `krb5cc`.
+    pub ticket: Option<String>,
+    /// DNS names for one certificate (`tls.crt`, `tls.key`, `ca.crt`).
+    pub certs: BTreeSet<String>,
+    /// Data-encryption key ids.
+    pub keys: BTreeSet<String>,
 }
 
 impl CredentialRequest {
@@ -62,12 +67,31 @@ impl CredentialRequest {
         annotations: &BTreeMap<String, String>,
         realm: &str,
     ) -> Result<Self, AnnotationError> {
-        for unsupported in [TICKETS, CERTS, KEYS] {
-            if annotations.contains_key(unsupported) {
-                return Err(AnnotationError::Unsupported(unsupported));
+        let mut req = CredentialRequest::default();
+        let bad = |annotation| move |source| AnnotationError::BadName { annotation, source };
+        if let Some(value) = annotations.get(TICKETS) {
+            let entries = split_list(TICKETS, value)?;
+            if entries.len() != 1 {
+                return Err(AnnotationError::Malformed {
+                    annotation: TICKETS,
+                    reason: "names one role account".into(),
+                });
+            }
+            names::validate_login(entries[0]).map_err(bad(TICKETS))?;
+            req.ticket = Some(entries[0].to_string());
+        }
+        if let Some(value) = annotations.get(CERTS) {
+            for entry in split_list(CERTS, value)? {
+                names::validate_dns_name("certificate name", entry).map_err(bad(CERTS))?;
+                req.certs.insert(entry.to_string());
             }
         }
-        let mut req = CredentialRequest::default();
+        if let Some(value) = annotations.get(KEYS) {
+            for entry in split_list(KEYS, value)? {
+                names::validate_key_id(entry).map_err(bad(KEYS))?;
+                req.keys.insert(entry.to_string());
+            }
+        }
         if let Some(value) = annotations.get(KEYTABS) {
             for entry in split_list(KEYTABS, value)? {
                 let sp = ServicePrincipal::parse(entry, realm).map_err(|source| {
@@ -79,7 +103,11 @@ impl CredentialRequest {
                 req.keytabs.insert(sp);
             }
         }
-        if req.keytabs.is_empty() {
+        if req.keytabs.is_empty()
+            && req.ticket.is_none()
+            && req.certs.is_empty()
+            && req.keys.is_empty()
+        {
             return Err(AnnotationError::Nothing);
         }
         Ok(req)
@@ -170,6 +198,33 @@ mod tests {
         let err = CredentialRequest::from_annotations(&ann(&[(KEYTABS, " , ")]), "KCRED.TEST")
             .unwrap_err();
         assert!(matches!(err, AnnotationError::Malformed { .. }));
+    }
+
+    #[test]
+    fn all_four_kinds_are_read_and_validated() {
+        let req = CredentialRequest::from_annotations(
+            &ann(&[
+                (TICKETS, "tsfoo"),
+                (CERTS, "web.example.com, api.example.com"),
+                (KEYS, "orders-db"),
+            ]),
+            "KCRED.TEST",
+        )
+        .expect("valid");
+        assert_eq!(req.ticket.as_deref(), Some("tsfoo"));
+        assert_eq!(req.certs.len(), 2);
+        assert!(req.keys.contains("orders-db"));
+        for (k, v) in [
+            (TICKETS, "a, b"),
+            (TICKETS, "Root"),
+            (CERTS, "*.example.com"),
+            (CERTS, "Web.Example.com"),
+            (KEYS, "orders db"),
+        ] {
+            let err =
+                CredentialRequest::from_annotations(&ann(&[(k, v)]), "KCRED.TEST").expect_err(v);
+            assert!(err.to_string().contains(k), "{err}");
+        }
     }
 
     #[test]

@@ -53,6 +53,70 @@ pub struct Config {
     /// The KDC gate's budgets.
     #[serde(default)]
     pub gate: crate::gate::GateConfig,
+    /// The audit log (hash-chained, signed JSON lines).
+    pub audit_log: PathBuf,
+    /// The audit signing key (Ed25519, PKCS#8 hex; created if missing, 0600).
+    pub audit_key: PathBuf,
+    /// Share of a ticket's or certificate's life after which it is renewed.
+    #[serde(default = "default_refresh_fraction")]
+    pub refresh_fraction: f64,
+    /// Prestashed tickets.
+    #[serde(default)]
+    pub tickets: TicketsSection,
+    /// Certificates.
+    #[serde(default)]
+    pub certs: CertsSection,
+}
+
+/// The `[tickets]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketsSection {
+    /// Requested ticket lifetime, seconds.
+    pub lifetime_secs: u64,
+    /// Requested renewable lifetime, seconds.
+    pub renew_lifetime_secs: u64,
+    /// The `kinit` binary.
+    pub kinit: PathBuf,
+}
+
+impl Default for TicketsSection {
+    fn default() -> Self {
+        TicketsSection {
+            lifetime_secs: 86_400,
+            renew_lifetime_secs: 7 * 86_400,
+            kinit: PathBuf::from("kinit"),
+        }
+    }
+}
+
+/// The `[certs]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertsSection {
+    /// Leaf lifetime, seconds.
+    pub lifetime_secs: u64,
+    /// Operator-supplied CA certificate (PEM); with `ca_key_file`.
+    pub ca_cert_file: Option<PathBuf>,
+    /// Operator-supplied CA key (PKCS#8 PEM).
+    pub ca_key_file: Option<PathBuf>,
+    /// Common name of a CA the controller generates itself.
+    pub ca_common_name: String,
+}
+
+impl Default for CertsSection {
+    fn default() -> Self {
+        CertsSection {
+            lifetime_secs: 86_400,
+            ca_cert_file: None,
+            ca_key_file: None,
+            ca_common_name: "kcred CA".into(),
+        }
+    }
+}
+
+fn default_refresh_fraction() -> f64 {
+    2.0 / 3.0
 }
 
 /// The `[kadmin]` table.
@@ -112,6 +176,17 @@ impl Config {
                     "gate.{lane}: backoff_min_ms exceeds backoff_max_ms"
                 ));
             }
+        }
+        if !(0.1..=0.95).contains(&self.refresh_fraction) {
+            return Err("refresh_fraction must be between 0.1 and 0.95".into());
+        }
+        if self.certs.ca_cert_file.is_some() != self.certs.ca_key_file.is_some() {
+            return Err("certs.ca_cert_file and certs.ca_key_file go together".into());
+        }
+        if self.tickets.lifetime_secs == 0 || self.certs.lifetime_secs < 60 {
+            return Err(
+                "tickets.lifetime_secs must be positive and certs.lifetime_secs at least 60".into(),
+            );
         }
         if self.kadmin.timeout_secs == 0 {
             return Err("kadmin.timeout_secs must be at least 1".into());

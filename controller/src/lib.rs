@@ -12,11 +12,14 @@
 
 pub mod annotations;
 pub mod api;
+pub mod audit;
+pub mod bundle;
 pub mod config;
 pub mod crypto;
 pub mod gate;
 pub mod issuers;
 pub mod kadmin;
+pub mod kdc;
 pub mod keytab;
 pub mod metrics;
 pub mod names;

@@ -220,6 +220,68 @@ impl fmt::Display for ServicePrincipal {
     }
 }
 
+/// A role account's own principal, `login@REALM`: what its prestashed
+/// tickets are for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserPrincipal {
+    login: String,
+    realm: String,
+}
+
+impl UserPrincipal {
+    /// The principal of role account `login` in `realm`.
+    pub fn new(login: &str, realm: &str) -> Result<Self, NameError> {
+        validate_login(login)?;
+        validate_realm(realm)?;
+        Ok(UserPrincipal {
+            login: login.to_string(),
+            realm: realm.to_string(),
+        })
+    }
+
+    /// The login.
+    pub fn login(&self) -> &str {
+        &self.login
+    }
+}
+
+impl fmt::Display for UserPrincipal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.login, self.realm)
+    }
+}
+
+/// Any principal kcred extracts keys for; every variant is validated, so
+/// its text is safe on a kadmin command line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Principal {
+    /// `service/host@REALM`.
+    Service(ServicePrincipal),
+    /// `login@REALM`.
+    User(UserPrincipal),
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Service(s) => s.fmt(f),
+            Principal::User(u) => u.fmt(f),
+        }
+    }
+}
+
+/// A key id for data-encryption keys (`orders-db`): lowercase DNS-style.
+pub fn validate_key_id(id: &str) -> Result<(), NameError> {
+    if id.len() > 63 {
+        return Err(NameError::TooLong {
+            what: "key id",
+            input: shown(id),
+            max: 63,
+        });
+    }
+    validate_dns_name("key id", id)
+}
+
 /// A unix login name for a role account (POSIX portable, as `useradd`
 /// accepts by default).
 pub fn validate_login(login: &str) -> Result<(), NameError> {

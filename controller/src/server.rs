@@ -10,17 +10,23 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::node::NodeApi;
+use crate::audit::{AuditLog, AuditSigner};
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::gate::KdcGate;
+use crate::issuers::certs::CertIssuer;
+use crate::issuers::keys::KeyIssuer;
 use crate::issuers::keytab::KeytabIssuer;
+use crate::issuers::tickets::TicketIssuer;
 use crate::kadmin::{KadminClient, KadminConfig};
+use crate::kdc::{KdcClient, TicketConfig};
 use crate::metrics::Metrics;
 use crate::pods::{PodIndex, file_source};
 use crate::policy::parse_policy;
 use crate::reload::Watched;
 use crate::state::ControllerState;
 use crate::store::Store;
+use zeroize::Zeroizing;
 
 /// Why the controller could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +78,60 @@ impl Controller {
         let pod_krb5_conf = std::fs::read(cfg.pod_krb5_conf_path()).map_err(|e| {
             startup("pod krb5.conf")(format!("{}: {e}", cfg.pod_krb5_conf_path().display()))
         })?;
+        let signer = AuditSigner::load_or_generate(&cfg.audit_key)
+            .map_err(|e| startup("audit key")(e.to_string()))?;
+        let audit = Arc::new(
+            AuditLog::open(&cfg.audit_log, signer)
+                .map_err(|e| startup("audit log")(e.to_string()))?,
+        );
 
+        let store = Arc::new(store);
         let metrics = Metrics::new();
         let gate = Arc::new(KdcGate::new(&cfg.gate, Arc::clone(&metrics)));
+        let keytabs = Arc::new(KeytabIssuer::new(
+            Arc::clone(&store),
+            Arc::new(kadmin),
+            Arc::clone(&gate),
+            Arc::clone(&metrics),
+        ));
+        let mut kdc_cfg = TicketConfig::new(cfg.kadmin.work_dir.join("tickets"));
+        kdc_cfg.kinit = cfg.tickets.kinit.clone();
+        kdc_cfg.krb5_config = cfg.krb5_config.clone();
+        kdc_cfg.lifetime = Duration::from_secs(cfg.tickets.lifetime_secs);
+        kdc_cfg.renew_lifetime = Duration::from_secs(cfg.tickets.renew_lifetime_secs);
+        kdc_cfg.timeout = Duration::from_secs(cfg.kadmin.timeout_secs);
+        let kdc = KdcClient::new(kdc_cfg).map_err(|e| startup("kdc client")(e.to_string()))?;
+        let tickets = TicketIssuer::new(
+            &cfg.realm,
+            cfg.refresh_fraction,
+            kdc,
+            Arc::clone(&keytabs),
+            Arc::clone(&store),
+            Arc::clone(&gate),
+            Arc::clone(&metrics),
+        );
+        let operator_ca = match (&cfg.certs.ca_cert_file, &cfg.certs.ca_key_file) {
+            (Some(c), Some(k)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read_to_string(p).map_err(|e| {
+                        startup("certificate authority")(format!("{}: {e}", p.display()))
+                    })
+                };
+                Some((read(c)?, Zeroizing::new(read(k)?)))
+            }
+            _ => None,
+        };
+        let certs = CertIssuer::load(
+            operator_ca,
+            &cfg.certs.ca_common_name,
+            Duration::from_secs(cfg.certs.lifetime_secs),
+            cfg.refresh_fraction,
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+        )
+        .map_err(startup("certificate authority"))?;
+        let keys = KeyIssuer::new(Arc::clone(&store), Arc::clone(&metrics));
+
         let pods = Arc::new(PodIndex::default());
         let mut background = vec![policy.spawn_poller(cfg.reload_interval(), |_| {})];
         if let Some(path) = &cfg.pods_file {
@@ -96,14 +153,14 @@ impl Controller {
             realm: cfg.realm.clone(),
             pods,
             policy,
-            keytabs: KeytabIssuer::new(
-                Arc::new(store),
-                Arc::new(kadmin),
-                gate,
-                Arc::clone(&metrics),
-            ),
+            keytabs,
+            tickets,
+            certs,
+            keys,
             pod_krb5_conf,
             metrics,
+            audit,
+            store,
         });
         Ok(Controller {
             state,

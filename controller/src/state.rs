@@ -2,11 +2,16 @@
 
 use std::sync::Arc;
 
+use crate::audit::{AuditError, AuditEvent, AuditLog};
+use crate::issuers::certs::CertIssuer;
+use crate::issuers::keys::KeyIssuer;
 use crate::issuers::keytab::KeytabIssuer;
+use crate::issuers::tickets::TicketIssuer;
 use crate::metrics::Metrics;
 use crate::pods::PodIndex;
 use crate::policy::Policy;
 use crate::reload::Watched;
+use crate::store::{Store, Table};
 
 /// What every request handler reads.
 pub struct ControllerState {
@@ -17,9 +22,54 @@ pub struct ControllerState {
     /// The role-account policy in force.
     pub policy: Arc<Watched<Policy>>,
     /// Keytab issuer.
-    pub keytabs: KeytabIssuer,
+    pub keytabs: Arc<KeytabIssuer>,
+    /// Ticket issuer.
+    pub tickets: TicketIssuer,
+    /// Certificate issuer.
+    pub certs: CertIssuer,
+    /// Key-ring issuer.
+    pub keys: KeyIssuer,
     /// The `krb5.conf` delivered to pods.
     pub pod_krb5_conf: Vec<u8>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// The store (for the audit head and listings).
+    pub store: Arc<Store>,
+}
+
+/// Where the audit log's head is kept, so a truncated log is detected.
+pub const AUDIT_HEAD_RECORD: &str = "audit-head";
+
+impl ControllerState {
+    /// Appends events durably (and remembers the new head in the store).
+    pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let audit = Arc::clone(&self.audit);
+        let store = Arc::clone(&self.store);
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut head = None;
+            for e in &events {
+                head = Some(audit.append(e)?.head());
+            }
+            if let Some(h) = head
+                && let Err(e) = store.put(Table::Authority, AUDIT_HEAD_RECORD, &h, b"")
+            {
+                tracing::error!(error = %e, "cannot store the audit head");
+            }
+            Ok(())
+        })
+        .await;
+        match joined {
+            Ok(r) => r,
+            Err(e) => Err(AuditError::Io {
+                path: self.audit.path().to_path_buf(),
+                op: "append",
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
 }

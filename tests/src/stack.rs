@@ -13,7 +13,7 @@ use kcred_csi_driver::controller_client::ControllerClient;
 use kcred_csi_driver::csi::server;
 use kcred_csi_driver::storage::state::StateDir;
 use kcred_csi_driver::volumes::VolumeManager;
-use kcred_testrealm::Realm;
+use kcred_testrealm::{Realm, RealmOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -107,7 +107,15 @@ fn write(path: &Path, content: &str) -> anyhow::Result<()> {
 impl Stack {
     /// Starts a realm with the default principals, a controller and a driver.
     pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
-        let realm = Realm::start()?;
+        // The admin may also extract role accounts' keys (`login@REALM`),
+        // which prestashed tickets are acquired with.
+        let realm = Realm::start_with(RealmOptions {
+            acl: vec![format!(
+                "kcred/admin@{r} e *@{r}",
+                r = kcred_testrealm::DEFAULT_REALM
+            )],
+            ..RealmOptions::default()
+        })?;
         for p in &opts.principals {
             realm.add_principal(p)?;
         }
@@ -125,6 +133,8 @@ krb5_config = "{krb5}"
 master_key_file = "{d}/master.key"
 store_path = "{d}/store.redb"
 policy_file = "{d}/policy.toml"
+audit_log = "{d}/audit.log"
+audit_key = "{d}/audit.key"
 reload_interval_secs = 1
 {metrics}
 

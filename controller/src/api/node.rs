@@ -1,15 +1,19 @@
 //! `kcred.v1.NodeCredentials`: what a node driver calls to fill a volume.
+//!
+//! Every decision is audited before it takes effect: a denial names the
+//! rule that refused, and a bundle leaves only after its issue records are
+//! on disk (if the audit cannot be written, nothing is issued).
 
 use std::sync::Arc;
 
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentials;
-use kcred_proto::kcred::v1::{Bundle, BundleFile, FetchBundleRequest, PodRef};
-use sha2::{Digest, Sha256};
+use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, PodRef};
 use tonic::{Request, Response, Status};
 
 use crate::annotations::CredentialRequest;
+use crate::audit::{Action, AuditEvent};
+use crate::bundle;
 use crate::gate::Priority;
-use crate::keytab::Keytab;
 use crate::names;
 use crate::state::ControllerState;
 
@@ -40,21 +44,6 @@ fn validate(req: &FetchBundleRequest) -> Result<&PodRef, Status> {
     Ok(pod)
 }
 
-/// Orders bundle files and digests them so equal bundles compare equal.
-fn generation(files: &[BundleFile], uid: u32, gid: u32) -> String {
-    let mut h = Sha256::new();
-    h.update(uid.to_be_bytes());
-    h.update(gid.to_be_bytes());
-    for f in files {
-        h.update((f.name.len() as u64).to_be_bytes());
-        h.update(f.name.as_bytes());
-        h.update(f.mode.to_be_bytes());
-        h.update((f.content.len() as u64).to_be_bytes());
-        h.update(&f.content);
-    }
-    hex::encode(&h.finalize()[..16])
-}
-
 #[tonic::async_trait]
 impl NodeCredentials for NodeApi {
     async fn fetch_bundle(
@@ -77,86 +66,81 @@ impl NodeCredentials for NodeApi {
 }
 
 impl NodeApi {
+    /// Records a refusal, then returns it.
+    async fn deny(&self, node: &str, pod: &PodRef, rule: String, status: Status) -> Status {
+        tracing::warn!(node, pod = %format!("{}/{}", pod.namespace, pod.name), reason = %rule, "denied");
+        let event = AuditEvent::new(format!("node/{node}"), Action::Deny)
+            .with_place(node, &pod.namespace, &pod.name)
+            .denied(rule);
+        if let Err(e) = self.state.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot audit a denial");
+        }
+        status
+    }
+
     async fn fetch(&self, req: FetchBundleRequest) -> Result<Bundle, Status> {
         let pod_ref = validate(&req)?;
         let st = &self.state;
+        let node = req.node_name.as_str();
         let who = format!("{}/{}", pod_ref.namespace, pod_ref.name);
 
         // The controller's own view of the pod decides, not the node's word.
-        let pod = st
-            .pods
-            .get(&pod_ref.namespace, &pod_ref.name)
-            .ok_or_else(|| {
-                Status::not_found(format!("pod {who} is not known to the controller"))
-            })?;
+        let Some(pod) = st.pods.get(&pod_ref.namespace, &pod_ref.name) else {
+            let msg = format!("pod {who} is not known to the controller");
+            return Err(self
+                .deny(node, pod_ref, msg.clone(), Status::not_found(msg))
+                .await);
+        };
         if pod.uid != pod_ref.uid {
-            tracing::warn!(pod = %who, node = %req.node_name, "denied: pod uid mismatch");
-            return Err(Status::permission_denied(format!(
+            let msg = format!(
                 "pod {who} has uid {}, but the request names uid {}",
                 pod.uid, pod_ref.uid
-            )));
+            );
+            return Err(self
+                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
+                .await);
         }
-        if pod.node_name != req.node_name {
-            tracing::warn!(pod = %who, node = %req.node_name, bound = %pod.node_name, "denied: pod on another node");
-            return Err(Status::permission_denied(format!(
-                "pod {who} is bound to node {:?}, not {:?}",
-                pod.node_name, req.node_name
-            )));
+        if pod.node_name != node {
+            let msg = format!(
+                "pod {who} is bound to node {:?}, not {node:?}",
+                pod.node_name
+            );
+            return Err(self
+                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
+                .await);
         }
-        let wants = CredentialRequest::from_annotations(&pod.annotations, &st.realm)?;
-
-        let policy = st.policy.get();
-        let mut role = None;
-        for principal in &wants.keytabs {
-            match policy.authorize_keytab(&pod.namespace, principal) {
-                Ok(r) => role = Some(r),
-                Err(denied) => {
-                    tracing::warn!(pod = %who, node = %req.node_name, %principal, reason = %denied, "denied");
-                    return Err(denied.into());
-                }
+        let wants = match CredentialRequest::from_annotations(&pod.annotations, &st.realm) {
+            Ok(w) => w,
+            Err(e) => {
+                let msg = e.to_string();
+                return Err(self
+                    .deny(node, pod_ref, msg.clone(), Status::invalid_argument(msg))
+                    .await);
             }
-        }
-        let role = match role {
-            Some(r) => r.clone(),
-            None => policy.role_for_namespace(&pod.namespace)?.clone(),
         };
-
+        let policy = st.policy.get();
+        let role = match policy.authorize(&pod.namespace, &wants) {
+            Ok(r) => r.clone(),
+            Err(denied) => {
+                let msg = denied.to_string();
+                return Err(self.deny(node, pod_ref, msg, denied.into()).await);
+            }
+        };
         let priority = if req.refresh {
             Priority::Background
         } else {
             Priority::Starting
         };
-        let mut keytabs = Vec::with_capacity(wants.keytabs.len());
-        for principal in &wants.keytabs {
-            keytabs.push(st.keytabs.keytab(principal, priority).await?);
-        }
-        let keytab = Keytab::merge(keytabs.iter())
-            .map_err(|e| Status::internal(format!("merging keytabs: {e}")))?;
-
-        let files = vec![
-            BundleFile {
-                name: "krb5.conf".into(),
-                content: st.pod_krb5_conf.clone(),
-                mode: 0o444,
-            },
-            BundleFile {
-                name: "krb5.keytab".into(),
-                content: keytab.bytes().to_vec(),
-                mode: 0o400,
-            },
-        ];
-        let generation = generation(&files, role.uid, role.gid);
+        let issued = bundle::assemble(st, node, &pod, &role, &wants, priority).await?;
+        // Fail closed: no record, no credential.
+        st.record(issued.events).await.map_err(|e| {
+            tracing::error!(error = %e, "audit log unavailable; nothing issued");
+            Status::unavailable(format!("audit log unavailable, nothing issued: {e}"))
+        })?;
         tracing::info!(
-            pod = %who, node = %req.node_name, role = %role.login,
-            principals = ?wants.keytabs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            kvnos = ?keytab.kvnos(), %generation, refresh = req.refresh,
-            "issued bundle"
+            pod = %who, node, role = %role.login, generation = %issued.bundle.generation,
+            refresh_after = issued.bundle.refresh_after_unix, refresh = req.refresh, "issued bundle"
         );
-        Ok(Bundle {
-            files,
-            uid: role.uid,
-            gid: role.gid,
-            generation,
-        })
+        Ok(issued.bundle)
     }
 }

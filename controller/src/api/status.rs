@@ -29,6 +29,8 @@ impl From<IssueError> for Status {
             IssueError::Kadmin(KadminError::NoSuchPrincipal(_) | KadminError::Refused { .. }) => {
                 Status::failed_precondition(e.to_string())
             }
+            IssueError::Ticket(t) if t.is_retryable() => Status::unavailable(e.to_string()),
+            IssueError::Ticket(_) => Status::failed_precondition(e.to_string()),
             IssueError::Kadmin(KadminError::Failed(_))
             | IssueError::Store(_)
             | IssueError::Task(_) => Status::internal(e.to_string()),

@@ -84,8 +84,12 @@ impl AuditLog {
             return Err(io_err("use")(io::Error::other("not a regular file")));
         }
         if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                "audit log is readable by group or others; chmod 600 recommended");
+            let mode = format!("{:o}", meta.permissions().mode() & 0o777);
+            tracing::warn!(
+                path = %path.display(),
+                mode,
+                "audit log is readable by group or others; chmod 600 recommended"
+            );
         }
         let len = meta.len();
         let (seq, hash) = if len == 0 {
@@ -127,13 +131,8 @@ impl AuditLog {
             .seq
             .checked_add(1)
             .ok_or_else(|| AuditError::InvalidEvent("sequence numbers exhausted".into()))?;
-        let mut record = AuditRecord::unsealed(
-            event,
-            seq,
-            now_unix_ms(),
-            &tail.hash,
-            self.signer.key_id(),
-        );
+        let mut record =
+            AuditRecord::unsealed(event, seq, now_unix_ms(), &tail.hash, self.signer.key_id());
         let digest = record.content_hash()?;
         record.hash = hex::encode(digest);
         record.signature = self.signer.sign(&digest);
@@ -288,19 +287,17 @@ fn check_tail(
     let rec = last
         .parse()
         .map_err(|reason| damaged(format!("the last line is {reason}")))?;
-    if rec.key_id != signer.key_id() {
-        return Err(AuditError::ForeignKey {
-            path: path.to_path_buf(),
-            log_key_id: rec.key_id,
-            signer_key_id: signer.key_id().to_string(),
-        });
-    }
     match rec.verify_alone(signer.public_key()) {
         Ok(()) => Ok(rec),
         Err(ProblemKind::HashMismatch) => Err(damaged(format!(
             "record {} was edited: its content no longer matches its hash",
             rec.seq
         ))),
+        Err(_) if rec.key_id != signer.key_id() => Err(AuditError::ForeignKey {
+            path: path.to_path_buf(),
+            log_key_id: rec.key_id,
+            signer_key_id: signer.key_id().to_string(),
+        }),
         Err(_) => Err(damaged(format!(
             "record {} does not carry a valid signature of the audit key",
             rec.seq

@@ -18,15 +18,15 @@
 //! * **Chain.** Every record carries `prev_hash`, the `hash` of the record
 //!   before it (64 zeros for record 1), and a sequence number `seq` that
 //!   grows by one. Removing, reordering or inserting records breaks the
-//!   chain. The bytes hashed are defined in [`record`](AuditRecord::canonical_bytes).
+//!   chain. The exact bytes hashed are [`AuditRecord::canonical_bytes`].
 //! * **Signature.** Each `hash` is signed with the controller's Ed25519
 //!   audit key ([`AuditSigner`]). Without the signature anyone able to
 //!   write the file could edit a record and recompute every later hash;
 //!   with it, an edit needs the private key.
 //!
-//! # What [`verify`] proves, and what it cannot prove alone
+//! # What [`verify()`] proves, and what it cannot prove alone
 //!
-//! Given the audit public key, [`verify`] proves that every record in the
+//! Given the audit public key, [`verify()`] proves that every record in the
 //! file was written by the holder of the key, unchanged, and that none is
 //! missing or out of place *between the first and the last line*. It names
 //! the first problem in words an auditor can act on ("record 7 was edited",
@@ -64,6 +64,7 @@
 //! key's PKCS#8 bytes are held in [`zeroize::Zeroizing`] while loaded and
 //! never printed.
 
+mod event;
 mod log;
 mod query;
 mod reader;
@@ -74,17 +75,17 @@ mod verify;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_query;
+#[cfg(test)]
 mod tests_tamper;
 
 use std::io;
 use std::path::PathBuf;
 
+pub use event::{Action, AuditEvent, Decision};
 pub use log::AuditLog;
 pub use query::{AuditFilter, export, query};
-pub use record::{
-    Action, AuditEvent, AuditHead, AuditRecord, Decision, GENESIS_HASH, MAX_LINE_BYTES,
-    RECORD_VERSION,
-};
+pub use record::{AuditHead, AuditRecord, GENESIS_HASH, MAX_LINE_BYTES, RECORD_VERSION};
 pub use signer::{AuditSigner, key_id_of};
 pub use verify::{Problem, ProblemKind, VerifyReport, verify, verify_with_head};
 

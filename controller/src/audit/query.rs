@@ -9,7 +9,7 @@ use super::{Action, AuditError, AuditRecord};
 
 /// Which records to return. Every condition set must hold (AND); an empty
 /// filter matches everything. Querying reads, it does not prove: run
-/// [`super::verify`] to know the records are genuine.
+/// [`verify()`](super::verify()) to know the records are genuine.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditFilter {
     /// Substring of the subject, case-sensitive (Kerberos principals are):
@@ -35,7 +35,10 @@ impl AuditFilter {
         self.subject
             .as_deref()
             .is_none_or(|s| record.subject.contains(s))
-            && self.namespace.as_deref().is_none_or(|n| record.namespace == n)
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| record.namespace == n)
             && self.node.as_deref().is_none_or(|n| record.node == n)
             && self.since_unix_ms.is_none_or(|t| record.unix_ms >= t)
             && self.until_unix_ms.is_none_or(|t| record.unix_ms < t)
@@ -58,7 +61,7 @@ pub fn query(path: &Path, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Audi
 /// Writes the matching records to `writer` as JSON lines, byte for byte as
 /// stored, so the SIEM can check each one's hash and signature
 /// ([`AuditRecord::verify_alone`]); an unfiltered export is a copy of the
-/// log that [`super::verify`] accepts. Returns how many were written.
+/// log that [`verify()`](super::verify()) accepts. Returns how many were written.
 pub fn export(
     path: &Path,
     mut writer: impl Write,

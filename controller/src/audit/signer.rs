@@ -127,12 +127,11 @@ impl AuditSigner {
     }
 
     fn new_pkcs8(what: &str) -> Result<Zeroizing<Vec<u8>>, AuditError> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| {
-            AuditError::Key {
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| AuditError::Key {
                 what: what.to_string(),
                 reason: "the system random generator failed".into(),
-            }
-        })?;
+            })?;
         Ok(Zeroizing::new(doc.as_ref().to_vec()))
     }
 
@@ -146,12 +145,11 @@ impl AuditSigner {
         } else {
             Zeroizing::new(bytes.to_vec())
         };
-        let key_pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| {
-            AuditError::Key {
+        let key_pair =
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| AuditError::Key {
                 what: what.to_string(),
                 reason: format!("not a PKCS#8 Ed25519 key ({e})"),
-            }
-        })?;
+            })?;
         let key_id = key_id_of(key_pair.public_key().as_ref());
         Ok(AuditSigner { key_pair, key_id })
     }

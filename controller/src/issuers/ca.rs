@@ -51,7 +51,7 @@ const MAX_CN_LEN: usize = 64;
 const PROBE_NAME: &str = "kcred-ca-self-test.invalid";
 
 /// Why a CA could not be created or loaded, or a leaf not issued.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CertError {
     /// The crypto backend could not create a key pair.
     #[error("generating key pair: {0}")]
@@ -329,7 +329,7 @@ fn base_params(
 
 fn parse_cert(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, String> {
     match x509_parser::parse_x509_certificate(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err("trailing bytes after certificate".into()),
         Err(e) => Err(e.to_string()),
     }

@@ -14,8 +14,15 @@ use crate::gate::{KdcGate, Lane, Priority};
 use crate::kadmin::KadminClient;
 use crate::keytab::Keytab;
 use crate::metrics::Metrics;
-use crate::names::ServicePrincipal;
-use crate::store::Store;
+use crate::names::Principal;
+use crate::store::{Store, StoreError, Table};
+
+/// What the store shows about a keytab without decrypting it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KeytabMeta {
+    /// Key versions held.
+    pub kvnos: Vec<u32>,
+}
 
 const KIND: &str = "keytab";
 
@@ -25,7 +32,7 @@ pub struct KeytabIssuer {
     kadmin: Arc<KadminClient>,
     gate: Arc<KdcGate>,
     metrics: Arc<Metrics>,
-    flight: SingleFlight<ServicePrincipal, Keytab, IssueError>,
+    flight: SingleFlight<Principal, Keytab, IssueError>,
 }
 
 impl KeytabIssuer {
@@ -45,19 +52,28 @@ impl KeytabIssuer {
         }
     }
 
-    async fn stored(&self, principal: &ServicePrincipal) -> Result<Option<Keytab>, IssueError> {
+    async fn stored(&self, principal: &Principal) -> Result<Option<Keytab>, IssueError> {
         let store = Arc::clone(&self.store);
-        let p = principal.clone();
-        let found = tokio::task::spawn_blocking(move || store.keytab(&p))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??;
-        Ok(found.map(|s| s.keytab))
+        let name = principal.to_string();
+        let found =
+            tokio::task::spawn_blocking(move || store.get::<KeytabMeta>(Table::Keytabs, &name))
+                .await
+                .map_err(|e| IssueError::Task(e.to_string()))??;
+        match found {
+            None => Ok(None),
+            Some(r) => Keytab::parse(r.secret).map(Some).map_err(|e| {
+                IssueError::Store(StoreError::Corrupt {
+                    record: principal.to_string(),
+                    reason: e.to_string(),
+                })
+            }),
+        }
     }
 
     /// The principal's keytab: from the store, or extracted once.
     pub async fn keytab(
         &self,
-        principal: &ServicePrincipal,
+        principal: &Principal,
         priority: Priority,
     ) -> Result<Keytab, IssueError> {
         if let Some(k) = self.stored(principal).await? {
@@ -76,7 +92,7 @@ impl KeytabIssuer {
 
     async fn extract(
         &self,
-        principal: &ServicePrincipal,
+        principal: &Principal,
         priority: Priority,
     ) -> Result<Keytab, IssueError> {
         // A flight that finished just before this one started stored it.
@@ -92,8 +108,11 @@ impl KeytabIssuer {
             })
             .await?;
         let store = Arc::clone(&self.store);
-        let (p, k) = (principal.clone(), keytab.clone());
-        tokio::task::spawn_blocking(move || store.put_keytab(&p, &k))
+        let (name, k) = (principal.to_string(), keytab.clone());
+        let meta = KeytabMeta {
+            kvnos: keytab.kvnos().iter().copied().collect(),
+        };
+        tokio::task::spawn_blocking(move || store.put(Table::Keytabs, &name, &meta, k.bytes()))
             .await
             .map_err(|e| IssueError::Task(e.to_string()))??;
         tracing::info!(principal = %principal, kvnos = ?keytab.kvnos(), "extracted keytab from kadmind");

@@ -1,7 +1,12 @@
 //! Issuers: one per credential kind, each deciding where a credential comes
 //! from (the store, or the KDC through the gate) and remembering it.
 
+pub mod ca;
+pub mod certs;
+pub mod data_keys;
+pub mod keys;
 pub mod keytab;
+pub mod tickets;
 
 use crate::gate::GateError;
 use crate::gate::single_flight::Abandoned;
@@ -14,6 +19,9 @@ pub enum IssueError {
     /// kadmind failed or refused.
     #[error(transparent)]
     Kadmin(#[from] KadminError),
+    /// The KDC failed or refused a ticket.
+    #[error(transparent)]
+    Ticket(#[from] crate::kdc::TicketError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

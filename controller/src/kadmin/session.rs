@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::keytab::Keytab;
-use crate::names::ServicePrincipal;
+use crate::names::Principal;
 
 /// How to reach kadmind.
 #[derive(Debug, Clone)]
@@ -191,10 +191,7 @@ impl KadminClient {
 
     /// Extracts a principal's current keys (every kvno kadmind holds)
     /// without changing them.
-    pub async fn extract_keytab(
-        &self,
-        principal: &ServicePrincipal,
-    ) -> Result<Keytab, KadminError> {
+    pub async fn extract_keytab(&self, principal: &Principal) -> Result<Keytab, KadminError> {
         let file = self.cfg.work_dir.join(format!(
             "{}-{:016x}.keytab",
             self.seq.fetch_add(1, Ordering::Relaxed),

@@ -66,7 +66,7 @@ pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, Load
         }
         let mut keys = BTreeSet::new();
         for k in e.keys {
-            names::validate_dns_name("key id", &k).map_err(|err| ctx(err.to_string()))?;
+            names::validate_key_id(&k).map_err(|err| ctx(err.to_string()))?;
             keys.insert(k);
         }
         roles.push(RoleAccount {
@@ -130,6 +130,44 @@ mod tests {
         );
         let denied = p.authorize_keytab("nowhere", &http).unwrap_err();
         assert!(matches!(denied, Denied::NoRoleAccount { .. }));
+    }
+
+    #[test]
+    fn tickets_certificates_and_keys_follow_their_rules() {
+        use crate::annotations::CredentialRequest;
+        let p = parse(
+            r#"
+            [[role_accounts]]
+            login = "websvc"
+            uid = 1500
+            gid = 1500
+            namespaces = ["web"]
+            certificates = ["web.example.com"]
+            keys = ["orders-db"]
+            "#,
+        )
+        .expect("valid");
+        let mut req = CredentialRequest {
+            ticket: Some("websvc".into()),
+            certs: ["web.example.com".to_string()].into(),
+            keys: ["orders-db".to_string()].into(),
+            ..Default::default()
+        };
+        assert_eq!(p.authorize("web", &req).expect("allowed").login, "websvc");
+        req.ticket = Some("tsfoo".into());
+        let d = p.authorize("web", &req).unwrap_err();
+        assert!(d.to_string().starts_with("rule tickets"), "{d}");
+        req.ticket = None;
+        req.certs.insert("evil.example.com".into());
+        let d = p.authorize("web", &req).unwrap_err();
+        assert!(
+            d.to_string().starts_with("rule certificates") && d.to_string().contains("evil"),
+            "{d}"
+        );
+        req.certs.remove("evil.example.com");
+        req.keys.insert("payroll".into());
+        let d = p.authorize("web", &req).unwrap_err();
+        assert!(d.to_string().starts_with("rule keys"), "{d}");
     }
 
     #[test]

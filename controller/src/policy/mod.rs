@@ -51,6 +51,42 @@ pub enum Denied {
         /// The namespace.
         namespace: String,
     },
+    /// The pod asks for another role account's tickets.
+    #[error(
+        "rule tickets: pods in namespace {namespace:?} run as {login:?} and may hold only its tickets, not {asked:?}'s"
+    )]
+    TicketForOtherAccount {
+        /// The namespace's role account.
+        login: String,
+        /// The namespace.
+        namespace: String,
+        /// The account asked for.
+        asked: String,
+    },
+    /// The role account is not granted a certificate name.
+    #[error(
+        "rule certificates: role account {login:?} (namespace {namespace:?}) is not granted certificates for {name:?}"
+    )]
+    CertificateNotGranted {
+        /// The role account.
+        login: String,
+        /// The namespace.
+        namespace: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// The role account is not granted a key.
+    #[error(
+        "rule keys: role account {login:?} (namespace {namespace:?}) is not granted key {key:?}"
+    )]
+    KeyNotGranted {
+        /// The role account.
+        login: String,
+        /// The namespace.
+        namespace: String,
+        /// The key id asked for.
+        key: String,
+    },
     /// The role account does not own the principal.
     #[error(
         "rule service_principals: role account {login:?} (namespace {namespace:?}) does not own {principal}"
@@ -112,6 +148,43 @@ impl Policy {
                 principal: principal.to_string(),
             })
         }
+    }
+
+    /// Checks everything a pod asks for; the first refusal wins. Returns
+    /// the role account the credentials are issued to.
+    pub fn authorize(
+        &self,
+        namespace: &str,
+        req: &crate::annotations::CredentialRequest,
+    ) -> Result<&RoleAccount, Denied> {
+        let role = self.role_for_namespace(namespace)?;
+        for principal in &req.keytabs {
+            self.authorize_keytab(namespace, principal)?;
+        }
+        if let Some(asked) = &req.ticket
+            && asked != &role.login
+        {
+            return Err(Denied::TicketForOtherAccount {
+                login: role.login.clone(),
+                namespace: namespace.to_string(),
+                asked: asked.clone(),
+            });
+        }
+        if let Some(name) = req.certs.iter().find(|n| !role.certificates.contains(*n)) {
+            return Err(Denied::CertificateNotGranted {
+                login: role.login.clone(),
+                namespace: namespace.to_string(),
+                name: name.clone(),
+            });
+        }
+        if let Some(key) = req.keys.iter().find(|k| !role.keys.contains(*k)) {
+            return Err(Denied::KeyNotGranted {
+                login: role.login.clone(),
+                namespace: namespace.to_string(),
+                key: key.clone(),
+            });
+        }
+        Ok(role)
     }
 
     /// Number of role accounts (for status and logs).

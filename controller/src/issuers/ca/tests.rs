@@ -120,7 +120,7 @@ fn long_first_name_gets_no_cn_but_still_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let ca = new_ca("kcred test CA");
     let long = format!("{}.example", "a".repeat(60));
-    let leaf = ca.issue(&[long.clone()], DAY).unwrap();
+    let leaf = ca.issue(std::slice::from_ref(&long), DAY).unwrap();
     write_pair(dir.path(), &ca, &leaf);
     let (ok, out, err) = openssl(dir.path(), &["verify", "-CAfile", "ca.crt", "tls.crt"]);
     assert!(ok, "{out} {err}");
@@ -402,4 +402,12 @@ fn from_pem_refuses_ca_without_cert_sign_or_expired() {
     let cert = params.self_signed(&key).unwrap();
     let err = CertificateAuthority::from_pem(&cert.pem(), &key.serialize_pem()).unwrap_err();
     assert!(matches!(err, CertError::CaExpired), "{err}");
+}
+
+#[test]
+fn ca_can_be_shared_across_tasks() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CertificateAuthority>();
+    assert_send_sync::<IssuedCert>();
+    assert_send_sync::<CertError>();
 }

@@ -190,7 +190,7 @@ impl Drop for Scratch {
 
 /// Overwrites the regular files in `dir` with zeros, then removes it (a
 /// stray non-directory is just removed). Best effort: there is nobody to
-/// report to, and the next `TicketIssuer::new` retries leftovers.
+/// report to, and the next `KdcClient::new` retries leftovers.
 pub(super) fn wipe_dir(dir: &Path) {
     if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
         let _ = fs::remove_file(dir);

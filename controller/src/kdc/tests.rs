@@ -44,13 +44,13 @@ impl Fixture {
         self.work.path().join("tickets")
     }
 
-    fn issuer(&self, lifetime: u64, renew: u64) -> TicketIssuer {
+    fn issuer(&self, lifetime: u64, renew: u64) -> KdcClient {
         let mut cfg = TicketConfig::new(self.work_dir());
         cfg.krb5_config = Some(self.realm.krb5_conf_path());
         cfg.lifetime = Duration::from_secs(lifetime);
         cfg.renew_lifetime = Duration::from_secs(renew);
         cfg.timeout = Duration::from_secs(10);
-        TicketIssuer::new(cfg).expect("issuer")
+        KdcClient::new(cfg).expect("issuer")
     }
 
     /// Writes the ccache where MIT tools can read it; returns `FILE:path`.
@@ -326,7 +326,7 @@ async fn setup_failures_and_hung_kinit_leave_nothing_behind() {
     let mut cfg = TicketConfig::new(&dir);
     cfg.kinit = hang;
     cfg.timeout = Duration::from_millis(300);
-    let issuer = TicketIssuer::new(cfg.clone()).expect("issuer");
+    let issuer = KdcClient::new(cfg.clone()).expect("issuer");
     let mode = fs::metadata(&dir).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
     let names: Vec<_> = fs::read_dir(&dir)
@@ -344,7 +344,7 @@ async fn setup_failures_and_hung_kinit_leave_nothing_behind() {
         .expect_err("option-like");
     assert!(matches!(err, TicketError::Failed(_)), "{err}");
     cfg.kinit = Path::new("/nonexistent/kinit").to_path_buf();
-    let err = TicketIssuer::new(cfg.clone())
+    let err = KdcClient::new(cfg.clone())
         .expect("issuer")
         .acquire(FOO, &keytab)
         .await
@@ -353,7 +353,7 @@ async fn setup_failures_and_hung_kinit_leave_nothing_behind() {
     assert_eq!(fs::read_dir(&dir).expect("ls").count(), 1);
 
     cfg.lifetime = Duration::ZERO;
-    assert!(TicketIssuer::new(cfg).is_err());
+    assert!(KdcClient::new(cfg).is_err());
 }
 
 /// A syntactically valid keytab; never sent to a KDC.

@@ -1,0 +1,218 @@
+//! Certificates: short-lived leaves from the controller's CA.
+//!
+//! The CA is the operator's (cert and key files) or the controller's own,
+//! generated once and kept with its key sealed in the store. A leaf covers
+//! exactly the names a pod asked for and its role account is granted; it
+//! is cached per role account and name set until 2/3 of its life, then a
+//! new one (new key, new serial) is issued.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::IssueError;
+use super::ca::{CertificateAuthority, IssuedCert};
+use crate::gate::single_flight::{Role, SingleFlight};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, Table};
+
+const KIND: &str = "cert";
+const CA_RECORD: &str = "ca";
+
+/// What the store shows about a leaf without decrypting it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertMeta {
+    /// The certificate (public).
+    pub cert_pem: String,
+    /// Serial, lowercase hex.
+    pub serial_hex: String,
+    /// Validity start, seconds since the epoch.
+    pub not_before_unix: i64,
+    /// Validity end.
+    pub not_after_unix: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CaMeta {
+    cert_pem: String,
+}
+
+/// A leaf as delivered.
+#[derive(Clone)]
+pub struct LeafCert {
+    /// `tls.crt`.
+    pub cert_pem: String,
+    /// `tls.key`.
+    pub key_pem: Zeroizing<String>,
+    /// Serial, for the audit.
+    pub serial_hex: String,
+    /// When to come back for a fresh one.
+    pub refresh_at: SystemTime,
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn from_unix(s: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(s.max(0) as u64)
+}
+
+/// Issues leaf certificates.
+pub struct CertIssuer {
+    ca: CertificateAuthority,
+    lifetime: Duration,
+    refresh_fraction: f64,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    flight: SingleFlight<String, LeafCert, IssueError>,
+}
+
+impl CertIssuer {
+    /// Uses the operator's CA when given, else the one in the store, else
+    /// generates one and stores it.
+    pub fn load(
+        operator_ca: Option<(String, Zeroizing<String>)>,
+        common_name: &str,
+        lifetime: Duration,
+        refresh_fraction: f64,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let ca = match operator_ca {
+            Some((cert, key)) => {
+                CertificateAuthority::from_pem(&cert, &key).map_err(|e| e.to_string())?
+            }
+            None => match store
+                .get::<CaMeta>(Table::Authority, CA_RECORD)
+                .map_err(|e| e.to_string())?
+            {
+                Some(r) => {
+                    let key = std::str::from_utf8(&r.secret).map_err(|e| e.to_string())?;
+                    CertificateAuthority::from_pem(&r.meta.cert_pem, key)
+                        .map_err(|e| e.to_string())?
+                }
+                None => {
+                    let ca = CertificateAuthority::generate(
+                        common_name,
+                        Duration::from_secs(10 * 365 * 86400),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let meta = CaMeta {
+                        cert_pem: ca.cert_pem().to_string(),
+                    };
+                    store
+                        .put(Table::Authority, CA_RECORD, &meta, ca.key_pem().as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(%common_name, "generated the controller's certificate authority");
+                    ca
+                }
+            },
+        };
+        Ok(CertIssuer {
+            ca,
+            lifetime,
+            refresh_fraction,
+            store,
+            metrics,
+            flight: SingleFlight::default(),
+        })
+    }
+
+    /// `ca.crt`.
+    pub fn ca_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    fn refresh_at(&self, not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+        let life = not_after.duration_since(not_before).unwrap_or_default();
+        not_before + life.mul_f64(self.refresh_fraction)
+    }
+
+    /// A leaf for `names`, issued to role account `login`.
+    pub async fn cert(
+        &self,
+        login: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<LeafCert, IssueError> {
+        let key = format!(
+            "{login}/{}",
+            names.iter().cloned().collect::<Vec<_>>().join(",")
+        );
+        if let Some(leaf) = self.stored(&key).await?
+            && SystemTime::now() < leaf.refresh_at
+        {
+            self.metrics.cache_hits.with_label_values(&[KIND]).inc();
+            return Ok(leaf);
+        }
+        let (result, role) = self
+            .flight
+            .run(key.clone(), || self.issue(&key, names))
+            .await;
+        if role == Role::Follower {
+            self.metrics.coalesced.with_label_values(&[KIND]).inc();
+        }
+        result
+    }
+
+    async fn stored(&self, key: &str) -> Result<Option<LeafCert>, IssueError> {
+        let store = Arc::clone(&self.store);
+        let k = key.to_string();
+        let found = tokio::task::spawn_blocking(move || store.get::<CertMeta>(Table::Certs, &k))
+            .await
+            .map_err(|e| IssueError::Task(e.to_string()))??;
+        let Some(r) = found else { return Ok(None) };
+        let key_pem = String::from_utf8(r.secret.to_vec()).map_err(|e| {
+            IssueError::Store(StoreError::Corrupt {
+                record: key.to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+        Ok(Some(LeafCert {
+            refresh_at: self.refresh_at(
+                from_unix(r.meta.not_before_unix),
+                from_unix(r.meta.not_after_unix),
+            ),
+            cert_pem: r.meta.cert_pem,
+            key_pem: Zeroizing::new(key_pem),
+            serial_hex: r.meta.serial_hex,
+        }))
+    }
+
+    async fn issue(&self, key: &str, names: &BTreeSet<String>) -> Result<LeafCert, IssueError> {
+        if let Some(leaf) = self.stored(key).await?
+            && SystemTime::now() < leaf.refresh_at
+        {
+            return Ok(leaf);
+        }
+        self.metrics.cache_misses.with_label_values(&[KIND]).inc();
+        let names: Vec<String> = names.iter().cloned().collect();
+        let issued: IssuedCert = self
+            .ca
+            .issue(&names, self.lifetime)
+            .map_err(|e| IssueError::Unavailable(format!("certificate for {names:?}: {e}")))?;
+        let meta = CertMeta {
+            cert_pem: issued.cert_pem.clone(),
+            serial_hex: issued.serial_hex.clone(),
+            not_before_unix: unix(issued.not_before),
+            not_after_unix: unix(issued.not_after),
+        };
+        let store = Arc::clone(&self.store);
+        let (k, secret, m) = (key.to_string(), issued.key_pem.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || store.put(Table::Certs, &k, &m, secret.as_bytes()))
+            .await
+            .map_err(|e| IssueError::Task(e.to_string()))??;
+        tracing::info!(names = ?names, serial = %issued.serial_hex, not_after = meta.not_after_unix, "certificate issued");
+        Ok(LeafCert {
+            refresh_at: self.refresh_at(issued.not_before, issued.not_after),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            serial_hex: issued.serial_hex,
+        })
+    }
+}
