@@ -12,7 +12,8 @@ use crate::initiator::keytab_name;
 use crate::store::{self, AcquireError, GssFailure, Usage};
 
 /// `KRB5KRB_AP_ERR_REPEAT` ("Request is a replay") as a GSSAPI minor status:
-/// MIT reports a replay as GSS_S_FAILURE with this minor code.
+/// MIT 1.20 reports a replay as GSS_S_FAILURE with this minor code (other
+/// implementations use the GSS_S_DUPLICATE_TOKEN bit, also checked).
 const KRB5KRB_AP_ERR_REPEAT: u32 = (-1_765_328_384_i32 + 34) as u32;
 
 /// Controller side: checks that a token was made by a principal whose key
@@ -24,10 +25,13 @@ const KRB5KRB_AP_ERR_REPEAT: u32 = (-1_765_328_384_i32 + 34) as u32;
 /// and no environment variable is needed.
 ///
 /// Replays are refused through MIT's replay cache, which remembers each
-/// authenticator for the clock-skew window (5 minutes by default). It is
-/// per process and per file: several controller replicas do not see each
-/// other's caches, so a token captured on the wire could be replayed once to
-/// each replica within that window; TLS is what keeps tokens off the wire.
+/// authenticator for the clock-skew window (5 minutes by default; older or
+/// future-dated tokens are refused outright, so controller and nodes need
+/// synchronised clocks). The cache is one file, safely shared by threads
+/// and processes that use it; controller replicas with separate files do
+/// not see each other's, so a token captured on the wire could be replayed
+/// once to each replica within that window: TLS is what keeps tokens off the
+/// wire.
 ///
 /// `Send + Sync`: share one behind an `Arc`. [`Acceptor::accept`] is
 /// CPU work plus a small replay-cache file write, fine on an async thread
@@ -48,8 +52,8 @@ impl std::fmt::Debug for Acceptor {
 impl Acceptor {
     /// Loads the controller's keytab (e.g. holding
     /// `kcred/controller.example.com@REALM`) with MIT's default replay cache
-    /// (`$KRB5RCACHEDIR` or `/var/tmp`, one file per uid), which needs a
-    /// writable directory there. Prefer [`Acceptor::with_replay_cache`] in a
+    /// (`$KRB5RCACHEDIR` or `/var/tmp`, one file per uid, or whatever
+    /// `KRB5RCACHENAME` says), which needs a writable directory there. Prefer [`Acceptor::with_replay_cache`] in a
     /// container, where that directory may be read-only or not persistent.
     pub fn new(keytab: &Path) -> Result<Acceptor, AuthError> {
         Acceptor::build(keytab, None)
@@ -101,8 +105,9 @@ impl Acceptor {
     /// a node with [`crate::node_name_from_principal`] before trusting it for
     /// anything node-specific.
     ///
-    /// The token must complete a Kerberos context in one step: tokens that
-    /// need a round trip (SPNEGO, other mechanisms) are refused. If the
+    /// Only the Kerberos 5 mechanism is accepted (the credential has no
+    /// SPNEGO element), and the token must complete the context in one step,
+    /// since per-call tokens have no round trip. If the
     /// client asked for mutual authentication the reply token is dropped;
     /// that client simply gets no proof of the controller from Kerberos.
     pub fn accept(&self, token: &[u8]) -> Result<String, AuthError> {

@@ -98,7 +98,7 @@ impl Initiator {
                 usage: "initiator",
                 principal: client_principal.to_string(),
                 keytab: client_keytab.to_path_buf(),
-                reason: f.message,
+                reason: explain_initiator_failure(f.message),
             },
         })?;
         let kind = if target_service.contains('/') {
@@ -159,6 +159,17 @@ impl Initiator {
     /// The identity this initiator speaks as, for logs.
     pub fn principal(&self) -> &str {
         &self.principal
+    }
+}
+
+/// MIT falls back to looking for existing tickets when it cannot use the
+/// client keytab at all, and then blames the (empty, private) ccache: say
+/// what that really means.
+fn explain_initiator_failure(message: String) -> String {
+    if message.ends_with("(No credentials cache found)") {
+        format!("the keytab is missing, unreadable or holds no key for this principal ({message})")
+    } else {
+        message
     }
 }
 

@@ -24,12 +24,14 @@
 //! MIT's credential store, never via `KRB5_KTNAME`/`KRB5CCNAME`, so several
 //! identities (or test realms) can live in one process.
 
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 mod acceptor;
 mod initiator;
 mod metadata;
+// The only module allowed unsafe code: the `gss_acquire_cred_from` wrapper.
+#[allow(unsafe_code)]
 mod store;
 
 pub use acceptor::Acceptor;
@@ -125,5 +127,26 @@ mod tests {
         assert_send_sync::<Initiator>();
         assert_send_sync::<Acceptor>();
         assert_send_sync::<AuthError>();
+    }
+
+    #[test]
+    fn unusable_arguments_are_refused_before_kerberos_sees_them() {
+        use std::path::Path;
+        let kt = Path::new("/nonexistent/node.keytab");
+        let invalid = |r: Result<_, AuthError>| matches!(r, Err(AuthError::InvalidArgument { .. }));
+        assert!(invalid(
+            Initiator::new(kt, "", "kcred@c.example.com").map(drop)
+        ));
+        assert!(invalid(Initiator::new(kt, "host/a@R", "").map(drop)));
+        assert!(invalid(
+            Initiator::new(kt, "host/a\0@R", "kcred@c").map(drop)
+        ));
+        assert!(invalid(
+            Initiator::new(Path::new(""), "host/a@R", "kcred@c").map(drop)
+        ));
+        assert!(invalid(Acceptor::new(Path::new("a\0b")).map(drop)));
+        assert!(invalid(
+            Acceptor::with_replay_cache(kt, Path::new("")).map(drop)
+        ));
     }
 }

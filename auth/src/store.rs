@@ -5,7 +5,7 @@
 //! may hold several identities, so which keytab and which credential cache a
 //! credential uses must be chosen per credential, not through process-wide
 //! variables (`KRB5_KTNAME`, `KRB5_CLIENT_KTNAME`, `KRB5CCNAME`). MIT's
-//! credential store extension (RFC-less, `gssapi_ext.h`) does exactly that.
+//! credential store extension (`gssapi_ext.h`, no RFC) does exactly that.
 //! The result is handed to libgssapi as an owned [`Cred`], so everything else
 //! (contexts, names, error text) goes through its safe API.
 

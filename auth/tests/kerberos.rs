@@ -184,7 +184,10 @@ fn initiator_shared_by_threads_makes_distinct_valid_tokens() {
     assert_eq!(distinct.len(), values.len(), "a token was produced twice");
     let acceptor = fx.acceptor();
     for value in &values {
-        assert_eq!(acceptor.accept(&decode(value)).unwrap(), fx.node_principal());
+        assert_eq!(
+            acceptor.accept(&decode(value)).unwrap(),
+            fx.node_principal()
+        );
     }
 }
 
@@ -197,6 +200,10 @@ fn initiator_for_a_principal_missing_from_its_keytab_fails() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "node-a's keytab spoke as node-b");
     assert!(stderr.contains("node-b"), "{stderr}");
+    assert!(
+        stderr.contains("holds no key for this principal"),
+        "{stderr}"
+    );
     println!("wrong principal: {stderr}");
 }
 

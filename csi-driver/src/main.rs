@@ -84,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    tokio::spawn(kcred_csi_driver::volumes::renewal::run(Arc::clone(
+        &volumes,
+    )));
     let listener = server::bind(&cli.endpoint)?;
     tracing::info!(endpoint = %cli.endpoint.display(), node = %cfg.node_id, "serving CSI");
     server::serve(cfg, volumes, listener, shutdown_signal()).await?;

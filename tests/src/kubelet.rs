@@ -27,11 +27,13 @@ pub struct TestPod {
     pub node: String,
     /// Annotations.
     pub annotations: Vec<(String, String)>,
+    /// The pod's fsGroup.
+    pub fs_group: Option<u32>,
 }
 
 impl TestPod {
-    /// A pod asking for keytabs of `principals` (comma-joined).
-    pub fn with_keytabs(namespace: &str, name: &str, node: &str, principals: &str) -> Self {
+    /// A pod without annotations; add them with [`TestPod::annotate`].
+    pub fn new(namespace: &str, name: &str, node: &str) -> Self {
         TestPod {
             namespace: namespace.into(),
             name: name.into(),
@@ -41,8 +43,20 @@ impl TestPod {
             )[..32]
                 .to_string(),
             node: node.into(),
-            annotations: vec![("kcred.io/keytabs".into(), principals.into())],
+            annotations: vec![],
+            fs_group: None,
         }
+    }
+
+    /// Adds an annotation (`kcred.io/keytabs`, `kcred.io/tickets`, ...).
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.annotations.push((key.into(), value.into()));
+        self
+    }
+
+    /// A pod asking for keytabs of `principals` (comma-joined).
+    pub fn with_keytabs(namespace: &str, name: &str, node: &str, principals: &str) -> Self {
+        Self::new(namespace, name, node).annotate("kcred.io/keytabs", principals)
     }
 
     /// The controller's view of this pod.
@@ -54,7 +68,7 @@ impl TestPod {
             node_name: self.node.clone(),
             service_account: "default".into(),
             annotations: self.annotations.iter().cloned().collect(),
-            fs_group: None,
+            fs_group: self.fs_group,
         }
     }
 }

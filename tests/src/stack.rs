@@ -28,6 +28,8 @@ uid = 1500
 gid = 1500
 namespaces = ["web"]
 service_principals = ["HTTP/web.example.com", "HTTP/api.example.com"]
+certificates = ["web.example.com", "api.example.com"]
+keys = ["orders-db"]
 
 [[role_accounts]]
 login = "dbsvc"
@@ -37,11 +39,14 @@ namespaces = ["db"]
 service_principals = ["postgres/db1.example.com"]
 "#;
 
-/// Principals the default stack creates in the realm.
-pub const DEFAULT_PRINCIPALS: [&str; 3] = [
+/// Principals the default stack creates in the realm (services, and the
+/// role accounts' own principals for prestashed tickets).
+pub const DEFAULT_PRINCIPALS: [&str; 5] = [
     "HTTP/web.example.com",
     "HTTP/api.example.com",
     "postgres/db1.example.com",
+    "websvc",
+    "dbsvc",
 ];
 
 /// How to build a stack.
@@ -56,6 +61,8 @@ pub struct StackOptions {
     pub extra_config: String,
     /// Serve the controller's `/metrics` here.
     pub metrics_listen: Option<SocketAddr>,
+    /// Extra top-level controller settings (before any table).
+    pub top_config: String,
 }
 
 impl Default for StackOptions {
@@ -66,6 +73,7 @@ impl Default for StackOptions {
             principals: DEFAULT_PRINCIPALS.iter().map(|s| s.to_string()).collect(),
             extra_config: String::new(),
             metrics_listen: None,
+            top_config: String::new(),
         }
     }
 }
@@ -98,6 +106,7 @@ pub struct Stack {
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
     controller: Option<Running>,
     driver: Option<Running>,
+    renewals: JoinHandle<()>,
 }
 
 fn write(path: &Path, content: &str) -> anyhow::Result<()> {
@@ -137,6 +146,7 @@ audit_log = "{d}/audit.log"
 audit_key = "{d}/audit.key"
 reload_interval_secs = 1
 {metrics}
+{top}
 
 [kadmin]
 principal = "{admin}"
@@ -147,6 +157,7 @@ timeout_secs = 10
 {extra}
 "#,
             extra = opts.extra_config,
+            top = opts.top_config,
             metrics = opts
                 .metrics_listen
                 .map(|a| format!("metrics_listen = \"{a}\""))
@@ -178,6 +189,9 @@ timeout_secs = 10
             StateDir::open(&driver_cfg.state_dir)?,
         ));
         let driver_metrics = volumes.metrics();
+        let renewals = tokio::spawn(kcred_csi_driver::volumes::renewal::run(Arc::clone(
+            &volumes,
+        )));
         let unix = server::bind(&socket)?;
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -205,6 +219,7 @@ timeout_secs = 10
             driver_metrics,
             controller: Some(controller),
             driver: Some(driver),
+            renewals,
         })
     }
 
@@ -301,6 +316,7 @@ timeout_secs = 10
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        self.renewals.abort();
         // A failed test must not leave tmpfs mounts under the temp dir.
         let pods = self.kubelet_dir().join("pods");
         let Ok(entries) = std::fs::read_dir(&pods) else {

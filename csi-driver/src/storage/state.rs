@@ -43,6 +43,9 @@ pub struct VolumeRecord {
     pub generation: String,
     /// When that generation was published, seconds since the Unix epoch.
     pub published_at_unix: i64,
+    /// When the controller asked to be asked again (0: only on republish).
+    #[serde(default)]
+    pub refresh_after_unix: i64,
 }
 
 /// The driver's private state directory. One driver process per node owns it.
@@ -221,6 +224,7 @@ mod tests {
             gid: 4243,
             generation: "..2026_05_01_12_00_00.0123456789abcdef".into(),
             published_at_unix: 1_777_636_800,
+            refresh_after_unix: 0,
         }
     }
 

@@ -251,7 +251,38 @@ impl VolumeManager {
             gid: bundle.gid,
             generation: bundle.generation.clone(),
             published_at_unix: now_unix(),
+            refresh_after_unix: bundle.refresh_after_unix,
         }
+    }
+
+    /// Refreshes a volume whose refresh deadline has come (the renewal
+    /// loop); skips it when another operation holds it or it is gone.
+    pub async fn renew(&self, rec: &VolumeRecord) -> Option<PublishOutcome> {
+        let _guard = self.try_lock(&rec.volume_id).ok()?;
+        let target = rec.target_path.clone();
+        let mounted = blocking(move || Ok(tmpfs::is_tmpfs_mount(&target)?))
+            .await
+            .ok()?;
+        if !mounted {
+            return None;
+        }
+        let req = PublishRequest {
+            volume_id: rec.volume_id.clone(),
+            target: rec.target_path.clone(),
+            pod: PodRef {
+                namespace: rec.pod_namespace.clone(),
+                name: rec.pod_name.clone(),
+                uid: rec.pod_uid.clone(),
+                service_account: rec.service_account.clone(),
+            },
+        };
+        Some(self.refresh(req).await)
+    }
+
+    /// Every volume this node holds (non-secret state).
+    pub async fn volumes(&self) -> Result<Vec<VolumeRecord>, VolumeError> {
+        let state = Arc::clone(&self.state);
+        blocking(move || Ok(state.list()?)).await
     }
 
     /// Refreshes a mounted volume; never fails the caller.
@@ -283,9 +314,8 @@ impl VolumeManager {
         let state = Arc::clone(&self.state);
         let written = blocking(move || {
             let changed = AtomicWriter::new(&target).write(&files, owner)?;
-            if changed {
-                state.save(&rec)?;
-            }
+            // Saved even when unchanged: the refresh deadline moves on.
+            state.save(&rec)?;
             Ok(changed)
         })
         .await;

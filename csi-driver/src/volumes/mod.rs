@@ -4,6 +4,7 @@
 //! controller and drives [`crate::storage`], which owns the bytes.
 
 pub mod manager;
+pub mod renewal;
 pub mod request;
 
 pub use manager::{PublishOutcome, PublishRequest, VolumeError, VolumeManager};
