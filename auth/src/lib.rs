@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod acceptor;
+pub mod grpc;
 mod initiator;
 mod metadata;
 // The only module allowed unsafe code: the `gss_acquire_cred_from` wrapper.

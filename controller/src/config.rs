@@ -66,6 +66,76 @@ pub struct Config {
     /// Certificates.
     #[serde(default)]
     pub certs: CertsSection,
+    /// Who may call: node and admin authentication.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// Node leases.
+    #[serde(default)]
+    pub leases: LeasesSection,
+}
+
+/// How callers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// GSSAPI (Kerberos) tokens on every call: nodes with their
+    /// `host/<fqdn>` keytab, people and tools with their own principal.
+    Kerberos,
+    /// No authentication: the node API trusts the node name a caller
+    /// claims and the admin API refuses everyone. Development only.
+    None,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Kerberos (default) or none.
+    pub mode: AuthMode,
+    /// Keytab with the controller's service principal
+    /// (`kcred/<controller fqdn>@REALM`).
+    pub keytab: Option<PathBuf>,
+    /// Replay cache file (survives restarts, one per controller).
+    pub replay_cache: Option<PathBuf>,
+    /// Node name = first label of the host principal's name (else the
+    /// whole FQDN).
+    pub short_node_names: bool,
+    /// Principals that may read and change (rotate, revoke).
+    pub operators: Vec<String>,
+    /// Principals that may only read (status, list, audit).
+    pub auditors: Vec<String>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            mode: AuthMode::Kerberos,
+            keytab: None,
+            replay_cache: None,
+            short_node_names: false,
+            operators: vec![],
+            auditors: vec![],
+        }
+    }
+}
+
+/// The `[leases]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeasesSection {
+    /// A node that has not heartbeated for this long is lost.
+    pub ttl_secs: u64,
+    /// Heartbeat interval the controller asks nodes for (ttl / 3 if 0).
+    pub heartbeat_secs: u64,
+}
+
+impl Default for LeasesSection {
+    fn default() -> Self {
+        LeasesSection {
+            ttl_secs: 30,
+            heartbeat_secs: 0,
+        }
+    }
 }
 
 /// The `[tickets]` table.
@@ -187,6 +257,12 @@ impl Config {
             return Err(
                 "tickets.lifetime_secs must be positive and certs.lifetime_secs at least 60".into(),
             );
+        }
+        if self.auth.mode == AuthMode::Kerberos && self.auth.keytab.is_none() {
+            return Err("auth.keytab is required with auth.mode = \"kerberos\" (or set mode = \"none\" for development)".into());
+        }
+        if self.leases.ttl_secs == 0 {
+            return Err("leases.ttl_secs must be at least 1".into());
         }
         if self.kadmin.timeout_secs == 0 {
             return Err("kadmin.timeout_secs must be at least 1".into());

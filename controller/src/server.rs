@@ -11,9 +11,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::node::NodeApi;
 use crate::audit::{AuditLog, AuditSigner};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::gate::KdcGate;
+use crate::issued::Issued;
 use crate::issuers::certs::CertIssuer;
 use crate::issuers::keys::KeyIssuer;
 use crate::issuers::keytab::KeytabIssuer;
@@ -21,6 +23,8 @@ use crate::issuers::tickets::TicketIssuer;
 use crate::kadmin::{KadminClient, KadminConfig};
 use crate::kdc::{KdcClient, TicketConfig};
 use crate::metrics::Metrics;
+use crate::nodes::leases::Leases;
+use crate::nodes::updates::Updates;
 use crate::pods::{PodIndex, file_source};
 use crate::policy::parse_policy;
 use crate::reload::Watched;
@@ -88,9 +92,11 @@ impl Controller {
         let store = Arc::new(store);
         let metrics = Metrics::new();
         let gate = Arc::new(KdcGate::new(&cfg.gate, Arc::clone(&metrics)));
+        let auth = Auth::new(&cfg.auth, &cfg.realm).map_err(startup("authentication"))?;
+        let kadmin = Arc::new(kadmin);
         let keytabs = Arc::new(KeytabIssuer::new(
             Arc::clone(&store),
-            Arc::new(kadmin),
+            Arc::clone(&kadmin),
             Arc::clone(&gate),
             Arc::clone(&metrics),
         ));
@@ -160,8 +166,30 @@ impl Controller {
             pod_krb5_conf,
             metrics,
             audit,
+            issued: Issued::new(Arc::clone(&store)),
             store,
+            leases: Leases::new(Duration::from_secs(cfg.leases.ttl_secs)),
+            updates: Updates::default(),
+            auth,
+            gate,
+            kadmin,
+            heartbeat_secs: if cfg.leases.heartbeat_secs > 0 {
+                cfg.leases.heartbeat_secs
+            } else {
+                (cfg.leases.ttl_secs / 3).max(1)
+            },
         });
+        // Leases lapse on their own: sweep once a second.
+        let sweeper = Arc::clone(&state);
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                for t in sweeper.leases.sweep() {
+                    crate::api::node::lease_transition(&sweeper, t).await;
+                }
+            }
+        }));
         Ok(Controller {
             state,
             background,

@@ -3,11 +3,15 @@
 use std::sync::Arc;
 
 use crate::audit::{AuditError, AuditEvent, AuditLog};
+use crate::auth::Auth;
+use crate::issued::Issued;
 use crate::issuers::certs::CertIssuer;
 use crate::issuers::keys::KeyIssuer;
 use crate::issuers::keytab::KeytabIssuer;
 use crate::issuers::tickets::TicketIssuer;
 use crate::metrics::Metrics;
+use crate::nodes::leases::Leases;
+use crate::nodes::updates::Updates;
 use crate::pods::PodIndex;
 use crate::policy::Policy;
 use crate::reload::Watched;
@@ -37,6 +41,20 @@ pub struct ControllerState {
     pub audit: Arc<AuditLog>,
     /// The store (for the audit head and listings).
     pub store: Arc<Store>,
+    /// What was issued where.
+    pub issued: Issued,
+    /// Node leases.
+    pub leases: Leases,
+    /// Update streams to node drivers.
+    pub updates: Updates,
+    /// Who may call.
+    pub auth: Auth,
+    /// The gate (for status).
+    pub gate: Arc<crate::gate::KdcGate>,
+    /// kadmind, for rotations.
+    pub kadmin: Arc<crate::kadmin::KadminClient>,
+    /// Heartbeat interval asked of nodes.
+    pub heartbeat_secs: u64,
 }
 
 /// Where the audit log's head is kept, so a truncated log is detected.

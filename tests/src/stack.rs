@@ -63,6 +63,9 @@ pub struct StackOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Extra top-level controller settings (before any table).
     pub top_config: String,
+    /// The `[auth]` table (default: mode = "none", in-process nodes
+    /// cannot hold Kerberos identities of their own).
+    pub auth_config: String,
 }
 
 impl Default for StackOptions {
@@ -74,6 +77,7 @@ impl Default for StackOptions {
             extra_config: String::new(),
             metrics_listen: None,
             top_config: String::new(),
+            auth_config: String::new(),
         }
     }
 }
@@ -154,9 +158,16 @@ keytab = "{admin_keytab}"
 work_dir = "{d}/extract"
 timeout_secs = 10
 
+{auth}
+
 {extra}
 "#,
             extra = opts.extra_config,
+            auth = if opts.auth_config.is_empty() {
+                "[auth]\nmode = \"none\"".to_string()
+            } else {
+                opts.auth_config.clone()
+            },
             top = opts.top_config,
             metrics = opts
                 .metrics_listen

@@ -6,15 +6,25 @@
 
 use std::sync::Arc;
 
+use std::pin::Pin;
+
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentials;
-use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, PodRef};
+use kcred_proto::kcred::v1::{
+    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, VolumeUpdate,
+    WatchUpdatesRequest,
+};
+use tokio_stream::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use crate::annotations::CredentialRequest;
 use crate::audit::{Action, AuditEvent};
 use crate::bundle;
 use crate::gate::Priority;
+use crate::issued::VolumeRecord;
 use crate::names;
+use crate::nodes::leases::{LeaseState, Transition};
 use crate::state::ControllerState;
 
 /// Serves bundles to node drivers.
@@ -46,12 +56,20 @@ fn validate(req: &FetchBundleRequest) -> Result<&PodRef, Status> {
 
 #[tonic::async_trait]
 impl NodeCredentials for NodeApi {
+    type WatchUpdatesStream = Pin<Box<dyn Stream<Item = Result<VolumeUpdate, Status>> + Send>>;
+
     async fn fetch_bundle(
         &self,
         request: Request<FetchBundleRequest>,
     ) -> Result<Response<Bundle>, Status> {
         let started = std::time::Instant::now();
-        let result = self.fetch(request.into_inner()).await;
+        let result = match self
+            .authenticate(&request, &request.get_ref().node_name)
+            .await
+        {
+            Ok(()) => self.fetch(request.into_inner()).await,
+            Err(s) => Err(s),
+        };
         let code = match &result {
             Ok(_) => "Ok".to_string(),
             Err(s) => format!("{:?}", s.code()),
@@ -63,9 +81,82 @@ impl NodeCredentials for NodeApi {
             .observe(started.elapsed().as_secs_f64());
         result.map(Response::new)
     }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let node = request.get_ref().node_name.clone();
+        names::validate_dns_name("node_name", &node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.authenticate(&request, &node).await?;
+        let st = &self.state;
+        if let Some(t) = st.leases.heartbeat(&node) {
+            self.lease_transition(t).await;
+        }
+        // Volumes the node holds whose pods are gone, rebound, or revoked.
+        let mut stale = Vec::new();
+        for id in &request.get_ref().volume_ids {
+            let rec = st
+                .issued
+                .get(id)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let keep = rec.is_some_and(|r| {
+                !r.revoked
+                    && r.node == node
+                    && st
+                        .pods
+                        .get(&r.namespace, &r.pod)
+                        .is_some_and(|p| p.uid == r.pod_uid && p.node_name == node)
+            });
+            if !keep {
+                stale.push(id.clone());
+            }
+        }
+        Ok(Response::new(HeartbeatResponse {
+            lease_ttl_secs: st.leases.ttl().as_secs(),
+            stale_volume_ids: stale,
+        }))
+    }
+
+    async fn watch_updates(
+        &self,
+        request: Request<WatchUpdatesRequest>,
+    ) -> Result<Response<Self::WatchUpdatesStream>, Status> {
+        let node = request.get_ref().node_name.clone();
+        names::validate_dns_name("node_name", &node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.authenticate(&request, &node).await?;
+        let rx = self.state.updates.subscribe(&node);
+        tracing::info!(%node, "node subscribed to updates");
+        let stream = BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
 
 impl NodeApi {
+    /// Authenticates a node call; refusals are audited.
+    async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
+        match self.state.auth.node(request, node) {
+            Ok(()) => Ok(()),
+            Err(refusal) => {
+                tracing::warn!(who = %refusal.who, claimed = %node, error = %refusal.status.message(), "node call refused");
+                let event = AuditEvent::new(refusal.who.clone(), Action::Deny)
+                    .with_place(node, "", "")
+                    .denied(format!("authentication: {}", refusal.status.message()));
+                if let Err(e) = self.state.record(vec![event]).await {
+                    tracing::error!(error = %e, "cannot audit a refused call");
+                }
+                Err(refusal.status)
+            }
+        }
+    }
+
+    /// Audits a lease change.
+    pub async fn lease_transition(&self, t: Transition) {
+        lease_transition(&self.state, t).await
+    }
+
     /// Records a refusal, then returns it.
     async fn deny(&self, node: &str, pod: &PodRef, rule: String, status: Status) -> Status {
         tracing::warn!(node, pod = %format!("{}/{}", pod.namespace, pod.name), reason = %rule, "denied");
@@ -126,6 +217,25 @@ impl NodeApi {
                 return Err(self.deny(node, pod_ref, msg, denied.into()).await);
             }
         };
+        let previous = st
+            .issued
+            .get(&req.volume_id)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.revoked && p.pod_uid == pod.uid)
+        {
+            let msg = format!("volume {} of pod {who} was revoked", req.volume_id);
+            return Err(self
+                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
+                .await);
+        }
+        if req.refresh && st.leases.state(node) == Some(LeaseState::Lost) {
+            let msg = format!("node {node} lost its lease: no renewals until it heartbeats again");
+            return Err(self
+                .deny(node, pod_ref, msg.clone(), Status::failed_precondition(msg))
+                .await);
+        }
         let priority = if req.refresh {
             Priority::Background
         } else {
@@ -133,14 +243,58 @@ impl NodeApi {
         };
         let issued = bundle::assemble(st, node, &pod, &role, &wants, priority).await?;
         // Fail closed: no record, no credential.
+        let mut versions = std::collections::BTreeMap::new();
+        for e in &issued.events {
+            if let Some(v) = e.kvno.or(e.key_version) {
+                versions.insert(e.subject.clone(), v);
+            }
+        }
         st.record(issued.events).await.map_err(|e| {
             tracing::error!(error = %e, "audit log unavailable; nothing issued");
             Status::unavailable(format!("audit log unavailable, nothing issued: {e}"))
         })?;
+        let record = VolumeRecord {
+            volume_id: req.volume_id.clone(),
+            node: node.to_string(),
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            keytabs: wants.keytabs.iter().map(|p| p.to_string()).collect(),
+            ticket: wants.ticket.clone(),
+            certs: wants.certs.clone(),
+            keys: wants.keys.clone(),
+            versions,
+            issued_unix: crate::store::now_unix(),
+            generation: issued.bundle.generation.clone(),
+            revoked: false,
+        };
+        if !req.volume_id.is_empty()
+            && let Err(e) = st.issued.put(&record)
+        {
+            tracing::error!(error = %e, volume = %req.volume_id, "cannot record the issued volume");
+        }
         tracing::info!(
             pod = %who, node, role = %role.login, generation = %issued.bundle.generation,
             refresh_after = issued.bundle.refresh_after_unix, refresh = req.refresh, "issued bundle"
         );
         Ok(issued.bundle)
+    }
+}
+
+/// Audits a node joining, being lost, or returning.
+pub async fn lease_transition(st: &ControllerState, t: Transition) {
+    let (node, action, reason) = match &t {
+        Transition::Joined(n) => (n, None, "first heartbeat"),
+        Transition::Returned(n) => (n, Some(Action::NodeReturned), "heartbeats resumed"),
+        Transition::Lost(n) => (n, Some(Action::NodeLost), "lease lapsed: renewals stop"),
+    };
+    tracing::info!(%node, ?t, "node lease changed");
+    if let Some(action) = action {
+        let event = AuditEvent::new("controller", action)
+            .with_place(node, "", "")
+            .with_reason(reason);
+        if let Err(e) = st.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot audit a node lease change");
+        }
     }
 }

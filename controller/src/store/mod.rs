@@ -29,6 +29,10 @@ pub enum Table {
     Authority,
     /// Data-encryption key rings by key id.
     KeyRings,
+    /// What was issued to which volume (no secrets).
+    Volumes,
+    /// Keytab rotations whose grace period has not ended.
+    Rotations,
 }
 
 impl Table {
@@ -44,15 +48,19 @@ impl Table {
             Table::Certs => "certs_v1",
             Table::Authority => "authority_v1",
             Table::KeyRings => "keyrings_v1",
+            Table::Volumes => "volumes_v1",
+            Table::Rotations => "rotations_v1",
         }
     }
 
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 7] = [
         Table::Keytabs,
         Table::Tickets,
         Table::Certs,
         Table::Authority,
         Table::KeyRings,
+        Table::Volumes,
+        Table::Rotations,
     ];
 }
 
@@ -190,6 +198,39 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
+    /// Writes many records without secrets in one transaction (one fsync).
+    pub fn put_many<M: Serialize>(
+        &self,
+        table: Table,
+        records: &[(String, M)],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(table.definition()).map_err(db_err)?;
+            for (name, meta) in records {
+                let record = aad(table, name);
+                let sealed =
+                    crypto::seal(&self.master, record.as_bytes(), b"").map_err(|source| {
+                        StoreError::Crypto {
+                            record: record.clone(),
+                            source,
+                        }
+                    })?;
+                let raw = serde_json::to_vec(&Stored {
+                    meta,
+                    updated_unix: now_unix(),
+                    sealed,
+                })
+                .map_err(|e| StoreError::Corrupt {
+                    record,
+                    reason: e.to_string(),
+                })?;
+                t.insert(name.as_str(), raw.as_slice()).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
     /// Every record's name and metadata in a table, without decrypting.
     pub fn list<M: DeserializeOwned>(
         &self,
@@ -214,6 +255,16 @@ impl Store {
             out.push((name, m.meta, m.updated_unix));
         }
         Ok(out)
+    }
+
+    /// Deletes a record (no-op when absent).
+    pub fn delete(&self, table: Table, name: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(table.definition()).map_err(db_err)?;
+            t.remove(name).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
     }
 
     /// Number of records in a table.

@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         d.join("controller.toml"),
         format!(
-            "listen = \"127.0.0.1:{port}\"\nrealm = \"{}\"\nkrb5_config = \"{}\"\nmaster_key_file = \"{d}/master.key\"\nstore_path = \"{d}/store.redb\"\npolicy_file = \"{d}/policy.toml\"\naudit_log = \"{d}/audit.log\"\naudit_key = \"{d}/audit.key\"\npods_file = \"{d}/pods.toml\"\n\n[kadmin]\nprincipal = \"{}\"\nkeytab = \"{}\"\nwork_dir = \"{d}/extract\"\n",
+            "listen = \"127.0.0.1:{port}\"\nrealm = \"{}\"\nkrb5_config = \"{}\"\nmaster_key_file = \"{d}/master.key\"\nstore_path = \"{d}/store.redb\"\npolicy_file = \"{d}/policy.toml\"\naudit_log = \"{d}/audit.log\"\naudit_key = \"{d}/audit.key\"\npods_file = \"{d}/pods.toml\"\n\n[kadmin]\nprincipal = \"{}\"\nkeytab = \"{}\"\nwork_dir = \"{d}/extract\"\n\n[auth]\nmode = \"none\"\n",
             realm.name(),
             realm.krb5_conf_path().display(),
             realm.admin_principal(),

@@ -1,0 +1,156 @@
+//! Node leases: nodes die without deregistering, so liveness is a lease.
+//!
+//! ```text
+//!   (unknown) ──heartbeat──▶ Alive ──no heartbeat for ttl──▶ Lost
+//!                              ▲                               │
+//!                              └──────────heartbeat────────────┘ (returned)
+//! ```
+//! A lost node gets no renewals (its tickets and short-lived certificates
+//! run out: certificates are revoked by expiry, not by a CRL), and the
+//! loss is audited. A node that never heartbeated is not tracked: first
+//! publishes on a new node are not held back by its first heartbeat.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A node's lease state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LeaseState {
+    /// Heartbeats arrive.
+    Alive,
+    /// The lease lapsed.
+    Lost,
+}
+
+impl LeaseState {
+    /// For status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Alive => "alive",
+            LeaseState::Lost => "lost",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    state: LeaseState,
+    last: Instant,
+    last_unix: i64,
+}
+
+/// What a heartbeat or a sweep changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// A node heartbeated for the first time.
+    Joined(String),
+    /// A lost node came back.
+    Returned(String),
+    /// A node's lease lapsed.
+    Lost(String),
+}
+
+/// Every node's lease.
+pub struct Leases {
+    ttl: Duration,
+    leases: Mutex<HashMap<String, Lease>>,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Leases {
+    /// Leases lapse `ttl` after the last heartbeat.
+    pub fn new(ttl: Duration) -> Self {
+        Leases {
+            ttl,
+            leases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        match self.leases.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The lease's time to live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Renews `node`'s lease.
+    pub fn heartbeat(&self, node: &str) -> Option<Transition> {
+        let mut map = self.lock();
+        let fresh = Lease {
+            state: LeaseState::Alive,
+            last: Instant::now(),
+            last_unix: now_unix(),
+        };
+        match map.insert(node.to_string(), fresh) {
+            None => Some(Transition::Joined(node.to_string())),
+            Some(old) if old.state == LeaseState::Lost => {
+                Some(Transition::Returned(node.to_string()))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Marks lapsed leases lost; returns the nodes lost now.
+    pub fn sweep(&self) -> Vec<Transition> {
+        let mut map = self.lock();
+        let mut lost = Vec::new();
+        for (name, lease) in map.iter_mut() {
+            if lease.state == LeaseState::Alive && lease.last.elapsed() > self.ttl {
+                lease.state = LeaseState::Lost;
+                lost.push(Transition::Lost(name.clone()));
+            }
+        }
+        lost
+    }
+
+    /// A node's state (`None`: never heartbeated).
+    pub fn state(&self, node: &str) -> Option<LeaseState> {
+        self.lock().get(node).map(|l| l.state)
+    }
+
+    /// Every tracked node: name, state, last heartbeat (unix seconds).
+    pub fn all(&self) -> Vec<(String, LeaseState, i64)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(n, l)| (n.clone(), l.state, l.last_unix))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_lapses_then_the_node_returns() {
+        let leases = Leases::new(Duration::from_millis(50));
+        assert_eq!(leases.heartbeat("a"), Some(Transition::Joined("a".into())));
+        assert_eq!(leases.heartbeat("a"), None);
+        assert!(leases.sweep().is_empty());
+        std::thread::sleep(Duration::from_millis(70));
+        assert_eq!(leases.sweep(), vec![Transition::Lost("a".into())]);
+        assert!(leases.sweep().is_empty(), "lost once");
+        assert_eq!(leases.state("a"), Some(LeaseState::Lost));
+        assert_eq!(
+            leases.heartbeat("a"),
+            Some(Transition::Returned("a".into()))
+        );
+        assert_eq!(leases.state("a"), Some(LeaseState::Alive));
+        assert_eq!(leases.state("never"), None);
+    }
+}

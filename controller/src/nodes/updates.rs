@@ -1,0 +1,45 @@
+//! Pushing updates to node drivers: each connected driver holds a stream;
+//! the controller sends "refresh" (rotations) or "wipe" (revocations, pods
+//! gone) for volume ids on that node. A driver that is not connected
+//! catches up through its renewals and heartbeats.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kcred_proto::kcred::v1::VolumeUpdate;
+use kcred_proto::kcred::v1::volume_update::Action;
+use tokio::sync::broadcast;
+
+/// Per-node broadcast channels.
+#[derive(Default)]
+pub struct Updates {
+    channels: Mutex<HashMap<String, broadcast::Sender<VolumeUpdate>>>,
+}
+
+impl Updates {
+    fn sender(&self, node: &str) -> broadcast::Sender<VolumeUpdate> {
+        let mut map = match self.channels.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry(node.to_string())
+            .or_insert_with(|| broadcast::channel(256).0)
+            .clone()
+    }
+
+    /// A node driver's subscription.
+    pub fn subscribe(&self, node: &str) -> broadcast::Receiver<VolumeUpdate> {
+        self.sender(node).subscribe()
+    }
+
+    /// Sends an update to `node`; returns whether a driver is listening.
+    pub fn send(&self, node: &str, action: Action, volume_ids: Vec<String>, reason: &str) -> bool {
+        self.sender(node)
+            .send(VolumeUpdate {
+                action: action as i32,
+                volume_ids,
+                reason: reason.to_string(),
+            })
+            .is_ok()
+    }
+}
