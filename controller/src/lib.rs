@@ -29,6 +29,7 @@ pub mod nodes;
 pub mod pods;
 pub mod policy;
 pub mod reload;
+pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::api::admin::AdminApi;
 use crate::api::node::NodeApi;
 use crate::audit::{AuditLog, AuditSigner};
 use crate::auth::Auth;
@@ -30,6 +31,7 @@ use crate::policy::parse_policy;
 use crate::reload::Watched;
 use crate::state::ControllerState;
 use crate::store::Store;
+use kcred_proto::kcred::v1::admin_server::AdminServer;
 use zeroize::Zeroizing;
 
 /// Why the controller could not start or stopped.
@@ -173,12 +175,17 @@ impl Controller {
             auth,
             gate,
             kadmin,
+            closing: tokio::sync::watch::channel(false).0,
             heartbeat_secs: if cfg.leases.heartbeat_secs > 0 {
                 cfg.leases.heartbeat_secs
             } else {
                 (cfg.leases.ttl_secs / 3).max(1)
             },
         });
+        background.push(tokio::spawn(crate::rotation::run_purges(
+            Arc::clone(&state),
+            Duration::from_secs(1),
+        )));
         // Leases lapse on their own: sweep once a second.
         let sweeper = Arc::clone(&state);
         background.push(tokio::spawn(async move {
@@ -226,12 +233,34 @@ impl Controller {
             }));
         }
         let api = NodeApi::new(Arc::clone(&self.state));
+        let admin = AdminApi::new(Arc::clone(&self.state));
         let result = tonic::transport::Server::builder()
             .add_service(NodeCredentialsServer::new(api))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .add_service(AdminServer::new(admin))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                let state = Arc::clone(&self.state);
+                async move {
+                    shutdown.await;
+                    state.closing.send_replace(true);
+                }
+            })
             .await;
         for task in &background {
             task.abort();
+        }
+        for task in background {
+            let _ = task.await;
+        }
+        // Stopped means stopped: the store file is released before this
+        // returns, so a new controller (a restart) can open it at once.
+        let store = Arc::clone(&self.state.store);
+        drop(self.state);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&store) > 1 {
+            tracing::warn!("store still in use 10 s after shutdown");
         }
         result.map_err(ServeError::from)
     }

@@ -55,6 +55,9 @@ pub struct ControllerState {
     pub kadmin: Arc<crate::kadmin::KadminClient>,
     /// Heartbeat interval asked of nodes.
     pub heartbeat_secs: u64,
+    /// Set when the controller starts shutting down: long-lived streams
+    /// end, so a graceful shutdown does not wait on them forever.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Where the audit log's head is kept, so a truncated log is detected.

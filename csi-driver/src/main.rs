@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use kcred_csi_driver::controller_client::ControllerClient;
+use std::time::Duration;
+
+use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
 use kcred_csi_driver::storage::state::StateDir;
 use kcred_csi_driver::volumes::VolumeManager;
+use kcred_csi_driver::volumes::sync;
 use kcred_csi_driver::{DriverConfig, config::DEFAULT_DRIVER_NAME};
 
 #[derive(Parser)]
@@ -43,6 +46,21 @@ struct Cli {
     /// Registered driver name.
     #[arg(long, default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
+    /// Keytab holding this node's `host/<fqdn>` key: calls to the
+    /// controller then carry a Kerberos token (required unless the
+    /// controller runs with auth.mode = "none").
+    #[arg(long, env = "KCRED_NODE_KEYTAB")]
+    keytab: Option<PathBuf>,
+    /// This node's principal (default: host/<node-id>).
+    #[arg(long, env = "KCRED_NODE_PRINCIPAL")]
+    principal: Option<String>,
+    /// The controller's service principal, e.g.
+    /// kcred/controller.example.com@EXAMPLE.COM.
+    #[arg(long, env = "KCRED_CONTROLLER_SERVICE")]
+    controller_service: Option<String>,
+    /// Heartbeat interval until the controller says otherwise, seconds.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_secs: u64,
     /// Serve Prometheus `/metrics` on this address (off if unset).
     #[arg(long, env = "KCRED_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -68,7 +86,23 @@ async fn main() -> anyhow::Result<()> {
         controller_endpoint: cli.controller,
         tmpfs_size_bytes: cli.tmpfs_size_bytes,
     };
-    let client = ControllerClient::new(&cfg.controller_endpoint, &cfg.node_id)
+    let identity = match &cli.keytab {
+        None => NodeIdentity::none(),
+        Some(keytab) => {
+            let principal = cli
+                .principal
+                .clone()
+                .unwrap_or_else(|| format!("host/{}", cfg.node_id));
+            let service = cli
+                .controller_service
+                .clone()
+                .context("--controller-service is required with --keytab")?;
+            NodeIdentity::kerberos(Arc::new(
+                node_initiator(keytab.clone(), principal, service).await,
+            ))
+        }
+    };
+    let client = ControllerClient::with_identity(&cfg.controller_endpoint, &cfg.node_id, identity)
         .with_context(|| format!("controller endpoint {:?}", cfg.controller_endpoint))?;
     let state = StateDir::open(&cfg.state_dir)
         .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
@@ -87,6 +121,11 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(kcred_csi_driver::volumes::renewal::run(Arc::clone(
         &volumes,
     )));
+    tokio::spawn(sync::run_heartbeats(
+        Arc::clone(&volumes),
+        Duration::from_secs(cli.heartbeat_secs.max(1)),
+    ));
+    tokio::spawn(sync::run_updates(Arc::clone(&volumes)));
     let listener = server::bind(&cli.endpoint)?;
     tracing::info!(endpoint = %cli.endpoint.display(), node = %cfg.node_id, "serving CSI");
     server::serve(cfg, volumes, listener, shutdown_signal()).await?;
@@ -109,4 +148,27 @@ async fn shutdown_signal() {
         }
     }
     tracing::info!("shutting down");
+}
+
+/// The node's Kerberos identity. Getting it talks to the KDC: retried with
+/// backoff, so a driver that starts during a KDC outage comes up when the
+/// KDC does (mounts already made keep working meanwhile).
+async fn node_initiator(
+    keytab: PathBuf,
+    principal: String,
+    service: String,
+) -> kcred_auth::Initiator {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let (k, p, s) = (keytab.clone(), principal.clone(), service.clone());
+        match tokio::task::spawn_blocking(move || kcred_auth::Initiator::new(&k, &p, &s)).await {
+            Ok(Ok(i)) => return i,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot get the node's Kerberos identity")
+            }
+            Err(e) => tracing::warn!(error = %e, "identity task failed"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }

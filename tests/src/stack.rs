@@ -110,7 +110,7 @@ pub struct Stack {
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
     controller: Option<Running>,
     driver: Option<Running>,
-    renewals: JoinHandle<()>,
+    renewals: Vec<JoinHandle<()>>,
 }
 
 fn write(path: &Path, content: &str) -> anyhow::Result<()> {
@@ -200,9 +200,18 @@ timeout_secs = 10
             StateDir::open(&driver_cfg.state_dir)?,
         ));
         let driver_metrics = volumes.metrics();
-        let renewals = tokio::spawn(kcred_csi_driver::volumes::renewal::run(Arc::clone(
-            &volumes,
-        )));
+        let renewals = vec![
+            tokio::spawn(kcred_csi_driver::volumes::renewal::run(Arc::clone(
+                &volumes,
+            ))),
+            tokio::spawn(kcred_csi_driver::volumes::sync::run_heartbeats(
+                Arc::clone(&volumes),
+                std::time::Duration::from_secs(1),
+            )),
+            tokio::spawn(kcred_csi_driver::volumes::sync::run_updates(Arc::clone(
+                &volumes,
+            ))),
+        ];
         let unix = server::bind(&socket)?;
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -327,7 +336,9 @@ timeout_secs = 10
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.renewals.abort();
+        for task in &self.renewals {
+            task.abort();
+        }
         // A failed test must not leave tmpfs mounts under the temp dir.
         let pods = self.kubelet_dir().join("pods");
         let Ok(entries) = std::fs::read_dir(&pods) else {

@@ -14,8 +14,6 @@ use kcred_proto::kcred::v1::{
     WatchUpdatesRequest,
 };
 use tokio_stream::Stream;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use crate::annotations::CredentialRequest;
@@ -127,10 +125,31 @@ impl NodeCredentials for NodeApi {
         names::validate_dns_name("node_name", &node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.authenticate(&request, &node).await?;
-        let rx = self.state.updates.subscribe(&node);
+        let mut rx = self.state.updates.subscribe(&node);
+        let mut closing = self.state.closing.subscribe();
         tracing::info!(%node, "node subscribed to updates");
-        let stream = BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));
-        Ok(Response::new(Box::pin(stream)))
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return,
+                    update = rx.recv() => match update {
+                        Ok(u) => {
+                            if tx.send(Ok(u)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(skipped = n, "a node fell behind its updates; its renewals catch up");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 }
 

@@ -29,6 +29,7 @@ impl From<IssueError> for Status {
             IssueError::Kadmin(KadminError::NoSuchPrincipal(_) | KadminError::Refused { .. }) => {
                 Status::failed_precondition(e.to_string())
             }
+            IssueError::NotFound(_) => Status::not_found(e.to_string()),
             IssueError::Ticket(t) if t.is_retryable() => Status::unavailable(e.to_string()),
             IssueError::Ticket(_) => Status::failed_precondition(e.to_string()),
             IssueError::Kadmin(KadminError::Failed(_))

@@ -267,6 +267,17 @@ impl KdcGate {
         }
     }
 
+    /// A lane's state for `kcredctl status`: breaker open, operations
+    /// waiting, tokens left.
+    pub fn lane_status(&self, lane: Lane) -> (bool, usize, u32) {
+        let st = self.lane(lane);
+        (
+            st.breaker.is_open(),
+            st.admission.queued(),
+            st.admission.remaining(),
+        )
+    }
+
     /// Whether `lane`'s breaker is refusing calls now.
     pub fn breaker_open(&self, lane: Lane) -> bool {
         self.lane(lane).breaker.is_open()

@@ -124,7 +124,7 @@ impl KeyIssuer {
         let mut ring = self
             .load(id)
             .await?
-            .ok_or_else(|| IssueError::Unavailable(format!("key ring {id:?} does not exist")))?;
+            .ok_or_else(|| IssueError::NotFound(format!("key ring {id:?} does not exist")))?;
         let v = ring.rotate().map_err(|e| corrupt(id, e))?;
         self.save(&ring).await?;
         tracing::info!(key = %id, version = v, "key ring rotated");
@@ -137,7 +137,7 @@ impl KeyIssuer {
         let mut ring = self
             .load(id)
             .await?
-            .ok_or_else(|| IssueError::Unavailable(format!("key ring {id:?} does not exist")))?;
+            .ok_or_else(|| IssueError::NotFound(format!("key ring {id:?} does not exist")))?;
         ring.retire(version).map_err(|e| corrupt(id, e))?;
         self.save(&ring).await?;
         tracing::info!(key = %id, version, "key version retired");

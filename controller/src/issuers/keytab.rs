@@ -90,6 +90,23 @@ impl KeytabIssuer {
         result
     }
 
+    /// Replaces the stored keytab (after a rotation or purge).
+    pub async fn store_keytab(
+        &self,
+        principal: &Principal,
+        keytab: &Keytab,
+    ) -> Result<(), IssueError> {
+        let store = Arc::clone(&self.store);
+        let (name, k) = (principal.to_string(), keytab.clone());
+        let meta = KeytabMeta {
+            kvnos: keytab.kvnos().iter().copied().collect(),
+        };
+        tokio::task::spawn_blocking(move || store.put(Table::Keytabs, &name, &meta, k.bytes()))
+            .await
+            .map_err(|e| IssueError::Task(e.to_string()))??;
+        Ok(())
+    }
+
     async fn extract(
         &self,
         principal: &Principal,
@@ -107,14 +124,7 @@ impl KeytabIssuer {
                 self.kadmin.extract_keytab(principal)
             })
             .await?;
-        let store = Arc::clone(&self.store);
-        let (name, k) = (principal.to_string(), keytab.clone());
-        let meta = KeytabMeta {
-            kvnos: keytab.kvnos().iter().copied().collect(),
-        };
-        tokio::task::spawn_blocking(move || store.put(Table::Keytabs, &name, &meta, k.bytes()))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??;
+        self.store_keytab(principal, &keytab).await?;
         tracing::info!(principal = %principal, kvnos = ?keytab.kvnos(), "extracted keytab from kadmind");
         Ok(keytab)
     }

@@ -28,6 +28,9 @@ pub enum IssueError {
     /// The gate protected the KDC or kadmind; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The credential does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),

@@ -198,48 +198,11 @@ impl KadminClient {
             rand_suffix()
         ));
         let _cleanup = RemoveOnDrop(file.clone());
-        let command = format!("ktadd -k {} -norandkey {principal}", file.display());
-        let mut guard = self.session.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.spawn()?);
-        }
-        let Some(session) = guard.as_mut() else {
-            return Err(KadminError::Failed("no kadmin session".into()));
-        };
-        let result = self.run(session, &command).await;
-        let errors = match result {
-            Ok(lines) => lines,
-            Err(e) => {
-                if let Some(mut dead) = guard.take() {
-                    let _ = dead.child.start_kill();
-                }
-                return Err(e);
-            }
-        };
-        drop(guard);
-        let message = errors.join("; ");
-        if !errors.is_empty() {
-            if is_unavailable(&message) {
-                // The connection is broken: start afresh next time.
-                if let Some(mut dead) = self.session.lock().await.take() {
-                    let _ = dead.child.start_kill();
-                }
-                return Err(KadminError::Unavailable(message));
-            }
-            if message.contains("does not exist") {
-                return Err(KadminError::NoSuchPrincipal(principal.to_string()));
-            }
-            if message.contains("privilege")
-                || message.contains("not permitted")
-                || message.contains("lockdown")
-            {
-                return Err(KadminError::Refused {
-                    principal: principal.to_string(),
-                    message,
-                });
-            }
-            return Err(KadminError::Failed(message));
-        }
+        self.execute(
+            principal,
+            &format!("ktadd -k {} -norandkey {principal}", file.display()),
+        )
+        .await?;
         let bytes = tokio::fs::read(&file).await.map_err(|e| {
             KadminError::Failed(format!(
                 "kadmin reported success but {} is unreadable: {e}",
@@ -248,6 +211,73 @@ impl KadminClient {
         })?;
         Keytab::parse(Zeroizing::new(bytes))
             .map_err(|e| KadminError::Failed(format!("keytab from kadmin for {principal}: {e}")))
+    }
+
+    /// Gives the principal new random keys and keeps the old ones, so
+    /// keytabs already out keep working during the grace period (privilege
+    /// `c`).
+    pub async fn randomize_keep_old(&self, principal: &Principal) -> Result<(), KadminError> {
+        self.execute(principal, &format!("cpw -randkey -keepold {principal}"))
+            .await
+    }
+
+    /// Ends a grace period: drops every key older than `keep_kvno`
+    /// (privilege `m`). Never `-all`, which would restart kvnos at 1.
+    pub async fn purge_keys(
+        &self,
+        principal: &Principal,
+        keep_kvno: u32,
+    ) -> Result<(), KadminError> {
+        self.execute(
+            principal,
+            &format!("purgekeys -keepkvno {keep_kvno} {principal}"),
+        )
+        .await
+    }
+
+    /// Runs one command on the session; classifies what kadmin printed.
+    async fn execute(&self, principal: &Principal, command: &str) -> Result<(), KadminError> {
+        let mut guard = self.session.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.spawn()?);
+        }
+        let Some(session) = guard.as_mut() else {
+            return Err(KadminError::Failed("no kadmin session".into()));
+        };
+        let errors = match self.run(session, command).await {
+            Ok(lines) => lines,
+            Err(e) => {
+                if let Some(mut dead) = guard.take() {
+                    let _ = dead.child.start_kill();
+                }
+                return Err(e);
+            }
+        };
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        if is_unavailable(&message) {
+            // The connection is broken: start afresh next time.
+            if let Some(mut dead) = guard.take() {
+                let _ = dead.child.start_kill();
+            }
+            return Err(KadminError::Unavailable(message));
+        }
+        drop(guard);
+        if message.contains("does not exist") {
+            return Err(KadminError::NoSuchPrincipal(principal.to_string()));
+        }
+        if message.contains("privilege")
+            || message.contains("not permitted")
+            || message.contains("lockdown")
+        {
+            return Err(KadminError::Refused {
+                principal: principal.to_string(),
+                message,
+            });
+        }
+        Err(KadminError::Failed(message))
     }
 }
 

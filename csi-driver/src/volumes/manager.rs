@@ -279,6 +279,35 @@ impl VolumeManager {
         Some(self.refresh(req).await)
     }
 
+    /// Removes a revoked volume's credentials but keeps the mount (the pod
+    /// still runs; kubelet tears the volume down when the pod goes).
+    pub async fn wipe(&self, volume_id: &str) -> Result<(), VolumeError> {
+        let _guard = self.try_lock(volume_id)?;
+        let state = Arc::clone(&self.state);
+        let vid = volume_id.to_string();
+        blocking(move || {
+            let Some(mut rec) = state.load(&vid)? else {
+                return Ok(());
+            };
+            if tmpfs::is_tmpfs_mount(&rec.target_path)? {
+                AtomicWriter::new(&rec.target_path).write(
+                    &[],
+                    Ownership {
+                        uid: rec.uid,
+                        gid: rec.gid,
+                    },
+                )?;
+            }
+            rec.refresh_after_unix = 0;
+            rec.generation = "wiped".into();
+            state.save(&rec)?;
+            Ok(())
+        })
+        .await?;
+        tracing::warn!(volume = %volume_id, "credentials wiped");
+        Ok(())
+    }
+
     /// Every volume this node holds (non-secret state).
     pub async fn volumes(&self) -> Result<Vec<VolumeRecord>, VolumeError> {
         let state = Arc::clone(&self.state);
@@ -367,6 +396,11 @@ impl VolumeManager {
         }
         tracing::info!(volume = %volume_id, "volume unpublished");
         Ok(())
+    }
+
+    /// This node's controller client.
+    pub fn client(&self) -> &ControllerClient {
+        &self.client
     }
 
     /// The driver's metrics.

@@ -6,5 +6,6 @@
 pub mod manager;
 pub mod renewal;
 pub mod request;
+pub mod sync;
 
 pub use manager::{PublishOutcome, PublishRequest, VolumeError, VolumeManager};

@@ -45,9 +45,9 @@ const FALLBACK_TOOL_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/sbin"
 pub struct RealmOptions {
     /// Realm name, so tests can check realm handling (e.g. cross-realm names).
     pub realm: String,
-    /// Extra `kadm5.acl` lines appended after the default
-    /// `kcred/admin@REALM e */*@REALM`, for tests that need wider or narrower
-    /// admin rights. kadmind reads the ACL only at start, hence an option.
+    /// Extra `kadm5.acl` lines, written before the default
+    /// `kcred/admin@REALM e */*@REALM` (kadmind uses the first matching
+    /// line, so these can widen or narrow it).
     pub acl: Vec<String>,
 }
 
@@ -229,11 +229,14 @@ impl Realm {
              \tadmin_server = FILE:{d}/kadmind.log\n\
              \tdefault = FILE:{d}/krb5.log\n"
         );
-        let mut acl = format!("{} e */*@{realm}\n", self.admin_principal());
+        // kadmind uses the first matching line: extra lines go first so a
+        // test can widen or narrow the default.
+        let mut acl = String::new();
         for line in extra_acl {
             acl.push_str(line);
             acl.push('\n');
         }
+        acl.push_str(&format!("{} e */*@{realm}\n", self.admin_principal()));
         write_file(&self.krb5_conf_path(), &krb5_conf)?;
         write_file(&self.kdc_conf_path(), &kdc_conf)?;
         write_file(&self.dir().join("kadm5.acl"), &acl)

@@ -1,0 +1,444 @@
+//! `kcred.v1.Admin`: what `kcredctl` calls. Every call is authenticated;
+//! auditors may read, operators may also rotate and revoke. Every admin
+//! action is audited, and a change is refused when its record cannot be
+//! written.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kcred_proto::kcred::v1::admin_server::Admin;
+use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
+use kcred_proto::kcred::v1::*;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::audit::{self, Action, AuditEvent, AuditFilter};
+use crate::auth::Role;
+use crate::gate::Lane;
+use crate::issued::VolumeRecord;
+use crate::names::{self, ServicePrincipal};
+use crate::rotation;
+use crate::state::ControllerState;
+use crate::store::Table;
+
+/// Serves operators and auditors.
+pub struct AdminApi {
+    state: Arc<ControllerState>,
+}
+
+impl AdminApi {
+    /// Builds the service over the controller's state.
+    pub fn new(state: Arc<ControllerState>) -> Self {
+        AdminApi { state }
+    }
+
+    /// Authenticates the caller and checks its role; refusals are audited.
+    async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        needs: Role,
+        what: &str,
+    ) -> Result<(String, Role), Status> {
+        let refuse = |who: String, status: Status| async move {
+            let event = AuditEvent::new(format!("admin/{who}"), Action::Deny)
+                .with_subject(what)
+                .denied(format!("admin: {}", status.message()));
+            if let Err(e) = self.state.record(vec![event]).await {
+                tracing::error!(error = %e, "cannot audit a refused admin call");
+            }
+            status
+        };
+        let (who, role) = match self.state.auth.admin(request) {
+            Ok(c) => c,
+            Err(r) => return Err(refuse(r.who, r.status).await),
+        };
+        if needs == Role::Operator && role != Role::Operator {
+            let status =
+                Status::permission_denied(format!("{who} is an auditor and may not {what}"));
+            return Err(refuse(who, status).await);
+        }
+        Ok((who, role))
+    }
+
+    /// Records an admin action; the action is refused if it cannot be.
+    async fn audit(&self, who: &str, event: AuditEvent) -> Result<(), Status> {
+        let _ = who;
+        self.state.record(vec![event]).await.map_err(|e| {
+            Status::unavailable(format!("audit log unavailable, nothing changed: {e}"))
+        })
+    }
+}
+
+fn to_proto(v: &VolumeRecord) -> IssuedVolume {
+    IssuedVolume {
+        volume_id: v.volume_id.clone(),
+        node: v.node.clone(),
+        namespace: v.namespace.clone(),
+        pod: v.pod.clone(),
+        keytabs: v.keytabs.iter().cloned().collect(),
+        ticket: v.ticket.clone().unwrap_or_default(),
+        certs: v.certs.iter().cloned().collect(),
+        keys: v.keys.iter().cloned().collect(),
+        issued_unix: v.issued_unix,
+        generation: v.generation.clone(),
+        revoked: v.revoked,
+        versions: v.versions.iter().map(|(k, n)| (k.clone(), *n)).collect(),
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<RotationProgress, Status>> + Send>>;
+
+/// Streams "N of M volumes updated" until every holder has `version` of
+/// `subject`, or `wait` ends.
+fn progress(
+    state: Arc<ControllerState>,
+    subject: String,
+    version: u32,
+    holders: Vec<String>,
+    wait: Duration,
+) -> ProgressStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let total = holders.len() as u32;
+        let deadline = Instant::now() + wait;
+        let mut last = u32::MAX;
+        loop {
+            let updated =
+                holders
+                    .iter()
+                    .filter(|id| {
+                        state.issued.get(id).ok().flatten().is_some_and(|v| {
+                            v.versions.get(&subject).is_some_and(|&n| n >= version)
+                        })
+                    })
+                    .count() as u32;
+            let done = updated == total;
+            let timed_out = Instant::now() >= deadline;
+            if updated != last || done || timed_out {
+                last = updated;
+                let message = if done {
+                    format!("{subject}: version {version} delivered to all {total} volumes")
+                } else if timed_out {
+                    format!(
+                        "{subject}: {updated} of {total} volumes have version {version}; stopped waiting"
+                    )
+                } else {
+                    format!("{subject}: {updated} of {total} volumes updated")
+                };
+                let msg = RotationProgress {
+                    message,
+                    version,
+                    updated,
+                    total,
+                    done: done || timed_out,
+                };
+                if tx.send(Ok(msg)).await.is_err() || done || timed_out {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    type RotateKeytabStream = ProgressStream;
+    type RotateKeyStream = ProgressStream;
+    type AuditExportStream = Pin<Box<dyn Stream<Item = Result<AuditLine, Status>> + Send>>;
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let (who, role) = self.caller(&request, Role::Auditor, "read status").await?;
+        let st = &self.state;
+        let volumes = st
+            .issued
+            .all()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let nodes = st
+            .leases
+            .all()
+            .into_iter()
+            .map(|(name, state, last)| NodeStatus {
+                volumes: volumes.iter().filter(|v| v.node == name).count() as u32,
+                name,
+                state: state.as_str().into(),
+                last_heartbeat_unix: last,
+            })
+            .collect();
+        let gate = [Lane::Kadmin, Lane::Kdc]
+            .into_iter()
+            .map(|lane| {
+                let (open, queued, remaining) = st.gate.lane_status(lane);
+                GateStatus {
+                    lane: lane.as_str().into(),
+                    breaker_open: open,
+                    queued: queued as u32,
+                    budget_remaining: remaining,
+                }
+            })
+            .collect();
+        let count = |t| st.store.count(t).unwrap_or(0);
+        Ok(Response::new(StatusResponse {
+            nodes,
+            gate,
+            keytabs: count(Table::Keytabs),
+            tickets: count(Table::Tickets),
+            certs: count(Table::Certs),
+            key_rings: count(Table::KeyRings),
+            volumes: volumes.len() as u64,
+            audit_records: st.audit.head().map(|h| h.seq).unwrap_or(0),
+            caller: who,
+            role: role.as_str().into(),
+        }))
+    }
+
+    async fn list_credentials(
+        &self,
+        request: Request<ListCredentialsRequest>,
+    ) -> Result<Response<ListCredentialsResponse>, Status> {
+        self.caller(&request, Role::Auditor, "list credentials")
+            .await?;
+        let f = request.into_inner();
+        let principal = if f.principal.is_empty() {
+            None
+        } else {
+            Some(
+                ServicePrincipal::parse(&f.principal, &self.state.realm)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?
+                    .to_string(),
+            )
+        };
+        let volumes = self
+            .state
+            .issued
+            .all()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .iter()
+            .filter(|v| principal.as_ref().is_none_or(|p| v.keytabs.contains(p)))
+            .filter(|v| f.namespace.is_empty() || v.namespace == f.namespace)
+            .filter(|v| f.node.is_empty() || v.node == f.node)
+            .map(to_proto)
+            .collect();
+        Ok(Response::new(ListCredentialsResponse { volumes }))
+    }
+
+    async fn rotate_keytab(
+        &self,
+        request: Request<RotateKeytabRequest>,
+    ) -> Result<Response<Self::RotateKeytabStream>, Status> {
+        let (who, _) = self
+            .caller(&request, Role::Operator, "rotate keytabs")
+            .await?;
+        let req = request.into_inner();
+        let principal = ServicePrincipal::parse(&req.principal, &self.state.realm)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let st = &self.state;
+        self.audit(
+            &who,
+            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+                .with_kind("keytab")
+                .with_subject(principal.to_string())
+                .with_reason(format!("requested; grace {} s", req.grace_secs)),
+        )
+        .await?;
+        let kvno = match rotation::rotate_keytab(
+            st,
+            &principal,
+            Duration::from_secs(req.grace_secs),
+        )
+        .await
+        {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = self
+                    .audit(
+                        &who,
+                        AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+                            .with_kind("keytab")
+                            .with_subject(principal.to_string())
+                            .denied(format!("rotation failed: {e}")),
+                    )
+                    .await;
+                return Err(e.into());
+            }
+        };
+        self.audit(
+            &who,
+            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+                .with_kind("keytab")
+                .with_subject(principal.to_string())
+                .with_kvno(kvno)
+                .with_reason("new keys; previous kvno kept for the grace period"),
+        )
+        .await?;
+        let holders = st
+            .issued
+            .holding_principal(&principal.to_string())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .map(|v| v.volume_id)
+            .collect();
+        Ok(Response::new(progress(
+            Arc::clone(&self.state),
+            principal.to_string(),
+            kvno,
+            holders,
+            Duration::from_secs(req.wait_secs),
+        )))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<RotateKeyRequest>,
+    ) -> Result<Response<Self::RotateKeyStream>, Status> {
+        let (who, _) = self.caller(&request, Role::Operator, "rotate keys").await?;
+        let req = request.into_inner();
+        names::validate_key_id(&req.key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let st = &self.state;
+        let version = match st.keys.rotate(&req.key_id).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self
+                    .audit(
+                        &who,
+                        AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+                            .with_kind("key")
+                            .with_subject(req.key_id.clone())
+                            .denied(format!("rotation failed: {e}")),
+                    )
+                    .await;
+                return Err(e.into());
+            }
+        };
+        self.audit(
+            &who,
+            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+                .with_kind("key")
+                .with_subject(req.key_id.clone())
+                .with_key_version(version)
+                .with_reason("new primary version; older versions kept for decryption"),
+        )
+        .await?;
+        let holders = st
+            .issued
+            .holding_key(&req.key_id)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        rotation::push_refresh(
+            st,
+            &holders,
+            &format!("key {} rotated to version {version}", req.key_id),
+        );
+        Ok(Response::new(progress(
+            Arc::clone(&self.state),
+            req.key_id,
+            version,
+            holders.into_iter().map(|v| v.volume_id).collect(),
+            Duration::from_secs(req.wait_secs),
+        )))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let (who, _) = self.caller(&request, Role::Operator, "revoke").await?;
+        let req = request.into_inner();
+        if req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a reason is required"));
+        }
+        let st = &self.state;
+        let mut rec = st
+            .issued
+            .get(&req.volume_id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no volume {}", req.volume_id)))?;
+        self.audit(
+            &who,
+            AuditEvent::new(format!("admin/{who}"), Action::Revoke)
+                .with_subject(req.volume_id.clone())
+                .with_place(&rec.node, &rec.namespace, &rec.pod)
+                .with_reason(req.reason.clone()),
+        )
+        .await?;
+        rec.revoked = true;
+        st.issued
+            .put(&rec)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        st.updates.send(
+            &rec.node,
+            UpdateAction::Wipe,
+            vec![rec.volume_id.clone()],
+            &req.reason,
+        );
+        Ok(Response::new(RevokeResponse { node: rec.node }))
+    }
+
+    async fn audit_export(
+        &self,
+        request: Request<AuditQuery>,
+    ) -> Result<Response<Self::AuditExportStream>, Status> {
+        self.caller(&request, Role::Auditor, "read the audit")
+            .await?;
+        let q = request.into_inner();
+        let opt = |s: String| if s.is_empty() { None } else { Some(s) };
+        let filter = AuditFilter {
+            subject: opt(q.subject),
+            namespace: opt(q.namespace),
+            node: opt(q.node),
+            since_unix_ms: (q.since_unix_ms != 0).then_some(q.since_unix_ms),
+            until_unix_ms: (q.until_unix_ms != 0).then_some(q.until_unix_ms),
+            action: if q.action.is_empty() {
+                None
+            } else {
+                Some(q.action.parse::<Action>().map_err(|_| {
+                    Status::invalid_argument(format!("unknown action {:?}", q.action))
+                })?)
+            },
+        };
+        let path = self.state.audit.path().to_path_buf();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            audit::export(&path, &mut out, &filter).map(|_| out)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let lines: Vec<Result<AuditLine, Status>> = String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| {
+                Ok(AuditLine {
+                    json: l.to_string(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(lines))))
+    }
+
+    async fn audit_head(
+        &self,
+        request: Request<AuditHeadRequest>,
+    ) -> Result<Response<AuditHeadResponse>, Status> {
+        self.caller(&request, Role::Auditor, "read the audit")
+            .await?;
+        // The head kept in the store, not the one read from the log: a log
+        // cut short (and reopened) must not vouch for itself.
+        let head: Option<audit::AuditHead> = self
+            .state
+            .store
+            .get(Table::Authority, crate::state::AUDIT_HEAD_RECORD)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(|r| r.meta)
+            .or_else(|| self.state.audit.head());
+        Ok(Response::new(AuditHeadResponse {
+            seq: head.as_ref().map(|h| h.seq).unwrap_or(0),
+            hash: head.map(|h| h.hash).unwrap_or_default(),
+            public_key_hex: self.state.audit.signer().public_key_hex(),
+        }))
+    }
+}

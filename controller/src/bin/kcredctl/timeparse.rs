@@ -1,0 +1,313 @@
+//! Durations ("30s", "1h30m"), points in time (RFC 3339 or "-1h") and
+//! their display, without a date library.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Parses `30s`, `5m`, `1h`, `2d` or a sum like `1h30m`; a bare number is
+/// seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration; use e.g. 30s, 5m, 1h, 2d".into());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s} seconds is too long"));
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let (num, tail) = rest.split_at(digits);
+        let unit = tail.chars().next();
+        let mult = match unit {
+            Some('s') => 1,
+            Some('m') => 60,
+            Some('h') => 3600,
+            Some('d') => 86_400,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a duration; use a number and a unit s, m, h or d (30s, 5m, 1h30m)"
+                ));
+            }
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?}: a number must come before each unit"))?;
+        total = n
+            .checked_mul(mult)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{s:?} is too long"))?;
+        rest = &tail[1..];
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Short form of a duration for messages: "90s" -> "1m30s".
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// clap value parser for `--since`/`--until`: a point in time as Unix ms.
+pub fn parse_time_arg(s: &str) -> Result<i64, String> {
+    parse_time(s, now_unix_ms())
+}
+
+/// `now`, `-<duration>` (before `now_ms`), an RFC 3339 timestamp
+/// (`2026-05-01T12:00:00Z`, `...12:00:00.5+02:00`) or a date (`2026-05-01`,
+/// midnight UTC), as Unix milliseconds.
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now_ms);
+    }
+    if let Some(ago) = s.strip_prefix('-') {
+        let d = parse_duration(ago)?;
+        let ms = i64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too far back"))?;
+        return Ok(now_ms.saturating_sub(ms));
+    }
+    parse_rfc3339(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a time; use RFC 3339 (2026-05-01T12:00:00Z), a date (2026-05-01) \
+             or a relative time (-1h, -2d)"
+        )
+    })
+}
+
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let part = s.get(from..to)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let at = |i: usize, allowed: &[u8]| s.as_bytes().get(i).is_some_and(|b| allowed.contains(b));
+    if !(at(4, b"-") && at(7, b"-")) {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    if s.len() == 10 {
+        return Some(days * 86_400_000);
+    }
+    if !(at(10, b"Tt ") && at(13, b":") && at(16, b":")) {
+        return None;
+    }
+    let (h, m, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = s.get(19..)?;
+    let mut ms = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        let first3 = format!("{:0<3}", &frac[..n.min(3)]);
+        ms = first3.parse::<i64>().ok()?;
+        rest = &frac[n..];
+    }
+    let offset_min = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]
+            if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()) =>
+        {
+            let oh = i64::from((h1 - b'0') * 10 + (h2 - b'0'));
+            let om = i64::from((m1 - b'0') * 10 + (m2 - b'0'));
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = oh * 60 + om;
+            if *sign == b'-' { -off } else { off }
+        }
+        _ => return None,
+    };
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec.min(59) - offset_min * 60;
+    Some(secs * 1000 + ms)
+}
+
+/// Unix seconds as `2026-05-01T12:00:00Z`.
+pub fn format_unix(secs: i64) -> String {
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// How long ago `then` was, both in Unix seconds: "12s ago", "3h ago";
+/// "in 5s" for the future (clock skew), "never" for 0.
+pub fn age(now: i64, then: i64) -> String {
+    if then <= 0 {
+        return "never".into();
+    }
+    let delta = now - then;
+    let (n, unit) = coarse(delta.unsigned_abs());
+    if delta >= 0 {
+        format!("{n}{unit} ago")
+    } else {
+        format!("in {n}{unit}")
+    }
+}
+
+fn coarse(secs: u64) -> (u64, &'static str) {
+    match secs {
+        0..120 => (secs, "s"),
+        120..7200 => (secs / 60, "m"),
+        7200..172_800 => (secs / 3600, "h"),
+        _ => (secs / 86_400, "d"),
+    }
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_unit_and_as_sums() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("30s"), Ok(30));
+        assert_eq!(secs("5m"), Ok(300));
+        assert_eq!(secs("1h"), Ok(3600));
+        assert_eq!(secs("2d"), Ok(172_800));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs("45"), Ok(45));
+        assert_eq!(secs("0"), Ok(0));
+        for bad in [
+            "",
+            "h",
+            "5x",
+            "1.5h",
+            "-5m",
+            "5m3",
+            "m5",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn durations_print_compactly() {
+        assert_eq!(format_duration(Duration::from_secs(0)), "0s");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(93_784)), "1d2h3m4s");
+    }
+
+    #[test]
+    fn rfc3339_times_parse_with_fractions_and_offsets() {
+        let t = |s: &str| parse_time(s, 0);
+        assert_eq!(t("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(t("2026-05-01T12:00:00Z"), Ok(1_777_636_800_000));
+        assert_eq!(t("2026-05-01T12:00:00.123Z"), Ok(1_777_636_800_123));
+        assert_eq!(t("2026-05-01T12:00:00.5Z"), Ok(1_777_636_800_500));
+        assert_eq!(t("2026-05-01T14:00:00+02:00"), Ok(1_777_636_800_000));
+        assert_eq!(t("2026-05-01t07:30:00-04:30"), Ok(1_777_636_800_000));
+        assert_eq!(t("2026-05-01"), Ok(1_777_593_600_000));
+        assert_eq!(t("2024-02-29T00:00:00Z"), Ok(1_709_164_800_000));
+        for bad in [
+            "2026-13-01",
+            "2026-02-29",
+            "2026-05-01T25:00:00Z",
+            "2026-05-01T12:00:00",
+            "2026-05-01T12:00Z",
+            "2026-05-01T12:00:00.Z",
+            "2026-05-01T12:00:00+2:00",
+            "yesterday",
+            "+1h",
+        ] {
+            assert!(t(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn relative_times_count_back_from_now() {
+        let now = 1_777_636_800_000;
+        assert_eq!(parse_time("-1h", now), Ok(now - 3_600_000));
+        assert_eq!(parse_time("-2d", now), Ok(now - 172_800_000));
+        assert_eq!(parse_time("now", now), Ok(now));
+        assert!(parse_time("-", now).is_err());
+    }
+
+    #[test]
+    fn formatting_round_trips_with_parsing() {
+        for secs in [0, 951_782_400, 1_709_164_800, 1_777_636_800, 4_102_444_799] {
+            let text = format_unix(secs);
+            assert_eq!(parse_time(&text, 0), Ok(secs * 1000), "{text}");
+        }
+        assert_eq!(format_unix(1_777_636_800), "2026-05-01T12:00:00Z");
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(age(1000, 988), "12s ago");
+        assert_eq!(age(10_000, 10_000 - 300), "5m ago");
+        assert_eq!(age(100_000, 100_000 - 3 * 3600), "3h ago");
+        assert_eq!(age(1_000_000, 1_000_000 - 3 * 86_400), "3d ago");
+        assert_eq!(age(1000, 1005), "in 5s");
+        assert_eq!(age(1000, 0), "never");
+    }
+}

@@ -1,0 +1,158 @@
+//! Rotation without outage.
+//!
+//! A keytab rotation gives the principal new random keys while keeping the
+//! old ones (`cpw -randkey -keepold`), re-extracts it (the keytab now holds
+//! both kvnos), and pushes a refresh to every volume holding it: services
+//! accept tickets issued under either kvno while clients move over. When
+//! the grace period ends, the old keys are purged (`purgekeys -keepkvno`),
+//! the keytab re-extracted, and pushed again. Pending purges live in the
+//! store, so a restarted controller still ends them.
+//!
+//! A key-ring rotation makes a new primary version; older versions stay
+//! delivered for decryption until retired.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Action, AuditEvent};
+use crate::gate::{Lane, Priority};
+use crate::issued::VolumeRecord;
+use crate::issuers::IssueError;
+use crate::keytab::Keytab;
+use crate::names::{Principal, ServicePrincipal};
+use crate::state::ControllerState;
+use crate::store::{Table, now_unix};
+
+/// A rotation whose grace period has not ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingPurge {
+    /// The principal.
+    pub principal: String,
+    /// The kvno to keep.
+    pub keep_kvno: u32,
+    /// When to purge older keys, seconds since the epoch.
+    pub purge_at_unix: i64,
+}
+
+/// Extracts the principal's keys again and stores them.
+async fn reextract(st: &ControllerState, principal: &Principal) -> Result<Keytab, IssueError> {
+    let keytab = st
+        .gate
+        .run(Lane::Kadmin, Priority::Starting, "extract_keytab", || {
+            st.kadmin.extract_keytab(principal)
+        })
+        .await?;
+    st.keytabs.store_keytab(principal, &keytab).await?;
+    Ok(keytab)
+}
+
+/// Asks every node holding one of `volumes` to refresh them now.
+pub fn push_refresh(st: &ControllerState, volumes: &[VolumeRecord], reason: &str) {
+    let mut by_node: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for v in volumes {
+        by_node
+            .entry(&v.node)
+            .or_default()
+            .push(v.volume_id.clone());
+    }
+    for (node, ids) in by_node {
+        if !st.updates.send(node, UpdateAction::Refresh, ids, reason) {
+            tracing::info!(%node, "node not connected; it picks the change up at its next refresh");
+        }
+    }
+}
+
+/// Rotates a service principal's keys; returns the new kvno. The caller
+/// has audited the request.
+pub async fn rotate_keytab(
+    st: &ControllerState,
+    principal: &ServicePrincipal,
+    grace: Duration,
+) -> Result<u32, IssueError> {
+    let p = Principal::Service(principal.clone());
+    st.gate
+        .run(Lane::Kadmin, Priority::Starting, "randomize_key", || {
+            st.kadmin.randomize_keep_old(&p)
+        })
+        .await?;
+    let keytab = reextract(st, &p).await?;
+    let new_kvno = keytab.kvnos().iter().max().copied().unwrap_or(0);
+    let purge = PendingPurge {
+        principal: principal.to_string(),
+        keep_kvno: new_kvno,
+        purge_at_unix: now_unix() + grace.as_secs() as i64,
+    };
+    st.store
+        .put(Table::Rotations, &purge.principal, &purge, b"")?;
+    let holders = st.issued.holding_principal(&principal.to_string())?;
+    push_refresh(
+        st,
+        &holders,
+        &format!("{principal} rotated to kvno {new_kvno}"),
+    );
+    Ok(new_kvno)
+}
+
+/// Ends every grace period that is over. Runs periodically.
+pub async fn purge_due(st: &ControllerState) {
+    let pending: Vec<(String, PendingPurge, i64)> = match st.store.list(Table::Rotations) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read pending purges");
+            return;
+        }
+    };
+    for (_, purge, _) in pending
+        .into_iter()
+        .filter(|(_, p, _)| p.purge_at_unix <= now_unix())
+    {
+        let Ok(sp) = ServicePrincipal::parse(&purge.principal, &st.realm) else {
+            continue;
+        };
+        let p = Principal::Service(sp);
+        let result = async {
+            st.gate
+                .run(Lane::Kadmin, Priority::Background, "purge_keys", || {
+                    st.kadmin.purge_keys(&p, purge.keep_kvno)
+                })
+                .await?;
+            reextract(st, &p).await
+        }
+        .await;
+        match result {
+            Ok(keytab) => {
+                let event = AuditEvent::new("controller", Action::Rotate)
+                    .with_kind("keytab")
+                    .with_subject(purge.principal.clone())
+                    .with_kvno(purge.keep_kvno)
+                    .with_reason(format!("grace period over: kvnos now {:?}", keytab.kvnos()));
+                if let Err(e) = st.record(vec![event]).await {
+                    tracing::error!(error = %e, "cannot audit the end of a grace period");
+                }
+                if let Err(e) = st.store.delete(Table::Rotations, &purge.principal) {
+                    tracing::error!(error = %e, "cannot clear a finished purge");
+                }
+                match st.issued.holding_principal(&purge.principal) {
+                    Ok(holders) => push_refresh(st, &holders, "old kvno purged"),
+                    Err(e) => tracing::error!(error = %e, "cannot list holders"),
+                }
+                tracing::info!(principal = %purge.principal, keep = purge.keep_kvno, "grace period ended; old keys purged");
+            }
+            Err(e) => {
+                tracing::warn!(principal = %purge.principal, error = %e, "purge failed; will retry")
+            }
+        }
+    }
+}
+
+/// Runs [`purge_due`] every `every` until the task is aborted.
+pub async fn run_purges(st: Arc<ControllerState>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        purge_due(&st).await;
+    }
+}
