@@ -72,6 +72,27 @@ pub struct Config {
     /// Node leases.
     #[serde(default)]
     pub leases: LeasesSection,
+    /// TLS for the node and admin APIs.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// The `[tls]` table: the controller serves TLS with a certificate from its
+/// own CA (or an operator's certificate), and writes the CA certificate
+/// where nodes and kcredctl can get their trust bundle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// DNS names clients use to reach the controller (its certificate's
+    /// SANs). Ignored when `cert_file` is set.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Where the CA certificate (the clients' trust bundle) is written.
+    pub ca_export_file: Option<PathBuf>,
+    /// An operator-supplied serving certificate (PEM) instead.
+    pub cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 /// How callers prove who they are.
@@ -260,6 +281,14 @@ impl Config {
         }
         if self.auth.mode == AuthMode::Kerberos && self.auth.keytab.is_none() {
             return Err("auth.keytab is required with auth.mode = \"kerberos\" (or set mode = \"none\" for development)".into());
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err("tls.cert_file and tls.key_file go together".into());
+            }
+            if tls.cert_file.is_none() && tls.names.is_empty() {
+                return Err("tls.names (or tls.cert_file) is required".into());
+            }
         }
         if self.leases.ttl_secs == 0 {
             return Err("leases.ttl_secs must be at least 1".into());

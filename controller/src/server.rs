@@ -56,6 +56,7 @@ fn startup(step: &'static str) -> impl Fn(String) -> ServeError {
 
 /// A controller ready to serve.
 pub struct Controller {
+    tls: Option<tonic::transport::ServerTlsConfig>,
     state: Arc<ControllerState>,
     background: Vec<JoinHandle<()>>,
     metrics_listen: Option<std::net::SocketAddr>,
@@ -197,7 +198,33 @@ impl Controller {
                 }
             }
         }));
+        let tls = match &cfg.tls {
+            None => {
+                tracing::warn!("no [tls]: node and admin APIs are served in clear text");
+                None
+            }
+            Some(t) => {
+                let (cert, key) = match (&t.cert_file, &t.key_file) {
+                    (Some(c), Some(k)) => {
+                        let read = |p: &std::path::Path| {
+                            std::fs::read_to_string(p)
+                                .map_err(|e| startup("tls")(format!("{}: {e}", p.display())))
+                        };
+                        (read(c)?, Zeroizing::new(read(k)?))
+                    }
+                    _ => state.certs.serving_cert(&t.names).map_err(startup("tls"))?,
+                };
+                if let Some(path) = &t.ca_export_file {
+                    std::fs::write(path, state.certs.ca_pem())
+                        .map_err(|e| startup("tls")(format!("{}: {e}", path.display())))?;
+                }
+                Some(tonic::transport::ServerTlsConfig::new().identity(
+                    tonic::transport::Identity::from_pem(cert.as_bytes(), key.as_bytes()),
+                ))
+            }
+        };
         Ok(Controller {
+            tls,
             state,
             background,
             metrics_listen: cfg.metrics_listen,
@@ -234,7 +261,11 @@ impl Controller {
         }
         let api = NodeApi::new(Arc::clone(&self.state));
         let admin = AdminApi::new(Arc::clone(&self.state));
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            builder = builder.tls_config(tls)?;
+        }
+        let result = builder
             .add_service(NodeCredentialsServer::new(api))
             .add_service(AdminServer::new(admin))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {

@@ -11,7 +11,7 @@ use kcred_proto::kcred::v1::{
 };
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Adds the node's Kerberos token to each call when the node has an
 /// identity (production); passes calls through otherwise (controllers
@@ -63,10 +63,24 @@ impl ControllerClient {
         node_name: &str,
         identity: NodeIdentity,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint.to_string())?
+        Self::connect(endpoint, node_name, identity, None)
+    }
+
+    /// Builds a client whose calls carry `identity` over TLS when `tls` is
+    /// set (the controller's CA as trust bundle; `https://` endpoint).
+    pub fn connect(
+        endpoint: &str,
+        node_name: &str,
+        identity: NodeIdentity,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut ep = Endpoint::from_shared(endpoint.to_string())?
             .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(60))
-            .connect_lazy();
+            .timeout(std::time::Duration::from_secs(60));
+        if let Some(tls) = tls {
+            ep = ep.tls_config(tls)?;
+        }
+        let channel = ep.connect_lazy();
         Ok(ControllerClient {
             inner: NodeCredentialsClient::with_interceptor(channel, identity),
             node_name: node_name.to_string(),

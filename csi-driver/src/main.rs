@@ -58,6 +58,14 @@ struct Cli {
     /// kcred/controller.example.com@EXAMPLE.COM.
     #[arg(long, env = "KCRED_CONTROLLER_SERVICE")]
     controller_service: Option<String>,
+    /// The controller's CA certificate (PEM): calls then go over TLS
+    /// (use an https:// --controller).
+    #[arg(long, env = "KCRED_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// The name the controller's certificate carries, if not the
+    /// --controller host.
+    #[arg(long, env = "KCRED_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
     /// Heartbeat interval until the controller says otherwise, seconds.
     #[arg(long, default_value_t = 10)]
     heartbeat_secs: u64,
@@ -102,7 +110,19 @@ async fn main() -> anyhow::Result<()> {
             ))
         }
     };
-    let client = ControllerClient::with_identity(&cfg.controller_endpoint, &cfg.node_id, identity)
+    let tls = match &cli.ca_file {
+        None => None,
+        Some(path) => {
+            let ca = std::fs::read(path).with_context(|| format!("CA file {}", path.display()))?;
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            if let Some(name) = &cli.tls_server_name {
+                tls = tls.domain_name(name.clone());
+            }
+            Some(tls)
+        }
+    };
+    let client = ControllerClient::connect(&cfg.controller_endpoint, &cfg.node_id, identity, tls)
         .with_context(|| format!("controller endpoint {:?}", cfg.controller_endpoint))?;
     let state = StateDir::open(&cfg.state_dir)
         .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;

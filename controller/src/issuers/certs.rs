@@ -124,6 +124,16 @@ impl CertIssuer {
         })
     }
 
+    /// A serving certificate for the controller itself (TLS): the same CA,
+    /// so nodes trust one bundle.
+    pub fn serving_cert(&self, names: &[String]) -> Result<(String, Zeroizing<String>), String> {
+        let issued = self
+            .ca
+            .issue(names, Duration::from_secs(90 * 86400))
+            .map_err(|e| e.to_string())?;
+        Ok((issued.cert_pem, issued.key_pem))
+    }
+
     /// `ca.crt`.
     pub fn ca_pem(&self) -> &str {
         self.ca.cert_pem()

@@ -54,6 +54,18 @@ pub struct Global {
     /// The controller's Kerberos service principal [default: kcred/<controller host>].
     #[arg(long, env = "KCRED_SERVICE", value_name = "NAME", global = true)]
     pub service: Option<String>,
+    /// The controller's CA certificate (PEM, the file the controller
+    /// exports as tls.ca_export_file): required for an https:// controller.
+    #[arg(long, env = "KCRED_CA_CERT", value_name = "PATH", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// The name in the controller's certificate, if not the URL's host.
+    #[arg(
+        long,
+        env = "KCRED_TLS_SERVER_NAME",
+        value_name = "NAME",
+        global = true
+    )]
+    pub tls_server_name: Option<String>,
     /// Output format: an aligned table for people, JSON for scripts.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,

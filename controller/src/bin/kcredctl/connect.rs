@@ -58,9 +58,24 @@ pub async fn connect(g: &Global) -> anyhow::Result<Conn> {
         Some(s) if !s.is_empty() => s.clone(),
         _ => default_service(&host),
     };
-    let endpoint = Endpoint::from_shared(url.to_string())
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| Usage::new(format!("--controller {url:?} is not usable: {e}")))?
         .connect_timeout(g.timeout);
+    if url.starts_with("https://") {
+        let ca_path = g.ca_cert.as_ref().ok_or_else(|| {
+            Usage::new("an https:// controller needs --ca-cert (the controller's CA certificate)")
+        })?;
+        let ca = std::fs::read(ca_path)
+            .with_context(|| format!("cannot read --ca-cert {}", ca_path.display()))?;
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        if let Some(name) = &g.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Usage::new(format!("TLS setup failed: {e}")))?;
+    }
     let wait = format_duration(g.timeout);
     let channel = tokio::time::timeout(g.timeout, endpoint.connect())
         .await
@@ -86,14 +101,7 @@ pub fn controller_host(url: &str) -> anyhow::Result<String> {
         ))
     })?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(Usage::new(
-                "this kcredctl has no TLS support: use an http:// URL \
-                 (each call still carries a Kerberos token)",
-            )
-            .into());
-        }
+        Some("http") | Some("https") => {}
         _ => {
             return Err(Usage::new(format!(
                 "--controller {url:?} must start with http://, e.g. http://127.0.0.1:7420"
@@ -235,14 +243,16 @@ mod tests {
     }
 
     #[test]
+    fn https_urls_are_accepted() {
+        assert_eq!(
+            controller_host("https://c.example.com:7420").expect("https"),
+            "c.example.com"
+        );
+    }
+
+    #[test]
     fn unusable_urls_are_usage_errors() {
-        for url in [
-            "kcred.example.com:7420",
-            "https://c:7420",
-            "ftp://c",
-            "http://",
-            "::",
-        ] {
+        for url in ["kcred.example.com:7420", "ftp://c", "http://", "::"] {
             let err = controller_host(url).expect_err(url);
             assert!(err.downcast_ref::<Usage>().is_some(), "{url}: {err}");
         }
