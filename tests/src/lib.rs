@@ -4,6 +4,7 @@
 //! volumes.
 
 pub mod kubelet;
+pub mod procs;
 pub mod stack;
 pub mod storm;
 

@@ -1,0 +1,435 @@
+//! kcred as it runs in production, in one test: the real
+//! `kcred-controller` and `kcred-csi-driver` processes, Kerberos identities
+//! for the controller, the nodes and the people (operator, auditor), TLS
+//! with the controller's own CA, and `kcredctl` as operators run it.
+//! Processes can be killed (`kill -9`), paused and restarted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kcred_testrealm::{Realm, RealmOptions};
+
+use crate::kubelet::{Kubelet, TestPod};
+
+/// The controller's TLS name and service principal host.
+pub const CONTROLLER_HOST: &str = "controller.kcred.test";
+/// Operator and auditor principals.
+pub const OPERATOR: &str = "alice";
+/// The auditor.
+pub const AUDITOR: &str = "bob";
+
+/// A binary of this workspace, built next to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    child: Option<Child>,
+    /// Its combined log.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()?;
+        Ok(Proc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0))
+    }
+
+    /// Sends a signal (SIGKILL, SIGSTOP, SIGCONT...).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(self.pid(), sig);
+    }
+
+    /// `kill -9`, and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+        self.kill9();
+    }
+}
+
+/// The whole deployment.
+pub struct ProcStack {
+    /// The realm.
+    pub realm: Realm,
+    /// Everything on disk.
+    pub dir: tempfile::TempDir,
+    /// Controller address.
+    pub port: u16,
+    /// The controller process.
+    pub controller: Option<Proc>,
+    /// The node-a driver process.
+    pub driver: Option<Proc>,
+    /// Kubelet stand-in on node-a's driver socket.
+    pub kubelet: Option<Kubelet>,
+    pods: Vec<TestPod>,
+    extra_config: String,
+}
+
+/// The node-a node name (its host principal's FQDN).
+pub const NODE_A: &str = "node-a.kcred.test";
+/// Another node.
+pub const NODE_B: &str = "node-b.kcred.test";
+
+fn keytab(realm: &Realm, dir: &Path, principal: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{}.keytab", principal.replace('/', "_")));
+    realm.extract_keytab(principal, &path)?;
+    Ok(path)
+}
+
+impl ProcStack {
+    /// Starts the realm, the controller process and node-a's driver.
+    /// `extra_config` is appended to the controller's config (tables).
+    pub async fn start(extra_config: &str) -> anyhow::Result<ProcStack> {
+        let r = kcred_testrealm::DEFAULT_REALM;
+        let realm = Realm::start_with(RealmOptions {
+            acl: vec![
+                // Rotation: extract, change (cpw -randkey -keepold), modify (purgekeys).
+                format!("kcred/admin@{r} ecm */*@{r}"),
+                format!("kcred/admin@{r} e *@{r}"),
+            ],
+            ..RealmOptions::default()
+        })?;
+        for p in [
+            "HTTP/web.example.com",
+            "HTTP/api.example.com",
+            "websvc",
+            OPERATOR,
+            AUDITOR,
+            "mallory",
+            &format!("host/{NODE_A}"),
+            &format!("host/{NODE_B}"),
+            &format!("kcred/{CONTROLLER_HOST}"),
+        ] {
+            realm.add_principal(p)?;
+        }
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().to_path_buf();
+        for p in [
+            OPERATOR,
+            AUDITOR,
+            "mallory",
+            &format!("host/{NODE_A}"),
+            &format!("host/{NODE_B}"),
+            &format!("kcred/{CONTROLLER_HOST}"),
+        ] {
+            keytab(&realm, &d, p)?;
+        }
+        let status = Command::new(binary("kcred-controller"))
+            .arg("generate-master-key")
+            .arg(d.join("master.key"))
+            .output()?;
+        if !status.status.success() {
+            bail!(
+                "generate-master-key: {}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+        }
+        std::fs::write(d.join("policy.toml"), crate::stack::DEFAULT_POLICY)?;
+        std::fs::create_dir_all(d.join("kubelet/pods"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut me = ProcStack {
+            realm,
+            dir,
+            port,
+            controller: None,
+            driver: None,
+            kubelet: None,
+            pods: vec![],
+            extra_config: extra_config.to_string(),
+        };
+        me.write_pods()?;
+        me.start_controller().await?;
+        me.start_driver().await?;
+        Ok(me)
+    }
+
+    /// The temp dir.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config(&self) -> String {
+        let r = kcred_testrealm::DEFAULT_REALM;
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+realm = "{r}"
+krb5_config = "{krb5}"
+master_key_file = "{d}/master.key"
+store_path = "{d}/store.redb"
+policy_file = "{d}/policy.toml"
+pods_file = "{d}/pods.toml"
+audit_log = "{d}/audit.log"
+audit_key = "{d}/audit.key"
+reload_interval_secs = 1
+
+[kadmin]
+principal = "kcred/admin@{r}"
+keytab = "{admin}"
+work_dir = "{d}/extract"
+timeout_secs = 10
+
+[auth]
+mode = "kerberos"
+keytab = "{d}/kcred_{host}.keytab"
+replay_cache = "{d}/replay.rcache2"
+operators = ["{op}@{r}"]
+auditors = ["{au}@{r}"]
+
+[tls]
+names = ["{host}"]
+ca_export_file = "{d}/ca.crt"
+
+[leases]
+ttl_secs = 3
+
+{extra}
+"#,
+            port = self.port,
+            krb5 = self.realm.krb5_conf_path().display(),
+            d = self.path().display(),
+            admin = self.realm.admin_keytab().display(),
+            host = CONTROLLER_HOST,
+            op = OPERATOR,
+            au = AUDITOR,
+            extra = self.extra_config,
+        )
+    }
+
+    /// Starts (or restarts) the controller process and waits for its port.
+    pub async fn start_controller(&mut self) -> anyhow::Result<()> {
+        let cfg = self.path().join("controller.toml");
+        std::fs::write(&cfg, self.config())?;
+        let mut cmd = Command::new(binary("kcred-controller"));
+        cmd.args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn(cmd, &self.path().join("controller.log"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("controller did not start: {}", proc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.controller = Some(proc);
+        Ok(())
+    }
+
+    /// Starts (or restarts) node-a's driver process.
+    pub async fn start_driver(&mut self) -> anyhow::Result<()> {
+        let r = kcred_testrealm::DEFAULT_REALM;
+        let d = self.path().to_path_buf();
+        let socket = d.join("csi/csi.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new(binary("kcred-csi-driver"));
+        cmd.env("KRB5_CONFIG", self.realm.krb5_conf_path())
+            .env("RUST_LOG", "info")
+            .arg("--endpoint")
+            .arg(&socket)
+            .args(["--node-id", NODE_A])
+            .args(["--controller", &format!("https://127.0.0.1:{}", self.port)])
+            .arg("--ca-file")
+            .arg(d.join("ca.crt"))
+            .args(["--tls-server-name", CONTROLLER_HOST])
+            .arg("--keytab")
+            .arg(d.join(format!("host_{NODE_A}.keytab")))
+            .args(["--principal", &format!("host/{NODE_A}@{r}")])
+            .args([
+                "--controller-service",
+                &format!("kcred/{CONTROLLER_HOST}@{r}"),
+            ])
+            .arg("--kubelet-dir")
+            .arg(d.join("kubelet"))
+            .arg("--state-dir")
+            .arg(d.join("driver-state"))
+            .args(["--heartbeat-secs", "1"]);
+        let proc = Proc::spawn(cmd, &d.join("driver.log"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("driver did not start: {}", proc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kubelet = Some(Kubelet::connect(&socket, &d.join("kubelet")).await?);
+        self.driver = Some(proc);
+        Ok(())
+    }
+
+    /// The kubelet stand-in.
+    pub fn kubelet(&self) -> &Kubelet {
+        self.kubelet.as_ref().expect("driver started")
+    }
+
+    fn write_pods(&self) -> anyhow::Result<()> {
+        let mut text = String::new();
+        for p in &self.pods {
+            text.push_str(&format!(
+                "[[pods]]\nnamespace = {:?}\nname = {:?}\nuid = {:?}\nnode_name = {:?}\n",
+                p.namespace, p.name, p.uid, p.node
+            ));
+            if let Some(g) = p.fs_group {
+                text.push_str(&format!("fs_group = {g}\n"));
+            }
+            text.push_str("[pods.annotations]\n");
+            for (k, v) in &p.annotations {
+                text.push_str(&format!("{k:?} = {v:?}\n"));
+            }
+        }
+        let tmp = self.path().join("pods.toml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.path().join("pods.toml"))?;
+        Ok(())
+    }
+
+    /// Sets the pods the controller knows (what the API would list) and
+    /// waits for the controller to reload them.
+    pub async fn set_pods(&mut self, pods: &[&TestPod]) -> anyhow::Result<()> {
+        self.pods = pods.iter().map(|p| (*p).clone()).collect();
+        self.write_pods()?;
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        Ok(())
+    }
+
+    /// Runs `kcredctl` as `who` (a principal of this realm) with `args`.
+    pub fn kcredctl(&self, who: &str, args: &[&str]) -> Output {
+        let r = kcred_testrealm::DEFAULT_REALM;
+        Command::new(binary("kcredctl"))
+            .env("KRB5_CONFIG", self.realm.krb5_conf_path())
+            .env(
+                "KRB5CCNAME",
+                format!("FILE:{}/cc-{who}", self.path().display()),
+            )
+            .args(["--controller", &format!("https://127.0.0.1:{}", self.port)])
+            .arg("--ca-cert")
+            .arg(self.path().join("ca.crt"))
+            .args(["--tls-server-name", CONTROLLER_HOST])
+            .arg("--keytab")
+            .arg(self.path().join(format!("{who}.keytab")))
+            .args(["--principal", &format!("{who}@{r}")])
+            .args(["--service", &format!("kcred/{CONTROLLER_HOST}@{r}")])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("kcredctl: {e}"))
+    }
+
+    /// A Kerberos token (`Negotiate ...`) for the controller from `keytab`
+    /// as `principal`, made by the auth probe in its own process.
+    pub fn token(
+        &self,
+        keytab_name: &str,
+        principal: &str,
+        service: &str,
+    ) -> anyhow::Result<String> {
+        let out = Command::new(binary("kcred-auth-probe"))
+            .env("KRB5_CONFIG", self.realm.krb5_conf_path())
+            .arg("token")
+            .arg(self.path().join(keytab_name))
+            .arg(principal)
+            .arg(service)
+            .output()
+            .context("kcred-auth-probe")?;
+        if !out.status.success() {
+            bail!("probe: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string())
+    }
+
+    /// A TLS channel to the controller, as a node or tool would open it.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let ca = std::fs::read(self.path().join("ca.crt"))?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name(CONTROLLER_HOST);
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", self.port))?
+                .tls_config(tls)?
+                .connect()
+                .await?,
+        )
+    }
+
+    /// The audit log's lines.
+    pub fn audit_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for ProcStack {
+    fn drop(&mut self) {
+        self.kubelet = None;
+        self.driver = None;
+        self.controller = None;
+        let pods = self.path().join("kubelet/pods");
+        let Ok(entries) = std::fs::read_dir(&pods) else {
+            return;
+        };
+        for pod in entries.flatten() {
+            let csi = pod.path().join("volumes/kubernetes.io~csi");
+            let Ok(vols) = std::fs::read_dir(&csi) else {
+                continue;
+            };
+            for v in vols.flatten() {
+                let _ =
+                    nix::mount::umount2(&v.path().join("mount"), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}

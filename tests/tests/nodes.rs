@@ -1,0 +1,377 @@
+//! Issue 5: nodes are authenticated (GSSAPI over TLS), leased, handled when
+//! they vanish, and survive `kill -9` of the driver and of the controller.
+//! Real processes, real realm, real mounts.
+
+use std::time::{Duration, Instant};
+
+use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+use kcred_proto::kcred::v1::{FetchBundleRequest, PodRef};
+use kcred_tests::procs::{CONTROLLER_HOST, NODE_A, NODE_B, ProcStack};
+use kcred_tests::{TestPod, skip_unless_root};
+use nix::sys::signal::Signal;
+use tonic::Code;
+
+const VOL: &str = "kcred";
+
+fn web_pod(name: &str, node: &str) -> TestPod {
+    TestPod::with_keytabs("web", name, node, "HTTP/web.example.com")
+}
+
+fn pod_ref(p: &TestPod) -> PodRef {
+    PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+        service_account: "default".into(),
+    }
+}
+
+async fn fetch_as(
+    stack: &ProcStack,
+    token: Option<&str>,
+    node: &str,
+    pod: &TestPod,
+    refresh: bool,
+) -> Result<(), tonic::Status> {
+    let channel = stack.channel().await.expect("tls channel");
+    let mut client = NodeCredentialsClient::new(channel);
+    let mut req = tonic::Request::new(FetchBundleRequest {
+        node_name: node.into(),
+        pod: Some(pod_ref(pod)),
+        volume_id: kcred_tests::Kubelet::volume_id(pod, VOL),
+        refresh,
+    });
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", t.parse().expect("metadata"));
+    }
+    client.fetch_bundle(req).await.map(|_| ())
+}
+
+async fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_valid_node_identity_are_refused_and_audited() {
+    if skip_unless_root("node_identity") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pod = web_pod("web-0", NODE_A);
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let r = kcred_testrealm::DEFAULT_REALM;
+    let service = format!("kcred/{CONTROLLER_HOST}@{r}");
+
+    let err = fetch_as(&stack, None, NODE_A, &pod, false)
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    let node_b = stack
+        .token(
+            &format!("host_{NODE_B}.keytab"),
+            &format!("host/{NODE_B}@{r}"),
+            &service,
+        )
+        .expect("node-b token");
+    let err = fetch_as(&stack, Some(&node_b), NODE_A, &pod, false)
+        .await
+        .expect_err("node-b speaking for node-a");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("may not speak for"),
+        "{}",
+        err.message()
+    );
+
+    let user = stack
+        .token("mallory.keytab", &format!("mallory@{r}"), &service)
+        .expect("user token");
+    let err = fetch_as(&stack, Some(&user), NODE_A, &pod, false)
+        .await
+        .expect_err("a user is not a node");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // node-b, authenticated as itself, asks for a pod bound to node-a.
+    let node_b = stack
+        .token(
+            &format!("host_{NODE_B}.keytab"),
+            &format!("host/{NODE_B}@{r}"),
+            &service,
+        )
+        .expect("node-b token");
+    let err = fetch_as(&stack, Some(&node_b), NODE_B, &pod, false)
+        .await
+        .expect_err("pod on another node");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // A token is good once: a replay is refused.
+    let once = stack
+        .token(
+            &format!("host_{NODE_A}.keytab"),
+            &format!("host/{NODE_A}@{r}"),
+            &service,
+        )
+        .expect("node-a token");
+    fetch_as(&stack, Some(&once), NODE_A, &pod, false)
+        .await
+        .expect("node-a as itself");
+    let err = fetch_as(&stack, Some(&once), NODE_A, &pod, false)
+        .await
+        .expect_err("replay");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    let audit = stack.audit_lines().join("\n");
+    assert!(
+        audit.contains("authentication: no Kerberos token"),
+        "unauthenticated call audited"
+    );
+    assert!(
+        audit.contains("may not speak for node"),
+        "impersonation audited"
+    );
+    assert!(
+        audit.contains("is bound to node"),
+        "wrong-node request audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_driver_publishes_over_tls_with_its_host_keytab() {
+    if skip_unless_root("driver_over_tls") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pod = web_pod("web-0", NODE_A);
+    let elsewhere = web_pod("web-1", NODE_B);
+    stack.set_pods(&[&pod, &elsewhere]).await.expect("pods");
+
+    let target = stack.kubelet().publish(&pod, VOL).await.expect("publish");
+    stack
+        .realm
+        .kinit_keytab(&target.join("krb5.keytab"), "HTTP/web.example.com")
+        .expect("kinit");
+    let err = stack
+        .kubelet()
+        .publish(&elsewhere, VOL)
+        .await
+        .expect_err("pod bound to node-b");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(!stack.kubelet().target_path(&elsewhere, VOL).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_lapses_is_lost_and_reconciles_when_it_returns() {
+    if skip_unless_root("lease_lapse") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let stays = web_pod("web-0", NODE_A);
+    let moves = web_pod("web-1", NODE_A);
+    stack.set_pods(&[&stays, &moves]).await.expect("pods");
+    let t_stays = stack.kubelet().publish(&stays, VOL).await.expect("publish");
+    let t_moves = stack.kubelet().publish(&moves, VOL).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a heartbeat or two
+
+    // The node stops answering (its driver frozen): the lease lapses.
+    stack
+        .driver
+        .as_ref()
+        .expect("driver")
+        .signal(Signal::SIGSTOP);
+    let status = |s: &ProcStack| {
+        let out = s.kcredctl("alice", &["status", "--output", "json"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_until("node-a lost", 15, || status(&stack).contains("\"lost\"")).await;
+    assert!(
+        stack
+            .audit_lines()
+            .iter()
+            .any(|l| l.contains("\"node_lost\"") && l.contains(NODE_A))
+    );
+
+    // Renewals for the lost node stop.
+    let r = kcred_testrealm::DEFAULT_REALM;
+    let token = stack
+        .token(
+            &format!("host_{NODE_A}.keytab"),
+            &format!("host/{NODE_A}@{r}"),
+            &format!("kcred/{CONTROLLER_HOST}@{r}"),
+        )
+        .expect("token");
+    let err = fetch_as(&stack, Some(&token), NODE_A, &stays, true)
+        .await
+        .expect_err("no renewals");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // Meanwhile one pod was rescheduled to node-b: it gets credentials there at once.
+    let moved = TestPod {
+        node: NODE_B.into(),
+        ..moves.clone()
+    };
+    stack.set_pods(&[&stays, &moved]).await.expect("pods");
+    let token_b = stack
+        .token(
+            &format!("host_{NODE_B}.keytab"),
+            &format!("host/{NODE_B}@{r}"),
+            &format!("kcred/{CONTROLLER_HOST}@{r}"),
+        )
+        .expect("token");
+    fetch_as(&stack, Some(&token_b), NODE_B, &moved, false)
+        .await
+        .expect("served on node-b");
+
+    // The node returns: audited, and the moved pod's volume is wiped here.
+    stack
+        .driver
+        .as_ref()
+        .expect("driver")
+        .signal(Signal::SIGCONT);
+    wait_until("node-a back", 15, || !status(&stack).contains("\"lost\"")).await;
+    wait_until("stale volume removed", 15, || !t_moves.exists()).await;
+    assert!(
+        stack
+            .audit_lines()
+            .iter()
+            .any(|l| l.contains("\"node_returned\"") && l.contains(NODE_A))
+    );
+    assert!(
+        t_stays.join("krb5.keytab").exists(),
+        "the pod still bound here keeps its volume"
+    );
+    stack
+        .realm
+        .kinit_keytab(&t_stays.join("krb5.keytab"), "HTTP/web.example.com")
+        .expect("kinit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_survive_kill_9_of_the_driver_and_the_restarted_driver_resumes() {
+    if skip_unless_root("driver_kill9") {
+        return;
+    }
+    let mut stack = ProcStack::start("[tickets]\nlifetime_secs = 8\nrenew_lifetime_secs = 3600\n")
+        .await
+        .expect("stack");
+    let pod = TestPod::new("web", "web-0", NODE_A)
+        .annotate("kcred.io/keytabs", "HTTP/web.example.com")
+        .annotate("kcred.io/tickets", "websvc");
+    let racer = web_pod("web-1", NODE_A);
+    stack.set_pods(&[&pod, &racer]).await.expect("pods");
+    let target = stack.kubelet().publish(&pod, VOL).await.expect("publish");
+    let first_cc = std::fs::read(target.join("krb5cc")).expect("krb5cc");
+
+    // kill -9 during a publish: either complete or absent after kubelet retries.
+    let req = stack.kubelet().publish_request(&racer, VOL);
+    let mut node = stack.kubelet().node();
+    let racing = tokio::spawn(async move { node.node_publish_volume(req).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    stack.driver.as_mut().expect("driver").kill9();
+    let _ = racing.await;
+
+    // The mount survives the driver.
+    stack
+        .realm
+        .kinit_keytab(&target.join("krb5.keytab"), "HTTP/web.example.com")
+        .expect("files survive kill -9");
+
+    stack.start_driver().await.expect("restart driver");
+    let racer_target = stack
+        .kubelet()
+        .publish(&racer, VOL)
+        .await
+        .expect("kubelet retries the publish");
+    stack
+        .realm
+        .kinit_keytab(&racer_target.join("krb5.keytab"), "HTTP/web.example.com")
+        .expect("complete volume");
+    stack
+        .kubelet()
+        .publish(&pod, VOL)
+        .await
+        .expect("republish after restart is a refresh");
+
+    // Renewals resume on their own (ticket lives 8 s: renewed at about 5 s).
+    wait_until("ticket renewed by the restarted driver", 20, || {
+        std::fs::read(target.join("krb5cc")).is_ok_and(|b| b != first_cc)
+    })
+    .await;
+
+    // kill -9 during a renewal: the files stay whole.
+    stack.driver.as_mut().expect("driver").kill9();
+    let cc = target.join("krb5cc");
+    kcred_controller::kdc::Ticket::parse(zeroize::Zeroizing::new(
+        std::fs::read(&cc).expect("read"),
+    ))
+    .expect("whole ccache");
+    stack.start_driver().await.expect("restart driver");
+    stack
+        .kubelet()
+        .unpublish(&pod, VOL)
+        .await
+        .expect("unpublish");
+    assert!(!target.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_controller_during_issue_loses_nothing() {
+    if skip_unless_root("controller_kill9") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let a = web_pod("web-0", NODE_A);
+    let b = TestPod::with_keytabs("web", "web-1", NODE_A, "HTTP/api.example.com");
+    stack.set_pods(&[&a, &b]).await.expect("pods");
+    let ta = stack.kubelet().publish(&a, VOL).await.expect("publish a");
+    let before = std::fs::read(ta.join("krb5.keytab")).expect("read");
+
+    // kill -9 while b's first issue (an extraction) is in flight.
+    let req = stack.kubelet().publish_request(&b, VOL);
+    let mut node = stack.kubelet().node();
+    let racing = tokio::spawn(async move { node.node_publish_volume(req).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    stack.controller.as_mut().expect("controller").kill9();
+    let _ = racing.await;
+
+    stack.start_controller().await.expect("restart controller");
+    // The driver reconnects by itself; b's publish is retried by kubelet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tb = loop {
+        match stack.kubelet().publish(&b, VOL).await {
+            Ok(t) => break t,
+            Err(e) if Instant::now() < deadline => {
+                assert!(
+                    matches!(e.code(), Code::Unavailable | Code::Internal | Code::Unknown),
+                    "{e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("never recovered: {e:?}"),
+        }
+    };
+    stack
+        .realm
+        .kinit_keytab(&tb.join("krb5.keytab"), "HTTP/api.example.com")
+        .expect("kinit b");
+    // a's keytab came from the store after the restart: the same bytes.
+    let a2 = web_pod("web-2", NODE_A);
+    stack.set_pods(&[&a, &b, &a2]).await.expect("pods");
+    let t2 = stack.kubelet().publish(&a2, VOL).await.expect("publish a2");
+    assert_eq!(std::fs::read(t2.join("krb5.keytab")).expect("read"), before);
+    // The node is back in the controller's view, and the audit verifies.
+    let status = stack.kcredctl("alice", &["status", "--output", "json"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains(NODE_A));
+    let verify = stack.kcredctl("bob", &["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
