@@ -92,7 +92,8 @@ impl NodeCredentials for NodeApi {
         if let Some(t) = st.leases.heartbeat(&node) {
             self.lease_transition(t).await;
         }
-        // Volumes the node holds whose pods are gone, rebound, or revoked.
+        // Volumes the node holds whose pods are gone or rebound (revoked
+        // volumes stay mounted, emptied, until their pod goes).
         let mut stale = Vec::new();
         for id in &request.get_ref().volume_ids {
             let rec = st
@@ -100,8 +101,7 @@ impl NodeCredentials for NodeApi {
                 .get(id)
                 .map_err(|e| Status::internal(e.to_string()))?;
             let keep = rec.is_some_and(|r| {
-                !r.revoked
-                    && r.node == node
+                r.node == node
                     && st
                         .pods
                         .get(&r.namespace, &r.pod)

@@ -1,0 +1,417 @@
+//! Issue 6: operators rotate and revoke with kcredctl, auditors read and
+//! verify the audit, and rotation reaches running pods without an outage.
+//! Real processes: controller, node driver, kcredctl, MIT realm.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kcred_controller::issuers::data_keys::parse_pod_file;
+use kcred_controller::keytab::Keytab;
+use kcred_tests::procs::{NODE_A, ProcStack, binary};
+use kcred_tests::{Kubelet, TestPod, skip_unless_root};
+use zeroize::Zeroizing;
+
+const VOL: &str = "kcred";
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn kvnos(path: &Path) -> Vec<u32> {
+    let k = Keytab::parse(Zeroizing::new(std::fs::read(path).expect("read keytab")))
+        .expect("whole keytab");
+    k.kvnos().iter().copied().collect()
+}
+
+/// Accepts a token with a keytab, as a service would (own replay cache).
+fn accepts(stack: &ProcStack, keytab: &Path, token: &str, tag: &str) -> bool {
+    let mut child = Command::new(binary("kcred-auth-probe"))
+        .arg("accept")
+        .arg(keytab)
+        .arg(stack.path().join(format!("rc-{tag}")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("probe");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = writeln!(stdin, "{token}");
+    }
+    let out = child.wait_with_output().expect("probe output");
+    out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("ok ")
+}
+
+async fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keytab_rotation_reaches_every_volume_atomically_with_a_grace_period() {
+    if skip_unless_root("keytab_rotation") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pods: Vec<TestPod> = (0..2)
+        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
+        .collect();
+    stack
+        .set_pods(&pods.iter().collect::<Vec<_>>())
+        .await
+        .expect("pods");
+    let mut targets = Vec::new();
+    for p in &pods {
+        targets.push(stack.kubelet().publish(p, VOL).await.expect("publish"));
+    }
+    assert_eq!(kvnos(&targets[0].join("krb5.keytab")), vec![1]);
+    let r = kcred_testrealm::DEFAULT_REALM;
+    // A client's ticket for the service, issued under kvno 1.
+    let old_token = stack
+        .token(
+            "alice.keytab",
+            &format!("alice@{r}"),
+            &format!("HTTP/web.example.com@{r}"),
+        )
+        .expect("token");
+
+    // A reader loops over the keytab through the whole rotation.
+    let reader_target = targets[0].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_reader = std::sync::Arc::clone(&stop);
+    let reader = std::thread::spawn(move || {
+        let mut reads = 0u64;
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop_reader.load(std::sync::atomic::Ordering::Relaxed)
+            && Instant::now() < deadline
+            && reads < 1_000_000
+        {
+            let Ok(generation) = std::fs::read_link(reader_target.join("..data")) else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(reader_target.join(generation).join("krb5.keytab"))
+            else {
+                continue;
+            };
+            let k = Keytab::parse(Zeroizing::new(bytes)).expect("a reader saw a partial keytab");
+            seen.insert(k.kvnos().iter().copied().collect::<Vec<_>>());
+            reads += 1;
+        }
+        (reads, seen)
+    });
+
+    let out = stack.kcredctl(
+        "alice",
+        &[
+            "rotate",
+            "keytab",
+            "HTTP/web.example.com",
+            "--grace",
+            "6s",
+            "--wait",
+            "30s",
+        ],
+    );
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("2 of 2") || report.contains("all 2"),
+        "progress shown: {report}"
+    );
+    assert_eq!(stack.realm.kvno("HTTP/web.example.com").expect("kvno"), 2);
+    for t in &targets {
+        assert_eq!(
+            kvnos(&t.join("krb5.keytab")),
+            vec![1, 2],
+            "new and previous kvno during the grace period"
+        );
+    }
+    let keytab = stack.path().join("delivered.keytab");
+    std::fs::copy(targets[1].join("krb5.keytab"), &keytab).expect("copy");
+    stack
+        .realm
+        .kinit_keytab(&keytab, "HTTP/web.example.com")
+        .expect("kinit with the new kvno");
+    assert!(
+        accepts(&stack, &keytab, &old_token, "old"),
+        "a ticket issued under the old kvno is still accepted"
+    );
+    let new_token = stack
+        .token(
+            "alice.keytab",
+            &format!("alice@{r}"),
+            &format!("HTTP/web.example.com@{r}"),
+        )
+        .expect("token");
+    assert!(
+        accepts(&stack, &keytab, &new_token, "new"),
+        "a ticket under the new kvno is accepted"
+    );
+
+    // The grace period ends: the old kvno is purged and dropped from every volume.
+    wait_until("old kvno dropped", 30, || {
+        targets.iter().all(|t| {
+            std::fs::read(t.join("krb5.keytab")).is_ok_and(|b| {
+                Keytab::parse(Zeroizing::new(b))
+                    .is_ok_and(|k| k.kvnos().iter().copied().collect::<Vec<_>>() == vec![2])
+            })
+        })
+    })
+    .await;
+    std::fs::copy(targets[1].join("krb5.keytab"), &keytab).expect("copy");
+    assert!(
+        !accepts(&stack, &keytab, &old_token, "old-after"),
+        "after the grace period the old kvno is gone"
+    );
+    stack
+        .realm
+        .kinit_keytab(&keytab, "HTTP/web.example.com")
+        .expect("kinit after the grace period");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, seen) = reader.join().expect("reader");
+    assert!(reads > 100, "the reader read ({reads})");
+    assert!(
+        seen.contains(&vec![1, 2]),
+        "the reader saw the grace-period keytab: {seen:?}"
+    );
+    let audit = stack.audit_lines().join("\n");
+    assert!(
+        audit.contains("\"rotate\"") && audit.contains("admin/alice@"),
+        "rotation audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_makes_a_new_primary_and_keeps_old_versions() {
+    if skip_unless_root("key_rotation") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pod = TestPod::new("web", "web-0", NODE_A).annotate("kcred.io/keys", "orders-db");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let target = stack.kubelet().publish(&pod, VOL).await.expect("publish");
+    let file = target.join("orders-db.keys.json");
+    let before = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
+    let sealed =
+        kcred_controller::issuers::data_keys::seal_with_primary(&before, b"secret row", b"")
+            .expect("seal");
+
+    let out = stack.kcredctl("alice", &["rotate", "key", "orders-db", "--wait", "20s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
+    assert_eq!(after.primary, before.primary + 1);
+    assert_eq!(after.keys.len(), 2, "old version kept for decryption");
+    let opened = kcred_controller::issuers::data_keys::open_with_any(&after, &sealed, b"")
+        .expect("old data opens");
+    assert_eq!(opened.as_slice(), b"secret row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_may_read_but_not_rotate_or_revoke() {
+    if skip_unless_root("auditor_role") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    stack.kubelet().publish(&pod, VOL).await.expect("publish");
+
+    let out = stack.kcredctl(
+        "bob",
+        &["rotate", "keytab", "HTTP/web.example.com", "--wait", "0"],
+    );
+    assert!(!out.status.success(), "an auditor must not rotate");
+    assert!(text(&out).contains("auditor"), "{}", text(&out));
+    assert_eq!(
+        stack.realm.kvno("HTTP/web.example.com").expect("kvno"),
+        1,
+        "nothing rotated"
+    );
+    let out = stack.kcredctl(
+        "bob",
+        &["revoke", &Kubelet::volume_id(&pod, VOL), "--reason", "test"],
+    );
+    assert!(!out.status.success(), "an auditor must not revoke");
+    let out = stack.kcredctl("mallory", &["status"]);
+    assert!(!out.status.success(), "no role, no access");
+
+    let status = stack.kcredctl("bob", &["status", "--output", "json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("auditor"));
+    let list = stack.kcredctl(
+        "bob",
+        &[
+            "list",
+            "--principal",
+            "HTTP/web.example.com",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(list.status.success(), "{}", text(&list));
+    let listing = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listing.contains(NODE_A) && listing.contains("web-0"),
+        "{listing}"
+    );
+    let audit = stack.audit_lines().join("\n");
+    assert!(
+        audit.contains("admin/bob@") && audit.contains("may not rotate"),
+        "refusal audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_wipes_the_volume_and_stops_issuing() {
+    if skip_unless_root("revoke") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let target = stack.kubelet().publish(&pod, VOL).await.expect("publish");
+    let out = stack.kcredctl(
+        "alice",
+        &[
+            "revoke",
+            &Kubelet::volume_id(&pod, VOL),
+            "--reason",
+            "key leaked in a log",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("files wiped", 15, || !target.join("krb5.keytab").exists()).await;
+    // kubelet's republish answers OK (never tear the mount down) but brings
+    // nothing back. (ABORTED while another operation holds the volume is
+    // retried, as kubelet does.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match stack.kubelet().publish(&pod, VOL).await {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::Aborted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("republish of a revoked volume: {e:?}"),
+        }
+    }
+    assert!(target.exists(), "the mount stays while the pod runs");
+    assert!(
+        !target.join("krb5.keytab").exists(),
+        "revoked stays revoked"
+    );
+    assert!(
+        stack
+            .audit_lines()
+            .iter()
+            .any(|l| l.contains("\"revoke\"") && l.contains("key leaked"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
+    if skip_unless_root("audit_verify") {
+        return;
+    }
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pods: Vec<TestPod> = (0..4)
+        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
+        .collect();
+    stack
+        .set_pods(&pods.iter().collect::<Vec<_>>())
+        .await
+        .expect("pods");
+    for p in &pods {
+        stack.kubelet().publish(p, VOL).await.expect("publish");
+    }
+    let denied = TestPod::with_keytabs("db", "db-0", NODE_A, "HTTP/web.example.com");
+    let mut all: Vec<&TestPod> = pods.iter().collect();
+    all.push(&denied);
+    stack.set_pods(&all).await.expect("pods");
+    let _ = stack.kubelet().publish(&denied, VOL).await;
+
+    let out = stack.kcredctl("bob", &["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "untouched log verifies: {}",
+        text(&out)
+    );
+    let query = stack.kcredctl(
+        "bob",
+        &["audit", "query", "--action", "deny", "--output", "json"],
+    );
+    assert!(
+        String::from_utf8_lossy(&query.stdout).contains("rule service_principals"),
+        "{}",
+        text(&query)
+    );
+
+    let export = stack.path().join("export.jsonl");
+    let out = stack.kcredctl("bob", &["audit", "export", "-o", &export.to_string_lossy()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<String> = std::fs::read_to_string(&export)
+        .expect("export")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        lines.len() >= 5,
+        "4 issues and a denial, got {} records",
+        lines.len()
+    );
+    let public_key = kcred_controller::audit::AuditSigner::load(&stack.path().join("audit.key"))
+        .expect("audit key")
+        .public_key_hex();
+    let verify = |name: &str, lines: &[String]| {
+        let path = stack.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        stack.kcredctl(
+            "bob",
+            &[
+                "audit",
+                "verify",
+                "--file",
+                &path.to_string_lossy(),
+                "--public-key",
+                &public_key,
+            ],
+        )
+    };
+    let ok = verify("intact.jsonl", &lines);
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    let mut edited = lines.clone();
+    edited[2] = edited[2].replace("web-", "wxb-");
+    let out = verify("edited.jsonl", &edited);
+    assert!(
+        !out.status.success() && text(&out).contains("edited"),
+        "{}",
+        text(&out)
+    );
+
+    let mut deleted = lines.clone();
+    deleted.remove(3);
+    let out = verify("deleted.jsonl", &deleted);
+    assert!(
+        !out.status.success() && text(&out).contains("missing"),
+        "{}",
+        text(&out)
+    );
+
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    let out = verify("swapped.jsonl", &swapped);
+    assert!(
+        !out.status.success() && text(&out).contains("out of order"),
+        "{}",
+        text(&out)
+    );
+}
