@@ -33,6 +33,7 @@ pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod timefmt;
 
 pub use config::Config;
 pub use server::{Controller, ServeError};

@@ -53,31 +53,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
+            // Ready (store open, CA exported) before the port opens: a
+            // client that can connect finds everything in place.
+            let controller = Controller::start(&cfg)?;
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-            let controller = Controller::start(&cfg)?;
             tracing::info!(listen = %cfg.listen, "serving node API");
-            controller.serve(listener, shutdown_signal()).await?;
+            controller
+                .serve(listener, kcred_runtime::shutdown_signal())
+                .await?;
             Ok(())
         }
     }
-}
-
-/// Completes on SIGINT or SIGTERM (what systemd and Kubernetes send).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }

@@ -3,12 +3,9 @@
 //! Each controller owns its registry (no process-global state), so several
 //! controllers in one test process keep separate counts.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Every metric the controller exports.
 pub struct Metrics {
@@ -111,29 +108,13 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        kcred_runtime::render(&self.registry)
     }
 
     /// Serves `/metrics` until the task is aborted.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = Arc::clone(&self);
-                async move { m.render() }
-            }),
-        );
-        axum::serve(listener, app).await
+        kcred_runtime::serve_metrics(self.registry.clone(), listener).await
     }
-}
-
-/// Binds the metrics listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

@@ -249,7 +249,7 @@ impl Controller {
     ) -> Result<(), ServeError> {
         let mut background = self.background;
         if let Some(addr) = self.metrics_listen {
-            let listener = crate::metrics::bind(addr)
+            let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| startup("metrics listener")(format!("{addr}: {e}")))?;
             let metrics = Arc::clone(&self.state.metrics);

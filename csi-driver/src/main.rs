@@ -148,26 +148,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(sync::run_updates(Arc::clone(&volumes)));
     let listener = server::bind(&cli.endpoint)?;
     tracing::info!(endpoint = %cli.endpoint.display(), node = %cfg.node_id, "serving CSI");
-    server::serve(cfg, volumes, listener, shutdown_signal()).await?;
+    server::serve(cfg, volumes, listener, kcred_runtime::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM (what systemd and Kubernetes send).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }
 
 /// The node's Kerberos identity. Getting it talks to the KDC: retried with

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Every metric the driver exports.
 pub struct Metrics {
@@ -66,23 +64,12 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        kcred_runtime::render(&self.registry)
     }
 
-    /// Serves `/metrics` on `listener` until the task is aborted.
+    /// Serves `/metrics` until the task is aborted.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = Arc::clone(&self);
-                async move { m.render() }
-            }),
-        );
-        axum::serve(listener, app).await
+        kcred_runtime::serve_metrics(self.registry.clone(), listener).await
     }
 }
 

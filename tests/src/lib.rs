@@ -27,3 +27,31 @@ pub fn skip_unless_root(test: &str) -> bool {
         true
     }
 }
+
+/// Polls `ok` every 200 ms; panics with `what` after `secs` seconds.
+pub async fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Detaches every CSI volume mount under a kubelet directory, so a failed
+/// test never leaves tmpfs mounts behind.
+pub fn unmount_volumes(kubelet_dir: &std::path::Path) {
+    let Ok(pods) = std::fs::read_dir(kubelet_dir.join("pods")) else {
+        return;
+    };
+    for pod in pods.flatten() {
+        let Ok(vols) = std::fs::read_dir(pod.path().join("volumes/kubernetes.io~csi")) else {
+            continue;
+        };
+        for v in vols.flatten() {
+            let _ = nix::mount::umount2(&v.path().join("mount"), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}

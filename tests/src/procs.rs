@@ -253,7 +253,9 @@ ttl_secs = 3
             .env("RUST_LOG", "info");
         let proc = Proc::spawn(cmd, &self.path().join("controller.log"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || !self.path().join("ca.crt").exists()
+        {
             if Instant::now() > deadline {
                 bail!("controller did not start: {}", proc.log_text());
             }
@@ -417,19 +419,6 @@ impl Drop for ProcStack {
         self.kubelet = None;
         self.driver = None;
         self.controller = None;
-        let pods = self.path().join("kubelet/pods");
-        let Ok(entries) = std::fs::read_dir(&pods) else {
-            return;
-        };
-        for pod in entries.flatten() {
-            let csi = pod.path().join("volumes/kubernetes.io~csi");
-            let Ok(vols) = std::fs::read_dir(&csi) else {
-                continue;
-            };
-            for v in vols.flatten() {
-                let _ =
-                    nix::mount::umount2(&v.path().join("mount"), nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        crate::unmount_volumes(&self.path().join("kubelet"));
     }
 }

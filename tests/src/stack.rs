@@ -340,19 +340,6 @@ impl Drop for Stack {
             task.abort();
         }
         // A failed test must not leave tmpfs mounts under the temp dir.
-        let pods = self.kubelet_dir().join("pods");
-        let Ok(entries) = std::fs::read_dir(&pods) else {
-            return;
-        };
-        for pod in entries.flatten() {
-            let csi = pod.path().join("volumes/kubernetes.io~csi");
-            let Ok(vols) = std::fs::read_dir(&csi) else {
-                continue;
-            };
-            for v in vols.flatten() {
-                let _ =
-                    nix::mount::umount2(&v.path().join("mount"), nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        crate::unmount_volumes(&self.kubelet_dir());
     }
 }

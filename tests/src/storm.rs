@@ -188,14 +188,5 @@ pub async fn run_storm(cfg: StormConfig) -> anyhow::Result<(StormReport, Stack)>
 
 /// Unmounts every volume the storm mounted (the stack's Drop would too).
 pub fn unmount_all(stack: &Stack) {
-    let pods = stack.kubelet_dir().join("pods");
-    let Ok(entries) = std::fs::read_dir(pods) else {
-        return;
-    };
-    for pod in entries.flatten() {
-        let _ = nix::mount::umount2(
-            &pod.path().join("volumes/kubernetes.io~csi/kcred/mount"),
-            nix::mount::MntFlags::MNT_DETACH,
-        );
-    }
+    crate::unmount_volumes(&stack.kubelet_dir());
 }

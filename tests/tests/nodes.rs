@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
 use kcred_proto::kcred::v1::{FetchBundleRequest, PodRef};
 use kcred_tests::procs::{CONTROLLER_HOST, NODE_A, NODE_B, ProcStack};
-use kcred_tests::{TestPod, skip_unless_root};
+use kcred_tests::{TestPod, skip_unless_root, wait_until};
 use nix::sys::signal::Signal;
 use tonic::Code;
 
@@ -46,14 +46,6 @@ async fn fetch_as(
             .insert("authorization", t.parse().expect("metadata"));
     }
     client.fetch_bundle(req).await.map(|_| ())
-}
-
-async fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

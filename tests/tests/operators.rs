@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kcred_controller::issuers::data_keys::parse_pod_file;
 use kcred_controller::keytab::Keytab;
 use kcred_tests::procs::{NODE_A, ProcStack, binary};
-use kcred_tests::{Kubelet, TestPod, skip_unless_root};
+use kcred_tests::{Kubelet, TestPod, skip_unless_root, wait_until};
 use zeroize::Zeroizing;
 
 const VOL: &str = "kcred";
@@ -44,14 +44,6 @@ fn accepts(stack: &ProcStack, keytab: &Path, token: &str, tag: &str) -> bool {
     }
     let out = child.wait_with_output().expect("probe output");
     out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("ok ")
-}
-
-async fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -225,26 +225,7 @@ pub(super) fn now_unix_ms() -> i64 {
     }
 }
 
-/// Formats Unix milliseconds as RFC 3339 UTC ("1970-01-01T00:00:00.000Z"),
-/// using the proleptic Gregorian calendar (H. Hinnant's civil_from_days).
+/// Unix milliseconds as RFC 3339 UTC ("1970-01-01T00:00:00.000Z").
 pub(super) fn rfc3339_ms(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let ms = unix_ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    crate::timefmt::rfc3339_millis(unix_ms)
 }

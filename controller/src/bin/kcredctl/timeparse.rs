@@ -86,7 +86,7 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
         let ms = i64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too far back"))?;
         return Ok(now_ms.saturating_sub(ms));
     }
-    parse_rfc3339(s).ok_or_else(|| {
+    kcred_controller::timefmt::parse_millis(s).ok_or_else(|| {
         format!(
             "{s:?} is not a time; use RFC 3339 (2026-05-01T12:00:00Z), a date (2026-05-01) \
              or a relative time (-1h, -2d)"
@@ -94,72 +94,9 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
     })
 }
 
-fn parse_rfc3339(s: &str) -> Option<i64> {
-    let num = |from: usize, to: usize| -> Option<i64> {
-        let part = s.get(from..to)?;
-        part.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let at = |i: usize, allowed: &[u8]| s.as_bytes().get(i).is_some_and(|b| allowed.contains(b));
-    if !(at(4, b"-") && at(7, b"-")) {
-        return None;
-    }
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    if s.len() == 10 {
-        return Some(days * 86_400_000);
-    }
-    if !(at(10, b"Tt ") && at(13, b":") && at(16, b":")) {
-        return None;
-    }
-    let (h, m, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = s.get(19..)?;
-    let mut ms = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 {
-            return None;
-        }
-        let first3 = format!("{:0<3}", &frac[..n.min(3)]);
-        ms = first3.parse::<i64>().ok()?;
-        rest = &frac[n..];
-    }
-    let offset_min = match rest.as_bytes() {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]
-            if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()) =>
-        {
-            let oh = i64::from((h1 - b'0') * 10 + (h2 - b'0'));
-            let om = i64::from((m1 - b'0') * 10 + (m2 - b'0'));
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let off = oh * 60 + om;
-            if *sign == b'-' { -off } else { off }
-        }
-        _ => return None,
-    };
-    let secs = days * 86_400 + h * 3600 + m * 60 + sec.min(59) - offset_min * 60;
-    Some(secs * 1000 + ms)
-}
-
 /// Unix seconds as `2026-05-01T12:00:00Z`.
 pub fn format_unix(secs: i64) -> String {
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    kcred_controller::timefmt::rfc3339_seconds(secs)
 }
 
 /// How long ago `then` was, both in Unix seconds: "12s ago", "3h ago";
@@ -184,42 +121,6 @@ fn coarse(secs: u64) -> (u64, &'static str) {
         7200..172_800 => (secs / 3600, "h"),
         _ => (secs / 86_400, "d"),
     }
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]

@@ -59,9 +59,24 @@ app.kubernetes.io/part-of: kcred
 {{- printf "%s/plugins/%s" (include "kcred-csi-driver.kubeletDir" .) (include "kcred-csi-driver.driverName" .) -}}
 {{- end -}}
 
-{{/* The controller endpoint; rendering fails without it. */}}
+{{/*
+The controller endpoint; rendering fails without it, and when its scheme
+does not match controller.caConfigMap (https:// with a CA, http:// without).
+*/}}
 {{- define "kcred-csi-driver.controllerEndpoint" -}}
-{{- required "controller.endpoint is required: the kcred controller's node API as seen from the nodes, e.g. --set controller.endpoint=http://kcred-controller.example.com:7420" .Values.controller.endpoint -}}
+{{- $endpoint := required "controller.endpoint is required: the kcred controller's node API as seen from the nodes, e.g. --set controller.endpoint=https://controller.example.com:7420" .Values.controller.endpoint -}}
+{{- if and .Values.controller.caConfigMap (not (hasPrefix "https://" $endpoint)) -}}
+{{- fail "controller.caConfigMap is set: controller.endpoint must be https://" -}}
+{{- end -}}
+{{- if and (hasPrefix "https://" $endpoint) (not .Values.controller.caConfigMap) -}}
+{{- fail "controller.endpoint is https://: set controller.caConfigMap to a ConfigMap holding the controller's ca.crt" -}}
+{{- end -}}
+{{- $endpoint -}}
+{{- end -}}
+
+{{/* The controller's service principal; required with nodeIdentity. */}}
+{{- define "kcred-csi-driver.controllerService" -}}
+{{- required "controller.service is required with nodeIdentity.enabled: the controller's service principal, e.g. --set controller.service=kcred/controller.example.com@EXAMPLE.COM" .Values.controller.service -}}
 {{- end -}}
 
 {{- define "kcred-csi-driver.driverImage" -}}
