@@ -148,6 +148,11 @@ pub struct LeasesSection {
     pub ttl_secs: u64,
     /// Heartbeat interval the controller asks nodes for (ttl / 3 if 0).
     pub heartbeat_secs: u64,
+    /// Rotate the keytabs a lost node held: its disk may be in someone
+    /// else's hands. Every other holder gets the new kvno at once.
+    pub rotate_keytabs_on_loss: bool,
+    /// Grace period of those rotations, seconds.
+    pub rotation_grace_secs: u64,
 }
 
 impl Default for LeasesSection {
@@ -155,6 +160,8 @@ impl Default for LeasesSection {
         LeasesSection {
             ttl_secs: 30,
             heartbeat_secs: 0,
+            rotate_keytabs_on_loss: false,
+            rotation_grace_secs: 3600,
         }
     }
 }

@@ -177,6 +177,10 @@ impl Controller {
             gate,
             kadmin,
             closing: tokio::sync::watch::channel(false).0,
+            rotate_on_loss: cfg
+                .leases
+                .rotate_keytabs_on_loss
+                .then(|| Duration::from_secs(cfg.leases.rotation_grace_secs)),
             heartbeat_secs: if cfg.leases.heartbeat_secs > 0 {
                 cfg.leases.heartbeat_secs
             } else {

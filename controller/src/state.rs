@@ -55,6 +55,8 @@ pub struct ControllerState {
     pub kadmin: Arc<crate::kadmin::KadminClient>,
     /// Heartbeat interval asked of nodes.
     pub heartbeat_secs: u64,
+    /// Rotate a lost node's keytabs, with this grace period.
+    pub rotate_on_loss: Option<std::time::Duration>,
     /// Set when the controller starts shutting down: long-lived streams
     /// end, so a graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Sender<bool>,

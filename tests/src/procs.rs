@@ -109,6 +109,7 @@ pub struct ProcStack {
     pub kubelet: Option<Kubelet>,
     pods: Vec<TestPod>,
     extra_config: String,
+    leases_config: String,
 }
 
 /// The node-a node name (its host principal's FQDN).
@@ -126,6 +127,11 @@ impl ProcStack {
     /// Starts the realm, the controller process and node-a's driver.
     /// `extra_config` is appended to the controller's config (tables).
     pub async fn start(extra_config: &str) -> anyhow::Result<ProcStack> {
+        Self::start_with(extra_config, "").await
+    }
+
+    /// Like [`ProcStack::start`], with extra lines in `[leases]`.
+    pub async fn start_with(extra_config: &str, leases_config: &str) -> anyhow::Result<ProcStack> {
         let r = kcred_testrealm::DEFAULT_REALM;
         let realm = Realm::start_with(RealmOptions {
             acl: vec![
@@ -184,6 +190,7 @@ impl ProcStack {
             kubelet: None,
             pods: vec![],
             extra_config: extra_config.to_string(),
+            leases_config: leases_config.to_string(),
         };
         me.write_pods()?;
         me.start_controller().await?;
@@ -229,6 +236,7 @@ ca_export_file = "{d}/ca.crt"
 
 [leases]
 ttl_secs = 3
+{leases}
 
 {extra}
 "#,
@@ -240,6 +248,7 @@ ttl_secs = 3
             op = OPERATOR,
             au = AUDITOR,
             extra = self.extra_config,
+            leases = self.leases_config,
         )
     }
 

@@ -367,3 +367,50 @@ async fn kill_9_of_the_controller_during_issue_loses_nothing() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_can_rotate_the_keytabs_a_lost_node_held() {
+    if skip_unless_root("rotate_on_loss") {
+        return;
+    }
+    let mut stack = ProcStack::start_with(
+        "",
+        "rotate_keytabs_on_loss = true\nrotation_grace_secs = 3600",
+    )
+    .await
+    .expect("stack");
+    let pod = web_pod("web-0", NODE_A);
+    let other = TestPod::with_keytabs("web", "web-1", NODE_A, "HTTP/api.example.com");
+    stack.set_pods(&[&pod, &other]).await.expect("pods");
+    stack.kubelet().publish(&pod, VOL).await.expect("publish");
+    assert_eq!(stack.realm.kvno("HTTP/web.example.com").expect("kvno"), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    stack
+        .driver
+        .as_ref()
+        .expect("driver")
+        .signal(Signal::SIGSTOP);
+    wait_until("keytab rotated after node loss", 20, || {
+        stack
+            .realm
+            .kvno("HTTP/web.example.com")
+            .is_ok_and(|k| k == 2)
+    })
+    .await;
+    assert_eq!(
+        stack.realm.kvno("HTTP/api.example.com").expect("kvno"),
+        1,
+        "only what the node held"
+    );
+    let audit = stack.audit_lines().join("\n");
+    assert!(
+        audit.contains("policy rotates the keytabs it held"),
+        "audited"
+    );
+    stack
+        .driver
+        .as_ref()
+        .expect("driver")
+        .signal(Signal::SIGCONT);
+}

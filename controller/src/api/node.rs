@@ -316,4 +316,43 @@ pub async fn lease_transition(st: &ControllerState, t: Transition) {
             tracing::error!(error = %e, "cannot audit a node lease change");
         }
     }
+    if let (Transition::Lost(node), Some(grace)) = (&t, st.rotate_on_loss) {
+        rotate_lost_nodes_keytabs(st, node, grace).await;
+    }
+}
+
+/// Policy `leases.rotate_keytabs_on_loss`: every keytab a lost node held
+/// gets new keys (the previous kvno stays for the grace period, so other
+/// holders keep working while they pick the new one up).
+async fn rotate_lost_nodes_keytabs(st: &ControllerState, node: &str, grace: std::time::Duration) {
+    let principals: std::collections::BTreeSet<String> = match st.issued.all() {
+        Ok(all) => all
+            .into_iter()
+            .filter(|v| v.node == node && !v.revoked)
+            .flat_map(|v| v.keytabs)
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list a lost node's volumes");
+            return;
+        }
+    };
+    for name in principals {
+        let Ok(principal) = names::ServicePrincipal::parse(&name, &st.realm) else {
+            continue;
+        };
+        let result = crate::rotation::rotate_keytab(st, &principal, grace).await;
+        let event = AuditEvent::new("controller", Action::Rotate)
+            .with_kind("keytab")
+            .with_subject(name.clone())
+            .with_place(node, "", "");
+        let event = match &result {
+            Ok(kvno) => event.with_kvno(*kvno).with_reason(format!(
+                "node {node} lost: policy rotates the keytabs it held"
+            )),
+            Err(e) => event.denied(format!("rotation after losing node {node} failed: {e}")),
+        };
+        if let Err(e) = st.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot audit a rotation");
+        }
+    }
 }
