@@ -177,6 +177,11 @@ impl Controller {
             gate,
             kadmin,
             closing: tokio::sync::watch::channel(false).0,
+            reserved_cert_names: cfg
+                .tls
+                .as_ref()
+                .map(|t| t.names.iter().cloned().collect())
+                .unwrap_or_default(),
             rotate_on_loss: cfg
                 .leases
                 .rotate_keytabs_on_loss

@@ -55,6 +55,9 @@ pub struct ControllerState {
     pub kadmin: Arc<crate::kadmin::KadminClient>,
     /// Heartbeat interval asked of nodes.
     pub heartbeat_secs: u64,
+    /// The controller's own TLS names: never issued to pods (the same CA
+    /// signs both, so such a pod could impersonate the controller).
+    pub reserved_cert_names: std::collections::BTreeSet<String>,
     /// Rotate a lost node's keytabs, with this grace period.
     pub rotate_on_loss: Option<std::time::Duration>,
     /// Set when the controller starts shutting down: long-lived streams

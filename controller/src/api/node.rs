@@ -228,6 +228,18 @@ impl NodeApi {
                     .await);
             }
         };
+        if let Some(name) = wants
+            .certs
+            .iter()
+            .find(|n| st.reserved_cert_names.contains(*n))
+        {
+            let msg = format!(
+                "rule certificates: {name:?} is the controller's own TLS name and is never issued to pods"
+            );
+            return Err(self
+                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
+                .await);
+        }
         let policy = st.policy.get();
         let role = match policy.authorize(&pod.namespace, &wants) {
             Ok(r) => r.clone(),

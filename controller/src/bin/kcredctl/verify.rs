@@ -27,6 +27,8 @@ pub struct Verdict {
     pub expected_head: Option<AuditHead>,
     /// Id of the key the signatures were checked with.
     pub key_id: String,
+    /// That key itself (hex), to pin with --public-key next time.
+    pub public_key: String,
     pub problem: Option<ProblemView>,
     /// Set when the controller reports another key than the pinned one.
     pub key_mismatch: Option<String>,
@@ -161,6 +163,7 @@ pub fn verdict(
         head: report.head.clone(),
         expected_head: expected,
         key_id: key_id_of(key),
+        public_key: hex::encode(key),
         problem: report.first_problem.as_ref().map(|p| ProblemView {
             line: p.line,
             seq: p.seq,
@@ -186,6 +189,10 @@ pub fn render(v: &Verdict) -> String {
             ));
             if let Some(h) = &v.head {
                 out.push_str(&format!("head hash {}, audit key {}\n", h.hash, v.key_id));
+                out.push_str(&format!(
+                    "public key {} (pin it with --public-key)\n",
+                    v.public_key
+                ));
             }
         }
         None => out.push_str(&format!(

@@ -51,9 +51,10 @@ fn an_intact_log_passes() {
     assert_eq!(
         render(&v),
         format!(
-            "OK: 5 records, chain intact, head seq 5\nhead hash {}, audit key {}\n",
+            "OK: 5 records, chain intact, head seq 5\nhead hash {}, audit key {}\npublic key {} (pin it with --public-key)\n",
             head.hash,
-            key_id_of(&key)
+            key_id_of(&key),
+            hex::encode(key)
         )
     );
     assert!(run(&path, &key, None).ok, "also without a head");
