@@ -39,6 +39,49 @@ pub struct Refusal {
     pub status: Status,
 }
 
+/// Who a verified client certificate names (rustls already checked it
+/// chains to auth's client CA).
+struct CertIdentity {
+    dns_names: Vec<String>,
+    common_name: Option<String>,
+}
+
+fn peer_certificate<T>(request: &Request<T>) -> Option<CertIdentity> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let certs = request.peer_certs()?;
+    let leaf = certs.first()?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+    let dns_names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    Some(CertIdentity {
+        dns_names,
+        common_name,
+    })
+}
+
+fn has_token<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(kcred_auth::METADATA_KEY)
+}
+
 /// The controller's authentication policy.
 pub struct Auth {
     acceptor: Option<Acceptor>,
@@ -81,6 +124,24 @@ impl Auth {
         let Some(acceptor) = &self.acceptor else {
             return Ok(());
         };
+        if !has_token(request)
+            && let Some(cert) = peer_certificate(request)
+        {
+            // mTLS: the certificate's DNS name is the node's name.
+            let named =
+                |n: &String| n == claimed || (self.short && n.split('.').next() == Some(claimed));
+            return if cert.dns_names.iter().any(named) {
+                Ok(())
+            } else {
+                Err(Refusal {
+                    who: format!("cert:{}", cert.dns_names.join(",")),
+                    status: Status::permission_denied(format!(
+                        "client certificate for {:?} may not speak for node {claimed:?}",
+                        cert.dns_names
+                    )),
+                })
+            };
+        }
         let caller = authenticate(acceptor, request).map_err(|status| Refusal {
             who: format!("node/{claimed} (unauthenticated)"),
             status,
@@ -113,10 +174,19 @@ impl Auth {
                 status: Status::unauthenticated("the admin API needs auth.mode = \"kerberos\""),
             });
         };
-        let caller = authenticate(acceptor, request).map_err(|status| Refusal {
-            who: "unauthenticated".into(),
-            status,
-        })?;
+        let caller = match (has_token(request), peer_certificate(request)) {
+            (false, Some(cert)) => {
+                let cn = cert.common_name.ok_or_else(|| Refusal {
+                    who: "cert:?".into(),
+                    status: Status::unauthenticated("client certificate has no subject CN"),
+                })?;
+                kcred_auth::grpc::Caller(format!("cert:{cn}"))
+            }
+            _ => authenticate(acceptor, request).map_err(|status| Refusal {
+                who: "unauthenticated".into(),
+                status,
+            })?,
+        };
         let role = if self.operators.contains(&caller.0) {
             Role::Operator
         } else if self.auditors.contains(&caller.0) {

@@ -93,6 +93,10 @@ pub struct TlsSection {
     pub cert_file: Option<PathBuf>,
     /// Its key (PEM).
     pub key_file: Option<PathBuf>,
+    /// CA of client certificates (mTLS), the alternative identity for
+    /// nodes without a host keytab (certificate DNS name = node name) and
+    /// for admin tools (`cert:<subject CN>` in auth.operators/auditors).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// How callers prove who they are.

@@ -227,9 +227,18 @@ impl Controller {
                     std::fs::write(path, state.certs.ca_pem())
                         .map_err(|e| startup("tls")(format!("{}: {e}", path.display())))?;
                 }
-                Some(tonic::transport::ServerTlsConfig::new().identity(
+                let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(
                     tonic::transport::Identity::from_pem(cert.as_bytes(), key.as_bytes()),
-                ))
+                );
+                if let Some(ca) = &t.client_ca_file {
+                    let pem = std::fs::read(ca)
+                        .map_err(|e| startup("tls")(format!("{}: {e}", ca.display())))?;
+                    // Optional: Kerberos callers present no certificate.
+                    server_tls = server_tls
+                        .client_ca_root(tonic::transport::Certificate::from_pem(pem))
+                        .client_auth_optional(true);
+                }
+                Some(server_tls)
             }
         };
         Ok(Controller {

@@ -66,6 +66,13 @@ struct Cli {
     /// --controller host.
     #[arg(long, env = "KCRED_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
+    /// A client certificate (PEM) from the controller's client CA: the
+    /// node's identity for nodes without a host keytab (mTLS).
+    #[arg(long, env = "KCRED_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "KCRED_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Heartbeat interval until the controller says otherwise, seconds.
     #[arg(long, default_value_t = 10)]
     heartbeat_secs: u64,
@@ -118,6 +125,13 @@ async fn main() -> anyhow::Result<()> {
                 .ca_certificate(tonic::transport::Certificate::from_pem(ca));
             if let Some(name) = &cli.tls_server_name {
                 tls = tls.domain_name(name.clone());
+            }
+            if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+                let cert = std::fs::read(cert).with_context(|| format!("{}", cert.display()))?;
+                let key = zeroize::Zeroizing::new(
+                    std::fs::read(key).with_context(|| format!("{}", key.display()))?,
+                );
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key.as_slice()));
             }
             Some(tls)
         }

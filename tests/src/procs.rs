@@ -110,6 +110,7 @@ pub struct ProcStack {
     pods: Vec<TestPod>,
     extra_config: String,
     leases_config: String,
+    tls_config: String,
 }
 
 /// The node-a node name (its host principal's FQDN).
@@ -127,11 +128,15 @@ impl ProcStack {
     /// Starts the realm, the controller process and node-a's driver.
     /// `extra_config` is appended to the controller's config (tables).
     pub async fn start(extra_config: &str) -> anyhow::Result<ProcStack> {
-        Self::start_with(extra_config, "").await
+        Self::start_with(extra_config, "", "").await
     }
 
-    /// Like [`ProcStack::start`], with extra lines in `[leases]`.
-    pub async fn start_with(extra_config: &str, leases_config: &str) -> anyhow::Result<ProcStack> {
+    /// Like [`ProcStack::start`], with extra lines in `[leases]` and `[tls]`.
+    pub async fn start_with(
+        extra_config: &str,
+        leases_config: &str,
+        tls_config: &str,
+    ) -> anyhow::Result<ProcStack> {
         let r = kcred_testrealm::DEFAULT_REALM;
         let realm = Realm::start_with(RealmOptions {
             acl: vec![
@@ -191,6 +196,7 @@ impl ProcStack {
             pods: vec![],
             extra_config: extra_config.to_string(),
             leases_config: leases_config.to_string(),
+            tls_config: tls_config.to_string(),
         };
         me.write_pods()?;
         me.start_controller().await?;
@@ -227,12 +233,13 @@ timeout_secs = 10
 mode = "kerberos"
 keytab = "{d}/kcred_{host}.keytab"
 replay_cache = "{d}/replay.rcache2"
-operators = ["{op}@{r}"]
+operators = ["{op}@{r}", "cert:ops-robot"]
 auditors = ["{au}@{r}"]
 
 [tls]
 names = ["{host}"]
 ca_export_file = "{d}/ca.crt"
+{tls}
 
 [leases]
 ttl_secs = 3
@@ -249,6 +256,7 @@ ttl_secs = 3
             au = AUDITOR,
             extra = self.extra_config,
             leases = self.leases_config,
+            tls = self.tls_config,
         )
     }
 
@@ -405,6 +413,25 @@ ttl_secs = 3
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca))
             .domain_name(CONTROLLER_HOST);
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", self.port))?
+                .tls_config(tls)?
+                .connect()
+                .await?,
+        )
+    }
+
+    /// A TLS channel presenting a client certificate (mTLS).
+    pub async fn channel_with_identity(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        let ca = std::fs::read(self.path().join("ca.crt"))?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name(CONTROLLER_HOST)
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
         Ok(
             tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", self.port))?
                 .tls_config(tls)?

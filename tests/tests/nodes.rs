@@ -376,6 +376,7 @@ async fn policy_can_rotate_the_keytabs_a_lost_node_held() {
     let mut stack = ProcStack::start_with(
         "",
         "rotate_keytabs_on_loss = true\nrotation_grace_secs = 3600",
+        "",
     )
     .await
     .expect("stack");
@@ -413,4 +414,120 @@ async fn policy_can_rotate_the_keytabs_a_lost_node_held() {
         .as_ref()
         .expect("driver")
         .signal(Signal::SIGCONT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_tools_without_a_keytab_can_use_client_certificates() {
+    use kcred_controller::issuers::ca::CertificateAuthority;
+    use kcred_proto::kcred::v1::StatusRequest;
+    use kcred_proto::kcred::v1::admin_client::AdminClient;
+    if skip_unless_root("mtls") {
+        return;
+    }
+    let day = Duration::from_secs(86_400);
+    let client_ca = CertificateAuthority::generate("kcred client CA", day).expect("client CA");
+    let rogue_ca = CertificateAuthority::generate("rogue CA", day).expect("rogue CA");
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca_dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, client_ca.cert_pem()).expect("write");
+    let node_b = client_ca
+        .issue(&[NODE_B.to_string()], Duration::from_secs(3600))
+        .expect("node cert");
+    let robot = client_ca
+        .issue(&["ops-robot".to_string()], Duration::from_secs(3600))
+        .expect("admin cert");
+    let nobody = client_ca
+        .issue(&["nobody".to_string()], Duration::from_secs(3600))
+        .expect("cert");
+    let rogue = rogue_ca
+        .issue(&[NODE_B.to_string()], Duration::from_secs(3600))
+        .expect("rogue cert");
+
+    let mut stack = ProcStack::start_with(
+        "",
+        "",
+        &format!("client_ca_file = \"{}\"", ca_file.display()),
+    )
+    .await
+    .expect("stack");
+    let on_b = web_pod("web-0", NODE_B);
+    let on_a = web_pod("web-1", NODE_A);
+    stack.set_pods(&[&on_b, &on_a]).await.expect("pods");
+
+    let fetch = |channel: tonic::transport::Channel, pod: TestPod, node: &'static str| async move {
+        NodeCredentialsClient::new(channel)
+            .fetch_bundle(FetchBundleRequest {
+                node_name: node.into(),
+                pod: Some(pod_ref(&pod)),
+                volume_id: kcred_tests::Kubelet::volume_id(&pod, VOL),
+                refresh: false,
+            })
+            .await
+    };
+    let ch = stack
+        .channel_with_identity(&node_b.cert_pem, &node_b.key_pem)
+        .await
+        .expect("mTLS");
+    let bundle = fetch(ch.clone(), on_b.clone(), NODE_B)
+        .await
+        .expect("node-b by certificate");
+    assert!(
+        bundle
+            .get_ref()
+            .files
+            .iter()
+            .any(|f| f.name == "krb5.keytab")
+    );
+    let err = fetch(ch.clone(), on_a.clone(), NODE_A)
+        .await
+        .expect_err("speaking for node-a");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = fetch(ch, on_a.clone(), NODE_B)
+        .await
+        .expect_err("pod on node-a");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // A certificate from another CA does not even get a TLS session.
+    assert!(
+        stack
+            .channel_with_identity(&rogue.cert_pem, &rogue.key_pem)
+            .await
+            .is_err()
+            || fetch(
+                stack
+                    .channel_with_identity(&rogue.cert_pem, &rogue.key_pem)
+                    .await
+                    .expect("channel"),
+                on_b.clone(),
+                NODE_B
+            )
+            .await
+            .is_err()
+    );
+
+    // An admin certificate maps to a role by its CN (`cert:<CN>`).
+    let ch = stack
+        .channel_with_identity(&robot.cert_pem, &robot.key_pem)
+        .await
+        .expect("mTLS");
+    let status = AdminClient::new(ch)
+        .status(StatusRequest {})
+        .await
+        .expect("cert:ops-robot is an operator");
+    assert_eq!(
+        (
+            status.get_ref().caller.as_str(),
+            status.get_ref().role.as_str()
+        ),
+        ("cert:ops-robot", "operator")
+    );
+    let ch = stack
+        .channel_with_identity(&nobody.cert_pem, &nobody.key_pem)
+        .await
+        .expect("mTLS");
+    let err = AdminClient::new(ch)
+        .status(StatusRequest {})
+        .await
+        .expect_err("cert:nobody has no role");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 }
