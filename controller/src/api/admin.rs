@@ -63,8 +63,7 @@ impl AdminApi {
     }
 
     /// Records an admin action; the action is refused if it cannot be.
-    async fn audit(&self, who: &str, event: AuditEvent) -> Result<(), Status> {
-        let _ = who;
+    async fn audit(&self, event: AuditEvent) -> Result<(), Status> {
         self.state.record(vec![event]).await.map_err(|e| {
             Status::unavailable(format!("audit log unavailable, nothing changed: {e}"))
         })
@@ -240,7 +239,6 @@ impl Admin for AdminApi {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let st = &self.state;
         self.audit(
-            &who,
             AuditEvent::new(format!("admin/{who}"), Action::Rotate)
                 .with_kind("keytab")
                 .with_subject(principal.to_string())
@@ -258,7 +256,6 @@ impl Admin for AdminApi {
             Err(e) => {
                 let _ = self
                     .audit(
-                        &who,
                         AuditEvent::new(format!("admin/{who}"), Action::Rotate)
                             .with_kind("keytab")
                             .with_subject(principal.to_string())
@@ -269,7 +266,6 @@ impl Admin for AdminApi {
             }
         };
         self.audit(
-            &who,
             AuditEvent::new(format!("admin/{who}"), Action::Rotate)
                 .with_kind("keytab")
                 .with_subject(principal.to_string())
@@ -306,7 +302,6 @@ impl Admin for AdminApi {
             Err(e) => {
                 let _ = self
                     .audit(
-                        &who,
                         AuditEvent::new(format!("admin/{who}"), Action::Rotate)
                             .with_kind("key")
                             .with_subject(req.key_id.clone())
@@ -317,7 +312,6 @@ impl Admin for AdminApi {
             }
         };
         self.audit(
-            &who,
             AuditEvent::new(format!("admin/{who}"), Action::Rotate)
                 .with_kind("key")
                 .with_subject(req.key_id.clone())
@@ -359,7 +353,6 @@ impl Admin for AdminApi {
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("no volume {}", req.volume_id)))?;
         self.audit(
-            &who,
             AuditEvent::new(format!("admin/{who}"), Action::Revoke)
                 .with_subject(req.volume_id.clone())
                 .with_place(&rec.node, &rec.namespace, &rec.pod)

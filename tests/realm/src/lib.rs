@@ -11,6 +11,13 @@
 
 #![warn(missing_docs)]
 
+mod daemons;
+mod principals;
+
+#[cfg(test)]
+use principals::is_harmless_kadmin_line;
+use principals::{run, ss_quote};
+
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -334,90 +341,6 @@ impl Realm {
         cmd
     }
 
-    /// Runs `kadmin.local -q QUERY` and returns its stdout (without the
-    /// "Authenticating as ..." banner). kadmin.local exits 0 on most failures,
-    /// so any stderr line other than known-harmless notices counts as an
-    /// error; a test never silently continues after a failed admin step.
-    pub fn kadmin_local(&self, query: &str) -> Result<String, RealmError> {
-        self.kadmin_local_redacted(query, query)
-    }
-
-    fn kadmin_local_redacted(&self, query: &str, shown: &str) -> Result<String, RealmError> {
-        let mut cmd = self.tool("kadmin.local");
-        cmd.args(["-r", &self.name, "-q", query]);
-        let command = format!("kadmin.local -q {shown}");
-        let out = run(cmd, command.clone())?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !is_harmless_kadmin_line(l))
-            .collect();
-        if !errors.is_empty() {
-            return Err(RealmError::Command {
-                command,
-                status: out.status.to_string(),
-                stderr: errors.join("\n"),
-            });
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        Ok(stdout
-            .lines()
-            .filter(|l| !l.starts_with("Authenticating as principal "))
-            .map(|l| format!("{l}\n"))
-            .collect())
-    }
-
-    /// Adds a service-style principal with random keys (kvno 1) and a 7-day
-    /// renewable lifetime, the shape kcred manages.
-    pub fn add_principal(&self, principal: &str) -> Result<(), RealmError> {
-        self.kadmin_local(&format!(
-            "addprinc -randkey -maxrenewlife {MAX_RENEW_LIFE} {}",
-            ss_quote(principal)
-        ))
-        .map(drop)
-    }
-
-    /// Adds a user-style principal with a known password, for tests that
-    /// `kinit` interactively. The password is redacted from error messages.
-    pub fn add_principal_with_password(
-        &self,
-        principal: &str,
-        password: &str,
-    ) -> Result<(), RealmError> {
-        let tail = format!("-maxrenewlife {MAX_RENEW_LIFE} {}", ss_quote(principal));
-        self.kadmin_local_redacted(
-            &format!("addprinc -pw {} {tail}", ss_quote(password)),
-            &format!("addprinc -pw *** {tail}"),
-        )
-        .map(drop)
-    }
-
-    /// Deletes a principal, for tests of what happens when an identity goes
-    /// away under kcred.
-    pub fn delete_principal(&self, principal: &str) -> Result<(), RealmError> {
-        self.kadmin_local(&format!("delprinc -force {}", ss_quote(principal)))
-            .map(drop)
-    }
-
-    /// Gives a principal new random keys (kvno + 1), i.e. a rotation done
-    /// behind kcred's back, so tests can check that stale keytabs are noticed.
-    pub fn randomize_key(&self, principal: &str) -> Result<(), RealmError> {
-        self.kadmin_local(&format!("cpw -randkey {}", ss_quote(principal)))
-            .map(drop)
-    }
-
-    /// Appends a principal's current keys to `keytab` without changing them
-    /// (`ktadd -norandkey`), so tests can prepare keytabs without bumping the
-    /// kvno.
-    pub fn extract_keytab(&self, principal: &str, keytab: &Path) -> Result<(), RealmError> {
-        self.kadmin_local(&format!(
-            "ktadd -k {} -norandkey {}",
-            ss_quote(&keytab.display().to_string()),
-            ss_quote(principal)
-        ))
-        .map(drop)
-    }
-
     /// The controller's admin identity, created at start and allowed by the
     /// default ACL to extract keys (`e`) of every two-component principal.
     pub fn admin_principal(&self) -> String {
@@ -429,181 +352,6 @@ impl Realm {
     pub fn admin_keytab(&self) -> PathBuf {
         self.dir().join(ADMIN_KEYTAB_FILE)
     }
-
-    /// Current kvno of a principal as the KDC database holds it (highest
-    /// `Key: vno N` in `getprinc`), to check whether an operation rotated keys.
-    pub fn kvno(&self, principal: &str) -> Result<u32, RealmError> {
-        let query = format!("getprinc {}", ss_quote(principal));
-        let out = self.kadmin_local(&query)?;
-        out.lines()
-            .filter_map(|l| l.strip_prefix("Key: vno "))
-            .filter_map(|rest| rest.split(',').next()?.trim().parse::<u32>().ok())
-            .max()
-            .ok_or_else(|| RealmError::Parse {
-                command: format!("kadmin.local -q {query}"),
-                output: out.clone(),
-            })
-    }
-
-    /// Gets a TGT with `kinit -k -t KEYTAB PRINCIPAL` into a fresh private
-    /// ccache: the end-to-end proof that a delivered keytab is usable.
-    pub fn kinit_keytab(&self, keytab: &Path, principal: &str) -> Result<(), RealmError> {
-        let n = self.ccache_seq.fetch_add(1, Ordering::Relaxed);
-        let ccache = self.dir().join(format!("kinit-{n}.ccache"));
-        let mut cmd = self.tool("kinit");
-        cmd.env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
-            .arg("-k")
-            .arg("-t")
-            .arg(keytab)
-            .arg(principal);
-        run(cmd, format!("kinit -k -t {} {principal}", keytab.display())).map(drop)
-    }
-
-    /// Stops the KDC but leaves kadmind running, to test behaviour during a
-    /// KDC outage. Does nothing if it is already stopped.
-    pub fn stop_kdc(&mut self) -> Result<(), RealmError> {
-        if let Some(child) = self.kdc.take() {
-            stop_child(child).map_err(|e| io_err("stopping krb5kdc", e))?;
-        }
-        Ok(())
-    }
-
-    /// Starts the KDC again on the same port after [`Realm::stop_kdc`]
-    /// (no-op if it is running). Fails if the port was taken meanwhile.
-    pub fn start_kdc(&mut self) -> Result<(), RealmError> {
-        if self.kdc.is_some() {
-            return Ok(());
-        }
-        let child = self.spawn_daemon("krb5kdc", &["-n"], self.kdc_addr())?;
-        self.kdc = Some(child);
-        Ok(())
-    }
-
-    /// Stops kadmind but leaves the KDC running, to test behaviour during
-    /// an admin-server outage. Does nothing if it is already stopped.
-    pub fn stop_kadmind(&mut self) -> Result<(), RealmError> {
-        if let Some(child) = self.kadmind.take() {
-            stop_child(child).map_err(|e| io_err("stopping kadmind", e))?;
-        }
-        Ok(())
-    }
-
-    /// Starts kadmind on its port (no-op if it is running).
-    pub fn start_kadmind(&mut self) -> Result<(), RealmError> {
-        if self.kadmind.is_some() {
-            return Ok(());
-        }
-        let child = self.spawn_daemon("kadmind", &["-nofork"], self.kadmind_addr())?;
-        self.kadmind = Some(child);
-        Ok(())
-    }
-
-    /// Number of successful key extractions kadmind has logged for
-    /// `principal` (or for any principal if `None`): what reached the
-    /// server, counted at the server.
-    pub fn kadmind_extractions(&self, principal: Option<&str>) -> Result<Vec<String>, RealmError> {
-        let log = self.dir().join("kadmind.log");
-        let text = fs::read_to_string(&log)
-            .map_err(|e| io_err(format!("reading {}", log.display()), e))?;
-        Ok(text
-            .lines()
-            .filter(|l| l.contains("Request: kadm5_get_principal_keys, "))
-            .filter(|l| l.contains(", success, "))
-            .filter(|l| {
-                principal.is_none_or(|p| l.contains(&format!("kadm5_get_principal_keys, {p}@")))
-            })
-            .map(str::to_string)
-            .collect())
-    }
-
-    /// Spawns a daemon and waits until it has bound its ports: both daemons
-    /// write their pid file only after network setup succeeded, and exit when
-    /// a port is taken, so "pid file names our child and the port accepts" is
-    /// a reliable readiness test.
-    fn spawn_daemon(
-        &self,
-        daemon: &'static str,
-        args: &[&str],
-        addr: SocketAddr,
-    ) -> Result<Child, RealmError> {
-        let pid_file = self.dir().join(format!("{daemon}.pid"));
-        let stderr_file = self.dir().join(format!("{daemon}.stderr"));
-        let log_file = self.dir().join(match daemon {
-            "krb5kdc" => "kdc.log",
-            _ => "kadmind.log",
-        });
-        match fs::remove_file(&pid_file) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(io_err(format!("removing {}", pid_file.display()), e));
-            }
-            _ => {}
-        }
-        let stderr = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr_file)
-            .map_err(|e| io_err(format!("opening {}", stderr_file.display()), e))?;
-        let mut cmd = self.tool(daemon);
-        cmd.args(args)
-            .arg("-P")
-            .arg(&pid_file)
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io_err(format!("spawning {daemon}"), e))?;
-        let log = || log_tail(&[&log_file, &stderr_file]);
-
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    return Err(RealmError::DaemonStart {
-                        daemon,
-                        reason: format!("exited with {status}"),
-                        log: log(),
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = stop_child(child);
-                    return Err(io_err(format!("waiting for {daemon}"), e));
-                }
-            }
-            let pid_ok = fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-                == Some(child.id());
-            if pid_ok && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(child);
-            }
-            if Instant::now() >= deadline {
-                let _ = stop_child(child);
-                return Err(RealmError::DaemonStart {
-                    daemon,
-                    reason: format!("not listening on {addr} after {READY_TIMEOUT:?}"),
-                    log: log(),
-                });
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Realm {
-    fn drop(&mut self) {
-        for child in [self.kdc.take(), self.kadmind.take()].into_iter().flatten() {
-            let _ = stop_child(child);
-        }
-    }
-}
-
-/// Kills and reaps a daemon so it leaves neither an orphan nor a zombie.
-fn stop_child(mut child: Child) -> io::Result<()> {
-    if child.try_wait()?.is_none() {
-        child.kill()?;
-    }
-    child.wait().map(drop)
 }
 
 /// Rejects values that would break or inject into the generated profiles.
@@ -625,37 +373,6 @@ fn validate_options(opts: &RealmOptions) -> Result<(), RealmError> {
         )));
     }
     Ok(())
-}
-
-/// Notices kadmin.local prints on stderr even when it succeeds.
-fn is_harmless_kadmin_line(line: &str) -> bool {
-    let line = line.trim();
-    line.is_empty()
-        || line.starts_with("No policy specified for ")
-        || line.starts_with("WARNING: no policy specified for ")
-        || line.starts_with("Authenticating as principal ")
-}
-
-/// Quotes an argument for kadmin's request parser (libss): double quotes,
-/// with embedded quotes doubled, so spaces and quotes survive.
-fn ss_quote(arg: &str) -> String {
-    format!("\"{}\"", arg.replace('"', "\"\""))
-}
-
-/// Runs a command to completion; non-zero exit becomes an error with stderr.
-fn run(mut cmd: Command, display: String) -> Result<Output, RealmError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| io_err(format!("running `{display}`"), e))?;
-    if !out.status.success() {
-        return Err(RealmError::Command {
-            command: display,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(out)
 }
 
 /// Picks ports for the KDC (TCP+UDP), kadmind (TCP) and kpasswd (TCP+UDP),
@@ -726,22 +443,6 @@ fn io_err(context: impl Into<String>, source: io::Error) -> RealmError {
         context: context.into(),
         source,
     }
-}
-
-/// Last lines of the given files, for daemon start-up errors.
-fn log_tail(files: &[&Path]) -> String {
-    let mut out = String::new();
-    for file in files {
-        if let Ok(text) = fs::read_to_string(file) {
-            let lines: Vec<&str> = text.lines().collect();
-            let start = lines.len().saturating_sub(15);
-            for line in &lines[start..] {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
