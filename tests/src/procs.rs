@@ -62,14 +62,21 @@ impl Proc {
         })
     }
 
-    /// Its pid.
-    pub fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0))
+    /// Its pid, while it runs. (Never 0: `kill(0, ...)` would signal the
+    /// whole process group, every other test's processes included.)
+    pub fn pid(&self) -> Option<nix::unistd::Pid> {
+        self.child
+            .as_ref()
+            .and_then(|c| i32::try_from(c.id()).ok())
+            .filter(|&p| p > 0)
+            .map(nix::unistd::Pid::from_raw)
     }
 
-    /// Sends a signal (SIGKILL, SIGSTOP, SIGCONT...).
+    /// Sends a signal (SIGSTOP, SIGCONT...) to this process only.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(self.pid(), sig);
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
     }
 
     /// `kill -9`, and waits for it to be gone.
@@ -438,6 +445,17 @@ ttl_secs = 3
                 .connect()
                 .await?,
         )
+    }
+
+    /// Waits until the controller has seen `node` heartbeat (its lease
+    /// exists and is alive).
+    pub async fn wait_node_alive(&self, node: &str) {
+        crate::wait_until(&format!("{node} alive"), 30, || {
+            let out = self.kcredctl(OPERATOR, &["status", "--output", "json"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains(node) && text.contains("\"alive\"")
+        })
+        .await
     }
 
     /// The audit log's lines.

@@ -168,7 +168,7 @@ async fn a_node_whose_lease_lapses_is_lost_and_reconciles_when_it_returns() {
     stack.set_pods(&[&stays, &moves]).await.expect("pods");
     let t_stays = stack.kubelet().publish(&stays, VOL).await.expect("publish");
     let t_moves = stack.kubelet().publish(&moves, VOL).await.expect("publish");
-    tokio::time::sleep(Duration::from_millis(1500)).await; // a heartbeat or two
+    stack.wait_node_alive(NODE_A).await;
 
     // The node stops answering (its driver frozen): the lease lapses.
     stack
@@ -385,20 +385,26 @@ async fn policy_can_rotate_the_keytabs_a_lost_node_held() {
     stack.set_pods(&[&pod, &other]).await.expect("pods");
     stack.kubelet().publish(&pod, VOL).await.expect("publish");
     assert_eq!(stack.realm.kvno("HTTP/web.example.com").expect("kvno"), 1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.wait_node_alive(NODE_A).await;
 
     stack
         .driver
         .as_ref()
         .expect("driver")
         .signal(Signal::SIGSTOP);
-    wait_until("keytab rotated after node loss", 20, || {
-        stack
-            .realm
-            .kvno("HTTP/web.example.com")
-            .is_ok_and(|k| k == 2)
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while stack.realm.kvno("HTTP/web.example.com").ok() != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "keytab not rotated after node loss; controller log:\n{}",
+            stack
+                .controller
+                .as_ref()
+                .map(|c| c.log_text())
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
         stack.realm.kvno("HTTP/api.example.com").expect("kvno"),
         1,

@@ -205,6 +205,31 @@ async fn a_key_rotation_makes_a_new_primary_and_keeps_old_versions() {
     let opened = kcred_controller::issuers::data_keys::open_with_any(&after, &sealed, b"")
         .expect("old data opens");
     assert_eq!(opened.as_slice(), b"secret row");
+
+    // Retiring the primary is refused; retiring the old version removes it
+    // from the volume.
+    let out = stack.kcredctl(
+        "alice",
+        &["retire", "orders-db", &after.primary.to_string()],
+    );
+    assert!(!out.status.success(), "the primary cannot be retired");
+    let out = stack.kcredctl(
+        "alice",
+        &["retire", "orders-db", &before.primary.to_string()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("old version dropped from the volume", 15, || {
+        std::fs::read(&file)
+            .ok()
+            .and_then(|b| parse_pod_file(&b).ok())
+            .is_some_and(|f| f.keys.len() == 1 && f.primary == after.primary)
+    })
+    .await;
+    let now = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
+    assert!(
+        kcred_controller::issuers::data_keys::open_with_any(&now, &sealed, b"").is_err(),
+        "retired data no longer opens"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -337,6 +337,46 @@ impl Admin for AdminApi {
         )))
     }
 
+    async fn retire_key(
+        &self,
+        request: Request<RetireKeyRequest>,
+    ) -> Result<Response<RetireKeyResponse>, Status> {
+        let (who, _) = self.caller(&request, Role::Operator, "retire keys").await?;
+        let req = request.into_inner();
+        names::validate_key_id(&req.key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let st = &self.state;
+        self.audit(
+            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+                .with_kind("key")
+                .with_subject(req.key_id.clone())
+                .with_key_version(req.version)
+                .with_reason("version retired: no longer delivered"),
+        )
+        .await?;
+        st.keys
+            .retire(&req.key_id, req.version)
+            .await
+            .map_err(|e| match e {
+                crate::issuers::IssueError::Store(crate::store::StoreError::Corrupt {
+                    reason,
+                    ..
+                }) => Status::failed_precondition(reason),
+                other => Status::from(other),
+            })?;
+        let holders = st
+            .issued
+            .holding_key(&req.key_id)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        rotation::push_refresh(
+            st,
+            &holders,
+            &format!("key {} version {} retired", req.key_id, req.version),
+        );
+        Ok(Response::new(RetireKeyResponse {
+            volumes: holders.len() as u32,
+        }))
+    }
+
     async fn revoke(
         &self,
         request: Request<RevokeRequest>,

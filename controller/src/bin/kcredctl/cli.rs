@@ -110,6 +110,22 @@ pub enum Command {
     /// Rotates a keytab principal or a key ring, and follows the rollout.
     #[command(subcommand)]
     Rotate(RotateCmd),
+    /// Retires an old version of a key ring.
+    ///
+    /// The version is no longer delivered: volumes holding the ring get the
+    /// file without it at once, and data encrypted with it can no longer be
+    /// read by pods. The primary version cannot be retired (rotate first).
+    ///
+    /// Who: operators.
+    #[command(after_long_help = "Example:
+  kcredctl retire orders-db 1")]
+    Retire {
+        /// The key ring's id.
+        id: String,
+        /// The version to retire.
+        #[arg(value_name = "VERSION")]
+        key_version: u32,
+    },
     /// Revokes one volume's credentials.
     ///
     /// The controller stops renewing them and the node wipes the volume's

@@ -99,6 +99,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return rotate::key(conn, id, *wait, format).await;
         }
         Command::Revoke(args) => rotate::revoke(conn, args, format).await?,
+        Command::Retire { id, key_version } => {
+            rotate::retire(conn, id, *key_version, format).await?
+        }
         Command::Audit(AuditCmd::Query(filter)) => audit::query(conn, filter, format).await?,
         Command::Audit(AuditCmd::Export { filter, out }) => {
             audit::export(conn, filter, out.as_deref()).await?

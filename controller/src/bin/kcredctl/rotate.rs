@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kcred_proto::kcred::v1::{
-    RevokeRequest, RotateKeyRequest, RotateKeytabRequest, RotationProgress,
+    RetireKeyRequest, RevokeRequest, RotateKeyRequest, RotateKeytabRequest, RotationProgress,
 };
 use serde_json::json;
 use tokio::time::Instant;
@@ -250,6 +250,25 @@ pub async fn revoke(conn: &mut Conn, args: &RevokeArgs, format: Format) -> anyho
             "revoked {} on node {}: no more renewals, and the node wipes its files\n",
             clean(&args.volume_id),
             clean(&resp.node)
+        )),
+    }
+}
+
+/// `kcredctl retire <id> <version>`.
+pub async fn retire(conn: &mut Conn, id: &str, version: u32, format: Format) -> anyhow::Result<()> {
+    let req = RetireKeyRequest {
+        key_id: id.to_string(),
+        version,
+    };
+    let resp = unary(conn.timeout, conn.client.retire_key(req)).await?;
+    match format {
+        Format::Json => {
+            print_json(&json!({"key_id": id, "retired": version, "volumes": resp.volumes}))
+        }
+        Format::Table => print(&format!(
+            "retired version {version} of {}: {} volume(s) asked to drop it\n",
+            clean(id),
+            resp.volumes
         )),
     }
 }
