@@ -4,7 +4,7 @@
 # re-run: it installs only what is missing.
 set -euo pipefail
 
-packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config protobuf-compiler)
+packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
