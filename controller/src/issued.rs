@@ -52,6 +52,20 @@ pub struct Issued {
     store: Arc<Store>,
     pending: Arc<Mutex<HashMap<String, VolumeRecord>>>,
     wake: mpsc::UnboundedSender<()>,
+    /// Pod UIDs with a revoked volume: a node cannot get around a
+    /// revocation by naming another volume id for the same pod.
+    revoked_pods: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Why a record was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// The volume (or its pod) was revoked meanwhile.
+    #[error("volume {0} was revoked")]
+    Revoked(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 const BATCH_LINGER: Duration = Duration::from_millis(50);
@@ -94,18 +108,83 @@ impl Issued {
                 }
             }
         });
+        let revoked_pods = store
+            .list::<VolumeRecord>(Table::Volumes)
+            .map(|all| {
+                all.into_iter()
+                    .filter(|(_, r, _)| r.revoked)
+                    .map(|(_, r, _)| r.pod_uid)
+                    .collect()
+            })
+            .unwrap_or_default();
         Issued {
             store,
             pending,
             wake,
+            revoked_pods: Arc::new(Mutex::new(revoked_pods)),
         }
     }
 
-    /// Records (or updates) a volume.
-    pub fn put(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
-        lock(&self.pending).insert(rec.volume_id.clone(), rec.clone());
+    /// Whether any volume of this pod was revoked.
+    pub fn pod_revoked(&self, pod_uid: &str) -> bool {
+        lock(&self.revoked_pods).contains(pod_uid)
+    }
+
+    /// Records (or updates) an issued volume; refuses to un-revoke one (a
+    /// fetch that was in flight when an operator revoked it).
+    pub fn put(&self, rec: &VolumeRecord) -> Result<(), PutError> {
+        let mut pending = lock(&self.pending);
+        let revoked = self.pod_revoked(&rec.pod_uid)
+            || match pending.get(&rec.volume_id) {
+                Some(p) => p.revoked,
+                None => self
+                    .store
+                    .get::<VolumeRecord>(Table::Volumes, &rec.volume_id)?
+                    .is_some_and(|r| r.meta.revoked),
+            };
+        if revoked && !rec.revoked {
+            return Err(PutError::Revoked(rec.volume_id.clone()));
+        }
+        pending.insert(rec.volume_id.clone(), rec.clone());
+        drop(pending);
         let _ = self.wake.send(());
         Ok(())
+    }
+
+    /// Revokes a volume, durably before it returns (an audited revocation
+    /// must survive a crash).
+    pub fn revoke(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
+        let mut r = rec.clone();
+        r.revoked = true;
+        lock(&self.revoked_pods).insert(r.pod_uid.clone());
+        let mut pending = lock(&self.pending);
+        self.store
+            .put_many(Table::Volumes, &[(r.volume_id.clone(), r.clone())])?;
+        pending.remove(&r.volume_id);
+        Ok(())
+    }
+
+    /// Forgets records of `node` that its heartbeat no longer lists (the
+    /// volume was unpublished), once they are older than `min_age_secs`
+    /// (a publish in progress is not yet in the node's list).
+    pub fn prune_node(
+        &self,
+        node: &str,
+        held: &[String],
+        min_age_secs: i64,
+    ) -> Result<usize, StoreError> {
+        let cutoff = crate::store::now_unix() - min_age_secs;
+        let gone: Vec<String> = self
+            .all()?
+            .into_iter()
+            .filter(|r| r.node == node && !r.revoked && r.issued_unix < cutoff)
+            .filter(|r| !held.contains(&r.volume_id))
+            .map(|r| r.volume_id)
+            .collect();
+        for id in &gone {
+            self.remove(id)?;
+        }
+        Ok(gone.len())
     }
 
     /// One volume's record.

@@ -65,6 +65,11 @@ pub fn push_refresh(st: &ControllerState, volumes: &[VolumeRecord], reason: &str
     }
 }
 
+/// Rotations and purges run one at a time: an operator's rotation, the
+/// node-loss policy and a grace period ending must not interleave their
+/// randomize / re-extract / store steps.
+static ROTATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Rotates a service principal's keys; returns the new kvno. The caller
 /// has audited the request.
 pub async fn rotate_keytab(
@@ -72,6 +77,7 @@ pub async fn rotate_keytab(
     principal: &ServicePrincipal,
     grace: Duration,
 ) -> Result<u32, IssueError> {
+    let _one_at_a_time = ROTATIONS.lock().await;
     let p = Principal::Service(principal.clone());
     st.gate
         .run(Lane::Kadmin, Priority::Starting, "randomize_key", || {
@@ -83,7 +89,8 @@ pub async fn rotate_keytab(
     let purge = PendingPurge {
         principal: principal.to_string(),
         keep_kvno: new_kvno,
-        purge_at_unix: now_unix() + grace.as_secs() as i64,
+        purge_at_unix: now_unix()
+            .saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX)),
     };
     st.store
         .put(Table::Rotations, &purge.principal, &purge, b"")?;
@@ -113,6 +120,17 @@ pub async fn purge_due(st: &ControllerState) {
             continue;
         };
         let p = Principal::Service(sp);
+        let _one_at_a_time = ROTATIONS.lock().await;
+        // A rotation may have replaced this purge while we waited.
+        let still_due = st
+            .store
+            .get::<PendingPurge>(Table::Rotations, &purge.principal)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.meta.keep_kvno == purge.keep_kvno);
+        if !still_due {
+            continue;
+        }
         let result = async {
             st.gate
                 .run(Lane::Kadmin, Priority::Background, "purge_keys", || {

@@ -203,7 +203,10 @@ impl Controller {
             loop {
                 tick.tick().await;
                 for t in sweeper.leases.sweep() {
-                    crate::api::node::lease_transition(&sweeper, t).await;
+                    // Off the sweep: a slow rotation must not delay the
+                    // loss of other nodes.
+                    let st = Arc::clone(&sweeper);
+                    tokio::spawn(async move { crate::api::node::lease_transition(&st, t).await });
                 }
             }
         }));
@@ -233,6 +236,13 @@ impl Controller {
                 if let Some(ca) = &t.client_ca_file {
                     let pem = std::fs::read(ca)
                         .map_err(|e| startup("tls")(format!("{}: {e}", ca.display())))?;
+                    // Pods hold certificates from kcred's own CA: trusting it
+                    // for clients would let a pod pose as a node.
+                    if String::from_utf8_lossy(&pem).contains(state.certs.ca_pem().trim()) {
+                        return Err(startup("tls")(
+                            "tls.client_ca_file must not be kcred's own CA (pods hold its certificates)".into(),
+                        ));
+                    }
                     // Optional: Kerberos callers present no certificate.
                     server_tls = server_tls
                         .client_ca_root(tonic::transport::Certificate::from_pem(pem))

@@ -102,6 +102,47 @@ async fn calls_without_a_valid_node_identity_are_refused_and_audited() {
         .expect_err("pod on another node");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
+    // node-a publishes the pod; node-b, as itself, cannot take over its
+    // volume id for a pod of its own.
+    let b_pod = web_pod("web-b", NODE_B);
+    stack.set_pods(&[&pod, &b_pod]).await.expect("pods");
+    let a_token = stack
+        .token(
+            &format!("host_{NODE_A}.keytab"),
+            &format!("host/{NODE_A}@{r}"),
+            &service,
+        )
+        .expect("node-a token");
+    fetch_as(&stack, Some(&a_token), NODE_A, &pod, false)
+        .await
+        .expect("node-a as itself");
+    let b_token = stack
+        .token(
+            &format!("host_{NODE_B}.keytab"),
+            &format!("host/{NODE_B}@{r}"),
+            &service,
+        )
+        .expect("node-b token");
+    let channel = stack.channel().await.expect("tls channel");
+    let mut req = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_B.into(),
+        pod: Some(pod_ref(&b_pod)),
+        volume_id: kcred_tests::Kubelet::volume_id(&pod, VOL),
+        refresh: false,
+    });
+    req.metadata_mut()
+        .insert("authorization", b_token.parse().expect("metadata"));
+    let err = NodeCredentialsClient::new(channel)
+        .fetch_bundle(req)
+        .await
+        .expect_err("hijack");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("belongs to pod"),
+        "{}",
+        err.message()
+    );
+
     // A token is good once: a replay is refused.
     let once = stack
         .token(
@@ -203,8 +244,10 @@ async fn a_node_whose_lease_lapses_is_lost_and_reconciles_when_it_returns() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
     // Meanwhile one pod was rescheduled to node-b: it gets credentials there at once.
+    // Rescheduling makes a new pod object: same name, new UID.
     let moved = TestPod {
         node: NODE_B.into(),
+        uid: format!("{}-rescheduled", &moves.uid[..20]),
         ..moves.clone()
     };
     stack.set_pods(&[&stays, &moved]).await.expect("pods");

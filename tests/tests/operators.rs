@@ -331,6 +331,36 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
             .iter()
             .any(|l| l.contains("\"revoke\"") && l.contains("key leaked"))
     );
+    // Naming another volume id for the same pod does not get around it.
+    let r = kcred_testrealm::DEFAULT_REALM;
+    let token = stack
+        .token(
+            &format!("host_{NODE_A}.keytab"),
+            &format!("host/{NODE_A}@{r}"),
+            &format!("kcred/{}@{r}", kcred_tests::procs::CONTROLLER_HOST),
+        )
+        .expect("token");
+    let mut req = tonic::Request::new(kcred_proto::kcred::v1::FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(kcred_proto::kcred::v1::PodRef {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            service_account: "default".into(),
+        }),
+        volume_id: "csi-another-volume-of-the-same-pod".into(),
+        refresh: false,
+    });
+    req.metadata_mut()
+        .insert("authorization", token.parse().expect("metadata"));
+    let err = kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient::new(
+        stack.channel().await.expect("channel"),
+    )
+    .fetch_bundle(req)
+    .await
+    .expect_err("revoked pod");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("revoked"), "{}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,9 +64,10 @@ impl AdminApi {
 
     /// Records an admin action; the action is refused if it cannot be.
     async fn audit(&self, event: AuditEvent) -> Result<(), Status> {
-        self.state.record(vec![event]).await.map_err(|e| {
-            Status::unavailable(format!("audit log unavailable, nothing changed: {e}"))
-        })
+        self.state
+            .record(vec![event])
+            .await
+            .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))
     }
 }
 
@@ -86,6 +87,11 @@ fn to_proto(v: &VolumeRecord) -> IssuedVolume {
         versions: v.versions.iter().map(|(k, n)| (k.clone(), *n)).collect(),
     }
 }
+
+/// Longest an admin call may wait for nodes (one hour).
+const MAX_WAIT_SECS: u64 = 3600;
+/// Longest grace period of a rotation (one year).
+const MAX_GRACE_SECS: u64 = 365 * 86_400;
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<RotationProgress, Status>> + Send>>;
 
@@ -237,6 +243,11 @@ impl Admin for AdminApi {
         let req = request.into_inner();
         let principal = ServicePrincipal::parse(&req.principal, &self.state.realm)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.grace_secs > MAX_GRACE_SECS || req.wait_secs > MAX_WAIT_SECS {
+            return Err(Status::invalid_argument(format!(
+                "grace_secs is at most {MAX_GRACE_SECS} and wait_secs at most {MAX_WAIT_SECS}"
+            )));
+        }
         let st = &self.state;
         self.audit(
             AuditEvent::new(format!("admin/{who}"), Action::Rotate)
@@ -297,6 +308,18 @@ impl Admin for AdminApi {
         let req = request.into_inner();
         names::validate_key_id(&req.key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let st = &self.state;
+        if req.wait_secs > MAX_WAIT_SECS {
+            return Err(Status::invalid_argument(format!(
+                "wait_secs is at most {MAX_WAIT_SECS}"
+            )));
+        }
+        self.audit(
+            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+                .with_kind("key")
+                .with_subject(req.key_id.clone())
+                .with_reason("requested"),
+        )
+        .await?;
         let version = match st.keys.rotate(&req.key_id).await {
             Ok(v) => v,
             Err(e) => {
@@ -387,7 +410,7 @@ impl Admin for AdminApi {
             return Err(Status::invalid_argument("a reason is required"));
         }
         let st = &self.state;
-        let mut rec = st
+        let rec = st
             .issued
             .get(&req.volume_id)
             .map_err(|e| Status::internal(e.to_string()))?
@@ -399,10 +422,9 @@ impl Admin for AdminApi {
                 .with_reason(req.reason.clone()),
         )
         .await?;
-        rec.revoked = true;
         st.issued
-            .put(&rec)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .revoke(&rec)
+            .map_err(|e| Status::internal(format!("revocation audited but not stored: {e}")))?;
         st.updates.send(
             &rec.node,
             UpdateAction::Wipe,

@@ -49,6 +49,15 @@ fn validate(req: &FetchBundleRequest) -> Result<&PodRef, Status> {
     if pod.uid.is_empty() || pod.uid.len() > 64 {
         return Err(bad("pod.uid must be 1 to 64 characters".into()));
     }
+    // Every issue is tracked by volume (rotation pushes, revocation, list).
+    if req.volume_id.is_empty()
+        || req.volume_id.len() > 128
+        || !req.volume_id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(bad(
+            "volume_id must be 1 to 128 printable ASCII characters".into()
+        ));
+    }
     Ok(pod)
 }
 
@@ -92,28 +101,42 @@ impl NodeCredentials for NodeApi {
         if let Some(t) = st.leases.heartbeat(&node) {
             self.lease_transition(t).await;
         }
+        // Records of volumes the node no longer holds (unpublished) go.
+        if let Err(e) = st
+            .issued
+            .prune_node(&node, &request.get_ref().volume_ids, 120)
+        {
+            tracing::warn!(error = %e, "cannot prune volume records");
+        }
         // Volumes the node holds whose pods are gone or rebound (revoked
         // volumes stay mounted, emptied, until their pod goes).
         let mut stale = Vec::new();
+        let mut revoked = Vec::new();
         for id in &request.get_ref().volume_ids {
             let rec = st
                 .issued
                 .get(id)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            let keep = rec.is_some_and(|r| {
-                r.node == node
-                    && st
-                        .pods
-                        .get(&r.namespace, &r.pod)
-                        .is_some_and(|p| p.uid == r.pod_uid && p.node_name == node)
-            });
-            if !keep {
+            // No record: nothing known against the volume, so it stays
+            // (a record lost to a crash must not cut a running pod off).
+            let Some(r) = rec else { continue };
+            if r.revoked {
+                revoked.push(id.clone());
+                continue;
+            }
+            let bound_here = r.node == node
+                && st
+                    .pods
+                    .get(&r.namespace, &r.pod)
+                    .is_some_and(|p| p.uid == r.pod_uid && p.node_name == node);
+            if !bound_here {
                 stale.push(id.clone());
             }
         }
         Ok(Response::new(HeartbeatResponse {
             lease_ttl_secs: st.leases.ttl().as_secs(),
             stale_volume_ids: stale,
+            revoked_volume_ids: revoked,
         }))
     }
 
@@ -252,10 +275,20 @@ impl NodeApi {
             .issued
             .get(&req.volume_id)
             .map_err(|e| Status::internal(e.to_string()))?;
-        if previous
-            .as_ref()
-            .is_some_and(|p| p.revoked && p.pod_uid == pod.uid)
+        if let Some(p) = &previous
+            && (p.node != node || p.pod_uid != pod.uid)
         {
+            // A volume id belongs to one pod on one node (kubelet derives it
+            // from the pod UID): reusing another's would hijack its record.
+            let msg = format!(
+                "volume {} belongs to pod uid {} on node {:?}",
+                req.volume_id, p.pod_uid, p.node
+            );
+            return Err(self
+                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
+                .await);
+        }
+        if previous.as_ref().is_some_and(|p| p.revoked) || st.issued.pod_revoked(&pod.uid) {
             let msg = format!("volume {} of pod {who} was revoked", req.volume_id);
             return Err(self
                 .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
@@ -299,10 +332,18 @@ impl NodeApi {
             generation: issued.bundle.generation.clone(),
             revoked: false,
         };
-        if !req.volume_id.is_empty()
-            && let Err(e) = st.issued.put(&record)
-        {
-            tracing::error!(error = %e, volume = %req.volume_id, "cannot record the issued volume");
+        match st.issued.put(&record) {
+            Ok(()) => {}
+            Err(crate::issued::PutError::Revoked(_)) => {
+                // Revoked while this fetch was in flight: nothing leaves.
+                let msg = format!("volume {} of pod {who} was revoked", req.volume_id);
+                return Err(self
+                    .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
+                    .await);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, volume = %req.volume_id, "cannot record the issued volume")
+            }
         }
         tracing::info!(
             pod = %who, node, role = %role.login, generation = %issued.bundle.generation,
@@ -329,7 +370,11 @@ pub async fn lease_transition(st: &ControllerState, t: Transition) {
         }
     }
     if let (Transition::Lost(node), Some(grace)) = (&t, st.rotate_on_loss) {
-        rotate_lost_nodes_keytabs(st, node, grace).await;
+        // Re-checked after the rotation lock: a node back meanwhile keeps
+        // its keytabs.
+        if st.leases.state(node) == Some(LeaseState::Lost) {
+            rotate_lost_nodes_keytabs(st, node, grace).await;
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub struct KeytabIssuer {
     gate: Arc<KdcGate>,
     metrics: Arc<Metrics>,
     flight: SingleFlight<Principal, Keytab, IssueError>,
+    /// Serializes compare-and-store of keytabs.
+    write: tokio::sync::Mutex<()>,
 }
 
 impl KeytabIssuer {
@@ -49,6 +51,7 @@ impl KeytabIssuer {
             gate,
             metrics,
             flight: SingleFlight::default(),
+            write: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -90,12 +93,23 @@ impl KeytabIssuer {
         result
     }
 
-    /// Replaces the stored keytab (after a rotation or purge).
+    /// Stores a keytab unless the store already holds newer keys: a slow
+    /// extraction that started before a rotation must not replace the
+    /// rotated keytab (kvnos only ever move forward, and a purge drops old
+    /// kvnos while keeping the newest).
     pub async fn store_keytab(
         &self,
         principal: &Principal,
         keytab: &Keytab,
     ) -> Result<(), IssueError> {
+        let _w = self.write.lock().await;
+        let newest = |k: &Keytab| k.kvnos().iter().max().copied().unwrap_or(0);
+        if let Some(current) = self.stored(principal).await?
+            && newest(&current) > newest(keytab)
+        {
+            tracing::info!(%principal, "kept the stored keytab: it holds a newer kvno");
+            return Ok(());
+        }
         let store = Arc::clone(&self.store);
         let (name, k) = (principal.to_string(), keytab.clone());
         let meta = KeytabMeta {

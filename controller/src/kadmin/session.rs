@@ -81,7 +81,7 @@ fn is_unavailable(msg: &str) -> bool {
         "Communication failure",
         "while initializing kadmin interface",
         "Connection refused",
-        "RPC",
+        "GSS-API (or Kerberos) error",
     ];
     MARKERS.iter().any(|m| msg.contains(m))
 }
@@ -166,7 +166,12 @@ impl KadminClient {
         let read = async {
             loop {
                 match session.stderr.next_line().await {
-                    Ok(Some(line)) if line.contains(&marker) => return Ok(()),
+                    // kadmin's exact answer to the unknown sentinel request;
+                    // validated names cannot contain quotes, so no error
+                    // line can imitate it.
+                    Ok(Some(line)) if line.contains(&format!("Unknown request \"{marker}\"")) => {
+                        return Ok(());
+                    }
                     Ok(Some(line)) => lines.push(line),
                     Ok(None) => {
                         return Err(KadminError::Unavailable(if lines.is_empty() {

@@ -91,14 +91,31 @@ pub fn mount_tmpfs(target: &Path, opts: &TmpfsOptions) -> Result<()> {
         tracing::debug!(path = %target.display(), "tmpfs already mounted, not stacking");
         return Ok(());
     }
-    nix::mount::mount(
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // `noswap` (Linux 6.4+) keeps secrets off swap on nodes that have it;
+    // older kernels refuse the option, and then it is mounted without.
+    let with_noswap = format!("{data},noswap");
+    let mounted = nix::mount::mount(
         Some(SOURCE),
         target,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(data.as_str()),
-    )
-    .map_err(|source| StorageError::Mount {
+        flags,
+        Some(with_noswap.as_str()),
+    );
+    let mounted = match mounted {
+        Err(nix::errno::Errno::EINVAL) => {
+            tracing::warn!(path = %target.display(), "kernel has no tmpfs noswap; mounting without it");
+            nix::mount::mount(
+                Some(SOURCE),
+                target,
+                Some("tmpfs"),
+                flags,
+                Some(data.as_str()),
+            )
+        }
+        other => other,
+    };
+    mounted.map_err(|source| StorageError::Mount {
         path: target.to_path_buf(),
         source,
     })?;

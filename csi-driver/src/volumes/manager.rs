@@ -157,6 +157,19 @@ impl VolumeManager {
         }
     }
 
+    /// Waits for the volume's lock: for work that must happen (a wipe),
+    /// not for kubelet's calls, which must not queue.
+    async fn lock_wait(&self, volume_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = match self.locks.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            Arc::clone(map.entry(volume_id.to_string()).or_default())
+        };
+        lock.lock_owned().await
+    }
+
     /// Takes the volume's lock, or fails at once if it is held: kubelet
     /// retries an ABORTED call, it must not queue behind a slow one.
     fn try_lock(&self, volume_id: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, VolumeError> {
@@ -175,7 +188,7 @@ impl VolumeManager {
     /// Publishes a volume: mounts and fills it the first time, refreshes it
     /// on a republish.
     pub async fn publish(&self, req: PublishRequest) -> Result<PublishOutcome, VolumeError> {
-        let _guard = self.try_lock(&req.volume_id)?;
+        let guard = self.try_lock(&req.volume_id)?;
         let state = Arc::clone(&self.state);
         let (vid, target) = (req.volume_id.clone(), req.target.clone());
         let (record, mounted) = blocking(move || {
@@ -197,7 +210,7 @@ impl VolumeManager {
         }
 
         if mounted && record.is_some() {
-            return Ok(self.refresh(req).await);
+            return Ok(self.refresh(req, guard).await);
         }
 
         // First publish (or a mount whose state was lost): fetch before
@@ -217,6 +230,9 @@ impl VolumeManager {
         let rec = self.record(&req, &bundle);
         let state = Arc::clone(&self.state);
         blocking(move || {
+            // The lock goes with the work: a cancelled call cannot let a
+            // retry run beside a mount still in progress.
+            let _guard = guard;
             if mounted {
                 AtomicWriter::new(&target).write(&files, owner)?;
             } else {
@@ -258,7 +274,7 @@ impl VolumeManager {
     /// Refreshes a volume whose refresh deadline has come (the renewal
     /// loop); skips it when another operation holds it or it is gone.
     pub async fn renew(&self, rec: &VolumeRecord) -> Option<PublishOutcome> {
-        let _guard = self.try_lock(&rec.volume_id).ok()?;
+        let guard = self.try_lock(&rec.volume_id).ok()?;
         let target = rec.target_path.clone();
         let mounted = blocking(move || Ok(tmpfs::is_tmpfs_mount(&target)?))
             .await
@@ -276,16 +292,27 @@ impl VolumeManager {
                 service_account: rec.service_account.clone(),
             },
         };
-        Some(self.refresh(req).await)
+        Some(self.refresh(req, guard).await)
     }
 
     /// Removes a revoked volume's credentials but keeps the mount (the pod
     /// still runs; kubelet tears the volume down when the pod goes).
     pub async fn wipe(&self, volume_id: &str) -> Result<(), VolumeError> {
-        let _guard = self.try_lock(volume_id)?;
+        let guard = self.lock_wait(volume_id).await;
+        self.wipe_locked(volume_id, guard).await
+    }
+
+    /// Wipes with the volume's lock held (moved in: held until the blocking
+    /// work is done, even if the caller goes away).
+    async fn wipe_locked(
+        &self,
+        volume_id: &str,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<(), VolumeError> {
         let state = Arc::clone(&self.state);
         let vid = volume_id.to_string();
         blocking(move || {
+            let _guard = guard;
             let Some(mut rec) = state.load(&vid)? else {
                 return Ok(());
             };
@@ -315,7 +342,11 @@ impl VolumeManager {
     }
 
     /// Refreshes a mounted volume; never fails the caller.
-    async fn refresh(&self, req: PublishRequest) -> PublishOutcome {
+    async fn refresh(
+        &self,
+        req: PublishRequest,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> PublishOutcome {
         let pod = format!("{}/{}", req.pod.namespace, req.pod.name);
         let mut bundle = match self
             .client
@@ -323,6 +354,16 @@ impl VolumeManager {
             .await
         {
             Ok(b) => b,
+            Err(status)
+                if status.code() == tonic::Code::PermissionDenied
+                    && status.message().contains("was revoked") =>
+            {
+                // Revoked: the files go, not just the renewals.
+                if let Err(e) = self.wipe_locked(&req.volume_id, guard).await {
+                    tracing::error!(volume = %req.volume_id, error = %e, "cannot wipe a revoked volume");
+                }
+                return PublishOutcome::KeptLastGood;
+            }
             Err(status) => {
                 self.metrics
                     .refresh_failures
@@ -342,6 +383,7 @@ impl VolumeManager {
         let rec = self.record(&req, &bundle);
         let state = Arc::clone(&self.state);
         let written = blocking(move || {
+            let _guard = guard;
             let changed = AtomicWriter::new(&target).write(&files, owner)?;
             // Saved even when unchanged: the refresh deadline moves on.
             state.save(&rec)?;
@@ -367,10 +409,22 @@ impl VolumeManager {
 
     /// Unmounts and removes a volume; succeeds when it is already gone.
     pub async fn unpublish(&self, volume_id: &str, target: PathBuf) -> Result<(), VolumeError> {
-        let _guard = self.try_lock(volume_id)?;
+        let guard = self.try_lock(volume_id)?;
         let state = Arc::clone(&self.state);
         let vid = volume_id.to_string();
         let was_mounted = blocking(move || {
+            let _guard = guard;
+            // Only the volume this driver published there: never another
+            // plugin's mount below the pods directory.
+            if let Some(rec) = state.load(&vid)?
+                && rec.target_path != target
+            {
+                return Err(VolumeError::Conflict(format!(
+                    "volume {vid} is published at {}, not {}",
+                    rec.target_path.display(),
+                    target.display()
+                )));
+            }
             let was_mounted = tmpfs::is_tmpfs_mount(&target)?;
             if was_mounted {
                 tmpfs::unmount(&target)?;

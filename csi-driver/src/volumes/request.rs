@@ -57,15 +57,48 @@ pub fn validate_target_path(kubelet_dir: &Path, target: &str) -> Result<PathBuf,
             pods_dir.display()
         )));
     }
+    // Exactly kubelet's shape for a CSI volume:
+    // <pods>/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount.
+    let rest: Vec<_> = path
+        .strip_prefix(&pods_dir)
+        .map(|r| r.components().collect())
+        .unwrap_or_default();
+    let shaped = rest.len() == 5
+        && rest[1].as_os_str() == "volumes"
+        && rest[2].as_os_str() == "kubernetes.io~csi"
+        && rest[4].as_os_str() == "mount";
+    if !shaped {
+        return Err(InvalidRequest(format!(
+            "target_path {target:?} is not <kubelet>/pods/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount"
+        )));
+    }
     // Resolve symlinks in what already exists: a link inside the pods tree
     // must not lead the mount elsewhere.
-    if let Some(parent) = path.parent()
-        && let (Ok(real_parent), Ok(real_pods)) = (parent.canonicalize(), pods_dir.canonicalize())
-        && !real_parent.starts_with(&real_pods)
-    {
-        return Err(InvalidRequest(format!(
-            "target_path {target:?} resolves outside the kubelet pods directory"
-        )));
+    // Resolve symlinks in what already exists (the deepest existing
+    // ancestor): a link inside the pods tree must not lead the mount
+    // elsewhere.
+    let real_pods = pods_dir.canonicalize().map_err(|e| {
+        InvalidRequest(format!(
+            "kubelet pods directory {}: {e}",
+            pods_dir.display()
+        ))
+    })?;
+    let mut existing = path.parent();
+    while let Some(p) = existing {
+        if p.symlink_metadata().is_ok() {
+            break;
+        }
+        existing = p.parent();
+    }
+    if let Some(p) = existing {
+        let real = p
+            .canonicalize()
+            .map_err(|e| InvalidRequest(format!("target_path {target:?}: {e}")))?;
+        if !real.starts_with(&real_pods) {
+            return Err(InvalidRequest(format!(
+                "target_path {target:?} resolves outside the kubelet pods directory"
+            )));
+        }
     }
     Ok(path)
 }
@@ -98,29 +131,27 @@ pub fn pod_from_context(ctx: &HashMap<String, String>) -> Result<PodRef, Invalid
 mod tests {
     use super::*;
 
-    const KUBELET: &str = "/var/lib/kubelet";
-
     #[test]
     fn target_path_must_lie_under_kubelet_pods() {
-        let k = Path::new(KUBELET);
-        assert!(
-            validate_target_path(
-                k,
-                "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount"
-            )
-            .is_ok()
-        );
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("pods")).expect("mkdir");
+        let k = root.path();
+        let at = |rest: &str| format!("{}/{rest}", k.display());
+        assert!(validate_target_path(k, &at("pods/u/volumes/kubernetes.io~csi/v/mount")).is_ok());
         for bad in [
-            "",
-            "relative/mount",
-            "/etc/mount",
-            "/var/lib/kubelet/pods",
-            "/var/lib/kubelet/pods/../../../etc",
-            "/var/lib/kubelet/pods/u/./mount",
-            "/var/lib/kubelet/plugins/x/mount",
-            "/var/lib/kubeletX/pods/u/mount",
+            String::new(),
+            "relative/mount".into(),
+            "/etc/mount".into(),
+            at("pods"),
+            at("pods/../../../etc"),
+            at("pods/u/./mount"),
+            at("pods/u/mount"),
+            at("pods/u/volumes/kubernetes.io~secret/v/mount"),
+            at("pods/u/volumes/kubernetes.io~csi/v/mount/deeper"),
+            at("plugins/x/mount"),
+            format!("{}X/pods/u/volumes/kubernetes.io~csi/v/mount", k.display()),
         ] {
-            let err = validate_target_path(k, bad).expect_err(bad);
+            let err = validate_target_path(k, &bad).expect_err(&bad);
             assert!(!err.0.is_empty());
         }
     }
@@ -132,7 +163,7 @@ mod tests {
         std::fs::create_dir_all(&pods).expect("mkdir");
         let outside = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(outside.path(), pods.join("evil")).expect("symlink");
-        let target = pods.join("evil/mount");
+        let target = pods.join("evil/volumes/kubernetes.io~csi/v/mount");
         let err = validate_target_path(root.path(), target.to_str().expect("utf8")).unwrap_err();
         assert!(err.0.contains("resolves outside"), "{}", err.0);
     }

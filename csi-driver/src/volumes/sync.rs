@@ -40,6 +40,20 @@ pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration
                 if resp.lease_ttl_secs > 0 {
                     every = Duration::from_secs((resp.lease_ttl_secs / 3).max(1));
                 }
+                for id in resp.revoked_volume_ids {
+                    let already = volumes
+                        .volumes()
+                        .await
+                        .ok()
+                        .and_then(|v| v.into_iter().find(|r| r.volume_id == id))
+                        .is_none_or(|r| r.generation == "wiped");
+                    if !already {
+                        tracing::warn!(volume = %id, "revoked: wiping its files");
+                        if let Err(e) = volumes.wipe(&id).await {
+                            tracing::warn!(volume = %id, error = %e, "cannot wipe a revoked volume; will retry");
+                        }
+                    }
+                }
                 for id in resp.stale_volume_ids {
                     if let Some(rec) = volumes
                         .volumes()
@@ -48,7 +62,12 @@ pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration
                         .and_then(|v| v.into_iter().find(|r| r.volume_id == id))
                     {
                         tracing::warn!(volume = %id, pod = %format!("{}/{}", rec.pod_namespace, rec.pod_name),
-                            "pod no longer bound here: unmounting and wiping");
+                            "pod no longer bound here: wiping and unmounting");
+                        // Wipe first: a container still running keeps its view
+                        // of the tmpfs after the unmount, and it must be empty.
+                        if let Err(e) = volumes.wipe(&id).await {
+                            tracing::warn!(volume = %id, error = %e, "cannot wipe a stale volume");
+                        }
                         if let Err(e) = volumes.unpublish(&id, rec.target_path).await {
                             tracing::warn!(volume = %id, error = %e, "cannot remove a stale volume; will retry");
                         }
