@@ -203,6 +203,16 @@ impl ServicePrincipal {
         Ok(sp)
     }
 
+    /// The service component (`HTTP`, `host`...).
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The host component.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// The principal without its realm, as policy files name it.
     pub fn without_realm(&self) -> String {
         format!("{}/{}", self.service, self.host)

@@ -143,6 +143,49 @@ async fn calls_without_a_valid_node_identity_are_refused_and_audited() {
         err.message()
     );
 
+    // Whatever the policy grants, a node's host key, the controller's own
+    // principal and its TLS name are never issued to pods.
+    let policy = stack.path().join("policy.toml");
+    let text = std::fs::read_to_string(&policy)
+        .expect("policy")
+        .replace(
+            "service_principals = [\"HTTP/web.example.com\", \"HTTP/api.example.com\"]",
+            &format!(
+                "service_principals = [\"HTTP/web.example.com\", \"host/{NODE_B}\", \"kcred/{CONTROLLER_HOST}\"]"
+            ),
+        )
+        .replace(
+            "certificates = [\"web.example.com\", \"api.example.com\"]",
+            &format!("certificates = [\"web.example.com\", \"{CONTROLLER_HOST}\"]"),
+        );
+    std::fs::write(&policy, text).expect("policy");
+    let thieves = [
+        TestPod::with_keytabs("web", "web-7", NODE_A, &format!("host/{NODE_B}")),
+        TestPod::with_keytabs("web", "web-8", NODE_A, &format!("kcred/{CONTROLLER_HOST}")),
+        TestPod::new("web", "web-9", NODE_A).annotate("kcred.io/certs", CONTROLLER_HOST),
+    ];
+    let mut known: Vec<&TestPod> = vec![&pod, &b_pod];
+    known.extend(thieves.iter());
+    stack.set_pods(&known).await.expect("pods");
+    for thief in &thieves {
+        let token = stack
+            .token(
+                &format!("host_{NODE_A}.keytab"),
+                &format!("host/{NODE_A}@{r}"),
+                &service,
+            )
+            .expect("node-a token");
+        let err = fetch_as(&stack, Some(&token), NODE_A, thief, false)
+            .await
+            .expect_err("reserved identity");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message().contains("never issued to pods"),
+            "{}",
+            err.message()
+        );
+    }
+
     // A token is good once: a replay is refused.
     let once = stack
         .token(

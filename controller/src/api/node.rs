@@ -251,6 +251,21 @@ impl NodeApi {
                     .await);
             }
         };
+        // Identities kcred itself relies on are never handed to pods, whatever
+        // the policy says: the KDC's and kadmind's own, the controller's, and
+        // a node's host key (a pod holding it could act as that node).
+        if let Some(p) = wants.keytabs.iter().find(|p| {
+            matches!(p.service(), "krbtgt" | "kadmin" | "kcred")
+                || (p.service() == "host"
+                    && (st.leases.state(p.host()).is_some() || st.pods.any_on_node(p.host())))
+        }) {
+            let msg = format!(
+                "rule service_principals: {p} is an identity of kcred's own or of a node and is never issued to pods"
+            );
+            return Err(self
+                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
+                .await);
+        }
         if let Some(name) = wants
             .certs
             .iter()

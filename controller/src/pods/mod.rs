@@ -83,6 +83,14 @@ impl PodIndex {
         *map = fresh;
     }
 
+    /// Whether any known pod is bound to `node` (so `node` is a node name).
+    pub fn any_on_node(&self, node: &str) -> bool {
+        match self.pods.read() {
+            Ok(m) => m.values().any(|p| p.node_name == node),
+            Err(p) => p.into_inner().values().any(|p| p.node_name == node),
+        }
+    }
+
     /// Number of pods known.
     pub fn len(&self) -> usize {
         match self.pods.read() {
