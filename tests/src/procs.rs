@@ -414,6 +414,16 @@ ttl_secs = 3
             .to_string())
     }
 
+    /// A node's token for the controller, from its host keytab.
+    pub fn node_token(&self, node: &str) -> anyhow::Result<String> {
+        let r = kcred_testrealm::DEFAULT_REALM;
+        self.token(
+            &format!("host_{node}.keytab"),
+            &format!("host/{node}@{r}"),
+            &format!("kcred/{CONTROLLER_HOST}@{r}"),
+        )
+    }
+
     /// A TLS channel to the controller, as a node or tool would open it.
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         let ca = std::fs::read(self.path().join("ca.crt"))?;

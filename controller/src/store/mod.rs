@@ -166,6 +166,32 @@ impl Store {
         }))
     }
 
+    /// Seals a record's secret and encodes it as stored.
+    fn encode<M: Serialize>(
+        &self,
+        table: Table,
+        name: &str,
+        meta: &M,
+        secret: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let record = aad(table, name);
+        let sealed = crypto::seal(&self.master, record.as_bytes(), secret).map_err(|source| {
+            StoreError::Crypto {
+                record: record.clone(),
+                source,
+            }
+        })?;
+        serde_json::to_vec(&Stored {
+            meta,
+            updated_unix: now_unix(),
+            sealed,
+        })
+        .map_err(|e| StoreError::Corrupt {
+            record,
+            reason: e.to_string(),
+        })
+    }
+
     /// Seals and writes (or replaces) one record.
     pub fn put<M: Serialize>(
         &self,
@@ -174,22 +200,7 @@ impl Store {
         meta: &M,
         secret: &[u8],
     ) -> Result<(), StoreError> {
-        let record = aad(table, name);
-        let sealed = crypto::seal(&self.master, record.as_bytes(), secret).map_err(|source| {
-            StoreError::Crypto {
-                record: record.clone(),
-                source,
-            }
-        })?;
-        let raw = serde_json::to_vec(&Stored {
-            meta,
-            updated_unix: now_unix(),
-            sealed,
-        })
-        .map_err(|e| StoreError::Corrupt {
-            record,
-            reason: e.to_string(),
-        })?;
+        let raw = self.encode(table, name, meta, secret)?;
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(table.definition()).map_err(db_err)?;
@@ -208,23 +219,7 @@ impl Store {
         {
             let mut t = tx.open_table(table.definition()).map_err(db_err)?;
             for (name, meta) in records {
-                let record = aad(table, name);
-                let sealed =
-                    crypto::seal(&self.master, record.as_bytes(), b"").map_err(|source| {
-                        StoreError::Crypto {
-                            record: record.clone(),
-                            source,
-                        }
-                    })?;
-                let raw = serde_json::to_vec(&Stored {
-                    meta,
-                    updated_unix: now_unix(),
-                    sealed,
-                })
-                .map_err(|e| StoreError::Corrupt {
-                    record,
-                    reason: e.to_string(),
-                })?;
+                let raw = self.encode(table, name, meta, b"")?;
                 t.insert(name.as_str(), raw.as_slice()).map_err(db_err)?;
             }
         }
