@@ -30,36 +30,26 @@ pub struct Metrics {
     pub fetch_seconds: HistogramVec,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    // Metric definitions are static: a failure is a programming error
-    // caught by the unit test below on every build.
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("invalid metric definition: {e}"),
-    }
-}
-
 impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Arc<Self> {
         let registry = Registry::new_custom(Some("kcred".into()), None).unwrap_or_default();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
-            must(registry.register(Box::new(c.clone())));
-            c
+            kcred_runtime::register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = must(IntGaugeVec::new(Opts::new(name, help), labels));
-            must(registry.register(Box::new(g.clone())));
-            g
+            kcred_runtime::register(&registry, IntGaugeVec::new(Opts::new(name, help), labels))
         };
-        let fetch_seconds = must(HistogramVec::new(
-            HistogramOpts::new("fetch_bundle_seconds", "FetchBundle latency").buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["code"],
-        ));
-        must(registry.register(Box::new(fetch_seconds.clone())));
+        let fetch_seconds = kcred_runtime::register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("fetch_bundle_seconds", "FetchBundle latency").buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ]),
+                &["code"],
+            ),
+        );
         Arc::new(Metrics {
             kdc_ops: counter(
                 "kdc_operations_total",

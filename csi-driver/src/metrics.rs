@@ -18,41 +18,40 @@ pub struct Metrics {
     pub refresh_failures: IntCounterVec,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    // Metric definitions are static: a failure is a programming error,
-    // caught by the unit test below on every build.
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("invalid metric definition: {e}"),
-    }
-}
-
 impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Arc<Self> {
         let registry = Registry::new_custom(Some("kcred_csi".into()), None).unwrap_or_default();
-        let call_seconds = must(HistogramVec::new(
-            HistogramOpts::new("call_seconds", "CSI call latency").buckets(vec![
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["method", "code"],
-        ));
-        let mounted_volumes = must(IntGauge::new("mounted_volumes", "Volumes mounted now"));
-        let errors = must(IntCounterVec::new(
-            Opts::new("errors_total", "Failed CSI calls"),
-            &["method", "code"],
-        ));
-        let refresh_failures = must(IntCounterVec::new(
-            Opts::new(
-                "refresh_failures_total",
-                "Refreshes that kept the last good files",
+        let call_seconds = kcred_runtime::register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("call_seconds", "CSI call latency").buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["method", "code"],
             ),
-            &["reason"],
-        ));
-        must(registry.register(Box::new(call_seconds.clone())));
-        must(registry.register(Box::new(mounted_volumes.clone())));
-        must(registry.register(Box::new(errors.clone())));
-        must(registry.register(Box::new(refresh_failures.clone())));
+        );
+        let mounted_volumes = kcred_runtime::register(
+            &registry,
+            IntGauge::new("mounted_volumes", "Volumes mounted now"),
+        );
+        let errors = kcred_runtime::register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("errors_total", "Failed CSI calls"),
+                &["method", "code"],
+            ),
+        );
+        let refresh_failures = kcred_runtime::register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "refresh_failures_total",
+                    "Refreshes that kept the last good files",
+                ),
+                &["reason"],
+            ),
+        );
         Arc::new(Metrics {
             registry,
             call_seconds,

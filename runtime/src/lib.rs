@@ -22,6 +22,19 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Builds a metric and registers it. Metric definitions are static, so a
+/// failure is a programming error, caught by each daemon's metrics unit test.
+pub fn register<C>(registry: &Registry, metric: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let registered = metric.and_then(|m| registry.register(Box::new(m.clone())).map(|()| m));
+    match registered {
+        Ok(m) => m,
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
 /// A registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut buf = Vec::new();

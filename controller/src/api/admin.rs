@@ -71,6 +71,13 @@ impl AdminApi {
     }
 }
 
+/// The audit record of an operator's rotation or retirement of `subject`.
+fn rotation_event(who: &str, kind: &str, subject: impl Into<String>) -> AuditEvent {
+    AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+        .with_kind(kind)
+        .with_subject(subject)
+}
+
 fn to_proto(v: &VolumeRecord) -> IssuedVolume {
     IssuedVolume {
         volume_id: v.volume_id.clone(),
@@ -250,9 +257,7 @@ impl Admin for AdminApi {
         }
         let st = &self.state;
         self.audit(
-            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
-                .with_kind("keytab")
-                .with_subject(principal.to_string())
+            rotation_event(&who, "keytab", principal.to_string())
                 .with_reason(format!("requested; grace {} s", req.grace_secs)),
         )
         .await?;
@@ -267,9 +272,7 @@ impl Admin for AdminApi {
             Err(e) => {
                 let _ = self
                     .audit(
-                        AuditEvent::new(format!("admin/{who}"), Action::Rotate)
-                            .with_kind("keytab")
-                            .with_subject(principal.to_string())
+                        rotation_event(&who, "keytab", principal.to_string())
                             .denied(format!("rotation failed: {e}")),
                     )
                     .await;
@@ -277,9 +280,7 @@ impl Admin for AdminApi {
             }
         };
         self.audit(
-            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
-                .with_kind("keytab")
-                .with_subject(principal.to_string())
+            rotation_event(&who, "keytab", principal.to_string())
                 .with_kvno(kvno)
                 .with_reason("new keys; previous kvno kept for the grace period"),
         )
@@ -313,21 +314,14 @@ impl Admin for AdminApi {
                 "wait_secs is at most {MAX_WAIT_SECS}"
             )));
         }
-        self.audit(
-            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
-                .with_kind("key")
-                .with_subject(req.key_id.clone())
-                .with_reason("requested"),
-        )
-        .await?;
+        self.audit(rotation_event(&who, "key", req.key_id.clone()).with_reason("requested"))
+            .await?;
         let version = match st.keys.rotate(&req.key_id).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = self
                     .audit(
-                        AuditEvent::new(format!("admin/{who}"), Action::Rotate)
-                            .with_kind("key")
-                            .with_subject(req.key_id.clone())
+                        rotation_event(&who, "key", req.key_id.clone())
                             .denied(format!("rotation failed: {e}")),
                     )
                     .await;
@@ -335,9 +329,7 @@ impl Admin for AdminApi {
             }
         };
         self.audit(
-            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
-                .with_kind("key")
-                .with_subject(req.key_id.clone())
+            rotation_event(&who, "key", req.key_id.clone())
                 .with_key_version(version)
                 .with_reason("new primary version; older versions kept for decryption"),
         )
@@ -369,9 +361,7 @@ impl Admin for AdminApi {
         names::validate_key_id(&req.key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let st = &self.state;
         self.audit(
-            AuditEvent::new(format!("admin/{who}"), Action::Rotate)
-                .with_kind("key")
-                .with_subject(req.key_id.clone())
+            rotation_event(&who, "key", req.key_id.clone())
                 .with_key_version(req.version)
                 .with_reason("version retired: no longer delivered"),
         )
