@@ -22,7 +22,7 @@ use crate::annotations::CredentialRequest;
 use crate::audit::{Action, AuditEvent};
 use crate::gate::Priority;
 use crate::issuers::IssueError;
-use crate::keytab::{Keytab, KeytabError};
+use crate::keytab::Keytab;
 use crate::names::Principal;
 use crate::pods::PodInfo;
 use crate::policy::RoleAccount;
@@ -104,8 +104,7 @@ pub async fn assemble(
             events.push(e);
             keytabs.push(k);
         }
-        let merged = Keytab::merge(keytabs.iter())
-            .map_err(|e: KeytabError| IssueError::Task(format!("merging keytabs: {e}")))?;
+        let merged = Keytab::merge(keytabs.iter()).map_err(IssueError::Keytab)?;
         files.push(BundleFile {
             name: "krb5.keytab".into(),
             content: merged.bytes().to_vec(),

@@ -19,6 +19,7 @@ use crate::auth::Role;
 use crate::gate::Lane;
 use crate::issued::VolumeRecord;
 use crate::names::{self, ServicePrincipal};
+use crate::reasons::{Reasoned, Refusal, status_of};
 use crate::rotation;
 use crate::state::ControllerState;
 use crate::store::Table;
@@ -41,34 +42,43 @@ impl AdminApi {
         needs: Role,
         what: &str,
     ) -> Result<(String, Role), Status> {
-        let refuse = |who: String, status: Status| async move {
+        let refuse = |who: String, refusal: Refusal| async move {
+            self.state.count_refusal(refusal.reason);
             let event = AuditEvent::new(format!("admin/{who}"), Action::Deny)
                 .with_subject(what)
-                .denied(format!("admin: {}", status.message()));
+                .denied(format!("admin: {}", refusal.message));
             if let Err(e) = self.state.record(vec![event]).await {
                 tracing::error!(error = %e, "cannot audit a refused admin call");
             }
-            status
+            Status::from(refusal)
         };
         let (who, role) = match self.state.auth.admin(request) {
             Ok(c) => c,
-            Err(r) => return Err(refuse(r.who, r.status).await),
+            Err(r) => return Err(refuse(r.who, r.refusal).await),
         };
         if needs == Role::Operator && role != Role::Operator {
-            let status =
-                Status::permission_denied(format!("{who} is an auditor and may not {what}"));
-            return Err(refuse(who, status).await);
+            let refusal = Refusal::new(
+                Reason::RoleForbids,
+                format!("{who} is an auditor and may not {what}"),
+            );
+            return Err(refuse(who, refusal).await);
         }
         Ok((who, role))
     }
 
     /// Records an admin action; the action is refused if it cannot be.
     async fn audit(&self, event: AuditEvent) -> Result<(), Status> {
-        self.state
-            .record(vec![event])
-            .await
-            .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))
+        self.state.record(vec![event]).await.map_err(|e| {
+            status_of(&Refusal::new(
+                e.reason(),
+                format!("audit log unavailable: {e}"),
+            ))
+        })
     }
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    Refusal::new(Reason::RequestInvalid, message).into()
 }
 
 /// The audit record of an operator's rotation or retirement of `subject`.
@@ -168,10 +178,7 @@ impl Admin for AdminApi {
     ) -> Result<Response<StatusResponse>, Status> {
         let (who, role) = self.caller(&request, Role::Auditor, "read status").await?;
         let st = &self.state;
-        let volumes = st
-            .issued
-            .all()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let volumes = st.issued.all().map_err(|e| status_of(&e))?;
         let nodes = st
             .leases
             .all()
@@ -222,7 +229,7 @@ impl Admin for AdminApi {
         } else {
             Some(
                 ServicePrincipal::parse(&f.principal, &self.state.realm)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?
+                    .map_err(|e| status_of(&e))?
                     .to_string(),
             )
         };
@@ -230,7 +237,7 @@ impl Admin for AdminApi {
             .state
             .issued
             .all()
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&e))?
             .iter()
             .filter(|v| principal.as_ref().is_none_or(|p| v.keytabs.contains(p)))
             .filter(|v| f.namespace.is_empty() || v.namespace == f.namespace)
@@ -249,13 +256,26 @@ impl Admin for AdminApi {
             .await?;
         let req = request.into_inner();
         let principal = ServicePrincipal::parse(&req.principal, &self.state.realm)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| status_of(&e))?;
         if req.grace_secs > MAX_GRACE_SECS || req.wait_secs > MAX_WAIT_SECS {
-            return Err(Status::invalid_argument(format!(
+            return Err(invalid(format!(
                 "grace_secs is at most {MAX_GRACE_SECS} and wait_secs at most {MAX_WAIT_SECS}"
             )));
         }
         let st = &self.state;
+        // kcred's own identities and node host keys are never rotated by
+        // hand: rotating the controller's would lock every node out.
+        let is_node = |h: &str| st.is_node(h);
+        if let Err(refusal) = st.reserved.check_principal(&principal, &is_node) {
+            st.count_refusal(refusal.reason);
+            let _ = self
+                .audit(
+                    rotation_event(&who, "keytab", principal.to_string())
+                        .denied(refusal.message.clone()),
+                )
+                .await;
+            return Err(refusal.into());
+        }
         self.audit(
             rotation_event(&who, "keytab", principal.to_string())
                 .with_reason(format!("requested; grace {} s", req.grace_secs)),
@@ -276,7 +296,7 @@ impl Admin for AdminApi {
                             .denied(format!("rotation failed: {e}")),
                     )
                     .await;
-                return Err(e.into());
+                return Err(status_of(&e));
             }
         };
         self.audit(
@@ -288,7 +308,7 @@ impl Admin for AdminApi {
         let holders = st
             .issued
             .holding_principal(&principal.to_string())
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&e))?
             .into_iter()
             .map(|v| v.volume_id)
             .collect();
@@ -307,12 +327,10 @@ impl Admin for AdminApi {
     ) -> Result<Response<Self::RotateKeyStream>, Status> {
         let (who, _) = self.caller(&request, Role::Operator, "rotate keys").await?;
         let req = request.into_inner();
-        names::validate_key_id(&req.key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        names::validate_key_id(&req.key_id).map_err(|e| status_of(&e))?;
         let st = &self.state;
         if req.wait_secs > MAX_WAIT_SECS {
-            return Err(Status::invalid_argument(format!(
-                "wait_secs is at most {MAX_WAIT_SECS}"
-            )));
+            return Err(invalid(format!("wait_secs is at most {MAX_WAIT_SECS}")));
         }
         self.audit(rotation_event(&who, "key", req.key_id.clone()).with_reason("requested"))
             .await?;
@@ -325,7 +343,7 @@ impl Admin for AdminApi {
                             .denied(format!("rotation failed: {e}")),
                     )
                     .await;
-                return Err(e.into());
+                return Err(status_of(&e));
             }
         };
         self.audit(
@@ -337,7 +355,7 @@ impl Admin for AdminApi {
         let holders = st
             .issued
             .holding_key(&req.key_id)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| status_of(&e))?;
         rotation::push_refresh(
             st,
             &holders,
@@ -358,7 +376,7 @@ impl Admin for AdminApi {
     ) -> Result<Response<RetireKeyResponse>, Status> {
         let (who, _) = self.caller(&request, Role::Operator, "retire keys").await?;
         let req = request.into_inner();
-        names::validate_key_id(&req.key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        names::validate_key_id(&req.key_id).map_err(|e| status_of(&e))?;
         let st = &self.state;
         self.audit(
             rotation_event(&who, "key", req.key_id.clone())
@@ -369,17 +387,11 @@ impl Admin for AdminApi {
         st.keys
             .retire(&req.key_id, req.version)
             .await
-            .map_err(|e| match e {
-                crate::issuers::IssueError::Store(crate::store::StoreError::Corrupt {
-                    reason,
-                    ..
-                }) => Status::failed_precondition(reason),
-                other => Status::from(other),
-            })?;
+            .map_err(|e| status_of(&e))?;
         let holders = st
             .issued
             .holding_key(&req.key_id)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| status_of(&e))?;
         rotation::push_refresh(
             st,
             &holders,
@@ -397,14 +409,19 @@ impl Admin for AdminApi {
         let (who, _) = self.caller(&request, Role::Operator, "revoke").await?;
         let req = request.into_inner();
         if req.reason.trim().is_empty() {
-            return Err(Status::invalid_argument("a reason is required"));
+            return Err(invalid("a reason is required"));
         }
         let st = &self.state;
         let rec = st
             .issued
             .get(&req.volume_id)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no volume {}", req.volume_id)))?;
+            .map_err(|e| status_of(&e))?
+            .ok_or_else(|| {
+                Status::from(Refusal::new(
+                    Reason::VolumeUnknown,
+                    format!("no volume {}", req.volume_id),
+                ))
+            })?;
         self.audit(
             AuditEvent::new(format!("admin/{who}"), Action::Revoke)
                 .with_subject(req.volume_id.clone())
@@ -412,9 +429,12 @@ impl Admin for AdminApi {
                 .with_reason(req.reason.clone()),
         )
         .await?;
-        st.issued
-            .revoke(&rec)
-            .map_err(|e| Status::internal(format!("revocation audited but not stored: {e}")))?;
+        st.issued.revoke(&rec).map_err(|e| {
+            status_of(&Refusal::new(
+                e.reason(),
+                format!("revocation audited but not stored: {e}"),
+            ))
+        })?;
         st.updates.send(
             &rec.node,
             UpdateAction::Wipe,
@@ -441,9 +461,11 @@ impl Admin for AdminApi {
             action: if q.action.is_empty() {
                 None
             } else {
-                Some(q.action.parse::<Action>().map_err(|_| {
-                    Status::invalid_argument(format!("unknown action {:?}", q.action))
-                })?)
+                Some(
+                    q.action
+                        .parse::<Action>()
+                        .map_err(|_| invalid(format!("unknown action {:?}", q.action)))?,
+                )
             },
         };
         let path = self.state.audit.path().to_path_buf();
@@ -452,8 +474,8 @@ impl Admin for AdminApi {
             audit::export(&path, &mut out, &filter).map(|_| out)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?
+        .map_err(|e| status_of(&e))?;
         let lines: Vec<Result<AuditLine, Status>> = String::from_utf8_lossy(&bytes)
             .lines()
             .map(|l| {
@@ -477,7 +499,7 @@ impl Admin for AdminApi {
             .state
             .store
             .get(Table::Authority, crate::state::AUDIT_HEAD_RECORD)
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&e))?
             .map(|r| r.meta)
             .or_else(|| self.state.audit.head());
         Ok(Response::new(AuditHeadResponse {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::IssueError;
-use super::data_keys::KeyRing;
+use super::data_keys::{KeyError, KeyRing};
 use crate::gate::single_flight::SingleFlight;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, Table};
@@ -49,6 +49,18 @@ fn corrupt(id: &str, e: impl std::fmt::Display) -> IssueError {
         record: id.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// A refused rotation or retirement: the operator asked for something the
+/// ring cannot do, the store is fine.
+fn user_error(id: &str, e: KeyError) -> IssueError {
+    match e {
+        KeyError::UnknownVersion(_) => IssueError::KeyUnknown(format!("key ring {id:?}: {e}")),
+        KeyError::RetirePrimary(_) | KeyError::VersionsExhausted => {
+            IssueError::KeyState(format!("key ring {id:?}: {e}"))
+        }
+        other => corrupt(id, other),
+    }
 }
 
 impl KeyIssuer {
@@ -124,8 +136,8 @@ impl KeyIssuer {
         let mut ring = self
             .load(id)
             .await?
-            .ok_or_else(|| IssueError::NotFound(format!("key ring {id:?} does not exist")))?;
-        let v = ring.rotate().map_err(|e| corrupt(id, e))?;
+            .ok_or_else(|| IssueError::KeyUnknown(format!("key ring {id:?} does not exist")))?;
+        let v = ring.rotate().map_err(|e| user_error(id, e))?;
         self.save(&ring).await?;
         tracing::info!(key = %id, version = v, "key ring rotated");
         Ok(v)
@@ -137,8 +149,8 @@ impl KeyIssuer {
         let mut ring = self
             .load(id)
             .await?
-            .ok_or_else(|| IssueError::NotFound(format!("key ring {id:?} does not exist")))?;
-        ring.retire(version).map_err(|e| corrupt(id, e))?;
+            .ok_or_else(|| IssueError::KeyUnknown(format!("key ring {id:?} does not exist")))?;
+        ring.retire(version).map_err(|e| user_error(id, e))?;
         self.save(&ring).await?;
         tracing::info!(key = %id, version, "key version retired");
         Ok(())

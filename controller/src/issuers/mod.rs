@@ -8,9 +8,10 @@ pub mod keys;
 pub mod keytab;
 pub mod tickets;
 
-use crate::gate::GateError;
 use crate::gate::single_flight::Abandoned;
+use crate::gate::{GateError, Protection};
 use crate::kadmin::KadminError;
+use crate::keytab::KeytabError;
 use crate::store::StoreError;
 
 /// Why a credential could not be issued.
@@ -28,9 +29,18 @@ pub enum IssueError {
     /// The gate protected the KDC or kadmind; retry later.
     #[error("{0}")]
     Unavailable(String),
-    /// The credential does not exist.
+    /// Too many requests already wait for the KDC; retry later.
     #[error("{0}")]
-    NotFound(String),
+    Busy(String),
+    /// No such key ring (or key version).
+    #[error("{0}")]
+    KeyUnknown(String),
+    /// The key ring cannot do that in its present state (retire the primary).
+    #[error("{0}")]
+    KeyState(String),
+    /// A keytab kadmind wrote, or the store held, is malformed.
+    #[error("keytab: {0}")]
+    Keytab(#[from] KeytabError),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -45,9 +55,16 @@ impl From<Abandoned> for IssueError {
 impl<E: Into<IssueError>> From<GateError<E>> for IssueError {
     fn from(e: GateError<E>) -> Self {
         match e {
-            GateError::Refused { lane, reason } => {
-                IssueError::Unavailable(format!("{lane} is protected: {reason}"))
-            }
+            GateError::Refused {
+                lane,
+                protection: Protection::QueueFull,
+                message,
+            } => IssueError::Busy(format!("{lane} is protected: {message}")),
+            GateError::Refused {
+                lane,
+                protection: Protection::BreakerOpen,
+                message,
+            } => IssueError::Unavailable(format!("{lane} is protected: {message}")),
             GateError::Failed(e) => e.into(),
         }
     }
