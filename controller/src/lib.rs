@@ -12,7 +12,6 @@
 
 pub mod annotations;
 pub mod api;
-pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod config;
@@ -33,7 +32,6 @@ pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod timefmt;
 
 pub use config::Config;
 pub use server::{Controller, ServeError};

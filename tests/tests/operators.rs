@@ -414,7 +414,7 @@ async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
         "4 issues and a denial, got {} records",
         lines.len()
     );
-    let public_key = kcred_controller::audit::AuditSigner::load(&stack.path().join("audit.key"))
+    let public_key = kcred_audit::AuditSigner::load(&stack.path().join("audit.key"))
         .expect("audit key")
         .public_key_hex();
     let verify = |name: &str, lines: &[String]| {

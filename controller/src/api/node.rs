@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use std::pin::Pin;
 
+use kcred_audit::{Action, AuditEvent};
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentials;
 use kcred_proto::kcred::v1::{
     Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, VolumeUpdate,
@@ -17,7 +18,6 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::annotations::CredentialRequest;
-use crate::audit::{Action, AuditEvent};
 use crate::bundle;
 use crate::gate::Priority;
 use crate::issued::VolumeRecord;

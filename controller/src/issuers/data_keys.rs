@@ -447,7 +447,7 @@ fn validate_id(id: &str) -> Result<(), KeyError> {
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
 fn rfc3339(unix: i64) -> String {
-    crate::timefmt::rfc3339_seconds(unix)
+    kcred_audit::timefmt::rfc3339_seconds(unix)
 }
 
 #[path = "data_keys/pod_file.rs"]
