@@ -15,11 +15,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kcred_audit::{Action, AuditEvent};
 use kcred_proto::kcred::v1::{Bundle, BundleFile};
 use sha2::{Digest, Sha256};
 
 use crate::annotations::CredentialRequest;
-use crate::audit::{Action, AuditEvent};
 use crate::gate::Priority;
 use crate::issuers::IssueError;
 use crate::keytab::Keytab;

@@ -15,7 +15,6 @@
 pub mod admission;
 pub mod annotations;
 pub mod api;
-pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod config;
@@ -37,7 +36,6 @@ pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod timefmt;
 
 pub use config::Config;
 pub use server::{Controller, ServeError};

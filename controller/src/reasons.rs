@@ -14,7 +14,7 @@ use kcred_proto::kcred::v1::Reason;
 use tonic::Status;
 
 use crate::annotations::AnnotationError;
-use crate::audit::AuditError;
+use kcred_audit::AuditError;
 use crate::issuers::IssueError;
 use crate::kadmin::KadminError;
 use crate::kdc::TicketError;

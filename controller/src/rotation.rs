@@ -14,10 +14,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kcred_audit::{Action, AuditEvent};
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Action, AuditEvent};
 use crate::gate::{Lane, Priority};
 use crate::issued::VolumeRecord;
 use crate::issuers::IssueError;

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kcred_audit::{AuditLog, AuditSigner};
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentialsServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -11,7 +12,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::admin::AdminApi;
 use crate::api::node::NodeApi;
-use crate::audit::{AuditLog, AuditSigner};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::crypto::MasterKey;

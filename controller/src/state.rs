@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::audit::{AuditError, AuditEvent, AuditLog};
+use kcred_audit::{AuditError, AuditEvent, AuditLog};
+
 use crate::auth::Auth;
 use crate::issued::Issued;
 use crate::issuers::certs::CertIssuer;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kcred_controller::issuers::data_keys::{open_with_any, parse_pod_file, seal_with_primary};
 use kcred_controller::kdc::Ticket;
+use kcred_keys::{open_with_any, parse_pod_file, seal_with_primary};
 use kcred_tests::{Stack, StackOptions, TestPod, skip_unless_root};
 use tonic::Code;
 use zeroize::Zeroizing;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kcred_controller::issuers::data_keys::parse_pod_file;
 use kcred_controller::keytab::Keytab;
+use kcred_keys::parse_pod_file;
 use kcred_tests::procs::{NODE_A, ProcStack, binary};
 use kcred_tests::{Kubelet, TestPod, skip_unless_root, wait_until};
 use zeroize::Zeroizing;
@@ -193,17 +193,14 @@ async fn a_key_rotation_makes_a_new_primary_and_keeps_old_versions() {
     let target = stack.kubelet().publish(&pod, VOL).await.expect("publish");
     let file = target.join("orders-db.keys.json");
     let before = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
-    let sealed =
-        kcred_controller::issuers::data_keys::seal_with_primary(&before, b"secret row", b"")
-            .expect("seal");
+    let sealed = kcred_keys::seal_with_primary(&before, b"secret row", b"").expect("seal");
 
     let out = stack.kcredctl("alice", &["rotate", "key", "orders-db", "--wait", "20s"]);
     assert!(out.status.success(), "{}", text(&out));
     let after = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
     assert_eq!(after.primary, before.primary + 1);
     assert_eq!(after.keys.len(), 2, "old version kept for decryption");
-    let opened = kcred_controller::issuers::data_keys::open_with_any(&after, &sealed, b"")
-        .expect("old data opens");
+    let opened = kcred_keys::open_with_any(&after, &sealed, b"").expect("old data opens");
     assert_eq!(opened.as_slice(), b"secret row");
 
     // Retiring the primary is refused; retiring the old version removes it
@@ -227,7 +224,7 @@ async fn a_key_rotation_makes_a_new_primary_and_keeps_old_versions() {
     .await;
     let now = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
     assert!(
-        kcred_controller::issuers::data_keys::open_with_any(&now, &sealed, b"").is_err(),
+        kcred_keys::open_with_any(&now, &sealed, b"").is_err(),
         "retired data no longer opens"
     );
 }
@@ -414,7 +411,7 @@ async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
         "4 issues and a denial, got {} records",
         lines.len()
     );
-    let public_key = kcred_controller::audit::AuditSigner::load(&stack.path().join("audit.key"))
+    let public_key = kcred_audit::AuditSigner::load(&stack.path().join("audit.key"))
         .expect("audit key")
         .public_key_hex();
     let verify = |name: &str, lines: &[String]| {

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kcred_audit::{self as audit, Action, AuditEvent, AuditFilter};
 use kcred_proto::kcred::v1::admin_server::Admin;
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use kcred_proto::kcred::v1::*;
@@ -14,7 +15,6 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{self, Action, AuditEvent, AuditFilter};
 use crate::auth::Role;
 use crate::gate::Lane;
 use crate::issued::VolumeRecord;

@@ -9,6 +9,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use kcred_audit::{Action, AuditEvent};
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentials;
 use kcred_proto::kcred::v1::{
     Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, Reason, VolumeUpdate,
@@ -18,7 +19,6 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::admission::{self, FetchFacts, Grant};
-use crate::audit::{Action, AuditEvent};
 use crate::bundle;
 use crate::issued::{PutError, VolumeRecord};
 use crate::names;

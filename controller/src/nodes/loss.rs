@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::audit::{Action, AuditEvent};
+use kcred_audit::{Action, AuditEvent};
 use crate::names;
 use crate::nodes::leases::{LeaseState, Transition};
 use crate::state::ControllerState;

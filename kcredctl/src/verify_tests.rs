@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use kcred_controller::audit::{Action, AuditEvent, AuditLog, AuditSigner};
+use kcred_audit::{Action, AuditEvent, AuditLog, AuditSigner};
 
 use super::*;
 

@@ -64,12 +64,15 @@
 //! key's PKCS#8 bytes are held in [`zeroize::Zeroizing`] while loaded and
 //! never printed.
 
+#![forbid(unsafe_code)]
+
 mod event;
 mod log;
 mod query;
 mod reader;
 mod record;
 mod signer;
+pub mod timefmt;
 mod verify;
 
 #[cfg(test)]

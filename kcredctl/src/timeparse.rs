@@ -86,7 +86,7 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
         let ms = i64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too far back"))?;
         return Ok(now_ms.saturating_sub(ms));
     }
-    kcred_controller::timefmt::parse_millis(s).ok_or_else(|| {
+    kcred_audit::timefmt::parse_millis(s).ok_or_else(|| {
         format!(
             "{s:?} is not a time; use RFC 3339 (2026-05-01T12:00:00Z), a date (2026-05-01) \
              or a relative time (-1h, -2d)"
@@ -96,7 +96,7 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
 
 /// Unix seconds as `2026-05-01T12:00:00Z`.
 pub fn format_unix(secs: i64) -> String {
-    kcred_controller::timefmt::rfc3339_seconds(secs)
+    kcred_audit::timefmt::rfc3339_seconds(secs)
 }
 
 /// How long ago `then` was, both in Unix seconds: "12s ago", "3h ago";

@@ -165,7 +165,7 @@ fn render_records(lines: &[String]) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use kcred_controller::audit::Action;
+    use kcred_audit::Action;
 
     use super::*;
 
