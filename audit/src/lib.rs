@@ -85,7 +85,7 @@ mod tests_tamper;
 use std::io;
 use std::path::PathBuf;
 
-pub use event::{Action, AuditEvent, Decision};
+pub use event::{Action, Actor, AuditEvent, CredentialKind, Decision};
 pub use log::AuditLog;
 pub use query::{AuditFilter, export, query};
 pub use record::{AuditHead, AuditRecord, GENESIS_HASH, MAX_LINE_BYTES, RECORD_VERSION};

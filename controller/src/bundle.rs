@@ -15,7 +15,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kcred_audit::{Action, AuditEvent};
+use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
 use kcred_proto::kcred::v1::{Bundle, BundleFile};
 use sha2::{Digest, Sha256};
 
@@ -70,10 +70,10 @@ pub async fn assemble(
     let gid = pod.fs_group.unwrap_or(role.gid);
     let action = match priority {
         Priority::Starting => Action::Issue,
-        Priority::Background => Action::Renew,
+        Priority::Background => Action::Refresh,
     };
-    let event = |kind: &str, subject: String| {
-        AuditEvent::new(format!("node/{node}"), action)
+    let event = |kind: CredentialKind, subject: String| {
+        AuditEvent::new(Actor::Node(node.to_string()), action)
             .with_kind(kind)
             .with_subject(subject)
             .with_place(node, &pod.namespace, &pod.name)
@@ -97,7 +97,7 @@ pub async fn assemble(
                 .keytabs
                 .keytab(&Principal::Service(principal.clone()), priority)
                 .await?;
-            let mut e = event("keytab", principal.to_string());
+            let mut e = event(CredentialKind::Keytab, principal.to_string());
             if let Some(kvno) = k.kvnos().iter().max() {
                 e = e.with_kvno(*kvno);
             }
@@ -115,7 +115,7 @@ pub async fn assemble(
         let t = st.tickets.ticket(login, priority).await?;
         sooner(t.refresh_at);
         events.push(
-            event("ticket", t.ticket.client.clone()).with_reason(format!(
+            event(CredentialKind::Ticket, t.ticket.client.clone()).with_reason(format!(
                 "role account {}; valid until {}",
                 role.login,
                 unix(t.ticket.end)
@@ -131,7 +131,7 @@ pub async fn assemble(
         let leaf = st.certs.cert(&role.login, &wants.certs).await?;
         sooner(leaf.refresh_at);
         let names = wants.certs.iter().cloned().collect::<Vec<_>>().join(",");
-        events.push(event("cert", names).with_serial(leaf.serial_hex.clone()));
+        events.push(event(CredentialKind::Cert, names).with_serial(leaf.serial_hex.clone()));
         files.push(BundleFile {
             name: "tls.crt".into(),
             content: leaf.cert_pem.clone().into_bytes(),
@@ -150,7 +150,7 @@ pub async fn assemble(
     }
     for id in &wants.keys {
         let f = st.keys.key_file(id).await?;
-        events.push(event("key", id.clone()).with_key_version(f.primary));
+        events.push(event(CredentialKind::Key, id.clone()).with_key_version(f.primary));
         files.push(BundleFile {
             name: f.name.clone(),
             content: f.content.to_vec(),

@@ -14,13 +14,13 @@ use kcred_proto::kcred::v1::Reason;
 use tonic::Status;
 
 use crate::annotations::AnnotationError;
-use kcred_audit::AuditError;
 use crate::issuers::IssueError;
 use crate::kadmin::KadminError;
 use crate::kdc::TicketError;
 use crate::names::NameError;
 use crate::policy::Denied;
 use crate::store::StoreError;
+use kcred_audit::AuditError;
 
 /// An error that knows which reason of the vocabulary it is.
 pub trait Reasoned: std::fmt::Display {

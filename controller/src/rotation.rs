@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kcred_audit::{Action, AuditEvent};
+use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use serde::{Deserialize, Serialize};
 
@@ -142,8 +142,8 @@ pub async fn purge_due(st: &ControllerState) {
         .await;
         match result {
             Ok(keytab) => {
-                let event = AuditEvent::new("controller", Action::Rotate)
-                    .with_kind("keytab")
+                let event = AuditEvent::new(Actor::Controller, Action::Rotate)
+                    .with_kind(CredentialKind::Keytab)
                     .with_subject(purge.principal.clone())
                     .with_kvno(purge.keep_kvno)
                     .with_reason(format!("grace period over: kvnos now {:?}", keytab.kvnos()));

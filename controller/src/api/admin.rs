@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kcred_audit::{self as audit, Action, AuditEvent, AuditFilter};
+use kcred_audit::{self as audit, Action, Actor, AuditEvent, AuditFilter, CredentialKind};
 use kcred_proto::kcred::v1::admin_server::Admin;
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use kcred_proto::kcred::v1::*;
@@ -44,9 +44,9 @@ impl AdminApi {
     ) -> Result<(String, Role), Status> {
         let refuse = |who: String, refusal: Refusal| async move {
             self.state.count_refusal(refusal.reason);
-            let event = AuditEvent::new(format!("admin/{who}"), Action::Deny)
+            let event = AuditEvent::new(Actor::Admin(who), Action::Deny)
                 .with_subject(what)
-                .denied(format!("admin: {}", refusal.message));
+                .denied(refusal.reason, format!("admin: {}", refusal.message));
             if let Err(e) = self.state.record(vec![event]).await {
                 tracing::error!(error = %e, "cannot audit a refused admin call");
             }
@@ -82,8 +82,8 @@ fn invalid(message: impl Into<String>) -> Status {
 }
 
 /// The audit record of an operator's rotation or retirement of `subject`.
-fn rotation_event(who: &str, kind: &str, subject: impl Into<String>) -> AuditEvent {
-    AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+fn rotation_event(who: &str, kind: CredentialKind, subject: impl Into<String>) -> AuditEvent {
+    AuditEvent::new(Actor::Admin(who.to_string()), Action::Rotate)
         .with_kind(kind)
         .with_subject(subject)
 }
@@ -270,14 +270,14 @@ impl Admin for AdminApi {
             st.count_refusal(refusal.reason);
             let _ = self
                 .audit(
-                    rotation_event(&who, "keytab", principal.to_string())
-                        .denied(refusal.message.clone()),
+                    rotation_event(&who, CredentialKind::Keytab, principal.to_string())
+                        .denied(refusal.reason, refusal.message.clone()),
                 )
                 .await;
             return Err(refusal.into());
         }
         self.audit(
-            rotation_event(&who, "keytab", principal.to_string())
+            rotation_event(&who, CredentialKind::Keytab, principal.to_string())
                 .with_reason(format!("requested; grace {} s", req.grace_secs)),
         )
         .await?;
@@ -292,15 +292,15 @@ impl Admin for AdminApi {
             Err(e) => {
                 let _ = self
                     .audit(
-                        rotation_event(&who, "keytab", principal.to_string())
-                            .denied(format!("rotation failed: {e}")),
+                        rotation_event(&who, CredentialKind::Keytab, principal.to_string())
+                            .denied(e.reason(), format!("rotation failed: {e}")),
                     )
                     .await;
                 return Err(status_of(&e));
             }
         };
         self.audit(
-            rotation_event(&who, "keytab", principal.to_string())
+            rotation_event(&who, CredentialKind::Keytab, principal.to_string())
                 .with_kvno(kvno)
                 .with_reason("new keys; previous kvno kept for the grace period"),
         )
@@ -332,22 +332,24 @@ impl Admin for AdminApi {
         if req.wait_secs > MAX_WAIT_SECS {
             return Err(invalid(format!("wait_secs is at most {MAX_WAIT_SECS}")));
         }
-        self.audit(rotation_event(&who, "key", req.key_id.clone()).with_reason("requested"))
-            .await?;
+        self.audit(
+            rotation_event(&who, CredentialKind::Key, req.key_id.clone()).with_reason("requested"),
+        )
+        .await?;
         let version = match st.keys.rotate(&req.key_id).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = self
                     .audit(
-                        rotation_event(&who, "key", req.key_id.clone())
-                            .denied(format!("rotation failed: {e}")),
+                        rotation_event(&who, CredentialKind::Key, req.key_id.clone())
+                            .denied(e.reason(), format!("rotation failed: {e}")),
                     )
                     .await;
                 return Err(status_of(&e));
             }
         };
         self.audit(
-            rotation_event(&who, "key", req.key_id.clone())
+            rotation_event(&who, CredentialKind::Key, req.key_id.clone())
                 .with_key_version(version)
                 .with_reason("new primary version; older versions kept for decryption"),
         )
@@ -379,7 +381,7 @@ impl Admin for AdminApi {
         names::validate_key_id(&req.key_id).map_err(|e| status_of(&e))?;
         let st = &self.state;
         self.audit(
-            rotation_event(&who, "key", req.key_id.clone())
+            rotation_event(&who, CredentialKind::Key, req.key_id.clone())
                 .with_key_version(req.version)
                 .with_reason("version retired: no longer delivered"),
         )
@@ -423,7 +425,7 @@ impl Admin for AdminApi {
                 ))
             })?;
         self.audit(
-            AuditEvent::new(format!("admin/{who}"), Action::Revoke)
+            AuditEvent::new(Actor::Admin(who.clone()), Action::Revoke)
                 .with_subject(req.volume_id.clone())
                 .with_place(&rec.node, &rec.namespace, &rec.pod)
                 .with_reason(req.reason.clone()),

@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use kcred_audit::{Action, AuditEvent};
+use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentials;
 use kcred_proto::kcred::v1::{
     Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, Reason, VolumeUpdate,
@@ -156,9 +156,12 @@ impl NodeApi {
         tracing::warn!(who = %rejected.who, claimed = %node, reason = %refusal.reason.label(),
             error = %refusal.message, "node call refused");
         self.state.count_refusal(refusal.reason);
-        let event = AuditEvent::new(rejected.who, Action::Deny)
+        let event = AuditEvent::new(Actor::Caller(rejected.who), Action::Deny)
             .with_place(node, "", "")
-            .denied(format!("authentication: {}", refusal.message));
+            .denied(
+                refusal.reason,
+                format!("authentication: {}", refusal.message),
+            );
         if let Err(e) = self.state.record(vec![event]).await {
             tracing::error!(error = %e, "cannot audit a refused call");
         }
@@ -170,9 +173,9 @@ impl NodeApi {
         tracing::warn!(node, pod = %format!("{}/{}", pod.namespace, pod.name),
             reason = %refusal.reason.label(), error = %refusal.message, "denied");
         self.state.count_refusal(refusal.reason);
-        let event = AuditEvent::new(format!("node/{node}"), Action::Deny)
+        let event = AuditEvent::new(Actor::Node(node.to_string()), Action::Deny)
             .with_place(node, &pod.namespace, &pod.name)
-            .denied(refusal.message.clone());
+            .denied(refusal.reason, refusal.message.clone());
         if let Err(e) = self.state.record(vec![event]).await {
             tracing::error!(error = %e, "cannot audit a denial");
         }

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use kcred_audit::{Action, AuditEvent};
+use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
+
 use crate::names;
 use crate::nodes::leases::{LeaseState, Transition};
+use crate::reasons::Reasoned;
 use crate::state::ControllerState;
 
 /// Sweeps lapsed leases once a second until aborted. Each loss is handled
@@ -37,7 +39,7 @@ pub async fn lease_transition(st: &ControllerState, t: Transition) {
     };
     tracing::info!(%node, ?t, "node lease changed");
     if let Some(action) = action {
-        let event = AuditEvent::new("controller", action)
+        let event = AuditEvent::new(Actor::Controller, action)
             .with_place(node, "", "")
             .with_reason(reason);
         if let Err(e) = st.record(vec![event]).await {
@@ -72,15 +74,18 @@ async fn rotate_keytabs_held_by(st: &ControllerState, node: &str, grace: Duratio
             continue;
         };
         let result = crate::rotation::rotate_keytab(st, &principal, grace).await;
-        let event = AuditEvent::new("controller", Action::Rotate)
-            .with_kind("keytab")
+        let event = AuditEvent::new(Actor::Controller, Action::Rotate)
+            .with_kind(CredentialKind::Keytab)
             .with_subject(name.clone())
             .with_place(node, "", "");
         let event = match &result {
             Ok(kvno) => event.with_kvno(*kvno).with_reason(format!(
                 "node {node} lost: policy rotates the keytabs it held"
             )),
-            Err(e) => event.denied(format!("rotation after losing node {node} failed: {e}")),
+            Err(e) => event.denied(
+                e.reason(),
+                format!("rotation after losing node {node} failed: {e}"),
+            ),
         };
         if let Err(e) = st.record(vec![event]).await {
             tracing::error!(error = %e, "cannot audit a rotation");
