@@ -1,7 +1,5 @@
 //! What is recorded, and the exact bytes a record's hash covers.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -234,14 +232,6 @@ impl AuditRecord {
             reason: self.reason.clone(),
             detail: self.detail.clone(),
         }
-    }
-}
-
-/// Wall-clock time in Unix milliseconds (negative before 1970).
-pub(super) fn now_unix_ms() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }
 

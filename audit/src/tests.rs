@@ -94,14 +94,14 @@ fn appended_records_are_numbered_chained_timed_and_signed() {
     let fx = Fixture::new(0);
     let log = fx.open();
     assert_eq!(log.head(), None);
-    let before = record::now_unix_ms();
+    let before = crate::timefmt::now_unix_ms();
     let r1 = log.append(&event(1)).expect("append 1");
     let r2 = log.append(&event(2)).expect("append 2");
     assert_eq!((r1.seq, r2.seq), (1, 2));
     assert_eq!(r1.prev_hash, GENESIS_HASH);
     assert_eq!(r2.prev_hash, r1.hash);
     assert_eq!(r1.key_id, log.signer().key_id());
-    assert!(r1.unix_ms >= before && r1.unix_ms <= record::now_unix_ms());
+    assert!(r1.unix_ms >= before && r1.unix_ms <= crate::timefmt::now_unix_ms());
     assert_eq!(r1.time, rfc3339_ms(r1.unix_ms));
     assert_eq!(r1.verify_alone(log.signer().public_key()), Ok(()));
     assert_eq!(r1.event(), event(1));

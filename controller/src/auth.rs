@@ -15,19 +15,19 @@ use crate::reasons::Refusal;
 
 /// An admin caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum AdminRole {
     /// May read and change.
     Operator,
     /// May only read.
     Auditor,
 }
 
-impl Role {
+impl AdminRole {
     /// For status output.
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Operator => "operator",
-            Role::Auditor => "auditor",
+            AdminRole::Operator => "operator",
+            AdminRole::Auditor => "auditor",
         }
     }
 }
@@ -192,7 +192,7 @@ impl Auth {
     }
 
     /// Authenticates an admin caller and returns their principal and role.
-    pub fn admin<T>(&self, request: &Request<T>) -> Result<(String, Role), Rejected> {
+    pub fn admin<T>(&self, request: &Request<T>) -> Result<(String, AdminRole), Rejected> {
         let Some(acceptor) = &self.acceptor else {
             return Err(rejected(
                 "anonymous",
@@ -216,9 +216,9 @@ impl Auth {
             })?,
         };
         let role = if self.operators.contains(&caller.0) {
-            Role::Operator
+            AdminRole::Operator
         } else if self.auditors.contains(&caller.0) {
-            Role::Auditor
+            AdminRole::Auditor
         } else {
             return Err(rejected(
                 caller.0.clone(),

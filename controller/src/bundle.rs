@@ -13,7 +13,8 @@
 //! group is the fsGroup and secret files are 0440, so every container of
 //! the pod can read them.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use kcred_audit::timefmt::unix_secs;
+use std::time::SystemTime;
 
 use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
 use kcred_proto::kcred::v1::{Bundle, BundleFile};
@@ -29,7 +30,7 @@ use crate::policy::RoleAccount;
 use crate::state::ControllerState;
 
 /// A bundle and what the audit must record about it.
-pub struct Issued {
+pub struct Assembled {
     /// The bundle for the node.
     pub bundle: Bundle,
     /// One event per credential, recorded before the bundle leaves.
@@ -51,12 +52,6 @@ fn generation(files: &[BundleFile], uid: u32, gid: u32) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Issues everything `wants` asks for, as role account `role`.
 pub async fn assemble(
     st: &ControllerState,
@@ -65,7 +60,7 @@ pub async fn assemble(
     role: &RoleAccount,
     wants: &CredentialRequest,
     priority: Priority,
-) -> Result<Issued, IssueError> {
+) -> Result<Assembled, IssueError> {
     let secret_mode = if pod.fs_group.is_some() { 0o440 } else { 0o400 };
     let gid = pod.fs_group.unwrap_or(role.gid);
     let action = match priority {
@@ -118,7 +113,7 @@ pub async fn assemble(
             event(CredentialKind::Ticket, t.ticket.client.clone()).with_reason(format!(
                 "role account {}; valid until {}",
                 role.login,
-                unix(t.ticket.end)
+                unix_secs(t.ticket.end)
             )),
         );
         files.push(BundleFile {
@@ -159,13 +154,13 @@ pub async fn assemble(
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let generation = generation(&files, role.uid, gid);
-    Ok(Issued {
+    Ok(Assembled {
         bundle: Bundle {
             files,
             uid: role.uid,
             gid,
             generation,
-            refresh_after_unix: refresh_after.map(unix).unwrap_or(0),
+            refresh_after_unix: refresh_after.map(unix_secs).unwrap_or(0),
         },
         events,
     })

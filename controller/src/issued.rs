@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+
+use crate::locks::lock;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -218,12 +220,5 @@ impl Issued {
             .into_iter()
             .filter(|v| !v.revoked && v.keys.contains(id))
             .collect())
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }

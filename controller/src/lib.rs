@@ -25,6 +25,7 @@ pub mod issuers;
 pub mod kadmin;
 pub mod kdc;
 pub mod keytab;
+pub mod locks;
 pub mod metrics;
 pub mod names;
 pub mod nodes;

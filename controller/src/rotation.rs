@@ -24,7 +24,8 @@ use crate::issuers::IssueError;
 use crate::keytab::Keytab;
 use crate::names::{Principal, ServicePrincipal};
 use crate::state::ControllerState;
-use crate::store::{Table, now_unix};
+use crate::store::Table;
+use kcred_audit::timefmt::now_unix;
 
 /// A rotation whose grace period has not ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,7 +1,9 @@
 //! Durations ("30s", "1h30m"), points in time (RFC 3339 or "-1h") and
 //! their display, without a date library.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use kcred_audit::timefmt::now_unix_ms;
 
 /// Parses `30s`, `5m`, `1h`, `2d` or a sum like `1h30m`; a bare number is
 /// seconds.
@@ -59,13 +61,6 @@ pub fn format_duration(d: Duration) -> String {
         }
     }
     out
-}
-
-/// The current time in Unix milliseconds.
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// clap value parser for `--since`/`--until`: a point in time as Unix ms.

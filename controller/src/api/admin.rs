@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Role;
+use crate::auth::AdminRole;
 use crate::gate::Lane;
 use crate::issued::VolumeRecord;
 use crate::names::{self, ServicePrincipal};
@@ -39,9 +39,9 @@ impl AdminApi {
     async fn caller<T>(
         &self,
         request: &Request<T>,
-        needs: Role,
+        needs: AdminRole,
         what: &str,
-    ) -> Result<(String, Role), Status> {
+    ) -> Result<(String, AdminRole), Status> {
         let refuse = |who: String, refusal: Refusal| async move {
             self.state.count_refusal(refusal.reason);
             let event = AuditEvent::new(Actor::Admin(who), Action::Deny)
@@ -56,7 +56,7 @@ impl AdminApi {
             Ok(c) => c,
             Err(r) => return Err(refuse(r.who, r.refusal).await),
         };
-        if needs == Role::Operator && role != Role::Operator {
+        if needs == AdminRole::Operator && role != AdminRole::Operator {
             let refusal = Refusal::new(
                 Reason::RoleForbids,
                 format!("{who} is an auditor and may not {what}"),
@@ -176,7 +176,9 @@ impl Admin for AdminApi {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let (who, role) = self.caller(&request, Role::Auditor, "read status").await?;
+        let (who, role) = self
+            .caller(&request, AdminRole::Auditor, "read status")
+            .await?;
         let st = &self.state;
         let volumes = st.issued.all().map_err(|e| status_of(&e))?;
         let nodes = st
@@ -221,7 +223,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<ListCredentialsRequest>,
     ) -> Result<Response<ListCredentialsResponse>, Status> {
-        self.caller(&request, Role::Auditor, "list credentials")
+        self.caller(&request, AdminRole::Auditor, "list credentials")
             .await?;
         let f = request.into_inner();
         let principal = if f.principal.is_empty() {
@@ -252,7 +254,7 @@ impl Admin for AdminApi {
         request: Request<RotateKeytabRequest>,
     ) -> Result<Response<Self::RotateKeytabStream>, Status> {
         let (who, _) = self
-            .caller(&request, Role::Operator, "rotate keytabs")
+            .caller(&request, AdminRole::Operator, "rotate keytabs")
             .await?;
         let req = request.into_inner();
         let principal = ServicePrincipal::parse(&req.principal, &self.state.realm)
@@ -325,7 +327,9 @@ impl Admin for AdminApi {
         &self,
         request: Request<RotateKeyRequest>,
     ) -> Result<Response<Self::RotateKeyStream>, Status> {
-        let (who, _) = self.caller(&request, Role::Operator, "rotate keys").await?;
+        let (who, _) = self
+            .caller(&request, AdminRole::Operator, "rotate keys")
+            .await?;
         let req = request.into_inner();
         names::validate_key_id(&req.key_id).map_err(|e| status_of(&e))?;
         let st = &self.state;
@@ -376,7 +380,9 @@ impl Admin for AdminApi {
         &self,
         request: Request<RetireKeyRequest>,
     ) -> Result<Response<RetireKeyResponse>, Status> {
-        let (who, _) = self.caller(&request, Role::Operator, "retire keys").await?;
+        let (who, _) = self
+            .caller(&request, AdminRole::Operator, "retire keys")
+            .await?;
         let req = request.into_inner();
         names::validate_key_id(&req.key_id).map_err(|e| status_of(&e))?;
         let st = &self.state;
@@ -408,7 +414,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        let (who, _) = self.caller(&request, Role::Operator, "revoke").await?;
+        let (who, _) = self.caller(&request, AdminRole::Operator, "revoke").await?;
         let req = request.into_inner();
         if req.reason.trim().is_empty() {
             return Err(invalid("a reason is required"));
@@ -450,7 +456,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<AuditQuery>,
     ) -> Result<Response<Self::AuditExportStream>, Status> {
-        self.caller(&request, Role::Auditor, "read the audit")
+        self.caller(&request, AdminRole::Auditor, "read the audit")
             .await?;
         let q = request.into_inner();
         let opt = |s: String| if s.is_empty() { None } else { Some(s) };
@@ -493,7 +499,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<AuditHeadRequest>,
     ) -> Result<Response<AuditHeadResponse>, Status> {
-        self.caller(&request, Role::Auditor, "read the audit")
+        self.caller(&request, AdminRole::Auditor, "read the audit")
             .await?;
         // The head kept in the store, not the one read from the log: a log
         // cut short (and reopened) must not vouch for itself.

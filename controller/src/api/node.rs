@@ -247,7 +247,7 @@ impl NodeApi {
             certs: wants.certs.clone(),
             keys: wants.keys.clone(),
             versions,
-            issued_unix: crate::store::now_unix(),
+            issued_unix: kcred_audit::timefmt::now_unix(),
             generation: issued.bundle.generation.clone(),
             revoked: false,
         };

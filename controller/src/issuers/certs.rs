@@ -6,6 +6,7 @@
 //! is cached per role account and name set until 2/3 of its life, then a
 //! new one (new key, new serial) is issued.
 
+use kcred_audit::timefmt::unix_secs;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,12 +52,6 @@ pub struct LeafCert {
     pub serial_hex: String,
     /// When to come back for a fresh one.
     pub refresh_at: SystemTime,
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn from_unix(s: i64) -> SystemTime {
@@ -209,8 +204,8 @@ impl CertIssuer {
         let meta = CertMeta {
             cert_pem: issued.cert_pem.clone(),
             serial_hex: issued.serial_hex.clone(),
-            not_before_unix: unix(issued.not_before),
-            not_after_unix: unix(issued.not_after),
+            not_before_unix: unix_secs(issued.not_before),
+            not_after_unix: unix_secs(issued.not_after),
         };
         let store = Arc::clone(&self.store);
         let (k, secret, m) = (key.to_string(), issued.key_pem.clone(), meta.clone());

@@ -10,8 +10,9 @@
 //! exchange. While the KDC is down, a ticket that has not yet expired is
 //! still served.
 
+use kcred_audit::timefmt::unix_secs;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -36,12 +37,6 @@ pub struct TicketMeta {
     pub end_unix: i64,
     /// Renewable until.
     pub renew_till_unix: i64,
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Issues prestashed TGTs for role accounts.
@@ -185,9 +180,9 @@ impl TicketIssuer {
             }
         };
         let meta = TicketMeta {
-            start_unix: unix(ticket.start),
-            end_unix: unix(ticket.end),
-            renew_till_unix: unix(ticket.renew_till),
+            start_unix: unix_secs(ticket.start),
+            end_unix: unix_secs(ticket.end),
+            renew_till_unix: unix_secs(ticket.renew_till),
         };
         let store = Arc::clone(&self.store);
         let (key, bytes) = (name.to_string(), Zeroizing::new(ticket.ccache().to_vec()));
