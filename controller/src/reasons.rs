@@ -10,11 +10,11 @@
 //! task error) is logged here in full and answered with a short message:
 //! its internals are the operator's, not the caller's.
 
+use kcred_audit::AuditError;
 use kcred_proto::kcred::v1::Reason;
 use tonic::Status;
 
 use crate::annotations::AnnotationError;
-use kcred_audit::AuditError;
 use crate::issuers::IssueError;
 use crate::kadmin::KadminError;
 use crate::kdc::TicketError;

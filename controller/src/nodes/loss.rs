@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kcred_audit::{Action, AuditEvent};
 use tokio::task::JoinHandle;
 
-use kcred_audit::{Action, AuditEvent};
 use crate::names;
 use crate::nodes::leases::{LeaseState, Transition};
 use crate::state::ControllerState;
