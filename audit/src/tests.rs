@@ -4,7 +4,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::log::Fault;
 use super::record::rfc3339_ms;
@@ -330,23 +329,6 @@ fn concurrent_appends_from_8_threads_form_one_valid_chain() {
         };
         assert_eq!(query(&fx.log, &f).expect("query").len(), 50);
     }
-}
-
-#[test]
-fn append_rate_with_fsync_is_measured() {
-    let fx = Fixture::new(0);
-    let log = fx.open();
-    let n = 200;
-    let start = Instant::now();
-    for i in 0..n {
-        log.append(&event(i)).expect("append");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "audit append with fdatasync: {n} records in {:.1} ms = {:.0} appends/s",
-        secs * 1e3,
-        n as f64 / secs
-    );
 }
 
 #[test]

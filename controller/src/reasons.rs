@@ -10,6 +10,7 @@
 //! task error) is logged here in full and answered with a short message:
 //! its internals are the operator's, not the caller's.
 
+use kcred_audit::AuditError;
 use kcred_proto::kcred::v1::Reason;
 use tonic::Status;
 
@@ -20,7 +21,6 @@ use crate::kdc::TicketError;
 use crate::names::NameError;
 use crate::policy::Denied;
 use crate::store::StoreError;
-use kcred_audit::AuditError;
 
 /// An error that knows which reason of the vocabulary it is.
 pub trait Reasoned: std::fmt::Display {

@@ -20,6 +20,9 @@ fn delivered(versions: &[(u32, &str)]) -> Value {
            "primary": primary, "keys": keys})
 }
 
+/// A named way to break a delivered file.
+type Break = (&'static str, fn(&mut Value));
+
 fn parse(doc: &Value) -> Result<PodKeyFile, KeyError> {
     parse_pod_file(&serde_json::to_vec(doc).unwrap())
 }
@@ -47,7 +50,7 @@ fn unknown_fields_are_ignored() {
 
 #[test]
 fn files_breaking_the_contract_are_refused() {
-    let breaks: [(&str, fn(&mut Value)); 9] = [
+    let breaks: [Break; 9] = [
         ("format", |d| d["format"] = json!("kcred-keys/v2")),
         ("algorithm", |d| d["algorithm"] = json!("AES-128-GCM")),
         ("id", |d| d["id"] = json!("../etc")),

@@ -5,9 +5,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
-
 use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
+use tokio::task::JoinHandle;
 
 use crate::names;
 use crate::nodes::leases::{LeaseState, Transition};
