@@ -66,6 +66,32 @@ impl AdminApi {
         Ok((who, role))
     }
 
+    /// An operator's change, audited three times: the request (the change is
+    /// refused if that record cannot be written), then its failure with the
+    /// reason, or its outcome as `done` describes it.
+    async fn audited_change<T, E: Reasoned>(
+        &self,
+        event: AuditEvent,
+        requested: String,
+        change: impl std::future::Future<Output = Result<T, E>>,
+        done: impl FnOnce(&T, AuditEvent) -> AuditEvent,
+    ) -> Result<T, Status> {
+        self.audit(event.clone().with_reason(requested)).await?;
+        match change.await {
+            Ok(v) => {
+                self.audit(done(&v, event)).await?;
+                Ok(v)
+            }
+            Err(e) => {
+                let failed = event.denied(e.reason(), format!("failed: {e}"));
+                if let Err(a) = self.audit(failed).await {
+                    tracing::error!(error = %a.message(), "cannot audit a failed change");
+                }
+                Err(status_of(&e))
+            }
+        }
+    }
+
     /// Records an admin action; the action is refused if it cannot be.
     async fn audit(&self, event: AuditEvent) -> Result<(), Status> {
         self.state.record(vec![event]).await.map_err(|e| {
@@ -278,35 +304,17 @@ impl Admin for AdminApi {
                 .await;
             return Err(refusal.into());
         }
-        self.audit(
-            rotation_event(&who, CredentialKind::Keytab, principal.to_string())
-                .with_reason(format!("requested; grace {} s", req.grace_secs)),
-        )
-        .await?;
-        let kvno = match rotation::rotate_keytab(
-            st,
-            &principal,
-            Duration::from_secs(req.grace_secs),
-        )
-        .await
-        {
-            Ok(k) => k,
-            Err(e) => {
-                let _ = self
-                    .audit(
-                        rotation_event(&who, CredentialKind::Keytab, principal.to_string())
-                            .denied(e.reason(), format!("rotation failed: {e}")),
-                    )
-                    .await;
-                return Err(status_of(&e));
-            }
-        };
-        self.audit(
-            rotation_event(&who, CredentialKind::Keytab, principal.to_string())
-                .with_kvno(kvno)
-                .with_reason("new keys; previous kvno kept for the grace period"),
-        )
-        .await?;
+        let kvno = self
+            .audited_change(
+                rotation_event(&who, CredentialKind::Keytab, principal.to_string()),
+                format!("requested; grace {} s", req.grace_secs),
+                rotation::rotate_keytab(st, &principal, Duration::from_secs(req.grace_secs)),
+                |kvno, e| {
+                    e.with_kvno(*kvno)
+                        .with_reason("new keys; previous kvno kept for the grace period")
+                },
+            )
+            .await?;
         let holders = st
             .issued
             .holding_principal(&principal.to_string())
@@ -336,28 +344,17 @@ impl Admin for AdminApi {
         if req.wait_secs > MAX_WAIT_SECS {
             return Err(invalid(format!("wait_secs is at most {MAX_WAIT_SECS}")));
         }
-        self.audit(
-            rotation_event(&who, CredentialKind::Key, req.key_id.clone()).with_reason("requested"),
-        )
-        .await?;
-        let version = match st.keys.rotate(&req.key_id).await {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = self
-                    .audit(
-                        rotation_event(&who, CredentialKind::Key, req.key_id.clone())
-                            .denied(e.reason(), format!("rotation failed: {e}")),
-                    )
-                    .await;
-                return Err(status_of(&e));
-            }
-        };
-        self.audit(
-            rotation_event(&who, CredentialKind::Key, req.key_id.clone())
-                .with_key_version(version)
-                .with_reason("new primary version; older versions kept for decryption"),
-        )
-        .await?;
+        let version = self
+            .audited_change(
+                rotation_event(&who, CredentialKind::Key, req.key_id.clone()),
+                "requested".into(),
+                st.keys.rotate(&req.key_id),
+                |version, e| {
+                    e.with_key_version(*version)
+                        .with_reason("new primary version; older versions kept for decryption")
+                },
+            )
+            .await?;
         let holders = st
             .issued
             .holding_key(&req.key_id)

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::IssueError;
 use super::data_keys::{KeyError, KeyRing};
+use super::{IssueError, read_stored, write_stored};
 use crate::gate::single_flight::SingleFlight;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Record, Store, StoreError, Table};
 
 const KIND: &str = "key";
 
@@ -75,15 +75,13 @@ impl KeyIssuer {
     }
 
     async fn load(&self, id: &str) -> Result<Option<KeyRing>, IssueError> {
-        let store = Arc::clone(&self.store);
-        let k = id.to_string();
-        let found =
-            tokio::task::spawn_blocking(move || store.get::<KeyRingMeta>(Table::KeyRings, &k))
-                .await
-                .map_err(|e| IssueError::Task(e.to_string()))??;
-        found
-            .map(|r| KeyRing::from_store_bytes(&r.secret).map_err(|e| corrupt(id, e)))
-            .transpose()
+        read_stored(
+            &self.store,
+            Table::KeyRings,
+            id,
+            |r: Record<KeyRingMeta>| KeyRing::from_store_bytes(&r.secret),
+        )
+        .await
     }
 
     async fn save(&self, ring: &KeyRing) -> Result<(), IssueError> {
@@ -91,12 +89,14 @@ impl KeyIssuer {
             primary: ring.primary(),
             live: ring.live_versions(),
         };
-        let store = Arc::clone(&self.store);
-        let (k, bytes) = (ring.id().to_string(), ring.to_store_bytes());
-        tokio::task::spawn_blocking(move || store.put(Table::KeyRings, &k, &meta, &bytes))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??;
-        Ok(())
+        write_stored(
+            &self.store,
+            Table::KeyRings,
+            ring.id(),
+            meta,
+            ring.to_store_bytes(),
+        )
+        .await
     }
 
     fn file(ring: &KeyRing) -> KeyFile {

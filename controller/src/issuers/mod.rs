@@ -12,7 +12,12 @@ use crate::gate::single_flight::Abandoned;
 use crate::gate::{GateError, Protection};
 use crate::kadmin::KadminError;
 use crate::keytab::KeytabError;
-use crate::store::StoreError;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::store::{Record, Store, StoreError, Table};
 
 /// Why a credential could not be issued.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,6 +49,51 @@ pub enum IssueError {
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
+}
+
+/// The issued-credential cache every issuer reads through: the record of
+/// `name`, read off the async workers, turned into a credential by `parse`.
+/// A secret that does not parse is a corrupt record, not a missing one.
+pub(crate) async fn read_stored<M, T, E>(
+    store: &Arc<Store>,
+    table: Table,
+    name: &str,
+    parse: impl FnOnce(Record<M>) -> Result<T, E>,
+) -> Result<Option<T>, IssueError>
+where
+    M: DeserializeOwned + Send + 'static,
+    E: std::fmt::Display,
+{
+    let store = Arc::clone(store);
+    let key = name.to_string();
+    let found = tokio::task::spawn_blocking(move || store.get::<M>(table, &key))
+        .await
+        .map_err(|e| IssueError::Task(e.to_string()))??;
+    found.map(parse).transpose().map_err(|e| {
+        IssueError::Store(StoreError::Corrupt {
+            record: name.to_string(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Writes an issued credential's record off the async workers.
+pub(crate) async fn write_stored<M>(
+    store: &Arc<Store>,
+    table: Table,
+    name: &str,
+    meta: M,
+    secret: zeroize::Zeroizing<Vec<u8>>,
+) -> Result<(), IssueError>
+where
+    M: Serialize + Send + 'static,
+{
+    let store = Arc::clone(store);
+    let key = name.to_string();
+    tokio::task::spawn_blocking(move || store.put(table, &key, &meta, &secret))
+        .await
+        .map_err(|e| IssueError::Task(e.to_string()))??;
+    Ok(())
 }
 
 impl From<Abandoned> for IssueError {
