@@ -1,12 +1,12 @@
-//! Durations ("30s", "1h30m"), points in time (RFC 3339 or "-1h") and
-//! their display, without a date library.
+//! Durations ("30s", "1h30m", read by humantime), points in time
+//! (RFC 3339 or "-1h", read by the `time` crate) and their display.
 
 use std::time::Duration;
 
 use kcred_audit::timefmt::now_unix_ms;
 
-/// Parses `30s`, `5m`, `1h`, `2d` or a sum like `1h30m`; a bare number is
-/// seconds.
+/// Parses `30s`, `5m`, `1h`, `2d` or a sum like `1h30m` (humantime's
+/// grammar); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -18,33 +18,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .map(Duration::from_secs)
             .map_err(|_| format!("{s} seconds is too long"));
     }
-    let mut total: u64 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let (num, tail) = rest.split_at(digits);
-        let unit = tail.chars().next();
-        let mult = match unit {
-            Some('s') => 1,
-            Some('m') => 60,
-            Some('h') => 3600,
-            Some('d') => 86_400,
-            _ => {
-                return Err(format!(
-                    "{s:?} is not a duration; use a number and a unit s, m, h or d (30s, 5m, 1h30m)"
-                ));
-            }
-        };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?}: a number must come before each unit"))?;
-        total = n
-            .checked_mul(mult)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{s:?} is too long"))?;
-        rest = &tail[1..];
-    }
-    Ok(Duration::from_secs(total))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 30s, 5m, 1h30m, 2d"))
 }
 
 /// Short form of a duration for messages: "90s" -> "1m30s".
@@ -131,17 +106,9 @@ mod tests {
         assert_eq!(secs("2d"), Ok(172_800));
         assert_eq!(secs("1h30m"), Ok(5400));
         assert_eq!(secs("45"), Ok(45));
+        assert_eq!(secs("1.5h"), Ok(5400));
         assert_eq!(secs("0"), Ok(0));
-        for bad in [
-            "",
-            "h",
-            "5x",
-            "1.5h",
-            "-5m",
-            "5m3",
-            "m5",
-            "99999999999999999999d",
-        ] {
+        for bad in ["", "h", "5x", "-5m", "5m3", "m5", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
         }
     }

@@ -17,7 +17,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -299,9 +298,7 @@ fn encode_key(key: &[u8; KEY_LEN]) -> Zeroizing<String> {
 
 fn fresh_version(version: u32) -> Result<KeyVersion, KeyError> {
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    SystemRandom::new()
-        .fill(&mut key[..])
-        .map_err(|_| KeyError::Random)?;
+    crate::crypto::random::fill(&mut key[..]).map_err(|_| KeyError::Random)?;
     let created_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| {

@@ -293,8 +293,9 @@ impl crate::gate::Transient for KadminError {
 }
 
 fn rand_suffix() -> u64 {
-    use aes_gcm::aead::rand_core::RngCore;
-    aes_gcm::aead::OsRng.next_u64()
+    // Uniqueness comes from the sequence number beside it; a failed
+    // generator only makes the name predictable, never reused.
+    crate::crypto::random::u64().unwrap_or_default()
 }
 
 /// Deletes a transient keytab file whatever happens.
