@@ -1,6 +1,8 @@
 //! `kcredctl`: the operators' and auditors' command line for the kcred
 //! controller's `kcred.v1.Admin` API. See `kcredctl --help`.
 
+#![forbid(unsafe_code)]
+
 mod audit;
 mod cli;
 mod connect;
@@ -24,6 +26,7 @@ use crate::cli::{AuditCmd, Cli, Command, RotateCmd, Shell};
 pub struct Usage(String);
 
 impl Usage {
+    /// A usage error with its message (exit code 2).
     pub fn new(message: impl Into<String>) -> Self {
         Usage(message.into())
     }

@@ -3,6 +3,8 @@
 //! the driver's unix socket exactly as kubelet does for ephemeral inline
 //! volumes.
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod kubelet;
 pub mod procs;
