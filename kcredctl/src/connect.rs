@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use kcred_auth::grpc::TokenInterceptor;
 use kcred_auth::{AuthError, Initiator};
+use kcred_proto::kcred::v1::Reason;
 use kcred_proto::kcred::v1::admin_client::AdminClient;
+use kcred_proto::reason::reason_of;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Response, Status, Streaming};
@@ -187,45 +189,60 @@ pub async fn next<T>(stream: &mut Streaming<T>, idle: Duration) -> anyhow::Resul
     }
 }
 
-/// A gRPC failure in words, with what to do about it.
+/// A gRPC failure in words, with what to do about it. The controller's
+/// refusals carry a reason (`kcred.v1.Reason`) and are explained by it; a
+/// status without one never reached the controller (this client's identity
+/// or the network) and is explained by its code.
 pub fn explain(status: &Status) -> anyhow::Error {
     let msg = match status.message() {
         "" => format!("{:?}", status.code()),
         m => m.to_string(),
     };
+    if let Some(reason) = reason_of(status) {
+        let label = reason.label();
+        return match reason {
+            Reason::Unauthenticated => anyhow!(
+                "the controller refused your Kerberos identity: {msg}; check --keytab/--principal \
+                 (and --service, the controller's principal)"
+            ),
+            Reason::NoAdminRole => anyhow!(
+                "you have no admin role: {msg}; an operator lists people in auth.operators \
+                 (rotate, revoke) or auth.auditors (read)"
+            ),
+            Reason::RoleForbids => anyhow!(
+                "your role cannot do this: {msg}; auditors may read (status, list, audit), \
+                 operators may also rotate and revoke"
+            ),
+            Reason::RequestInvalid => anyhow!("the controller refused the request: {msg}"),
+            Reason::VolumeUnknown | Reason::KeyUnknown => anyhow!("not found: {msg}"),
+            r if r.is_transient() => {
+                anyhow!("the controller cannot do this now ({label}): {msg}; retry later")
+            }
+            _ => anyhow!("refused ({label}): {msg}"),
+        };
+    }
     match status.code() {
-        Code::Unauthenticated => anyhow!(
-            "the controller refused your Kerberos identity: {msg}; check --keytab/--principal \
-             (and --service, the controller's principal)"
-        ),
-        Code::PermissionDenied => anyhow!(
-            "your role cannot do this: {msg}; auditors may read (status, list, audit), \
-             operators may also rotate and revoke"
-        ),
-        Code::Unavailable if msg.contains("Kerberos token") => {
-            anyhow!("{msg}; check KRB5_CONFIG, --keytab and --service")
-        }
-        Code::Unavailable if msg.contains("connect") || msg.contains("transport") => anyhow!(
+        Code::Unavailable if std::error::Error::source(status).is_some() => anyhow!(
             "the controller is unreachable: {msg}; check --controller and that it is running"
         ),
-        Code::Unavailable => anyhow!("the controller cannot do this now: {msg}; retry later"),
+        Code::Unavailable | Code::Unauthenticated => anyhow!(
+            "no call reached the controller: {msg}; check KRB5_CONFIG, --keytab, --service \
+             and --controller"
+        ),
         Code::DeadlineExceeded => {
             anyhow!("the controller did not finish in time: {msg}; try a larger --timeout")
         }
-        Code::NotFound => anyhow!("not found: {msg}"),
-        Code::InvalidArgument => anyhow!("the controller refused the request: {msg}"),
-        Code::FailedPrecondition => anyhow!("the controller cannot do this now: {msg}"),
-        Code::ResourceExhausted => anyhow!("the controller is busy: {msg}; retry in a moment"),
         Code::Unimplemented => {
             anyhow!("the controller does not offer this ({msg}); is it older than this kcredctl?")
         }
-        code => anyhow!("the controller failed ({code:?}): {msg}"),
+        code => anyhow!("the call failed ({code:?}): {msg}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kcred_proto::reason::status;
 
     #[test]
     fn service_defaults_to_kcred_at_the_controller_host() {
@@ -259,28 +276,30 @@ mod tests {
     }
 
     #[test]
-    fn refusals_say_what_to_do() {
+    fn refusals_are_explained_by_their_reason_not_their_words() {
         let text = |s: Status| explain(&s).to_string();
-        let t = text(Status::unauthenticated(
+        let t = text(status(
+            Reason::Unauthenticated,
             "Kerberos token refused: clock skew",
         ));
         assert!(t.starts_with("the controller refused your Kerberos identity: Kerberos token"));
         assert!(t.contains("check --keytab/--principal"), "{t}");
-        let t = text(Status::permission_denied("alice@R is an auditor"));
+        let t = text(status(Reason::RoleForbids, "alice@R is an auditor"));
         assert!(
             t.starts_with("your role cannot do this: alice@R is an auditor"),
             "{t}"
         );
+        let t = text(status(Reason::NoAdminRole, "bob@R has no admin role"));
+        assert!(t.contains("auth.operators"), "{t}");
+        let t = text(status(Reason::AuditUnavailable, "audit log unavailable"));
+        assert!(t.ends_with("retry later"), "{t}");
+        let t = text(status(Reason::VolumeUnknown, "no volume csi-1"));
+        assert_eq!(t, "not found: no volume csi-1");
+        // The same words without a reason never came from the controller.
+        let t = text(Status::permission_denied("alice@R is an auditor"));
+        assert!(!t.contains("your role"), "{t}");
         let t = text(Status::unavailable("cannot get a Kerberos token: expired"));
         assert!(t.contains("check KRB5_CONFIG"), "{t}");
-        let t = text(Status::unavailable("transport error: connection reset"));
-        assert!(t.contains("check --controller"), "{t}");
-        let t = text(Status::unavailable(
-            "audit log unavailable, nothing changed",
-        ));
-        assert!(t.ends_with("retry later"), "{t}");
-        let t = text(Status::not_found("no volume csi-1"));
-        assert_eq!(t, "not found: no volume csi-1");
         assert!(text(Status::internal("")).contains("Internal"));
     }
 }
