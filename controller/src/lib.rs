@@ -31,6 +31,7 @@ pub mod names;
 pub mod nodes;
 pub mod pods;
 pub mod policy;
+pub mod private_dir;
 pub mod reasons;
 pub mod reload;
 pub mod rotation;
