@@ -3,16 +3,14 @@
 //! hold this principal?" for rotations, "what does this node hold?" for
 //! leases and reconciliation, and `kcredctl list`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-
-use crate::locks::lock;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use serde::{Deserialize, Serialize};
-
+use crate::locks::{lock, read, write};
 use crate::store::{Store, StoreError, Table};
 
 /// One volume's record.
@@ -46,17 +44,65 @@ pub struct VolumeRecord {
     pub revoked: bool,
 }
 
-/// The registry over the store. Writes are batched (one transaction per
-/// ~50 ms) so a storm of pod starts costs a few fsyncs, not one per pod;
-/// reads see pending writes at once.
+/// The registry: every record in memory, indexed by node, over the store.
+///
+/// Reads never touch the store: a heartbeat asks about the volumes one node
+/// holds, and must cost what that node holds, not what the cluster holds.
+/// The store is loaded once at start and written behind: writes are batched
+/// (one transaction per ~50 ms) so a storm of pod starts costs a few fsyncs,
+/// not one per pod; revocations are written through before they return.
+/// The view is this controller's: controllers sharing a store see each
+/// other's records at their next start.
 #[derive(Clone)]
 pub struct Issued {
     store: Arc<Store>,
+    view: Arc<RwLock<View>>,
+    /// Written to the view, not yet to the store.
     pending: Arc<Mutex<HashMap<String, VolumeRecord>>>,
     wake: mpsc::UnboundedSender<()>,
-    /// Pod UIDs with a revoked volume: a node cannot get around a
-    /// revocation by naming another volume id for the same pod.
-    revoked_pods: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Every record, by volume id and by node; pod UIDs with a revoked volume
+/// (a node cannot get around a revocation by naming another volume id).
+#[derive(Default)]
+struct View {
+    by_id: HashMap<String, VolumeRecord>,
+    by_node: HashMap<String, BTreeSet<String>>,
+    revoked_pods: HashSet<String>,
+}
+
+impl View {
+    fn insert(&mut self, rec: VolumeRecord) {
+        if rec.revoked {
+            self.revoked_pods.insert(rec.pod_uid.clone());
+        }
+        if let Some(old) = self.by_id.get(&rec.volume_id)
+            && old.node != rec.node
+        {
+            let (node, id) = (old.node.clone(), old.volume_id.clone());
+            self.unindex(&node, &id);
+        }
+        self.by_node
+            .entry(rec.node.clone())
+            .or_default()
+            .insert(rec.volume_id.clone());
+        self.by_id.insert(rec.volume_id.clone(), rec);
+    }
+
+    fn remove(&mut self, volume_id: &str) {
+        if let Some(old) = self.by_id.remove(volume_id) {
+            self.unindex(&old.node, volume_id);
+        }
+    }
+
+    fn unindex(&mut self, node: &str, volume_id: &str) {
+        if let Some(ids) = self.by_node.get_mut(node) {
+            ids.remove(volume_id);
+            if ids.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
 }
 
 /// Why a record was not written.
@@ -73,9 +119,13 @@ pub enum PutError {
 const BATCH_LINGER: Duration = Duration::from_millis(50);
 
 impl Issued {
-    /// Reads and writes through `store`; starts the batch writer on the
+    /// Loads every record from `store` and starts the batch writer on the
     /// current Tokio runtime.
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>) -> Result<Self, StoreError> {
+        let mut view = View::default();
+        for (_, rec, _) in store.list::<VolumeRecord>(Table::Volumes)? {
+            view.insert(rec);
+        }
         let pending: Arc<Mutex<HashMap<String, VolumeRecord>>> = Arc::default();
         let (wake, mut rx) = mpsc::unbounded_channel::<()>();
         let (s, p) = (Arc::clone(&store), Arc::clone(&pending));
@@ -110,45 +160,31 @@ impl Issued {
                 }
             }
         });
-        let revoked_pods = store
-            .list::<VolumeRecord>(Table::Volumes)
-            .map(|all| {
-                all.into_iter()
-                    .filter(|(_, r, _)| r.revoked)
-                    .map(|(_, r, _)| r.pod_uid)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Issued {
+        Ok(Issued {
             store,
+            view: Arc::new(RwLock::new(view)),
             pending,
             wake,
-            revoked_pods: Arc::new(Mutex::new(revoked_pods)),
-        }
+        })
     }
 
     /// Whether any volume of this pod was revoked.
     pub fn pod_revoked(&self, pod_uid: &str) -> bool {
-        lock(&self.revoked_pods).contains(pod_uid)
+        read(&self.view).revoked_pods.contains(pod_uid)
     }
 
     /// Records (or updates) an issued volume; refuses to un-revoke one (a
     /// fetch that was in flight when an operator revoked it).
     pub fn put(&self, rec: &VolumeRecord) -> Result<(), PutError> {
-        let mut pending = lock(&self.pending);
-        let revoked = self.pod_revoked(&rec.pod_uid)
-            || match pending.get(&rec.volume_id) {
-                Some(p) => p.revoked,
-                None => self
-                    .store
-                    .get::<VolumeRecord>(Table::Volumes, &rec.volume_id)?
-                    .is_some_and(|r| r.meta.revoked),
-            };
+        let mut view = write(&self.view);
+        let revoked = view.revoked_pods.contains(&rec.pod_uid)
+            || view.by_id.get(&rec.volume_id).is_some_and(|r| r.revoked);
         if revoked && !rec.revoked {
             return Err(PutError::Revoked(rec.volume_id.clone()));
         }
-        pending.insert(rec.volume_id.clone(), rec.clone());
-        drop(pending);
+        view.insert(rec.clone());
+        lock(&self.pending).insert(rec.volume_id.clone(), rec.clone());
+        drop(view);
         let _ = self.wake.send(());
         Ok(())
     }
@@ -158,67 +194,170 @@ impl Issued {
     pub fn revoke(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
         let mut r = rec.clone();
         r.revoked = true;
-        lock(&self.revoked_pods).insert(r.pod_uid.clone());
+        let mut view = write(&self.view);
         let mut pending = lock(&self.pending);
         self.store
             .put_many(Table::Volumes, &[(r.volume_id.clone(), r.clone())])?;
         pending.remove(&r.volume_id);
+        view.insert(r);
         Ok(())
     }
 
     /// The records of volumes published on `node`.
     pub fn on_node(&self, node: &str) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self.all()?.into_iter().filter(|r| r.node == node).collect())
+        let view = read(&self.view);
+        Ok(view
+            .by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| view.by_id.get(id).cloned())
+            .collect())
     }
 
     /// One volume's record.
     pub fn get(&self, volume_id: &str) -> Result<Option<VolumeRecord>, StoreError> {
-        if let Some(r) = lock(&self.pending).get(volume_id) {
-            return Ok(Some(r.clone()));
-        }
-        Ok(self
-            .store
-            .get::<VolumeRecord>(Table::Volumes, volume_id)?
-            .map(|r| r.meta))
+        Ok(read(&self.view).by_id.get(volume_id).cloned())
     }
 
     /// Forgets a volume (its pod is gone).
     pub fn remove(&self, volume_id: &str) -> Result<(), StoreError> {
+        let mut view = write(&self.view);
         lock(&self.pending).remove(volume_id);
-        self.store.delete(Table::Volumes, volume_id)
+        self.store.delete(Table::Volumes, volume_id)?;
+        view.remove(volume_id);
+        Ok(())
     }
 
-    /// Every volume record.
+    /// Every volume record, by volume id.
     pub fn all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
-        let mut all: HashMap<String, VolumeRecord> = self
-            .store
-            .list::<VolumeRecord>(Table::Volumes)?
-            .into_iter()
-            .map(|(k, r, _)| (k, r))
-            .collect();
-        for (k, v) in lock(&self.pending).iter() {
-            all.insert(k.clone(), v.clone());
-        }
-        let mut v: Vec<VolumeRecord> = all.into_values().collect();
+        let mut v: Vec<VolumeRecord> = read(&self.view).by_id.values().cloned().collect();
         v.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
         Ok(v)
     }
 
+    /// How many volumes each node holds.
+    pub fn count_by_node(&self) -> HashMap<String, usize> {
+        read(&self.view)
+            .by_node
+            .iter()
+            .map(|(n, ids)| (n.clone(), ids.len()))
+            .collect()
+    }
+
     /// Volumes whose keytab holds `principal`.
     pub fn holding_principal(&self, principal: &str) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self
-            .all()?
-            .into_iter()
-            .filter(|v| !v.revoked && v.keytabs.contains(principal))
-            .collect())
+        Ok(self.matching(|v| v.keytabs.contains(principal)))
     }
 
     /// Volumes holding key ring `id`.
     pub fn holding_key(&self, id: &str) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self
-            .all()?
-            .into_iter()
-            .filter(|v| !v.revoked && v.keys.contains(id))
-            .collect())
+        Ok(self.matching(|v| v.keys.contains(id)))
+    }
+
+    fn matching(&self, wanted: impl Fn(&VolumeRecord) -> bool) -> Vec<VolumeRecord> {
+        read(&self.view)
+            .by_id
+            .values()
+            .filter(|v| !v.revoked && wanted(v))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+
+    fn record(id: &str, node: &str, pod_uid: &str) -> VolumeRecord {
+        VolumeRecord {
+            volume_id: id.into(),
+            node: node.into(),
+            namespace: "web".into(),
+            pod: format!("pod-{id}"),
+            pod_uid: pod_uid.into(),
+            keytabs: BTreeSet::from(["HTTP/web@R".to_string()]),
+            ticket: None,
+            certs: BTreeSet::new(),
+            keys: BTreeSet::new(),
+            versions: BTreeMap::new(),
+            issued_unix: 0,
+            generation: String::new(),
+            revoked: false,
+        }
+    }
+
+    fn store(dir: &std::path::Path) -> Arc<Store> {
+        Arc::new(
+            Store::open(&dir.join("store.redb"), MasterKey::from_bytes([7; 32])).expect("store"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_node_sees_only_its_own_volumes_and_a_restart_keeps_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let issued = Issued::new(Arc::clone(&st)).expect("issued");
+        issued.put(&record("v1", "node-a", "u1")).expect("put");
+        issued.put(&record("v2", "node-b", "u2")).expect("put");
+        // A pod re-published on another node moves with its record.
+        issued.put(&record("v3", "node-a", "u3")).expect("put");
+        issued.put(&record("v3", "node-b", "u3")).expect("put");
+        let on = |i: &Issued, n: &str| -> Vec<String> {
+            let mut v: Vec<_> = i
+                .on_node(n)
+                .expect("on node")
+                .into_iter()
+                .map(|r| r.volume_id)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(on(&issued, "node-a"), ["v1"]);
+        assert_eq!(on(&issued, "node-b"), ["v2", "v3"]);
+        issued
+            .revoke(&record("v2", "node-b", "u2"))
+            .expect("revoke");
+        issued.remove("v1").expect("remove");
+        // The batch writer lingers 50 ms; wait until it has written.
+        for _ in 0..100 {
+            if lock(&issued.pending).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(issued);
+        // A restarted controller loads the view from the store.
+        let again = Issued::new(st).expect("reloaded");
+        assert_eq!(on(&again, "node-a"), Vec::<String>::new());
+        assert_eq!(on(&again, "node-b"), ["v2", "v3"]);
+        assert!(again.pod_revoked("u2"), "revocations survive a restart");
+        assert_eq!(again.count_by_node().get("node-b"), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_volume_or_pod_is_never_recorded_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let issued = Issued::new(store(dir.path())).expect("issued");
+        issued.put(&record("v1", "node-a", "u1")).expect("put");
+        issued
+            .revoke(&record("v1", "node-a", "u1"))
+            .expect("revoke");
+        assert!(matches!(
+            issued.put(&record("v1", "node-a", "u1")),
+            Err(PutError::Revoked(_))
+        ));
+        // Another volume id of the same pod is refused too.
+        assert!(matches!(
+            issued.put(&record("v9", "node-a", "u1")),
+            Err(PutError::Revoked(_))
+        ));
+        assert!(
+            issued
+                .holding_principal("HTTP/web@R")
+                .expect("holders")
+                .is_empty()
+        );
     }
 }

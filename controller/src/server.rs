@@ -170,6 +170,7 @@ impl Controller {
                 .map(|t| t.names.iter().cloned().collect())
                 .unwrap_or_default(),
         };
+        let issued = Issued::new(Arc::clone(&store)).map_err(startup("volume records"))?;
         let state = Arc::new(ControllerState {
             realm: cfg.realm.clone(),
             pods,
@@ -181,7 +182,7 @@ impl Controller {
             pod_krb5_conf,
             metrics,
             audit,
-            issued: Issued::new(Arc::clone(&store)),
+            issued,
             store,
             leases: Leases::new(Duration::from_secs(cfg.leases.ttl_secs)),
             updates: Updates::default(),

@@ -206,13 +206,13 @@ impl Admin for AdminApi {
             .caller(&request, AdminRole::Auditor, "read status")
             .await?;
         let st = &self.state;
-        let volumes = st.issued.all().map_err(|e| status_of(&e))?;
+        let held = st.issued.count_by_node();
         let nodes = st
             .leases
             .all()
             .into_iter()
             .map(|(name, state, last)| NodeStatus {
-                volumes: volumes.iter().filter(|v| v.node == name).count() as u32,
+                volumes: held.get(&name).copied().unwrap_or(0) as u32,
                 name,
                 state: state.as_str().into(),
                 last_heartbeat_unix: last,
@@ -238,7 +238,7 @@ impl Admin for AdminApi {
             tickets: count(Table::Tickets),
             certs: count(Table::Certs),
             key_rings: count(Table::KeyRings),
-            volumes: volumes.len() as u64,
+            volumes: held.values().sum::<usize>() as u64,
             audit_records: st.audit.head().map(|h| h.seq).unwrap_or(0),
             caller: who,
             role: role.as_str().into(),
