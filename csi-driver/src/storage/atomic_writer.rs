@@ -419,7 +419,7 @@ fn new_generation_name(now: SystemTime) -> String {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let (y, m, d) = civil_from_days(days);
     let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let r: u64 = rand::random();
+    let r = crate::support::random::u64();
     format!("..{y:04}_{m:02}_{d:02}_{hh:02}_{mm:02}_{ss:02}.{r:016x}")
 }
 

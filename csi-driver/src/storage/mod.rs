@@ -20,11 +20,68 @@
 //!   rename, so an interrupted write leaves the previous view intact; its
 //!   leftovers are removed by the next write.
 
+//!
+//! Where the bytes go is behind one small trait, [`Medium`]: [`tmpfs`] is
+//! the real one (needs root), [`dir`] keeps plain directories so the
+//! volume lifecycle and its tests run without root.
+
 pub mod atomic_writer;
+pub mod dir;
 pub mod state;
 pub mod tmpfs;
+pub mod tmpfs_medium;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use atomic_writer::FileSpec;
+use state::PublishedVolume;
+
+/// What a target path holds right now, as far as the medium can tell.
+/// Whose a mount is, only the records say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Nothing there.
+    Missing,
+    /// An empty directory (a mount point waiting for its mount).
+    EmptyDir,
+    /// A directory with something in it: mounting over it would hide it.
+    NonEmptyDir,
+    /// A mount point of the medium's kind (a tmpfs).
+    Mount,
+    /// Anything else: another kind of mount, a file, a symlink.
+    Foreign,
+}
+
+/// Where a volume's credential bytes live. Every method is idempotent
+/// where kubelet's retries need it: mounting what is mounted keeps it,
+/// unmounting what is gone succeeds.
+pub trait Medium: Send + Sync {
+    /// What `target` holds.
+    fn inspect(&self, target: &Path) -> Result<Target>;
+    /// Mounts a fresh, empty volume at the volume's target (creating the
+    /// target directory if missing); read-only for the pod if the volume
+    /// is, while the driver keeps a way to write it.
+    fn mount(&self, volume: &PublishedVolume) -> Result<()>;
+    /// Makes `files` (exactly those) the volume's visible content, at
+    /// once; `false` if it already was. The last good files stay if it
+    /// fails.
+    fn write(&self, volume: &PublishedVolume, files: &[FileSpec]) -> Result<bool>;
+    /// Unmounts the volume and removes its target directory.
+    fn unmount(&self, volume: &PublishedVolume) -> Result<()>;
+}
+
+/// Removes an empty mount-point directory; succeeds if it is gone.
+pub fn remove_mount_point(target: &Path) -> Result<()> {
+    match std::fs::remove_dir(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StorageError::Io {
+            op: "removing mount point",
+            path: target.to_path_buf(),
+            source,
+        }),
+    }
+}
 
 /// Everything that can go wrong while putting bytes on the node; each variant
 /// names the operation and the path so a log line alone locates the problem.

@@ -60,33 +60,7 @@ impl TmpfsOptions {
 /// existing mount is kept as is, even if `opts` differ.
 pub fn mount_tmpfs(target: &Path, opts: &TmpfsOptions) -> Result<()> {
     let data = opts.mount_data()?;
-    match std::fs::symlink_metadata(target) {
-        Ok(meta) if meta.file_type().is_dir() => {}
-        Ok(_) => {
-            // Includes symlinks: mount(2) would follow them somewhere else.
-            return Err(StorageError::Corrupt {
-                path: target.to_path_buf(),
-                reason: "mount target exists and is not a directory".into(),
-            });
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .mode(MOUNT_POINT_MODE)
-                .create(target)
-                .map_err(|source| StorageError::Io {
-                    op: "creating mount point",
-                    path: target.to_path_buf(),
-                    source,
-                })?;
-        }
-        Err(source) => {
-            return Err(StorageError::Io {
-                op: "inspecting mount target",
-                path: target.to_path_buf(),
-                source,
-            });
-        }
-    }
+    create_mount_point(target)?;
     if is_tmpfs_mount(target)? {
         tracing::debug!(path = %target.display(), "tmpfs already mounted, not stacking");
         return Ok(());
@@ -121,6 +95,115 @@ pub fn mount_tmpfs(target: &Path, opts: &TmpfsOptions) -> Result<()> {
     })?;
     tracing::debug!(path = %target.display(), %data, "mounted tmpfs");
     Ok(())
+}
+
+/// Makes sure `target` is a directory, creating it (not its parents:
+/// kubelet owns them, and creating more would hide a wrong path) if
+/// missing. Anything else there, a symlink included, is refused: mount(2)
+/// would follow it somewhere else.
+pub fn create_mount_point(target: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.file_type().is_dir() => Ok(()),
+        Ok(_) => Err(StorageError::Corrupt {
+            path: target.to_path_buf(),
+            reason: "mount target exists and is not a directory".into(),
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .mode(MOUNT_POINT_MODE)
+            .create(target)
+            .map_err(|source| StorageError::Io {
+                op: "creating mount point",
+                path: target.to_path_buf(),
+                source,
+            }),
+        Err(source) => Err(StorageError::Io {
+            op: "inspecting mount target",
+            path: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+const LOCKED_DOWN: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Bind-mounts the mount at `source` onto `target` (an existing
+/// directory), then sets the new mount point's own flags: read-only or
+/// writable, always `nosuid,nodev,noexec`. Read-only is a per-mount-point
+/// flag: the same tmpfs can be read-only at the pod's target and writable
+/// at the driver's private view.
+pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
+    let err = |source| StorageError::Mount {
+        path: target.to_path_buf(),
+        source,
+    };
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err)?;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | LOCKED_DOWN;
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+        let _ = unmount(target);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+/// What `path` holds: nothing, an empty or non-empty directory, a tmpfs
+/// mount point, or something else.
+pub fn inspect(path: &Path) -> Result<super::Target> {
+    use super::Target;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Target::Missing),
+        Err(source) => {
+            return Err(StorageError::Io {
+                op: "stat",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_dir() {
+        return Ok(Target::Foreign);
+    }
+    if is_mount_point(path, &meta)? {
+        return Ok(if is_tmpfs(path)? {
+            Target::Mount
+        } else {
+            Target::Foreign
+        });
+    }
+    let mut entries = std::fs::read_dir(path).map_err(|source| StorageError::Io {
+        op: "listing",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(if entries.next().is_none() {
+        Target::EmptyDir
+    } else {
+        Target::NonEmptyDir
+    })
+}
+
+/// The device number of the filesystem at `path` (following symlinks):
+/// two mount points show the same tmpfs exactly when their devices match.
+pub fn device(path: &Path) -> Result<u64> {
+    std::fs::metadata(path)
+        .map(|m| m.dev())
+        .map_err(|source| StorageError::Io {
+            op: "stat",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Unmounts whatever is mounted at `target`, for NodeUnpublishVolume.
@@ -177,6 +260,11 @@ pub fn is_tmpfs_mount(path: &Path) -> Result<bool> {
     if !meta.file_type().is_dir() {
         return Ok(false);
     }
+    Ok(is_mount_point(path, &meta)? && is_tmpfs(path)?)
+}
+
+/// Whether the directory `path` (with metadata `meta`) is a mount point.
+fn is_mount_point(path: &Path, meta: &std::fs::Metadata) -> Result<bool> {
     // `..` of a mount root is resolved by the kernel into the parent mount.
     let parent = path.join("..");
     let parent_meta = std::fs::metadata(&parent).map_err(|source| StorageError::Io {
@@ -185,10 +273,10 @@ pub fn is_tmpfs_mount(path: &Path) -> Result<bool> {
         source,
     })?;
     // The root directory "/" is its own parent: treat it as a mount point.
-    let is_mount_point = meta.dev() != parent_meta.dev() || meta.ino() == parent_meta.ino();
-    if !is_mount_point {
-        return Ok(false);
-    }
+    Ok(meta.dev() != parent_meta.dev() || meta.ino() == parent_meta.ino())
+}
+
+fn is_tmpfs(path: &Path) -> Result<bool> {
     let fs = statfs(path).map_err(|source| StorageError::Sys {
         op: "statfs",
         path: path.to_path_buf(),
@@ -203,10 +291,6 @@ pub fn is_tmpfs_mount(path: &Path) -> Result<bool> {
 pub(crate) mod fixture {
     use super::*;
     use std::path::PathBuf;
-
-    pub(crate) fn running_as_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
 
     pub(crate) struct MountedTmpfs {
         pub(crate) path: PathBuf,
@@ -237,7 +321,7 @@ pub(crate) mod fixture {
 
 #[cfg(test)]
 mod tests {
-    use super::fixture::{MountedTmpfs, running_as_root};
+    use super::fixture::MountedTmpfs;
     use super::*;
     use nix::sys::statvfs::{FsFlags, statvfs};
 
@@ -248,18 +332,9 @@ mod tests {
         mode: 0o750,
     };
 
-    macro_rules! require_root {
-        () => {
-            if !running_as_root() {
-                println!("skipped: needs root to mount tmpfs");
-                return;
-            }
-        };
-    }
-
     #[test]
+    #[ignore = "needs root"]
     fn mount_creates_locked_down_tmpfs_with_owner_mode_and_size() {
-        require_root!();
         let m = MountedTmpfs::new(&OPTS);
         assert!(is_tmpfs_mount(&m.path).unwrap());
         let meta = std::fs::metadata(&m.path).unwrap();
@@ -274,8 +349,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn mount_is_idempotent_and_never_stacks() {
-        require_root!();
         let m = MountedTmpfs::new(&OPTS);
         std::fs::write(m.path.join("marker"), b"x").unwrap();
         mount_tmpfs(&m.path, &OPTS).unwrap();
@@ -303,11 +378,89 @@ mod tests {
     }
 
     #[test]
-    fn is_tmpfs_mount_false_for_plain_dirs_subdirs_and_missing_paths() {
+    fn is_tmpfs_mount_false_for_plain_dirs_and_missing_paths() {
         let dir = tempfile::tempdir().unwrap();
         assert!(!is_tmpfs_mount(dir.path()).unwrap());
         assert!(!is_tmpfs_mount(&dir.path().join("missing")).unwrap());
-        require_root!();
+    }
+
+    #[test]
+    fn inspect_tells_missing_empty_and_non_empty_directories_apart() {
+        use crate::storage::Target;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            inspect(&dir.path().join("missing")).unwrap(),
+            Target::Missing
+        );
+        let d = dir.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        assert_eq!(inspect(&d).unwrap(), Target::EmptyDir);
+        std::fs::write(d.join("f"), b"x").unwrap();
+        assert_eq!(inspect(&d).unwrap(), Target::NonEmptyDir);
+        assert_eq!(inspect(&d.join("f")).unwrap(), Target::Foreign);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        assert_eq!(inspect(&link).unwrap(), Target::Foreign);
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn inspect_sees_tmpfs_mounts_and_other_mounts() {
+        use crate::storage::Target;
+        let m = MountedTmpfs::new(&OPTS);
+        assert_eq!(inspect(&m.path).unwrap(), Target::Mount);
+        // A mount of another filesystem (ramfs) is not a tmpfs to use.
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("dst");
+        std::fs::create_dir(&dst).unwrap();
+        nix::mount::mount(
+            Some("other"),
+            &dst,
+            Some("ramfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let seen = inspect(&dst);
+        nix::mount::umount2(&dst, MntFlags::MNT_DETACH).unwrap();
+        assert_eq!(seen.unwrap(), Target::Foreign);
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_read_only_bind_shares_the_tmpfs_but_refuses_writes() {
+        let m = MountedTmpfs::new(&OPTS);
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        bind(&m.path, &ro, true).unwrap();
+        std::fs::write(m.path.join("f"), b"through the writable view").unwrap();
+        let read = std::fs::read(ro.join("f"));
+        let write = std::fs::write(ro.join("g"), b"x");
+        let dev = (device(&ro).unwrap(), device(&m.path).unwrap());
+        let flags = statvfs(&ro).unwrap().flags();
+        unmount(&ro).unwrap();
+        assert_eq!(read.unwrap(), b"through the writable view");
+        assert_eq!(
+            write.unwrap_err().raw_os_error(),
+            Some(nix::libc::EROFS),
+            "the read-only view refuses writes"
+        );
+        assert_eq!(dev.0, dev.1, "one tmpfs, two views");
+        for flag in [
+            FsFlags::ST_RDONLY,
+            FsFlags::ST_NOSUID,
+            FsFlags::ST_NODEV,
+            FsFlags::ST_NOEXEC,
+        ] {
+            assert!(flags.contains(flag), "missing {flag:?}");
+        }
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn is_tmpfs_mount_false_for_subdirs_and_symlinks_of_a_mount() {
+        let dir = tempfile::tempdir().unwrap();
         let m = MountedTmpfs::new(&OPTS);
         // A directory on the tmpfs is tmpfs but not a mount point.
         let sub = m.path.join("sub");
@@ -320,8 +473,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn unmount_is_idempotent_for_unmounted_and_missing_paths() {
-        require_root!();
         let m = MountedTmpfs::new(&OPTS);
         unmount(&m.path).unwrap();
         assert!(!is_tmpfs_mount(&m.path).unwrap());
@@ -330,8 +483,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn unmount_detaches_a_busy_mount() {
-        require_root!();
         let m = MountedTmpfs::new(&OPTS);
         std::fs::write(m.path.join("f"), b"secret").unwrap();
         let open = std::fs::File::open(m.path.join("f")).unwrap();
