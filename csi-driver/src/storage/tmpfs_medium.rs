@@ -132,3 +132,122 @@ impl Medium for TmpfsMedium {
         super::remove_mount_point(&volume.target)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::state::Phase;
+    use crate::support::time::Deadline;
+    use nix::mount::MntFlags;
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    use zeroize::Zeroizing;
+
+    /// A target and a views directory in a tempdir; detaches whatever is
+    /// still mounted there on drop, so a failed assertion leaks no mount.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        medium: TmpfsMedium,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("pod")).unwrap();
+            let medium = TmpfsMedium::new(1 << 20, dir.path().join("views"));
+            Fixture { dir, medium }
+        }
+
+        fn volume(&self, readonly: bool) -> PublishedVolume {
+            PublishedVolume {
+                volume_id: "csi-v1".into(),
+                target: self.dir.path().join("pod/mount"),
+                pod_namespace: "web".into(),
+                pod_name: "web-0".into(),
+                pod_uid: "u1".into(),
+                service_account: "default".into(),
+                readonly,
+                uid: 1500,
+                gid: 1500,
+                published_at: Deadline::now(),
+                phase: Phase::Publishing,
+            }
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let view = self.medium.view_of("csi-v1");
+            for path in [self.dir.path().join("pod/mount"), view] {
+                while nix::mount::umount2(&path, MntFlags::MNT_DETACH).is_ok() {}
+            }
+        }
+    }
+
+    fn files(content: &str) -> Vec<FileSpec> {
+        vec![FileSpec {
+            name: "secret".into(),
+            content: Zeroizing::new(content.as_bytes().to_vec()),
+            mode: 0o440,
+        }]
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_read_only_volume_is_read_only_for_the_pod_and_written_through_the_private_view() {
+        let f = Fixture::new();
+        let v = f.volume(true);
+        f.medium.mount(&v).unwrap();
+        assert!(f.medium.write(&v, &files("v1")).unwrap());
+        assert_eq!(std::fs::read(v.target.join("secret")).unwrap(), b"v1");
+        let refused = std::fs::write(v.target.join("planted"), b"x").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(nix::libc::EROFS));
+        assert!(
+            statvfs(&v.target)
+                .unwrap()
+                .flags()
+                .contains(FsFlags::ST_RDONLY)
+        );
+
+        assert!(f.medium.write(&v, &files("v2")).unwrap());
+        assert_eq!(std::fs::read(v.target.join("secret")).unwrap(), b"v2");
+
+        f.medium.unmount(&v).unwrap();
+        assert!(!v.target.exists());
+        assert!(!f.medium.view_of(&v.volume_id).exists());
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_lost_private_view_is_bound_again_from_the_target() {
+        let f = Fixture::new();
+        let v = f.volume(true);
+        f.medium.mount(&v).unwrap();
+        f.medium.write(&v, &files("v1")).unwrap();
+        // A restarted driver container: its private mount is gone.
+        let view = f.medium.view_of(&v.volume_id);
+        tmpfs::unmount(&view).unwrap();
+
+        assert!(f.medium.write(&v, &files("v2")).unwrap());
+
+        assert_eq!(std::fs::read(v.target.join("secret")).unwrap(), b"v2");
+        assert_eq!(
+            tmpfs::device(&view).unwrap(),
+            tmpfs::device(&v.target).unwrap()
+        );
+        assert!(std::fs::write(v.target.join("planted"), b"x").is_err());
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_writable_volume_is_one_tmpfs_at_the_target_and_nothing_else() {
+        let f = Fixture::new();
+        let v = f.volume(false);
+        f.medium.mount(&v).unwrap();
+        assert_eq!(f.medium.inspect(&v.target).unwrap(), Target::Mount);
+        f.medium.write(&v, &files("v1")).unwrap();
+        assert!(!f.medium.view_of(&v.volume_id).exists(), "no private view");
+        f.medium.unmount(&v).unwrap();
+        assert_eq!(f.medium.inspect(&v.target).unwrap(), Target::Missing);
+        f.medium.unmount(&v).unwrap();
+    }
+}

@@ -3,6 +3,7 @@
 //! controller double on a loopback socket.
 
 mod double;
+mod on_tmpfs;
 
 use std::path::Path;
 use std::sync::Arc;
