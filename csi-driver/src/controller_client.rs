@@ -188,7 +188,8 @@ impl ControllerClient {
         Ok(resp.into_inner())
     }
 
-    /// Renews the node's lease and learns which volumes are stale.
+    /// Keeps the node's lease alive and learns which volumes are stale
+    /// or revoked.
     pub async fn heartbeat(
         &self,
         volume_ids: Vec<String>,

@@ -19,6 +19,10 @@
 //! `Publishing` is recorded before anything touches the node and seen
 //! only after a crash mid-publish: the retried publish completes it.
 //!
+//! A republish refreshes the files, except when they are known current
+//! (fetched while the controller's update stream was up, recently, with no
+//! deadline or push due): then it is answered from what the node holds.
+//!
 //! Rules that keep volumes apart: nothing is written into or unmounted at
 //! a target without a record saying this driver put it there; a target
 //! with a mount or files of unknown origin is refused; a volume is only
@@ -100,6 +104,8 @@ pub enum Plan {
     /// Fetch a first issue, record the volume, mount it (unless the
     /// target already is this volume's mount), write the files.
     Issue {
+        /// What kubelet asked for.
+        request: PublishRequest,
         /// Whether a mount is needed.
         mount: bool,
     },
@@ -121,6 +127,8 @@ pub enum Plan {
     /// Forget the record, touching nothing at the target (what is there
     /// now is not this driver's).
     Forget,
+    /// Remove an empty mount point of a volume without a record.
+    RemoveMountPoint(PathBuf),
     /// Nothing to do; the caller gets OK.
     Nothing,
     /// Refuse, touching nothing.
@@ -137,6 +145,9 @@ pub struct Observed<'a> {
     pub target: Target,
     /// Another volume recorded at the trigger's target, if any.
     pub holder: Option<&'a str>,
+    /// Whether the volume's files are known current without asking the
+    /// controller (see [`super::freshness`]).
+    pub fresh: bool,
 }
 
 /// Decides what a trigger does to a volume. Pure: the whole lifecycle
@@ -182,6 +193,13 @@ fn not_ours(target: &std::path::Path, what: Target) -> Plan {
     })
 }
 
+fn issue(req: &PublishRequest, mount: bool) -> Plan {
+    Plan::Issue {
+        request: req.clone(),
+        mount,
+    }
+}
+
 fn publish(req: &PublishRequest, seen: Observed<'_>) -> Plan {
     if let Some(holder) = seen.holder {
         return Plan::Refuse(Refusal::TargetTaken {
@@ -192,7 +210,7 @@ fn publish(req: &PublishRequest, seen: Observed<'_>) -> Plan {
     }
     let Some(rec) = seen.record else {
         return match seen.target {
-            Target::Missing | Target::EmptyDir => Plan::Issue { mount: true },
+            Target::Missing | Target::EmptyDir => issue(req, true),
             other => not_ours(&req.target, other),
         };
     };
@@ -221,12 +239,17 @@ fn publish(req: &PublishRequest, seen: Observed<'_>) -> Plan {
         (Phase::Wiped { .. }, _) => Plan::Nothing,
         (_, Target::NonEmptyDir | Target::Foreign) => not_ours(&req.target, seen.target),
         // An interrupted first publish, completed.
-        (Phase::Publishing, Target::Mount) => Plan::Issue { mount: false },
-        // The republish: a refresh.
+        (Phase::Publishing, Target::Mount) => issue(req, false),
+        // The republish of files known current (fetched while the update
+        // stream was up, recently, no deadline or push due) is answered
+        // from what the node holds: no controller round trip every minute
+        // for every pod.
+        (Phase::Mounted { .. }, Target::Mount) if seen.fresh => Plan::Nothing,
+        // Any other republish: a refresh.
         (Phase::Mounted { .. }, Target::Mount) => Plan::Refresh,
         // Never mounted, or the mount is gone (a node reboot): mount again.
         (Phase::Publishing | Phase::Mounted { .. }, Target::Missing | Target::EmptyDir) => {
-            Plan::Issue { mount: true }
+            issue(req, true)
         }
     }
 }
@@ -245,7 +268,7 @@ fn unpublish(target: &std::path::Path, seen: Observed<'_>) -> Plan {
         // Unknown volume: only an empty mount point is cleaned up; a mount
         // is never unmounted on an unknown volume's word.
         (None, Target::Missing) => Plan::Nothing,
-        (None, Target::EmptyDir) => Plan::Remove { wipe: false },
+        (None, Target::EmptyDir) => Plan::RemoveMountPoint(target.to_path_buf()),
         (None, Target::Mount) => not_ours(target, Target::Mount),
         (None, Target::NonEmptyDir | Target::Foreign) => Plan::Nothing,
     }

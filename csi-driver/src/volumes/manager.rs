@@ -16,6 +16,7 @@ use backon::ExponentialBackoff;
 use tokio::sync::OwnedMutexGuard;
 
 use super::error::VolumeError;
+use super::freshness::Freshness;
 use super::lifecycle::{Cause, PublishRequest, Trigger};
 use super::reconcile::{Outcome, Step, Then};
 use super::scheduler::{self, Next, Schedule};
@@ -40,6 +41,7 @@ pub struct VolumeManager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     schedule: Arc<Schedule>,
     retries: Mutex<HashMap<String, ExponentialBackoff>>,
+    pub(crate) freshness: Arc<Freshness>,
 }
 
 impl VolumeManager {
@@ -63,6 +65,7 @@ impl VolumeManager {
             locks: Mutex::new(HashMap::new()),
             schedule: Arc::new(Schedule::new()),
             retries: Mutex::new(HashMap::new()),
+            freshness: Arc::new(Freshness::default()),
         };
         manager.resume();
         manager
@@ -233,6 +236,19 @@ impl VolumeManager {
             super::sync::run_heartbeats(Arc::clone(&self), heartbeat_every),
             super::sync::run_updates(Arc::clone(&self)),
         );
+    }
+
+    /// Whether a trigger for the volume is due or stronger than a plain
+    /// future deadline: its files are then not known current.
+    pub(crate) fn trigger_pending(&self, volume_id: &str) -> bool {
+        self.schedule.pending(volume_id).is_some_and(|(at, cause)| {
+            cause > Cause::Deadline || at.is_due(std::time::SystemTime::now())
+        })
+    }
+
+    /// Whether the controller's update stream is followed now.
+    pub fn following_updates(&self) -> bool {
+        self.freshness.following()
     }
 
     /// What is pending for a volume in the schedule.

@@ -8,9 +8,12 @@
 //!   retries, pushed triggers), with bounded parallelism;
 //! - [`manager`]: the entry points (kubelet's calls, triggers) and the
 //!   per-volume locks;
-//! - [`sync`]: the heartbeat and update stream, turned into triggers.
+//! - [`sync`]: the heartbeat and update stream, turned into triggers;
+//! - [`freshness`]: whether a republish can be answered from what the node
+//!   holds.
 
 pub mod error;
+pub mod freshness;
 pub mod lifecycle;
 pub mod manager;
 pub mod reconcile;

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use kcred_proto::kcred::v1::Bundle;
 use tokio::sync::OwnedMutexGuard;
@@ -106,24 +107,21 @@ impl VolumeManager {
         guard: OwnedMutexGuard<()>,
     ) -> Result<Step, VolumeError> {
         let (record, target, holder) = self.observe(volume_id, &trigger).await?;
+        let fresh = record.as_ref().is_some_and(|rec| self.is_fresh(rec));
         let plan = decide(
             &trigger,
             Observed {
                 record: record.as_ref(),
                 target,
                 holder: holder.as_deref(),
+                fresh,
             },
         );
         tracing::debug!(volume = %volume_id, ?trigger, ?target, ?plan, "reconcile");
         match plan {
             Plan::Refuse(refusal) => Err(refusal.into()),
             Plan::Nothing => Ok(Step::new(Outcome::Nothing, then_of(record.as_ref()))),
-            Plan::Issue { mount } => {
-                let Trigger::Publish(req) = trigger else {
-                    return Err(VolumeError::Task("issue without a publish".into()));
-                };
-                self.issue(req, record, mount, guard).await
-            }
+            Plan::Issue { request, mount } => self.issue(request, record, mount, guard).await,
             Plan::Refresh => match record {
                 Some(rec) => Ok(self.refresh(rec, guard).await),
                 None => Ok(Step::new(Outcome::Nothing, Then::Idle)),
@@ -132,15 +130,17 @@ impl VolumeManager {
                 Some(rec) => self.wipe(rec, mounted, guard).await,
                 None => Ok(Step::new(Outcome::Nothing, Then::Idle)),
             },
-            Plan::Remove { wipe } => {
-                let target = match &trigger {
-                    Trigger::Unpublish { target } => target.clone(),
-                    _ => record
-                        .as_ref()
-                        .map(|r| r.target.clone())
-                        .unwrap_or_default(),
-                };
-                self.remove(volume_id, record, target, wipe, guard).await
+            Plan::Remove { wipe } => match record {
+                Some(rec) => self.remove(rec, wipe, guard).await,
+                None => Ok(Step::new(Outcome::Nothing, Then::Idle)),
+            },
+            Plan::RemoveMountPoint(target) => {
+                blocking(move || {
+                    let _guard = guard;
+                    Ok(remove_mount_point(&target)?)
+                })
+                .await?;
+                Ok(Step::new(Outcome::Removed, Then::Idle))
             }
             Plan::Forget => {
                 let (state, id) = (Arc::clone(&self.state), volume_id.to_string());
@@ -150,10 +150,30 @@ impl VolumeManager {
                 })
                 .await?;
                 self.metrics.mounted_volumes.dec();
+                self.freshness.forget(volume_id);
                 tracing::warn!(volume = %volume_id, "forgotten; its target holds what this driver did not put there");
                 Ok(Step::new(Outcome::Removed, Then::Idle))
             }
         }
+    }
+
+    /// Whether the volume's files are known current (see
+    /// [`super::freshness`]).
+    fn is_fresh(&self, rec: &PublishedVolume) -> bool {
+        let deadline_due = match &rec.phase {
+            Phase::Mounted {
+                refresh_at: Some(at),
+                ..
+            } => at.is_due(SystemTime::now()),
+            _ => false,
+        };
+        self.freshness
+            .evidence(
+                &rec.volume_id,
+                deadline_due,
+                self.trigger_pending(&rec.volume_id),
+            )
+            .is_fresh(Instant::now())
     }
 
     /// The record, what the relevant target holds, and another volume
@@ -225,6 +245,7 @@ impl VolumeManager {
         let (state, medium) = (Arc::clone(&self.state), Arc::clone(&self.medium));
         let is_new = before.is_none();
         let generation = bundle.generation.clone();
+        let freshness = Arc::clone(&self.freshness);
         blocking(move || {
             let _guard = guard;
             // Record before writing: every mount this driver makes has one.
@@ -260,6 +281,7 @@ impl VolumeManager {
                 refresh_at,
             };
             state.save(&rec)?;
+            freshness.confirm(&rec.volume_id);
             Ok(())
         })
         .await?;
@@ -279,6 +301,8 @@ impl VolumeManager {
     /// wiped.
     async fn refresh(&self, mut rec: PublishedVolume, guard: OwnedMutexGuard<()>) -> Step {
         let pod = format!("{}/{}", rec.pod_namespace, rec.pod_name);
+        // Until this refresh succeeds, the files are not known current.
+        self.freshness.forget(&rec.volume_id);
         let mut bundle = match self
             .client
             .fetch_bundle(rec.pod(), &rec.volume_id, true)
@@ -315,11 +339,14 @@ impl VolumeManager {
         };
         let (state, medium) = (Arc::clone(&self.state), Arc::clone(&self.medium));
         let volume_id = rec.volume_id.clone();
+        let freshness = Arc::clone(&self.freshness);
         let written = blocking(move || {
             let _guard = guard;
             let changed = medium.write(&rec, &files)?;
             // Saved even when unchanged: the refresh deadline moves on.
             state.save(&rec)?;
+            // Before the lock goes: a republish right after finds it current.
+            freshness.confirm(&rec.volume_id);
             Ok(changed)
         })
         .await;
@@ -368,33 +395,24 @@ impl VolumeManager {
     /// Unmounts (wiping first if asked), removes the mount point, forgets.
     async fn remove(
         &self,
-        volume_id: &str,
-        record: Option<PublishedVolume>,
-        target: PathBuf,
+        rec: PublishedVolume,
         wipe: bool,
         guard: OwnedMutexGuard<()>,
     ) -> Result<Step, VolumeError> {
         let (state, medium) = (Arc::clone(&self.state), Arc::clone(&self.medium));
-        let had_record = record.is_some();
+        let volume_id = rec.volume_id.clone();
         blocking(move || {
             let _guard = guard;
-            match record {
-                Some(rec) => {
-                    if wipe && let Err(e) = medium.write(&rec, &[]) {
-                        tracing::warn!(volume = %rec.volume_id, error = %e, "cannot wipe before unmounting");
-                    }
-                    medium.unmount(&rec)?;
-                    state.remove(&rec.volume_id)?;
-                }
-                None => remove_mount_point(&target)?,
+            if wipe && let Err(e) = medium.write(&rec, &[]) {
+                tracing::warn!(volume = %rec.volume_id, error = %e, "cannot wipe before unmounting");
             }
-            Ok(())
+            medium.unmount(&rec)?;
+            Ok(state.remove(&rec.volume_id)?)
         })
         .await?;
-        if had_record {
-            self.metrics.mounted_volumes.dec();
-            tracing::info!(volume = %volume_id, "volume unpublished");
-        }
+        self.metrics.mounted_volumes.dec();
+        self.freshness.forget(&volume_id);
+        tracing::info!(volume = %volume_id, "volume unpublished");
         Ok(Step::new(Outcome::Removed, Then::Idle))
     }
 }

@@ -103,12 +103,17 @@ impl Schedule {
     }
 
     /// Sets the volume's next look (`None`: none) after a run that began
-    /// at `mark`, unless a trigger arrived meanwhile: that one stays, it
-    /// asks for something the run may have missed.
+    /// at `mark`. A pending trigger stays instead if it arrived during the
+    /// run (the run may have missed what it asks for) or if it is more than
+    /// a deadline (a push, a revocation, a stale verdict: a kubelet call
+    /// that ran meanwhile did not do what it asks).
     pub fn settle(&self, volume_id: &str, next: Option<Next>, mark: u64) {
         {
             let mut q = lock(&self.queue);
-            if q.entries.get(volume_id).is_some_and(|e| e.seq > mark) {
+            if q.entries
+                .get(volume_id)
+                .is_some_and(|e| e.seq > mark || e.cause > Cause::Deadline)
+            {
                 return;
             }
             match next {
@@ -235,10 +240,30 @@ mod tests {
             Some(Cause::Pushed),
             "push kept"
         );
+        s.take_due(SystemTime::now());
         s.settle("v", Some(next), s.mark());
         assert_eq!(s.pending("v"), Some((next.at, Cause::Deadline)));
+        let moved = Next {
+            at: later(7200),
+            cause: Cause::Deadline,
+        };
+        s.settle("v", Some(moved), s.mark());
+        assert_eq!(
+            s.pending("v"),
+            Some((moved.at, Cause::Deadline)),
+            "replaced"
+        );
         s.settle("v", None, s.mark());
         assert_eq!(s.pending("v"), None);
+    }
+
+    #[test]
+    fn a_pending_revocation_outlives_a_kubelet_call_that_ran_meanwhile() {
+        let s = Schedule::new();
+        s.trigger("v", Cause::Revoked);
+        // A republish started after the trigger and settles its own next look.
+        s.settle("v", None, s.mark());
+        assert_eq!(s.pending("v").map(|p| p.1), Some(Cause::Revoked));
     }
 
     #[test]

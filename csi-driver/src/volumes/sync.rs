@@ -67,6 +67,7 @@ pub async fn run_updates(volumes: Arc<VolumeManager>) {
         match volumes.client().watch_updates().await {
             Ok(mut stream) => {
                 backoff = retry::reconnect();
+                volumes.freshness.stream_up();
                 tracing::info!("following the controller's updates");
                 loop {
                     match stream.message().await {
@@ -78,6 +79,7 @@ pub async fn run_updates(volumes: Arc<VolumeManager>) {
                         }
                     }
                 }
+                volumes.freshness.stream_down();
             }
             Err(e) => tracing::debug!(error = %e, "cannot follow updates yet"),
         }

@@ -54,6 +54,7 @@ fn seen(record: Option<&PublishedVolume>, target: Target) -> Observed<'_> {
         record,
         target,
         holder: None,
+        fresh: false,
     }
 }
 
@@ -61,13 +62,17 @@ fn publish() -> Trigger {
     Trigger::Publish(request(false))
 }
 
+fn issue(mount: bool) -> Plan {
+    Plan::Issue {
+        request: request(false),
+        mount,
+    }
+}
+
 #[test]
 fn a_first_publish_mounts_only_an_empty_or_missing_target() {
     for t in [Target::Missing, Target::EmptyDir] {
-        assert_eq!(
-            decide(&publish(), seen(None, t)),
-            Plan::Issue { mount: true }
-        );
+        assert_eq!(decide(&publish(), seen(None, t)), issue(true));
     }
     for t in [Target::Mount, Target::NonEmptyDir, Target::Foreign] {
         assert!(
@@ -88,6 +93,7 @@ fn a_publish_at_a_target_recorded_for_another_volume_is_refused() {
             record: None,
             target: Target::Mount,
             holder: Some("csi-other"),
+            fresh: false,
         },
     );
     assert!(
@@ -103,6 +109,27 @@ fn a_republish_refreshes_and_never_remounts() {
         decide(&publish(), seen(Some(&rec), Target::Mount)),
         Plan::Refresh
     );
+}
+
+#[test]
+fn a_republish_of_files_known_current_is_answered_from_what_the_node_holds() {
+    let rec = mounted();
+    let fresh = Observed {
+        fresh: true,
+        ..seen(Some(&rec), Target::Mount)
+    };
+    assert_eq!(decide(&publish(), fresh), Plan::Nothing);
+    // Scheduled refreshes (deadlines, pushes) always ask.
+    assert_eq!(
+        decide(&Trigger::Refresh(Cause::Pushed), fresh),
+        Plan::Refresh
+    );
+    // A mount that vanished is mounted again, however fresh.
+    let gone = Observed {
+        fresh: true,
+        ..seen(Some(&rec), Target::Missing)
+    };
+    assert_eq!(decide(&publish(), gone), issue(true));
 }
 
 #[test]
@@ -143,11 +170,11 @@ fn an_interrupted_first_publish_is_completed_by_the_retry() {
     let rec = record(Phase::Publishing);
     assert_eq!(
         decide(&publish(), seen(Some(&rec), Target::Mount)),
-        Plan::Issue { mount: false }
+        issue(false)
     );
     assert_eq!(
         decide(&publish(), seen(Some(&rec), Target::EmptyDir)),
-        Plan::Issue { mount: true }
+        issue(true)
     );
 }
 
@@ -156,7 +183,7 @@ fn a_recorded_volume_whose_mount_vanished_is_mounted_again() {
     let rec = mounted();
     assert_eq!(
         decide(&publish(), seen(Some(&rec), Target::Missing)),
-        Plan::Issue { mount: true }
+        issue(true)
     );
 }
 
@@ -241,7 +268,7 @@ fn unpublish_never_unmounts_what_is_not_recorded() {
     );
     assert_eq!(
         decide(&unpublish, seen(None, Target::EmptyDir)),
-        Plan::Remove { wipe: false }
+        Plan::RemoveMountPoint(T.into())
     );
     assert_eq!(
         decide(&unpublish, seen(None, Target::NonEmptyDir)),

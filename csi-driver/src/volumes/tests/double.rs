@@ -1,7 +1,6 @@
 //! A controller double: a real tonic NodeCredentials server on a loopback
 //! socket, answering with scripted bundles and statuses.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -26,8 +25,7 @@ pub struct Fetch {
 
 #[derive(Default)]
 struct Script {
-    /// Answers for the next fetches, in order; then `steady`.
-    next: VecDeque<Result<Bundle, Status>>,
+    /// The answer to every fetch.
     steady: Option<Result<Bundle, Status>>,
     fetches: Vec<Fetch>,
     heartbeat: HeartbeatResponse,
@@ -73,14 +71,7 @@ impl Controller {
 
     /// Every later fetch answers `answer`.
     pub fn always(&self, answer: Result<Bundle, Status>) {
-        let mut s = lock(&self.script);
-        s.next.clear();
-        s.steady = Some(answer);
-    }
-
-    /// The next fetch answers `answer` (before the steady answer).
-    pub fn then(&self, answer: Result<Bundle, Status>) {
-        lock(&self.script).next.push_back(answer);
+        lock(&self.script).steady = Some(answer);
     }
 
     /// What the next heartbeats answer.
@@ -115,14 +106,10 @@ impl NodeCredentials for Controller {
             volume_id: req.volume_id,
             refresh: req.refresh,
         });
-        let answer = match s.next.pop_front() {
-            Some(a) => a,
-            None => s
-                .steady
-                .clone()
-                .unwrap_or_else(|| Err(Status::internal("no answer scripted"))),
-        };
-        answer.map(Response::new)
+        s.steady
+            .clone()
+            .unwrap_or_else(|| Err(Status::internal("no answer scripted")))
+            .map(Response::new)
     }
 
     async fn heartbeat(
