@@ -98,6 +98,10 @@ pub enum TicketError {
     /// The ccache is not a v4 FILE ccache holding a TGT.
     #[error("malformed credential cache: {0}")]
     Malformed(String),
+    /// The principal's name cannot be a Kerberos client name (a policy
+    /// error: retrying will not help).
+    #[error("invalid principal name {0:?}")]
+    InvalidPrincipal(String),
     /// A local failure (files, spawning kinit, unexpected kinit errors).
     #[error("ticket operation failed: {0}")]
     Failed(String),
@@ -265,9 +269,7 @@ impl KdcClient {
     /// Gets a TGT for `principal` from the KDC (AS exchange) with its keytab.
     pub async fn acquire(&self, principal: &str, keytab: &Keytab) -> Result<Ticket, TicketError> {
         if principal.is_empty() || principal.starts_with('-') || principal.contains('\0') {
-            return Err(TicketError::Failed(format!(
-                "invalid principal name {principal:?}"
-            )));
+            return Err(TicketError::InvalidPrincipal(principal.to_string()));
         }
         let scratch = self.scratch()?;
         let keytab_path = scratch.write("keytab", keytab.bytes())?;

@@ -31,12 +31,23 @@ impl Reason {
             Unspecified | Internal => Code::Internal,
             RequestInvalid | AnnotationsMissing | AnnotationInvalid => Code::InvalidArgument,
             Unauthenticated | PodTokenInvalid => Code::Unauthenticated,
-            NotANodeIdentity | NodeMismatch | NoAdminRole | RoleForbids | PodUidMismatch
-            | PodNotOnNode | RunAsMismatch | ServiceAccountNotAllowed | NoRoleAccount
-            | PrincipalNotOwned | TicketNotRoleAccount | CertificateNotGranted | KeyNotGranted
-            | ReservedIdentity | ReservedName | VolumeConflict | VolumeRevoked => {
-                Code::PermissionDenied
-            }
+            NotANodeIdentity
+            | NodeMismatch
+            | NoAdminRole
+            | RoleForbids
+            | PodUidMismatch
+            | PodNotOnNode
+            | RunAsMismatch
+            | ServiceAccountNotAllowed
+            | NoRoleAccount
+            | PrincipalNotOwned
+            | TicketNotRoleAccount
+            | CertificateNotGranted
+            | KeyNotGranted
+            | ReservedIdentity
+            | ReservedName
+            | VolumeConflict
+            | VolumeRevoked => Code::PermissionDenied,
             PodUnknown | VolumeUnknown | KeyUnknown => Code::NotFound,
             PodFinished | NodeLost | KdcRefused | PrincipalUnknown | CredentialState => {
                 Code::FailedPrecondition

@@ -1,5 +1,8 @@
-//! Nodes: leases renewed by heartbeat, and the channel that pushes updates
-//! to each node's driver.
+//! Nodes: leases renewed by heartbeat, what a heartbeat answers, what a
+//! lost node sets off, and the channel that pushes updates to each node's
+//! driver.
 
+pub mod heartbeat;
 pub mod leases;
+pub mod loss;
 pub mod updates;

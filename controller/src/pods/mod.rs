@@ -3,7 +3,7 @@
 //! The controller never trusts a node's word about a pod: before it issues
 //! anything it looks the pod up here and checks its UID, its node and its
 //! annotations. The index is fed by a pod source: the static pods file
-//! (clusters without API access, demos, tests) or the Kubernetes watch.
+//! (clusters without API access, demos, tests) or a Kubernetes watch.
 
 pub mod file_source;
 
@@ -45,28 +45,19 @@ pub struct PodIndex {
 impl PodIndex {
     /// Looks a pod up by namespace and name.
     pub fn get(&self, namespace: &str, name: &str) -> Option<PodInfo> {
-        let map = match self.pods.read() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let map = crate::locks::read(&self.pods);
         map.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
     /// Adds or replaces one pod (a watch event).
     pub fn upsert(&self, pod: PodInfo) {
-        let mut map = match self.pods.write() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::locks::write(&self.pods);
         map.insert((pod.namespace.clone(), pod.name.clone()), pod);
     }
 
     /// Removes one pod (a watch delete).
     pub fn remove(&self, namespace: &str, name: &str) {
-        let mut map = match self.pods.write() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::locks::write(&self.pods);
         map.remove(&(namespace.to_string(), name.to_string()));
     }
 
@@ -76,27 +67,20 @@ impl PodIndex {
             .into_iter()
             .map(|p| ((p.namespace.clone(), p.name.clone()), p))
             .collect();
-        let mut map = match self.pods.write() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::locks::write(&self.pods);
         *map = fresh;
     }
 
     /// Whether any known pod is bound to `node` (so `node` is a node name).
     pub fn any_on_node(&self, node: &str) -> bool {
-        match self.pods.read() {
-            Ok(m) => m.values().any(|p| p.node_name == node),
-            Err(p) => p.into_inner().values().any(|p| p.node_name == node),
-        }
+        crate::locks::read(&self.pods)
+            .values()
+            .any(|p| p.node_name == node)
     }
 
     /// Number of pods known.
     pub fn len(&self) -> usize {
-        match self.pods.read() {
-            Ok(m) => m.len(),
-            Err(p) => p.into_inner().len(),
-        }
+        crate::locks::read(&self.pods).len()
     }
 
     /// Whether no pod is known.

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use super::reader::RawLine;
-use super::record::now_unix_ms;
 use super::signer::sync_parent;
 use super::{
     AuditError, AuditEvent, AuditHead, AuditRecord, AuditSigner, GENESIS_HASH, MAX_LINE_BYTES,
     ProblemKind,
 };
+use crate::timefmt::now_unix_ms;
 
 /// The append-only audit log. Appends are serialized by a mutex and the
 /// file is locked (`flock`) against a second writer process, so the chain

@@ -1,7 +1,9 @@
 //! Durations ("30s", "1h30m"), points in time (RFC 3339 or "-1h") and
 //! their display, without a date library.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use kcred_audit::timefmt::now_unix_ms;
 
 /// Parses `30s`, `5m`, `1h`, `2d` or a sum like `1h30m`; a bare number is
 /// seconds.
@@ -61,13 +63,6 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
-/// The current time in Unix milliseconds.
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// clap value parser for `--since`/`--until`: a point in time as Unix ms.
 pub fn parse_time_arg(s: &str) -> Result<i64, String> {
     parse_time(s, now_unix_ms())
@@ -86,7 +81,7 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
         let ms = i64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too far back"))?;
         return Ok(now_ms.saturating_sub(ms));
     }
-    kcred_controller::timefmt::parse_millis(s).ok_or_else(|| {
+    kcred_audit::timefmt::parse_millis(s).ok_or_else(|| {
         format!(
             "{s:?} is not a time; use RFC 3339 (2026-05-01T12:00:00Z), a date (2026-05-01) \
              or a relative time (-1h, -2d)"
@@ -96,7 +91,7 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
 
 /// Unix seconds as `2026-05-01T12:00:00Z`.
 pub fn format_unix(secs: i64) -> String {
-    kcred_controller::timefmt::rfc3339_seconds(secs)
+    kcred_audit::timefmt::rfc3339_seconds(secs)
 }
 
 /// How long ago `then` was, both in Unix seconds: "12s ago", "3h ago";

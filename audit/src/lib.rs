@@ -64,12 +64,15 @@
 //! key's PKCS#8 bytes are held in [`zeroize::Zeroizing`] while loaded and
 //! never printed.
 
+#![forbid(unsafe_code)]
+
 mod event;
 mod log;
 mod query;
 mod reader;
 mod record;
 mod signer;
+pub mod timefmt;
 mod verify;
 
 #[cfg(test)]
@@ -82,7 +85,7 @@ mod tests_tamper;
 use std::io;
 use std::path::PathBuf;
 
-pub use event::{Action, AuditEvent, Decision};
+pub use event::{Action, Actor, AuditEvent, CredentialKind, Decision};
 pub use log::AuditLog;
 pub use query::{AuditFilter, export, query};
 pub use record::{AuditHead, AuditRecord, GENESIS_HASH, MAX_LINE_BYTES, RECORD_VERSION};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use kcred_controller::audit::{AuditHead, VerifyReport, key_id_of, verify, verify_with_head};
+use kcred_audit::{AuditHead, VerifyReport, key_id_of, verify, verify_with_head};
 use kcred_proto::kcred::v1::{AuditHeadRequest, AuditQuery};
 use serde::Serialize;
 

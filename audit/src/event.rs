@@ -13,8 +13,9 @@ use super::AuditError;
 pub enum Action {
     /// A credential was issued for the first time.
     Issue,
-    /// An existing credential was handed out again or renewed.
-    Renew,
+    /// A volume's credentials were handed out again (a refresh: kubelet's
+    /// republish, the driver's schedule, a pushed rotation).
+    Refresh,
     /// A request was refused; `reason` names the rule.
     Deny,
     /// A credential's key was rotated (new kvno, serial or key version).
@@ -33,7 +34,7 @@ impl Action {
     /// Every action, for CLI help and tests.
     pub const ALL: [Action; 8] = [
         Action::Issue,
-        Action::Renew,
+        Action::Refresh,
         Action::Deny,
         Action::Rotate,
         Action::Revoke,
@@ -46,7 +47,7 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Issue => "issue",
-            Action::Renew => "renew",
+            Action::Refresh => "refresh",
             Action::Deny => "deny",
             Action::Rotate => "rotate",
             Action::Revoke => "revoke",
@@ -75,6 +76,97 @@ impl FromStr for Action {
     }
 }
 
+/// The kinds of credential kcred issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CredentialKind {
+    /// A service principal's keys (`krb5.keytab`).
+    Keytab,
+    /// A prestashed TGT (`krb5cc`).
+    Ticket,
+    /// An X.509 certificate and its key.
+    Cert,
+    /// A data-encryption key ring.
+    Key,
+}
+
+impl CredentialKind {
+    /// Every kind.
+    pub const ALL: [CredentialKind; 4] = [
+        CredentialKind::Keytab,
+        CredentialKind::Ticket,
+        CredentialKind::Cert,
+        CredentialKind::Key,
+    ];
+
+    /// The name in records, metrics and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Keytab => "keytab",
+            CredentialKind::Ticket => "ticket",
+            CredentialKind::Cert => "cert",
+            CredentialKind::Key => "key",
+        }
+    }
+}
+
+impl fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CredentialKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CredentialKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown credential kind {s:?}"))
+    }
+}
+
+/// Who acted. Recorded as `node/<name>`, `admin/<principal>`,
+/// `controller`, or the identity a refused caller claimed or proved.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Actor {
+    /// A node driver, authenticated as that node.
+    Node(String),
+    /// An operator or auditor, by principal (`cert:<CN>` for certificates).
+    Admin(String),
+    /// The controller on its own (lease sweeps, rotations on loss).
+    Controller,
+    /// A caller that was refused before it proved to be a node or an
+    /// admin: what it claimed or proved, e.g. `node/x (unauthenticated)`.
+    Caller(String),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Node(n) => write!(f, "node/{n}"),
+            Actor::Admin(a) => write!(f, "admin/{a}"),
+            Actor::Controller => f.write_str("controller"),
+            Actor::Caller(c) => f.write_str(c),
+        }
+    }
+}
+
+impl Actor {
+    /// Reads a recorded actor back.
+    pub fn parse(s: &str) -> Actor {
+        if s == "controller" {
+            Actor::Controller
+        } else if let Some(n) = s.strip_prefix("node/").filter(|n| !n.contains(' ')) {
+            Actor::Node(n.to_string())
+        } else if let Some(a) = s.strip_prefix("admin/") {
+            Actor::Admin(a.to_string())
+        } else {
+            Actor::Caller(s.to_string())
+        }
+    }
+}
+
 /// The controller's decision. Serialized as "allow" / "deny".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,13 +181,12 @@ pub enum Decision {
 /// for secret bytes, so none can reach the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEvent {
-    /// Who acted: `node/<name>`, `admin/<principal>` or `controller`.
-    pub actor: String,
+    /// Who acted.
+    pub actor: Actor,
     /// What happened.
     pub action: Action,
-    /// Credential kind ("keytab", "ticket", "cert", "key"), "" for node and
-    /// admin events.
-    pub kind: String,
+    /// Credential kind; none for node and admin events.
+    pub kind: Option<CredentialKind>,
     /// What it concerns: principal, certificate names, key id.
     pub subject: String,
     /// Kerberos key version number, for keytabs and tickets.
@@ -112,18 +203,21 @@ pub struct AuditEvent {
     pub pod: String,
     /// Allowed or refused.
     pub decision: Decision,
-    /// For a refusal, the rule that refused; optional context otherwise.
+    /// For a refusal, the reason of the vocabulary (`kcred.v1.Reason` as a
+    /// label, e.g. `pod_not_on_node`); optional context otherwise.
     pub reason: String,
+    /// For a refusal, what a person reads about it.
+    pub detail: String,
 }
 
 impl AuditEvent {
     /// Starts an event; the decision is `Deny` for [`Action::Deny`], `Allow`
     /// otherwise. Chain the `with_*` methods for the rest.
-    pub fn new(actor: impl Into<String>, action: Action) -> Self {
+    pub fn new(actor: Actor, action: Action) -> Self {
         AuditEvent {
-            actor: actor.into(),
+            actor,
             action,
-            kind: String::new(),
+            kind: None,
             subject: String::new(),
             kvno: None,
             serial: None,
@@ -137,12 +231,13 @@ impl AuditEvent {
                 Decision::Allow
             },
             reason: String::new(),
+            detail: String::new(),
         }
     }
 
     /// Sets the credential kind.
-    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
-        self.kind = kind.into();
+    pub fn with_kind(mut self, kind: CredentialKind) -> Self {
+        self.kind = Some(kind);
         self
     }
 
@@ -183,10 +278,15 @@ impl AuditEvent {
         self
     }
 
-    /// Marks the event refused by `rule` (e.g. "rule service_principals: ...").
-    pub fn denied(mut self, rule: impl Into<String>) -> Self {
+    /// Marks the event refused for `reason`, with what a person reads.
+    pub fn denied(
+        mut self,
+        reason: kcred_proto::kcred::v1::Reason,
+        detail: impl Into<String>,
+    ) -> Self {
         self.decision = Decision::Deny;
-        self.reason = rule.into();
+        self.reason = reason.label();
+        self.detail = detail.into();
         self
     }
 
@@ -200,7 +300,8 @@ impl AuditEvent {
     /// denial without its rule, or a `deny` action marked allowed.
     pub(super) fn check(&self) -> Result<(), AuditError> {
         let bad = |m: &str| Err(AuditError::InvalidEvent(m.to_string()));
-        if self.actor.is_empty() {
+        if matches!(&self.actor, Actor::Node(s) | Actor::Admin(s) | Actor::Caller(s) if s.is_empty())
+        {
             return bad("the actor is empty");
         }
         if self.action == Action::Deny && self.decision != Decision::Deny {

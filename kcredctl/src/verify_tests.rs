@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use kcred_controller::audit::{Action, AuditEvent, AuditLog, AuditSigner};
+use kcred_audit::{Action, Actor, AuditEvent, AuditLog, AuditSigner, CredentialKind};
 
 use super::*;
 
@@ -15,8 +15,8 @@ fn log_with(n: usize) -> (tempfile::TempDir, PathBuf, [u8; 32], AuditHead) {
     let key: [u8; 32] = signer.public_key().try_into().expect("32 bytes");
     let log = AuditLog::open(&path, signer).expect("open");
     for i in 1..=n {
-        let event = AuditEvent::new("node/node-a", Action::Issue)
-            .with_kind("keytab")
+        let event = AuditEvent::new(Actor::Node("node-a".into()), Action::Issue)
+            .with_kind(CredentialKind::Keytab)
             .with_subject(format!("HTTP/svc-{i}@EXAMPLE.COM"))
             .with_kvno(2)
             .with_place("node-a", "prod", format!("pod-{i}"));

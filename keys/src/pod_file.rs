@@ -1,5 +1,5 @@
 //! Reading side of the `kcred-keys/v1` pod file and the ciphertext framing; the
-//! contract itself is documented on the parent module.
+//! contract itself is documented on the crate.
 
 use std::fmt;
 
@@ -9,7 +9,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{
+use crate::{
     ALGORITHM, B64Key, HEADER_LEN, KEY_LEN, KeyError, NONCE_LEN, POD_FORMAT, TAG_LEN, validate_id,
 };
 

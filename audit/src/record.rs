@@ -1,15 +1,13 @@
 //! What is recorded, and the exact bytes a record's hash covers.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Action, AuditError, AuditEvent, Decision, ProblemKind, key_id_of};
+use super::{Action, Actor, AuditError, AuditEvent, Decision, ProblemKind, key_id_of};
 
 /// Version of the record format and canonical form; part of every hash.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 /// `prev_hash` of record 1: there is no predecessor.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -70,6 +68,9 @@ pub struct AuditRecord {
     pub decision: Decision,
     /// See [`AuditEvent::reason`].
     pub reason: String,
+    /// See [`AuditEvent::detail`]; absent in version 1 records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
     /// Hex SHA-256 of [`AuditRecord::canonical_bytes`].
     pub hash: String,
     /// Hex Ed25519 signature over the 32 raw bytes of `hash`.
@@ -99,6 +100,9 @@ struct Canonical<'a> {
     pod: &'a str,
     decision: Decision,
     reason: &'a str,
+    /// Version 2 on; absent from version 1's canonical form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
 }
 
 impl AuditRecord {
@@ -117,9 +121,12 @@ impl AuditRecord {
             unix_ms,
             prev_hash: prev_hash.to_string(),
             key_id: key_id.to_string(),
-            actor: event.actor.clone(),
+            actor: event.actor.to_string(),
             action: event.action,
-            kind: event.kind.clone(),
+            kind: event
+                .kind
+                .map(|k| k.as_str().to_string())
+                .unwrap_or_default(),
             subject: event.subject.clone(),
             kvno: event.kvno,
             serial: event.serial.clone(),
@@ -129,6 +136,7 @@ impl AuditRecord {
             pod: event.pod.clone(),
             decision: event.decision,
             reason: event.reason.clone(),
+            detail: event.detail.clone(),
             hash: String::new(),
             signature: String::new(),
         }
@@ -138,8 +146,16 @@ impl AuditRecord {
     /// its standard string escaping, absent options as `null`) of the object
     /// `{"v","seq","time","unix_ms","prev_hash","key_id","actor","action",
     /// "kind","subject","kvno","serial","key_version","node","namespace",
-    /// "pod","decision","reason"}` with keys in exactly that order.
+    /// "pod","decision","reason","detail"}` with keys in exactly that order
+    /// (`detail` from version 2 on).
     pub fn canonical_bytes(&self) -> Result<Vec<u8>, AuditError> {
+        // A field the hash would not cover must not be there at all.
+        if self.v == 0 || self.v > RECORD_VERSION || (self.v == 1 && !self.detail.is_empty()) {
+            return Err(AuditError::InvalidEvent(format!(
+                "record {} has format version {} with fields it does not define",
+                self.seq, self.v
+            )));
+        }
         serde_json::to_vec(&Canonical {
             v: self.v,
             seq: self.seq,
@@ -159,6 +175,7 @@ impl AuditRecord {
             pod: &self.pod,
             decision: self.decision,
             reason: &self.reason,
+            detail: (self.v >= 2).then_some(self.detail.as_str()),
         })
         .map_err(|source| AuditError::Encode {
             seq: self.seq,
@@ -201,9 +218,9 @@ impl AuditRecord {
     /// The event this record holds.
     pub fn event(&self) -> AuditEvent {
         AuditEvent {
-            actor: self.actor.clone(),
+            actor: Actor::parse(&self.actor),
             action: self.action,
-            kind: self.kind.clone(),
+            kind: self.kind.parse().ok(),
             subject: self.subject.clone(),
             kvno: self.kvno,
             serial: self.serial.clone(),
@@ -213,15 +230,8 @@ impl AuditRecord {
             pod: self.pod.clone(),
             decision: self.decision,
             reason: self.reason.clone(),
+            detail: self.detail.clone(),
         }
-    }
-}
-
-/// Wall-clock time in Unix milliseconds (negative before 1970).
-pub(super) fn now_unix_ms() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }
 

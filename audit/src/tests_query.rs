@@ -18,7 +18,7 @@ fn query_filters_by_namespace_node_subject_action_and_time() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let lost = AuditEvent::new("controller", Action::NodeLost).with_place("node-1", "", "");
+    let lost = AuditEvent::new(Actor::Controller, Action::NodeLost).with_place("node-1", "", "");
     log.append(&lost).expect("append");
     let q = |f: AuditFilter| query(&fx.log, &f).expect("query");
     let ns0 = q(AuditFilter {

@@ -6,7 +6,8 @@ use serde::Serialize;
 use crate::cli::{Format, ListArgs};
 use crate::connect::{Conn, unary};
 use crate::output::{Table, or_dash, print, print_json, short_id};
-use crate::timeparse::{age, format_unix, now_unix_ms};
+use crate::timeparse::{age, format_unix};
+use kcred_audit::timefmt::now_unix_ms;
 
 /// `kcredctl status`.
 pub async fn status(conn: &mut Conn, format: Format) -> anyhow::Result<()> {

@@ -4,16 +4,16 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::log::Fault;
 use super::record::rfc3339_ms;
 use super::*;
+use kcred_proto::kcred::v1::Reason;
 
 /// An issue event that differs with `i`.
 pub(super) fn event(i: usize) -> AuditEvent {
-    AuditEvent::new(format!("node/node-{}", i % 3), Action::Issue)
-        .with_kind("keytab")
+    AuditEvent::new(Actor::Node(format!("node-{}", i % 3)), Action::Issue)
+        .with_kind(CredentialKind::Keytab)
         .with_subject(format!("HTTP/svc-{i}@EXAMPLE.COM"))
         .with_kvno(i as u32 + 1)
         .with_place(
@@ -93,14 +93,14 @@ fn appended_records_are_numbered_chained_timed_and_signed() {
     let fx = Fixture::new(0);
     let log = fx.open();
     assert_eq!(log.head(), None);
-    let before = record::now_unix_ms();
+    let before = crate::timefmt::now_unix_ms();
     let r1 = log.append(&event(1)).expect("append 1");
     let r2 = log.append(&event(2)).expect("append 2");
     assert_eq!((r1.seq, r2.seq), (1, 2));
     assert_eq!(r1.prev_hash, GENESIS_HASH);
     assert_eq!(r2.prev_hash, r1.hash);
     assert_eq!(r1.key_id, log.signer().key_id());
-    assert!(r1.unix_ms >= before && r1.unix_ms <= record::now_unix_ms());
+    assert!(r1.unix_ms >= before && r1.unix_ms <= crate::timefmt::now_unix_ms());
     assert_eq!(r1.time, rfc3339_ms(r1.unix_ms));
     assert_eq!(r1.verify_alone(log.signer().public_key()), Ok(()));
     assert_eq!(r1.event(), event(1));
@@ -233,12 +233,12 @@ fn unrecoverable_write_failure_refuses_every_later_append() {
 fn misleading_events_are_refused_and_not_written() {
     let fx = Fixture::new(0);
     let log = fx.open();
-    let no_rule = AuditEvent::new("controller", Action::Deny).with_subject("x@R");
+    let no_rule = AuditEvent::new(Actor::Controller, Action::Deny).with_subject("x@R");
     let allowed_deny = AuditEvent {
         decision: Decision::Allow,
-        ..AuditEvent::new("controller", Action::Deny).with_reason("rule r")
+        ..AuditEvent::new(Actor::Controller, Action::Deny).with_reason("rule r")
     };
-    let no_actor = AuditEvent::new("", Action::Issue);
+    let no_actor = AuditEvent::new(Actor::Node(String::new()), Action::Issue);
     for bad in [no_rule, allowed_deny, no_actor] {
         let err = log.append(&bad).expect_err("refused");
         assert!(matches!(err, AuditError::InvalidEvent(_)), "{err}");
@@ -249,12 +249,17 @@ fn misleading_events_are_refused_and_not_written() {
         Err(AuditError::TooLarge { .. })
     ));
     assert_eq!(std::fs::metadata(&fx.log).expect("stat").len(), 0);
-    let denial = AuditEvent::new("node/n1", Action::Deny)
-        .with_kind("keytab")
+    let denial = AuditEvent::new(Actor::Node("n1".into()), Action::Deny)
+        .with_kind(CredentialKind::Keytab)
         .with_subject("HTTP/web@EXAMPLE.COM")
-        .denied("rule service_principals: HTTP/web is not allowed in namespace dev");
+        .denied(
+            Reason::PrincipalNotOwned,
+            "HTTP/web is not owned by the role account of namespace dev",
+        );
     let rec = log.append(&denial).expect("a denial with its rule");
     assert_eq!(rec.decision, Decision::Deny);
+    assert_eq!(rec.reason, "principal_not_owned");
+    assert_eq!(rec.event(), denial, "the record gives the event back");
 }
 
 #[test]
@@ -302,7 +307,7 @@ fn concurrent_appends_from_8_threads_form_one_valid_chain() {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
                 for i in 0..50 {
-                    let ev = AuditEvent::new(format!("node/t{t}"), Action::Renew)
+                    let ev = AuditEvent::new(Actor::Node(format!("t{t}")), Action::Refresh)
                         .with_subject(format!("t{t}-{i}"));
                     log.append(&ev).expect("append");
                 }
@@ -324,23 +329,6 @@ fn concurrent_appends_from_8_threads_form_one_valid_chain() {
         };
         assert_eq!(query(&fx.log, &f).expect("query").len(), 50);
     }
-}
-
-#[test]
-fn append_rate_with_fsync_is_measured() {
-    let fx = Fixture::new(0);
-    let log = fx.open();
-    let n = 200;
-    let start = Instant::now();
-    for i in 0..n {
-        log.append(&event(i)).expect("append");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "audit append with fdatasync: {n} records in {:.1} ms = {:.0} appends/s",
-        secs * 1e3,
-        n as f64 / secs
-    );
 }
 
 #[test]

@@ -1,9 +1,31 @@
 //! Timestamps as people and SIEMs read them (RFC 3339, UTC), with the
-//! `time` crate doing the calendar.
+//! `time` crate doing the calendar, and the Unix clock every kcred crate
+//! reads (one definition, so "before 1970" is decided once).
 
+use std::time::{SystemTime, UNIX_EPOCH};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
+
 use time::{Date, OffsetDateTime};
+
+/// Seconds since the Unix epoch at `t` (0 before 1970, clamped above).
+pub fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Now, in Unix seconds.
+pub fn now_unix() -> i64 {
+    unix_secs(SystemTime::now())
+}
+
+/// Now, in Unix milliseconds (negative before 1970).
+pub fn now_unix_ms() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
 
 /// Unix seconds as `2026-05-01T12:00:00Z` (clamped to the representable
 /// range).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kcred_controller::audit::Action;
+use kcred_audit::Action;
 
 use crate::timeparse::{parse_duration, parse_time_arg};
 

@@ -121,6 +121,8 @@ struct Row {
     pod: String,
     decision: String,
     reason: String,
+    #[serde(default)]
+    detail: String,
 }
 
 /// The `audit query` table.
@@ -157,7 +159,11 @@ fn render_records(lines: &[String]) -> anyhow::Result<String> {
             or_dash(&r.node),
             or_dash(&place),
             r.decision,
-            r.reason,
+            if r.detail.is_empty() {
+                r.reason
+            } else {
+                format!("{}: {}", r.reason, r.detail)
+            },
         ]);
     }
     Ok(t.render())
@@ -165,7 +171,7 @@ fn render_records(lines: &[String]) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use kcred_controller::audit::Action;
+    use kcred_audit::Action;
 
     use super::*;
 
