@@ -112,6 +112,8 @@ pub enum Plan {
     /// Fetch again and write what changed; a failure keeps the last good
     /// files.
     Refresh,
+    /// Mount the volume again, empty (a wiped volume whose mount was lost).
+    MountEmpty,
     /// Remove the files, keep the mount, record the volume as wiped.
     Wipe {
         /// Whether there is a mount with files to remove.
@@ -235,7 +237,9 @@ fn publish(req: &PublishRequest, seen: Observed<'_>) -> Plan {
         });
     }
     match (&rec.phase, seen.target) {
-        // Revoked stays revoked: nothing is fetched, the mount stays.
+        // Revoked stays revoked: nothing is fetched, the mount stays; one
+        // lost with a node reboot comes back empty.
+        (Phase::Wiped { .. }, Target::Missing | Target::EmptyDir) => Plan::MountEmpty,
         (Phase::Wiped { .. }, _) => Plan::Nothing,
         (_, Target::NonEmptyDir | Target::Foreign) => not_ours(&req.target, seen.target),
         // An interrupted first publish, completed.

@@ -126,6 +126,10 @@ impl VolumeManager {
                 Some(rec) => Ok(self.refresh(rec, guard).await),
                 None => Ok(Step::new(Outcome::Nothing, Then::Idle)),
             },
+            Plan::MountEmpty => match record {
+                Some(rec) => self.mount_empty(rec, guard).await,
+                None => Ok(Step::new(Outcome::Nothing, Then::Idle)),
+            },
             Plan::Wipe { mounted } => match record {
                 Some(rec) => self.wipe(rec, mounted, guard).await,
                 None => Ok(Step::new(Outcome::Nothing, Then::Idle)),
@@ -366,6 +370,27 @@ impl VolumeManager {
                 Step::new(Outcome::KeptLastGood, Then::Retry)
             }
         }
+    }
+
+    /// Mounts a wiped volume again, empty: its mount was lost (a node
+    /// reboot) and kubelet publishes it for the pod once more.
+    async fn mount_empty(
+        &self,
+        rec: PublishedVolume,
+        guard: OwnedMutexGuard<()>,
+    ) -> Result<Step, VolumeError> {
+        let medium = Arc::clone(&self.medium);
+        blocking(move || {
+            let _guard = guard;
+            medium.mount(&rec)?;
+            if let Err(e) = medium.write(&rec, &[]) {
+                let _ = medium.unmount(&rec);
+                return Err(e.into());
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Step::new(Outcome::Wiped, Then::Idle))
     }
 
     /// Removes a revoked volume's files; the mount stays while the pod runs.

@@ -202,6 +202,11 @@ fn a_revoked_volume_stays_wiped_whatever_kubelet_or_the_controller_says() {
             "{trigger:?}"
         );
     }
+    assert_eq!(
+        decide(&publish(), seen(Some(&rec), Target::Missing)),
+        Plan::MountEmpty,
+        "a mount lost to a reboot comes back empty"
+    );
 }
 
 #[test]

@@ -182,3 +182,28 @@ async fn a_republish_of_current_files_is_answered_without_asking_the_controller(
     assert_eq!(node.controller.fetches().len(), 2);
     background.abort();
 }
+
+#[tokio::test]
+async fn a_revoked_volume_lost_to_a_reboot_comes_back_empty() {
+    let mut node = Node::start().await;
+    node.controller.always(Ok(bundle("v1", 0)));
+    let req = node.request("web-0");
+    node.volumes.publish(req.clone()).await.expect("publish");
+    node.volumes
+        .reconcile_now(&req.volume_id, Cause::Revoked)
+        .await
+        .expect("wipe");
+    // The reboot: mounts gone, the state directory kept.
+    use crate::storage::Medium;
+    let rec = node.record(&req.volume_id).expect("record");
+    node.medium.unmount(&rec).expect("unmount");
+    node.restart();
+    let fetched = node.controller.fetches().len();
+
+    let outcome = node.volumes.publish(req.clone()).await.expect("publish");
+
+    assert_eq!(outcome, Outcome::Wiped);
+    assert!(req.target.exists(), "mounted again");
+    assert_eq!(secret(&req.target), None, "and empty");
+    assert_eq!(node.controller.fetches().len(), fetched, "nothing fetched");
+}
