@@ -6,12 +6,88 @@ use kcred_auth::Initiator;
 use kcred_auth::grpc::TokenInterceptor;
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
 use kcred_proto::kcred::v1::{
-    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, VolumeUpdate,
+    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, Reason, VolumeUpdate,
     WatchUpdatesRequest,
 };
+use tonic::Code;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Why a call to the controller failed, as the driver acts on it: by the
+/// typed reason the controller sends, never by its message.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The controller answered with a refusal or a failure of its own.
+    #[error("controller: {}", .status.message())]
+    Refused {
+        /// The reason it gave (`None` from a controller that sends none).
+        reason: Option<Reason>,
+        /// Its status, code and message kept as sent.
+        status: tonic::Status,
+    },
+    /// The controller could not be reached or did not answer in time.
+    #[error("controller unreachable: {}", .0.message())]
+    Unreachable(tonic::Status),
+}
+
+impl ControllerError {
+    /// Classifies a status from a call: a reason means the controller
+    /// answered; without one, the codes a broken connection or timeout
+    /// produce mean it was not reached.
+    pub fn from_status(status: tonic::Status) -> Self {
+        match kcred_proto::reason::reason_of(&status) {
+            Some(reason) => ControllerError::Refused {
+                reason: Some(reason),
+                status,
+            },
+            None if matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+            ) =>
+            {
+                ControllerError::Unreachable(status)
+            }
+            None => ControllerError::Refused {
+                reason: None,
+                status,
+            },
+        }
+    }
+
+    /// The controller's reason, if it gave one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            ControllerError::Refused { reason, .. } => *reason,
+            ControllerError::Unreachable(_) => None,
+        }
+    }
+
+    /// Whether the volume (or its pod) was revoked: its files must go.
+    pub fn is_revoked(&self) -> bool {
+        self.reason() == Some(Reason::VolumeRevoked)
+    }
+
+    /// Whether the same call may succeed later without anyone acting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ControllerError::Unreachable(_) => true,
+            ControllerError::Refused { reason, status } => match reason {
+                Some(r) => r.is_transient(),
+                None => matches!(status.code(), Code::ResourceExhausted | Code::Aborted),
+            },
+        }
+    }
+
+    /// The status as received.
+    pub fn status(&self) -> &tonic::Status {
+        match self {
+            ControllerError::Refused { status, .. } | ControllerError::Unreachable(status) => {
+                status
+            }
+        }
+    }
+}
 
 /// Adds the node's Kerberos token to each call when the node has an
 /// identity (production); passes calls through otherwise (controllers
@@ -98,7 +174,7 @@ impl ControllerClient {
         pod: PodRef,
         volume_id: &str,
         refresh: bool,
-    ) -> Result<Bundle, tonic::Status> {
+    ) -> Result<Bundle, ControllerError> {
         let mut client = self.inner.clone();
         let resp = client
             .fetch_bundle(FetchBundleRequest {
@@ -107,33 +183,75 @@ impl ControllerClient {
                 volume_id: volume_id.to_string(),
                 refresh,
             })
-            .await?;
+            .await
+            .map_err(ControllerError::from_status)?;
         Ok(resp.into_inner())
     }
 
-    /// Renews the node's lease and learns which volumes are stale.
+    /// Keeps the node's lease alive and learns which volumes are stale
+    /// or revoked.
     pub async fn heartbeat(
         &self,
         volume_ids: Vec<String>,
-    ) -> Result<HeartbeatResponse, tonic::Status> {
+    ) -> Result<HeartbeatResponse, ControllerError> {
         let mut client = self.inner.clone();
         Ok(client
             .heartbeat(HeartbeatRequest {
                 node_name: self.node_name.clone(),
                 volume_ids,
             })
-            .await?
+            .await
+            .map_err(ControllerError::from_status)?
             .into_inner())
     }
 
     /// Subscribes to pushed updates.
-    pub async fn watch_updates(&self) -> Result<tonic::Streaming<VolumeUpdate>, tonic::Status> {
+    pub async fn watch_updates(&self) -> Result<tonic::Streaming<VolumeUpdate>, ControllerError> {
         let mut client = self.inner.clone();
         Ok(client
             .watch_updates(WatchUpdatesRequest {
                 node_name: self.node_name.clone(),
             })
-            .await?
+            .await
+            .map_err(ControllerError::from_status)?
             .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kcred_proto::reason::status;
+
+    #[test]
+    fn revocation_is_read_from_the_reason_not_the_message() {
+        let revoked = ControllerError::from_status(status(Reason::VolumeRevoked, "gone"));
+        assert!(revoked.is_revoked());
+        assert!(!revoked.is_transient());
+        let worded = ControllerError::from_status(tonic::Status::permission_denied(
+            "volume v of pod web/a was revoked",
+        ));
+        assert!(!worded.is_revoked(), "message text decides nothing");
+        assert_eq!(worded.reason(), None);
+    }
+
+    #[test]
+    fn transient_reasons_and_broken_connections_are_retryable() {
+        for r in [
+            Reason::KdcUnavailable,
+            Reason::KdcBusy,
+            Reason::RotationInProgress,
+        ] {
+            assert!(
+                ControllerError::from_status(status(r, "later")).is_transient(),
+                "{r:?}"
+            );
+        }
+        let down = ControllerError::from_status(tonic::Status::unavailable("connection refused"));
+        assert!(matches!(down, ControllerError::Unreachable(_)));
+        assert!(down.is_transient());
+        let refused = ControllerError::from_status(status(Reason::PodNotOnNode, "elsewhere"));
+        assert!(!refused.is_transient());
+        assert_eq!(refused.status().code(), tonic::Code::PermissionDenied);
     }
 }

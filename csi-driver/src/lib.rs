@@ -3,16 +3,22 @@
 //!
 //! Three rooms, one job each:
 //! - [`csi`]: the CSI protocol kubelet speaks (validation, status codes);
-//! - [`volumes`]: a volume's life (publish, refresh, unpublish), talking to
-//!   the controller through [`controller_client`];
-//! - [`storage`]: bytes on the node (tmpfs mounts, the atomic writer, the
-//!   non-secret state that lets the driver resume after a restart).
+//! - [`volumes`]: a volume's life as one state machine (publish, refresh,
+//!   wipe, unpublish) on one scheduler, talking to the controller through
+//!   [`controller_client`];
+//! - [`storage`]: bytes on the node behind one small trait (tmpfs mounts
+//!   and the atomic writer; plain directories for tests), and the
+//!   non-secret state that lets the driver resume after a restart.
+//!
+//! [`support`] holds the idioms all three share (locks, times, retries,
+//! randomness).
 
 pub mod config;
 pub mod controller_client;
 pub mod csi;
 pub mod metrics;
 pub mod storage;
+pub mod support;
 pub mod volumes;
 
 pub use config::DriverConfig;

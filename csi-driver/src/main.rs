@@ -7,12 +7,12 @@ use anyhow::Context;
 use clap::Parser;
 use std::time::Duration;
 
+use backon::Retryable;
+use kcred_csi_driver::config::{DEFAULT_DRIVER_NAME, validate_driver_name};
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
-use kcred_csi_driver::storage::state::StateDir;
 use kcred_csi_driver::volumes::VolumeManager;
-use kcred_csi_driver::volumes::sync;
-use kcred_csi_driver::{DriverConfig, config::DEFAULT_DRIVER_NAME};
+use kcred_csi_driver::{DriverConfig, support::retry};
 
 #[derive(Parser)]
 #[command(
@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    validate_driver_name(&cli.driver_name)?;
     let cfg = DriverConfig {
         driver_name: cli.driver_name,
         node_id: cli.node_id,
@@ -113,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .context("--controller-service is required with --keytab")?;
             NodeIdentity::kerberos(Arc::new(
-                node_initiator(keytab.clone(), principal, service).await,
+                node_initiator(keytab.clone(), principal, service).await?,
             ))
         }
     };
@@ -138,9 +139,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = ControllerClient::connect(&cfg.controller_endpoint, &cfg.node_id, identity, tls)
         .with_context(|| format!("controller endpoint {:?}", cfg.controller_endpoint))?;
-    let state = StateDir::open(&cfg.state_dir)
-        .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
-    let volumes = Arc::new(VolumeManager::new(cfg.clone(), client, state));
+    let volumes = Arc::new(
+        VolumeManager::for_node(&cfg, client)
+            .with_context(|| format!("state directory {}", cfg.state_dir.display()))?,
+    );
     if let Some(addr) = cli.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -152,14 +154,9 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    tokio::spawn(kcred_csi_driver::volumes::renewal::run(Arc::clone(
-        &volumes,
-    )));
-    tokio::spawn(sync::run_heartbeats(
-        Arc::clone(&volumes),
-        Duration::from_secs(cli.heartbeat_secs.max(1)),
-    ));
-    tokio::spawn(sync::run_updates(Arc::clone(&volumes)));
+    tokio::spawn(
+        Arc::clone(&volumes).run_background(Duration::from_secs(cli.heartbeat_secs.max(1))),
+    );
     let listener = server::bind(&cli.endpoint)?;
     tracing::info!(endpoint = %cli.endpoint.display(), node = %cfg.node_id, "serving CSI");
     server::serve(cfg, volumes, listener, kcred_runtime::shutdown_signal()).await?;
@@ -173,18 +170,21 @@ async fn node_initiator(
     keytab: PathBuf,
     principal: String,
     service: String,
-) -> kcred_auth::Initiator {
-    let mut wait = Duration::from_secs(1);
-    loop {
+) -> anyhow::Result<kcred_auth::Initiator> {
+    let attempt = || {
         let (k, p, s) = (keytab.clone(), principal.clone(), service.clone());
-        match tokio::task::spawn_blocking(move || kcred_auth::Initiator::new(&k, &p, &s)).await {
-            Ok(Ok(i)) => return i,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, retry_in = ?wait, "cannot get the node's Kerberos identity")
-            }
-            Err(e) => tracing::warn!(error = %e, "identity task failed"),
+        async move {
+            tokio::task::spawn_blocking(move || kcred_auth::Initiator::new(&k, &p, &s))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(30));
-    }
+    };
+    attempt
+        .retry(retry::identity())
+        .notify(|e: &String, wait| {
+            tracing::warn!(error = %e, retry_in = ?wait, "cannot get the node's Kerberos identity")
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("node identity: {e}"))
 }

@@ -11,7 +11,6 @@ use kcred_controller::{Config, Controller};
 use kcred_csi_driver::DriverConfig;
 use kcred_csi_driver::controller_client::ControllerClient;
 use kcred_csi_driver::csi::server;
-use kcred_csi_driver::storage::state::StateDir;
 use kcred_csi_driver::volumes::VolumeManager;
 use kcred_testrealm::{Realm, RealmOptions};
 use tokio::sync::oneshot;
@@ -110,7 +109,7 @@ pub struct Stack {
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
     controller: Option<Running>,
     driver: Option<Running>,
-    renewals: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
 }
 
 fn write(path: &Path, content: &str) -> anyhow::Result<()> {
@@ -194,24 +193,11 @@ timeout_secs = 10
             tmpfs_size_bytes: 1024 * 1024,
         };
         let client = ControllerClient::new(&driver_cfg.controller_endpoint, &driver_cfg.node_id)?;
-        let volumes = Arc::new(VolumeManager::new(
-            driver_cfg.clone(),
-            client,
-            StateDir::open(&driver_cfg.state_dir)?,
-        ));
+        let volumes = Arc::new(VolumeManager::for_node(&driver_cfg, client)?);
         let driver_metrics = volumes.metrics();
-        let renewals = vec![
-            tokio::spawn(kcred_csi_driver::volumes::renewal::run(Arc::clone(
-                &volumes,
-            ))),
-            tokio::spawn(kcred_csi_driver::volumes::sync::run_heartbeats(
-                Arc::clone(&volumes),
-                std::time::Duration::from_secs(1),
-            )),
-            tokio::spawn(kcred_csi_driver::volumes::sync::run_updates(Arc::clone(
-                &volumes,
-            ))),
-        ];
+        let background = vec![tokio::spawn(
+            Arc::clone(&volumes).run_background(std::time::Duration::from_secs(1)),
+        )];
         let unix = server::bind(&socket)?;
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -239,7 +225,7 @@ timeout_secs = 10
             driver_metrics,
             controller: Some(controller),
             driver: Some(driver),
-            renewals,
+            background,
         })
     }
 
@@ -316,8 +302,7 @@ timeout_secs = 10
             tmpfs_size_bytes: 64 * 1024,
         };
         let client = ControllerClient::new(&cfg.controller_endpoint, node)?;
-        let state = StateDir::open(&cfg.state_dir)?;
-        Ok(VolumeManager::new(cfg, client, state))
+        Ok(VolumeManager::for_node(&cfg, client)?)
     }
 
     /// The kubelet root directory.
@@ -336,7 +321,7 @@ timeout_secs = 10
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for task in &self.renewals {
+        for task in &self.background {
             task.abort();
         }
         // A failed test must not leave tmpfs mounts under the temp dir.

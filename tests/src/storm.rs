@@ -111,6 +111,7 @@ pub async fn run_storm(cfg: StormConfig) -> anyhow::Result<(StormReport, Stack)>
                 uid: pod.uid.clone(),
                 service_account: "default".into(),
             },
+            readonly: false,
         };
         if let Some(parent) = req.target.parent() {
             std::fs::create_dir_all(parent)?;

@@ -3,4 +3,6 @@
 
 pub mod identity;
 pub mod node;
+pub mod request;
 pub mod server;
+pub mod status;

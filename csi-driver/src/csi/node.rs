@@ -3,18 +3,18 @@
 use std::sync::Arc;
 
 use kcred_proto::csi::v1::node_server::Node;
-use kcred_proto::csi::v1::volume_capability::AccessType;
 use kcred_proto::csi::v1::*;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
+use super::request::{
+    check_capability, check_kubelet_derivation, check_volume_id, pod_from_context,
+    validate_target_path,
+};
 use crate::config::DriverConfig;
-use crate::volumes::request::{pod_from_context, validate_target_path};
-use crate::volumes::{PublishRequest, VolumeError, VolumeManager};
+use crate::volumes::{PublishRequest, VolumeManager};
 
 /// Longest node id the spec allows.
 const MAX_NODE_ID: usize = 256;
-/// Longest volume id kcred accepts (kubelet's are 68 bytes).
-const MAX_VOLUME_ID: usize = 128;
 
 /// The Node service.
 pub struct NodeService {
@@ -26,37 +26,6 @@ impl NodeService {
     /// Serves the node API over a volume manager.
     pub fn new(cfg: DriverConfig, volumes: Arc<VolumeManager>) -> Self {
         NodeService { cfg, volumes }
-    }
-}
-
-fn volume_id(id: &str) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument("volume_id is required"));
-    }
-    if id.len() > MAX_VOLUME_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Status::invalid_argument(format!(
-            "volume_id must be 1 to {MAX_VOLUME_ID} printable ASCII characters"
-        )));
-    }
-    Ok(())
-}
-
-impl From<VolumeError> for Status {
-    fn from(e: VolumeError) -> Status {
-        match e {
-            VolumeError::Busy(_) => Status::aborted(e.to_string()),
-            VolumeError::Conflict(_) => Status::failed_precondition(e.to_string()),
-            VolumeError::Controller(s) => {
-                // The controller's verdict keeps its code; a transport
-                // failure is retryable.
-                let code = match s.code() {
-                    Code::Unknown | Code::Cancelled => Code::Unavailable,
-                    c => c,
-                };
-                Status::new(code, format!("controller: {}", s.message()))
-            }
-            VolumeError::Storage(_) | VolumeError::Task(_) => Status::internal(e.to_string()),
-        }
     }
 }
 
@@ -75,43 +44,29 @@ impl NodeService {
         }
     }
 
+    /// Argument checks first (the spec's codes, a message naming the
+    /// field), then the volume's lifecycle.
     async fn publish(
         &self,
         req: NodePublishVolumeRequest,
     ) -> Result<NodePublishVolumeResponse, Status> {
-        volume_id(&req.volume_id)?;
-        let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)
-            .map_err(|e| Status::invalid_argument(e.0))?;
-        let cap = req
-            .volume_capability
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        match &cap.access_type {
-            Some(AccessType::Mount(_)) => {}
-            Some(AccessType::Block(_)) => {
-                return Err(Status::invalid_argument(
-                    "volume_capability: block access is not supported; use a mount volume",
-                ));
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "volume_capability.access_type is required",
-                ));
-            }
-        }
+        check_volume_id(&req.volume_id)?;
+        let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)?;
+        check_capability(req.volume_capability.as_ref())?;
         if !req.staging_target_path.is_empty() {
             return Err(Status::invalid_argument(
                 "staging_target_path must be empty: kcred does not stage volumes",
             ));
         }
-        let pod =
-            pod_from_context(&req.volume_context).map_err(|e| Status::invalid_argument(e.0))?;
+        let pod = pod_from_context(&req.volume_context)?;
+        check_kubelet_derivation(&target, &req.volume_id, Some(&pod))?;
         let outcome = self
             .volumes
             .publish(PublishRequest {
                 volume_id: req.volume_id.clone(),
-                target,
+                target: target.path,
                 pod,
+                readonly: req.readonly,
             })
             .await?;
         tracing::debug!(volume = %req.volume_id, ?outcome, "publish done");
@@ -122,10 +77,11 @@ impl NodeService {
         &self,
         req: NodeUnpublishVolumeRequest,
     ) -> Result<NodeUnpublishVolumeResponse, Status> {
-        volume_id(&req.volume_id)?;
-        let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)
-            .map_err(|e| Status::invalid_argument(e.0))?;
-        self.volumes.unpublish(&req.volume_id, target).await?;
+        check_volume_id(&req.volume_id)?;
+        let target = validate_target_path(&self.cfg.kubelet_dir, &req.target_path)?;
+        check_kubelet_derivation(&target, &req.volume_id, None)?;
+        let outcome = self.volumes.unpublish(&req.volume_id, target.path).await?;
+        tracing::debug!(volume = %req.volume_id, ?outcome, "unpublish done");
         Ok(NodeUnpublishVolumeResponse {})
     }
 }

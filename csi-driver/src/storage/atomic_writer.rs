@@ -22,13 +22,14 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, open, openat, readlinkat, renameat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, symlinkat, unlinkat};
+use time::macros::format_description;
 use zeroize::Zeroizing;
 
 use super::{Result, StorageError};
@@ -409,18 +410,17 @@ fn validate(files: &[FileSpec]) -> Result<()> {
     Ok(())
 }
 
-/// `..YYYY_MM_DD_HH_MM_SS.<16 hex>`: sortable, and unique thanks to the
-/// random suffix (mkdirat fails rather than reuse a name).
+/// `..YYYY_MM_DD_HH_MM_SS.<16 hex>` (UTC): sortable, and unique thanks to
+/// the random suffix (mkdirat fails rather than reuse a name).
 fn new_generation_name(now: SystemTime) -> String {
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let r: u64 = rand::random();
-    format!("..{y:04}_{m:02}_{d:02}_{hh:02}_{mm:02}_{ss:02}.{r:016x}")
+    let stamp = time::OffsetDateTime::from(now)
+        .format(format_description!(
+            "[year]_[month]_[day]_[hour]_[minute]_[second]"
+        ))
+        // Only a year past 9999 fails to format; the suffix keeps it unique.
+        .unwrap_or_else(|_| "9999_12_31_23_59_59".into());
+    let r = crate::support::random::u64();
+    format!("..{stamp}.{r:016x}")
 }
 
 /// Strict match of [`new_generation_name`], so cleanup only ever removes
@@ -435,20 +435,6 @@ fn is_generation_name(s: &str) -> bool {
             _ => b.is_ascii_digit(),
         });
     ts_ok && rnd.len() == 16 && rnd.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
-/// Howard Hinnant's algorithm; avoids a date crate for one format string.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]

@@ -10,23 +10,68 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use kcred_proto::kcred::v1::PodRef;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Result, StorageError};
+use crate::support::time::Deadline;
 
 /// Prefix of in-flight files; never listed, removed by [`StateDir::open`].
 const TMP_PREFIX: &str = ".tmp-";
 const SUFFIX: &str = ".json";
 
+/// Where a volume is in its life, as recorded on disk.
+///
+/// ```text
+///  (none) ──record──▶ Publishing ──mounted and filled──▶ Mounted ──revoked──▶ Wiped
+///                         │                               │  ▲
+///                         └── failed: record removed      └──┘ refreshed
+/// ```
+/// A record is written *before* anything touches the node, so every mount
+/// this driver made has a record, and nothing without one is ever written
+/// into or unmounted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Phase {
+    /// The first publish is under way (or was interrupted by a crash):
+    /// the target may hold an empty or partly written mount of ours.
+    Publishing,
+    /// The pod sees the files of `generation`.
+    Mounted {
+        /// The controller's digest of the files (equal digests, equal
+        /// files).
+        generation: String,
+        /// When the controller asked to be asked again (a ticket or
+        /// certificate nearing its end); `None`: only on kubelet's
+        /// republish or a pushed update.
+        refresh_at: Option<Deadline>,
+    },
+    /// The credentials were removed; the (empty) mount stays until kubelet
+    /// unpublishes it, and nothing is fetched for it again.
+    Wiped {
+        /// Why.
+        reason: WipeReason,
+    },
+}
+
+/// Why a volume's credentials were removed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WipeReason {
+    /// An operator revoked the volume (or its pod).
+    Revoked,
+}
+
 /// What the driver must remember about a published volume to resume it.
 /// Deliberately no credential material: this lives on disk.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct VolumeRecord {
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct PublishedVolume {
     /// CSI volume id (untrusted; only ever used hashed as a file name).
     pub volume_id: String,
-    /// Kubelet's target path: the tmpfs mount point.
-    pub target_path: PathBuf,
+    /// Kubelet's target path: the mount point the pod sees.
+    #[serde(rename = "target_path")]
+    pub target: PathBuf,
     /// Pod the volume belongs to, for re-issuing its credentials.
     pub pod_namespace: String,
     /// Name of that pod.
@@ -35,17 +80,88 @@ pub struct VolumeRecord {
     pub pod_uid: String,
     /// Service account whose role the credentials were issued for.
     pub service_account: String,
+    /// Whether the pod sees the volume read-only.
+    pub readonly: bool,
     /// Owner uid of the written files.
     pub uid: u32,
     /// Group of the written files.
     pub gid: u32,
-    /// Name of the published generation directory (`..<timestamp>.<random>`).
-    pub generation: String,
-    /// When that generation was published, seconds since the Unix epoch.
-    pub published_at_unix: i64,
-    /// When the controller asked to be asked again (0: only on republish).
+    /// When the volume was first published.
+    #[serde(rename = "published_at_unix")]
+    pub published_at: Deadline,
+    /// Where it is in its life.
+    pub phase: Phase,
+}
+
+impl PublishedVolume {
+    /// The pod, as the controller's API names it.
+    pub fn pod(&self) -> PodRef {
+        PodRef {
+            namespace: self.pod_namespace.clone(),
+            name: self.pod_name.clone(),
+            uid: self.pod_uid.clone(),
+            service_account: self.service_account.clone(),
+        }
+    }
+
+    /// Whether the volume's files were wiped for good.
+    pub fn is_wiped(&self) -> bool {
+        matches!(self.phase, Phase::Wiped { .. })
+    }
+}
+
+/// A record as stored, also in the shape older drivers wrote (a
+/// `generation` string, `"wiped"` once wiped, and `refresh_after_unix`
+/// with 0 for "no deadline"): those are read into the typed [`Phase`].
+#[derive(Deserialize)]
+struct Stored {
+    volume_id: String,
+    target_path: PathBuf,
+    pod_namespace: String,
+    pod_name: String,
+    pod_uid: String,
+    service_account: String,
     #[serde(default)]
-    pub refresh_after_unix: i64,
+    readonly: bool,
+    uid: u32,
+    gid: u32,
+    published_at_unix: Deadline,
+    #[serde(default)]
+    phase: Option<Phase>,
+    #[serde(default)]
+    generation: Option<String>,
+    #[serde(default)]
+    refresh_after_unix: i64,
+}
+
+impl<'de> Deserialize<'de> for PublishedVolume {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = Stored::deserialize(d)?;
+        let phase = match (s.phase, s.generation) {
+            (Some(phase), _) => phase,
+            (None, Some(g)) if g == "wiped" => Phase::Wiped {
+                reason: WipeReason::Revoked,
+            },
+            (None, Some(generation)) => Phase::Mounted {
+                generation,
+                refresh_at: Deadline::from_controller(s.refresh_after_unix),
+            },
+            (None, None) => return Err(serde::de::Error::missing_field("phase")),
+        };
+        Ok(PublishedVolume {
+            volume_id: s.volume_id,
+            target: s.target_path,
+            pod_namespace: s.pod_namespace,
+            pod_name: s.pod_name,
+            pod_uid: s.pod_uid,
+            service_account: s.service_account,
+            readonly: s.readonly,
+            uid: s.uid,
+            gid: s.gid,
+            published_at: s.published_at_unix,
+            phase,
+        })
+    }
 }
 
 /// The driver's private state directory. One driver process per node owns it.
@@ -93,15 +209,16 @@ impl StateDir {
     /// Stores `v`, replacing any previous record for the same volume. Written
     /// to a temp file, fsynced and renamed, so a crash leaves either the old
     /// or the new record, never half of one.
-    pub fn save(&self, v: &VolumeRecord) -> Result<()> {
+    pub fn save(&self, v: &PublishedVolume) -> Result<()> {
         let path = self.path_for(&v.volume_id);
         let json = serde_json::to_vec_pretty(v).map_err(|source| StorageError::Encode {
             path: path.clone(),
             source,
         })?;
-        let tmp = self
-            .root
-            .join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
+        let tmp = self.root.join(format!(
+            "{TMP_PREFIX}{:016x}",
+            crate::support::random::u64()
+        ));
         let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -124,7 +241,7 @@ impl StateDir {
     }
 
     /// The record for `volume_id`, or `None` if none was saved.
-    pub fn load(&self, volume_id: &str) -> Result<Option<VolumeRecord>> {
+    pub fn load(&self, volume_id: &str) -> Result<Option<PublishedVolume>> {
         let path = self.path_for(volume_id);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -154,7 +271,7 @@ impl StateDir {
     /// All readable records, sorted by volume id. A corrupt or misplaced file
     /// is logged and skipped so one bad entry cannot stop the driver from
     /// resuming every other volume; only an unreadable directory fails.
-    pub fn list(&self) -> Result<Vec<VolumeRecord>> {
+    pub fn list(&self) -> Result<Vec<PublishedVolume>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io_err("listing", &self.root))? {
             let entry = match entry {
@@ -200,7 +317,7 @@ impl StateDir {
     }
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<VolumeRecord> {
+fn parse(path: &Path, bytes: &[u8]) -> Result<PublishedVolume> {
     serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -208,107 +325,4 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<VolumeRecord> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    fn record(volume_id: &str) -> VolumeRecord {
-        VolumeRecord {
-            volume_id: volume_id.into(),
-            target_path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount".into(),
-            pod_namespace: "ns".into(),
-            pod_name: "pod".into(),
-            pod_uid: "u".into(),
-            service_account: "sa".into(),
-            uid: 4242,
-            gid: 4243,
-            generation: "..2026_05_01_12_00_00.0123456789abcdef".into(),
-            published_at_unix: 1_777_636_800,
-            refresh_after_unix: 0,
-        }
-    }
-
-    fn files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn open_creates_a_private_dir_and_drops_stale_temp_files() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("a/b");
-        fs::create_dir_all(&root).unwrap();
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::write(root.join(".tmp-deadbeef"), b"{half").unwrap();
-        StateDir::open(&root).unwrap();
-        assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
-        assert!(files(&root).is_empty());
-    }
-
-    #[test]
-    fn save_load_list_remove_round_trip() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::open(tmp.path()).unwrap();
-        let (a, b) = (record("vol-a"), record("vol-b"));
-        dir.save(&b).unwrap();
-        dir.save(&a).unwrap();
-        assert_eq!(dir.load("vol-a").unwrap(), Some(a.clone()));
-        assert_eq!(dir.load("vol-missing").unwrap(), None);
-        assert_eq!(dir.list().unwrap(), vec![a.clone(), b.clone()]);
-        let a2 = VolumeRecord {
-            generation: "..2026_05_01_12_01_00.1111111111111111".into(),
-            ..a
-        };
-        dir.save(&a2).unwrap();
-        assert_eq!(dir.load("vol-a").unwrap(), Some(a2));
-        assert_eq!(files(tmp.path()).len(), 2, "no temp files left behind");
-        let mode = fs::metadata(dir.path_for("vol-a")).unwrap().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        dir.remove("vol-a").unwrap();
-        dir.remove("vol-a").unwrap();
-        assert_eq!(dir.load("vol-a").unwrap(), None);
-        assert_eq!(dir.list().unwrap(), vec![b]);
-    }
-
-    #[test]
-    fn list_skips_corrupt_and_misplaced_entries() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::open(tmp.path()).unwrap();
-        dir.save(&record("good")).unwrap();
-        fs::write(dir.path_for("bad"), b"{not json").unwrap();
-        let misplaced = serde_json::to_vec(&record("other")).unwrap();
-        fs::write(dir.path_for("elsewhere"), misplaced).unwrap();
-        fs::write(tmp.path().join("README"), b"ignored").unwrap();
-        fs::create_dir(tmp.path().join("sub.json")).unwrap();
-        assert_eq!(dir.list().unwrap(), vec![record("good")]);
-        assert!(matches!(dir.load("bad"), Err(StorageError::Corrupt { .. })));
-        assert!(matches!(
-            dir.load("elsewhere"),
-            Err(StorageError::Corrupt { .. })
-        ));
-    }
-
-    #[test]
-    fn file_names_are_safe_for_hostile_volume_ids() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("state");
-        let dir = StateDir::open(&root).unwrap();
-        let hostile = ["../../etc/passwd", "", "a/b", "/abs", ".tmp-x", "nul\0byte"];
-        for id in hostile {
-            dir.save(&record(id)).unwrap();
-            assert_eq!(dir.load(id).unwrap(), Some(record(id)));
-        }
-        let names = files(&root);
-        assert_eq!(names.len(), hostile.len());
-        for name in &names {
-            let stem = name.strip_suffix(".json").unwrap();
-            assert!(stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()));
-        }
-        assert_eq!(files(tmp.path()), vec!["state".to_string()]);
-        assert_eq!(dir.list().unwrap().len(), hostile.len());
-    }
-}
+mod tests;

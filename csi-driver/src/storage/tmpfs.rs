@@ -60,33 +60,7 @@ impl TmpfsOptions {
 /// existing mount is kept as is, even if `opts` differ.
 pub fn mount_tmpfs(target: &Path, opts: &TmpfsOptions) -> Result<()> {
     let data = opts.mount_data()?;
-    match std::fs::symlink_metadata(target) {
-        Ok(meta) if meta.file_type().is_dir() => {}
-        Ok(_) => {
-            // Includes symlinks: mount(2) would follow them somewhere else.
-            return Err(StorageError::Corrupt {
-                path: target.to_path_buf(),
-                reason: "mount target exists and is not a directory".into(),
-            });
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .mode(MOUNT_POINT_MODE)
-                .create(target)
-                .map_err(|source| StorageError::Io {
-                    op: "creating mount point",
-                    path: target.to_path_buf(),
-                    source,
-                })?;
-        }
-        Err(source) => {
-            return Err(StorageError::Io {
-                op: "inspecting mount target",
-                path: target.to_path_buf(),
-                source,
-            });
-        }
-    }
+    create_mount_point(target)?;
     if is_tmpfs_mount(target)? {
         tracing::debug!(path = %target.display(), "tmpfs already mounted, not stacking");
         return Ok(());
@@ -121,6 +95,115 @@ pub fn mount_tmpfs(target: &Path, opts: &TmpfsOptions) -> Result<()> {
     })?;
     tracing::debug!(path = %target.display(), %data, "mounted tmpfs");
     Ok(())
+}
+
+/// Makes sure `target` is a directory, creating it (not its parents:
+/// kubelet owns them, and creating more would hide a wrong path) if
+/// missing. Anything else there, a symlink included, is refused: mount(2)
+/// would follow it somewhere else.
+pub fn create_mount_point(target: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.file_type().is_dir() => Ok(()),
+        Ok(_) => Err(StorageError::Corrupt {
+            path: target.to_path_buf(),
+            reason: "mount target exists and is not a directory".into(),
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .mode(MOUNT_POINT_MODE)
+            .create(target)
+            .map_err(|source| StorageError::Io {
+                op: "creating mount point",
+                path: target.to_path_buf(),
+                source,
+            }),
+        Err(source) => Err(StorageError::Io {
+            op: "inspecting mount target",
+            path: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+const LOCKED_DOWN: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Bind-mounts the mount at `source` onto `target` (an existing
+/// directory), then sets the new mount point's own flags: read-only or
+/// writable, always `nosuid,nodev,noexec`. Read-only is a per-mount-point
+/// flag: the same tmpfs can be read-only at the pod's target and writable
+/// at the driver's private view.
+pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
+    let err = |source| StorageError::Mount {
+        path: target.to_path_buf(),
+        source,
+    };
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err)?;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | LOCKED_DOWN;
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+        let _ = unmount(target);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+/// What `path` holds: nothing, an empty or non-empty directory, a tmpfs
+/// mount point, or something else.
+pub fn inspect(path: &Path) -> Result<super::Target> {
+    use super::Target;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Target::Missing),
+        Err(source) => {
+            return Err(StorageError::Io {
+                op: "stat",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_dir() {
+        return Ok(Target::Foreign);
+    }
+    if is_mount_point(path, &meta)? {
+        return Ok(if is_tmpfs(path)? {
+            Target::Mount
+        } else {
+            Target::Foreign
+        });
+    }
+    let mut entries = std::fs::read_dir(path).map_err(|source| StorageError::Io {
+        op: "listing",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(if entries.next().is_none() {
+        Target::EmptyDir
+    } else {
+        Target::NonEmptyDir
+    })
+}
+
+/// The device number of the filesystem at `path` (following symlinks):
+/// two mount points show the same tmpfs exactly when their devices match.
+pub fn device(path: &Path) -> Result<u64> {
+    std::fs::metadata(path)
+        .map(|m| m.dev())
+        .map_err(|source| StorageError::Io {
+            op: "stat",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Unmounts whatever is mounted at `target`, for NodeUnpublishVolume.
@@ -177,6 +260,11 @@ pub fn is_tmpfs_mount(path: &Path) -> Result<bool> {
     if !meta.file_type().is_dir() {
         return Ok(false);
     }
+    Ok(is_mount_point(path, &meta)? && is_tmpfs(path)?)
+}
+
+/// Whether the directory `path` (with metadata `meta`) is a mount point.
+fn is_mount_point(path: &Path, meta: &std::fs::Metadata) -> Result<bool> {
     // `..` of a mount root is resolved by the kernel into the parent mount.
     let parent = path.join("..");
     let parent_meta = std::fs::metadata(&parent).map_err(|source| StorageError::Io {
@@ -185,10 +273,10 @@ pub fn is_tmpfs_mount(path: &Path) -> Result<bool> {
         source,
     })?;
     // The root directory "/" is its own parent: treat it as a mount point.
-    let is_mount_point = meta.dev() != parent_meta.dev() || meta.ino() == parent_meta.ino();
-    if !is_mount_point {
-        return Ok(false);
-    }
+    Ok(meta.dev() != parent_meta.dev() || meta.ino() == parent_meta.ino())
+}
+
+fn is_tmpfs(path: &Path) -> Result<bool> {
     let fs = statfs(path).map_err(|source| StorageError::Sys {
         op: "statfs",
         path: path.to_path_buf(),
@@ -203,10 +291,6 @@ pub fn is_tmpfs_mount(path: &Path) -> Result<bool> {
 pub(crate) mod fixture {
     use super::*;
     use std::path::PathBuf;
-
-    pub(crate) fn running_as_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
 
     pub(crate) struct MountedTmpfs {
         pub(crate) path: PathBuf,
@@ -236,108 +320,4 @@ pub(crate) mod fixture {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::fixture::{MountedTmpfs, running_as_root};
-    use super::*;
-    use nix::sys::statvfs::{FsFlags, statvfs};
-
-    const OPTS: TmpfsOptions = TmpfsOptions {
-        size_bytes: 1 << 20,
-        uid: 4242,
-        gid: 4343,
-        mode: 0o750,
-    };
-
-    macro_rules! require_root {
-        () => {
-            if !running_as_root() {
-                println!("skipped: needs root to mount tmpfs");
-                return;
-            }
-        };
-    }
-
-    #[test]
-    fn mount_creates_locked_down_tmpfs_with_owner_mode_and_size() {
-        require_root!();
-        let m = MountedTmpfs::new(&OPTS);
-        assert!(is_tmpfs_mount(&m.path).unwrap());
-        let meta = std::fs::metadata(&m.path).unwrap();
-        assert_eq!((meta.uid(), meta.gid()), (4242, 4343));
-        assert_eq!(meta.mode() & 0o7777, 0o750);
-        let vfs = statvfs(&m.path).unwrap();
-        for flag in [FsFlags::ST_NOSUID, FsFlags::ST_NODEV, FsFlags::ST_NOEXEC] {
-            assert!(vfs.flags().contains(flag), "missing {flag:?}");
-        }
-        let bytes = vfs.blocks() * vfs.fragment_size();
-        assert_eq!(bytes, 1 << 20);
-    }
-
-    #[test]
-    fn mount_is_idempotent_and_never_stacks() {
-        require_root!();
-        let m = MountedTmpfs::new(&OPTS);
-        std::fs::write(m.path.join("marker"), b"x").unwrap();
-        mount_tmpfs(&m.path, &OPTS).unwrap();
-        // Had a second tmpfs been stacked on top, the marker would be hidden.
-        assert!(m.path.join("marker").exists());
-        unmount(&m.path).unwrap();
-        assert!(!is_tmpfs_mount(&m.path).unwrap());
-    }
-
-    #[test]
-    fn mount_rejects_unlimited_size_and_symlink_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let zero = TmpfsOptions {
-            size_bytes: 0,
-            ..OPTS
-        };
-        let err = mount_tmpfs(&dir.path().join("m"), &zero).unwrap_err();
-        assert!(matches!(err, StorageError::InvalidTmpfsOptions(_)), "{err}");
-        assert!(!dir.path().join("m").exists());
-
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
-        let err = mount_tmpfs(&link, &OPTS).unwrap_err();
-        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
-    }
-
-    #[test]
-    fn is_tmpfs_mount_false_for_plain_dirs_subdirs_and_missing_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(!is_tmpfs_mount(dir.path()).unwrap());
-        assert!(!is_tmpfs_mount(&dir.path().join("missing")).unwrap());
-        require_root!();
-        let m = MountedTmpfs::new(&OPTS);
-        // A directory on the tmpfs is tmpfs but not a mount point.
-        let sub = m.path.join("sub");
-        std::fs::create_dir(&sub).unwrap();
-        assert!(!is_tmpfs_mount(&sub).unwrap());
-        // A symlink to a tmpfs mount is not one either.
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&m.path, &link).unwrap();
-        assert!(!is_tmpfs_mount(&link).unwrap());
-    }
-
-    #[test]
-    fn unmount_is_idempotent_for_unmounted_and_missing_paths() {
-        require_root!();
-        let m = MountedTmpfs::new(&OPTS);
-        unmount(&m.path).unwrap();
-        assert!(!is_tmpfs_mount(&m.path).unwrap());
-        unmount(&m.path).unwrap();
-        unmount(&m.path.join("missing")).unwrap();
-    }
-
-    #[test]
-    fn unmount_detaches_a_busy_mount() {
-        require_root!();
-        let m = MountedTmpfs::new(&OPTS);
-        std::fs::write(m.path.join("f"), b"secret").unwrap();
-        let open = std::fs::File::open(m.path.join("f")).unwrap();
-        unmount(&m.path).unwrap();
-        assert!(!is_tmpfs_mount(&m.path).unwrap());
-        assert!(!m.path.join("f").exists());
-        drop(open);
-    }
-}
+mod tests;

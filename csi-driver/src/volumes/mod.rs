@@ -1,11 +1,29 @@
-//! A volume's life on the node: first publish, refresh, unpublish.
+//! A volume's life on the node: first publish, refresh, wipe, unpublish.
 //!
-//! The CSI layer hands validated requests here; this layer talks to the
-//! controller and drives [`crate::storage`], which owns the bytes.
+//! - [`lifecycle`]: the state machine: triggers, plans, and the one
+//!   function that decides;
+//! - [`reconcile`]: doing what was decided, against the controller and the
+//!   storage;
+//! - [`scheduler`]: when each volume is looked at next (deadlines,
+//!   retries, pushed triggers), with bounded parallelism;
+//! - [`manager`]: the entry points (kubelet's calls, triggers) and the
+//!   per-volume locks;
+//! - [`sync`]: the heartbeat and update stream, turned into triggers;
+//! - [`freshness`]: whether a republish can be answered from what the node
+//!   holds.
 
+pub mod error;
+pub mod freshness;
+pub mod lifecycle;
 pub mod manager;
-pub mod renewal;
-pub mod request;
+pub mod reconcile;
+pub mod scheduler;
 pub mod sync;
 
-pub use manager::{PublishOutcome, PublishRequest, VolumeError, VolumeManager};
+pub use error::{Refusal, VolumeError};
+pub use lifecycle::{Cause, PublishRequest};
+pub use manager::VolumeManager;
+pub use reconcile::Outcome;
+
+#[cfg(test)]
+mod tests;

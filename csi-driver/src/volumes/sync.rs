@@ -1,31 +1,28 @@
-//! Staying in step with the controller: the lease heartbeat, and the
-//! update stream.
+//! Staying in step with the controller: the lease heartbeat and the update
+//! stream. Both only *trigger* volumes; what a trigger does is the
+//! lifecycle's decision.
 //!
 //! - Every heartbeat reports the volumes this node holds; the controller
-//!   answers which belong to pods that are gone or bound elsewhere (a node
-//!   that was lost and came back finds its pods rescheduled), and those are
-//!   unmounted and wiped.
-//! - The update stream carries pushes: REFRESH (a rotation) refreshes the
-//!   volumes now; WIPE (a revocation) removes their credentials. A broken
-//!   stream is re-opened with jittered backoff; meanwhile renewals and
-//!   republishes keep volumes current.
+//!   answers which belong to pods that are gone or bound elsewhere (stale:
+//!   wiped and unmounted) and which were revoked (wiped, mount kept).
+//! - The update stream carries pushes: REFRESH (a rotation) and WIPE (a
+//!   revocation). A broken stream is re-opened with backoff; meanwhile
+//!   deadlines and kubelet's republishes keep volumes current.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use kcred_proto::kcred::v1::VolumeUpdate;
 use kcred_proto::kcred::v1::volume_update::Action;
-use rand::Rng;
 
+use super::lifecycle::Cause;
 use super::manager::VolumeManager;
-
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(0.5 + rand::rng().random::<f64>())
-}
+use crate::support::retry;
 
 /// Heartbeats forever (until the task is aborted).
 pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration) {
     let mut every = default_every;
-    let mut failures = 0u32;
+    let mut backoff = retry::heartbeat();
     loop {
         let held: Vec<String> = match volumes.volumes().await {
             Ok(v) => v.into_iter().map(|r| r.volume_id).collect(),
@@ -34,71 +31,47 @@ pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration
                 Vec::new()
             }
         };
-        match volumes.client().heartbeat(held).await {
+        let wait = match volumes.client().heartbeat(held.clone()).await {
             Ok(resp) => {
-                failures = 0;
+                backoff = retry::heartbeat();
                 if resp.lease_ttl_secs > 0 {
                     every = Duration::from_secs((resp.lease_ttl_secs / 3).max(1));
                 }
-                for id in resp.revoked_volume_ids {
-                    let already = volumes
-                        .volumes()
-                        .await
-                        .ok()
-                        .and_then(|v| v.into_iter().find(|r| r.volume_id == id))
-                        .is_none_or(|r| r.generation == "wiped");
-                    if !already {
-                        tracing::warn!(volume = %id, "revoked: wiping its files");
-                        if let Err(e) = volumes.wipe(&id).await {
-                            tracing::warn!(volume = %id, error = %e, "cannot wipe a revoked volume; will retry");
-                        }
-                    }
+                for id in resp
+                    .revoked_volume_ids
+                    .iter()
+                    .filter(|id| held.contains(id))
+                {
+                    volumes.trigger(id, Cause::Revoked);
                 }
-                for id in resp.stale_volume_ids {
-                    if let Some(rec) = volumes
-                        .volumes()
-                        .await
-                        .ok()
-                        .and_then(|v| v.into_iter().find(|r| r.volume_id == id))
-                    {
-                        tracing::warn!(volume = %id, pod = %format!("{}/{}", rec.pod_namespace, rec.pod_name),
-                            "pod no longer bound here: wiping and unmounting");
-                        // Wipe first: a container still running keeps its view
-                        // of the tmpfs after the unmount, and it must be empty.
-                        if let Err(e) = volumes.wipe(&id).await {
-                            tracing::warn!(volume = %id, error = %e, "cannot wipe a stale volume");
-                        }
-                        if let Err(e) = volumes.unpublish(&id, rec.target_path).await {
-                            tracing::warn!(volume = %id, error = %e, "cannot remove a stale volume; will retry");
-                        }
-                    }
+                for id in resp.stale_volume_ids.iter().filter(|id| held.contains(id)) {
+                    tracing::warn!(volume = %id, "pod no longer bound here: wiping and unmounting");
+                    volumes.trigger(id, Cause::Stale);
                 }
+                every
             }
-            Err(status) => {
-                failures += 1;
-                tracing::warn!(code = ?status.code(), error = %status.message(), failures, "heartbeat failed");
+            Err(e) => {
+                let wait = backoff.next().unwrap_or(every).min(every);
+                tracing::warn!(code = ?e.status().code(), error = %e, retry_in = ?wait, "heartbeat failed");
+                wait
             }
-        }
-        let wait = if failures == 0 {
-            every
-        } else {
-            Duration::from_secs(1 << failures.min(5)).min(every)
         };
-        tokio::time::sleep(jittered(wait)).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
 /// Follows the controller's update stream forever.
 pub async fn run_updates(volumes: Arc<VolumeManager>) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = retry::reconnect();
     loop {
         match volumes.client().watch_updates().await {
             Ok(mut stream) => {
-                backoff = Duration::from_millis(500);
+                backoff = retry::reconnect();
+                volumes.freshness.stream_up();
                 tracing::info!("following the controller's updates");
                 loop {
                     match stream.message().await {
-                        Ok(Some(update)) => apply(&volumes, update).await,
+                        Ok(Some(update)) => apply(&volumes, &update),
                         Ok(None) => break,
                         Err(status) => {
                             tracing::warn!(error = %status.message(), "update stream broke");
@@ -106,34 +79,24 @@ pub async fn run_updates(volumes: Arc<VolumeManager>) {
                         }
                     }
                 }
+                volumes.freshness.stream_down();
             }
-            Err(status) => {
-                tracing::debug!(error = %status.message(), "cannot follow updates yet");
-            }
+            Err(e) => tracing::debug!(error = %e, "cannot follow updates yet"),
         }
-        tokio::time::sleep(jittered(backoff)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+        tokio::time::sleep(wait).await;
     }
 }
 
-async fn apply(volumes: &VolumeManager, update: kcred_proto::kcred::v1::VolumeUpdate) {
-    let records = volumes.volumes().await.unwrap_or_default();
+/// Turns a pushed update into triggers.
+fn apply(volumes: &VolumeManager, update: &VolumeUpdate) {
+    let cause = match Action::try_from(update.action) {
+        Ok(Action::Refresh) => Cause::Pushed,
+        Ok(Action::Wipe) => Cause::Revoked,
+        _ => return,
+    };
     for id in &update.volume_ids {
-        let Some(rec) = records.iter().find(|r| &r.volume_id == id) else {
-            continue;
-        };
-        match Action::try_from(update.action) {
-            Ok(Action::Refresh) => {
-                tracing::info!(volume = %id, reason = %update.reason, "refresh pushed by the controller");
-                let _ = volumes.renew(rec).await;
-            }
-            Ok(Action::Wipe) => {
-                tracing::warn!(volume = %id, reason = %update.reason, "wipe pushed by the controller");
-                if let Err(e) = volumes.wipe(id).await {
-                    tracing::error!(volume = %id, error = %e, "cannot wipe");
-                }
-            }
-            _ => {}
-        }
+        tracing::info!(volume = %id, ?cause, reason = %update.reason, "pushed by the controller");
+        volumes.trigger(id, cause);
     }
 }

@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
+use kcred_proto::csi::v1::VolumeCapability;
+use kcred_proto::csi::v1::volume_capability::AccessType;
 use kcred_proto::kcred::v1::PodRef;
+use sha2::{Digest, Sha256};
 
 /// `volume_context` keys kubelet sets with `podInfoOnMount: true`.
 pub mod context_keys {
@@ -27,10 +30,100 @@ pub mod context_keys {
 #[error("{0}")]
 pub struct InvalidRequest(pub String);
 
+/// Longest volume id kcred accepts (kubelet's are 68 bytes).
+const MAX_VOLUME_ID: usize = 128;
+
+/// A target path in kubelet's shape, and what kubelet put in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeletTarget {
+    /// The path.
+    pub path: PathBuf,
+    /// The pod UID component.
+    pub pod_uid: String,
+    /// The volume's name in the pod spec.
+    pub volume_name: String,
+}
+
+/// Checks that `id` is a plausible volume id (present, short, printable).
+pub fn check_volume_id(id: &str) -> Result<(), InvalidRequest> {
+    if id.is_empty() {
+        return Err(InvalidRequest("volume_id is required".into()));
+    }
+    if id.len() > MAX_VOLUME_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InvalidRequest(format!(
+            "volume_id must be 1 to {MAX_VOLUME_ID} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Kubelet's volume id for a pod's inline CSI volume: `csi-` and the hex
+/// SHA-256 of the pod UID followed by the volume's name
+/// (`makeVolumeHandle` in kubelet's `pkg/volume/csi`).
+pub fn inline_volume_id(pod_uid: &str, volume_name: &str) -> String {
+    let digest = Sha256::digest(format!("{pod_uid}{volume_name}").as_bytes());
+    format!("csi-{}", hex::encode(digest))
+}
+
+/// Checks that the volume id and the pod are the ones kubelet derives for
+/// this target: a request cannot name one pod's volume at another pod's
+/// target, or another volume at a pod's target.
+pub fn check_kubelet_derivation(
+    target: &KubeletTarget,
+    volume_id: &str,
+    pod: Option<&PodRef>,
+) -> Result<(), InvalidRequest> {
+    if let Some(pod) = pod
+        && pod.uid != target.pod_uid
+    {
+        return Err(InvalidRequest(format!(
+            "target_path belongs to pod UID {}, but volume_context names pod UID {}",
+            target.pod_uid, pod.uid
+        )));
+    }
+    let expected = inline_volume_id(&target.pod_uid, &target.volume_name);
+    if volume_id != expected {
+        return Err(InvalidRequest(format!(
+            "volume_id {volume_id:?} is not kubelet's id for volume {:?} of pod UID {} ({expected})",
+            target.volume_name, target.pod_uid
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the volume capability: required, a mount (not a block device),
+/// with an access mode.
+pub fn check_capability(cap: Option<&VolumeCapability>) -> Result<(), InvalidRequest> {
+    let cap = cap.ok_or_else(|| InvalidRequest("volume_capability is required".into()))?;
+    match &cap.access_type {
+        Some(AccessType::Mount(_)) => {}
+        Some(AccessType::Block(_)) => {
+            return Err(InvalidRequest(
+                "volume_capability: block access is not supported; use a mount volume".into(),
+            ));
+        }
+        None => {
+            return Err(InvalidRequest(
+                "volume_capability.access_type is required".into(),
+            ));
+        }
+    }
+    if cap.access_mode.is_none() {
+        return Err(InvalidRequest(
+            "volume_capability.access_mode is required".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `target` is an absolute path strictly below
-/// `<kubelet_dir>/pods/`, with no `.` or `..` components, and that its
-/// existing parent does not escape that tree through a symlink.
-pub fn validate_target_path(kubelet_dir: &Path, target: &str) -> Result<PathBuf, InvalidRequest> {
+/// `<kubelet_dir>/pods/`, with no `.` or `..` components, in kubelet's
+/// exact shape, and that its existing parent does not escape that tree
+/// through a symlink.
+pub fn validate_target_path(
+    kubelet_dir: &Path,
+    target: &str,
+) -> Result<KubeletTarget, InvalidRequest> {
     if target.is_empty() {
         return Err(InvalidRequest("target_path is required".into()));
     }
@@ -67,13 +160,16 @@ pub fn validate_target_path(kubelet_dir: &Path, target: &str) -> Result<PathBuf,
         && rest[1].as_os_str() == "volumes"
         && rest[2].as_os_str() == "kubernetes.io~csi"
         && rest[4].as_os_str() == "mount";
-    if !shaped {
+    let names = (
+        rest.first().map(|c| c.as_os_str().to_str()),
+        rest.get(3).map(|c| c.as_os_str().to_str()),
+    );
+    let (Some(Some(pod_uid)), Some(Some(volume_name)), true) = (names.0, names.1, shaped) else {
         return Err(InvalidRequest(format!(
             "target_path {target:?} is not <kubelet>/pods/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount"
         )));
-    }
-    // Resolve symlinks in what already exists: a link inside the pods tree
-    // must not lead the mount elsewhere.
+    };
+    let (pod_uid, volume_name) = (pod_uid.to_string(), volume_name.to_string());
     // Resolve symlinks in what already exists (the deepest existing
     // ancestor): a link inside the pods tree must not lead the mount
     // elsewhere.
@@ -100,7 +196,11 @@ pub fn validate_target_path(kubelet_dir: &Path, target: &str) -> Result<PathBuf,
             )));
         }
     }
-    Ok(path)
+    Ok(KubeletTarget {
+        path,
+        pod_uid,
+        volume_name,
+    })
 }
 
 /// Reads the pod's identity from `volume_context`.
@@ -138,6 +238,9 @@ mod tests {
         let k = root.path();
         let at = |rest: &str| format!("{}/{rest}", k.display());
         assert!(validate_target_path(k, &at("pods/u/volumes/kubernetes.io~csi/v/mount")).is_ok());
+        assert!(check_volume_id("").is_err());
+        assert!(check_volume_id(&"x".repeat(129)).is_err());
+        assert!(check_volume_id("csi-abc").is_ok());
         for bad in [
             String::new(),
             "relative/mount".into(),
@@ -166,6 +269,65 @@ mod tests {
         let target = pods.join("evil/volumes/kubernetes.io~csi/v/mount");
         let err = validate_target_path(root.path(), target.to_str().expect("utf8")).unwrap_err();
         assert!(err.0.contains("resolves outside"), "{}", err.0);
+    }
+
+    #[test]
+    fn the_volume_id_and_pod_must_be_what_kubelet_derives_from_the_target() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("pods")).expect("mkdir");
+        let path = format!(
+            "{}/pods/uid-1/volumes/kubernetes.io~csi/creds/mount",
+            root.path().display()
+        );
+        let target = validate_target_path(root.path(), &path).expect("valid");
+        assert_eq!(
+            (target.pod_uid.as_str(), target.volume_name.as_str()),
+            ("uid-1", "creds")
+        );
+        // kubelet: csi- + sha256("uid-1" ++ "creds").
+        let id = inline_volume_id("uid-1", "creds");
+        assert_eq!(
+            id,
+            format!("csi-{}", hex::encode(Sha256::digest(b"uid-1creds")))
+        );
+        let pod = |uid: &str| PodRef {
+            namespace: "web".into(),
+            name: "web-0".into(),
+            uid: uid.into(),
+            service_account: "default".into(),
+        };
+        assert!(check_kubelet_derivation(&target, &id, Some(&pod("uid-1"))).is_ok());
+        assert!(check_kubelet_derivation(&target, &id, None).is_ok());
+        let err = check_kubelet_derivation(&target, &id, Some(&pod("uid-2"))).unwrap_err();
+        assert!(err.0.contains("pod UID"), "{}", err.0);
+        let other = inline_volume_id("uid-2", "creds");
+        let err = check_kubelet_derivation(&target, &other, Some(&pod("uid-1"))).unwrap_err();
+        assert!(err.0.contains("volume_id"), "{}", err.0);
+    }
+
+    #[test]
+    fn a_capability_needs_a_mount_and_an_access_mode() {
+        use kcred_proto::csi::v1::volume_capability::{AccessMode, BlockVolume, MountVolume};
+        let mount = || Some(AccessType::Mount(MountVolume::default()));
+        let mode = Some(AccessMode { mode: 1 });
+        let cap = |access_type, access_mode| VolumeCapability {
+            access_type,
+            access_mode,
+        };
+        assert!(check_capability(Some(&cap(mount(), mode))).is_ok());
+        let cases = [
+            (None, "volume_capability is required"),
+            (Some(cap(mount(), None)), "access_mode"),
+            (Some(cap(None, mode)), "access_type"),
+            (
+                Some(cap(Some(AccessType::Block(BlockVolume::default())), mode)),
+                "block",
+            ),
+        ];
+        for (c, needle) in cases {
+            let err = check_capability(c.as_ref()).unwrap_err();
+            assert!(err.0.contains(needle), "{}", err.0);
+        }
     }
 
     #[test]

@@ -1,0 +1,178 @@
+//! Tests for the state directory: records round-trip, hostile ids stay
+//! safe file names, older drivers' records are read.
+
+use super::*;
+use std::os::unix::fs::MetadataExt;
+
+fn record(volume_id: &str) -> PublishedVolume {
+    PublishedVolume {
+        volume_id: volume_id.into(),
+        target: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount".into(),
+        pod_namespace: "ns".into(),
+        pod_name: "pod".into(),
+        pod_uid: "u".into(),
+        service_account: "sa".into(),
+        readonly: false,
+        uid: 4242,
+        gid: 4243,
+        published_at: Deadline::from_controller(1_777_636_800).unwrap(),
+        phase: Phase::Mounted {
+            generation: "g1".into(),
+            refresh_at: None,
+        },
+    }
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn open_creates_a_private_dir_and_drops_stale_temp_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("a/b");
+    fs::create_dir_all(&root).unwrap();
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(root.join(".tmp-deadbeef"), b"{half").unwrap();
+    StateDir::open(&root).unwrap();
+    assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+    assert!(files(&root).is_empty());
+}
+
+#[test]
+fn save_load_list_remove_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let (a, b) = (record("vol-a"), record("vol-b"));
+    dir.save(&b).unwrap();
+    dir.save(&a).unwrap();
+    assert_eq!(dir.load("vol-a").unwrap(), Some(a.clone()));
+    assert_eq!(dir.load("vol-missing").unwrap(), None);
+    assert_eq!(dir.list().unwrap(), vec![a.clone(), b.clone()]);
+    let a2 = PublishedVolume {
+        phase: Phase::Mounted {
+            generation: "g2".into(),
+            refresh_at: Deadline::from_controller(1_777_640_000),
+        },
+        ..a
+    };
+    dir.save(&a2).unwrap();
+    assert_eq!(dir.load("vol-a").unwrap(), Some(a2));
+    assert_eq!(files(tmp.path()).len(), 2, "no temp files left behind");
+    let mode = fs::metadata(dir.path_for("vol-a")).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    dir.remove("vol-a").unwrap();
+    dir.remove("vol-a").unwrap();
+    assert_eq!(dir.load("vol-a").unwrap(), None);
+    assert_eq!(dir.list().unwrap(), vec![b]);
+}
+
+#[test]
+fn list_skips_corrupt_and_misplaced_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(tmp.path()).unwrap();
+    dir.save(&record("good")).unwrap();
+    fs::write(dir.path_for("bad"), b"{not json").unwrap();
+    let misplaced = serde_json::to_vec(&record("other")).unwrap();
+    fs::write(dir.path_for("elsewhere"), misplaced).unwrap();
+    fs::write(tmp.path().join("README"), b"ignored").unwrap();
+    fs::create_dir(tmp.path().join("sub.json")).unwrap();
+    assert_eq!(dir.list().unwrap(), vec![record("good")]);
+    assert!(matches!(dir.load("bad"), Err(StorageError::Corrupt { .. })));
+    assert!(matches!(
+        dir.load("elsewhere"),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn file_names_are_safe_for_hostile_volume_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("state");
+    let dir = StateDir::open(&root).unwrap();
+    let hostile = ["../../etc/passwd", "", "a/b", "/abs", ".tmp-x", "nul\0byte"];
+    for id in hostile {
+        dir.save(&record(id)).unwrap();
+        assert_eq!(dir.load(id).unwrap(), Some(record(id)));
+    }
+    let names = files(&root);
+    assert_eq!(names.len(), hostile.len());
+    for name in &names {
+        let stem = name.strip_suffix(".json").unwrap();
+        assert!(stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    assert_eq!(files(tmp.path()), vec!["state".to_string()]);
+    assert_eq!(dir.list().unwrap().len(), hostile.len());
+}
+
+#[test]
+fn records_of_older_drivers_are_read_into_typed_phases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let old = |generation: &str, refresh: i64| {
+        format!(
+            r#"{{"volume_id":"v","target_path":"/t","pod_namespace":"ns","pod_name":"p",
+            "pod_uid":"u","service_account":"sa","uid":1,"gid":2,
+            "generation":"{generation}","published_at_unix":1777636800,
+            "refresh_after_unix":{refresh}}}"#
+        )
+    };
+    fs::write(
+        dir.path_for("v"),
+        old("..2026_05_01_12_00_00.0123456789abcdef", 0),
+    )
+    .unwrap();
+    let v = dir.load("v").unwrap().unwrap();
+    assert_eq!(
+        v.phase,
+        Phase::Mounted {
+            generation: "..2026_05_01_12_00_00.0123456789abcdef".into(),
+            refresh_at: None
+        }
+    );
+    assert!(!v.readonly);
+    fs::write(dir.path_for("v"), old("g", 1_777_640_000)).unwrap();
+    assert_eq!(
+        dir.load("v").unwrap().unwrap().phase,
+        Phase::Mounted {
+            generation: "g".into(),
+            refresh_at: Deadline::from_controller(1_777_640_000)
+        }
+    );
+    fs::write(dir.path_for("v"), old("wiped", 0)).unwrap();
+    assert_eq!(
+        dir.load("v").unwrap().unwrap().phase,
+        Phase::Wiped {
+            reason: WipeReason::Revoked
+        }
+    );
+}
+
+#[test]
+fn typed_records_round_trip_every_phase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(tmp.path()).unwrap();
+    for phase in [
+        Phase::Publishing,
+        Phase::Mounted {
+            generation: "g".into(),
+            refresh_at: Deadline::from_controller(1_777_640_000),
+        },
+        Phase::Wiped {
+            reason: WipeReason::Revoked,
+        },
+    ] {
+        let v = PublishedVolume {
+            phase,
+            readonly: true,
+            ..record("v")
+        };
+        dir.save(&v).unwrap();
+        assert_eq!(dir.load("v").unwrap(), Some(v));
+    }
+}

@@ -1,0 +1,306 @@
+//! One scheduler for every volume: when each volume is looked at next,
+//! and why.
+//!
+//! A volume has at most one pending entry: a due time and a [`Cause`].
+//! Triggers from the controller (a pushed refresh or wipe, the heartbeat's
+//! verdicts) are due at once and merge with what is pending (the earliest
+//! time, the strongest cause); after a run, the volume's next look (its
+//! refresh deadline, a retry) replaces the entry, unless a trigger came in
+//! while it ran. [`run`] starts due entries with bounded parallelism.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, Semaphore};
+
+use super::lifecycle::Cause;
+use crate::support::lock::lock;
+use crate::support::time::Deadline;
+
+/// Longest sleep between looks at the queue: bounds the effect of a wall
+/// clock that jumps.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    due: Deadline,
+    cause: Cause,
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    entries: HashMap<String, Entry>,
+    order: BTreeSet<(Deadline, String)>,
+    seq: u64,
+}
+
+impl Queue {
+    fn remove(&mut self, volume_id: &str) -> Option<Entry> {
+        let old = self.entries.remove(volume_id)?;
+        self.order.remove(&(old.due, volume_id.to_string()));
+        Some(old)
+    }
+
+    fn insert(&mut self, volume_id: &str, entry: Entry) {
+        self.remove(volume_id);
+        self.order.insert((entry.due, volume_id.to_string()));
+        self.entries.insert(volume_id.to_string(), entry);
+    }
+}
+
+/// The pending looks at every volume.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+/// A volume's next look after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    /// When.
+    pub at: Deadline,
+    /// Why.
+    pub cause: Cause,
+}
+
+impl Schedule {
+    /// An empty schedule.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A trigger due now, merged with what is pending for the volume.
+    pub fn trigger(&self, volume_id: &str, cause: Cause) {
+        {
+            let mut q = lock(&self.queue);
+            q.seq += 1;
+            let seq = q.seq;
+            let now = Deadline::now();
+            let entry = match q.entries.get(volume_id) {
+                Some(old) => Entry {
+                    due: old.due.min(now),
+                    cause: old.cause.max(cause),
+                    seq,
+                },
+                None => Entry {
+                    due: now,
+                    cause,
+                    seq,
+                },
+            };
+            q.insert(volume_id, entry);
+        }
+        self.wake.notify_one();
+    }
+
+    /// A mark to pass to [`Schedule::settle`] after a run that starts now.
+    pub fn mark(&self) -> u64 {
+        lock(&self.queue).seq
+    }
+
+    /// Sets the volume's next look (`None`: none) after a run that began
+    /// at `mark`. A pending trigger stays instead if it arrived during the
+    /// run (the run may have missed what it asks for) or if it is more than
+    /// a deadline (a push, a revocation, a stale verdict: a kubelet call
+    /// that ran meanwhile did not do what it asks).
+    pub fn settle(&self, volume_id: &str, next: Option<Next>, mark: u64) {
+        {
+            let mut q = lock(&self.queue);
+            if q.entries
+                .get(volume_id)
+                .is_some_and(|e| e.seq > mark || e.cause > Cause::Deadline)
+            {
+                return;
+            }
+            match next {
+                None => {
+                    q.remove(volume_id);
+                }
+                Some(n) => {
+                    let seq = q.seq;
+                    q.insert(
+                        volume_id,
+                        Entry {
+                            due: n.at,
+                            cause: n.cause,
+                            seq,
+                        },
+                    );
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Removes and returns every entry due at `now`.
+    pub fn take_due(&self, now: SystemTime) -> Vec<(String, Cause)> {
+        let mut q = lock(&self.queue);
+        let due: Vec<String> = q
+            .order
+            .iter()
+            .take_while(|(at, _)| at.is_due(now))
+            .map(|(_, id)| id.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|id| q.remove(&id).map(|e| (id, e.cause)))
+            .collect()
+    }
+
+    /// The earliest pending entry's time.
+    pub fn next_due(&self) -> Option<Deadline> {
+        lock(&self.queue).order.first().map(|(at, _)| *at)
+    }
+
+    /// What is pending for a volume.
+    pub fn pending(&self, volume_id: &str) -> Option<(Deadline, Cause)> {
+        lock(&self.queue)
+            .entries
+            .get(volume_id)
+            .map(|e| (e.due, e.cause))
+    }
+}
+
+/// Runs due entries forever (until the task is aborted): at most
+/// `parallel` at once, each by `work(volume_id, cause)`.
+pub async fn run<F, Fut>(schedule: Arc<Schedule>, parallel: usize, work: F)
+where
+    F: Fn(String, Cause) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    loop {
+        for (volume_id, cause) in schedule.take_due(SystemTime::now()) {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let job = work(volume_id, cause);
+            tokio::spawn(async move {
+                job.await;
+                drop(permit);
+            });
+        }
+        let sleep = schedule
+            .next_due()
+            .map_or(MAX_IDLE, |at| at.remaining(SystemTime::now()).min(MAX_IDLE));
+        if sleep.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = schedule.wake.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn later(secs: u64) -> Deadline {
+        Deadline::after(Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn a_trigger_is_due_at_once_and_the_strongest_cause_wins() {
+        let s = Schedule::new();
+        s.settle(
+            "v",
+            Some(Next {
+                at: later(3600),
+                cause: Cause::Deadline,
+            }),
+            s.mark(),
+        );
+        assert!(s.take_due(SystemTime::now()).is_empty());
+        s.trigger("v", Cause::Revoked);
+        s.trigger("v", Cause::Pushed);
+        assert_eq!(
+            s.take_due(SystemTime::now()),
+            vec![("v".to_string(), Cause::Revoked)]
+        );
+        assert_eq!(s.pending("v"), None, "taken");
+    }
+
+    #[test]
+    fn settling_replaces_the_pending_look_unless_a_trigger_came_during_the_run() {
+        let s = Schedule::new();
+        let mark = s.mark();
+        s.trigger("v", Cause::Pushed);
+        let next = Next {
+            at: later(3600),
+            cause: Cause::Deadline,
+        };
+        s.settle("v", Some(next), mark);
+        assert_eq!(
+            s.pending("v").map(|p| p.1),
+            Some(Cause::Pushed),
+            "push kept"
+        );
+        s.take_due(SystemTime::now());
+        s.settle("v", Some(next), s.mark());
+        assert_eq!(s.pending("v"), Some((next.at, Cause::Deadline)));
+        let moved = Next {
+            at: later(7200),
+            cause: Cause::Deadline,
+        };
+        s.settle("v", Some(moved), s.mark());
+        assert_eq!(
+            s.pending("v"),
+            Some((moved.at, Cause::Deadline)),
+            "replaced"
+        );
+        s.settle("v", None, s.mark());
+        assert_eq!(s.pending("v"), None);
+    }
+
+    #[test]
+    fn a_pending_revocation_outlives_a_kubelet_call_that_ran_meanwhile() {
+        let s = Schedule::new();
+        s.trigger("v", Cause::Revoked);
+        // A republish started after the trigger and settles its own next look.
+        s.settle("v", None, s.mark());
+        assert_eq!(s.pending("v").map(|p| p.1), Some(Cause::Revoked));
+    }
+
+    #[test]
+    fn due_entries_come_out_in_time_order_and_later_ones_stay() {
+        let s = Schedule::new();
+        let past = |secs| Deadline::at(SystemTime::now() - Duration::from_secs(secs));
+        for (id, at) in [("b", past(5)), ("a", past(10)), ("c", later(3600))] {
+            s.settle(
+                id,
+                Some(Next {
+                    at,
+                    cause: Cause::Deadline,
+                }),
+                s.mark(),
+            );
+        }
+        let due: Vec<String> = s
+            .take_due(SystemTime::now())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(due, ["a", "b"]);
+        assert!(s.next_due().is_some_and(|d| !d.is_due(SystemTime::now())));
+    }
+
+    #[tokio::test]
+    async fn the_runner_starts_due_work() {
+        let s = Arc::new(Schedule::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let runner = tokio::spawn(run(Arc::clone(&s), 2, move |id, cause| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((id, cause));
+            }
+        }));
+        s.trigger("v", Cause::Pushed);
+        assert_eq!(rx.recv().await, Some(("v".to_string(), Cause::Pushed)));
+        runner.abort();
+    }
+}

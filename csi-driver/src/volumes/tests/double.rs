@@ -1,0 +1,133 @@
+//! A controller double: a real tonic NodeCredentials server on a loopback
+//! socket, answering with scripted bundles and statuses.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use kcred_proto::kcred::v1::node_credentials_server::{NodeCredentials, NodeCredentialsServer};
+use kcred_proto::kcred::v1::{
+    Bundle, BundleFile, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, VolumeUpdate,
+    WatchUpdatesRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::support::lock::lock;
+
+/// One FetchBundle call as the double saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    pub volume_id: String,
+    pub refresh: bool,
+}
+
+#[derive(Default)]
+struct Script {
+    /// The answer to every fetch.
+    steady: Option<Result<Bundle, Status>>,
+    fetches: Vec<Fetch>,
+    heartbeat: HeartbeatResponse,
+    updates: Vec<mpsc::UnboundedSender<Result<VolumeUpdate, Status>>>,
+}
+
+/// The double's handle: script answers, read what it was asked.
+#[derive(Clone, Default)]
+pub struct Controller {
+    script: Arc<Mutex<Script>>,
+}
+
+/// A bundle of one file `secret` holding `content`, generation `content`.
+pub fn bundle(content: &str, refresh_after_unix: i64) -> Bundle {
+    Bundle {
+        files: vec![BundleFile {
+            name: "secret".into(),
+            content: content.as_bytes().to_vec(),
+            mode: 0o400,
+        }],
+        uid: 1500,
+        gid: 1500,
+        generation: content.into(),
+        refresh_after_unix,
+    }
+}
+
+impl Controller {
+    /// Serves on 127.0.0.1 (a free port); returns the endpoint URL.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let svc = NodeCredentialsServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        format!("http://{addr}")
+    }
+
+    /// Every later fetch answers `answer`.
+    pub fn always(&self, answer: Result<Bundle, Status>) {
+        lock(&self.script).steady = Some(answer);
+    }
+
+    /// What the next heartbeats answer.
+    pub fn heartbeat_answers(&self, resp: HeartbeatResponse) {
+        lock(&self.script).heartbeat = resp;
+    }
+
+    /// Pushes an update to every follower of the update stream.
+    pub fn push(&self, update: VolumeUpdate) -> usize {
+        let s = lock(&self.script);
+        s.updates
+            .iter()
+            .filter(|tx| tx.send(Ok(update.clone())).is_ok())
+            .count()
+    }
+
+    /// The fetches seen so far.
+    pub fn fetches(&self) -> Vec<Fetch> {
+        lock(&self.script).fetches.clone()
+    }
+}
+
+#[tonic::async_trait]
+impl NodeCredentials for Controller {
+    async fn fetch_bundle(
+        &self,
+        request: Request<FetchBundleRequest>,
+    ) -> Result<Response<Bundle>, Status> {
+        let req = request.into_inner();
+        let mut s = lock(&self.script);
+        s.fetches.push(Fetch {
+            volume_id: req.volume_id,
+            refresh: req.refresh,
+        });
+        s.steady
+            .clone()
+            .unwrap_or_else(|| Err(Status::internal("no answer scripted")))
+            .map(Response::new)
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Ok(Response::new(lock(&self.script).heartbeat.clone()))
+    }
+
+    type WatchUpdatesStream =
+        Pin<Box<dyn Stream<Item = Result<VolumeUpdate, Status>> + Send + 'static>>;
+
+    async fn watch_updates(
+        &self,
+        _: Request<WatchUpdatesRequest>,
+    ) -> Result<Response<Self::WatchUpdatesStream>, Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.script).updates.push(tx);
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
