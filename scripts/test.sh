@@ -12,6 +12,9 @@ cargo build --workspace --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
+# Deployment: the chart under the real Helm engine and Kubernetes schemas,
+# alert rules under promtool, container images built with buildah (root).
+tests/deploy/run.sh
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ {
        for (i = 2; i <= NF; i++) {
