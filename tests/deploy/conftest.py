@@ -3,7 +3,6 @@ chart rendered by the real Helm engine (helm-python-sdk)."""
 
 import pathlib
 
-import pytest
 import yaml
 from helm_python.chart import Chart
 
@@ -75,8 +74,3 @@ def render(values: dict | None = None, namespace: str = "kcred", name: str = "kc
         values=merge(REQUIRED, values or {}), name=name, namespace=namespace, is_install=True
     )
     return Rendered(manifests)
-
-
-@pytest.fixture
-def chart_dir() -> pathlib.Path:
-    return CHART
