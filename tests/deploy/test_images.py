@@ -19,9 +19,10 @@ import pytest
 from conftest import REPO
 
 CACHE = pathlib.Path(os.environ.get("KCRED_TEST_CACHE", "/var/cache/kcred-test"))
+# The test's own image store (not the machine's), kept with the cache.
 STORAGE = [
     "--root", str(CACHE / "containers" / "storage"),
-    "--runroot", "/run/kcred-test-containers",
+    "--runroot", f"/run/kcred-test-containers-{hashlib.sha256(str(CACHE).encode()).hexdigest()[:8]}",
     "--storage-driver", "vfs",
 ]
 # Binaries built on this host by `cargo build --workspace --bins` (what
