@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing kcred needs on Debian: MIT Kerberos
-# (KDC, kadmind, client tools, headers) and libclang for bindgen. Safe to
+# (KDC, kadmind, client tools, headers) and libclang for bindgen; for the
+# deployment tests, buildah and mmdebstrap (images), promtool (alert rules)
+# and a Python venv with Helm's engine and Kubernetes schemas. Safe to
 # re-run: it installs only what is missing.
 set -euo pipefail
 
-packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl)
+packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl
+  buildah mmdebstrap uidmap prometheus python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,4 +22,17 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install a Rust toolchain (1.90 or newer) with rustup first" >&2
   exit 1
+fi
+
+# Python tools of tests/deploy, in their own venv (rebuilt when
+# tests/deploy/requirements.txt changes).
+venv=${KCRED_TEST_VENV:-/var/cache/kcred-test/venv}
+requirements="$(dirname "$0")/../tests/deploy/requirements.txt"
+if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
+  echo "creating Python venv $venv"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/requirements.txt"
 fi

@@ -18,12 +18,24 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   cargo test --workspace 2>&1 | tee "$log" || status=$?
 fi
-# One closing line for the whole suite, summed over every test binary.
+# Deployment: the chart under the real Helm engine and Kubernetes schemas,
+# alert rules under promtool, container images built with buildah (root).
+tests/deploy/run.sh 2>&1 | tee -a "$log" || status=$?
+# One closing line for the whole suite, summed over every cargo test
+# binary and the pytest run.
 awk '/^test result:/ {
        for (i = 2; i <= NF; i++) {
          if ($i == "passed;") p += $(i - 1)
          if ($i == "failed;") f += $(i - 1)
          if ($i == "ignored;") s += $(i - 1)
+       }
+     }
+     /^[0-9]+ (passed|failed|skipped|error)/ && / in [0-9.]+s/ {
+       gsub(/,/, "")
+       for (i = 2; i <= NF; i++) {
+         if ($i == "passed") p += $(i - 1)
+         if ($i == "failed" || $i == "error" || $i == "errors") f += $(i - 1)
+         if ($i == "skipped") s += $(i - 1)
        }
      }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"

@@ -1,11 +1,15 @@
 //! `kcred-controller`: runs the controller, or prepares its master key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kcred_controller::crypto::MasterKey;
+use kcred_controller::gate::{GateConfig, Lane};
+use kcred_controller::metrics::Metrics;
 use kcred_controller::{Config, Controller};
+use kcred_runtime::{Check, OpsEndpoints};
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +19,8 @@ use kcred_controller::{Config, Controller};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: kcred_runtime::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -39,23 +45,42 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match Cli::parse().command {
+    kcred_runtime::set_build_info(kcred_runtime::BuildInfo {
+        component: "controller",
+        version: env!("CARGO_PKG_VERSION"),
+    });
+    let cli = Cli::parse();
+    kcred_runtime::logging::init(&cli.log);
+    match cli.command {
         Command::GenerateMasterKey { path } => {
             let key = MasterKey::generate_file(&path)?;
             println!("wrote master key {} to {}", key.id(), path.display());
             Ok(())
         }
         Command::Serve { config } => {
-            let cfg = Config::load(&config)?;
+            let mut cfg = Config::load(&config)?;
+            // The operations endpoint is served from here (not by
+            // `Controller::serve`), with the readiness checks below.
+            let ops_addr = cfg.metrics_listen.take();
             // Ready (store open, CA exported) before the port opens: a
             // client that can connect finds everything in place.
             let controller = Controller::start(&cfg)?;
+            let metrics = controller.metrics();
+            start_series_at_zero(&metrics, &cfg.gate);
+            if let Some(addr) = ops_addr {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+                let audit_log = cfg.audit_log.clone();
+                let ops = OpsEndpoints::new(move || metrics.render())
+                    .with_readiness(move || readiness(&audit_log));
+                tokio::spawn(async move {
+                    if let Err(e) = ops.serve(listener).await {
+                        tracing::error!(error = %e, "metrics server stopped");
+                    }
+                });
+                tracing::info!(listen = %addr, "serving /metrics, /healthz, /readyz");
+            }
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -66,4 +91,60 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `/readyz` reports. The store is open and the pod source loaded once
+/// `Controller::start` has returned (it fails otherwise). The audit log is
+/// probed on every call: nothing is issued without it (fail closed), and a
+/// log moved or deleted under the running controller would lose records.
+/// Further checks (e.g. a Kubernetes pod watch that has synced) belong here.
+fn readiness(audit_log: &Path) -> Vec<Check> {
+    let audit = std::fs::OpenOptions::new()
+        .append(true)
+        .open(audit_log)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", audit_log.display()));
+    vec![
+        Check::ok("store"),
+        Check::ok("pods"),
+        Check::from_result("audit", audit),
+    ]
+}
+
+/// Every series whose labels are known in advance starts at zero, so each
+/// metric family is on `/metrics` from the start (dashboards and alerts see
+/// it, and `rate()` counts the first event). Operation names are those the
+/// gate's callers pass.
+fn start_series_at_zero(m: &Arc<Metrics>, gate: &GateConfig) {
+    let lanes = [
+        (
+            Lane::Kadmin,
+            &gate.kadmin,
+            &["extract_keytab", "randomize_key"],
+        ),
+        (Lane::Kdc, &gate.kdc, &["acquire_tgt", "renew_tgt"]),
+    ];
+    for (lane, cfg, ops) in lanes {
+        let lane = lane.as_str();
+        m.gate_queue_depth.with_label_values(&[lane]).set(0);
+        m.gate_breaker_open.with_label_values(&[lane]).set(0);
+        // The bucket starts full.
+        m.gate_budget_remaining
+            .with_label_values(&[lane])
+            .set(i64::from(cfg.burst.max(1)));
+        for reason in ["breaker_open", "queue_full"] {
+            m.gate_refused.with_label_values(&[lane, reason]);
+        }
+        for op in ops {
+            for result in ["ok", "unavailable", "error"] {
+                m.kdc_ops.with_label_values(&[lane, op, result]);
+            }
+        }
+    }
+    for kind in ["keytab", "ticket", "cert", "key"] {
+        m.cache_hits.with_label_values(&[kind]);
+        m.cache_misses.with_label_values(&[kind]);
+        m.coalesced.with_label_values(&[kind]);
+    }
+    m.fetch_seconds.with_label_values(&["Ok"]);
 }

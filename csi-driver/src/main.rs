@@ -11,6 +11,7 @@ use backon::Retryable;
 use kcred_csi_driver::config::{DEFAULT_DRIVER_NAME, validate_driver_name};
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
+use kcred_csi_driver::metrics::Metrics;
 use kcred_csi_driver::volumes::VolumeManager;
 use kcred_csi_driver::{DriverConfig, support::retry};
 
@@ -82,17 +83,18 @@ struct Cli {
     /// Size limit of each volume's tmpfs, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     tmpfs_size_bytes: u64,
+    #[command(flatten)]
+    log: kcred_runtime::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    kcred_runtime::set_build_info(kcred_runtime::BuildInfo {
+        component: "csi-driver",
+        version: env!("CARGO_PKG_VERSION"),
+    });
     let cli = Cli::parse();
+    kcred_runtime::logging::init(&cli.log);
     validate_driver_name(&cli.driver_name)?;
     let cfg = DriverConfig {
         driver_name: cli.driver_name,
@@ -148,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("metrics address {addr}"))?;
         let metrics = volumes.metrics();
+        start_series_at_zero(&metrics);
         tokio::spawn(async move {
             if let Err(e) = metrics.serve(listener).await {
                 tracing::error!(error = %e, "metrics server stopped");
@@ -161,6 +164,29 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(endpoint = %cli.endpoint.display(), node = %cfg.node_id, "serving CSI");
     server::serve(cfg, volumes, listener, kcred_runtime::shutdown_signal()).await?;
     Ok(())
+}
+
+/// Every series whose labels are known in advance starts at zero, so each
+/// metric family is on `/metrics` from the start (dashboards and alerts see
+/// it, and `rate()` counts the first event). Error codes are those the
+/// driver's own failures map to.
+fn start_series_at_zero(m: &Metrics) {
+    for method in ["NodePublishVolume", "NodeUnpublishVolume"] {
+        m.call_seconds.with_label_values(&[method, "Ok"]);
+        for code in [
+            "InvalidArgument",
+            "PermissionDenied",
+            "FailedPrecondition",
+            "Aborted",
+            "Unavailable",
+            "Internal",
+        ] {
+            m.errors.with_label_values(&[method, code]);
+        }
+    }
+    for reason in ["controller", "write"] {
+        m.refresh_failures.with_label_values(&[reason]);
+    }
 }
 
 /// The node's Kerberos identity. Getting it talks to the KDC: retried with

@@ -79,6 +79,33 @@ does not match controller.caConfigMap (https:// with a CA, http:// without).
 {{- required "controller.service is required with nodeIdentity.enabled: the controller's service principal, e.g. --set controller.service=kcred/controller.example.com@EXAMPLE.COM" .Values.controller.service -}}
 {{- end -}}
 
-{{- define "kcred-csi-driver.driverImage" -}}
-{{- printf "%s:%s" .Values.images.driver.repository (default .Chart.AppVersion .Values.images.driver.tag) -}}
+{{/*
+An image reference from an images.* entry: repository@digest when a digest
+pins it, else repository:tag (tag defaulting to the second argument).
+Usage: include "kcred-csi-driver.image" (list .Values.images.driver .Chart.AppVersion)
+*/}}
+{{- define "kcred-csi-driver.image" -}}
+{{- $image := index . 0 -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default (index . 1) $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the metrics Service is rendered (a ServiceMonitor needs it). */}}
+{{- define "kcred-csi-driver.metricsService" -}}
+{{- if and .Values.metrics.enabled (or .Values.metrics.service.enabled .Values.metrics.serviceMonitor.enabled) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Fails rendering for value combinations that cannot work. */}}
+{{- define "kcred-csi-driver.validate" -}}
+{{- if and .Values.clientCertificate.enabled (not .Values.controller.caConfigMap) -}}
+{{- fail "clientCertificate.enabled needs TLS: set controller.caConfigMap (and an https:// controller.endpoint)" -}}
+{{- end -}}
+{{- if and (or .Values.metrics.podMonitor.enabled .Values.metrics.serviceMonitor.enabled .Values.metrics.service.enabled) (not .Values.metrics.enabled) -}}
+{{- fail "metrics.service, metrics.podMonitor and metrics.serviceMonitor need metrics.enabled" -}}
+{{- end -}}
 {{- end -}}
