@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing kcred needs on Debian: MIT Kerberos
-# (KDC, kadmind, client tools, headers) and libclang for bindgen. Safe to
+# (KDC, kadmind, client tools, headers), libclang for bindgen, and kubectl
+# (the Kubernetes tests drive the test API server with it). Safe to
 # re-run: it installs only what is missing.
 set -euo pipefail
 
-packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl)
+packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl kubectl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,130 @@
+//! Failures as the API server reports them: a `Status` object with the
+//! HTTP code, a machine-readable reason and a message kubectl prints.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
+
+/// A failed request.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    code: u16,
+    reason: &'static str,
+    message: String,
+    kind: Option<(String, String)>,
+}
+
+impl ApiError {
+    /// 404: `kind` (plural) `name` does not exist.
+    pub fn not_found(plural: &str, name: &str) -> Self {
+        ApiError {
+            code: 404,
+            reason: "NotFound",
+            message: format!("{plural} \"{name}\" not found"),
+            kind: Some((plural.into(), name.into())),
+        }
+    }
+
+    /// 409: an object of that name exists.
+    pub fn already_exists(plural: &str, name: &str) -> Self {
+        ApiError {
+            code: 409,
+            reason: "AlreadyExists",
+            message: format!("{plural} \"{name}\" already exists"),
+            kind: Some((plural.into(), name.into())),
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            code: 400,
+            reason: "BadRequest",
+            message: message.into(),
+            kind: None,
+        }
+    }
+
+    /// 410: the resource version asked for is compacted away.
+    pub fn expired(asked: u64, oldest: u64) -> Self {
+        ApiError {
+            code: 410,
+            reason: "Expired",
+            message: format!("too old resource version: {asked} ({oldest})"),
+            kind: None,
+        }
+    }
+
+    /// 401: no or a wrong bearer token.
+    pub fn unauthorized() -> Self {
+        ApiError {
+            code: 401,
+            reason: "Unauthorized",
+            message: "Unauthorized".into(),
+            kind: None,
+        }
+    }
+
+    /// 400 with reason `Invalid`, or 403 `Forbidden`: an admission webhook
+    /// refused the object.
+    pub fn denied_by_webhook(code: u16, webhook: &str, message: &str) -> Self {
+        ApiError {
+            code,
+            reason: if code == 403 {
+                "Forbidden"
+            } else {
+                "BadRequest"
+            },
+            message: format!("admission webhook \"{webhook}\" denied the request: {message}"),
+            kind: None,
+        }
+    }
+
+    /// 500: a webhook could not be called (failurePolicy Fail).
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            code: 500,
+            reason: "InternalError",
+            message: message.into(),
+            kind: None,
+        }
+    }
+
+    /// The `Status` object.
+    pub fn status(&self) -> Status {
+        Status {
+            code: Some(i32::from(self.code)),
+            reason: Some(self.reason.into()),
+            message: Some(self.message.clone()),
+            status: Some("Failure".into()),
+            details: self.kind.as_ref().map(|(kind, name)| StatusDetails {
+                kind: Some(kind.clone()),
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(code, &self.status())
+    }
+}
+
+/// A JSON body with its content type.
+pub fn json_response(code: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut resp = (code, bytes).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
