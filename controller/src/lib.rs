@@ -23,6 +23,7 @@ pub mod issuers;
 pub mod kadmin;
 pub mod kdc;
 pub mod keytab;
+pub mod kubernetes;
 pub mod metrics;
 pub mod names;
 pub mod nodes;

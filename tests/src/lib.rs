@@ -3,6 +3,7 @@
 //! the driver's unix socket exactly as kubelet does for ephemeral inline
 //! volumes.
 
+pub mod kube;
 pub mod kubelet;
 pub mod procs;
 pub mod stack;

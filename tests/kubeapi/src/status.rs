@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
 
 /// A failed request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
 pub struct ApiError {
     code: u16,
     reason: &'static str,

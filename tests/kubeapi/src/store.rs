@@ -179,7 +179,8 @@ impl Store {
             return Err(ApiError::already_exists(K::URL_PATH_SEGMENT, &key.1));
         }
         let meta = object.metadata_mut();
-        meta.uid.get_or_insert_with(new_uid);
+        // The server names every object's incarnation, whatever was sent.
+        meta.uid = Some(new_uid());
         meta.creation_timestamp.get_or_insert_with(now);
         meta.generation = Some(1);
         self.commit(&mut inner, key, Some(object), EventType::Added)
