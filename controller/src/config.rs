@@ -396,6 +396,14 @@ audit_key = "/ak"
     }
 
     #[test]
+    fn the_documented_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/controller/controller.example.toml");
+        let cfg = Config::load(&path).unwrap();
+        assert!(cfg.kubernetes.is_some() && cfg.pods_file.is_none());
+    }
+
+    #[test]
     fn a_controller_without_a_pod_source_refuses_to_start_and_says_so() {
         let err = load("", "").unwrap_err().to_string();
         assert!(err.contains("no pod source"), "{err}");
