@@ -105,7 +105,10 @@ pub async fn groups() -> Response {
     json_response(
         StatusCode::OK,
         &APIGroupList {
-            groups: vec![group("authentication.k8s.io")],
+            groups: vec![
+                group("authentication.k8s.io"),
+                group("admissionregistration.k8s.io"),
+            ],
         },
     )
 }
@@ -123,6 +126,32 @@ pub async fn authentication_v1() -> Response {
                 &["create"],
                 &[],
             )],
+        },
+    )
+}
+
+/// `GET /apis/admissionregistration.k8s.io/v1`.
+pub async fn admissionregistration_v1() -> Response {
+    json_response(
+        StatusCode::OK,
+        &APIResourceList {
+            group_version: "admissionregistration.k8s.io/v1".into(),
+            resources: vec![
+                resource(
+                    "mutatingwebhookconfigurations",
+                    "MutatingWebhookConfiguration",
+                    false,
+                    &OBJECT_VERBS,
+                    &[],
+                ),
+                resource(
+                    "validatingwebhookconfigurations",
+                    "ValidatingWebhookConfiguration",
+                    false,
+                    &OBJECT_VERBS,
+                    &[],
+                ),
+            ],
         },
     )
 }

@@ -16,14 +16,20 @@
 //! take the server down and up again ([`KubeApi::stop`],
 //! [`KubeApi::restart`]).
 //!
+//! Admission webhooks are configured as on a cluster: by creating
+//! `MutatingWebhookConfiguration` and `ValidatingWebhookConfiguration`
+//! objects (with `clientConfig.url` and `caBundle`); see [`admission`].
+//!
 //! Not modelled: label and field selectors (ignored), pagination (one
 //! page), finalizers and graceful deletion, server-side apply, JSON patch
-//! and strategic merge beyond what a merge patch does.
+//! requests and strategic merge beyond what a merge patch does, OpenAPI
+//! documents (so `kubectl apply` needs `--validate=false`).
 
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod discovery;
+pub mod json_patch;
 pub mod objects;
 pub mod pods;
 pub mod server;
@@ -32,8 +38,9 @@ pub mod store;
 pub mod tls;
 pub mod tokens;
 pub mod watch;
+pub mod webhook_call;
 
-pub use server::{CONTEXT, KubeApi};
+pub use server::{CONTEXT, KubeApi, serve_tls};
 pub use tokens::TokenClaims;
 
 /// Why the server could not start.

@@ -49,7 +49,7 @@ pub async fn create_request(
 async fn create_pod(shared: &Shared, ns: &str, body: &[u8]) -> Result<Pod, ApiError> {
     let mut pod = parse_body::<Pod>(ns, body)?;
     default_pod(&mut pod);
-    let pod = shared.admission.admit(pod).await?;
+    let pod = crate::admission::admit(&shared.store, pod).await?;
     shared.store.create(pod)
 }
 

@@ -14,13 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::Admission;
 use crate::status::ApiError;
 use crate::store::Store;
 use crate::tls::{ServerIdentity, write_kubeconfig};
@@ -33,8 +35,6 @@ pub struct Shared {
     pub store: Store,
     /// Minted service-account tokens.
     pub tokens: Tokens,
-    /// Webhooks run on pod creation.
-    pub admission: Admission,
     /// Bumped to end every open watch.
     pub cut: watch::Sender<u64>,
     /// How often watches with bookmarks get one.
@@ -86,6 +86,33 @@ fn routes(shared: Arc<Shared>) -> Router {
             "/apis/authentication.k8s.io/v1/tokenreviews",
             post(tokens::create_review),
         )
+        .route(
+            "/apis/admissionregistration.k8s.io/v1",
+            get(discovery::admissionregistration_v1),
+        )
+        .route(
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+            get(list::<MutatingWebhookConfiguration>).post(create::<MutatingWebhookConfiguration>),
+        )
+        .route(
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
+            get(get_one::<MutatingWebhookConfiguration>)
+                .delete(delete::<MutatingWebhookConfiguration>)
+                .put(replace::<MutatingWebhookConfiguration>)
+                .patch(patch::<MutatingWebhookConfiguration>),
+        )
+        .route(
+            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+            get(list::<ValidatingWebhookConfiguration>)
+                .post(create::<ValidatingWebhookConfiguration>),
+        )
+        .route(
+            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{name}",
+            get(get_one::<ValidatingWebhookConfiguration>)
+                .delete(delete::<ValidatingWebhookConfiguration>)
+                .put(replace::<ValidatingWebhookConfiguration>)
+                .patch(patch::<ValidatingWebhookConfiguration>),
+        )
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
             require_token,
@@ -123,7 +150,6 @@ impl KubeApi {
         let shared = Arc::new(Shared {
             store: Store::default(),
             tokens: Tokens::default(),
-            admission: Admission::default(),
             cut: watch::channel(0).0,
             bookmark_every: Duration::from_secs(1),
             token: token.clone(),
@@ -149,11 +175,11 @@ impl KubeApi {
     }
 
     fn serve_on(&self, listener: TcpListener) {
-        let task = tokio::spawn(accept_loop(
+        let task = serve_tls(
             listener,
             self.acceptor.clone(),
             routes(Arc::clone(&self.shared)),
-        ));
+        );
         let mut serving = match self.serving.lock() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
@@ -186,11 +212,6 @@ impl KubeApi {
     /// Minted tokens, for tests to mint pod-bound tokens.
     pub fn tokens(&self) -> &Tokens {
         &self.shared.tokens
-    }
-
-    /// Admission webhooks.
-    pub fn admission(&self) -> &Admission {
-        &self.shared.admission
     }
 
     /// Ends every open watch stream (clients resume from their version).
@@ -240,6 +261,13 @@ impl Drop for KubeApi {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Serves `router` over TLS (HTTP/1.1) on `listener` until the returned
+/// task is aborted; aborting drops every connection. Tests use it for the
+/// webhooks they register, too.
+pub fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, router: Router) -> JoinHandle<()> {
+    tokio::spawn(accept_loop(listener, acceptor, router))
 }
 
 /// Accepts connections until aborted; aborting drops every connection.

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
 #[error("{code} {reason}: {message}")]
 pub struct ApiError {
     code: u16,
-    reason: &'static str,
+    reason: String,
     message: String,
     kind: Option<(String, String)>,
 }
@@ -20,7 +20,7 @@ impl ApiError {
     pub fn not_found(plural: &str, name: &str) -> Self {
         ApiError {
             code: 404,
-            reason: "NotFound",
+            reason: "NotFound".into(),
             message: format!("{plural} \"{name}\" not found"),
             kind: Some((plural.into(), name.into())),
         }
@@ -30,7 +30,7 @@ impl ApiError {
     pub fn already_exists(plural: &str, name: &str) -> Self {
         ApiError {
             code: 409,
-            reason: "AlreadyExists",
+            reason: "AlreadyExists".into(),
             message: format!("{plural} \"{name}\" already exists"),
             kind: Some((plural.into(), name.into())),
         }
@@ -40,7 +40,7 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {
             code: 400,
-            reason: "BadRequest",
+            reason: "BadRequest".into(),
             message: message.into(),
             kind: None,
         }
@@ -50,7 +50,7 @@ impl ApiError {
     pub fn expired(asked: u64, oldest: u64) -> Self {
         ApiError {
             code: 410,
-            reason: "Expired",
+            reason: "Expired".into(),
             message: format!("too old resource version: {asked} ({oldest})"),
             kind: None,
         }
@@ -60,23 +60,26 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         ApiError {
             code: 401,
-            reason: "Unauthorized",
+            reason: "Unauthorized".into(),
             message: "Unauthorized".into(),
             kind: None,
         }
     }
 
-    /// 400 with reason `Invalid`, or 403 `Forbidden`: an admission webhook
-    /// refused the object.
-    pub fn denied_by_webhook(code: u16, webhook: &str, message: &str) -> Self {
+    /// An admission webhook refused the object: the webhook's code (at
+    /// least 400) and reason, and its message after the webhook's name, as
+    /// the real server words it.
+    pub fn denied_by_webhook(webhook: &str, code: u16, reason: &str, message: &str) -> Self {
+        let denied = format!("admission webhook \"{webhook}\" denied the request");
+        let message = match (message, reason) {
+            ("", "") => format!("{denied} without explanation"),
+            ("", r) => format!("{denied}: {r}"),
+            (m, _) => format!("{denied}: {m}"),
+        };
         ApiError {
-            code,
-            reason: if code == 403 {
-                "Forbidden"
-            } else {
-                "BadRequest"
-            },
-            message: format!("admission webhook \"{webhook}\" denied the request: {message}"),
+            code: code.max(400),
+            reason: reason.into(),
+            message,
             kind: None,
         }
     }
@@ -85,7 +88,7 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             code: 500,
-            reason: "InternalError",
+            reason: "InternalError".into(),
             message: message.into(),
             kind: None,
         }
@@ -95,7 +98,7 @@ impl ApiError {
     pub fn status(&self) -> Status {
         Status {
             code: Some(i32::from(self.code)),
-            reason: Some(self.reason.into()),
+            reason: Some(self.reason.clone()).filter(|r| !r.is_empty()),
             message: Some(self.message.clone()),
             status: Some("Failure".into()),
             details: self.kind.as_ref().map(|(kind, name)| StatusDetails {

@@ -9,6 +9,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ListableResource, Metadata, Resource};
@@ -53,11 +56,27 @@ impl Stored for Node {
     }
 }
 
+impl Stored for MutatingWebhookConfiguration {
+    const NAMESPACED: bool = false;
+    fn table(objects: &mut Objects) -> &mut BTreeMap<Key, Self> {
+        &mut objects.mutating
+    }
+}
+
+impl Stored for ValidatingWebhookConfiguration {
+    const NAMESPACED: bool = false;
+    fn table(objects: &mut Objects) -> &mut BTreeMap<Key, Self> {
+        &mut objects.validating
+    }
+}
+
 /// Every object, by kind.
 #[derive(Default)]
 pub struct Objects {
     pods: BTreeMap<Key, Pod>,
     nodes: BTreeMap<Key, Node>,
+    mutating: BTreeMap<Key, MutatingWebhookConfiguration>,
+    validating: BTreeMap<Key, ValidatingWebhookConfiguration>,
 }
 
 /// One change, ready to send to watchers.
