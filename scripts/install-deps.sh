@@ -5,7 +5,11 @@
 # re-run: it installs only what is missing.
 set -euo pipefail
 
-packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl kubectl)
+packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl)
+# kubectl drives the test Kubernetes API server; Debian ships it as
+# kubernetes-client. Any kubectl already on the PATH will do (tested with
+# Debian's 1.20 and 1.32).
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
