@@ -151,6 +151,8 @@ impl Controller {
         let mut background = vec![policy.spawn_poller(cfg.reload_interval(), |_| {})];
         if let Some(k) = &cfg.kubernetes {
             let source = KubeSource::new(k).map_err(|e| startup("kubernetes")(e.to_string()))?;
+            // Behind until the first list lands.
+            pods.set_stale(true);
             if k.watch_nodes {
                 background.push(tokio::spawn(kube_watch::run(
                     source.clone(),

@@ -128,8 +128,11 @@ impl Follow {
         self.cut.borrow_and_update();
         loop {
             let line = tokio::select! {
-                _ = &mut deadline => return,
+                // A cut or the deadline wins over pending changes: those
+                // go to the watch the client opens next.
+                biased;
                 _ = self.cut.changed() => return,
+                _ = &mut deadline => return,
                 _ = bookmarks.tick(), if self.params.bookmarks => bookmark::<K>(self.seen),
                 change = changes.recv() => match change {
                     Ok(c) if c.rv <= self.seen => continue,

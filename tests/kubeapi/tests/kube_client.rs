@@ -326,3 +326,50 @@ async fn token_review_refuses_wrong_audience_expired_unknown_and_orphaned_tokens
     let status = review(&client, &good, &["kcred"]).await.status.unwrap();
     assert_eq!(status.authenticated, Some(false));
 }
+
+#[tokio::test]
+async fn cut_watches_resume_from_their_version_without_a_relist() {
+    let api = KubeApi::start().await.unwrap();
+    add_pod(&api, "web", "web-0", "node-a");
+    let mut rx = spawn_watcher(client(&api).await);
+    assert_eq!(initial_list(&mut rx).await, ["web-0"]);
+
+    api.cut_watches();
+    api.store().delete::<Pod>("web", "web-0").unwrap();
+    // The deletion arrives as an event on the resumed watch, not as a
+    // new list.
+    let Event::Delete(p) = next_event(&mut rx).await else {
+        panic!("expected the deletion as a watch event")
+    };
+    assert_eq!(name(&p), "web-0");
+}
+
+#[tokio::test]
+async fn nodes_list_and_watch_like_pods() {
+    let api = KubeApi::start().await.unwrap();
+    let mut node = Node::default();
+    node.metadata.name = Some("node-a".into());
+    api.store().create(node).unwrap();
+    let client = client(&api).await;
+    let rv = api.store().resource_version().to_string();
+    let mut stream = Api::<Node>::all(client)
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    api.store().delete::<Node>("", "node-a").unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.next().await.unwrap().unwrap() {
+                kube::api::WatchEvent::Bookmark(_) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    match ev {
+        kube::api::WatchEvent::Deleted(n) => assert_eq!(n.metadata.name.as_deref(), Some("node-a")),
+        other => panic!("expected the node's deletion, got {other:?}"),
+    }
+}
