@@ -293,3 +293,27 @@ async fn a_watched_pod_is_mounted_and_republished_through_an_outage() {
     stack.kubelet.unpublish(&pod, VOL).await.expect("unmounted");
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_learns_its_pods_from_the_api_again() {
+    let api = KubeApi::start().await.unwrap();
+    let mut stack = stack_on(&api).await;
+    let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
+    wait_known(&stack, &pod).await;
+    fetch(&stack, "node-a", &pod, false).await.expect("served");
+
+    stack.stop_controller().await.unwrap();
+    let moved = {
+        delete_pod(&api, &pod).unwrap();
+        run_pod(&api, &web_pod("web-0", "node-b")).unwrap()
+    };
+    stack.start_controller(|_| {}, &[]).await.unwrap();
+    wait_synced(&stack, true).await;
+    wait_known(&stack, &moved).await;
+    let err = fetch(&stack, "node-a", &pod, true).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    fetch(&stack, "node-b", &moved, false)
+        .await
+        .expect("served on node-b");
+    stack.shutdown().await.unwrap();
+}
