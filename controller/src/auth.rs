@@ -7,36 +7,56 @@ use std::collections::BTreeSet;
 
 use kcred_auth::Acceptor;
 use kcred_auth::grpc::authenticate;
-use tonic::{Request, Status};
+use kcred_proto::kcred::v1::Reason;
+use tonic::Request;
 
 use crate::config::{AuthMode, AuthSection};
+use crate::reasons::Refusal;
 
 /// An admin caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum AdminRole {
     /// May read and change.
     Operator,
     /// May only read.
     Auditor,
 }
 
-impl Role {
+impl AdminRole {
     /// For status output.
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Operator => "operator",
-            Role::Auditor => "auditor",
+            AdminRole::Operator => "operator",
+            AdminRole::Auditor => "auditor",
         }
     }
 }
 
-/// Why a caller was refused; the api layer audits it.
+/// A caller turned away; the api layer audits it.
 #[derive(Debug)]
-pub struct Refusal {
+pub struct Rejected {
     /// Who the caller claimed or proved to be.
     pub who: String,
-    /// The status to return.
-    pub status: Status,
+    /// Why.
+    pub refusal: Refusal,
+}
+
+fn rejected(who: impl Into<String>, reason: Reason, message: impl Into<String>) -> Rejected {
+    Rejected {
+        who: who.into(),
+        refusal: Refusal::new(reason, message),
+    }
+}
+
+/// Why the authentication configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// Kerberos mode without the controller's keytab.
+    #[error("auth.keytab is required with auth.mode = \"kerberos\"")]
+    NoKeytab,
+    /// The acceptor could not be built from the keytab.
+    #[error("auth.keytab: {0}")]
+    Acceptor(#[from] kcred_auth::AuthError),
 }
 
 /// Who a verified client certificate names (rustls already checked it
@@ -93,7 +113,7 @@ pub struct Auth {
 
 impl Auth {
     /// Loads the acceptor keytab (Kerberos mode).
-    pub fn new(cfg: &AuthSection, realm: &str) -> Result<Self, String> {
+    pub fn new(cfg: &AuthSection, realm: &str) -> Result<Self, AuthConfigError> {
         let acceptor = match cfg.mode {
             AuthMode::None => {
                 tracing::warn!(
@@ -102,12 +122,12 @@ impl Auth {
                 None
             }
             AuthMode::Kerberos => {
-                let keytab = cfg.keytab.as_ref().ok_or("auth.keytab is required")?;
+                let keytab = cfg.keytab.as_ref().ok_or(AuthConfigError::NoKeytab)?;
                 let acceptor = match &cfg.replay_cache {
                     Some(rc) => Acceptor::with_replay_cache(keytab, rc),
                     None => Acceptor::new(keytab),
                 };
-                Some(acceptor.map_err(|e| e.to_string())?)
+                Some(acceptor?)
             }
         };
         Ok(Auth {
@@ -120,7 +140,7 @@ impl Auth {
     }
 
     /// Checks that the caller is the node it claims to be.
-    pub fn node<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Refusal> {
+    pub fn node<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Rejected> {
         let Some(acceptor) = &self.acceptor else {
             return Ok(());
         };
@@ -133,72 +153,81 @@ impl Auth {
             return if cert.dns_names.iter().any(named) {
                 Ok(())
             } else {
-                Err(Refusal {
-                    who: format!("cert:{}", cert.dns_names.join(",")),
-                    status: Status::permission_denied(format!(
+                Err(rejected(
+                    format!("cert:{}", cert.dns_names.join(",")),
+                    Reason::NodeMismatch,
+                    format!(
                         "client certificate for {:?} may not speak for node {claimed:?}",
                         cert.dns_names
-                    )),
-                })
+                    ),
+                ))
             };
         }
-        let caller = authenticate(acceptor, request).map_err(|status| Refusal {
-            who: format!("node/{claimed} (unauthenticated)"),
-            status,
+        let caller = authenticate(acceptor, request).map_err(|status| {
+            rejected(
+                format!("node/{claimed} (unauthenticated)"),
+                Reason::Unauthenticated,
+                status.message(),
+            )
         })?;
         let node = kcred_auth::node_name_from_principal(&caller.0, &self.realm, self.short)
-            .map_err(|e| Refusal {
-                who: caller.0.clone(),
-                status: Status::permission_denied(format!(
-                    "{} is not a node identity: {e}",
-                    caller.0
-                )),
+            .map_err(|e| {
+                rejected(
+                    caller.0.clone(),
+                    Reason::NotANodeIdentity,
+                    format!("{} is not a node identity: {e}", caller.0),
+                )
             })?;
         if node != claimed {
-            return Err(Refusal {
-                who: caller.0.clone(),
-                status: Status::permission_denied(format!(
+            return Err(rejected(
+                caller.0.clone(),
+                Reason::NodeMismatch,
+                format!(
                     "{} is node {node:?} and may not speak for node {claimed:?}",
                     caller.0
-                )),
-            });
+                ),
+            ));
         }
         Ok(())
     }
 
     /// Authenticates an admin caller and returns their principal and role.
-    pub fn admin<T>(&self, request: &Request<T>) -> Result<(String, Role), Refusal> {
+    pub fn admin<T>(&self, request: &Request<T>) -> Result<(String, AdminRole), Rejected> {
         let Some(acceptor) = &self.acceptor else {
-            return Err(Refusal {
-                who: "anonymous".into(),
-                status: Status::unauthenticated("the admin API needs auth.mode = \"kerberos\""),
-            });
+            return Err(rejected(
+                "anonymous",
+                Reason::Unauthenticated,
+                "the admin API needs auth.mode = \"kerberos\"",
+            ));
         };
         let caller = match (has_token(request), peer_certificate(request)) {
             (false, Some(cert)) => {
-                let cn = cert.common_name.ok_or_else(|| Refusal {
-                    who: "cert:?".into(),
-                    status: Status::unauthenticated("client certificate has no subject CN"),
+                let cn = cert.common_name.ok_or_else(|| {
+                    rejected(
+                        "cert:?",
+                        Reason::Unauthenticated,
+                        "client certificate has no subject CN",
+                    )
                 })?;
                 kcred_auth::grpc::Caller(format!("cert:{cn}"))
             }
-            _ => authenticate(acceptor, request).map_err(|status| Refusal {
-                who: "unauthenticated".into(),
-                status,
+            _ => authenticate(acceptor, request).map_err(|status| {
+                rejected("unauthenticated", Reason::Unauthenticated, status.message())
             })?,
         };
         let role = if self.operators.contains(&caller.0) {
-            Role::Operator
+            AdminRole::Operator
         } else if self.auditors.contains(&caller.0) {
-            Role::Auditor
+            AdminRole::Auditor
         } else {
-            return Err(Refusal {
-                who: caller.0.clone(),
-                status: Status::permission_denied(format!(
+            return Err(rejected(
+                caller.0.clone(),
+                Reason::NoAdminRole,
+                format!(
                     "{} has no admin role (auth.operators / auth.auditors)",
                     caller.0
-                )),
-            });
+                ),
+            ));
         };
         Ok((caller.0, role))
     }

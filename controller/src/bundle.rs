@@ -13,23 +13,24 @@
 //! group is the fsGroup and secret files are 0440, so every container of
 //! the pod can read them.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use kcred_audit::timefmt::unix_secs;
+use std::time::SystemTime;
 
+use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
 use kcred_proto::kcred::v1::{Bundle, BundleFile};
 use sha2::{Digest, Sha256};
 
 use crate::annotations::CredentialRequest;
-use crate::audit::{Action, AuditEvent};
 use crate::gate::Priority;
 use crate::issuers::IssueError;
-use crate::keytab::{Keytab, KeytabError};
+use crate::keytab::Keytab;
 use crate::names::Principal;
 use crate::pods::PodInfo;
 use crate::policy::RoleAccount;
 use crate::state::ControllerState;
 
 /// A bundle and what the audit must record about it.
-pub struct Issued {
+pub struct Assembled {
     /// The bundle for the node.
     pub bundle: Bundle,
     /// One event per credential, recorded before the bundle leaves.
@@ -51,12 +52,6 @@ fn generation(files: &[BundleFile], uid: u32, gid: u32) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Issues everything `wants` asks for, as role account `role`.
 pub async fn assemble(
     st: &ControllerState,
@@ -65,15 +60,15 @@ pub async fn assemble(
     role: &RoleAccount,
     wants: &CredentialRequest,
     priority: Priority,
-) -> Result<Issued, IssueError> {
+) -> Result<Assembled, IssueError> {
     let secret_mode = if pod.fs_group.is_some() { 0o440 } else { 0o400 };
     let gid = pod.fs_group.unwrap_or(role.gid);
     let action = match priority {
         Priority::Starting => Action::Issue,
-        Priority::Background => Action::Renew,
+        Priority::Background => Action::Refresh,
     };
-    let event = |kind: &str, subject: String| {
-        AuditEvent::new(format!("node/{node}"), action)
+    let event = |kind: CredentialKind, subject: String| {
+        AuditEvent::new(Actor::Node(node.to_string()), action)
             .with_kind(kind)
             .with_subject(subject)
             .with_place(node, &pod.namespace, &pod.name)
@@ -97,15 +92,14 @@ pub async fn assemble(
                 .keytabs
                 .keytab(&Principal::Service(principal.clone()), priority)
                 .await?;
-            let mut e = event("keytab", principal.to_string());
+            let mut e = event(CredentialKind::Keytab, principal.to_string());
             if let Some(kvno) = k.kvnos().iter().max() {
                 e = e.with_kvno(*kvno);
             }
             events.push(e);
             keytabs.push(k);
         }
-        let merged = Keytab::merge(keytabs.iter())
-            .map_err(|e: KeytabError| IssueError::Task(format!("merging keytabs: {e}")))?;
+        let merged = Keytab::merge(keytabs.iter()).map_err(IssueError::Keytab)?;
         files.push(BundleFile {
             name: "krb5.keytab".into(),
             content: merged.bytes().to_vec(),
@@ -116,10 +110,10 @@ pub async fn assemble(
         let t = st.tickets.ticket(login, priority).await?;
         sooner(t.refresh_at);
         events.push(
-            event("ticket", t.ticket.client.clone()).with_reason(format!(
+            event(CredentialKind::Ticket, t.ticket.client.clone()).with_reason(format!(
                 "role account {}; valid until {}",
                 role.login,
-                unix(t.ticket.end)
+                unix_secs(t.ticket.end)
             )),
         );
         files.push(BundleFile {
@@ -132,7 +126,7 @@ pub async fn assemble(
         let leaf = st.certs.cert(&role.login, &wants.certs).await?;
         sooner(leaf.refresh_at);
         let names = wants.certs.iter().cloned().collect::<Vec<_>>().join(",");
-        events.push(event("cert", names).with_serial(leaf.serial_hex.clone()));
+        events.push(event(CredentialKind::Cert, names).with_serial(leaf.serial_hex.clone()));
         files.push(BundleFile {
             name: "tls.crt".into(),
             content: leaf.cert_pem.clone().into_bytes(),
@@ -151,7 +145,7 @@ pub async fn assemble(
     }
     for id in &wants.keys {
         let f = st.keys.key_file(id).await?;
-        events.push(event("key", id.clone()).with_key_version(f.primary));
+        events.push(event(CredentialKind::Key, id.clone()).with_key_version(f.primary));
         files.push(BundleFile {
             name: f.name.clone(),
             content: f.content.to_vec(),
@@ -160,13 +154,13 @@ pub async fn assemble(
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let generation = generation(&files, role.uid, gid);
-    Ok(Issued {
+    Ok(Assembled {
         bundle: Bundle {
             files,
             uid: role.uid,
             gid,
             generation,
-            refresh_after_unix: refresh_after.map(unix).unwrap_or(0),
+            refresh_after_unix: refresh_after.map(unix_secs).unwrap_or(0),
         },
         events,
     })

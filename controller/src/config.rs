@@ -11,10 +11,51 @@ use crate::names;
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
-#[error("config {path}: {reason}")]
-pub struct ConfigError {
-    path: String,
-    reason: String,
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for the config's shape.
+    #[error("config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Where and why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A setting breaks a rule.
+    #[error("config {path}: {source}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Which setting, and the rule.
+        #[source]
+        source: InvalidSetting,
+    },
+}
+
+/// A setting that breaks a rule: the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSetting(String);
+
+impl From<&str> for InvalidSetting {
+    fn from(s: &str) -> Self {
+        InvalidSetting(s.to_string())
+    }
+}
+
+impl From<String> for InvalidSetting {
+    fn from(s: String) -> Self {
+        InvalidSetting(s)
+    }
 }
 
 /// Everything the controller needs to start.
@@ -280,31 +321,37 @@ fn default_kadmin_timeout() -> u64 {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let err = |reason: String| ConfigError {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        cfg.validate().map_err(err)?;
+        let path_text = || path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path_text(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path_text(),
+            source,
+        })?;
+        cfg.validate().map_err(|source| ConfigError::Invalid {
+            path: path_text(),
+            source,
+        })?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        names::validate_realm(&self.realm).map_err(|e| e.to_string())?;
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        names::validate_realm(&self.realm).map_err(|e| InvalidSetting(e.to_string()))?;
         if self.reload_interval_secs == 0 {
             return Err("reload_interval_secs must be at least 1".into());
         }
         for (lane, l) in [("kadmin", &self.gate.kadmin), ("kdc", &self.gate.kdc)] {
             if l.rate_per_sec == 0 || l.burst == 0 {
-                return Err(format!(
+                return Err(InvalidSetting(format!(
                     "gate.{lane}: rate_per_sec and burst must be at least 1"
-                ));
+                )));
             }
             if l.backoff_min_ms > l.backoff_max_ms {
-                return Err(format!(
+                return Err(InvalidSetting(format!(
                     "gate.{lane}: backoff_min_ms exceeds backoff_max_ms"
-                ));
+                )));
             }
         }
         if !(0.1..=0.95).contains(&self.refresh_fraction) {

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+
+use crate::locks::lock;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -164,27 +166,9 @@ impl Issued {
         Ok(())
     }
 
-    /// Forgets records of `node` that its heartbeat no longer lists (the
-    /// volume was unpublished), once they are older than `min_age_secs`
-    /// (a publish in progress is not yet in the node's list).
-    pub fn prune_node(
-        &self,
-        node: &str,
-        held: &[String],
-        min_age_secs: i64,
-    ) -> Result<usize, StoreError> {
-        let cutoff = crate::store::now_unix() - min_age_secs;
-        let gone: Vec<String> = self
-            .all()?
-            .into_iter()
-            .filter(|r| r.node == node && !r.revoked && r.issued_unix < cutoff)
-            .filter(|r| !held.contains(&r.volume_id))
-            .map(|r| r.volume_id)
-            .collect();
-        for id in &gone {
-            self.remove(id)?;
-        }
-        Ok(gone.len())
+    /// The records of volumes published on `node`.
+    pub fn on_node(&self, node: &str) -> Result<Vec<VolumeRecord>, StoreError> {
+        Ok(self.all()?.into_iter().filter(|r| r.node == node).collect())
     }
 
     /// One volume's record.
@@ -236,12 +220,5 @@ impl Issued {
             .into_iter()
             .filter(|v| !v.revoked && v.keys.contains(id))
             .collect())
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }

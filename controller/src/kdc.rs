@@ -28,9 +28,6 @@ mod tests;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::fs;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,6 +95,10 @@ pub enum TicketError {
     /// The ccache is not a v4 FILE ccache holding a TGT.
     #[error("malformed credential cache: {0}")]
     Malformed(String),
+    /// The principal's name cannot be a Kerberos client name (a policy
+    /// error: retrying will not help).
+    #[error("invalid principal name {0:?}")]
+    InvalidPrincipal(String),
     /// A local failure (files, spawning kinit, unexpected kinit errors).
     #[error("ticket operation failed: {0}")]
     Failed(String),
@@ -229,31 +230,14 @@ impl KdcClient {
             ));
         }
         let dir = &cfg.work_dir;
-        let io = |what: &str, e: io::Error| {
-            TicketError::Failed(format!("{what} {}: {e}", dir.display()))
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io("creating", e))?;
-        let meta = fs::symlink_metadata(dir).map_err(|e| io("inspecting", e))?;
-        if !meta.is_dir() {
-            return Err(TicketError::Failed(format!(
-                "{} is not a directory",
-                dir.display()
-            )));
-        }
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| io("restricting", e))?;
-        for entry in fs::read_dir(dir).map_err(|e| io("listing", e))? {
-            let entry = entry.map_err(|e| io("listing", e))?;
-            if entry
+        let leftovers = crate::private_dir::prepare(dir)
+            .map_err(|e| TicketError::Failed(format!("work dir {}: {e}", dir.display())))?;
+        for path in leftovers {
+            if path
                 .file_name()
-                .to_string_lossy()
-                .starts_with(kinit::SCRATCH_PREFIX)
+                .is_some_and(|n| n.to_string_lossy().starts_with(kinit::SCRATCH_PREFIX))
             {
-                kinit::wipe_dir(&entry.path());
+                kinit::wipe_dir(&path);
             }
         }
         Ok(KdcClient {
@@ -265,9 +249,7 @@ impl KdcClient {
     /// Gets a TGT for `principal` from the KDC (AS exchange) with its keytab.
     pub async fn acquire(&self, principal: &str, keytab: &Keytab) -> Result<Ticket, TicketError> {
         if principal.is_empty() || principal.starts_with('-') || principal.contains('\0') {
-            return Err(TicketError::Failed(format!(
-                "invalid principal name {principal:?}"
-            )));
+            return Err(TicketError::InvalidPrincipal(principal.to_string()));
         }
         let scratch = self.scratch()?;
         let keytab_path = scratch.write("keytab", keytab.bytes())?;

@@ -1,18 +1,20 @@
 //! The kcred controller: decides, issues and remembers the credentials pods
 //! receive.
 //!
-//! A node driver asks for a pod's bundle ([`api::node`]). The controller
-//! checks the pod against its own view of the cluster ([`pods`]), reads
-//! what the pod asks for ([`annotations`]), checks the role-account
-//! [`policy`], and gets each credential from its [`issuers`]: from the
+//! A node driver asks for a pod's bundle ([`api::node`]). [`admission`]
+//! decides, in one place, from the controller's own view of the cluster
+//! ([`pods`]), what the pod asks for ([`annotations`]), the role-account
+//! [`policy`], the node's lease ([`nodes`]) and what was issued before
+//! ([`issued`]). Each credential then comes from its [`issuers`]: from the
 //! encrypted [`store`] when it was issued before, else from the KDC through
-//! [`kadmin`], exactly once.
+//! the [`gate`] and [`kadmin`], exactly once. Every refusal and failure
+//! names one reason of a closed vocabulary ([`reasons`]).
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod annotations;
 pub mod api;
-pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod config;
@@ -24,17 +26,19 @@ pub mod kadmin;
 pub mod kdc;
 pub mod keytab;
 pub mod kubernetes;
+pub mod locks;
 pub mod metrics;
 pub mod names;
 pub mod nodes;
 pub mod pods;
 pub mod policy;
+pub mod private_dir;
+pub mod reasons;
 pub mod reload;
 pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod timefmt;
 
 pub use config::Config;
 pub use server::{Controller, ServeError};

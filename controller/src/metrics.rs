@@ -28,6 +28,9 @@ pub struct Metrics {
     pub cache_misses: IntCounterVec,
     /// FetchBundle latency by gRPC code.
     pub fetch_seconds: HistogramVec,
+    /// Refusals and failures returned to callers, by reason (the
+    /// vocabulary of `kcred.v1.Reason`).
+    pub refusals: IntCounterVec,
     /// 1 while the Kubernetes watch of a resource follows a complete list.
     pub kube_watch_synced: IntGaugeVec,
     /// When the API server was last heard from, per resource (Unix seconds).
@@ -57,6 +60,11 @@ impl Metrics {
             ),
         );
         Arc::new(Metrics {
+            refusals: counter(
+                "refusals_total",
+                "Refusals and failures returned to callers, by reason",
+                &["reason"],
+            ),
             kdc_ops: counter(
                 "kdc_operations_total",
                 "KDC and kadmind operations",

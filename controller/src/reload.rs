@@ -61,10 +61,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
 
     /// The value in force now.
     pub fn get(&self) -> Arc<T> {
-        match self.current.read() {
-            Ok(g) => Arc::clone(&g.0),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner().0),
-        }
+        Arc::clone(&crate::locks::read(&self.current).0)
     }
 
     /// Reloads if the content changed; returns whether it did.
@@ -74,10 +71,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
             source,
         })?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        let unchanged = match self.current.read() {
-            Ok(g) => g.1 == digest,
-            Err(p) => p.into_inner().1 == digest,
-        };
+        let unchanged = crate::locks::read(&self.current).1 == digest;
         if unchanged {
             return Ok(false);
         }
@@ -86,10 +80,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
             reason: "not UTF-8".into(),
         })?;
         let value = (self.parse)(&self.path, &text)?;
-        let mut g = match self.current.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut g = crate::locks::write(&self.current);
         *g = (Arc::new(value), digest);
         Ok(true)
     }

@@ -14,17 +14,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Action, AuditEvent};
 use crate::gate::{Lane, Priority};
 use crate::issued::VolumeRecord;
 use crate::issuers::IssueError;
 use crate::keytab::Keytab;
 use crate::names::{Principal, ServicePrincipal};
 use crate::state::ControllerState;
-use crate::store::{Table, now_unix};
+use crate::store::Table;
+use kcred_audit::timefmt::now_unix;
 
 /// A rotation whose grace period has not ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,8 +143,8 @@ pub async fn purge_due(st: &ControllerState) {
         .await;
         match result {
             Ok(keytab) => {
-                let event = AuditEvent::new("controller", Action::Rotate)
-                    .with_kind("keytab")
+                let event = AuditEvent::new(Actor::Controller, Action::Rotate)
+                    .with_kind(CredentialKind::Keytab)
                     .with_subject(purge.principal.clone())
                     .with_kvno(purge.keep_kvno)
                     .with_reason(format!("grace period over: kvnos now {:?}", keytab.kvnos()));

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kcred_audit::{AuditLog, AuditSigner};
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentialsServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -11,7 +12,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::admin::AdminApi;
 use crate::api::node::NodeApi;
-use crate::audit::{AuditLog, AuditSigner};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::crypto::MasterKey;
@@ -43,20 +43,26 @@ use zeroize::Zeroizing;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A start-up step failed; the message names it.
-    #[error("{step}: {reason}")]
+    #[error("{step}: {source}")]
     Startup {
         /// What was being done.
         step: &'static str,
         /// Why it failed.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-fn startup(step: &'static str) -> impl Fn(String) -> ServeError {
-    move |reason| ServeError::Startup { step, reason }
+fn startup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    step: &'static str,
+) -> impl Fn(E) -> ServeError {
+    move |e| ServeError::Startup {
+        step,
+        source: e.into(),
+    }
 }
 
 /// A controller ready to serve.
@@ -71,10 +77,8 @@ impl Controller {
     /// Opens the store, loads policy and pods, and starts the reloaders.
     /// Must run inside a Tokio runtime.
     pub fn start(cfg: &Config) -> Result<Controller, ServeError> {
-        let master = MasterKey::load(&cfg.master_key_file)
-            .map_err(|e| startup("master key")(e.to_string()))?;
-        let store =
-            Store::open(&cfg.store_path, master).map_err(|e| startup("store")(e.to_string()))?;
+        let master = MasterKey::load(&cfg.master_key_file).map_err(startup("master key"))?;
+        let store = Store::open(&cfg.store_path, master).map_err(startup("store"))?;
         let kadmin = KadminClient::new(KadminConfig {
             program: cfg.kadmin.program.clone(),
             principal: cfg.kadmin.principal.clone(),
@@ -83,19 +87,15 @@ impl Controller {
             work_dir: cfg.kadmin.work_dir.clone(),
             timeout: Duration::from_secs(cfg.kadmin.timeout_secs),
         })
-        .map_err(|e| startup("kadmin")(e.to_string()))?;
+        .map_err(startup("kadmin"))?;
         let realm = cfg.realm.clone();
         let policy = Watched::load(&cfg.policy_file, move |p, t| parse_policy(p, t, &realm))
-            .map_err(|e| startup("policy")(e.to_string()))?;
+            .map_err(startup("policy"))?;
         let pod_krb5_conf = std::fs::read(cfg.pod_krb5_conf_path()).map_err(|e| {
             startup("pod krb5.conf")(format!("{}: {e}", cfg.pod_krb5_conf_path().display()))
         })?;
-        let signer = AuditSigner::load_or_generate(&cfg.audit_key)
-            .map_err(|e| startup("audit key")(e.to_string()))?;
-        let audit = Arc::new(
-            AuditLog::open(&cfg.audit_log, signer)
-                .map_err(|e| startup("audit log")(e.to_string()))?,
-        );
+        let signer = AuditSigner::load_or_generate(&cfg.audit_key).map_err(startup("audit key"))?;
+        let audit = Arc::new(AuditLog::open(&cfg.audit_log, signer).map_err(startup("audit log"))?);
 
         let store = Arc::new(store);
         let metrics = Metrics::new();
@@ -114,7 +114,7 @@ impl Controller {
         kdc_cfg.lifetime = Duration::from_secs(cfg.tickets.lifetime_secs);
         kdc_cfg.renew_lifetime = Duration::from_secs(cfg.tickets.renew_lifetime_secs);
         kdc_cfg.timeout = Duration::from_secs(cfg.kadmin.timeout_secs);
-        let kdc = KdcClient::new(kdc_cfg).map_err(|e| startup("kdc client")(e.to_string()))?;
+        let kdc = KdcClient::new(kdc_cfg).map_err(startup("kdc client"))?;
         let tickets = TicketIssuer::new(
             &cfg.realm,
             cfg.refresh_fraction,
@@ -167,8 +167,8 @@ impl Controller {
             )));
         }
         if let Some(path) = &cfg.pods_file {
-            let source = Watched::load(path, file_source::parse_pods)
-                .map_err(|e| startup("pods file")(e.to_string()))?;
+            let source =
+                Watched::load(path, file_source::parse_pods).map_err(startup("pods file"))?;
             pods.replace_all(source.get().iter().cloned());
             let index = Arc::clone(&pods);
             background.push(source.spawn_poller(cfg.reload_interval(), move |fresh| {
@@ -181,6 +181,18 @@ impl Controller {
             pods = pods.len(),
             "controller started"
         );
+        let reserved = crate::admission::Reserved {
+            principals: [&cfg.kadmin.principal]
+                .into_iter()
+                .filter_map(|p| crate::names::ServicePrincipal::parse(p, &cfg.realm).ok())
+                .map(|p| p.to_string())
+                .collect(),
+            tls_names: cfg
+                .tls
+                .as_ref()
+                .map(|t| t.names.iter().cloned().collect())
+                .unwrap_or_default(),
+        };
         let state = Arc::new(ControllerState {
             realm: cfg.realm.clone(),
             pods,
@@ -201,11 +213,7 @@ impl Controller {
             gate,
             kadmin,
             closing: tokio::sync::watch::channel(false).0,
-            reserved_cert_names: cfg
-                .tls
-                .as_ref()
-                .map(|t| t.names.iter().cloned().collect())
-                .unwrap_or_default(),
+            reserved,
             rotate_on_loss: cfg
                 .leases
                 .rotate_keytabs_on_loss
@@ -220,20 +228,8 @@ impl Controller {
             Arc::clone(&state),
             Duration::from_secs(1),
         )));
-        // Leases lapse on their own: sweep once a second.
-        let sweeper = Arc::clone(&state);
-        background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                for t in sweeper.leases.sweep() {
-                    // Off the sweep: a slow rotation must not delay the
-                    // loss of other nodes.
-                    let st = Arc::clone(&sweeper);
-                    tokio::spawn(async move { crate::api::node::lease_transition(&st, t).await });
-                }
-            }
-        }));
+        // Leases lapse on their own.
+        background.push(crate::nodes::loss::spawn_sweeper(Arc::clone(&state)));
         let tls = match &cfg.tls {
             None => {
                 tracing::warn!("no [tls]: node and admin APIs are served in clear text");
@@ -264,7 +260,7 @@ impl Controller {
                     // for clients would let a pod pose as a node.
                     if String::from_utf8_lossy(&pem).contains(state.certs.ca_pem().trim()) {
                         return Err(startup("tls")(
-                            "tls.client_ca_file must not be kcred's own CA (pods hold its certificates)".into(),
+                            "tls.client_ca_file must not be kcred's own CA (pods hold its certificates)",
                         ));
                     }
                     // Optional: Kerberos callers present no certificate.

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::audit::{AuditError, AuditEvent, AuditLog};
+use kcred_audit::{AuditError, AuditEvent, AuditLog};
+
 use crate::auth::Auth;
 use crate::issued::Issued;
 use crate::issuers::certs::CertIssuer;
@@ -57,9 +58,8 @@ pub struct ControllerState {
     pub kadmin: Arc<crate::kadmin::KadminClient>,
     /// Heartbeat interval asked of nodes.
     pub heartbeat_secs: u64,
-    /// The controller's own TLS names: never issued to pods (the same CA
-    /// signs both, so such a pod could impersonate the controller).
-    pub reserved_cert_names: std::collections::BTreeSet<String>,
+    /// Identities and names never issued to pods.
+    pub reserved: crate::admission::Reserved,
     /// Rotate a lost node's keytabs, with this grace period.
     pub rotate_on_loss: Option<std::time::Duration>,
     /// Set when the controller starts shutting down: long-lived streams
@@ -71,6 +71,20 @@ pub struct ControllerState {
 pub const AUDIT_HEAD_RECORD: &str = "audit-head";
 
 impl ControllerState {
+    /// Whether `host` is a node's name (its `host/` key is reserved): a
+    /// node that ever heartbeated or has pods bound to it.
+    pub fn is_node(&self, host: &str) -> bool {
+        self.leases.state(host).is_some() || self.pods.any_on_node(host)
+    }
+
+    /// Counts a refusal or failure by its reason.
+    pub fn count_refusal(&self, reason: kcred_proto::kcred::v1::Reason) {
+        self.metrics
+            .refusals
+            .with_label_values(&[&reason.label()])
+            .inc();
+    }
+
     /// Appends events durably (and remembers the new head in the store).
     pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
         if events.is_empty() {

@@ -3,6 +3,7 @@
 //! - [`csi::v1`]: the CSI spec's Identity and Node services, which kubelet
 //!   calls on the driver's unix socket.
 //! - [`kcred::v1`]: the controller API the driver calls.
+//! - [`reason`]: the reason vocabulary carried in status details.
 
 #![forbid(unsafe_code)]
 
@@ -23,3 +24,5 @@ pub mod kcred {
         tonic::include_proto!("kcred.v1");
     }
 }
+
+pub mod reason;

@@ -468,13 +468,9 @@ ttl_secs = 3
         .await
     }
 
-    /// The audit log's lines.
-    pub fn audit_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.path().join("audit.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+    /// The audit log's records.
+    pub fn audit_records(&self) -> Vec<crate::audit::AuditRecord> {
+        crate::audit::audit_records(&self.path().join("audit.log"))
     }
 }
 

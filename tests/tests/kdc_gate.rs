@@ -4,14 +4,12 @@
 use std::time::Duration;
 
 use kcred_tests::storm::{StormConfig, run_storm, unmount_all};
-use kcred_tests::{Stack, StackOptions, TestPod, skip_unless_root};
+use kcred_tests::{Stack, StackOptions, TestPod};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root"]
 async fn a_storm_of_2000_publishes_costs_one_extraction_per_principal_within_budget() {
-    if skip_unless_root("storm") {
-        return;
-    }
     let cfg = StormConfig {
         pods: 2000,
         nodes: 200,
@@ -80,10 +78,8 @@ async fn a_storm_of_2000_publishes_costs_one_extraction_per_principal_within_bud
 const FAST_BREAKER: &str = "[gate.kadmin]\nretries = 1\nbackoff_min_ms = 20\nbackoff_max_ms = 50\nbreaker_threshold = 2\nbreaker_cooldown_secs = 1\n";
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn during_a_kdc_outage_cached_credentials_are_served_and_new_ones_are_unavailable() {
-    if skip_unless_root("kdc_outage") {
-        return;
-    }
     let mut stack = Stack::start(StackOptions {
         extra_config: FAST_BREAKER.into(),
         ..StackOptions::default()
@@ -151,8 +147,8 @@ async fn during_a_kdc_outage_cached_credentials_are_served_and_new_ones_are_unav
     stack.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test]
-async fn metrics_are_served_over_http() {
+/// A stack serving `/metrics` on a free loopback port.
+async fn stack_with_metrics() -> (Stack, std::net::SocketAddr) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
@@ -162,19 +158,15 @@ async fn metrics_are_served_over_http() {
     })
     .await
     .expect("stack");
-    if kcred_tests::can_mount() {
-        let pod = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
-        stack.add_pod(&pod);
-        stack.kubelet.publish(&pod, "kcred").await.expect("publish");
-    } else {
-        // Without mounts, a refused publish still goes through FetchBundle.
-        let ghost = TestPod::with_keytabs("web", "ghost", "node-a", "HTTP/web.example.com");
-        let _ = stack.kubelet.publish(&ghost, "kcred").await;
-    }
+    (stack, addr)
+}
+
+/// `GET /metrics` over plain HTTP: the whole response, headers included.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut body = String::new();
     for _ in 0..50 {
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
             s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
                 .await
                 .expect("write");
@@ -183,6 +175,17 @@ async fn metrics_are_served_over_http() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    body
+}
+
+#[tokio::test]
+async fn metrics_are_served_over_http() {
+    let (stack, addr) = stack_with_metrics().await;
+    // A refused publish (the pod is unknown) still goes through FetchBundle,
+    // and needs no mount.
+    let ghost = TestPod::with_keytabs("web", "ghost", "node-a", "HTTP/web.example.com");
+    let _ = stack.kubelet.publish(&ghost, "kcred").await;
+    let body = scrape(addr).await;
     assert!(
         body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
         "{body}"
@@ -191,17 +194,26 @@ async fn metrics_are_served_over_http() {
         body.contains("# TYPE kcred_fetch_bundle_seconds histogram"),
         "{body}"
     );
-    if kcred_tests::can_mount() {
-        assert!(
-            body.contains(
-                "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",result=\"ok\"} 1"
-            ),
-            "{body}"
-        );
-        assert!(
-            body.contains("kcred_fetch_bundle_seconds_count{code=\"Ok\"} 1"),
-            "{body}"
-        );
-    }
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_publish_is_counted_in_the_served_metrics() {
+    let (stack, addr) = stack_with_metrics().await;
+    let pod = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
+    stack.add_pod(&pod);
+    stack.kubelet.publish(&pod, "kcred").await.expect("publish");
+    let body = scrape(addr).await;
+    assert!(
+        body.contains(
+            "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",result=\"ok\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("kcred_fetch_bundle_seconds_count{code=\"Ok\"} 1"),
+        "{body}"
+    );
     stack.shutdown().await.expect("shutdown");
 }

@@ -5,7 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use kcred_tests::{Stack, StackOptions, TestPod, skip_unless_root};
+use kcred_tests::{Stack, StackOptions, TestPod};
 use tonic::Code;
 
 const VOL: &str = "kcred";
@@ -37,10 +37,8 @@ fn mounts_under(dir: &Path) -> usize {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn publish_delivers_a_keytab_that_kinit_accepts() {
-    if skip_unless_root("publish_delivers_a_keytab_that_kinit_accepts") {
-        return;
-    }
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     let pod = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
     stack.add_pod(&pod);
@@ -84,10 +82,8 @@ async fn publish_delivers_a_keytab_that_kinit_accepts() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn a_second_pod_gets_the_same_kvno_and_the_kdc_kvno_does_not_move() {
-    if skip_unless_root("a_second_pod_gets_the_same_kvno") {
-        return;
-    }
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     let kvno_before = stack.realm.kvno("HTTP/web.example.com").expect("kvno");
     let a = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
@@ -148,10 +144,8 @@ async fn a_second_pod_gets_the_same_kvno_and_the_kdc_kvno_does_not_move() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn publish_twice_is_idempotent_and_unpublish_leaves_nothing() {
-    if skip_unless_root("publish_twice_is_idempotent") {
-        return;
-    }
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     let pod = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
     stack.add_pod(&pod);
@@ -192,10 +186,8 @@ async fn publish_twice_is_idempotent_and_unpublish_leaves_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn publish_refuses_a_principal_the_role_account_does_not_own() {
-    if skip_unless_root("publish_refuses_a_principal_not_owned") {
-        return;
-    }
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     let pod = TestPod::with_keytabs("db", "db-0", "node-a", "HTTP/web.example.com");
     stack.add_pod(&pod);
@@ -228,10 +220,8 @@ async fn publish_refuses_a_principal_the_role_account_does_not_own() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn publish_refuses_a_pod_bound_to_another_node_or_with_another_uid() {
-    if skip_unless_root("publish_refuses_pod_on_another_node") {
-        return;
-    }
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     let elsewhere = TestPod::with_keytabs("web", "web-0", "node-b", "HTTP/web.example.com");
     stack.add_pod(&elsewhere);
@@ -265,10 +255,8 @@ async fn publish_refuses_a_pod_bound_to_another_node_or_with_another_uid() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn bad_requests_get_invalid_argument_and_leave_no_mount() {
-    if skip_unless_root("bad_requests_get_invalid_argument") {
-        return;
-    }
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     let pod = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
     stack.add_pod(&pod);
@@ -370,10 +358,8 @@ async fn bad_requests_get_invalid_argument_and_leave_no_mount() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn after_a_controller_restart_pods_get_the_same_keytab_from_the_store() {
-    if skip_unless_root("controller_restart_keeps_keytabs") {
-        return;
-    }
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
     let a = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
     stack.add_pod(&a);
@@ -424,10 +410,8 @@ async fn after_a_controller_restart_pods_get_the_same_keytab_from_the_store() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn a_refresh_while_the_controller_is_down_keeps_the_last_good_files() {
-    if skip_unless_root("refresh_keeps_last_good_files") {
-        return;
-    }
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
     let pod = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
     stack.add_pod(&pod);

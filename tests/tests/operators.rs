@@ -7,10 +7,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kcred_controller::issuers::data_keys::parse_pod_file;
 use kcred_controller::keytab::Keytab;
+use kcred_keys::parse_pod_file;
+use kcred_tests::audit::{Action, Decision};
 use kcred_tests::procs::{NODE_A, ProcStack, binary};
-use kcred_tests::{Kubelet, TestPod, skip_unless_root, wait_until};
+use kcred_tests::{Kubelet, TestPod, wait_until};
 use zeroize::Zeroizing;
 
 const VOL: &str = "kcred";
@@ -47,10 +48,8 @@ fn accepts(stack: &ProcStack, keytab: &Path, token: &str, tag: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn a_keytab_rotation_reaches_every_volume_atomically_with_a_grace_period() {
-    if skip_unless_root("keytab_rotation") {
-        return;
-    }
     let mut stack = ProcStack::start("").await.expect("stack");
     let pods: Vec<TestPod> = (0..2)
         .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
@@ -175,35 +174,37 @@ async fn a_keytab_rotation_reaches_every_volume_atomically_with_a_grace_period()
         seen.contains(&vec![1, 2]),
         "the reader saw the grace-period keytab: {seen:?}"
     );
-    let audit = stack.audit_lines().join("\n");
+    let records = stack.audit_records();
     assert!(
-        audit.contains("\"rotate\"") && audit.contains("admin/alice@"),
-        "rotation audited"
+        records.iter().any(|r| {
+            r.action == Action::Rotate
+                && r.decision == Decision::Allow
+                && r.actor.starts_with("admin/alice@")
+                && r.kind == "keytab"
+                && r.subject.starts_with("HTTP/web.example.com@")
+                && r.kvno == Some(2)
+        }),
+        "rotation audited: {records:#?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn a_key_rotation_makes_a_new_primary_and_keeps_old_versions() {
-    if skip_unless_root("key_rotation") {
-        return;
-    }
     let mut stack = ProcStack::start("").await.expect("stack");
     let pod = TestPod::new("web", "web-0", NODE_A).annotate("kcred.io/keys", "orders-db");
     stack.set_pods(&[&pod]).await.expect("pods");
     let target = stack.kubelet().publish(&pod, VOL).await.expect("publish");
     let file = target.join("orders-db.keys.json");
     let before = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
-    let sealed =
-        kcred_controller::issuers::data_keys::seal_with_primary(&before, b"secret row", b"")
-            .expect("seal");
+    let sealed = kcred_keys::seal_with_primary(&before, b"secret row", b"").expect("seal");
 
     let out = stack.kcredctl("alice", &["rotate", "key", "orders-db", "--wait", "20s"]);
     assert!(out.status.success(), "{}", text(&out));
     let after = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
     assert_eq!(after.primary, before.primary + 1);
     assert_eq!(after.keys.len(), 2, "old version kept for decryption");
-    let opened = kcred_controller::issuers::data_keys::open_with_any(&after, &sealed, b"")
-        .expect("old data opens");
+    let opened = kcred_keys::open_with_any(&after, &sealed, b"").expect("old data opens");
     assert_eq!(opened.as_slice(), b"secret row");
 
     // Retiring the primary is refused; retiring the old version removes it
@@ -227,16 +228,14 @@ async fn a_key_rotation_makes_a_new_primary_and_keeps_old_versions() {
     .await;
     let now = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
     assert!(
-        kcred_controller::issuers::data_keys::open_with_any(&now, &sealed, b"").is_err(),
+        kcred_keys::open_with_any(&now, &sealed, b"").is_err(),
         "retired data no longer opens"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn an_auditor_may_read_but_not_rotate_or_revoke() {
-    if skip_unless_root("auditor_role") {
-        return;
-    }
     let mut stack = ProcStack::start("").await.expect("stack");
     let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
     stack.set_pods(&[&pod]).await.expect("pods");
@@ -280,18 +279,22 @@ async fn an_auditor_may_read_but_not_rotate_or_revoke() {
         listing.contains(NODE_A) && listing.contains("web-0"),
         "{listing}"
     );
-    let audit = stack.audit_lines().join("\n");
+    let records = stack.audit_records();
     assert!(
-        audit.contains("admin/bob@") && audit.contains("may not rotate"),
-        "refusal audited"
+        records.iter().any(|r| {
+            r.action == Action::Deny
+                && r.decision == Decision::Deny
+                && r.actor.starts_with("admin/bob@")
+                && r.reason == "role_forbids"
+                && r.detail.contains("may not rotate")
+        }),
+        "refusal audited: {records:#?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn revoke_wipes_the_volume_and_stops_issuing() {
-    if skip_unless_root("revoke") {
-        return;
-    }
     let mut stack = ProcStack::start("").await.expect("stack");
     let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
     stack.set_pods(&[&pod]).await.expect("pods");
@@ -325,11 +328,17 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
         !target.join("krb5.keytab").exists(),
         "revoked stays revoked"
     );
+    let records = stack.audit_records();
     assert!(
-        stack
-            .audit_lines()
-            .iter()
-            .any(|l| l.contains("\"revoke\"") && l.contains("key leaked"))
+        records.iter().any(|r| {
+            r.action == Action::Revoke
+                && r.actor.starts_with("admin/alice@")
+                && r.subject == Kubelet::volume_id(&pod, VOL)
+                && (r.node.as_str(), r.namespace.as_str(), r.pod.as_str())
+                    == (NODE_A, "web", "web-0")
+                && r.reason == "key leaked in a log"
+        }),
+        "revocation audited: {records:#?}"
     );
     // Naming another volume id for the same pod does not get around it.
     let r = kcred_testrealm::DEFAULT_REALM;
@@ -364,10 +373,8 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
-    if skip_unless_root("audit_verify") {
-        return;
-    }
     let mut stack = ProcStack::start("").await.expect("stack");
     let pods: Vec<TestPod> = (0..4)
         .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
@@ -414,7 +421,7 @@ async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
         "4 issues and a denial, got {} records",
         lines.len()
     );
-    let public_key = kcred_controller::audit::AuditSigner::load(&stack.path().join("audit.key"))
+    let public_key = kcred_audit::AuditSigner::load(&stack.path().join("audit.key"))
         .expect("audit key")
         .public_key_hex();
     let verify = |name: &str, lines: &[String]| {

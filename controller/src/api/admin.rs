@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kcred_audit::{self as audit, Action, Actor, AuditEvent, AuditFilter, CredentialKind};
 use kcred_proto::kcred::v1::admin_server::Admin;
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use kcred_proto::kcred::v1::*;
@@ -14,11 +15,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{self, Action, AuditEvent, AuditFilter};
-use crate::auth::Role;
+use crate::auth::AdminRole;
 use crate::gate::Lane;
 use crate::issued::VolumeRecord;
 use crate::names::{self, ServicePrincipal};
+use crate::reasons::{Reasoned, Refusal, status_of};
 use crate::rotation;
 use crate::state::ControllerState;
 use crate::store::Table;
@@ -38,42 +39,77 @@ impl AdminApi {
     async fn caller<T>(
         &self,
         request: &Request<T>,
-        needs: Role,
+        needs: AdminRole,
         what: &str,
-    ) -> Result<(String, Role), Status> {
-        let refuse = |who: String, status: Status| async move {
-            let event = AuditEvent::new(format!("admin/{who}"), Action::Deny)
+    ) -> Result<(String, AdminRole), Status> {
+        let refuse = |who: String, refusal: Refusal| async move {
+            self.state.count_refusal(refusal.reason);
+            let event = AuditEvent::new(Actor::Admin(who), Action::Deny)
                 .with_subject(what)
-                .denied(format!("admin: {}", status.message()));
+                .denied(refusal.reason, format!("admin: {}", refusal.message));
             if let Err(e) = self.state.record(vec![event]).await {
                 tracing::error!(error = %e, "cannot audit a refused admin call");
             }
-            status
+            Status::from(refusal)
         };
         let (who, role) = match self.state.auth.admin(request) {
             Ok(c) => c,
-            Err(r) => return Err(refuse(r.who, r.status).await),
+            Err(r) => return Err(refuse(r.who, r.refusal).await),
         };
-        if needs == Role::Operator && role != Role::Operator {
-            let status =
-                Status::permission_denied(format!("{who} is an auditor and may not {what}"));
-            return Err(refuse(who, status).await);
+        if needs == AdminRole::Operator && role != AdminRole::Operator {
+            let refusal = Refusal::new(
+                Reason::RoleForbids,
+                format!("{who} is an auditor and may not {what}"),
+            );
+            return Err(refuse(who, refusal).await);
         }
         Ok((who, role))
     }
 
+    /// An operator's change, audited three times: the request (the change is
+    /// refused if that record cannot be written), then its failure with the
+    /// reason, or its outcome as `done` describes it.
+    async fn audited_change<T, E: Reasoned>(
+        &self,
+        event: AuditEvent,
+        requested: String,
+        change: impl std::future::Future<Output = Result<T, E>>,
+        done: impl FnOnce(&T, AuditEvent) -> AuditEvent,
+    ) -> Result<T, Status> {
+        self.audit(event.clone().with_reason(requested)).await?;
+        match change.await {
+            Ok(v) => {
+                self.audit(done(&v, event)).await?;
+                Ok(v)
+            }
+            Err(e) => {
+                let failed = event.denied(e.reason(), format!("failed: {e}"));
+                if let Err(a) = self.audit(failed).await {
+                    tracing::error!(error = %a.message(), "cannot audit a failed change");
+                }
+                Err(status_of(&e))
+            }
+        }
+    }
+
     /// Records an admin action; the action is refused if it cannot be.
     async fn audit(&self, event: AuditEvent) -> Result<(), Status> {
-        self.state
-            .record(vec![event])
-            .await
-            .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))
+        self.state.record(vec![event]).await.map_err(|e| {
+            status_of(&Refusal::new(
+                e.reason(),
+                format!("audit log unavailable: {e}"),
+            ))
+        })
     }
 }
 
+fn invalid(message: impl Into<String>) -> Status {
+    Refusal::new(Reason::RequestInvalid, message).into()
+}
+
 /// The audit record of an operator's rotation or retirement of `subject`.
-fn rotation_event(who: &str, kind: &str, subject: impl Into<String>) -> AuditEvent {
-    AuditEvent::new(format!("admin/{who}"), Action::Rotate)
+fn rotation_event(who: &str, kind: CredentialKind, subject: impl Into<String>) -> AuditEvent {
+    AuditEvent::new(Actor::Admin(who.to_string()), Action::Rotate)
         .with_kind(kind)
         .with_subject(subject)
 }
@@ -166,12 +202,11 @@ impl Admin for AdminApi {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let (who, role) = self.caller(&request, Role::Auditor, "read status").await?;
+        let (who, role) = self
+            .caller(&request, AdminRole::Auditor, "read status")
+            .await?;
         let st = &self.state;
-        let volumes = st
-            .issued
-            .all()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let volumes = st.issued.all().map_err(|e| status_of(&e))?;
         let nodes = st
             .leases
             .all()
@@ -214,7 +249,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<ListCredentialsRequest>,
     ) -> Result<Response<ListCredentialsResponse>, Status> {
-        self.caller(&request, Role::Auditor, "list credentials")
+        self.caller(&request, AdminRole::Auditor, "list credentials")
             .await?;
         let f = request.into_inner();
         let principal = if f.principal.is_empty() {
@@ -222,7 +257,7 @@ impl Admin for AdminApi {
         } else {
             Some(
                 ServicePrincipal::parse(&f.principal, &self.state.realm)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?
+                    .map_err(|e| status_of(&e))?
                     .to_string(),
             )
         };
@@ -230,7 +265,7 @@ impl Admin for AdminApi {
             .state
             .issued
             .all()
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&e))?
             .iter()
             .filter(|v| principal.as_ref().is_none_or(|p| v.keytabs.contains(p)))
             .filter(|v| f.namespace.is_empty() || v.namespace == f.namespace)
@@ -245,50 +280,45 @@ impl Admin for AdminApi {
         request: Request<RotateKeytabRequest>,
     ) -> Result<Response<Self::RotateKeytabStream>, Status> {
         let (who, _) = self
-            .caller(&request, Role::Operator, "rotate keytabs")
+            .caller(&request, AdminRole::Operator, "rotate keytabs")
             .await?;
         let req = request.into_inner();
         let principal = ServicePrincipal::parse(&req.principal, &self.state.realm)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| status_of(&e))?;
         if req.grace_secs > MAX_GRACE_SECS || req.wait_secs > MAX_WAIT_SECS {
-            return Err(Status::invalid_argument(format!(
+            return Err(invalid(format!(
                 "grace_secs is at most {MAX_GRACE_SECS} and wait_secs at most {MAX_WAIT_SECS}"
             )));
         }
         let st = &self.state;
-        self.audit(
-            rotation_event(&who, "keytab", principal.to_string())
-                .with_reason(format!("requested; grace {} s", req.grace_secs)),
-        )
-        .await?;
-        let kvno = match rotation::rotate_keytab(
-            st,
-            &principal,
-            Duration::from_secs(req.grace_secs),
-        )
-        .await
-        {
-            Ok(k) => k,
-            Err(e) => {
-                let _ = self
-                    .audit(
-                        rotation_event(&who, "keytab", principal.to_string())
-                            .denied(format!("rotation failed: {e}")),
-                    )
-                    .await;
-                return Err(e.into());
-            }
-        };
-        self.audit(
-            rotation_event(&who, "keytab", principal.to_string())
-                .with_kvno(kvno)
-                .with_reason("new keys; previous kvno kept for the grace period"),
-        )
-        .await?;
+        // kcred's own identities and node host keys are never rotated by
+        // hand: rotating the controller's would lock every node out.
+        let is_node = |h: &str| st.is_node(h);
+        if let Err(refusal) = st.reserved.check_principal(&principal, &is_node) {
+            st.count_refusal(refusal.reason);
+            let _ = self
+                .audit(
+                    rotation_event(&who, CredentialKind::Keytab, principal.to_string())
+                        .denied(refusal.reason, refusal.message.clone()),
+                )
+                .await;
+            return Err(refusal.into());
+        }
+        let kvno = self
+            .audited_change(
+                rotation_event(&who, CredentialKind::Keytab, principal.to_string()),
+                format!("requested; grace {} s", req.grace_secs),
+                rotation::rotate_keytab(st, &principal, Duration::from_secs(req.grace_secs)),
+                |kvno, e| {
+                    e.with_kvno(*kvno)
+                        .with_reason("new keys; previous kvno kept for the grace period")
+                },
+            )
+            .await?;
         let holders = st
             .issued
             .holding_principal(&principal.to_string())
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&e))?
             .into_iter()
             .map(|v| v.volume_id)
             .collect();
@@ -305,39 +335,30 @@ impl Admin for AdminApi {
         &self,
         request: Request<RotateKeyRequest>,
     ) -> Result<Response<Self::RotateKeyStream>, Status> {
-        let (who, _) = self.caller(&request, Role::Operator, "rotate keys").await?;
+        let (who, _) = self
+            .caller(&request, AdminRole::Operator, "rotate keys")
+            .await?;
         let req = request.into_inner();
-        names::validate_key_id(&req.key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        names::validate_key_id(&req.key_id).map_err(|e| status_of(&e))?;
         let st = &self.state;
         if req.wait_secs > MAX_WAIT_SECS {
-            return Err(Status::invalid_argument(format!(
-                "wait_secs is at most {MAX_WAIT_SECS}"
-            )));
+            return Err(invalid(format!("wait_secs is at most {MAX_WAIT_SECS}")));
         }
-        self.audit(rotation_event(&who, "key", req.key_id.clone()).with_reason("requested"))
+        let version = self
+            .audited_change(
+                rotation_event(&who, CredentialKind::Key, req.key_id.clone()),
+                "requested".into(),
+                st.keys.rotate(&req.key_id),
+                |version, e| {
+                    e.with_key_version(*version)
+                        .with_reason("new primary version; older versions kept for decryption")
+                },
+            )
             .await?;
-        let version = match st.keys.rotate(&req.key_id).await {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = self
-                    .audit(
-                        rotation_event(&who, "key", req.key_id.clone())
-                            .denied(format!("rotation failed: {e}")),
-                    )
-                    .await;
-                return Err(e.into());
-            }
-        };
-        self.audit(
-            rotation_event(&who, "key", req.key_id.clone())
-                .with_key_version(version)
-                .with_reason("new primary version; older versions kept for decryption"),
-        )
-        .await?;
         let holders = st
             .issued
             .holding_key(&req.key_id)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| status_of(&e))?;
         rotation::push_refresh(
             st,
             &holders,
@@ -356,12 +377,14 @@ impl Admin for AdminApi {
         &self,
         request: Request<RetireKeyRequest>,
     ) -> Result<Response<RetireKeyResponse>, Status> {
-        let (who, _) = self.caller(&request, Role::Operator, "retire keys").await?;
+        let (who, _) = self
+            .caller(&request, AdminRole::Operator, "retire keys")
+            .await?;
         let req = request.into_inner();
-        names::validate_key_id(&req.key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        names::validate_key_id(&req.key_id).map_err(|e| status_of(&e))?;
         let st = &self.state;
         self.audit(
-            rotation_event(&who, "key", req.key_id.clone())
+            rotation_event(&who, CredentialKind::Key, req.key_id.clone())
                 .with_key_version(req.version)
                 .with_reason("version retired: no longer delivered"),
         )
@@ -369,17 +392,11 @@ impl Admin for AdminApi {
         st.keys
             .retire(&req.key_id, req.version)
             .await
-            .map_err(|e| match e {
-                crate::issuers::IssueError::Store(crate::store::StoreError::Corrupt {
-                    reason,
-                    ..
-                }) => Status::failed_precondition(reason),
-                other => Status::from(other),
-            })?;
+            .map_err(|e| status_of(&e))?;
         let holders = st
             .issued
             .holding_key(&req.key_id)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| status_of(&e))?;
         rotation::push_refresh(
             st,
             &holders,
@@ -394,27 +411,35 @@ impl Admin for AdminApi {
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        let (who, _) = self.caller(&request, Role::Operator, "revoke").await?;
+        let (who, _) = self.caller(&request, AdminRole::Operator, "revoke").await?;
         let req = request.into_inner();
         if req.reason.trim().is_empty() {
-            return Err(Status::invalid_argument("a reason is required"));
+            return Err(invalid("a reason is required"));
         }
         let st = &self.state;
         let rec = st
             .issued
             .get(&req.volume_id)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no volume {}", req.volume_id)))?;
+            .map_err(|e| status_of(&e))?
+            .ok_or_else(|| {
+                Status::from(Refusal::new(
+                    Reason::VolumeUnknown,
+                    format!("no volume {}", req.volume_id),
+                ))
+            })?;
         self.audit(
-            AuditEvent::new(format!("admin/{who}"), Action::Revoke)
+            AuditEvent::new(Actor::Admin(who.clone()), Action::Revoke)
                 .with_subject(req.volume_id.clone())
                 .with_place(&rec.node, &rec.namespace, &rec.pod)
                 .with_reason(req.reason.clone()),
         )
         .await?;
-        st.issued
-            .revoke(&rec)
-            .map_err(|e| Status::internal(format!("revocation audited but not stored: {e}")))?;
+        st.issued.revoke(&rec).map_err(|e| {
+            status_of(&Refusal::new(
+                e.reason(),
+                format!("revocation audited but not stored: {e}"),
+            ))
+        })?;
         st.updates.send(
             &rec.node,
             UpdateAction::Wipe,
@@ -428,7 +453,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<AuditQuery>,
     ) -> Result<Response<Self::AuditExportStream>, Status> {
-        self.caller(&request, Role::Auditor, "read the audit")
+        self.caller(&request, AdminRole::Auditor, "read the audit")
             .await?;
         let q = request.into_inner();
         let opt = |s: String| if s.is_empty() { None } else { Some(s) };
@@ -441,9 +466,11 @@ impl Admin for AdminApi {
             action: if q.action.is_empty() {
                 None
             } else {
-                Some(q.action.parse::<Action>().map_err(|_| {
-                    Status::invalid_argument(format!("unknown action {:?}", q.action))
-                })?)
+                Some(
+                    q.action
+                        .parse::<Action>()
+                        .map_err(|_| invalid(format!("unknown action {:?}", q.action)))?,
+                )
             },
         };
         let path = self.state.audit.path().to_path_buf();
@@ -452,8 +479,8 @@ impl Admin for AdminApi {
             audit::export(&path, &mut out, &filter).map(|_| out)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?
+        .map_err(|e| status_of(&e))?;
         let lines: Vec<Result<AuditLine, Status>> = String::from_utf8_lossy(&bytes)
             .lines()
             .map(|l| {
@@ -469,7 +496,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<AuditHeadRequest>,
     ) -> Result<Response<AuditHeadResponse>, Status> {
-        self.caller(&request, Role::Auditor, "read the audit")
+        self.caller(&request, AdminRole::Auditor, "read the audit")
             .await?;
         // The head kept in the store, not the one read from the log: a log
         // cut short (and reopened) must not vouch for itself.
@@ -477,7 +504,7 @@ impl Admin for AdminApi {
             .state
             .store
             .get(Table::Authority, crate::state::AUDIT_HEAD_RECORD)
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&e))?
             .map(|r| r.meta)
             .or_else(|| self.state.audit.head());
         Ok(Response::new(AuditHeadResponse {

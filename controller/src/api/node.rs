@@ -1,28 +1,29 @@
 //! `kcred.v1.NodeCredentials`: what a node driver calls to fill a volume.
 //!
-//! Every decision is audited before it takes effect: a denial names the
-//! rule that refused, and a bundle leaves only after its issue records are
-//! on disk (if the audit cannot be written, nothing is issued).
-
-use std::sync::Arc;
+//! The handler only translates: it authenticates the caller, gathers what
+//! the controller knows, asks [`crate::admission`] for the decision, audits
+//! it, and returns the bundle or the refusal's status. A bundle leaves only
+//! after its issue records are on disk (if the audit cannot be written,
+//! nothing is issued).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
+use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentials;
 use kcred_proto::kcred::v1::{
-    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, VolumeUpdate,
+    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, Reason, VolumeUpdate,
     WatchUpdatesRequest,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::annotations::CredentialRequest;
-use crate::audit::{Action, AuditEvent};
+use crate::admission::{self, FetchFacts, Grant};
 use crate::bundle;
-use crate::gate::Priority;
-use crate::issued::VolumeRecord;
+use crate::issued::{PutError, VolumeRecord};
 use crate::names;
-use crate::nodes::leases::{LeaseState, Transition};
+use crate::nodes::{heartbeat, loss};
+use crate::reasons::{Reasoned, Refusal, status_of};
 use crate::state::ControllerState;
 
 /// Serves bundles to node drivers.
@@ -37,25 +38,26 @@ impl NodeApi {
     }
 }
 
-fn validate(req: &FetchBundleRequest) -> Result<&PodRef, Status> {
-    let bad = |m: String| Status::invalid_argument(m);
-    names::validate_dns_name("node_name", &req.node_name).map_err(|e| bad(e.to_string()))?;
-    let pod = req
-        .pod
-        .as_ref()
-        .ok_or_else(|| bad("pod is required".into()))?;
-    names::validate_k8s_name("pod.namespace", &pod.namespace).map_err(|e| bad(e.to_string()))?;
-    names::validate_k8s_name("pod.name", &pod.name).map_err(|e| bad(e.to_string()))?;
+fn invalid(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(Reason::RequestInvalid, e.to_string())
+}
+
+/// The request's own shape; the pod it names is checked by admission.
+fn validate(req: &FetchBundleRequest) -> Result<&PodRef, Refusal> {
+    names::validate_dns_name("node_name", &req.node_name).map_err(invalid)?;
+    let pod = req.pod.as_ref().ok_or_else(|| invalid("pod is required"))?;
+    names::validate_k8s_name("pod.namespace", &pod.namespace).map_err(invalid)?;
+    names::validate_k8s_name("pod.name", &pod.name).map_err(invalid)?;
     if pod.uid.is_empty() || pod.uid.len() > 64 {
-        return Err(bad("pod.uid must be 1 to 64 characters".into()));
+        return Err(invalid("pod.uid must be 1 to 64 characters"));
     }
     // Every issue is tracked by volume (rotation pushes, revocation, list).
     if req.volume_id.is_empty()
         || req.volume_id.len() > 128
         || !req.volume_id.bytes().all(|b| b.is_ascii_graphic())
     {
-        return Err(bad(
-            "volume_id must be 1 to 128 printable ASCII characters".into()
+        return Err(invalid(
+            "volume_id must be 1 to 128 printable ASCII characters",
         ));
     }
     Ok(pod)
@@ -94,50 +96,19 @@ impl NodeCredentials for NodeApi {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let node = request.get_ref().node_name.clone();
-        names::validate_dns_name("node_name", &node)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
         self.authenticate(&request, &node).await?;
         let st = &self.state;
         if let Some(t) = st.leases.heartbeat(&node) {
-            self.lease_transition(t).await;
+            loss::lease_transition(st, t).await;
         }
-        // Records of volumes the node no longer holds (unpublished) go.
-        if let Err(e) = st
-            .issued
-            .prune_node(&node, &request.get_ref().volume_ids, 120)
-        {
-            tracing::warn!(error = %e, "cannot prune volume records");
-        }
-        // Volumes the node holds whose pods are gone or rebound (revoked
-        // volumes stay mounted, emptied, until their pod goes).
-        let mut stale = Vec::new();
-        let mut revoked = Vec::new();
-        for id in &request.get_ref().volume_ids {
-            let rec = st
-                .issued
-                .get(id)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            // No record: nothing known against the volume, so it stays
-            // (a record lost to a crash must not cut a running pod off).
-            let Some(r) = rec else { continue };
-            if r.revoked {
-                revoked.push(id.clone());
-                continue;
-            }
-            let bound_here = r.node == node
-                && st
-                    .pods
-                    .get(&r.namespace, &r.pod)
-                    .is_some_and(|p| p.uid == r.pod_uid && p.node_name == node);
-            if !bound_here {
-                stale.push(id.clone());
-            }
-        }
-        Ok(Response::new(HeartbeatResponse {
-            lease_ttl_secs: st.leases.ttl().as_secs(),
-            stale_volume_ids: stale,
-            revoked_volume_ids: revoked,
-        }))
+        let held = request.into_inner().volume_ids;
+        let state = Arc::clone(&self.state);
+        tokio::task::spawn_blocking(move || heartbeat::answer(&state, &node, &held))
+            .await
+            .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn watch_updates(
@@ -145,8 +116,7 @@ impl NodeCredentials for NodeApi {
         request: Request<WatchUpdatesRequest>,
     ) -> Result<Response<Self::WatchUpdatesStream>, Status> {
         let node = request.get_ref().node_name.clone();
-        names::validate_dns_name("node_name", &node)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
         self.authenticate(&request, &node).await?;
         let mut rx = self.state.updates.subscribe(&node);
         let mut closing = self.state.closing.subscribe();
@@ -179,148 +149,78 @@ impl NodeCredentials for NodeApi {
 impl NodeApi {
     /// Authenticates a node call; refusals are audited.
     async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
-        match self.state.auth.node(request, node) {
-            Ok(()) => Ok(()),
-            Err(refusal) => {
-                tracing::warn!(who = %refusal.who, claimed = %node, error = %refusal.status.message(), "node call refused");
-                let event = AuditEvent::new(refusal.who.clone(), Action::Deny)
-                    .with_place(node, "", "")
-                    .denied(format!("authentication: {}", refusal.status.message()));
-                if let Err(e) = self.state.record(vec![event]).await {
-                    tracing::error!(error = %e, "cannot audit a refused call");
-                }
-                Err(refusal.status)
-            }
+        let Err(rejected) = self.state.auth.node(request, node) else {
+            return Ok(());
+        };
+        let refusal = rejected.refusal;
+        tracing::warn!(who = %rejected.who, claimed = %node, reason = %refusal.reason.label(),
+            error = %refusal.message, "node call refused");
+        self.state.count_refusal(refusal.reason);
+        let event = AuditEvent::new(Actor::Caller(rejected.who), Action::Deny)
+            .with_place(node, "", "")
+            .denied(
+                refusal.reason,
+                format!("authentication: {}", refusal.message),
+            );
+        if let Err(e) = self.state.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot audit a refused call");
         }
+        Err(refusal.into())
     }
 
-    /// Audits a lease change.
-    pub async fn lease_transition(&self, t: Transition) {
-        lease_transition(&self.state, t).await
-    }
-
-    /// Records a refusal, then returns it.
-    async fn deny(&self, node: &str, pod: &PodRef, rule: String, status: Status) -> Status {
-        tracing::warn!(node, pod = %format!("{}/{}", pod.namespace, pod.name), reason = %rule, "denied");
-        let event = AuditEvent::new(format!("node/{node}"), Action::Deny)
+    /// Records a refusal, then returns its status.
+    async fn deny(&self, node: &str, pod: &PodRef, refusal: Refusal) -> Status {
+        tracing::warn!(node, pod = %format!("{}/{}", pod.namespace, pod.name),
+            reason = %refusal.reason.label(), error = %refusal.message, "denied");
+        self.state.count_refusal(refusal.reason);
+        let event = AuditEvent::new(Actor::Node(node.to_string()), Action::Deny)
             .with_place(node, &pod.namespace, &pod.name)
-            .denied(rule);
+            .denied(refusal.reason, refusal.message.clone());
         if let Err(e) = self.state.record(vec![event]).await {
             tracing::error!(error = %e, "cannot audit a denial");
         }
-        status
+        refusal.into()
     }
 
     async fn fetch(&self, req: FetchBundleRequest) -> Result<Bundle, Status> {
         let pod_ref = validate(&req)?;
         let st = &self.state;
         let node = req.node_name.as_str();
-        let who = format!("{}/{}", pod_ref.namespace, pod_ref.name);
-
-        // The controller's own view of the pod decides, not the node's word.
-        let Some(pod) = st.pods.get(&pod_ref.namespace, &pod_ref.name) else {
-            let msg = format!("pod {who} is not known to the controller");
-            return Err(self
-                .deny(node, pod_ref, msg.clone(), Status::not_found(msg))
-                .await);
-        };
-        if pod.uid != pod_ref.uid {
-            let msg = format!(
-                "pod {who} has uid {}, but the request names uid {}",
-                pod.uid, pod_ref.uid
-            );
-            return Err(self
-                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
-                .await);
-        }
-        if pod.node_name != node {
-            let msg = format!(
-                "pod {who} is bound to node {:?}, not {node:?}",
-                pod.node_name
-            );
-            return Err(self
-                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
-                .await);
-        }
-        let wants = match CredentialRequest::from_annotations(&pod.annotations, &st.realm) {
-            Ok(w) => w,
-            Err(e) => {
-                let msg = e.to_string();
-                return Err(self
-                    .deny(node, pod_ref, msg.clone(), Status::invalid_argument(msg))
-                    .await);
-            }
-        };
-        // Identities kcred itself relies on are never handed to pods, whatever
-        // the policy says: the KDC's and kadmind's own, the controller's, and
-        // a node's host key (a pod holding it could act as that node).
-        if let Some(p) = wants.keytabs.iter().find(|p| {
-            matches!(p.service(), "krbtgt" | "kadmin" | "kcred")
-                || (p.service() == "host"
-                    && (st.leases.state(p.host()).is_some() || st.pods.any_on_node(p.host())))
-        }) {
-            let msg = format!(
-                "rule service_principals: {p} is an identity of kcred's own or of a node and is never issued to pods"
-            );
-            return Err(self
-                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
-                .await);
-        }
-        if let Some(name) = wants
-            .certs
-            .iter()
-            .find(|n| st.reserved_cert_names.contains(*n))
-        {
-            let msg = format!(
-                "rule certificates: {name:?} is the controller's own TLS name and is never issued to pods"
-            );
-            return Err(self
-                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
-                .await);
-        }
+        let pod = st.pods.get(&pod_ref.namespace, &pod_ref.name);
+        let previous = st.issued.get(&req.volume_id).map_err(|e| status_of(&e))?;
         let policy = st.policy.get();
-        let role = match policy.authorize(&pod.namespace, &wants) {
-            Ok(r) => r.clone(),
-            Err(denied) => {
-                let msg = denied.to_string();
-                return Err(self.deny(node, pod_ref, msg, denied.into()).await);
+        let is_node = |h: &str| st.is_node(h);
+        let decision = admission::fetch(&FetchFacts {
+            node,
+            pod_ref,
+            volume_id: &req.volume_id,
+            refresh: req.refresh,
+            pod: pod.as_ref(),
+            realm: &st.realm,
+            policy: &policy,
+            reserved: &st.reserved,
+            is_node: &is_node,
+            lease: st.leases.state(node),
+            volume: previous.as_ref(),
+            pod_revoked: st.issued.pod_revoked(&pod_ref.uid),
+        });
+        let Grant {
+            pod,
+            role,
+            wants,
+            priority,
+        } = match decision {
+            Ok(g) => g,
+            Err(refusal) => return Err(self.deny(node, pod_ref, refusal).await),
+        };
+        let who = format!("{}/{}", pod.namespace, pod.name);
+        let issued = match bundle::assemble(st, node, &pod, &role, &wants, priority).await {
+            Ok(i) => i,
+            Err(e) => {
+                st.count_refusal(e.reason());
+                return Err(status_of(&e));
             }
         };
-        let previous = st
-            .issued
-            .get(&req.volume_id)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if let Some(p) = &previous
-            && (p.node != node || p.pod_uid != pod.uid)
-        {
-            // A volume id belongs to one pod on one node (kubelet derives it
-            // from the pod UID): reusing another's would hijack its record.
-            let msg = format!(
-                "volume {} belongs to pod uid {} on node {:?}",
-                req.volume_id, p.pod_uid, p.node
-            );
-            return Err(self
-                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
-                .await);
-        }
-        if previous.as_ref().is_some_and(|p| p.revoked) || st.issued.pod_revoked(&pod.uid) {
-            let msg = format!("volume {} of pod {who} was revoked", req.volume_id);
-            return Err(self
-                .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
-                .await);
-        }
-        if req.refresh && st.leases.state(node) == Some(LeaseState::Lost) {
-            let msg = format!("node {node} lost its lease: no renewals until it heartbeats again");
-            return Err(self
-                .deny(node, pod_ref, msg.clone(), Status::failed_precondition(msg))
-                .await);
-        }
-        let priority = if req.refresh {
-            Priority::Background
-        } else {
-            Priority::Starting
-        };
-        let issued = bundle::assemble(st, node, &pod, &role, &wants, priority).await?;
         // Fail closed: no record, no credential.
         let mut versions = std::collections::BTreeMap::new();
         for e in &issued.events {
@@ -328,10 +228,14 @@ impl NodeApi {
                 versions.insert(e.subject.clone(), v);
             }
         }
-        st.record(issued.events).await.map_err(|e| {
+        if let Err(e) = st.record(issued.events).await {
             tracing::error!(error = %e, "audit log unavailable; nothing issued");
-            Status::unavailable(format!("audit log unavailable, nothing issued: {e}"))
-        })?;
+            st.count_refusal(e.reason());
+            return Err(status_of(&Refusal::new(
+                e.reason(),
+                format!("audit log unavailable, nothing issued: {e}"),
+            )));
+        }
         let record = VolumeRecord {
             volume_id: req.volume_id.clone(),
             node: node.to_string(),
@@ -343,18 +247,16 @@ impl NodeApi {
             certs: wants.certs.clone(),
             keys: wants.keys.clone(),
             versions,
-            issued_unix: crate::store::now_unix(),
+            issued_unix: kcred_audit::timefmt::now_unix(),
             generation: issued.bundle.generation.clone(),
             revoked: false,
         };
         match st.issued.put(&record) {
             Ok(()) => {}
-            Err(crate::issued::PutError::Revoked(_)) => {
+            Err(PutError::Revoked(_)) => {
                 // Revoked while this fetch was in flight: nothing leaves.
-                let msg = format!("volume {} of pod {who} was revoked", req.volume_id);
-                return Err(self
-                    .deny(node, pod_ref, msg.clone(), Status::permission_denied(msg))
-                    .await);
+                let refusal = admission::revoked(&req.volume_id, &who);
+                return Err(self.deny(node, pod_ref, refusal).await);
             }
             Err(e) => {
                 tracing::error!(error = %e, volume = %req.volume_id, "cannot record the issued volume")
@@ -365,66 +267,5 @@ impl NodeApi {
             refresh_after = issued.bundle.refresh_after_unix, refresh = req.refresh, "issued bundle"
         );
         Ok(issued.bundle)
-    }
-}
-
-/// Audits a node joining, being lost, or returning.
-pub async fn lease_transition(st: &ControllerState, t: Transition) {
-    let (node, action, reason) = match &t {
-        Transition::Joined(n) => (n, None, "first heartbeat"),
-        Transition::Returned(n) => (n, Some(Action::NodeReturned), "heartbeats resumed"),
-        Transition::Lost(n) => (n, Some(Action::NodeLost), "lease lapsed: renewals stop"),
-    };
-    tracing::info!(%node, ?t, "node lease changed");
-    if let Some(action) = action {
-        let event = AuditEvent::new("controller", action)
-            .with_place(node, "", "")
-            .with_reason(reason);
-        if let Err(e) = st.record(vec![event]).await {
-            tracing::error!(error = %e, "cannot audit a node lease change");
-        }
-    }
-    if let (Transition::Lost(node), Some(grace)) = (&t, st.rotate_on_loss) {
-        // Re-checked after the rotation lock: a node back meanwhile keeps
-        // its keytabs.
-        if st.leases.state(node) == Some(LeaseState::Lost) {
-            rotate_lost_nodes_keytabs(st, node, grace).await;
-        }
-    }
-}
-
-/// Policy `leases.rotate_keytabs_on_loss`: every keytab a lost node held
-/// gets new keys (the previous kvno stays for the grace period, so other
-/// holders keep working while they pick the new one up).
-async fn rotate_lost_nodes_keytabs(st: &ControllerState, node: &str, grace: std::time::Duration) {
-    let principals: std::collections::BTreeSet<String> = match st.issued.all() {
-        Ok(all) => all
-            .into_iter()
-            .filter(|v| v.node == node && !v.revoked)
-            .flat_map(|v| v.keytabs)
-            .collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list a lost node's volumes");
-            return;
-        }
-    };
-    for name in principals {
-        let Ok(principal) = names::ServicePrincipal::parse(&name, &st.realm) else {
-            continue;
-        };
-        let result = crate::rotation::rotate_keytab(st, &principal, grace).await;
-        let event = AuditEvent::new("controller", Action::Rotate)
-            .with_kind("keytab")
-            .with_subject(name.clone())
-            .with_place(node, "", "");
-        let event = match &result {
-            Ok(kvno) => event.with_kvno(*kvno).with_reason(format!(
-                "node {node} lost: policy rotates the keytabs it held"
-            )),
-            Err(e) => event.denied(format!("rotation after losing node {node} failed: {e}")),
-        };
-        if let Err(e) = st.record(vec![event]).await {
-            tracing::error!(error = %e, "cannot audit a rotation");
-        }
     }
 }

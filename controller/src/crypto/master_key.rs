@@ -5,8 +5,6 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use aes_gcm::aead::OsRng;
-use aes_gcm::aead::rand_core::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -69,7 +67,7 @@ impl MasterKey {
             reason,
         };
         let mut key = Zeroizing::new([0u8; 32]);
-        OsRng.fill_bytes(key.as_mut_slice());
+        super::random::fill(key.as_mut_slice()).map_err(|e| err(e.to_string()))?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

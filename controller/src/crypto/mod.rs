@@ -7,11 +7,12 @@
 //! another record fails to decrypt instead of delivering the wrong secret.
 
 mod master_key;
+pub mod random;
 
 pub use master_key::MasterKey;
 
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
-use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -30,6 +31,9 @@ pub enum CryptoError {
         /// Key id loaded.
         loaded_key_id: String,
     },
+    /// The system random generator failed.
+    #[error("the system random generator failed")]
+    Random,
     /// Authentication failed: wrong key, wrong record, or tampering.
     #[error("record failed authentication (tampered, moved, or wrong master key)")]
     Authentication,
@@ -58,7 +62,9 @@ pub struct Sealed {
 
 fn encrypt(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
-    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let mut nonce = [0u8; NONCE_LEN];
+    random::fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+    let nonce = *Nonce::from_slice(&nonce);
     let ct = cipher
         .encrypt(
             &nonce,
@@ -88,7 +94,8 @@ fn decrypt(key: &[u8; 32], aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>
 
 /// Encrypts `plaintext` for the record named `aad`.
 pub fn seal(master: &MasterKey, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
-    let dek = Zeroizing::new(<[u8; 32]>::from(Aes256Gcm::generate_key(&mut OsRng)));
+    let mut dek = Zeroizing::new([0u8; 32]);
+    random::fill(dek.as_mut_slice()).map_err(|_| CryptoError::Random)?;
     let ciphertext = encrypt(&dek, aad, plaintext)?;
     let wrapped_key = encrypt(master.bytes(), aad, dek.as_slice())?;
     Ok(Sealed {

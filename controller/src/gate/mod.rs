@@ -110,16 +110,37 @@ pub trait Transient {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GateError<E> {
     /// The lane refused to call its server now; retry later.
-    #[error("{lane} is protected: {reason}")]
+    #[error("{lane} is protected: {message}")]
     Refused {
         /// The lane.
         lane: &'static str,
-        /// Why (breaker open, queue full).
-        reason: String,
+        /// Which protection refused.
+        protection: Protection,
+        /// Why, for people.
+        message: String,
     },
     /// The operation ran and failed.
     #[error(transparent)]
     Failed(E),
+}
+
+/// Which of the gate's protections refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// The lane's server has been failing: calls fail fast for a while.
+    BreakerOpen,
+    /// Too many calls already wait for the lane's budget.
+    QueueFull,
+}
+
+impl Protection {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::BreakerOpen => "breaker_open",
+            Protection::QueueFull => "queue_full",
+        }
+    }
 }
 
 struct LaneState {
@@ -165,14 +186,15 @@ impl KdcGate {
         }
     }
 
-    fn refused<E>(&self, lane: Lane, reason: &'static str, msg: String) -> GateError<E> {
+    fn refused<E>(&self, lane: Lane, protection: Protection, message: String) -> GateError<E> {
         self.metrics
             .gate_refused
-            .with_label_values(&[lane.as_str(), reason])
+            .with_label_values(&[lane.as_str(), protection.as_str()])
             .inc();
         GateError::Refused {
             lane: lane.as_str(),
-            reason: msg,
+            protection,
+            message,
         }
     }
 
@@ -202,7 +224,7 @@ impl KdcGate {
             if let Err(t) = st.breaker.admit() {
                 return Err(self.refused(
                     lane,
-                    "breaker_open",
+                    Protection::BreakerOpen,
                     format!(
                         "{lane_label} has been failing; calls resume in {} s",
                         t.retry_after.as_secs().max(1)
@@ -222,7 +244,7 @@ impl KdcGate {
                 st.breaker.neutral();
                 return Err(self.refused(
                     lane,
-                    "queue_full",
+                    Protection::QueueFull,
                     format!("{n} operations already waiting for {lane_label}"),
                 ));
             }

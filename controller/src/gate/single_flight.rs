@@ -42,10 +42,7 @@ struct Finish<'a, K: Eq + Hash, V, E> {
 impl<K: Eq + Hash, V, E> Drop for Finish<'_, K, V, E> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let mut calls = match self.flight.calls.lock() {
-                Ok(c) => c,
-                Err(p) => p.into_inner(),
-            };
+            let mut calls = crate::locks::lock(&self.flight.calls);
             calls.remove(&key);
         }
     }
@@ -65,10 +62,7 @@ where
         Fut: Future<Output = Result<V, E>>,
     {
         let joined = {
-            let mut calls = match self.calls.lock() {
-                Ok(c) => c,
-                Err(p) => p.into_inner(),
-            };
+            let mut calls = crate::locks::lock(&self.calls);
             match calls.get(&key) {
                 Some(rx) => Err(rx.clone()),
                 None => {

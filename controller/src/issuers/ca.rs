@@ -29,7 +29,6 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
     string::Ia5String,
 };
-use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 /// Shortest leaf lifetime: anything shorter expires before a pod can use it.
@@ -435,9 +434,7 @@ fn check_range(requested: Duration, min: Duration, max: Duration) -> Result<(), 
 /// 16 random bytes forming a positive DER INTEGER of exactly 16 bytes.
 fn random_serial() -> Result<[u8; 16], CertError> {
     let mut serial = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut serial)
-        .map_err(|_| CertError::Random)?;
+    crate::crypto::random::fill(&mut serial).map_err(|_| CertError::Random)?;
     serial[0] = (serial[0] & 0x7f) | 0x40;
     Ok(serial)
 }

@@ -6,6 +6,7 @@
 //! is cached per role account and name set until 2/3 of its life, then a
 //! new one (new key, new serial) is issued.
 
+use kcred_audit::timefmt::unix_secs;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,11 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::IssueError;
 use super::ca::{CertificateAuthority, IssuedCert};
+use super::{IssueError, read_stored, write_stored};
 use crate::gate::single_flight::{Role, SingleFlight};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Record, Store, Table};
 
 const KIND: &str = "cert";
 const CA_RECORD: &str = "ca";
@@ -51,12 +52,6 @@ pub struct LeafCert {
     pub serial_hex: String,
     /// When to come back for a fresh one.
     pub refresh_at: SystemTime,
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn from_unix(s: i64) -> SystemTime {
@@ -171,27 +166,19 @@ impl CertIssuer {
     }
 
     async fn stored(&self, key: &str) -> Result<Option<LeafCert>, IssueError> {
-        let store = Arc::clone(&self.store);
-        let k = key.to_string();
-        let found = tokio::task::spawn_blocking(move || store.get::<CertMeta>(Table::Certs, &k))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??;
-        let Some(r) = found else { return Ok(None) };
-        let key_pem = String::from_utf8(r.secret.to_vec()).map_err(|e| {
-            IssueError::Store(StoreError::Corrupt {
-                record: key.to_string(),
-                reason: e.to_string(),
+        read_stored(&self.store, Table::Certs, key, |r: Record<CertMeta>| {
+            let key_pem = String::from_utf8(r.secret.to_vec())?;
+            Ok::<_, std::string::FromUtf8Error>(LeafCert {
+                refresh_at: self.refresh_at(
+                    from_unix(r.meta.not_before_unix),
+                    from_unix(r.meta.not_after_unix),
+                ),
+                cert_pem: r.meta.cert_pem,
+                key_pem: Zeroizing::new(key_pem),
+                serial_hex: r.meta.serial_hex,
             })
-        })?;
-        Ok(Some(LeafCert {
-            refresh_at: self.refresh_at(
-                from_unix(r.meta.not_before_unix),
-                from_unix(r.meta.not_after_unix),
-            ),
-            cert_pem: r.meta.cert_pem,
-            key_pem: Zeroizing::new(key_pem),
-            serial_hex: r.meta.serial_hex,
-        }))
+        })
+        .await
     }
 
     async fn issue(&self, key: &str, names: &BTreeSet<String>) -> Result<LeafCert, IssueError> {
@@ -209,14 +196,11 @@ impl CertIssuer {
         let meta = CertMeta {
             cert_pem: issued.cert_pem.clone(),
             serial_hex: issued.serial_hex.clone(),
-            not_before_unix: unix(issued.not_before),
-            not_after_unix: unix(issued.not_after),
+            not_before_unix: unix_secs(issued.not_before),
+            not_after_unix: unix_secs(issued.not_after),
         };
-        let store = Arc::clone(&self.store);
-        let (k, secret, m) = (key.to_string(), issued.key_pem.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || store.put(Table::Certs, &k, &m, secret.as_bytes()))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??;
+        let secret = Zeroizing::new(issued.key_pem.as_bytes().to_vec());
+        write_stored(&self.store, Table::Certs, key, meta.clone(), secret).await?;
         tracing::info!(names = ?names, serial = %issued.serial_hex, not_after = meta.not_after_unix, "certificate issued");
         Ok(LeafCert {
             refresh_at: self.refresh_at(issued.not_before, issued.not_after),

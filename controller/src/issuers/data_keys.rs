@@ -9,108 +9,26 @@
 //! so re-encrypt such data first. Retired key material stays in the store (not
 //! crypto-shredded) and version numbers are never reused.
 //!
-//! # Pod file (public contract, `kcred-keys/v1`)
-//!
-//! Delivered as `<id>.keys.json` ([`KeyRing::pod_file_name`]), UTF-8 JSON:
-//!
-//! ```json
-//! {"format":"kcred-keys/v1","id":"orders-db","algorithm":"AES-256-GCM","primary":2,
-//!  "keys":[{"version":1,"key":"<base64>","created":"2025-01-02T03:04:05Z","primary":false},
-//!          {"version":2,"key":"<base64>","created":"2025-03-04T05:06:07Z","primary":true}]}
-//! ```
-//!
-//! * `format` is exactly `"kcred-keys/v1"`; an incompatible change gets a new value.
-//!   Readers must ignore unknown fields (compatible additions stay `v1`).
-//! * `algorithm` is exactly `"AES-256-GCM"`.
-//! * `keys` lists every Active version, ascending by `version` (u32, >= 1, unique).
-//!   `key` is 32 bytes in standard padded base64 (RFC 4648 §4, 44 chars).
-//!   `created` is RFC 3339 UTC with second precision (`YYYY-MM-DDTHH:MM:SSZ`).
-//! * Exactly one entry has `"primary":true`, and its `version` equals the top-level `primary`.
-//!
-//! # Ciphertext framing (so pods interoperate)
-//!
-//! `version (4 bytes, big-endian u32) || nonce (12 random bytes) || AES-256-GCM ciphertext || tag (16)`.
-//! Seal with the primary; open with the key whose `version` the first 4 bytes name.
-//! The header is not fed to GCM as AAD (a changed version selects a different key and
-//! fails authentication anyway); the optional application AAD is passed through
-//! unchanged and must be the same on both sides. Nonces are random, so seal at most
-//! about 2^32 messages per version and rotate well before.
-//! [`seal_with_primary`] and [`open_with_any`] implement this; in Python:
-//!
-//! ```python
-//! import base64, json, os, struct
-//! from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-//! f = json.load(open("orders-db.keys.json"))
-//! keys = {k["version"]: AESGCM(base64.b64decode(k["key"])) for k in f["keys"]}
-//! def seal(pt, aad=b""):
-//!     n = os.urandom(12)
-//!     return struct.pack(">I", f["primary"]) + n + keys[f["primary"]].encrypt(n, pt, aad)
-//! def open_(ct, aad=b""):
-//!     return keys[struct.unpack(">I", ct[:4])[0]].decrypt(ct[4:16], ct[16:], aad)
-//! ```
+//! The pod file format (`kcred-keys/v1`) and the ciphertext framing are defined once, in
+//! [`kcred_keys`], which applications in pods use to read the file; this module writes it.
 
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// Value of the pod file's `format` field.
-pub const POD_FORMAT: &str = "kcred-keys/v1";
-/// Value of the pod file's `algorithm` field.
-pub const ALGORITHM: &str = "AES-256-GCM";
-/// Suffix appended to the ring id to name the delivered file.
-pub const POD_FILE_SUFFIX: &str = ".keys.json";
-/// Bytes before the GCM ciphertext: version (4) + nonce (12).
-pub const HEADER_LEN: usize = 4 + NONCE_LEN;
+pub use kcred_keys::{
+    ALGORITHM, HEADER_LEN, KeyError, POD_FILE_SUFFIX, POD_FORMAT, PodKey, PodKeyFile,
+    open_with_any, parse_pod_file, seal_with_primary,
+};
+use kcred_keys::{B64Key, KEY_LEN, validate_id};
 
 const STORE_FORMAT: &str = "kcred-keyring/v1";
-const KEY_LEN: usize = 32;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
 /// 9999-12-31T23:59:59Z: keeps `created` a four-digit-year RFC 3339 timestamp.
 const MAX_CREATED_UNIX: i64 = 253_402_300_799;
-
-/// What went wrong with a key ring, a pod file or a ciphertext.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum KeyError {
-    /// The ring id breaks the naming rule (see [`KeyRing::new`]).
-    #[error("invalid key ring id: {0}")]
-    InvalidId(&'static str),
-    /// The system random generator failed.
-    #[error("system random generator failed")]
-    Random,
-    /// The ring has no such version.
-    #[error("key version {0} does not exist")]
-    UnknownVersion(u32),
-    /// The primary must stay deliverable; rotate first.
-    #[error("key version {0} is the primary; rotate before retiring it")]
-    RetirePrimary(u32),
-    /// Version numbers ran out (u32::MAX reached).
-    #[error("key ring has no version numbers left")]
-    VersionsExhausted,
-    /// Stored ring bytes are corrupt or of an unknown format.
-    #[error("invalid stored key ring: {0}")]
-    Store(String),
-    /// A pod file is malformed or breaks the `kcred-keys/v1` contract.
-    #[error("invalid key file: {0}")]
-    PodFile(String),
-    /// The ciphertext names a version the pod file does not hold (retired or too new).
-    #[error("key version {0} is not in the key file")]
-    VersionNotDelivered(u32),
-    /// The ciphertext is shorter than header + tag.
-    #[error("ciphertext too short")]
-    CiphertextTooShort,
-    /// Encryption failed (message too long for AES-GCM).
-    #[error("encryption failed")]
-    Encrypt,
-    /// Authentication failed: wrong key, wrong AAD or tampered ciphertext.
-    #[error("decryption failed: wrong key, wrong AAD or tampered ciphertext")]
-    Decrypt,
-}
 
 /// Lifecycle of a version: Active (delivered; one is primary) -> Retired (not delivered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,33 +290,6 @@ struct StoredVersion {
     state: KeyState,
 }
 
-/// A 32-byte key decoded straight from its base64 string into zeroizing memory.
-struct B64Key(Zeroizing<[u8; KEY_LEN]>);
-
-impl<'de> Deserialize<'de> for B64Key {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = B64Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a base64 string encoding 32 bytes")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<B64Key, E> {
-                let mut buf = Zeroizing::new([0u8; KEY_LEN + 16]);
-                match B64.decode_slice(s, &mut buf[..]) {
-                    Ok(KEY_LEN) => {
-                        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-                        key.copy_from_slice(&buf[..KEY_LEN]);
-                        Ok(B64Key(key))
-                    }
-                    _ => Err(E::custom("key must be standard base64 of exactly 32 bytes")),
-                }
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
-}
-
 fn encode_key(key: &[u8; KEY_LEN]) -> Zeroizing<String> {
     let mut s = Zeroizing::new(String::with_capacity(44));
     B64.encode_string(key, &mut s);
@@ -407,9 +298,7 @@ fn encode_key(key: &[u8; KEY_LEN]) -> Zeroizing<String> {
 
 fn fresh_version(version: u32) -> Result<KeyVersion, KeyError> {
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    SystemRandom::new()
-        .fill(&mut key[..])
-        .map_err(|_| KeyError::Random)?;
+    crate::crypto::random::fill(&mut key[..]).map_err(|_| KeyError::Random)?;
     let created_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| {
@@ -424,35 +313,10 @@ fn fresh_version(version: u32) -> Result<KeyVersion, KeyError> {
     })
 }
 
-fn validate_id(id: &str) -> Result<(), KeyError> {
-    let err = match id {
-        "" => "empty",
-        _ if id.len() > 63 => "longer than 63 bytes",
-        _ if !id
-            .bytes()
-            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.')) =>
-        {
-            "only a-z, 0-9, '-' and '.' are allowed"
-        }
-        _ if !id.starts_with(|c: char| c.is_ascii_alphanumeric())
-            || !id.ends_with(|c: char| c.is_ascii_alphanumeric()) =>
-        {
-            "must start and end with a letter or digit"
-        }
-        _ if id.contains("..") => "must not contain '..'",
-        _ => return Ok(()),
-    };
-    Err(KeyError::InvalidId(err))
-}
-
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
 fn rfc3339(unix: i64) -> String {
-    crate::timefmt::rfc3339_seconds(unix)
+    kcred_audit::timefmt::rfc3339_seconds(unix)
 }
-
-#[path = "data_keys/pod_file.rs"]
-mod pod_file;
-pub use pod_file::{PodKey, PodKeyFile, open_with_any, parse_pod_file, seal_with_primary};
 
 #[cfg(test)]
 #[path = "data_keys/tests.rs"]

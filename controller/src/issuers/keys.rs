@@ -7,11 +7,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::IssueError;
-use super::data_keys::KeyRing;
+use super::data_keys::{KeyError, KeyRing};
+use super::{IssueError, read_stored, write_stored};
 use crate::gate::single_flight::SingleFlight;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Record, Store, StoreError, Table};
 
 const KIND: &str = "key";
 
@@ -51,6 +51,18 @@ fn corrupt(id: &str, e: impl std::fmt::Display) -> IssueError {
     })
 }
 
+/// A refused rotation or retirement: the operator asked for something the
+/// ring cannot do, the store is fine.
+fn user_error(id: &str, e: KeyError) -> IssueError {
+    match e {
+        KeyError::UnknownVersion(_) => IssueError::KeyUnknown(format!("key ring {id:?}: {e}")),
+        KeyError::RetirePrimary(_) | KeyError::VersionsExhausted => {
+            IssueError::KeyState(format!("key ring {id:?}: {e}"))
+        }
+        other => corrupt(id, other),
+    }
+}
+
 impl KeyIssuer {
     /// Builds the issuer over the store.
     pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
@@ -63,15 +75,13 @@ impl KeyIssuer {
     }
 
     async fn load(&self, id: &str) -> Result<Option<KeyRing>, IssueError> {
-        let store = Arc::clone(&self.store);
-        let k = id.to_string();
-        let found =
-            tokio::task::spawn_blocking(move || store.get::<KeyRingMeta>(Table::KeyRings, &k))
-                .await
-                .map_err(|e| IssueError::Task(e.to_string()))??;
-        found
-            .map(|r| KeyRing::from_store_bytes(&r.secret).map_err(|e| corrupt(id, e)))
-            .transpose()
+        read_stored(
+            &self.store,
+            Table::KeyRings,
+            id,
+            |r: Record<KeyRingMeta>| KeyRing::from_store_bytes(&r.secret),
+        )
+        .await
     }
 
     async fn save(&self, ring: &KeyRing) -> Result<(), IssueError> {
@@ -79,12 +89,14 @@ impl KeyIssuer {
             primary: ring.primary(),
             live: ring.live_versions(),
         };
-        let store = Arc::clone(&self.store);
-        let (k, bytes) = (ring.id().to_string(), ring.to_store_bytes());
-        tokio::task::spawn_blocking(move || store.put(Table::KeyRings, &k, &meta, &bytes))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??;
-        Ok(())
+        write_stored(
+            &self.store,
+            Table::KeyRings,
+            ring.id(),
+            meta,
+            ring.to_store_bytes(),
+        )
+        .await
     }
 
     fn file(ring: &KeyRing) -> KeyFile {
@@ -124,8 +136,8 @@ impl KeyIssuer {
         let mut ring = self
             .load(id)
             .await?
-            .ok_or_else(|| IssueError::NotFound(format!("key ring {id:?} does not exist")))?;
-        let v = ring.rotate().map_err(|e| corrupt(id, e))?;
+            .ok_or_else(|| IssueError::KeyUnknown(format!("key ring {id:?} does not exist")))?;
+        let v = ring.rotate().map_err(|e| user_error(id, e))?;
         self.save(&ring).await?;
         tracing::info!(key = %id, version = v, "key ring rotated");
         Ok(v)
@@ -137,8 +149,8 @@ impl KeyIssuer {
         let mut ring = self
             .load(id)
             .await?
-            .ok_or_else(|| IssueError::NotFound(format!("key ring {id:?} does not exist")))?;
-        ring.retire(version).map_err(|e| corrupt(id, e))?;
+            .ok_or_else(|| IssueError::KeyUnknown(format!("key ring {id:?} does not exist")))?;
+        ring.retire(version).map_err(|e| user_error(id, e))?;
         self.save(&ring).await?;
         tracing::info!(key = %id, version, "key version retired");
         Ok(())

@@ -8,14 +8,14 @@
 
 use std::sync::Arc;
 
-use super::IssueError;
+use super::{IssueError, read_stored, write_stored};
 use crate::gate::single_flight::{Role, SingleFlight};
 use crate::gate::{KdcGate, Lane, Priority};
 use crate::kadmin::KadminClient;
 use crate::keytab::Keytab;
 use crate::metrics::Metrics;
 use crate::names::Principal;
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Record, Store, Table};
 
 /// What the store shows about a keytab without decrypting it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -56,21 +56,13 @@ impl KeytabIssuer {
     }
 
     async fn stored(&self, principal: &Principal) -> Result<Option<Keytab>, IssueError> {
-        let store = Arc::clone(&self.store);
-        let name = principal.to_string();
-        let found =
-            tokio::task::spawn_blocking(move || store.get::<KeytabMeta>(Table::Keytabs, &name))
-                .await
-                .map_err(|e| IssueError::Task(e.to_string()))??;
-        match found {
-            None => Ok(None),
-            Some(r) => Keytab::parse(r.secret).map(Some).map_err(|e| {
-                IssueError::Store(StoreError::Corrupt {
-                    record: principal.to_string(),
-                    reason: e.to_string(),
-                })
-            }),
-        }
+        read_stored(
+            &self.store,
+            Table::Keytabs,
+            &principal.to_string(),
+            |r: Record<KeytabMeta>| Keytab::parse(r.secret),
+        )
+        .await
     }
 
     /// The principal's keytab: from the store, or extracted once.
@@ -110,15 +102,18 @@ impl KeytabIssuer {
             tracing::info!(%principal, "kept the stored keytab: it holds a newer kvno");
             return Ok(());
         }
-        let store = Arc::clone(&self.store);
-        let (name, k) = (principal.to_string(), keytab.clone());
         let meta = KeytabMeta {
             kvnos: keytab.kvnos().iter().copied().collect(),
         };
-        tokio::task::spawn_blocking(move || store.put(Table::Keytabs, &name, &meta, k.bytes()))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??;
-        Ok(())
+        let secret = zeroize::Zeroizing::new(keytab.bytes().to_vec());
+        write_stored(
+            &self.store,
+            Table::Keytabs,
+            &principal.to_string(),
+            meta,
+            secret,
+        )
+        .await
     }
 
     async fn extract(

@@ -10,20 +10,21 @@
 //! exchange. While the KDC is down, a ticket that has not yet expired is
 //! still served.
 
+use kcred_audit::timefmt::unix_secs;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::IssueError;
 use super::keytab::KeytabIssuer;
+use super::{IssueError, read_stored, write_stored};
 use crate::gate::single_flight::{Role, SingleFlight};
 use crate::gate::{KdcGate, Lane, Priority};
 use crate::kdc::{KdcClient, Ticket};
 use crate::metrics::Metrics;
 use crate::names::{Principal, UserPrincipal};
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Record, Store, Table};
 
 const KIND: &str = "ticket";
 
@@ -36,12 +37,6 @@ pub struct TicketMeta {
     pub end_unix: i64,
     /// Renewable until.
     pub renew_till_unix: i64,
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Issues prestashed TGTs for role accounts.
@@ -90,21 +85,13 @@ impl TicketIssuer {
     }
 
     async fn stored(&self, name: &str) -> Result<Option<Ticket>, IssueError> {
-        let store = Arc::clone(&self.store);
-        let key = name.to_string();
-        let found =
-            tokio::task::spawn_blocking(move || store.get::<TicketMeta>(Table::Tickets, &key))
-                .await
-                .map_err(|e| IssueError::Task(e.to_string()))??;
-        match found {
-            None => Ok(None),
-            Some(r) => Ticket::parse(r.secret).map(Some).map_err(|e| {
-                IssueError::Store(StoreError::Corrupt {
-                    record: name.to_string(),
-                    reason: e.to_string(),
-                })
-            }),
-        }
+        read_stored(
+            &self.store,
+            Table::Tickets,
+            name,
+            |r: Record<TicketMeta>| Ticket::parse(r.secret),
+        )
+        .await
     }
 
     fn issued(&self, ticket: Ticket) -> IssuedTicket {
@@ -185,16 +172,12 @@ impl TicketIssuer {
             }
         };
         let meta = TicketMeta {
-            start_unix: unix(ticket.start),
-            end_unix: unix(ticket.end),
-            renew_till_unix: unix(ticket.renew_till),
+            start_unix: unix_secs(ticket.start),
+            end_unix: unix_secs(ticket.end),
+            renew_till_unix: unix_secs(ticket.renew_till),
         };
-        let store = Arc::clone(&self.store);
-        let (key, bytes) = (name.to_string(), Zeroizing::new(ticket.ccache().to_vec()));
-        let stored_meta = meta.clone();
-        tokio::task::spawn_blocking(move || store.put(Table::Tickets, &key, &stored_meta, &bytes))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??;
+        let bytes = Zeroizing::new(ticket.ccache().to_vec());
+        write_stored(&self.store, Table::Tickets, name, meta.clone(), bytes).await?;
         tracing::info!(principal = %name, end = meta.end_unix, renew_till = meta.renew_till_unix, "ticket issued");
         Ok(ticket)
     }

@@ -1,6 +1,5 @@
 //! One long-lived `kadmin` process and the command protocol over it.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,15 +98,7 @@ impl KadminClient {
         let io = |e: std::io::Error| {
             KadminError::Failed(format!("work dir {}: {e}", cfg.work_dir.display()))
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&cfg.work_dir)
-            .map_err(io)?;
-        std::fs::set_permissions(&cfg.work_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io)?;
-        for entry in std::fs::read_dir(&cfg.work_dir).map_err(io)? {
-            let path = entry.map_err(io)?.path();
+        for path in crate::private_dir::prepare(&cfg.work_dir).map_err(io)? {
             if path.extension().is_some_and(|e| e == "keytab") {
                 std::fs::remove_file(&path).map_err(io)?;
             }
@@ -293,8 +284,9 @@ impl crate::gate::Transient for KadminError {
 }
 
 fn rand_suffix() -> u64 {
-    use aes_gcm::aead::rand_core::RngCore;
-    aes_gcm::aead::OsRng.next_u64()
+    // Uniqueness comes from the sequence number beside it; a failed
+    // generator only makes the name predictable, never reused.
+    crate::crypto::random::u64().unwrap_or_default()
 }
 
 /// Deletes a transient keytab file whatever happens.

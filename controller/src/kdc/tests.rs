@@ -342,7 +342,7 @@ async fn setup_failures_and_hung_kinit_leave_nothing_behind() {
         .acquire("-k", &keytab)
         .await
         .expect_err("option-like");
-    assert!(matches!(err, TicketError::Failed(_)), "{err}");
+    assert!(matches!(err, TicketError::InvalidPrincipal(_)), "{err}");
     cfg.kinit = Path::new("/nonexistent/kinit").to_path_buf();
     let err = KdcClient::new(cfg.clone())
         .expect("issuer")

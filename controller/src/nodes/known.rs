@@ -39,18 +39,12 @@ impl Default for KnownNodes {
 impl KnownNodes {
     /// Whether the cluster has a node of that name.
     pub fn node_known(&self, name: &str) -> bool {
-        match self.names.read() {
-            Ok(n) => n.contains(name),
-            Err(p) => p.into_inner().contains(name),
-        }
+        crate::locks::read(&self.names).contains(name)
     }
 
     /// Number of known nodes.
     pub fn len(&self) -> usize {
-        match self.names.read() {
-            Ok(n) => n.len(),
-            Err(p) => p.into_inner().len(),
-        }
+        crate::locks::read(&self.names).len()
     }
 
     /// Whether no node is known.
@@ -76,18 +70,12 @@ impl KnownNodes {
 
     /// Adds a node.
     pub fn insert(&self, name: String) {
-        match self.names.write() {
-            Ok(mut n) => n.insert(name),
-            Err(p) => p.into_inner().insert(name),
-        };
+        crate::locks::write(&self.names).insert(name);
     }
 
     /// Removes a node and announces it gone.
     pub fn remove(&self, name: &str) {
-        let removed = match self.names.write() {
-            Ok(mut n) => n.remove(name),
-            Err(p) => p.into_inner().remove(name),
-        };
+        let removed = crate::locks::write(&self.names).remove(name);
         if removed {
             let _ = self.gone.send(NodeGone { name: name.into() });
         }
@@ -97,10 +85,7 @@ impl KnownNodes {
     /// announced gone.
     pub fn replace_all(&self, names: impl IntoIterator<Item = String>) {
         let fresh: HashSet<String> = names.into_iter().collect();
-        let old = match self.names.write() {
-            Ok(mut n) => std::mem::replace(&mut *n, fresh.clone()),
-            Err(p) => std::mem::replace(&mut *p.into_inner(), fresh.clone()),
-        };
+        let old = std::mem::replace(&mut *crate::locks::write(&self.names), fresh.clone());
         for name in old.difference(&fresh) {
             let _ = self.gone.send(NodeGone { name: name.clone() });
         }

@@ -10,9 +10,10 @@
 //! loss is audited. A node that never heartbeated is not tracked: first
 //! publishes on a new node are not held back by its first heartbeat.
 
+use kcred_audit::timefmt::now_unix;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A node's lease state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,13 +58,6 @@ pub struct Leases {
     leases: Mutex<HashMap<String, Lease>>,
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl Leases {
     /// Leases lapse `ttl` after the last heartbeat.
     pub fn new(ttl: Duration) -> Self {
@@ -74,10 +68,7 @@ impl Leases {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
-        match self.leases.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::locks::lock(&self.leases)
     }
 
     /// The lease's time to live.

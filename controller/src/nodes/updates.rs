@@ -18,10 +18,7 @@ pub struct Updates {
 
 impl Updates {
     fn sender(&self, node: &str) -> broadcast::Sender<VolumeUpdate> {
-        let mut map = match self.channels.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::locks::lock(&self.channels);
         map.entry(node.to_string())
             .or_insert_with(|| broadcast::channel(256).0)
             .clone()

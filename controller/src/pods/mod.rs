@@ -144,19 +144,13 @@ impl PodIndex {
 
     /// Looks a pod up by namespace and name.
     pub fn get(&self, namespace: &str, name: &str) -> Option<PodInfo> {
-        let map = match self.pods.read() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let map = crate::locks::read(&self.pods);
         map.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
     /// Adds or replaces one pod (a watch event).
     pub fn upsert(&self, pod: PodInfo) {
-        let mut map = match self.pods.write() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::locks::write(&self.pods);
         let old = map.insert((pod.namespace.clone(), pod.name.clone()), pod.clone());
         drop(map);
         self.announce(old.filter(|o| o.uid != pod.uid).map(|o| PodGone::of(&o)));
@@ -164,10 +158,7 @@ impl PodIndex {
 
     /// Removes one pod (a watch delete).
     pub fn remove(&self, namespace: &str, name: &str) {
-        let mut map = match self.pods.write() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::locks::write(&self.pods);
         let old = map.remove(&(namespace.to_string(), name.to_string()));
         drop(map);
         self.announce(old.map(|o| PodGone::of(&o)));
@@ -176,10 +167,7 @@ impl PodIndex {
     /// Removes `pod` if the view still holds that incarnation (same UID),
     /// not a newer pod of the same name.
     pub fn remove_pod(&self, pod: &PodInfo) {
-        let mut map = match self.pods.write() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::locks::write(&self.pods);
         let key = (pod.namespace.clone(), pod.name.clone());
         let old = match map.get(&key) {
             Some(cur) if cur.uid == pod.uid => map.remove(&key),
@@ -196,10 +184,7 @@ impl PodIndex {
             .into_iter()
             .map(|p| ((p.namespace.clone(), p.name.clone()), p))
             .collect();
-        let mut map = match self.pods.write() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::locks::write(&self.pods);
         let old = std::mem::replace(&mut *map, fresh);
         let gone: Vec<PodGone> = old
             .into_iter()
@@ -212,18 +197,14 @@ impl PodIndex {
 
     /// Whether any known pod is bound to `node` (so `node` is a node name).
     pub fn any_on_node(&self, node: &str) -> bool {
-        match self.pods.read() {
-            Ok(m) => m.values().any(|p| p.node_name == node),
-            Err(p) => p.into_inner().values().any(|p| p.node_name == node),
-        }
+        crate::locks::read(&self.pods)
+            .values()
+            .any(|p| p.node_name == node)
     }
 
     /// Number of pods known.
     pub fn len(&self) -> usize {
-        match self.pods.read() {
-            Ok(m) => m.len(),
-            Err(p) => p.into_inner().len(),
-        }
+        crate::locks::read(&self.pods).len()
     }
 
     /// Whether no pod is known.

@@ -80,7 +80,7 @@ pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, Load
             keys,
         });
     }
-    Policy::new(roles).map_err(invalid)
+    Policy::new(roles).map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]

@@ -101,20 +101,39 @@ pub enum Denied {
     },
 }
 
+/// Why a set of role accounts is not a policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// Two role accounts share a login.
+    #[error("role account {0:?} is defined twice")]
+    RoleTwice(String),
+    /// A namespace can run as one role account only.
+    #[error("namespace {namespace:?} is claimed by both {first:?} and {second:?}")]
+    NamespaceTwice {
+        /// The namespace.
+        namespace: String,
+        /// The account that claimed it first.
+        first: String,
+        /// The account that claimed it again.
+        second: String,
+    },
+}
+
 impl Policy {
     /// Builds the namespace index; fails on a namespace claimed twice.
-    pub fn new(roles: Vec<RoleAccount>) -> Result<Self, String> {
+    pub fn new(roles: Vec<RoleAccount>) -> Result<Self, PolicyError> {
         let mut policy = Policy::default();
         for role in roles {
             if policy.roles.contains_key(&role.login) {
-                return Err(format!("role account {:?} is defined twice", role.login));
+                return Err(PolicyError::RoleTwice(role.login));
             }
             for ns in &role.namespaces {
                 if let Some(other) = policy.by_namespace.insert(ns.clone(), role.login.clone()) {
-                    return Err(format!(
-                        "namespace {ns:?} is claimed by both {other:?} and {:?}",
-                        role.login
-                    ));
+                    return Err(PolicyError::NamespaceTwice {
+                        namespace: ns.clone(),
+                        first: other,
+                        second: role.login.clone(),
+                    });
                 }
             }
             policy.roles.insert(role.login.clone(), role);

@@ -6,8 +6,8 @@
 //! with [`crate::crypto`] under the master key, bound to its table and name.
 //! The file alone reveals names and metadata, never keys.
 
+use kcred_audit::timefmt::now_unix;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -113,14 +113,6 @@ pub struct Record<M> {
 pub struct Store {
     db: Database,
     master: MasterKey,
-}
-
-/// Seconds since the epoch, now.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn aad(table: Table, name: &str) -> String {

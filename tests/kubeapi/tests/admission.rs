@@ -61,13 +61,15 @@ fn validate(review: &Value) -> String {
 
 /// A webhook server on loopback; returns its URL base and CA.
 async fn webhooks(seen: Seen) -> (String, String, tokio::task::JoinHandle<()>) {
-    let id = ServerIdentity::generate().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let id = ServerIdentity::generate().expect("test setup");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("test setup");
+    let addr = listener.local_addr().expect("test setup");
     let record = |f: fn(&Value) -> String, seen: Seen| {
         move |body: Bytes| async move {
-            let review: Value = serde_json::from_slice(&body).unwrap();
-            seen.lock().unwrap().push(review.clone());
+            let review: Value = serde_json::from_slice(&body).expect("test setup");
+            seen.lock().expect("test setup").push(review.clone());
             f(&review)
         }
     };
@@ -122,24 +124,24 @@ async fn register(client: &kube::Client, base: &str, ca_pem: &str, failure_polic
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &m)
         .await
-        .unwrap();
+        .expect("test setup");
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &v)
         .await
-        .unwrap();
+        .expect("test setup");
 }
 
 async fn client(api: &KubeApi) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(api.kubeconfig()).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(api.kubeconfig()).expect("test setup");
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
+        .expect("test setup");
+    kube::Client::try_from(cfg).expect("test setup")
 }
 
 async fn kubectl_apply(api: &KubeApi, manifest: &str) -> (bool, String) {
     let file = api.dir().join("pod.yaml");
-    std::fs::write(&file, manifest).unwrap();
+    std::fs::write(&file, manifest).expect("test setup");
     let out = tokio::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(api.kubeconfig())

@@ -12,20 +12,20 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
 
 async fn client(api: &KubeApi) -> kube::Client {
-    let kc = Kubeconfig::read_from(api.kubeconfig()).unwrap();
+    let kc = Kubeconfig::read_from(api.kubeconfig()).expect("test setup");
     let opts = KubeConfigOptions {
         context: Some(kcred_testkube::CONTEXT.into()),
         ..Default::default()
     };
     let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
         .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
+        .expect("test setup");
+    kube::Client::try_from(cfg).expect("test setup")
 }
 
 fn add_pod(api: &KubeApi, ns: &str, name: &str, node: &str) -> Pod {
-    pods::create(api.store(), pods::new_pod(ns, name)).unwrap();
-    pods::bind(api.store(), ns, name, node).unwrap()
+    pods::create(api.store(), pods::new_pod(ns, name)).expect("test setup");
+    pods::bind(api.store(), ns, name, node).expect("test setup")
 }
 
 #[tokio::test]
@@ -150,7 +150,7 @@ async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event<Pod>>) -
 }
 
 fn name(p: &Pod) -> &str {
-    p.metadata.name.as_deref().unwrap()
+    p.metadata.name.as_deref().expect("test setup")
 }
 
 /// Reads events until the initial list is done; returns the names listed.
@@ -251,10 +251,10 @@ async fn watches_carry_bookmarks() {
 
 fn claims(pod: &Pod, audiences: &[&str], valid_for: Duration) -> TokenClaims {
     TokenClaims {
-        namespace: pod.metadata.namespace.clone().unwrap(),
+        namespace: pod.metadata.namespace.clone().expect("test setup"),
         service_account: "default".into(),
-        pod_name: pod.metadata.name.clone().unwrap(),
-        pod_uid: pod.metadata.uid.clone().unwrap(),
+        pod_name: pod.metadata.name.clone().expect("test setup"),
+        pod_uid: pod.metadata.uid.clone().expect("test setup"),
         audiences: audiences.iter().map(|a| a.to_string()).collect(),
         valid_for,
     }
@@ -271,7 +271,7 @@ async fn review(client: &kube::Client, token: &str, audiences: &[&str]) -> Token
     Api::<TokenReview>::all(client.clone())
         .create(&PostParams::default(), &tr)
         .await
-        .unwrap()
+        .expect("test setup")
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! no async runtime, so it works from sync and async tests alike (call it from
 //! `spawn_blocking` if blocking a runtime thread matters).
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod daemons;

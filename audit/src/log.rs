@@ -1,0 +1,306 @@
+//! Appending to the log: one line per record, synced before append returns.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use super::reader::RawLine;
+use super::signer::sync_parent;
+use super::{
+    AuditError, AuditEvent, AuditHead, AuditRecord, AuditSigner, GENESIS_HASH, MAX_LINE_BYTES,
+    ProblemKind,
+};
+use crate::timefmt::now_unix_ms;
+
+/// The append-only audit log. Appends are serialized by a mutex and the
+/// file is locked (`flock`) against a second writer process, so the chain
+/// cannot fork. Share it as `Arc<AuditLog>`.
+pub struct AuditLog {
+    path: PathBuf,
+    signer: AuditSigner,
+    tail: Mutex<Tail>,
+}
+
+/// Where the chain stands, and the file to extend it.
+struct Tail {
+    file: File,
+    seq: u64,
+    hash: String,
+    /// File length after the last good record: where a failed write is cut back to.
+    len: u64,
+    /// A write failed and could not be undone: refuse everything.
+    broken: bool,
+    #[cfg(test)]
+    fault: Option<Fault>,
+}
+
+/// Failures the tests inject into the next append.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Fault {
+    /// Write this many bytes of the line, then fail (like ENOSPC).
+    PartialWrite(usize),
+    /// The same, and the rollback fails too.
+    PartialWriteNoRollback(usize),
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens the log, creating it with mode 0600 if missing. An existing log
+    /// must end in a complete record, correctly hashed and signed by
+    /// `signer`; otherwise opening is refused (see the module docs for the
+    /// operator's fix) so that nothing is issued on a log in doubt.
+    pub fn open(path: impl AsRef<Path>, signer: AuditSigner) -> Result<Self, AuditError> {
+        let path = path.as_ref().to_path_buf();
+        let io_err = |op: &'static str| {
+            let path = path.clone();
+            move |source: io::Error| AuditError::Io { path, op, source }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("open"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(AuditError::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(io_err("lock")(e)),
+        }
+        sync_parent(&path).map_err(io_err("sync the directory of"))?;
+        let meta = file.metadata().map_err(io_err("stat"))?;
+        if !meta.is_file() {
+            return Err(io_err("use")(io::Error::other("not a regular file")));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            let mode = format!("{:o}", meta.permissions().mode() & 0o777);
+            tracing::warn!(
+                path = %path.display(),
+                mode,
+                "audit log is readable by group or others; chmod 600 recommended"
+            );
+        }
+        let len = meta.len();
+        let (seq, hash) = if len == 0 {
+            (0, GENESIS_HASH.to_string())
+        } else {
+            let last = read_last_line(&file, len).map_err(io_err("read the end of"))?;
+            let rec = check_tail(&path, &signer, &file, last)?;
+            (rec.seq, rec.hash)
+        };
+        tracing::info!(path = %path.display(), seq, key_id = signer.key_id(), "audit log opened");
+        Ok(AuditLog {
+            path,
+            signer,
+            tail: Mutex::new(Tail {
+                file,
+                seq,
+                hash,
+                len,
+                broken: false,
+                #[cfg(test)]
+                fault: None,
+            }),
+        })
+    }
+
+    /// Records `event` and returns only once it is on disk (written and
+    /// `fdatasync`ed). On error nothing was recorded: the caller must not
+    /// issue. Store the returned record's [`AuditRecord::head`] so a cut
+    /// log end can be detected later.
+    pub fn append(&self, event: &AuditEvent) -> Result<AuditRecord, AuditError> {
+        event.check()?;
+        let mut tail = self.lock()?;
+        if tail.broken {
+            return Err(AuditError::Broken {
+                path: self.path.clone(),
+            });
+        }
+        let seq = tail
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| AuditError::InvalidEvent("sequence numbers exhausted".into()))?;
+        let mut record =
+            AuditRecord::unsealed(event, seq, now_unix_ms(), &tail.hash, self.signer.key_id());
+        let digest = record.content_hash()?;
+        record.hash = hex::encode(digest);
+        record.signature = self.signer.sign(&digest);
+        let mut line =
+            serde_json::to_vec(&record).map_err(|source| AuditError::Encode { seq, source })?;
+        line.push(b'\n');
+        if line.len() > MAX_LINE_BYTES {
+            return Err(AuditError::TooLarge {
+                seq,
+                len: line.len(),
+                max: MAX_LINE_BYTES,
+            });
+        }
+        if let Err(source) = tail.write_line(&line) {
+            let rolled_back = tail.roll_back().is_ok();
+            tail.broken = !rolled_back;
+            let error = AuditError::Write {
+                path: self.path.clone(),
+                seq,
+                rolled_back,
+                source,
+            };
+            tracing::error!(%error, "audit record not written; the caller must refuse");
+            return Err(error);
+        }
+        tail.seq = seq;
+        tail.hash.clone_from(&record.hash);
+        tail.len += line.len() as u64;
+        Ok(record)
+    }
+
+    /// The last record's place, `None` while the log is empty.
+    pub fn head(&self) -> Option<AuditHead> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        (tail.seq > 0).then(|| AuditHead {
+            seq: tail.seq,
+            hash: tail.hash.clone(),
+        })
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The signer, for its public key and key id.
+    pub fn signer(&self) -> &AuditSigner {
+        &self.signer
+    }
+
+    #[cfg(test)]
+    pub(super) fn inject(&self, fault: Fault) {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner()).fault = Some(fault);
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Tail>, AuditError> {
+        // A panic while appending may have left half a line: refuse.
+        self.tail.lock().map_err(|_| AuditError::Broken {
+            path: self.path.clone(),
+        })
+    }
+}
+
+impl Tail {
+    /// One `write_all` (O_APPEND puts it at the end) and `fdatasync`, which
+    /// also persists the new file length.
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(fault) = self.fault {
+            let (Fault::PartialWrite(n) | Fault::PartialWriteNoRollback(n)) = fault;
+            self.file.write_all(&line[..n.min(line.len())])?;
+            return Err(io::Error::other("injected write failure"));
+        }
+        self.file.write_all(line)?;
+        self.file.sync_data()
+    }
+
+    /// Cuts off whatever a failed write left, so the log ends in a whole record.
+    fn roll_back(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(fault) = self.fault.take()
+            && matches!(fault, Fault::PartialWriteNoRollback(_))
+        {
+            return Err(io::Error::other("injected rollback failure"));
+        }
+        self.file.set_len(self.len)?;
+        self.file.sync_data()
+    }
+}
+
+/// Reads the last line of a non-empty file and where it starts, scanning
+/// backwards in bounded chunks.
+fn read_last_line(file: &File, len: u64) -> io::Result<(RawLine, u64)> {
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    let complete = last[0] == b'\n';
+    let end = if complete { len - 1 } else { len };
+    let max = MAX_LINE_BYTES as u64;
+    let mut start = end;
+    let mut chunk = [0u8; 4096];
+    while start > 0 && end - start < max {
+        let take = (start.min(chunk.len() as u64)) as usize;
+        let from = start - take as u64;
+        file.read_exact_at(&mut chunk[..take], from)?;
+        match chunk[..take].iter().rposition(|&b| b == b'\n') {
+            Some(i) => {
+                start = from + i as u64 + 1;
+                break;
+            }
+            None => start = from,
+        }
+    }
+    let start = start.max(end.saturating_sub(max));
+    let mut bytes = vec![0u8; (end - start) as usize];
+    file.read_exact_at(&mut bytes, start)?;
+    // The line number is only for error messages: counted when needed.
+    let line = RawLine {
+        no: 0,
+        bytes,
+        complete,
+    };
+    Ok((line, start))
+}
+
+/// 1-based number of the line starting at byte `start`.
+fn line_number(file: &File, start: u64) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut pos, mut n) = (0u64, 1u64);
+    while pos < start {
+        let take = (start - pos).min(buf.len() as u64) as usize;
+        if file.read_exact_at(&mut buf[..take], pos).is_err() {
+            return 0;
+        }
+        n += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+        pos += take as u64;
+    }
+    n
+}
+
+/// The last record must be whole, unedited and signed by this signer.
+fn check_tail(
+    path: &Path,
+    signer: &AuditSigner,
+    file: &File,
+    (last, start): (RawLine, u64),
+) -> Result<AuditRecord, AuditError> {
+    let damaged = |reason: String| AuditError::DamagedTail {
+        path: path.to_path_buf(),
+        line: line_number(file, start),
+        reason,
+    };
+    let rec = last
+        .parse()
+        .map_err(|reason| damaged(format!("the last line is {reason}")))?;
+    match rec.verify_alone(signer.public_key()) {
+        Ok(()) => Ok(rec),
+        Err(ProblemKind::HashMismatch) => Err(damaged(format!(
+            "record {} was edited: its content no longer matches its hash",
+            rec.seq
+        ))),
+        Err(_) if rec.key_id != signer.key_id() => Err(AuditError::ForeignKey {
+            path: path.to_path_buf(),
+            log_key_id: rec.key_id,
+            signer_key_id: signer.key_id().to_string(),
+        }),
+        Err(_) => Err(damaged(format!(
+            "record {} does not carry a valid signature of the audit key",
+            rec.seq
+        ))),
+    }
+}

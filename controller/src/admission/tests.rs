@@ -1,0 +1,288 @@
+//! Every admission rule, refusing and granting, without root or servers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kcred_proto::kcred::v1::{PodRef, Reason};
+
+use super::*;
+use crate::names::ServicePrincipal;
+use crate::policy::RoleAccount;
+
+const REALM: &str = "KCRED.TEST";
+
+fn policy() -> Policy {
+    Policy::new(vec![RoleAccount {
+        login: "websvc".into(),
+        uid: 1500,
+        gid: 1500,
+        groups: vec![],
+        namespaces: BTreeSet::from(["web".to_string()]),
+        service_principals: BTreeSet::from([
+            "HTTP/web.example.com".to_string(),
+            "host/node-b.example.com".to_string(),
+            "kcred/evil.example.com".to_string(),
+        ]),
+        certificates: BTreeSet::from([
+            "web.example.com".to_string(),
+            "kcred.example.com".to_string(),
+        ]),
+        keys: BTreeSet::from(["orders-db".to_string()]),
+    }])
+    .expect("valid policy")
+}
+
+fn pod(annotations: &[(&str, &str)]) -> PodInfo {
+    PodInfo {
+        namespace: "web".into(),
+        name: "web-0".into(),
+        uid: "uid-1".into(),
+        node_name: "node-a".into(),
+        service_account: "default".into(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        fs_group: None,
+        ..Default::default()
+    }
+}
+
+fn pod_ref() -> PodRef {
+    PodRef {
+        namespace: "web".into(),
+        name: "web-0".into(),
+        uid: "uid-1".into(),
+        service_account: "default".into(),
+    }
+}
+
+fn record(node: &str, uid: &str, revoked: bool) -> VolumeRecord {
+    VolumeRecord {
+        volume_id: "vol-1".into(),
+        node: node.into(),
+        namespace: "web".into(),
+        pod: "web-0".into(),
+        pod_uid: uid.into(),
+        keytabs: BTreeSet::new(),
+        ticket: None,
+        certs: BTreeSet::new(),
+        keys: BTreeSet::new(),
+        versions: BTreeMap::new(),
+        issued_unix: 0,
+        generation: String::new(),
+        revoked,
+    }
+}
+
+/// Facts for a pod asking for one keytab; each test changes one fact.
+struct Case {
+    pod: Option<PodInfo>,
+    pod_ref: PodRef,
+    node: &'static str,
+    refresh: bool,
+    lease: Option<LeaseState>,
+    volume: Option<VolumeRecord>,
+    pod_revoked: bool,
+    reserved: Reserved,
+    nodes: Vec<&'static str>,
+    policy: Policy,
+}
+
+impl Case {
+    fn new() -> Self {
+        Case {
+            pod: Some(pod(&[("kcred.io/keytabs", "HTTP/web.example.com")])),
+            pod_ref: pod_ref(),
+            node: "node-a",
+            refresh: false,
+            lease: None,
+            volume: None,
+            pod_revoked: false,
+            reserved: Reserved {
+                principals: BTreeSet::from(["kcredadmin/admin@KCRED.TEST".to_string()]),
+                tls_names: BTreeSet::from(["kcred.example.com".to_string()]),
+            },
+            nodes: vec!["node-a", "node-b"],
+            policy: policy(),
+        }
+    }
+
+    fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.pod = Some(pod(&[(key, value)]));
+        self
+    }
+
+    fn decide(&self) -> Result<Grant, Refusal> {
+        let is_node = |h: &str| self.nodes.contains(&h);
+        fetch(&FetchFacts {
+            node: self.node,
+            pod_ref: &self.pod_ref,
+            volume_id: "vol-1",
+            refresh: self.refresh,
+            pod: self.pod.as_ref(),
+            realm: REALM,
+            policy: &self.policy,
+            reserved: &self.reserved,
+            is_node: &is_node,
+            lease: self.lease,
+            volume: self.volume.as_ref(),
+            pod_revoked: self.pod_revoked,
+        })
+    }
+
+    fn refused(&self) -> Reason {
+        match self.decide() {
+            Ok(g) => panic!("granted: {g:?}"),
+            Err(r) => r.reason,
+        }
+    }
+}
+
+#[test]
+fn grants_a_pod_its_owned_principal_as_its_role_account() {
+    let g = Case::new().decide().expect("granted");
+    assert_eq!(g.role.login, "websvc");
+    assert_eq!(g.priority, Priority::Starting);
+    assert_eq!(g.wants.keytabs.len(), 1);
+}
+
+#[test]
+fn a_refresh_yields_to_starting_pods() {
+    let mut c = Case::new();
+    c.refresh = true;
+    c.lease = Some(LeaseState::Alive);
+    assert_eq!(c.decide().expect("granted").priority, Priority::Background);
+}
+
+#[test]
+fn refuses_a_pod_the_controller_does_not_know() {
+    let mut c = Case::new();
+    c.pod = None;
+    assert_eq!(c.refused(), Reason::PodUnknown);
+}
+
+#[test]
+fn refuses_a_request_naming_another_uid() {
+    let mut c = Case::new();
+    c.pod_ref.uid = "uid-old".into();
+    assert_eq!(c.refused(), Reason::PodUidMismatch);
+}
+
+#[test]
+fn refuses_a_pod_bound_to_another_node() {
+    let mut c = Case::new();
+    c.node = "node-b";
+    assert_eq!(c.refused(), Reason::PodNotOnNode);
+}
+
+#[test]
+fn refuses_a_pod_without_annotations() {
+    let mut c = Case::new();
+    c.pod = Some(pod(&[]));
+    assert_eq!(c.refused(), Reason::AnnotationsMissing);
+}
+
+#[test]
+fn refuses_a_malformed_annotation() {
+    let c = Case::new().annotate("kcred.io/keytabs", "HTTP/web.example.com@OTHER.REALM");
+    assert_eq!(c.refused(), Reason::AnnotationInvalid);
+}
+
+#[test]
+fn refuses_kdc_and_kcred_identities_whatever_the_policy_grants() {
+    let c = Case::new().annotate("kcred.io/keytabs", "kcred/evil.example.com");
+    assert_eq!(c.refused(), Reason::ReservedIdentity);
+}
+
+#[test]
+fn refuses_a_known_nodes_host_key_even_when_granted() {
+    let c = Case::new().annotate("kcred.io/keytabs", "host/node-b.example.com");
+    assert_eq!(c.refused(), Reason::ReservedIdentity);
+}
+
+#[test]
+fn refuses_the_controllers_own_principals() {
+    let r = Case::new().reserved.check_principal(
+        &ServicePrincipal::parse("kcredadmin/admin", REALM).expect("valid"),
+        &|_| false,
+    );
+    assert_eq!(r.map_err(|r| r.reason), Err(Reason::ReservedIdentity));
+}
+
+#[test]
+fn refuses_the_controllers_tls_name_as_a_certificate() {
+    let c = Case::new().annotate("kcred.io/certs", "kcred.example.com");
+    assert_eq!(c.refused(), Reason::ReservedName);
+}
+
+#[test]
+fn refuses_a_namespace_without_role_account() {
+    let mut c = Case::new();
+    let mut p = pod(&[("kcred.io/keys", "orders-db")]);
+    p.namespace = "other".into();
+    c.pod = Some(p);
+    c.pod_ref.namespace = "other".into();
+    assert_eq!(c.refused(), Reason::NoRoleAccount);
+}
+
+#[test]
+fn refuses_a_principal_the_role_account_does_not_own() {
+    let c = Case::new().annotate("kcred.io/keytabs", "HTTP/api.example.com");
+    assert_eq!(c.refused(), Reason::PrincipalNotOwned);
+}
+
+#[test]
+fn refuses_another_role_accounts_ticket() {
+    let c = Case::new().annotate("kcred.io/tickets", "dbsvc");
+    assert_eq!(c.refused(), Reason::TicketNotRoleAccount);
+}
+
+#[test]
+fn refuses_a_certificate_name_not_granted() {
+    let c = Case::new().annotate("kcred.io/certs", "api.example.com");
+    assert_eq!(c.refused(), Reason::CertificateNotGranted);
+}
+
+#[test]
+fn refuses_a_key_not_granted() {
+    let c = Case::new().annotate("kcred.io/keys", "payroll");
+    assert_eq!(c.refused(), Reason::KeyNotGranted);
+}
+
+#[test]
+fn refuses_a_volume_id_of_another_pod() {
+    let mut c = Case::new();
+    c.volume = Some(record("node-a", "uid-other", false));
+    assert_eq!(c.refused(), Reason::VolumeConflict);
+}
+
+#[test]
+fn refuses_a_volume_id_recorded_on_another_node() {
+    let mut c = Case::new();
+    c.volume = Some(record("node-b", "uid-1", false));
+    assert_eq!(c.refused(), Reason::VolumeConflict);
+}
+
+#[test]
+fn refuses_a_revoked_volume() {
+    let mut c = Case::new();
+    c.volume = Some(record("node-a", "uid-1", true));
+    assert_eq!(c.refused(), Reason::VolumeRevoked);
+}
+
+#[test]
+fn refuses_another_volume_of_a_revoked_pod() {
+    let mut c = Case::new();
+    c.pod_revoked = true;
+    assert_eq!(c.refused(), Reason::VolumeRevoked);
+}
+
+#[test]
+fn refuses_renewals_to_a_lost_node_but_not_its_first_publish() {
+    let mut c = Case::new();
+    c.lease = Some(LeaseState::Lost);
+    c.refresh = true;
+    assert_eq!(c.refused(), Reason::NodeLost);
+    c.refresh = false;
+    assert!(c.decide().is_ok());
+}

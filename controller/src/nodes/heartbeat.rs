@@ -1,0 +1,108 @@
+//! A heartbeat's answer: the lease is renewed, and the node learns which of
+//! the volumes it holds it must wipe.
+//!
+//! - **revoked**: an operator revoked the volume (a repeat of the pushed
+//!   WIPE, for nodes that missed it);
+//! - **stale**: the volume's pod is gone from the controller's view or
+//!   bound elsewhere (a node that was lost and came back finds its pods
+//!   rescheduled): the node wipes and unmounts it.
+//!
+//! The node's word never removes the controller's records, and a heartbeat
+//! never tells a node anything about another node's volumes: a volume
+//! recorded on another node is treated as unknown.
+
+use kcred_proto::kcred::v1::{HeartbeatResponse, Reason};
+
+use crate::issued::VolumeRecord;
+use crate::reasons::Refusal;
+use crate::state::ControllerState;
+
+/// Most volume ids one heartbeat may list (far above what a node mounts).
+pub const MAX_HELD: usize = 10_000;
+
+/// The verdict on the volumes `node` says it holds.
+pub fn answer(
+    st: &ControllerState,
+    node: &str,
+    held: &[String],
+) -> Result<HeartbeatResponse, Refusal> {
+    if held.len() > MAX_HELD {
+        return Err(Refusal::new(
+            Reason::RequestInvalid,
+            format!(
+                "volume_ids lists {} volumes; at most {MAX_HELD} are allowed",
+                held.len()
+            ),
+        ));
+    }
+    let mut stale = Vec::new();
+    let mut revoked = Vec::new();
+    for id in held {
+        let rec = st.issued.get(id).map_err(|e| Refusal::from_error(&e))?;
+        // No record here: nothing known against the volume, so it stays (a
+        // record lost to a crash must not cut a running pod off).
+        let Some(r) = rec.filter(|r| r.node == node) else {
+            continue;
+        };
+        match verdict(st, node, &r) {
+            Verdict::Keep => {}
+            Verdict::Revoked => revoked.push(id.clone()),
+            Verdict::Stale => stale.push(id.clone()),
+        }
+    }
+    release_gone(st, node, held);
+    Ok(HeartbeatResponse {
+        lease_ttl_secs: st.leases.ttl().as_secs(),
+        stale_volume_ids: stale,
+        revoked_volume_ids: revoked,
+    })
+}
+
+enum Verdict {
+    Keep,
+    Revoked,
+    Stale,
+}
+
+/// Revoked volumes stay mounted, emptied, until their pod goes.
+fn verdict(st: &ControllerState, node: &str, r: &VolumeRecord) -> Verdict {
+    if r.revoked {
+        return Verdict::Revoked;
+    }
+    let bound_here = st
+        .pods
+        .get(&r.namespace, &r.pod)
+        .is_some_and(|p| p.uid == r.pod_uid && p.node_name == node);
+    if bound_here {
+        Verdict::Keep
+    } else {
+        Verdict::Stale
+    }
+}
+
+/// Forgets records of volumes the node no longer holds whose pods are gone
+/// from the controller's own view (or rebound): records leave on the
+/// controller's knowledge, never on the node's word alone.
+fn release_gone(st: &ControllerState, node: &str, held: &[String]) {
+    let records = match st.issued.on_node(node) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the node's volume records");
+            return;
+        }
+    };
+    for r in records {
+        if r.revoked || held.contains(&r.volume_id) {
+            continue;
+        }
+        if matches!(verdict(st, node, &r), Verdict::Stale) {
+            match st.issued.remove(&r.volume_id) {
+                Ok(()) => tracing::info!(volume = %r.volume_id, %node,
+                    pod = %format!("{}/{}", r.namespace, r.pod), "volume released: its pod is gone"),
+                Err(e) => {
+                    tracing::warn!(error = %e, volume = %r.volume_id, "cannot release a volume record")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What a node's lease changes set off: the audit of joins, losses and
+//! returns, the lease sweeper, and policy `leases.rotate_keytabs_on_loss`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
+use tokio::task::JoinHandle;
+
+use crate::names;
+use crate::nodes::leases::{LeaseState, Transition};
+use crate::reasons::Reasoned;
+use crate::state::ControllerState;
+
+/// Sweeps lapsed leases once a second until aborted. Each loss is handled
+/// off the sweep, so a slow rotation never delays another node's loss.
+pub fn spawn_sweeper(state: Arc<ControllerState>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for t in state.leases.sweep() {
+                let st = Arc::clone(&state);
+                tokio::spawn(async move { lease_transition(&st, t).await });
+            }
+        }
+    })
+}
+
+/// Audits a node joining, being lost, or returning, and applies the
+/// policy for lost nodes.
+pub async fn lease_transition(st: &ControllerState, t: Transition) {
+    let (node, action, reason) = match &t {
+        Transition::Joined(n) => (n, None, "first heartbeat"),
+        Transition::Returned(n) => (n, Some(Action::NodeReturned), "heartbeats resumed"),
+        Transition::Lost(n) => (n, Some(Action::NodeLost), "lease lapsed: renewals stop"),
+    };
+    tracing::info!(%node, ?t, "node lease changed");
+    if let Some(action) = action {
+        let event = AuditEvent::new(Actor::Controller, action)
+            .with_place(node, "", "")
+            .with_reason(reason);
+        if let Err(e) = st.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot audit a node lease change");
+        }
+    }
+    if let (Transition::Lost(node), Some(grace)) = (&t, st.rotate_on_loss) {
+        // Re-checked: a node back meanwhile keeps its keytabs.
+        if st.leases.state(node) == Some(LeaseState::Lost) {
+            rotate_keytabs_held_by(st, node, grace).await;
+        }
+    }
+}
+
+/// Every keytab a lost node held gets new keys (the previous kvno stays for
+/// the grace period, so other holders keep working while they pick the new
+/// one up).
+async fn rotate_keytabs_held_by(st: &ControllerState, node: &str, grace: Duration) {
+    let principals: BTreeSet<String> = match st.issued.on_node(node) {
+        Ok(held) => held
+            .into_iter()
+            .filter(|v| !v.revoked)
+            .flat_map(|v| v.keytabs)
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list a lost node's volumes");
+            return;
+        }
+    };
+    for name in principals {
+        let Ok(principal) = names::ServicePrincipal::parse(&name, &st.realm) else {
+            continue;
+        };
+        let result = crate::rotation::rotate_keytab(st, &principal, grace).await;
+        let event = AuditEvent::new(Actor::Controller, Action::Rotate)
+            .with_kind(CredentialKind::Keytab)
+            .with_subject(name.clone())
+            .with_place(node, "", "");
+        let event = match &result {
+            Ok(kvno) => event.with_kvno(*kvno).with_reason(format!(
+                "node {node} lost: policy rotates the keytabs it held"
+            )),
+            Err(e) => event.denied(
+                e.reason(),
+                format!("rotation after losing node {node} failed: {e}"),
+            ),
+        };
+        if let Err(e) = st.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot audit a rotation");
+        }
+    }
+}
