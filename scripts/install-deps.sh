@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing kcred needs on Debian: MIT Kerberos
-# (KDC, kadmind, client tools, headers) and libclang for bindgen; for the
+# (KDC, kadmind, client tools, headers) and libclang for bindgen; kubectl
+# (the Kubernetes tests drive the test API server with it); for the
 # deployment tests, buildah and mmdebstrap (images), promtool (alert rules)
 # and a Python venv with Helm's engine and Kubernetes schemas. Safe to
 # re-run: it installs only what is missing.
@@ -8,6 +9,10 @@ set -euo pipefail
 
 packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl
   buildah mmdebstrap uidmap prometheus python3-venv)
+# kubectl drives the test Kubernetes API server; Debian ships it as
+# kubernetes-client. Any kubectl already on the PATH will do (tested with
+# Debian's 1.20 and 1.32).
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -80,9 +80,12 @@ pub struct Config {
     /// The role-account policy (hot-reloaded).
     pub policy_file: PathBuf,
     /// A static pod source (hot-reloaded), for running without the
-    /// Kubernetes API.
+    /// Kubernetes API. Exactly one pod source: this or `[kubernetes]`.
     #[serde(default)]
     pub pods_file: Option<PathBuf>,
+    /// The Kubernetes API as the pod and node source.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesSection>,
     /// How often hot-reloaded files are checked.
     #[serde(default = "default_reload_secs")]
     pub reload_interval_secs: u64,
@@ -138,6 +141,31 @@ pub struct TlsSection {
     /// nodes without a host keytab (certificate DNS name = node name) and
     /// for admin tools (`cert:<subject CN>` in auth.operators/auditors).
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// The `[kubernetes]` table: where the API server is and how to log in,
+/// from a kubeconfig file (the controller runs outside the cluster) or
+/// the pod's own service account (`in_cluster = true`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSection {
+    /// The kubeconfig file.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Its context to use (default: its current context).
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Use the in-cluster service account and `KUBERNETES_SERVICE_HOST`.
+    #[serde(default)]
+    pub in_cluster: bool,
+    /// Also watch nodes (needs `list`/`watch` on nodes), so rules can tell
+    /// node names apart and a deleted node counts as lost.
+    #[serde(default = "default_true")]
+    pub watch_nodes: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// How callers prove who they are.
@@ -348,6 +376,27 @@ impl Config {
                 return Err("tls.names (or tls.cert_file) is required".into());
             }
         }
+        match (&self.pods_file, &self.kubernetes) {
+            (None, None) => {
+                return Err("no pod source: set pods_file or a [kubernetes] table (kubeconfig or in_cluster = true); without one the controller cannot tell which pods exist".into());
+            }
+            (Some(_), Some(_)) => {
+                return Err(
+                    "pods_file and [kubernetes] are both pod sources: configure one".into(),
+                );
+            }
+            (None, Some(k)) => {
+                if k.in_cluster == k.kubeconfig.is_some() {
+                    return Err(
+                        "kubernetes: set exactly one of kubeconfig or in_cluster = true".into(),
+                    );
+                }
+                if k.in_cluster && k.context.is_some() {
+                    return Err("kubernetes.context goes with kubeconfig, not in_cluster".into());
+                }
+            }
+            (Some(_), None) => {}
+        }
         if self.leases.ttl_secs == 0 {
             return Err("leases.ttl_secs must be at least 1".into());
         }
@@ -368,5 +417,75 @@ impl Config {
             .clone()
             .or_else(|| self.krb5_config.clone())
             .unwrap_or_else(|| PathBuf::from("/etc/krb5.conf"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+realm = "EXAMPLE.COM"
+master_key_file = "/k"
+store_path = "/s"
+policy_file = "/p"
+audit_log = "/a"
+audit_key = "/ak"
+"#;
+    const TAIL: &str = "[kadmin]\nprincipal = \"kcred/admin\"\nkeytab = \"/kt\"\nwork_dir = \"/w\"\n[auth]\nmode = \"none\"\n";
+
+    fn load(top: &str, tables: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, format!("{BASE}{top}\n{TAIL}{tables}")).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/controller/controller.example.toml");
+        let cfg = Config::load(&path).unwrap();
+        assert!(cfg.kubernetes.is_some() && cfg.pods_file.is_none());
+    }
+
+    #[test]
+    fn a_controller_without_a_pod_source_refuses_to_start_and_says_so() {
+        let err = load("", "").unwrap_err().to_string();
+        assert!(err.contains("no pod source"), "{err}");
+        assert!(
+            err.contains("pods_file") && err.contains("[kubernetes]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_table_is_a_pod_source() {
+        let cfg = load(
+            "",
+            "[kubernetes]\nkubeconfig = \"/kc\"\ncontext = \"prod\"\n",
+        )
+        .unwrap();
+        let k = cfg.kubernetes.unwrap();
+        assert_eq!(k.context.as_deref(), Some("prod"));
+        assert!(k.watch_nodes, "nodes are watched by default");
+        assert!(load("", "[kubernetes]\nin_cluster = true\n").is_ok());
+    }
+
+    #[test]
+    fn two_pod_sources_or_an_ambiguous_kubernetes_table_are_refused() {
+        let both = load("pods_file = \"/pods\"", "[kubernetes]\nin_cluster = true\n");
+        assert!(both.unwrap_err().to_string().contains("both pod sources"));
+        let neither = load("", "[kubernetes]\n").unwrap_err().to_string();
+        assert!(
+            neither.contains("exactly one of kubeconfig or in_cluster"),
+            "{neither}"
+        );
+        let both_ways = load(
+            "",
+            "[kubernetes]\nin_cluster = true\nkubeconfig = \"/kc\"\n",
+        );
+        assert!(both_ways.is_err());
     }
 }

@@ -25,6 +25,7 @@ pub mod issuers;
 pub mod kadmin;
 pub mod kdc;
 pub mod keytab;
+pub mod kubernetes;
 pub mod locks;
 pub mod metrics;
 pub mod names;

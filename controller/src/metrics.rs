@@ -31,6 +31,12 @@ pub struct Metrics {
     /// Refusals and failures returned to callers, by reason (the
     /// vocabulary of `kcred.v1.Reason`).
     pub refusals: IntCounterVec,
+    /// 1 while the Kubernetes watch of a resource follows a complete list.
+    pub kube_watch_synced: IntGaugeVec,
+    /// When the API server was last heard from, per resource (Unix seconds).
+    pub kube_watch_last_event: IntGaugeVec,
+    /// Re-lists and reconnects of the Kubernetes watches, by reason.
+    pub kube_watch_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +106,21 @@ impl Metrics {
                 &["kind"],
             ),
             fetch_seconds,
+            kube_watch_synced: gauge(
+                "kube_watch_synced",
+                "1 while the watch follows a complete list",
+                &["resource"],
+            ),
+            kube_watch_last_event: gauge(
+                "kube_watch_last_event_timestamp_seconds",
+                "When the API server was last heard from",
+                &["resource"],
+            ),
+            kube_watch_restarts: counter(
+                "kube_watch_restarts_total",
+                "Watch re-lists and reconnects",
+                &["resource", "reason"],
+            ),
             registry,
         })
     }

@@ -23,9 +23,14 @@ use crate::issuers::keytab::KeytabIssuer;
 use crate::issuers::tickets::TicketIssuer;
 use crate::kadmin::{KadminClient, KadminConfig};
 use crate::kdc::{KdcClient, TicketConfig};
+use crate::kubernetes::KubeSource;
+use crate::kubernetes::watch as kube_watch;
 use crate::metrics::Metrics;
+use crate::nodes::known::KnownNodes;
+use crate::nodes::kube_source::NodeView;
 use crate::nodes::leases::Leases;
 use crate::nodes::updates::Updates;
+use crate::pods::kube_source::PodView;
 use crate::pods::{PodIndex, file_source};
 use crate::policy::parse_policy;
 use crate::reload::Watched;
@@ -142,7 +147,25 @@ impl Controller {
         let keys = KeyIssuer::new(Arc::clone(&store), Arc::clone(&metrics));
 
         let pods = Arc::new(PodIndex::default());
+        let known_nodes = Arc::new(KnownNodes::default());
         let mut background = vec![policy.spawn_poller(cfg.reload_interval(), |_| {})];
+        if let Some(k) = &cfg.kubernetes {
+            let source = KubeSource::new(k).map_err(|e| startup("kubernetes")(e.to_string()))?;
+            // Behind until the first list lands.
+            pods.set_stale(true);
+            if k.watch_nodes {
+                background.push(tokio::spawn(kube_watch::run(
+                    source.clone(),
+                    NodeView(Arc::clone(&known_nodes)),
+                    Arc::clone(&metrics),
+                )));
+            }
+            background.push(tokio::spawn(kube_watch::run(
+                source,
+                PodView(Arc::clone(&pods)),
+                Arc::clone(&metrics),
+            )));
+        }
         if let Some(path) = &cfg.pods_file {
             let source =
                 Watched::load(path, file_source::parse_pods).map_err(startup("pods file"))?;
@@ -174,6 +197,7 @@ impl Controller {
         let state = Arc::new(ControllerState {
             realm: cfg.realm.clone(),
             pods,
+            known_nodes,
             policy,
             keytabs,
             tickets,
@@ -264,6 +288,11 @@ impl Controller {
     /// The pod index, for pod sources that feed it directly.
     pub fn pods(&self) -> Arc<PodIndex> {
         Arc::clone(&self.state.pods)
+    }
+
+    /// The nodes the cluster knows (empty without a node watch).
+    pub fn known_nodes(&self) -> Arc<KnownNodes> {
+        Arc::clone(&self.state.known_nodes)
     }
 
     /// Serves the node API on `listener` until `shutdown` completes.

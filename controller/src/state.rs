@@ -24,6 +24,8 @@ pub struct ControllerState {
     pub realm: String,
     /// Pods as the controller knows them.
     pub pods: Arc<PodIndex>,
+    /// Nodes the cluster knows (from the node watch).
+    pub known_nodes: Arc<crate::nodes::known::KnownNodes>,
     /// The role-account policy in force.
     pub policy: Arc<Watched<Policy>>,
     /// Keytab issuer.

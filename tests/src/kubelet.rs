@@ -69,6 +69,7 @@ impl TestPod {
             service_account: "default".into(),
             annotations: self.annotations.iter().cloned().collect(),
             fs_group: self.fs_group,
+            ..Default::default()
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct StackOptions {
     /// The `[auth]` table (default: mode = "none", in-process nodes
     /// cannot hold Kerberos identities of their own).
     pub auth_config: String,
+    /// Learn pods from the Kubernetes API this kubeconfig reaches. Without
+    /// it the controller's pod source is an empty pods file, and tests
+    /// feed the pod index directly ([`Stack::add_pod`]).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -77,6 +81,7 @@ impl Default for StackOptions {
             metrics_listen: None,
             top_config: String::new(),
             auth_config: String::new(),
+            kubeconfig: None,
         }
     }
 }
@@ -105,6 +110,7 @@ pub struct Stack {
     pub config: Config,
     controller_addr: SocketAddr,
     pods: Arc<PodIndex>,
+    known_nodes: Arc<kcred_controller::nodes::known::KnownNodes>,
     metrics: Arc<Metrics>,
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
     controller: Option<Running>,
@@ -137,6 +143,19 @@ impl Stack {
         write(&d.join("policy.toml"), &opts.policy)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let controller_addr = listener.local_addr()?;
+        let (pods_file, kubernetes) = match &opts.kubeconfig {
+            Some(k) => (
+                String::new(),
+                format!("[kubernetes]\nkubeconfig = \"{}\"", k.display()),
+            ),
+            None => {
+                write(&d.join("pods.toml"), "")?;
+                (
+                    format!("pods_file = \"{}/pods.toml\"", d.display()),
+                    String::new(),
+                )
+            }
+        };
         let config_text = format!(
             r#"
 listen = "{controller_addr}"
@@ -148,6 +167,7 @@ policy_file = "{d}/policy.toml"
 audit_log = "{d}/audit.log"
 audit_key = "{d}/audit.key"
 reload_interval_secs = 1
+{pods_file}
 {metrics}
 {top}
 
@@ -158,6 +178,8 @@ work_dir = "{d}/extract"
 timeout_secs = 10
 
 {auth}
+
+{kubernetes}
 
 {extra}
 "#,
@@ -211,6 +233,7 @@ timeout_secs = 10
 
         let controller = Controller::start(&config)?;
         let pods = controller.pods();
+        let known_nodes = controller.known_nodes();
         let metrics = controller.metrics();
         let controller = Self::spawn_controller(controller, listener);
         let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
@@ -221,6 +244,7 @@ timeout_secs = 10
             config,
             controller_addr,
             pods,
+            known_nodes,
             metrics,
             driver_metrics,
             controller: Some(controller),
@@ -240,6 +264,16 @@ timeout_secs = 10
                 .map_err(anyhow::Error::from)
         });
         Running { stop, task }
+    }
+
+    /// The nodes the running controller knows from the node watch.
+    pub fn known_nodes(&self) -> Arc<kcred_controller::nodes::known::KnownNodes> {
+        Arc::clone(&self.known_nodes)
+    }
+
+    /// The running controller's pod view.
+    pub fn pods(&self) -> Arc<PodIndex> {
+        Arc::clone(&self.pods)
     }
 
     /// Tells the controller about a pod (what the Kubernetes watch does).
@@ -266,6 +300,7 @@ timeout_secs = 10
         edit(&mut cfg);
         let controller = Controller::start(&cfg)?;
         self.pods = controller.pods();
+        self.known_nodes = controller.known_nodes();
         self.metrics = controller.metrics();
         for p in pods {
             self.add_pod(p);

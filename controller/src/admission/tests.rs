@@ -43,6 +43,7 @@ fn pod(annotations: &[(&str, &str)]) -> PodInfo {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         fs_group: None,
+        ..Default::default()
     }
 }
 

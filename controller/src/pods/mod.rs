@@ -3,17 +3,42 @@
 //! The controller never trusts a node's word about a pod: before it issues
 //! anything it looks the pod up here and checks its UID, its node and its
 //! annotations. The index is fed by a pod source: the static pods file
-//! (clusters without API access, demos, tests) or a Kubernetes watch.
+//! (clusters without API access, demos, tests) or the Kubernetes watch
+//! ([`kube_source`]). Either keeps only the fields below, so a large
+//! cluster's pods fit in little memory.
+//!
+//! Whoever must act when a pod goes away (wipes, revocations) subscribes
+//! with [`PodIndex::subscribe_gone`]: every removal, whether a watch delete,
+//! a re-list that no longer holds the pod, or a new pod under the same
+//! name, is announced once.
 
 pub mod file_source;
+pub mod kube_source;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Deserialize;
+use tokio::sync::broadcast;
+
+/// The identity one container runs as, from its `securityContext`
+/// (unset fields fall back to the pod's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerIdentity {
+    /// Container name (init and ephemeral containers included).
+    pub name: String,
+    /// `runAsUser`, if the container sets it.
+    #[serde(default)]
+    pub run_as_user: Option<u32>,
+    /// `runAsGroup`, if the container sets it.
+    #[serde(default)]
+    pub run_as_group: Option<u32>,
+}
 
 /// What kcred needs to know about a pod.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PodInfo {
     /// Namespace.
@@ -34,15 +59,89 @@ pub struct PodInfo {
     /// The pod's fsGroup, if set.
     #[serde(default)]
     pub fs_group: Option<u32>,
+    /// Phase `Succeeded` or `Failed`: the pod will not run again.
+    #[serde(default)]
+    pub finished: bool,
+    /// Pod-level `runAsUser`, if set.
+    #[serde(default)]
+    pub run_as_user: Option<u32>,
+    /// Pod-level `runAsGroup`, if set.
+    #[serde(default)]
+    pub run_as_group: Option<u32>,
+    /// Pod-level `supplementalGroups`.
+    #[serde(default)]
+    pub supplemental_groups: Vec<u32>,
+    /// Every container's own identity: containers, init containers and
+    /// ephemeral containers.
+    #[serde(default)]
+    pub containers: Vec<ContainerIdentity>,
+}
+
+/// A pod that left the view: deleted, replaced by a new pod of the same
+/// name (another UID), or missing from a re-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodGone {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The UID of the pod that is gone.
+    pub uid: String,
+}
+
+impl PodGone {
+    fn of(p: &PodInfo) -> Self {
+        PodGone {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            uid: p.uid.clone(),
+        }
+    }
 }
 
 /// Pods by namespace and name.
-#[derive(Default)]
 pub struct PodIndex {
     pods: RwLock<HashMap<(String, String), PodInfo>>,
+    gone: broadcast::Sender<PodGone>,
+    stale: AtomicBool,
+}
+
+impl Default for PodIndex {
+    fn default() -> Self {
+        PodIndex {
+            pods: RwLock::default(),
+            gone: broadcast::channel(1024).0,
+            stale: AtomicBool::new(false),
+        }
+    }
 }
 
 impl PodIndex {
+    /// Announces every pod that leaves the view from now on. A receiver
+    /// that falls more than 1,024 removals behind gets `Lagged` and should
+    /// reconcile against the whole view.
+    pub fn subscribe_gone(&self) -> broadcast::Receiver<PodGone> {
+        self.gone.subscribe()
+    }
+
+    fn announce(&self, gone: impl IntoIterator<Item = PodGone>) {
+        for g in gone {
+            // No subscriber is fine.
+            let _ = self.gone.send(g);
+        }
+    }
+
+    /// Whether the view may be behind its source (the API watch is down
+    /// or has not listed yet): a pod it does not know may exist.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Marks the view stale or current (the watch's business).
+    pub fn set_stale(&self, stale: bool) {
+        self.stale.store(stale, Ordering::Relaxed);
+    }
+
     /// Looks a pod up by namespace and name.
     pub fn get(&self, namespace: &str, name: &str) -> Option<PodInfo> {
         let map = crate::locks::read(&self.pods);
@@ -52,23 +151,48 @@ impl PodIndex {
     /// Adds or replaces one pod (a watch event).
     pub fn upsert(&self, pod: PodInfo) {
         let mut map = crate::locks::write(&self.pods);
-        map.insert((pod.namespace.clone(), pod.name.clone()), pod);
+        let old = map.insert((pod.namespace.clone(), pod.name.clone()), pod.clone());
+        drop(map);
+        self.announce(old.filter(|o| o.uid != pod.uid).map(|o| PodGone::of(&o)));
     }
 
     /// Removes one pod (a watch delete).
     pub fn remove(&self, namespace: &str, name: &str) {
         let mut map = crate::locks::write(&self.pods);
-        map.remove(&(namespace.to_string(), name.to_string()));
+        let old = map.remove(&(namespace.to_string(), name.to_string()));
+        drop(map);
+        self.announce(old.map(|o| PodGone::of(&o)));
     }
 
-    /// Replaces every pod at once (a full list).
+    /// Removes `pod` if the view still holds that incarnation (same UID),
+    /// not a newer pod of the same name.
+    pub fn remove_pod(&self, pod: &PodInfo) {
+        let mut map = crate::locks::write(&self.pods);
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let old = match map.get(&key) {
+            Some(cur) if cur.uid == pod.uid => map.remove(&key),
+            _ => None,
+        };
+        drop(map);
+        self.announce(old.map(|o| PodGone::of(&o)));
+    }
+
+    /// Replaces every pod at once (a full list); pods missing from it, or
+    /// present under another UID, are announced gone.
     pub fn replace_all(&self, pods: impl IntoIterator<Item = PodInfo>) {
         let fresh: HashMap<_, _> = pods
             .into_iter()
             .map(|p| ((p.namespace.clone(), p.name.clone()), p))
             .collect();
         let mut map = crate::locks::write(&self.pods);
-        *map = fresh;
+        let old = std::mem::replace(&mut *map, fresh);
+        let gone: Vec<PodGone> = old
+            .into_iter()
+            .filter(|(k, o)| map.get(k).is_none_or(|n| n.uid != o.uid))
+            .map(|(_, o)| PodGone::of(&o))
+            .collect();
+        drop(map);
+        self.announce(gone);
     }
 
     /// Whether any known pod is bound to `node` (so `node` is a node name).
