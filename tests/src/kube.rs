@@ -13,6 +13,8 @@ pub fn pod_object(p: &TestPod) -> Pod {
     if let Some(spec) = pod.spec.as_mut() {
         spec.security_context = Some(PodSecurityContext {
             fs_group: p.fs_group.map(i64::from),
+            run_as_user: p.run_as.map(|(u, _)| i64::from(u)),
+            run_as_group: p.run_as.map(|(_, g)| i64::from(g)),
             ..Default::default()
         });
     }

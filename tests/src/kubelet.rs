@@ -29,6 +29,19 @@ pub struct TestPod {
     pub annotations: Vec<(String, String)>,
     /// The pod's fsGroup.
     pub fs_group: Option<u32>,
+    /// The pod's runAsUser and runAsGroup: by default the role account of
+    /// its namespace in the test policies (web 1500, db 1600, storm 2000).
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// The role account ids of the test policies' namespaces.
+fn role_ids(namespace: &str) -> Option<(u32, u32)> {
+    match namespace {
+        "web" => Some((1500, 1500)),
+        "db" => Some((1600, 1600)),
+        "storm" => Some((2000, 2000)),
+        _ => None,
+    }
 }
 
 impl TestPod {
@@ -45,6 +58,7 @@ impl TestPod {
             node: node.into(),
             annotations: vec![],
             fs_group: None,
+            run_as: role_ids(namespace),
         }
     }
 
@@ -69,6 +83,8 @@ impl TestPod {
             service_account: "default".into(),
             annotations: self.annotations.iter().cloned().collect(),
             fs_group: self.fs_group,
+            run_as_user: self.run_as.map(|(u, _)| u),
+            run_as_group: self.run_as.map(|(_, g)| g),
             ..Default::default()
         }
     }

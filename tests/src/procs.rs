@@ -345,6 +345,9 @@ ttl_secs = 3
             if let Some(g) = p.fs_group {
                 text.push_str(&format!("fs_group = {g}\n"));
             }
+            if let Some((u, g)) = p.run_as {
+                text.push_str(&format!("run_as_user = {u}\nrun_as_group = {g}\n"));
+            }
             text.push_str("[pods.annotations]\n");
             for (k, v) in &p.annotations {
                 text.push_str(&format!("{k:?} = {v:?}\n"));

@@ -29,6 +29,7 @@ namespaces = ["web"]
 service_principals = ["HTTP/web.example.com", "HTTP/api.example.com"]
 certificates = ["web.example.com", "api.example.com"]
 keys = ["orders-db"]
+supplemental_gids = [3000]
 
 [[role_accounts]]
 login = "dbsvc"

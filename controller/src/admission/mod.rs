@@ -16,13 +16,16 @@
 //! | the pod is in the controller's view | `POD_UNKNOWN` |
 //! | its UID is the one the request names | `POD_UID_MISMATCH` |
 //! | it is bound to the calling node | `POD_NOT_ON_NODE` |
+//! | it has not finished | `POD_FINISHED` |
 //! | its annotations ask for something, validly | `ANNOTATIONS_MISSING`, `ANNOTATION_INVALID` |
 //! | nothing asked for is reserved ([`reserved`]) | `RESERVED_IDENTITY`, `RESERVED_NAME` |
 //! | the role-account policy grants it ([`crate::policy`]) | `NO_ROLE_ACCOUNT`, `PRINCIPAL_NOT_OWNED`, ... |
+//! | it runs as the role account, with allowed groups and service account ([`identity`]) | `RUN_AS_MISMATCH`, `SERVICE_ACCOUNT_NOT_ALLOWED` |
 //! | the volume id is this pod's on this node | `VOLUME_CONFLICT` |
 //! | neither the volume nor its pod was revoked | `VOLUME_REVOKED` |
 //! | a refresh comes from a node whose lease holds | `NODE_LOST` |
 
+pub mod identity;
 pub mod reserved;
 
 #[cfg(test)]
@@ -107,6 +110,12 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
             ),
         ));
     }
+    if pod.finished {
+        return Err(Refusal::new(
+            Reason::PodFinished,
+            format!("pod {who} has finished: it gets nothing more"),
+        ));
+    }
     let wants = CredentialRequest::from_annotations(&pod.annotations, f.realm)
         .map_err(|e| Refusal::from_error(&e))?;
     for p in &wants.keytabs {
@@ -120,6 +129,7 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
         .authorize(&pod.namespace, &wants)
         .map_err(|d| Refusal::from_error(&d))?
         .clone();
+    identity::check(pod, &role)?;
     if let Some(v) = f.volume
         && (v.node != f.node || v.pod_uid != pod.uid)
     {

@@ -6,6 +6,7 @@ use kcred_proto::kcred::v1::{PodRef, Reason};
 
 use super::*;
 use crate::names::ServicePrincipal;
+use crate::pods::ContainerIdentity;
 use crate::policy::RoleAccount;
 
 const REALM: &str = "KCRED.TEST";
@@ -27,6 +28,8 @@ fn policy() -> Policy {
             "kcred.example.com".to_string(),
         ]),
         keys: BTreeSet::from(["orders-db".to_string()]),
+        supplemental_gids: BTreeSet::from([3000]),
+        service_accounts: BTreeSet::new(),
     }])
     .expect("valid policy")
 }
@@ -43,6 +46,12 @@ fn pod(annotations: &[(&str, &str)]) -> PodInfo {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         fs_group: None,
+        run_as_user: Some(1500),
+        run_as_group: Some(1500),
+        containers: vec![ContainerIdentity {
+            name: "app".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
@@ -284,5 +293,91 @@ fn refuses_renewals_to_a_lost_node_but_not_its_first_publish() {
     c.refresh = true;
     assert_eq!(c.refused(), Reason::NodeLost);
     c.refresh = false;
+    assert!(c.decide().is_ok());
+}
+
+impl Case {
+    fn with_pod(mut self, change: impl FnOnce(&mut PodInfo)) -> Self {
+        if let Some(p) = self.pod.as_mut() {
+            change(p);
+        }
+        self
+    }
+}
+
+#[test]
+fn refuses_a_finished_pod() {
+    let c = Case::new().with_pod(|p| p.finished = true);
+    assert_eq!(c.refused(), Reason::PodFinished);
+}
+
+#[test]
+fn refuses_a_pod_running_as_another_uid() {
+    let c = Case::new().with_pod(|p| p.run_as_user = Some(0));
+    assert_eq!(c.refused(), Reason::RunAsMismatch);
+}
+
+#[test]
+fn refuses_a_pod_that_leaves_its_uid_to_the_image() {
+    let c = Case::new().with_pod(|p| p.run_as_user = None);
+    assert_eq!(c.refused(), Reason::RunAsMismatch);
+}
+
+#[test]
+fn refuses_a_container_overriding_the_pods_uid_or_gid() {
+    let c = Case::new().with_pod(|p| {
+        p.containers.push(ContainerIdentity {
+            name: "debug".into(),
+            run_as_user: Some(0),
+            run_as_group: None,
+        })
+    });
+    assert_eq!(c.refused(), Reason::RunAsMismatch);
+    let c = Case::new().with_pod(|p| {
+        p.containers.push(ContainerIdentity {
+            name: "init".into(),
+            run_as_user: None,
+            run_as_group: Some(1600),
+        })
+    });
+    assert_eq!(c.refused(), Reason::RunAsMismatch);
+}
+
+#[test]
+fn a_container_may_set_the_role_accounts_ids_itself() {
+    let c = Case::new().with_pod(|p| {
+        p.run_as_user = None;
+        p.run_as_group = None;
+        p.containers = vec![ContainerIdentity {
+            name: "app".into(),
+            run_as_user: Some(1500),
+            run_as_group: Some(1500),
+        }];
+    });
+    assert!(c.decide().is_ok());
+}
+
+#[test]
+fn fs_group_and_supplemental_groups_must_be_the_role_accounts() {
+    assert!(
+        Case::new()
+            .with_pod(|p| p.fs_group = Some(3000))
+            .decide()
+            .is_ok()
+    );
+    let c = Case::new().with_pod(|p| p.fs_group = Some(4000));
+    assert_eq!(c.refused(), Reason::RunAsMismatch);
+    let c = Case::new().with_pod(|p| p.supplemental_groups = vec![1500, 0]);
+    assert_eq!(c.refused(), Reason::RunAsMismatch);
+}
+
+#[test]
+fn policy_may_restrict_credentials_to_named_service_accounts() {
+    let mut c = Case::new();
+    let mut role = c.policy.role_for_namespace("web").expect("role").clone();
+    role.service_accounts = BTreeSet::from(["web-server".to_string()]);
+    c.policy = Policy::new(vec![role]).expect("policy");
+    assert_eq!(c.refused(), Reason::ServiceAccountNotAllowed);
+    let c = c.with_pod(|p| p.service_account = "web-server".into());
     assert!(c.decide().is_ok());
 }

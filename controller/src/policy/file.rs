@@ -32,6 +32,10 @@ struct RoleAccountEntry {
     certificates: Vec<String>,
     #[serde(default)]
     keys: Vec<String>,
+    #[serde(default)]
+    supplemental_gids: Vec<u32>,
+    #[serde(default)]
+    service_accounts: Vec<String>,
 }
 
 /// Parses and validates a policy file; `realm` is the realm principals
@@ -69,7 +73,17 @@ pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, Load
             names::validate_key_id(&k).map_err(|err| ctx(err.to_string()))?;
             keys.insert(k);
         }
+        if e.supplemental_gids.contains(&0) {
+            return Err(ctx("supplemental_gids may not hold 0 (root)".into()));
+        }
+        let mut service_accounts = BTreeSet::new();
+        for sa in e.service_accounts {
+            names::validate_k8s_name("service account", &sa).map_err(|err| ctx(err.to_string()))?;
+            service_accounts.insert(sa);
+        }
         roles.push(RoleAccount {
+            supplemental_gids: e.supplemental_gids.into_iter().collect(),
+            service_accounts,
             login: e.login,
             uid: e.uid,
             gid: e.gid,

@@ -33,6 +33,11 @@ pub struct RoleAccount {
     pub certificates: BTreeSet<String>,
     /// Encryption key ids granted to this account.
     pub keys: BTreeSet<String>,
+    /// Groups besides `gid` its pods may run with (fsGroup,
+    /// supplementalGroups).
+    pub supplemental_gids: BTreeSet<u32>,
+    /// Service accounts whose pods may hold its credentials (empty: any).
+    pub service_accounts: BTreeSet<String>,
 }
 
 /// The whole policy, indexed by namespace.

@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         d.join("pods.toml"),
         format!(
-            "[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"{}\"\nnode_name = \"{NODE}\"\nannotations = {{ \"kcred.io/keytabs\" = \"{PRINCIPAL}\" }}\n",
+            "[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"{}\"\nnode_name = \"{NODE}\"\nrun_as_user = 1500\nrun_as_group = 1500\nannotations = {{ \"kcred.io/keytabs\" = \"{PRINCIPAL}\" }}\n",
             pod.uid
         ),
     )?;
