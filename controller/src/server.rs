@@ -30,7 +30,6 @@ use crate::pods::{PodIndex, file_source};
 use crate::policy::parse_policy;
 use crate::reload::Watched;
 use crate::state::ControllerState;
-use crate::store::Store;
 use kcred_proto::kcred::v1::admin_server::AdminServer;
 use zeroize::Zeroizing;
 
@@ -73,7 +72,11 @@ impl Controller {
     /// Must run inside a Tokio runtime.
     pub fn start(cfg: &Config) -> Result<Controller, ServeError> {
         let master = MasterKey::load(&cfg.master_key_file).map_err(startup("master key"))?;
-        let store = Store::open(&cfg.store_path, master).map_err(startup("store"))?;
+        let store = cfg
+            .store
+            .open(cfg.store_path.as_deref(), master)
+            .map_err(startup("store"))?;
+        tracing::info!(store = %store.describe(), "store open");
         let kadmin = KadminClient::new(KadminConfig {
             program: cfg.kadmin.program.clone(),
             principal: cfg.kadmin.principal.clone(),
