@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing kcred needs on Debian: MIT Kerberos
-# (KDC, kadmind, client tools, headers) and libclang for bindgen. Safe to
-# re-run: it installs only what is missing.
+# (KDC, kadmind, client tools, headers), libclang for bindgen, protoc and
+# the well-known protos for the etcd client, and etcd itself (the HA store's
+# tests start throwaway clusters on loopback). Safe to re-run: it installs
+# only what is missing.
 set -euo pipefail
 
-packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl)
+packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl
+  protobuf-compiler libprotobuf-dev etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

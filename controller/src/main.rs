@@ -1,10 +1,12 @@
-//! `kcred-controller`: runs the controller, or prepares its master key.
+//! `kcred-controller`: runs the controller, prepares its master key, or
+//! moves its records between stores.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kcred_controller::crypto::MasterKey;
+use kcred_controller::store::Store;
 use kcred_controller::{Config, Controller};
 
 #[derive(Parser)]
@@ -30,6 +32,17 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Copy every record from one store to another (embedded file to etcd,
+    /// or back), sealed as they are. Stop the controllers first; the target
+    /// must be empty and use the same master key.
+    MigrateStore {
+        /// Configuration naming the source store.
+        #[arg(long)]
+        from: PathBuf,
+        /// Configuration naming the target store.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Create a new random master key file (mode 0600); never overwrites.
     GenerateMasterKey {
         /// Where to write it.
@@ -51,6 +64,20 @@ async fn main() -> anyhow::Result<()> {
             println!("wrote master key {} to {}", key.id(), path.display());
             Ok(())
         }
+        Command::MigrateStore { from, to } => {
+            let (source, target) = (open_store(&from)?, open_store(&to)?);
+            let copied = source.copy_into(&target)?;
+            for (table, n) in &copied.tables {
+                println!("{table}: {n}");
+            }
+            println!(
+                "copied {} records from {} to {}",
+                copied.total(),
+                source.describe(),
+                target.describe()
+            );
+            Ok(())
+        }
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
             // Ready (store open, CA exported) before the port opens: a
@@ -66,4 +93,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The store a configuration file names, under its master key.
+fn open_store(config: &Path) -> anyhow::Result<Store> {
+    let cfg = Config::load(config)?;
+    let master = MasterKey::load(&cfg.master_key_file)
+        .with_context(|| format!("master key of {}", config.display()))?;
+    cfg.store
+        .open(cfg.store_path.as_deref(), master)
+        .with_context(|| format!("store of {}", config.display()))
 }

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric the controller exports.
 pub struct Metrics {
@@ -31,6 +33,9 @@ pub struct Metrics {
     /// Refusals and failures returned to callers, by reason (the
     /// vocabulary of `kcred.v1.Reason`).
     pub refusals: IntCounterVec,
+    /// 1 while the store (embedded file or etcd) answers; at 0 the
+    /// controller issues nothing.
+    pub store_up: IntGauge,
 }
 
 impl Metrics {
@@ -53,7 +58,13 @@ impl Metrics {
                 &["code"],
             ),
         );
+        let store_up = kcred_runtime::register(
+            &registry,
+            IntGauge::new("store_up", "1 while the store answers; 0: issuing stops"),
+        );
+        store_up.set(1);
         Arc::new(Metrics {
+            store_up,
             refusals: counter(
                 "refusals_total",
                 "Refusals and failures returned to callers, by reason",

@@ -207,6 +207,11 @@ impl Controller {
             Arc::clone(&state),
             Duration::from_secs(1),
         )));
+        background.push(crate::store::health::spawn_probe(
+            Arc::clone(&state.store),
+            state.metrics.store_up.clone(),
+            Duration::from_secs(2),
+        ));
         // Leases lapse on their own.
         background.push(crate::nodes::loss::spawn_sweeper(Arc::clone(&state)));
         let tls = match &cfg.tls {
@@ -261,6 +266,14 @@ impl Controller {
     /// The controller's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.state.metrics)
+    }
+
+    /// Whether this controller can issue: false while its store (etcd)
+    /// does not answer. For `/readyz`: a load balancer then sends nodes to
+    /// another controller instead.
+    pub fn readiness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let store = Arc::clone(&self.state.store);
+        move || store.healthy()
     }
 
     /// The pod index, for pod sources that feed it directly.

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod embedded;
 pub mod etcd;
+pub mod health;
 pub mod migrate;
 pub mod settings;
 
