@@ -13,6 +13,10 @@ pub trait StoreBackend: Send + Sync {
     fn get(&self, table: Table, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes (or replaces) one value, durably.
     fn put(&self, table: Table, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Writes a value only if `name` holds none, atomically: of several
+    /// controllers racing to create one record, exactly one wins. Returns
+    /// whether this call wrote it.
+    fn put_if_absent(&self, table: Table, name: &str, value: &[u8]) -> Result<bool, StoreError>;
     /// Writes many values with as few durable commits as the backend allows.
     fn put_many(&self, table: Table, records: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
     /// Every name and value in a table, in name order.

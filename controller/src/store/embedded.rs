@@ -55,6 +55,20 @@ impl StoreBackend for Embedded {
         tx.commit().map_err(db_err)
     }
 
+    fn put_if_absent(&self, table: Table, name: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let written = {
+            let mut t = tx.open_table(definition(table)).map_err(db_err)?;
+            let present = t.get(name).map_err(db_err)?.is_some();
+            if !present {
+                t.insert(name, value).map_err(db_err)?;
+            }
+            !present
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(written)
+    }
+
     fn put_many(&self, table: Table, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {

@@ -12,7 +12,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp,
 };
 use zeroize::Zeroizing;
 
@@ -186,6 +187,17 @@ impl StoreBackend for Etcd {
         let (key, value) = (self.key(table, name), value.to_vec());
         self.run("put", |mut c| async move { c.put(key, value, None).await })
             .map(|_| ())
+    }
+
+    fn put_if_absent(&self, table: Table, name: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let (key, value) = (self.key(table, name), value.to_vec());
+        let resp = self.run("create", |mut c| async move {
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, value, None)]);
+            c.txn(txn).await
+        })?;
+        Ok(resp.succeeded())
     }
 
     fn put_many(&self, table: Table, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {

@@ -244,6 +244,20 @@ impl Store {
         self.track(self.backend.put(table, name, &raw))
     }
 
+    /// Seals and writes a record only if none exists under `name`
+    /// (atomically, across every controller sharing the store). Returns
+    /// whether this call wrote it; if not, read the winner's record.
+    pub fn put_if_absent<M: Serialize>(
+        &self,
+        table: Table,
+        name: &str,
+        meta: &M,
+        secret: &[u8],
+    ) -> Result<bool, StoreError> {
+        let raw = self.encode(table, name, meta, secret)?;
+        self.track(self.backend.put_if_absent(table, name, &raw))
+    }
+
     /// Writes many records without secrets in one transaction (one fsync,
     /// or one etcd round trip per hundred records).
     pub fn put_many<M: Serialize>(
@@ -430,6 +444,28 @@ mod tests {
                     .expect("get")
                     .is_none()
             );
+        }
+    }
+
+    #[test]
+    fn of_two_creators_of_one_record_exactly_one_wins_on_every_backend() {
+        for (store, _holder) in backends([7; 32]) {
+            let what = store.describe();
+            assert!(
+                store
+                    .put_if_absent(Table::Authority, "ca", &1u32, b"first")
+                    .expect("create")
+            );
+            assert!(
+                !store
+                    .put_if_absent(Table::Authority, "ca", &2u32, b"second")
+                    .expect("create")
+            );
+            let r: Record<u32> = store
+                .get(Table::Authority, "ca")
+                .expect("get")
+                .expect("present");
+            assert_eq!((r.meta, r.secret.as_slice()), (1, &b"first"[..]), "{what}");
         }
     }
 
