@@ -1,0 +1,125 @@
+//! Issue 14, several controllers on one etcd: two real controller processes
+//! share one store on a three-member etcd cluster and serve at once; a
+//! credential issued through one is served by the other from the store,
+//! with no second extraction from kadmind.
+
+use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, PodRef};
+use kcred_testetcd::EtcdCluster;
+use kcred_tests::TestPod;
+use kcred_tests::procs::{NODE_A, ProcStack};
+
+fn pod_ref(p: &TestPod) -> PodRef {
+    PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+        service_account: "default".into(),
+    }
+}
+
+/// FetchBundle as node-a (its own Kerberos token) from the controller on
+/// `port`.
+async fn fetch(stack: &ProcStack, port: u16, pod: &TestPod) -> Bundle {
+    let token = stack.node_token(NODE_A).expect("node-a token");
+    let channel = stack.channel_to(port).await.expect("tls channel");
+    let mut req = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(pod_ref(pod)),
+        volume_id: kcred_tests::Kubelet::volume_id(pod, "kcred"),
+        refresh: false,
+    });
+    req.metadata_mut()
+        .insert("authorization", token.parse().expect("metadata"));
+    NodeCredentialsClient::new(channel)
+        .fetch_bundle(req)
+        .await
+        .unwrap_or_else(|e| panic!("fetch {} from :{port}: {e:?}", pod.name))
+        .into_inner()
+}
+
+fn keytab(b: &Bundle) -> Vec<u8> {
+    b.files
+        .iter()
+        .find(|f| f.name == "krb5.keytab")
+        .map(|f| f.content.clone())
+        .expect("a keytab in the bundle")
+}
+
+/// `kcred_kdc_operations_total` for keytab extractions, from `/metrics`.
+async fn extractions(metrics_port: u16) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body.lines()
+        .filter(|l| l.starts_with("kcred_kdc_operations_total") && l.contains("extract_keytab"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Keys kadmind handed out for `principal` (its own log).
+fn kadmind_extractions(stack: &ProcStack, principal: &str) -> usize {
+    std::fs::read_to_string(stack.realm.dir().join("kadmind.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("get_principal_keys") && l.contains(principal))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_on_one_etcd_serve_at_once_and_extract_each_keytab_once() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let store = format!(
+        "[store]\nbackend = \"etcd\"\n\n[store.etcd]\nendpoints = {:?}\n",
+        etcd.endpoints()
+    );
+    let mut stack = ProcStack::start(&store).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let web0 = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    let web1 = TestPod::with_keytabs("web", "web-1", NODE_A, "HTTP/web.example.com");
+    let api0 = TestPod::with_keytabs("web", "api-0", NODE_A, "HTTP/api.example.com");
+    let api1 = TestPod::with_keytabs("web", "api-1", NODE_A, "HTTP/api.example.com");
+    stack
+        .set_pods(&[&web0, &web1, &api0, &api1])
+        .await
+        .expect("pods");
+
+    // Issued through the first controller, served by the second.
+    let first = fetch(&stack, stack.port, &web0).await;
+    let second = fetch(&stack, peer.port, &web1).await;
+    assert_eq!(
+        keytab(&first),
+        keytab(&second),
+        "two keytabs for one principal"
+    );
+    assert_eq!(
+        extractions(peer.metrics_port).await,
+        0,
+        "the second controller extracted what the store held"
+    );
+    // And the other way round, both serving at once.
+    let (a, b) = tokio::join!(
+        fetch(&stack, peer.port, &api0),
+        fetch(&stack, stack.port, &web0)
+    );
+    assert_eq!(keytab(&b), keytab(&first));
+    assert_eq!(extractions(peer.metrics_port).await, 1);
+    let again = fetch(&stack, stack.port, &api1).await;
+    assert_eq!(keytab(&again), keytab(&a));
+    let r = kcred_testrealm::DEFAULT_REALM;
+    for p in ["HTTP/web.example.com", "HTTP/api.example.com"] {
+        assert_eq!(
+            kadmind_extractions(&stack, &format!("{p}@{r}")),
+            1,
+            "kadmind handed out {p}'s keys more than once:\n{}",
+            std::fs::read_to_string(stack.realm.dir().join("kadmind.log")).unwrap_or_default()
+        );
+    }
+    drop(peer);
+}
