@@ -227,13 +227,19 @@ impl ProcStack {
     }
 
     fn config(&self) -> String {
-        self.config_for(self.port, "", None)
+        self.config_for(self.port, "", None, &self.extra_config)
     }
 
     /// The config of a controller on `port` whose own files (audit log and
     /// key, replay cache, exported CA, kadmin work dir) carry `suffix`;
     /// everything else (realm, store, policy, pods) is shared.
-    fn config_for(&self, port: u16, suffix: &str, metrics_port: Option<u16>) -> String {
+    fn config_for(
+        &self,
+        port: u16,
+        suffix: &str,
+        metrics_port: Option<u16>,
+        extra: &str,
+    ) -> String {
         let r = kcred_testrealm::DEFAULT_REALM;
         format!(
             r#"listen = "127.0.0.1:{port}"
@@ -281,7 +287,6 @@ ttl_secs = 3
             host = CONTROLLER_HOST,
             op = OPERATOR,
             au = AUDITOR,
-            extra = self.extra_config,
             leases = self.leases_config,
             tls = self.tls_config,
         )
@@ -313,6 +318,17 @@ ttl_secs = 3
     /// and pods (its config names a shared store: etcd), on its own port,
     /// with its own audit log and `/metrics`. `suffix` names its files.
     pub async fn start_peer_controller(&self, suffix: &str) -> anyhow::Result<PeerController> {
+        self.start_peer_controller_with(suffix, &self.extra_config)
+            .await
+    }
+
+    /// Like [`ProcStack::start_peer_controller`], with its own extra config
+    /// tables instead of the first controller's (another view of etcd).
+    pub async fn start_peer_controller_with(
+        &self,
+        suffix: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<PeerController> {
         let free = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
@@ -320,7 +336,10 @@ ttl_secs = 3
         };
         let (port, metrics_port) = (free()?, free()?);
         let cfg = self.path().join(format!("controller{suffix}.toml"));
-        std::fs::write(&cfg, self.config_for(port, suffix, Some(metrics_port)))?;
+        std::fs::write(
+            &cfg,
+            self.config_for(port, suffix, Some(metrics_port), extra_config),
+        )?;
         let mut cmd = Command::new(binary("kcred-controller"));
         cmd.args(["serve", "--config"])
             .arg(&cfg)
