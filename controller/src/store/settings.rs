@@ -181,3 +181,83 @@ impl EtcdSection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(text: &str) -> StoreSection {
+        toml::from_str(text).expect("parses")
+    }
+
+    fn refusal(text: &str, store_path: Option<&Path>) -> String {
+        section(text)
+            .validate(store_path)
+            .expect_err("accepted a bad [store]")
+    }
+
+    #[test]
+    fn the_embedded_store_stays_the_default_and_needs_store_path() {
+        let s = section("");
+        assert_eq!(s.backend, BackendKind::Embedded);
+        assert!(
+            s.validate(Some(Path::new("/var/lib/kcred/store.redb")))
+                .is_ok()
+        );
+        assert!(refusal("", None).contains("store_path"));
+    }
+
+    #[test]
+    fn the_documented_etcd_settings_are_accepted() {
+        let s = section(
+            r#"
+backend = "etcd"
+[etcd]
+endpoints = ["https://etcd-0:2379", "https://etcd-1:2379", "https://etcd-2:2379"]
+prefix = "/kcred/"
+ca_file = "/etc/kcred/etcd-ca.crt"
+cert_file = "/etc/kcred/etcd-client.crt"
+key_file = "/etc/kcred/etcd-client.key"
+username = "kcred"
+password_file = "/etc/kcred/etcd-password"
+timeout_ms = 5000
+"#,
+        );
+        assert_eq!(s.validate(None), Ok(()));
+    }
+
+    #[test]
+    fn bad_etcd_settings_are_refused_naming_the_setting() {
+        for (text, names) in [
+            ("backend = \"etcd\"", "[store.etcd]"),
+            (
+                "backend = \"etcd\"\n[etcd]\nendpoints = []",
+                "store.etcd.endpoints",
+            ),
+            (
+                "backend = \"etcd\"\n[etcd]\nendpoints = [\"etcd-0:2379\"]",
+                "http://",
+            ),
+            (
+                "backend = \"etcd\"\n[etcd]\nendpoints = [\"https://e:2379\"]",
+                "store.etcd.ca_file",
+            ),
+            (
+                "backend = \"etcd\"\n[etcd]\nendpoints = [\"https://e:2379\"]\nca_file = \"/ca\"\ncert_file = \"/c\"",
+                "store.etcd.key_file",
+            ),
+            (
+                "backend = \"etcd\"\n[etcd]\nendpoints = [\"http://e:2379\"]\nusername = \"kcred\"",
+                "store.etcd.password_file",
+            ),
+            (
+                "backend = \"etcd\"\n[etcd]\nendpoints = [\"http://e:2379\"]\ntimeout_ms = 5",
+                "store.etcd.timeout_ms",
+            ),
+        ] {
+            let msg = refusal(text, Some(Path::new("/s")));
+            assert!(msg.contains(names), "{text:?}: {msg}");
+        }
+        assert!(toml::from_str::<StoreSection>("backend = \"zookeeper\"").is_err());
+    }
+}
