@@ -84,7 +84,16 @@ where
     runtime.spawn(async move {
         let _ = tx.send(tokio::time::timeout(timeout, fut).await);
     });
-    match rx.recv() {
+    // On a Tokio worker (a caller that did not use spawn_blocking), let the
+    // runtime move its other tasks elsewhere while this one waits.
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let answer = if multi_thread {
+        tokio::task::block_in_place(|| rx.recv())
+    } else {
+        rx.recv()
+    };
+    match answer {
         Ok(Ok(Ok(v))) => Ok(v),
         Ok(Ok(Err(e))) => Err(etcd_err(what, e)),
         Ok(Err(_)) => Err(etcd_err(
