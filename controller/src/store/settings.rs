@@ -260,4 +260,117 @@ timeout_ms = 5000
         }
         assert!(toml::from_str::<StoreSection>("backend = \"zookeeper\"").is_err());
     }
+
+    /// A CA, a serving certificate for 127.0.0.1, and a client certificate,
+    /// as PEM files in `dir`.
+    fn tls_files(dir: &Path) -> kcred_testetcd::ClientTls {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(names).expect("params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server, server_key) = leaf(vec!["127.0.0.1".into()], "etcd");
+        let (client, client_key) = leaf(vec![], "kcred-client");
+        for (name, pem) in [
+            ("ca.crt", ca.pem()),
+            ("server.crt", server),
+            ("server.key", server_key),
+            ("client.crt", client),
+            ("client.key", client_key),
+            ("password", "s3cret\n".to_string()),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("write");
+        }
+        kcred_testetcd::ClientTls {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        }
+    }
+
+    #[test]
+    fn etcd_is_reached_over_tls_with_a_client_certificate_and_a_password() {
+        use crate::store::Table;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let tls = tls_files(d);
+        let cluster = kcred_testetcd::EtcdCluster::start_with(1, Some(tls)).expect("etcd");
+        let endpoint = cluster.endpoint(0);
+        assert!(endpoint.starts_with("https://"));
+        let settings = |user: bool| {
+            let auth = if user {
+                format!(
+                    "username = \"root\"\npassword_file = \"{}/password\"\n",
+                    d.display()
+                )
+            } else {
+                String::new()
+            };
+            section(&format!(
+                "backend = \"etcd\"\n[etcd]\nendpoints = [\"{endpoint}\"]\nca_file = \"{d}/ca.crt\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"\ntimeout_ms = 2000\n{auth}",
+                d = d.display()
+            ))
+        };
+        let master = || MasterKey::from_bytes([8; 32]);
+        let store = settings(false)
+            .open(None, master())
+            .expect("TLS with a client certificate");
+        store
+            .put(Table::Keytabs, "HTTP/a@R", &(), b"k")
+            .expect("put");
+        drop(store);
+
+        // Without a client certificate, etcd refuses the connection.
+        let mut no_cert = settings(false);
+        if let Some(e) = no_cert.etcd.as_mut() {
+            e.cert_file = None;
+            e.key_file = None;
+        }
+        assert!(
+            no_cert.open(None, master()).is_err(),
+            "etcd let in a client without a certificate"
+        );
+
+        // With etcd's auth on, kcred logs in with its user and password.
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let pem = |n: &str| std::fs::read(d.join(n)).expect("read");
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(pem("ca.crt")))
+                .identity(etcd_client::Identity::from_pem(
+                    pem("client.crt"),
+                    pem("client.key"),
+                ));
+            let mut c = etcd_client::Client::connect(
+                [endpoint.clone()],
+                Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+            )
+            .await
+            .expect("admin client");
+            c.user_add("root", "s3cret", None).await.expect("user");
+            c.user_grant_role("root", "root").await.expect("role");
+            c.auth_enable().await.expect("auth on");
+        });
+        let store = settings(true).open(None, master()).expect("log in");
+        assert!(
+            store
+                .get::<()>(Table::Keytabs, "HTTP/a@R")
+                .expect("get")
+                .is_some()
+        );
+        drop(store);
+        // The certificate's name is no etcd user: without the password, no access.
+        assert!(
+            settings(false).open(None, master()).is_err(),
+            "etcd served a client that did not log in"
+        );
+    }
 }

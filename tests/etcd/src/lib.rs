@@ -1,6 +1,7 @@
 //! Throwaway etcd clusters for kcred's tests: one or three members on
 //! loopback ports, data in a temporary directory, gone when dropped.
 //! Members can be killed (`kill -9`) and started again on the same data.
+//! Clients may be required to speak TLS with certificates.
 //!
 //! The `etcd` binary comes from `$KCRED_ETCD` or `PATH` (Debian's
 //! `etcd-server`, installed by `scripts/install-deps.sh`).
@@ -49,7 +50,22 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` (and metrics), also when clients speak TLS.
+    health_port: u16,
     child: Option<Child>,
+}
+
+/// TLS for clients: members serve `cert`/`key` and require client
+/// certificates signed by `ca` (`--client-cert-auth`). The serving
+/// certificate must name 127.0.0.1.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// CA of client certificates (PEM file).
+    pub ca: PathBuf,
+    /// The members' serving certificate (PEM file).
+    pub cert: PathBuf,
+    /// Its key (PEM file).
+    pub key: PathBuf,
 }
 
 /// A running etcd cluster.
@@ -57,6 +73,7 @@ pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     token: String,
+    tls: Option<ClientTls>,
 }
 
 /// The etcd binary to run.
@@ -87,16 +104,23 @@ impl EtcdCluster {
     /// Starts `members` members (1 or 3, usually) and waits until every
     /// one reports healthy.
     pub fn start(members: usize) -> Result<EtcdCluster, EtcdError> {
+        Self::start_with(members, None)
+    }
+
+    /// Like [`EtcdCluster::start`], with TLS (and client certificates) on
+    /// the client port when `tls` is given.
+    pub fn start_with(members: usize, tls: Option<ClientTls>) -> Result<EtcdCluster, EtcdError> {
         let dir = tempfile::Builder::new()
             .prefix("kcred-etcd-")
             .tempdir()
             .map_err(|e| io_err("creating the cluster directory", e))?;
-        let ports = free_ports(members * 2)?;
+        let ports = free_ports(members * 3)?;
         let members: Vec<Member> = (0..members)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                health_port: ports[3 * i + 2],
                 child: None,
             })
             .collect();
@@ -109,6 +133,7 @@ impl EtcdCluster {
             dir,
             members,
             token,
+            tls,
         };
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
@@ -135,7 +160,8 @@ impl EtcdCluster {
         let initial = self.initial_cluster();
         let log = self.log_path(i);
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = self.endpoint(i);
+        let health = format!("http://127.0.0.1:{}", m.health_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -145,12 +171,23 @@ impl EtcdCluster {
         let err = out
             .try_clone()
             .map_err(|e| io_err("duplicating the log file", e))?;
-        let child = Command::new(etcd_binary())
+        let mut cmd = Command::new(etcd_binary());
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(self.dir.path().join(&m.name))
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
+            .args(["--listen-metrics-urls", &health])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial])
@@ -173,9 +210,10 @@ impl EtcdCluster {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// Client URL of member `i`.
+    /// Client URL of member `i` (https with TLS).
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
     }
 
     /// The cluster's directory (member data and logs).
@@ -200,7 +238,7 @@ impl EtcdCluster {
 
     /// Whether member `i` answers `/health` with a leader.
     pub fn healthy(&self, i: usize) -> bool {
-        health(self.members[i].client_port).unwrap_or(false)
+        health(self.members[i].health_port).unwrap_or(false)
     }
 
     fn wait_healthy(&mut self, which: &[usize]) -> Result<(), EtcdError> {
@@ -245,7 +283,7 @@ impl EtcdCluster {
     }
 }
 
-/// GET /health on a member's client port: `{"health":"true"}` once it has
+/// GET /health on a member's metrics port: `{"health":"true"}` once it has
 /// joined a cluster with a leader.
 fn health(port: u16) -> io::Result<bool> {
     let mut s = TcpStream::connect_timeout(
