@@ -88,6 +88,36 @@ pub fn etcd_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("etcd"))
 }
 
+/// The etcdctl binary: `$KCRED_ETCDCTL`, else next to etcd, else `PATH`.
+pub fn etcdctl_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KCRED_ETCDCTL") {
+        return PathBuf::from(p);
+    }
+    let beside = etcd_binary().with_file_name("etcdctl");
+    if beside.is_file() {
+        return beside;
+    }
+    PathBuf::from("etcdctl")
+}
+
+fn run_tool(mut cmd: Command, what: &str) -> Result<(), EtcdError> {
+    let out = cmd
+        .env("ETCDCTL_API", "3")
+        .output()
+        .map_err(|e| io_err(format!("running {what}"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(EtcdError::NotReady {
+        reason: format!("{what} failed"),
+        log: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
+}
+
 /// Free loopback ports, all bound at once so they are distinct.
 fn free_ports(n: usize) -> Result<Vec<u16>, EtcdError> {
     let held = (0..n)
@@ -110,6 +140,30 @@ impl EtcdCluster {
     /// Like [`EtcdCluster::start`], with TLS (and client certificates) on
     /// the client port when `tls` is given.
     pub fn start_with(members: usize, tls: Option<ClientTls>) -> Result<EtcdCluster, EtcdError> {
+        Self::start_from(members, tls, None)
+    }
+
+    /// Saves a snapshot of the cluster's data (`etcdctl snapshot save`, as
+    /// an operator backs etcd up). Plain-text clusters only.
+    pub fn snapshot(&self, path: &Path) -> Result<(), EtcdError> {
+        let mut cmd = Command::new(etcdctl_binary());
+        cmd.args(["--endpoints", &self.endpoint(0), "snapshot", "save"])
+            .arg(path);
+        run_tool(cmd, "etcdctl snapshot save")
+    }
+
+    /// A new cluster of `members` restored from a snapshot (`etcdctl
+    /// snapshot restore` into each member's data directory), as an
+    /// operator restores etcd after losing it.
+    pub fn restore(snapshot: &Path, members: usize) -> Result<EtcdCluster, EtcdError> {
+        Self::start_from(members, None, Some(snapshot))
+    }
+
+    fn start_from(
+        members: usize,
+        tls: Option<ClientTls>,
+        snapshot: Option<&Path>,
+    ) -> Result<EtcdCluster, EtcdError> {
         let dir = tempfile::Builder::new()
             .prefix("kcred-etcd-")
             .tempdir()
@@ -135,6 +189,25 @@ impl EtcdCluster {
             token,
             tls,
         };
+        if let Some(snapshot) = snapshot {
+            let initial = cluster.initial_cluster();
+            for m in &cluster.members {
+                let mut cmd = Command::new(etcdctl_binary());
+                cmd.arg("snapshot")
+                    .arg("restore")
+                    .arg(snapshot)
+                    .args(["--name", &m.name])
+                    .arg("--data-dir")
+                    .arg(cluster.dir.path().join(&m.name))
+                    .args(["--initial-cluster", &initial])
+                    .args(["--initial-cluster-token", &cluster.token])
+                    .args([
+                        "--initial-advertise-peer-urls",
+                        &format!("http://127.0.0.1:{}", m.peer_port),
+                    ]);
+                run_tool(cmd, "etcdctl snapshot restore")?;
+            }
+        }
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
         }
