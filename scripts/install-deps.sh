@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing kcred needs on Debian: MIT Kerberos
 # (KDC, kadmind, client tools, headers) and libclang for bindgen; kubectl
-# (the Kubernetes tests drive the test API server with it); for the
-# deployment tests, buildah and mmdebstrap (images), promtool (alert rules)
-# and a Python venv with Helm's engine and Kubernetes schemas. Safe to
-# re-run: it installs only what is missing.
+# (the Kubernetes tests drive the test API server with it); protoc and the
+# well-known protos for the etcd client, and etcd itself (the HA store's
+# tests start throwaway clusters on loopback); for the deployment tests,
+# buildah and mmdebstrap (images), promtool (alert rules) and a Python venv
+# with Helm's engine and Kubernetes schemas. Safe to re-run: it installs
+# only what is missing.
 set -euo pipefail
 
 packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl
+  protobuf-compiler libprotobuf-dev etcd-server etcd-client
   buildah mmdebstrap uidmap prometheus python3-venv)
 # kubectl drives the test Kubernetes API server; Debian ships it as
 # kubernetes-client. Any kubectl already on the PATH will do (tested with

@@ -75,8 +75,12 @@ pub struct Config {
     pub pod_krb5_conf: Option<PathBuf>,
     /// File with the 32-byte master key, hex; mode 0600.
     pub master_key_file: PathBuf,
-    /// The embedded store's file.
-    pub store_path: PathBuf,
+    /// The embedded store's file (with the default `[store]` backend).
+    #[serde(default)]
+    pub store_path: Option<PathBuf>,
+    /// Where records live: the embedded file (default) or etcd.
+    #[serde(default)]
+    pub store: crate::store::settings::StoreSection,
     /// The role-account policy (hot-reloaded).
     pub policy_file: PathBuf,
     /// A static pod source (hot-reloaded), for running without the
@@ -339,6 +343,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), InvalidSetting> {
         names::validate_realm(&self.realm).map_err(|e| InvalidSetting(e.to_string()))?;
+        self.store
+            .validate(self.store_path.as_deref())
+            .map_err(InvalidSetting)?;
         if self.reload_interval_secs == 0 {
             return Err("reload_interval_secs must be at least 1".into());
         }

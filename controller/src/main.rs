@@ -1,4 +1,5 @@
-//! `kcred-controller`: runs the controller, or prepares its master key.
+//! `kcred-controller`: runs the controller, prepares its master key, or
+//! moves its records between stores.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 use kcred_controller::crypto::MasterKey;
 use kcred_controller::gate::{GateConfig, Lane};
 use kcred_controller::metrics::Metrics;
+use kcred_controller::store::Store;
 use kcred_controller::{Config, Controller};
 use kcred_runtime::{Check, OpsEndpoints};
 
@@ -36,6 +38,17 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Copy every record from one store to another (embedded file to etcd,
+    /// or back), sealed as they are. Stop the controllers first; the target
+    /// must be empty and use the same master key.
+    MigrateStore {
+        /// Configuration naming the source store.
+        #[arg(long)]
+        from: PathBuf,
+        /// Configuration naming the target store.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Create a new random master key file (mode 0600); never overwrites.
     GenerateMasterKey {
         /// Where to write it.
@@ -57,6 +70,20 @@ async fn main() -> anyhow::Result<()> {
             println!("wrote master key {} to {}", key.id(), path.display());
             Ok(())
         }
+        Command::MigrateStore { from, to } => {
+            let (source, target) = (open_store(&from)?, open_store(&to)?);
+            let copied = source.copy_into(&target)?;
+            for (table, n) in &copied.tables {
+                println!("{table}: {n}");
+            }
+            println!(
+                "copied {} records from {} to {}",
+                copied.total(),
+                source.describe(),
+                target.describe()
+            );
+            Ok(())
+        }
         Command::Serve { config } => {
             let mut cfg = Config::load(&config)?;
             // The operations endpoint is served from here (not by
@@ -72,8 +99,10 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
                 let audit_log = cfg.audit_log.clone();
+                let store_up = controller.readiness();
+                let pods = controller.pods();
                 let ops = OpsEndpoints::new(move || metrics.render())
-                    .with_readiness(move || readiness(&audit_log));
+                    .with_readiness(move || readiness(&audit_log, store_up(), !pods.is_stale()));
                 tokio::spawn(async move {
                     if let Err(e) = ops.serve(listener).await {
                         tracing::error!(error = %e, "metrics server stopped");
@@ -93,20 +122,24 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// What `/readyz` reports. The store is open and the pod source loaded once
-/// `Controller::start` has returned (it fails otherwise). The audit log is
+/// What `/readyz` reports: the store answers (an etcd store can be lost
+/// while running: then nothing is issued), the pod view follows its source
+/// (a Kubernetes watch that has listed), and the audit log is writable,
 /// probed on every call: nothing is issued without it (fail closed), and a
 /// log moved or deleted under the running controller would lose records.
-/// Further checks (e.g. a Kubernetes pod watch that has synced) belong here.
-fn readiness(audit_log: &Path) -> Vec<Check> {
+fn readiness(audit_log: &Path, store_up: bool, pods_synced: bool) -> Vec<Check> {
     let audit = std::fs::OpenOptions::new()
         .append(true)
         .open(audit_log)
         .map(drop)
         .map_err(|e| format!("{}: {e}", audit_log.display()));
+    let said = |ok: bool, why: &str| if ok { Ok(()) } else { Err(why.to_string()) };
     vec![
-        Check::ok("store"),
-        Check::ok("pods"),
+        Check::from_result("store", said(store_up, "the store does not answer")),
+        Check::from_result(
+            "pods",
+            said(pods_synced, "the pod view has not listed its source yet"),
+        ),
         Check::from_result("audit", audit),
     ]
 }
@@ -147,4 +180,14 @@ fn start_series_at_zero(m: &Arc<Metrics>, gate: &GateConfig) {
         m.coalesced.with_label_values(&[kind]);
     }
     m.fetch_seconds.with_label_values(&["Ok"]);
+}
+
+/// The store a configuration file names, under its master key.
+fn open_store(config: &Path) -> anyhow::Result<Store> {
+    let cfg = Config::load(config)?;
+    let master = MasterKey::load(&cfg.master_key_file)
+        .with_context(|| format!("master key of {}", config.display()))?;
+    cfg.store
+        .open(cfg.store_path.as_deref(), master)
+        .with_context(|| format!("store of {}", config.display()))
 }

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric the controller exports.
 pub struct Metrics {
@@ -37,6 +39,9 @@ pub struct Metrics {
     pub kube_watch_last_event: IntGaugeVec,
     /// Re-lists and reconnects of the Kubernetes watches, by reason.
     pub kube_watch_restarts: IntCounterVec,
+    /// 1 while the store (embedded file or etcd) answers; at 0 the
+    /// controller issues nothing.
+    pub store_up: IntGauge,
 }
 
 impl Metrics {
@@ -59,7 +64,13 @@ impl Metrics {
                 &["code"],
             ),
         );
+        let store_up = kcred_runtime::register(
+            &registry,
+            IntGauge::new("store_up", "1 while the store answers; 0: issuing stops"),
+        );
+        store_up.set(1);
         Arc::new(Metrics {
+            store_up,
             refusals: counter(
                 "refusals_total",
                 "Refusals and failures returned to callers, by reason",

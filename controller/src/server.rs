@@ -35,7 +35,6 @@ use crate::pods::{PodIndex, file_source};
 use crate::policy::parse_policy;
 use crate::reload::Watched;
 use crate::state::ControllerState;
-use crate::store::Store;
 use kcred_proto::kcred::v1::admin_server::AdminServer;
 use zeroize::Zeroizing;
 
@@ -78,7 +77,11 @@ impl Controller {
     /// Must run inside a Tokio runtime.
     pub fn start(cfg: &Config) -> Result<Controller, ServeError> {
         let master = MasterKey::load(&cfg.master_key_file).map_err(startup("master key"))?;
-        let store = Store::open(&cfg.store_path, master).map_err(startup("store"))?;
+        let store = cfg
+            .store
+            .open(cfg.store_path.as_deref(), master)
+            .map_err(startup("store"))?;
+        tracing::info!(store = %store.describe(), "store open");
         let kadmin = KadminClient::new(KadminConfig {
             program: cfg.kadmin.program.clone(),
             principal: cfg.kadmin.principal.clone(),
@@ -229,6 +232,11 @@ impl Controller {
             Arc::clone(&state),
             Duration::from_secs(1),
         )));
+        background.push(crate::store::health::spawn_probe(
+            Arc::clone(&state.store),
+            state.metrics.store_up.clone(),
+            Duration::from_secs(2),
+        ));
         // Leases lapse on their own.
         background.push(crate::nodes::loss::spawn_sweeper(Arc::clone(&state)));
         let tls = match &cfg.tls {
@@ -283,6 +291,14 @@ impl Controller {
     /// The controller's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.state.metrics)
+    }
+
+    /// Whether this controller can issue: false while its store (etcd)
+    /// does not answer. For `/readyz`: a load balancer then sends nodes to
+    /// another controller instead.
+    pub fn readiness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let store = Arc::clone(&self.state.store);
+        move || store.healthy()
     }
 
     /// The pod index, for pod sources that feed it directly.

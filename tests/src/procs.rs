@@ -100,6 +100,16 @@ impl Drop for Proc {
     }
 }
 
+/// Another controller process of the same deployment.
+pub struct PeerController {
+    /// The process.
+    pub proc: Proc,
+    /// Its node and admin API port.
+    pub port: u16,
+    /// Its `/metrics` port.
+    pub metrics_port: u16,
+}
+
 /// The whole deployment.
 pub struct ProcStack {
     /// The realm.
@@ -217,6 +227,19 @@ impl ProcStack {
     }
 
     fn config(&self) -> String {
+        self.config_for(self.port, "", None, &self.extra_config)
+    }
+
+    /// The config of a controller on `port` whose own files (audit log and
+    /// key, replay cache, exported CA, kadmin work dir) carry `suffix`;
+    /// everything else (realm, store, policy, pods) is shared.
+    fn config_for(
+        &self,
+        port: u16,
+        suffix: &str,
+        metrics_port: Option<u16>,
+        extra: &str,
+    ) -> String {
         let r = kcred_testrealm::DEFAULT_REALM;
         format!(
             r#"listen = "127.0.0.1:{port}"
@@ -226,26 +249,27 @@ master_key_file = "{d}/master.key"
 store_path = "{d}/store.redb"
 policy_file = "{d}/policy.toml"
 pods_file = "{d}/pods.toml"
-audit_log = "{d}/audit.log"
-audit_key = "{d}/audit.key"
+audit_log = "{d}/audit{suffix}.log"
+audit_key = "{d}/audit{suffix}.key"
 reload_interval_secs = 1
+{metrics}
 
 [kadmin]
 principal = "kcred/admin@{r}"
 keytab = "{admin}"
-work_dir = "{d}/extract"
+work_dir = "{d}/extract{suffix}"
 timeout_secs = 10
 
 [auth]
 mode = "kerberos"
 keytab = "{d}/kcred_{host}.keytab"
-replay_cache = "{d}/replay.rcache2"
+replay_cache = "{d}/replay{suffix}.rcache2"
 operators = ["{op}@{r}", "cert:ops-robot"]
 auditors = ["{au}@{r}"]
 
 [tls]
 names = ["{host}"]
-ca_export_file = "{d}/ca.crt"
+ca_export_file = "{d}/ca{suffix}.crt"
 {tls}
 
 [leases]
@@ -254,14 +278,15 @@ ttl_secs = 3
 
 {extra}
 "#,
-            port = self.port,
+            metrics = metrics_port
+                .map(|p| format!("metrics_listen = \"127.0.0.1:{p}\""))
+                .unwrap_or_default(),
             krb5 = self.realm.krb5_conf_path().display(),
             d = self.path().display(),
             admin = self.realm.admin_keytab().display(),
             host = CONTROLLER_HOST,
             op = OPERATOR,
             au = AUDITOR,
-            extra = self.extra_config,
             leases = self.leases_config,
             tls = self.tls_config,
         )
@@ -287,6 +312,52 @@ ttl_secs = 3
         }
         self.controller = Some(proc);
         Ok(())
+    }
+
+    /// Starts another controller process on the same store, realm, policy
+    /// and pods (its config names a shared store: etcd), on its own port,
+    /// with its own audit log and `/metrics`. `suffix` names its files.
+    pub async fn start_peer_controller(&self, suffix: &str) -> anyhow::Result<PeerController> {
+        self.start_peer_controller_with(suffix, &self.extra_config)
+            .await
+    }
+
+    /// Like [`ProcStack::start_peer_controller`], with its own extra config
+    /// tables instead of the first controller's (another view of etcd).
+    pub async fn start_peer_controller_with(
+        &self,
+        suffix: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<PeerController> {
+        let free = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (port, metrics_port) = (free()?, free()?);
+        let cfg = self.path().join(format!("controller{suffix}.toml"));
+        std::fs::write(
+            &cfg,
+            self.config_for(port, suffix, Some(metrics_port), extra_config),
+        )?;
+        let mut cmd = Command::new(binary("kcred-controller"));
+        cmd.args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn(cmd, &self.path().join(format!("controller{suffix}.log")))?;
+        let ca = self.path().join(format!("ca{suffix}.crt"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !ca.exists() {
+            if Instant::now() > deadline {
+                bail!("peer controller did not start: {}", proc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(PeerController {
+            proc,
+            port,
+            metrics_port,
+        })
     }
 
     /// Starts (or restarts) node-a's driver process.
@@ -429,12 +500,17 @@ ttl_secs = 3
 
     /// A TLS channel to the controller, as a node or tool would open it.
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        self.channel_to(self.port).await
+    }
+
+    /// A TLS channel to the controller on `port` (a peer controller).
+    pub async fn channel_to(&self, port: u16) -> anyhow::Result<tonic::transport::Channel> {
         let ca = std::fs::read(self.path().join("ca.crt"))?;
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca))
             .domain_name(CONTROLLER_HOST);
         Ok(
-            tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", self.port))?
+            tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?
                 .tls_config(tls)?
                 .connect()
                 .await?,

@@ -58,6 +58,11 @@ fn from_unix(s: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(s.max(0) as u64)
 }
 
+fn ca_from_record(r: &crate::store::Record<CaMeta>) -> Result<CertificateAuthority, String> {
+    let key = std::str::from_utf8(&r.secret).map_err(|e| e.to_string())?;
+    CertificateAuthority::from_pem(&r.meta.cert_pem, key).map_err(|e| e.to_string())
+}
+
 /// Issues leaf certificates.
 pub struct CertIssuer {
     ca: CertificateAuthority,
@@ -87,11 +92,7 @@ impl CertIssuer {
                 .get::<CaMeta>(Table::Authority, CA_RECORD)
                 .map_err(|e| e.to_string())?
             {
-                Some(r) => {
-                    let key = std::str::from_utf8(&r.secret).map_err(|e| e.to_string())?;
-                    CertificateAuthority::from_pem(&r.meta.cert_pem, key)
-                        .map_err(|e| e.to_string())?
-                }
+                Some(r) => ca_from_record(&r)?,
                 None => {
                     let ca = CertificateAuthority::generate(
                         common_name,
@@ -101,11 +102,21 @@ impl CertIssuer {
                     let meta = CaMeta {
                         cert_pem: ca.cert_pem().to_string(),
                     };
-                    store
-                        .put(Table::Authority, CA_RECORD, &meta, ca.key_pem().as_bytes())
+                    // Controllers sharing a store (etcd) may start together:
+                    // one CA wins, and every controller uses the winner.
+                    let created = store
+                        .put_if_absent(Table::Authority, CA_RECORD, &meta, ca.key_pem().as_bytes())
                         .map_err(|e| e.to_string())?;
-                    tracing::info!(%common_name, "generated the controller's certificate authority");
-                    ca
+                    if created {
+                        tracing::info!(%common_name, "generated the controller's certificate authority");
+                        ca
+                    } else {
+                        let r = store
+                            .get::<CaMeta>(Table::Authority, CA_RECORD)
+                            .map_err(|e| e.to_string())?
+                            .ok_or("the certificate authority record vanished")?;
+                        ca_from_record(&r)?
+                    }
                 }
             },
         };
