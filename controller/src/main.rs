@@ -29,6 +29,13 @@ enum Command {
             default_value = "/etc/kcred/controller.toml"
         )]
         config: PathBuf,
+        /// Start although the audit log no longer reaches the head kept in
+        /// the store (cut, deleted or replaced while the controller was
+        /// stopped), after restoring what can be restored. The reason (a
+        /// ticket, a name) is recorded in the log with the lost head; see
+        /// docs/operations-audit.md.
+        #[arg(long, value_name = "REASON")]
+        acknowledge_audit_loss: Option<String>,
     },
     /// Create a new random master key file (mode 0600); never overwrites.
     GenerateMasterKey {
@@ -51,8 +58,18 @@ async fn main() -> anyhow::Result<()> {
             println!("wrote master key {} to {}", key.id(), path.display());
             Ok(())
         }
-        Command::Serve { config } => {
-            let cfg = Config::load(&config)?;
+        Command::Serve {
+            config,
+            acknowledge_audit_loss,
+        } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(reason) = acknowledge_audit_loss {
+                anyhow::ensure!(
+                    !reason.trim().is_empty(),
+                    "--acknowledge-audit-loss needs a reason (a ticket, a name)"
+                );
+                cfg.acknowledge_audit_loss = Some(reason);
+            }
             // Ready (store open, CA exported) before the port opens: a
             // client that can connect finds everything in place.
             let controller = Controller::start(&cfg)?;

@@ -33,6 +33,8 @@ pub enum Table {
     Volumes,
     /// Keytab rotations whose grace period has not ended.
     Rotations,
+    /// Every node ever seen (their `host/` keys stay reserved).
+    Nodes,
 }
 
 impl Table {
@@ -50,10 +52,11 @@ impl Table {
             Table::KeyRings => "keyrings_v1",
             Table::Volumes => "volumes_v1",
             Table::Rotations => "rotations_v1",
+            Table::Nodes => "nodes_v1",
         }
     }
 
-    const ALL: [Table; 7] = [
+    const ALL: [Table; 8] = [
         Table::Keytabs,
         Table::Tickets,
         Table::Certs,
@@ -61,6 +64,7 @@ impl Table {
         Table::KeyRings,
         Table::Volumes,
         Table::Rotations,
+        Table::Nodes,
     ];
 }
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The long fuzz pass: every parser of untrusted input, 100,000 generated
+# cases per target (proptest, stable toolchain). The normal test run
+# (scripts/test.sh) runs the same targets with 256 cases each.
+# Usage: scripts/fuzz.sh [cases]   (default 100000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cases="${1:-100000}"
+export PROPTEST_CASES="$cases"
+# Failures are kept for replay under proptest-regressions/.
+for crate in kcred-controller kcred-audit kcred-keys; do
+  echo "== $crate: $cases cases per target"
+  cargo test --release -p "$crate" --lib -- fuzz_ --test-threads 2
+done
+echo "fuzz: $cases cases per target, all passed"
