@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cases="${1:-100000}"
 export PROPTEST_CASES="$cases"
-# Failures are kept for replay under proptest-regressions/.
+# The dev profile keeps overflow checks on: an arithmetic overflow is a
+# panic, as it should be for a fuzzer. Failures are kept for replay under
+# proptest-regressions/.
 for crate in kcred-controller kcred-audit kcred-keys; do
   echo "== $crate: $cases cases per target"
-  cargo test --release -p "$crate" --lib -- fuzz_ --test-threads 2
+  cargo test -p "$crate" --lib -- fuzz_ --test-threads 2
 done
 echo "fuzz: $cases cases per target, all passed"
