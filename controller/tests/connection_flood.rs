@@ -56,7 +56,10 @@ fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-    assert!(hard > 8192, "the test needs about 4,000 descriptors");
+    assert!(
+        hard >= 4096,
+        "the flood needs about 3,500 file descriptors; the hard limit is {hard}"
+    );
 }
 
 async fn node_channel(f: &Files, addr: SocketAddr) -> tonic::transport::Channel {
