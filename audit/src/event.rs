@@ -28,11 +28,16 @@ pub enum Action {
     NodeReturned,
     /// An administrator acted (policy change, manual revoke, audit export...).
     Admin,
+    /// The controller forgot a volume's record: its pod is gone from the
+    /// controller's own view.
+    Release,
+    /// A node was seen for the first time; its host key is reserved.
+    NodeJoined,
 }
 
 impl Action {
     /// Every action, for CLI help and tests.
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 10] = [
         Action::Issue,
         Action::Refresh,
         Action::Deny,
@@ -41,6 +46,8 @@ impl Action {
         Action::NodeLost,
         Action::NodeReturned,
         Action::Admin,
+        Action::Release,
+        Action::NodeJoined,
     ];
 
     /// The name used in records and on the command line.
@@ -54,6 +61,8 @@ impl Action {
             Action::NodeLost => "node_lost",
             Action::NodeReturned => "node_returned",
             Action::Admin => "admin",
+            Action::Release => "release",
+            Action::NodeJoined => "node_joined",
         }
     }
 }

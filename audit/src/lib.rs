@@ -78,6 +78,8 @@ mod verify;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fuzz;
+#[cfg(test)]
 mod tests_query;
 #[cfg(test)]
 mod tests_tamper;

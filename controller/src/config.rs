@@ -123,6 +123,17 @@ pub struct Config {
     /// TLS for the node and admin APIs.
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// Connection and request limits (the defaults are safe).
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Identities never issued to pods beyond those kcred knows itself.
+    #[serde(default)]
+    pub reserved: ReservedSection,
+    /// Set from the command line (`--acknowledge-audit-loss`), never from
+    /// the file: the operator's reason for starting although the audit log
+    /// no longer reaches its stored head. The acknowledgement is recorded.
+    #[serde(skip)]
+    pub acknowledge_audit_loss: Option<String>,
 }
 
 /// The `[tls]` table: the controller serves TLS with a certificate from its
@@ -170,6 +181,60 @@ pub struct KubernetesSection {
 
 fn default_true() -> bool {
     true
+}
+
+/// The `[limits]` table: what one client, or everyone together, may hold
+/// of the controller. Anyone who can reach the port can open connections;
+/// these keep the controller serving its nodes while they do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Most open connections (keep well below the file descriptor limit;
+    /// lowered at start if the limit is too low for it).
+    pub max_connections: usize,
+    /// Most connections from one IP address that have not made an
+    /// authenticated call yet. Authenticated connections do not count, so
+    /// nodes behind one NAT address are not limited by it.
+    pub max_unauthenticated_per_source: usize,
+    /// Longest TLS handshake.
+    pub tls_handshake_timeout_secs: u64,
+    /// A connection without an authenticated call this long after it was
+    /// accepted is closed.
+    pub unauthenticated_idle_secs: u64,
+    /// Most concurrent HTTP/2 streams (calls) on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest HTTP/2 header list (metadata, Kerberos tokens included).
+    pub max_header_list_bytes: u32,
+    /// Largest request message.
+    pub max_message_bytes: usize,
+    /// Most update streams (WatchUpdates) one node may hold.
+    pub update_streams_per_node: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: 4096,
+            max_unauthenticated_per_source: 64,
+            tls_handshake_timeout_secs: 10,
+            unauthenticated_idle_secs: 30,
+            max_concurrent_streams: 64,
+            max_header_list_bytes: 64 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
+            update_streams_per_node: 4,
+        }
+    }
+}
+
+/// The `[reserved]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReservedSection {
+    /// Host names of nodes, whether or not kcred has seen them yet (new
+    /// nodes, nodes without pods): their `host/` keys are never issued to
+    /// pods, whatever the policy grants. `*` matches any run of
+    /// characters, e.g. `"*.nodes.example.com"`.
+    pub host_patterns: Vec<String>,
 }
 
 /// How callers prove who they are.
@@ -330,7 +395,14 @@ impl Config {
             path: path_text(),
             source,
         })?;
-        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates a config file's content (`path` names it in
+    /// errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let path_text = || path.display().to_string();
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path_text(),
             source,
         })?;
@@ -403,6 +475,33 @@ impl Config {
                 }
             }
             (Some(_), None) => {}
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_unauthenticated_per_source == 0
+            || l.tls_handshake_timeout_secs == 0
+            || l.unauthenticated_idle_secs == 0
+            || l.max_concurrent_streams == 0
+            || l.update_streams_per_node == 0
+        {
+            return Err("limits: every limit must be at least 1".into());
+        }
+        if l.max_header_list_bytes < 8 * 1024 || l.max_message_bytes < 64 * 1024 {
+            return Err(
+                "limits: max_header_list_bytes must be at least 8192 (Kerberos tokens) and max_message_bytes at least 65536"
+                    .into(),
+            );
+        }
+        for p in &self.reserved.host_patterns {
+            let ok = !p.is_empty()
+                && p.len() <= 253
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b));
+            if !ok || p.bytes().all(|b| b == b'*' || b == b'.') {
+                return Err(InvalidSetting(format!(
+                    "reserved.host_patterns: {p:?} must be a host name pattern of letters, digits, '-', '.' and '*' naming more than everything"
+                )));
+            }
         }
         if self.leases.ttl_secs == 0 {
             return Err("leases.ttl_secs must be at least 1".into());

@@ -203,6 +203,21 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Generated keytabs: a keytab with at least one kvno, or a
+        /// `KeytabError`, never a panic.
+        #[test]
+        fn fuzz_keytab_reader(bytes in crate::fuzz::bytes_near(vec![
+            [HEADER.to_vec(), entry(3, None)].concat(),
+            [HEADER.to_vec(), entry(3, None), entry(4, Some(300))].concat(),
+        ])) {
+            match Keytab::parse(Zeroizing::new(bytes)) {
+                Ok(k) => proptest::prop_assert!(!k.kvnos().is_empty()),
+                Err(KeytabError::BadHeader | KeytabError::Malformed(_) | KeytabError::Empty) => {}
+            }
+        }
+    }
+
     #[test]
     fn merge_concatenates_entries_under_one_header() {
         let mut a = HEADER.to_vec();

@@ -15,10 +15,15 @@
 pub mod admission;
 pub mod annotations;
 pub mod api;
+pub mod audit_head;
 pub mod auth;
 pub mod bundle;
+pub mod child_env;
 pub mod config;
 pub mod crypto;
+pub mod denials;
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod gate;
 pub mod issued;
 pub mod issuers;
@@ -26,6 +31,7 @@ pub mod kadmin;
 pub mod kdc;
 pub mod keytab;
 pub mod kubernetes;
+pub mod listener;
 pub mod locks;
 pub mod metrics;
 pub mod names;

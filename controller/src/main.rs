@@ -37,6 +37,13 @@ enum Command {
             default_value = "/etc/kcred/controller.toml"
         )]
         config: PathBuf,
+        /// Start although the audit log no longer reaches the head kept in
+        /// the store (cut, deleted or replaced while the controller was
+        /// stopped), after restoring what can be restored. The reason (a
+        /// ticket, a name) is recorded in the log with the lost head; see
+        /// docs/operations-audit.md.
+        #[arg(long, value_name = "REASON")]
+        acknowledge_audit_loss: Option<String>,
     },
     /// Copy every record from one store to another (embedded file to etcd,
     /// or back), sealed as they are. Stop the controllers first; the target
@@ -84,8 +91,18 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            acknowledge_audit_loss,
+        } => {
             let mut cfg = Config::load(&config)?;
+            if let Some(reason) = acknowledge_audit_loss {
+                anyhow::ensure!(
+                    !reason.trim().is_empty(),
+                    "--acknowledge-audit-loss needs a reason (a ticket, a name)"
+                );
+                cfg.acknowledge_audit_loss = Some(reason);
+            }
             // The operations endpoint is served from here (not by
             // `Controller::serve`), with the readiness checks below.
             let ops_addr = cfg.metrics_listen.take();

@@ -4,17 +4,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kcred_audit::{AuditLog, AuditSigner};
+use kcred_audit::{Action, Actor, AuditEvent, AuditLog, AuditSigner};
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentialsServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::admin::AdminApi;
 use crate::api::node::NodeApi;
+use crate::audit_head;
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, LimitsSection};
 use crate::crypto::MasterKey;
+use crate::denials::Denials;
 use crate::gate::KdcGate;
 use crate::issued::Issued;
 use crate::issuers::certs::CertIssuer;
@@ -25,16 +26,19 @@ use crate::kadmin::{KadminClient, KadminConfig};
 use crate::kdc::{KdcClient, TicketConfig};
 use crate::kubernetes::KubeSource;
 use crate::kubernetes::watch as kube_watch;
+use crate::listener::{AcceptLimits, Connections, Incoming};
 use crate::metrics::Metrics;
 use crate::nodes::known::KnownNodes;
 use crate::nodes::kube_source::NodeView;
 use crate::nodes::leases::Leases;
+use crate::nodes::registry::NodeRegistry;
 use crate::nodes::updates::Updates;
 use crate::pods::kube_source::PodView;
 use crate::pods::{PodIndex, file_source};
 use crate::policy::parse_policy;
 use crate::reload::Watched;
 use crate::state::ControllerState;
+use crate::store::{Store, Table};
 use kcred_proto::kcred::v1::admin_server::AdminServer;
 use zeroize::Zeroizing;
 
@@ -64,12 +68,119 @@ fn startup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     }
 }
 
+/// The window over which anonymous refusals of one source are counted
+/// into one record.
+const DENIAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// File descriptors kept free of connections: the store, the audit log,
+/// the replay cache, kadmin and kinit children, reloads.
+const RESERVED_FDS: u64 = 256;
+
+/// The accept limits, with the connection cap kept below the descriptor
+/// limit (raised to its hard maximum first): running out of descriptors is
+/// what made a connection flood take the controller down.
+fn accept_limits(l: &LimitsSection) -> AcceptLimits {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let mut max = l.max_connections;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            };
+            let room =
+                usize::try_from(soft.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX);
+            if room < max {
+                tracing::warn!(
+                    configured = max,
+                    used = room,
+                    fd_limit = soft,
+                    "limits.max_connections lowered to fit the file descriptor limit (raise LimitNOFILE)"
+                );
+                max = room;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the file descriptor limit"),
+    }
+    AcceptLimits {
+        max_connections: max,
+        max_unauthenticated_per_source: l.max_unauthenticated_per_source,
+        unauthenticated_idle: Duration::from_secs(l.unauthenticated_idle_secs),
+    }
+}
+
+/// Opens the audit log only if it still reaches the head kept in the store
+/// (or the operator acknowledged the loss: recorded, and the lost head kept).
+fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditLog, ServeError> {
+    let stored = audit_head::stored_head(store).map_err(startup("audit head"))?;
+    let ack = cfg.acknowledge_audit_loss.as_deref();
+    let missing = audit_head::check_present(&cfg.audit_log, stored.as_ref()).err();
+    if let (Some(loss), None) = (&missing, ack) {
+        return Err(startup("audit log")(loss.to_string()));
+    }
+    let public_key = signer.public_key().to_vec();
+    let audit = AuditLog::open(&cfg.audit_log, signer).map_err(startup("audit log"))?;
+    let loss = missing.or_else(|| {
+        audit_head::check_reaches(
+            &cfg.audit_log,
+            &public_key,
+            audit.head().as_ref(),
+            stored.as_ref(),
+        )
+        .err()
+    });
+    let Some(loss) = loss else {
+        if ack.is_some() {
+            tracing::info!(
+                "--acknowledge-audit-loss given, but the audit log reaches its stored head: nothing to acknowledge"
+            );
+        }
+        return Ok(audit);
+    };
+    let Some(reason) = ack else {
+        return Err(startup("audit log")(loss.to_string()));
+    };
+    tracing::warn!(%loss, reason, "audit log loss acknowledged by the operator");
+    let lost = audit_head::LostHead {
+        stored: loss
+            .stored()
+            .cloned()
+            .unwrap_or_else(|| kcred_audit::AuditHead {
+                seq: 0,
+                hash: kcred_audit::GENESIS_HASH.into(),
+            }),
+        log_ended: audit.head(),
+        finding: loss.to_string(),
+        reason: reason.to_string(),
+    };
+    let at = kcred_audit::timefmt::now_unix_ms();
+    audit_head::archive_lost(store, &lost, at).map_err(startup("audit head"))?;
+    let event = AuditEvent::new(Actor::Controller, Action::Admin)
+        .with_subject("audit-log")
+        .with_reason(format!(
+            "audit log loss acknowledged at start (--acknowledge-audit-loss): the log ended at \
+             record {}, the stored head was record {} (hash {}), kept as {}{at}; reason: {reason}",
+            lost.log_ended.as_ref().map_or(0, |h| h.seq),
+            lost.stored.seq,
+            lost.stored.hash,
+            audit_head::LOST_HEAD_PREFIX,
+        ));
+    let head = audit.append(&event).map_err(startup("audit log"))?.head();
+    // Deliberately shorter than the lost head: the loss is on record.
+    store
+        .put(Table::Authority, audit_head::AUDIT_HEAD_RECORD, &head, b"")
+        .map_err(startup("audit head"))?;
+    Ok(audit)
+}
+
 /// A controller ready to serve.
 pub struct Controller {
     tls: Option<tonic::transport::ServerTlsConfig>,
     state: Arc<ControllerState>,
     background: Vec<JoinHandle<()>>,
     metrics_listen: Option<std::net::SocketAddr>,
+    limits: LimitsSection,
 }
 
 impl Controller {
@@ -98,7 +209,7 @@ impl Controller {
             startup("pod krb5.conf")(format!("{}: {e}", cfg.pod_krb5_conf_path().display()))
         })?;
         let signer = AuditSigner::load_or_generate(&cfg.audit_key).map_err(startup("audit key"))?;
-        let audit = Arc::new(AuditLog::open(&cfg.audit_log, signer).map_err(startup("audit log"))?);
+        let audit = Arc::new(open_audit(cfg, &store, signer)?);
 
         let store = Arc::new(store);
         let metrics = Metrics::new();
@@ -195,10 +306,18 @@ impl Controller {
                 .as_ref()
                 .map(|t| t.names.iter().cloned().collect())
                 .unwrap_or_default(),
+            host_patterns: cfg.reserved.host_patterns.clone(),
+            short_node_names: cfg.auth.short_node_names,
         };
         let issued = Issued::new(Arc::clone(&store)).map_err(startup("volume records"))?;
+        let node_registry =
+            NodeRegistry::load(Arc::clone(&store)).map_err(startup("node registry"))?;
+        let connections = Connections::new(accept_limits(&cfg.limits));
         let state = Arc::new(ControllerState {
             realm: cfg.realm.clone(),
+            connections,
+            denials: Denials::new(DENIAL_WINDOW, 10_000),
+            update_streams_per_node: cfg.limits.update_streams_per_node,
             pods,
             known_nodes,
             policy,
@@ -211,6 +330,7 @@ impl Controller {
             audit,
             issued,
             store,
+            node_registry,
             leases: Leases::new(Duration::from_secs(cfg.leases.ttl_secs)),
             updates: Updates::default(),
             auth,
@@ -237,6 +357,16 @@ impl Controller {
             state.metrics.store_up.clone(),
             Duration::from_secs(2),
         ));
+        background.push(tokio::spawn({
+            let state = Arc::clone(&state);
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    state.record_denial_summaries(false).await;
+                }
+            }
+        }));
         // Leases lapse on their own.
         background.push(crate::nodes::loss::spawn_sweeper(Arc::clone(&state)));
         let tls = match &cfg.tls {
@@ -259,9 +389,12 @@ impl Controller {
                     std::fs::write(path, state.certs.ca_pem())
                         .map_err(|e| startup("tls")(format!("{}: {e}", path.display())))?;
                 }
-                let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(
-                    tonic::transport::Identity::from_pem(cert.as_bytes(), key.as_bytes()),
-                );
+                let mut server_tls = tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(
+                        cert.as_bytes(),
+                        key.as_bytes(),
+                    ))
+                    .timeout(Duration::from_secs(cfg.limits.tls_handshake_timeout_secs));
                 if let Some(ca) = &t.client_ca_file {
                     let pem = std::fs::read(ca)
                         .map_err(|e| startup("tls")(format!("{}: {e}", ca.display())))?;
@@ -285,6 +418,7 @@ impl Controller {
             state,
             background,
             metrics_listen: cfg.metrics_listen,
+            limits: cfg.limits.clone(),
         })
     }
 
@@ -331,14 +465,25 @@ impl Controller {
         }
         let api = NodeApi::new(Arc::clone(&self.state));
         let admin = AdminApi::new(Arc::clone(&self.state));
-        let mut builder = tonic::transport::Server::builder();
+        let l = &self.limits;
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(l.max_concurrent_streams)
+            .concurrency_limit_per_connection(l.max_concurrent_streams as usize)
+            .http2_max_header_list_size(l.max_header_list_bytes)
+            .http2_max_pending_accept_reset_streams(Some(l.max_concurrent_streams as usize))
+            // Dead peers are found and their connections closed.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         if let Some(tls) = self.tls.clone() {
             builder = builder.tls_config(tls)?;
         }
+        let incoming = Incoming::new(listener, Arc::clone(&self.state.connections));
         let result = builder
-            .add_service(NodeCredentialsServer::new(api))
-            .add_service(AdminServer::new(admin))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            .add_service(
+                NodeCredentialsServer::new(api).max_decoding_message_size(l.max_message_bytes),
+            )
+            .add_service(AdminServer::new(admin).max_decoding_message_size(l.max_message_bytes))
+            .serve_with_incoming_shutdown(incoming, {
                 let state = Arc::clone(&self.state);
                 async move {
                     shutdown.await;
@@ -352,6 +497,7 @@ impl Controller {
         for task in background {
             let _ = task.await;
         }
+        self.state.record_denial_summaries(true).await;
         // Stopped means stopped: the store file is released before this
         // returns, so a new controller (a restart) can open it at once.
         let store = Arc::clone(&self.state.store);

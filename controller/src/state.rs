@@ -12,11 +12,12 @@ use crate::issuers::keytab::KeytabIssuer;
 use crate::issuers::tickets::TicketIssuer;
 use crate::metrics::Metrics;
 use crate::nodes::leases::Leases;
+use crate::nodes::registry::NodeRegistry;
 use crate::nodes::updates::Updates;
 use crate::pods::PodIndex;
 use crate::policy::Policy;
 use crate::reload::Watched;
-use crate::store::{Store, Table};
+use crate::store::Store;
 
 /// What every request handler reads.
 pub struct ControllerState {
@@ -46,8 +47,16 @@ pub struct ControllerState {
     pub store: Arc<Store>,
     /// What was issued where.
     pub issued: Issued,
+    /// Open connections and the accept side's limits.
+    pub connections: Arc<crate::listener::Connections>,
+    /// Most update streams one node may hold.
+    pub update_streams_per_node: usize,
+    /// Refusals of anonymous callers, audited in aggregate.
+    pub denials: crate::denials::Denials,
     /// Node leases.
     pub leases: Leases,
+    /// Every node ever seen (persisted).
+    pub node_registry: NodeRegistry,
     /// Update streams to node drivers.
     pub updates: Updates,
     /// Who may call.
@@ -68,13 +77,43 @@ pub struct ControllerState {
 }
 
 /// Where the audit log's head is kept, so a truncated log is detected.
-pub const AUDIT_HEAD_RECORD: &str = "audit-head";
+pub use crate::audit_head::AUDIT_HEAD_RECORD;
 
 impl ControllerState {
     /// Whether `host` is a node's name (its `host/` key is reserved): a
-    /// node that ever heartbeated or has pods bound to it.
+    /// node ever seen (persisted, so a restart forgets none), on the
+    /// cluster's node list, holding a lease, or with pods bound to it.
     pub fn is_node(&self, host: &str) -> bool {
-        self.leases.state(host).is_some() || self.pods.any_on_node(host)
+        self.node_registry.contains(host)
+            || self.known_nodes.node_known(host)
+            || self.leases.state(host).is_some()
+            || self.pods.any_on_node(host)
+    }
+
+    /// Audits a refused call: individually when the caller proved an
+    /// identity, else in aggregate per source (see [`crate::denials`]).
+    pub async fn record_refusal(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        event: AuditEvent,
+        reason: kcred_proto::kcred::v1::Reason,
+    ) {
+        let anonymous = reason == kcred_proto::kcred::v1::Reason::Unauthenticated;
+        if anonymous && !self.denials.first_in_window(peer, reason) {
+            return;
+        }
+        if let Err(e) = self.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot audit a refused call");
+        }
+    }
+
+    /// Records the summaries of anonymous refusals (all of them with `all`,
+    /// at shutdown).
+    pub async fn record_denial_summaries(&self, all: bool) {
+        let events = self.denials.summaries(all);
+        if let Err(e) = self.record(events).await {
+            tracing::error!(error = %e, "cannot audit refusal summaries");
+        }
     }
 
     /// Counts a refusal or failure by its reason.
@@ -98,7 +137,7 @@ impl ControllerState {
                 head = Some(audit.append(e)?.head());
             }
             if let Some(h) = head
-                && let Err(e) = store.put(Table::Authority, AUDIT_HEAD_RECORD, &h, b"")
+                && let Err(e) = crate::audit_head::store_head(&store, &h)
             {
                 tracing::error!(error = %e, "cannot store the audit head");
             }

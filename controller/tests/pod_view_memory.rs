@@ -9,6 +9,9 @@
 //! Measured with a counting allocator: what stays allocated after every
 //! full `Pod` object is dropped is what the view costs.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 

@@ -145,3 +145,58 @@ fn ring_ids_are_safe_file_names() {
         );
     }
 }
+
+/// Generated-input tests of the reader: no panic, no hang (inputs are
+/// bounded), a `KeyError` on bad input. `PROPTEST_CASES` sets the cases
+/// (256 by default; `scripts/fuzz.sh` runs 100,000).
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn edited(sample: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+        let edits = proptest::collection::vec((0u8..3, any::<usize>(), any::<u8>()), 0..8);
+        prop_oneof![
+            1 => proptest::collection::vec(any::<u8>(), 0..4096),
+            3 => edits.prop_map(move |edits| {
+                let mut v = sample.clone();
+                for (op, i, b) in edits {
+                    let len = v.len().max(1);
+                    match op {
+                        0 if !v.is_empty() => v[i % len] = b,
+                        1 => v.insert(i % (v.len() + 1), b),
+                        _ if !v.is_empty() => {
+                            v.remove(i % len);
+                        }
+                        _ => {}
+                    }
+                }
+                v
+            }),
+        ]
+    }
+
+    fn sample_file() -> Vec<u8> {
+        serde_json::to_vec(&delivered(&[(1, KEY_1), (2, KEY_2)])).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_pod_file_reader(bytes in edited(sample_file())) {
+            match parse_pod_file(&bytes) {
+                Ok(file) => {
+                    // Accepted: the primary is among the delivered keys.
+                    prop_assert!(file.key(file.primary).is_some());
+                    prop_assert!(validate_id(&file.id).is_ok());
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn fuzz_ciphertext_reader(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let file = parse(&delivered(&[(1, KEY_1), (2, KEY_2)])).unwrap();
+            prop_assert!(open_with_any(&file, &bytes, b"").is_err(), "forged data never opens");
+        }
+    }
+}

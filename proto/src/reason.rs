@@ -55,7 +55,7 @@ impl Reason {
             KdcUnavailable | AuditUnavailable | StoreUnavailable | ControllerUnavailable => {
                 Code::Unavailable
             }
-            KdcBusy => Code::ResourceExhausted,
+            KdcBusy | TooManyStreams => Code::ResourceExhausted,
             RotationInProgress => Code::Aborted,
         }
     }

@@ -178,6 +178,12 @@ keytab = "{admin_keytab}"
 work_dir = "{d}/extract"
 timeout_secs = 10
 
+# Every simulated node connects from 127.0.0.1 and all start at once: like
+# nodes behind one NAT address, they need more than the default allowance
+# of unauthenticated connections per source.
+[limits]
+max_unauthenticated_per_source = 4096
+
 {auth}
 
 {kubernetes}

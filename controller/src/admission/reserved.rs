@@ -26,24 +26,28 @@ pub struct Reserved {
     pub principals: BTreeSet<String>,
     /// The controller's TLS names.
     pub tls_names: BTreeSet<String>,
+    /// Host names that are nodes' whether or not kcred saw them yet
+    /// (`reserved.host_patterns`, `*` matching any run of characters).
+    pub host_patterns: Vec<String>,
+    /// `auth.short_node_names`: a `host/<fqdn>` key authenticates as the
+    /// node named by its first label, so that is the name to compare.
+    pub short_node_names: bool,
 }
 
 impl Reserved {
     /// Refuses a principal kcred or a node relies on. `is_node` says
-    /// whether a host name is a node's; the host is checked both whole and
-    /// by its first label (nodes may be known by short names).
+    /// whether a name is a known node's (see
+    /// [`crate::nodes::registry::NodeRegistry`]).
     pub fn check_principal(
         &self,
         p: &ServicePrincipal,
         is_node: &dyn Fn(&str) -> bool,
     ) -> Result<(), Refusal> {
-        let host = p.host();
-        let short = host.split('.').next().unwrap_or(host);
         let why = if RESERVED_SERVICES.contains(&p.service()) {
             Some("an identity of the KDC or of kcred itself")
         } else if self.principals.contains(&p.to_string()) {
             Some("a principal the controller itself uses")
-        } else if p.service() == "host" && (is_node(host) || is_node(short)) {
+        } else if p.service() == "host" && self.is_node_host(p.host(), is_node) {
             Some("a node's host key")
         } else {
             None
@@ -59,6 +63,19 @@ impl Reserved {
         }
     }
 
+    /// Whether `host/<host>` is (or would authenticate as) a node: the
+    /// name a node would be known by (its first label with short node
+    /// names, else the whole name; the whole name in any case), or a
+    /// configured pattern.
+    fn is_node_host(&self, host: &str, is_node: &dyn Fn(&str) -> bool) -> bool {
+        let host = host.to_ascii_lowercase();
+        if self.host_patterns.iter().any(|g| glob_match(g, &host)) {
+            return true;
+        }
+        let short = host.split('.').next().unwrap_or(&host);
+        is_node(&host) || (self.short_node_names && is_node(short))
+    }
+
     /// Refuses a certificate name the controller serves TLS under.
     pub fn check_cert_name(&self, name: &str) -> Result<(), Refusal> {
         if self.tls_names.contains(name) {
@@ -71,4 +88,28 @@ impl Reserved {
         }
         Ok(())
     }
+}
+
+/// `*` matches any run of characters (none included); everything else
+/// matches itself, ASCII case-insensitively.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] != b'*' && p[pi].eq_ignore_ascii_case(&n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
 }

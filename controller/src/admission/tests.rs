@@ -110,6 +110,8 @@ impl Case {
             reserved: Reserved {
                 principals: BTreeSet::from(["kcredadmin/admin@KCRED.TEST".to_string()]),
                 tls_names: BTreeSet::from(["kcred.example.com".to_string()]),
+                host_patterns: vec!["*.nodes.example.com".to_string()],
+                short_node_names: true,
             },
             nodes: vec!["node-a", "node-b"],
             policy: policy(),
@@ -207,6 +209,53 @@ fn refuses_kdc_and_kcred_identities_whatever_the_policy_grants() {
 fn refuses_a_known_nodes_host_key_even_when_granted() {
     let c = Case::new().annotate("kcred.io/keytabs", "host/node-b.example.com");
     assert_eq!(c.refused(), Reason::ReservedIdentity);
+}
+
+#[test]
+fn with_full_node_names_the_whole_host_is_compared() {
+    let mut c = Case::new();
+    c.reserved.short_node_names = false;
+    c.nodes = vec!["node-b.example.com"];
+    let granted = |c: &Case, p: &str| {
+        c.reserved
+            .check_principal(&ServicePrincipal::parse(p, REALM).expect("valid"), &|h| {
+                c.nodes.contains(&h)
+            })
+            .map_err(|r| r.reason)
+    };
+    assert_eq!(
+        granted(&c, "host/node-b.example.com"),
+        Err(Reason::ReservedIdentity)
+    );
+    // node-b.other.com would authenticate as node "node-b.other.com": not a node.
+    assert_eq!(granted(&c, "host/node-b.other.com"), Ok(()));
+    c.reserved.short_node_names = true;
+    c.nodes = vec!["node-b"];
+    // With short names it would authenticate as node "node-b".
+    assert_eq!(
+        granted(&c, "host/node-b.other.com"),
+        Err(Reason::ReservedIdentity)
+    );
+}
+
+#[test]
+fn refuses_a_host_key_matching_a_node_pattern_before_the_node_is_seen() {
+    let c = Case::new().annotate("kcred.io/keytabs", "host/n42.nodes.example.com");
+    assert_eq!(c.refused(), Reason::ReservedIdentity);
+}
+
+#[test]
+fn node_patterns_match_with_stars_only_where_written() {
+    use crate::admission::reserved::glob_match;
+    assert!(glob_match("*.nodes.example.com", "a.nodes.example.com"));
+    assert!(glob_match("*.nodes.example.com", "a.b.NODES.example.com"));
+    assert!(!glob_match("*.nodes.example.com", "nodes.example.com"));
+    assert!(!glob_match(
+        "*.nodes.example.com",
+        "a.nodes.example.com.evil"
+    ));
+    assert!(glob_match("node-*", "node-7"));
+    assert!(!glob_match("node-*", "xnode-7"));
 }
 
 #[test]

@@ -104,11 +104,13 @@ impl NodeCredentials for NodeApi {
         }
         let held = request.into_inner().volume_ids;
         let state = Arc::clone(&self.state);
-        tokio::task::spawn_blocking(move || heartbeat::answer(&state, &node, &held))
+        let name = node.clone();
+        let answer = tokio::task::spawn_blocking(move || heartbeat::answer(&state, &name, &held))
             .await
             .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?
-            .map(Response::new)
-            .map_err(Status::from)
+            .map_err(Status::from)?;
+        heartbeat::release(st, &node, answer.releasable).await;
+        Ok(Response::new(answer.response))
     }
 
     async fn watch_updates(
@@ -118,7 +120,17 @@ impl NodeCredentials for NodeApi {
         let node = request.get_ref().node_name.clone();
         names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
         self.authenticate(&request, &node).await?;
-        let mut rx = self.state.updates.subscribe(&node);
+        let cap = self.state.update_streams_per_node;
+        let Some(mut rx) = self.state.updates.subscribe(&node, cap) else {
+            let refusal = Refusal::new(
+                Reason::TooManyStreams,
+                format!(
+                    "node {node} already holds {cap} update streams (limits.update_streams_per_node); one must end first"
+                ),
+            );
+            self.state.count_refusal(refusal.reason);
+            return Err(refusal.into());
+        };
         let mut closing = self.state.closing.subscribe();
         tracing::info!(%node, "node subscribed to updates");
         let (tx, out) = tokio::sync::mpsc::channel(16);
@@ -126,6 +138,9 @@ impl NodeCredentials for NodeApi {
             loop {
                 tokio::select! {
                     _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return,
+                    // The node went away: its subscription ends now, not at
+                    // the next update (it counts against the node's cap).
+                    _ = tx.closed() => return,
                     update = rx.recv() => match update {
                         Ok(u) => {
                             if tx.send(Ok(u)).await.is_err() {
@@ -150,21 +165,36 @@ impl NodeApi {
     /// Authenticates a node call; refusals are audited.
     async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
         let Err(rejected) = self.state.auth.node(request, node) else {
+            self.state.connections.authenticated(request.remote_addr());
+            // Its host key stays reserved from now on, restarts included.
+            if names::validate_dns_name("node_name", node).is_ok()
+                && self.state.node_registry.remember(node)
+            {
+                let event = AuditEvent::new(Actor::Node(node.to_string()), Action::NodeJoined)
+                    .with_place(node, "", "")
+                    .with_reason("first seen: its host key is reserved from now on");
+                if let Err(e) = self.state.record(vec![event]).await {
+                    tracing::error!(error = %e, "cannot audit a node joining");
+                }
+            }
             return Ok(());
         };
         let refusal = rejected.refusal;
-        tracing::warn!(who = %rejected.who, claimed = %node, reason = %refusal.reason.label(),
+        tracing::debug!(who = %rejected.who, claimed = %node, reason = %refusal.reason.label(),
             error = %refusal.message, "node call refused");
         self.state.count_refusal(refusal.reason);
-        let event = AuditEvent::new(Actor::Caller(rejected.who), Action::Deny)
-            .with_place(node, "", "")
+        // The claimed name is the caller's choice: bounded in the record.
+        let claimed: String = node.chars().take(253).collect();
+        let who: String = rejected.who.chars().take(300).collect();
+        let event = AuditEvent::new(Actor::Caller(who), Action::Deny)
+            .with_place(claimed, "", "")
             .denied(
                 refusal.reason,
                 format!("authentication: {}", refusal.message),
             );
-        if let Err(e) = self.state.record(vec![event]).await {
-            tracing::error!(error = %e, "cannot audit a refused call");
-        }
+        self.state
+            .record_refusal(request.remote_addr(), event, refusal.reason)
+            .await;
         Err(refusal.into())
     }
 

@@ -117,14 +117,16 @@ impl KadminClient {
             .arg(&self.cfg.keytab)
             .arg("-p")
             .arg(&self.cfg.principal)
-            .env("KRB5CCNAME", "MEMORY:kcred-kadmin")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(conf) = &self.cfg.krb5_config {
-            cmd.env("KRB5_CONFIG", conf);
-        }
+        // The controller's environment is not kadmin's.
+        crate::child_env::minimal(
+            &mut cmd,
+            self.cfg.krb5_config.as_deref(),
+            "MEMORY:kcred-kadmin",
+        );
         let mut child = cmd.spawn().map_err(|e| {
             KadminError::Failed(format!("cannot start {}: {e}", self.cfg.program.display()))
         })?;

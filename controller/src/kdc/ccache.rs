@@ -294,6 +294,18 @@ mod tests {
         assert!(parse_tgt(&b).is_err());
     }
 
+    proptest::proptest! {
+        /// Generated caches: an error (never a panic, never a huge
+        /// allocation), or a TGT of the default principal.
+        #[test]
+        fn fuzz_ccache_reader(bytes in crate::fuzz::bytes_near(vec![cache((0, 0)), cache((-2, 5))])) {
+            match parse_tgt(&bytes) {
+                Ok(tgt) => proptest::prop_assert!(tgt.client.contains('@')),
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn unparse_escapes_separators() {
         let p = Principal {

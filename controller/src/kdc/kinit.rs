@@ -45,27 +45,14 @@ pub(super) async fn run(
     ccache: &Path,
 ) -> Result<(), Failure> {
     let mut cmd = tokio::process::Command::new(&cfg.kinit);
-    cmd.env_clear()
-        .env("LC_ALL", "C")
-        .env("KRB5CCNAME", file_name(ccache))
-        .arg("-c")
+    cmd.arg("-c")
         .arg(file_name(ccache))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
-    }
-    let conf = cfg
-        .krb5_config
-        .clone()
-        .map(OsString::from)
-        .or_else(|| std::env::var_os("KRB5_CONFIG"));
-    if let Some(conf) = conf {
-        cmd.env("KRB5_CONFIG", conf);
-    }
+    crate::child_env::minimal(&mut cmd, cfg.krb5_config.as_deref(), file_name(ccache));
     let child = cmd
         .spawn()
         .map_err(|e| Failure::Local(format!("running {}: {e}", cfg.kinit.display())))?;

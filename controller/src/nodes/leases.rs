@@ -94,11 +94,21 @@ impl Leases {
     }
 
     /// Marks lapsed leases lost; returns the nodes lost now.
-    pub fn sweep(&self) -> Vec<Transition> {
+    ///
+    /// `saturated` is the last moment the controller itself could not
+    /// serve (connections full, out of file descriptors). A lease lapses
+    /// only after a whole ttl without heartbeat *during which the
+    /// controller could serve*: a node whose heartbeats were turned away
+    /// by a flood is not lost, or an anonymous attacker filling the port
+    /// could declare healthy nodes lost (and, with
+    /// `leases.rotate_keytabs_on_loss`, force rotations). Loss detection
+    /// is delayed while the controller is saturated, never faked.
+    pub fn sweep(&self, saturated: Option<Instant>) -> Vec<Transition> {
         let mut map = self.lock();
         let mut lost = Vec::new();
         for (name, lease) in map.iter_mut() {
-            if lease.state == LeaseState::Alive && lease.last.elapsed() > self.ttl {
+            let since = saturated.map_or(lease.last, |s| s.max(lease.last));
+            if lease.state == LeaseState::Alive && since.elapsed() > self.ttl {
                 lease.state = LeaseState::Lost;
                 lost.push(Transition::Lost(name.clone()));
             }
@@ -132,10 +142,10 @@ mod tests {
         let leases = Leases::new(Duration::from_millis(50));
         assert_eq!(leases.heartbeat("a"), Some(Transition::Joined("a".into())));
         assert_eq!(leases.heartbeat("a"), None);
-        assert!(leases.sweep().is_empty());
+        assert!(leases.sweep(None).is_empty());
         std::thread::sleep(Duration::from_millis(70));
-        assert_eq!(leases.sweep(), vec![Transition::Lost("a".into())]);
-        assert!(leases.sweep().is_empty(), "lost once");
+        assert_eq!(leases.sweep(None), vec![Transition::Lost("a".into())]);
+        assert!(leases.sweep(None).is_empty(), "lost once");
         assert_eq!(leases.state("a"), Some(LeaseState::Lost));
         assert_eq!(
             leases.heartbeat("a"),
@@ -143,5 +153,21 @@ mod tests {
         );
         assert_eq!(leases.state("a"), Some(LeaseState::Alive));
         assert_eq!(leases.state("never"), None);
+    }
+
+    #[test]
+    fn no_lease_lapses_while_the_controller_itself_was_saturated() {
+        let leases = Leases::new(Duration::from_millis(50));
+        leases.heartbeat("a");
+        std::thread::sleep(Duration::from_millis(70));
+        // Saturated just now: the node gets a whole ttl from here.
+        assert!(leases.sweep(Some(Instant::now())).is_empty());
+        assert_eq!(leases.state("a"), Some(LeaseState::Alive));
+        // A saturation long ago changes nothing.
+        let long_ago = Instant::now() - Duration::from_millis(60);
+        assert_eq!(
+            leases.sweep(Some(long_ago)),
+            vec![Transition::Lost("a".into())]
+        );
     }
 }

@@ -20,7 +20,7 @@ pub fn spawn_sweeper(state: Arc<ControllerState>) -> JoinHandle<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            for t in state.leases.sweep() {
+            for t in state.leases.sweep(state.connections.last_saturated()) {
                 let st = Arc::clone(&state);
                 tokio::spawn(async move { lease_transition(&st, t).await });
             }

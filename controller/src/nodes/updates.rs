@@ -24,9 +24,19 @@ impl Updates {
             .clone()
     }
 
-    /// A node driver's subscription.
-    pub fn subscribe(&self, node: &str) -> broadcast::Receiver<VolumeUpdate> {
-        self.sender(node).subscribe()
+    /// A node driver's subscription, unless the node already holds `cap`
+    /// (each holds a task and a buffer: a node, or whoever stole its
+    /// identity, must not open them without bound).
+    pub fn subscribe(&self, node: &str, cap: usize) -> Option<broadcast::Receiver<VolumeUpdate>> {
+        let map = crate::locks::lock(&self.channels);
+        let sender = match map.get(node) {
+            Some(s) => s.clone(),
+            None => {
+                drop(map);
+                self.sender(node)
+            }
+        };
+        (sender.receiver_count() < cap).then(|| sender.subscribe())
     }
 
     /// Sends an update to `node`; returns whether a driver is listening.

@@ -44,6 +44,8 @@ pub enum Table {
     Volumes,
     /// Keytab rotations whose grace period has not ended.
     Rotations,
+    /// Every node ever seen (their `host/` keys stay reserved).
+    Nodes,
 }
 
 impl Table {
@@ -57,11 +59,12 @@ impl Table {
             Table::KeyRings => "keyrings_v1",
             Table::Volumes => "volumes_v1",
             Table::Rotations => "rotations_v1",
+            Table::Nodes => "nodes_v1",
         }
     }
 
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Keytabs,
         Table::Tickets,
         Table::Certs,
@@ -69,6 +72,7 @@ impl Table {
         Table::KeyRings,
         Table::Volumes,
         Table::Rotations,
+        Table::Nodes,
     ];
 }
 

@@ -1,0 +1,186 @@
+//! The audit log's end against the head kept in the store, checked before
+//! the controller appends anything.
+//!
+//! The log alone cannot show records cut from its end (a cut log is a valid
+//! shorter log), and a deleted log would simply start again from record 1.
+//! Every append therefore stores the new head in the store; at start the
+//! log must still reach that head with the same hash. If it does not, the
+//! controller refuses to start: continuing would chain new records onto the
+//! cut and overwrite the stored head, erasing the evidence. The operator
+//! restores the log from backup, or acknowledges the loss explicitly
+//! (`--acknowledge-audit-loss`), which is itself recorded; see
+//! `docs/operations-audit.md`.
+
+use std::path::{Path, PathBuf};
+
+use kcred_audit::{AuditHead, verify_with_head};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError, Table};
+
+/// Where the audit log's head is kept.
+pub const AUDIT_HEAD_RECORD: &str = "audit-head";
+
+/// Prefix of the records keeping heads whose loss an operator acknowledged.
+pub const LOST_HEAD_PREFIX: &str = "audit-head-lost-";
+
+/// The operator's procedure, named in every refusal.
+const PROCEDURE: &str = "restore the audit log from backup, or acknowledge the loss with \
+     `kcred-controller serve --acknowledge-audit-loss \"<reason>\"` \
+     (see docs/operations-audit.md, \"The audit log does not reach its stored head\")";
+
+/// Why the log no longer reaches the head the controller stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditLoss {
+    /// The log file is gone, but records were written.
+    #[error(
+        "audit log {} is missing, but the controller wrote records up to {} (hash {}): {PROCEDURE}",
+        path.display(), stored.seq, short(&stored.hash)
+    )]
+    Missing {
+        /// The log file.
+        path: PathBuf,
+        /// The head the store remembers.
+        stored: AuditHead,
+    },
+    /// The log ends before the stored head.
+    #[error(
+        "audit log {} ends at record {ends}, but the controller wrote records up to {} (hash {}): \
+         records were cut from its end; {PROCEDURE}",
+        path.display(), stored.seq, short(&stored.hash)
+    )]
+    Truncated {
+        /// The log file.
+        path: PathBuf,
+        /// Its last record's seq (0: empty).
+        ends: u64,
+        /// The head the store remembers.
+        stored: AuditHead,
+    },
+    /// The log reaches the stored head's seq with another record there, or
+    /// is broken before it.
+    #[error(
+        "audit log {} does not reach the stored head (record {}, hash {}): {problem}; {PROCEDURE}",
+        path.display(), stored.seq, short(&stored.hash)
+    )]
+    Rewritten {
+        /// The log file.
+        path: PathBuf,
+        /// The head the store remembers.
+        stored: AuditHead,
+        /// What verification found.
+        problem: String,
+    },
+    /// The store or the log could not be read.
+    #[error("cannot compare the audit log with its stored head: {0}")]
+    Unreadable(String),
+}
+
+impl AuditLoss {
+    /// The head the store remembered.
+    pub fn stored(&self) -> Option<&AuditHead> {
+        match self {
+            AuditLoss::Missing { stored, .. }
+            | AuditLoss::Truncated { stored, .. }
+            | AuditLoss::Rewritten { stored, .. } => Some(stored),
+            AuditLoss::Unreadable(_) => None,
+        }
+    }
+}
+
+/// A head whose loss an operator acknowledged, kept in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LostHead {
+    /// The head the store remembered.
+    pub stored: AuditHead,
+    /// Where the log ended when the loss was acknowledged.
+    pub log_ended: Option<AuditHead>,
+    /// What was found.
+    pub finding: String,
+    /// The operator's reason.
+    pub reason: String,
+}
+
+/// The head the store remembers, if any.
+pub fn stored_head(store: &Store) -> Result<Option<AuditHead>, StoreError> {
+    Ok(store
+        .get::<AuditHead>(Table::Authority, AUDIT_HEAD_RECORD)?
+        .map(|r| r.meta))
+}
+
+/// Before the log is opened: a stored head with no log file is a loss.
+pub fn check_present(path: &Path, stored: Option<&AuditHead>) -> Result<(), AuditLoss> {
+    match stored {
+        Some(h) if !path.exists() => Err(AuditLoss::Missing {
+            path: path.to_path_buf(),
+            stored: h.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// After the log is opened: its end (`log_head`) must be the stored head,
+/// or lie beyond it on the same chain (the store lags the log by at most
+/// the append a crash interrupted).
+pub fn check_reaches(
+    path: &Path,
+    public_key: &[u8],
+    log_head: Option<&AuditHead>,
+    stored: Option<&AuditHead>,
+) -> Result<(), AuditLoss> {
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    let ends = log_head.map_or(0, |h| h.seq);
+    if ends < stored.seq {
+        return Err(AuditLoss::Truncated {
+            path: path.to_path_buf(),
+            ends,
+            stored: stored.clone(),
+        });
+    }
+    if log_head == Some(stored) {
+        return Ok(());
+    }
+    let report = verify_with_head(path, public_key, stored)
+        .map_err(|e| AuditLoss::Unreadable(e.to_string()))?;
+    match report.first_problem {
+        None => Ok(()),
+        Some(p) => Err(AuditLoss::Rewritten {
+            path: path.to_path_buf(),
+            stored: stored.clone(),
+            problem: p.to_string(),
+        }),
+    }
+}
+
+/// Keeps the lost head under its own name, so acknowledging a loss never
+/// erases what was lost.
+pub fn archive_lost(store: &Store, lost: &LostHead, at_unix_ms: i64) -> Result<(), StoreError> {
+    store.put(
+        Table::Authority,
+        &format!("{LOST_HEAD_PREFIX}{at_unix_ms}"),
+        lost,
+        b"",
+    )
+}
+
+/// Stores `head` unless the stored head is further along: a shorter chain
+/// never replaces a longer one.
+pub fn store_head(store: &Store, head: &AuditHead) -> Result<(), StoreError> {
+    if let Some(stored) = stored_head(store)?
+        && stored.seq > head.seq
+    {
+        tracing::error!(
+            stored = stored.seq,
+            log = head.seq,
+            "the stored audit head is ahead of the log; it is kept"
+        );
+        return Ok(());
+    }
+    store.put(Table::Authority, AUDIT_HEAD_RECORD, head, b"")
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}

@@ -1,0 +1,457 @@
+//! Accepting connections so that anyone able to reach the port cannot take
+//! the controller down by opening connections and doing nothing with them.
+//!
+//! - **Per source**: at most `max_unauthenticated_per_source` connections
+//!   from one IP address that have not yet made an authenticated call; more
+//!   are closed at once. Authenticated connections do not count, so nodes
+//!   behind one NAT address are not limited by it.
+//! - **Overall**: at most `max_connections` open connections, well below
+//!   the file descriptor limit (the replay cache, the store, kadmin and
+//!   kinit need descriptors too). When full, the oldest connection that has
+//!   not authenticated is closed to make room; authenticated connections
+//!   are never closed for a newcomer. Only when every connection is
+//!   authenticated is the newcomer refused.
+//! - **Idle before authentication**: a connection that has made no
+//!   authenticated call `unauthenticated_idle` after it was accepted is
+//!   closed (the TLS handshake has its own, shorter deadline, in tonic).
+//! - Accepted sockets get `TCP_NODELAY` (tonic sets it only on listeners it
+//!   binds itself): small gRPC frames are not held back by Nagle's
+//!   algorithm waiting for a delayed ACK (a 40 ms stall per call).
+//! - When `accept` itself fails for lack of resources (`EMFILE`...) the
+//!   loop backs off instead of spinning.
+//!
+//! Whenever the controller is full (the overall cap reached, or `accept`
+//! failing for lack of resources) it notes the moment
+//! ([`Connections::last_saturated`]): node loss is judged only over time
+//! the controller itself could serve (see [`crate::nodes::leases`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+
+use crate::locks::lock;
+
+/// The accept side's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptLimits {
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most connections from one IP address not yet authenticated.
+    pub max_unauthenticated_per_source: usize,
+    /// Longest time a connection may stay without an authenticated call.
+    pub unauthenticated_idle: Duration,
+}
+
+/// One accepted connection's standing.
+struct Conn {
+    id: u64,
+    authenticated: AtomicBool,
+    closed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Conn {
+    /// Closes the connection from outside: its next read or write fails.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(w) = lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    open: HashMap<SocketAddr, Arc<Conn>>,
+    unauthenticated_by_source: HashMap<IpAddr, usize>,
+    next_id: u64,
+}
+
+impl Table {
+    fn release_source(&mut self, ip: IpAddr) {
+        if let Some(n) = self.unauthenticated_by_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.unauthenticated_by_source.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Why a connection was closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its source holds the most unauthenticated connections allowed.
+    PerSource,
+    /// Every slot is held by an authenticated connection.
+    Full,
+}
+
+/// Every open connection, shared by the accept loop and the handlers
+/// (which mark connections authenticated).
+pub struct Connections {
+    limits: AcceptLimits,
+    table: Mutex<Table>,
+    last_saturated: Mutex<Option<Instant>>,
+    refused: AtomicU64,
+    evicted: AtomicU64,
+}
+
+impl Connections {
+    /// No connection yet.
+    pub fn new(limits: AcceptLimits) -> Arc<Self> {
+        Arc::new(Connections {
+            limits,
+            table: Mutex::new(Table::default()),
+            last_saturated: Mutex::new(None),
+            refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> AcceptLimits {
+        self.limits
+    }
+
+    /// Takes a slot for a connection from `peer`, closing the oldest
+    /// unauthenticated connection if the controller is full.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Slot, Refused> {
+        let mut t = lock(&self.table);
+        let ip = peer.ip();
+        let from_source = t.unauthenticated_by_source.get(&ip).copied().unwrap_or(0);
+        if from_source >= self.limits.max_unauthenticated_per_source {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::PerSource);
+        }
+        if t.open.len() >= self.limits.max_connections {
+            self.mark_saturated();
+            let victim = t
+                .open
+                .iter()
+                .filter(|(_, c)| !c.authenticated.load(Ordering::Acquire))
+                .min_by_key(|(_, c)| c.id)
+                .map(|(a, _)| *a);
+            let Some(addr) = victim else {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Full);
+            };
+            if let Some(c) = t.open.remove(&addr) {
+                c.close();
+                t.release_source(addr.ip());
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        t.next_id += 1;
+        let conn = Arc::new(Conn {
+            id: t.next_id,
+            authenticated: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        });
+        t.open.insert(peer, Arc::clone(&conn));
+        *t.unauthenticated_by_source.entry(ip).or_insert(0) += 1;
+        Ok(Slot {
+            conns: Arc::clone(self),
+            peer,
+            conn,
+        })
+    }
+
+    /// The connection from `peer` made an authenticated call: it is no
+    /// longer idle, evictable, nor counted against its source.
+    pub fn authenticated(&self, peer: Option<SocketAddr>) {
+        let Some(peer) = peer else { return };
+        let mut t = lock(&self.table);
+        let Some(c) = t.open.get(&peer) else { return };
+        if !c.authenticated.swap(true, Ordering::AcqRel) {
+            t.release_source(peer.ip());
+        }
+    }
+
+    /// Notes that the controller could not take more connections.
+    pub fn mark_saturated(&self) {
+        *lock(&self.last_saturated) = Some(Instant::now());
+    }
+
+    /// The last moment the controller was full, if ever.
+    pub fn last_saturated(&self) -> Option<Instant> {
+        *lock(&self.last_saturated)
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        lock(&self.table).open.len()
+    }
+
+    /// Connections closed at once, and connections evicted, so far.
+    pub fn refused_and_evicted(&self) -> (u64, u64) {
+        (
+            self.refused.load(Ordering::Relaxed),
+            self.evicted.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A connection's place in [`Connections`], given back on drop.
+pub struct Slot {
+    conns: Arc<Connections>,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = lock(&self.conns.table);
+        let ours = t
+            .open
+            .get(&self.peer)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.conn));
+        if ours {
+            t.open.remove(&self.peer);
+            if !self.conn.authenticated.load(Ordering::Acquire) {
+                t.release_source(self.peer.ip());
+            }
+        }
+    }
+}
+
+/// An accepted stream that fails once its connection is closed from
+/// outside (evicted) or stays unauthenticated too long.
+pub struct Tracked<S> {
+    inner: S,
+    slot: Slot,
+    idle_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Tracked<S> {
+    fn new(inner: S, slot: Slot) -> Self {
+        let idle = slot.conns.limits.unauthenticated_idle;
+        Tracked {
+            inner,
+            slot,
+            idle_deadline: Some(Box::pin(tokio::time::sleep(idle))),
+        }
+    }
+
+    /// Why the connection must end now, if it must.
+    fn ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let conn = &self.slot.conn;
+        if conn.closed.load(Ordering::Acquire) {
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed to make room",
+            ));
+        }
+        *lock(&conn.waker) = Some(cx.waker().clone());
+        if conn.authenticated.load(Ordering::Acquire) {
+            self.idle_deadline = None;
+        } else if let Some(d) = &mut self.idle_deadline
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no authenticated call in time",
+            ));
+        }
+        None
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.ended(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.ended(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The inner stream's connection info: with tonic's TLS on top, requests
+/// carry `TlsConnectInfo<TcpConnectInfo>`, so `remote_addr()` and
+/// `peer_certs()` (mTLS) work as with tonic's own listener.
+impl<S: Connected> Connected for Tracked<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Pause after `accept` failed for lack of resources.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The listener as tonic's incoming stream of [`Tracked`] connections.
+pub struct Incoming {
+    listener: TcpListener,
+    conns: Arc<Connections>,
+    backoff: Option<Pin<Box<Sleep>>>,
+    last_warning: Option<Instant>,
+}
+
+impl Incoming {
+    /// Accepts on `listener` within `conns`' limits.
+    pub fn new(listener: TcpListener, conns: Arc<Connections>) -> Self {
+        Incoming {
+            listener,
+            conns,
+            backoff: None,
+            last_warning: None,
+        }
+    }
+
+    /// At most one warning every 10 s: a flood must not flood the log.
+    fn warn(&mut self, what: &str, detail: &dyn std::fmt::Display) {
+        let due = self
+            .last_warning
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+        if due {
+            self.last_warning = Some(Instant::now());
+            let (refused, evicted) = self.conns.refused_and_evicted();
+            tracing::warn!(open = self.conns.open(), refused, evicted, %detail, "{what}");
+        }
+    }
+}
+
+/// `accept` errors that mean the process or system is out of something.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if [23, 24, 105, 12].contains(&code) // ENFILE, EMFILE, ENOBUFS, ENOMEM
+    )
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Tracked<TcpStream>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(b) = &mut this.backoff {
+                if b.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.backoff = None;
+            }
+            let (stream, peer) = match this.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(accepted)) => accepted,
+                Poll::Ready(Err(e)) if out_of_resources(&e) => {
+                    this.conns.mark_saturated();
+                    this.warn("cannot accept connections: out of resources", &e);
+                    this.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                    continue;
+                }
+                // The peer gave up before we got to it, and the like.
+                Poll::Ready(Err(_)) => continue,
+            };
+            match this.conns.admit(peer) {
+                Ok(slot) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    return Poll::Ready(Some(Ok(Tracked::new(stream, slot))));
+                }
+                Err(why) => {
+                    drop(stream);
+                    let detail = format!("{peer}: {why:?}");
+                    this.warn("connections refused at the connection limits", &detail);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_source: usize) -> AcceptLimits {
+        AcceptLimits {
+            max_connections: total,
+            max_unauthenticated_per_source: per_source,
+            unauthenticated_idle: Duration::from_secs(30),
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_source_holds_a_bounded_number_of_unauthenticated_connections() {
+        let c = Connections::new(limits(100, 2));
+        let _a = c.admit(addr("10.0.0.1:1")).unwrap();
+        let b = c.admit(addr("10.0.0.1:2")).unwrap();
+        assert_eq!(c.admit(addr("10.0.0.1:3")).err(), Some(Refused::PerSource));
+        assert!(
+            c.admit(addr("10.0.0.2:1")).is_ok(),
+            "other sources unaffected"
+        );
+        // Authenticated connections do not count against their source.
+        c.authenticated(Some(addr("10.0.0.1:2")));
+        let _c = c.admit(addr("10.0.0.1:3")).unwrap();
+        drop(b);
+        assert_eq!(c.open(), 2);
+    }
+
+    #[test]
+    fn when_full_the_oldest_unauthenticated_connection_makes_room() {
+        let c = Connections::new(limits(2, 10));
+        let node = c.admit(addr("10.0.0.9:1")).unwrap();
+        c.authenticated(Some(addr("10.0.0.9:1")));
+        let idle = c.admit(addr("10.0.0.1:1")).unwrap();
+        assert!(c.last_saturated().is_none());
+        let _new = c.admit(addr("10.0.0.2:1")).unwrap();
+        assert!(idle.conn.closed.load(Ordering::Acquire), "evicted");
+        assert!(!node.conn.closed.load(Ordering::Acquire), "never the node");
+        assert!(c.last_saturated().is_some());
+        c.authenticated(Some(addr("10.0.0.2:1")));
+        assert_eq!(
+            c.admit(addr("10.0.0.3:1")).err(),
+            Some(Refused::Full),
+            "only authenticated connections left"
+        );
+        drop(idle);
+        assert_eq!(c.open(), 2, "an evicted slot is not released twice");
+    }
+}

@@ -1,0 +1,116 @@
+//! Which names are nodes, from knowledge that survives restarts: a node's
+//! `host/` key must never reach a pod, and leases and pod bindings alone
+//! forget a node after a restart (and never knew one without pods).
+//!
+//! A name is a node's when it was ever seen as an authenticated node
+//! (persisted in the store), when the cluster's node list names it (fed by
+//! a node watcher through [`NodeRegistry::set_watched`]), or when it matches
+//! an operator's pattern (`reserved.host_patterns`, see
+//! [`crate::admission::Reserved`]).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::locks::{read, write};
+use crate::store::{Store, StoreError, Table};
+
+/// What is kept of a node seen once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Seen {
+    first_seen_unix: i64,
+}
+
+/// Nodes seen ever, and the cluster's current node list.
+pub struct NodeRegistry {
+    store: Arc<Store>,
+    seen: RwLock<BTreeSet<String>>,
+    watched: RwLock<BTreeSet<String>>,
+}
+
+impl NodeRegistry {
+    /// Loads every node ever seen from the store.
+    pub fn load(store: Arc<Store>) -> Result<Self, StoreError> {
+        let seen = store
+            .list::<serde_json::Value>(Table::Nodes)?
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        Ok(NodeRegistry {
+            store,
+            seen: RwLock::new(seen),
+            watched: RwLock::new(BTreeSet::new()),
+        })
+    }
+
+    /// Remembers an authenticated node for good (a write only the first
+    /// time). Returns whether it was new.
+    pub fn remember(&self, node: &str) -> bool {
+        let node = node.to_ascii_lowercase();
+        if read(&self.seen).contains(&node) {
+            return false;
+        }
+        let seen = Seen {
+            first_seen_unix: kcred_audit::timefmt::now_unix(),
+        };
+        if let Err(e) = self.store.put(Table::Nodes, &node, &seen, b"") {
+            // Still reserved for this run; the next sighting retries.
+            tracing::error!(error = %e, %node, "cannot persist a node in the registry");
+        }
+        write(&self.seen).insert(node)
+    }
+
+    /// Replaces the cluster's node list (the hook for a Kubernetes node
+    /// watcher). Watched nodes are also remembered, so they stay reserved
+    /// after they leave the list.
+    pub fn set_watched(&self, nodes: impl IntoIterator<Item = String>) {
+        let fresh: BTreeSet<String> = nodes.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        for n in &fresh {
+            self.remember(n);
+        }
+        *write(&self.watched) = fresh;
+    }
+
+    /// Whether `name` is a node's name.
+    pub fn contains(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        read(&self.seen).contains(&name) || read(&self.watched).contains(&name)
+    }
+
+    /// How many nodes were ever seen.
+    pub fn len(&self) -> usize {
+        read(&self.seen).len()
+    }
+
+    /// Whether no node was ever seen.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+
+    #[test]
+    fn a_node_seen_once_is_known_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let store = Arc::new(Store::open(&path, MasterKey::from_bytes([7; 32])).unwrap());
+            let nodes = NodeRegistry::load(store).unwrap();
+            assert!(nodes.remember("Node-1.example.test"));
+            assert!(!nodes.remember("node-1.example.test"), "known already");
+        }
+        let store = Arc::new(Store::open(&path, MasterKey::from_bytes([7; 32])).unwrap());
+        let nodes = NodeRegistry::load(store).unwrap();
+        assert!(nodes.contains("node-1.example.test"));
+        assert!(!nodes.contains("node-2.example.test"));
+        nodes.set_watched(["node-2.example.test".to_string()]);
+        assert!(nodes.contains("node-2.example.test"));
+        nodes.set_watched([]);
+        assert!(nodes.contains("node-2.example.test"), "watched once, kept");
+    }
+}

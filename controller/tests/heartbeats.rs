@@ -1,0 +1,129 @@
+//! Issue 11, item 4: a node's heartbeat can neither erase the controller's
+//! records of volumes still mounted nor learn about other nodes' volumes;
+//! records leave only when their pod is gone from the controller's view,
+//! and that release is audited.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Files, Running};
+use kcred_audit::Action;
+use kcred_controller::issued::VolumeRecord;
+use kcred_controller::store::Table;
+use kcred_proto::kcred::v1::{HeartbeatRequest, HeartbeatResponse};
+
+const PODS: &str = r#"
+[[pods]]
+namespace = "web"
+name = "web-0"
+uid = "u0"
+node_name = "node-2"
+"#;
+
+fn record(volume: &str, node: &str, pod: &str, uid: &str) -> VolumeRecord {
+    VolumeRecord {
+        volume_id: volume.into(),
+        node: node.into(),
+        namespace: "web".into(),
+        pod: pod.into(),
+        pod_uid: uid.into(),
+        keytabs: Default::default(),
+        ticket: None,
+        certs: Default::default(),
+        keys: Default::default(),
+        versions: Default::default(),
+        issued_unix: 0,
+        generation: "g1".into(),
+        revoked: false,
+    }
+}
+
+/// node-2 holds vol-run (its pod runs) and vol-gone (its pod is gone);
+/// node-3 holds vol-other, whose pod is gone too.
+fn files() -> Files {
+    let f = Files::new("");
+    std::fs::write(f.path("pods.toml"), PODS).unwrap();
+    let store = f.store();
+    for r in [
+        record("vol-run", "node-2", "web-0", "u0"),
+        record("vol-gone", "node-2", "old-0", "u9"),
+        record("vol-other", "node-3", "web-3", "u3"),
+    ] {
+        store.put(Table::Volumes, &r.volume_id, &r, b"").unwrap();
+    }
+    drop(store);
+    f
+}
+
+async fn heartbeat(c: &Running, node: &str, held: &[&str]) -> HeartbeatResponse {
+    c.node_client()
+        .await
+        .heartbeat(HeartbeatRequest {
+            node_name: node.into(),
+            volume_ids: held.iter().map(|s| s.to_string()).collect(),
+        })
+        .await
+        .expect("heartbeat")
+        .into_inner()
+}
+
+fn volumes(f: &Files) -> Vec<String> {
+    let store = f.store();
+    let mut v: Vec<String> = ["vol-run", "vol-gone", "vol-other"]
+        .into_iter()
+        .filter(|id| {
+            store
+                .get::<VolumeRecord>(Table::Volumes, id)
+                .unwrap()
+                .is_some()
+        })
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_heartbeat_keeps_records_of_volumes_whose_pods_still_run() {
+    let f = files();
+    let c = Running::start(&f.config).await;
+    let answer = heartbeat(&c, "node-2", &[]).await;
+    assert!(answer.stale_volume_ids.is_empty() && answer.revoked_volume_ids.is_empty());
+    c.stop().await;
+
+    // vol-run stays (its pod runs on node-2); vol-gone is released, on the
+    // controller's own view; node-3's record is untouched.
+    assert_eq!(volumes(&f), ["vol-other", "vol-run"]);
+    let records = kcred_audit::query(&f.config.audit_log, &Default::default()).unwrap();
+    let released: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == Action::Release)
+        .collect();
+    assert_eq!(released.len(), 1, "{records:?}");
+    assert_eq!(released[0].subject, "vol-gone");
+    assert_eq!(released[0].node, "node-2");
+    assert!(
+        released[0].reason.contains("gone"),
+        "{}",
+        released[0].reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_naming_another_nodes_volume_learns_nothing() {
+    let f = files();
+    let c = Running::start(&f.config).await;
+    // Its owner would be told to wipe it (its pod is gone)...
+    let owner = heartbeat(&c, "node-3", &["vol-other"]).await;
+    assert_eq!(owner.stale_volume_ids, ["vol-other"]);
+    // ...another node naming it hears exactly what an unknown id gets.
+    let other = heartbeat(&c, "node-2", &["vol-other", "vol-run"]).await;
+    let unknown = heartbeat(&c, "node-2", &["vol-never-issued", "vol-run"]).await;
+    assert!(other.stale_volume_ids.is_empty(), "{other:?}");
+    assert!(other.revoked_volume_ids.is_empty(), "{other:?}");
+    assert_eq!(other, unknown);
+    c.stop().await;
+    assert!(volumes(&f).contains(&"vol-other".to_string()));
+}
