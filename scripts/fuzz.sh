@@ -10,7 +10,7 @@ export PROPTEST_CASES="$cases"
 # The dev profile keeps overflow checks on: an arithmetic overflow is a
 # panic, as it should be for a fuzzer. Failures are kept for replay under
 # proptest-regressions/.
-for crate in kcred-controller kcred-audit kcred-keys; do
+for crate in kcred-controller kcred-audit kcred-keys kcred-csi-driver; do
   echo "== $crate: $cases cases per target"
   cargo test -p "$crate" --lib -- fuzz_ --test-threads 2
 done

@@ -74,6 +74,12 @@ pub fn text_near(samples: &[&str]) -> impl Strategy<Value = String> {
     ]
 }
 
+/// A pod watch event as the API server streams it.
+pub const WATCH_EVENT_SAMPLE: &str = r#"{"type":"MODIFIED","object":{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-0","namespace":"web","uid":"5c0e1d2a-7b8f-4c3e-9a61-2f4d8e0b1c37","resourceVersion":"42","annotations":{"kcred.io/keytabs":"HTTP/web.example.com","other":"x"}},"spec":{"nodeName":"node-a","serviceAccountName":"web","securityContext":{"runAsUser":1500,"runAsGroup":1500,"fsGroup":1500,"supplementalGroups":[1500]},"containers":[{"name":"app","securityContext":{"runAsUser":1500}}],"initContainers":[{"name":"init"}]},"status":{"phase":"Running"}}}"#;
+
+/// The event kube-rs reads when a watch expires.
+pub const WATCH_ERROR_SAMPLE: &str = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"too old resource version","reason":"Expired","code":410}}"#;
+
 /// A valid policy file, the seed of the policy target.
 pub const POLICY_SAMPLE: &str = r#"
 [[role_accounts]]
@@ -204,6 +210,24 @@ mod tests {
                 Ok(_) => {}
                 Err(LoadError::Invalid { reason, .. }) => prop_assert!(!reason.is_empty()),
                 Err(e @ LoadError::Read { .. }) => prop_assert!(false, "parsing read a file: {e}"),
+            }
+        }
+
+        #[test]
+        fn fuzz_watch_events(line in bytes_near(vec![
+            crate::fuzz::WATCH_EVENT_SAMPLE.as_bytes().to_vec(),
+            crate::fuzz::WATCH_ERROR_SAMPLE.as_bytes().to_vec(),
+        ])) {
+            use k8s_openapi::api::core::v1::Pod;
+            use kube::api::WatchEvent;
+            // A line the client cannot read is a serde error (the watch then
+            // restarts); a pod it can read keeps only what kcred needs.
+            if let Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod) | WatchEvent::Deleted(pod)) =
+                serde_json::from_slice::<WatchEvent<Pod>>(&line)
+                && let Some(info) = crate::pods::kube_source::pod_info(pod)
+            {
+                prop_assert!(info.annotations.keys().all(|k| k.starts_with("kcred.io/")));
+                prop_assert!(!info.uid.is_empty());
             }
         }
 

@@ -37,6 +37,8 @@ namespace = "web"
 name = "web-0"
 uid = "u0"
 node_name = "node-1"
+run_as_user = 1500
+run_as_group = 1500
 annotations = { "kcred.io/keys" = "orders-db" }
 "#;
 

@@ -20,6 +20,8 @@ namespace = "web"
 name = "web-0"
 uid = "u0"
 node_name = "node-2"
+run_as_user = 1500
+run_as_group = 1500
 "#;
 
 fn record(volume: &str, node: &str, pod: &str, uid: &str) -> VolumeRecord {

@@ -27,6 +27,8 @@ namespace = "web"
 name = "steal-node-1"
 uid = "u1"
 node_name = "node-2.example.test"
+run_as_user = 1500
+run_as_group = 1500
 annotations = { "kcred.io/keytabs" = "host/node-1.example.test" }
 
 [[pods]]
@@ -34,6 +36,8 @@ namespace = "web"
 name = "steal-pattern"
 uid = "u2"
 node_name = "node-2.example.test"
+run_as_user = 1500
+run_as_group = 1500
 annotations = { "kcred.io/keytabs" = "host/n9.nodes.example.test" }
 "#;
 

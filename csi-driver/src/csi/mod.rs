@@ -6,3 +6,6 @@ pub mod node;
 pub mod request;
 pub mod server;
 pub mod status;
+
+#[cfg(test)]
+mod fuzz;
