@@ -232,7 +232,7 @@ fn write_config(dir: &Path, name: &str, store: &str) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "listen = \"127.0.0.1:1\"\nrealm = \"KCRED.TEST\"\nmaster_key_file = \"{d}/master.key\"\npolicy_file = \"{d}/policy.toml\"\naudit_log = \"{d}/audit.log\"\naudit_key = \"{d}/audit.key\"\n{store}\n[kadmin]\nprincipal = \"kcred/admin\"\nkeytab = \"{d}/admin.keytab\"\nwork_dir = \"{d}/extract\"\n\n[auth]\nmode = \"none\"\n"
+            "listen = \"127.0.0.1:1\"\nrealm = \"KCRED.TEST\"\nmaster_key_file = \"{d}/master.key\"\npolicy_file = \"{d}/policy.toml\"\npods_file = \"{d}/pods.toml\"\naudit_log = \"{d}/audit.log\"\naudit_key = \"{d}/audit.key\"\n{store}\n[kadmin]\nprincipal = \"kcred/admin\"\nkeytab = \"{d}/admin.keytab\"\nwork_dir = \"{d}/extract\"\n\n[auth]\nmode = \"none\"\n"
         ),
     )
     .expect("write config");

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use proptest::prelude::*;
 
@@ -32,11 +33,20 @@ fn target_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// One kubelet directory for every case (validation never writes).
+fn kubelet_root() -> &'static tempfile::TempDir {
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("pods")).expect("mkdir");
+        root
+    })
+}
+
 proptest! {
     #[test]
     fn fuzz_target_path(rest in target_text(), absolute in any::<bool>()) {
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(root.path().join("pods")).expect("mkdir");
+        let root = kubelet_root();
         let target = if absolute {
             format!("{}/{rest}", root.path().display())
         } else {
