@@ -18,8 +18,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError, Table};
 
-/// Where the audit log's head is kept.
-pub const AUDIT_HEAD_RECORD: &str = "audit-head";
+/// Where heads were kept before each chain had its own record (read once
+/// when upgrading, then removed).
+pub const LEGACY_HEAD_RECORD: &str = "audit-head";
+
+/// Where the head of the chain signed by `key_id` is kept. Every
+/// controller signs its own chain with its own key, so controllers sharing
+/// a store (etcd) each keep their own head and never check their log
+/// against another's.
+pub fn head_record(key_id: &str) -> String {
+    format!("audit-head/{key_id}")
+}
 
 /// Prefix of the records keeping heads whose loss an operator acknowledged.
 pub const LOST_HEAD_PREFIX: &str = "audit-head-lost-";
@@ -101,10 +110,14 @@ pub struct LostHead {
     pub reason: String,
 }
 
-/// The head the store remembers, if any.
-pub fn stored_head(store: &Store) -> Result<Option<AuditHead>, StoreError> {
+/// The head the store remembers for the chain signed by `key_id`, if any
+/// (a head kept before heads were per chain counts as this chain's).
+pub fn stored_head(store: &Store, key_id: &str) -> Result<Option<AuditHead>, StoreError> {
+    if let Some(r) = store.get::<AuditHead>(Table::Authority, &head_record(key_id))? {
+        return Ok(Some(r.meta));
+    }
     Ok(store
-        .get::<AuditHead>(Table::Authority, AUDIT_HEAD_RECORD)?
+        .get::<AuditHead>(Table::Authority, LEGACY_HEAD_RECORD)?
         .map(|r| r.meta))
 }
 
@@ -167,8 +180,8 @@ pub fn archive_lost(store: &Store, lost: &LostHead, at_unix_ms: i64) -> Result<(
 
 /// Stores `head` unless the stored head is further along: a shorter chain
 /// never replaces a longer one.
-pub fn store_head(store: &Store, head: &AuditHead) -> Result<(), StoreError> {
-    if let Some(stored) = stored_head(store)?
+pub fn store_head(store: &Store, key_id: &str, head: &AuditHead) -> Result<(), StoreError> {
+    if let Some(stored) = stored_head(store, key_id)?
         && stored.seq > head.seq
     {
         tracing::error!(
@@ -178,7 +191,7 @@ pub fn store_head(store: &Store, head: &AuditHead) -> Result<(), StoreError> {
         );
         return Ok(());
     }
-    store.put(Table::Authority, AUDIT_HEAD_RECORD, head, b"")
+    store.put(Table::Authority, &head_record(key_id), head, b"")
 }
 
 fn short(hash: &str) -> &str {

@@ -113,7 +113,8 @@ fn accept_limits(l: &LimitsSection) -> AcceptLimits {
 /// Opens the audit log only if it still reaches the head kept in the store
 /// (or the operator acknowledged the loss: recorded, and the lost head kept).
 fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditLog, ServeError> {
-    let stored = audit_head::stored_head(store).map_err(startup("audit head"))?;
+    let key_id = signer.key_id().to_string();
+    let stored = audit_head::stored_head(store, &key_id).map_err(startup("audit head"))?;
     let ack = cfg.acknowledge_audit_loss.as_deref();
     let missing = audit_head::check_present(&cfg.audit_log, stored.as_ref()).err();
     if let (Some(loss), None) = (&missing, ack) {
@@ -135,6 +136,22 @@ fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditL
             tracing::info!(
                 "--acknowledge-audit-loss given, but the audit log reaches its stored head: nothing to acknowledge"
             );
+        }
+        // A head kept before heads were per chain is this chain's (checked
+        // above): it moves to the chain's own record.
+        let legacy = store
+            .get::<kcred_audit::AuditHead>(Table::Authority, audit_head::LEGACY_HEAD_RECORD)
+            .map_err(startup("audit head"))?;
+        if let Some(h) = legacy {
+            store
+                .put(
+                    Table::Authority,
+                    &audit_head::head_record(&key_id),
+                    &h.meta,
+                    b"",
+                )
+                .and_then(|()| store.delete(Table::Authority, audit_head::LEGACY_HEAD_RECORD))
+                .map_err(startup("audit head"))?;
         }
         return Ok(audit);
     };
@@ -169,7 +186,12 @@ fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditL
     let head = audit.append(&event).map_err(startup("audit log"))?.head();
     // Deliberately shorter than the lost head: the loss is on record.
     store
-        .put(Table::Authority, audit_head::AUDIT_HEAD_RECORD, &head, b"")
+        .put(
+            Table::Authority,
+            &audit_head::head_record(&key_id),
+            &head,
+            b"",
+        )
         .map_err(startup("audit head"))?;
     Ok(audit)
 }

@@ -76,9 +76,6 @@ pub struct ControllerState {
     pub closing: tokio::sync::watch::Sender<bool>,
 }
 
-/// Where the audit log's head is kept, so a truncated log is detected.
-pub use crate::audit_head::AUDIT_HEAD_RECORD;
-
 impl ControllerState {
     /// Whether `host` is a node's name (its `host/` key is reserved): a
     /// node ever seen (persisted, so a restart forgets none), on the
@@ -131,13 +128,14 @@ impl ControllerState {
         }
         let audit = Arc::clone(&self.audit);
         let store = Arc::clone(&self.store);
+        let key_id = self.audit.signer().key_id().to_string();
         let joined = tokio::task::spawn_blocking(move || {
             let mut head = None;
             for e in &events {
                 head = Some(audit.append(e)?.head());
             }
             if let Some(h) = head
-                && let Err(e) = crate::audit_head::store_head(&store, &h)
+                && let Err(e) = crate::audit_head::store_head(&store, &key_id, &h)
             {
                 tracing::error!(error = %e, "cannot store the audit head");
             }

@@ -21,14 +21,15 @@ fn write_records(f: &Files, n: usize) -> AuditHead {
     for i in 0..n {
         let e = AuditEvent::new(Actor::Controller, Action::Admin).with_reason(format!("event {i}"));
         let h = log.append(&e).unwrap().head();
-        audit_head::store_head(&store, &h).unwrap();
+        audit_head::store_head(&store, log.signer().key_id(), &h).unwrap();
         head = Some(h);
     }
     head.unwrap()
 }
 
 fn stored(f: &Files) -> Option<AuditHead> {
-    audit_head::stored_head(&f.store()).unwrap()
+    let key_id = f.audit().signer().key_id().to_string();
+    audit_head::stored_head(&f.store(), &key_id).unwrap()
 }
 
 fn keep_lines(f: &Files, n: usize) {

@@ -531,7 +531,10 @@ impl Admin for AdminApi {
         let head: Option<audit::AuditHead> = self
             .state
             .store
-            .get(Table::Authority, crate::state::AUDIT_HEAD_RECORD)
+            .get(
+                Table::Authority,
+                &crate::audit_head::head_record(self.state.audit.signer().key_id()),
+            )
             .map_err(|e| status_of(&e))?
             .map(|r| r.meta)
             .or_else(|| self.state.audit.head());
