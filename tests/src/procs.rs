@@ -302,8 +302,11 @@ ttl_secs = 3
             .env("RUST_LOG", "info");
         let proc = Proc::spawn(cmd, &self.path().join("controller.log"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
+        // Its own word that it serves, not only an open port: the port was
+        // free when chosen, and another test's daemon may have taken it since.
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
             || !self.path().join("ca.crt").exists()
+            || !proc.log_text().contains("serving node API")
         {
             if Instant::now() > deadline {
                 bail!("controller did not start: {}", proc.log_text());
