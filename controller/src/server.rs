@@ -370,6 +370,14 @@ impl Controller {
                 (cfg.leases.ttl_secs / 3).max(1)
             },
         });
+        background.push(tokio::spawn({
+            let kadmin = Arc::clone(&state.kadmin);
+            async move {
+                if let Err(e) = kadmin.warm_up().await {
+                    tracing::warn!(error = %e, "kadmin session not opened ahead of use; the first extraction opens it");
+                }
+            }
+        }));
         background.push(tokio::spawn(crate::rotation::run_purges(
             Arc::clone(&state),
             Duration::from_secs(1),

@@ -7,9 +7,16 @@ use kcred_tests::storm::{StormConfig, run_storm, unmount_all};
 use kcred_tests::{Stack, StackOptions, TestPod};
 use tonic::Code;
 
+/// The tests of this file run one at a time: the storm's budget is read
+/// from kadmind's own log by the second, and a single-threaded kadmind
+/// starved of CPU by a neighbouring test logs late, bunching operations the
+/// gate admitted over more than a second into one.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs root"]
 async fn a_storm_of_2000_publishes_costs_one_extraction_per_principal_within_budget() {
+    let _alone = ALONE.lock().await;
     let cfg = StormConfig {
         pods: 2000,
         nodes: 200,
@@ -80,6 +87,7 @@ const FAST_BREAKER: &str = "[gate.kadmin]\nretries = 1\nbackoff_min_ms = 20\nbac
 #[tokio::test]
 #[ignore = "needs root"]
 async fn during_a_kdc_outage_cached_credentials_are_served_and_new_ones_are_unavailable() {
+    let _alone = ALONE.lock().await;
     let mut stack = Stack::start(StackOptions {
         extra_config: FAST_BREAKER.into(),
         ..StackOptions::default()
@@ -180,6 +188,7 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn metrics_are_served_over_http() {
+    let _alone = ALONE.lock().await;
     let (stack, addr) = stack_with_metrics().await;
     // A refused publish (the pod is unknown) still goes through FetchBundle,
     // and needs no mount.
@@ -200,6 +209,7 @@ async fn metrics_are_served_over_http() {
 #[tokio::test]
 #[ignore = "needs root"]
 async fn a_publish_is_counted_in_the_served_metrics() {
+    let _alone = ALONE.lock().await;
     let (stack, addr) = stack_with_metrics().await;
     let pod = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
     stack.add_pod(&pod);

@@ -234,6 +234,30 @@ impl KadminClient {
     }
 
     /// Runs one command on the session; classifies what kadmin printed.
+    /// Opens the session ahead of the first extraction (best effort): the
+    /// connection and authentication to kadmind then never delay, and
+    /// bunch up, the first operations the gate admits.
+    pub async fn warm_up(&self) -> Result<(), KadminError> {
+        let mut guard = self.session.lock().await;
+        if guard.is_some() {
+            return Ok(());
+        }
+        let mut session = self.spawn()?;
+        // A blank line: no request, just the sentinel that proves the
+        // session answers.
+        let answered = self.run(&mut session, "").await;
+        match answered {
+            Ok(_) => {
+                *guard = Some(session);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = session.child.start_kill();
+                Err(e)
+            }
+        }
+    }
+
     async fn execute(&self, principal: &Principal, command: &str) -> Result<(), KadminError> {
         let mut guard = self.session.lock().await;
         if guard.is_none() {
