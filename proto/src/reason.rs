@@ -52,9 +52,11 @@ impl Reason {
             PodFinished | NodeLost | KdcRefused | PrincipalUnknown | CredentialState => {
                 Code::FailedPrecondition
             }
-            KdcUnavailable | AuditUnavailable | StoreUnavailable | ControllerUnavailable => {
-                Code::Unavailable
-            }
+            KdcUnavailable
+            | AuditUnavailable
+            | StoreUnavailable
+            | ControllerUnavailable
+            | PodViewBehind => Code::Unavailable,
             KdcBusy | TooManyStreams => Code::ResourceExhausted,
             RotationInProgress => Code::Aborted,
         }

@@ -68,6 +68,9 @@ pub struct FetchFacts<'a> {
     pub volume: Option<&'a VolumeRecord>,
     /// Whether any volume of the pod was revoked.
     pub pod_revoked: bool,
+    /// Whether the pod view may be behind the API server: a pod it does
+    /// not know may then exist.
+    pub pods_behind: bool,
 }
 
 /// What a node may have for a volume.
@@ -87,6 +90,17 @@ pub struct Grant {
 pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
     let who = format!("{}/{}", f.pod_ref.namespace, f.pod_ref.name);
     let Some(pod) = f.pod else {
+        if f.pods_behind {
+            // Transient: kubelet retries, and the pod is served once the
+            // watch catches up. Pods already known keep renewing.
+            return Err(Refusal::new(
+                Reason::PodViewBehind,
+                format!(
+                    "pod {who} is not known to the controller, whose view of the cluster is \
+                     behind the API server (watch down or not listed yet); retry"
+                ),
+            ));
+        }
         return Err(Refusal::new(
             Reason::PodUnknown,
             format!("pod {who} is not known to the controller"),

@@ -92,6 +92,7 @@ struct Case {
     lease: Option<LeaseState>,
     volume: Option<VolumeRecord>,
     pod_revoked: bool,
+    pods_behind: bool,
     reserved: Reserved,
     nodes: Vec<&'static str>,
     policy: Policy,
@@ -107,6 +108,7 @@ impl Case {
             lease: None,
             volume: None,
             pod_revoked: false,
+            pods_behind: false,
             reserved: Reserved {
                 principals: BTreeSet::from(["kcredadmin/admin@KCRED.TEST".to_string()]),
                 tls_names: BTreeSet::from(["kcred.example.com".to_string()]),
@@ -138,6 +140,7 @@ impl Case {
             lease: self.lease,
             volume: self.volume.as_ref(),
             pod_revoked: self.pod_revoked,
+            pods_behind: self.pods_behind,
         })
     }
 
@@ -170,6 +173,16 @@ fn refuses_a_pod_the_controller_does_not_know() {
     let mut c = Case::new();
     c.pod = None;
     assert_eq!(c.refused(), Reason::PodUnknown);
+}
+
+#[test]
+fn an_unknown_pod_is_a_retry_while_the_view_is_behind_and_a_known_one_is_served() {
+    let mut c = Case::new();
+    c.pods_behind = true;
+    assert!(c.decide().is_ok(), "a known pod is served from the view");
+    c.pod = None;
+    assert_eq!(c.refused(), Reason::PodViewBehind);
+    assert!(Reason::PodViewBehind.is_transient());
 }
 
 #[test]

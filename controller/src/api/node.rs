@@ -233,6 +233,7 @@ impl NodeApi {
             lease: st.leases.state(node),
             volume: previous.as_ref(),
             pod_revoked: st.issued.pod_revoked(&pod_ref.uid),
+            pods_behind: st.pods.is_stale(),
         });
         let Grant {
             pod,
