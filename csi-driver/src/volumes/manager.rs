@@ -42,6 +42,7 @@ pub struct VolumeManager {
     schedule: Arc<Schedule>,
     retries: Mutex<HashMap<String, ExponentialBackoff>>,
     pub(crate) freshness: Arc<Freshness>,
+    pub(crate) pod_tokens: super::pod_tokens::PodTokens,
 }
 
 impl VolumeManager {
@@ -66,6 +67,7 @@ impl VolumeManager {
             schedule: Arc::new(Schedule::new()),
             retries: Mutex::new(HashMap::new()),
             freshness: Arc::new(Freshness::default()),
+            pod_tokens: Default::default(),
         };
         manager.resume();
         manager
@@ -123,6 +125,17 @@ impl VolumeManager {
         self.lock_of(volume_id)
             .try_lock_owned()
             .map_err(|_| VolumeError::Busy(volume_id.to_string()))
+    }
+
+    /// Keeps the pod token kubelet passed with a publish of `volume_id`,
+    /// for this and later fetches of that pod's volume.
+    pub fn remember_pod_token(
+        &self,
+        volume_id: &str,
+        pod_uid: &str,
+        token: crate::csi::pod_token::PodToken,
+    ) {
+        self.pod_tokens.remember(volume_id, pod_uid, token);
     }
 
     /// Kubelet's NodePublishVolume: mounts and fills the volume the first
