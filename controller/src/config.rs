@@ -523,10 +523,15 @@ impl Config {
         }
         if let Some(p) = &self.auth.psat {
             if self.kubernetes.is_none() {
-                return Err("auth.psat needs a [kubernetes] table: tokens are reviewed by the API server".into());
+                return Err(
+                    "auth.psat needs a [kubernetes] table: tokens are reviewed by the API server"
+                        .into(),
+                );
             }
             if p.namespace.is_empty() || p.service_account.is_empty() || p.audience.is_empty() {
-                return Err("auth.psat: namespace, service_account and audience must not be empty".into());
+                return Err(
+                    "auth.psat: namespace, service_account and audience must not be empty".into(),
+                );
             }
         }
         let l = &self.limits;
@@ -656,13 +661,20 @@ audit_key = "/ak"
         let cfg = load("", "[kubernetes]\nin_cluster = true\n[auth.psat]\n").unwrap();
         let p = cfg.auth.psat.unwrap();
         assert_eq!(
-            (p.namespace.as_str(), p.service_account.as_str(), p.audience.as_str()),
+            (
+                p.namespace.as_str(),
+                p.service_account.as_str(),
+                p.audience.as_str()
+            ),
             ("kcred", "kcred-csi-driver", "kcred")
         );
         let err = load("pods_file = \"/pods\"", "[auth.psat]\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("auth.psat needs a [kubernetes] table"), "{err}");
+        assert!(
+            err.contains("auth.psat needs a [kubernetes] table"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -213,7 +213,10 @@ fn kube_identities(
     let source = KubeSource::new(k).map_err(|e| startup("kubernetes")(e.to_string()))?;
     let reviewer = crate::kubernetes::token_review::TokenReviewer::new(source);
     let pod_tokens = k.require_pod_token.then(|| {
-        crate::kubernetes::pod_tokens::PodTokens::new(Arc::clone(&reviewer), k.token_audience.clone())
+        crate::kubernetes::pod_tokens::PodTokens::new(
+            Arc::clone(&reviewer),
+            k.token_audience.clone(),
+        )
     });
     let psat = cfg
         .auth

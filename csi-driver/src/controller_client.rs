@@ -221,7 +221,9 @@ impl ControllerClient {
                 pod: Some(pod),
                 volume_id: volume_id.to_string(),
                 refresh,
-                pod_token: pod_token.map(|t| t.expose().to_string()).unwrap_or_default(),
+                pod_token: pod_token
+                    .map(|t| t.expose().to_string())
+                    .unwrap_or_default(),
             })
             .await
             .map_err(ControllerError::from_status)?;

@@ -61,6 +61,9 @@ mod tests {
         };
         let shown = format!("{req:?}");
         assert!(!shown.contains("secret"), "{shown}");
-        assert!(shown.contains("<redacted>") && shown.contains("node-a"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("node-a"),
+            "{shown}"
+        );
     }
 }

@@ -157,7 +157,10 @@ async fn tokens_of_other_pods_expired_tokens_other_audiences_and_none_are_refuse
             .expect_err(what);
         assert_eq!(err.reason(), Some(*reason), "{what}: {err}");
         if let Some(t) = token {
-            assert!(!err.status().message().contains(t.as_str()), "{what}: the token is never echoed");
+            assert!(
+                !err.status().message().contains(t.as_str()),
+                "{what}: the token is never echoed"
+            );
         }
     }
     assert_eq!(
@@ -202,7 +205,9 @@ async fn a_reviewed_token_is_remembered_and_an_unreviewable_one_waits_for_the_ap
     wait_known(&stack, &other).await;
     let client = ControllerClient::new(&stack.controller_endpoint(), "node-a").unwrap();
     let token = token_of(&api, &pod, &[AUDIENCE], hour());
-    fetch_with(&client, &pod, Some(&token)).await.expect("served");
+    fetch_with(&client, &pod, Some(&token))
+        .await
+        .expect("served");
 
     api.stop();
     fetch_with(&client, &pod, Some(&token))
@@ -278,7 +283,14 @@ fn run_driver_pod(api: &KubeApi, name: &str, namespace: &str, sa: &str, node: &s
 }
 
 /// The projected token of a driver pod, written where the driver reads it.
-fn driver_token(api: &KubeApi, dir: &Path, name: &str, namespace: &str, sa: &str, uid: &str) -> PathBuf {
+fn driver_token(
+    api: &KubeApi,
+    dir: &Path,
+    name: &str,
+    namespace: &str,
+    sa: &str,
+    uid: &str,
+) -> PathBuf {
     let token = api.tokens().mint(TokenClaims {
         namespace: namespace.into(),
         service_account: sa.into(),
@@ -298,7 +310,10 @@ async fn psat_stack(api: &KubeApi) -> Stack {
     let mut stack = stack_on(api, "").await;
     stack.realm.add_principal(CONTROLLER_SERVICE).unwrap();
     let keytab = stack.dir.path().join("controller.keytab");
-    stack.realm.extract_keytab(CONTROLLER_SERVICE, &keytab).unwrap();
+    stack
+        .realm
+        .extract_keytab(CONTROLLER_SERVICE, &keytab)
+        .unwrap();
     stack.stop_controller().await.unwrap();
     stack
         .start_controller(
@@ -340,7 +355,10 @@ async fn a_driver_authenticates_as_its_node_with_its_daemonset_pod_token() {
     let uid = run_driver_pod(&api, "kcred-csi-driver-a1", DRIVER_NS, DRIVER_SA, "node-a");
     let file = driver_token(&api, dir, "kcred-csi-driver-a1", DRIVER_NS, DRIVER_SA, &uid);
     let node_a = psat_client(&stack, "node-a", &file);
-    node_a.heartbeat(vec![]).await.expect("node-a by its driver pod");
+    node_a
+        .heartbeat(vec![])
+        .await
+        .expect("node-a by its driver pod");
     let bundle = node_a
         .fetch_bundle(pod_ref(&pod), &Kubelet::volume_id(&pod, VOL), false)
         .await
@@ -349,11 +367,23 @@ async fn a_driver_authenticates_as_its_node_with_its_daemonset_pod_token() {
 
     // kubelet rotates the token (here: the driver pod was replaced): the
     // driver reads the file again and stays authenticated.
-    api.store().delete::<Pod>(DRIVER_NS, "kcred-csi-driver-a1").unwrap();
+    api.store()
+        .delete::<Pod>(DRIVER_NS, "kcred-csi-driver-a1")
+        .unwrap();
     let uid2 = run_driver_pod(&api, "kcred-csi-driver-a2", DRIVER_NS, DRIVER_SA, "node-a");
-    let rotated = driver_token(&api, dir, "kcred-csi-driver-a2", DRIVER_NS, DRIVER_SA, &uid2);
+    let rotated = driver_token(
+        &api,
+        dir,
+        "kcred-csi-driver-a2",
+        DRIVER_NS,
+        DRIVER_SA,
+        &uid2,
+    );
     std::fs::rename(&rotated, &file).unwrap();
-    node_a.heartbeat(vec![]).await.expect("with the rotated token");
+    node_a
+        .heartbeat(vec![])
+        .await
+        .expect("with the rotated token");
     stack.shutdown().await.unwrap();
 }
 
@@ -368,26 +398,59 @@ async fn a_pod_token_outside_the_drivers_daemonset_or_for_another_node_is_refuse
     // service account.
     let web_uid = run_driver_pod(&api, "web-x", "web", "default", "node-a");
     let web = driver_token(&api, dir, "web-x", "web", "default", &web_uid);
-    let err = psat_client(&stack, "node-a", &web).heartbeat(vec![]).await.unwrap_err();
+    let err = psat_client(&stack, "node-a", &web)
+        .heartbeat(vec![])
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), Some(Reason::NotANodeIdentity), "{err}");
     let other_uid = run_driver_pod(&api, "debug", DRIVER_NS, "default", "node-a");
     let other = driver_token(&api, dir, "debug", DRIVER_NS, "default", &other_uid);
-    let err = psat_client(&stack, "node-a", &other).heartbeat(vec![]).await.unwrap_err();
+    let err = psat_client(&stack, "node-a", &other)
+        .heartbeat(vec![])
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), Some(Reason::NotANodeIdentity), "{err}");
 
     // The driver pod of node-b speaks for node-b only.
     let b_uid = run_driver_pod(&api, "kcred-csi-driver-b", DRIVER_NS, DRIVER_SA, "node-b");
-    let b = driver_token(&api, dir, "kcred-csi-driver-b", DRIVER_NS, DRIVER_SA, &b_uid);
-    let err = psat_client(&stack, "node-a", &b).heartbeat(vec![]).await.unwrap_err();
+    let b = driver_token(
+        &api,
+        dir,
+        "kcred-csi-driver-b",
+        DRIVER_NS,
+        DRIVER_SA,
+        &b_uid,
+    );
+    let err = psat_client(&stack, "node-a", &b)
+        .heartbeat(vec![])
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), Some(Reason::NodeMismatch), "{err}");
-    psat_client(&stack, "node-b", &b).heartbeat(vec![]).await.expect("node-b");
+    psat_client(&stack, "node-b", &b)
+        .heartbeat(vec![])
+        .await
+        .expect("node-b");
 
     // A deleted driver pod's token is worthless once its review lapses
     // (at once here: it was never reviewed before the deletion).
     let c_uid = run_driver_pod(&api, "kcred-csi-driver-c", DRIVER_NS, DRIVER_SA, "node-c");
-    let c = driver_token(&api, dir, "kcred-csi-driver-c", DRIVER_NS, DRIVER_SA, &c_uid);
-    delete_pod(&api, &TestPod::new(DRIVER_NS, "kcred-csi-driver-c", "node-c")).unwrap();
-    let err = psat_client(&stack, "node-c", &c).heartbeat(vec![]).await.unwrap_err();
+    let c = driver_token(
+        &api,
+        dir,
+        "kcred-csi-driver-c",
+        DRIVER_NS,
+        DRIVER_SA,
+        &c_uid,
+    );
+    delete_pod(
+        &api,
+        &TestPod::new(DRIVER_NS, "kcred-csi-driver-c", "node-c"),
+    )
+    .unwrap();
+    let err = psat_client(&stack, "node-c", &c)
+        .heartbeat(vec![])
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), Some(Reason::Unauthenticated), "{err}");
 
     let denied: Vec<_> = audit_records(&stack.config.audit_log)
@@ -395,7 +458,10 @@ async fn a_pod_token_outside_the_drivers_daemonset_or_for_another_node_is_refuse
         .filter(|r| r.decision == Decision::Deny)
         .map(|r| r.reason)
         .collect();
-    assert!(denied.contains(&Reason::NotANodeIdentity.label()), "{denied:?}");
+    assert!(
+        denied.contains(&Reason::NotANodeIdentity.label()),
+        "{denied:?}"
+    );
     assert!(denied.contains(&Reason::NodeMismatch.label()), "{denied:?}");
     stack.shutdown().await.unwrap();
 }
@@ -411,7 +477,14 @@ async fn a_driver_with_only_its_pod_token_publishes_end_to_end() {
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
     wait_known(&stack, &pod).await;
     let uid = run_driver_pod(&api, "kcred-csi-driver-a1", DRIVER_NS, DRIVER_SA, "node-a");
-    let file = driver_token(&api, stack.dir.path(), "kcred-csi-driver-a1", DRIVER_NS, DRIVER_SA, &uid);
+    let file = driver_token(
+        &api,
+        stack.dir.path(),
+        "kcred-csi-driver-a1",
+        DRIVER_NS,
+        DRIVER_SA,
+        &uid,
+    );
     let identity = NodeIdentity::psat(Arc::new(TokenFile::open(&file).unwrap()));
     let node = stack.simulated_node_with("node-a", identity).unwrap();
 

@@ -462,7 +462,11 @@ fn a_required_pod_token_that_is_missing_or_invalid_is_refused_first() {
     c.pod_token = Some(TokenVerdict::Rejected("token has expired".into()));
     let refusal = c.decide().unwrap_err();
     assert_eq!(refusal.reason, Reason::PodTokenInvalid);
-    assert!(refusal.message.contains("token has expired"), "{}", refusal.message);
+    assert!(
+        refusal.message.contains("token has expired"),
+        "{}",
+        refusal.message
+    );
     // Before anything else: the pod need not even be known.
     c.pod = None;
     assert_eq!(c.refused(), Reason::PodTokenInvalid);
@@ -489,9 +493,16 @@ fn an_unreviewable_token_holds_back_first_issues_but_not_renewals_of_this_pods_v
     assert!(Reason::KubeApiUnavailable.is_transient(), "kubelet retries");
     c.refresh = true;
     c.lease = Some(LeaseState::Alive);
-    assert_eq!(c.refused(), Reason::KubeApiUnavailable, "no record: a first issue");
+    assert_eq!(
+        c.refused(),
+        Reason::KubeApiUnavailable,
+        "no record: a first issue"
+    );
     c.volume = Some(record("node-a", "uid-1", false));
-    assert!(c.decide().is_ok(), "a renewal of this pod's volume on this node");
+    assert!(
+        c.decide().is_ok(),
+        "a renewal of this pod's volume on this node"
+    );
     c.volume = Some(record("node-b", "uid-1", false));
     assert_ne!(c.decide().map(|_| ()), Ok(()), "issued on another node");
 }

@@ -164,7 +164,10 @@ impl NodeCredentials for NodeApi {
 impl NodeApi {
     /// Authenticates a node call; refusals are audited.
     async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
-        let verdict = match (&self.state.psat, kcred_auth::BearerToken::from_request(request)) {
+        let verdict = match (
+            &self.state.psat,
+            kcred_auth::BearerToken::from_request(request),
+        ) {
             // A driver pod's token (psat): the API server vouches for it.
             (Some(psat), Some(Ok(token))) => psat.authenticate(&token, node).await,
             (_, Some(Err(e))) => Err(crate::auth::Rejected {

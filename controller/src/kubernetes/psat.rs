@@ -169,7 +169,10 @@ impl Psat {
             return Err(rejected(
                 &who,
                 Reason::Unauthenticated,
-                format!("driver pod {} was replaced by another pod of that name", id.describe()),
+                format!(
+                    "driver pod {} was replaced by another pod of that name",
+                    id.describe()
+                ),
             ));
         }
         let node = pod.spec.and_then(|s| s.node_name);
@@ -179,7 +182,10 @@ impl Psat {
             return Err(rejected(
                 &who,
                 Reason::Unauthenticated,
-                format!("the token of driver pod {} names node {said:?}, the pod node {n:?}", id.describe()),
+                format!(
+                    "the token of driver pod {} names node {said:?}, the pod node {n:?}",
+                    id.describe()
+                ),
             ));
         }
         Ok(node)
@@ -204,7 +210,10 @@ mod tests {
     fn a_driver_pod_speaks_for_the_node_it_is_bound_to() {
         let cfg = PsatSection::default();
         let id = driver_pod("kcred", "kcred-csi-driver");
-        assert_eq!(decide(&id, &cfg, Some("node-a"), "node-a").unwrap(), "node-a");
+        assert_eq!(
+            decide(&id, &cfg, Some("node-a"), "node-a").unwrap(),
+            "node-a"
+        );
         let other = decide(&id, &cfg, Some("node-b"), "node-a").unwrap_err();
         assert_eq!(other.refusal.reason, Reason::NodeMismatch);
         let unbound = decide(&id, &cfg, None, "node-a").unwrap_err();
@@ -220,7 +229,11 @@ mod tests {
         ] {
             let err = decide(&id, &cfg, Some("node-a"), "node-a").unwrap_err();
             assert_eq!(err.refusal.reason, Reason::NotANodeIdentity, "{id:?}");
-            assert!(err.refusal.message.contains("kcred/kcred-csi-driver"), "{}", err.refusal.message);
+            assert!(
+                err.refusal.message.contains("kcred/kcred-csi-driver"),
+                "{}",
+                err.refusal.message
+            );
         }
     }
 }

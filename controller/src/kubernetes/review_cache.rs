@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn trust_lasts_until_the_token_expires_or_a_minute_passes() {
         let now = SystemTime::now();
-        assert_eq!(ttl(Some(now + Duration::from_secs(20)), now), Duration::from_secs(20));
+        assert_eq!(
+            ttl(Some(now + Duration::from_secs(20)), now),
+            Duration::from_secs(20)
+        );
         assert_eq!(ttl(Some(now + Duration::from_secs(3600)), now), MAX_AGE);
         assert_eq!(ttl(Some(now - Duration::from_secs(1)), now), Duration::ZERO);
         assert_eq!(ttl(None, now), Duration::ZERO, "unknown expiry: not cached");

@@ -54,7 +54,10 @@ pub struct BoundIdentity {
 impl BoundIdentity {
     /// `namespace/pod (uid)`, for messages.
     pub fn describe(&self) -> String {
-        format!("{}/{} (uid {})", self.namespace, self.pod_name, self.pod_uid)
+        format!(
+            "{}/{} (uid {})",
+            self.namespace, self.pod_name, self.pod_uid
+        )
     }
 }
 
@@ -73,7 +76,10 @@ pub enum ReviewError {
 
 /// Reads a review's answer: authenticated, for `audience`, a service
 /// account's, bound to a pod.
-pub fn identity_of(status: &TokenReviewStatus, audience: &str) -> Result<BoundIdentity, ReviewError> {
+pub fn identity_of(
+    status: &TokenReviewStatus,
+    audience: &str,
+) -> Result<BoundIdentity, ReviewError> {
     let rejected = |why: String| Err(ReviewError::Rejected(why));
     if status.authenticated != Some(true) {
         let why = status.error.as_deref().unwrap_or("not authenticated");
@@ -174,15 +180,16 @@ impl TokenReviewer {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client().await?);
-        let answer = tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &request))
-            .await
-            .map_err(|_| {
-                ReviewError::Unavailable(format!(
-                    "the API server did not answer a TokenReview within {} s",
-                    REVIEW_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(|e| ReviewError::Unavailable(format!("TokenReview failed: {e}")))?;
+        let answer =
+            tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &request))
+                .await
+                .map_err(|_| {
+                    ReviewError::Unavailable(format!(
+                        "the API server did not answer a TokenReview within {} s",
+                        REVIEW_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(|e| ReviewError::Unavailable(format!("TokenReview failed: {e}")))?;
         let id = identity_of(&answer.status.unwrap_or_default(), audience)?;
         let ttl = review_cache::ttl(expiry(token.expose()), SystemTime::now());
         self.cache.put(key, id.clone(), ttl, Instant::now());
@@ -220,8 +227,11 @@ mod tests {
 
     #[test]
     fn a_pod_bound_token_names_its_namespace_account_and_pod() {
-        let id = identity_of(&answer("system:serviceaccount:web:app", &["kcred"], &BOUND), "kcred")
-            .unwrap();
+        let id = identity_of(
+            &answer("system:serviceaccount:web:app", &["kcred"], &BOUND),
+            "kcred",
+        )
+        .unwrap();
         assert_eq!(
             id,
             BoundIdentity {
@@ -242,30 +252,54 @@ mod tests {
             ..Default::default()
         };
         let err = identity_of(&status, "kcred").unwrap_err();
-        assert!(matches!(&err, ReviewError::Rejected(m) if m.contains("expired")), "{err}");
+        assert!(
+            matches!(&err, ReviewError::Rejected(m) if m.contains("expired")),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_token_for_another_audience_is_rejected() {
         // An API server that ignores spec.audiences answers with its own.
-        let status = answer("system:serviceaccount:web:app", &["https://kubernetes.default.svc"], &BOUND);
+        let status = answer(
+            "system:serviceaccount:web:app",
+            &["https://kubernetes.default.svc"],
+            &BOUND,
+        );
         let err = identity_of(&status, "kcred").unwrap_err();
-        assert!(matches!(&err, ReviewError::Rejected(m) if m.contains("audience")), "{err}");
+        assert!(
+            matches!(&err, ReviewError::Rejected(m) if m.contains("audience")),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_token_not_bound_to_a_pod_or_not_a_service_accounts_is_rejected() {
-        let unbound = identity_of(&answer("system:serviceaccount:web:app", &["kcred"], &[]), "kcred");
-        assert!(matches!(unbound, Err(ReviewError::Rejected(m)) if m.contains("not bound to a pod")));
+        let unbound = identity_of(
+            &answer("system:serviceaccount:web:app", &["kcred"], &[]),
+            "kcred",
+        );
+        assert!(
+            matches!(unbound, Err(ReviewError::Rejected(m)) if m.contains("not bound to a pod"))
+        );
         let person = identity_of(&answer("alice", &["kcred"], &BOUND), "kcred");
-        assert!(matches!(person, Err(ReviewError::Rejected(m)) if m.contains("not a service account")));
+        assert!(
+            matches!(person, Err(ReviewError::Rejected(m)) if m.contains("not a service account"))
+        );
     }
 
     #[test]
     fn the_expiry_is_read_from_the_jwt_payload() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let token = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":1900000000,"aud":["kcred"]}"#));
-        assert_eq!(expiry(&token), Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)));
+        let token = format!(
+            "{}.{}.sig",
+            b64("{}"),
+            b64(r#"{"exp":1900000000,"aud":["kcred"]}"#)
+        );
+        assert_eq!(
+            expiry(&token),
+            Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000))
+        );
         assert_eq!(expiry("not-a-jwt"), None);
         assert_eq!(expiry(&format!("h.{}.s", b64("{}"))), None);
     }

@@ -6,11 +6,11 @@ use kcred_proto::csi::v1::node_server::Node;
 use kcred_proto::csi::v1::*;
 use tonic::{Request, Response, Status};
 
+use super::pod_token::pod_token;
 use super::request::{
     check_capability, check_kubelet_derivation, check_volume_id, pod_from_context,
     validate_target_path,
 };
-use super::pod_token::pod_token;
 use crate::config::DriverConfig;
 use crate::volumes::{PublishRequest, VolumeManager};
 

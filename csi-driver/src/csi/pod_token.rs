@@ -78,7 +78,10 @@ pub fn pod_token(
 mod tests {
     use super::*;
 
-    fn with(key_in_secrets: bool, json: &str) -> (HashMap<String, String>, HashMap<String, String>) {
+    fn with(
+        key_in_secrets: bool,
+        json: &str,
+    ) -> (HashMap<String, String>, HashMap<String, String>) {
         let entry = HashMap::from([(TOKENS_KEY.to_string(), json.to_string())]);
         if key_in_secrets {
             (entry, HashMap::new())
@@ -104,15 +107,25 @@ mod tests {
     fn no_token_for_the_audience_or_none_at_all_is_no_token() {
         let (secrets, ctx) = with(false, TOKENS);
         assert_eq!(pod_token(&secrets, &ctx, "other").unwrap(), None);
-        assert_eq!(pod_token(&HashMap::new(), &HashMap::new(), "kcred").unwrap(), None);
+        assert_eq!(
+            pod_token(&HashMap::new(), &HashMap::new(), "kcred").unwrap(),
+            None
+        );
     }
 
     #[test]
     fn malformed_tokens_are_refused_without_quoting_them() {
         let (secrets, ctx) = with(false, r#"{"kcred":"secret-value"}"#);
         let err = pod_token(&secrets, &ctx, "kcred").unwrap_err();
-        assert!(err.0.contains(TOKENS_KEY) && !err.0.contains("secret"), "{}", err.0);
-        let (secrets, ctx) = with(false, r#"{"kcred":{"token":"a.b.c","expirationTimestamp":"soon"}}"#);
+        assert!(
+            err.0.contains(TOKENS_KEY) && !err.0.contains("secret"),
+            "{}",
+            err.0
+        );
+        let (secrets, ctx) = with(
+            false,
+            r#"{"kcred":{"token":"a.b.c","expirationTimestamp":"soon"}}"#,
+        );
         let err = pod_token(&secrets, &ctx, "kcred").unwrap_err();
         assert!(err.0.contains("expirationTimestamp"), "{}", err.0);
     }

@@ -72,12 +72,25 @@ mod tests {
     fn the_last_token_is_sent_for_its_own_pod_while_it_is_valid() {
         let tokens = PodTokens::default();
         let now = SystemTime::now();
-        tokens.remember("vol-1", "uid-1", token(Some(now + Duration::from_secs(600))));
+        tokens.remember(
+            "vol-1",
+            "uid-1",
+            token(Some(now + Duration::from_secs(600))),
+        );
         assert!(tokens.current("vol-1", "uid-1", now).is_some());
-        assert!(tokens.current("vol-1", "uid-2", now).is_none(), "another pod");
-        assert!(tokens.current("vol-2", "uid-1", now).is_none(), "another volume");
+        assert!(
+            tokens.current("vol-1", "uid-2", now).is_none(),
+            "another pod"
+        );
+        assert!(
+            tokens.current("vol-2", "uid-1", now).is_none(),
+            "another volume"
+        );
         let late = now + Duration::from_secs(595);
-        assert!(tokens.current("vol-1", "uid-1", late).is_none(), "about to expire");
+        assert!(
+            tokens.current("vol-1", "uid-1", late).is_none(),
+            "about to expire"
+        );
         tokens.forget("vol-1");
         assert!(tokens.current("vol-1", "uid-1", now).is_none());
     }

@@ -225,11 +225,9 @@ impl VolumeManager {
         mount: bool,
         guard: OwnedMutexGuard<()>,
     ) -> Result<Step, VolumeError> {
-        let token = self.pod_tokens.current(
-            &req.volume_id,
-            &req.pod.uid,
-            std::time::SystemTime::now(),
-        );
+        let token =
+            self.pod_tokens
+                .current(&req.volume_id, &req.pod.uid, std::time::SystemTime::now());
         let mut bundle = self
             .client
             .fetch_bundle_with_token(req.pod.clone(), &req.volume_id, false, token.as_ref())
