@@ -155,6 +155,8 @@ impl VolumeManager {
         target: PathBuf,
     ) -> Result<Outcome, VolumeError> {
         let guard = self.try_lock(volume_id)?;
+        // The pod is leaving: its token is not needed any more.
+        self.pod_tokens.forget(volume_id);
         self.run(
             volume_id,
             Trigger::Unpublish { target },
