@@ -189,6 +189,36 @@ fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditL
     Ok(audit)
 }
 
+/// Who the Kubernetes API vouches for: pods' own tokens (when required)
+/// and node drivers' pod tokens (`[auth.psat]`).
+fn kube_identities(
+    cfg: &Config,
+) -> Result<
+    (
+        Option<crate::kubernetes::pod_tokens::PodTokens>,
+        Option<crate::kubernetes::psat::Psat>,
+    ),
+    ServeError,
+> {
+    let Some(k) = &cfg.kubernetes else {
+        return Ok((None, None));
+    };
+    let source = KubeSource::new(k).map_err(|e| startup("kubernetes")(e.to_string()))?;
+    let reviewer = crate::kubernetes::token_review::TokenReviewer::new(source);
+    let pod_tokens = k.require_pod_token.then(|| {
+        crate::kubernetes::pod_tokens::PodTokens::new(
+            Arc::clone(&reviewer),
+            k.token_audience.clone(),
+        )
+    });
+    let psat = cfg
+        .auth
+        .psat
+        .clone()
+        .map(|p| crate::kubernetes::psat::Psat::new(reviewer, p));
+    Ok((pod_tokens, psat))
+}
+
 /// A controller ready to serve.
 pub struct Controller {
     tls: Option<tonic::transport::ServerTlsConfig>,
@@ -275,6 +305,7 @@ impl Controller {
         .map_err(startup("certificate authority"))?;
         let keys = KeyIssuer::new(Arc::clone(&store), Arc::clone(&metrics));
 
+        let (pod_tokens, psat) = kube_identities(cfg)?;
         let pods = Arc::new(PodIndex::default());
         let known_nodes = Arc::new(KnownNodes::default());
         // Subscribed before any source feeds them: no departure is missed.
@@ -352,6 +383,8 @@ impl Controller {
             leases: Leases::new(Duration::from_secs(cfg.leases.ttl_secs)),
             updates: Updates::default(),
             auth,
+            pod_tokens,
+            psat,
             gate,
             kadmin,
             closing: tokio::sync::watch::channel(false).0,

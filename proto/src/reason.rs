@@ -30,7 +30,7 @@ impl Reason {
         match self {
             Unspecified | Internal => Code::Internal,
             RequestInvalid | AnnotationsMissing | AnnotationInvalid => Code::InvalidArgument,
-            Unauthenticated | PodTokenInvalid => Code::Unauthenticated,
+            Unauthenticated | PodTokenInvalid | PodTokenMissing => Code::Unauthenticated,
             NotANodeIdentity
             | NodeMismatch
             | NoAdminRole
@@ -47,7 +47,8 @@ impl Reason {
             | ReservedIdentity
             | ReservedName
             | VolumeConflict
-            | VolumeRevoked => Code::PermissionDenied,
+            | VolumeRevoked
+            | PodTokenMismatch => Code::PermissionDenied,
             PodUnknown | VolumeUnknown | KeyUnknown => Code::NotFound,
             PodFinished | NodeLost | KdcRefused | PrincipalUnknown | CredentialState => {
                 Code::FailedPrecondition
@@ -56,7 +57,8 @@ impl Reason {
             | AuditUnavailable
             | StoreUnavailable
             | ControllerUnavailable
-            | PodViewBehind => Code::Unavailable,
+            | PodViewBehind
+            | KubeApiUnavailable => Code::Unavailable,
             KdcBusy | TooManyStreams => Code::ResourceExhausted,
             RotationInProgress => Code::Aborted,
         }
