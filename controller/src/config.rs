@@ -93,8 +93,12 @@ pub struct Config {
     /// How often hot-reloaded files are checked.
     #[serde(default = "default_reload_secs")]
     pub reload_interval_secs: u64,
-    /// How to reach kadmind.
+    /// How to reach kadmind (with AD: only `work_dir` and `timeout_secs`).
     pub kadmin: KadminSection,
+    /// Present when the realm is an Active Directory domain: keys are then
+    /// set and derived there instead of extracted from kadmind.
+    #[serde(default)]
+    pub active_directory: Option<crate::ad::settings::ActiveDirectorySection>,
     /// Where `/metrics` is served (Prometheus text format); off if unset.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -366,9 +370,12 @@ pub struct KadminSection {
     /// The `kadmin` client binary.
     #[serde(default = "default_kadmin_program")]
     pub program: PathBuf,
-    /// Admin principal holding the `e` privilege on served principals.
+    /// Admin principal holding the `e` privilege on served principals
+    /// (required unless the realm is AD).
+    #[serde(default)]
     pub principal: String,
-    /// Keytab of the admin principal.
+    /// Keytab of the admin principal (required unless the realm is AD).
+    #[serde(default)]
     pub keytab: PathBuf,
     /// Private directory for transient keytab files (put it on tmpfs).
     pub work_dir: PathBuf,
@@ -508,6 +515,15 @@ impl Config {
         }
         if self.kadmin.timeout_secs == 0 {
             return Err("kadmin.timeout_secs must be at least 1".into());
+        }
+        match &self.active_directory {
+            Some(ad) => ad.validate().map_err(InvalidSetting)?,
+            None if self.kadmin.principal.is_empty()
+                || self.kadmin.keytab.as_os_str().is_empty() =>
+            {
+                return Err("kadmin.principal and kadmin.keytab are required (unless [active_directory] is set)".into());
+            }
+            None => {}
         }
         Ok(())
     }
