@@ -582,6 +582,29 @@ audit_key = "/ak"
         );
     }
 
+    fn parse_text(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("controller.toml"), text)
+    }
+
+    const AD: &str = "[active_directory]\nldap_url = \"ldaps://dc1.example.com\"\nca_file = \"/ca\"\n\
+                      bind_dn = \"CN=kcred,DC=example,DC=com\"\nbind_password_file = \"/pw\"\n\
+                      base_dn = \"OU=kcred,DC=example,DC=com\"\n";
+
+    #[test]
+    fn an_active_directory_realm_needs_no_kadmin_principal_but_an_ldaps_url() {
+        let kadmin = "[kadmin]\nwork_dir = \"/w\"\n[auth]\nmode = \"none\"\n";
+        let top = format!("{BASE}pods_file = \"/pods\"\n{kadmin}");
+        let cfg = parse_text(&format!("{top}{AD}")).unwrap();
+        assert!(cfg.active_directory.is_some());
+
+        let plain = parse_text(&format!("{top}{}", AD.replace("ldaps://", "ldap://")))
+            .unwrap_err()
+            .to_string();
+        assert!(plain.contains("active_directory.ldap_url"), "{plain}");
+        let mit = parse_text(&top).unwrap_err().to_string();
+        assert!(mit.contains("kadmin.principal"), "{mit}");
+    }
+
     #[test]
     fn the_kubernetes_table_is_a_pod_source() {
         let cfg = load(

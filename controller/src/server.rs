@@ -217,10 +217,10 @@ impl Controller {
             .map_err(startup("store"))?;
         tracing::info!(store = %store.describe(), "store open");
         let kadmin = match &cfg.active_directory {
-            Some(ad) => KeyAdmin::Ad(
+            Some(ad) => KeyAdmin::Ad(Box::new(
                 AdClient::new(ad.client_config(cfg)).map_err(startup("active directory"))?,
-            ),
-            None => KeyAdmin::Mit(
+            )),
+            None => KeyAdmin::Mit(Box::new(
                 KadminClient::new(KadminConfig {
                     program: cfg.kadmin.program.clone(),
                     principal: cfg.kadmin.principal.clone(),
@@ -230,7 +230,7 @@ impl Controller {
                     timeout: Duration::from_secs(cfg.kadmin.timeout_secs),
                 })
                 .map_err(startup("kadmin"))?,
-            ),
+            )),
         };
         let realm = cfg.realm.clone();
         let policy = Watched::load(&cfg.policy_file, move |p, t| parse_policy(p, t, &realm))

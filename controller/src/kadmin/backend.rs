@@ -13,9 +13,9 @@ use super::{KadminClient, KadminError};
 /// config selects AD; MIT otherwise).
 pub enum KeyAdmin {
     /// MIT kadmind, over one long-lived `kadmin` session.
-    Mit(KadminClient),
+    Mit(Box<KadminClient>),
     /// Active Directory, over LDAPS and the KDC's announced salts.
-    Ad(AdClient),
+    Ad(Box<AdClient>),
 }
 
 impl KeyAdmin {
