@@ -129,7 +129,8 @@ pub struct Stack {
     pods: Arc<PodIndex>,
     known_nodes: Arc<kcred_controller::nodes::known::KnownNodes>,
     metrics: Arc<Metrics>,
-    state: Arc<kcred_controller::state::ControllerState>,
+    // Weak: a stopped controller must release its store.
+    state: std::sync::Weak<kcred_controller::state::ControllerState>,
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
     controller: Option<Running>,
     driver: Option<Running>,
@@ -273,7 +274,7 @@ max_unauthenticated_per_source = 4096
         let pods = controller.pods();
         let known_nodes = controller.known_nodes();
         let metrics = controller.metrics();
-        let state = controller.state();
+        let state = Arc::downgrade(&controller.state());
         let controller = Self::spawn_controller(controller, listener);
         let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
         Ok(Stack {
@@ -342,7 +343,7 @@ max_unauthenticated_per_source = 4096
         self.pods = controller.pods();
         self.known_nodes = controller.known_nodes();
         self.metrics = controller.metrics();
-        self.state = controller.state();
+        self.state = Arc::downgrade(&controller.state());
         for p in pods {
             self.add_pod(p);
         }
@@ -351,9 +352,10 @@ max_unauthenticated_per_source = 4096
         Ok(())
     }
 
-    /// The running controller's state (to call what the admin API calls).
-    pub fn state(&self) -> Arc<kcred_controller::state::ControllerState> {
-        Arc::clone(&self.state)
+    /// The running controller's state (to call what the admin API
+    /// calls); `None` once it has stopped.
+    pub fn state(&self) -> Option<Arc<kcred_controller::state::ControllerState>> {
+        self.state.upgrade()
     }
 
     /// The running controller's metrics.

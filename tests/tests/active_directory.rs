@@ -216,10 +216,11 @@ async fn a_rotation_on_ad_keeps_the_previous_kvno_for_the_grace_period_only() {
     assert!(out.status.success(), "{}", text(&out));
 
     let sp = ServicePrincipal::parse(SPN, REALM).expect("principal");
-    let new =
-        kcred_controller::rotation::rotate_keytab(&stack.state(), &sp, Duration::from_secs(4))
-            .await
-            .expect("rotate");
+    let state = stack.state().expect("controller running");
+    let new = kcred_controller::rotation::rotate_keytab(&state, &sp, Duration::from_secs(4))
+        .await
+        .expect("rotate");
+    drop(state);
 
     assert_eq!(new, old + 1);
     assert_eq!(dc.key_version(SERVICE_ACCOUNT).expect("kvno"), new);
