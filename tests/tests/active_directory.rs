@@ -329,3 +329,49 @@ async fn a_prestashed_ticket_comes_from_the_ad_kdc() {
     );
     stack.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn an_account_shared_with_another_spn_or_missing_is_refused_and_left_alone() {
+    let (dc, stack) = ad_stack().await;
+    // HTTP/api.example.com (owned by websvc in the policy) sits on an
+    // account that also holds a name kcred does not serve.
+    dc.add_service_account(
+        "shared",
+        &["HTTP/api.example.com", "HTTP/other.example.com"],
+    )
+    .expect("shared account");
+    let before = dc.key_version("shared").expect("kvno");
+    let pod = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/api.example.com");
+    stack.add_pod(&pod);
+
+    let err = stack
+        .kubelet
+        .publish(&pod, VOL)
+        .await
+        .expect_err("a shared account");
+
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("HTTP/other.example.com"),
+        "the refusal names the other SPN: {}",
+        err.message()
+    );
+    assert_eq!(
+        dc.key_version("shared").expect("kvno"),
+        before,
+        "no password was reset"
+    );
+
+    // postgres/db1.example.com is in the policy but on no AD account.
+    let db = TestPod::with_keytabs("db", "db-0", "node-a", "postgres/db1.example.com");
+    stack.add_pod(&db);
+    let err = stack
+        .kubelet
+        .publish(&db, VOL)
+        .await
+        .expect_err("no account");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("no account"), "{}", err.message());
+    stack.shutdown().await.expect("shutdown");
+}
