@@ -119,11 +119,15 @@ impl AdClient {
     /// Gives the account a new password and returns the keytab of its new
     /// key version: the first issue of a principal, or a rotation.
     pub async fn new_keys(&self, principal: &Principal) -> Result<Keytab, KadminError> {
-        let account = self.account(principal).await?;
+        let about = |e| naming(e, principal);
+        let account = self.account(principal).await.map_err(about)?;
         let password = password::generate()?;
-        ldap::set_password(&self.cfg, &account, &password).await?;
+        ldap::set_password(&self.cfg, &account, &password)
+            .await
+            .map_err(about)?;
         let kvno = ldap::find(&self.cfg, Lookup::SamAccountName(&account.sam_account_name))
-            .await?
+            .await
+            .map_err(about)?
             .kvno;
         let client = format!("{}@{}", account.sam_account_name, self.cfg.realm);
         let derived = derive::keytab(&self.cfg, &client, kvno, &password).await?;
@@ -177,5 +181,16 @@ impl AdClient {
         current
             .retain_kvnos(|v| v >= keep_kvno)
             .map_err(|e| KadminError::Failed(format!("purging {principal}: {e}")))
+    }
+}
+
+/// A refusal names the principal asked for, not the LDAP tool.
+fn naming(e: KadminError, principal: &Principal) -> KadminError {
+    match e {
+        KadminError::Refused { message, .. } => KadminError::Refused {
+            principal: principal.to_string(),
+            message,
+        },
+        other => other,
     }
 }
