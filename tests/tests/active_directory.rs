@@ -9,7 +9,7 @@ use std::time::Duration;
 use kcred_controller::keytab::Keytab;
 use kcred_controller::names::ServicePrincipal;
 use kcred_tests::{DirectoryRealm, Stack, StackOptions, TestPod, wait_until};
-use kcred_testsamba::{ADMIN_DN, BASE_DN, DomainController, REALM, isolate_network};
+use kcred_testsamba::{DomainController, KCRED_BIND_DN, KCRED_OU, REALM, isolate_network};
 use zeroize::Zeroizing;
 
 const VOL: &str = "kcred";
@@ -25,11 +25,11 @@ async fn ad_stack() -> (DomainController, Stack) {
     dc.add_service_account(SERVICE_ACCOUNT, &[SPN])
         .expect("service account");
     let section = format!(
-        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{ADMIN_DN}\"\n\
-         bind_password_file = \"{pw}\"\nbase_dn = \"{BASE_DN}\"\n",
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n",
         url = dc.ldap_url(),
         ca = dc.ca_cert_path().display(),
-        pw = dc.admin_password_file().display(),
+        pw = dc.kcred_password_file().display(),
     );
     let stack = Stack::start(StackOptions {
         active_directory: Some(DirectoryRealm {
@@ -332,7 +332,7 @@ async fn a_prestashed_ticket_comes_from_the_ad_kdc() {
 
 #[tokio::test]
 #[ignore = "needs root"]
-async fn an_account_shared_with_another_spn_or_missing_is_refused_and_left_alone() {
+async fn an_account_shared_with_another_spn_or_outside_the_ou_is_refused_and_left_alone() {
     let (dc, stack) = ad_stack().await;
     // HTTP/api.example.com (owned by websvc in the policy) sits on an
     // account that also holds a name kcred does not serve.
@@ -363,7 +363,13 @@ async fn an_account_shared_with_another_spn_or_missing_is_refused_and_left_alone
         "no password was reset"
     );
 
-    // postgres/db1.example.com is in the policy but on no AD account.
+    // postgres/db1.example.com is in the policy, but its account lies
+    // outside the OU delegated to kcred.
+    dc.samba_tool(&["user", "add", "db-outside", "Outside-Initial-Pw1!"])
+        .expect("account outside the OU");
+    dc.samba_tool(&["spn", "add", "postgres/db1.example.com", "db-outside"])
+        .expect("spn");
+    let outside_before = dc.key_version("db-outside").expect("kvno");
     let db = TestPod::with_keytabs("db", "db-0", "node-a", "postgres/db1.example.com");
     stack.add_pod(&db);
     let err = stack
@@ -373,5 +379,10 @@ async fn an_account_shared_with_another_spn_or_missing_is_refused_and_left_alone
         .expect_err("no account");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("no account"), "{}", err.message());
+    assert_eq!(
+        dc.key_version("db-outside").expect("kvno"),
+        outside_before,
+        "an account outside the delegated OU is never touched"
+    );
     stack.shutdown().await.expect("shutdown");
 }

@@ -37,10 +37,26 @@ pub const BASE_DN: &str = "DC=ad,DC=kcred,DC=test";
 pub const ADMIN_DN: &str = "CN=Administrator,CN=Users,DC=ad,DC=kcred,DC=test";
 /// The domain administrator's password; the domain is thrown away.
 pub const ADMIN_PASSWORD: &str = "Kcred-Test-Adm1n!";
+/// The OU delegated to kcred: [`DomainController::add_service_account`]
+/// creates accounts here.
+pub const KCRED_OU: &str = "OU=kcred,DC=ad,DC=kcred,DC=test";
+/// The account kcred binds as: on [`KCRED_OU`]'s users only, the Reset
+/// Password right and write access to `msDS-SupportedEncryptionTypes`;
+/// no other rights beyond what every authenticated user has.
+pub const KCRED_BIND_DN: &str = "CN=kcred-admin,CN=Users,DC=ad,DC=kcred,DC=test";
+/// [`KCRED_BIND_DN`]'s password.
+pub const KCRED_BIND_PASSWORD: &str = "Kcred-Delegated-Bind1!";
+
+/// The "Reset Password" extended right (User-Force-Change-Password).
+const RESET_PASSWORD_RIGHT: &str = "00299570-246d-11d0-a768-00aa006e0529";
+/// The schemaIDGUID of `msDS-SupportedEncryptionTypes`.
+const SUPPORTED_ENCTYPES_ATTR: &str = "20119867-1d04-4ab7-9371-cfc3d5df0afd";
+/// The schemaIDGUID of the `user` class.
+const USER_CLASS: &str = "bf967aba-0de6-11d0-a285-00aa003049e2";
 
 /// Bumped when the provisioning below changes, so a stale template from an
 /// older version of this crate is never reused.
-const TEMPLATE_VERSION: u32 = 1;
+const TEMPLATE_VERSION: u32 = 2;
 /// How long a DC may take to listen before start-up is abandoned.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Directories searched after `PATH` (`samba` lives in `/usr/sbin`).
@@ -184,7 +200,9 @@ impl DomainController {
         );
         write_file(&self.krb5_conf_path(), &krb5)?;
         write_file(&self.admin_password_file(), ADMIN_PASSWORD)?;
-        set_private(&self.admin_password_file())
+        set_private(&self.admin_password_file())?;
+        write_file(&self.kcred_password_file(), KCRED_BIND_PASSWORD)?;
+        set_private(&self.kcred_password_file())
     }
 
     fn spawn(&mut self) -> Result<(), SambaError> {
@@ -263,6 +281,11 @@ impl DomainController {
         self.dir().join("admin.password")
     }
 
+    /// A file holding [`KCRED_BIND_PASSWORD`] (mode 0600).
+    pub fn kcred_password_file(&self) -> PathBuf {
+        self.dir().join("kcred-bind.password")
+    }
+
     /// Client configuration for the realm; point `KRB5_CONFIG` at it.
     pub fn krb5_conf_path(&self) -> PathBuf {
         self.dir().join("krb5.conf")
@@ -306,10 +329,16 @@ impl DomainController {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Creates a user account with a throwaway password (kcred replaces it)
-    /// and the given service principal names.
+    /// Creates a user account in [`KCRED_OU`] with a throwaway password
+    /// (kcred replaces it) and the given service principal names.
     pub fn add_service_account(&self, account: &str, spns: &[&str]) -> Result<(), SambaError> {
-        self.samba_tool(&["user", "add", account, "Throwaway-Initial-Pw1!"])?;
+        self.samba_tool(&[
+            "user",
+            "add",
+            account,
+            "Throwaway-Initial-Pw1!",
+            "--userou=OU=kcred",
+        ])?;
         for spn in spns {
             self.samba_tool(&["spn", "add", spn, account])?;
         }
@@ -414,6 +443,7 @@ fn template() -> Result<PathBuf, SambaError> {
         .arg("-s")
         .arg(target.join("etc/smb.conf"));
     run(policy, "samba-tool domain passwordsettings set")?;
+    delegate_to_kcred(&target)?;
     // A certificate that names 127.0.0.1, so clients verify LDAPS fully.
     let tls = target.join("private/tls");
     fs::create_dir_all(&tls).map_err(|e| io_err("creating private/tls", e))?;
@@ -444,6 +474,44 @@ fn template() -> Result<PathBuf, SambaError> {
             e,
         )),
     }
+}
+
+/// Creates [`KCRED_OU`] and [`KCRED_BIND_DN`], and grants that account the
+/// two rights kcred needs on the OU's users, as an AD administrator would.
+fn delegate_to_kcred(target: &Path) -> Result<(), SambaError> {
+    let tool = |args: &[&str]| {
+        let mut cmd = Command::new(find_tool("samba-tool"));
+        cmd.args(args)
+            .arg("-H")
+            .arg(target.join("private/sam.ldb"))
+            .arg("-s")
+            .arg(target.join("etc/smb.conf"));
+        run(cmd, &format!("samba-tool {}", args.join(" ")))
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    tool(&["ou", "add", "OU=kcred"])?;
+    tool(&["user", "add", "kcred-admin", KCRED_BIND_PASSWORD])?;
+    let shown = tool(&["user", "show", "kcred-admin", "--attributes=objectSid"])?;
+    let sid = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("objectSid: "))
+        .map(str::trim)
+        .ok_or_else(|| SambaError::Command {
+            command: "samba-tool user show kcred-admin".into(),
+            status: "no objectSid".into(),
+            output: shown.clone(),
+        })?;
+    let sddl = format!(
+        "(OA;CIIO;CR;{RESET_PASSWORD_RIGHT};{USER_CLASS};{sid})\
+         (OA;CIIO;WP;{SUPPORTED_ENCTYPES_ATTR};{USER_CLASS};{sid})"
+    );
+    tool(&[
+        "dsacl",
+        "set",
+        &format!("--objectdn={KCRED_OU}"),
+        &format!("--sddl={sddl}"),
+    ])
+    .map(drop)
 }
 
 /// Points the provisioned `smb.conf` at the template's final location.
