@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ad;
 pub mod admission;
 pub mod annotations;
 pub mod api;

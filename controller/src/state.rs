@@ -68,7 +68,7 @@ pub struct ControllerState {
     /// The gate (for status).
     pub gate: Arc<crate::gate::KdcGate>,
     /// kadmind, for rotations.
-    pub kadmin: Arc<crate::kadmin::KadminClient>,
+    pub kadmin: Arc<crate::kadmin::KeyAdmin>,
     /// Heartbeat interval asked of nodes.
     pub heartbeat_secs: u64,
     /// Identities and names never issued to pods.

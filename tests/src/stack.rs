@@ -72,6 +72,21 @@ pub struct StackOptions {
     pub kubeconfig: Option<PathBuf>,
     /// More settings of the `[kubernetes]` table (with `kubeconfig`).
     pub kubernetes_config: String,
+    /// Serve this Active Directory realm instead of the MIT realm (which
+    /// still runs, unused).
+    pub active_directory: Option<DirectoryRealm>,
+}
+
+/// An AD realm for the controller: its name, a `krb5.conf` reaching its
+/// KDC, and the `[active_directory]` table.
+#[derive(Debug, Clone)]
+pub struct DirectoryRealm {
+    /// The realm name.
+    pub realm: String,
+    /// Client configuration reaching the domain's KDC.
+    pub krb5_conf: PathBuf,
+    /// The `[active_directory]` table, header included.
+    pub section: String,
 }
 
 impl Default for StackOptions {
@@ -86,6 +101,7 @@ impl Default for StackOptions {
             auth_config: String::new(),
             kubeconfig: None,
             kubernetes_config: String::new(),
+            active_directory: None,
         }
     }
 }
@@ -116,6 +132,8 @@ pub struct Stack {
     pods: Arc<PodIndex>,
     known_nodes: Arc<kcred_controller::nodes::known::KnownNodes>,
     metrics: Arc<Metrics>,
+    // Weak: a stopped controller must release its store.
+    state: std::sync::Weak<kcred_controller::state::ControllerState>,
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
     controller: Option<Running>,
     driver: Option<Running>,
@@ -195,8 +213,15 @@ max_unauthenticated_per_source = 4096
 
 {kubernetes}
 
+{directory}
+
 {extra}
 "#,
+            directory = opts
+                .active_directory
+                .as_ref()
+                .map(|ad| ad.section.clone())
+                .unwrap_or_default(),
             extra = opts.extra_config,
             auth = if opts.auth_config.is_empty() {
                 "[auth]\nmode = \"none\"".to_string()
@@ -208,8 +233,15 @@ max_unauthenticated_per_source = 4096
                 .metrics_listen
                 .map(|a| format!("metrics_listen = \"{a}\""))
                 .unwrap_or_default(),
-            realm_name = realm.name(),
-            krb5 = realm.krb5_conf_path().display(),
+            realm_name = opts
+                .active_directory
+                .as_ref()
+                .map_or(realm.name(), |ad| ad.realm.as_str()),
+            krb5 = opts
+                .active_directory
+                .as_ref()
+                .map_or(realm.krb5_conf_path(), |ad| ad.krb5_conf.clone())
+                .display(),
             d = d.display(),
             admin = realm.admin_principal(),
             admin_keytab = realm.admin_keytab().display(),
@@ -250,6 +282,7 @@ max_unauthenticated_per_source = 4096
         let pods = controller.pods();
         let known_nodes = controller.known_nodes();
         let metrics = controller.metrics();
+        let state = Arc::downgrade(&controller.state());
         let controller = Self::spawn_controller(controller, listener);
         let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
         Ok(Stack {
@@ -261,6 +294,7 @@ max_unauthenticated_per_source = 4096
             pods,
             known_nodes,
             metrics,
+            state,
             driver_metrics,
             controller: Some(controller),
             driver: Some(driver),
@@ -317,12 +351,19 @@ max_unauthenticated_per_source = 4096
         self.pods = controller.pods();
         self.known_nodes = controller.known_nodes();
         self.metrics = controller.metrics();
+        self.state = Arc::downgrade(&controller.state());
         for p in pods {
             self.add_pod(p);
         }
         let listener = tokio::net::TcpListener::bind(self.controller_addr).await?;
         self.controller = Some(Self::spawn_controller(controller, listener));
         Ok(())
+    }
+
+    /// The running controller's state (to call what the admin API
+    /// calls); `None` once it has stopped.
+    pub fn state(&self) -> Option<Arc<kcred_controller::state::ControllerState>> {
+        self.state.upgrade()
     }
 
     /// The running controller's metrics.
