@@ -70,6 +70,9 @@ pub struct StackOptions {
     /// it the controller's pod source is an empty pods file, and tests
     /// feed the pod index directly ([`Stack::add_pod`]).
     pub kubeconfig: Option<PathBuf>,
+    /// Serve the admission webhook (`[webhook]`) on a loopback port, with
+    /// a certificate from a CA of its own ([`Stack::webhook`]).
+    pub webhook: bool,
 }
 
 impl Default for StackOptions {
@@ -83,6 +86,7 @@ impl Default for StackOptions {
             top_config: String::new(),
             auth_config: String::new(),
             kubeconfig: None,
+            webhook: false,
         }
     }
 }
@@ -114,9 +118,39 @@ pub struct Stack {
     known_nodes: Arc<kcred_controller::nodes::known::KnownNodes>,
     metrics: Arc<Metrics>,
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
+    webhook: Option<WebhookEndpoint>,
     controller: Option<Running>,
     driver: Option<Running>,
     background: Vec<JoinHandle<()>>,
+}
+
+/// Where the controller's admission webhook answers, and the CA its
+/// certificate comes from (the webhook configurations' `caBundle`).
+#[derive(Debug, Clone)]
+pub struct WebhookEndpoint {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+}
+
+/// Writes a CA-signed serving certificate for 127.0.0.1 into `dir`
+/// (`webhook.crt`, `webhook.key`); returns the CA certificate.
+fn webhook_certificate(dir: &Path) -> anyhow::Result<String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kcred test webhook CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &issuer)?;
+    write(&dir.join("webhook.crt"), &cert.pem())?;
+    write(&dir.join("webhook.key"), &key.serialize_pem())?;
+    Ok(ca.pem())
 }
 
 fn write(path: &Path, content: &str) -> anyhow::Result<()> {
@@ -157,6 +191,18 @@ impl Stack {
                 )
             }
         };
+        let (webhook_config, webhook_ca) = if opts.webhook {
+            let ca = webhook_certificate(d)?;
+            (
+                format!(
+                    "[webhook]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{d}/webhook.crt\"\nkey_file = \"{d}/webhook.key\"",
+                    d = d.display()
+                ),
+                Some(ca),
+            )
+        } else {
+            (String::new(), None)
+        };
         let config_text = format!(
             r#"
 listen = "{controller_addr}"
@@ -187,6 +233,8 @@ max_unauthenticated_per_source = 4096
 {auth}
 
 {kubernetes}
+
+{webhook_config}
 
 {extra}
 "#,
@@ -239,6 +287,13 @@ max_unauthenticated_per_source = 4096
         let driver = Running { stop, task };
 
         let controller = Controller::start(&config)?;
+        let webhook = controller
+            .webhook_addr()
+            .zip(webhook_ca)
+            .map(|(addr, ca_pem)| WebhookEndpoint {
+                url: format!("https://{addr}"),
+                ca_pem,
+            });
         let pods = controller.pods();
         let known_nodes = controller.known_nodes();
         let metrics = controller.metrics();
@@ -254,6 +309,7 @@ max_unauthenticated_per_source = 4096
             known_nodes,
             metrics,
             driver_metrics,
+            webhook,
             controller: Some(controller),
             driver: Some(driver),
             background,
@@ -315,6 +371,11 @@ max_unauthenticated_per_source = 4096
         let listener = tokio::net::TcpListener::bind(self.controller_addr).await?;
         self.controller = Some(Self::spawn_controller(controller, listener));
         Ok(())
+    }
+
+    /// The controller's admission webhook (with [`StackOptions::webhook`]).
+    pub fn webhook(&self) -> Option<&WebhookEndpoint> {
+        self.webhook.as_ref()
     }
 
     /// The running controller's metrics.
