@@ -81,3 +81,31 @@ impl WebhookSection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(extra: &str) -> WebhookSection {
+        toml::from_str(&format!("listen = \"127.0.0.1:7443\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn the_webhook_needs_a_certificate_and_a_driver_name() {
+        assert!(section("").validate(true).is_ok());
+        assert_eq!(section("").driver_name, "csi.kcred.io");
+        let err = section("").validate(false).unwrap_err();
+        assert!(err.contains("HTTPS only") && err.contains("[tls]"), "{err}");
+        let own = "cert_file = \"/c\"\nkey_file = \"/k\"";
+        assert!(section(own).validate(false).is_ok());
+        let err = section("cert_file = \"/c\"").validate(true).unwrap_err();
+        assert!(err.contains("go together"), "{err}");
+        let err = section("driver_name = \"CSI_Kcred\"")
+            .validate(true)
+            .unwrap_err();
+        assert!(err.contains("driver_name"), "{err}");
+        assert!(
+            toml::from_str::<WebhookSection>("listen = \"127.0.0.1:1\"\nlisten_port = 1").is_err()
+        );
+    }
+}
