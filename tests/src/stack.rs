@@ -71,7 +71,9 @@ pub struct StackOptions {
     /// feed the pod index directly ([`Stack::add_pod`]).
     pub kubeconfig: Option<PathBuf>,
     /// Serve the admission webhook (`[webhook]`) on a loopback port, with
-    /// a certificate from a CA of its own ([`Stack::webhook`]).
+    /// a certificate from a CA of its own ([`Stack::webhook`]). (A
+    /// `[webhook]` table in `extra_config` instead serves it with the
+    /// `[tls]` certificate, whose CA `tls.ca_export_file` exports.)
     pub webhook: bool,
 }
 
@@ -128,13 +130,13 @@ pub struct Stack {
 /// certificate comes from (the webhook configurations' `caBundle`).
 #[derive(Debug, Clone)]
 pub struct WebhookEndpoint {
-    /// `https://127.0.0.1:<port>`.
+    /// `https://localhost:<port>`.
     pub url: String,
     /// The CA certificate (PEM).
     pub ca_pem: String,
 }
 
-/// Writes a CA-signed serving certificate for 127.0.0.1 into `dir`
+/// Writes a CA-signed serving certificate for localhost into `dir`
 /// (`webhook.crt`, `webhook.key`); returns the CA certificate.
 fn webhook_certificate(dir: &Path) -> anyhow::Result<String> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -147,7 +149,8 @@ fn webhook_certificate(dir: &Path) -> anyhow::Result<String> {
     let ca = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &issuer)?;
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
+        .signed_by(&key, &issuer)?;
     write(&dir.join("webhook.crt"), &cert.pem())?;
     write(&dir.join("webhook.key"), &key.serialize_pem())?;
     Ok(ca.pem())
@@ -287,13 +290,14 @@ max_unauthenticated_per_source = 4096
         let driver = Running { stop, task };
 
         let controller = Controller::start(&config)?;
-        let webhook = controller
-            .webhook_addr()
-            .zip(webhook_ca)
-            .map(|(addr, ca_pem)| WebhookEndpoint {
-                url: format!("https://{addr}"),
-                ca_pem,
-            });
+        let exported_ca = || {
+            let path = config.tls.as_ref()?.ca_export_file.as_ref()?;
+            std::fs::read_to_string(path).ok()
+        };
+        let webhook = controller.webhook_addr().map(|addr| WebhookEndpoint {
+            url: format!("https://localhost:{}", addr.port()),
+            ca_pem: webhook_ca.or_else(exported_ca).unwrap_or_default(),
+        });
         let pods = controller.pods();
         let known_nodes = controller.known_nodes();
         let metrics = controller.metrics();

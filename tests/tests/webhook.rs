@@ -441,3 +441,58 @@ async fn the_webhook_answers_garbage_with_400_and_oversized_bodies_with_413() {
     );
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_the_webhook_presents_the_controllers_serving_certificate() {
+    // No certificate of its own: the webhook borrows the [tls] one, so the
+    // caBundle is the CA the controller exports for its nodes.
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca_dir.path().join("ca.crt");
+    let stack = Stack::start(StackOptions {
+        extra_config: format!(
+            "[tls]\nnames = [\"localhost\"]\nca_export_file = \"{}\"\n\n[webhook]\nlisten = \"127.0.0.1:0\"\n",
+            ca_file.display()
+        ),
+        ..Default::default()
+    })
+    .await
+    .expect("stack");
+    let hook = stack.webhook().expect("webhook served").clone();
+    assert!(hook.ca_pem.contains("BEGIN CERTIFICATE"), "{hook:?}");
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u-2", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "namespace": "web",
+                    "object": {"metadata": {"name": "x", "annotations": {"kcred.io/keys": "orders-db"}},
+                               "spec": {"containers": [{"name": "app"}]}}},
+    });
+    let answer = kcred_testkube::webhook_call::post_json(
+        &format!("{}/mutate-pods", hook.url),
+        hook.ca_pem.as_bytes(),
+        Duration::from_secs(10),
+        review.to_string().into_bytes(),
+    )
+    .await
+    .expect("TLS with the controller's CA");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["uid"], "u-2");
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    // Another CA is not trusted for it.
+    let other = Stack::start(StackOptions {
+        webhook: true,
+        ..Default::default()
+    })
+    .await
+    .expect("stack");
+    let err = kcred_testkube::webhook_call::post_json(
+        &format!("{}/mutate-pods", hook.url),
+        other.webhook().unwrap().ca_pem.as_bytes(),
+        Duration::from_secs(10),
+        review.to_string().into_bytes(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("tls"), "{err}");
+    other.shutdown().await.unwrap();
+    stack.shutdown().await.unwrap();
+}
