@@ -144,3 +144,10 @@ def test_schema_refuses_invalid_webhook_values_naming_them(values, message):
     with pytest.raises(HelmValuesError) as err:
         render(values)
     assert message in str(err.value)
+
+
+def test_notes_name_the_webhook_urls_and_the_controllers_token_only_when_enabled():
+    notes = render(WEBHOOK).notes
+    assert "https://controller.example.com:7443/mutate-pods and /validate-pods (failurePolicy Fail)" in notes
+    assert "Secret kcred-kcred-csi-driver-controller in kcred" in notes
+    assert "Webhook:" not in render().notes
