@@ -133,6 +133,9 @@ pub struct Config {
     /// Identities never issued to pods beyond those kcred knows itself.
     #[serde(default)]
     pub reserved: ReservedSection,
+    /// The admission webhook's listener (none: no webhook).
+    #[serde(default)]
+    pub webhook: Option<crate::webhook::WebhookSection>,
     /// Set from the command line (`--acknowledge-audit-loss`), never from
     /// the file: the operator's reason for starting although the audit log
     /// no longer reaches its stored head. The acknowledgement is recorded.
@@ -582,6 +585,9 @@ impl Config {
                 return Err("kadmin.principal and kadmin.keytab are required (unless [active_directory] is set)".into());
             }
             None => {}
+        }
+        if let Some(w) = &self.webhook {
+            w.validate(self.tls.is_some()).map_err(InvalidSetting)?;
         }
         Ok(())
     }

@@ -46,6 +46,7 @@ pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod webhook;
 
 pub use config::Config;
 pub use server::{Controller, ServeError};

@@ -223,6 +223,10 @@ fn kube_identities(
 /// A controller ready to serve.
 pub struct Controller {
     tls: Option<tonic::transport::ServerTlsConfig>,
+    webhook: Option<(
+        crate::webhook::serve::Listener,
+        Arc<crate::webhook::serve::Webhook>,
+    )>,
     state: Arc<ControllerState>,
     background: Vec<JoinHandle<()>>,
     metrics_listen: Option<std::net::SocketAddr>,
@@ -485,8 +489,10 @@ impl Controller {
                 Some(server_tls)
             }
         };
+        let webhook = crate::webhook::start::prepare(cfg, &state).map_err(startup("webhook"))?;
         Ok(Controller {
             tls,
+            webhook,
             state,
             background,
             metrics_listen: cfg.metrics_listen,
@@ -505,6 +511,11 @@ impl Controller {
     pub fn readiness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let store = Arc::clone(&self.state.store);
         move || store.healthy()
+    }
+
+    /// Where the admission webhook listens (with `[webhook]`).
+    pub fn webhook_addr(&self) -> Option<std::net::SocketAddr> {
+        self.webhook.as_ref().and_then(|(l, _)| l.local_addr())
     }
 
     /// The pod index, for pod sources that feed it directly.
@@ -540,6 +551,9 @@ impl Controller {
                     tracing::error!(error = %e, "metrics server stopped");
                 }
             }));
+        }
+        if let Some((listener, webhook)) = self.webhook {
+            background.push(tokio::spawn(listener.serve(webhook)));
         }
         let api = NodeApi::new(Arc::clone(&self.state));
         let admin = AdminApi::new(Arc::clone(&self.state));
