@@ -16,6 +16,7 @@ use kcred_proto::kcred::v1::{
     WatchUpdatesRequest,
 };
 use tokio_stream::Stream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::admission::{self, FetchFacts, Grant};
@@ -103,6 +104,10 @@ impl NodeCredentials for NodeApi {
             loss::lease_transition(st, t).await;
         }
         let held = request.into_inner().volume_ids;
+        if held.len() <= heartbeat::MAX_HELD {
+            st.held
+                .heard(&node, &held, kcred_audit::timefmt::now_unix());
+        }
         let state = Arc::clone(&self.state);
         let name = node.clone();
         let answer = tokio::task::spawn_blocking(move || heartbeat::answer(&state, &name, &held))
@@ -164,7 +169,23 @@ impl NodeCredentials for NodeApi {
 impl NodeApi {
     /// Authenticates a node call; refusals are audited.
     async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
-        let Err(rejected) = self.state.auth.node(request, node) else {
+        let conns = &self.state.connections;
+        // Only a TLS connection binds its calls to one peer (crate::auth).
+        let tls = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .is_some();
+        let proven = tls.then(|| conns.proven(request.remote_addr())).flatten();
+        let rejected = match self.state.auth.node(request, node, proven.as_deref()) {
+            Ok(principal) => {
+                if let Some(p) = principal.filter(|_| tls && proven.is_none()) {
+                    conns.prove(request.remote_addr(), &p);
+                }
+                None
+            }
+            Err(r) => Some(r),
+        };
+        let Some(rejected) = rejected else {
             self.state.connections.authenticated(request.remote_addr());
             // Its host key stays reserved from now on, restarts included.
             if names::validate_dns_name("node_name", node).is_ok()
