@@ -456,9 +456,7 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     );
     table.row(
         &format!("rotation reaching {} volumes on a node", targets.len()),
-        &reached
-            .map(|d| ms(d))
-            .unwrap_or_else(|| "not reached".into()),
+        &reached.map(ms).unwrap_or_else(|| "not reached".into()),
         &format!(
             "{} publish floor × {}",
             ms(pf50 * targets.len() as u32),
