@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use super::reader::RawLine;
+use super::segments::{self, Rotation};
 use super::signer::sync_parent;
+use super::sink::Sink;
 use super::{
     AuditError, AuditEvent, AuditHead, AuditRecord, AuditSigner, GENESIS_HASH, MAX_LINE_BYTES,
     ProblemKind,
@@ -20,6 +22,8 @@ use crate::timefmt::now_unix_ms;
 pub struct AuditLog {
     path: PathBuf,
     signer: AuditSigner,
+    rotation: Rotation,
+    sink: Option<Sink>,
     tail: Mutex<Tail>,
 }
 
@@ -32,6 +36,10 @@ struct Tail {
     len: u64,
     /// A write failed and could not be undone: refuse everything.
     broken: bool,
+    /// Seq and time of the active segment's first record (`None`: empty).
+    first: Option<(u64, i64)>,
+    /// After a failed sealing, the next attempt waits until then (Unix ms).
+    seal_retry_ms: i64,
     #[cfg(test)]
     fault: Option<Fault>,
 }
@@ -61,6 +69,18 @@ impl AuditLog {
     /// `signer`; otherwise opening is refused (see the module docs for the
     /// operator's fix) so that nothing is issued on a log in doubt.
     pub fn open(path: impl AsRef<Path>, signer: AuditSigner) -> Result<Self, AuditError> {
+        Self::open_rotating(path, signer, Rotation::default())
+    }
+
+    /// [`AuditLog::open`], sealing segments by `rotation` (see
+    /// [`segments`](crate::segments)). When the active file is empty (just
+    /// sealed), the chain continues from the newest sealed segment, whose
+    /// last record is checked as the active file's would be.
+    pub fn open_rotating(
+        path: impl AsRef<Path>,
+        signer: AuditSigner,
+        rotation: Rotation,
+    ) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
         let io_err = |op: &'static str| {
             let path = path.clone();
@@ -78,6 +98,7 @@ impl AuditLog {
             Err(TryLockError::WouldBlock) => return Err(AuditError::Locked { path }),
             Err(TryLockError::Error(e)) => return Err(io_err("lock")(e)),
         }
+        segments::undo_interrupted_seal(&path).map_err(io_err("finish sealing a segment of"))?;
         sync_parent(&path).map_err(io_err("sync the directory of"))?;
         let meta = file.metadata().map_err(io_err("stat"))?;
         if !meta.is_file() {
@@ -92,23 +113,41 @@ impl AuditLog {
             );
         }
         let len = meta.len();
-        let (seq, hash) = if len == 0 {
-            (0, GENESIS_HASH.to_string())
-        } else {
+        let (seq, hash) = if len > 0 {
             let last = read_last_line(&file, len).map_err(io_err("read the end of"))?;
             let rec = check_tail(&path, &signer, &file, last)?;
             (rec.seq, rec.hash)
+        } else if let Some(sealed) = segments::last_sealed(&path).map_err(io_err("list"))? {
+            let io_err = |op: &'static str| {
+                let path = sealed.clone();
+                move |source: io::Error| AuditError::Io { path, op, source }
+            };
+            let prev = File::open(&sealed).map_err(io_err("open"))?;
+            let prev_len = prev.metadata().map_err(io_err("stat"))?.len();
+            if prev_len == 0 {
+                return Err(io_err("use")(io::Error::other("an empty sealed segment")));
+            }
+            let last = read_last_line(&prev, prev_len).map_err(io_err("read the end of"))?;
+            let rec = check_tail(&sealed, &signer, &prev, last)?;
+            (rec.seq, rec.hash)
+        } else {
+            (0, GENESIS_HASH.to_string())
         };
+        let first = segments::first_record(&file);
         tracing::info!(path = %path.display(), seq, key_id = signer.key_id(), "audit log opened");
         Ok(AuditLog {
             path,
             signer,
+            rotation,
+            sink: None,
             tail: Mutex::new(Tail {
                 file,
                 seq,
                 hash,
                 len,
                 broken: false,
+                first,
+                seal_retry_ms: 0,
                 #[cfg(test)]
                 fault: None,
             }),
@@ -146,6 +185,7 @@ impl AuditLog {
                 max: MAX_LINE_BYTES,
             });
         }
+        tail.seal_if_due(&self.path, &self.rotation, line.len(), record.unix_ms);
         if let Err(source) = tail.write_line(&line) {
             let rolled_back = tail.roll_back().is_ok();
             tail.broken = !rolled_back;
@@ -161,7 +201,18 @@ impl AuditLog {
         tail.seq = seq;
         tail.hash.clone_from(&record.hash);
         tail.len += line.len() as u64;
+        tail.first.get_or_insert((seq, record.unix_ms));
+        if let Some(sink) = &self.sink {
+            sink.send(&record, &line[..line.len() - 1]);
+        }
         Ok(record)
+    }
+
+    /// Also sends every record, once durable, to `sink` (best effort: the
+    /// file stays the record; see [`Sink`]).
+    pub fn with_sink(mut self, sink: Sink) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// The last record's place, `None` while the log is empty.
@@ -197,6 +248,36 @@ impl AuditLog {
 }
 
 impl Tail {
+    /// Seals the active segment when `rotation` says the next record goes
+    /// into a new one. A failed sealing is logged and retried a minute
+    /// later; meanwhile records go on into the current segment.
+    fn seal_if_due(&mut self, path: &Path, rotation: &Rotation, line_len: usize, now_ms: i64) {
+        let Some((first_seq, first_ms)) = self.first else {
+            return;
+        };
+        if now_ms < self.seal_retry_ms || !rotation.due(self.len, Some(first_ms), line_len, now_ms)
+        {
+            return;
+        }
+        match segments::seal(path, first_seq) {
+            Ok(file) => {
+                tracing::info!(
+                    path = %path.display(),
+                    sealed = %segments::sealed_name(path, first_seq).display(),
+                    last_seq = self.seq,
+                    "audit log segment sealed"
+                );
+                self.file = file;
+                self.len = 0;
+                self.first = None;
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot seal the audit log segment; retrying in a minute");
+                self.seal_retry_ms = now_ms.saturating_add(60_000);
+            }
+        }
+    }
+
     /// One `write_all` (O_APPEND puts it at the end) and `fdatasync`, which
     /// also persists the new file length.
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
