@@ -174,13 +174,8 @@ fn identity(g: &Global) -> anyhow::Result<Identity> {
     }
 }
 
-/// The host of an `http://` or `https://` URL; anything else is a usage error.
-pub fn controller_host(url: &str) -> anyhow::Result<String> {
-    controller_addr(url).map(|(host, _)| host)
-}
-
 /// The host and port of an `http://` or `https://` URL (default ports 80
-/// and 443).
+/// and 443); anything else is a usage error.
 pub fn controller_addr(url: &str) -> anyhow::Result<(String, u16)> {
     let uri: Uri = url.parse().map_err(|e| {
         Usage::new(format!(
@@ -343,7 +338,11 @@ mod tests {
 
     #[test]
     fn service_defaults_to_kcred_at_the_controller_host() {
-        let host = |u: &str| controller_host(u).map_err(|e| e.to_string());
+        let host = |u: &str| {
+            controller_addr(u)
+                .map(|(h, _)| h)
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(
             host("http://kcred.example.com:7420").as_deref(),
             Ok("kcred.example.com")
@@ -359,15 +358,19 @@ mod tests {
     #[test]
     fn https_urls_are_accepted() {
         assert_eq!(
-            controller_host("https://c.example.com:7420").expect("https"),
-            "c.example.com"
+            controller_addr("https://c.example.com:7420").expect("https"),
+            ("c.example.com".to_string(), 7420)
+        );
+        assert_eq!(
+            controller_addr("https://c.example.com").expect("https").1,
+            443
         );
     }
 
     #[test]
     fn unusable_urls_are_usage_errors() {
         for url in ["kcred.example.com:7420", "ftp://c", "http://", "::"] {
-            let err = controller_host(url).expect_err(url);
+            let err = controller_addr(url).expect_err(url);
             assert!(err.downcast_ref::<Usage>().is_some(), "{url}: {err}");
         }
     }

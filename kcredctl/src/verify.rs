@@ -1,7 +1,7 @@
 //! `audit verify`: proving the audit log intact on the auditor's machine.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kcred_controller::keytab::Keytab;
 use kcred_keys::parse_pod_file;
 use kcred_tests::audit::{Action, Decision};
-use kcred_tests::procs::{NODE_A, ProcStack, binary};
+use kcred_tests::procs::{CONTROLLER_HOST, NODE_A, OPERATOR, ProcStack, binary};
 use kcred_tests::{Kubelet, TestPod, wait_until};
 use zeroize::Zeroizing;
 
