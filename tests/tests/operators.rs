@@ -649,3 +649,35 @@ async fn a_url_with_the_wrong_scheme_says_which_scheme_the_controller_speaks() {
         text(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_stdout_sink_copies_every_audit_record_as_stored() {
+    let mut stack = ProcStack::start("[audit]\nsink = \"stdout\"\n")
+        .await
+        .expect("stack");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    stack.kubelet().publish(&pod, VOL).await.expect("publish");
+
+    let stored = stack.audit_records();
+    let issued = stored
+        .iter()
+        .find(|r| r.action == Action::Issue && r.pod == "web-0")
+        .expect("the issue is recorded");
+    // The controller's stdout and stderr both go to controller.log; its
+    // own logs are not JSON records.
+    let log = std::fs::read_to_string(stack.path().join("controller.log")).expect("log");
+    let copies: Vec<kcred_tests::audit::AuditRecord> = log
+        .lines()
+        .filter(|l| l.starts_with("{\"v\":"))
+        .map(|l| serde_json::from_str(l).expect("a whole record per line"))
+        .collect();
+    assert!(
+        copies.contains(issued),
+        "the issue record appears on stdout as stored: {log}"
+    );
+    for r in &stored {
+        assert!(copies.contains(r), "record {} has its copy", r.seq);
+    }
+}
