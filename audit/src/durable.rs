@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::AuditHead;
 
@@ -41,9 +41,8 @@ pub(super) struct Synced {
     pub cut: Option<(io::ErrorKind, String, bool)>,
 }
 
-/// The durable point, and a file descriptor to sync with.
+/// The durable point of the log.
 pub(super) struct Durable {
-    file: File,
     state: Mutex<Synced>,
     wake: Condvar,
     #[cfg(test)]
@@ -54,13 +53,15 @@ pub(super) struct Durable {
 pub(super) struct Written {
     pub mark: Mark,
     pub head: Option<AuditHead>,
+    /// The file the records up to `mark` went to last (earlier segments
+    /// were synced when they were sealed).
+    pub file: Arc<File>,
 }
 
 impl Durable {
     /// Starts at an existing (already durable) end of the log.
-    pub fn new(file: File, len: u64, head: Option<AuditHead>) -> Self {
+    pub fn new(len: u64, head: Option<AuditHead>) -> Self {
         Durable {
-            file,
             state: Mutex::new(Synced {
                 epoch: 0,
                 len,
@@ -77,6 +78,17 @@ impl Durable {
     fn lock(&self) -> MutexGuard<'_, Synced> {
         // Only plain fields live here; a panicking holder left them whole.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a durable point reached outside the group sync (a
+    /// segment synced as it is sealed).
+    pub fn advance(&self, epoch: u64, len: u64, head: AuditHead) {
+        let mut s = self.lock();
+        if s.epoch == epoch && len > s.len {
+            s.len = len;
+            s.head = Some(head);
+            self.wake.notify_all();
+        }
     }
 
     /// The head of the last durable record.
@@ -114,7 +126,7 @@ impl Durable {
             s.syncing = true;
             drop(s);
             let w = written();
-            let result = self.sync();
+            let result = self.sync(&w.file);
             s = match result {
                 Ok(()) => {
                     let mut s = self.lock();
@@ -149,7 +161,7 @@ impl Durable {
         }
     }
 
-    fn sync(&self) -> io::Result<()> {
+    fn sync(&self, file: &File) -> io::Result<()> {
         #[cfg(test)]
         if self
             .fail_next_sync
@@ -157,6 +169,6 @@ impl Durable {
         {
             return Err(io::Error::other("injected sync failure"));
         }
-        self.file.sync_data()
+        file.sync_data()
     }
 }

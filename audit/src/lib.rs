@@ -8,7 +8,9 @@
 //! [`AuditRecord`]: who ([`AuditEvent::actor`]), what (kind, subject, kvno,
 //! serial, key version), where (node, namespace, pod), when (RFC 3339 UTC
 //! with milliseconds, and Unix milliseconds) and the decision. Records are
-//! JSON lines in one append-only file.
+//! JSON lines in append-only files: the active file, and the sealed
+//! segments it was rotated into by size or age ([`segments`]), one chain
+//! across all of them.
 //!
 //! * **Fail closed.** [`AuditLog::append`] returns only once the record is
 //!   written and `fdatasync`ed; on any error the caller must not issue. A
@@ -74,7 +76,9 @@ mod log;
 mod query;
 mod reader;
 mod record;
+pub mod segments;
 mod signer;
+mod sink;
 pub mod timefmt;
 mod verify;
 
@@ -87,6 +91,8 @@ mod tests_group;
 #[cfg(test)]
 mod tests_query;
 #[cfg(test)]
+mod tests_segments;
+#[cfg(test)]
 mod tests_tamper;
 
 use std::io;
@@ -96,8 +102,12 @@ pub use event::{Action, Actor, AuditEvent, CredentialKind, Decision};
 pub use log::AuditLog;
 pub use query::{AuditFilter, export, query};
 pub use record::{AuditHead, AuditRecord, GENESIS_HASH, MAX_LINE_BYTES, RECORD_VERSION};
+pub use segments::Rotation;
 pub use signer::{AuditSigner, key_id_of};
-pub use verify::{Problem, ProblemKind, VerifyReport, verify, verify_with_head};
+pub use sink::Sink;
+pub use verify::{
+    Problem, ProblemKind, Start, VerifyReport, verify, verify_from, verify_stream, verify_with_head,
+};
 
 /// Why an audit operation failed. A failed append means: do not issue.
 #[derive(Debug, thiserror::Error)]

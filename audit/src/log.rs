@@ -5,11 +5,13 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::durable::{Durable, Mark, Written};
 use super::reader::RawLine;
+use super::segments::{self, Rotation};
 use super::signer::sync_parent;
+use super::sink::Sink;
 use super::{
     AuditError, AuditEvent, AuditHead, AuditRecord, AuditSigner, GENESIS_HASH, MAX_LINE_BYTES,
     ProblemKind,
@@ -23,17 +25,29 @@ use crate::timefmt::now_unix_ms;
 pub struct AuditLog {
     path: PathBuf,
     signer: AuditSigner,
+    rotation: Rotation,
+    sink: Option<Sink>,
     tail: Mutex<Tail>,
     durable: Durable,
 }
 
 /// Where the chain stands, and the file to extend it.
 struct Tail {
-    file: File,
+    /// The active segment (shared with the group sync, which syncs the file
+    /// the records it covers were written to).
+    file: Arc<File>,
     seq: u64,
     hash: String,
-    /// File length after the last good record: where a failed write is cut back to.
+    /// Length of the whole log (every segment) after the last good record:
+    /// where a failed write is cut back to. Positions are counted across
+    /// segments so that durable points stay ordered when one is sealed.
     len: u64,
+    /// Where the active segment starts in that count.
+    base: u64,
+    /// Seq and time of the active segment's first record (`None`: empty).
+    first: Option<(u64, i64)>,
+    /// After a failed sealing, the next attempt waits until then (Unix ms).
+    seal_retry_ms: i64,
     /// A write failed and could not be undone: refuse everything.
     broken: bool,
     /// Bumped when a failed sync cut the file back ([`Mark::epoch`]).
@@ -67,6 +81,18 @@ impl AuditLog {
     /// `signer`; otherwise opening is refused (see the module docs for the
     /// operator's fix) so that nothing is issued on a log in doubt.
     pub fn open(path: impl AsRef<Path>, signer: AuditSigner) -> Result<Self, AuditError> {
+        Self::open_rotating(path, signer, Rotation::default())
+    }
+
+    /// [`AuditLog::open`], sealing segments by `rotation` (see
+    /// [`segments`](crate::segments)). When the active file is empty (just
+    /// sealed), the chain continues from the newest sealed segment, whose
+    /// last record is checked as the active file's would be.
+    pub fn open_rotating(
+        path: impl AsRef<Path>,
+        signer: AuditSigner,
+        rotation: Rotation,
+    ) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
         let io_err = |op: &'static str| {
             let path = path.clone();
@@ -84,6 +110,7 @@ impl AuditLog {
             Err(TryLockError::WouldBlock) => return Err(AuditError::Locked { path }),
             Err(TryLockError::Error(e)) => return Err(io_err("lock")(e)),
         }
+        segments::undo_interrupted_seal(&path).map_err(io_err("finish sealing a segment of"))?;
         sync_parent(&path).map_err(io_err("sync the directory of"))?;
         let meta = file.metadata().map_err(io_err("stat"))?;
         if !meta.is_file() {
@@ -98,18 +125,29 @@ impl AuditLog {
             );
         }
         let len = meta.len();
-        let (seq, hash) = if len == 0 {
-            (0, GENESIS_HASH.to_string())
-        } else {
+        let (seq, hash) = if len > 0 {
             let last = read_last_line(&file, len).map_err(io_err("read the end of"))?;
             let rec = check_tail(&path, &signer, &file, last)?;
             (rec.seq, rec.hash)
+        } else if let Some(sealed) = segments::last_sealed(&path).map_err(io_err("list"))? {
+            let io_err = |op: &'static str| {
+                let path = sealed.clone();
+                move |source: io::Error| AuditError::Io { path, op, source }
+            };
+            let prev = File::open(&sealed).map_err(io_err("open"))?;
+            let prev_len = prev.metadata().map_err(io_err("stat"))?.len();
+            if prev_len == 0 {
+                return Err(io_err("use")(io::Error::other("an empty sealed segment")));
+            }
+            let last = read_last_line(&prev, prev_len).map_err(io_err("read the end of"))?;
+            let rec = check_tail(&sealed, &signer, &prev, last)?;
+            (rec.seq, rec.hash)
+        } else {
+            (0, GENESIS_HASH.to_string())
         };
+        let first = segments::first_record(&file);
         tracing::info!(path = %path.display(), seq, key_id = signer.key_id(), "audit log opened");
         file.sync_data().map_err(io_err("sync"))?;
-        let sync_fd = file
-            .try_clone()
-            .map_err(io_err("duplicate the descriptor of"))?;
         let head = (seq > 0).then(|| AuditHead {
             seq,
             hash: hash.clone(),
@@ -117,18 +155,30 @@ impl AuditLog {
         Ok(AuditLog {
             path,
             signer,
+            rotation,
+            sink: None,
             tail: Mutex::new(Tail {
-                file,
+                file: Arc::new(file),
                 seq,
                 hash,
                 len,
+                base: 0,
+                first,
+                seal_retry_ms: 0,
                 broken: false,
                 epoch: 0,
                 #[cfg(test)]
                 fault: None,
             }),
-            durable: Durable::new(sync_fd, len, head),
+            durable: Durable::new(len, head),
         })
+    }
+
+    /// Also sends every record, once durable, to `sink` (best effort: the
+    /// file stays the record; see [`Sink`]).
+    pub fn with_sink(mut self, sink: Sink) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Records `event` and returns only once it is on disk (written and
@@ -150,7 +200,7 @@ impl AuditLog {
         for event in events {
             event.check()?;
         }
-        let (records, mark) = self.write_all(events)?;
+        let (records, lines, mark) = self.write_all(events)?;
         let Some(first) = records.first().map(|r| r.seq) else {
             return Ok(records);
         };
@@ -165,13 +215,17 @@ impl AuditLog {
                     seq: tail.seq,
                     hash: tail.hash.clone(),
                 }),
+                file: Arc::clone(&tail.file),
             }
         };
         let cut = |at: &super::durable::Synced, e: &io::Error| {
             let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
             tracing::error!(error = %e, kept = at.head.as_ref().map_or(0, |h| h.seq),
                 "audit log sync failed; cutting it back to its last durable record");
-            tail.len = at.len;
+            tail.len = at.len.max(tail.base);
+            if tail.len == tail.base {
+                tail.first = None;
+            }
             tail.seq = at.head.as_ref().map_or(0, |h| h.seq);
             tail.hash = at
                 .head
@@ -194,12 +248,22 @@ impl AuditLog {
                 tracing::error!(%error, "audit record not durable; the caller must refuse");
                 error
             })?;
+        if let Some(sink) = &self.sink {
+            for (record, line) in records.iter().zip(&lines) {
+                sink.send(record, line);
+            }
+        }
         Ok(records)
     }
 
     /// Seals and writes `events` under the chain lock (no sync); returns the
-    /// records and where the last one ends.
-    fn write_all(&self, events: &[AuditEvent]) -> Result<(Vec<AuditRecord>, Mark), AuditError> {
+    /// records, their lines (without the newline) and where the last one
+    /// ends.
+    #[allow(clippy::type_complexity)]
+    fn write_all(
+        &self,
+        events: &[AuditEvent],
+    ) -> Result<(Vec<AuditRecord>, Vec<Vec<u8>>, Mark), AuditError> {
         let mut tail = self.lock()?;
         if tail.broken {
             return Err(AuditError::Broken {
@@ -207,6 +271,7 @@ impl AuditLog {
             });
         }
         let mut records = Vec::with_capacity(events.len());
+        let mut lines = Vec::with_capacity(if self.sink.is_some() { events.len() } else { 0 });
         for event in events {
             // Each record's hash covers its predecessor's: sealing (hash and
             // signature, tens of microseconds) is serial by nature, so it
@@ -230,6 +295,13 @@ impl AuditLog {
                     max: MAX_LINE_BYTES,
                 });
             }
+            tail.seal_if_due(
+                &self.path,
+                &self.rotation,
+                &self.durable,
+                line.len(),
+                record.unix_ms,
+            );
             if let Err(source) = tail.write_line(&line) {
                 let rolled_back = tail.roll_back().is_ok();
                 tail.broken = !rolled_back;
@@ -245,13 +317,18 @@ impl AuditLog {
             tail.seq = seq;
             tail.hash.clone_from(&record.hash);
             tail.len += line.len() as u64;
+            tail.first.get_or_insert((seq, record.unix_ms));
+            if self.sink.is_some() {
+                line.pop();
+                lines.push(line);
+            }
             records.push(record);
         }
         let mark = Mark {
             epoch: tail.epoch,
             end: tail.len,
         };
-        Ok((records, mark))
+        Ok((records, lines, mark))
     }
 
     /// The last durable record's place, `None` while the log is empty.
@@ -291,16 +368,68 @@ impl AuditLog {
 }
 
 impl Tail {
+    /// Seals the active segment when `rotation` says the next record goes
+    /// into a new one. The old segment is synced first, and that durable
+    /// point published, so the group sync only ever needs the active file.
+    /// A failed sealing is logged and retried a minute later; meanwhile
+    /// records go on into the current segment.
+    fn seal_if_due(
+        &mut self,
+        path: &Path,
+        rotation: &Rotation,
+        durable: &Durable,
+        line_len: usize,
+        now_ms: i64,
+    ) {
+        let Some((first_seq, first_ms)) = self.first else {
+            return;
+        };
+        let segment_len = self.len - self.base;
+        if now_ms < self.seal_retry_ms
+            || !rotation.due(segment_len, Some(first_ms), line_len, now_ms)
+        {
+            return;
+        }
+        let sealed = self
+            .file
+            .sync_data()
+            .inspect(|()| {
+                let head = AuditHead {
+                    seq: self.seq,
+                    hash: self.hash.clone(),
+                };
+                durable.advance(self.epoch, self.len, head);
+            })
+            .and_then(|()| segments::seal(path, first_seq));
+        match sealed {
+            Ok(file) => {
+                tracing::info!(
+                    path = %path.display(),
+                    sealed = %segments::sealed_name(path, first_seq).display(),
+                    last_seq = self.seq,
+                    "audit log segment sealed"
+                );
+                self.file = Arc::new(file);
+                self.base = self.len;
+                self.first = None;
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot seal the audit log segment; retrying in a minute");
+                self.seal_retry_ms = now_ms.saturating_add(60_000);
+            }
+        }
+    }
+
     /// One `write_all` (O_APPEND puts it at the end); the group sync
     /// ([`Durable::wait`]) makes it durable.
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         #[cfg(test)]
         if let Some(fault) = self.fault {
             let (Fault::PartialWrite(n) | Fault::PartialWriteNoRollback(n)) = fault;
-            self.file.write_all(&line[..n.min(line.len())])?;
+            (&*self.file).write_all(&line[..n.min(line.len())])?;
             return Err(io::Error::other("injected write failure"));
         }
-        self.file.write_all(line)
+        (&*self.file).write_all(line)
     }
 
     /// Cuts off whatever a failed write left, so the log ends in a whole record.
@@ -311,7 +440,7 @@ impl Tail {
         {
             return Err(io::Error::other("injected rollback failure"));
         }
-        self.file.set_len(self.len)?;
+        self.file.set_len(self.len - self.base)?;
         self.file.sync_data()
     }
 }

@@ -1,10 +1,9 @@
 //! Finding records, and handing them to a SIEM as they are stored.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use super::reader::LineReader;
+use super::reader::SegmentLines;
 use super::{Action, AuditError, AuditRecord};
 
 /// Which records to return. Every condition set must hold (AND); an empty
@@ -46,7 +45,8 @@ impl AuditFilter {
     }
 }
 
-/// The records of the log at `path` that match `filter`, in log order.
+/// The records of the log at `path` (all its segments) that match
+/// `filter`, in log order.
 /// A damaged line is an error (not skipped): a query must not quietly
 /// hide records.
 pub fn query(path: &Path, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
@@ -90,17 +90,10 @@ fn each_match(
     filter: &AuditFilter,
     mut found: impl FnMut(&[u8], AuditRecord) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
-    let io_err = |op: &'static str| {
-        move |source| AuditError::Io {
-            path: path.to_path_buf(),
-            op,
-            source,
-        }
-    };
-    let mut lines = LineReader::new(File::open(path).map_err(io_err("open"))?);
-    while let Some(raw) = lines.next_line().map_err(io_err("read"))? {
+    let mut lines = SegmentLines::open(path)?;
+    while let Some(raw) = lines.next_line()? {
         let rec = raw.parse().map_err(|reason| AuditError::Corrupt {
-            path: path.to_path_buf(),
+            path: lines.file().unwrap_or(path).to_path_buf(),
             line: raw.no,
             reason,
         })?;

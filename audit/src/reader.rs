@@ -1,8 +1,11 @@
 //! Reading the log line by line, with bounded memory.
 
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 
-use super::{AuditRecord, MAX_LINE_BYTES};
+use super::segments::{Segment, segments};
+use super::{AuditError, AuditRecord, MAX_LINE_BYTES};
 
 /// One line as stored (without its newline).
 pub(super) struct RawLine {
@@ -67,5 +70,101 @@ impl<R: Read> LineReader<R> {
             bytes,
             complete,
         }))
+    }
+}
+
+/// The lines of every segment of a log in order (or of one reader), one
+/// file open at a time: memory stays bounded however long the log is.
+pub(super) struct SegmentLines {
+    pending: std::vec::IntoIter<Segment>,
+    current: Option<LineReader<Box<dyn Read + Send>>>,
+    /// The file being read (`None` for a reader).
+    file: Option<PathBuf>,
+    /// 0-based index of the segment being read.
+    index: usize,
+    /// How many segments there are.
+    count: usize,
+}
+
+impl SegmentLines {
+    /// Every segment of the log whose active file is `path`.
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let all = segments(path).map_err(|source| AuditError::Io {
+            path: path.to_path_buf(),
+            op: "list the segments of",
+            source,
+        })?;
+        if all.is_empty() {
+            // The same error opening a missing single file always gave.
+            let source = File::open(path)
+                .err()
+                .unwrap_or_else(|| io::Error::other("no segments"));
+            return Err(AuditError::Io {
+                path: path.to_path_buf(),
+                op: "open",
+                source,
+            });
+        }
+        Ok(SegmentLines {
+            count: all.len(),
+            pending: all.into_iter(),
+            current: None,
+            file: None,
+            index: 0,
+        })
+    }
+
+    /// One stream holding a whole log (an export being received).
+    pub fn from_reader(reader: impl Read + Send + 'static) -> Self {
+        SegmentLines {
+            pending: Vec::new().into_iter(),
+            current: Some(LineReader::new(Box::new(reader))),
+            file: None,
+            index: 0,
+            count: 1,
+        }
+    }
+
+    /// The next line across segments, `None` after the last one.
+    pub fn next_line(&mut self) -> Result<Option<RawLine>, AuditError> {
+        loop {
+            if let Some(current) = &mut self.current {
+                let line = current.next_line().map_err(|source| AuditError::Io {
+                    path: self.file.clone().unwrap_or_default(),
+                    op: "read",
+                    source,
+                })?;
+                if line.is_some() {
+                    return Ok(line);
+                }
+                self.current = None;
+                self.index += 1;
+            }
+            let Some(next) = self.pending.next() else {
+                return Ok(None);
+            };
+            let file = File::open(&next.path).map_err(|source| AuditError::Io {
+                path: next.path.clone(),
+                op: "open",
+                source,
+            })?;
+            self.current = Some(LineReader::new(Box::new(file)));
+            self.file = Some(next.path);
+        }
+    }
+
+    /// The file the last line came from, when the log has several.
+    pub fn segment(&self) -> Option<&Path> {
+        (self.count > 1).then_some(self.file.as_deref()).flatten()
+    }
+
+    /// The file the last line came from (`None` for a reader).
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// 0-based index of the segment the last line came from.
+    pub fn index(&self) -> usize {
+        self.index
     }
 }

@@ -83,7 +83,8 @@ fn several_deleted_records_and_a_deleted_first_record_are_named() {
     assert_eq!(p.kind, ProblemKind::SequenceGap);
     assert_eq!(
         p.message,
-        "record 1 is missing from the start: the log begins with record 2"
+        "record 1 is missing from the start: the log begins with record 2 \
+         (if older segments were archived, verify from the head of the last archived record)"
     );
 }
 

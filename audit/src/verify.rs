@@ -1,10 +1,10 @@
 //! Proving a log intact: chain, hashes and signatures, line by line.
 
 use std::fmt;
-use std::fs::File;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
-use super::reader::{LineReader, RawLine};
+use super::reader::{RawLine, SegmentLines};
 use super::{AuditError, AuditHead, AuditRecord, GENESIS_HASH, key_id_of};
 
 /// What kind of damage the first problem is.
@@ -33,7 +33,9 @@ pub enum ProblemKind {
 /// The first thing wrong with a log, in words an auditor can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// 1-based line number in the file.
+    /// The segment file, when the log has several.
+    pub segment: Option<PathBuf>,
+    /// 1-based line number in the file (in `segment`, when set).
     pub line: u64,
     /// Sequence number written on that line, when it could be read.
     pub seq: Option<u64>,
@@ -45,7 +47,10 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
+        match &self.segment {
+            Some(s) => write!(f, "{} line {}: {}", s.display(), self.line, self.message),
+            None => write!(f, "line {}: {}", self.line, self.message),
+        }
     }
 }
 
@@ -68,12 +73,31 @@ impl VerifyReport {
     }
 }
 
-/// Checks every line of the log at `path` against `public_key` (32 raw
+/// Where verification starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// At record 1: the log is complete.
+    #[default]
+    Genesis,
+    /// Right after this record, the last of segments archived away (the
+    /// head [`verify()`] reported for them, kept with the archive): the
+    /// first record present must follow it, number and hash.
+    After(AuditHead),
+    /// At whatever record comes first, trusting where it says it follows
+    /// on: for checking the end of a log whose oldest segments are gone,
+    /// when their head was not kept. Proves nothing about the start.
+    FirstPresent,
+}
+
+/// Checks every record of the log at `path` (all its segments, oldest
+/// first; see [`segments`](crate::segments)) against `public_key` (32 raw
 /// bytes): well-formed, unedited (hash), signed, numbered 1, 2, 3... and
-/// chained to its predecessor. Records cut from the end are invisible
-/// here: use [`verify_with_head`] with the head the controller stored.
+/// chained to its predecessor, across segment boundaries. Records cut from
+/// the end are invisible here: use [`verify_with_head`] with the head the
+/// controller stored. Reads one line at a time: memory does not grow with
+/// the log.
 pub fn verify(path: &Path, public_key: &[u8]) -> Result<VerifyReport, AuditError> {
-    walk(path, public_key, None)
+    verify_from(path, public_key, &Start::Genesis, None)
 }
 
 /// [`verify`], and also checks that the log still reaches `expected` (the
@@ -85,37 +109,74 @@ pub fn verify_with_head(
     public_key: &[u8],
     expected: &AuditHead,
 ) -> Result<VerifyReport, AuditError> {
-    walk(path, public_key, Some(expected))
+    verify_from(path, public_key, &Start::Genesis, Some(expected))
 }
 
-fn walk(
+/// [`verify_with_head`] (or [`verify`] without `expected`) from `start`,
+/// for a log whose oldest segments were archived.
+pub fn verify_from(
     path: &Path,
     public_key: &[u8],
+    start: &Start,
     expected: Option<&AuditHead>,
 ) -> Result<VerifyReport, AuditError> {
+    check_key(public_key)?;
+    walk(SegmentLines::open(path)?, public_key, start, expected)
+}
+
+/// [`verify_from`] over a whole log arriving as one stream (an export
+/// being received), read line by line as it comes.
+pub fn verify_stream(
+    reader: impl Read + Send + 'static,
+    public_key: &[u8],
+    start: &Start,
+    expected: Option<&AuditHead>,
+) -> Result<VerifyReport, AuditError> {
+    check_key(public_key)?;
+    walk(
+        SegmentLines::from_reader(reader),
+        public_key,
+        start,
+        expected,
+    )
+}
+
+fn check_key(public_key: &[u8]) -> Result<(), AuditError> {
     if public_key.len() != 32 {
         return Err(AuditError::PublicKey {
             len: public_key.len(),
         });
     }
-    let io_err = |op: &'static str| {
-        move |source| AuditError::Io {
-            path: path.to_path_buf(),
-            op,
-            source,
-        }
-    };
-    let mut lines = LineReader::new(File::open(path).map_err(io_err("open"))?);
+    Ok(())
+}
+
+fn walk(
+    mut lines: SegmentLines,
+    public_key: &[u8],
+    start: &Start,
+    expected: Option<&AuditHead>,
+) -> Result<VerifyReport, AuditError> {
     let key_id = key_id_of(public_key);
     let mut report = VerifyReport {
         records: 0,
         first_problem: None,
         head: None,
     };
+    let mut prev = match start {
+        Start::After(h) => Some(h.clone()),
+        Start::Genesis | Start::FirstPresent => None,
+    };
+    let mut trust_first = *start == Start::FirstPresent;
     let mut last_line = 0;
-    while let Some(raw) = lines.next_line().map_err(io_err("read"))? {
+    let mut last_segment: Option<PathBuf> = None;
+    let mut prev_segment: Option<PathBuf> = None;
+    while let Some(raw) = lines.next_line()? {
+        let segment = lines.segment().map(Path::to_path_buf);
+        let boundary = raw.no == 1 && lines.index() > 0;
         last_line = raw.no;
+        last_segment.clone_from(&segment);
         let problem = |kind, seq, message| Problem {
+            segment: segment.clone(),
             line: raw.no,
             seq,
             kind,
@@ -129,10 +190,21 @@ fn walk(
                 return Ok(report);
             }
         };
-        let prev = report.head.as_ref();
-        let found = check_one(&rec, &raw, prev, public_key, &key_id)
-            .and_then(|()| sequence(&rec, &raw, prev, &mut lines))
-            .and_then(|()| chain(&rec, prev))
+        if std::mem::take(&mut trust_first) && rec.seq > 1 {
+            prev = Some(AuditHead {
+                seq: rec.seq - 1,
+                hash: rec.prev_hash.clone(),
+            });
+        }
+        let found = check_one(&rec, &raw, prev.as_ref(), public_key, &key_id)
+            .and_then(|()| sequence(&rec, &raw, prev.as_ref(), &mut lines))
+            .map_err(
+                |(kind, message)| match (boundary, &prev_segment, &segment) {
+                    (true, Some(a), Some(b)) => across(kind, message, &rec, prev.as_ref(), a, b),
+                    _ => (kind, message),
+                },
+            )
+            .and_then(|()| chain(&rec, prev.as_ref()))
             .and_then(|()| at_head(&rec, expected));
         if let Err((kind, message)) = found {
             report.first_problem = Some(problem(kind, Some(rec.seq), message));
@@ -140,8 +212,10 @@ fn walk(
         }
         report.records += 1;
         report.head = Some(rec.head());
+        prev = Some(rec.head());
+        prev_segment = segment;
     }
-    let last_seq = report.head.as_ref().map_or(0, |h| h.seq);
+    let last_seq = prev.as_ref().map_or(0, |h| h.seq);
     if let Some(h) = expected
         && last_seq < h.seq
     {
@@ -159,6 +233,7 @@ fn walk(
             )
         };
         report.first_problem = Some(Problem {
+            segment: last_segment,
             line: last_line + 1,
             seq: None,
             kind: ProblemKind::Truncated,
@@ -166,6 +241,49 @@ fn walk(
         });
     }
     Ok(report)
+}
+
+/// A sequence problem on the first line of a segment, told in segments:
+/// a segment deleted (or cut short), or segments out of order.
+fn across(
+    kind: ProblemKind,
+    message: String,
+    rec: &AuditRecord,
+    prev: Option<&AuditHead>,
+    before: &Path,
+    this: &Path,
+) -> (ProblemKind, String) {
+    let Some(prev) = prev else {
+        return (kind, message);
+    };
+    let name = |p: &Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    let (a, b) = (name(before), name(this));
+    match kind {
+        ProblemKind::SequenceGap => (
+            kind,
+            format!(
+                "{} missing between segments {a} and {b}: {a} ends at record {}, {b} begins at \
+                 record {}; a segment was deleted or moved away, or {a} was cut short",
+                range(prev.seq + 1, rec.seq - 1, "is", "are"),
+                prev.seq,
+                rec.seq
+            ),
+        ),
+        ProblemKind::SequenceOutOfOrder => (
+            kind,
+            format!(
+                "segment {b} begins at record {}, but segment {a} before it already ended at \
+                 record {}: the segments are out of order (renamed) or one is a copy",
+                rec.seq, prev.seq
+            ),
+        ),
+        _ => (kind, message),
+    }
 }
 
 type Found = Result<(), (ProblemKind, String)>;
@@ -220,11 +338,11 @@ fn check_one(
 
 /// Seq must be the previous one plus one. On a jump, one line of lookahead
 /// tells a deletion from two records swapped.
-fn sequence<R: std::io::Read>(
+fn sequence(
     rec: &AuditRecord,
     raw: &RawLine,
     prev: Option<&AuditHead>,
-    lines: &mut LineReader<R>,
+    lines: &mut SegmentLines,
 ) -> Found {
     let want = prev.map_or(1, |h| h.seq + 1);
     let got = rec.seq;
@@ -276,7 +394,8 @@ fn sequence<R: std::io::Read>(
     }
     let message = if want == 1 {
         format!(
-            "{} missing from the start: the log begins with record {got}",
+            "{} missing from the start: the log begins with record {got} (if older segments \
+             were archived, verify from the head of the last archived record)",
             range(1, got - 1, "is", "are")
         )
     } else {

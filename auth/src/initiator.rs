@@ -1,6 +1,6 @@
 //! Driver side: one fresh Kerberos AP-REQ per gRPC call.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext};
@@ -38,14 +38,15 @@ pub struct Initiator {
     target: Name,
     target_text: String,
     principal: String,
-    keytab: PathBuf,
+    /// Where the identity comes from, for logs: a keytab or a ticket cache.
+    source: String,
 }
 
 impl std::fmt::Debug for Initiator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Initiator")
             .field("principal", &self.principal)
-            .field("keytab", &self.keytab)
+            .field("source", &self.source)
             .field("target", &self.target_text)
             .finish_non_exhaustive()
     }
@@ -75,12 +76,7 @@ impl Initiator {
         if client_principal.is_empty() {
             return Err(AuthError::invalid("client principal", "empty"));
         }
-        if target_service.is_empty() || target_service.contains('\0') {
-            return Err(AuthError::invalid(
-                "target service",
-                "empty or contains a NUL byte",
-            ));
-        }
+        check_target(target_service)?;
         let keytab = keytab_name(client_keytab)?;
         let ccache = format!(
             "MEMORY:kcred-auth-initiator-{}-{}",
@@ -101,6 +97,55 @@ impl Initiator {
                 reason: explain_initiator_failure(f.message),
             },
         })?;
+        Self::with_cred(
+            cred,
+            client_principal.to_string(),
+            format!("keytab {}", client_keytab.display()),
+            target_service,
+        )
+    }
+
+    /// Speaks as whoever holds the tickets in the caller's own credential
+    /// cache, as MIT's tools do after `kinit`: the default cache
+    /// (`KRB5CCNAME`, else the system default). With `client_principal`,
+    /// the cache collection is searched for that principal's tickets.
+    /// No keytab is read: when the tickets expire, the person runs `kinit`
+    /// again ([`AuthError::TicketCache`] says so).
+    pub fn from_ticket_cache(
+        client_principal: Option<&str>,
+        target_service: &str,
+    ) -> Result<Initiator, AuthError> {
+        check_target(target_service)?;
+        let principal = client_principal.filter(|p| !p.is_empty());
+        let which = match principal {
+            Some(p) => format!("for {p} in the credential cache collection"),
+            None => "in the default credential cache".to_string(),
+        };
+        let cred =
+            store::acquire_cred_from(principal, Usage::Initiate, &[]).map_err(|e| match e {
+                AcquireError::Argument(reason) => AuthError::invalid("initiator argument", reason),
+                AcquireError::Gss(f) => AuthError::TicketCache {
+                    which: which.clone(),
+                    reason: f.message,
+                },
+            })?;
+        let name = cred
+            .name()
+            .map(|n| n.to_string())
+            .map_err(|e| AuthError::TicketCache {
+                which,
+                reason: GssFailure::from_gss(e).message,
+            })?;
+        let ccache = std::env::var("KRB5CCNAME").unwrap_or_else(|_| "default".into());
+        Self::with_cred(cred, name, format!("ticket cache {ccache}"), target_service)
+    }
+
+    fn with_cred(
+        cred: Cred,
+        principal: String,
+        source: String,
+        target_service: &str,
+    ) -> Result<Initiator, AuthError> {
         let kind = if target_service.contains('/') {
             GSS_NT_KRB5_PRINCIPAL
         } else {
@@ -109,8 +154,8 @@ impl Initiator {
         let target = Name::new(target_service.as_bytes(), Some(kind))
             .map_err(|e| AuthError::invalid("target service", GssFailure::from_gss(e).message))?;
         tracing::debug!(
-            principal = client_principal,
-            keytab = %client_keytab.display(),
+            principal,
+            source,
             target = target_service,
             "kerberos initiator ready"
         );
@@ -118,8 +163,8 @@ impl Initiator {
             cred,
             target,
             target_text: target_service.to_string(),
-            principal: client_principal.to_string(),
-            keytab: client_keytab.to_path_buf(),
+            principal,
+            source,
         })
     }
 
@@ -160,6 +205,16 @@ impl Initiator {
     pub fn principal(&self) -> &str {
         &self.principal
     }
+}
+
+fn check_target(target_service: &str) -> Result<(), AuthError> {
+    if target_service.is_empty() || target_service.contains('\0') {
+        return Err(AuthError::invalid(
+            "target service",
+            "empty or contains a NUL byte",
+        ));
+    }
+    Ok(())
 }
 
 /// MIT falls back to looking for existing tickets when it cannot use the

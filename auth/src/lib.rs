@@ -74,6 +74,15 @@ pub enum AuthError {
         /// Kerberos' explanation.
         reason: String,
     },
+    /// No usable tickets in the caller's credential cache (none, expired,
+    /// or not for the principal asked): the person runs `kinit` first.
+    #[error("no usable Kerberos tickets {which}: {reason}; run kinit (or pass a keytab)")]
+    TicketCache {
+        /// Which cache was looked at ("in the default credential cache").
+        which: String,
+        /// Kerberos' explanation.
+        reason: String,
+    },
     /// The initiator could not produce a token: typically the KDC is
     /// unreachable, the node's keytab is stale (its keys were changed in the
     /// KDC), or the target service principal does not exist.

@@ -109,6 +109,9 @@ pub struct Config {
     pub audit_log: PathBuf,
     /// The audit signing key (Ed25519, PKCS#8 hex; created if missing, 0600).
     pub audit_key: PathBuf,
+    /// Audit segments and the SIEM copy.
+    #[serde(default)]
+    pub audit: crate::audit_settings::AuditSection,
     /// Share of a ticket's or certificate's life after which it is renewed.
     #[serde(default = "default_refresh_fraction")]
     pub refresh_fraction: f64,
@@ -470,6 +473,9 @@ impl Config {
             .map_err(InvalidSetting)?;
         if self.reload_interval_secs == 0 {
             return Err("reload_interval_secs must be at least 1".into());
+        }
+        if let Err(e) = self.audit.check() {
+            return Err(InvalidSetting(e));
         }
         for (lane, l) in [("kadmin", &self.gate.kadmin), ("kdc", &self.gate.kdc)] {
             if l.rate_per_sec == 0 || l.burst == 0 {

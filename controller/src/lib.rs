@@ -17,6 +17,7 @@ pub mod admission;
 pub mod annotations;
 pub mod api;
 pub mod audit_head;
+pub mod audit_settings;
 pub mod auth;
 pub mod bundle;
 pub mod child_env;

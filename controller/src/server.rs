@@ -126,7 +126,14 @@ fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditL
         return Err(startup("audit log")(loss.to_string()));
     }
     let public_key = signer.public_key().to_vec();
-    let audit = AuditLog::open(&cfg.audit_log, signer).map_err(startup("audit log"))?;
+    let mut audit = AuditLog::open_rotating(&cfg.audit_log, signer, cfg.audit.rotation())
+        .map_err(startup("audit log"))?;
+    match cfg.audit.sink() {
+        Ok(Some(sink)) => audit = audit.with_sink(sink),
+        Ok(None) => {}
+        // Best effort by design: the file is the record.
+        Err(e) => tracing::warn!(error = %e, "audit sink unavailable; records go to the file only"),
+    }
     let loss = missing.or_else(|| {
         audit_head::check_reaches(
             &cfg.audit_log,

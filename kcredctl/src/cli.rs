@@ -15,12 +15,14 @@ use crate::timeparse::{parse_duration, parse_time_arg};
 /// what was issued, rotate keys, revoke volumes and export or verify the
 /// signed audit log.
 ///
-/// Every call is authenticated with your Kerberos identity: a keytab
-/// (--keytab) holding your principal (--principal). The KDC is found
-/// through the usual Kerberos configuration (KRB5_CONFIG, else
-/// /etc/krb5.conf). The controller maps your principal to a role:
-/// auditors may read (status, list, audit), operators may also change
-/// (rotate, revoke).
+/// Every call is authenticated with your Kerberos identity, as MIT's own
+/// tools do it: the tickets you got with `kinit` (the default credential
+/// cache, or KRB5CCNAME), or a keytab only if you pass --keytab (with
+/// --principal), or, for certificate admins, a client certificate
+/// (--tls-cert and --tls-key, https only). The KDC is found through the
+/// usual Kerberos configuration (KRB5_CONFIG, else /etc/krb5.conf). The
+/// controller maps your principal (or `cert:<CN>`) to a role: auditors may
+/// read (status, list, audit), operators may also change (rotate, revoke).
 ///
 /// Exit codes: 0 success, 1 failure or a verification problem, 2 usage
 /// error.
@@ -28,7 +30,7 @@ use crate::timeparse::{parse_duration, parse_time_arg};
 #[command(name = "kcredctl", version, propagate_version = true)]
 #[command(after_long_help = "Example:\n  \
     export KCRED_CONTROLLER=http://kcred.example.com:7420\n  \
-    export KCRED_KEYTAB=$HOME/alice.keytab KCRED_PRINCIPAL=alice@EXAMPLE.COM\n  \
+    kinit alice@EXAMPLE.COM\n  \
     kcredctl status")]
 pub struct Cli {
     #[command(flatten)]
@@ -44,10 +46,13 @@ pub struct Global {
     /// The controller's Admin API, e.g. http://127.0.0.1:7420.
     #[arg(long, env = "KCRED_CONTROLLER", value_name = "URL", global = true)]
     pub controller: Option<String>,
-    /// Keytab holding your Kerberos key.
+    /// Keytab holding your Kerberos key, for scripts; without it your
+    /// `kinit` tickets are used.
     #[arg(long, env = "KCRED_KEYTAB", value_name = "PATH", global = true)]
     pub keytab: Option<PathBuf>,
-    /// Your Kerberos principal, e.g. alice@EXAMPLE.COM. Give it before the
+    /// Your Kerberos principal, e.g. alice@EXAMPLE.COM: required with
+    /// --keytab; without it, picks your tickets from the cache collection
+    /// [default: the default cache's principal]. Give it before the
     /// command: after `list`, --principal is a filter.
     #[arg(long, env = "KCRED_PRINCIPAL", value_name = "NAME")]
     pub principal: Option<String>,
@@ -58,6 +63,25 @@ pub struct Global {
     /// exports as tls.ca_export_file): required for an https:// controller.
     #[arg(long, env = "KCRED_CA_CERT", value_name = "PATH", global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// Your client certificate (PEM), for certificate admins (`cert:<CN>`
+    /// in auth.operators or auth.auditors); replaces Kerberos.
+    #[arg(
+        long,
+        env = "KCRED_TLS_CERT",
+        value_name = "PATH",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "KCRED_TLS_KEY",
+        value_name = "PATH",
+        global = true,
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// The name in the controller's certificate, if not the URL's host.
     #[arg(
         long,
@@ -322,6 +346,14 @@ pub struct VerifyArgs {
     /// Hash of the record at --head-seq (64 hex digits).
     #[arg(long, value_name = "H", requires = "head_seq", value_parser = parse_hash)]
     pub head_hash: Option<String>,
+    /// When the oldest segments were archived: the sequence number of the
+    /// last archived record (what verifying the archive reported as head).
+    /// The log must continue right after it.
+    #[arg(long, value_name = "N", requires = "after_hash")]
+    pub after_seq: Option<u64>,
+    /// Hash of the record at --after-seq (64 hex digits).
+    #[arg(long, value_name = "H", requires = "after_seq", value_parser = parse_hash)]
+    pub after_hash: Option<String>,
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

@@ -12,16 +12,36 @@ use kcred_auth::{AuthError, Initiator};
 use kcred_proto::kcred::v1::Reason;
 use kcred_proto::kcred::v1::admin_client::AdminClient;
 use kcred_proto::reason::reason_of;
+use tonic::Request;
+use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Response, Status, Streaming};
 
-use crate::Usage;
 use crate::cli::Global;
 use crate::timeparse::format_duration;
+use crate::{Usage, scheme};
 
-/// The Admin client; every call carries a fresh Kerberos token.
-pub type Client = AdminClient<InterceptedService<Channel, TokenInterceptor>>;
+/// How each call proves who is calling.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A fresh Kerberos token on every call.
+    Kerberos(TokenInterceptor),
+    /// The TLS client certificate proves it: nothing to add to calls.
+    Certificate,
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        match self {
+            Credentials::Kerberos(tokens) => tokens.call(request),
+            Credentials::Certificate => Ok(request),
+        }
+    }
+}
+
+/// The Admin client, authenticated by [`Credentials`].
+pub type Client = AdminClient<InterceptedService<Channel, Credentials>>;
 
 /// A connected, authenticated client and the per-answer timeout.
 pub struct Conn {
@@ -29,8 +49,19 @@ pub struct Conn {
     pub timeout: Duration,
 }
 
-/// Connects to `--controller` and sets up the Kerberos identity (TGT and
-/// the controller's service ticket), so mistakes show before any call.
+/// Where the caller's Kerberos identity comes from.
+enum Identity {
+    /// `--keytab` and `--principal`: for scripts.
+    Keytab { keytab: PathBuf, principal: String },
+    /// The caller's `kinit` tickets (default cache, `KRB5CCNAME`).
+    TicketCache { principal: Option<String> },
+}
+
+/// Longest wait for the scheme probe: it only sharpens an error message.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Connects to `--controller` and sets up the caller's identity (for
+/// Kerberos: the service ticket), so mistakes show before any call.
 pub async fn connect(g: &Global) -> anyhow::Result<Conn> {
     let url = g
         .controller
@@ -39,31 +70,27 @@ pub async fn connect(g: &Global) -> anyhow::Result<Conn> {
         .ok_or_else(|| {
             Usage::new(
                 "no controller given: pass --controller URL or set KCRED_CONTROLLER \
-             (e.g. http://127.0.0.1:7420)",
+             (e.g. https://kcred.example.com:7420)",
             )
         })?;
-    let host = controller_host(url)?;
-    let keytab = g.keytab.clone().ok_or_else(|| {
-        Usage::new("no keytab given: pass --keytab PATH or set KCRED_KEYTAB to your keytab")
-    })?;
-    let principal = g
-        .principal
-        .clone()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| {
-            Usage::new(
-                "no principal given: pass --principal NAME or set KCRED_PRINCIPAL \
-             (e.g. alice@EXAMPLE.COM)",
-            )
-        })?;
+    let (host, port) = controller_addr(url)?;
+    let https = url.starts_with("https://");
+    let certificate = client_certificate(g, https)?;
+    let identity = match &certificate {
+        Some(_) => None,
+        None => Some(identity(g)?),
+    };
     let service = match &g.service {
         Some(s) if !s.is_empty() => s.clone(),
         _ => default_service(&host),
     };
+    if let Some(advice) = scheme::mismatch(url, &host, port, g.timeout.min(PROBE_WAIT)).await {
+        return Err(Usage::new(advice).into());
+    }
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| Usage::new(format!("--controller {url:?} is not usable: {e}")))?
         .connect_timeout(g.timeout);
-    if url.starts_with("https://") {
+    if https {
         let ca_path = g.ca_cert.as_ref().ok_or_else(|| {
             Usage::new("an https:// controller needs --ca-cert (the controller's CA certificate)")
         })?;
@@ -73,6 +100,9 @@ pub async fn connect(g: &Global) -> anyhow::Result<Conn> {
             .ca_certificate(tonic::transport::Certificate::from_pem(ca));
         if let Some(name) = &g.tls_server_name {
             tls = tls.domain_name(name.clone());
+        }
+        if let Some(pair) = certificate {
+            tls = tls.identity(pair);
         }
         endpoint = endpoint
             .tls_config(tls)
@@ -87,16 +117,66 @@ pub async fn connect(g: &Global) -> anyhow::Result<Conn> {
                 "cannot connect to the controller at {url} (check --controller and that it runs)"
             )
         })?;
-    let initiator = kerberos(keytab, principal, service, g.timeout).await?;
-    let client = AdminClient::with_interceptor(channel, TokenInterceptor::new(Arc::new(initiator)));
+    let credentials = match identity {
+        None => Credentials::Certificate,
+        Some(identity) => {
+            let initiator = kerberos(identity, service, g.timeout).await?;
+            Credentials::Kerberos(TokenInterceptor::new(Arc::new(initiator)))
+        }
+    };
     Ok(Conn {
-        client,
+        client: AdminClient::with_interceptor(channel, credentials),
         timeout: g.timeout,
     })
 }
 
-/// The host of an `http://` URL; anything else is a usage error.
-pub fn controller_host(url: &str) -> anyhow::Result<String> {
+/// `--tls-cert` and `--tls-key`, read, when given.
+fn client_certificate(
+    g: &Global,
+    https: bool,
+) -> anyhow::Result<Option<tonic::transport::Identity>> {
+    let (cert, key) = match (&g.tls_cert, &g.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => return Err(Usage::new("--tls-cert and --tls-key go together").into()),
+    };
+    if !https {
+        return Err(Usage::new("--tls-cert needs an https:// controller").into());
+    }
+    if g.keytab.is_some() {
+        return Err(Usage::new(
+            "--tls-cert and --keytab are two ways to say who you are: pass only one",
+        )
+        .into());
+    }
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    let cert = read(cert, "--tls-cert")?;
+    let key = zeroize::Zeroizing::new(read(key, "--tls-key")?);
+    Ok(Some(tonic::transport::Identity::from_pem(
+        cert,
+        key.as_slice(),
+    )))
+}
+
+/// A keytab if asked for, else the caller's ticket cache.
+fn identity(g: &Global) -> anyhow::Result<Identity> {
+    let principal = g.principal.clone().filter(|p| !p.is_empty());
+    match (g.keytab.clone(), principal) {
+        (Some(keytab), Some(principal)) => Ok(Identity::Keytab { keytab, principal }),
+        (Some(_), None) => Err(Usage::new(
+            "--keytab needs --principal (or KCRED_PRINCIPAL): the name in the keytab to use, \
+             e.g. alice@EXAMPLE.COM",
+        )
+        .into()),
+        (None, principal) => Ok(Identity::TicketCache { principal }),
+    }
+}
+
+/// The host and port of an `http://` or `https://` URL (default ports 80
+/// and 443); anything else is a usage error.
+pub fn controller_addr(url: &str) -> anyhow::Result<(String, u16)> {
     let uri: Uri = url.parse().map_err(|e| {
         Usage::new(format!(
             "--controller {url:?} is not a URL ({e}); e.g. http://127.0.0.1:7420"
@@ -116,7 +196,12 @@ pub fn controller_host(url: &str) -> anyhow::Result<String> {
     if host.is_empty() {
         return Err(Usage::new(format!("--controller {url:?} names no host")).into());
     }
-    Ok(host.to_string())
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    Ok((host.to_string(), uri.port_u16().unwrap_or(default_port)))
 }
 
 /// `kcred/<host>`: the controller's principal when --service is not given.
@@ -124,17 +209,23 @@ pub fn default_service(host: &str) -> String {
     format!("kcred/{host}")
 }
 
-/// Gets the TGT and one token (hence the service ticket) off the async
-/// threads: both may wait on the KDC.
+/// Sets up the identity and makes one token (hence the service ticket) off
+/// the async threads: both may wait on the KDC.
 async fn kerberos(
-    keytab: PathBuf,
-    principal: String,
+    identity: Identity,
     service: String,
     timeout: Duration,
 ) -> anyhow::Result<Initiator> {
     let target = service.clone();
     let task = tokio::task::spawn_blocking(move || -> Result<Initiator, AuthError> {
-        let initiator = Initiator::new(&keytab, &principal, &service)?;
+        let initiator = match identity {
+            Identity::Keytab { keytab, principal } => {
+                Initiator::new(&keytab, &principal, &service)?
+            }
+            Identity::TicketCache { principal } => {
+                Initiator::from_ticket_cache(principal.as_deref(), &service)?
+            }
+        };
         initiator.token()?;
         Ok(initiator)
     });
@@ -155,6 +246,7 @@ fn explain_auth(e: AuthError, service: &str) -> anyhow::Error {
         AuthError::Credentials { .. } => anyhow!(
             "cannot get your Kerberos credentials: {e}; check --keytab, --principal and KRB5_CONFIG"
         ),
+        AuthError::TicketCache { .. } => anyhow!("cannot use your Kerberos tickets: {e}"),
         AuthError::Initiate { .. } => anyhow!(
             "cannot get a Kerberos ticket for the controller's service {service}: {e}; \
              check --service (default kcred/<controller host>) and KRB5_CONFIG"
@@ -202,8 +294,8 @@ pub fn explain(status: &Status) -> anyhow::Error {
         let label = reason.label();
         return match reason {
             Reason::Unauthenticated => anyhow!(
-                "the controller refused your Kerberos identity: {msg}; check --keytab/--principal \
-                 (and --service, the controller's principal)"
+                "the controller refused your Kerberos identity: {msg}; check your tickets (klist) \
+                 or --keytab/--principal, and --service (the controller's principal)"
             ),
             Reason::NoAdminRole => anyhow!(
                 "you have no admin role: {msg}; an operator lists people in auth.operators \
@@ -226,8 +318,8 @@ pub fn explain(status: &Status) -> anyhow::Error {
             "the controller is unreachable: {msg}; check --controller and that it is running"
         ),
         Code::Unavailable | Code::Unauthenticated => anyhow!(
-            "no call reached the controller: {msg}; check KRB5_CONFIG, --keytab, --service \
-             and --controller"
+            "no call reached the controller: {msg}; check KRB5_CONFIG, your tickets (klist) \
+             or --keytab, --service and --controller"
         ),
         Code::DeadlineExceeded => {
             anyhow!("the controller did not finish in time: {msg}; try a larger --timeout")
@@ -246,7 +338,11 @@ mod tests {
 
     #[test]
     fn service_defaults_to_kcred_at_the_controller_host() {
-        let host = |u: &str| controller_host(u).map_err(|e| e.to_string());
+        let host = |u: &str| {
+            controller_addr(u)
+                .map(|(h, _)| h)
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(
             host("http://kcred.example.com:7420").as_deref(),
             Ok("kcred.example.com")
@@ -262,15 +358,19 @@ mod tests {
     #[test]
     fn https_urls_are_accepted() {
         assert_eq!(
-            controller_host("https://c.example.com:7420").expect("https"),
-            "c.example.com"
+            controller_addr("https://c.example.com:7420").expect("https"),
+            ("c.example.com".to_string(), 7420)
+        );
+        assert_eq!(
+            controller_addr("https://c.example.com").expect("https").1,
+            443
         );
     }
 
     #[test]
     fn unusable_urls_are_usage_errors() {
         for url in ["kcred.example.com:7420", "ftp://c", "http://", "::"] {
-            let err = controller_host(url).expect_err(url);
+            let err = controller_addr(url).expect_err(url);
             assert!(err.downcast_ref::<Usage>().is_some(), "{url}: {err}");
         }
     }
@@ -283,7 +383,7 @@ mod tests {
             "Kerberos token refused: clock skew",
         ));
         assert!(t.starts_with("the controller refused your Kerberos identity: Kerberos token"));
-        assert!(t.contains("check --keytab/--principal"), "{t}");
+        assert!(t.contains("check your tickets (klist)"), "{t}");
         let t = text(status(Reason::RoleForbids, "alice@R is an auditor"));
         assert!(
             t.starts_with("your role cannot do this: alice@R is an auditor"),

@@ -8,6 +8,7 @@ mod cli;
 mod connect;
 mod output;
 mod rotate;
+mod scheme;
 mod status;
 mod timeparse;
 mod verify;

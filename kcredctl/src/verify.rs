@@ -1,18 +1,18 @@
 //! `audit verify`: proving the audit log intact on the auditor's machine.
 
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use kcred_audit::{AuditHead, VerifyReport, key_id_of, verify, verify_with_head};
+use kcred_audit::{AuditHead, Start, VerifyReport, key_id_of, verify_from, verify_stream};
 use kcred_proto::kcred::v1::{AuditHeadRequest, AuditQuery};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::Usage;
-use crate::audit::copy_lines;
 use crate::cli::{Format, VerifyArgs};
-use crate::connect::{Conn, unary};
+use crate::connect::{Conn, next, unary};
 use crate::output::{clean, print, print_json};
 
 /// The outcome, as printed (`--output json` prints this structure).
@@ -43,7 +43,16 @@ pub struct ProblemView {
     pub message: String,
 }
 
-/// `audit verify --file`: checks a local export, no controller involved.
+/// Where the chain must start: after the archived prefix, if given.
+fn start(args: &VerifyArgs) -> Start {
+    match args.after_seq.zip(args.after_hash.clone()) {
+        Some((seq, hash)) => Start::After(AuditHead { seq, hash }),
+        None => Start::Genesis,
+    }
+}
+
+/// `audit verify --file`: checks a local log (all its segments) or
+/// export, no controller involved.
 pub async fn local(args: &VerifyArgs, format: Format) -> anyhow::Result<ExitCode> {
     let (Some(path), Some(key)) = (&args.file, args.public_key) else {
         return Err(Usage::new("--file needs --public-key").into());
@@ -58,12 +67,18 @@ pub async fn local(args: &VerifyArgs, format: Format) -> anyhow::Result<ExitCode
              cannot be detected"
         );
     }
-    let report = check(path.clone(), key.to_vec(), expected.clone()).await?;
+    let (path, key_bytes, start, head) =
+        (path.clone(), key.to_vec(), start(args), expected.clone());
+    let report =
+        tokio::task::spawn_blocking(move || verify_path(&path, &key_bytes, &start, head.as_ref()))
+            .await
+            .context("the verification did not finish")??;
     emit(&verdict(&report, &key, expected, None), format)
 }
 
-/// `audit verify`: fetches the head, then the whole log into a private
-/// temporary file, and checks it here.
+/// `audit verify`: fetches the head, then checks the whole log here as it
+/// streams in, one record at a time (memory stays bounded however long
+/// the log is).
 pub async fn online(
     conn: &mut Conn,
     args: &VerifyArgs,
@@ -71,29 +86,76 @@ pub async fn online(
 ) -> anyhow::Result<ExitCode> {
     let head = unary(conn.timeout, conn.client.audit_head(AuditHeadRequest {})).await?;
     let (key, mismatch) = choose_key(&head.public_key_hex, args.public_key)?;
-    let tmp = tempfile::NamedTempFile::new().context("cannot create a temporary file")?;
     let mut stream = unary(
         conn.timeout,
         conn.client.audit_export(AuditQuery::default()),
-    )
-    .await?;
-    copy_lines(
-        &mut stream,
-        &mut BufWriter::new(tmp.as_file()),
-        conn.timeout,
     )
     .await?;
     let expected = AuditHead {
         seq: head.seq,
         hash: head.hash,
     };
-    let report = check(
-        tmp.path().to_path_buf(),
-        key.clone(),
-        Some(expected.clone()),
-    )
-    .await?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
+    let (key_bytes, start, head) = (key.clone(), start(args), expected.clone());
+    let checker = tokio::task::spawn_blocking(move || {
+        verify_stream(ChannelReader::new(rx), &key_bytes, &start, Some(&head))
+    });
+    let fed = async {
+        while let Some(line) = next(&mut stream, conn.timeout).await? {
+            let mut bytes = line.json.into_bytes();
+            if bytes.last() != Some(&b'\n') {
+                bytes.push(b'\n');
+            }
+            if tx.send(bytes).await.is_err() {
+                break; // the checker stopped at a problem
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    drop(tx);
+    let report = checker
+        .await
+        .context("the verification did not finish")?
+        .map_err(|e| anyhow!("cannot verify: {e}"))?;
+    fed?;
     emit(&verdict(&report, &key, Some(expected), mismatch), format)
+}
+
+/// Lines arriving from the controller, read as one stream by the checker
+/// on its blocking thread.
+struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
+        ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(bytes) => {
+                    self.buf = bytes;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// The key to verify with: the pinned one when given (and a note when the
@@ -125,29 +187,15 @@ pub fn choose_key(
     Ok((pinned.to_vec(), mismatch))
 }
 
-/// Runs the library's verification off the async threads.
-async fn check(
-    path: PathBuf,
-    key: Vec<u8>,
-    expected: Option<AuditHead>,
-) -> anyhow::Result<VerifyReport> {
-    tokio::task::spawn_blocking(move || verify_path(&path, &key, expected.as_ref()))
-        .await
-        .context("the verification did not finish")?
-}
-
-/// [`verify`] or [`verify_with_head`], as an anyhow result.
+/// [`verify_from`] as an anyhow result.
 pub fn verify_path(
     path: &Path,
     key: &[u8],
+    start: &Start,
     expected: Option<&AuditHead>,
 ) -> anyhow::Result<VerifyReport> {
-    let report = match expected {
-        Some(head) => verify_with_head(path, key, head),
-        None => verify(path, key),
-    };
     // The library's message already names the file and the OS error.
-    report.map_err(|e| anyhow!("cannot verify: {e}"))
+    verify_from(path, key, start, expected).map_err(|e| anyhow!("cannot verify: {e}"))
 }
 
 /// Combines the library's report with the key check.

@@ -30,7 +30,7 @@ fn log_with(n: usize) -> (tempfile::TempDir, PathBuf, [u8; 32], AuditHead) {
 }
 
 fn run(path: &Path, key: &[u8; 32], expected: Option<AuditHead>) -> Verdict {
-    let report = verify_path(path, key, expected.as_ref()).expect("verifies");
+    let report = verify_path(path, key, &Start::Genesis, expected.as_ref()).expect("verifies");
     verdict(&report, key, expected, None)
 }
 
@@ -129,7 +129,7 @@ fn a_pinned_key_wins_and_a_different_reported_key_is_a_failure() {
     assert_eq!(used, key.to_vec(), "the pinned key is used");
     let mismatch = mismatch.expect("reported");
     assert!(mismatch.contains(other.key_id()), "{mismatch}");
-    let report = verify_path(&path, &used, Some(&head)).expect("verifies");
+    let report = verify_path(&path, &used, &Start::Genesis, Some(&head)).expect("verifies");
     let v = verdict(&report, &used, Some(head), Some(mismatch));
     assert!(!v.ok, "the log verifies, but the controller's key changed");
     assert!(render(&v).starts_with("FAILED: the controller reports audit key"));
@@ -140,7 +140,8 @@ fn a_pinned_key_wins_and_a_different_reported_key_is_a_failure() {
 #[test]
 fn a_missing_file_is_an_error_not_a_verdict() {
     let (_dir, path, key, _) = log_with(0);
-    let err = verify_path(&path.with_extension("gone"), &key, None).expect_err("missing");
+    let err = verify_path(&path.with_extension("gone"), &key, &Start::Genesis, None)
+        .expect_err("missing");
     assert!(
         err.to_string().starts_with("cannot verify: audit log"),
         "{err}"

@@ -442,26 +442,45 @@ ttl_secs = 3
         Ok(())
     }
 
-    /// Runs `kcredctl` as `who` (a principal of this realm) with `args`.
+    /// Runs `kcredctl` as `who` (a principal of this realm) with `args`,
+    /// from `who`'s keytab (scripts' way).
     pub fn kcredctl(&self, who: &str, args: &[&str]) -> Output {
         let r = kcred_testrealm::DEFAULT_REALM;
-        Command::new(binary("kcredctl"))
-            .env("KRB5_CONFIG", self.realm.krb5_conf_path())
+        self.kcredctl_command()
             .env(
                 "KRB5CCNAME",
                 format!("FILE:{}/cc-{who}", self.path().display()),
             )
-            .args(["--controller", &format!("https://127.0.0.1:{}", self.port)])
-            .arg("--ca-cert")
-            .arg(self.path().join("ca.crt"))
-            .args(["--tls-server-name", CONTROLLER_HOST])
             .arg("--keytab")
             .arg(self.path().join(format!("{who}.keytab")))
             .args(["--principal", &format!("{who}@{r}")])
-            .args(["--service", &format!("kcred/{CONTROLLER_HOST}@{r}")])
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("kcredctl: {e}"))
+    }
+
+    /// `kcredctl` aimed at this controller (URL in `KCRED_CONTROLLER`, so
+    /// `--controller` can override it; CA, service) with no identity yet:
+    /// the test adds one (a ticket cache through `KRB5CCNAME`, a keytab,
+    /// or a client certificate).
+    pub fn kcredctl_command(&self) -> Command {
+        let r = kcred_testrealm::DEFAULT_REALM;
+        let mut cmd = Command::new(binary("kcredctl"));
+        cmd.env("KRB5_CONFIG", self.realm.krb5_conf_path())
+            .env(
+                "KCRED_CONTROLLER",
+                format!("https://127.0.0.1:{}", self.port),
+            )
+            .arg("--ca-cert")
+            .arg(self.path().join("ca.crt"))
+            .args(["--tls-server-name", CONTROLLER_HOST])
+            .args(["--service", &format!("kcred/{CONTROLLER_HOST}@{r}")]);
+        cmd
+    }
+
+    /// The controller's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A Kerberos token (`Negotiate ...`) for the controller from `keytab`

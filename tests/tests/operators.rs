@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kcred_controller::keytab::Keytab;
 use kcred_keys::parse_pod_file;
 use kcred_tests::audit::{Action, Decision};
-use kcred_tests::procs::{NODE_A, ProcStack, binary};
+use kcred_tests::procs::{CONTROLLER_HOST, NODE_A, OPERATOR, ProcStack, binary};
 use kcred_tests::{Kubelet, TestPod, wait_until};
 use zeroize::Zeroizing;
 
@@ -469,4 +469,216 @@ async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
         "{}",
         text(&out)
     );
+}
+
+/// `kinit` as a person does it: the password on the terminal (here, stdin).
+fn kinit_password(stack: &ProcStack, ccache: &Path, principal: &str, password: &str) {
+    let mut child = stack
+        .realm
+        .command("kinit")
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .arg(principal)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kinit");
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}").expect("password");
+    }
+    let out = child.wait_with_output().expect("kinit output");
+    assert!(out.status.success(), "kinit: {}", text(&out));
+}
+
+fn caller_and_role(out: &std::process::Output) -> (String, String) {
+    assert!(out.status.success(), "{}", text(out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let field = |k: &str| status[k].as_str().unwrap_or_default().to_string();
+    (field("caller"), field("role"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn an_operator_uses_the_tickets_from_kinit_without_a_keytab() {
+    let stack = ProcStack::start("").await.expect("stack");
+    let r = kcred_testrealm::DEFAULT_REALM;
+    let operator = format!("{OPERATOR}@{r}");
+    stack
+        .realm
+        .kadmin_local(&format!("cpw -pw operator-secret {operator}"))
+        .expect("the operator gets a password");
+    let ccache = stack.path().join("alice.ccache");
+    kinit_password(&stack, &ccache, &operator, "operator-secret");
+
+    let out = stack
+        .kcredctl_command()
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .args(["status", "--output", "json"])
+        .output()
+        .expect("kcredctl");
+    assert_eq!(
+        caller_and_role(&out),
+        (operator.clone(), "operator".to_string()),
+        "authenticated as the kinit principal"
+    );
+    let klist = stack
+        .realm
+        .command("klist")
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .output()
+        .expect("klist");
+    assert!(
+        String::from_utf8_lossy(&klist.stdout).contains(&format!("kcred/{CONTROLLER_HOST}@{r}")),
+        "the service ticket went into the operator's cache, as MIT tools do: {}",
+        text(&klist)
+    );
+
+    // After kdestroy there are no tickets, and kcredctl says what to do.
+    let kdestroy = stack
+        .realm
+        .command("kdestroy")
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .output()
+        .expect("kdestroy");
+    assert!(kdestroy.status.success(), "{}", text(&kdestroy));
+    let out = stack
+        .kcredctl_command()
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .arg("status")
+        .output()
+        .expect("kcredctl");
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("no usable Kerberos tickets in the default credential cache")
+            && said.contains("run kinit"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_certificate_admin_uses_tls_cert_and_key_instead_of_kerberos() {
+    use kcred_controller::issuers::ca::CertificateAuthority;
+    let day = Duration::from_secs(86_400);
+    let client_ca = CertificateAuthority::generate("kcred client CA", day).expect("client CA");
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca_dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, client_ca.cert_pem()).expect("write");
+    let stack = ProcStack::start_with(
+        "",
+        "",
+        &format!("client_ca_file = \"{}\"", ca_file.display()),
+    )
+    .await
+    .expect("stack");
+    let run_as = |cn: &str| {
+        let cert = client_ca
+            .issue(&[cn.to_string()], Duration::from_secs(3600))
+            .expect("client cert");
+        let (cert_file, key_file) = (
+            ca_dir.path().join(format!("{cn}.crt")),
+            ca_dir.path().join(format!("{cn}.key")),
+        );
+        std::fs::write(&cert_file, &cert.cert_pem).expect("write");
+        std::fs::write(&key_file, cert.key_pem.as_bytes()).expect("write");
+        stack
+            .kcredctl_command()
+            // No Kerberos identity at all.
+            .env(
+                "KRB5CCNAME",
+                format!("FILE:{}/none", ca_dir.path().display()),
+            )
+            .arg("--tls-cert")
+            .arg(&cert_file)
+            .arg("--tls-key")
+            .arg(&key_file)
+            .args(["status", "--output", "json"])
+            .output()
+            .expect("kcredctl")
+    };
+    assert_eq!(
+        caller_and_role(&run_as("ops-robot")),
+        ("cert:ops-robot".to_string(), "operator".to_string())
+    );
+    let out = run_as("nobody");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("you have no admin role"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_url_with_the_wrong_scheme_says_which_scheme_the_controller_speaks() {
+    let stack = ProcStack::start("").await.expect("stack");
+    let plain_http = format!("http://127.0.0.1:{}", stack.port());
+    let out = stack
+        .kcredctl_command()
+        .args(["--controller", &plain_http, "status"])
+        .output()
+        .expect("kcredctl");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "the controller at {plain_http} speaks TLS: use https://127.0.0.1:{}",
+            stack.port()
+        )),
+        "{}",
+        text(&out)
+    );
+
+    // A controller without [tls] (the in-process stack's) behind https://.
+    let plain = kcred_tests::stack::Stack::start(Default::default())
+        .await
+        .expect("plain controller");
+    let endpoint = plain.controller_endpoint();
+    let tls_url = endpoint.replacen("http://", "https://", 1);
+    let out = stack
+        .kcredctl_command()
+        .args(["--controller", &tls_url, "status"])
+        .output()
+        .expect("kcredctl");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "the controller at {tls_url} speaks plain HTTP, without TLS: use {endpoint}"
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_stdout_sink_copies_every_audit_record_as_stored() {
+    let mut stack = ProcStack::start("[audit]\nsink = \"stdout\"\n")
+        .await
+        .expect("stack");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    stack.kubelet().publish(&pod, VOL).await.expect("publish");
+
+    let stored = stack.audit_records();
+    let issued = stored
+        .iter()
+        .find(|r| r.action == Action::Issue && r.pod == "web-0")
+        .expect("the issue is recorded");
+    // The controller's stdout and stderr both go to controller.log; its
+    // own logs are not JSON records.
+    let log = std::fs::read_to_string(stack.path().join("controller.log")).expect("log");
+    let copies: Vec<kcred_tests::audit::AuditRecord> = log
+        .lines()
+        .filter(|l| l.starts_with("{\"v\":"))
+        .map(|l| serde_json::from_str(l).expect("a whole record per line"))
+        .collect();
+    assert!(
+        copies.contains(issued),
+        "the issue record appears on stdout as stored: {log}"
+    );
+    for r in &stored {
+        assert!(copies.contains(r), "record {} has its copy", r.seq);
+    }
 }
