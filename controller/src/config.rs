@@ -81,8 +81,10 @@ pub struct Config {
     /// Where records live: the embedded file (default) or etcd.
     #[serde(default)]
     pub store: crate::store::settings::StoreSection,
-    /// The role-account policy (hot-reloaded).
-    pub policy_file: PathBuf,
+    /// The role-account policy (hot-reloaded). Exactly one policy source:
+    /// this or `[active_directory.sync]`.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
     /// A static pod source (hot-reloaded), for running without the
     /// Kubernetes API. Exactly one pod source: this or `[kubernetes]`.
     #[serde(default)]
@@ -583,6 +585,15 @@ impl Config {
         if self.kadmin.timeout_secs == 0 {
             return Err("kadmin.timeout_secs must be at least 1".into());
         }
+        let synced = self
+            .active_directory
+            .as_ref()
+            .is_some_and(|ad| ad.sync.is_some());
+        match (&self.policy_file, synced) {
+            (Some(_), true) => return Err("policy_file and [active_directory.sync] are both set: the policy comes from one source, remove one".into()),
+            (None, false) => return Err("policy_file is required (unless [active_directory.sync] is set)".into()),
+            _ => {}
+        }
         match &self.active_directory {
             Some(ad) => ad.validate().map_err(InvalidSetting)?,
             None if self.kadmin.principal.is_empty()
@@ -673,6 +684,34 @@ audit_key = "/ak"
         assert!(plain.contains("active_directory.ldap_url"), "{plain}");
         let mit = parse_text(&top).unwrap_err().to_string();
         assert!(mit.contains("kadmin.principal"), "{mit}");
+    }
+
+    #[test]
+    fn a_directory_synced_policy_and_a_policy_file_are_not_both_allowed() {
+        let kadmin = "[kadmin]\nwork_dir = \"/w\"\n[auth]\nmode = \"none\"\n";
+        let sync = "[active_directory.sync]\nbase_dn = \"OU=kcred,DC=example,DC=com\"\n";
+        let top = format!("{BASE}pods_file = \"/pods\"\n{kadmin}");
+        let both = parse_text(&format!("{top}{AD}{sync}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("policy_file and [active_directory.sync]"),
+            "{both}"
+        );
+        let synced = parse_text(&format!(
+            "{}{AD}{sync}",
+            top.replace("policy_file = \"/p\"", "")
+        ))
+        .unwrap();
+        let sync = synced.active_directory.and_then(|ad| ad.sync).unwrap();
+        assert_eq!(
+            (sync.interval_secs, sync.namespace_group_prefix.as_str()),
+            (60, "kcred-ns-")
+        );
+        let neither = parse_text(&top.replace("policy_file = \"/p\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(neither.contains("policy_file is required"), "{neither}");
     }
 
     #[test]

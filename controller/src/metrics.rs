@@ -45,6 +45,9 @@ pub struct Metrics {
     /// 1 while the store (embedded file or etcd) answers; at 0 the
     /// controller issues nothing.
     pub store_up: IntGauge,
+    /// Directory (AD) policy syncs by result (`ok`, `failed`); a failed
+    /// sync keeps the last good policy.
+    pub directory_syncs: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,6 +77,11 @@ impl Metrics {
         store_up.set(1);
         Arc::new(Metrics {
             store_up,
+            directory_syncs: counter(
+                "directory_syncs_total",
+                "Policy syncs from the directory, by result",
+                &["result"],
+            ),
             refusals: counter(
                 "refusals_total",
                 "Refusals and failures returned to callers, by reason",

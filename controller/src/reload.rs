@@ -38,7 +38,8 @@ pub type Parser<T> = Box<dyn Fn(&Path, &str) -> Result<T, LoadError> + Send + Sy
 
 /// A value loaded from a file, replaced whole when the file changes.
 pub struct Watched<T> {
-    path: PathBuf,
+    /// None for a value fed by [`Watched::set`] (the directory sync).
+    path: Option<PathBuf>,
     parse: Parser<T>,
     current: RwLock<(Arc<T>, [u8; 32])>,
 }
@@ -53,10 +54,30 @@ impl<T: Send + Sync + 'static> Watched<T> {
         let parse: Parser<T> = Box::new(parse);
         let (value, digest) = read_and_parse(path, &parse)?;
         Ok(Arc::new(Watched {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             parse,
             current: RwLock::new((Arc::new(value), digest)),
         }))
+    }
+
+    /// A value that no file backs: replaced only by [`Watched::set`], so
+    /// the request paths read file and directory policies alike.
+    pub fn fed(value: T) -> Arc<Self> {
+        Arc::new(Watched {
+            path: None,
+            parse: Box::new(|path, _| {
+                Err(LoadError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: "not backed by a file".into(),
+                })
+            }),
+            current: RwLock::new((Arc::new(value), [0; 32])),
+        })
+    }
+
+    /// Replaces the value in force.
+    pub fn set(&self, value: T) {
+        crate::locks::write(&self.current).0 = Arc::new(value);
     }
 
     /// The value in force now.
@@ -66,8 +87,11 @@ impl<T: Send + Sync + 'static> Watched<T> {
 
     /// Reloads if the content changed; returns whether it did.
     pub fn reload(&self) -> Result<bool, LoadError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| LoadError::Read {
-            path: self.path.clone(),
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.clone(),
             source,
         })?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
@@ -76,10 +100,10 @@ impl<T: Send + Sync + 'static> Watched<T> {
             return Ok(false);
         }
         let text = String::from_utf8(bytes).map_err(|_| LoadError::Invalid {
-            path: self.path.clone(),
+            path: path.clone(),
             reason: "not UTF-8".into(),
         })?;
-        let value = (self.parse)(&self.path, &text)?;
+        let value = (self.parse)(path, &text)?;
         let mut g = crate::locks::write(&self.current);
         *g = (Arc::new(value), digest);
         Ok(true)
@@ -101,7 +125,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
                 let w = Arc::clone(&me);
                 match tokio::task::spawn_blocking(move || w.reload()).await {
                     Ok(Ok(true)) => {
-                        tracing::info!(path = %me.path.display(), "reloaded");
+                        tracing::info!(path = ?me.path, "reloaded");
                         on_change(me.get());
                     }
                     Ok(Ok(false)) => {}

@@ -267,8 +267,16 @@ impl Controller {
             )),
         };
         let realm = cfg.realm.clone();
-        let policy = Watched::load(&cfg.policy_file, move |p, t| parse_policy(p, t, &realm))
-            .map_err(startup("policy"))?;
+        let directory_sync = cfg
+            .active_directory
+            .as_ref()
+            .and_then(|ad| Some((ad.client_config(cfg), ad.sync.clone()?)));
+        let policy = match &cfg.policy_file {
+            Some(path) => Watched::load(path, move |p, t| parse_policy(p, t, &realm))
+                .map_err(startup("policy"))?,
+            // Empty (everything refused) until the first sync lands.
+            None => Watched::fed(crate::policy::Policy::default()),
+        };
         let pod_krb5_conf = std::fs::read(cfg.pod_krb5_conf_path()).map_err(|e| {
             startup("pod krb5.conf")(format!("{}: {e}", cfg.pod_krb5_conf_path().display()))
         })?;
@@ -454,6 +462,9 @@ impl Controller {
             nodes_gone,
         ));
         background.push(crate::pods::retire::spawn(Arc::clone(&state), pods_gone));
+        if let Some((client, sync)) = directory_sync {
+            background.push(crate::ad::sync::spawn(Arc::clone(&state), client, sync));
+        }
         let tls = match &cfg.tls {
             None => {
                 tracing::warn!("no [tls]: node and admin APIs are served in clear text");

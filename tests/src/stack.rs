@@ -92,6 +92,9 @@ pub struct DirectoryRealm {
     pub krb5_conf: PathBuf,
     /// The `[active_directory]` table, header included.
     pub section: String,
+    /// The policy comes from the directory (`section` has
+    /// `[active_directory.sync]`): no `policy_file`.
+    pub syncs_policy: bool,
 }
 
 impl Default for StackOptions {
@@ -238,7 +241,7 @@ realm = "{realm_name}"
 krb5_config = "{krb5}"
 master_key_file = "{d}/master.key"
 store_path = "{d}/store.redb"
-policy_file = "{d}/policy.toml"
+{policy_file}
 audit_log = "{d}/audit.log"
 audit_key = "{d}/audit.key"
 reload_interval_secs = 1
@@ -267,6 +270,15 @@ max_unauthenticated_per_source = 4096
 
 {extra}
 "#,
+            policy_file = if opts
+                .active_directory
+                .as_ref()
+                .is_some_and(|ad| ad.syncs_policy)
+            {
+                String::new()
+            } else {
+                format!("policy_file = \"{}/policy.toml\"", d.display())
+            },
             directory = opts
                 .active_directory
                 .as_ref()

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use kcred_controller::keytab::Keytab;
 use kcred_controller::names::ServicePrincipal;
-use kcred_tests::{DirectoryRealm, Stack, StackOptions, TestPod, wait_until};
+use kcred_csi_driver::controller_client::{ControllerClient, ControllerError};
+use kcred_proto::kcred::v1::{PodRef, Reason};
+use kcred_tests::{DirectoryRealm, Kubelet, Stack, StackOptions, TestPod, wait_until};
 use kcred_testsamba::{DomainController, KCRED_BIND_DN, KCRED_OU, REALM, isolate_network};
 use zeroize::Zeroizing;
 
@@ -36,6 +38,7 @@ async fn ad_stack() -> (DomainController, Stack) {
             realm: REALM.to_string(),
             krb5_conf: dc.krb5_conf_path(),
             section,
+            syncs_policy: false,
         }),
         ..StackOptions::default()
     })
@@ -383,6 +386,163 @@ async fn an_account_shared_with_another_spn_or_outside_the_ou_is_refused_and_lef
         dc.key_version("db-outside").expect("kvno"),
         outside_before,
         "an account outside the delegated OU is never touched"
+    );
+    stack.shutdown().await.expect("shutdown");
+}
+
+/// A stack whose policy comes from the directory, synced every second.
+async fn ad_sync_stack(dc: &DomainController) -> Stack {
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+         [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 1\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    );
+    Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: true,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack")
+}
+
+/// Applies an LDIF change to the DC's database with `ldbmodify`.
+fn ldbmodify(dc: &DomainController, ldif: &str) {
+    let file = dc.dir().join("change.ldif");
+    std::fs::write(&file, ldif).expect("write ldif");
+    let out = dc
+        .command("ldbmodify")
+        .arg("-H")
+        .arg(dc.dir().join("private/sam.ldb"))
+        .arg(&file)
+        .output()
+        .expect("ldbmodify");
+    assert!(out.status.success(), "ldbmodify: {}", text(&out));
+}
+
+fn audit_text(stack: &Stack) -> String {
+    std::fs::read_to_string(stack.dir.path().join("audit.log")).unwrap_or_default()
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn role_accounts_synced_from_the_directory_are_served_and_a_removed_membership_stops_renewals()
+ {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    // The role account, with its unix ids, in the namespace group; the
+    // service account it manages holds the SPN.
+    dc.samba_tool(&[
+        "user",
+        "add",
+        "websvc",
+        "Throwaway-Initial-Pw1!",
+        "--userou=OU=kcred",
+        "--uid-number=1500",
+        "--gid-number=1500",
+    ])
+    .expect("role account");
+    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
+        .expect("namespace group");
+    dc.samba_tool(&["group", "addmembers", "kcred-ns-web", "websvc"])
+        .expect("membership");
+    dc.samba_tool(&[
+        "group",
+        "add",
+        "data",
+        "--groupou=OU=kcred",
+        "--gid-number=3000",
+        "--nis-domain=kcred",
+    ])
+    .expect("unix group");
+    dc.samba_tool(&["group", "addmembers", "data", "websvc"])
+        .expect("membership");
+    dc.add_service_account(SERVICE_ACCOUNT, &[SPN])
+        .expect("service account");
+    ldbmodify(
+        &dc,
+        &format!(
+            "dn: CN={SERVICE_ACCOUNT},{KCRED_OU}\nchangetype: modify\nreplace: manager\n\
+             manager: CN=websvc,{KCRED_OU}\n"
+        ),
+    );
+    let stack = ad_sync_stack(&dc).await;
+
+    let pod =
+        TestPod::with_keytabs("web", "web-0", "node-a", SPN).annotate("kcred.io/tickets", "websvc");
+    stack.add_pod(&pod);
+    // Nothing is granted until the first sync lands.
+    let mut served = None;
+    for _ in 0..150 {
+        match stack.kubelet.publish(&pod, VOL).await {
+            Ok(t) => {
+                served = Some(t);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let target = served.expect("the synced policy serves the pod");
+    assert_eq!(
+        kvnos(&target.join("krb5.keytab")),
+        vec![dc.key_version(SERVICE_ACCOUNT).expect("kvno")]
+    );
+    assert!(target.join("krb5cc").exists(), "the role account's ticket");
+    let audit = audit_text(&stack);
+    assert!(
+        audit.contains("directory sync: role account websvc added")
+            && audit.contains("supplemental_gids {3000}"),
+        "{audit}"
+    );
+
+    // Out of the namespace group: the next renewal after a sync is refused.
+    dc.samba_tool(&["group", "removemembers", "kcred-ns-web", "websvc"])
+        .expect("remove membership");
+    let client = ControllerClient::new(&stack.controller_endpoint(), "node-a").expect("client");
+    let pod_ref = PodRef {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        service_account: "default".into(),
+    };
+    let mut refusal = None;
+    for _ in 0..150 {
+        let renewal = client
+            .fetch_bundle(pod_ref.clone(), &Kubelet::volume_id(&pod, VOL), true)
+            .await;
+        match renewal {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refusal.unwrap_or_else(|| {
+        panic!(
+            "renewals stop once the sync sees the removal: {}",
+            audit_text(&stack)
+        )
+    });
+    assert!(
+        matches!(
+            &refused,
+            ControllerError::Refused { reason: Some(Reason::NoRoleAccount), status }
+                if status.message().contains("rule namespaces")
+        ),
+        "refused by the policy: {refused:?}"
+    );
+    let audit = audit_text(&stack);
+    assert!(
+        audit.contains("role account websvc changed: namespaces -[\\\"web\\\"]"),
+        "one record saying what changed: {audit}"
     );
     stack.shutdown().await.expect("shutdown");
 }

@@ -175,6 +175,76 @@ pub async fn set_password(
     run(cfg, cmd, "ldapmodify", ldif.as_bytes()).await.map(drop)
 }
 
+/// A directory entry: its DN and its attributes (names lower-cased).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Its distinguished name.
+    pub dn: String,
+    /// Attribute values by lower-case attribute name.
+    pub attrs: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Entry {
+    /// The first value of `attr` (lower-case name), if any.
+    pub fn first(&self, attr: &str) -> Option<&str> {
+        self.attrs
+            .get(attr)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    /// Every value of `attr` (lower-case name).
+    pub fn all(&self, attr: &str) -> &[String] {
+        self.attrs.get(attr).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Every entry under `base` matching `filter`, with `attrs`.
+pub async fn search(
+    cfg: &AdConfig,
+    base: &str,
+    filter: &str,
+    attrs: &[&str],
+) -> Result<Vec<Entry>, KadminError> {
+    let mut cmd = base_command(cfg, &cfg.ldapsearch);
+    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-b", base])
+        .arg(filter)
+        .args(attrs);
+    let out = run(cfg, cmd, "ldapsearch", b"").await?;
+    parse_ldif(&out)
+}
+
+/// Parses `ldapsearch -LLL -o ldif-wrap=no` output into entries, decoding
+/// base64 values and skipping referrals.
+pub fn parse_ldif(text: &str) -> Result<Vec<Entry>, KadminError> {
+    let mut entries = Vec::new();
+    for block in text.split("\n\n") {
+        let mut entry = Entry::default();
+        for line in block.lines().filter(|l| !l.starts_with('#')) {
+            let Some((attr, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = match value.strip_prefix(':') {
+                Some(b64) => String::from_utf8(B64.decode(b64.trim()).map_err(|_| {
+                    KadminError::Failed(format!("ldapsearch: bad base64 in {attr}"))
+                })?)
+                .map_err(|_| KadminError::Failed(format!("ldapsearch: {attr} is not UTF-8")))?,
+                None => value.trim_start().to_string(),
+            };
+            let attr = attr.to_ascii_lowercase();
+            if attr == "dn" {
+                entry.dn = value;
+            } else {
+                entry.attrs.entry(attr).or_default().push(value);
+            }
+        }
+        if !entry.dn.is_empty() {
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
+}
+
 /// Parses `ldapsearch -LLL -o ldif-wrap=no` output into accounts.
 fn parse_entries(text: &str) -> Result<Vec<Account>, KadminError> {
     let mut accounts = Vec::new();

@@ -31,6 +31,7 @@ mod derive;
 mod ldap;
 mod password;
 pub mod settings;
+pub mod sync;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -33,6 +33,42 @@ pub struct ActiveDirectorySection {
     /// MIT's `ktutil` binary.
     #[serde(default = "default_ktutil")]
     pub ktutil: PathBuf,
+    /// Present when role accounts come from the directory instead of the
+    /// policy file (see [`super::sync`]).
+    #[serde(default)]
+    pub sync: Option<SyncSection>,
+}
+
+/// The `[active_directory.sync]` table: where role accounts and the groups
+/// granting them entitlements live, and how often they are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// Subtree searched for role accounts (users with a `uidNumber`), the
+    /// service accounts they manage and the convention groups.
+    pub base_dn: String,
+    /// Seconds between reads; an entitlement removed in the directory stops
+    /// renewals within this.
+    #[serde(default = "default_sync_secs")]
+    pub interval_secs: u64,
+    /// A member of group `<prefix><namespace>` may be run as by pods in
+    /// that namespace.
+    #[serde(default = "default_namespace_prefix")]
+    pub namespace_group_prefix: String,
+    /// Members of group `<prefix><login>` may log in as role account
+    /// `login`.
+    #[serde(default = "default_act_as_prefix")]
+    pub act_as_group_prefix: String,
+}
+
+fn default_sync_secs() -> u64 {
+    60
+}
+fn default_namespace_prefix() -> String {
+    "kcred-ns-".into()
+}
+fn default_act_as_prefix() -> String {
+    "kcred-act-as-".into()
 }
 
 fn default_ldapsearch() -> PathBuf {
@@ -59,6 +95,23 @@ impl ActiveDirectorySection {
                 return Err(format!(
                     "active_directory.{field}: {value:?} must be a one-line DN"
                 ));
+            }
+        }
+        if let Some(sync) = &self.sync {
+            if sync.base_dn.is_empty() || sync.base_dn.contains(['\n', '\r', '\0']) {
+                return Err(format!(
+                    "active_directory.sync.base_dn: {:?} must be a one-line DN",
+                    sync.base_dn
+                ));
+            }
+            if sync.interval_secs == 0 {
+                return Err("active_directory.sync.interval_secs must be at least 1".into());
+            }
+            if sync.namespace_group_prefix.is_empty() || sync.act_as_group_prefix.is_empty() {
+                return Err(
+                    "active_directory.sync: namespace_group_prefix and act_as_group_prefix may not be empty"
+                        .into(),
+                );
             }
         }
         Ok(())

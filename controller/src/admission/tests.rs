@@ -30,6 +30,7 @@ fn policy() -> Policy {
         keys: BTreeSet::from(["orders-db".to_string()]),
         supplemental_gids: BTreeSet::from([3000]),
         service_accounts: BTreeSet::new(),
+        logged_into_by: BTreeSet::new(),
     }])
     .expect("valid policy")
 }

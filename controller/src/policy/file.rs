@@ -84,6 +84,7 @@ pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, Load
         roles.push(RoleAccount {
             supplemental_gids: e.supplemental_gids.into_iter().collect(),
             service_accounts,
+            logged_into_by: BTreeSet::new(),
             login: e.login,
             uid: e.uid,
             gid: e.gid,

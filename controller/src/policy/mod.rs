@@ -38,6 +38,9 @@ pub struct RoleAccount {
     pub supplemental_gids: BTreeSet<u32>,
     /// Service accounts whose pods may hold its credentials (empty: any).
     pub service_accounts: BTreeSet<String>,
+    /// People who may log in as this account (from the directory sync;
+    /// informational).
+    pub logged_into_by: BTreeSet<String>,
 }
 
 /// The whole policy, indexed by namespace.
@@ -209,6 +212,16 @@ impl Policy {
             });
         }
         Ok(role)
+    }
+
+    /// Every role account, by login.
+    pub fn roles(&self) -> impl Iterator<Item = &RoleAccount> {
+        self.roles.values()
+    }
+
+    /// The role account with this login.
+    pub fn role(&self, login: &str) -> Option<&RoleAccount> {
+        self.roles.get(login)
     }
 
     /// Number of role accounts (for status and logs).
