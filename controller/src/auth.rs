@@ -113,6 +113,15 @@ fn has_token<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(kcred_auth::METADATA_KEY)
 }
 
+/// Admin principals by role, as the directory sync reads them from groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminSets {
+    /// Operators' principals.
+    pub operators: BTreeSet<String>,
+    /// Auditors' principals.
+    pub auditors: BTreeSet<String>,
+}
+
 /// The controller's authentication policy.
 pub struct Auth {
     acceptor: Option<Acceptor>,
@@ -120,6 +129,8 @@ pub struct Auth {
     short: bool,
     operators: BTreeSet<String>,
     auditors: BTreeSet<String>,
+    /// Granted by directory groups, replaced on every sync.
+    directory: std::sync::RwLock<AdminSets>,
 }
 
 impl Auth {
@@ -147,7 +158,13 @@ impl Auth {
             short: cfg.short_node_names,
             operators: cfg.operators.iter().cloned().collect(),
             auditors: cfg.auditors.iter().cloned().collect(),
+            directory: Default::default(),
         })
+    }
+
+    /// Replaces the roles granted by directory groups; returns the previous.
+    pub fn set_directory_admins(&self, sets: AdminSets) -> AdminSets {
+        std::mem::replace(&mut *crate::locks::write(&self.directory), sets)
     }
 
     /// Checks that the caller is the node it claims to be. `proven` is the
@@ -237,16 +254,18 @@ impl Auth {
                 rejected("unauthenticated", Reason::Unauthenticated, status.message())
             })?,
         };
-        let role = if self.operators.contains(&caller.0) {
+        let directory = crate::locks::read(&self.directory);
+        let role = if self.operators.contains(&caller.0) || directory.operators.contains(&caller.0)
+        {
             AdminRole::Operator
-        } else if self.auditors.contains(&caller.0) {
+        } else if self.auditors.contains(&caller.0) || directory.auditors.contains(&caller.0) {
             AdminRole::Auditor
         } else {
             return Err(rejected(
                 caller.0.clone(),
                 Reason::NoAdminRole,
                 format!(
-                    "{} has no admin role (auth.operators / auth.auditors)",
+                    "{} has no admin role (auth.operators / auth.auditors, or the directory's admin groups)",
                     caller.0
                 ),
             ));

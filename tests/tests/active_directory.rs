@@ -546,3 +546,140 @@ async fn role_accounts_synced_from_the_directory_are_served_and_a_removed_member
     );
     stack.shutdown().await.expect("shutdown");
 }
+
+const CONTROLLER_SPN: &str = "kcred/controller.ad.kcred.test";
+
+/// A Kerberos token for the controller from `keytab`'s `principal`,
+/// minted by the auth probe against the DC.
+fn admin_token(dc: &DomainController, keytab: &Path, principal: &str) -> String {
+    let out = std::process::Command::new(kcred_tests::procs::binary("kcred-auth-probe"))
+        .env("KRB5_CONFIG", dc.krb5_conf_path())
+        .arg("token")
+        .arg(keytab)
+        .arg(principal)
+        .arg(format!("{CONTROLLER_SPN}@{REALM}"))
+        .output()
+        .expect("kcred-auth-probe");
+    assert!(out.status.success(), "token: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The admin API's Status as `principal`: its role, or the refusal.
+async fn admin_status(
+    stack: &Stack,
+    dc: &DomainController,
+    keytab: &Path,
+    principal: &str,
+) -> Result<String, tonic::Status> {
+    use kcred_proto::kcred::v1::StatusRequest;
+    use kcred_proto::kcred::v1::admin_client::AdminClient;
+    let channel = tonic::transport::Channel::from_shared(stack.controller_endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut req = tonic::Request::new(StatusRequest {});
+    req.metadata_mut().insert(
+        "authorization",
+        admin_token(dc, keytab, principal)
+            .parse()
+            .expect("metadata"),
+    );
+    AdminClient::new(channel)
+        .status(req)
+        .await
+        .map(|r| r.into_inner().role)
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn an_operator_gains_and_loses_the_role_through_directory_group_membership() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    dc.add_service_account("kcred-ctl", &[CONTROLLER_SPN])
+        .expect("controller account");
+    let ctl_keytab = dc.dir().join("controller.keytab");
+    dc.export_keytab(&format!("{CONTROLLER_SPN}@{REALM}"), &ctl_keytab)
+        .expect("controller keytab");
+    dc.samba_tool(&["user", "add", "alice", "Alice-Initial-Pw1!"])
+        .expect("a person");
+    let alice_keytab = dc.dir().join("alice.keytab");
+    let alice = format!("alice@{REALM}");
+    dc.export_keytab(&alice, &alice_keytab)
+        .expect("alice's keytab");
+    dc.samba_tool(&["group", "add", "kcred-operators", "--groupou=OU=kcred"])
+        .expect("operators group");
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+         [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 1\n\
+         operators_group = \"kcred-operators\"\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    );
+    let stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: true,
+        }),
+        auth_config: format!(
+            "[auth]\nmode = \"kerberos\"\nkeytab = \"{}\"\nreplay_cache = \"{}\"\n",
+            ctl_keytab.display(),
+            dc.dir().join("controller.rcache").display()
+        ),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+
+    let refused = admin_status(&stack, &dc, &alice_keytab, &alice)
+        .await
+        .expect_err("no role before the group grants one");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    dc.samba_tool(&["group", "addmembers", "kcred-operators", "alice"])
+        .expect("membership");
+    let mut role = None;
+    for _ in 0..150 {
+        if let Ok(r) = admin_status(&stack, &dc, &alice_keytab, &alice).await {
+            role = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        role.as_deref(),
+        Some("operator"),
+        "the group grants the role"
+    );
+
+    dc.samba_tool(&["group", "removemembers", "kcred-operators", "alice"])
+        .expect("remove membership");
+    let mut refusal = None;
+    for _ in 0..150 {
+        match admin_status(&stack, &dc, &alice_keytab, &alice).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(status) => {
+                refusal = Some(status);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("the role goes with the membership, without a restart");
+    assert_eq!(refusal.code(), tonic::Code::PermissionDenied, "{refusal:?}");
+    let audit = audit_text(&stack);
+    assert!(
+        audit.contains(&format!("directory sync: {alice} granted role operator"))
+            && audit.contains(&format!("directory sync: {alice} lost role operator")),
+        "{audit}"
+    );
+    stack.shutdown().await.expect("shutdown");
+}

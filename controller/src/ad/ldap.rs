@@ -56,7 +56,7 @@ impl Lookup<'_> {
 }
 
 /// RFC 4515 escaping of a filter value.
-fn escape_filter(value: &str) -> String {
+pub(super) fn escape_filter(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {

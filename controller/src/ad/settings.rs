@@ -59,6 +59,32 @@ pub struct SyncSection {
     /// `login`.
     #[serde(default = "default_act_as_prefix")]
     pub act_as_group_prefix: String,
+    /// Group (its `sAMAccountName`, under `base_dn`) whose members are
+    /// operators, as `<sAMAccountName>@<REALM>`.
+    #[serde(default)]
+    pub operators_group: Option<String>,
+    /// Group (under `base_dn`) whose members are auditors.
+    #[serde(default)]
+    pub auditors_group: Option<String>,
+    /// Subtree searched for the admin groups' members (default: the
+    /// domain, the `DC=` part of `base_dn`).
+    #[serde(default)]
+    pub people_base_dn: Option<String>,
+}
+
+impl SyncSection {
+    /// Where admin group members are looked up.
+    pub fn people_base(&self) -> String {
+        if let Some(b) = &self.people_base_dn {
+            return b.clone();
+        }
+        self.base_dn
+            .split(',')
+            .map(str::trim)
+            .filter(|rdn| rdn.len() > 3 && rdn[..3].eq_ignore_ascii_case("dc="))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 fn default_sync_secs() -> u64 {
@@ -106,6 +132,13 @@ impl ActiveDirectorySection {
             }
             if sync.interval_secs == 0 {
                 return Err("active_directory.sync.interval_secs must be at least 1".into());
+            }
+            if let Some(b) = &sync.people_base_dn
+                && (b.is_empty() || b.contains(['\n', '\r', '\0']))
+            {
+                return Err(format!(
+                    "active_directory.sync.people_base_dn: {b:?} must be a one-line DN"
+                ));
             }
             if sync.namespace_group_prefix.is_empty() || sync.act_as_group_prefix.is_empty() {
                 return Err(

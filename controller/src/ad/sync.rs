@@ -14,6 +14,11 @@
 //!   (user accounts) or `managedBy` (computer accounts) is its DN;
 //! - the members of group `<act_as_group_prefix><login>` may log in as it.
 //!
+//! With `operators_group` / `auditors_group`, the direct members of those
+//! groups (found under `base_dn`; members anywhere under `people_base_dn`)
+//! get the admin roles as `<sAMAccountName>@<REALM>`, replaced on each
+//! sync beside the static `[auth]` lists.
+//!
 //! A user whose attributes are unusable (no `gidNumber`, uid 0, a bad
 //! namespace) is left out and logged, never half-granted. A directory that
 //! cannot be read, or accounts that do not form a policy (a namespace
@@ -29,6 +34,7 @@ use kcred_audit::{Action, Actor, AuditEvent};
 use super::AdConfig;
 use super::ldap::{self, Entry};
 use super::settings::SyncSection;
+use crate::auth::AdminSets;
 use crate::kadmin::KadminError;
 use crate::names::{self, ServicePrincipal};
 use crate::policy::{Policy, PolicyError, RoleAccount};
@@ -67,12 +73,72 @@ pub struct Synced {
     pub policy: Policy,
     /// `DN: reason` of each user with a `uidNumber` that is not in it.
     pub skipped: Vec<String>,
+    /// Admin roles from the admin groups (None: no admin group configured).
+    pub admins: Option<AdminSets>,
 }
 
 /// Reads the directory once.
 pub async fn read(cfg: &AdConfig, sync: &SyncSection) -> Result<Synced, SyncError> {
     let entries = ldap::search(cfg, &sync.base_dn, FILTER, ATTRS).await?;
-    build(&entries, sync, &cfg.realm)
+    let mut synced = build(&entries, sync, &cfg.realm)?;
+    if sync.operators_group.is_some() || sync.auditors_group.is_some() {
+        synced.admins = Some(AdminSets {
+            operators: members(cfg, sync, &entries, sync.operators_group.as_deref()).await?,
+            auditors: members(cfg, sync, &entries, sync.auditors_group.as_deref()).await?,
+        });
+    }
+    Ok(synced)
+}
+
+/// The principals of a group's direct members; a configured group that is
+/// missing is an error (the last good roles stay), not "nobody".
+async fn members(
+    cfg: &AdConfig,
+    sync: &SyncSection,
+    entries: &[Entry],
+    group: Option<&str>,
+) -> Result<BTreeSet<String>, SyncError> {
+    let Some(group) = group else {
+        return Ok(BTreeSet::new());
+    };
+    let found = entries
+        .iter()
+        .find(|e| is(e, "group") && e.first("samaccountname") == Some(group))
+        .ok_or_else(|| {
+            KadminError::NoSuchPrincipal(format!(
+                "admin group {group:?} not found in {}",
+                sync.base_dn
+            ))
+        })?;
+    let filter = format!(
+        "(&(objectClass=user)(memberOf={}))",
+        ldap::escape_filter(&found.dn)
+    );
+    let people = ldap::search(cfg, &sync.people_base(), &filter, &["sAMAccountName"]).await?;
+    Ok(people
+        .iter()
+        .filter_map(|p| p.first("samaccountname"))
+        .map(|sam| format!("{sam}@{}", cfg.realm))
+        .collect())
+}
+
+/// What changed between two admin sets: `(principal, description)`.
+pub fn admin_changes(old: &AdminSets, new: &AdminSets) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (role, a, b) in [
+        ("operator", &old.operators, &new.operators),
+        ("auditor", &old.auditors, &new.auditors),
+    ] {
+        out.extend(
+            b.difference(a)
+                .map(|p| (p.clone(), format!("granted role {role}"))),
+        );
+        out.extend(
+            a.difference(b)
+                .map(|p| (p.clone(), format!("lost role {role}"))),
+        );
+    }
+    out
 }
 
 fn is(entry: &Entry, class: &str) -> bool {
@@ -111,6 +177,7 @@ pub fn build(entries: &[Entry], sync: &SyncSection, realm: &str) -> Result<Synce
     Ok(Synced {
         policy: Policy::new(roles)?,
         skipped,
+        admins: None,
     })
 }
 
@@ -312,26 +379,35 @@ async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) {
     for why in &synced.skipped {
         tracing::warn!(account = %why, "directory user left out of the policy");
     }
+    let mut events: Vec<AuditEvent> = Vec::new();
+    if let Some(admins) = synced.admins {
+        let before = state.auth.set_directory_admins(admins.clone());
+        events.extend(
+            admin_changes(&before, &admins)
+                .into_iter()
+                .map(|(who, what)| {
+                    AuditEvent::new(Actor::Controller, Action::Admin)
+                        .with_subject(format!("admin/{who}"))
+                        .with_reason(format!("directory sync: {who} {what}"))
+                }),
+        );
+    }
     let current = state.policy.get();
     let changed = changes(&current, &synced.policy);
-    if changed.is_empty() {
-        return;
+    if !changed.is_empty() {
+        let roles = synced.policy.len();
+        state.policy.set(synced.policy);
+        tracing::info!(
+            changes = changed.len(),
+            role_accounts = roles,
+            "policy synced from the directory"
+        );
     }
-    let roles = synced.policy.len();
-    state.policy.set(synced.policy);
-    tracing::info!(
-        changes = changed.len(),
-        role_accounts = roles,
-        "policy synced from the directory"
-    );
-    let events = changed
-        .into_iter()
-        .map(|(login, what)| {
-            AuditEvent::new(Actor::Controller, Action::Admin)
-                .with_subject(format!("policy/{login}"))
-                .with_reason(format!("directory sync: role account {login} {what}"))
-        })
-        .collect();
+    events.extend(changed.into_iter().map(|(login, what)| {
+        AuditEvent::new(Actor::Controller, Action::Admin)
+            .with_subject(format!("policy/{login}"))
+            .with_reason(format!("directory sync: role account {login} {what}"))
+    }));
     if let Err(e) = state.record(events).await {
         tracing::error!(error = %e, "cannot audit a directory policy change");
     }
@@ -349,7 +425,28 @@ mod tests {
             interval_secs: 1,
             namespace_group_prefix: "kcred-ns-".into(),
             act_as_group_prefix: "kcred-act-as-".into(),
+            operators_group: None,
+            auditors_group: None,
+            people_base_dn: None,
         }
+    }
+
+    #[test]
+    fn admin_members_default_to_the_domain_and_changes_name_the_person() {
+        assert_eq!(sync().people_base(), "DC=x");
+        let before = AdminSets::default();
+        let after = AdminSets {
+            operators: BTreeSet::from(["alice@KCRED.TEST".to_string()]),
+            auditors: BTreeSet::new(),
+        };
+        assert_eq!(
+            admin_changes(&before, &after),
+            vec![(
+                "alice@KCRED.TEST".to_string(),
+                "granted role operator".to_string()
+            )]
+        );
+        assert_eq!(admin_changes(&after, &before)[0].1, "lost role operator");
     }
 
     fn entry(dn: &str, attrs: &[(&str, &str)]) -> Entry {

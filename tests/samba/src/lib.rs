@@ -329,6 +329,18 @@ impl DomainController {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Writes `principal`'s current keys to `keytab` (`samba-tool domain
+    /// exportkeytab`, which reads the database through `smb.conf`).
+    pub fn export_keytab(&self, principal: &str, keytab: &Path) -> Result<(), SambaError> {
+        let mut cmd = self.command("samba-tool");
+        cmd.args(["domain", "exportkeytab"])
+            .arg(keytab)
+            .arg(format!("--principal={principal}"))
+            .arg("-s")
+            .arg(self.smb_conf_path());
+        run(cmd, &format!("samba-tool domain exportkeytab {principal}")).map(drop)
+    }
+
     /// Creates a user account in [`KCRED_OU`] with a throwaway password
     /// (kcred replaces it) and the given service principal names.
     pub fn add_service_account(&self, account: &str, spns: &[&str]) -> Result<(), SambaError> {
