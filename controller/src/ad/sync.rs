@@ -228,6 +228,8 @@ fn role_of(
             namespaces.insert(ns.to_string());
         }
     }
+    // Stable whatever order the DC returns groups in: no spurious changes.
+    group_names.sort();
     let mut service_principals = BTreeSet::new();
     let managed = |e: &&Entry| {
         ["manager", "managedby"]
