@@ -8,7 +8,9 @@ use clap::Parser;
 use std::time::Duration;
 
 use backon::Retryable;
-use kcred_csi_driver::config::{DEFAULT_DRIVER_NAME, validate_driver_name};
+use kcred_csi_driver::config::{
+    ControllerSettings, DEFAULT_DRIVER_NAME, check_controller_settings, validate_driver_name,
+};
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
 use kcred_csi_driver::metrics::Metrics;
@@ -96,6 +98,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kcred_runtime::logging::init(&cli.log);
     validate_driver_name(&cli.driver_name)?;
+    // Settings that can never work end the driver now, naming the flag;
+    // only what the network may fix is retried.
+    check_controller_settings(&ControllerSettings {
+        endpoint: &cli.controller,
+        ca_file: cli.ca_file.as_deref(),
+        client_cert: cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
+        keytab: cli.keytab.as_deref(),
+    })?;
     let cfg = DriverConfig {
         driver_name: cli.driver_name,
         node_id: cli.node_id,
