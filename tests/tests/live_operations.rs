@@ -19,6 +19,14 @@ fn policy_granting_shop() -> String {
         .replace("namespaces = [\"web\"]", "namespaces = [\"web\", \"shop\"]")
 }
 
+/// A pod in namespace `shop` asking for the `web` role account's keytab,
+/// running as that role account.
+fn shop_pod(name: &str) -> TestPod {
+    let mut pod = TestPod::with_keytabs("shop", name, NODE_A, "HTTP/web.example.com");
+    pod.run_as = Some((1500, 1500));
+    pod
+}
+
 /// Log lines containing every one of `words`.
 fn lines_with(log: &str, words: &[&str]) -> usize {
     log.lines()
@@ -47,7 +55,7 @@ async fn sighup_reloads_policy_and_pods_at_once_and_a_bad_policy_is_reported_onc
     };
     let log = |stack: &ProcStack| stack.controller.as_ref().expect("controller").log_text();
 
-    let pod = TestPod::with_keytabs("shop", "shop-0", NODE_A, "HTTP/web.example.com");
+    let pod = shop_pod("shop-0");
     stack.set_pods(&[&pod]).await.expect("pods");
     hup(&stack);
     wait_until("pods reloaded", 20, || {
@@ -90,7 +98,7 @@ async fn sighup_reloads_policy_and_pods_at_once_and_a_bad_policy_is_reported_onc
     }
     // Time for those reloads to run (they log nothing new).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let other = TestPod::with_keytabs("shop", "shop-1", NODE_A, "HTTP/web.example.com");
+    let other = shop_pod("shop-1");
     stack.set_pods(&[&pod, &other]).await.expect("pods");
     hup(&stack);
     wait_until("pods reloaded again", 20, || {
