@@ -46,7 +46,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
+    /// Starts `cmd` with its stdout and stderr appended to `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
