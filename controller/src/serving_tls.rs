@@ -47,6 +47,9 @@ struct Served {
     key: Arc<CertifiedKey>,
     not_before: i64,
     not_after: i64,
+    /// When it was put in force: renewal counts from here, not from
+    /// `not_before`, which is backdated for clock skew.
+    loaded_at: i64,
 }
 
 impl std::fmt::Debug for ServingCert {
@@ -82,6 +85,19 @@ impl ServingCert {
         let s = crate::locks::read(&self.current);
         (s.not_before, s.not_after)
     }
+
+    /// When the certificate in force is due for renewal: after
+    /// `refresh_fraction` of the life it had left when it was put in force.
+    fn renewal_due(&self, refresh_fraction: f64) -> i64 {
+        let s = crate::locks::read(&self.current);
+        renewal_due(s.loaded_at, s.not_after, refresh_fraction)
+    }
+
+    #[cfg(test)]
+    fn leaf(&self) -> Vec<u8> {
+        let s = crate::locks::read(&self.current);
+        s.key.cert.first().map(|c| c.to_vec()).unwrap_or_default()
+    }
 }
 
 impl ResolvesServerCert for ServingCert {
@@ -115,6 +131,7 @@ fn load(provider: &CryptoProvider, (cert_pem, key_pem): &PemPair) -> Result<Serv
         key: Arc::new(key),
         not_before,
         not_after,
+        loaded_at: unix_now(),
     })
 }
 
@@ -214,18 +231,21 @@ pub fn spawn_renewal(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let (not_before, not_after) = cert.validity();
+            let (_, not_after) = cert.validity();
             expiry.set(not_after);
-            let due = renewal_due(not_before, not_after, refresh_fraction);
+            let due = cert.renewal_due(refresh_fraction);
             let wait = u64::try_from(due.saturating_sub(unix_now())).unwrap_or(0);
-            // Woken at least hourly: a suspended host's clock jumps.
-            tokio::time::sleep(Duration::from_secs(wait.min(3600))).await;
+            // Woken at least hourly: a suspended host's clock jumps. At
+            // least a second apart: a certificate clamped to the CA's end
+            // is due at once, every time.
+            tokio::time::sleep(Duration::from_secs(wait.clamp(1, 3600))).await;
             if unix_now() < due {
                 continue;
             }
             match issue().and_then(|pair| cert.replace(&pair)) {
                 Ok(()) => {
                     let (_, not_after) = cert.validity();
+                    expiry.set(not_after);
                     tracing::info!(not_after, "serving certificate renewed");
                 }
                 Err(e) => {
@@ -239,13 +259,14 @@ pub fn spawn_renewal(
     })
 }
 
-/// When a certificate valid from `not_before` to `not_after` is renewed.
-fn renewal_due(not_before: i64, not_after: i64, refresh_fraction: f64) -> i64 {
-    let life = not_after.saturating_sub(not_before).max(0);
+/// When a certificate put in force at `from` and valid until `not_after`
+/// is renewed.
+fn renewal_due(from: i64, not_after: i64, refresh_fraction: f64) -> i64 {
+    let life = not_after.saturating_sub(from).max(0);
     // Whole seconds are precise enough for lifetimes of a minute and more.
     #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
     let into = (life as f64 * refresh_fraction) as i64;
-    not_before.saturating_add(into)
+    from.saturating_add(into)
 }
 
 fn unix_now() -> i64 {
@@ -257,6 +278,36 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::issuers::ca::CertificateAuthority;
+
+    #[tokio::test]
+    async fn a_due_certificate_is_replaced_in_place_and_its_expiry_exported() {
+        let ca = CertificateAuthority::generate("test CA", Duration::from_secs(86_400)).unwrap();
+        let issue = move || {
+            ca.issue(&["controller.test".to_string()], Duration::from_secs(60))
+                .map(|c| (c.cert_pem, c.key_pem))
+                .map_err(|e| e.to_string())
+        };
+        let cert = ServingCert::new(&issue().unwrap()).unwrap();
+        let first = cert.leaf();
+        let expiry = IntGauge::new("expiry", "expiry").unwrap();
+        // Due 3 s after it was put in force (5% of 60 s).
+        let task = spawn_renewal(Arc::clone(&cert), 0.05, expiry.clone(), issue);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while cert.leaf() == first {
+            assert!(std::time::Instant::now() < deadline, "never renewed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        task.abort();
+        let (not_before, not_after) = cert.validity();
+        assert!(not_after - not_before >= 60, "{not_before}..{not_after}");
+        assert_eq!(
+            expiry.get(),
+            not_after,
+            "the gauge follows the new certificate"
+        );
+    }
 
     #[test]
     fn renewal_is_due_after_the_refresh_fraction_of_the_validity() {

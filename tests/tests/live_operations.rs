@@ -188,8 +188,7 @@ async fn the_serving_certificate_renews_itself_while_a_node_keeps_working() {
     let (first, _, verified) = served_certificate(&stack, &ca);
     assert!(verified && !first.is_empty(), "{first}");
 
-    // 60 s certificates are renewed after 2/3 of their validity (which
-    // starts a minute early for clock skew): within about 20 s.
+    // 60 s certificates are renewed after 2/3 of their life: after 40 s.
     wait_until("a renewed serving certificate", 90, || {
         let (serial, _, verified) = served_certificate(&stack, &ca);
         verified && !serial.is_empty() && serial != first
