@@ -197,31 +197,31 @@ fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditL
     Ok(audit)
 }
 
-/// TLS for the node and admin APIs: the operator's certificate, or one
-/// from the controller's CA, renewed before it expires (the task).
+/// TLS for the node and admin APIs: the operator's certificate, read again
+/// on `SIGHUP`, or one from the controller's CA, renewed before it expires
+/// (the task).
 fn serving_tls(
     cfg: &Config,
     t: &TlsSection,
     state: &Arc<ControllerState>,
-) -> Result<(ServingTls, Option<JoinHandle<()>>), ServeError> {
+    reload: &ReloadTrigger,
+) -> Result<(ServingTls, JoinHandle<()>), ServeError> {
     let issue = {
         let (state, names) = (Arc::clone(state), t.names.clone());
         let lifetime = Duration::from_secs(t.serving_cert_lifetime_secs);
         move || state.certs.serving_cert(&names, lifetime)
     };
-    let operator_pair = match (&t.cert_file, &t.key_file) {
-        (Some(c), Some(k)) => {
+    let operator_files = t.cert_file.clone().zip(t.key_file.clone());
+    let read_files = operator_files.map(|(c, k)| {
+        move || -> Result<serving_tls::PemPair, String> {
             let read = |p: &std::path::Path| {
-                std::fs::read_to_string(p)
-                    .map_err(|e| startup("tls")(format!("{}: {e}", p.display())))
+                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
             };
-            Some((read(c)?, Zeroizing::new(read(k)?)))
+            Ok((read(&c)?, Zeroizing::new(read(&k)?)))
         }
-        _ => None,
-    };
-    let renews = operator_pair.is_none();
-    let pair = match operator_pair {
-        Some(pair) => pair,
+    });
+    let pair = match &read_files {
+        Some(read) => read().map_err(startup("tls"))?,
         None => issue().map_err(startup("tls"))?,
     };
     let cert = ServingCert::new(&pair).map_err(startup("tls"))?;
@@ -252,9 +252,11 @@ fn serving_tls(
     .map_err(startup("tls"))?;
     let expiry = state.metrics.serving_cert_expiry.clone();
     expiry.set(cert.validity().1);
-    let renewal =
-        renews.then(|| serving_tls::spawn_renewal(cert, cfg.refresh_fraction, expiry, issue));
-    Ok((tls, renewal))
+    let task = match read_files {
+        Some(read) => serving_tls::spawn_reload_on_signal(cert, reload.subscribe(), expiry, read),
+        None => serving_tls::spawn_renewal(cert, cfg.refresh_fraction, expiry, issue),
+    };
+    Ok((tls, task))
 }
 
 /// A controller ready to serve.
@@ -489,8 +491,8 @@ impl Controller {
                 None
             }
             Some(t) => {
-                let (tls, renewal) = serving_tls(cfg, t, &state)?;
-                background.extend(renewal);
+                let (tls, task) = serving_tls(cfg, t, &state, &reload)?;
+                background.push(task);
                 Some(tls)
             }
         };

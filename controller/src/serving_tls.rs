@@ -259,6 +259,33 @@ pub fn spawn_renewal(
     })
 }
 
+/// Reads an operator's certificate files again whenever `fired` fires
+/// (`SIGHUP`): a certificate renewed outside kcred is served without a
+/// restart. Files that do not load are logged and the certificate in
+/// force stays.
+pub fn spawn_reload_on_signal(
+    cert: Arc<ServingCert>,
+    mut fired: tokio::sync::watch::Receiver<()>,
+    expiry: IntGauge,
+    read: impl Fn() -> Result<PemPair, String> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while fired.changed().await.is_ok() {
+            match read().and_then(|pair| cert.replace(&pair)) {
+                Ok(()) => {
+                    let (_, not_after) = cert.validity();
+                    expiry.set(not_after);
+                    tracing::info!(not_after, "serving certificate reloaded from its files");
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "serving certificate files not reloaded; keeping the certificate in force"
+                ),
+            }
+        }
+    })
+}
+
 /// When a certificate put in force at `from` and valid until `not_after`
 /// is renewed.
 fn renewal_due(from: i64, not_after: i64, refresh_fraction: f64) -> i64 {

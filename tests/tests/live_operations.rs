@@ -1,10 +1,11 @@
 //! Operating a running controller: `SIGHUP` reloads its files at once (a
 //! bad file is reported once, and its repair too); its serving certificate
-//! renews itself without a restart; its CA is rotated with an overlapping
+//! renews itself without a restart (an operator's is read again on
+//! `SIGHUP`); its CA is rotated with an overlapping
 //! trust bundle while nodes and kcredctl keep working. Real processes:
 //! controller, node driver, kcredctl, MIT realm, openssl.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -209,7 +210,7 @@ async fn the_serving_certificate_renews_itself_while_a_node_keeps_working() {
 }
 
 /// A CA made with openssl, as an operator would: certificate and PKCS#8 key.
-fn openssl_ca(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+fn openssl_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (crt, key) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
@@ -326,4 +327,129 @@ async fn a_ca_rotation_with_an_overlapping_bundle_keeps_nodes_and_kcredctl_worki
         .publish(&pods[2], VOL)
         .await
         .expect("publish");
+}
+
+/// A serving certificate for the controller's name, signed by an openssl CA.
+fn openssl_leaf(dir: &Path, ca: &(PathBuf, PathBuf), name: &str) -> (PathBuf, PathBuf) {
+    let (crt, key, csr, ext) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.ext")),
+    );
+    std::fs::write(
+        &ext,
+        format!("subjectAltName=DNS:{CONTROLLER_HOST}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .expect("ext");
+    let req = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", &format!("/CN={CONTROLLER_HOST}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .expect("openssl req");
+    assert!(req.status.success(), "{req:?}");
+    let sign = Command::new("openssl")
+        .args(["x509", "-req", "-days", "30", "-CAcreateserial", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca.0)
+        .arg("-CAkey")
+        .arg(&ca.1)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl x509");
+    assert!(sign.status.success(), "{sign:?}");
+    (crt, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn an_operators_serving_certificate_is_read_again_on_sighup() {
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca = openssl_ca(ca_dir.path(), "operator-ca");
+    let serving = (ca_dir.path().join("tls.crt"), ca_dir.path().join("tls.key"));
+    let first = openssl_leaf(ca_dir.path(), &ca, "leaf-1");
+    std::fs::copy(&first.0, &serving.0).expect("cert");
+    std::fs::copy(&first.1, &serving.1).expect("key");
+    let mut stack = ProcStack::start_with(
+        &format!(
+            "[certs]\nca_cert_file = \"{}\"\nca_key_file = \"{}\"\n",
+            ca.0.display(),
+            ca.1.display()
+        ),
+        "",
+        &format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"",
+            serving.0.display(),
+            serving.1.display()
+        ),
+    )
+    .await
+    .expect("stack");
+    let bundle = stack.path().join("ca.crt");
+    let pods: Vec<TestPod> = (0..2)
+        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
+        .collect();
+    stack
+        .set_pods(&pods.iter().collect::<Vec<_>>())
+        .await
+        .expect("pods");
+    stack
+        .kubelet()
+        .publish(&pods[0], VOL)
+        .await
+        .expect("publish");
+    let (serial_1, _, verified) = served_certificate(&stack, &bundle);
+    assert!(verified && !serial_1.is_empty());
+    let log = |stack: &ProcStack| stack.controller.as_ref().expect("controller").log_text();
+    let hup = |stack: &ProcStack| {
+        stack
+            .controller
+            .as_ref()
+            .expect("controller")
+            .signal(nix::sys::signal::Signal::SIGHUP)
+    };
+
+    // The operator renews the certificate outside kcred, then SIGHUP.
+    let second = openssl_leaf(ca_dir.path(), &ca, "leaf-2");
+    std::fs::copy(&second.0, &serving.0).expect("cert");
+    std::fs::copy(&second.1, &serving.1).expect("key");
+    hup(&stack);
+    wait_until("certificate reloaded", 20, || {
+        log(&stack).contains("serving certificate reloaded from its files")
+    })
+    .await;
+    let (serial_2, _, verified) = served_certificate(&stack, &bundle);
+    assert!(verified && serial_2 != serial_1, "{serial_1} {serial_2}");
+
+    // A half-written key is refused; the certificate in force stays.
+    std::fs::write(&serving.1, "-----BEGIN PRIVATE KEY-----\n").expect("key");
+    hup(&stack);
+    wait_until("bad files reported", 20, || {
+        log(&stack).contains("serving certificate files not reloaded")
+    })
+    .await;
+    let (serial_3, _, verified) = served_certificate(&stack, &bundle);
+    assert!(verified && serial_3 == serial_2, "{serial_2} {serial_3}");
+    stack
+        .kubelet()
+        .publish(&pods[1], VOL)
+        .await
+        .expect("publish");
+    let status = stack.kcredctl(OPERATOR, &["status"]);
+    assert!(status.status.success(), "{status:?}");
 }
