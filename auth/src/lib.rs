@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod acceptor;
+pub mod bearer;
 pub mod grpc;
 mod initiator;
 mod metadata;
@@ -36,6 +37,7 @@ mod metadata;
 mod store;
 
 pub use acceptor::Acceptor;
+pub use bearer::BearerToken;
 pub use initiator::Initiator;
 pub use metadata::{
     METADATA_KEY, from_metadata_value, node_name_from_principal, to_metadata_value,

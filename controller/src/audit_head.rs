@@ -110,15 +110,39 @@ pub struct LostHead {
     pub reason: String,
 }
 
+/// Which record a stored head was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRecord {
+    /// The chain's own record.
+    Chain,
+    /// The record kept before heads were per chain.
+    Legacy,
+}
+
 /// The head the store remembers for the chain signed by `key_id`, if any
 /// (a head kept before heads were per chain counts as this chain's).
 pub fn stored_head(store: &Store, key_id: &str) -> Result<Option<AuditHead>, StoreError> {
+    Ok(find_stored_head(store, key_id)?.map(|(h, _)| h))
+}
+
+/// [`stored_head`], and which record held it.
+pub fn find_stored_head(
+    store: &Store,
+    key_id: &str,
+) -> Result<Option<(AuditHead, HeadRecord)>, StoreError> {
     if let Some(r) = store.get::<AuditHead>(Table::Authority, &head_record(key_id))? {
-        return Ok(Some(r.meta));
+        return Ok(Some((r.meta, HeadRecord::Chain)));
     }
     Ok(store
         .get::<AuditHead>(Table::Authority, LEGACY_HEAD_RECORD)?
-        .map(|r| r.meta))
+        .map(|r| (r.meta, HeadRecord::Legacy)))
+}
+
+/// Moves a legacy head (checked to be this chain's) to the chain's own
+/// record.
+pub fn adopt_legacy(store: &Store, key_id: &str, head: &AuditHead) -> Result<(), StoreError> {
+    store.put(Table::Authority, &head_record(key_id), head, b"")?;
+    store.delete(Table::Authority, LEGACY_HEAD_RECORD)
 }
 
 /// Before the log is opened: a stored head with no log file is a loss.

@@ -192,10 +192,47 @@ pub struct KubernetesSection {
     /// node names apart and a deleted node counts as lost.
     #[serde(default = "default_true")]
     pub watch_nodes: bool,
+    /// Refuse fetches without the pod's own bound service-account token
+    /// (reviewed with a TokenReview; needs `create` on tokenreviews).
+    #[serde(default)]
+    pub require_pod_token: bool,
+    /// The audience of pods' tokens (the CSIDriver's tokenRequests).
+    #[serde(default = "default_audience")]
+    pub token_audience: String,
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn default_audience() -> String {
+    "kcred".into()
+}
+
+/// The `[auth.psat]` table: node drivers may prove their node with their
+/// own DaemonSet pod's bound service-account token (like SPIRE's
+/// `k8s_psat`): the API server vouches for the token, the pod must run in
+/// this namespace as this service account, and its `spec.nodeName` is the
+/// node. Needs `[kubernetes]` (tokenreviews create, pods get).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PsatSection {
+    /// The driver DaemonSet's namespace.
+    pub namespace: String,
+    /// The driver DaemonSet's service account.
+    pub service_account: String,
+    /// The audience of the driver's projected token.
+    pub audience: String,
+}
+
+impl Default for PsatSection {
+    fn default() -> Self {
+        PsatSection {
+            namespace: "kcred".into(),
+            service_account: "kcred-csi-driver".into(),
+            audience: default_audience(),
+        }
+    }
 }
 
 /// The `[limits]` table: what one client, or everyone together, may hold
@@ -282,6 +319,8 @@ pub struct AuthSection {
     pub operators: Vec<String>,
     /// Principals that may only read (status, list, audit).
     pub auditors: Vec<String>,
+    /// Nodes may also authenticate with their driver pod's token.
+    pub psat: Option<PsatSection>,
 }
 
 impl Default for AuthSection {
@@ -293,6 +332,7 @@ impl Default for AuthSection {
             short_node_names: false,
             operators: vec![],
             auditors: vec![],
+            psat: None,
         }
     }
 }
@@ -494,6 +534,24 @@ impl Config {
             }
             (Some(_), None) => {}
         }
+        if let Some(k) = &self.kubernetes
+            && k.token_audience.is_empty()
+        {
+            return Err("kubernetes.token_audience must not be empty".into());
+        }
+        if let Some(p) = &self.auth.psat {
+            if self.kubernetes.is_none() {
+                return Err(
+                    "auth.psat needs a [kubernetes] table: tokens are reviewed by the API server"
+                        .into(),
+                );
+            }
+            if p.namespace.is_empty() || p.service_account.is_empty() || p.audience.is_empty() {
+                return Err(
+                    "auth.psat: namespace, service_account and audience must not be empty".into(),
+                );
+            }
+        }
         let l = &self.limits;
         if l.max_connections == 0
             || l.max_unauthenticated_per_source == 0
@@ -595,6 +653,46 @@ audit_key = "/ak"
         assert_eq!(k.context.as_deref(), Some("prod"));
         assert!(k.watch_nodes, "nodes are watched by default");
         assert!(load("", "[kubernetes]\nin_cluster = true\n").is_ok());
+    }
+
+    #[test]
+    fn pod_tokens_are_optional_and_their_audience_defaults_to_kcred() {
+        let k = load("", "[kubernetes]\nin_cluster = true\n")
+            .unwrap()
+            .kubernetes
+            .unwrap();
+        assert!(!k.require_pod_token);
+        assert_eq!(k.token_audience, "kcred");
+        let k = load(
+            "",
+            "[kubernetes]\nin_cluster = true\nrequire_pod_token = true\ntoken_audience = \"kcred.example.com\"\n",
+        )
+        .unwrap()
+        .kubernetes
+        .unwrap();
+        assert!(k.require_pod_token);
+        assert_eq!(k.token_audience, "kcred.example.com");
+    }
+
+    #[test]
+    fn psat_defaults_to_the_charts_daemonset_and_needs_the_kubernetes_api() {
+        let cfg = load("", "[kubernetes]\nin_cluster = true\n[auth.psat]\n").unwrap();
+        let p = cfg.auth.psat.unwrap();
+        assert_eq!(
+            (
+                p.namespace.as_str(),
+                p.service_account.as_str(),
+                p.audience.as_str()
+            ),
+            ("kcred", "kcred-csi-driver", "kcred")
+        );
+        let err = load("pods_file = \"/pods\"", "[auth.psat]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.psat needs a [kubernetes] table"),
+            "{err}"
+        );
     }
 
     #[test]

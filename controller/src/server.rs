@@ -115,7 +115,11 @@ fn accept_limits(l: &LimitsSection) -> AcceptLimits {
 /// (or the operator acknowledged the loss: recorded, and the lost head kept).
 fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditLog, ServeError> {
     let key_id = signer.key_id().to_string();
-    let stored = audit_head::stored_head(store, &key_id).map_err(startup("audit head"))?;
+    let found = audit_head::find_stored_head(store, &key_id).map_err(startup("audit head"))?;
+    let (stored, legacy) = match found {
+        Some((h, record)) => (Some(h), record == audit_head::HeadRecord::Legacy),
+        None => (None, false),
+    };
     let ack = cfg.acknowledge_audit_loss.as_deref();
     let missing = audit_head::check_present(&cfg.audit_log, stored.as_ref()).err();
     if let (Some(loss), None) = (&missing, ack) {
@@ -140,19 +144,8 @@ fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditL
         }
         // A head kept before heads were per chain is this chain's (checked
         // above): it moves to the chain's own record.
-        let legacy = store
-            .get::<kcred_audit::AuditHead>(Table::Authority, audit_head::LEGACY_HEAD_RECORD)
-            .map_err(startup("audit head"))?;
-        if let Some(h) = legacy {
-            store
-                .put(
-                    Table::Authority,
-                    &audit_head::head_record(&key_id),
-                    &h.meta,
-                    b"",
-                )
-                .and_then(|()| store.delete(Table::Authority, audit_head::LEGACY_HEAD_RECORD))
-                .map_err(startup("audit head"))?;
+        if let (true, Some(h)) = (legacy, &stored) {
+            audit_head::adopt_legacy(store, &key_id, h).map_err(startup("audit head"))?;
         }
         return Ok(audit);
     };
@@ -259,6 +252,36 @@ fn serving_tls(
     Ok((tls, task))
 }
 
+/// Who the Kubernetes API vouches for: pods' own tokens (when required)
+/// and node drivers' pod tokens (`[auth.psat]`).
+fn kube_identities(
+    cfg: &Config,
+) -> Result<
+    (
+        Option<crate::kubernetes::pod_tokens::PodTokens>,
+        Option<crate::kubernetes::psat::Psat>,
+    ),
+    ServeError,
+> {
+    let Some(k) = &cfg.kubernetes else {
+        return Ok((None, None));
+    };
+    let source = KubeSource::new(k).map_err(|e| startup("kubernetes")(e.to_string()))?;
+    let reviewer = crate::kubernetes::token_review::TokenReviewer::new(source);
+    let pod_tokens = k.require_pod_token.then(|| {
+        crate::kubernetes::pod_tokens::PodTokens::new(
+            Arc::clone(&reviewer),
+            k.token_audience.clone(),
+        )
+    });
+    let psat = cfg
+        .auth
+        .psat
+        .clone()
+        .map(|p| crate::kubernetes::psat::Psat::new(reviewer, p));
+    Ok((pod_tokens, psat))
+}
+
 /// A controller ready to serve.
 pub struct Controller {
     tls: Option<ServingTls>,
@@ -357,8 +380,12 @@ impl Controller {
         }
         let keys = KeyIssuer::new(Arc::clone(&store), Arc::clone(&metrics));
 
+        let (pod_tokens, psat) = kube_identities(cfg)?;
         let pods = Arc::new(PodIndex::default());
         let known_nodes = Arc::new(KnownNodes::default());
+        // Subscribed before any source feeds them: no departure is missed.
+        let pods_gone = pods.subscribe_gone();
+        let nodes_gone = known_nodes.subscribe_gone();
         let reload = ReloadTrigger::default();
         let mut background = vec![policy.spawn_poller(
             cfg.reload_interval(),
@@ -442,6 +469,8 @@ impl Controller {
             leases: Leases::new(Duration::from_secs(cfg.leases.ttl_secs)),
             updates: Updates::default(),
             auth,
+            pod_tokens,
+            psat,
             gate,
             kadmin,
             closing: tokio::sync::watch::channel(false).0,
@@ -483,8 +512,13 @@ impl Controller {
                 }
             }
         }));
-        // Leases lapse on their own.
+        // Leases lapse on their own; deletions in the cluster act at once.
         background.push(crate::nodes::loss::spawn_sweeper(Arc::clone(&state)));
+        background.push(crate::nodes::loss::spawn_deleted_nodes(
+            Arc::clone(&state),
+            nodes_gone,
+        ));
+        background.push(crate::pods::retire::spawn(Arc::clone(&state), pods_gone));
         let tls = match &cfg.tls {
             None => {
                 tracing::warn!("no [tls]: node and admin APIs are served in clear text");

@@ -61,6 +61,10 @@ pub struct ControllerState {
     pub updates: Updates,
     /// Who may call.
     pub auth: Auth,
+    /// Pods' own tokens, when required (`kubernetes.require_pod_token`).
+    pub pod_tokens: Option<crate::kubernetes::pod_tokens::PodTokens>,
+    /// Nodes authenticated by their driver pod's token (`[auth.psat]`).
+    pub psat: Option<crate::kubernetes::psat::Psat>,
     /// The gate (for status).
     pub gate: Arc<crate::gate::KdcGate>,
     /// kadmind, for rotations.

@@ -101,6 +101,7 @@ async fn serve_node(channel: tonic::transport::Channel) -> Result<(), tonic::Sta
             }),
             volume_id: "vol-0".into(),
             refresh: true,
+            ..Default::default()
         })
         .await?
         .into_inner();

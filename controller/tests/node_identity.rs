@@ -61,6 +61,7 @@ async fn fetch(c: &Running, pod: &str, uid: &str) -> Result<(), tonic::Status> {
             }),
             volume_id: format!("vol-{uid}"),
             refresh: false,
+            ..Default::default()
         })
         .await
         .map(|_| ())

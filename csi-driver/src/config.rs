@@ -21,7 +21,13 @@ pub struct DriverConfig {
     pub controller_endpoint: String,
     /// Size limit of each volume's tmpfs.
     pub tmpfs_size_bytes: u64,
+    /// The audience of the pod tokens kubelet passes (the CSIDriver's
+    /// tokenRequests) that are forwarded to the controller.
+    pub pod_token_audience: String,
 }
+
+/// The pod-token audience the chart and the controller use by default.
+pub const DEFAULT_POD_TOKEN_AUDIENCE: &str = "kcred";
 
 /// Longest driver name the CSI spec allows.
 const MAX_DRIVER_NAME: usize = 63;

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use kcred_auth::Initiator;
 use kcred_auth::grpc::TokenInterceptor;
+use kcred_auth::{BearerToken, Initiator};
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
 use kcred_proto::kcred::v1::{
     Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, Reason, VolumeUpdate,
@@ -89,29 +89,55 @@ impl ControllerError {
     }
 }
 
-/// Adds the node's Kerberos token to each call when the node has an
-/// identity (production); passes calls through otherwise (controllers
-/// running with `auth.mode = "none"`).
+/// Adds the node's proof of identity to each call: a Kerberos token from
+/// its host keytab, or its DaemonSet pod's service-account token (psat);
+/// passes calls through with none (controllers running with
+/// `auth.mode = "none"`, or mTLS, which the connection carries).
 #[derive(Clone)]
-pub struct NodeIdentity(Option<TokenInterceptor>);
+pub struct NodeIdentity(Proof);
+
+#[derive(Clone)]
+enum Proof {
+    None,
+    Kerberos(TokenInterceptor),
+    Psat(Arc<crate::psat::TokenFile>),
+}
 
 impl NodeIdentity {
     /// No identity: calls carry no token.
     pub fn none() -> Self {
-        NodeIdentity(None)
+        NodeIdentity(Proof::None)
     }
 
     /// The node's `host/<fqdn>` identity.
     pub fn kerberos(initiator: Arc<Initiator>) -> Self {
-        NodeIdentity(Some(TokenInterceptor::new(initiator)))
+        NodeIdentity(Proof::Kerberos(TokenInterceptor::new(initiator)))
+    }
+
+    /// The driver pod's projected service-account token, read from its
+    /// file (again whenever kubelet rotates it).
+    pub fn psat(token_file: Arc<crate::psat::TokenFile>) -> Self {
+        NodeIdentity(Proof::Psat(token_file))
     }
 }
 
 impl Interceptor for NodeIdentity {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         match &mut self.0 {
-            Some(t) => t.call(request),
-            None => Ok(request),
+            Proof::Kerberos(t) => t.call(request),
+            Proof::Psat(file) => {
+                let token = file.current().map_err(|e| {
+                    tonic::Status::unavailable(format!("no node token to present: {e}"))
+                })?;
+                token.attach(&mut request).map_err(|e| {
+                    tonic::Status::unavailable(format!("node token {}: {e}", file.path().display()))
+                })?;
+                Ok(request)
+            }
+            Proof::None => Ok(request),
         }
     }
 }
@@ -175,6 +201,19 @@ impl ControllerClient {
         volume_id: &str,
         refresh: bool,
     ) -> Result<Bundle, ControllerError> {
+        self.fetch_bundle_with_token(pod, volume_id, refresh, None)
+            .await
+    }
+
+    /// Asks for a pod volume's bundle, with the pod's own bound token
+    /// (kubelet's, for the controller's audience) when there is one.
+    pub async fn fetch_bundle_with_token(
+        &self,
+        pod: PodRef,
+        volume_id: &str,
+        refresh: bool,
+        pod_token: Option<&BearerToken>,
+    ) -> Result<Bundle, ControllerError> {
         let mut client = self.inner.clone();
         let resp = client
             .fetch_bundle(FetchBundleRequest {
@@ -182,6 +221,9 @@ impl ControllerClient {
                 pod: Some(pod),
                 volume_id: volume_id.to_string(),
                 refresh,
+                pod_token: pod_token
+                    .map(|t| t.expose().to_string())
+                    .unwrap_or_default(),
             })
             .await
             .map_err(ControllerError::from_status)?;

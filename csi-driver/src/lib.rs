@@ -10,6 +10,9 @@
 //!   and the atomic writer; plain directories for tests), and the
 //!   non-secret state that lets the driver resume after a restart.
 //!
+//! [`psat`] reads the driver pod's own token, the node's identity where
+//! nodes have no host keytab.
+//!
 //! [`support`] holds the idioms all three share (locks, times, retries,
 //! randomness).
 
@@ -17,6 +20,7 @@ pub mod config;
 pub mod controller_client;
 pub mod csi;
 pub mod metrics;
+pub mod psat;
 pub mod storage;
 pub mod support;
 pub mod volumes;

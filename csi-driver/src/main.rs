@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use backon::Retryable;
 use kcred_csi_driver::config::{
-    ControllerSettings, DEFAULT_DRIVER_NAME, check_controller_settings, validate_driver_name,
+    ControllerSettings, DEFAULT_DRIVER_NAME, DEFAULT_POD_TOKEN_AUDIENCE, check_controller_settings,
+    validate_driver_name,
 };
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
@@ -76,6 +77,15 @@ struct Cli {
     /// Its private key (PEM).
     #[arg(long, env = "KCRED_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The driver pod's projected service-account token (audience of the
+    /// controller's auth.psat): the node's identity where nodes have no
+    /// host keytab. Read again whenever kubelet rotates it.
+    #[arg(long, env = "KCRED_PSAT_TOKEN_FILE", conflicts_with = "keytab")]
+    psat_token_file: Option<PathBuf>,
+    /// The audience of pods' own tokens (the CSIDriver's tokenRequests),
+    /// forwarded to the controller with each fetch.
+    #[arg(long, env = "KCRED_POD_TOKEN_AUDIENCE", default_value = DEFAULT_POD_TOKEN_AUDIENCE)]
+    pod_token_audience: String,
     /// Heartbeat interval until the controller says otherwise, seconds.
     #[arg(long, default_value_t = 10)]
     heartbeat_secs: u64,
@@ -113,10 +123,14 @@ async fn main() -> anyhow::Result<()> {
         state_dir: cli.state_dir,
         controller_endpoint: cli.controller,
         tmpfs_size_bytes: cli.tmpfs_size_bytes,
+        pod_token_audience: cli.pod_token_audience.clone(),
     };
-    let identity = match &cli.keytab {
-        None => NodeIdentity::none(),
-        Some(keytab) => {
+    let identity = match (&cli.keytab, &cli.psat_token_file) {
+        (None, Some(path)) => NodeIdentity::psat(Arc::new(
+            kcred_csi_driver::psat::TokenFile::open(path).context("--psat-token-file")?,
+        )),
+        (None, None) => NodeIdentity::none(),
+        (Some(keytab), _) => {
             let principal = cli
                 .principal
                 .clone()

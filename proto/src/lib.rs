@@ -26,3 +26,44 @@ pub mod kcred {
 }
 
 pub mod reason;
+
+impl std::fmt::Debug for kcred::v1::FetchBundleRequest {
+    /// Everything but the pod's token, which is a credential: only whether
+    /// there is one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchBundleRequest")
+            .field("node_name", &self.node_name)
+            .field("pod", &self.pod)
+            .field("volume_id", &self.volume_id)
+            .field("refresh", &self.refresh)
+            .field(
+                "pod_token",
+                &if self.pod_token.is_empty() {
+                    "<none>"
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kcred::v1::FetchBundleRequest;
+
+    #[test]
+    fn a_fetch_request_never_prints_its_pod_token() {
+        let req = FetchBundleRequest {
+            node_name: "node-a".into(),
+            pod_token: "eyJhbGciOiJSUzI1NiJ9.secret.sig".into(),
+            ..Default::default()
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("node-a"),
+            "{shown}"
+        );
+    }
+}

@@ -30,7 +30,7 @@ impl Reason {
         match self {
             Unspecified | Internal => Code::Internal,
             RequestInvalid | AnnotationsMissing | AnnotationInvalid => Code::InvalidArgument,
-            Unauthenticated | PodTokenInvalid => Code::Unauthenticated,
+            Unauthenticated | PodTokenInvalid | PodTokenMissing => Code::Unauthenticated,
             NotANodeIdentity
             | NodeMismatch
             | NoAdminRole
@@ -47,14 +47,18 @@ impl Reason {
             | ReservedIdentity
             | ReservedName
             | VolumeConflict
-            | VolumeRevoked => Code::PermissionDenied,
+            | VolumeRevoked
+            | PodTokenMismatch => Code::PermissionDenied,
             PodUnknown | VolumeUnknown | KeyUnknown => Code::NotFound,
             PodFinished | NodeLost | KdcRefused | PrincipalUnknown | CredentialState => {
                 Code::FailedPrecondition
             }
-            KdcUnavailable | AuditUnavailable | StoreUnavailable | ControllerUnavailable => {
-                Code::Unavailable
-            }
+            KdcUnavailable
+            | AuditUnavailable
+            | StoreUnavailable
+            | ControllerUnavailable
+            | PodViewBehind
+            | KubeApiUnavailable => Code::Unavailable,
             KdcBusy | TooManyStreams => Code::ResourceExhausted,
             RotationInProgress => Code::Aborted,
         }

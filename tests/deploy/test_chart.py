@@ -26,6 +26,11 @@ VALUE_SETS = {
         "nodeIdentity": {"enabled": False},
         "clientCertificate": {"enabled": True},
     },
+    "psat, no host keytab": {
+        "nodeIdentity": {"enabled": False},
+        "psat": {"enabled": True},
+        "controller": {"service": ""},
+    },
     "everything on": {
         "clientCertificate": {"enabled": True},
         "podToken": {"enabled": True, "audience": "kcred.example.com", "expirationSeconds": 900},
@@ -81,14 +86,60 @@ def test_csidriver_declares_an_ephemeral_node_only_driver_that_kubelet_republish
     assert spec["requiresRepublish"] is True
     assert spec["volumeLifecycleModes"] == ["Ephemeral"]
     assert spec["fsGroupPolicy"] == "None"
-    assert "tokenRequests" not in spec
+
+
+def test_kubelet_passes_pods_tokens_for_the_kcred_audience_by_default_and_the_driver_forwards_them():
+    rendered = render()
+    spec = rendered.one("CSIDriver")["spec"]
+    assert spec["tokenRequests"] == [{"audience": "kcred", "expirationSeconds": 3600}]
+    assert "--pod-token-audience=kcred" in rendered.container("driver")["args"]
+    assert "tokenRequests" not in render({"podToken": {"enabled": False}}).one("CSIDriver")["spec"]
 
 
 def test_token_requests_carry_the_configured_audience_when_pod_tokens_are_enabled():
-    spec = render({"podToken": {"enabled": True, "audience": "kcred.example.com", "expirationSeconds": 900}}).one(
-        "CSIDriver"
-    )["spec"]
+    rendered = render({"podToken": {"enabled": True, "audience": "kcred.example.com", "expirationSeconds": 900}})
+    spec = rendered.one("CSIDriver")["spec"]
     assert spec["tokenRequests"] == [{"audience": "kcred.example.com", "expirationSeconds": 900}]
+    assert "--pod-token-audience=kcred.example.com" in rendered.container("driver")["args"]
+
+
+def env_of(rendered, container="driver"):
+    return {e["name"]: e.get("value") for e in rendered.container(container)["env"]}
+
+
+def test_psat_mounts_the_drivers_own_projected_token_for_the_kcred_audience_and_no_host_keytab():
+    rendered = render({"nodeIdentity": {"enabled": False}, "psat": {"enabled": True}})
+    volume = rendered.volume("psat-token")
+    assert volume["projected"]["sources"] == [
+        {"serviceAccountToken": {"audience": "kcred", "expirationSeconds": 3600, "path": "token"}}
+    ]
+    mounts = {m["name"]: m for m in rendered.container("driver")["volumeMounts"]}
+    assert mounts["psat-token"]["readOnly"] is True
+    env = env_of(rendered)
+    assert env["KCRED_PSAT_TOKEN_FILE"] == mounts["psat-token"]["mountPath"] + "/token"
+    assert "KCRED_NODE_KEYTAB" not in env
+    assert "node-keytab" not in mounts
+    # Only the driver container holds the token.
+    for other in ["node-driver-registrar", "liveness-probe"]:
+        assert "psat-token" not in {m["name"] for m in rendered.container(other)["volumeMounts"]}
+    pod = rendered.one("DaemonSet")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False, "no API token, only the kcred-audience one"
+
+
+def test_psat_audience_is_configurable_and_off_by_default():
+    rendered = render({"nodeIdentity": {"enabled": False}, "psat": {"enabled": True, "audience": "kcred.example.com"}})
+    assert rendered.volume("psat-token")["projected"]["sources"][0]["serviceAccountToken"]["audience"] == (
+        "kcred.example.com"
+    )
+    default = render()
+    assert "KCRED_PSAT_TOKEN_FILE" not in env_of(default)
+    with pytest.raises(AssertionError):
+        default.volume("psat-token")
+
+
+def test_psat_and_a_host_keytab_together_are_refused():
+    with pytest.raises(HelmRenderError, match="choose one"):
+        render({"psat": {"enabled": True}})
 
 
 def test_pods_directory_is_mounted_bidirectionally_at_kubelets_own_path():
@@ -270,7 +321,11 @@ def test_notes_tell_the_next_steps_that_are_really_needed():
     assert "/etc/krb5.keytab" in notes
     assert "kubectl get csinodes" in notes
     # What is not configured is not claimed.
-    assert "Metrics:" not in notes and "Pod tokens:" not in notes
+    assert "Metrics:" not in notes and "psat" not in notes
+    assert "Pod tokens:" in notes and "require_pod_token" in notes
+    assert "Pod tokens:" not in render({"podToken": {"enabled": False}}).notes
+    psat = render({"nodeIdentity": {"enabled": False}, "psat": {"enabled": True}}).notes
+    assert "[auth.psat] must name namespace kcred and service account kcred-kcred-csi-driver" in psat
     # A pushed image and a rendered namespace need no such steps.
     done = render({"images": {"driver": {"repository": "registry.example.com/kcred/csi-driver"}}, "namespace": {"create": True}}).notes
     assert "is not published anywhere" not in done

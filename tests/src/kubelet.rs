@@ -184,7 +184,34 @@ impl Kubelet {
 
     /// Publishes `volume` for `pod`; returns the target path.
     pub async fn publish(&self, pod: &TestPod, volume: &str) -> Result<PathBuf, tonic::Status> {
-        let req = self.publish_request(pod, volume);
+        self.publish_with_tokens(pod, volume, &[]).await
+    }
+
+    /// Publishes `volume` for `pod` passing the pod's bound tokens as
+    /// kubelet does with the CSIDriver's tokenRequests: `(audience, token,
+    /// expirationTimestamp)` in `csi.storage.k8s.io/serviceAccount.tokens`.
+    pub async fn publish_with_tokens(
+        &self,
+        pod: &TestPod,
+        volume: &str,
+        tokens: &[(&str, &str, &str)],
+    ) -> Result<PathBuf, tonic::Status> {
+        let mut req = self.publish_request(pod, volume);
+        if !tokens.is_empty() {
+            let map: serde_json::Map<String, serde_json::Value> = tokens
+                .iter()
+                .map(|(aud, token, exp)| {
+                    (
+                        aud.to_string(),
+                        serde_json::json!({"token": token, "expirationTimestamp": exp}),
+                    )
+                })
+                .collect();
+            req.volume_context.insert(
+                "csi.storage.k8s.io/serviceAccount.tokens".into(),
+                serde_json::Value::Object(map).to_string(),
+            );
+        }
         let target = PathBuf::from(&req.target_path);
         self.node().node_publish_volume(req).await?;
         Ok(target)

@@ -9,7 +9,7 @@ use kcred_controller::metrics::Metrics;
 use kcred_controller::pods::PodIndex;
 use kcred_controller::{Config, Controller};
 use kcred_csi_driver::DriverConfig;
-use kcred_csi_driver::controller_client::ControllerClient;
+use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
 use kcred_csi_driver::volumes::VolumeManager;
 use kcred_testrealm::{Realm, RealmOptions};
@@ -70,6 +70,8 @@ pub struct StackOptions {
     /// it the controller's pod source is an empty pods file, and tests
     /// feed the pod index directly ([`Stack::add_pod`]).
     pub kubeconfig: Option<PathBuf>,
+    /// More settings of the `[kubernetes]` table (with `kubeconfig`).
+    pub kubernetes_config: String,
 }
 
 impl Default for StackOptions {
@@ -83,6 +85,7 @@ impl Default for StackOptions {
             top_config: String::new(),
             auth_config: String::new(),
             kubeconfig: None,
+            kubernetes_config: String::new(),
         }
     }
 }
@@ -147,7 +150,11 @@ impl Stack {
         let (pods_file, kubernetes) = match &opts.kubeconfig {
             Some(k) => (
                 String::new(),
-                format!("[kubernetes]\nkubeconfig = \"{}\"", k.display()),
+                format!(
+                    "[kubernetes]\nkubeconfig = \"{}\"\n{}",
+                    k.display(),
+                    opts.kubernetes_config
+                ),
             ),
             None => {
                 write(&d.join("pods.toml"), "")?;
@@ -220,6 +227,7 @@ max_unauthenticated_per_source = 4096
             state_dir: d.join("driver-state"),
             controller_endpoint: format!("http://{controller_addr}"),
             tmpfs_size_bytes: 1024 * 1024,
+            pod_token_audience: kcred_csi_driver::config::DEFAULT_POD_TOKEN_AUDIENCE.into(),
         };
         let client = ControllerClient::new(&driver_cfg.controller_endpoint, &driver_cfg.node_id)?;
         let volumes = Arc::new(VolumeManager::for_node(&driver_cfg, client)?);
@@ -335,6 +343,15 @@ max_unauthenticated_per_source = 4096
     /// A volume manager acting as another node (its own node id and state
     /// directory, the same kubelet directory): a simulated node.
     pub fn simulated_node(&self, node: &str) -> anyhow::Result<VolumeManager> {
+        self.simulated_node_with(node, NodeIdentity::none())
+    }
+
+    /// A simulated node whose calls carry `identity`.
+    pub fn simulated_node_with(
+        &self,
+        node: &str,
+        identity: NodeIdentity,
+    ) -> anyhow::Result<VolumeManager> {
         let cfg = DriverConfig {
             driver_name: kcred_csi_driver::config::DEFAULT_DRIVER_NAME.into(),
             node_id: node.to_string(),
@@ -342,8 +359,9 @@ max_unauthenticated_per_source = 4096
             state_dir: self.dir.path().join("nodes").join(node),
             controller_endpoint: self.controller_endpoint(),
             tmpfs_size_bytes: 64 * 1024,
+            pod_token_audience: kcred_csi_driver::config::DEFAULT_POD_TOKEN_AUDIENCE.into(),
         };
-        let client = ControllerClient::new(&cfg.controller_endpoint, node)?;
+        let client = ControllerClient::with_identity(&cfg.controller_endpoint, node, identity)?;
         Ok(VolumeManager::for_node(&cfg, client)?)
     }
 

@@ -28,6 +28,7 @@ async fn fetch(stack: &ProcStack, port: u16, pod: &TestPod) -> Bundle {
         pod: Some(pod_ref(pod)),
         volume_id: kcred_tests::Kubelet::volume_id(pod, "kcred"),
         refresh: false,
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", token.parse().expect("metadata"));
@@ -151,6 +152,7 @@ async fn fetch_retrying(stack: &ProcStack, port: u16, pod: &TestPod) -> Bundle {
             pod: Some(pod_ref(pod)),
             volume_id: kcred_tests::Kubelet::volume_id(pod, "kcred"),
             refresh: false,
+            ..Default::default()
         });
         req.metadata_mut()
             .insert("authorization", token().parse().expect("metadata"));
@@ -222,6 +224,7 @@ async fn a_controller_cut_off_from_etcd_stops_issuing_while_the_other_carries_on
         pod: Some(pod_ref(&api0)),
         volume_id: kcred_tests::Kubelet::volume_id(&api0, "kcred"),
         refresh: false,
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", token.parse().expect("metadata"));

@@ -10,14 +10,20 @@ use std::time::Duration;
 use kcred_csi_driver::controller_client::{ControllerClient, ControllerError};
 use kcred_proto::kcred::v1::{Bundle, PodRef, Reason};
 use kcred_testkube::KubeApi;
+use kcred_tests::audit::{Action, audit_records};
 use kcred_tests::kube::{add_node, delete_pod, run_pod};
 use kcred_tests::{Kubelet, Stack, StackOptions, TestPod, wait_until};
 
 const VOL: &str = "kcred";
 
 async fn stack_on(api: &KubeApi) -> Stack {
+    stack_with(api, String::new()).await
+}
+
+async fn stack_with(api: &KubeApi, extra_config: String) -> Stack {
     let stack = Stack::start(StackOptions {
         kubeconfig: Some(api.kubeconfig()),
+        extra_config,
         ..Default::default()
     })
     .await
@@ -209,11 +215,11 @@ async fn watch_expiry_with_a_deletion_in_the_gap_is_caught_by_the_relist() {
 }
 
 /// During an outage the controller serves from the view it holds: known
-/// pods keep renewing; a pod it has never seen is refused with NOT_FOUND
-/// ("not known to the controller"), which kubelet retries, and is served
-/// once the watch catches up.
+/// pods keep renewing; a pod it has never seen is refused as a retry
+/// (`POD_VIEW_BEHIND`, UNAVAILABLE: kubelet retries the mount), and is
+/// served once the watch catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_outage_keeps_known_pods_renewing_and_refuses_unseen_pods_with_not_found() {
+async fn an_api_outage_keeps_known_pods_renewing_and_asks_unseen_pods_to_retry() {
     let api = KubeApi::start().await.unwrap();
     let stack = stack_on(&api).await;
     let known = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
@@ -231,7 +237,8 @@ async fn an_api_outage_keeps_known_pods_renewing_and_refuses_unseen_pods_with_no
     assert!(has_keytab(&renewed));
     let unseen = run_pod(&api, &web_pod("web-1", "node-a")).unwrap();
     let err = fetch(&stack, "node-a", &unseen, false).await.unwrap_err();
-    assert_eq!(err.reason(), Some(Reason::PodUnknown), "{err}");
+    assert_eq!(err.reason(), Some(Reason::PodViewBehind), "{err}");
+    assert!(err.to_string().contains("retry"), "{err}");
 
     api.restart().await.unwrap();
     wait_synced(&stack, true).await;
@@ -261,6 +268,93 @@ async fn nodes_come_from_the_node_watch_and_deleted_nodes_are_announced() {
         .unwrap();
     assert_eq!(g.name, "node-a");
     assert!(!nodes.node_known("node-a"));
+    stack.shutdown().await.unwrap();
+}
+
+/// Autoscaling down: the node is lost the moment the API deletes it, not
+/// a lease later (the lease here would last an hour), audited, and its
+/// renewals stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_from_the_cluster_is_lost_at_once_and_its_renewals_stop() {
+    let api = KubeApi::start().await.unwrap();
+    add_node(&api, "node-a").unwrap();
+    let stack = stack_with(&api, "[leases]\nttl_secs = 3600\n".into()).await;
+    let nodes = stack.known_nodes();
+    wait_until("node-a to be known", 30, || nodes.node_known("node-a")).await;
+    let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
+    wait_known(&stack, &pod).await;
+    fetch(&stack, "node-a", &pod, false).await.expect("served");
+
+    api.store()
+        .delete::<k8s_openapi::api::core::v1::Node>("", "node-a")
+        .unwrap();
+    let audit = stack.config.audit_log.clone();
+    let lost = || {
+        audit_records(&audit)
+            .into_iter()
+            .find(|r| r.action == Action::NodeLost && r.node == "node-a")
+    };
+    wait_until("the node's loss to be audited", 30, || lost().is_some()).await;
+    let record = lost().unwrap();
+    assert!(
+        record.reason.contains("deleted from the cluster"),
+        "{record:?}"
+    );
+    let err = fetch(&stack, "node-a", &pod, true).await.unwrap_err();
+    assert_eq!(err.reason(), Some(Reason::NodeLost), "{err}");
+    stack.shutdown().await.unwrap();
+}
+
+/// A pod that finishes (a Job's pod) is refused from then on, like a
+/// deleted one, though it stays in the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_pod_is_refused_though_it_stays_in_the_api() {
+    let api = KubeApi::start().await.unwrap();
+    let stack = stack_on(&api).await;
+    let pod = run_pod(&api, &web_pod("job-0", "node-a")).unwrap();
+    wait_known(&stack, &pod).await;
+    fetch(&stack, "node-a", &pod, false).await.expect("served");
+
+    kcred_testkube::pods::set_phase(api.store(), "web", "job-0", "Succeeded").unwrap();
+    let pods = stack.pods();
+    wait_until("the controller to see the pod finished", 30, || {
+        pods.get("web", "job-0").is_some_and(|p| p.finished)
+    })
+    .await;
+    let err = fetch(&stack, "node-a", &pod, true).await.unwrap_err();
+    assert_eq!(err.reason(), Some(Reason::PodFinished), "{err}");
+    stack.shutdown().await.unwrap();
+}
+
+/// A deleted pod's files are wiped on its node at once, pushed by the
+/// controller (heartbeats here come once every twenty minutes), and the
+/// wipe is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_deleted_pods_files_are_wiped_at_once_and_the_wipe_audited() {
+    let api = KubeApi::start().await.unwrap();
+    let stack = stack_with(&api, "[leases]\nttl_secs = 3600\n".into()).await;
+    let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
+    wait_known(&stack, &pod).await;
+    let target = stack.kubelet.publish(&pod, VOL).await.expect("mounted");
+    let keytab = target.join("krb5.keytab");
+    assert!(keytab.exists());
+
+    delete_pod(&api, &pod).unwrap();
+    wait_until("the keytab to be wiped", 30, || !keytab.exists()).await;
+    let volume = Kubelet::volume_id(&pod, VOL);
+    let wiped = audit_records(&stack.config.audit_log)
+        .into_iter()
+        .find(|r| r.action == Action::Revoke && r.subject == volume)
+        .expect("the wipe is audited");
+    assert_eq!(wiped.actor, "controller");
+    assert!(
+        wiped.reason.contains("deleted from the cluster"),
+        "{wiped:?}"
+    );
+    let err = fetch(&stack, "node-a", &pod, true).await.unwrap_err();
+    assert_eq!(err.reason(), Some(Reason::PodUnknown), "{err}");
+    stack.kubelet.unpublish(&pod, VOL).await.expect("unmounted");
     stack.shutdown().await.unwrap();
 }
 

@@ -41,6 +41,7 @@ async fn fetch_as(
         pod: Some(pod_ref(pod)),
         volume_id: kcred_tests::Kubelet::volume_id(pod, VOL),
         refresh,
+        ..Default::default()
     });
     if let Some(t) = token {
         req.metadata_mut()
@@ -104,6 +105,7 @@ async fn calls_without_a_valid_node_identity_are_refused_and_audited() {
         pod: Some(pod_ref(&b_pod)),
         volume_id: kcred_tests::Kubelet::volume_id(&pod, VOL),
         refresh: false,
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", b_token.parse().expect("metadata"));
@@ -518,6 +520,7 @@ async fn nodes_and_tools_without_a_keytab_can_use_client_certificates() {
                 pod: Some(pod_ref(&pod)),
                 volume_id: kcred_tests::Kubelet::volume_id(&pod, VOL),
                 refresh: false,
+                ..Default::default()
             })
             .await
     };

@@ -359,6 +359,7 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
         }),
         volume_id: "csi-another-volume-of-the-same-pod".into(),
         refresh: false,
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", token.parse().expect("metadata"));

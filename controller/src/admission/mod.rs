@@ -13,6 +13,7 @@
 //!
 //! | rule | refusal |
 //! | --- | --- |
+//! | the request carries the pod's own bound token, when required ([`pod_token`]) | `POD_TOKEN_MISSING`, `POD_TOKEN_INVALID`, `POD_TOKEN_MISMATCH`, `KUBE_API_UNAVAILABLE` |
 //! | the pod is in the controller's view | `POD_UNKNOWN` |
 //! | its UID is the one the request names | `POD_UID_MISMATCH` |
 //! | it is bound to the calling node | `POD_NOT_ON_NODE` |
@@ -26,6 +27,7 @@
 //! | a refresh comes from a node whose lease holds | `NODE_LOST` |
 
 pub mod identity;
+pub mod pod_token;
 pub mod reserved;
 
 #[cfg(test)]
@@ -40,6 +42,7 @@ use crate::nodes::leases::LeaseState;
 use crate::pods::PodInfo;
 use crate::policy::{Policy, RoleAccount};
 pub use crate::reasons::Refusal;
+pub use pod_token::TokenVerdict;
 pub use reserved::Reserved;
 
 /// What the controller knows when a node asks for a volume's bundle.
@@ -68,6 +71,12 @@ pub struct FetchFacts<'a> {
     pub volume: Option<&'a VolumeRecord>,
     /// Whether any volume of the pod was revoked.
     pub pod_revoked: bool,
+    /// Whether the pod view may be behind the API server: a pod it does
+    /// not know may then exist.
+    pub pods_behind: bool,
+    /// The review of the request's pod token (`None`: tokens are not
+    /// required, none was reviewed).
+    pub pod_token: Option<&'a TokenVerdict>,
 }
 
 /// What a node may have for a volume.
@@ -86,7 +95,21 @@ pub struct Grant {
 /// Decides a bundle request.
 pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
     let who = format!("{}/{}", f.pod_ref.namespace, f.pod_ref.name);
+    if let Some(verdict) = f.pod_token {
+        pod_token::check(verdict, f.pod_ref, f.node, f.refresh, f.volume)?;
+    }
     let Some(pod) = f.pod else {
+        if f.pods_behind {
+            // Transient: kubelet retries, and the pod is served once the
+            // watch catches up. Pods already known keep renewing.
+            return Err(Refusal::new(
+                Reason::PodViewBehind,
+                format!(
+                    "pod {who} is not known to the controller, whose view of the cluster is \
+                     behind the API server (watch down or not listed yet); retry"
+                ),
+            ));
+        }
         return Err(Refusal::new(
             Reason::PodUnknown,
             format!("pod {who} is not known to the controller"),

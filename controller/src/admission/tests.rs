@@ -92,9 +92,11 @@ struct Case {
     lease: Option<LeaseState>,
     volume: Option<VolumeRecord>,
     pod_revoked: bool,
+    pods_behind: bool,
     reserved: Reserved,
     nodes: Vec<&'static str>,
     policy: Policy,
+    pod_token: Option<TokenVerdict>,
 }
 
 impl Case {
@@ -107,6 +109,7 @@ impl Case {
             lease: None,
             volume: None,
             pod_revoked: false,
+            pods_behind: false,
             reserved: Reserved {
                 principals: BTreeSet::from(["kcredadmin/admin@KCRED.TEST".to_string()]),
                 tls_names: BTreeSet::from(["kcred.example.com".to_string()]),
@@ -115,6 +118,7 @@ impl Case {
             },
             nodes: vec!["node-a", "node-b"],
             policy: policy(),
+            pod_token: None,
         }
     }
 
@@ -138,6 +142,8 @@ impl Case {
             lease: self.lease,
             volume: self.volume.as_ref(),
             pod_revoked: self.pod_revoked,
+            pods_behind: self.pods_behind,
+            pod_token: self.pod_token.as_ref(),
         })
     }
 
@@ -170,6 +176,16 @@ fn refuses_a_pod_the_controller_does_not_know() {
     let mut c = Case::new();
     c.pod = None;
     assert_eq!(c.refused(), Reason::PodUnknown);
+}
+
+#[test]
+fn an_unknown_pod_is_a_retry_while_the_view_is_behind_and_a_known_one_is_served() {
+    let mut c = Case::new();
+    c.pods_behind = true;
+    assert!(c.decide().is_ok(), "a known pod is served from the view");
+    c.pod = None;
+    assert_eq!(c.refused(), Reason::PodViewBehind);
+    assert!(Reason::PodViewBehind.is_transient());
 }
 
 #[test]
@@ -429,4 +445,77 @@ fn policy_may_restrict_credentials_to_named_service_accounts() {
     assert_eq!(c.refused(), Reason::ServiceAccountNotAllowed);
     let c = c.with_pod(|p| p.service_account = "web-server".into());
     assert!(c.decide().is_ok());
+}
+
+fn bound(namespace: &str, name: &str, uid: &str) -> TokenVerdict {
+    TokenVerdict::Reviewed(crate::kubernetes::token_review::BoundIdentity {
+        namespace: namespace.into(),
+        service_account: "default".into(),
+        pod_name: name.into(),
+        pod_uid: uid.into(),
+        node_name: None,
+    })
+}
+
+#[test]
+fn a_required_pod_token_naming_the_requests_pod_lets_the_other_rules_decide() {
+    let mut c = Case::new();
+    c.pod_token = Some(bound("web", "web-0", "uid-1"));
+    assert!(c.decide().is_ok());
+    // The token only vouches for the pod: the pod's own rules still hold.
+    c.pod = None;
+    assert_eq!(c.refused(), Reason::PodUnknown);
+}
+
+#[test]
+fn a_required_pod_token_that_is_missing_or_invalid_is_refused_first() {
+    let mut c = Case::new();
+    c.pod_token = Some(TokenVerdict::Missing);
+    assert_eq!(c.refused(), Reason::PodTokenMissing);
+    c.pod_token = Some(TokenVerdict::Rejected("token has expired".into()));
+    let refusal = c.decide().unwrap_err();
+    assert_eq!(refusal.reason, Reason::PodTokenInvalid);
+    assert!(
+        refusal.message.contains("token has expired"),
+        "{}",
+        refusal.message
+    );
+    // Before anything else: the pod need not even be known.
+    c.pod = None;
+    assert_eq!(c.refused(), Reason::PodTokenInvalid);
+}
+
+#[test]
+fn a_pod_token_of_another_pod_is_refused_whatever_differs() {
+    for other in [
+        bound("web", "web-1", "uid-1"),
+        bound("web", "web-0", "uid-2"),
+        bound("db", "web-0", "uid-1"),
+    ] {
+        let mut c = Case::new();
+        c.pod_token = Some(other.clone());
+        assert_eq!(c.refused(), Reason::PodTokenMismatch, "{other:?}");
+    }
+}
+
+#[test]
+fn an_unreviewable_token_holds_back_first_issues_but_not_renewals_of_this_pods_volume() {
+    let mut c = Case::new();
+    c.pod_token = Some(TokenVerdict::Unverifiable("API server down".into()));
+    assert_eq!(c.refused(), Reason::KubeApiUnavailable);
+    assert!(Reason::KubeApiUnavailable.is_transient(), "kubelet retries");
+    c.refresh = true;
+    c.lease = Some(LeaseState::Alive);
+    assert_eq!(
+        c.refused(),
+        Reason::KubeApiUnavailable,
+        "no record: a first issue"
+    );
+    c.volume = Some(record("node-a", "uid-1", false));
+    assert!(
+        c.decide().is_ok(),
+        "a renewal of this pod's volume on this node"
+    );
+    c.volume = Some(record("node-b", "uid-1", false));
+    assert_ne!(c.decide().map(|_| ()), Ok(()), "issued on another node");
 }

@@ -164,7 +164,19 @@ impl NodeCredentials for NodeApi {
 impl NodeApi {
     /// Authenticates a node call; refusals are audited.
     async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
-        let Err(rejected) = self.state.auth.node(request, node) else {
+        let verdict = match (
+            &self.state.psat,
+            kcred_auth::BearerToken::from_request(request),
+        ) {
+            // A driver pod's token (psat): the API server vouches for it.
+            (Some(psat), Some(Ok(token))) => psat.authenticate(&token, node).await,
+            (_, Some(Err(e))) => Err(crate::auth::Rejected {
+                who: format!("node/{node} (unauthenticated)"),
+                refusal: Refusal::new(Reason::Unauthenticated, format!("bearer token: {e}")),
+            }),
+            _ => self.state.auth.node(request, node),
+        };
+        let Err(rejected) = verdict else {
             self.state.connections.authenticated(request.remote_addr());
             // Its host key stays reserved from now on, restarts included.
             if names::validate_dns_name("node_name", node).is_ok()
@@ -212,7 +224,10 @@ impl NodeApi {
         refusal.into()
     }
 
-    async fn fetch(&self, req: FetchBundleRequest) -> Result<Bundle, Status> {
+    async fn fetch(&self, mut req: FetchBundleRequest) -> Result<Bundle, Status> {
+        // A credential: out of the request (which is logged on errors) at
+        // once, wiped when done.
+        let pod_token = zeroize::Zeroizing::new(std::mem::take(&mut req.pod_token));
         let pod_ref = validate(&req)?;
         let st = &self.state;
         let node = req.node_name.as_str();
@@ -220,6 +235,10 @@ impl NodeApi {
         let previous = st.issued.get(&req.volume_id).map_err(|e| status_of(&e))?;
         let policy = st.policy.get();
         let is_node = |h: &str| st.is_node(h);
+        let pod_token = match &st.pod_tokens {
+            Some(reviews) => Some(reviews.verdict(&pod_token).await),
+            None => None,
+        };
         let decision = admission::fetch(&FetchFacts {
             node,
             pod_ref,
@@ -233,6 +252,8 @@ impl NodeApi {
             lease: st.leases.state(node),
             volume: previous.as_ref(),
             pod_revoked: st.issued.pod_revoked(&pod_ref.uid),
+            pods_behind: st.pods.is_stale(),
+            pod_token: pod_token.as_ref(),
         });
         let Grant {
             pod,

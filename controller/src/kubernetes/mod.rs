@@ -7,7 +7,16 @@
 //! ([`watch::run`]), each keeping a lean view ([`crate::pods::PodIndex`],
 //! [`crate::nodes::known::KnownNodes`]) current and reporting how far
 //! behind it may be in metrics.
+//!
+//! The API server also vouches for bound service-account tokens
+//! ([`token_review`]): a pod's own token in a fetch request
+//! ([`pod_tokens`], decided in [`crate::admission::pod_token`]) and a node
+//! driver's DaemonSet pod token as its node identity ([`psat`]).
 
+pub mod pod_tokens;
+pub mod psat;
+pub mod review_cache;
+pub mod token_review;
 pub mod watch;
 
 use std::path::PathBuf;

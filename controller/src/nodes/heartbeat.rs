@@ -3,8 +3,8 @@
 //!
 //! - **revoked**: an operator revoked the volume (a repeat of the pushed
 //!   WIPE, for nodes that missed it);
-//! - **stale**: the volume's pod is gone from the controller's view or
-//!   bound elsewhere (a node that was lost and came back finds its pods
+//! - **stale**: the volume's pod is gone from the controller's view,
+//!   finished, or bound elsewhere (a node that was lost and came back finds its pods
 //!   rescheduled): the node wipes and unmounts it.
 //!
 //! The node's word never removes the controller's records (a record leaves
@@ -83,7 +83,7 @@ fn verdict(st: &ControllerState, node: &str, r: &VolumeRecord) -> Verdict {
     let bound_here = st
         .pods
         .get(&r.namespace, &r.pod)
-        .is_some_and(|p| p.uid == r.pod_uid && p.node_name == node);
+        .is_some_and(|p| p.uid == r.pod_uid && p.node_name == node && !p.finished);
     if bound_here {
         Verdict::Keep
     } else {

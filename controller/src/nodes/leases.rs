@@ -116,6 +116,24 @@ impl Leases {
         lost
     }
 
+    /// Marks `node` lost now, whatever its lease says (the cluster deleted
+    /// it); returns the loss unless it was lost already. A node never seen
+    /// by this controller is recorded lost too: it may hold volumes from
+    /// before a restart, and must not renew them.
+    pub fn lose(&self, node: &str) -> Option<Transition> {
+        let mut map = self.lock();
+        let lease = map.entry(node.to_string()).or_insert_with(|| Lease {
+            state: LeaseState::Alive,
+            last: Instant::now(),
+            last_unix: now_unix(),
+        });
+        if lease.state == LeaseState::Lost {
+            return None;
+        }
+        lease.state = LeaseState::Lost;
+        Some(Transition::Lost(node.to_string()))
+    }
+
     /// A node's state (`None`: never heartbeated).
     pub fn state(&self, node: &str) -> Option<LeaseState> {
         self.lock().get(node).map(|l| l.state)
@@ -153,6 +171,20 @@ mod tests {
         );
         assert_eq!(leases.state("a"), Some(LeaseState::Alive));
         assert_eq!(leases.state("never"), None);
+    }
+
+    #[test]
+    fn a_node_deleted_from_the_cluster_is_lost_at_once_and_once() {
+        let leases = Leases::new(Duration::from_secs(3600));
+        leases.heartbeat("a");
+        assert_eq!(leases.lose("a"), Some(Transition::Lost("a".into())));
+        assert_eq!(leases.lose("a"), None, "lost once");
+        assert_eq!(leases.state("a"), Some(LeaseState::Lost));
+        assert_eq!(
+            leases.lose("unseen"),
+            Some(Transition::Lost("unseen".into()))
+        );
+        assert!(leases.sweep(None).is_empty(), "nothing left to lapse");
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! What a node's lease changes set off: the audit of joins, losses and
-//! returns, the lease sweeper, and policy `leases.rotate_keytabs_on_loss`.
+//! returns, the lease sweeper, nodes deleted from the cluster, and policy
+//! `leases.rotate_keytabs_on_loss`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use crate::names;
+use crate::nodes::known::NodeGone;
 use crate::nodes::leases::{LeaseState, Transition};
 use crate::reasons::Reasoned;
 use crate::state::ControllerState;
@@ -28,13 +32,47 @@ pub fn spawn_sweeper(state: Arc<ControllerState>) -> JoinHandle<()> {
     })
 }
 
+/// Loses every node the cluster deletes (autoscaling down) at once,
+/// without waiting for its lease to lapse. `gone` is subscribed before the
+/// node watch starts.
+pub fn spawn_deleted_nodes(
+    state: Arc<ControllerState>,
+    mut gone: Receiver<NodeGone>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match gone.recv().await {
+                Ok(NodeGone { name }) => {
+                    if let Some(t) = state.leases.lose(&name) {
+                        let st = Arc::clone(&state);
+                        tokio::spawn(async move {
+                            transition_because(&st, t, "deleted from the cluster: renewals stop")
+                                .await
+                        });
+                    }
+                }
+                Err(RecvError::Lagged(n)) => tracing::warn!(
+                    missed = n,
+                    "node deletions came faster than they were handled; \
+                     the missed nodes are lost when their leases lapse"
+                ),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
 /// Audits a node joining, being lost, or returning, and applies the
 /// policy for lost nodes.
 pub async fn lease_transition(st: &ControllerState, t: Transition) {
+    transition_because(st, t, "lease lapsed: renewals stop").await
+}
+
+async fn transition_because(st: &ControllerState, t: Transition, lost_because: &str) {
     let (node, action, reason) = match &t {
         Transition::Joined(n) => (n, None, "first heartbeat"),
         Transition::Returned(n) => (n, Some(Action::NodeReturned), "heartbeats resumed"),
-        Transition::Lost(n) => (n, Some(Action::NodeLost), "lease lapsed: renewals stop"),
+        Transition::Lost(n) => (n, Some(Action::NodeLost), lost_because),
     };
     tracing::info!(%node, ?t, "node lease changed");
     if let Some(action) = action {

@@ -2,11 +2,12 @@
 //! `host/` key must never reach a pod, and leases and pod bindings alone
 //! forget a node after a restart (and never knew one without pods).
 //!
-//! A name is a node's when it was ever seen as an authenticated node
-//! (persisted in the store), when the cluster's node list names it (fed by
-//! a node watcher through [`NodeRegistry::set_watched`]), or when it matches
-//! an operator's pattern (`reserved.host_patterns`, see
-//! [`crate::admission::Reserved`]).
+//! This registry holds the nodes ever seen as authenticated callers
+//! (persisted in the store). A name is also a node's while the cluster's
+//! node list names it ([`crate::nodes::known::KnownNodes`], re-listed at
+//! every start) or when it matches an operator's pattern
+//! (`reserved.host_patterns`, see [`crate::admission::Reserved`]); see
+//! [`crate::state::ControllerState::is_node`].
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -22,11 +23,10 @@ struct Seen {
     first_seen_unix: i64,
 }
 
-/// Nodes seen ever, and the cluster's current node list.
+/// Nodes ever seen.
 pub struct NodeRegistry {
     store: Arc<Store>,
     seen: RwLock<BTreeSet<String>>,
-    watched: RwLock<BTreeSet<String>>,
 }
 
 impl NodeRegistry {
@@ -40,7 +40,6 @@ impl NodeRegistry {
         Ok(NodeRegistry {
             store,
             seen: RwLock::new(seen),
-            watched: RwLock::new(BTreeSet::new()),
         })
     }
 
@@ -61,21 +60,10 @@ impl NodeRegistry {
         write(&self.seen).insert(node)
     }
 
-    /// Replaces the cluster's node list (the hook for a Kubernetes node
-    /// watcher). Watched nodes are also remembered, so they stay reserved
-    /// after they leave the list.
-    pub fn set_watched(&self, nodes: impl IntoIterator<Item = String>) {
-        let fresh: BTreeSet<String> = nodes.into_iter().map(|n| n.to_ascii_lowercase()).collect();
-        for n in &fresh {
-            self.remember(n);
-        }
-        *write(&self.watched) = fresh;
-    }
-
     /// Whether `name` is a node's name.
     pub fn contains(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
-        read(&self.seen).contains(&name) || read(&self.watched).contains(&name)
+        read(&self.seen).contains(&name)
     }
 
     /// How many nodes were ever seen.
@@ -108,9 +96,5 @@ mod tests {
         let nodes = NodeRegistry::load(store).unwrap();
         assert!(nodes.contains("node-1.example.test"));
         assert!(!nodes.contains("node-2.example.test"));
-        nodes.set_watched(["node-2.example.test".to_string()]);
-        assert!(nodes.contains("node-2.example.test"));
-        nodes.set_watched([]);
-        assert!(nodes.contains("node-2.example.test"), "watched once, kept");
     }
 }

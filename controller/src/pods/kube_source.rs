@@ -115,6 +115,7 @@ impl View for PodView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pods::GoneCause;
     use k8s_openapi::api::core::v1::{
         Container, EphemeralContainer, PodSecurityContext, PodSpec, PodStatus,
     };
@@ -239,5 +240,28 @@ mod tests {
             .collect();
         assert_eq!(uids, ["1", "2", "3"]);
         assert!(index.get("web", "b").is_none());
+    }
+
+    #[test]
+    fn the_index_announces_a_pod_once_when_it_finishes() {
+        let index = PodIndex::default();
+        let pod = |finished| PodInfo {
+            namespace: "batch".into(),
+            name: "job-0".into(),
+            uid: "u1".into(),
+            node_name: "node-a".into(),
+            finished,
+            ..Default::default()
+        };
+        index.upsert(pod(false));
+        let mut gone = index.subscribe_gone();
+        index.upsert(pod(true));
+        index.upsert(pod(true)); // a later status update
+        index.replace_all([pod(true)]); // a re-list
+        let g = gone.try_recv().expect("announced");
+        assert_eq!((g.cause, g.node.as_str()), (GoneCause::Finished, "node-a"));
+        assert!(gone.try_recv().is_err(), "announced once");
+        index.remove("batch", "job-0");
+        assert_eq!(gone.try_recv().unwrap().cause, GoneCause::Deleted);
     }
 }

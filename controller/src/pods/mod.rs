@@ -7,13 +7,15 @@
 //! ([`kube_source`]). Either keeps only the fields below, so a large
 //! cluster's pods fit in little memory.
 //!
-//! Whoever must act when a pod goes away (wipes, revocations) subscribes
-//! with [`PodIndex::subscribe_gone`]: every removal, whether a watch delete,
-//! a re-list that no longer holds the pod, or a new pod under the same
-//! name, is announced once.
+//! Whoever must act when a pod stops for good (wipes) subscribes with
+//! [`PodIndex::subscribe_gone`]: every removal, whether a watch delete, a
+//! re-list that no longer holds the pod, or a new pod under the same name,
+//! and every pod first seen finished, is announced once; [`retire`] acts
+//! on them.
 
 pub mod file_source;
 pub mod kube_source;
+pub mod retire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
@@ -77,8 +79,17 @@ pub struct PodInfo {
     pub containers: Vec<ContainerIdentity>,
 }
 
-/// A pod that left the view: deleted, replaced by a new pod of the same
-/// name (another UID), or missing from a re-list.
+/// Why a pod will not run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneCause {
+    /// Deleted, replaced by a new pod of the same name (another UID), or
+    /// missing from a re-list.
+    Deleted,
+    /// Its phase became `Succeeded` or `Failed`.
+    Finished,
+}
+
+/// A pod that will not run again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodGone {
     /// Namespace.
@@ -87,16 +98,32 @@ pub struct PodGone {
     pub name: String,
     /// The UID of the pod that is gone.
     pub uid: String,
+    /// The node it was bound to (empty if it never was).
+    pub node: String,
+    /// Why.
+    pub cause: GoneCause,
 }
 
 impl PodGone {
-    fn of(p: &PodInfo) -> Self {
+    fn of(p: &PodInfo, cause: GoneCause) -> Self {
         PodGone {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
             uid: p.uid.clone(),
+            node: p.node_name.clone(),
+            cause,
         }
     }
+
+    fn deleted(p: &PodInfo) -> Self {
+        Self::of(p, GoneCause::Deleted)
+    }
+}
+
+/// `fresh` finished, and `old` (the view's previous entry for its name) was
+/// not that pod finished already.
+fn newly_finished(old: Option<&PodInfo>, fresh: &PodInfo) -> bool {
+    fresh.finished && !old.is_some_and(|o| o.uid == fresh.uid && o.finished)
 }
 
 /// Pods by namespace and name.
@@ -153,7 +180,12 @@ impl PodIndex {
         let mut map = crate::locks::write(&self.pods);
         let old = map.insert((pod.namespace.clone(), pod.name.clone()), pod.clone());
         drop(map);
-        self.announce(old.filter(|o| o.uid != pod.uid).map(|o| PodGone::of(&o)));
+        let finished =
+            newly_finished(old.as_ref(), &pod).then(|| PodGone::of(&pod, GoneCause::Finished));
+        let replaced = old
+            .filter(|o| o.uid != pod.uid)
+            .map(|o| PodGone::deleted(&o));
+        self.announce(replaced.into_iter().chain(finished));
     }
 
     /// Removes one pod (a watch delete).
@@ -161,7 +193,7 @@ impl PodIndex {
         let mut map = crate::locks::write(&self.pods);
         let old = map.remove(&(namespace.to_string(), name.to_string()));
         drop(map);
-        self.announce(old.map(|o| PodGone::of(&o)));
+        self.announce(old.map(|o| PodGone::deleted(&o)));
     }
 
     /// Removes `pod` if the view still holds that incarnation (same UID),
@@ -174,11 +206,12 @@ impl PodIndex {
             _ => None,
         };
         drop(map);
-        self.announce(old.map(|o| PodGone::of(&o)));
+        self.announce(old.map(|o| PodGone::deleted(&o)));
     }
 
     /// Replaces every pod at once (a full list); pods missing from it, or
-    /// present under another UID, are announced gone.
+    /// present under another UID, are announced gone, and so are pods it
+    /// holds finished that were not finished before.
     pub fn replace_all(&self, pods: impl IntoIterator<Item = PodInfo>) {
         let fresh: HashMap<_, _> = pods
             .into_iter()
@@ -186,10 +219,16 @@ impl PodIndex {
             .collect();
         let mut map = crate::locks::write(&self.pods);
         let old = std::mem::replace(&mut *map, fresh);
+        let finished: Vec<PodGone> = map
+            .iter()
+            .filter(|(k, p)| newly_finished(old.get(*k), p))
+            .map(|(_, p)| PodGone::of(p, GoneCause::Finished))
+            .collect();
         let gone: Vec<PodGone> = old
             .into_iter()
             .filter(|(k, o)| map.get(k).is_none_or(|n| n.uid != o.uid))
-            .map(|(_, o)| PodGone::of(&o))
+            .map(|(_, o)| PodGone::deleted(&o))
+            .chain(finished)
             .collect();
         drop(map);
         self.announce(gone);

@@ -3,6 +3,7 @@
 
 pub mod identity;
 pub mod node;
+pub mod pod_token;
 pub mod request;
 pub mod server;
 pub mod status;

@@ -6,6 +6,7 @@ use kcred_proto::csi::v1::node_server::Node;
 use kcred_proto::csi::v1::*;
 use tonic::{Request, Response, Status};
 
+use super::pod_token::pod_token;
 use super::request::{
     check_capability, check_kubelet_derivation, check_volume_id, pod_from_context,
     validate_target_path,
@@ -60,6 +61,17 @@ impl NodeService {
         }
         let pod = pod_from_context(&req.volume_context)?;
         check_kubelet_derivation(&target, &req.volume_id, Some(&pod))?;
+        match pod_token(
+            &req.secrets,
+            &req.volume_context,
+            &self.cfg.pod_token_audience,
+        )? {
+            Some(token) => self
+                .volumes
+                .remember_pod_token(&req.volume_id, &pod.uid, token),
+            None => tracing::debug!(volume = %req.volume_id,
+                audience = %self.cfg.pod_token_audience, "kubelet passed no pod token"),
+        }
         let outcome = self
             .volumes
             .publish(PublishRequest {

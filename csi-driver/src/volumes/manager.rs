@@ -42,6 +42,7 @@ pub struct VolumeManager {
     schedule: Arc<Schedule>,
     retries: Mutex<HashMap<String, ExponentialBackoff>>,
     pub(crate) freshness: Arc<Freshness>,
+    pub(crate) pod_tokens: super::pod_tokens::PodTokens,
 }
 
 impl VolumeManager {
@@ -66,6 +67,7 @@ impl VolumeManager {
             schedule: Arc::new(Schedule::new()),
             retries: Mutex::new(HashMap::new()),
             freshness: Arc::new(Freshness::default()),
+            pod_tokens: Default::default(),
         };
         manager.resume();
         manager
@@ -125,6 +127,17 @@ impl VolumeManager {
             .map_err(|_| VolumeError::Busy(volume_id.to_string()))
     }
 
+    /// Keeps the pod token kubelet passed with a publish of `volume_id`,
+    /// for this and later fetches of that pod's volume.
+    pub fn remember_pod_token(
+        &self,
+        volume_id: &str,
+        pod_uid: &str,
+        token: crate::csi::pod_token::PodToken,
+    ) {
+        self.pod_tokens.remember(volume_id, pod_uid, token);
+    }
+
     /// Kubelet's NodePublishVolume: mounts and fills the volume the first
     /// time, refreshes it on a republish.
     pub async fn publish(&self, req: PublishRequest) -> Result<Outcome, VolumeError> {
@@ -142,6 +155,8 @@ impl VolumeManager {
         target: PathBuf,
     ) -> Result<Outcome, VolumeError> {
         let guard = self.try_lock(volume_id)?;
+        // The pod is leaving: its token is not needed any more.
+        self.pod_tokens.forget(volume_id);
         self.run(
             volume_id,
             Trigger::Unpublish { target },

@@ -10,12 +10,15 @@
 //!   per-volume locks;
 //! - [`sync`]: the heartbeat and update stream, turned into triggers;
 //! - [`freshness`]: whether a republish can be answered from what the node
-//!   holds.
+//!   holds;
+//! - [`pod_tokens`]: the pods' own tokens kubelet passed, forwarded to the
+//!   controller.
 
 pub mod error;
 pub mod freshness;
 pub mod lifecycle;
 pub mod manager;
+pub mod pod_tokens;
 pub mod reconcile;
 pub mod scheduler;
 pub mod sync;

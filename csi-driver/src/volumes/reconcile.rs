@@ -225,9 +225,12 @@ impl VolumeManager {
         mount: bool,
         guard: OwnedMutexGuard<()>,
     ) -> Result<Step, VolumeError> {
+        let token =
+            self.pod_tokens
+                .current(&req.volume_id, &req.pod.uid, std::time::SystemTime::now());
         let mut bundle = self
             .client
-            .fetch_bundle(req.pod.clone(), &req.volume_id, false)
+            .fetch_bundle_with_token(req.pod.clone(), &req.volume_id, false, token.as_ref())
             .await?;
         let files = files_of(&mut bundle);
         let refresh_at = Deadline::from_controller(bundle.refresh_after_unix);
@@ -307,9 +310,12 @@ impl VolumeManager {
         let pod = format!("{}/{}", rec.pod_namespace, rec.pod_name);
         // Until this refresh succeeds, the files are not known current.
         self.freshness.forget(&rec.volume_id);
+        let token =
+            self.pod_tokens
+                .current(&rec.volume_id, &rec.pod_uid, std::time::SystemTime::now());
         let mut bundle = match self
             .client
-            .fetch_bundle(rec.pod(), &rec.volume_id, true)
+            .fetch_bundle_with_token(rec.pod(), &rec.volume_id, true, token.as_ref())
             .await
         {
             Ok(b) => b,
@@ -437,6 +443,7 @@ impl VolumeManager {
         .await?;
         self.metrics.mounted_volumes.dec();
         self.freshness.forget(&volume_id);
+        self.pod_tokens.forget(&volume_id);
         tracing::info!(volume = %volume_id, "volume unpublished");
         Ok(Step::new(Outcome::Removed, Then::Idle))
     }

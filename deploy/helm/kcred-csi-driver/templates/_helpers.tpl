@@ -102,6 +102,9 @@ true
 
 {{/* Fails rendering for value combinations that cannot work. */}}
 {{- define "kcred-csi-driver.validate" -}}
+{{- if and .Values.psat.enabled .Values.nodeIdentity.enabled -}}
+{{- fail "psat.enabled and nodeIdentity.enabled are two node identities: choose one (set nodeIdentity.enabled=false for psat)" -}}
+{{- end -}}
 {{- if and .Values.clientCertificate.enabled (not .Values.controller.caConfigMap) -}}
 {{- fail "clientCertificate.enabled needs TLS: set controller.caConfigMap (and an https:// controller.endpoint)" -}}
 {{- end -}}
