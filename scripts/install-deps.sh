@@ -5,13 +5,16 @@
 # well-known protos for the etcd client, and etcd itself (the HA store's
 # tests start throwaway clusters on loopback); for the deployment tests,
 # buildah and mmdebstrap (images), promtool (alert rules) and a Python venv
-# with Helm's engine and Kubernetes schemas. Safe to re-run: it installs
-# only what is missing.
+# with Helm's engine and Kubernetes schemas; Samba's AD domain controller
+# and OpenLDAP's client tools (the Active Directory backend talks LDAPS with
+# ldapsearch/ldapmodify, and its tests run a throwaway Samba DC). Safe to
+# re-run: it installs only what is missing.
 set -euo pipefail
 
 packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl
   protobuf-compiler libprotobuf-dev etcd-server etcd-client
-  buildah mmdebstrap uidmap prometheus python3-venv)
+  buildah mmdebstrap uidmap prometheus python3-venv
+  samba samba-ad-dc samba-ad-provision ldb-tools ldap-utils iproute2)
 # kubectl drives the test Kubernetes API server; Debian ships it as
 # kubernetes-client. Any kubectl already on the PATH will do (tested with
 # Debian's 1.20 and 1.32).

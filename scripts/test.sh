@@ -18,6 +18,10 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   cargo test --workspace 2>&1 | tee "$log" || status=$?
 fi
+# The fast-path benchmark's smoke run: it must run end to end (real
+# processes, Kerberos, TLS, tmpfs); how fast is not checked. Needs root
+# for tmpfs, else it prints why it skipped.
+cargo bench -p kcred-tests --bench fast_path --profile dev -- --quick 2>&1 | tee -a "$log" || status=$?
 # Deployment: the chart under the real Helm engine and Kubernetes schemas,
 # alert rules under promtool, container images built with buildah (root).
 tests/deploy/run.sh 2>&1 | tee -a "$log" || status=$?

@@ -14,7 +14,9 @@
 //!   written and `fdatasync`ed; on any error the caller must not issue. A
 //!   failed write is rolled back (the file is cut back to its previous
 //!   length); if even that fails the log refuses every later append until
-//!   it is reopened.
+//!   it is reopened. Concurrent appends share their syncs (group commit:
+//!   one `fdatasync` covers every record written before it), and each
+//!   still returns only once its own record is durable.
 //! * **Chain.** Every record carries `prev_hash`, the `hash` of the record
 //!   before it (64 zeros for record 1), and a sequence number `seq` that
 //!   grows by one. Removing, reordering or inserting records breaks the
@@ -66,6 +68,7 @@
 
 #![forbid(unsafe_code)]
 
+mod durable;
 mod event;
 mod log;
 mod query;
@@ -79,6 +82,8 @@ mod verify;
 mod tests;
 #[cfg(test)]
 mod tests_fuzz;
+#[cfg(test)]
+mod tests_group;
 #[cfg(test)]
 mod tests_query;
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Appending to the log: one line per record, synced before append returns.
+//! Appending to the log: one line per record, synced before append returns
+//! (one sync for many concurrent appends: [`super::durable`]).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
@@ -6,6 +7,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use super::durable::{Durable, Mark, Written};
 use super::reader::RawLine;
 use super::signer::sync_parent;
 use super::{
@@ -16,11 +18,13 @@ use crate::timefmt::now_unix_ms;
 
 /// The append-only audit log. Appends are serialized by a mutex and the
 /// file is locked (`flock`) against a second writer process, so the chain
-/// cannot fork. Share it as `Arc<AuditLog>`.
+/// cannot fork. Share it as `Arc<AuditLog>`: concurrent appends share
+/// their `fdatasync`s (group commit).
 pub struct AuditLog {
     path: PathBuf,
     signer: AuditSigner,
     tail: Mutex<Tail>,
+    durable: Durable,
 }
 
 /// Where the chain stands, and the file to extend it.
@@ -32,6 +36,8 @@ struct Tail {
     len: u64,
     /// A write failed and could not be undone: refuse everything.
     broken: bool,
+    /// Bumped when a failed sync cut the file back ([`Mark::epoch`]).
+    epoch: u64,
     #[cfg(test)]
     fault: Option<Fault>,
 }
@@ -100,6 +106,14 @@ impl AuditLog {
             (rec.seq, rec.hash)
         };
         tracing::info!(path = %path.display(), seq, key_id = signer.key_id(), "audit log opened");
+        file.sync_data().map_err(io_err("sync"))?;
+        let sync_fd = file
+            .try_clone()
+            .map_err(io_err("duplicate the descriptor of"))?;
+        let head = (seq > 0).then(|| AuditHead {
+            seq,
+            hash: hash.clone(),
+        });
         Ok(AuditLog {
             path,
             signer,
@@ -109,9 +123,11 @@ impl AuditLog {
                 hash,
                 len,
                 broken: false,
+                epoch: 0,
                 #[cfg(test)]
                 fault: None,
             }),
+            durable: Durable::new(sync_fd, len, head),
         })
     }
 
@@ -120,57 +136,127 @@ impl AuditLog {
     /// issue. Store the returned record's [`AuditRecord::head`] so a cut
     /// log end can be detected later.
     pub fn append(&self, event: &AuditEvent) -> Result<AuditRecord, AuditError> {
-        event.check()?;
+        let mut records = self.append_all(std::slice::from_ref(event))?;
+        records
+            .pop()
+            .ok_or_else(|| AuditError::InvalidEvent("no event".into()))
+    }
+
+    /// Records `events` in order, one after another in the chain, and
+    /// returns once all are on disk (one wait for the lot). On error the
+    /// caller must not issue; records written before the failing one may
+    /// remain in the log (as after a crash between two appends).
+    pub fn append_all(&self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>, AuditError> {
+        for event in events {
+            event.check()?;
+        }
+        let (records, mark) = self.write_all(events)?;
+        let Some(first) = records.first().map(|r| r.seq) else {
+            return Ok(records);
+        };
+        let written = || {
+            let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            Written {
+                mark: Mark {
+                    epoch: tail.epoch,
+                    end: tail.len,
+                },
+                head: (tail.seq > 0).then(|| AuditHead {
+                    seq: tail.seq,
+                    hash: tail.hash.clone(),
+                }),
+            }
+        };
+        let cut = |at: &super::durable::Synced, e: &io::Error| {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            tracing::error!(error = %e, kept = at.head.as_ref().map_or(0, |h| h.seq),
+                "audit log sync failed; cutting it back to its last durable record");
+            tail.len = at.len;
+            tail.seq = at.head.as_ref().map_or(0, |h| h.seq);
+            tail.hash = at
+                .head
+                .as_ref()
+                .map_or_else(|| GENESIS_HASH.to_string(), |h| h.hash.clone());
+            tail.epoch += 1;
+            let clean = tail.roll_back().is_ok();
+            tail.broken |= !clean;
+            (tail.epoch, clean)
+        };
+        self.durable
+            .wait(mark, written, cut)
+            .map_err(|(kind, message, rolled_back)| {
+                let error = AuditError::Write {
+                    path: self.path.clone(),
+                    seq: first,
+                    rolled_back,
+                    source: io::Error::new(kind, message),
+                };
+                tracing::error!(%error, "audit record not durable; the caller must refuse");
+                error
+            })?;
+        Ok(records)
+    }
+
+    /// Seals and writes `events` under the chain lock (no sync); returns the
+    /// records and where the last one ends.
+    fn write_all(&self, events: &[AuditEvent]) -> Result<(Vec<AuditRecord>, Mark), AuditError> {
         let mut tail = self.lock()?;
         if tail.broken {
             return Err(AuditError::Broken {
                 path: self.path.clone(),
             });
         }
-        let seq = tail
-            .seq
-            .checked_add(1)
-            .ok_or_else(|| AuditError::InvalidEvent("sequence numbers exhausted".into()))?;
-        let mut record =
-            AuditRecord::unsealed(event, seq, now_unix_ms(), &tail.hash, self.signer.key_id());
-        let digest = record.content_hash()?;
-        record.hash = hex::encode(digest);
-        record.signature = self.signer.sign(&digest);
-        let mut line =
-            serde_json::to_vec(&record).map_err(|source| AuditError::Encode { seq, source })?;
-        line.push(b'\n');
-        if line.len() > MAX_LINE_BYTES {
-            return Err(AuditError::TooLarge {
-                seq,
-                len: line.len(),
-                max: MAX_LINE_BYTES,
-            });
+        let mut records = Vec::with_capacity(events.len());
+        for event in events {
+            // Each record's hash covers its predecessor's: sealing (hash and
+            // signature, tens of microseconds) is serial by nature, so it
+            // stays under this short lock; the sync does not.
+            let seq = tail
+                .seq
+                .checked_add(1)
+                .ok_or_else(|| AuditError::InvalidEvent("sequence numbers exhausted".into()))?;
+            let mut record =
+                AuditRecord::unsealed(event, seq, now_unix_ms(), &tail.hash, self.signer.key_id());
+            let digest = record.content_hash()?;
+            record.hash = hex::encode(digest);
+            record.signature = self.signer.sign(&digest);
+            let mut line =
+                serde_json::to_vec(&record).map_err(|source| AuditError::Encode { seq, source })?;
+            line.push(b'\n');
+            if line.len() > MAX_LINE_BYTES {
+                return Err(AuditError::TooLarge {
+                    seq,
+                    len: line.len(),
+                    max: MAX_LINE_BYTES,
+                });
+            }
+            if let Err(source) = tail.write_line(&line) {
+                let rolled_back = tail.roll_back().is_ok();
+                tail.broken = !rolled_back;
+                let error = AuditError::Write {
+                    path: self.path.clone(),
+                    seq,
+                    rolled_back,
+                    source,
+                };
+                tracing::error!(%error, "audit record not written; the caller must refuse");
+                return Err(error);
+            }
+            tail.seq = seq;
+            tail.hash.clone_from(&record.hash);
+            tail.len += line.len() as u64;
+            records.push(record);
         }
-        if let Err(source) = tail.write_line(&line) {
-            let rolled_back = tail.roll_back().is_ok();
-            tail.broken = !rolled_back;
-            let error = AuditError::Write {
-                path: self.path.clone(),
-                seq,
-                rolled_back,
-                source,
-            };
-            tracing::error!(%error, "audit record not written; the caller must refuse");
-            return Err(error);
-        }
-        tail.seq = seq;
-        tail.hash.clone_from(&record.hash);
-        tail.len += line.len() as u64;
-        Ok(record)
+        let mark = Mark {
+            epoch: tail.epoch,
+            end: tail.len,
+        };
+        Ok((records, mark))
     }
 
-    /// The last record's place, `None` while the log is empty.
+    /// The last durable record's place, `None` while the log is empty.
     pub fn head(&self) -> Option<AuditHead> {
-        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        (tail.seq > 0).then(|| AuditHead {
-            seq: tail.seq,
-            hash: tail.hash.clone(),
-        })
+        self.durable.head()
     }
 
     /// The log file.
@@ -188,6 +274,14 @@ impl AuditLog {
         self.tail.lock().unwrap_or_else(|p| p.into_inner()).fault = Some(fault);
     }
 
+    /// Makes the next group sync fail.
+    #[cfg(test)]
+    pub(super) fn fail_next_sync(&self) {
+        self.durable
+            .fail_next_sync
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Tail>, AuditError> {
         // A panic while appending may have left half a line: refuse.
         self.tail.lock().map_err(|_| AuditError::Broken {
@@ -197,8 +291,8 @@ impl AuditLog {
 }
 
 impl Tail {
-    /// One `write_all` (O_APPEND puts it at the end) and `fdatasync`, which
-    /// also persists the new file length.
+    /// One `write_all` (O_APPEND puts it at the end); the group sync
+    /// ([`Durable::wait`]) makes it durable.
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         #[cfg(test)]
         if let Some(fault) = self.fault {
@@ -206,8 +300,7 @@ impl Tail {
             self.file.write_all(&line[..n.min(line.len())])?;
             return Err(io::Error::other("injected write failure"));
         }
-        self.file.write_all(line)?;
-        self.file.sync_data()
+        self.file.write_all(line)
     }
 
     /// Cuts off whatever a failed write left, so the log ends in a whole record.

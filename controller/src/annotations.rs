@@ -17,6 +17,19 @@ pub const CERTS: &str = "kcred.io/certs";
 /// Annotation listing the data-encryption key ids the pod wants.
 pub const KEYS: &str = "kcred.io/keys";
 
+/// Annotation overriding where the admission webhook mounts the kcred
+/// volume in every container (default [`DEFAULT_MOUNT_PATH`]).
+pub const MOUNT_PATH: &str = "kcred.io/mount-path";
+/// Where the admission webhook mounts the kcred volume by default.
+pub const DEFAULT_MOUNT_PATH: &str = "/var/run/kcred";
+/// Prefix of every annotation kcred reads.
+pub const PREFIX: &str = "kcred.io/";
+/// Every `kcred.io/*` annotation kcred knows; any other under the prefix
+/// is a typo the admission webhook refuses.
+pub const KNOWN: [&str; 5] = [KEYTABS, TICKETS, CERTS, KEYS, MOUNT_PATH];
+/// Longest mount path accepted.
+const MAX_MOUNT_PATH_LEN: usize = 256;
+
 /// Longest annotation value kcred reads.
 const MAX_VALUE_LEN: usize = 8 * 1024;
 /// Most entries one annotation may list.
@@ -112,6 +125,35 @@ impl CredentialRequest {
         }
         Ok(req)
     }
+}
+
+/// The mount path the pod asks for, else [`DEFAULT_MOUNT_PATH`]: an
+/// absolute path of printable ASCII without `..` components, `:` or
+/// whitespace, and not `/` itself.
+pub fn mount_path(annotations: &BTreeMap<String, String>) -> Result<&str, AnnotationError> {
+    let Some(path) = annotations.get(MOUNT_PATH) else {
+        return Ok(DEFAULT_MOUNT_PATH);
+    };
+    let bad = |reason: &str| AnnotationError::Malformed {
+        annotation: MOUNT_PATH,
+        reason: format!("{path:?} {reason}"),
+    };
+    if !path.starts_with('/') {
+        return Err(bad("is not an absolute path"));
+    }
+    if path.len() > MAX_MOUNT_PATH_LEN {
+        return Err(bad(&format!("is longer than {MAX_MOUNT_PATH_LEN} bytes")));
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        return Err(bad("may hold only printable ASCII without ':' or spaces"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(bad("must not contain '..'"));
+    }
+    if path.trim_end_matches('/').is_empty() {
+        return Err(bad("would hide the container's whole file system"));
+    }
+    Ok(path)
 }
 
 /// Splits a comma-separated annotation value into trimmed, non-empty entries.
@@ -224,6 +266,19 @@ mod tests {
             let err =
                 CredentialRequest::from_annotations(&ann(&[(k, v)]), "KCRED.TEST").expect_err(v);
             assert!(err.to_string().contains(k), "{err}");
+        }
+    }
+
+    #[test]
+    fn mount_path_defaults_and_refuses_what_kubernetes_or_the_pod_should_not_have() {
+        assert_eq!(mount_path(&ann(&[])).unwrap(), DEFAULT_MOUNT_PATH);
+        assert_eq!(
+            mount_path(&ann(&[(MOUNT_PATH, "/etc/kcred")])).unwrap(),
+            "/etc/kcred"
+        );
+        for bad in ["etc/kcred", "/", "//", "/a/../b", "/a b", "/c:d", ""] {
+            let err = mount_path(&ann(&[(MOUNT_PATH, bad)])).expect_err(bad);
+            assert!(err.to_string().contains(MOUNT_PATH), "{err}");
         }
     }
 

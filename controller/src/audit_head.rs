@@ -218,6 +218,51 @@ pub fn store_head(store: &Store, key_id: &str, head: &AuditHead) -> Result<(), S
     store.put(Table::Authority, &head_record(key_id), head, b"")
 }
 
+/// Stores the audit head after appends, one store commit for many: a
+/// caller that finds a commit running leaves its (newer) head for that
+/// writer to store next and returns, so concurrent fetches do not queue
+/// for a durable store commit each. The stored head may trail the log by
+/// the records of one commit; the start-up check only needs the log to
+/// reach it, and records already in the log are durable on their own.
+#[derive(Debug, Default)]
+pub struct HeadWriter {
+    /// The newest head not yet stored, and whether a writer is storing.
+    state: std::sync::Mutex<(Option<AuditHead>, bool)>,
+}
+
+impl HeadWriter {
+    /// Stores `head` (or leaves it to the running writer). Blocking: call
+    /// from a blocking thread.
+    pub fn store(&self, store: &Store, key_id: &str, head: AuditHead) {
+        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut s = lock();
+            if s.0.as_ref().is_none_or(|p| p.seq < head.seq) {
+                s.0 = Some(head);
+            }
+            if s.1 {
+                return;
+            }
+            s.1 = true;
+        }
+        loop {
+            let next = {
+                let mut s = lock();
+                match s.0.take() {
+                    Some(h) => h,
+                    None => {
+                        s.1 = false;
+                        return;
+                    }
+                }
+            };
+            if let Err(e) = store_head(store, key_id, &next) {
+                tracing::error!(error = %e, "cannot store the audit head");
+            }
+        }
+    }
+}
+
 fn short(hash: &str) -> &str {
     hash.get(..16).unwrap_or(hash)
 }

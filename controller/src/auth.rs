@@ -2,6 +2,17 @@
 //! keytab, people and tools with their own principal, as GSSAPI tokens on
 //! every call ([`kcred_auth`]). A node may only speak for itself; an admin
 //! caller has a role (operator: read and change; auditor: read).
+//!
+//! A node proves itself once per connection: over TLS, the first call's
+//! token names the principal for the connection's lifetime
+//! ([`crate::listener::Connections::prove`]) and later calls on it are not
+//! checked again. That is as safe as a token per call: TLS binds every byte
+//! of the connection to the peer that completed the handshake, so a later
+//! call on it can only come from whoever sent the verified token, who could
+//! equally have minted another token; a token cannot be moved to another
+//! connection without being verified (and entered in the replay cache)
+//! there. Without TLS nothing binds the calls of a connection together, so
+//! every call is checked. Admin calls are rare and stay checked per call.
 
 use std::collections::BTreeSet;
 
@@ -154,10 +165,18 @@ impl Auth {
         })
     }
 
-    /// Checks that the caller is the node it claims to be.
-    pub fn node<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Rejected> {
+    /// Checks that the caller is the node it claims to be. `proven` is the
+    /// principal the caller's TLS connection already proved with a token,
+    /// if any (see the module docs). Returns the Kerberos principal the
+    /// call proved, for the connection to remember.
+    pub fn node<T>(
+        &self,
+        request: &Request<T>,
+        claimed: &str,
+        proven: Option<&str>,
+    ) -> Result<Option<String>, Rejected> {
         let Some(acceptor) = &self.acceptor else {
-            return Ok(());
+            return Ok(None);
         };
         if !has_token(request)
             && let Some(cert) = peer_certificate(request)
@@ -166,7 +185,7 @@ impl Auth {
             let named =
                 |n: &String| n == claimed || (self.short && n.split('.').next() == Some(claimed));
             return if cert.dns_names.iter().any(named) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(rejected(
                     format!("cert:{}", cert.dns_names.join(",")),
@@ -178,13 +197,16 @@ impl Auth {
                 ))
             };
         }
-        let caller = authenticate(acceptor, request).map_err(|status| {
-            rejected(
-                format!("node/{claimed} (unauthenticated)"),
-                Reason::Unauthenticated,
-                status.message(),
-            )
-        })?;
+        let caller = match proven {
+            Some(p) => kcred_auth::grpc::Caller(p.to_string()),
+            None => authenticate(acceptor, request).map_err(|status| {
+                rejected(
+                    format!("node/{claimed} (unauthenticated)"),
+                    Reason::Unauthenticated,
+                    status.message(),
+                )
+            })?,
+        };
         let node = kcred_auth::node_name_from_principal(&caller.0, &self.realm, self.short)
             .map_err(|e| {
                 rejected(
@@ -203,7 +225,7 @@ impl Auth {
                 ),
             ));
         }
-        Ok(())
+        Ok(Some(caller.0))
     }
 
     /// Authenticates an admin caller and returns their principal and role.

@@ -93,8 +93,12 @@ pub struct Config {
     /// How often hot-reloaded files are checked.
     #[serde(default = "default_reload_secs")]
     pub reload_interval_secs: u64,
-    /// How to reach kadmind.
+    /// How to reach kadmind (with AD: only `work_dir` and `timeout_secs`).
     pub kadmin: KadminSection,
+    /// Present when the realm is an Active Directory domain: keys are then
+    /// set and derived there instead of extracted from kadmind.
+    #[serde(default)]
+    pub active_directory: Option<crate::ad::settings::ActiveDirectorySection>,
     /// Where `/metrics` is served (Prometheus text format); off if unset.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -129,6 +133,9 @@ pub struct Config {
     /// Identities never issued to pods beyond those kcred knows itself.
     #[serde(default)]
     pub reserved: ReservedSection,
+    /// The admission webhook's listener (none: no webhook).
+    #[serde(default)]
+    pub webhook: Option<crate::webhook::WebhookSection>,
     /// Set from the command line (`--acknowledge-audit-loss`), never from
     /// the file: the operator's reason for starting although the audit log
     /// no longer reaches its stored head. The acknowledgement is recorded.
@@ -421,9 +428,12 @@ pub struct KadminSection {
     /// The `kadmin` client binary.
     #[serde(default = "default_kadmin_program")]
     pub program: PathBuf,
-    /// Admin principal holding the `e` privilege on served principals.
+    /// Admin principal holding the `e` privilege on served principals
+    /// (required unless the realm is AD).
+    #[serde(default)]
     pub principal: String,
-    /// Keytab of the admin principal.
+    /// Keytab of the admin principal (required unless the realm is AD).
+    #[serde(default)]
     pub keytab: PathBuf,
     /// Private directory for transient keytab files (put it on tmpfs).
     pub work_dir: PathBuf,
@@ -585,6 +595,18 @@ impl Config {
         if self.kadmin.timeout_secs == 0 {
             return Err("kadmin.timeout_secs must be at least 1".into());
         }
+        match &self.active_directory {
+            Some(ad) => ad.validate().map_err(InvalidSetting)?,
+            None if self.kadmin.principal.is_empty()
+                || self.kadmin.keytab.as_os_str().is_empty() =>
+            {
+                return Err("kadmin.principal and kadmin.keytab are required (unless [active_directory] is set)".into());
+            }
+            None => {}
+        }
+        if let Some(w) = &self.webhook {
+            w.validate(self.tls.is_some()).map_err(InvalidSetting)?;
+        }
         Ok(())
     }
 
@@ -640,6 +662,29 @@ audit_key = "/ak"
             err.contains("pods_file") && err.contains("[kubernetes]"),
             "{err}"
         );
+    }
+
+    fn parse_text(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("controller.toml"), text)
+    }
+
+    const AD: &str = "[active_directory]\nldap_url = \"ldaps://dc1.example.com\"\nca_file = \"/ca\"\n\
+                      bind_dn = \"CN=kcred,DC=example,DC=com\"\nbind_password_file = \"/pw\"\n\
+                      base_dn = \"OU=kcred,DC=example,DC=com\"\n";
+
+    #[test]
+    fn an_active_directory_realm_needs_no_kadmin_principal_but_an_ldaps_url() {
+        let kadmin = "[kadmin]\nwork_dir = \"/w\"\n[auth]\nmode = \"none\"\n";
+        let top = format!("{BASE}pods_file = \"/pods\"\n{kadmin}");
+        let cfg = parse_text(&format!("{top}{AD}")).unwrap();
+        assert!(cfg.active_directory.is_some());
+
+        let plain = parse_text(&format!("{top}{}", AD.replace("ldaps://", "ldap://")))
+            .unwrap_err()
+            .to_string();
+        assert!(plain.contains("active_directory.ldap_url"), "{plain}");
+        let mit = parse_text(&top).unwrap_err().to_string();
+        assert!(mit.contains("kadmin.principal"), "{mit}");
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub const WATCH_EVENT_SAMPLE: &str = r#"{"type":"MODIFIED","object":{"apiVersion
 /// The event kube-rs reads when a watch expires.
 pub const WATCH_ERROR_SAMPLE: &str = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"too old resource version","reason":"Expired","code":410}}"#;
 
+/// An admission review of a pod asking for a keytab (what the API server
+/// posts to the webhook).
+pub const ADMISSION_REVIEW_SAMPLE: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"705ab4f5-6393-11e8-b7cc-42010a800002","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"web","operation":"CREATE","object":{"metadata":{"generateName":"web-","annotations":{"kcred.io/keytabs":"HTTP/web.example.com","kcred.io/mount-path":"/etc/kcred"}},"spec":{"securityContext":{"runAsUser":1500,"runAsGroup":1500},"containers":[{"name":"app","env":[{"name":"A","value":"1"}],"volumeMounts":[{"name":"d","mountPath":"/d"}]}],"initContainers":[{"name":"init"}],"volumes":[{"name":"d","emptyDir":{}}]}}}}"#;
+
 /// A valid policy file, the seed of the policy target.
 pub const POLICY_SAMPLE: &str = r#"
 [[role_accounts]]
@@ -228,6 +232,29 @@ mod tests {
             {
                 prop_assert!(info.annotations.keys().all(|k| k.starts_with("kcred.io/")));
                 prop_assert!(!info.uid.is_empty());
+            }
+        }
+
+        #[test]
+        fn fuzz_admission_reviews(body in bytes_near(vec![
+            crate::fuzz::ADMISSION_REVIEW_SAMPLE.as_bytes().to_vec(),
+        ])) {
+            use crate::webhook::review::{self, Verdict};
+            use crate::webhook::{mutate, validate};
+            // A body the webhook cannot read is a 400 with a reason; a pod
+            // it can read gets a verdict, and a refusal says why.
+            let policy = crate::policy::parse_policy(Path::new("policy.toml"), crate::fuzz::POLICY_SAMPLE, REALM)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            match review::parse(&body).and_then(|r| r.pod()) {
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+                Ok(None) => {}
+                Ok(Some((pod, ns))) => {
+                    for v in [mutate::patch(&pod, "csi.kcred.io"), validate::check(&pod, &ns, REALM, &policy)] {
+                        if let Verdict::Deny { message, code } = v {
+                            prop_assert!(!message.is_empty() && (code == 400 || code == 403));
+                        }
+                    }
+                }
             }
         }
 

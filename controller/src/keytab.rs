@@ -5,7 +5,10 @@
 //! container (MIT `keytab_file_format.txt`, version 0x502: a 2-byte header,
 //! then length-prefixed entries) to check that what came back is whole, to
 //! read which kvnos it holds, and to concatenate several principals' entries
-//! into the one `krb5.keytab` a pod receives.
+//! into the one `krb5.keytab` a pod receives. For Active Directory, where
+//! keys are derived under the account's name (see `crate::ad`), it also
+//! re-labels entries with a service principal name and drops the entries
+//! of key versions whose grace period is over.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -79,6 +82,30 @@ impl Reader<'_> {
     }
 }
 
+/// One live entry: its body, where the principal name ends, its kvno.
+struct Entry<'a> {
+    body: &'a [u8],
+    after_name: usize,
+    kvno: u32,
+}
+
+impl<'a> Entry<'a> {
+    fn read(body: &'a [u8], offset: usize) -> Result<Self, KeytabError> {
+        let mut r = Reader { buf: body, pos: 0 };
+        let malformed = |_| KeytabError::Malformed(offset);
+        let components = r.u16().map_err(malformed)?;
+        r.counted().map_err(malformed)?; // realm
+        for _ in 0..components {
+            r.counted().map_err(malformed)?;
+        }
+        Ok(Entry {
+            body,
+            after_name: r.pos,
+            kvno: entry_kvno(body, offset)?,
+        })
+    }
+}
+
 /// Returns the kvno of one entry's body.
 fn entry_kvno(body: &[u8], offset: usize) -> Result<u32, KeytabError> {
     let mut r = Reader { buf: body, pos: 0 };
@@ -142,6 +169,60 @@ impl Keytab {
             return Err(KeytabError::Empty);
         }
         Ok(Keytab { bytes: out, kvnos })
+    }
+
+    /// The same keys under another principal name (`components@realm`,
+    /// name type `KRB5_NT_PRINCIPAL`): an AD account's keys serve each of
+    /// its service principal names.
+    pub fn renamed(&self, realm: &str, components: &[&str]) -> Result<Keytab, KeytabError> {
+        let mut name = Vec::new();
+        let count = u16::try_from(components.len()).map_err(|_| KeytabError::Malformed(0))?;
+        name.extend_from_slice(&count.to_be_bytes());
+        for part in std::iter::once(realm).chain(components.iter().copied()) {
+            let len = u16::try_from(part.len()).map_err(|_| KeytabError::Malformed(0))?;
+            name.extend_from_slice(&len.to_be_bytes());
+            name.extend_from_slice(part.as_bytes());
+        }
+        self.rebuild(|entry| {
+            let mut body = name.clone();
+            body.extend_from_slice(&entry.body[entry.after_name..]);
+            Some(body)
+        })
+    }
+
+    /// Only the entries whose kvno `keep` accepts: ends an AD rotation's
+    /// grace period, where the directory itself keeps no old keys.
+    pub fn retain_kvnos(&self, keep: impl Fn(u32) -> bool) -> Result<Keytab, KeytabError> {
+        self.rebuild(|entry| keep(entry.kvno).then(|| entry.body.to_vec()))
+    }
+
+    /// A new keytab from each live entry mapped through `f` (`None` drops it).
+    fn rebuild(&self, f: impl Fn(&Entry<'_>) -> Option<Vec<u8>>) -> Result<Keytab, KeytabError> {
+        let mut out = Zeroizing::new(HEADER.to_vec());
+        let mut pos = 2;
+        while pos < self.bytes.len() {
+            let len_bytes = self
+                .bytes
+                .get(pos..pos + 4)
+                .ok_or(KeytabError::Malformed(pos))?;
+            let len = i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+            let size = len.unsigned_abs() as usize;
+            let body = self
+                .bytes
+                .get(pos + 4..pos + 4 + size)
+                .ok_or(KeytabError::Malformed(pos))?;
+            if len > 0 {
+                let entry = Entry::read(body, pos)?;
+                if let Some(new_body) = f(&entry).map(Zeroizing::new) {
+                    let n =
+                        i32::try_from(new_body.len()).map_err(|_| KeytabError::Malformed(pos))?;
+                    out.extend_from_slice(&n.to_be_bytes());
+                    out.extend_from_slice(&new_body);
+                }
+            }
+            pos += 4 + size;
+        }
+        Keytab::parse(out)
     }
 
     /// The key versions this keytab holds.
@@ -216,6 +297,37 @@ mod tests {
                 Err(KeytabError::BadHeader | KeytabError::Malformed(_) | KeytabError::Empty) => {}
             }
         }
+    }
+
+    #[test]
+    fn renamed_keeps_keys_and_kvnos_under_the_new_name() {
+        let mut b = HEADER.to_vec();
+        b.extend(entry(3, None));
+        b.extend(entry(4, Some(300)));
+        let k = Keytab::parse(Zeroizing::new(b)).expect("valid");
+        let r = k
+            .renamed("AD.TEST", &["HTTP", "web.example"])
+            .expect("renamed");
+        assert_eq!(r.kvnos(), k.kvnos());
+        let bytes = r.bytes();
+        let name = b"\x00\x07AD.TEST\x00\x04HTTP\x00\x0bweb.example";
+        assert_eq!(bytes.windows(name.len()).filter(|w| w == name).count(), 2);
+        assert_eq!(
+            bytes.windows(4).filter(|w| w == &[0, 4, 1, 2]).count(),
+            2,
+            "keys kept"
+        );
+    }
+
+    #[test]
+    fn retain_kvnos_drops_old_versions_and_refuses_to_drop_all() {
+        let mut b = HEADER.to_vec();
+        b.extend(entry(3, None));
+        b.extend(entry(4, None));
+        let k = Keytab::parse(Zeroizing::new(b)).expect("valid");
+        let kept = k.retain_kvnos(|v| v >= 4).expect("kept");
+        assert_eq!(kept.kvnos().iter().copied().collect::<Vec<_>>(), vec![4]);
+        assert_eq!(k.retain_kvnos(|_| false).unwrap_err(), KeytabError::Empty);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ad;
 pub mod admission;
 pub mod annotations;
 pub mod api;
@@ -48,6 +49,7 @@ pub mod server;
 pub mod serving_tls;
 pub mod state;
 pub mod store;
+pub mod webhook;
 
 pub use config::Config;
 pub use server::{Controller, ServeError};

@@ -58,6 +58,10 @@ pub struct AcceptLimits {
 struct Conn {
     id: u64,
     authenticated: AtomicBool,
+    /// Whether it may remember a proven principal (see [`Connections::admit`]).
+    cacheable: bool,
+    /// The Kerberos principal a call on this connection proved (TLS only).
+    principal: std::sync::OnceLock<String>,
     closed: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
@@ -155,9 +159,16 @@ impl Connections {
             }
         }
         t.next_id += 1;
+        // The kernel frees an address only once its socket is closed; an
+        // entry still here is a connection whose end has not been handled
+        // yet. The two could be confused by address, so the newcomer never
+        // remembers a proven identity: every call on it is checked.
+        let cacheable = !t.open.contains_key(&peer);
         let conn = Arc::new(Conn {
             id: t.next_id,
             authenticated: AtomicBool::new(false),
+            cacheable,
+            principal: std::sync::OnceLock::new(),
             closed: AtomicBool::new(false),
             waker: Mutex::new(None),
         });
@@ -179,6 +190,27 @@ impl Connections {
         if !c.authenticated.swap(true, Ordering::AcqRel) {
             t.release_source(peer.ip());
         }
+    }
+
+    /// Remembers that the TLS connection from `peer` proved `principal`:
+    /// the entry lives exactly as long as the connection (see
+    /// [`crate::auth`] for why that is as safe as a token per call).
+    pub fn prove(&self, peer: Option<SocketAddr>, principal: &str) {
+        let Some(peer) = peer else { return };
+        if let Some(c) = lock(&self.table).open.get(&peer)
+            && c.cacheable
+        {
+            let _ = c.principal.set(principal.to_string());
+        }
+    }
+
+    /// The principal the open connection from `peer` proved, if any.
+    pub fn proven(&self, peer: Option<SocketAddr>) -> Option<String> {
+        let peer = peer?;
+        lock(&self.table)
+            .open
+            .get(&peer)
+            .and_then(|c| c.principal.get().cloned())
     }
 
     /// Notes that the controller could not take more connections.

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub kube_watch_last_event: IntGaugeVec,
     /// Re-lists and reconnects of the Kubernetes watches, by reason.
     pub kube_watch_restarts: IntCounterVec,
+    /// Admission webhook answers, by webhook (`mutate`, `validate`) and
+    /// verdict (`allowed`, `patched`, `denied`, `bad_request`).
+    pub webhook_admissions: IntCounterVec,
     /// 1 while the store (embedded file or etcd) answers; at 0 the
     /// controller issues nothing.
     pub store_up: IntGauge,
@@ -159,6 +162,11 @@ impl Metrics {
                 "kube_watch_restarts_total",
                 "Watch re-lists and reconnects",
                 &["resource", "reason"],
+            ),
+            webhook_admissions: counter(
+                "webhook_admissions_total",
+                "Admission webhook answers by webhook and verdict",
+                &["webhook", "verdict"],
             ),
             registry,
         })

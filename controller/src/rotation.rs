@@ -50,6 +50,22 @@ async fn reextract(st: &ControllerState, principal: &Principal) -> Result<Keytab
     Ok(keytab)
 }
 
+/// Stores the keytab a backend produced itself (AD), or extracts the keys
+/// the backend now holds (MIT).
+async fn stored_or_reextracted(
+    st: &ControllerState,
+    principal: &Principal,
+    produced: Option<Keytab>,
+) -> Result<Keytab, IssueError> {
+    match produced {
+        Some(keytab) => {
+            st.keytabs.store_keytab(principal, &keytab).await?;
+            Ok(keytab)
+        }
+        None => reextract(st, principal).await,
+    }
+}
+
 /// Asks every node holding one of `volumes` to refresh them now.
 pub fn push_refresh(st: &ControllerState, volumes: &[VolumeRecord], reason: &str) {
     let mut by_node: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
@@ -80,12 +96,14 @@ pub async fn rotate_keytab(
 ) -> Result<u32, IssueError> {
     let _one_at_a_time = ROTATIONS.lock().await;
     let p = Principal::Service(principal.clone());
-    st.gate
+    let current = st.keytabs.stored_keytab(&p).await?;
+    let rotated = st
+        .gate
         .run(Lane::Kadmin, Priority::Starting, "randomize_key", || {
-            st.kadmin.randomize_keep_old(&p)
+            st.kadmin.randomize_keep_old(&p, current.as_ref())
         })
         .await?;
-    let keytab = reextract(st, &p).await?;
+    let keytab = stored_or_reextracted(st, &p, rotated).await?;
     let new_kvno = keytab.kvnos().iter().max().copied().unwrap_or(0);
     let purge = PendingPurge {
         principal: principal.to_string(),
@@ -133,12 +151,14 @@ pub async fn purge_due(st: &ControllerState) {
             continue;
         }
         let result = async {
-            st.gate
+            let current = st.keytabs.stored_keytab(&p).await?;
+            let purged = st
+                .gate
                 .run(Lane::Kadmin, Priority::Background, "purge_keys", || {
-                    st.kadmin.purge_keys(&p, purge.keep_kvno)
+                    st.kadmin.purge_keys(&p, purge.keep_kvno, current.as_ref())
                 })
                 .await?;
-            reextract(st, &p).await
+            stored_or_reextracted(st, &p, purged).await
         }
         .await;
         match result {

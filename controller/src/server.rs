@@ -9,6 +9,7 @@ use kcred_proto::kcred::v1::node_credentials_server::NodeCredentialsServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::ad::AdClient;
 use crate::api::admin::AdminApi;
 use crate::api::node::NodeApi;
 use crate::audit_head;
@@ -22,7 +23,7 @@ use crate::issuers::certs::CertIssuer;
 use crate::issuers::keys::KeyIssuer;
 use crate::issuers::keytab::KeytabIssuer;
 use crate::issuers::tickets::TicketIssuer;
-use crate::kadmin::{KadminClient, KadminConfig};
+use crate::kadmin::{KadminClient, KadminConfig, KeyAdmin};
 use crate::kdc::{KdcClient, TicketConfig};
 use crate::kubernetes::KubeSource;
 use crate::kubernetes::watch as kube_watch;
@@ -286,6 +287,10 @@ fn kube_identities(
 pub struct Controller {
     tls: Option<ServingTls>,
     reload: ReloadTrigger,
+    webhook: Option<(
+        crate::webhook::serve::Listener,
+        Arc<crate::webhook::serve::Webhook>,
+    )>,
     state: Arc<ControllerState>,
     background: Vec<JoinHandle<()>>,
     metrics_listen: Option<std::net::SocketAddr>,
@@ -302,15 +307,22 @@ impl Controller {
             .open(cfg.store_path.as_deref(), master)
             .map_err(startup("store"))?;
         tracing::info!(store = %store.describe(), "store open");
-        let kadmin = KadminClient::new(KadminConfig {
-            program: cfg.kadmin.program.clone(),
-            principal: cfg.kadmin.principal.clone(),
-            keytab: cfg.kadmin.keytab.clone(),
-            krb5_config: cfg.krb5_config.clone(),
-            work_dir: cfg.kadmin.work_dir.clone(),
-            timeout: Duration::from_secs(cfg.kadmin.timeout_secs),
-        })
-        .map_err(startup("kadmin"))?;
+        let kadmin = match &cfg.active_directory {
+            Some(ad) => KeyAdmin::Ad(Box::new(
+                AdClient::new(ad.client_config(cfg)).map_err(startup("active directory"))?,
+            )),
+            None => KeyAdmin::Mit(Box::new(
+                KadminClient::new(KadminConfig {
+                    program: cfg.kadmin.program.clone(),
+                    principal: cfg.kadmin.principal.clone(),
+                    keytab: cfg.kadmin.keytab.clone(),
+                    krb5_config: cfg.krb5_config.clone(),
+                    work_dir: cfg.kadmin.work_dir.clone(),
+                    timeout: Duration::from_secs(cfg.kadmin.timeout_secs),
+                })
+                .map_err(startup("kadmin"))?,
+            )),
+        };
         let realm = cfg.realm.clone();
         let policy = Watched::load(&cfg.policy_file, move |p, t| parse_policy(p, t, &realm))
             .map_err(startup("policy"))?;
@@ -465,9 +477,11 @@ impl Controller {
             audit,
             issued,
             store,
+            audit_heads: Arc::default(),
             node_registry,
             leases: Leases::new(Duration::from_secs(cfg.leases.ttl_secs)),
             updates: Updates::default(),
+            held: Default::default(),
             auth,
             pod_tokens,
             psat,
@@ -530,9 +544,11 @@ impl Controller {
                 Some(tls)
             }
         };
+        let webhook = crate::webhook::start::prepare(cfg, &state).map_err(startup("webhook"))?;
         Ok(Controller {
             tls,
             reload,
+            webhook,
             state,
             background,
             metrics_listen: cfg.metrics_listen,
@@ -558,9 +574,20 @@ impl Controller {
         move || store.healthy()
     }
 
+    /// Where the admission webhook listens (with `[webhook]`).
+    pub fn webhook_addr(&self) -> Option<std::net::SocketAddr> {
+        self.webhook.as_ref().and_then(|(l, _)| l.local_addr())
+    }
+
     /// The pod index, for pod sources that feed it directly.
     pub fn pods(&self) -> Arc<PodIndex> {
         Arc::clone(&self.state.pods)
+    }
+
+    /// The shared state, for in-process callers of the operations behind
+    /// the admin API (e.g. [`crate::rotation::rotate_keytab`]).
+    pub fn state(&self) -> Arc<ControllerState> {
+        Arc::clone(&self.state)
     }
 
     /// The nodes the cluster knows (empty without a node watch).
@@ -585,6 +612,9 @@ impl Controller {
                     tracing::error!(error = %e, "metrics server stopped");
                 }
             }));
+        }
+        if let Some((listener, webhook)) = self.webhook {
+            background.push(tokio::spawn(listener.serve(webhook)));
         }
         let api = NodeApi::new(Arc::clone(&self.state));
         let admin = AdminApi::new(Arc::clone(&self.state));

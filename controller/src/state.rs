@@ -45,6 +45,8 @@ pub struct ControllerState {
     pub audit: Arc<AuditLog>,
     /// The store (for the audit head and listings).
     pub store: Arc<Store>,
+    /// Coalesces the audit head's store writes.
+    pub audit_heads: Arc<crate::audit_head::HeadWriter>,
     /// What was issued where.
     pub issued: Issued,
     /// Open connections and the accept side's limits.
@@ -59,6 +61,8 @@ pub struct ControllerState {
     pub node_registry: NodeRegistry,
     /// Update streams to node drivers.
     pub updates: Updates,
+    /// What each node listed at its last heartbeat.
+    pub held: crate::nodes::held::Held,
     /// Who may call.
     pub auth: Auth,
     /// Pods' own tokens, when required (`kubernetes.require_pod_token`).
@@ -68,7 +72,7 @@ pub struct ControllerState {
     /// The gate (for status).
     pub gate: Arc<crate::gate::KdcGate>,
     /// kadmind, for rotations.
-    pub kadmin: Arc<crate::kadmin::KadminClient>,
+    pub kadmin: Arc<crate::kadmin::KeyAdmin>,
     /// Heartbeat interval asked of nodes.
     pub heartbeat_secs: u64,
     /// Identities and names never issued to pods.
@@ -133,15 +137,12 @@ impl ControllerState {
         let audit = Arc::clone(&self.audit);
         let store = Arc::clone(&self.store);
         let key_id = self.audit.signer().key_id().to_string();
+        let heads = Arc::clone(&self.audit_heads);
         let joined = tokio::task::spawn_blocking(move || {
-            let mut head = None;
-            for e in &events {
-                head = Some(audit.append(e)?.head());
-            }
-            if let Some(h) = head
-                && let Err(e) = crate::audit_head::store_head(&store, &key_id, &h)
-            {
-                tracing::error!(error = %e, "cannot store the audit head");
+            // One wait for the lot; concurrent callers share the sync.
+            let records = audit.append_all(&events)?;
+            if let Some(h) = records.last().map(|r| r.head()) {
+                heads.store(&store, &key_id, h);
             }
             Ok(())
         })

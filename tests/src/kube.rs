@@ -46,3 +46,26 @@ pub fn add_node(api: &KubeApi, name: &str) -> anyhow::Result<()> {
     api.store().create(node)?;
     Ok(())
 }
+
+/// Runs `kubectl --kubeconfig <api's> <args>`; returns whether it
+/// succeeded and what it printed (stdout, then stderr).
+pub fn kubectl(api: &KubeApi, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("kubectl (scripts/install-deps.sh installs it): {e}"))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.success(), text))
+}
+
+/// `kubectl apply` of a manifest, as a person would run it (the test
+/// server serves no OpenAPI documents, hence `--validate=false`).
+pub fn kubectl_apply(api: &KubeApi, manifest: &str) -> anyhow::Result<(bool, String)> {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::fs::write(file.path(), manifest)?;
+    let path = file.path().display().to_string();
+    kubectl(api, &["apply", "--validate=false", "-f", &path])
+}

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod bench;
 pub mod kube;
 pub mod kubelet;
 pub mod procs;
@@ -15,7 +16,7 @@ pub mod storm;
 pub use audit::audit_records;
 pub use kcred_testrealm::Realm;
 pub use kubelet::{Kubelet, TestPod};
-pub use stack::{Stack, StackOptions};
+pub use stack::{DirectoryRealm, Stack, StackOptions};
 
 /// Polls `ok` every 200 ms; panics with `what` after `secs` seconds.
 pub async fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {

@@ -72,6 +72,26 @@ pub struct StackOptions {
     pub kubeconfig: Option<PathBuf>,
     /// More settings of the `[kubernetes]` table (with `kubeconfig`).
     pub kubernetes_config: String,
+    /// Serve this Active Directory realm instead of the MIT realm (which
+    /// still runs, unused).
+    pub active_directory: Option<DirectoryRealm>,
+    /// Serve the admission webhook (`[webhook]`) on a loopback port, with
+    /// a certificate from a CA of its own ([`Stack::webhook`]). (A
+    /// `[webhook]` table in `extra_config` instead serves it with the
+    /// `[tls]` certificate, whose CA `tls.ca_export_file` exports.)
+    pub webhook: bool,
+}
+
+/// An AD realm for the controller: its name, a `krb5.conf` reaching its
+/// KDC, and the `[active_directory]` table.
+#[derive(Debug, Clone)]
+pub struct DirectoryRealm {
+    /// The realm name.
+    pub realm: String,
+    /// Client configuration reaching the domain's KDC.
+    pub krb5_conf: PathBuf,
+    /// The `[active_directory]` table, header included.
+    pub section: String,
 }
 
 impl Default for StackOptions {
@@ -86,6 +106,8 @@ impl Default for StackOptions {
             auth_config: String::new(),
             kubeconfig: None,
             kubernetes_config: String::new(),
+            active_directory: None,
+            webhook: false,
         }
     }
 }
@@ -116,10 +138,43 @@ pub struct Stack {
     pods: Arc<PodIndex>,
     known_nodes: Arc<kcred_controller::nodes::known::KnownNodes>,
     metrics: Arc<Metrics>,
+    // Weak: a stopped controller must release its store.
+    state: std::sync::Weak<kcred_controller::state::ControllerState>,
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
+    webhook: Option<WebhookEndpoint>,
     controller: Option<Running>,
     driver: Option<Running>,
     background: Vec<JoinHandle<()>>,
+}
+
+/// Where the controller's admission webhook answers, and the CA its
+/// certificate comes from (the webhook configurations' `caBundle`).
+#[derive(Debug, Clone)]
+pub struct WebhookEndpoint {
+    /// `https://localhost:<port>`.
+    pub url: String,
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+}
+
+/// Writes a CA-signed serving certificate for localhost into `dir`
+/// (`webhook.crt`, `webhook.key`); returns the CA certificate.
+fn webhook_certificate(dir: &Path) -> anyhow::Result<String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kcred test webhook CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
+        .signed_by(&key, &issuer)?;
+    write(&dir.join("webhook.crt"), &cert.pem())?;
+    write(&dir.join("webhook.key"), &key.serialize_pem())?;
+    Ok(ca.pem())
 }
 
 fn write(path: &Path, content: &str) -> anyhow::Result<()> {
@@ -164,6 +219,18 @@ impl Stack {
                 )
             }
         };
+        let (webhook_config, webhook_ca) = if opts.webhook {
+            let ca = webhook_certificate(d)?;
+            (
+                format!(
+                    "[webhook]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{d}/webhook.crt\"\nkey_file = \"{d}/webhook.key\"",
+                    d = d.display()
+                ),
+                Some(ca),
+            )
+        } else {
+            (String::new(), None)
+        };
         let config_text = format!(
             r#"
 listen = "{controller_addr}"
@@ -195,8 +262,16 @@ max_unauthenticated_per_source = 4096
 
 {kubernetes}
 
+{directory}
+{webhook_config}
+
 {extra}
 "#,
+            directory = opts
+                .active_directory
+                .as_ref()
+                .map(|ad| ad.section.clone())
+                .unwrap_or_default(),
             extra = opts.extra_config,
             auth = if opts.auth_config.is_empty() {
                 "[auth]\nmode = \"none\"".to_string()
@@ -208,8 +283,15 @@ max_unauthenticated_per_source = 4096
                 .metrics_listen
                 .map(|a| format!("metrics_listen = \"{a}\""))
                 .unwrap_or_default(),
-            realm_name = realm.name(),
-            krb5 = realm.krb5_conf_path().display(),
+            realm_name = opts
+                .active_directory
+                .as_ref()
+                .map_or(realm.name(), |ad| ad.realm.as_str()),
+            krb5 = opts
+                .active_directory
+                .as_ref()
+                .map_or(realm.krb5_conf_path(), |ad| ad.krb5_conf.clone())
+                .display(),
             d = d.display(),
             admin = realm.admin_principal(),
             admin_keytab = realm.admin_keytab().display(),
@@ -247,9 +329,18 @@ max_unauthenticated_per_source = 4096
         let driver = Running { stop, task };
 
         let controller = Controller::start(&config)?;
+        let exported_ca = || {
+            let path = config.tls.as_ref()?.ca_export_file.as_ref()?;
+            std::fs::read_to_string(path).ok()
+        };
+        let webhook = controller.webhook_addr().map(|addr| WebhookEndpoint {
+            url: format!("https://localhost:{}", addr.port()),
+            ca_pem: webhook_ca.or_else(exported_ca).unwrap_or_default(),
+        });
         let pods = controller.pods();
         let known_nodes = controller.known_nodes();
         let metrics = controller.metrics();
+        let state = Arc::downgrade(&controller.state());
         let controller = Self::spawn_controller(controller, listener);
         let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
         Ok(Stack {
@@ -261,7 +352,9 @@ max_unauthenticated_per_source = 4096
             pods,
             known_nodes,
             metrics,
+            state,
             driver_metrics,
+            webhook,
             controller: Some(controller),
             driver: Some(driver),
             background,
@@ -317,12 +410,24 @@ max_unauthenticated_per_source = 4096
         self.pods = controller.pods();
         self.known_nodes = controller.known_nodes();
         self.metrics = controller.metrics();
+        self.state = Arc::downgrade(&controller.state());
         for p in pods {
             self.add_pod(p);
         }
         let listener = tokio::net::TcpListener::bind(self.controller_addr).await?;
         self.controller = Some(Self::spawn_controller(controller, listener));
         Ok(())
+    }
+
+    /// The running controller's state (to call what the admin API
+    /// calls); `None` once it has stopped.
+    pub fn state(&self) -> Option<Arc<kcred_controller::state::ControllerState>> {
+        self.state.upgrade()
+    }
+
+    /// The controller's admission webhook (with [`StackOptions::webhook`]).
+    pub fn webhook(&self) -> Option<&WebhookEndpoint> {
+        self.webhook.as_ref()
     }
 
     /// The running controller's metrics.

@@ -162,23 +162,26 @@ fn progress(
 ) -> ProgressStream {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
-        let total = holders.len() as u32;
         let deadline = Instant::now() + wait;
-        let mut last = u32::MAX;
+        let mut last = (u32::MAX, u32::MAX);
         loop {
-            let updated =
-                holders
-                    .iter()
-                    .filter(|id| {
-                        state.issued.get(id).ok().flatten().is_some_and(|v| {
-                            v.versions.get(&subject).is_some_and(|&n| n >= version)
-                        })
-                    })
-                    .count() as u32;
+            // Only volumes still mounted count: a record outlives its
+            // mount until its pod is gone, and an unmounted volume never
+            // fetches the new version.
+            let live: Vec<_> = holders
+                .iter()
+                .filter_map(|id| state.issued.get(id).ok().flatten())
+                .filter(|v| state.held.is_live(&v.node, &v.volume_id, v.issued_unix))
+                .collect();
+            let total = live.len() as u32;
+            let updated = live
+                .iter()
+                .filter(|v| v.versions.get(&subject).is_some_and(|&n| n >= version))
+                .count() as u32;
             let done = updated == total;
             let timed_out = Instant::now() >= deadline;
-            if updated != last || done || timed_out {
-                last = updated;
+            if (updated, total) != last || done || timed_out {
+                last = (updated, total);
                 let message = if done {
                     format!("{subject}: version {version} delivered to all {total} volumes")
                 } else if timed_out {

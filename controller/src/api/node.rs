@@ -16,6 +16,7 @@ use kcred_proto::kcred::v1::{
     WatchUpdatesRequest,
 };
 use tokio_stream::Stream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::admission::{self, FetchFacts, Grant};
@@ -103,6 +104,10 @@ impl NodeCredentials for NodeApi {
             loss::lease_transition(st, t).await;
         }
         let held = request.into_inner().volume_ids;
+        if held.len() <= heartbeat::MAX_HELD {
+            st.held
+                .heard(&node, &held, kcred_audit::timefmt::now_unix());
+        }
         let state = Arc::clone(&self.state);
         let name = node.clone();
         let answer = tokio::task::spawn_blocking(move || heartbeat::answer(&state, &name, &held))
@@ -164,19 +169,37 @@ impl NodeCredentials for NodeApi {
 impl NodeApi {
     /// Authenticates a node call; refusals are audited.
     async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
-        let verdict = match (
+        let conns = &self.state.connections;
+        let rejected = match (
             &self.state.psat,
             kcred_auth::BearerToken::from_request(request),
         ) {
-            // A driver pod's token (psat): the API server vouches for it.
-            (Some(psat), Some(Ok(token))) => psat.authenticate(&token, node).await,
-            (_, Some(Err(e))) => Err(crate::auth::Rejected {
+            // A driver pod's token (psat): the API server vouches for it
+            // (reviews are cached per token, see crate::kubernetes::psat).
+            (Some(psat), Some(Ok(token))) => psat.authenticate(&token, node).await.err(),
+            (_, Some(Err(e))) => Some(crate::auth::Rejected {
                 who: format!("node/{node} (unauthenticated)"),
                 refusal: Refusal::new(Reason::Unauthenticated, format!("bearer token: {e}")),
             }),
-            _ => self.state.auth.node(request, node),
+            _ => {
+                // Only a TLS connection binds its calls to one peer (crate::auth).
+                let tls = request
+                    .extensions()
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .is_some();
+                let proven = tls.then(|| conns.proven(request.remote_addr())).flatten();
+                match self.state.auth.node(request, node, proven.as_deref()) {
+                    Ok(principal) => {
+                        if let Some(p) = principal.filter(|_| tls && proven.is_none()) {
+                            conns.prove(request.remote_addr(), &p);
+                        }
+                        None
+                    }
+                    Err(r) => Some(r),
+                }
+            }
         };
-        let Err(rejected) = verdict else {
+        let Some(rejected) = rejected else {
             self.state.connections.authenticated(request.remote_addr());
             // Its host key stays reserved from now on, restarts included.
             if names::validate_dns_name("node_name", node).is_ok()

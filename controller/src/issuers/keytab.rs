@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::{IssueError, read_stored, write_stored};
 use crate::gate::single_flight::{Role, SingleFlight};
 use crate::gate::{KdcGate, Lane, Priority};
-use crate::kadmin::KadminClient;
+use crate::kadmin::KeyAdmin;
 use crate::keytab::Keytab;
 use crate::metrics::Metrics;
 use crate::names::Principal;
@@ -29,7 +29,7 @@ const KIND: &str = "keytab";
 /// Issues keytabs for service principals.
 pub struct KeytabIssuer {
     store: Arc<Store>,
-    kadmin: Arc<KadminClient>,
+    kadmin: Arc<KeyAdmin>,
     gate: Arc<KdcGate>,
     metrics: Arc<Metrics>,
     flight: SingleFlight<Principal, Keytab, IssueError>,
@@ -41,7 +41,7 @@ impl KeytabIssuer {
     /// Builds an issuer over a store, kadmind (behind the gate) and metrics.
     pub fn new(
         store: Arc<Store>,
-        kadmin: Arc<KadminClient>,
+        kadmin: Arc<KeyAdmin>,
         gate: Arc<KdcGate>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -63,6 +63,12 @@ impl KeytabIssuer {
             |r: Record<KeytabMeta>| Keytab::parse(r.secret),
         )
         .await
+    }
+
+    /// The stored keytab, if any (what an AD rotation keeps the previous
+    /// key version from).
+    pub async fn stored_keytab(&self, principal: &Principal) -> Result<Option<Keytab>, IssueError> {
+        self.stored(principal).await
     }
 
     /// The principal's keytab: from the store, or extracted once.
@@ -134,7 +140,7 @@ impl KeytabIssuer {
             })
             .await?;
         self.store_keytab(principal, &keytab).await?;
-        tracing::info!(principal = %principal, kvnos = ?keytab.kvnos(), "extracted keytab from kadmind");
+        tracing::info!(principal = %principal, kvnos = ?keytab.kvnos(), "issued a new keytab from the KDC backend");
         Ok(keytab)
     }
 }

@@ -23,3 +23,7 @@
 mod session;
 
 pub use session::{KadminClient, KadminConfig, KadminError};
+
+mod backend;
+
+pub use backend::KeyAdmin;

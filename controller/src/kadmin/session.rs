@@ -36,8 +36,9 @@ pub enum KadminError {
     /// The principal is not in the KDC database.
     #[error("principal {0} does not exist in the KDC")]
     NoSuchPrincipal(String),
-    /// kadmind refused (missing ACL privilege, locked-down keys).
-    #[error("kadmind refused to extract {principal}: {message}")]
+    /// The admin side refused (kadmind: missing ACL privilege, locked-down
+    /// keys; AD: LDAP rights or policy, an account shared between names).
+    #[error("the KDC's administration refused {principal}: {message}")]
     Refused {
         /// The principal.
         principal: String,

@@ -4,6 +4,7 @@
 //! knows (from the node watch).
 
 pub mod heartbeat;
+pub mod held;
 pub mod known;
 pub mod kube_source;
 pub mod leases;

@@ -29,8 +29,12 @@ use crate::storage::{Medium, StorageError};
 use crate::support::lock::lock;
 use crate::support::retry;
 
-/// Scheduled reconciles running at once.
-const PARALLEL: usize = 4;
+/// Scheduled reconciles running at once. A rotation pushes a refresh for
+/// every volume holding the credential at the same moment; each refresh is
+/// a network round trip and a small tmpfs rewrite, so the node applies many
+/// at once, bounded so a node with thousands of volumes does not open
+/// thousands of calls or hold thousands of bundles in memory.
+const PARALLEL: usize = 32;
 
 /// Drives every volume on this node.
 pub struct VolumeManager {

@@ -152,9 +152,8 @@ pub async fn replace<K: Stored>(
     }
 }
 
-/// `PATCH` on one object: JSON merge patch (RFC 7386). A strategic merge
-/// patch is applied the same way, which is what it amounts to for maps
-/// such as labels and annotations.
+/// `PATCH` on one object: JSON merge patch (RFC 7386), or a strategic
+/// merge patch as far as [`strategic_merge_patch`] models it.
 pub async fn patch<K: Stored>(
     State(shared): State<Arc<Shared>>,
     Path(params): Params,
@@ -182,7 +181,11 @@ pub async fn patch<K: Stored>(
     };
     let result = shared.store.update::<K>(&ns, &name, |o| {
         let mut value = serde_json::to_value(&*o).map_err(|e| ApiError::internal(e.to_string()))?;
-        merge_patch(&mut value, &patch);
+        if content_type == "application/strategic-merge-patch+json" {
+            strategic_merge_patch(&mut value, &patch);
+        } else {
+            merge_patch(&mut value, &patch);
+        }
         *o = serde_json::from_value(value)
             .map_err(|e| ApiError::bad_request(format!("patched object is invalid: {e}")))?;
         Ok(())
@@ -214,6 +217,61 @@ pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
+/// A strategic merge patch, as far as `kubectl apply` needs it: like a
+/// merge patch, except that lists of objects keyed by `name` (containers,
+/// env, volumes, ports) merge element by element, and `$` directives
+/// (`$setElementOrder`, `$retainKeys`, `$patch`) are ignored. So
+/// re-applying a manifest keeps what admission webhooks added to such
+/// lists, as the API server does.
+pub fn strategic_merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    let named = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_string);
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if k.starts_with('$') {
+                    continue;
+                }
+                if v.is_null() {
+                    t.remove(k);
+                } else if let Some(existing) = t.get_mut(k) {
+                    strategic_merge_patch(existing, v);
+                } else {
+                    let mut fresh = Value::Null;
+                    strategic_merge_patch(&mut fresh, v);
+                    t.insert(k.clone(), fresh);
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p))
+            if !p.is_empty() && p.iter().chain(t.iter()).all(|e| named(e).is_some()) =>
+        {
+            for item in p {
+                match t.iter_mut().find(|e| named(e) == named(item)) {
+                    Some(existing) => strategic_merge_patch(existing, item),
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (target, patch) => {
+            let mut patch = patch.clone();
+            strip_directives(&mut patch);
+            *target = patch;
+        }
+    }
+}
+
+fn strip_directives(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with('$'));
+            m.values_mut().for_each(strip_directives);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_directives),
+        _ => {}
+    }
+}
+
 /// `DELETE` on one object: gone at once (no finalizers, no grace).
 pub async fn delete<K: Stored>(
     State(shared): State<Arc<Shared>>,
@@ -223,5 +281,38 @@ pub async fn delete<K: Stored>(
     match shared.store.delete::<K>(&ns, &name) {
         Ok(o) => json_response(StatusCode::OK, &o),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strategic_merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn reapplying_keeps_what_admission_added_to_named_lists() {
+        let mut pod = json!({"spec": {"containers": [
+            {"name": "app", "image": "a:1", "env": [{"name": "A", "value": "1"}, {"name": "KRB5_KTNAME", "value": "/k"}]},
+            {"name": "sidecar", "image": "s:1"},
+        ]}});
+        let before = pod.clone();
+        // What kubectl apply sends when the live lists are longer.
+        strategic_merge_patch(
+            &mut pod,
+            &json!({"spec": {"$setElementOrder/containers": [{"name": "app"}, {"name": "sidecar"}],
+                "containers": [{"$setElementOrder/env": [{"name": "A"}], "name": "app"}]}}),
+        );
+        assert_eq!(pod, before);
+        strategic_merge_patch(
+            &mut pod,
+            &json!({"spec": {"containers": [{"name": "app", "image": "a:2"}]}, "metadata": {"labels": {"x": "y"}}}),
+        );
+        assert_eq!(pod["spec"]["containers"][0]["image"], "a:2");
+        assert_eq!(
+            pod["spec"]["containers"][0]["env"][1]["name"],
+            "KRB5_KTNAME"
+        );
+        assert_eq!(pod["spec"]["containers"][1]["name"], "sidecar");
+        assert_eq!(pod["metadata"]["labels"]["x"], "y");
     }
 }

@@ -1,7 +1,11 @@
-//! The kcred demo: a throwaway MIT realm, the real `kcred-controller` and
-//! `kcred-csi-driver` processes, a kubelet stand-in publishing a volume for
-//! a pod annotated `kcred.io/keytabs: "HTTP/web.example.com"`, and `kinit`
-//! proving the delivered keytab. Run it through `scripts/demo.sh`.
+//! The kcred demo: a throwaway MIT realm, a Kubernetes API server
+//! (`kcred-testkube`), the real `kcred-controller` and `kcred-csi-driver`
+//! processes. A pod manifest annotated `kcred.io/keytabs:
+//! "HTTP/web.example.com"` is applied with `kubectl`, goes through the
+//! controller's admission webhook (which adds the volume, its mount and
+//! `KRB5_KTNAME`), is bound to a node, the kubelet stand-in publishes its
+//! volume, and `kinit` proves the keytab `KRB5_KTNAME` names. Run it
+//! through `scripts/demo.sh`.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -9,10 +13,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use base64::Engine;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kcred_testkube::{KubeApi, pods};
 use kcred_tests::{Kubelet, Realm, TestPod};
 
 const NODE: &str = "demo-node";
 const PRINCIPAL: &str = "HTTP/web.example.com";
+/// The name in the controller's certificate (node API and webhook).
+const HOST: &str = "localhost";
+/// Where the webhook mounts the volume in the pod's containers.
+const MOUNT: &str = "/var/run/kcred";
 
 /// Kills a child process when the demo ends, however it ends.
 struct Proc(Child, &'static str);
@@ -88,7 +99,20 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    step("Configuring the controller (master key, policy, pods)");
+
+    step("Starting a Kubernetes API server for the demo (kcred-testkube: HTTPS, kubeconfig)");
+    let api = KubeApi::start().await?;
+    println!(
+        "API server {}; kubeconfig {}",
+        api.url(),
+        api.kubeconfig().display()
+    );
+    let mut node = Node::default();
+    node.metadata.name = Some(NODE.into());
+    api.store().create(node)?;
+    println!("node {NODE} registered");
+
+    step("Configuring the controller (master key, policy, Kubernetes API, TLS, webhook)");
     let status = Command::new(&controller_bin)
         .arg("generate-master-key")
         .arg(d.join("master.key"))
@@ -96,40 +120,36 @@ async fn main() -> anyhow::Result<()> {
     if !status.success() {
         bail!("generate-master-key failed");
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let pod = TestPod::with_keytabs("web", "web-0", NODE, PRINCIPAL);
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (port, webhook_port) = (free_port()?, free_port()?);
     std::fs::write(
         d.join("policy.toml"),
         "[[role_accounts]]\nlogin = \"websvc\"\nuid = 1500\ngid = 1500\nnamespaces = [\"web\"]\nservice_principals = [\"HTTP/web.example.com\"]\n",
     )?;
     std::fs::write(
-        d.join("pods.toml"),
-        format!(
-            "[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"{}\"\nnode_name = \"{NODE}\"\nrun_as_user = 1500\nrun_as_group = 1500\nannotations = {{ \"kcred.io/keytabs\" = \"{PRINCIPAL}\" }}\n",
-            pod.uid
-        ),
-    )?;
-    std::fs::write(
         d.join("controller.toml"),
         format!(
-            "listen = \"127.0.0.1:{port}\"\nrealm = \"{}\"\nkrb5_config = \"{}\"\nmaster_key_file = \"{d}/master.key\"\nstore_path = \"{d}/store.redb\"\npolicy_file = \"{d}/policy.toml\"\naudit_log = \"{d}/audit.log\"\naudit_key = \"{d}/audit.key\"\npods_file = \"{d}/pods.toml\"\n\n[kadmin]\nprincipal = \"{}\"\nkeytab = \"{}\"\nwork_dir = \"{d}/extract\"\n\n[auth]\nmode = \"none\"\n",
+            "listen = \"127.0.0.1:{port}\"\nrealm = \"{}\"\nkrb5_config = \"{}\"\nmaster_key_file = \"{d}/master.key\"\nstore_path = \"{d}/store.redb\"\npolicy_file = \"{d}/policy.toml\"\naudit_log = \"{d}/audit.log\"\naudit_key = \"{d}/audit.key\"\n\n[kadmin]\nprincipal = \"{}\"\nkeytab = \"{}\"\nwork_dir = \"{d}/extract\"\n\n[auth]\nmode = \"none\"\n\n[kubernetes]\nkubeconfig = \"{}\"\n\n[tls]\nnames = [\"{HOST}\"]\nca_export_file = \"{d}/ca.crt\"\n\n[webhook]\nlisten = \"127.0.0.1:{webhook_port}\"\n",
             realm.name(),
             realm.krb5_conf_path().display(),
             realm.admin_principal(),
             realm.admin_keytab().display(),
+            api.kubeconfig().display(),
             d = d.display()
         ),
     )?;
-    for f in ["policy.toml", "pods.toml"] {
+    for f in ["policy.toml", "controller.toml"] {
         println!(
             "--- {f}\n{}",
             std::fs::read_to_string(d.join(f))?.trim_end()
         );
     }
 
-    step("Starting kcred-controller");
+    step("Starting kcred-controller (node API and admission webhook over TLS)");
     let clog = d.join("controller.log");
     let _controller = Proc(
         Command::new(&controller_bin)
@@ -142,12 +162,107 @@ async fn main() -> anyhow::Result<()> {
     );
     wait_for(
         "kcred-controller",
-        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", webhook_port)).is_ok()
+                && d.join("ca.crt").exists()
+        },
         &clog,
     )?;
-    println!("listening on 127.0.0.1:{port}");
+    println!(
+        "node API https://{HOST}:{port}, webhook https://{HOST}:{webhook_port}, CA {d}/ca.crt",
+        d = d.display()
+    );
 
-    step("Starting kcred-csi-driver (CSI on a unix socket)");
+    step("Registering the webhook with the API server (kubectl apply)");
+    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(d.join("ca.crt"))?);
+    let webhooks = d.join("webhooks.yaml");
+    std::fs::write(
+        &webhooks,
+        webhook_configurations(&format!("https://{HOST}:{webhook_port}"), &ca),
+    )?;
+    if !kubectl(
+        &api,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            &webhooks.to_string_lossy(),
+        ],
+    )? {
+        bail!("kubectl apply of the webhook configurations failed");
+    }
+
+    step("A typo is refused at kubectl apply time");
+    let typo = d.join("typo.yaml");
+    std::fs::write(&typo, pod_manifest("kcred.io/keytab"))?;
+    println!("--- typo.yaml (kcred.io/keytab)");
+    if kubectl(
+        &api,
+        &["apply", "--validate=false", "-f", &typo.to_string_lossy()],
+    )? {
+        bail!("the webhook let a misspelt annotation through");
+    }
+
+    step("The pod, as the application team writes it: one annotation, no volume");
+    let manifest = d.join("web-0.yaml");
+    std::fs::write(&manifest, pod_manifest("kcred.io/keytabs"))?;
+    println!("{}", std::fs::read_to_string(&manifest)?.trim_end());
+    if !kubectl(
+        &api,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            &manifest.to_string_lossy(),
+        ],
+    )? {
+        bail!("kubectl apply of the pod failed");
+    }
+    println!("what the webhook added:");
+    kubectl(
+        &api,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "web",
+            "web-0",
+            "-o",
+            "jsonpath=  volumes: {.spec.volumes}{\"\\n\"}  mounts:  {.spec.containers[0].volumeMounts}{\"\\n\"}  env:     {.spec.containers[0].env}{\"\\n\"}",
+        ],
+    )?;
+    let stored: Pod = api
+        .store()
+        .get("web", "web-0")
+        .context("the pod was not stored")?;
+    let spec = stored.spec.clone().unwrap_or_default();
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.csi.as_ref().is_some_and(|c| c.driver == "csi.kcred.io"))
+        .context("the webhook added no kcred volume")?
+        .clone();
+    let env = |name: &str| {
+        spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    let ktname = env("KRB5_KTNAME").context("the webhook set no KRB5_KTNAME")?;
+
+    step("The scheduler binds the pod to a node");
+    pods::bind(api.store(), "web", "web-0", NODE)?;
+    pods::set_phase(api.store(), "web", "web-0", "Running")?;
+    println!(
+        "pod web/web-0 (uid {}) -> node {NODE}",
+        stored.metadata.uid.clone().unwrap_or_default()
+    );
+
+    step("Starting kcred-csi-driver on that node (CSI on a unix socket)");
     let kubelet_dir = d.join("kubelet");
     std::fs::create_dir_all(kubelet_dir.join("pods"))?;
     let socket = d.join("csi/csi.sock");
@@ -160,8 +275,12 @@ async fn main() -> anyhow::Result<()> {
                 "--node-id",
                 NODE,
                 "--controller",
-                &format!("http://127.0.0.1:{port}"),
+                &format!("https://127.0.0.1:{port}"),
+                "--tls-server-name",
+                HOST,
             ])
+            .arg("--ca-file")
+            .arg(d.join("ca.crt"))
             .arg("--kubelet-dir")
             .arg(&kubelet_dir)
             .arg("--state-dir")
@@ -176,13 +295,29 @@ async fn main() -> anyhow::Result<()> {
 
     step("Kubelet publishes the pod's inline CSI volume (NodePublishVolume)");
     let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
-    let target = kubelet
-        .publish(&pod, "kcred")
-        .await
-        .context("NodePublishVolume")?;
+    let mut pod = TestPod::new("web", "web-0", NODE);
+    pod.uid = stored.metadata.uid.clone().unwrap_or_default();
+    let readonly = volume.csi.as_ref().and_then(|c| c.read_only) == Some(true);
+    // Like kubelet, retry until the controller's watch has seen the binding.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let target = loop {
+        let mut req = kubelet.publish_request(&pod, &volume.name);
+        req.readonly = readonly;
+        let target = PathBuf::from(&req.target_path);
+        match kubelet.node().node_publish_volume(req).await {
+            Ok(_) => break target,
+            Err(e) if Instant::now() < deadline => {
+                println!("  not yet: {}", e.message());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("NodePublishVolume"),
+        }
+    };
     println!(
-        "pod web/web-0 annotated kcred.io/keytabs: \"{PRINCIPAL}\" -> mounted at\n  {}",
-        target.display()
+        "volume {:?} of pod web/web-0 mounted at\n  {} (the container sees {})",
+        volume.name,
+        target.display(),
+        MOUNT
     );
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     for line in mounts
@@ -194,8 +329,13 @@ async fn main() -> anyhow::Result<()> {
     println!("$ ls -la {}", target.display());
     let _ = Command::new("ls").arg("-la").arg(&target).status();
 
-    step("Proving the keytab with the real MIT tools");
-    let keytab = target.join("krb5.keytab");
+    step("Proving the keytab KRB5_KTNAME names with the real MIT tools");
+    let keytab = target.join(
+        ktname
+            .strip_prefix(&format!("{MOUNT}/"))
+            .context("KRB5_KTNAME outside the mount")?,
+    );
+    println!("KRB5_KTNAME={ktname} -> {}", keytab.display());
     show(&realm, "klist", &["-k", "-e", &keytab.to_string_lossy()])?;
     let ok = show(
         &realm,
@@ -210,7 +350,7 @@ async fn main() -> anyhow::Result<()> {
 
     step("Kubelet unpublishes the volume (NodeUnpublishVolume)");
     kubelet
-        .unpublish(&pod, "kcred")
+        .unpublish(&pod, &volume.name)
         .await
         .context("NodeUnpublishVolume")?;
     println!(
@@ -221,10 +361,42 @@ async fn main() -> anyhow::Result<()> {
 
     if ok {
         println!(
-            "\n\x1b[1;32mDEMO OK: a pod annotation brought a real keytab into a tmpfs volume, and kinit accepted it.\x1b[0m"
+            "\n\x1b[1;32mDEMO OK: a pod applied with kubectl went through kcred's webhook, got its volume on its node, and kinit accepted the delivered keytab.\x1b[0m"
         );
         Ok(())
     } else {
         bail!("kinit with the delivered keytab failed")
     }
+}
+
+/// The webhook configurations, calling the controller by URL.
+fn webhook_configurations(url: &str, ca: &str) -> String {
+    let one = |kind: &str, name: &str| {
+        format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: {kind}WebhookConfiguration\nmetadata:\n  name: kcred-{name}\nwebhooks:\n  - name: {name}.pods.kcred.io\n    admissionReviewVersions: [\"v1\"]\n    sideEffects: None\n    failurePolicy: Fail\n    clientConfig:\n      url: \"{url}/{name}-pods\"\n      caBundle: \"{ca}\"\n    rules:\n      - operations: [\"CREATE\"]\n        apiGroups: [\"\"]\n        apiVersions: [\"v1\"]\n        resources: [\"pods\"]\n"
+        )
+    };
+    one("Mutating", "mutate") + "---\n" + &one("Validating", "validate")
+}
+
+/// The demo pod, asking for the keytab under `key`.
+fn pod_manifest(key: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  namespace: web\n  annotations:\n    {key}: \"{PRINCIPAL}\"\nspec:\n  securityContext:\n    runAsUser: 1500\n    runAsGroup: 1500\n  containers:\n    - name: web\n      image: registry.example/web:1\n"
+    )
+}
+
+/// Runs kubectl against the demo's API server, showing the command and
+/// its output; returns whether it succeeded.
+fn kubectl(api: &KubeApi, args: &[&str]) -> anyhow::Result<bool> {
+    println!("$ kubectl {}", args.join(" "));
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args(args)
+        .output()
+        .context("kubectl (scripts/install-deps.sh installs it)")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    print!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(out.status.success())
 }

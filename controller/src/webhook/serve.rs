@@ -1,0 +1,216 @@
+//! The webhook's HTTPS listener: `POST /mutate-pods` and
+//! `POST /validate-pods`, each answering one `AdmissionReview`.
+//!
+//! Anyone who reaches the port can post, so bodies are capped (413 above
+//! [`MAX_BODY`]), a body that is not a review answers 400 with the reason,
+//! connections are capped and must finish their TLS handshake and headers
+//! in time. Every answer is counted in `kcred_webhook_admissions_total` by
+//! webhook and verdict.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::review::{self, Verdict};
+use super::{mutate, validate};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::reload::Watched;
+
+/// Largest review read: the API server's own request limit is 3 MiB, and
+/// a pod is far smaller.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Time for a client's TLS handshake and request headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the webhook cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The certificate or key is unusable.
+    #[error("webhook certificate: {0}")]
+    Certificate(String),
+    /// The listener could not be bound.
+    #[error("webhook listener {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What the webhook decides with.
+pub struct Webhook {
+    /// The policy in force (hot-reloaded).
+    pub policy: Arc<Watched<Policy>>,
+    /// The realm, for principal names in annotations.
+    pub realm: String,
+    /// The kcred CSI driver's name.
+    pub driver: String,
+    /// Where verdicts are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Webhook {
+    /// Answers one review body with `decide`; `name` labels the metric.
+    fn answer(&self, name: &str, body: &[u8], decide: impl Fn(&Pod, &str) -> Verdict) -> Response {
+        let count = |verdict: &str| {
+            self.metrics
+                .webhook_admissions
+                .with_label_values(&[name, verdict])
+                .inc();
+        };
+        let req = match review::parse(body) {
+            Ok(r) => r,
+            Err(e) => {
+                count("bad_request");
+                return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+            }
+        };
+        let verdict = match req.pod() {
+            Ok(Some((pod, namespace))) => decide(&pod, &namespace),
+            Ok(None) => Verdict::Allow,
+            Err(e) => {
+                count("bad_request");
+                return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+            }
+        };
+        count(verdict.label());
+        if let Verdict::Deny { message, .. } = &verdict {
+            tracing::info!(webhook = name, namespace = ?req.namespace, %message, "pod refused at admission");
+        }
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            verdict.response(&req.uid).to_string(),
+        )
+            .into_response()
+    }
+}
+
+async fn mutate_pods(State(w): State<Arc<Webhook>>, body: Bytes) -> Response {
+    w.answer("mutate", &body, |pod, _| mutate::patch(pod, &w.driver))
+}
+
+async fn validate_pods(State(w): State<Arc<Webhook>>, body: Bytes) -> Response {
+    let policy = w.policy.get();
+    w.answer("validate", &body, |pod, ns| {
+        validate::check(pod, ns, &w.realm, &policy)
+    })
+}
+
+/// The webhook's routes.
+pub fn router(webhook: Arc<Webhook>) -> Router {
+    Router::new()
+        .route("/mutate-pods", post(mutate_pods))
+        .route("/validate-pods", post(validate_pods))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(webhook)
+}
+
+/// A TLS acceptor presenting `cert_pem` (chain) with `key_pem`.
+pub fn acceptor(cert_pem: &str, key_pem: &str) -> Result<TlsAcceptor, WebhookError> {
+    let bad = |e: &dyn std::fmt::Display| WebhookError::Certificate(e.to_string());
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if chain.is_empty() {
+        return Err(bad(&"no certificate in PEM"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(&e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(&e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A bound listener with its TLS identity, ready to serve.
+pub struct Listener {
+    listener: std::net::TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl Listener {
+    /// Binds `addr` now, so a taken port stops the controller at start.
+    pub fn bind(addr: SocketAddr, acceptor: TlsAcceptor) -> Result<Self, WebhookError> {
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| WebhookError::Bind { addr, source })?;
+        Ok(Listener { listener, acceptor })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves `webhook` until the task is aborted (which drops every
+    /// connection).
+    pub async fn serve(self, webhook: Arc<Webhook>) {
+        let listener = match TcpListener::from_std(self.listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook listener unusable");
+                return;
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "admission webhook serving");
+        }
+        let router = router(webhook);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = JoinSet::new();
+        loop {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::debug!(error = %e, "webhook accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let acceptor = self.acceptor.clone();
+            let service = TowerToHyperService::new(router.clone());
+            connections.spawn(async move {
+                let _permit = permit;
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HANDSHAKE_TIMEOUT)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+            while connections.try_join_next().is_some() {}
+        }
+    }
+}

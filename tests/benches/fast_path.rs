@@ -1,0 +1,513 @@
+//! The fast path, measured: kcred's real controller and driver processes
+//! (Kerberos, TLS, audit, tmpfs mounts) beside floors and peers measured
+//! in the same run on the same machine. Prints one table; asserts nothing
+//! about time.
+//!
+//! `cargo build --release --bins && cargo bench -p kcred-tests --bench fast_path`
+//! (as root: it mounts tmpfs). `-- --quick` (or `KCRED_BENCH_QUICK=1`)
+//! runs a small version in well under a minute: CI's smoke test.
+//!
+//! The process re-executes itself for two helpers: the TLS echo server
+//! (`--echo-server DIR`), so its CPU is measured alone, and node load
+//! (`--node-load SPEC`), which needs the realm's `KRB5_CONFIG` in its
+//! environment from the start.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
+use kcred_proto::kcred::v1::{HeartbeatRequest, PodRef};
+use kcred_tests::bench::stats::{Table, ms, pct, ratio, us};
+use kcred_tests::bench::{echo, floor, load, procstat};
+use kcred_tests::procs::{CONTROLLER_HOST, NODE_A, ProcStack};
+use kcred_tests::{Kubelet, TestPod};
+use serde_json::{Value, json};
+
+/// How much of everything: `--quick` for CI's smoke run.
+struct Size {
+    volumes: usize,
+    floor: usize,
+    rtts: usize,
+    clients: usize,
+    calls: usize,
+    issued: usize,
+    heartbeats: usize,
+}
+
+const QUICK: Size = Size {
+    volumes: 10,
+    floor: 10,
+    rtts: 50,
+    clients: 64,
+    calls: 3,
+    issued: 64,
+    heartbeats: 50,
+};
+
+const FULL: Size = Size {
+    volumes: 100,
+    floor: 100,
+    rtts: 1000,
+    clients: 64,
+    calls: 40,
+    issued: 2560,
+    heartbeats: 500,
+};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    if let Some(dir) = after("--echo-server") {
+        return rt.block_on(echo_server(Path::new(&dir)));
+    }
+    if let Some(spec) = after("--node-load") {
+        return rt.block_on(node_load(Path::new(&spec)));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP fast_path: needs root for tmpfs mounts");
+        return Ok(());
+    }
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var_os("KCRED_BENCH_QUICK").is_some_and(|v| v != "0");
+    rt.block_on(bench(if quick { &QUICK } else { &FULL }, quick))
+}
+
+/// A helper process killed on drop.
+struct Helper(Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Helper {
+    fn pid(&self) -> i32 {
+        i32::try_from(self.0.id()).unwrap_or(i32::MAX)
+    }
+}
+
+fn me() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("current_exe")
+}
+
+async fn echo_server(dir: &Path) -> anyhow::Result<()> {
+    let (cert, key) = echo::self_signed()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    std::fs::write(dir.join("echo.crt"), &cert)?;
+    std::fs::write(
+        dir.join("echo.addr.tmp"),
+        listener.local_addr()?.to_string(),
+    )?;
+    std::fs::rename(dir.join("echo.addr.tmp"), dir.join("echo.addr"))?;
+    echo::serve(listener, &cert, &key).await
+}
+
+async fn start_echo(dir: &Path) -> anyhow::Result<(Helper, String, String)> {
+    let child = Command::new(me()?)
+        .arg("--echo-server")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let helper = Helper(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("echo.addr").exists() {
+        if Instant::now() > deadline {
+            bail!("echo server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addr = std::fs::read_to_string(dir.join("echo.addr"))?;
+    let cert = std::fs::read_to_string(dir.join("echo.crt"))?;
+    Ok((helper, addr, cert))
+}
+
+/// Runs in a child whose `KRB5_CONFIG` is the realm's: `clients`
+/// connections to the controller as a node, `calls` calls each, and prints
+/// one JSON line with the outcome.
+async fn node_load(spec_path: &Path) -> anyhow::Result<()> {
+    let spec: Value = serde_json::from_slice(&std::fs::read(spec_path)?)?;
+    let s = |k: &str| spec[k].as_str().unwrap_or_default().to_string();
+    let n = |k: &str| spec[k].as_u64().unwrap_or(0) as usize;
+    let initiator = std::sync::Arc::new(kcred_auth::Initiator::new(
+        Path::new(&s("keytab")),
+        &s("principal"),
+        &s("service"),
+    )?);
+    let ca = std::fs::read(s("ca"))?;
+    let mut clients = Vec::new();
+    for _ in 0..n("clients") {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+            .domain_name(s("tls_name"));
+        clients.push(ControllerClient::connect(
+            &s("endpoint"),
+            &s("node"),
+            NodeIdentity::kerberos(std::sync::Arc::clone(&initiator)),
+            Some(tls),
+        )?);
+    }
+    let pods: Vec<PodRef> = spec["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| PodRef {
+            namespace: p["namespace"].as_str().unwrap_or_default().into(),
+            name: p["name"].as_str().unwrap_or_default().into(),
+            uid: p["uid"].as_str().unwrap_or_default().into(),
+            service_account: "default".into(),
+        })
+        .collect();
+    let held: Vec<String> = spec["held"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let kind = s("kind");
+    let prefix = s("prefix");
+    let distinct = spec["distinct"].as_bool().unwrap_or(false);
+    let out = load::concurrent(
+        clients,
+        n("calls"),
+        move |client: ControllerClient, c, i| {
+            let pod = pods.get(c % pods.len().max(1)).cloned();
+            let held = held.clone();
+            let kind = kind.clone();
+            let volume = if distinct {
+                format!("{prefix}-{c}-{i}")
+            } else {
+                format!("{prefix}-{c}")
+            };
+            async move {
+                if kind == "heartbeat" {
+                    client.heartbeat(held).await?;
+                } else {
+                    let pod = pod.context("no pods in the load spec")?;
+                    client.fetch_bundle(pod, &volume, false).await?;
+                }
+                anyhow::Ok(())
+            }
+        },
+    )
+    .await?;
+    let mut lat = out.latencies.clone();
+    println!(
+        "{}",
+        json!({
+            "calls": out.latencies.len(),
+            "elapsed_us": out.elapsed.as_micros() as u64,
+            "p50_us": pct(&mut lat, 0.5).as_micros() as u64,
+        })
+    );
+    Ok(())
+}
+
+/// What one node-load run did.
+struct NodeLoad {
+    calls: usize,
+    elapsed: Duration,
+}
+
+impl NodeLoad {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+async fn run_node_load(stack: &ProcStack, spec: Value) -> anyhow::Result<NodeLoad> {
+    let r = kcred_testrealm::DEFAULT_REALM;
+    let mut spec = spec;
+    let d = stack.path();
+    spec["endpoint"] = json!(format!("https://127.0.0.1:{}", stack.port));
+    spec["ca"] = json!(d.join("ca.crt"));
+    spec["tls_name"] = json!(CONTROLLER_HOST);
+    spec["keytab"] = json!(d.join(format!("host_{NODE_A}.keytab")));
+    spec["principal"] = json!(format!("host/{NODE_A}@{r}"));
+    spec["service"] = json!(format!("kcred/{CONTROLLER_HOST}@{r}"));
+    spec["node"] = json!(NODE_A);
+    let path = d.join("load.json");
+    std::fs::write(&path, serde_json::to_vec(&spec)?)?;
+    let exe = me()?;
+    let envs = stack.realm.env();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(exe)
+            .arg("--node-load")
+            .arg(&path)
+            .envs(envs)
+            .stderr(Stdio::inherit())
+            .output()
+    })
+    .await??;
+    if !out.status.success() {
+        bail!("node load failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(NodeLoad {
+        calls: v["calls"].as_u64().unwrap_or(0) as usize,
+        elapsed: Duration::from_micros(v["elapsed_us"].as_u64().unwrap_or(0)),
+    })
+}
+
+/// The controller's CPU per second of wall time while nothing calls it.
+async fn idle_cpu_rate(pid: i32) -> anyhow::Result<f64> {
+    let window = Duration::from_secs(2);
+    let c0 = procstat::cpu(pid)?;
+    tokio::time::sleep(window).await;
+    Ok(procstat::cpu(pid)?.saturating_sub(c0).as_secs_f64() / window.as_secs_f64())
+}
+
+/// `total` CPU less what the process would have spent idle over `wall`.
+fn busy(total: Duration, idle_rate: f64, wall: Duration) -> Duration {
+    total.saturating_sub(Duration::from_secs_f64(idle_rate * wall.as_secs_f64()))
+}
+
+fn pods_json(pods: &[TestPod]) -> Value {
+    pods.iter()
+        .map(|p| json!({"namespace": p.namespace, "name": p.name, "uid": p.uid}))
+        .collect()
+}
+
+/// The name `..data` points at in a published volume (changes with every
+/// rewrite).
+fn data_version(target: &Path) -> Option<PathBuf> {
+    std::fs::read_link(target.join("..data")).ok()
+}
+
+async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    println!(
+        "kcred fast path ({}): {} volumes on one node, {} clients",
+        if quick { "quick smoke run" } else { "full run" },
+        size.volumes,
+        size.clients
+    );
+
+    // Floors and the peer.
+    let floor_dir = w.join("floor");
+    std::fs::create_dir(&floor_dir)?;
+    let mut publish_floor = floor::publish(&floor_dir, size.floor)?;
+    let mut sync_floor = floor::append_sync(&w.join("append.log"), size.floor)?;
+    let (echo_proc, echo_addr, echo_cert) = start_echo(w).await?;
+    let mut echo_client = echo::client(&echo_addr, &echo_cert).await?;
+    let mut rtt = Vec::with_capacity(size.rtts);
+    for _ in 0..size.rtts {
+        let t = Instant::now();
+        echo_client.heartbeat(HeartbeatRequest::default()).await?;
+        rtt.push(t.elapsed());
+    }
+    let mut echo_clients = Vec::new();
+    for _ in 0..size.clients {
+        echo_clients.push(echo::client(&echo_addr, &echo_cert).await?);
+    }
+    let echo_cpu0 = procstat::cpu(echo_proc.pid())?;
+    let echo_load = load::concurrent(echo_clients, size.calls * 4, |mut c, _, _| async move {
+        c.heartbeat(HeartbeatRequest::default()).await?;
+        anyhow::Ok(())
+    })
+    .await?;
+    let echo_cpu = procstat::cpu(echo_proc.pid())?.saturating_sub(echo_cpu0);
+    let echo_cpu_per_call = echo_cpu / echo_load.latencies.len().max(1) as u32;
+    drop(echo_proc);
+
+    // kcred: the real processes.
+    let mut stack = ProcStack::start("").await?;
+    let ctrl_pid = stack
+        .controller
+        .as_ref()
+        .and_then(|p| p.pid())
+        .map(|p| p.as_raw())
+        .context("controller pid")?;
+    let driver_pid = stack
+        .driver
+        .as_ref()
+        .and_then(|p| p.pid())
+        .map(|p| p.as_raw())
+        .context("driver pid")?;
+    let pods: Vec<TestPod> = (0..=size.volumes)
+        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
+        .collect();
+    stack.set_pods(&pods.iter().collect::<Vec<_>>()).await?;
+    // The first publish extracts the keytab; the rest are warm.
+    stack.kubelet().publish(&pods[0], "kcred").await?;
+    let mut warm = Vec::with_capacity(size.volumes);
+    let mut targets = Vec::with_capacity(size.volumes);
+    for p in &pods[1..] {
+        let t = Instant::now();
+        targets.push(stack.kubelet().publish(p, "kcred").await?);
+        warm.push(t.elapsed());
+    }
+    let mut republish = Vec::with_capacity(size.volumes);
+    for p in &pods[1..] {
+        let t = Instant::now();
+        stack.kubelet().publish(p, "kcred").await?;
+        republish.push(t.elapsed());
+    }
+    let mut stat = floor::stat(&targets)?;
+    let driver_rss = procstat::rss(driver_pid)?;
+
+    // Fetch throughput and CPU: warm fetches of one volume per client.
+    let fetch_spec = |calls: usize, prefix: &str, distinct: bool| {
+        json!({"kind": "fetch", "clients": size.clients, "calls": calls,
+               "pods": pods_json(&pods[1..]), "prefix": prefix, "distinct": distinct})
+    };
+    run_node_load(&stack, fetch_spec(1, "bench", false)).await?;
+    // What the controller spends with no calls (reloads, lease checks, the
+    // driver's heartbeats) is not charged to the calls measured.
+    let idle = idle_cpu_rate(ctrl_pid).await?;
+    let (cpu0, t0) = (procstat::cpu(ctrl_pid)?, Instant::now());
+    let fetches = run_node_load(&stack, fetch_spec(size.calls, "bench", false)).await?;
+    let fetch_cpu = busy(
+        procstat::cpu(ctrl_pid)?.saturating_sub(cpu0),
+        idle,
+        t0.elapsed(),
+    ) / fetches.calls.max(1) as u32;
+
+    // Issued records: memory per record, then heartbeat CPU with them.
+    let rss0 = procstat::rss(ctrl_pid)?;
+    let per_client = size.issued.div_ceil(size.clients);
+    let issued = run_node_load(&stack, fetch_spec(per_client, "issued", true)).await?;
+    let rss1 = procstat::rss(ctrl_pid)?;
+    let total_issued = issued.calls + size.volumes + 1 + size.clients;
+    let held: Vec<String> = pods[1..]
+        .iter()
+        .map(|p| Kubelet::volume_id(p, "kcred"))
+        .collect();
+    let (cpu0, t0) = (procstat::cpu(ctrl_pid)?, Instant::now());
+    let hb = run_node_load(
+        &stack,
+        json!({"kind": "heartbeat", "clients": 1, "calls": size.heartbeats, "held": held}),
+    )
+    .await?;
+    let hb_cpu = busy(
+        procstat::cpu(ctrl_pid)?.saturating_sub(cpu0),
+        idle,
+        t0.elapsed(),
+    ) / hb.calls.max(1) as u32;
+
+    // Rotation: every volume on the node rewritten with the new kvno.
+    let before: Vec<Option<PathBuf>> = targets.iter().map(|t| data_version(t)).collect();
+    let t = Instant::now();
+    let out = stack.kcredctl(
+        kcred_tests::procs::OPERATOR,
+        &["rotate", "keytab", "HTTP/web.example.com", "--wait", "0"],
+    );
+    if !out.status.success() {
+        bail!("rotate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let reached = loop {
+        let done = targets
+            .iter()
+            .zip(&before)
+            .filter(|(t, b)| data_version(t) != **b)
+            .count();
+        if done == targets.len() {
+            break Some(t.elapsed());
+        }
+        if Instant::now() > deadline {
+            println!(
+                "rotation reached only {done} of {} volumes in 120 s",
+                targets.len()
+            );
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+
+    // The table.
+    let (pf50, pf99) = (pct(&mut publish_floor, 0.5), pct(&mut publish_floor, 0.99));
+    let (sf50, sf99) = (pct(&mut sync_floor, 0.5), pct(&mut sync_floor, 0.99));
+    let (r50, r99) = (pct(&mut rtt, 0.5), pct(&mut rtt, 0.99));
+    let (audited50, audited99) = (pf50 + sf50 + r50, pf99 + sf99 + r99);
+    let (w50, w99) = (pct(&mut warm, 0.5), pct(&mut warm, 0.99));
+    let rp50 = pct(&mut republish, 0.5);
+    let st50 = pct(&mut stat, 0.5);
+    println!();
+    let table = Table::start();
+    table.row(
+        "warm publish p50 / p99",
+        &format!("{} / {}", ms(w50), ms(w99)),
+        &format!("{} / {} audited floor", ms(audited50), ms(audited99)),
+        &format!(
+            "{} / {}",
+            ratio(w50.as_secs_f64(), audited50.as_secs_f64()),
+            ratio(w99.as_secs_f64(), audited99.as_secs_f64())
+        ),
+    );
+    table.row(
+        "  floor parts p50: mount+write+rename / fdatasync / TLS echo",
+        "",
+        &format!("{} / {} / {}", ms(pf50), ms(sf50), ms(r50)),
+        "",
+    );
+    table.row(
+        "kubelet republish of an unchanged volume, p50",
+        &ms(rp50),
+        &format!("{} stat", ms(st50)),
+        &ratio(rp50.as_secs_f64(), st50.as_secs_f64()),
+    );
+    table.row(
+        &format!("authenticated fetches/s, {} clients", size.clients),
+        &format!("{:.0}", fetches.rate()),
+        &format!("{:.0} echo", echo_load.rate()),
+        &ratio(fetches.rate(), echo_load.rate()),
+    );
+    table.row(
+        "controller CPU per warm fetch",
+        &us(fetch_cpu),
+        &format!("{} echo", us(echo_cpu_per_call)),
+        &ratio(fetch_cpu.as_secs_f64(), echo_cpu_per_call.as_secs_f64()),
+    );
+    table.row(
+        &format!(
+            "heartbeat CPU ({} held) with {total_issued} issued records",
+            held.len()
+        ),
+        &us(hb_cpu),
+        &format!("{} echo", us(echo_cpu_per_call)),
+        &ratio(hb_cpu.as_secs_f64(), echo_cpu_per_call.as_secs_f64()),
+    );
+    table.row(
+        &format!("rotation reaching {} volumes on a node", targets.len()),
+        &reached.map(ms).unwrap_or_else(|| "not reached".into()),
+        &format!(
+            "{} publish floor × {}",
+            ms(pf50 * targets.len() as u32),
+            targets.len()
+        ),
+        &reached
+            .map(|d| ratio(d.as_secs_f64(), (pf50 * targets.len() as u32).as_secs_f64()))
+            .unwrap_or_default(),
+    );
+    table.row(
+        &format!(
+            "controller memory per issued volume ({} more)",
+            issued.calls
+        ),
+        &format!(
+            "{:.1} KiB",
+            rss1.saturating_sub(rss0) as f64 / 1024.0 / issued.calls.max(1) as f64
+        ),
+        "-",
+        "-",
+    );
+    table.row(
+        &format!("driver RSS with {} volumes", size.volumes),
+        &format!("{:.1} MiB", driver_rss as f64 / 1048576.0),
+        "-",
+        "-",
+    );
+    kcred_tests::unmount_volumes(&stack.path().join("kubelet"));
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The peer: a tonic unary echo over TLS, on the same gRPC stack and
+//! service definition as the controller but doing nothing, so the gap
+//! between it and the controller is kcred's own work.
+
+use std::pin::Pin;
+
+use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+use kcred_proto::kcred::v1::node_credentials_server::{NodeCredentials, NodeCredentialsServer};
+use kcred_proto::kcred::v1::{
+    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, VolumeUpdate,
+    WatchUpdatesRequest,
+};
+use tokio_stream::Stream;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
+use tonic::{Request, Response, Status};
+
+/// The TLS name the echo serves under.
+pub const ECHO_HOST: &str = "echo.kcred.test";
+
+/// Answers `Heartbeat` with an empty response; nothing else.
+struct Echo;
+
+#[tonic::async_trait]
+impl NodeCredentials for Echo {
+    type WatchUpdatesStream = Pin<Box<dyn Stream<Item = Result<VolumeUpdate, Status>> + Send>>;
+
+    async fn fetch_bundle(
+        &self,
+        _: Request<FetchBundleRequest>,
+    ) -> Result<Response<Bundle>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Ok(Response::new(HeartbeatResponse::default()))
+    }
+
+    async fn watch_updates(
+        &self,
+        _: Request<WatchUpdatesRequest>,
+    ) -> Result<Response<Self::WatchUpdatesStream>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+}
+
+/// A self-signed certificate and key (PEM) for [`ECHO_HOST`].
+pub fn self_signed() -> anyhow::Result<(String, String)> {
+    let ck = rcgen::generate_simple_self_signed(vec![ECHO_HOST.to_string()])?;
+    Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
+}
+
+/// Serves the echo on `listener` until the process ends, with
+/// `TCP_NODELAY` on accepted sockets as the controller does.
+pub async fn serve(listener: tokio::net::TcpListener, cert: &str, key: &str) -> anyhow::Result<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tokio_stream::StreamExt::map(incoming, |s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?
+        .add_service(NodeCredentialsServer::new(Echo))
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
+}
+
+/// A TLS client of the echo at `addr`, trusting `cert`.
+pub async fn client(addr: &str, cert: &str) -> anyhow::Result<NodeCredentialsClient<Channel>> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(cert))
+        .domain_name(ECHO_HOST);
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(NodeCredentialsClient::new(channel))
+}

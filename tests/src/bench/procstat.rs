@@ -1,0 +1,40 @@
+//! A process's CPU time and resident memory, read from `/proc`.
+
+use std::time::Duration;
+
+/// Clock ticks per second in `/proc/PID/stat` (`USER_HZ`, 100 on every
+/// Linux architecture the kernel exports to user space).
+const USER_HZ: u64 = 100;
+
+/// User plus system CPU time `pid` has used so far.
+pub fn cpu(pid: i32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no ')'"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line; `rest`
+    // starts at field 3.
+    let tick = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i - 3)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: short"))?
+            .parse()?)
+    };
+    let ticks = tick(14)? + tick(15)?;
+    Ok(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
+/// Resident set size of `pid`, in bytes.
+pub fn rss(pid: i32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status: no VmRSS"))?
+        .parse::<u64>()?;
+    Ok(kib * 1024)
+}

@@ -1,0 +1,119 @@
+//! Issue 12: the fast path keeps its guarantees. A node proves itself once
+//! per TLS connection and never more than itself; a rotation reaches every
+//! volume a node holds, and `kcredctl rotate --wait` waits only for volumes
+//! still mounted. Real processes: controller, node driver, kcredctl, MIT
+//! realm.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kcred_proto::kcred::v1::HeartbeatRequest;
+use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+use kcred_tests::TestPod;
+use kcred_tests::procs::{NODE_A, NODE_B, OPERATOR, ProcStack};
+use tonic::Code;
+
+const VOL: &str = "kcred";
+
+fn heartbeat(node: &str, token: Option<&str>) -> tonic::Request<HeartbeatRequest> {
+    let mut req = tonic::Request::new(HeartbeatRequest {
+        node_name: node.into(),
+        volume_ids: vec![],
+    });
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", t.parse().expect("metadata"));
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_node_proves_itself_once_per_tls_connection_and_only_as_itself() {
+    let stack = ProcStack::start("").await.expect("stack");
+    let token = stack.node_token(NODE_A).expect("node-a token");
+
+    let mut proven = NodeCredentialsClient::new(stack.channel().await.expect("tls channel"));
+    proven
+        .heartbeat(heartbeat(NODE_A, Some(&token)))
+        .await
+        .expect("a valid token is accepted");
+    // The same connection: its identity is already proven.
+    proven
+        .heartbeat(heartbeat(NODE_A, None))
+        .await
+        .expect("later calls on the proven connection need no new token");
+    // ...but only for the node it proved.
+    let err = proven
+        .heartbeat(heartbeat(NODE_B, None))
+        .await
+        .expect_err("node-a's connection speaking for node-b");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("may not speak for"),
+        "{}",
+        err.message()
+    );
+
+    // Another connection proves nothing yet.
+    let mut fresh = NodeCredentialsClient::new(stack.channel().await.expect("tls channel"));
+    let err = fresh
+        .heartbeat(heartbeat(NODE_A, None))
+        .await
+        .expect_err("a new connection without a token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // A token is single-use on any connection: the replay cache still
+    // refuses the one the first connection presented.
+    let err = fresh
+        .heartbeat(heartbeat(NODE_A, Some(&token)))
+        .await
+        .expect_err("a replayed token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}
+
+fn data_version(target: &Path) -> Option<PathBuf> {
+    std::fs::read_link(target.join("..data")).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn rotation_reaches_every_mounted_volume_and_wait_ignores_unmounted_ones() {
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pods: Vec<TestPod> = (0..20)
+        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
+        .collect();
+    stack
+        .set_pods(&pods.iter().collect::<Vec<_>>())
+        .await
+        .expect("pods");
+    let mut targets = Vec::new();
+    for p in &pods {
+        targets.push(stack.kubelet().publish(p, VOL).await.expect("publish"));
+    }
+    // Two volumes are unmounted; their pods (and so their records) stay.
+    for p in &pods[..2] {
+        stack.kubelet().unpublish(p, VOL).await.expect("unpublish");
+    }
+    let mounted = &targets[2..];
+    let before: Vec<_> = mounted.iter().map(|t| data_version(t)).collect();
+    // The driver heartbeats every second: let one list what it holds.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let out = stack.kcredctl(
+        OPERATOR,
+        &["rotate", "keytab", "HTTP/web.example.com", "--wait", "60s"],
+    );
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("18 of 18") && !report.contains("of 20"),
+        "waits for the 18 mounted volumes only: {report}"
+    );
+    for (t, b) in mounted.iter().zip(&before) {
+        assert_ne!(&data_version(t), b, "{} was not rewritten", t.display());
+    }
+}
