@@ -45,6 +45,16 @@ pub struct Metrics {
     /// 1 while the store (embedded file or etcd) answers; at 0 the
     /// controller issues nothing.
     pub store_up: IntGauge,
+    /// 1 while a hot-reloaded file's last version loaded (0: a bad version
+    /// is being ignored), by file (`policy`, `pods`).
+    pub config_reload_ok: IntGaugeVec,
+    /// When a hot-reloaded file's version in force was loaded (Unix
+    /// seconds), by file.
+    pub config_reload_success: IntGaugeVec,
+    /// When the controller's own serving certificate expires (Unix
+    /// seconds); 0 while it serves without TLS or with an operator's
+    /// certificate it does not renew.
+    pub serving_cert_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -72,8 +82,26 @@ impl Metrics {
             IntGauge::new("store_up", "1 while the store answers; 0: issuing stops"),
         );
         store_up.set(1);
+        let serving_cert_expiry = kcred_runtime::register(
+            &registry,
+            IntGauge::new(
+                "serving_certificate_expiry_timestamp_seconds",
+                "When the controller's serving certificate expires",
+            ),
+        );
         Arc::new(Metrics {
             store_up,
+            serving_cert_expiry,
+            config_reload_ok: gauge(
+                "config_last_reload_successful",
+                "1 while the file's last version loaded; 0: a bad version is ignored",
+                &["file"],
+            ),
+            config_reload_success: gauge(
+                "config_last_reload_success_timestamp_seconds",
+                "When the file's version in force was loaded",
+                &["file"],
+            ),
             refusals: counter(
                 "refusals_total",
                 "Refusals and failures returned to callers, by reason",

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use backon::Retryable;
 use kcred_csi_driver::config::{
-    DEFAULT_DRIVER_NAME, DEFAULT_POD_TOKEN_AUDIENCE, validate_driver_name,
+    ControllerSettings, DEFAULT_DRIVER_NAME, DEFAULT_POD_TOKEN_AUDIENCE, check_controller_settings,
+    validate_driver_name,
 };
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
@@ -107,6 +108,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kcred_runtime::logging::init(&cli.log);
     validate_driver_name(&cli.driver_name)?;
+    // Settings that can never work end the driver now, naming the flag;
+    // only what the network may fix is retried.
+    check_controller_settings(&ControllerSettings {
+        endpoint: &cli.controller,
+        ca_file: cli.ca_file.as_deref(),
+        client_cert: cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
+        keytab: cli.keytab.as_deref(),
+    })?;
     let cfg = DriverConfig {
         driver_name: cli.driver_name,
         node_id: cli.node_id,

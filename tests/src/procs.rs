@@ -46,7 +46,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
+    /// Starts `cmd` with its stdout and stderr appended to `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,9 +126,14 @@ pub struct ProcStack {
     /// Kubelet stand-in on node-a's driver socket.
     pub kubelet: Option<Kubelet>,
     pods: Vec<TestPod>,
-    extra_config: String,
+    /// The controller's `reload_interval_secs` (1 unless a test sets it
+    /// before restarting the controller).
+    pub reload_interval_secs: u64,
+    /// Extra controller config tables (used at the next controller start).
+    pub extra_config: String,
     leases_config: String,
-    tls_config: String,
+    /// Extra lines of the controller's `[tls]` table (next start).
+    pub tls_config: String,
 }
 
 /// The node-a node name (its host principal's FQDN).
@@ -211,6 +217,7 @@ impl ProcStack {
             driver: None,
             kubelet: None,
             pods: vec![],
+            reload_interval_secs: 1,
             extra_config: extra_config.to_string(),
             leases_config: leases_config.to_string(),
             tls_config: tls_config.to_string(),
@@ -251,7 +258,7 @@ policy_file = "{d}/policy.toml"
 pods_file = "{d}/pods.toml"
 audit_log = "{d}/audit{suffix}.log"
 audit_key = "{d}/audit{suffix}.key"
-reload_interval_secs = 1
+reload_interval_secs = {reload}
 {metrics}
 
 [kadmin]
@@ -289,6 +296,7 @@ ttl_secs = 3
             au = AUDITOR,
             leases = self.leases_config,
             tls = self.tls_config,
+            reload = self.reload_interval_secs,
         )
     }
 
