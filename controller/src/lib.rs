@@ -19,6 +19,7 @@ pub mod audit_head;
 pub mod auth;
 pub mod bundle;
 pub mod child_env;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod denials;

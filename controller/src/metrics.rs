@@ -42,6 +42,9 @@ pub struct Metrics {
     /// 1 while the store (embedded file or etcd) answers; at 0 the
     /// controller issues nothing.
     pub store_up: IntGauge,
+    /// 1 while this controller is the elected leader (always, alone on an
+    /// embedded store): it runs the lease sweeper and pending purges.
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -69,8 +72,16 @@ impl Metrics {
             IntGauge::new("store_up", "1 while the store answers; 0: issuing stops"),
         );
         store_up.set(1);
+        let leader = kcred_runtime::register(
+            &registry,
+            IntGauge::new(
+                "leader",
+                "1 while this controller leads (sweeper, purges); 0: a follower",
+            ),
+        );
         Arc::new(Metrics {
             store_up,
+            leader,
             refusals: counter(
                 "refusals_total",
                 "Refusals and failures returned to callers, by reason",

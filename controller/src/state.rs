@@ -55,6 +55,8 @@ pub struct ControllerState {
     pub denials: crate::denials::Denials,
     /// Node leases.
     pub leases: Leases,
+    /// The other controllers on the store, and who leads.
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// Every node ever seen (persisted).
     pub node_registry: NodeRegistry,
     /// Update streams to node drivers.

@@ -27,13 +27,15 @@ struct Cli {
     /// This node's Kubernetes name.
     #[arg(long, env = "NODE_NAME")]
     node_id: String,
-    /// The controller's node API.
+    /// The controllers' node API: one URL, or several separated by commas
+    /// (or the flag repeated); calls fail over between them by themselves.
     #[arg(
+        value_delimiter = ',',
         long,
         env = "KCRED_CONTROLLER",
         default_value = "http://kcred-controller:7420"
     )]
-    controller: String,
+    controller: Vec<String>,
     /// Kubelet's root directory.
     #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet")]
     kubelet_dir: PathBuf,
@@ -101,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         node_id: cli.node_id,
         kubelet_dir: cli.kubelet_dir,
         state_dir: cli.state_dir,
-        controller_endpoint: cli.controller,
+        controller_endpoint: cli.controller.join(","),
         tmpfs_size_bytes: cli.tmpfs_size_bytes,
     };
     let identity = match &cli.keytab {

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod ha;
 pub mod kube;
 pub mod kubelet;
 pub mod procs;

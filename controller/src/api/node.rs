@@ -99,7 +99,15 @@ impl NodeCredentials for NodeApi {
         names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
         self.authenticate(&request, &node).await?;
         let st = &self.state;
-        if let Some(t) = st.leases.heartbeat(&node) {
+        if st.cluster.is_shared() {
+            // Shared with the other controllers; the leader's sweep takes
+            // it in (and audits a return) from there.
+            let now = kcred_audit::timefmt::now_unix_ms();
+            if let Err(e) = st.cluster.note_heartbeat(&node, now).await {
+                tracing::warn!(%node, error = %e, "cannot share a heartbeat");
+                return Err(status_of(&Refusal::from_error(&e)));
+            }
+        } else if let Some(t) = st.leases.heartbeat(&node) {
             loss::lease_transition(st, t).await;
         }
         let held = request.into_inner().volume_ids;
@@ -220,6 +228,10 @@ impl NodeApi {
         let previous = st.issued.get(&req.volume_id).map_err(|e| status_of(&e))?;
         let policy = st.policy.get();
         let is_node = |h: &str| st.is_node(h);
+        let pod_revoked = st
+            .issued
+            .pod_revoked(&pod_ref.uid)
+            .map_err(|e| status_of(&e))?;
         let decision = admission::fetch(&FetchFacts {
             node,
             pod_ref,
@@ -232,7 +244,7 @@ impl NodeApi {
             is_node: &is_node,
             lease: st.leases.state(node),
             volume: previous.as_ref(),
-            pod_revoked: st.issued.pod_revoked(&pod_ref.uid),
+            pod_revoked,
         });
         let Grant {
             pod,

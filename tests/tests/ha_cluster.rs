@@ -1,0 +1,223 @@
+//! Issue 14, correct across controllers: real controller processes on a
+//! real three-member etcd cluster elect one leader for the cluster's
+//! singleton work, share one KDC budget and one single-flight, and see each
+//! other's revocations at once.
+
+use std::time::Duration;
+
+use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, PodRef};
+use kcred_testetcd::EtcdCluster;
+use kcred_tests::audit::Action;
+use kcred_tests::ha::{kadmind_budget, leader_gauge, records_with};
+use kcred_tests::procs::{NODE_A, OPERATOR, ProcStack};
+use kcred_tests::{TestPod, wait_until};
+
+fn etcd_store(etcd: &EtcdCluster) -> String {
+    format!(
+        "[store]\nbackend = \"etcd\"\n\n[store.etcd]\nendpoints = {:?}\ntimeout_ms = 2000\nleader_lease_secs = 3\n",
+        etcd.endpoints()
+    )
+}
+
+fn elections(log: &str) -> usize {
+    log.matches("elected leader").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_is_killed_another_takes_over_the_sweeper_and_a_loss_is_recorded_once() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let first_log = stack.path().join("controller.log");
+    let first_log_text = || std::fs::read_to_string(&first_log).unwrap_or_default();
+    // The first controller is alone at first: it leads.
+    wait_until("the first controller leads", 30, || {
+        elections(&first_log_text()) == 1
+    })
+    .await;
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    // node-a heartbeats to the first controller; the leader sees it.
+    stack.wait_node_alive(NODE_A).await;
+    assert_eq!(leader_gauge(peer.metrics_port).await, Some(0.0), "two leaders");
+
+    // The leader dies, and so does node-a's driver: its lease will lapse
+    // with no controller that ever saw its heartbeats alive.
+    stack.controller.as_mut().expect("controller").kill9();
+    stack.driver.as_mut().expect("driver").kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while leader_gauge(peer.metrics_port).await != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the peer never took over:\n{}",
+            peer.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = [
+        stack.path().join("audit.log"),
+        stack.path().join("audit-2.log"),
+    ];
+    let logs = [logs[0].as_path(), logs[1].as_path()];
+    wait_until("the new leader records node-a's loss", 30, || {
+        !records_with(&logs, Action::NodeLost).is_empty()
+    })
+    .await;
+
+    // The first controller comes back as a follower; then the second dies
+    // too, and the first leads again: it finds the loss on record and
+    // does not declare it a second time.
+    stack.start_controller().await.expect("restart");
+    drop(peer);
+    wait_until("the restarted controller leads", 30, || {
+        elections(&first_log_text()) == 2
+    })
+    .await;
+    wait_until("the leader sees node-a lost", 30, || {
+        let out = stack.kcredctl(OPERATOR, &["status", "--output", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains(NODE_A) && text.contains("\"lost\"")
+    })
+    .await;
+    // Several sweeps (one a second, the lease 3 s) after taking over.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let losses = records_with(&logs, Action::NodeLost);
+    assert_eq!(
+        losses.len(),
+        1,
+        "node-a's loss recorded once for the cluster: {losses:?}"
+    );
+    assert_eq!(losses[0].node, NODE_A);
+}
+
+fn pod_ref(p: &TestPod) -> PodRef {
+    PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+        service_account: "default".into(),
+    }
+}
+
+/// FetchBundle as node-a with `token` from the controller on `port`.
+async fn fetch(
+    channel: tonic::transport::Channel,
+    token: String,
+    pod: TestPod,
+) -> Result<Bundle, tonic::Status> {
+    let mut req = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(pod_ref(&pod)),
+        volume_id: kcred_tests::Kubelet::volume_id(&pod, "kcred"),
+        refresh: false,
+    });
+    req.metadata_mut()
+        .insert("authorization", token.parse().expect("metadata"));
+    NodeCredentialsClient::new(channel)
+        .fetch_bundle(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+const STORM_PRINCIPALS: usize = 8;
+const STORM_PODS: usize = 40;
+const RATE: u32 = 4;
+const BURST: u32 = 2;
+
+fn storm_principal(i: usize) -> String {
+    format!("HTTP/storm{i}.example.com")
+}
+
+/// Adds the storm's principals to the realm and a role account owning
+/// them to the policy (both controllers reload it), and returns the
+/// storm's pods, spread over the principals.
+async fn storm_pods(stack: &mut ProcStack) -> Vec<TestPod> {
+    let principals: Vec<String> = (0..STORM_PRINCIPALS).map(storm_principal).collect();
+    for p in &principals {
+        stack.realm.add_principal(p).expect("principal");
+    }
+    let owned = principals
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let policy = format!(
+        "{}\n[[role_accounts]]\nlogin = \"storm\"\nuid = 2000\ngid = 2000\nnamespaces = [\"storm\"]\nservice_principals = [{owned}]\n",
+        kcred_tests::stack::DEFAULT_POLICY
+    );
+    std::fs::write(stack.path().join("policy.toml"), policy).expect("policy");
+    let pods: Vec<TestPod> = (0..STORM_PODS)
+        .map(|j| {
+            TestPod::with_keytabs(
+                "storm",
+                &format!("p{j}"),
+                NODE_A,
+                &principals[j % STORM_PRINCIPALS],
+            )
+        })
+        .collect();
+    stack
+        .set_pods(&pods.iter().collect::<Vec<_>>())
+        .await
+        .expect("pods");
+    pods
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_over_two_controllers_extracts_each_keytab_once_within_one_cluster_budget() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let config = format!(
+        "{}\n[gate.kadmin]\nrate_per_sec = {RATE}\nburst = {BURST}\n",
+        etcd_store(&etcd)
+    );
+    let mut stack = ProcStack::start(&config).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pods = storm_pods(&mut stack).await;
+    let channels = [
+        stack.channel_to(stack.port).await.expect("channel"),
+        stack.channel_to(peer.port).await.expect("channel"),
+    ];
+    // Tokens are single-use: one each, made before the storm.
+    let tokens: Vec<String> = pods
+        .iter()
+        .map(|_| stack.node_token(NODE_A).expect("token"))
+        .collect();
+
+    let mut storm = tokio::task::JoinSet::new();
+    for (j, (pod, token)) in pods.iter().cloned().zip(tokens).enumerate() {
+        let channel = channels[j % 2].clone();
+        storm.spawn(async move { (pod.name.clone(), fetch(channel, token, pod).await) });
+    }
+    let mut keytabs: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    while let Some(done) = storm.join_next().await {
+        let (name, result) = done.expect("task");
+        let bundle = result.unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let j: usize = name[1..].parse().expect("pod number");
+        let keytab = bundle
+            .files
+            .iter()
+            .find(|f| f.name == "krb5.keytab")
+            .map(|f| f.content.clone())
+            .expect("a keytab");
+        let principal = storm_principal(j % STORM_PRINCIPALS);
+        let first = keytabs.entry(principal.clone()).or_insert(keytab.clone());
+        assert_eq!(*first, keytab, "two keytabs for {principal}");
+    }
+
+    let principals: Vec<String> = (0..STORM_PRINCIPALS).map(storm_principal).collect();
+    let lines = stack.realm.kadmind_extractions(None).expect("kadmind log");
+    let (extractions, violations) = kadmind_budget(&lines, &principals, RATE, BURST);
+    assert_eq!(
+        extractions.len(),
+        STORM_PRINCIPALS,
+        "every principal extracted: {extractions:?}"
+    );
+    assert!(
+        extractions.values().all(|&n| n == 1),
+        "each principal extracted once for the cluster: {extractions:?}"
+    );
+    assert!(
+        violations.is_empty(),
+        "the cluster-wide budget was exceeded: {violations:?}"
+    );
+    drop(peer);
+}
