@@ -226,3 +226,78 @@ async fn a_storm_over_two_controllers_extracts_each_keytab_once_within_one_clust
     );
     drop(peer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let to_peer = stack.channel_to(peer.port).await.expect("channel");
+    let token = || stack.node_token(NODE_A).expect("token");
+    fetch(to_peer.clone(), token(), pod.clone())
+        .await
+        .expect("issued through the peer");
+
+    // Revoked through the first controller (kcredctl talks to it), which
+    // finds the peer's record in the store.
+    let volume = kcred_tests::Kubelet::volume_id(&pod, "kcred");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = stack.kcredctl(
+            OPERATOR,
+            &["revoke", &volume, "--reason", "key leaked in a log"],
+        );
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        // The peer writes its records behind (within ~50 ms).
+        assert!(
+            err.contains("no volume") && std::time::Instant::now() < deadline,
+            "revoke: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The peer refuses the renewal at once, and another volume id of the
+    // same pod too.
+    let mut renewal = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(pod_ref(&pod)),
+        volume_id: volume.clone(),
+        refresh: true,
+    });
+    renewal
+        .metadata_mut()
+        .insert("authorization", token().parse().expect("metadata"));
+    let err = NodeCredentialsClient::new(to_peer.clone())
+        .fetch_bundle(renewal)
+        .await
+        .expect_err("the peer renewed a revoked volume");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&err),
+        Some(kcred_proto::kcred::v1::Reason::VolumeRevoked),
+        "{err:?}"
+    );
+    let mut other = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(pod_ref(&pod)),
+        volume_id: "csi-another-volume-of-the-same-pod".into(),
+        refresh: false,
+    });
+    other
+        .metadata_mut()
+        .insert("authorization", token().parse().expect("metadata"));
+    let err = NodeCredentialsClient::new(to_peer)
+        .fetch_bundle(other)
+        .await
+        .expect_err("the peer issued to a revoked pod");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&err),
+        Some(kcred_proto::kcred::v1::Reason::VolumeRevoked),
+        "{err:?}"
+    );
+    drop(peer);
+}
