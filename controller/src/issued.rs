@@ -168,9 +168,10 @@ impl Issued {
                 loop {
                     tick.tick().await;
                     let s = Arc::clone(&s);
-                    let listed =
-                        tokio::task::spawn_blocking(move || s.list::<RevokedPod>(Table::Revocations))
-                            .await;
+                    let listed = tokio::task::spawn_blocking(move || {
+                        s.list::<RevokedPod>(Table::Revocations)
+                    })
+                    .await;
                     let Some(view) = v.upgrade() else { return };
                     if let Ok(Ok(revoked)) = listed {
                         write(&view).revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));

@@ -223,7 +223,10 @@ impl ControllerClient {
                 let Some(client) = self.inner.get(at) else {
                     break;
                 };
-                match call(client.clone()).await.map_err(ControllerError::from_status) {
+                match call(client.clone())
+                    .await
+                    .map_err(ControllerError::from_status)
+                {
                     Ok(v) => return Ok(v),
                     Err(e) if e.controller_cannot_serve() => {
                         tracing::warn!(controller = at, error = %e, "controller cannot serve; trying the next one");

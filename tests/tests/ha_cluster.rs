@@ -38,7 +38,11 @@ async fn when_the_leader_is_killed_another_takes_over_the_sweeper_and_a_loss_is_
     let peer = stack.start_peer_controller("-2").await.expect("peer");
     // node-a heartbeats to the first controller; the leader sees it.
     stack.wait_node_alive(NODE_A).await;
-    assert_eq!(leader_gauge(peer.metrics_port).await, Some(0.0), "two leaders");
+    assert_eq!(
+        leader_gauge(peer.metrics_port).await,
+        Some(0.0),
+        "two leaders"
+    );
 
     // The leader dies, and so does node-a's driver: its lease will lapse
     // with no controller that ever saw its heartbeats alive.
@@ -298,6 +302,100 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
         kcred_proto::reason::reason_of(&err),
         Some(kcred_proto::kcred::v1::Reason::VolumeRevoked),
         "{err:?}"
+    );
+    drop(peer);
+}
+
+/// Publishes `pod` as kubelet does: a failure is retried (a bounded number
+/// of times) until the volume is mounted.
+async fn publish_until_mounted(
+    kubelet: &kcred_tests::Kubelet,
+    pod: &TestPod,
+) -> std::path::PathBuf {
+    let mut last = None;
+    for _ in 0..20 {
+        match kubelet.publish(pod, "kcred").await {
+            Ok(target) => return target,
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    panic!("{} never mounted: {last:?}", pod.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root"]
+async fn the_driver_fails_over_when_its_controller_is_killed_mid_storm() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    // node-a's driver knows both controllers, the first one first.
+    stack.driver_controller_ports = vec![stack.port, peer.port];
+    stack.driver.as_mut().expect("driver").kill9();
+    stack
+        .start_driver()
+        .await
+        .expect("driver with two controllers");
+    let pods = storm_pods(&mut stack).await;
+    let (socket, root) = (
+        stack.path().join("csi/csi.sock"),
+        stack.path().join("kubelet"),
+    );
+
+    // The first round extracts every principal; the next rounds are in
+    // flight when the first controller dies.
+    let (first, rest) = pods.split_at(STORM_PRINCIPALS);
+    let mut round = tokio::task::JoinSet::new();
+    for pod in first.iter().cloned() {
+        let (socket, root) = (socket.clone(), root.clone());
+        round.spawn(async move {
+            let kubelet = kcred_tests::Kubelet::connect(&socket, &root)
+                .await
+                .expect("csi");
+            publish_until_mounted(&kubelet, &pod).await
+        });
+    }
+    while let Some(done) = round.join_next().await {
+        done.expect("publish");
+    }
+    let mut storm = tokio::task::JoinSet::new();
+    for chunk in rest.chunks(STORM_PRINCIPALS) {
+        let (socket, root, chunk) = (socket.clone(), root.clone(), chunk.to_vec());
+        storm.spawn(async move {
+            let kubelet = kcred_tests::Kubelet::connect(&socket, &root)
+                .await
+                .expect("csi");
+            for pod in &chunk {
+                publish_until_mounted(&kubelet, pod).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.controller.as_mut().expect("controller").kill9();
+    while let Some(done) = storm.join_next().await {
+        done.expect("publish");
+    }
+
+    for pod in &pods {
+        let keytab = stack
+            .kubelet()
+            .target_path(pod, "kcred")
+            .join("krb5.keytab");
+        assert!(keytab.exists(), "{} not mounted", pod.name);
+    }
+    let principals: Vec<String> = (0..STORM_PRINCIPALS).map(storm_principal).collect();
+    let lines = stack.realm.kadmind_extractions(None).expect("kadmind log");
+    let (extractions, _) = kadmind_budget(&lines, &principals, RATE, BURST);
+    assert!(
+        extractions.len() == STORM_PRINCIPALS && extractions.values().all(|&n| n == 1),
+        "each principal extracted once: {extractions:?}"
+    );
+    let driver_log = std::fs::read_to_string(stack.path().join("driver.log")).unwrap_or_default();
+    assert!(
+        driver_log.contains("trying the next one"),
+        "the driver never failed over:\n{driver_log}"
     );
     drop(peer);
 }

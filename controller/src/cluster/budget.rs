@@ -50,7 +50,9 @@ impl Cluster {
         let key = etcd.raw_key(&format!("cluster/budget/{lane}"));
         loop {
             let k = key.clone();
-            let mut got = etcd.call("budget", |mut c| async move { c.get(k, None).await }).await?;
+            let mut got = etcd
+                .call("budget", |mut c| async move { c.get(k, None).await })
+                .await?;
             let (tat, revision) = match got.take_kvs().into_iter().next() {
                 Some(kv) => (
                     std::str::from_utf8(kv.value())

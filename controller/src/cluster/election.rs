@@ -64,8 +64,8 @@ async fn campaign_forever(cluster: Arc<Cluster>, client: Client, name: String) {
         cluster.set_session(None);
         // Whatever the lease still holds (locks, election key) goes now
         // rather than at its expiry, if etcd is there to hear it.
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.clone().lease_revoke(lease))
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), client.clone().lease_revoke(lease)).await;
     }
 }
 

@@ -90,8 +90,11 @@ impl Cluster {
             return Ok(());
         };
         let key = etcd.raw_key(&format!("{LOST}{node}"));
-        etcd.call("clear lost", |mut c| async move { c.delete(key, None).await })
-            .await
-            .map(|_| ())
+        etcd.call(
+            "clear lost",
+            |mut c| async move { c.delete(key, None).await },
+        )
+        .await
+        .map(|_| ())
     }
 }
