@@ -426,7 +426,10 @@ mod tests {
         let again = Issued::new(st, false).expect("reloaded");
         assert_eq!(on(&again, "node-a"), Vec::<String>::new());
         assert_eq!(on(&again, "node-b"), ["v2", "v3"]);
-        assert!(again.pod_revoked("u2"), "revocations survive a restart");
+        assert!(
+            again.pod_revoked("u2").expect("revoked"),
+            "revocations survive a restart"
+        );
         assert_eq!(again.count_by_node().get("node-b"), Some(&2));
     }
 

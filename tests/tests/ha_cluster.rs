@@ -348,8 +348,8 @@ async fn the_driver_fails_over_when_its_controller_is_killed_mid_storm() {
     // flight when the first controller dies.
     let (first, rest) = pods.split_at(STORM_PRINCIPALS);
     let mut round = tokio::task::JoinSet::new();
-    for pod in first.iter().cloned() {
-        let (socket, root) = (socket.clone(), root.clone());
+    for pod in first {
+        let (socket, root, pod) = (socket.clone(), root.clone(), pod.clone());
         round.spawn(async move {
             let kubelet = kcred_tests::Kubelet::connect(&socket, &root)
                 .await
