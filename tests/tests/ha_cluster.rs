@@ -399,3 +399,40 @@ async fn the_driver_fails_over_when_its_controller_is_killed_mid_storm() {
     );
     drop(peer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_accepted_by_one_controller_is_refused_by_the_other() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let token = stack.node_token(NODE_A).expect("token");
+    let first = stack.channel_to(stack.port).await.expect("channel");
+    fetch(first, token.clone(), pod.clone())
+        .await
+        .expect("the first use is accepted");
+    let replayed = fetch(
+        stack.channel_to(peer.port).await.expect("channel"),
+        token,
+        pod.clone(),
+    )
+    .await
+    .expect_err("the peer accepted a replayed token");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&replayed),
+        Some(kcred_proto::kcred::v1::Reason::Unauthenticated),
+        "{replayed:?}"
+    );
+    assert!(replayed.message().contains("replay"), "{replayed:?}");
+    // A fresh token is served by the peer.
+    let fresh = stack.node_token(NODE_A).expect("token");
+    fetch(
+        stack.channel_to(peer.port).await.expect("channel"),
+        fresh,
+        pod,
+    )
+    .await
+    .expect("a fresh token works on the peer");
+    drop(peer);
+}

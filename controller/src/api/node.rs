@@ -173,6 +173,10 @@ impl NodeApi {
     /// Authenticates a node call; refusals are audited.
     async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
         let Err(rejected) = self.state.auth.node(request, node) else {
+            if let Err(refusal) = self.state.refuse_replayed(request).await {
+                self.state.count_refusal(refusal.reason);
+                return Err(refusal.into());
+            }
             self.state.connections.authenticated(request.remote_addr());
             // Its host key stays reserved from now on, restarts included.
             if names::validate_dns_name("node_name", node).is_ok()

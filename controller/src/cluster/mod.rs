@@ -10,7 +10,9 @@
 //!   issued once whichever controller a storm lands on;
 //! - [`budget`]: the KDC budget, one token bucket for the whole cluster;
 //! - [`heartbeats`]: node heartbeats and losses, shared so the leader sees
-//!   every node whichever controller it heartbeats to.
+//!   every node whichever controller it heartbeats to;
+//! - [`replay`]: a Kerberos token accepted by one controller is refused by
+//!   every other.
 //!
 //! A controller that dies holds nothing longer than its lease's time to
 //! live; one that loses etcd steps down before its lease can lapse.
@@ -19,6 +21,7 @@ pub mod budget;
 pub mod election;
 pub mod heartbeats;
 pub mod lock;
+pub mod replay;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +39,8 @@ pub struct Cluster {
     /// The etcd lease this controller holds now (none while regranting).
     session: Mutex<Option<i64>>,
     leader: watch::Sender<bool>,
+    /// The lease replay entries live under, and when it was granted.
+    replay_lease: Mutex<Option<(i64, std::time::Instant)>>,
 }
 
 impl Cluster {
@@ -47,6 +52,7 @@ impl Cluster {
             lease_ttl: Duration::ZERO,
             session: Mutex::new(None),
             leader: watch::channel(true).0,
+            replay_lease: Mutex::new(None),
         })
     }
 
@@ -59,6 +65,7 @@ impl Cluster {
             lease_ttl,
             session: Mutex::new(None),
             leader: watch::channel(false).0,
+            replay_lease: Mutex::new(None),
         })
     }
 
