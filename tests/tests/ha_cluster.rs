@@ -436,3 +436,50 @@ async fn a_token_accepted_by_one_controller_is_refused_by_the_other() {
     .expect("a fresh token works on the peer");
     drop(peer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restored_from_an_etcd_snapshot_serves_what_was_issued() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let keytab = |b: &Bundle| {
+        b.files
+            .iter()
+            .find(|f| f.name == "krb5.keytab")
+            .map(|f| f.content.clone())
+            .expect("a keytab")
+    };
+    let channel = stack.channel_to(stack.port).await.expect("channel");
+    let token = stack.node_token(NODE_A).expect("token");
+    let issued = keytab(&fetch(channel, token, pod.clone()).await.expect("issued"));
+
+    // Backed up with `etcdctl snapshot save`, then everything is lost.
+    let snapshot = stack.path().join("etcd.snapshot");
+    etcd.snapshot(&snapshot).expect("snapshot");
+    stack.controller.as_mut().expect("controller").kill9();
+    drop(etcd);
+
+    // Restored (`etcdctl snapshot restore`) into a new cluster, a controller
+    // on it serves the same keys without going back to kadmind.
+    let restored = EtcdCluster::restore(&snapshot, 3).expect("restore");
+    let peer = stack
+        .start_peer_controller_with("-restored", &etcd_store(&restored))
+        .await
+        .expect("controller on the restored store");
+    let channel = stack.channel_to(peer.port).await.expect("channel");
+    let token = stack.node_token(NODE_A).expect("token");
+    let served = keytab(&fetch(channel, token, pod).await.expect("served"));
+    assert_eq!(served, issued, "the restored store lost the keytab");
+    let r = kcred_testrealm::DEFAULT_REALM;
+    let extractions = stack
+        .realm
+        .kadmind_extractions(Some("HTTP/web.example.com"))
+        .expect("kadmind log");
+    assert_eq!(
+        extractions.len(),
+        1,
+        "extracted again after the restore: {extractions:?} ({r})"
+    );
+    drop(peer);
+}
