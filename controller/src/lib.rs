@@ -22,6 +22,7 @@ pub mod auth;
 pub mod bundle;
 pub mod check;
 pub mod child_env;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod denials;

@@ -55,6 +55,9 @@ pub struct Metrics {
     /// seconds); 0 while it serves without TLS or with an operator's
     /// certificate it does not renew.
     pub serving_cert_expiry: IntGauge,
+    /// 1 while this controller is the elected leader (always, alone on an
+    /// embedded store): it runs the lease sweeper and pending purges.
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -89,6 +92,13 @@ impl Metrics {
                 "When the controller's serving certificate expires",
             ),
         );
+        let leader = kcred_runtime::register(
+            &registry,
+            IntGauge::new(
+                "leader",
+                "1 while this controller leads (sweeper, purges); 0: a follower",
+            ),
+        );
         Arc::new(Metrics {
             store_up,
             serving_cert_expiry,
@@ -102,6 +112,7 @@ impl Metrics {
                 "When the file's version in force was loaded",
                 &["file"],
             ),
+            leader,
             refusals: counter(
                 "refusals_total",
                 "Refusals and failures returned to callers, by reason",

@@ -14,6 +14,7 @@ use crate::api::admin::AdminApi;
 use crate::api::node::NodeApi;
 use crate::audit_head;
 use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::{Config, LimitsSection, TlsSection};
 use crate::crypto::MasterKey;
 use crate::denials::Denials;
@@ -309,9 +310,9 @@ impl Controller {
     /// Must run inside a Tokio runtime.
     pub fn start(cfg: &Config) -> Result<Controller, ServeError> {
         let master = MasterKey::load(&cfg.master_key_file).map_err(startup("master key"))?;
-        let store = cfg
+        let (store, etcd) = cfg
             .store
-            .open(cfg.store_path.as_deref(), master)
+            .open_shared(cfg.store_path.as_deref(), master)
             .map_err(startup("store"))?;
         tracing::info!(store = %store.describe(), "store open");
         let kadmin = match &cfg.active_directory {
@@ -337,11 +338,19 @@ impl Controller {
             startup("pod krb5.conf")(format!("{}: {e}", cfg.pod_krb5_conf_path().display()))
         })?;
         let signer = AuditSigner::load_or_generate(&cfg.audit_key).map_err(startup("audit key"))?;
+        // Named after its listener and its audit chain, both its own.
+        let controller_id = format!("{} {}", cfg.listen, signer.key_id());
         let audit = Arc::new(open_audit(cfg, &store, signer)?);
 
         let store = Arc::new(store);
+        let cluster = match etcd {
+            Some(etcd) => Cluster::on_etcd(etcd, &controller_id, cfg.store.leader_lease()),
+            None => Cluster::solo(),
+        };
         let metrics = Metrics::new();
-        let gate = Arc::new(KdcGate::new(&cfg.gate, Arc::clone(&metrics)));
+        let gate = Arc::new(
+            KdcGate::new(&cfg.gate, Arc::clone(&metrics)).with_cluster(Arc::clone(&cluster)),
+        );
         let auth = Auth::new(&cfg.auth, &cfg.realm).map_err(startup("authentication"))?;
         let kadmin = Arc::new(kadmin);
         let keytabs = Arc::new(KeytabIssuer::new(
@@ -349,6 +358,7 @@ impl Controller {
             Arc::clone(&kadmin),
             Arc::clone(&gate),
             Arc::clone(&metrics),
+            Arc::clone(&cluster),
         ));
         let mut kdc_cfg = TicketConfig::new(cfg.kadmin.work_dir.join("tickets"));
         kdc_cfg.kinit = cfg.tickets.kinit.clone();
@@ -365,7 +375,8 @@ impl Controller {
             Arc::clone(&store),
             Arc::clone(&gate),
             Arc::clone(&metrics),
-        );
+        )
+        .with_cluster(Arc::clone(&cluster));
         let operator_ca = match (&cfg.certs.ca_cert_file, &cfg.certs.ca_key_file) {
             (Some(c), Some(k)) => {
                 let read = |p: &std::path::Path| {
@@ -463,7 +474,8 @@ impl Controller {
             host_patterns: cfg.reserved.host_patterns.clone(),
             short_node_names: cfg.auth.short_node_names,
         };
-        let issued = Issued::new(Arc::clone(&store)).map_err(startup("volume records"))?;
+        let issued = Issued::new(Arc::clone(&store), cluster.is_shared())
+            .map_err(startup("volume records"))?;
         let node_registry =
             NodeRegistry::load(Arc::clone(&store)).map_err(startup("node registry"))?;
         let connections = Connections::new(accept_limits(&cfg.limits));
@@ -487,6 +499,7 @@ impl Controller {
             audit_heads: Arc::default(),
             node_registry,
             leases: Leases::new(Duration::from_secs(cfg.leases.ttl_secs)),
+            cluster: Arc::clone(&cluster),
             updates: Updates::default(),
             held: Default::default(),
             auth,
@@ -511,6 +524,18 @@ impl Controller {
             async move {
                 if let Err(e) = kadmin.warm_up().await {
                     tracing::warn!(error = %e, "kadmin session not opened ahead of use; the first extraction opens it");
+                }
+            }
+        }));
+        background.extend(cluster.spawn_election());
+        background.push(tokio::spawn({
+            let (mut leadership, gauge) = (cluster.leadership(), state.metrics.leader.clone());
+            async move {
+                loop {
+                    gauge.set(i64::from(*leadership.borrow_and_update()));
+                    if leadership.changed().await.is_err() {
+                        break;
+                    }
                 }
             }
         }));

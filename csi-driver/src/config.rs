@@ -17,7 +17,8 @@ pub struct DriverConfig {
     pub kubelet_dir: PathBuf,
     /// Where non-secret per-volume state is kept across restarts.
     pub state_dir: PathBuf,
-    /// The controller's node API, e.g. `http://controller:7420`.
+    /// The controllers' node API, e.g. `http://controller:7420`; several
+    /// separated by commas (calls fail over between them).
     pub controller_endpoint: String,
     /// Size limit of each volume's tmpfs.
     pub tmpfs_size_bytes: u64,

@@ -125,6 +125,9 @@ pub struct ProcStack {
     pub driver: Option<Proc>,
     /// Kubelet stand-in on node-a's driver socket.
     pub kubelet: Option<Kubelet>,
+    /// Ports of the controllers node-a's driver is given, in order (empty:
+    /// the first controller's only); set before [`ProcStack::start_driver`].
+    pub driver_controller_ports: Vec<u16>,
     pods: Vec<TestPod>,
     /// The controller's `reload_interval_secs` (1 unless a test sets it
     /// before restarting the controller).
@@ -216,6 +219,7 @@ impl ProcStack {
             controller: None,
             driver: None,
             kubelet: None,
+            driver_controller_ports: vec![],
             pods: vec![],
             reload_interval_secs: 1,
             extra_config: extra_config.to_string(),
@@ -383,7 +387,7 @@ ttl_secs = 3
             .arg("--endpoint")
             .arg(&socket)
             .args(["--node-id", NODE_A])
-            .args(["--controller", &format!("https://127.0.0.1:{}", self.port)])
+            .args(["--controller", &self.driver_controllers()])
             .arg("--ca-file")
             .arg(d.join("ca.crt"))
             .args(["--tls-server-name", CONTROLLER_HOST])
@@ -410,6 +414,20 @@ ttl_secs = 3
         self.kubelet = Some(Kubelet::connect(&socket, &d.join("kubelet")).await?);
         self.driver = Some(proc);
         Ok(())
+    }
+
+    /// The `--controller` list node-a's driver is given.
+    fn driver_controllers(&self) -> String {
+        let ports = if self.driver_controller_ports.is_empty() {
+            vec![self.port]
+        } else {
+            self.driver_controller_ports.clone()
+        };
+        ports
+            .iter()
+            .map(|p| format!("https://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The kubelet stand-in.
