@@ -68,6 +68,14 @@ pub enum AuthConfigError {
     /// The acceptor could not be built from the keytab.
     #[error("auth.keytab: {0}")]
     Acceptor(#[from] kcred_auth::AuthError),
+    /// The keytab is readable by others than the controller.
+    #[error("auth.keytab {path}: {reason}")]
+    KeytabMode {
+        /// The keytab.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Who a verified client certificate names (rustls already checked it
@@ -145,6 +153,13 @@ impl Auth {
             }
             AuthMode::Kerberos => {
                 let keytab = cfg.keytab.as_ref().ok_or(AuthConfigError::NoKeytab)?;
+                // Its key lets anyone pose as the controller to every node.
+                crate::private_file::check(keytab).map_err(|reason| {
+                    AuthConfigError::KeytabMode {
+                        path: keytab.display().to_string(),
+                        reason,
+                    }
+                })?;
                 let acceptor = match &cfg.replay_cache {
                     Some(rc) => Acceptor::with_replay_cache(keytab, rc),
                     None => Acceptor::new(keytab),

@@ -139,7 +139,7 @@ pub async fn assemble(
         });
         files.push(BundleFile {
             name: "ca.crt".into(),
-            content: st.certs.ca_pem().as_bytes().to_vec(),
+            content: st.certs.trust_bundle().as_bytes().to_vec(),
             mode: 0o444,
         });
     }

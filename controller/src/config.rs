@@ -168,6 +168,21 @@ pub struct TlsSection {
     /// nodes without a host keytab (certificate DNS name = node name) and
     /// for admin tools (`cert:<subject CN>` in auth.operators/auditors).
     pub client_ca_file: Option<PathBuf>,
+    /// Lifetime of the serving certificate the controller issues itself
+    /// (without `cert_file`); renewed after `refresh_fraction` of it,
+    /// without a restart.
+    #[serde(default = "default_serving_cert_lifetime")]
+    pub serving_cert_lifetime_secs: u64,
+    /// CA certificates written into the trust bundle (`ca_export_file`,
+    /// pods' `ca.crt`) beside the controller's own: during a CA rotation,
+    /// the next CA before the switch, the previous one after it (see
+    /// docs/ca-rotation.md).
+    #[serde(default)]
+    pub extra_trusted_ca_files: Vec<PathBuf>,
+}
+
+fn default_serving_cert_lifetime() -> u64 {
+    90 * 86_400
 }
 
 /// The `[kubernetes]` table: where the API server is and how to log in,
@@ -511,6 +526,9 @@ impl Config {
             }
             if tls.cert_file.is_none() && tls.names.is_empty() {
                 return Err("tls.names (or tls.cert_file) is required".into());
+            }
+            if tls.serving_cert_lifetime_secs < 60 {
+                return Err("tls.serving_cert_lifetime_secs must be at least 60".into());
             }
         }
         match (&self.pods_file, &self.kubernetes) {

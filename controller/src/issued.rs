@@ -51,11 +51,18 @@ pub struct VolumeRecord {
 /// The store is loaded once at start and written behind: writes are batched
 /// (one transaction per ~50 ms) so a storm of pod starts costs a few fsyncs,
 /// not one per pod; revocations are written through before they return.
-/// The view is this controller's: controllers sharing a store see each
-/// other's records at their next start.
+///
+/// With several controllers on one store (`shared`), revocations are
+/// read through: a revocation writes the volume's record and its pod's
+/// entry in [`Table::Revocations`] before it returns, and every controller
+/// asks the store about the volume and the pod before issuing, so a
+/// revocation made on one controller is refused on all of them at once.
+/// Heartbeats (which ask about every volume a node holds) read the view,
+/// which takes the cluster's revocations in every [`REVOCATION_SYNC`].
 #[derive(Clone)]
 pub struct Issued {
     store: Arc<Store>,
+    shared: bool,
     view: Arc<RwLock<View>>,
     /// Written to the view, not yet to the store.
     pending: Arc<Mutex<HashMap<String, VolumeRecord>>>,
@@ -118,13 +125,59 @@ pub enum PutError {
 
 const BATCH_LINGER: Duration = Duration::from_millis(50);
 
+/// How often a controller sharing its store takes in the revocations the
+/// others made, for heartbeats' answers.
+pub const REVOCATION_SYNC: Duration = Duration::from_secs(2);
+
+/// A pod's revocation, as every controller sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RevokedPod {
+    /// The volume whose revocation revoked the pod.
+    volume_id: String,
+}
+
+impl View {
+    /// Takes in the revocations on record: pods, and their volumes.
+    fn revoke_pods(&mut self, uids: impl IntoIterator<Item = String>) {
+        for uid in uids {
+            if self.revoked_pods.insert(uid.clone()) {
+                for rec in self.by_id.values_mut().filter(|r| r.pod_uid == uid) {
+                    rec.revoked = true;
+                }
+            }
+        }
+    }
+}
+
 impl Issued {
     /// Loads every record from `store` and starts the batch writer on the
-    /// current Tokio runtime.
-    pub fn new(store: Arc<Store>) -> Result<Self, StoreError> {
+    /// current Tokio runtime; `shared`: other controllers use the store
+    /// too (revocations are read through, and synced).
+    pub fn new(store: Arc<Store>, shared: bool) -> Result<Self, StoreError> {
         let mut view = View::default();
         for (_, rec, _) in store.list::<VolumeRecord>(Table::Volumes)? {
             view.insert(rec);
+        }
+        let revoked = store.list::<RevokedPod>(Table::Revocations)?;
+        view.revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));
+        let view = Arc::new(RwLock::new(view));
+        if shared {
+            let (s, v) = (Arc::clone(&store), Arc::downgrade(&view));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(REVOCATION_SYNC);
+                loop {
+                    tick.tick().await;
+                    let s = Arc::clone(&s);
+                    let listed = tokio::task::spawn_blocking(move || {
+                        s.list::<RevokedPod>(Table::Revocations)
+                    })
+                    .await;
+                    let Some(view) = v.upgrade() else { return };
+                    if let Ok(Ok(revoked)) = listed {
+                        write(&view).revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));
+                    }
+                }
+            });
         }
         let pending: Arc<Mutex<HashMap<String, VolumeRecord>>> = Arc::default();
         let (wake, mut rx) = mpsc::unbounded_channel::<()>();
@@ -162,15 +215,30 @@ impl Issued {
         });
         Ok(Issued {
             store,
-            view: Arc::new(RwLock::new(view)),
+            shared,
+            view,
             pending,
             wake,
         })
     }
 
-    /// Whether any volume of this pod was revoked.
-    pub fn pod_revoked(&self, pod_uid: &str) -> bool {
-        read(&self.view).revoked_pods.contains(pod_uid)
+    /// Whether any volume of this pod was revoked (with a shared store:
+    /// by any controller, up to now).
+    pub fn pod_revoked(&self, pod_uid: &str) -> Result<bool, StoreError> {
+        if read(&self.view).revoked_pods.contains(pod_uid) {
+            return Ok(true);
+        }
+        if !self.shared {
+            return Ok(false);
+        }
+        let revoked = self
+            .store
+            .get::<RevokedPod>(Table::Revocations, pod_uid)?
+            .is_some();
+        if revoked {
+            write(&self.view).revoke_pods([pod_uid.to_string()]);
+        }
+        Ok(revoked)
     }
 
     /// Records (or updates) an issued volume; refuses to un-revoke one (a
@@ -198,6 +266,10 @@ impl Issued {
         let mut pending = lock(&self.pending);
         self.store
             .put_many(Table::Volumes, &[(r.volume_id.clone(), r.clone())])?;
+        let pod = RevokedPod {
+            volume_id: r.volume_id.clone(),
+        };
+        self.store.put(Table::Revocations, &r.pod_uid, &pod, b"")?;
         pending.remove(&r.volume_id);
         view.insert(r);
         Ok(())
@@ -215,9 +287,31 @@ impl Issued {
             .collect())
     }
 
-    /// One volume's record.
+    /// One volume's record, as this controller knows it (for heartbeats:
+    /// no store access).
+    pub fn known(&self, volume_id: &str) -> Option<VolumeRecord> {
+        read(&self.view).by_id.get(volume_id).cloned()
+    }
+
+    /// One volume's record. With a shared store, the store's record wins
+    /// when it is revoked or this controller has none (another controller
+    /// issued or revoked it).
     pub fn get(&self, volume_id: &str) -> Result<Option<VolumeRecord>, StoreError> {
-        Ok(read(&self.view).by_id.get(volume_id).cloned())
+        let local = self.known(volume_id);
+        if !self.shared || local.as_ref().is_some_and(|r| r.revoked) {
+            return Ok(local);
+        }
+        let stored = self
+            .store
+            .get::<VolumeRecord>(Table::Volumes, volume_id)?
+            .map(|r| r.meta);
+        match stored {
+            Some(s) if s.revoked || local.is_none() => {
+                write(&self.view).insert(s.clone());
+                Ok(Some(s))
+            }
+            _ => Ok(local),
+        }
     }
 
     /// Forgets a volume (its pod is gone).
@@ -298,7 +392,7 @@ mod tests {
     async fn a_node_sees_only_its_own_volumes_and_a_restart_keeps_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let st = store(dir.path());
-        let issued = Issued::new(Arc::clone(&st)).expect("issued");
+        let issued = Issued::new(Arc::clone(&st), false).expect("issued");
         issued.put(&record("v1", "node-a", "u1")).expect("put");
         issued.put(&record("v2", "node-b", "u2")).expect("put");
         // A pod re-published on another node moves with its record.
@@ -329,17 +423,20 @@ mod tests {
         }
         drop(issued);
         // A restarted controller loads the view from the store.
-        let again = Issued::new(st).expect("reloaded");
+        let again = Issued::new(st, false).expect("reloaded");
         assert_eq!(on(&again, "node-a"), Vec::<String>::new());
         assert_eq!(on(&again, "node-b"), ["v2", "v3"]);
-        assert!(again.pod_revoked("u2"), "revocations survive a restart");
+        assert!(
+            again.pod_revoked("u2").expect("revoked"),
+            "revocations survive a restart"
+        );
         assert_eq!(again.count_by_node().get("node-b"), Some(&2));
     }
 
     #[tokio::test]
     async fn a_revoked_volume_or_pod_is_never_recorded_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let issued = Issued::new(store(dir.path())).expect("issued");
+        let issued = Issued::new(store(dir.path()), false).expect("issued");
         issued.put(&record("v1", "node-a", "u1")).expect("put");
         issued
             .revoke(&record("v1", "node-a", "u1"))

@@ -56,6 +56,24 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Check a configuration and every file it names without starting:
+    /// prints each finding; exits 0 if all is well, 3 if the config, policy
+    /// or pods file is invalid, 4 if a file is missing, unreadable or
+    /// readable by others (keys, keytabs), 5 if (with --reach) kadmind or
+    /// the KDC cannot be used.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(
+            long,
+            short,
+            env = "KCRED_CONFIG",
+            default_value = "/etc/kcred/controller.toml"
+        )]
+        config: PathBuf,
+        /// Also log in to the KDC and kadmind with the admin keytab.
+        #[arg(long)]
+        reach: bool,
+    },
     /// Create a new random master key file (mode 0600); never overwrites.
     GenerateMasterKey {
         /// Where to write it.
@@ -64,7 +82,7 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     kcred_runtime::set_build_info(kcred_runtime::BuildInfo {
         component: "controller",
         version: env!("CARGO_PKG_VERSION"),
@@ -75,7 +93,18 @@ async fn main() -> anyhow::Result<()> {
         Command::GenerateMasterKey { path } => {
             let key = MasterKey::generate_file(&path)?;
             println!("wrote master key {} to {}", key.id(), path.display());
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config, reach } => {
+            let report = kcred_controller::check::check(&config, reach).await;
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            let code = report.exit_code();
+            if code == 0 {
+                println!("configuration {} is usable", config.display());
+            }
+            Ok(std::process::ExitCode::from(code))
         }
         Command::MigrateStore { from, to } => {
             let (source, target) = (open_store(&from)?, open_store(&to)?);
@@ -89,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
                 source.describe(),
                 target.describe()
             );
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Serve {
             config,
@@ -109,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
             // Ready (store open, CA exported) before the port opens: a
             // client that can connect finds everything in place.
             let controller = Controller::start(&cfg)?;
+            spawn_reload_on_sighup(controller.reload_trigger())?;
             let metrics = controller.metrics();
             start_series_at_zero(&metrics, &cfg.gate);
             if let Some(addr) = ops_addr {
@@ -134,9 +164,23 @@ async fn main() -> anyhow::Result<()> {
             controller
                 .serve(listener, kcred_runtime::shutdown_signal())
                 .await?;
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
+}
+
+/// `SIGHUP` reloads the policy, the pods file and every other
+/// hot-reloaded file at once, without waiting for their next poll.
+fn spawn_reload_on_sighup(trigger: kcred_controller::reload::ReloadTrigger) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading configuration files");
+            trigger.fire();
+        }
+    });
+    Ok(())
 }
 
 /// What `/readyz` reports: the store answers (an etcd store can be lost

@@ -48,6 +48,19 @@ pub struct Metrics {
     /// Directory (AD) policy syncs by result (`ok`, `failed`); a failed
     /// sync keeps the last good policy.
     pub directory_syncs: IntCounterVec,
+    /// 1 while a hot-reloaded file's last version loaded (0: a bad version
+    /// is being ignored), by file (`policy`, `pods`).
+    pub config_reload_ok: IntGaugeVec,
+    /// When a hot-reloaded file's version in force was loaded (Unix
+    /// seconds), by file.
+    pub config_reload_success: IntGaugeVec,
+    /// When the controller's own serving certificate expires (Unix
+    /// seconds); 0 while it serves without TLS or with an operator's
+    /// certificate it does not renew.
+    pub serving_cert_expiry: IntGauge,
+    /// 1 while this controller is the elected leader (always, alone on an
+    /// embedded store): it runs the lease sweeper and pending purges.
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -75,6 +88,20 @@ impl Metrics {
             IntGauge::new("store_up", "1 while the store answers; 0: issuing stops"),
         );
         store_up.set(1);
+        let serving_cert_expiry = kcred_runtime::register(
+            &registry,
+            IntGauge::new(
+                "serving_certificate_expiry_timestamp_seconds",
+                "When the controller's serving certificate expires",
+            ),
+        );
+        let leader = kcred_runtime::register(
+            &registry,
+            IntGauge::new(
+                "leader",
+                "1 while this controller leads (sweeper, purges); 0: a follower",
+            ),
+        );
         Arc::new(Metrics {
             store_up,
             directory_syncs: counter(
@@ -82,6 +109,18 @@ impl Metrics {
                 "Policy syncs from the directory, by result",
                 &["result"],
             ),
+            serving_cert_expiry,
+            config_reload_ok: gauge(
+                "config_last_reload_successful",
+                "1 while the file's last version loaded; 0: a bad version is ignored",
+                &["file"],
+            ),
+            config_reload_success: gauge(
+                "config_last_reload_success_timestamp_seconds",
+                "When the file's version in force was loaded",
+                &["file"],
+            ),
+            leader,
             refusals: counter(
                 "refusals_total",
                 "Refusals and failures returned to callers, by reason",

@@ -3,14 +3,18 @@
 //! A file is polled rather than watched with inotify: Kubernetes ConfigMaps
 //! and config-management tools replace files through symlink swaps that
 //! inotify watches miss, while a poll of the content digest sees every
-//! change. A file that fails to parse is logged and the last good version
-//! stays in force: a typo never empties the policy.
+//! change. A file that fails to parse is logged (once per bad version) and
+//! the last good version stays in force: a typo never empties the policy.
+//! `SIGHUP` ([`ReloadTrigger`]) makes every file be checked at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
 
 /// Why a watched file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +42,7 @@ pub type Parser<T> = Box<dyn Fn(&Path, &str) -> Result<T, LoadError> + Send + Sy
 
 /// A value loaded from a file, replaced whole when the file changes.
 pub struct Watched<T> {
-    /// None for a value fed by [`Watched::set`] (the directory sync).
-    path: Option<PathBuf>,
+    path: PathBuf,
     parse: Parser<T>,
     current: RwLock<(Arc<T>, [u8; 32])>,
 }
@@ -54,17 +57,18 @@ impl<T: Send + Sync + 'static> Watched<T> {
         let parse: Parser<T> = Box::new(parse);
         let (value, digest) = read_and_parse(path, &parse)?;
         Ok(Arc::new(Watched {
-            path: Some(path.to_path_buf()),
+            path: path.to_path_buf(),
             parse,
             current: RwLock::new((Arc::new(value), digest)),
         }))
     }
 
-    /// A value that no file backs: replaced only by [`Watched::set`], so
-    /// the request paths read file and directory policies alike.
+    /// A value that no file backs, replaced only by [`Watched::set`] (the
+    /// directory sync), so request paths read file and directory policies
+    /// alike. Never poll it: it has no file to read.
     pub fn fed(value: T) -> Arc<Self> {
         Arc::new(Watched {
-            path: None,
+            path: PathBuf::new(),
             parse: Box::new(|path, _| {
                 Err(LoadError::Invalid {
                     path: path.to_path_buf(),
@@ -87,56 +91,132 @@ impl<T: Send + Sync + 'static> Watched<T> {
 
     /// Reloads if the content changed; returns whether it did.
     pub fn reload(&self) -> Result<bool, LoadError> {
-        let Some(path) = &self.path else {
-            return Ok(false);
-        };
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.clone(),
-            source,
+        self.reload_keyed().map_err(|(_, e)| e)
+    }
+
+    /// Like [`Watched::reload`]; a failure comes with what identifies it
+    /// (the content's digest, or the error for an unreadable file), so one
+    /// bad version is reported once however often it is polled.
+    fn reload_keyed(&self) -> Result<bool, (String, LoadError)> {
+        let bytes = std::fs::read(&self.path).map_err(|source| {
+            let e = LoadError::Read {
+                path: self.path.clone(),
+                source,
+            };
+            (e.to_string(), e)
         })?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let unchanged = crate::locks::read(&self.current).1 == digest;
         if unchanged {
             return Ok(false);
         }
-        let text = String::from_utf8(bytes).map_err(|_| LoadError::Invalid {
-            path: path.clone(),
-            reason: "not UTF-8".into(),
+        let key = hex::encode(digest);
+        let text = String::from_utf8(bytes).map_err(|_| {
+            let e = LoadError::Invalid {
+                path: self.path.clone(),
+                reason: "not UTF-8".into(),
+            };
+            (key.clone(), e)
         })?;
-        let value = (self.parse)(path, &text)?;
+        let value = (self.parse)(&self.path, &text).map_err(|e| (key, e))?;
         let mut g = crate::locks::write(&self.current);
         *g = (Arc::new(value), digest);
         Ok(true)
     }
 
-    /// Polls the file until the task is aborted; `on_change` sees each new
-    /// version.
+    /// Polls the file every `every`, and at once when `trigger` fires
+    /// (SIGHUP), until the task is aborted; `on_change` sees each new
+    /// version. A bad version is logged once (not at every poll) and the
+    /// return to a good one is logged too; `file` names the file in the
+    /// reload metrics.
     pub fn spawn_poller(
         self: &Arc<Self>,
         every: Duration,
+        trigger: &ReloadTrigger,
+        file: &'static str,
+        metrics: Arc<Metrics>,
         on_change: impl Fn(Arc<T>) + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
+        let mut fired = trigger.subscribe();
+        let ok = metrics.config_reload_ok.with_label_values(&[file]);
+        let loaded_at = metrics.config_reload_success.with_label_values(&[file]);
+        ok.set(1);
+        loaded_at.set(now_unix());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // What the last failure was, while the file stays bad.
+            let mut failing: Option<String> = None;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Ok(()) = fired.changed() => {}
+                }
                 let w = Arc::clone(&me);
-                match tokio::task::spawn_blocking(move || w.reload()).await {
-                    Ok(Ok(true)) => {
-                        tracing::info!(path = ?me.path, "reloaded");
-                        on_change(me.get());
+                let outcome = match tokio::task::spawn_blocking(move || w.reload_keyed()).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload task failed");
+                        continue;
                     }
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "reload failed; keeping the last good version")
+                };
+                let path = me.path.display();
+                match outcome {
+                    Ok(changed) => {
+                        if failing.take().is_some() {
+                            tracing::info!(%path, "reload recovered: the file is valid again");
+                        }
+                        ok.set(1);
+                        if changed {
+                            tracing::info!(%path, "reloaded");
+                            loaded_at.set(now_unix());
+                            on_change(me.get());
+                        }
                     }
-                    Err(e) => tracing::error!(error = %e, "reload task failed"),
+                    Err((key, e)) => {
+                        ok.set(0);
+                        if failing.as_deref() != Some(key.as_str()) {
+                            tracing::error!(
+                                error = %e,
+                                "reload failed; keeping the last good version (logged again only when the file changes)"
+                            );
+                            failing = Some(key);
+                        }
+                    }
                 }
             }
         })
     }
+}
+
+/// Makes every hot-reloaded file be checked at once (on `SIGHUP`), instead
+/// of at its next poll.
+#[derive(Clone)]
+pub struct ReloadTrigger(Arc<watch::Sender<()>>);
+
+impl Default for ReloadTrigger {
+    fn default() -> Self {
+        ReloadTrigger(Arc::new(watch::channel(()).0))
+    }
+}
+
+impl ReloadTrigger {
+    /// Every poller checks its file now.
+    pub fn fire(&self) {
+        self.0.send_replace(());
+    }
+
+    /// What a poller waits on.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.0.subscribe()
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn read_and_parse<T>(path: &Path, parse: &Parser<T>) -> Result<(T, [u8; 32]), LoadError> {

@@ -187,11 +187,16 @@ pub async fn purge_due(st: &ControllerState) {
     }
 }
 
-/// Runs [`purge_due`] every `every` until the task is aborted.
+/// Runs [`purge_due`] every `every` while this controller leads, until
+/// the task is aborted.
 pub async fn run_purges(st: Arc<ControllerState>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        purge_due(&st).await;
+        // On the leader only; a new leader finds the purges its
+        // predecessor left in the store, and ends them.
+        if st.cluster.is_leader() {
+            purge_due(&st).await;
+        }
     }
 }

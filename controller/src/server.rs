@@ -14,7 +14,8 @@ use crate::api::admin::AdminApi;
 use crate::api::node::NodeApi;
 use crate::audit_head;
 use crate::auth::Auth;
-use crate::config::{Config, LimitsSection};
+use crate::cluster::Cluster;
+use crate::config::{Config, LimitsSection, TlsSection};
 use crate::crypto::MasterKey;
 use crate::denials::Denials;
 use crate::gate::KdcGate;
@@ -37,7 +38,8 @@ use crate::nodes::updates::Updates;
 use crate::pods::kube_source::PodView;
 use crate::pods::{PodIndex, file_source};
 use crate::policy::parse_policy;
-use crate::reload::Watched;
+use crate::reload::{ReloadTrigger, Watched};
+use crate::serving_tls::{self, ServingCert, ServingTls};
 use crate::state::ControllerState;
 use crate::store::{Store, Table};
 use kcred_proto::kcred::v1::admin_server::AdminServer;
@@ -197,6 +199,68 @@ fn open_audit(cfg: &Config, store: &Store, signer: AuditSigner) -> Result<AuditL
     Ok(audit)
 }
 
+/// TLS for the node and admin APIs: the operator's certificate, read again
+/// on `SIGHUP`, or one from the controller's CA, renewed before it expires
+/// (the task).
+fn serving_tls(
+    cfg: &Config,
+    t: &TlsSection,
+    state: &Arc<ControllerState>,
+    reload: &ReloadTrigger,
+) -> Result<(ServingTls, JoinHandle<()>), ServeError> {
+    let issue = {
+        let (state, names) = (Arc::clone(state), t.names.clone());
+        let lifetime = Duration::from_secs(t.serving_cert_lifetime_secs);
+        move || state.certs.serving_cert(&names, lifetime)
+    };
+    let operator_files = t.cert_file.clone().zip(t.key_file.clone());
+    let read_files = operator_files.map(|(c, k)| {
+        move || -> Result<serving_tls::PemPair, String> {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+            };
+            Ok((read(&c)?, Zeroizing::new(read(&k)?)))
+        }
+    });
+    let pair = match &read_files {
+        Some(read) => read().map_err(startup("tls"))?,
+        None => issue().map_err(startup("tls"))?,
+    };
+    let cert = ServingCert::new(&pair).map_err(startup("tls"))?;
+    if let Some(path) = &t.ca_export_file {
+        std::fs::write(path, state.certs.trust_bundle())
+            .map_err(|e| startup("tls")(format!("{}: {e}", path.display())))?;
+    }
+    let client_ca = match &t.client_ca_file {
+        None => None,
+        Some(ca) => {
+            let pem =
+                std::fs::read(ca).map_err(|e| startup("tls")(format!("{}: {e}", ca.display())))?;
+            // Pods hold certificates from kcred's own CA: trusting it
+            // for clients would let a pod pose as a node.
+            if String::from_utf8_lossy(&pem).contains(state.certs.ca_pem().trim()) {
+                return Err(startup("tls")(
+                    "tls.client_ca_file must not be kcred's own CA (pods hold its certificates)",
+                ));
+            }
+            Some(pem)
+        }
+    };
+    let tls = ServingTls::new(
+        Arc::clone(&cert),
+        client_ca.as_deref(),
+        Duration::from_secs(cfg.limits.tls_handshake_timeout_secs),
+    )
+    .map_err(startup("tls"))?;
+    let expiry = state.metrics.serving_cert_expiry.clone();
+    expiry.set(cert.validity().1);
+    let task = match read_files {
+        Some(read) => serving_tls::spawn_reload_on_signal(cert, reload.subscribe(), expiry, read),
+        None => serving_tls::spawn_renewal(cert, cfg.refresh_fraction, expiry, issue),
+    };
+    Ok((tls, task))
+}
+
 /// Who the Kubernetes API vouches for: pods' own tokens (when required)
 /// and node drivers' pod tokens (`[auth.psat]`).
 fn kube_identities(
@@ -229,7 +293,8 @@ fn kube_identities(
 
 /// A controller ready to serve.
 pub struct Controller {
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<ServingTls>,
+    reload: ReloadTrigger,
     webhook: Option<(
         crate::webhook::serve::Listener,
         Arc<crate::webhook::serve::Webhook>,
@@ -245,9 +310,9 @@ impl Controller {
     /// Must run inside a Tokio runtime.
     pub fn start(cfg: &Config) -> Result<Controller, ServeError> {
         let master = MasterKey::load(&cfg.master_key_file).map_err(startup("master key"))?;
-        let store = cfg
+        let (store, etcd) = cfg
             .store
-            .open(cfg.store_path.as_deref(), master)
+            .open_shared(cfg.store_path.as_deref(), master)
             .map_err(startup("store"))?;
         tracing::info!(store = %store.describe(), "store open");
         let kadmin = match &cfg.active_directory {
@@ -281,11 +346,19 @@ impl Controller {
             startup("pod krb5.conf")(format!("{}: {e}", cfg.pod_krb5_conf_path().display()))
         })?;
         let signer = AuditSigner::load_or_generate(&cfg.audit_key).map_err(startup("audit key"))?;
+        // Named after its listener and its audit chain, both its own.
+        let controller_id = format!("{} {}", cfg.listen, signer.key_id());
         let audit = Arc::new(open_audit(cfg, &store, signer)?);
 
         let store = Arc::new(store);
+        let cluster = match etcd {
+            Some(etcd) => Cluster::on_etcd(etcd, &controller_id, cfg.store.leader_lease()),
+            None => Cluster::solo(),
+        };
         let metrics = Metrics::new();
-        let gate = Arc::new(KdcGate::new(&cfg.gate, Arc::clone(&metrics)));
+        let gate = Arc::new(
+            KdcGate::new(&cfg.gate, Arc::clone(&metrics)).with_cluster(Arc::clone(&cluster)),
+        );
         let auth = Auth::new(&cfg.auth, &cfg.realm).map_err(startup("authentication"))?;
         let kadmin = Arc::new(kadmin);
         let keytabs = Arc::new(KeytabIssuer::new(
@@ -293,6 +366,7 @@ impl Controller {
             Arc::clone(&kadmin),
             Arc::clone(&gate),
             Arc::clone(&metrics),
+            Arc::clone(&cluster),
         ));
         let mut kdc_cfg = TicketConfig::new(cfg.kadmin.work_dir.join("tickets"));
         kdc_cfg.kinit = cfg.tickets.kinit.clone();
@@ -309,7 +383,8 @@ impl Controller {
             Arc::clone(&store),
             Arc::clone(&gate),
             Arc::clone(&metrics),
-        );
+        )
+        .with_cluster(Arc::clone(&cluster));
         let operator_ca = match (&cfg.certs.ca_cert_file, &cfg.certs.ca_key_file) {
             (Some(c), Some(k)) => {
                 let read = |p: &std::path::Path| {
@@ -321,7 +396,7 @@ impl Controller {
             }
             _ => None,
         };
-        let certs = CertIssuer::load(
+        let mut certs = CertIssuer::load(
             operator_ca,
             &cfg.certs.ca_common_name,
             Duration::from_secs(cfg.certs.lifetime_secs),
@@ -330,6 +405,17 @@ impl Controller {
             Arc::clone(&metrics),
         )
         .map_err(startup("certificate authority"))?;
+        for path in cfg.tls.iter().flat_map(|t| &t.extra_trusted_ca_files) {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| startup("tls")(format!("{}: {e}", path.display())))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(startup("tls")(format!(
+                    "tls.extra_trusted_ca_files: {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            certs.trust_also(&pem);
+        }
         let keys = KeyIssuer::new(Arc::clone(&store), Arc::clone(&metrics));
 
         let (pod_tokens, psat) = kube_identities(cfg)?;
@@ -338,7 +424,17 @@ impl Controller {
         // Subscribed before any source feeds them: no departure is missed.
         let pods_gone = pods.subscribe_gone();
         let nodes_gone = known_nodes.subscribe_gone();
-        let mut background = vec![policy.spawn_poller(cfg.reload_interval(), |_| {})];
+        let reload = ReloadTrigger::default();
+        let mut background = Vec::new();
+        if cfg.policy_file.is_some() {
+            background.push(policy.spawn_poller(
+                cfg.reload_interval(),
+                &reload,
+                "policy",
+                Arc::clone(&metrics),
+                |_| {},
+            ));
+        }
         if let Some(k) = &cfg.kubernetes {
             let source = KubeSource::new(k).map_err(|e| startup("kubernetes")(e.to_string()))?;
             // Behind until the first list lands.
@@ -361,9 +457,13 @@ impl Controller {
                 Watched::load(path, file_source::parse_pods).map_err(startup("pods file"))?;
             pods.replace_all(source.get().iter().cloned());
             let index = Arc::clone(&pods);
-            background.push(source.spawn_poller(cfg.reload_interval(), move |fresh| {
-                index.replace_all(fresh.iter().cloned())
-            }));
+            background.push(source.spawn_poller(
+                cfg.reload_interval(),
+                &reload,
+                "pods",
+                Arc::clone(&metrics),
+                move |fresh| index.replace_all(fresh.iter().cloned()),
+            ));
         }
         tracing::info!(
             realm = %cfg.realm,
@@ -385,7 +485,8 @@ impl Controller {
             host_patterns: cfg.reserved.host_patterns.clone(),
             short_node_names: cfg.auth.short_node_names,
         };
-        let issued = Issued::new(Arc::clone(&store)).map_err(startup("volume records"))?;
+        let issued = Issued::new(Arc::clone(&store), cluster.is_shared())
+            .map_err(startup("volume records"))?;
         let node_registry =
             NodeRegistry::load(Arc::clone(&store)).map_err(startup("node registry"))?;
         let connections = Connections::new(accept_limits(&cfg.limits));
@@ -409,6 +510,7 @@ impl Controller {
             audit_heads: Arc::default(),
             node_registry,
             leases: Leases::new(Duration::from_secs(cfg.leases.ttl_secs)),
+            cluster: Arc::clone(&cluster),
             updates: Updates::default(),
             held: Default::default(),
             auth,
@@ -433,6 +535,18 @@ impl Controller {
             async move {
                 if let Err(e) = kadmin.warm_up().await {
                     tracing::warn!(error = %e, "kadmin session not opened ahead of use; the first extraction opens it");
+                }
+            }
+        }));
+        background.extend(cluster.spawn_election());
+        background.push(tokio::spawn({
+            let (mut leadership, gauge) = (cluster.leadership(), state.metrics.leader.clone());
+            async move {
+                loop {
+                    gauge.set(i64::from(*leadership.borrow_and_update()));
+                    if leadership.changed().await.is_err() {
+                        break;
+                    }
                 }
             }
         }));
@@ -471,53 +585,26 @@ impl Controller {
                 None
             }
             Some(t) => {
-                let (cert, key) = match (&t.cert_file, &t.key_file) {
-                    (Some(c), Some(k)) => {
-                        let read = |p: &std::path::Path| {
-                            std::fs::read_to_string(p)
-                                .map_err(|e| startup("tls")(format!("{}: {e}", p.display())))
-                        };
-                        (read(c)?, Zeroizing::new(read(k)?))
-                    }
-                    _ => state.certs.serving_cert(&t.names).map_err(startup("tls"))?,
-                };
-                if let Some(path) = &t.ca_export_file {
-                    std::fs::write(path, state.certs.ca_pem())
-                        .map_err(|e| startup("tls")(format!("{}: {e}", path.display())))?;
-                }
-                let mut server_tls = tonic::transport::ServerTlsConfig::new()
-                    .identity(tonic::transport::Identity::from_pem(
-                        cert.as_bytes(),
-                        key.as_bytes(),
-                    ))
-                    .timeout(Duration::from_secs(cfg.limits.tls_handshake_timeout_secs));
-                if let Some(ca) = &t.client_ca_file {
-                    let pem = std::fs::read(ca)
-                        .map_err(|e| startup("tls")(format!("{}: {e}", ca.display())))?;
-                    // Pods hold certificates from kcred's own CA: trusting it
-                    // for clients would let a pod pose as a node.
-                    if String::from_utf8_lossy(&pem).contains(state.certs.ca_pem().trim()) {
-                        return Err(startup("tls")(
-                            "tls.client_ca_file must not be kcred's own CA (pods hold its certificates)",
-                        ));
-                    }
-                    // Optional: Kerberos callers present no certificate.
-                    server_tls = server_tls
-                        .client_ca_root(tonic::transport::Certificate::from_pem(pem))
-                        .client_auth_optional(true);
-                }
-                Some(server_tls)
+                let (tls, task) = serving_tls(cfg, t, &state, &reload)?;
+                background.push(task);
+                Some(tls)
             }
         };
         let webhook = crate::webhook::start::prepare(cfg, &state).map_err(startup("webhook"))?;
         Ok(Controller {
             tls,
+            reload,
             webhook,
             state,
             background,
             metrics_listen: cfg.metrics_listen,
             limits: cfg.limits.clone(),
         })
+    }
+
+    /// Fires to reload every hot-reloaded file at once (`SIGHUP`).
+    pub fn reload_trigger(&self) -> ReloadTrigger {
+        self.reload.clone()
     }
 
     /// The controller's metrics.
@@ -586,23 +673,31 @@ impl Controller {
             // Dead peers are found and their connections closed.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-        if let Some(tls) = self.tls.clone() {
-            builder = builder.tls_config(tls)?;
-        }
         let incoming = Incoming::new(listener, Arc::clone(&self.state.connections));
-        let result = builder
+        let router = builder
             .add_service(
                 NodeCredentialsServer::new(api).max_decoding_message_size(l.max_message_bytes),
             )
-            .add_service(AdminServer::new(admin).max_decoding_message_size(l.max_message_bytes))
-            .serve_with_incoming_shutdown(incoming, {
-                let state = Arc::clone(&self.state);
-                async move {
-                    shutdown.await;
-                    state.closing.send_replace(true);
-                }
-            })
-            .await;
+            .add_service(AdminServer::new(admin).max_decoding_message_size(l.max_message_bytes));
+        let shutdown = {
+            let state = Arc::clone(&self.state);
+            async move {
+                shutdown.await;
+                state.closing.send_replace(true);
+            }
+        };
+        let result = match &self.tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls.incoming(incoming), shutdown)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        };
         for task in &background {
             task.abort();
         }

@@ -57,6 +57,8 @@ pub struct ControllerState {
     pub denials: crate::denials::Denials,
     /// Node leases.
     pub leases: Leases,
+    /// The other controllers on the store, and who leads.
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// Every node ever seen (persisted).
     pub node_registry: NodeRegistry,
     /// Update streams to node drivers.
@@ -85,6 +87,27 @@ pub struct ControllerState {
 }
 
 impl ControllerState {
+    /// Refuses a Kerberos token another controller already accepted (a
+    /// replay across controllers; see [`crate::cluster::replay`]). Calls
+    /// without a token (mTLS) pass.
+    pub async fn refuse_replayed<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<(), crate::reasons::Refusal> {
+        use kcred_proto::kcred::v1::Reason;
+        let Some(token) = request.metadata().get(kcred_auth::METADATA_KEY) else {
+            return Ok(());
+        };
+        match self.cluster.first_use(token.as_bytes()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(crate::reasons::Refusal::new(
+                Reason::Unauthenticated,
+                "token refused: another controller already accepted it (replay)",
+            )),
+            Err(e) => Err(crate::reasons::Refusal::from_error(&e)),
+        }
+    }
+
     /// Whether `host` is a node's name (its `host/` key is reserved): a
     /// node ever seen (persisted, so a restart forgets none), on the
     /// cluster's node list, holding a lease, or with pods bound to it.

@@ -1,6 +1,6 @@
 //! The driver's settings (flags or environment; see `main.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Default CSI driver name, as registered with kubelet.
 pub const DEFAULT_DRIVER_NAME: &str = "csi.kcred.io";
@@ -17,7 +17,8 @@ pub struct DriverConfig {
     pub kubelet_dir: PathBuf,
     /// Where non-secret per-volume state is kept across restarts.
     pub state_dir: PathBuf,
-    /// The controller's node API, e.g. `http://controller:7420`.
+    /// The controllers' node API, e.g. `http://controller:7420`; several
+    /// separated by commas (calls fail over between them).
     pub controller_endpoint: String,
     /// Size limit of each volume's tmpfs.
     pub tmpfs_size_bytes: u64,
@@ -59,9 +60,193 @@ pub fn validate_driver_name(name: &str) -> Result<(), InvalidDriverName> {
     }
 }
 
+/// How the driver reaches the controller, as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerSettings<'a> {
+    /// `--controller`.
+    pub endpoint: &'a str,
+    /// `--ca-file`.
+    pub ca_file: Option<&'a Path>,
+    /// `--tls-cert` and `--tls-key`.
+    pub client_cert: Option<(&'a Path, &'a Path)>,
+    /// `--keytab`.
+    pub keytab: Option<&'a Path>,
+}
+
+/// A setting that can never work, whatever the network does: the driver
+/// exits at once naming it, instead of retrying for ever.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {problem}")]
+pub struct StaticMisconfiguration {
+    /// The flag (its environment variable says the same).
+    pub flag: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+fn misconfigured(flag: &'static str, problem: impl Into<String>) -> StaticMisconfiguration {
+    StaticMisconfiguration {
+        flag,
+        problem: problem.into(),
+    }
+}
+
+/// Checks what can be checked before the first call: the endpoint's form
+/// and scheme, TLS settings that go together, and files that must exist.
+pub fn check_controller_settings(s: &ControllerSettings<'_>) -> Result<(), StaticMisconfiguration> {
+    let (scheme, rest) = s.endpoint.split_once("://").ok_or_else(|| {
+        misconfigured(
+            "--controller",
+            format!(
+                "{:?} is not a URL: use http://HOST:PORT or https://HOST:PORT",
+                s.endpoint
+            ),
+        )
+    })?;
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(misconfigured(
+            "--controller",
+            format!("{:?} names no host", s.endpoint),
+        ));
+    }
+    match (scheme, s.ca_file) {
+        ("https", None) => {
+            return Err(misconfigured(
+                "--ca-file",
+                format!(
+                    "--controller {:?} is https but no --ca-file (the controller's CA certificate, its exported ca.crt) is set",
+                    s.endpoint
+                ),
+            ));
+        }
+        ("http", Some(_)) => {
+            return Err(misconfigured(
+                "--controller",
+                format!(
+                    "{:?} is plain http but --ca-file is set: use https:// to reach the controller over TLS",
+                    s.endpoint
+                ),
+            ));
+        }
+        ("http", None) if s.client_cert.is_some() => {
+            return Err(misconfigured(
+                "--tls-cert",
+                "a client certificate needs TLS: use an https:// --controller with --ca-file",
+            ));
+        }
+        ("http" | "https", _) => {}
+        (other, _) => {
+            return Err(misconfigured(
+                "--controller",
+                format!(
+                    "scheme {other:?} of {:?} is neither http nor https",
+                    s.endpoint
+                ),
+            ));
+        }
+    }
+    if let Some(ca) = s.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| misconfigured("--ca-file", format!("{}: {e}", ca.display())))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(misconfigured(
+                "--ca-file",
+                format!("{} holds no PEM certificate", ca.display()),
+            ));
+        }
+    }
+    let mut files = vec![];
+    if let Some((cert, key)) = s.client_cert {
+        files.extend([("--tls-cert", cert), ("--tls-key", key)]);
+    }
+    if let Some(keytab) = s.keytab {
+        files.push(("--keytab", keytab));
+    }
+    for (flag, path) in files {
+        std::fs::File::open(path)
+            .map_err(|e| misconfigured(flag, format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_can_never_work_name_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ok = |s: ControllerSettings<'_>| check_controller_settings(&s);
+        let flag = |s: ControllerSettings<'_>| ok(s).unwrap_err().flag;
+        assert!(
+            ok(ControllerSettings {
+                endpoint: "http://c:7420",
+                ..Default::default()
+            })
+            .is_ok()
+        );
+        assert!(
+            ok(ControllerSettings {
+                endpoint: "https://c:7420",
+                ca_file: Some(&ca),
+                ..Default::default()
+            })
+            .is_ok()
+        );
+        assert_eq!(
+            flag(ControllerSettings {
+                endpoint: "c:7420",
+                ..Default::default()
+            }),
+            "--controller"
+        );
+        assert_eq!(
+            flag(ControllerSettings {
+                endpoint: "grpc://c:7420",
+                ..Default::default()
+            }),
+            "--controller"
+        );
+        assert_eq!(
+            flag(ControllerSettings {
+                endpoint: "https://c:7420",
+                ..Default::default()
+            }),
+            "--ca-file"
+        );
+        assert_eq!(
+            flag(ControllerSettings {
+                endpoint: "http://c:7420",
+                ca_file: Some(&ca),
+                ..Default::default()
+            }),
+            "--controller"
+        );
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            flag(ControllerSettings {
+                endpoint: "https://c",
+                ca_file: Some(&missing),
+                ..Default::default()
+            }),
+            "--ca-file"
+        );
+        assert_eq!(
+            flag(ControllerSettings {
+                endpoint: "http://c",
+                keytab: Some(&missing),
+                ..Default::default()
+            }),
+            "--keytab"
+        );
+    }
 
     #[test]
     fn driver_names_follow_the_csi_specs_domain_notation() {

@@ -1,6 +1,8 @@
 //! The driver's side of the kcred.v1 node API.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use kcred_auth::grpc::TokenInterceptor;
 use kcred_auth::{BearerToken, Initiator};
@@ -79,6 +81,13 @@ impl ControllerError {
         }
     }
 
+    /// Whether this controller cannot serve while another might: it was
+    /// not reached, or it lost its store (etcd) and stopped issuing.
+    pub fn controller_cannot_serve(&self) -> bool {
+        matches!(self, ControllerError::Unreachable(_))
+            || self.reason() == Some(Reason::StoreUnavailable)
+    }
+
     /// The status as received.
     pub fn status(&self) -> &tonic::Status {
         match self {
@@ -147,11 +156,26 @@ type Client = NodeCredentialsClient<InterceptedService<Channel, NodeIdentity>>;
 /// A lazily connecting client: the driver starts (and answers kubelet's
 /// Probe) even while the controller is unreachable, and reconnects by
 /// itself when it returns.
+///
+/// With several controllers (a comma-separated endpoint list) each call
+/// goes to the one that answered last; when it cannot be reached, or
+/// answers that it cannot issue (its store is lost), the call moves on to
+/// the next, and after a round over all of them waits (doubling, from
+/// [`FIRST_BACKOFF`] to [`MAX_BACKOFF`]) before the next round, at most
+/// [`ROUNDS`] rounds.
 #[derive(Clone)]
 pub struct ControllerClient {
-    inner: Client,
+    inner: Arc<[Client]>,
+    current: Arc<AtomicUsize>,
     node_name: String,
 }
+
+/// Rounds over every controller before a call fails.
+pub const ROUNDS: u32 = 4;
+/// Wait after the first round in which no controller could answer.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between rounds.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl ControllerClient {
     /// Builds a client for `endpoint`; fails only on a malformed address.
@@ -176,17 +200,82 @@ impl ControllerClient {
         identity: NodeIdentity,
         tls: Option<ClientTlsConfig>,
     ) -> Result<Self, tonic::transport::Error> {
-        let mut ep = Endpoint::from_shared(endpoint.to_string())?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(60));
-        if let Some(tls) = tls {
-            ep = ep.tls_config(tls)?;
+        let mut clients = Vec::new();
+        for one in endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let mut ep = Endpoint::from_shared(one.to_string())?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60));
+            if let Some(tls) = &tls {
+                ep = ep.tls_config(tls.clone())?;
+            }
+            clients.push(NodeCredentialsClient::with_interceptor(
+                ep.connect_lazy(),
+                identity.clone(),
+            ));
         }
-        let channel = ep.connect_lazy();
+        if clients.is_empty() {
+            // The same error a malformed address gives.
+            Endpoint::from_shared(String::new())?;
+        }
         Ok(ControllerClient {
-            inner: NodeCredentialsClient::with_interceptor(channel, identity),
+            inner: clients.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             node_name: node_name.to_string(),
         })
+    }
+
+    /// How many controllers this client knows.
+    pub fn endpoints(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Runs `call` against the controller that answered last, failing over
+    /// to the others (see the type's documentation).
+    async fn failover<T, F, Fut>(&self, call: F) -> Result<T, ControllerError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let n = self.inner.len().max(1);
+        let mut backoff = FIRST_BACKOFF;
+        let mut last = None;
+        for round in 0..ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            for _ in 0..n {
+                let at = self.current.load(Ordering::Relaxed) % n;
+                let Some(client) = self.inner.get(at) else {
+                    break;
+                };
+                match call(client.clone())
+                    .await
+                    .map_err(ControllerError::from_status)
+                {
+                    Ok(v) => return Ok(v),
+                    Err(e) if e.controller_cannot_serve() => {
+                        tracing::warn!(controller = at, error = %e, "controller cannot serve; trying the next one");
+                        // Another call may have moved on already.
+                        let _ = self.current.compare_exchange(
+                            at,
+                            (at + 1) % n,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // With one controller, its own retries are the caller's.
+            if n == 1 {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ControllerError::Unreachable(tonic::Status::unavailable("no controller endpoint"))
+        }))
     }
 
     /// This node's name.
@@ -214,20 +303,20 @@ impl ControllerClient {
         refresh: bool,
         pod_token: Option<&BearerToken>,
     ) -> Result<Bundle, ControllerError> {
-        let mut client = self.inner.clone();
-        let resp = client
-            .fetch_bundle(FetchBundleRequest {
-                node_name: self.node_name.clone(),
-                pod: Some(pod),
-                volume_id: volume_id.to_string(),
-                refresh,
-                pod_token: pod_token
-                    .map(|t| t.expose().to_string())
-                    .unwrap_or_default(),
-            })
-            .await
-            .map_err(ControllerError::from_status)?;
-        Ok(resp.into_inner())
+        let req = FetchBundleRequest {
+            node_name: self.node_name.clone(),
+            pod: Some(pod),
+            volume_id: volume_id.to_string(),
+            refresh,
+            pod_token: pod_token
+                .map(|t| t.expose().to_string())
+                .unwrap_or_default(),
+        };
+        self.failover(|mut client| {
+            let req = req.clone();
+            async move { Ok(client.fetch_bundle(req).await?.into_inner()) }
+        })
+        .await
     }
 
     /// Keeps the node's lease alive and learns which volumes are stale
@@ -236,27 +325,27 @@ impl ControllerClient {
         &self,
         volume_ids: Vec<String>,
     ) -> Result<HeartbeatResponse, ControllerError> {
-        let mut client = self.inner.clone();
-        Ok(client
-            .heartbeat(HeartbeatRequest {
-                node_name: self.node_name.clone(),
-                volume_ids,
-            })
-            .await
-            .map_err(ControllerError::from_status)?
-            .into_inner())
+        let req = HeartbeatRequest {
+            node_name: self.node_name.clone(),
+            volume_ids,
+        };
+        self.failover(|mut client| {
+            let req = req.clone();
+            async move { Ok(client.heartbeat(req).await?.into_inner()) }
+        })
+        .await
     }
 
     /// Subscribes to pushed updates.
     pub async fn watch_updates(&self) -> Result<tonic::Streaming<VolumeUpdate>, ControllerError> {
-        let mut client = self.inner.clone();
-        Ok(client
-            .watch_updates(WatchUpdatesRequest {
-                node_name: self.node_name.clone(),
-            })
-            .await
-            .map_err(ControllerError::from_status)?
-            .into_inner())
+        let req = WatchUpdatesRequest {
+            node_name: self.node_name.clone(),
+        };
+        self.failover(|mut client| {
+            let req = req.clone();
+            async move { Ok(client.watch_updates(req).await?.into_inner()) }
+        })
+        .await
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use backon::Retryable;
 use kcred_csi_driver::config::{
-    DEFAULT_DRIVER_NAME, DEFAULT_POD_TOKEN_AUDIENCE, validate_driver_name,
+    ControllerSettings, DEFAULT_DRIVER_NAME, DEFAULT_POD_TOKEN_AUDIENCE, check_controller_settings,
+    validate_driver_name,
 };
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
@@ -29,13 +30,15 @@ struct Cli {
     /// This node's Kubernetes name.
     #[arg(long, env = "NODE_NAME")]
     node_id: String,
-    /// The controller's node API.
+    /// The controllers' node API: one URL, or several separated by commas
+    /// (or the flag repeated); calls fail over between them by themselves.
     #[arg(
+        value_delimiter = ',',
         long,
         env = "KCRED_CONTROLLER",
         default_value = "http://kcred-controller:7420"
     )]
-    controller: String,
+    controller: Vec<String>,
     /// Kubelet's root directory.
     #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet")]
     kubelet_dir: PathBuf,
@@ -107,12 +110,22 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kcred_runtime::logging::init(&cli.log);
     validate_driver_name(&cli.driver_name)?;
+    // Settings that can never work end the driver now, naming the flag;
+    // only what the network may fix is retried.
+    for endpoint in &cli.controller {
+        check_controller_settings(&ControllerSettings {
+            endpoint,
+            ca_file: cli.ca_file.as_deref(),
+            client_cert: cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
+            keytab: cli.keytab.as_deref(),
+        })?;
+    }
     let cfg = DriverConfig {
         driver_name: cli.driver_name,
         node_id: cli.node_id,
         kubelet_dir: cli.kubelet_dir,
         state_dir: cli.state_dir,
-        controller_endpoint: cli.controller,
+        controller_endpoint: cli.controller.join(","),
         tmpfs_size_bytes: cli.tmpfs_size_bytes,
         pod_token_audience: cli.pod_token_audience.clone(),
     };

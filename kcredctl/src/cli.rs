@@ -43,7 +43,8 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// The controller's Admin API, e.g. http://127.0.0.1:7420.
+    /// The controller's Admin API, e.g. http://127.0.0.1:7420; several
+    /// separated by commas: the first that answers is used.
     #[arg(long, env = "KCRED_CONTROLLER", value_name = "URL", global = true)]
     pub controller: Option<String>,
     /// Keytab holding your Kerberos key, for scripts; without it your

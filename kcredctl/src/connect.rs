@@ -60,19 +60,59 @@ enum Identity {
 /// Longest wait for the scheme probe: it only sharpens an error message.
 const PROBE_WAIT: Duration = Duration::from_secs(3);
 
-/// Connects to `--controller` and sets up the caller's identity (for
+/// Rounds over every `--controller` before giving up.
+const ROUNDS: u32 = 3;
+/// Wait after a round in which no controller answered (doubles).
+const FIRST_BACKOFF: Duration = Duration::from_millis(300);
+
+/// Connects to the first of the `--controller` URLs that answers (several
+/// separated by commas: a controller that is down is skipped, with a
+/// backoff between rounds) and sets up the caller's identity (for
 /// Kerberos: the service ticket), so mistakes show before any call.
 pub async fn connect(g: &Global) -> anyhow::Result<Conn> {
-    let url = g
+    let urls: Vec<&str> = g
         .controller
         .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| {
-            Usage::new(
-                "no controller given: pass --controller URL or set KCRED_CONTROLLER \
+        .collect();
+    if urls.is_empty() {
+        return Err(Usage::new(
+            "no controller given: pass --controller URL or set KCRED_CONTROLLER \
              (e.g. https://kcred.example.com:7420)",
-            )
-        })?;
+        )
+        .into());
+    }
+    let mut backoff = FIRST_BACKOFF;
+    let mut failed = None;
+    for round in 0..ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        for url in &urls {
+            match connect_one(g, url).await {
+                Ok(conn) => return Ok(conn),
+                // A usage mistake is the same on every controller.
+                Err(e) if e.downcast_ref::<Usage>().is_some() => return Err(e),
+                Err(e) => {
+                    if urls.len() > 1 {
+                        eprintln!("kcredctl: {e:#}; trying the next controller");
+                    }
+                    failed = Some(e);
+                }
+            }
+        }
+        if urls.len() == 1 {
+            break;
+        }
+    }
+    Err(failed.unwrap_or_else(|| anyhow!("no controller answered")))
+}
+
+async fn connect_one(g: &Global, url: &str) -> anyhow::Result<Conn> {
     let (host, port) = controller_addr(url)?;
     let https = url.starts_with("https://");
     let certificate = client_certificate(g, https)?;

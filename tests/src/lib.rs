@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod ha;
 pub mod kube;
 pub mod kubelet;
 pub mod procs;

@@ -46,7 +46,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
+    /// Starts `cmd` with its stdout and stderr appended to `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -124,10 +125,18 @@ pub struct ProcStack {
     pub driver: Option<Proc>,
     /// Kubelet stand-in on node-a's driver socket.
     pub kubelet: Option<Kubelet>,
+    /// Ports of the controllers node-a's driver is given, in order (empty:
+    /// the first controller's only); set before [`ProcStack::start_driver`].
+    pub driver_controller_ports: Vec<u16>,
     pods: Vec<TestPod>,
-    extra_config: String,
+    /// The controller's `reload_interval_secs` (1 unless a test sets it
+    /// before restarting the controller).
+    pub reload_interval_secs: u64,
+    /// Extra controller config tables (used at the next controller start).
+    pub extra_config: String,
     leases_config: String,
-    tls_config: String,
+    /// Extra lines of the controller's `[tls]` table (next start).
+    pub tls_config: String,
 }
 
 /// The node-a node name (its host principal's FQDN).
@@ -210,7 +219,9 @@ impl ProcStack {
             controller: None,
             driver: None,
             kubelet: None,
+            driver_controller_ports: vec![],
             pods: vec![],
+            reload_interval_secs: 1,
             extra_config: extra_config.to_string(),
             leases_config: leases_config.to_string(),
             tls_config: tls_config.to_string(),
@@ -251,7 +262,7 @@ policy_file = "{d}/policy.toml"
 pods_file = "{d}/pods.toml"
 audit_log = "{d}/audit{suffix}.log"
 audit_key = "{d}/audit{suffix}.key"
-reload_interval_secs = 1
+reload_interval_secs = {reload}
 {metrics}
 
 [kadmin]
@@ -289,6 +300,7 @@ ttl_secs = 3
             au = AUDITOR,
             leases = self.leases_config,
             tls = self.tls_config,
+            reload = self.reload_interval_secs,
         )
     }
 
@@ -375,7 +387,7 @@ ttl_secs = 3
             .arg("--endpoint")
             .arg(&socket)
             .args(["--node-id", NODE_A])
-            .args(["--controller", &format!("https://127.0.0.1:{}", self.port)])
+            .args(["--controller", &self.driver_controllers()])
             .arg("--ca-file")
             .arg(d.join("ca.crt"))
             .args(["--tls-server-name", CONTROLLER_HOST])
@@ -402,6 +414,20 @@ ttl_secs = 3
         self.kubelet = Some(Kubelet::connect(&socket, &d.join("kubelet")).await?);
         self.driver = Some(proc);
         Ok(())
+    }
+
+    /// The `--controller` list node-a's driver is given.
+    fn driver_controllers(&self) -> String {
+        let ports = if self.driver_controller_ports.is_empty() {
+            vec![self.port]
+        } else {
+            self.driver_controller_ports.clone()
+        };
+        ports
+            .iter()
+            .map(|p| format!("https://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The kubelet stand-in.

@@ -53,6 +53,9 @@ impl AdminApi {
         };
         let (who, role) = match self.state.auth.admin(request) {
             Ok(c) => {
+                if let Err(refusal) = self.state.refuse_replayed(request).await {
+                    return Err(refuse(c.0, refusal).await);
+                }
                 self.state.connections.authenticated(request.remote_addr());
                 c
             }

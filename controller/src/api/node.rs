@@ -100,7 +100,15 @@ impl NodeCredentials for NodeApi {
         names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
         self.authenticate(&request, &node).await?;
         let st = &self.state;
-        if let Some(t) = st.leases.heartbeat(&node) {
+        if st.cluster.is_shared() {
+            // Shared with the other controllers; the leader's sweep takes
+            // it in (and audits a return) from there.
+            let now = kcred_audit::timefmt::now_unix_ms();
+            if let Err(e) = st.cluster.note_heartbeat(&node, now).await {
+                tracing::warn!(%node, error = %e, "cannot share a heartbeat");
+                return Err(status_of(&Refusal::from_error(&e)));
+            }
+        } else if let Some(t) = st.leases.heartbeat(&node) {
             loss::lease_transition(st, t).await;
         }
         let held = request.into_inner().volume_ids;
@@ -190,6 +198,16 @@ impl NodeApi {
                 let proven = tls.then(|| conns.proven(request.remote_addr())).flatten();
                 match self.state.auth.node(request, node, proven.as_deref()) {
                     Ok(principal) => {
+                        // A token verified here must not have been accepted
+                        // by another controller (shared replay entries);
+                        // calls on an already proven connection carry none
+                        // that was verified.
+                        if proven.is_none()
+                            && let Err(refusal) = self.state.refuse_replayed(request).await
+                        {
+                            self.state.count_refusal(refusal.reason);
+                            return Err(refusal.into());
+                        }
                         if let Some(p) = principal.filter(|_| tls && proven.is_none()) {
                             conns.prove(request.remote_addr(), &p);
                         }
@@ -262,6 +280,10 @@ impl NodeApi {
             Some(reviews) => Some(reviews.verdict(&pod_token).await),
             None => None,
         };
+        let pod_revoked = st
+            .issued
+            .pod_revoked(&pod_ref.uid)
+            .map_err(|e| status_of(&e))?;
         let decision = admission::fetch(&FetchFacts {
             node,
             pod_ref,
@@ -274,7 +296,7 @@ impl NodeApi {
             is_node: &is_node,
             lease: st.leases.state(node),
             volume: previous.as_ref(),
-            pod_revoked: st.issued.pod_revoked(&pod_ref.uid),
+            pod_revoked,
             pods_behind: st.pods.is_stale(),
             pod_token: pod_token.as_ref(),
         });

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -46,13 +46,10 @@ impl MasterKey {
             path: path.display().to_string(),
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(err(format!(
-                "mode {:o} lets others read it; chmod 600",
-                meta.permissions().mode() & 0o777
-            )));
-        }
+        crate::private_file::check(path).map_err(|reason| CryptoError::MasterKey {
+            path: path.display().to_string(),
+            reason,
+        })?;
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
         let mut key = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(text.trim(), key.as_mut_slice())
@@ -94,6 +91,7 @@ impl MasterKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn generated_key_loads_back_and_loose_modes_are_refused() {

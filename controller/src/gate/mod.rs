@@ -131,6 +131,9 @@ pub enum Protection {
     BreakerOpen,
     /// Too many calls already wait for the lane's budget.
     QueueFull,
+    /// The cluster-wide budget (in etcd) could not be read: no call
+    /// without budget.
+    ClusterBudget,
 }
 
 impl Protection {
@@ -139,6 +142,7 @@ impl Protection {
         match self {
             Protection::BreakerOpen => "breaker_open",
             Protection::QueueFull => "queue_full",
+            Protection::ClusterBudget => "cluster_budget_unavailable",
         }
     }
 }
@@ -154,6 +158,8 @@ pub struct KdcGate {
     kadmin: LaneState,
     kdc: LaneState,
     metrics: Arc<Metrics>,
+    /// With several controllers: the budget is the cluster's.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn lane_state(cfg: &LaneConfig) -> LaneState {
@@ -176,7 +182,15 @@ impl KdcGate {
             kadmin: lane_state(&cfg.kadmin),
             kdc: lane_state(&cfg.kdc),
             metrics,
+            cluster: None,
         }
+    }
+
+    /// Makes each lane's budget hold for every controller sharing the
+    /// cluster's store, not for this one alone.
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     fn lane(&self, lane: Lane) -> &LaneState {
@@ -252,6 +266,17 @@ impl KdcGate {
                 .gate_budget_remaining
                 .with_label_values(&[lane_label])
                 .set(i64::from(st.admission.remaining()));
+            if let Some(cluster) = &self.cluster
+                && let Err(e) = cluster
+                    .take_budget(lane_label, st.cfg.rate_per_sec, st.cfg.burst)
+                    .await
+            {
+                return Err(self.refused(
+                    lane,
+                    Protection::ClusterBudget,
+                    format!("cluster-wide budget unavailable: {e}"),
+                ));
+            }
             let result = call().await;
             match result {
                 Ok(v) => {

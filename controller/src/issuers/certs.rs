@@ -66,6 +66,9 @@ fn ca_from_record(r: &crate::store::Record<CaMeta>) -> Result<CertificateAuthori
 /// Issues leaf certificates.
 pub struct CertIssuer {
     ca: CertificateAuthority,
+    /// The trust bundle: this CA, then the CAs trusted beside it during a
+    /// rotation (the next one before the switch, the previous one after).
+    bundle: String,
     lifetime: Duration,
     refresh_fraction: f64,
     store: Arc<Store>,
@@ -121,6 +124,7 @@ impl CertIssuer {
             },
         };
         Ok(CertIssuer {
+            bundle: ca.cert_pem().to_string(),
             ca,
             lifetime,
             refresh_fraction,
@@ -132,17 +136,34 @@ impl CertIssuer {
 
     /// A serving certificate for the controller itself (TLS): the same CA,
     /// so nodes trust one bundle.
-    pub fn serving_cert(&self, names: &[String]) -> Result<(String, Zeroizing<String>), String> {
-        let issued = self
-            .ca
-            .issue(names, Duration::from_secs(90 * 86400))
-            .map_err(|e| e.to_string())?;
+    pub fn serving_cert(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<(String, Zeroizing<String>), String> {
+        let issued = self.ca.issue(names, lifetime).map_err(|e| e.to_string())?;
         Ok((issued.cert_pem, issued.key_pem))
     }
 
-    /// `ca.crt`.
+    /// This CA's certificate.
     pub fn ca_pem(&self) -> &str {
         self.ca.cert_pem()
+    }
+
+    /// Adds CA certificates (PEM) to the trust bundle, so clients trust
+    /// both sides of a CA rotation.
+    pub fn trust_also(&mut self, pem: &str) {
+        if !self.bundle.ends_with('\n') {
+            self.bundle.push('\n');
+        }
+        self.bundle.push_str(pem.trim());
+        self.bundle.push('\n');
+    }
+
+    /// `ca.crt` as nodes, tools and pods receive it: this CA and those
+    /// trusted beside it.
+    pub fn trust_bundle(&self) -> &str {
+        &self.bundle
     }
 
     fn refresh_at(&self, not_before: SystemTime, not_after: SystemTime) -> SystemTime {

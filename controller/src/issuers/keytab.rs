@@ -4,11 +4,13 @@
 //! the current keys (`ktadd -norandkey`) through the gate, seals them into
 //! the store, and every later request (any pod, any node, after any
 //! restart, while kadmind is down) gets exactly those bytes. Concurrent
-//! first requests for one principal share a single extraction.
+//! first requests for one principal share a single extraction, across
+//! controllers too (a cluster lock around it).
 
 use std::sync::Arc;
 
 use super::{IssueError, read_stored, write_stored};
+use crate::cluster::Cluster;
 use crate::gate::single_flight::{Role, SingleFlight};
 use crate::gate::{KdcGate, Lane, Priority};
 use crate::kadmin::KeyAdmin;
@@ -33,6 +35,8 @@ pub struct KeytabIssuer {
     gate: Arc<KdcGate>,
     metrics: Arc<Metrics>,
     flight: SingleFlight<Principal, Keytab, IssueError>,
+    /// Other controllers extracting the same principal wait for this one.
+    cluster: Arc<Cluster>,
     /// Serializes compare-and-store of keytabs.
     write: tokio::sync::Mutex<()>,
 }
@@ -44,6 +48,7 @@ impl KeytabIssuer {
         kadmin: Arc<KeyAdmin>,
         gate: Arc<KdcGate>,
         metrics: Arc<Metrics>,
+        cluster: Arc<Cluster>,
     ) -> Self {
         KeytabIssuer {
             store,
@@ -51,6 +56,7 @@ impl KeytabIssuer {
             gate,
             metrics,
             flight: SingleFlight::default(),
+            cluster,
             write: tokio::sync::Mutex::new(()),
         }
     }
@@ -128,6 +134,12 @@ impl KeytabIssuer {
         priority: Priority,
     ) -> Result<Keytab, IssueError> {
         // A flight that finished just before this one started stored it.
+        if let Some(k) = self.stored(principal).await? {
+            self.metrics.cache_hits.with_label_values(&[KIND]).inc();
+            return Ok(k);
+        }
+        // So did another controller, if it held the lock before us.
+        let _cluster_flight = self.cluster.lock(&format!("keytab/{principal}")).await?;
         if let Some(k) = self.stored(principal).await? {
             self.metrics.cache_hits.with_label_values(&[KIND]).inc();
             return Ok(k);

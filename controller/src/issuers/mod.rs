@@ -115,6 +115,11 @@ impl<E: Into<IssueError>> From<GateError<E>> for IssueError {
                 protection: Protection::BreakerOpen,
                 message,
             } => IssueError::Unavailable(format!("{lane} is protected: {message}")),
+            GateError::Refused {
+                lane,
+                protection: Protection::ClusterBudget,
+                message,
+            } => IssueError::Store(StoreError::Db(format!("{lane}: {message}"))),
             GateError::Failed(e) => e.into(),
         }
     }

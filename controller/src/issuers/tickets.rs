@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use super::keytab::KeytabIssuer;
 use super::{IssueError, read_stored, write_stored};
+use crate::cluster::Cluster;
 use crate::gate::single_flight::{Role, SingleFlight};
 use crate::gate::{KdcGate, Lane, Priority};
 use crate::kdc::{KdcClient, Ticket};
@@ -49,6 +50,8 @@ pub struct TicketIssuer {
     gate: Arc<KdcGate>,
     metrics: Arc<Metrics>,
     flight: SingleFlight<String, Ticket, IssueError>,
+    /// Other controllers refreshing the same ticket wait for this one.
+    cluster: Arc<Cluster>,
 }
 
 /// A ticket and when its holder should come back for a fresher one.
@@ -81,7 +84,14 @@ impl TicketIssuer {
             gate,
             metrics,
             flight: SingleFlight::default(),
+            cluster: Cluster::solo(),
         }
+    }
+
+    /// Refreshes each ticket once for every controller sharing `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     async fn stored(&self, name: &str) -> Result<Option<Ticket>, IssueError> {
@@ -132,6 +142,9 @@ impl TicketIssuer {
         name: &str,
         priority: Priority,
     ) -> Result<Ticket, IssueError> {
+        // Another controller may be refreshing it: its result, once
+        // stored, is this one's.
+        let _cluster_flight = self.cluster.lock(&format!("ticket/{name}")).await?;
         let now = SystemTime::now();
         let current = self.stored(name).await?;
         if let Some(t) = &current

@@ -47,7 +47,9 @@ pub fn answer(st: &ControllerState, node: &str, held: &[String]) -> Result<Answe
     let mut stale = Vec::new();
     let mut revoked = Vec::new();
     for id in held {
-        let rec = st.issued.get(id).map_err(|e| Refusal::from_error(&e))?;
+        // This controller's view: a heartbeat costs what the node holds,
+        // never a store read per volume.
+        let rec = st.issued.known(id);
         // No record here: nothing known against the volume, so it stays (a
         // record lost to a crash must not cut a running pod off).
         let Some(r) = rec.filter(|r| r.node == node) else {

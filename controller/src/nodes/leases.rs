@@ -10,7 +10,7 @@
 //! loss is audited. A node that never heartbeated is not tracked: first
 //! publishes on a new node are not held back by its first heartbeat.
 
-use kcred_audit::timefmt::now_unix;
+use kcred_audit::timefmt::{now_unix, now_unix_ms};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -91,6 +91,40 @@ impl Leases {
             }
             Some(_) => None,
         }
+    }
+
+    /// Takes in a heartbeat another controller received (`last_unix_ms`)
+    /// and whether the cluster has the node's loss on record, for the
+    /// leader's sweep. Returns a node's first appearance or return.
+    pub fn observe(&self, node: &str, last_unix_ms: i64, lost: bool) -> Option<Transition> {
+        let age_ms = u64::try_from(now_unix_ms().saturating_sub(last_unix_ms)).unwrap_or(0);
+        let last = Instant::now()
+            .checked_sub(Duration::from_millis(age_ms))
+            .unwrap_or_else(Instant::now);
+        let state = if lost {
+            LeaseState::Lost
+        } else {
+            LeaseState::Alive
+        };
+        let mut map = self.lock();
+        let Some(lease) = map.get_mut(node) else {
+            map.insert(
+                node.to_string(),
+                Lease {
+                    state,
+                    last,
+                    last_unix: last_unix_ms / 1000,
+                },
+            );
+            return (!lost).then(|| Transition::Joined(node.to_string()));
+        };
+        if last > lease.last {
+            lease.last = last;
+            lease.last_unix = last_unix_ms / 1000;
+        }
+        let was = std::mem::replace(&mut lease.state, state);
+        (was == LeaseState::Lost && state == LeaseState::Alive)
+            .then(|| Transition::Returned(node.to_string()))
     }
 
     /// Marks lapsed leases lost; returns the nodes lost now.
@@ -185,6 +219,28 @@ mod tests {
             Some(Transition::Lost("unseen".into()))
         );
         assert!(leases.sweep(None).is_empty(), "nothing left to lapse");
+    }
+
+    #[test]
+    fn heartbeats_seen_by_other_controllers_keep_a_lease_and_a_recorded_loss_is_not_repeated() {
+        let leases = Leases::new(Duration::from_millis(50));
+        let now = now_unix_ms();
+        assert_eq!(
+            leases.observe("a", now, false),
+            Some(Transition::Joined("a".into()))
+        );
+        assert!(leases.sweep(None).is_empty(), "fresh heartbeat elsewhere");
+        // A node whose loss another leader recorded is lost here too, and
+        // the sweep does not declare it again.
+        assert_eq!(leases.observe("b", now - 10_000, true), None);
+        assert_eq!(leases.state("b"), Some(LeaseState::Lost));
+        std::thread::sleep(Duration::from_millis(70));
+        assert_eq!(leases.sweep(None), vec![Transition::Lost("a".into())]);
+        // A newer heartbeat, loss cleared: returned.
+        assert_eq!(
+            leases.observe("b", now_unix_ms(), false),
+            Some(Transition::Returned("b".into()))
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kcred_audit::timefmt::now_unix_ms;
 use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
@@ -16,15 +17,34 @@ use crate::nodes::known::NodeGone;
 use crate::nodes::leases::{LeaseState, Transition};
 use crate::reasons::Reasoned;
 use crate::state::ControllerState;
+use crate::store::StoreError;
 
-/// Sweeps lapsed leases once a second until aborted. Each loss is handled
-/// off the sweep, so a slow rotation never delays another node's loss.
+/// Sweeps lapsed leases once a second until aborted, on the leader only
+/// (with several controllers, the one elected). Each loss is handled off
+/// the sweep, so a slow rotation never delays another node's loss.
 pub fn spawn_sweeper(state: Arc<ControllerState>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            for t in state.leases.sweep(state.connections.last_saturated()) {
+            if !state.cluster.is_leader() {
+                if state.cluster.is_shared() {
+                    follow(&state).await;
+                }
+                continue;
+            }
+            let transitions = if state.cluster.is_shared() {
+                match shared_sweep(&state).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the cluster's heartbeats; no sweep");
+                        continue;
+                    }
+                }
+            } else {
+                state.leases.sweep(state.connections.last_saturated())
+            };
+            for t in transitions {
                 let st = Arc::clone(&state);
                 tokio::spawn(async move { lease_transition(&st, t).await });
             }
@@ -43,13 +63,28 @@ pub fn spawn_deleted_nodes(
         loop {
             match gone.recv().await {
                 Ok(NodeGone { name }) => {
-                    if let Some(t) = state.leases.lose(&name) {
-                        let st = Arc::clone(&state);
-                        tokio::spawn(async move {
-                            transition_because(&st, t, "deleted from the cluster: renewals stop")
-                                .await
-                        });
+                    // Every controller stops the node's renewals; the
+                    // leader records the loss, once for the cluster.
+                    let Some(t) = state.leases.lose(&name) else {
+                        continue;
+                    };
+                    if !state.cluster.is_leader() {
+                        continue;
                     }
+                    if state.cluster.is_shared() {
+                        match state.cluster.mark_lost(&name, now_unix_ms()).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e, node = %name, "cannot record a deleted node's loss for the cluster");
+                                continue;
+                            }
+                        }
+                    }
+                    let st = Arc::clone(&state);
+                    tokio::spawn(async move {
+                        transition_because(&st, t, "deleted from the cluster: renewals stop").await
+                    });
                 }
                 Err(RecvError::Lagged(n)) => tracing::warn!(
                     missed = n,
@@ -60,6 +95,46 @@ pub fn spawn_deleted_nodes(
             }
         }
     })
+}
+
+/// A follower's view of the leases (for status): what etcd holds,
+/// without declaring anything.
+async fn follow(st: &ControllerState) {
+    let cluster = &st.cluster;
+    if let (Ok(beats), Ok(losses)) = (cluster.heartbeats().await, cluster.losses().await) {
+        for (node, at) in beats {
+            let lost = losses.get(&node).is_some_and(|&m| at <= m);
+            st.leases.observe(&node, at, lost);
+        }
+    }
+}
+
+/// The leader's sweep with several controllers: heartbeats any of them
+/// received count, and a loss is declared (and audited) once for the
+/// cluster, whichever leader sees it first.
+async fn shared_sweep(st: &ControllerState) -> Result<Vec<Transition>, StoreError> {
+    let cluster = &st.cluster;
+    let (beats, losses) = (cluster.heartbeats().await?, cluster.losses().await?);
+    let mut out = Vec::new();
+    for (node, &at) in &beats {
+        let marked = losses.get(node).copied();
+        let returned = marked.is_some_and(|m| at > m);
+        if returned {
+            cluster.clear_lost(node).await?;
+        }
+        let lost = marked.is_some() && !returned;
+        out.extend(st.leases.observe(node, at, lost));
+    }
+    for t in st.leases.sweep(st.connections.last_saturated()) {
+        let Transition::Lost(node) = &t else {
+            continue;
+        };
+        let last = beats.get(node).copied().unwrap_or_else(now_unix_ms);
+        if cluster.mark_lost(node, last).await? {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
 /// Audits a node joining, being lost, or returning, and applies the

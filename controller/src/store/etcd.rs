@@ -160,6 +160,48 @@ impl Etcd {
         run_on(runtime, self.timeout, what, f(self.client.clone()))
     }
 
+    /// Runs an async etcd call on the client's own runtime and awaits it
+    /// from any runtime, at most the request timeout: cluster coordination
+    /// (locks, the shared budget, node heartbeats) is async, unlike the
+    /// record interface.
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let handle = self
+            .handle()
+            .ok_or_else(|| etcd_err(what, "client closed"))?;
+        let fut = f(self.client.clone());
+        let task = handle.spawn(tokio::time::timeout(self.timeout, fut));
+        match task.await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(etcd_err(what, e)),
+            Ok(Err(_)) => Err(etcd_err(
+                what,
+                format!("no answer within {} ms", self.timeout.as_millis()),
+            )),
+            Err(_) => Err(etcd_err(what, "client runtime stopped")),
+        }
+    }
+
+    /// The runtime the client lives on, for long-running coordination
+    /// tasks (the leader election's lease).
+    pub(crate) fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime.as_ref().map(|r| r.handle().clone())
+    }
+
+    /// A client for coordination tasks spawned on [`Self::handle`].
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A key outside the record tables, under the installation's prefix.
+    pub(crate) fn raw_key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
     fn table_prefix(&self, table: Table) -> String {
         format!("{}{}/", self.prefix, table.name())
     }

@@ -46,6 +46,9 @@ pub enum Table {
     Rotations,
     /// Every node ever seen (their `host/` keys stay reserved).
     Nodes,
+    /// Pods with a revoked volume, by pod UID (no secrets): what every
+    /// controller sharing the store checks before issuing.
+    Revocations,
 }
 
 impl Table {
@@ -60,11 +63,12 @@ impl Table {
             Table::Volumes => "volumes_v1",
             Table::Rotations => "rotations_v1",
             Table::Nodes => "nodes_v1",
+            Table::Revocations => "revocations_v1",
         }
     }
 
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Keytabs,
         Table::Tickets,
         Table::Certs,
@@ -73,6 +77,7 @@ impl Table {
         Table::Volumes,
         Table::Rotations,
         Table::Nodes,
+        Table::Revocations,
     ];
 }
 

@@ -62,6 +62,16 @@ pub struct EtcdSection {
     /// the controller stops issuing rather than wait or guess.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Time to live of each controller's etcd lease: a controller that dies
+    /// holds leadership and its per-credential locks at most this long.
+    #[serde(default = "default_leader_lease_secs")]
+    pub leader_lease_secs: u64,
+}
+
+const DEFAULT_LEADER_LEASE_SECS: u64 = 10;
+
+fn default_leader_lease_secs() -> u64 {
+    DEFAULT_LEADER_LEASE_SECS
 }
 
 fn default_prefix() -> String {
@@ -93,15 +103,40 @@ impl StoreSection {
 
     /// Opens the configured backend under the master key.
     pub fn open(&self, store_path: Option<&Path>, master: MasterKey) -> Result<Store, StoreError> {
+        self.open_shared(store_path, master).map(|(store, _)| store)
+    }
+
+    /// Opens the configured backend, and with etcd also hands back the
+    /// connection, which the controllers sharing it coordinate through
+    /// (leader election, locks, the cluster-wide budget).
+    pub fn open_shared(
+        &self,
+        store_path: Option<&Path>,
+        master: MasterKey,
+    ) -> Result<(Store, Option<Arc<Etcd>>), StoreError> {
         self.validate(store_path).map_err(StoreError::Db)?;
         match (self.backend, &self.etcd, store_path) {
             (BackendKind::Etcd, Some(e), _) => {
-                let backend = Etcd::connect(e.options()?)?;
-                Ok(Store::with_backend(Arc::new(backend), master))
+                let backend = Arc::new(Etcd::connect(e.options()?)?);
+                let shared: Arc<dyn super::StoreBackend> = backend.clone();
+                Ok((Store::with_backend(shared, master), Some(backend)))
             }
-            (_, _, Some(path)) => Ok(Store::with_backend(Arc::new(Embedded::open(path)?), master)),
+            (_, _, Some(path)) => Ok((
+                Store::with_backend(Arc::new(Embedded::open(path)?), master),
+                None,
+            )),
             _ => Err(StoreError::Db("no store configured".into())),
         }
+    }
+
+    /// How long a controller's etcd lease (its leadership and its locks)
+    /// outlives its last keep-alive.
+    pub fn leader_lease(&self) -> Duration {
+        Duration::from_secs(
+            self.etcd
+                .as_ref()
+                .map_or(DEFAULT_LEADER_LEASE_SECS, |e| e.leader_lease_secs),
+        )
     }
 }
 
@@ -143,6 +178,9 @@ impl EtcdSection {
         }
         if self.timeout_ms < 100 {
             return Err("store.etcd.timeout_ms must be at least 100".into());
+        }
+        if !(2..=300).contains(&self.leader_lease_secs) {
+            return Err("store.etcd.leader_lease_secs must be between 2 and 300".into());
         }
         Ok(())
     }

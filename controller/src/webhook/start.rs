@@ -26,7 +26,10 @@ fn identity(cfg: &Config, state: &ControllerState) -> Result<(String, Zeroizing<
         .ok_or("webhook: no certificate: set [tls] or webhook.cert_file")?;
     match (&tls.cert_file, &tls.key_file) {
         (Some(c), Some(k)) => Ok((read(c)?, Zeroizing::new(read(k)?))),
-        _ => state.certs.serving_cert(&tls.names),
+        _ => state.certs.serving_cert(
+            &tls.names,
+            std::time::Duration::from_secs(tls.serving_cert_lifetime_secs),
+        ),
     }
 }
 

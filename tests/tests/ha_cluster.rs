@@ -1,0 +1,488 @@
+//! Issue 14, correct across controllers: real controller processes on a
+//! real three-member etcd cluster elect one leader for the cluster's
+//! singleton work, share one KDC budget and one single-flight, and see each
+//! other's revocations at once.
+
+use std::time::Duration;
+
+use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, PodRef};
+use kcred_testetcd::EtcdCluster;
+use kcred_tests::audit::Action;
+use kcred_tests::ha::{kadmind_budget, leader_gauge, records_with};
+use kcred_tests::procs::{NODE_A, OPERATOR, ProcStack};
+use kcred_tests::{TestPod, wait_until};
+
+fn etcd_store(etcd: &EtcdCluster) -> String {
+    format!(
+        "[store]\nbackend = \"etcd\"\n\n[store.etcd]\nendpoints = {:?}\ntimeout_ms = 2000\nleader_lease_secs = 3\n",
+        etcd.endpoints()
+    )
+}
+
+fn elections(log: &str) -> usize {
+    log.matches("elected leader").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_is_killed_another_takes_over_the_sweeper_and_a_loss_is_recorded_once() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let first_log = stack.path().join("controller.log");
+    let first_log_text = || std::fs::read_to_string(&first_log).unwrap_or_default();
+    // The first controller is alone at first: it leads.
+    wait_until("the first controller leads", 30, || {
+        elections(&first_log_text()) == 1
+    })
+    .await;
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    // node-a heartbeats to the first controller; the leader sees it.
+    stack.wait_node_alive(NODE_A).await;
+    assert_eq!(
+        leader_gauge(peer.metrics_port).await,
+        Some(0.0),
+        "two leaders"
+    );
+
+    // The leader dies, and so does node-a's driver: its lease will lapse
+    // with no controller that ever saw its heartbeats alive.
+    stack.controller.as_mut().expect("controller").kill9();
+    stack.driver.as_mut().expect("driver").kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while leader_gauge(peer.metrics_port).await != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the peer never took over:\n{}",
+            peer.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = [
+        stack.path().join("audit.log"),
+        stack.path().join("audit-2.log"),
+    ];
+    let logs = [logs[0].as_path(), logs[1].as_path()];
+    wait_until("the new leader records node-a's loss", 30, || {
+        !records_with(&logs, Action::NodeLost).is_empty()
+    })
+    .await;
+
+    // The first controller comes back as a follower; then the second dies
+    // too, and the first leads again: it finds the loss on record and
+    // does not declare it a second time.
+    stack.start_controller().await.expect("restart");
+    drop(peer);
+    wait_until("the restarted controller leads", 30, || {
+        elections(&first_log_text()) == 2
+    })
+    .await;
+    wait_until("the leader sees node-a lost", 30, || {
+        let out = stack.kcredctl(OPERATOR, &["status", "--output", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains(NODE_A) && text.contains("\"lost\"")
+    })
+    .await;
+    // Several sweeps (one a second, the lease 3 s) after taking over.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let losses = records_with(&logs, Action::NodeLost);
+    assert_eq!(
+        losses.len(),
+        1,
+        "node-a's loss recorded once for the cluster: {losses:?}"
+    );
+    assert_eq!(losses[0].node, NODE_A);
+}
+
+fn pod_ref(p: &TestPod) -> PodRef {
+    PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+        service_account: "default".into(),
+    }
+}
+
+/// FetchBundle as node-a with `token` from the controller on `port`.
+async fn fetch(
+    channel: tonic::transport::Channel,
+    token: String,
+    pod: TestPod,
+) -> Result<Bundle, tonic::Status> {
+    let mut req = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(pod_ref(&pod)),
+        volume_id: kcred_tests::Kubelet::volume_id(&pod, "kcred"),
+        refresh: false,
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", token.parse().expect("metadata"));
+    NodeCredentialsClient::new(channel)
+        .fetch_bundle(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+const STORM_PRINCIPALS: usize = 8;
+const STORM_PODS: usize = 40;
+const RATE: u32 = 1;
+const BURST: u32 = 1;
+
+fn storm_principal(i: usize) -> String {
+    format!("HTTP/storm{i}.example.com")
+}
+
+/// Adds the storm's principals to the realm and a role account owning
+/// them to the policy (both controllers reload it), and returns the
+/// storm's pods, spread over the principals.
+async fn storm_pods(stack: &mut ProcStack) -> Vec<TestPod> {
+    let principals: Vec<String> = (0..STORM_PRINCIPALS).map(storm_principal).collect();
+    for p in &principals {
+        stack.realm.add_principal(p).expect("principal");
+    }
+    let owned = principals
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let policy = format!(
+        "{}\n[[role_accounts]]\nlogin = \"storm\"\nuid = 2000\ngid = 2000\nnamespaces = [\"storm\"]\nservice_principals = [{owned}]\n",
+        kcred_tests::stack::DEFAULT_POLICY
+    );
+    std::fs::write(stack.path().join("policy.toml"), policy).expect("policy");
+    let pods: Vec<TestPod> = (0..STORM_PODS)
+        .map(|j| {
+            TestPod::with_keytabs(
+                "storm",
+                &format!("p{j}"),
+                NODE_A,
+                &principals[j % STORM_PRINCIPALS],
+            )
+        })
+        .collect();
+    stack
+        .set_pods(&pods.iter().collect::<Vec<_>>())
+        .await
+        .expect("pods");
+    pods
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_over_two_controllers_extracts_each_keytab_once_within_one_cluster_budget() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let config = format!(
+        "{}\n[gate.kadmin]\nrate_per_sec = {RATE}\nburst = {BURST}\n",
+        etcd_store(&etcd)
+    );
+    let mut stack = ProcStack::start(&config).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pods = storm_pods(&mut stack).await;
+    let channels = [
+        stack.channel_to(stack.port).await.expect("channel"),
+        stack.channel_to(peer.port).await.expect("channel"),
+    ];
+    // Tokens are single-use: one each, made before the storm.
+    let tokens: Vec<String> = pods
+        .iter()
+        .map(|_| stack.node_token(NODE_A).expect("token"))
+        .collect();
+
+    let mut storm = tokio::task::JoinSet::new();
+    for (j, (pod, token)) in pods.iter().cloned().zip(tokens).enumerate() {
+        // Most of a principal's pods go to its "home" controller (so both
+        // spend budget at once), the last round to the other one (so each
+        // principal is asked of both).
+        let home = j % STORM_PRINCIPALS % 2;
+        let other_round = j >= STORM_PODS - STORM_PRINCIPALS;
+        let channel = channels[(home + usize::from(other_round)) % 2].clone();
+        storm.spawn(async move { (pod.name.clone(), fetch(channel, token, pod).await) });
+    }
+    let mut keytabs: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    while let Some(done) = storm.join_next().await {
+        let (name, result) = done.expect("task");
+        let bundle = result.unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let j: usize = name[1..].parse().expect("pod number");
+        let keytab = bundle
+            .files
+            .iter()
+            .find(|f| f.name == "krb5.keytab")
+            .map(|f| f.content.clone())
+            .expect("a keytab");
+        let principal = storm_principal(j % STORM_PRINCIPALS);
+        let first = keytabs.entry(principal.clone()).or_insert(keytab.clone());
+        assert_eq!(*first, keytab, "two keytabs for {principal}");
+    }
+
+    let principals: Vec<String> = (0..STORM_PRINCIPALS).map(storm_principal).collect();
+    let lines = stack.realm.kadmind_extractions(None).expect("kadmind log");
+    let (extractions, violations) = kadmind_budget(&lines, &principals, RATE, BURST);
+    assert_eq!(
+        extractions.len(),
+        STORM_PRINCIPALS,
+        "every principal extracted: {extractions:?}"
+    );
+    assert!(
+        extractions.values().all(|&n| n == 1),
+        "each principal extracted once for the cluster: {extractions:?}"
+    );
+    assert!(
+        violations.is_empty(),
+        "the cluster-wide budget was exceeded: {violations:?}"
+    );
+    drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let to_peer = stack.channel_to(peer.port).await.expect("channel");
+    let token = || stack.node_token(NODE_A).expect("token");
+    fetch(to_peer.clone(), token(), pod.clone())
+        .await
+        .expect("issued through the peer");
+
+    // Revoked through the first controller (kcredctl talks to it), which
+    // finds the peer's record in the store.
+    let volume = kcred_tests::Kubelet::volume_id(&pod, "kcred");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = stack.kcredctl(
+            OPERATOR,
+            &["revoke", &volume, "--reason", "key leaked in a log"],
+        );
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        // The peer writes its records behind (within ~50 ms).
+        assert!(
+            err.contains("no volume") && std::time::Instant::now() < deadline,
+            "revoke: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The peer refuses the renewal at once, and another volume id of the
+    // same pod too.
+    let mut renewal = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(pod_ref(&pod)),
+        volume_id: volume.clone(),
+        refresh: true,
+        ..Default::default()
+    });
+    renewal
+        .metadata_mut()
+        .insert("authorization", token().parse().expect("metadata"));
+    let err = NodeCredentialsClient::new(to_peer.clone())
+        .fetch_bundle(renewal)
+        .await
+        .expect_err("the peer renewed a revoked volume");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&err),
+        Some(kcred_proto::kcred::v1::Reason::VolumeRevoked),
+        "{err:?}"
+    );
+    let mut other = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(pod_ref(&pod)),
+        volume_id: "csi-another-volume-of-the-same-pod".into(),
+        refresh: false,
+        ..Default::default()
+    });
+    other
+        .metadata_mut()
+        .insert("authorization", token().parse().expect("metadata"));
+    let err = NodeCredentialsClient::new(to_peer)
+        .fetch_bundle(other)
+        .await
+        .expect_err("the peer issued to a revoked pod");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&err),
+        Some(kcred_proto::kcred::v1::Reason::VolumeRevoked),
+        "{err:?}"
+    );
+    drop(peer);
+}
+
+/// Publishes `pod` as kubelet does: a failure is retried (a bounded number
+/// of times) until the volume is mounted.
+async fn publish_until_mounted(
+    kubelet: &kcred_tests::Kubelet,
+    pod: &TestPod,
+) -> std::path::PathBuf {
+    let mut last = None;
+    for _ in 0..20 {
+        match kubelet.publish(pod, "kcred").await {
+            Ok(target) => return target,
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    panic!("{} never mounted: {last:?}", pod.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root"]
+async fn the_driver_fails_over_when_its_controller_is_killed_mid_storm() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    // node-a's driver knows both controllers, the first one first.
+    stack.driver_controller_ports = vec![stack.port, peer.port];
+    stack.driver.as_mut().expect("driver").kill9();
+    stack
+        .start_driver()
+        .await
+        .expect("driver with two controllers");
+    let pods = storm_pods(&mut stack).await;
+    let (socket, root) = (
+        stack.path().join("csi/csi.sock"),
+        stack.path().join("kubelet"),
+    );
+
+    // The first round extracts every principal; the next rounds are in
+    // flight when the first controller dies.
+    let (first, rest) = pods.split_at(STORM_PRINCIPALS);
+    let mut round = tokio::task::JoinSet::new();
+    for pod in first {
+        let (socket, root, pod) = (socket.clone(), root.clone(), pod.clone());
+        round.spawn(async move {
+            let kubelet = kcred_tests::Kubelet::connect(&socket, &root)
+                .await
+                .expect("csi");
+            publish_until_mounted(&kubelet, &pod).await
+        });
+    }
+    while let Some(done) = round.join_next().await {
+        done.expect("publish");
+    }
+    let mut storm = tokio::task::JoinSet::new();
+    for chunk in rest.chunks(STORM_PRINCIPALS) {
+        let (socket, root, chunk) = (socket.clone(), root.clone(), chunk.to_vec());
+        storm.spawn(async move {
+            let kubelet = kcred_tests::Kubelet::connect(&socket, &root)
+                .await
+                .expect("csi");
+            for pod in &chunk {
+                publish_until_mounted(&kubelet, pod).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.controller.as_mut().expect("controller").kill9();
+    while let Some(done) = storm.join_next().await {
+        done.expect("publish");
+    }
+
+    for pod in &pods {
+        let keytab = stack
+            .kubelet()
+            .target_path(pod, "kcred")
+            .join("krb5.keytab");
+        assert!(keytab.exists(), "{} not mounted", pod.name);
+    }
+    let principals: Vec<String> = (0..STORM_PRINCIPALS).map(storm_principal).collect();
+    let lines = stack.realm.kadmind_extractions(None).expect("kadmind log");
+    let (extractions, _) = kadmind_budget(&lines, &principals, RATE, BURST);
+    assert!(
+        extractions.len() == STORM_PRINCIPALS && extractions.values().all(|&n| n == 1),
+        "each principal extracted once: {extractions:?}"
+    );
+    let driver_log = std::fs::read_to_string(stack.path().join("driver.log")).unwrap_or_default();
+    assert!(
+        driver_log.contains("trying the next one"),
+        "the driver never failed over:\n{driver_log}"
+    );
+    drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_accepted_by_one_controller_is_refused_by_the_other() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let token = stack.node_token(NODE_A).expect("token");
+    let first = stack.channel_to(stack.port).await.expect("channel");
+    fetch(first, token.clone(), pod.clone())
+        .await
+        .expect("the first use is accepted");
+    let replayed = fetch(
+        stack.channel_to(peer.port).await.expect("channel"),
+        token,
+        pod.clone(),
+    )
+    .await
+    .expect_err("the peer accepted a replayed token");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&replayed),
+        Some(kcred_proto::kcred::v1::Reason::Unauthenticated),
+        "{replayed:?}"
+    );
+    assert!(replayed.message().contains("replay"), "{replayed:?}");
+    // A fresh token is served by the peer.
+    let fresh = stack.node_token(NODE_A).expect("token");
+    fetch(
+        stack.channel_to(peer.port).await.expect("channel"),
+        fresh,
+        pod,
+    )
+    .await
+    .expect("a fresh token works on the peer");
+    drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restored_from_an_etcd_snapshot_serves_what_was_issued() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let keytab = |b: &Bundle| {
+        b.files
+            .iter()
+            .find(|f| f.name == "krb5.keytab")
+            .map(|f| f.content.clone())
+            .expect("a keytab")
+    };
+    let channel = stack.channel_to(stack.port).await.expect("channel");
+    let token = stack.node_token(NODE_A).expect("token");
+    let issued = keytab(&fetch(channel, token, pod.clone()).await.expect("issued"));
+
+    // Backed up with `etcdctl snapshot save`, then everything is lost.
+    let snapshot = stack.path().join("etcd.snapshot");
+    etcd.snapshot(&snapshot).expect("snapshot");
+    stack.controller.as_mut().expect("controller").kill9();
+    drop(etcd);
+
+    // Restored (`etcdctl snapshot restore`) into a new cluster, a controller
+    // on it serves the same keys without going back to kadmind.
+    let restored = EtcdCluster::restore(&snapshot, 3).expect("restore");
+    let peer = stack
+        .start_peer_controller_with("-restored", &etcd_store(&restored))
+        .await
+        .expect("controller on the restored store");
+    let channel = stack.channel_to(peer.port).await.expect("channel");
+    let token = stack.node_token(NODE_A).expect("token");
+    let served = keytab(&fetch(channel, token, pod).await.expect("served"));
+    assert_eq!(served, issued, "the restored store lost the keytab");
+    let r = kcred_testrealm::DEFAULT_REALM;
+    let extractions = stack
+        .realm
+        .kadmind_extractions(Some("HTTP/web.example.com"))
+        .expect("kadmind log");
+    assert_eq!(
+        extractions.len(),
+        1,
+        "extracted again after the restore: {extractions:?} ({r})"
+    );
+    drop(peer);
+}
