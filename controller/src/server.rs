@@ -207,7 +207,7 @@ fn serving_tls(
     t: &TlsSection,
     state: &Arc<ControllerState>,
     reload: &ReloadTrigger,
-) -> Result<(ServingTls, JoinHandle<()>), ServeError> {
+) -> Result<(ServingTls, Arc<ServingCert>, JoinHandle<()>), ServeError> {
     let issue = {
         let (state, names) = (Arc::clone(state), t.names.clone());
         let lifetime = Duration::from_secs(t.serving_cert_lifetime_secs);
@@ -255,10 +255,12 @@ fn serving_tls(
     let expiry = state.metrics.serving_cert_expiry.clone();
     expiry.set(cert.validity().1);
     let task = match read_files {
-        Some(read) => serving_tls::spawn_reload_on_signal(cert, reload.subscribe(), expiry, read),
-        None => serving_tls::spawn_renewal(cert, cfg.refresh_fraction, expiry, issue),
+        Some(read) => {
+            serving_tls::spawn_reload_on_signal(Arc::clone(&cert), reload.subscribe(), expiry, read)
+        }
+        None => serving_tls::spawn_renewal(Arc::clone(&cert), cfg.refresh_fraction, expiry, issue),
     };
-    Ok((tls, task))
+    Ok((tls, cert, task))
 }
 
 /// Who the Kubernetes API vouches for: pods' own tokens (when required)
@@ -579,18 +581,19 @@ impl Controller {
         if let Some((client, sync)) = directory_sync {
             background.push(crate::ad::sync::spawn(Arc::clone(&state), client, sync));
         }
-        let tls = match &cfg.tls {
+        let (tls, serving_cert) = match &cfg.tls {
             None => {
                 tracing::warn!("no [tls]: node and admin APIs are served in clear text");
-                None
+                (None, None)
             }
             Some(t) => {
-                let (tls, task) = serving_tls(cfg, t, &state, &reload)?;
+                let (tls, cert, task) = serving_tls(cfg, t, &state, &reload)?;
                 background.push(task);
-                Some(tls)
+                (Some(tls), Some(cert))
             }
         };
-        let webhook = crate::webhook::start::prepare(cfg, &state).map_err(startup("webhook"))?;
+        let webhook = crate::webhook::start::prepare(cfg, &state, serving_cert)
+            .map_err(startup("webhook"))?;
         Ok(Controller {
             tls,
             reload,

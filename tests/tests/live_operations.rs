@@ -127,15 +127,20 @@ async fn sighup_reloads_policy_and_pods_at_once_and_a_bad_policy_is_reported_onc
 /// `ca_file`: the served certificate's serial and issuer, and whether it
 /// verified.
 fn served_certificate(stack: &ProcStack, ca_file: &Path) -> (String, String, bool) {
+    served_certificate_at(stack.port, "h2", ca_file)
+}
+
+/// [`served_certificate`] on any port, offering `alpn`.
+fn served_certificate_at(port: u16, alpn: &str, ca_file: &Path) -> (String, String, bool) {
     let out = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{}", stack.port)])
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
         .args([
             "-servername",
             CONTROLLER_HOST,
             "-verify_hostname",
             CONTROLLER_HOST,
         ])
-        .args(["-alpn", "h2", "-CAfile"])
+        .args(["-alpn", alpn, "-CAfile"])
         .arg(ca_file)
         .stdin(Stdio::null())
         .output()
@@ -170,7 +175,12 @@ fn served_certificate(stack: &ProcStack, ca_file: &Path) -> (String, String, boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn the_serving_certificate_renews_itself_while_a_node_keeps_working() {
-    let mut stack = ProcStack::start_with("", "", "serving_cert_lifetime_secs = 60")
+    let webhook_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let webhook = format!("[webhook]\nlisten = \"127.0.0.1:{webhook_port}\"\n");
+    let mut stack = ProcStack::start_with(&webhook, "", "serving_cert_lifetime_secs = 60")
         .await
         .expect("stack");
     let ca = stack.path().join("ca.crt");
@@ -197,6 +207,17 @@ async fn the_serving_certificate_renews_itself_while_a_node_keeps_working() {
     .await;
     let log = stack.controller.as_ref().expect("controller").log_text();
     assert!(log.contains("serving certificate renewed"), "{log}");
+    // The admission webhook serves the same certificate, renewed with it.
+    let (node_api, _, _) = served_certificate(&stack, &ca);
+    let (webhook, _, verified) = served_certificate_at(webhook_port, "http/1.1", &ca);
+    assert!(
+        verified,
+        "the webhook's certificate verifies against ca.crt"
+    );
+    assert_eq!(
+        webhook, node_api,
+        "the webhook serves the renewed certificate"
+    );
 
     // The node, connected before, and new connections work on.
     stack

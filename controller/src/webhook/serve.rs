@@ -127,6 +127,24 @@ pub fn router(webhook: Arc<Webhook>) -> Router {
 }
 
 /// A TLS acceptor presenting `cert_pem` (chain) with `key_pem`.
+/// TLS with the node and admin APIs' certificate in force: the
+/// controller renews it (or re-reads the operator's files on `SIGHUP`), and
+/// each handshake here takes the current one, so the webhook never serves
+/// an expired certificate.
+pub fn shared_acceptor(
+    cert: Arc<crate::serving_tls::ServingCert>,
+) -> Result<TlsAcceptor, WebhookError> {
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| WebhookError::Certificate(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// TLS with a fixed certificate (`webhook.cert_file` and `key_file`).
 pub fn acceptor(cert_pem: &str, key_pem: &str) -> Result<TlsAcceptor, WebhookError> {
     let bad = |e: &dyn std::fmt::Display| WebhookError::Certificate(e.to_string());
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
