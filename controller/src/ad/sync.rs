@@ -4,8 +4,8 @@
 //! Every `interval_secs` one LDAPS search under `[active_directory.sync]
 //! base_dn` reads users, groups and service accounts, and these conventions
 //! make them a [`Policy`]:
-//! - a role account is a user with a `uidNumber`: login `sAMAccountName`,
-//!   uid `uidNumber`, gid `gidNumber`;
+//! - a role account is an enabled user with a `uidNumber`: login
+//!   `sAMAccountName`, uid `uidNumber`, gid `gidNumber`;
 //! - its groups are the groups it is a direct member of; those with a
 //!   `gidNumber` give its supplemental gids;
 //! - it may be run as by pods of namespace `ns` when it is a member of group
@@ -53,7 +53,13 @@ const ATTRS: &[&str] = &[
     "manager",
     "managedBy",
     "servicePrincipalName",
+    "userAccountControl",
 ];
+
+/// `userAccountControl`'s ACCOUNTDISABLE bit.
+const ACCOUNT_DISABLE: u32 = 0x2;
+/// LDAP_MATCHING_RULE_BIT_AND on that bit: enabled accounts only.
+const ENABLED: &str = "(!(userAccountControl:1.2.840.113556.1.4.803:=2))";
 
 /// Why a sync produced no policy (the last good one stays in force).
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +117,7 @@ async fn members(
             ))
         })?;
     let filter = format!(
-        "(&(objectClass=user)(memberOf={}))",
+        "(&(objectClass=user)(memberOf={}){ENABLED})",
         ldap::escape_filter(&found.dn)
     );
     let people = ldap::search(cfg, &sync.people_base(), &filter, &["sAMAccountName"]).await?;
@@ -203,6 +209,12 @@ fn role_of(
         .ok_or("no sAMAccountName")?
         .to_string();
     names::validate_login(&login).map_err(|e| e.to_string())?;
+    let control = user
+        .first("useraccountcontrol")
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if control.is_some_and(|c| c & ACCOUNT_DISABLE != 0) {
+        return Err("the account is disabled".into());
+    }
     let uid = id(user, "uidnumber")?;
     let gid = id(user, "gidnumber")?;
     let dn = user.dn.to_ascii_lowercase();
@@ -541,6 +553,21 @@ mod tests {
         );
         assert_eq!(synced.policy.len(), 1, "the uid-0 user is left out");
         assert!(synced.skipped[0].contains("root"), "{:?}", synced.skipped);
+    }
+
+    #[test]
+    fn a_disabled_role_account_is_left_out() {
+        let mut dir = directory();
+        dir[0]
+            .attrs
+            .insert("useraccountcontrol".into(), vec!["514".into()]);
+        let synced = build(&dir, &sync(), REALM).unwrap();
+        assert!(synced.policy.role_for_namespace("web").is_err());
+        assert!(
+            synced.skipped.iter().any(|s| s.contains("disabled")),
+            "{:?}",
+            synced.skipped
+        );
     }
 
     #[test]
