@@ -579,7 +579,12 @@ impl Controller {
         ));
         background.push(crate::pods::retire::spawn(Arc::clone(&state), pods_gone));
         if let Some((client, sync)) = directory_sync {
-            background.push(crate::ad::sync::spawn(Arc::clone(&state), client, sync));
+            background.push(crate::ad::sync::spawn(
+                Arc::clone(&state),
+                client,
+                sync,
+                reload.subscribe(),
+            ));
         }
         let (tls, serving_cert) = match &cfg.tls {
             None => {

@@ -143,6 +143,7 @@ pub struct Stack {
     metrics: Arc<Metrics>,
     // Weak: a stopped controller must release its store.
     state: std::sync::Weak<kcred_controller::state::ControllerState>,
+    reload: kcred_controller::reload::ReloadTrigger,
     driver_metrics: Arc<kcred_csi_driver::metrics::Metrics>,
     webhook: Option<WebhookEndpoint>,
     controller: Option<Running>,
@@ -353,6 +354,7 @@ max_unauthenticated_per_source = 4096
         let known_nodes = controller.known_nodes();
         let metrics = controller.metrics();
         let state = Arc::downgrade(&controller.state());
+        let reload = controller.reload_trigger();
         let controller = Self::spawn_controller(controller, listener);
         let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
         Ok(Stack {
@@ -365,6 +367,7 @@ max_unauthenticated_per_source = 4096
             known_nodes,
             metrics,
             state,
+            reload,
             driver_metrics,
             webhook,
             controller: Some(controller),
@@ -423,12 +426,19 @@ max_unauthenticated_per_source = 4096
         self.known_nodes = controller.known_nodes();
         self.metrics = controller.metrics();
         self.state = Arc::downgrade(&controller.state());
+        self.reload = controller.reload_trigger();
         for p in pods {
             self.add_pod(p);
         }
         let listener = tokio::net::TcpListener::bind(self.controller_addr).await?;
         self.controller = Some(Self::spawn_controller(controller, listener));
         Ok(())
+    }
+
+    /// What `SIGHUP` does to a controller process: reload its files and
+    /// sync the directory now.
+    pub fn reload(&self) {
+        self.reload.fire();
     }
 
     /// The running controller's state (to call what the admin API

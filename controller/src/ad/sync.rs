@@ -1,7 +1,7 @@
 //! Identity sync: the role-account policy read from the directory instead
 //! of the policy file.
 //!
-//! Every `interval_secs` one LDAPS search under `[active_directory.sync]
+//! Every `interval_secs`, and at once on `SIGHUP`, one LDAPS search under `[active_directory.sync]
 //! base_dn` reads users, groups and service accounts, and these conventions
 //! make them a [`Policy`]:
 //! - a role account is an enabled user with a `uidNumber`: login
@@ -356,17 +356,22 @@ fn delta(a: &RoleAccount, b: &RoleAccount) -> String {
     out.join("; ")
 }
 
-/// Syncs until aborted: the first read at once, then every interval.
+/// Syncs until aborted: the first read at once, then every interval, and
+/// at once when `fired` fires (`SIGHUP`).
 pub fn spawn(
     state: Arc<ControllerState>,
     cfg: AdConfig,
     sync: SyncSection,
+    mut fired: tokio::sync::watch::Receiver<()>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(sync.interval_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                Ok(()) = fired.changed() => {}
+            }
             once(&state, &cfg, &sync).await;
         }
     })
