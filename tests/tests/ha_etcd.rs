@@ -142,10 +142,13 @@ async fn etcd_leader(etcd: &EtcdCluster) -> usize {
 }
 
 /// FetchBundle, retried while the controller answers STORE_UNAVAILABLE
-/// (etcd electing a new leader), as a driver would.
+/// (etcd electing a new leader, its client finding the members that
+/// answer), as a driver would; for at most a minute (elections take longer
+/// on a loaded machine).
 async fn fetch_retrying(stack: &ProcStack, port: u16, pod: &TestPod) -> Bundle {
     let token = || stack.node_token(NODE_A).expect("node-a token");
-    for _ in 0..50 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         let channel = stack.channel_to(port).await.expect("tls channel");
         let mut req = tonic::Request::new(FetchBundleRequest {
             node_name: NODE_A.into(),
