@@ -14,9 +14,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 if [ "$(id -u)" -eq 0 ]; then
-  cargo test --workspace -- --include-ignored 2>&1 | tee "$log" || status=$?
+  cargo test --workspace --no-fail-fast -- --include-ignored 2>&1 | tee "$log" || status=$?
 else
-  cargo test --workspace 2>&1 | tee "$log" || status=$?
+  cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 fi
 # The fast-path benchmark's smoke run: it must run end to end (real
 # processes, Kerberos, TLS, tmpfs); how fast is not checked. Needs root
