@@ -5,6 +5,7 @@
 
 mod audit;
 mod cli;
+mod chains;
 mod connect;
 mod output;
 mod rotate;
@@ -85,6 +86,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCmd::Verify(args)) if args.file.is_some() => {
             return verify::local(args, format).await;
+        }
+        Command::Audit(AuditCmd::Verify(args)) if args.every_controller => {
+            return chains::verify_every(g, args, format).await;
         }
         _ => {}
     }
