@@ -4,8 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod audit;
-mod cli;
 mod chains;
+mod cli;
 mod connect;
 mod output;
 mod rotate;
