@@ -30,6 +30,23 @@ pub fn head_record(key_id: &str) -> String {
     format!("audit-head/{key_id}")
 }
 
+/// The head of every chain kept in the store, by key id (every controller
+/// sharing the store has one), ordered by key id.
+pub fn stored_heads(store: &Store) -> Result<Vec<(String, AuditHead)>, StoreError> {
+    let prefix = head_record("");
+    let mut heads: Vec<(String, AuditHead)> = store
+        .list::<serde_json::Value>(Table::Authority)?
+        .into_iter()
+        .filter_map(|(name, meta, _)| {
+            let key_id = name.strip_prefix(&prefix)?.to_string();
+            let head = serde_json::from_value(meta).ok()?;
+            Some((key_id, head))
+        })
+        .collect();
+    heads.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(heads)
+}
+
 /// Prefix of the records keeping heads whose loss an operator acknowledged.
 pub const LOST_HEAD_PREFIX: &str = "audit-head-lost-";
 

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use kcred_proto::kcred::v1::{AuditHeadsRequest, StoredAuditHead};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{Format, Global, VerifyArgs};
-use crate::connect;
+use crate::connect::{self, unary};
 use crate::output::{clean, print, print_json};
 use crate::verify::{Verdict, check_online};
 
@@ -77,8 +78,28 @@ pub async fn verify_every(
         chains.push(chain);
     }
     let merged = merge(lines);
-    let all_ok = chains.iter().all(ChainVerdict::ok);
-    let report = render(&chains, &merged);
+    let stored = stored_heads(g).await;
+    let missing = match &stored {
+        Ok(heads) => unverified(&chains, heads),
+        Err(_) => Vec::new(),
+    };
+    let all_ok = chains.iter().all(ChainVerdict::ok) && missing.is_empty();
+    let mut report = render(&chains, &merged);
+    match &stored {
+        Ok(heads) => report.push_str(&format!(
+            "{} in the store, {} not verified\n",
+            plural_chains(heads.len()),
+            missing.len()
+        )),
+        Err(e) => report.push_str(&format!(
+            "note: cannot list the chains in the store ({}): a controller missing from \
+             --controller would go unnoticed\n",
+            clean(&format!("{e:#}"))
+        )),
+    }
+    for m in &missing {
+        report.push_str(&format!("FAILED  {m}\n"));
+    }
     match (args.merged, &args.out) {
         (true, Some(path)) => {
             write_merged(path, &merged)?;
@@ -103,6 +124,60 @@ pub async fn verify_every(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The head of every chain in the store, asked of the first controller
+/// that answers.
+async fn stored_heads(g: &Global) -> anyhow::Result<Vec<StoredAuditHead>> {
+    let mut conn = connect::connect(g).await?;
+    let heads = unary(conn.timeout, conn.client.audit_heads(AuditHeadsRequest {})).await?;
+    Ok(heads.heads)
+}
+
+/// The chains the store holds a head for that no controller in the list
+/// signs, or whose stored head is behind (or beside) the verified one.
+pub fn unverified(chains: &[ChainVerdict], stored: &[StoredAuditHead]) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in stored {
+        let verified = chains
+            .iter()
+            .filter_map(|c| c.verdict.as_ref())
+            .find(|v| v.key_id == h.key_id);
+        match verified {
+            None => out.push(format!(
+                "the store holds chain {} (head seq {}) but no controller in --controller \
+                 signs it: add that controller to the list",
+                clean(&h.key_id),
+                h.seq
+            )),
+            Some(v) => {
+                // The chain grows while it is checked (this check is
+                // audited too): the stored head may only be ahead.
+                let expected = v.expected_head.as_ref();
+                let behind =
+                    expected.is_none_or(|e| h.seq < e.seq || (h.seq == e.seq && h.hash != e.hash));
+                if behind {
+                    out.push(format!(
+                        "chain {} was verified against head seq {} but the store holds \
+                         head seq {} hash {}",
+                        clean(&h.key_id),
+                        expected.map_or(0, |e| e.seq),
+                        h.seq,
+                        clean(&h.hash)
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn plural_chains(n: usize) -> String {
+    if n == 1 {
+        "1 chain".into()
+    } else {
+        format!("{n} chains")
+    }
 }
 
 /// The records of verified chains, ordered by time, then key id, then seq

@@ -565,6 +565,10 @@ async fn every_controllers_chain_is_verified_and_merged_by_time_and_an_edited_on
             );
             assert!(out.contains(&first_url) && out.contains(&peer_url), "{out}");
             assert!(out.contains("2 of 2 chains verify"), "{out}");
+            assert!(
+                out.contains("2 chains in the store, 0 not verified"),
+                "{out}"
+            );
             break records;
         }
         attempt += 1;
@@ -589,6 +593,25 @@ async fn every_controllers_chain_is_verified_and_merged_by_time_and_an_edited_on
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(order, sorted, "merged by time, then key id, then seq");
+
+    // A controller left out of the list: its chain, in the store, is
+    // named as not verified.
+    let (ok, out, err) = verify_every(&stack, &first_url, &merged);
+    assert!(
+        !ok,
+        "a verification leaving out the peer passed:\n{out}{err}"
+    );
+    let peer_key = records
+        .iter()
+        .filter_map(|r| r["key_id"].as_str())
+        .find(|k| !out.contains(&format!("key {k} ")))
+        .expect("the peer's key id");
+    assert!(
+        out.lines().any(|l| l.starts_with("FAILED")
+            && l.contains(peer_key)
+            && l.contains("no controller")),
+        "{out}"
+    );
 
     // An edited record in the peer's log: its chain fails, by name.
     let peer_log = stack.path().join("audit-2.log");
