@@ -286,3 +286,44 @@ impl HeadWriter {
 fn short(hash: &str) -> &str {
     hash.get(..16).unwrap_or(hash)
 }
+
+#[cfg(test)]
+mod stored_heads_tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+
+    #[test]
+    fn stored_heads_lists_every_chains_head_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("store.redb"),
+            MasterKey::from_bytes([7; 32]),
+        )
+        .unwrap();
+        let head = |seq: u64| AuditHead {
+            seq,
+            hash: format!("{seq:064x}"),
+        };
+        store
+            .put(Table::Authority, &head_record("bbbb"), &head(7), b"")
+            .unwrap();
+        store
+            .put(Table::Authority, &head_record("aaaa"), &head(3), b"")
+            .unwrap();
+        store
+            .put(
+                Table::Authority,
+                &format!("{LOST_HEAD_PREFIX}x"),
+                &head(9),
+                b"",
+            )
+            .unwrap();
+        store
+            .put(Table::Authority, "ca", &1u32, b"not a head")
+            .unwrap();
+        assert_eq!(
+            stored_heads(&store).unwrap(),
+            vec![("aaaa".to_string(), head(3)), ("bbbb".to_string(), head(7))]
+        );
+    }
+}

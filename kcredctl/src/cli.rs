@@ -446,6 +446,17 @@ mod tests {
                 "3",
             ],
             &["status", "--output", "yaml"],
+            // A pin and a file name one chain, not every controller's.
+            &[
+                "audit",
+                "verify",
+                "--every-controller",
+                "--public-key",
+                &"ab".repeat(32),
+            ],
+            &["audit", "verify", "--every-controller", "--file", "x"],
+            &["audit", "verify", "--merged"],
+            &["audit", "verify", "--every-controller", "-o", "t.jsonl"],
         ];
         for args in bad {
             let err = parse(args).expect_err(&format!("{args:?} must be refused"));
