@@ -30,6 +30,23 @@ pub fn head_record(key_id: &str) -> String {
     format!("audit-head/{key_id}")
 }
 
+/// The head of every chain kept in the store, by key id (every controller
+/// sharing the store has one), ordered by key id.
+pub fn stored_heads(store: &Store) -> Result<Vec<(String, AuditHead)>, StoreError> {
+    let prefix = head_record("");
+    let mut heads: Vec<(String, AuditHead)> = store
+        .list::<serde_json::Value>(Table::Authority)?
+        .into_iter()
+        .filter_map(|(name, meta, _)| {
+            let key_id = name.strip_prefix(&prefix)?.to_string();
+            let head = serde_json::from_value(meta).ok()?;
+            Some((key_id, head))
+        })
+        .collect();
+    heads.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(heads)
+}
+
 /// Prefix of the records keeping heads whose loss an operator acknowledged.
 pub const LOST_HEAD_PREFIX: &str = "audit-head-lost-";
 
@@ -268,4 +285,45 @@ impl HeadWriter {
 
 fn short(hash: &str) -> &str {
     hash.get(..16).unwrap_or(hash)
+}
+
+#[cfg(test)]
+mod stored_heads_tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+
+    #[test]
+    fn stored_heads_lists_every_chains_head_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("store.redb"),
+            MasterKey::from_bytes([7; 32]),
+        )
+        .unwrap();
+        let head = |seq: u64| AuditHead {
+            seq,
+            hash: format!("{seq:064x}"),
+        };
+        store
+            .put(Table::Authority, &head_record("bbbb"), &head(7), b"")
+            .unwrap();
+        store
+            .put(Table::Authority, &head_record("aaaa"), &head(3), b"")
+            .unwrap();
+        store
+            .put(
+                Table::Authority,
+                &format!("{LOST_HEAD_PREFIX}x"),
+                &head(9),
+                b"",
+            )
+            .unwrap();
+        store
+            .put(Table::Authority, "ca", &1u32, b"not a head")
+            .unwrap();
+        assert_eq!(
+            stored_heads(&store).unwrap(),
+            vec![("aaaa".to_string(), head(3)), ("bbbb".to_string(), head(7))]
+        );
+    }
 }

@@ -299,6 +299,10 @@ pub enum AuditCmd {
     /// add --head-seq and --head-hash (printed by an earlier verify) to also
     /// detect records cut from the end.
     ///
+    /// Several controllers (--every-controller): each controller signs its
+    /// own chain with its own key; every chain in --controller is checked
+    /// as above, one line each, and the exit is 0 only if all verify.
+    ///
     /// Prints "OK: N records, chain intact, head seq S" and exits 0, or
     /// names the first problem (edited, missing, reordered or foreign
     /// records) and exits 1.
@@ -306,7 +310,8 @@ pub enum AuditCmd {
     /// Who: auditors and operators (offline: anyone).
     #[command(after_long_help = "Example:\n  \
         kcredctl audit verify --public-key 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29\n  \
-        kcredctl audit verify --file audit.jsonl --public-key 3b6a...da29 --head-seq 1200 --head-hash 9f86...")]
+        kcredctl audit verify --file audit.jsonl --public-key 3b6a...da29 --head-seq 1200 --head-hash 9f86...\n  \
+        kcredctl --controller https://kcred-1:7420,https://kcred-2:7420 audit verify --every-controller --merged -o timeline.jsonl")]
     Verify(VerifyArgs),
 }
 
@@ -355,6 +360,18 @@ pub struct VerifyArgs {
     /// Hash of the record at --after-seq (64 hex digits).
     #[arg(long, value_name = "H", requires = "after_seq", value_parser = parse_hash)]
     pub after_hash: Option<String>,
+    /// Verify the chain of every controller in --controller (each signs
+    /// its own), not just the first that answers; prints one line per
+    /// chain with its key id and public key to compare with your pins.
+    #[arg(long, conflicts_with_all = ["file", "public_key", "after_seq"])]
+    pub every_controller: bool,
+    /// With --every-controller: write the records of all chains as JSON
+    /// lines merged by time (unix_ms, then key id, then seq).
+    #[arg(long, requires = "every_controller")]
+    pub merged: bool,
+    /// Write the --merged records to FILE (created 0600) instead of stdout.
+    #[arg(short = 'o', long = "out", value_name = "FILE", requires = "merged")]
+    pub out: Option<PathBuf>,
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {
@@ -429,6 +446,17 @@ mod tests {
                 "3",
             ],
             &["status", "--output", "yaml"],
+            // A pin and a file name one chain, not every controller's.
+            &[
+                "audit",
+                "verify",
+                "--every-controller",
+                "--public-key",
+                &"ab".repeat(32),
+            ],
+            &["audit", "verify", "--every-controller", "--file", "x"],
+            &["audit", "verify", "--merged"],
+            &["audit", "verify", "--every-controller", "-o", "t.jsonl"],
         ];
         for args in bad {
             let err = parse(args).expect_err(&format!("{args:?} must be refused"));

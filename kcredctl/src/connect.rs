@@ -70,21 +70,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(300);
 /// backoff between rounds) and sets up the caller's identity (for
 /// Kerberos: the service ticket), so mistakes show before any call.
 pub async fn connect(g: &Global) -> anyhow::Result<Conn> {
-    let urls: Vec<&str> = g
-        .controller
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect();
-    if urls.is_empty() {
-        return Err(Usage::new(
-            "no controller given: pass --controller URL or set KCRED_CONTROLLER \
-             (e.g. https://kcred.example.com:7420)",
-        )
-        .into());
-    }
+    let urls = urls(g)?;
     let mut backoff = FIRST_BACKOFF;
     let mut failed = None;
     for round in 0..ROUNDS {
@@ -110,6 +96,27 @@ pub async fn connect(g: &Global) -> anyhow::Result<Conn> {
         }
     }
     Err(failed.unwrap_or_else(|| anyhow!("no controller answered")))
+}
+
+/// The `--controller` URLs, in order.
+pub fn urls(g: &Global) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = g
+        .controller
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(Usage::new(
+            "no controller given: pass --controller URL or set KCRED_CONTROLLER \
+             (e.g. https://kcred.example.com:7420)",
+        )
+        .into());
+    }
+    Ok(urls)
 }
 
 async fn connect_one(g: &Global, url: &str) -> anyhow::Result<Conn> {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod chains;
 mod cli;
 mod connect;
 mod output;
@@ -85,6 +86,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCmd::Verify(args)) if args.file.is_some() => {
             return verify::local(args, format).await;
+        }
+        Command::Audit(AuditCmd::Verify(args)) if args.every_controller => {
+            return chains::verify_every(g, args, format).await;
         }
         _ => {}
     }

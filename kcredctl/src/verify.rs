@@ -84,6 +84,17 @@ pub async fn online(
     args: &VerifyArgs,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
+    let verdict = check_online(conn, args, None).await?;
+    emit(&verdict, format)
+}
+
+/// The online check itself; with `keep`, also hands every received line
+/// to it (for merging several chains).
+pub async fn check_online(
+    conn: &mut Conn,
+    args: &VerifyArgs,
+    mut keep: Option<&mut Vec<String>>,
+) -> anyhow::Result<Verdict> {
     let head = unary(conn.timeout, conn.client.audit_head(AuditHeadRequest {})).await?;
     let (key, mismatch) = choose_key(&head.public_key_hex, args.public_key)?;
     let mut stream = unary(
@@ -102,6 +113,9 @@ pub async fn online(
     });
     let fed = async {
         while let Some(line) = next(&mut stream, conn.timeout).await? {
+            if let Some(kept) = keep.as_deref_mut() {
+                kept.push(line.json.trim_end().to_string());
+            }
             let mut bytes = line.json.into_bytes();
             if bytes.last() != Some(&b'\n') {
                 bytes.push(b'\n');
@@ -119,7 +133,7 @@ pub async fn online(
         .context("the verification did not finish")?
         .map_err(|e| anyhow!("cannot verify: {e}"))?;
     fed?;
-    emit(&verdict(&report, &key, Some(expected), mismatch), format)
+    Ok(verdict(&report, &key, Some(expected), mismatch))
 }
 
 /// Lines arriving from the controller, read as one stream by the checker

@@ -10,7 +10,7 @@ use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, PodRef};
 use kcred_testetcd::EtcdCluster;
 use kcred_tests::audit::Action;
 use kcred_tests::ha::{kadmind_budget, leader_gauge, records_with};
-use kcred_tests::procs::{NODE_A, OPERATOR, ProcStack};
+use kcred_tests::procs::{AUDITOR, NODE_A, OPERATOR, ProcStack};
 use kcred_tests::{TestPod, wait_until};
 
 fn etcd_store(etcd: &EtcdCluster) -> String {
@@ -484,5 +484,160 @@ async fn a_store_restored_from_an_etcd_snapshot_serves_what_was_issued() {
         1,
         "extracted again after the restore: {extractions:?} ({r})"
     );
+    drop(peer);
+}
+
+/// `audit verify --every-controller` over both controllers: its lines and
+/// the merged records (JSON lines) and its exit status.
+fn verify_every(stack: &ProcStack, urls: &str, merged: &std::path::Path) -> (bool, String, String) {
+    let out = stack.kcredctl(
+        AUDITOR,
+        &[
+            "--controller",
+            urls,
+            "audit",
+            "verify",
+            "--every-controller",
+            "--merged",
+            "-o",
+            merged.to_str().expect("utf-8 path"),
+        ],
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_controllers_chain_is_verified_and_merged_by_time_and_an_edited_one_is_named() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let first_pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    let peer_pod = TestPod::with_keytabs("web", "web-1", NODE_A, "HTTP/web.example.com");
+    stack
+        .set_pods(&[&first_pod, &peer_pod])
+        .await
+        .expect("pods");
+    let token = || stack.node_token(NODE_A).expect("token");
+    fetch(
+        stack.channel_to(stack.port()).await.expect("channel"),
+        token(),
+        first_pod,
+    )
+    .await
+    .expect("issued by the first controller");
+    fetch(
+        stack.channel_to(peer.port).await.expect("channel"),
+        token(),
+        peer_pod,
+    )
+    .await
+    .expect("issued by the peer");
+
+    let first_url = format!("https://127.0.0.1:{}", stack.port());
+    let peer_url = format!("https://127.0.0.1:{}", peer.port);
+    let urls = format!("{first_url},{peer_url}");
+    let merged = stack.path().join("timeline.jsonl");
+    // Each controller writes its records behind (within ~50 ms): wait for
+    // both issues to be in the chains.
+    let mut attempt = 0;
+    let records = loop {
+        let (ok, out, err) = verify_every(&stack, &urls, &merged);
+        assert!(ok, "both chains verify:\n{out}{err}");
+        let text = std::fs::read_to_string(&merged).expect("merged file");
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let issuers: std::collections::BTreeSet<&str> = records
+            .iter()
+            .filter(|r| r["action"] == "issue")
+            .filter_map(|r| r["key_id"].as_str())
+            .collect();
+        if issuers.len() == 2 {
+            assert_eq!(
+                out.matches("OK ").count(),
+                2,
+                "one OK line per chain:\n{out}"
+            );
+            assert!(out.contains(&first_url) && out.contains(&peer_url), "{out}");
+            assert!(out.contains("2 of 2 chains verify"), "{out}");
+            assert!(
+                out.contains("2 chains in the store, 0 not verified"),
+                "{out}"
+            );
+            break records;
+        }
+        attempt += 1;
+        assert!(attempt < 50, "the issues never reached the chains:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let keys: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r["key_id"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 2, "records of both chains: {keys:?}");
+    let order: Vec<(i64, String, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["unix_ms"].as_i64().expect("unix_ms"),
+                r["key_id"].as_str().expect("key_id").to_string(),
+                r["seq"].as_u64().expect("seq"),
+            )
+        })
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "merged by time, then key id, then seq");
+
+    // A controller left out of the list: its chain, in the store, is
+    // named as not verified.
+    let (ok, out, err) = verify_every(&stack, &first_url, &merged);
+    assert!(
+        !ok,
+        "a verification leaving out the peer passed:\n{out}{err}"
+    );
+    let peer_key = records
+        .iter()
+        .filter_map(|r| r["key_id"].as_str())
+        .find(|k| !out.contains(&format!("key {k} ")))
+        .expect("the peer's key id");
+    assert!(
+        out.lines().any(|l| l.starts_with("FAILED")
+            && l.contains(peer_key)
+            && l.contains("no controller")),
+        "{out}"
+    );
+
+    // An edited record in the peer's log: its chain fails, by name.
+    let peer_log = stack.path().join("audit-2.log");
+    let text = std::fs::read_to_string(&peer_log).expect("peer log");
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.contains("\"action\":\"issue\"") {
+                l.replacen("HTTP/web.example.com", "HTTP/wex.example.com", 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_ne!(edited.join("\n") + "\n", text, "no issue record to edit");
+    std::fs::write(&peer_log, edited.join("\n") + "\n").expect("tamper");
+    let (ok, out, err) = verify_every(&stack, &urls, &merged);
+    assert!(!ok, "an edited chain verified:\n{out}{err}");
+    let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("FAILED")).collect();
+    assert_eq!(failed.len(), 1, "{out}");
+    assert!(failed[0].contains(&peer_url), "the peer is named: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("OK") && l.contains(&first_url)),
+        "the first chain still verifies: {out}"
+    );
+    assert!(out.contains("1 of 2 chains verify"), "{out}");
     drop(peer);
 }

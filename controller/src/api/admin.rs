@@ -550,4 +550,29 @@ impl Admin for AdminApi {
             public_key_hex: self.state.audit.signer().public_key_hex(),
         }))
     }
+
+    async fn audit_heads(
+        &self,
+        request: Request<AuditHeadsRequest>,
+    ) -> Result<Response<AuditHeadsResponse>, Status> {
+        let (who, _) = self
+            .caller(&request, AdminRole::Auditor, "read the audit")
+            .await?;
+        self.audit_read(
+            &who,
+            "audit heads",
+            "listed the stored audit chain heads".to_string(),
+        )
+        .await?;
+        let heads = crate::audit_head::stored_heads(&self.state.store)
+            .map_err(|e| status_of(&e))?
+            .into_iter()
+            .map(|(key_id, h)| StoredAuditHead {
+                key_id,
+                seq: h.seq,
+                hash: h.hash,
+            })
+            .collect();
+        Ok(Response::new(AuditHeadsResponse { heads }))
+    }
 }
