@@ -236,11 +236,32 @@ pub async fn purge_due(st: &ControllerState) {
     }
 }
 
+/// The keys to store after a rotation stopped midway. MIT's kadmind kept
+/// whatever the rotation made: extract them again, no new keys. AD never
+/// shows a key it set, so a lost one is replaced, keeping the stored older
+/// versions.
+async fn keys_after_interruption(
+    st: &ControllerState,
+    p: &Principal,
+) -> Result<Keytab, IssueError> {
+    if !matches!(*st.kadmin, crate::kadmin::KeyAdmin::Ad(_)) {
+        return reextract(st, p).await;
+    }
+    let current = st.keytabs.stored_keytab(p).await?;
+    let rotated = st
+        .gate
+        .run(Lane::Kadmin, Priority::Background, "randomize_key", || {
+            st.kadmin.randomize_keep_old(p, current.as_ref())
+        })
+        .await?;
+    stored_or_reextracted(st, p, rotated).await
+}
+
 /// Finishes a rotation its controller left half done: stores the keys the
 /// KDC holds now and leaves the purge of the older ones pending (or, if
 /// the KDC never changed, drops the record).
 async fn resume(st: &ControllerState, p: &Principal, started: &PendingPurge) {
-    let keytab = match reextract(st, p).await {
+    let keytab = match keys_after_interruption(st, p).await {
         Ok(k) => k,
         Err(e) => {
             tracing::warn!(principal = %started.principal, error = %e, "cannot resume a rotation; will retry");
