@@ -611,3 +611,78 @@ async fn a_purge_left_by_a_killed_leader_is_done_by_the_new_leader() {
     assert_eq!(leader_gauge(peer.metrics_port).await, Some(1.0));
     drop(peer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_controller_dies_midway_is_finished_by_the_new_leader() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    // One kadmind call a second: the rotation's extraction waits about a
+    // second after its new keys, long enough to kill its controller there.
+    let config = format!(
+        "{}\n[gate.kadmin]\nrate_per_sec = 1\nburst = 1\n",
+        etcd_store(&etcd)
+    );
+    let mut stack = ProcStack::start(&config).await.expect("stack");
+    let first_log = stack.path().join("controller.log");
+    wait_until("the first controller leads", 30, || {
+        elections(&std::fs::read_to_string(&first_log).unwrap_or_default()) == 1
+    })
+    .await;
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let to_peer = stack.channel_to(peer.port).await.expect("channel");
+    let token = || stack.node_token(NODE_A).expect("token");
+    fetch(to_peer.clone(), token(), pod.clone())
+        .await
+        .expect("issued");
+
+    // The leader gives the principal new keys, and dies before storing them.
+    let principal = "HTTP/web.example.com";
+    let dir = stack.path().to_path_buf();
+    let mut rotate = stack
+        .kcredctl_command()
+        .env(
+            "KRB5CCNAME",
+            format!("FILE:{}/cc-{OPERATOR}", dir.display()),
+        )
+        .arg("--keytab")
+        .arg(dir.join(format!("{OPERATOR}.keytab")))
+        .args([
+            "--principal",
+            &format!("{OPERATOR}@{}", kcred_testrealm::DEFAULT_REALM),
+        ])
+        .args([
+            "rotate", "keytab", principal, "--grace", "1h", "--wait", "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kcredctl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stack.realm.kvno(principal).expect("kvno") != 2 {
+        assert!(std::time::Instant::now() < deadline, "never rotated");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.controller.as_mut().expect("controller").kill9();
+    let _ = rotate.wait();
+
+    // The new leader finishes it: the KDC's new kvno is stored and
+    // delivered, the previous one kept for the grace period.
+    let token = || stack.node_token(NODE_A).expect("token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while delivered_kvnos(to_peer.clone(), token(), pod.clone()).await != vec![1, 2] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the KDC's kvno 2 never reached the store:\n{}",
+            peer.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Whether the kill landed between the new keys and their storing (the
+    // usual case) or after it, nothing else is left to do.
+    eprintln!(
+        "resumed by the new leader: {}",
+        peer.proc.log_text().contains("resumed a rotation")
+    );
+    drop(peer);
+}
