@@ -269,18 +269,22 @@ async fn resume(st: &ControllerState, p: &Principal, started: &PendingPurge) {
         }
     };
     let kvno = newest(&keytab);
-    let done = if kvno > started.keep_kvno {
-        let purge = PendingPurge {
-            keep_kvno: kvno,
-            in_progress: false,
-            ..started.clone()
-        };
-        st.store
-            .put(Table::Rotations, &purge.principal, &purge, b"")
-    } else {
-        st.store.delete(Table::Rotations, &started.principal)
+    if kvno <= started.keep_kvno {
+        // The KDC never changed (the rotation failed before its new keys).
+        if let Err(e) = st.store.delete(Table::Rotations, &started.principal) {
+            tracing::error!(error = %e, "cannot clear a rotation that never started");
+        }
+        return;
+    }
+    let purge = PendingPurge {
+        keep_kvno: kvno,
+        in_progress: false,
+        ..started.clone()
     };
-    if let Err(e) = done {
+    if let Err(e) = st
+        .store
+        .put(Table::Rotations, &purge.principal, &purge, b"")
+    {
         tracing::error!(error = %e, "cannot record a resumed rotation");
         return;
     }
