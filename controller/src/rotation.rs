@@ -8,6 +8,14 @@
 //! the keytab re-extracted, and pushed again. Pending purges live in the
 //! store, so a restarted controller still ends them.
 //!
+//! Across controllers, a rotation or purge of a principal holds the same
+//! cluster lock as its extraction: two controllers never interleave their
+//! steps on one principal (the second waits, then rotates again). Before
+//! the first irreversible step (new keys in the KDC) the rotation leaves
+//! its pending purge in the store marked `in_progress`; the leader finds
+//! such a record once the lock is free (its controller died mid-rotation),
+//! re-extracts the keys the KDC now holds and finishes the rotation.
+//!
 //! A key-ring rotation makes a new primary version; older versions stay
 //! delivered for decryption until retired.
 
@@ -36,6 +44,20 @@ pub struct PendingPurge {
     pub keep_kvno: u32,
     /// When to purge older keys, seconds since the epoch.
     pub purge_at_unix: i64,
+    /// The rotation has not finished storing its new keys: `keep_kvno` is
+    /// the newest kvno before it; whoever finds the record unlocked
+    /// finishes the rotation.
+    #[serde(default)]
+    pub in_progress: bool,
+}
+
+/// The cluster lock a principal's extraction, rotations and purges share.
+fn lock_name(principal: &Principal) -> String {
+    format!("keytab/{principal}")
+}
+
+fn newest(keytab: &Keytab) -> u32 {
+    keytab.kvnos().iter().max().copied().unwrap_or(0)
 }
 
 /// Extracts the principal's keys again and stores them.
@@ -82,9 +104,10 @@ pub fn push_refresh(st: &ControllerState, volumes: &[VolumeRecord], reason: &str
     }
 }
 
-/// Rotations and purges run one at a time: an operator's rotation, the
-/// node-loss policy and a grace period ending must not interleave their
-/// randomize / re-extract / store steps.
+/// Rotations and purges run one at a time in a controller: an operator's
+/// rotation, the node-loss policy and a grace period ending must not
+/// interleave their randomize / re-extract / store steps (the cluster lock
+/// does the same across controllers).
 static ROTATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Rotates a service principal's keys; returns the new kvno. The caller
@@ -96,7 +119,20 @@ pub async fn rotate_keytab(
 ) -> Result<u32, IssueError> {
     let _one_at_a_time = ROTATIONS.lock().await;
     let p = Principal::Service(principal.clone());
+    let _one_in_cluster = st.cluster.lock(&lock_name(&p)).await?;
     let current = st.keytabs.stored_keytab(&p).await?;
+    let purge_at_unix =
+        now_unix().saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
+    // Left before the KDC changes: a controller dying past this point
+    // leaves the leader something to finish.
+    let started = PendingPurge {
+        principal: principal.to_string(),
+        keep_kvno: current.as_ref().map(newest).unwrap_or(0),
+        purge_at_unix,
+        in_progress: true,
+    };
+    st.store
+        .put(Table::Rotations, &started.principal, &started, b"")?;
     let rotated = st
         .gate
         .run(Lane::Kadmin, Priority::Starting, "randomize_key", || {
@@ -104,12 +140,12 @@ pub async fn rotate_keytab(
         })
         .await?;
     let keytab = stored_or_reextracted(st, &p, rotated).await?;
-    let new_kvno = keytab.kvnos().iter().max().copied().unwrap_or(0);
+    let new_kvno = newest(&keytab);
     let purge = PendingPurge {
         principal: principal.to_string(),
         keep_kvno: new_kvno,
-        purge_at_unix: now_unix()
-            .saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX)),
+        purge_at_unix,
+        in_progress: false,
     };
     st.store
         .put(Table::Rotations, &purge.principal, &purge, b"")?;
@@ -133,21 +169,34 @@ pub async fn purge_due(st: &ControllerState) {
     };
     for (_, purge, _) in pending
         .into_iter()
-        .filter(|(_, p, _)| p.purge_at_unix <= now_unix())
+        .filter(|(_, p, _)| p.in_progress || p.purge_at_unix <= now_unix())
     {
         let Ok(sp) = ServicePrincipal::parse(&purge.principal, &st.realm) else {
             continue;
         };
         let p = Principal::Service(sp);
         let _one_at_a_time = ROTATIONS.lock().await;
+        let _one_in_cluster = match st.cluster.lock(&lock_name(&p)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(principal = %purge.principal, error = %e, "cannot lock for a purge; will retry");
+                continue;
+            }
+        };
         // A rotation may have replaced this purge while we waited.
-        let still_due = st
+        let now = match st
             .store
             .get::<PendingPurge>(Table::Rotations, &purge.principal)
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.meta.keep_kvno == purge.keep_kvno);
-        if !still_due {
+        {
+            Ok(Some(r)) => r.meta,
+            _ => continue,
+        };
+        if now.in_progress {
+            // Nobody holds the lock: the rotating controller died.
+            resume(st, &p, &now).await;
+            continue;
+        }
+        if now.keep_kvno != purge.keep_kvno || now.purge_at_unix > now_unix() {
             continue;
         }
         let result = async {
@@ -185,6 +234,73 @@ pub async fn purge_due(st: &ControllerState) {
             }
         }
     }
+}
+
+/// The keys to store after a rotation stopped midway. MIT's kadmind kept
+/// whatever the rotation made: extract them again, no new keys. AD never
+/// shows a key it set, so a lost one is replaced, keeping the stored older
+/// versions.
+async fn keys_after_interruption(
+    st: &ControllerState,
+    p: &Principal,
+) -> Result<Keytab, IssueError> {
+    if !matches!(*st.kadmin, crate::kadmin::KeyAdmin::Ad(_)) {
+        return reextract(st, p).await;
+    }
+    let current = st.keytabs.stored_keytab(p).await?;
+    let rotated = st
+        .gate
+        .run(Lane::Kadmin, Priority::Background, "randomize_key", || {
+            st.kadmin.randomize_keep_old(p, current.as_ref())
+        })
+        .await?;
+    stored_or_reextracted(st, p, rotated).await
+}
+
+/// Finishes a rotation its controller left half done: stores the keys the
+/// KDC holds now and leaves the purge of the older ones pending (or, if
+/// the KDC never changed, drops the record).
+async fn resume(st: &ControllerState, p: &Principal, started: &PendingPurge) {
+    let keytab = match keys_after_interruption(st, p).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(principal = %started.principal, error = %e, "cannot resume a rotation; will retry");
+            return;
+        }
+    };
+    let kvno = newest(&keytab);
+    if kvno <= started.keep_kvno {
+        // The KDC never changed (the rotation failed before its new keys).
+        if let Err(e) = st.store.delete(Table::Rotations, &started.principal) {
+            tracing::error!(error = %e, "cannot clear a rotation that never started");
+        }
+        return;
+    }
+    let purge = PendingPurge {
+        keep_kvno: kvno,
+        in_progress: false,
+        ..started.clone()
+    };
+    if let Err(e) = st
+        .store
+        .put(Table::Rotations, &purge.principal, &purge, b"")
+    {
+        tracing::error!(error = %e, "cannot record a resumed rotation");
+        return;
+    }
+    let event = AuditEvent::new(Actor::Controller, Action::Rotate)
+        .with_kind(CredentialKind::Keytab)
+        .with_subject(started.principal.clone())
+        .with_kvno(kvno)
+        .with_reason("rotation resumed after its controller stopped".to_string());
+    if let Err(e) = st.record(vec![event]).await {
+        tracing::error!(error = %e, "cannot audit a resumed rotation");
+    }
+    match st.issued.holding_principal(&started.principal) {
+        Ok(holders) => push_refresh(st, &holders, "rotation resumed"),
+        Err(e) => tracing::error!(error = %e, "cannot list holders"),
+    }
+    tracing::info!(principal = %started.principal, kvno, "resumed a rotation left half done");
 }
 
 /// Runs [`purge_due`] every `every` while this controller leads, until

@@ -641,3 +641,203 @@ async fn every_controllers_chain_is_verified_and_merged_by_time_and_an_edited_on
     assert!(out.contains("1 of 2 chains verify"), "{out}");
     drop(peer);
 }
+
+/// `kcredctl rotate keytab PRINCIPAL` through the controller on `port`.
+fn rotate_through(stack: &ProcStack, port: u16, principal: &str, grace: &str) -> String {
+    let url = format!("https://127.0.0.1:{port}");
+    let out = stack.kcredctl(
+        OPERATOR,
+        &[
+            "--controller",
+            &url,
+            "rotate",
+            "keytab",
+            principal,
+            "--grace",
+            grace,
+            "--wait",
+            "0",
+        ],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "rotate through {port}: {text}");
+    text
+}
+
+/// The kvnos of the keytab a fetch from `channel` delivers.
+async fn delivered_kvnos(
+    channel: tonic::transport::Channel,
+    token: String,
+    pod: TestPod,
+) -> Vec<u32> {
+    let bundle = fetch(channel, token, pod).await.expect("fetch");
+    let bytes = bundle
+        .files
+        .iter()
+        .find(|f| f.name == "krb5.keytab")
+        .map(|f| f.content.clone())
+        .expect("a keytab");
+    let keytab =
+        kcred_controller::keytab::Keytab::parse(zeroize::Zeroizing::new(bytes)).expect("keytab");
+    keytab.kvnos().iter().copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_rotating_one_principal_at_once_make_one_kvno_each() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let channel = stack.channel_to(stack.port).await.expect("channel");
+    let token = stack.node_token(NODE_A).expect("token");
+    fetch(channel, token, pod.clone()).await.expect("issued");
+
+    let principal = "HTTP/web.example.com";
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| rotate_through(&stack, stack.port, principal, "1h"));
+        let b = s.spawn(|| rotate_through(&stack, peer.port, principal, "1h"));
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    let created = |t: &str| {
+        t.split_once("is at kvno ")
+            .and_then(|(_, rest)| rest.split(';').next()?.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no kvno reported: {t}"))
+    };
+    let mut kvnos = vec![created(&a), created(&b)];
+    kvnos.sort();
+    // Interleaved, both would randomize before either extracts, and both
+    // would report the last kvno.
+    assert_eq!(kvnos, vec![2, 3], "one kvno per rotation:\n{a}\n{b}");
+    assert_eq!(stack.realm.kvno(principal).expect("kvno"), 3);
+    let channel = stack.channel_to(peer.port).await.expect("channel");
+    let token = stack.node_token(NODE_A).expect("token");
+    assert_eq!(
+        delivered_kvnos(channel, token, pod).await,
+        vec![1, 2, 3],
+        "every kvno of the grace period stored"
+    );
+    drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_left_by_a_killed_leader_is_done_by_the_new_leader() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let first_log = stack.path().join("controller.log");
+    wait_until("the first controller leads", 30, || {
+        elections(&std::fs::read_to_string(&first_log).unwrap_or_default()) == 1
+    })
+    .await;
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let to_peer = stack.channel_to(peer.port).await.expect("channel");
+    let token = || stack.node_token(NODE_A).expect("token");
+    fetch(to_peer.clone(), token(), pod.clone())
+        .await
+        .expect("issued");
+
+    // Rotated on the leader with a short grace; it dies before the purge.
+    let principal = "HTTP/web.example.com";
+    rotate_through(&stack, stack.port, principal, "6s");
+    stack.controller.as_mut().expect("controller").kill9();
+    let token = || stack.node_token(NODE_A).expect("token");
+    assert_eq!(
+        delivered_kvnos(to_peer.clone(), token(), pod.clone()).await,
+        vec![1, 2],
+        "both kvnos during the grace period"
+    );
+
+    // The peer takes over and ends the grace period.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while delivered_kvnos(to_peer.clone(), token(), pod.clone()).await != vec![2] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new leader never purged kvno 1:\n{}",
+            peer.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(leader_gauge(peer.metrics_port).await, Some(1.0));
+    drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_controller_dies_midway_is_finished_by_the_new_leader() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    // One kadmind call a second: the rotation's extraction waits about a
+    // second after its new keys, long enough to kill its controller there.
+    let config = format!(
+        "{}\n[gate.kadmin]\nrate_per_sec = 1\nburst = 1\n",
+        etcd_store(&etcd)
+    );
+    let mut stack = ProcStack::start(&config).await.expect("stack");
+    let first_log = stack.path().join("controller.log");
+    wait_until("the first controller leads", 30, || {
+        elections(&std::fs::read_to_string(&first_log).unwrap_or_default()) == 1
+    })
+    .await;
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let to_peer = stack.channel_to(peer.port).await.expect("channel");
+    let token = || stack.node_token(NODE_A).expect("token");
+    fetch(to_peer.clone(), token(), pod.clone())
+        .await
+        .expect("issued");
+
+    // The leader gives the principal new keys, and dies before storing them.
+    let principal = "HTTP/web.example.com";
+    let dir = stack.path().to_path_buf();
+    let mut rotate = stack
+        .kcredctl_command()
+        .env(
+            "KRB5CCNAME",
+            format!("FILE:{}/cc-{OPERATOR}", dir.display()),
+        )
+        .arg("--keytab")
+        .arg(dir.join(format!("{OPERATOR}.keytab")))
+        .args([
+            "--principal",
+            &format!("{OPERATOR}@{}", kcred_testrealm::DEFAULT_REALM),
+        ])
+        .args([
+            "rotate", "keytab", principal, "--grace", "1h", "--wait", "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kcredctl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stack.realm.kvno(principal).expect("kvno") != 2 {
+        assert!(std::time::Instant::now() < deadline, "never rotated");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.controller.as_mut().expect("controller").kill9();
+    let _ = rotate.wait();
+
+    // The new leader finishes it: the KDC's new kvno is stored and
+    // delivered, the previous one kept for the grace period.
+    let token = || stack.node_token(NODE_A).expect("token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while delivered_kvnos(to_peer.clone(), token(), pod.clone()).await != vec![1, 2] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the KDC's kvno 2 never reached the store:\n{}",
+            peer.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Whether the kill landed between the new keys and their storing (the
+    // usual case) or after it, nothing else is left to do.
+    eprintln!(
+        "resumed by the new leader: {}",
+        peer.proc.log_text().contains("resumed a rotation")
+    );
+    drop(peer);
+}
