@@ -418,7 +418,8 @@ impl Controller {
             }
             certs.trust_also(&pem);
         }
-        let keys = KeyIssuer::new(Arc::clone(&store), Arc::clone(&metrics));
+        let keys = KeyIssuer::new(Arc::clone(&store), Arc::clone(&metrics))
+            .with_cluster(Arc::clone(&cluster));
 
         let (pod_tokens, psat) = kube_identities(cfg)?;
         let pods = Arc::new(PodIndex::default());

@@ -841,3 +841,53 @@ async fn a_rotation_whose_controller_dies_midway_is_finished_by_the_new_leader()
     );
     drop(peer);
 }
+
+/// A key ring's first use lands on both controllers at once: one ring is
+/// created for the cluster (its cluster lock), so every pod gets the same
+/// keys; without it each controller would create its own and pods would
+/// encrypt with different keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rings_first_use_on_two_controllers_at_once_creates_one_ring() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pods: Vec<TestPod> = (0..8)
+        .map(|i| {
+            TestPod::new("web", &format!("keys-{i}"), NODE_A).annotate("kcred.io/keys", "orders-db")
+        })
+        .collect();
+    stack
+        .set_pods(&pods.iter().collect::<Vec<_>>())
+        .await
+        .expect("pods");
+    // Connections and tokens first, so the calls go out together.
+    let mut ready = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let port = if i % 2 == 0 { stack.port() } else { peer.port };
+        let channel = stack.channel_to(port).await.expect("channel");
+        let token = stack.node_token(NODE_A).expect("token");
+        ready.push((channel, token, pod.clone()));
+    }
+    let calls: Vec<_> = ready
+        .into_iter()
+        .map(|(channel, token, pod)| tokio::spawn(fetch(channel, token, pod)))
+        .collect();
+    let mut files = std::collections::BTreeSet::new();
+    for call in calls {
+        let bundle = call.await.expect("task").expect("key file delivered");
+        let file = bundle
+            .files
+            .iter()
+            .find(|f| f.name == "orders-db.keys.json")
+            .expect("the key file")
+            .content
+            .clone();
+        files.insert(file);
+    }
+    assert_eq!(
+        files.len(),
+        1,
+        "every pod, whichever controller, got one ring"
+    );
+    drop(peer);
+}

@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::data_keys::{KeyError, KeyRing};
 use super::{IssueError, read_stored, write_stored};
+use crate::cluster::Cluster;
 use crate::gate::single_flight::SingleFlight;
 use crate::metrics::Metrics;
 use crate::store::{Record, Store, StoreError, Table};
@@ -42,6 +43,10 @@ pub struct KeyIssuer {
     flight: SingleFlight<String, KeyFile, IssueError>,
     /// Serializes read-modify-write of rings (rotation, retirement).
     write: tokio::sync::Mutex<()>,
+    /// The same across controllers sharing an etcd store: without it two
+    /// could create a ring twice (pods on each would get different keys)
+    /// or lose one's rotation to the other's write.
+    cluster: Arc<Cluster>,
 }
 
 fn corrupt(id: &str, e: impl std::fmt::Display) -> IssueError {
@@ -71,7 +76,19 @@ impl KeyIssuer {
             metrics,
             flight: SingleFlight::default(),
             write: tokio::sync::Mutex::new(()),
+            cluster: Cluster::solo(),
         }
+    }
+
+    /// Creates, rotates and retires each ring once for every controller
+    /// sharing `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    fn lock_name(id: &str) -> String {
+        format!("key/{id}")
     }
 
     async fn load(&self, id: &str) -> Result<Option<KeyRing>, IssueError> {
@@ -117,6 +134,7 @@ impl KeyIssuer {
             .flight
             .run(id.to_string(), || async {
                 let _w = self.write.lock().await;
+                let _one_in_cluster = self.cluster.lock(&Self::lock_name(id)).await?;
                 if let Some(ring) = self.load(id).await? {
                     return Ok(Self::file(&ring));
                 }
@@ -133,6 +151,7 @@ impl KeyIssuer {
     /// Makes a new primary version; old versions stay for decryption.
     pub async fn rotate(&self, id: &str) -> Result<u32, IssueError> {
         let _w = self.write.lock().await;
+        let _one_in_cluster = self.cluster.lock(&Self::lock_name(id)).await?;
         let mut ring = self
             .load(id)
             .await?
@@ -146,6 +165,7 @@ impl KeyIssuer {
     /// Stops delivering `version` (never the primary).
     pub async fn retire(&self, id: &str, version: u32) -> Result<(), IssueError> {
         let _w = self.write.lock().await;
+        let _one_in_cluster = self.cluster.lock(&Self::lock_name(id)).await?;
         let mut ring = self
             .load(id)
             .await?
