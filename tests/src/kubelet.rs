@@ -73,6 +73,16 @@ impl TestPod {
         Self::new(namespace, name, node).annotate("kcred.io/keytabs", principals)
     }
 
+    /// The pod as a node names it in a fetch (service account `default`).
+    pub fn pod_ref(&self) -> kcred_proto::kcred::v1::PodRef {
+        kcred_proto::kcred::v1::PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            service_account: "default".into(),
+        }
+    }
+
     /// The controller's view of this pod.
     pub fn info(&self) -> kcred_controller::pods::PodInfo {
         kcred_controller::pods::PodInfo {

@@ -11,7 +11,7 @@ use base64::Engine;
 use kcred_controller::crypto::MasterKey;
 use kcred_controller::store::{Store, Table};
 use kcred_csi_driver::controller_client::{ControllerClient, ControllerError};
-use kcred_proto::kcred::v1::{Bundle, PodRef, Reason};
+use kcred_proto::kcred::v1::{Bundle, Reason};
 use kcred_testetcd::EtcdCluster;
 use kcred_tests::{Stack, StackOptions, TestPod, procs};
 
@@ -31,19 +31,10 @@ async fn stack_on(cluster: &EtcdCluster) -> Stack {
     .expect("stack")
 }
 
-fn pod_ref(pod: &TestPod) -> PodRef {
-    PodRef {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-        service_account: "default".into(),
-    }
-}
-
 async fn fetch(stack: &Stack, pod: &TestPod) -> Result<Bundle, ControllerError> {
     let client = ControllerClient::new(&stack.controller_endpoint(), "node-a").expect("client");
     client
-        .fetch_bundle(pod_ref(pod), &format!("vol-{}", pod.name), false)
+        .fetch_bundle(pod.pod_ref(), &format!("vol-{}", pod.name), false)
         .await
 }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
-use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, PodRef};
+use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest};
 use kcred_testetcd::EtcdCluster;
 use kcred_tests::audit::Action;
 use kcred_tests::ha::{kadmind_budget, leader_gauge, records_with};
@@ -93,15 +93,6 @@ async fn when_the_leader_is_killed_another_takes_over_the_sweeper_and_a_loss_is_
     assert_eq!(losses[0].node, NODE_A);
 }
 
-fn pod_ref(p: &TestPod) -> PodRef {
-    PodRef {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        uid: p.uid.clone(),
-        service_account: "default".into(),
-    }
-}
-
 /// FetchBundle as node-a with `token` from the controller on `port`.
 async fn fetch(
     channel: tonic::transport::Channel,
@@ -110,7 +101,7 @@ async fn fetch(
 ) -> Result<Bundle, tonic::Status> {
     let mut req = tonic::Request::new(FetchBundleRequest {
         node_name: NODE_A.into(),
-        pod: Some(pod_ref(&pod)),
+        pod: Some(pod.pod_ref()),
         volume_id: kcred_tests::Kubelet::volume_id(&pod, "kcred"),
         refresh: false,
         ..Default::default()
@@ -270,7 +261,7 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
     // same pod too.
     let mut renewal = tonic::Request::new(FetchBundleRequest {
         node_name: NODE_A.into(),
-        pod: Some(pod_ref(&pod)),
+        pod: Some(pod.pod_ref()),
         volume_id: volume.clone(),
         refresh: true,
         ..Default::default()
@@ -289,7 +280,7 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
     );
     let mut other = tonic::Request::new(FetchBundleRequest {
         node_name: NODE_A.into(),
-        pod: Some(pod_ref(&pod)),
+        pod: Some(pod.pod_ref()),
         volume_id: "csi-another-volume-of-the-same-pod".into(),
         refresh: false,
         ..Default::default()

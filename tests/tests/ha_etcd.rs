@@ -4,19 +4,10 @@
 //! with no second extraction from kadmind.
 
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
-use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, PodRef};
+use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest};
 use kcred_testetcd::EtcdCluster;
 use kcred_tests::TestPod;
 use kcred_tests::procs::{NODE_A, ProcStack};
-
-fn pod_ref(p: &TestPod) -> PodRef {
-    PodRef {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        uid: p.uid.clone(),
-        service_account: "default".into(),
-    }
-}
 
 /// FetchBundle as node-a (its own Kerberos token) from the controller on
 /// `port`.
@@ -25,7 +16,7 @@ async fn fetch(stack: &ProcStack, port: u16, pod: &TestPod) -> Bundle {
     let channel = stack.channel_to(port).await.expect("tls channel");
     let mut req = tonic::Request::new(FetchBundleRequest {
         node_name: NODE_A.into(),
-        pod: Some(pod_ref(pod)),
+        pod: Some(pod.pod_ref()),
         volume_id: kcred_tests::Kubelet::volume_id(pod, "kcred"),
         refresh: false,
         ..Default::default()
@@ -152,7 +143,7 @@ async fn fetch_retrying(stack: &ProcStack, port: u16, pod: &TestPod) -> Bundle {
         let channel = stack.channel_to(port).await.expect("tls channel");
         let mut req = tonic::Request::new(FetchBundleRequest {
             node_name: NODE_A.into(),
-            pod: Some(pod_ref(pod)),
+            pod: Some(pod.pod_ref()),
             volume_id: kcred_tests::Kubelet::volume_id(pod, "kcred"),
             refresh: false,
             ..Default::default()
@@ -224,7 +215,7 @@ async fn a_controller_cut_off_from_etcd_stops_issuing_while_the_other_carries_on
     let token = stack.node_token(NODE_A).expect("node-a token");
     let mut req = tonic::Request::new(FetchBundleRequest {
         node_name: NODE_A.into(),
-        pod: Some(pod_ref(&api0)),
+        pod: Some(api0.pod_ref()),
         volume_id: kcred_tests::Kubelet::volume_id(&api0, "kcred"),
         refresh: false,
         ..Default::default()

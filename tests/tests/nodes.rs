@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use kcred_proto::kcred::v1::FetchBundleRequest;
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
-use kcred_proto::kcred::v1::{FetchBundleRequest, PodRef};
 use kcred_tests::audit::{Action, AuditRecord, Decision};
 use kcred_tests::procs::{CONTROLLER_HOST, NODE_A, NODE_B, ProcStack};
 use kcred_tests::{TestPod, wait_until};
@@ -16,15 +16,6 @@ const VOL: &str = "kcred";
 
 fn web_pod(name: &str, node: &str) -> TestPod {
     TestPod::with_keytabs("web", name, node, "HTTP/web.example.com")
-}
-
-fn pod_ref(p: &TestPod) -> PodRef {
-    PodRef {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        uid: p.uid.clone(),
-        service_account: "default".into(),
-    }
 }
 
 async fn fetch_as(
@@ -38,7 +29,7 @@ async fn fetch_as(
     let mut client = NodeCredentialsClient::new(channel);
     let mut req = tonic::Request::new(FetchBundleRequest {
         node_name: node.into(),
-        pod: Some(pod_ref(pod)),
+        pod: Some(pod.pod_ref()),
         volume_id: kcred_tests::Kubelet::volume_id(pod, VOL),
         refresh,
         ..Default::default()
@@ -102,7 +93,7 @@ async fn calls_without_a_valid_node_identity_are_refused_and_audited() {
     let channel = stack.channel().await.expect("tls channel");
     let mut req = tonic::Request::new(FetchBundleRequest {
         node_name: NODE_B.into(),
-        pod: Some(pod_ref(&b_pod)),
+        pod: Some(b_pod.pod_ref()),
         volume_id: kcred_tests::Kubelet::volume_id(&pod, VOL),
         refresh: false,
         ..Default::default()
@@ -517,7 +508,7 @@ async fn nodes_and_tools_without_a_keytab_can_use_client_certificates() {
         NodeCredentialsClient::new(channel)
             .fetch_bundle(FetchBundleRequest {
                 node_name: node.into(),
-                pod: Some(pod_ref(&pod)),
+                pod: Some(pod.pod_ref()),
                 volume_id: kcred_tests::Kubelet::volume_id(&pod, VOL),
                 refresh: false,
                 ..Default::default()

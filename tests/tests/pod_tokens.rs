@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kcred_csi_driver::controller_client::{ControllerClient, ControllerError, NodeIdentity};
 use kcred_csi_driver::psat::TokenFile;
 use kcred_csi_driver::volumes::PublishRequest;
-use kcred_proto::kcred::v1::{Bundle, PodRef, Reason};
+use kcred_proto::kcred::v1::{Bundle, Reason};
 use kcred_testkube::{KubeApi, TokenClaims, pods};
 use kcred_tests::audit::{Decision, audit_records};
 use kcred_tests::kube::{delete_pod, run_pod};
@@ -74,15 +74,6 @@ fn hour() -> Duration {
     Duration::from_secs(3600)
 }
 
-fn pod_ref(pod: &TestPod) -> PodRef {
-    PodRef {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-        service_account: "default".into(),
-    }
-}
-
 async fn fetch_with(
     client: &ControllerClient,
     pod: &TestPod,
@@ -91,7 +82,7 @@ async fn fetch_with(
     let token = token.map(|t| kcred_auth::BearerToken::new(t).unwrap());
     client
         .fetch_bundle_with_token(
-            pod_ref(pod),
+            pod.pod_ref(),
             &Kubelet::volume_id(pod, VOL),
             false,
             token.as_ref(),
@@ -360,7 +351,7 @@ async fn a_driver_authenticates_as_its_node_with_its_daemonset_pod_token() {
         .await
         .expect("node-a by its driver pod");
     let bundle = node_a
-        .fetch_bundle(pod_ref(&pod), &Kubelet::volume_id(&pod, VOL), false)
+        .fetch_bundle(pod.pod_ref(), &Kubelet::volume_id(&pod, VOL), false)
         .await
         .expect("served to node-a");
     assert!(has_keytab(&bundle));
@@ -493,7 +484,7 @@ async fn a_driver_with_only_its_pod_token_publishes_end_to_end() {
     node.publish(PublishRequest {
         volume_id: Kubelet::volume_id(&pod, VOL),
         target: target.clone(),
-        pod: pod_ref(&pod),
+        pod: pod.pod_ref(),
         readonly: false,
     })
     .await
