@@ -1,5 +1,6 @@
 //! What the high-availability tests read from running controllers: their
-//! `/metrics`, and the audit records of every controller's chain.
+//! `/metrics`, the audit records of every controller's chain, and a fetch
+//! as node-a.
 
 use std::path::Path;
 
@@ -96,4 +97,30 @@ pub fn kadmind_budget(
         }
     }
     (extractions, violations)
+}
+
+/// FetchBundle for `pod`'s volume `kcred` as node-a, with `token` (node-a's
+/// Kerberos token), over `channel` to one controller.
+pub async fn fetch_as_node_a(
+    channel: tonic::transport::Channel,
+    token: String,
+    pod: &crate::TestPod,
+) -> Result<kcred_proto::kcred::v1::Bundle, tonic::Status> {
+    use kcred_proto::kcred::v1::FetchBundleRequest;
+    use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+    let mut req = tonic::Request::new(FetchBundleRequest {
+        node_name: crate::procs::NODE_A.into(),
+        pod: Some(pod.pod_ref()),
+        volume_id: crate::Kubelet::volume_id(pod, "kcred"),
+        refresh: false,
+        ..Default::default()
+    });
+    let token = token
+        .parse()
+        .map_err(|_| tonic::Status::invalid_argument("token is not metadata"))?;
+    req.metadata_mut().insert("authorization", token);
+    NodeCredentialsClient::new(channel)
+        .fetch_bundle(req)
+        .await
+        .map(tonic::Response::into_inner)
 }

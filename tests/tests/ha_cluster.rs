@@ -93,25 +93,13 @@ async fn when_the_leader_is_killed_another_takes_over_the_sweeper_and_a_loss_is_
     assert_eq!(losses[0].node, NODE_A);
 }
 
-/// FetchBundle as node-a with `token` from the controller on `port`.
+/// FetchBundle as node-a with `token` over `channel`.
 async fn fetch(
     channel: tonic::transport::Channel,
     token: String,
     pod: TestPod,
 ) -> Result<Bundle, tonic::Status> {
-    let mut req = tonic::Request::new(FetchBundleRequest {
-        node_name: NODE_A.into(),
-        pod: Some(pod.pod_ref()),
-        volume_id: kcred_tests::Kubelet::volume_id(&pod, "kcred"),
-        refresh: false,
-        ..Default::default()
-    });
-    req.metadata_mut()
-        .insert("authorization", token.parse().expect("metadata"));
-    NodeCredentialsClient::new(channel)
-        .fetch_bundle(req)
-        .await
-        .map(tonic::Response::into_inner)
+    kcred_tests::ha::fetch_as_node_a(channel, token, &pod).await
 }
 
 const STORM_PRINCIPALS: usize = 8;

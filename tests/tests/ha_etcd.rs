@@ -3,10 +3,10 @@
 //! credential issued through one is served by the other from the store,
 //! with no second extraction from kadmind.
 
-use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
-use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest};
+use kcred_proto::kcred::v1::Bundle;
 use kcred_testetcd::EtcdCluster;
 use kcred_tests::TestPod;
+use kcred_tests::ha::fetch_as_node_a;
 use kcred_tests::procs::{NODE_A, ProcStack};
 
 /// FetchBundle as node-a (its own Kerberos token) from the controller on
@@ -14,20 +14,9 @@ use kcred_tests::procs::{NODE_A, ProcStack};
 async fn fetch(stack: &ProcStack, port: u16, pod: &TestPod) -> Bundle {
     let token = stack.node_token(NODE_A).expect("node-a token");
     let channel = stack.channel_to(port).await.expect("tls channel");
-    let mut req = tonic::Request::new(FetchBundleRequest {
-        node_name: NODE_A.into(),
-        pod: Some(pod.pod_ref()),
-        volume_id: kcred_tests::Kubelet::volume_id(pod, "kcred"),
-        refresh: false,
-        ..Default::default()
-    });
-    req.metadata_mut()
-        .insert("authorization", token.parse().expect("metadata"));
-    NodeCredentialsClient::new(channel)
-        .fetch_bundle(req)
+    fetch_as_node_a(channel, token, pod)
         .await
         .unwrap_or_else(|e| panic!("fetch {} from :{port}: {e:?}", pod.name))
-        .into_inner()
 }
 
 fn keytab(b: &Bundle) -> Vec<u8> {
@@ -141,17 +130,8 @@ async fn fetch_retrying(stack: &ProcStack, port: u16, pod: &TestPod) -> Bundle {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
         let channel = stack.channel_to(port).await.expect("tls channel");
-        let mut req = tonic::Request::new(FetchBundleRequest {
-            node_name: NODE_A.into(),
-            pod: Some(pod.pod_ref()),
-            volume_id: kcred_tests::Kubelet::volume_id(pod, "kcred"),
-            refresh: false,
-            ..Default::default()
-        });
-        req.metadata_mut()
-            .insert("authorization", token().parse().expect("metadata"));
-        match NodeCredentialsClient::new(channel).fetch_bundle(req).await {
-            Ok(b) => return b.into_inner(),
+        match fetch_as_node_a(channel, token(), pod).await {
+            Ok(b) => return b,
             Err(e) => {
                 assert_eq!(
                     kcred_proto::reason::reason_of(&e),
@@ -216,17 +196,8 @@ async fn a_controller_cut_off_from_etcd_stops_issuing_while_the_other_carries_on
 
     etcd.kill(2);
     let token = stack.node_token(NODE_A).expect("node-a token");
-    let mut req = tonic::Request::new(FetchBundleRequest {
-        node_name: NODE_A.into(),
-        pod: Some(api0.pod_ref()),
-        volume_id: kcred_tests::Kubelet::volume_id(&api0, "kcred"),
-        refresh: false,
-        ..Default::default()
-    });
-    req.metadata_mut()
-        .insert("authorization", token.parse().expect("metadata"));
-    let err = NodeCredentialsClient::new(stack.channel_to(peer.port).await.expect("channel"))
-        .fetch_bundle(req)
+    let channel = stack.channel_to(peer.port).await.expect("channel");
+    let err = fetch_as_node_a(channel, token, &api0)
         .await
         .expect_err("a controller without etcd issued");
     assert_eq!(
