@@ -49,9 +49,10 @@ impl Cluster {
         };
         let key = etcd.raw_key(&format!("cluster/budget/{lane}"));
         loop {
-            let k = key.clone();
             let mut got = etcd
-                .call("budget", |mut c| async move { c.get(k, None).await })
+                .call("budget", key.clone(), |mut c, k| async move {
+                    c.get(k, None).await
+                })
                 .await?;
             let (tat, revision) = match got.take_kvs().into_iter().next() {
                 Some(kv) => (
@@ -66,12 +67,15 @@ impl Cluster {
             match take(tat, now_ms(), rate, burst) {
                 Err(wait) => tokio::time::sleep(wait.min(Duration::from_secs(1))).await,
                 Ok(next) => {
-                    let k = key.clone();
                     let txn = Txn::new()
-                        .when([Compare::mod_revision(k.clone(), CompareOp::Equal, revision)])
-                        .and_then([TxnOp::put(k, format!("{next:.3}"), None)]);
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            revision,
+                        )])
+                        .and_then([TxnOp::put(key.clone(), format!("{next:.3}"), None)]);
                     let done = etcd
-                        .call("budget", |mut c| async move { c.txn(txn).await })
+                        .call("budget", txn, |mut c, txn| async move { c.txn(txn).await })
                         .await?;
                     if done.succeeded() {
                         return Ok(());

@@ -26,7 +26,7 @@ impl Cluster {
             return Ok(());
         };
         let key = etcd.raw_key(&format!("{HEARTBEATS}{node}"));
-        etcd.call("heartbeat", |mut c| async move {
+        etcd.call("heartbeat", key, move |mut c, key| async move {
             c.put(key, at_ms.to_string(), None).await
         })
         .await
@@ -38,9 +38,8 @@ impl Cluster {
             return Ok(HashMap::new());
         };
         let prefix = etcd.raw_key(dir);
-        let p = prefix.clone();
         let mut resp = etcd
-            .call("heartbeats", |mut c| async move {
+            .call("heartbeats", prefix.clone(), |mut c, p| async move {
                 c.get(p, Some(GetOptions::new().with_prefix())).await
             })
             .await?;
@@ -73,13 +72,15 @@ impl Cluster {
             return Ok(true);
         };
         let key = etcd.raw_key(&format!("{LOST}{node}"));
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, last_heartbeat_ms.to_string(), None)]);
         let resp = etcd
-            .call("mark lost", |mut c| async move {
-                let txn = Txn::new()
-                    .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key, last_heartbeat_ms.to_string(), None)]);
-                c.txn(txn).await
-            })
+            .call(
+                "mark lost",
+                txn,
+                |mut c, txn| async move { c.txn(txn).await },
+            )
             .await?;
         Ok(resp.succeeded())
     }
@@ -90,10 +91,9 @@ impl Cluster {
             return Ok(());
         };
         let key = etcd.raw_key(&format!("{LOST}{node}"));
-        etcd.call(
-            "clear lost",
-            |mut c| async move { c.delete(key, None).await },
-        )
+        etcd.call("clear lost", key, |mut c, key| async move {
+            c.delete(key, None).await
+        })
         .await
         .map(|_| ())
     }

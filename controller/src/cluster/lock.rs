@@ -13,6 +13,7 @@ use etcd_client::LockOptions;
 
 use super::Cluster;
 use crate::store::StoreError;
+use crate::store::etcd_members::never_sent;
 
 /// Longest wait for a lock another controller holds: past it the request
 /// fails (retryable) rather than queue forever behind a stuck holder.
@@ -74,6 +75,10 @@ impl Cluster {
                     ) && started.elapsed() < MAX_WAIT =>
                 {
                     continue;
+                }
+                // Sent to a member that refused the connection: send again.
+                Err(e) if never_sent(&e) && started.elapsed() < MAX_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => return Err(StoreError::Db(format!("etcd lock {name}: {e}"))),
             }

@@ -34,7 +34,7 @@ impl Cluster {
         }
         let ttl = i64::try_from(SKEW.as_secs() * 2).unwrap_or(600);
         let granted = etcd
-            .call("replay lease", |mut c| async move {
+            .call("replay lease", ttl, |mut c, ttl| async move {
                 c.lease_grant(ttl, None).await
             })
             .await?;
@@ -52,17 +52,15 @@ impl Cluster {
         let lease = self.replay_lease().await?;
         let digest = hex::encode(Sha256::digest(token));
         let key = etcd.raw_key(&format!("cluster/replay/{digest}"));
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                "",
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
         let resp = etcd
-            .call("replay", |mut c| async move {
-                let txn = Txn::new()
-                    .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key,
-                        "",
-                        Some(PutOptions::new().with_lease(lease)),
-                    )]);
-                c.txn(txn).await
-            })
+            .call("replay", txn, |mut c, txn| async move { c.txn(txn).await })
             .await?;
         Ok(resp.succeeded())
     }

@@ -18,6 +18,7 @@ use etcd_client::{
 use zeroize::Zeroizing;
 
 use super::backend::StoreBackend;
+use super::etcd_members::{self, never_sent, watch_members};
 use super::{StoreError, Table};
 
 /// Values per etcd transaction (etcd refuses more than `--max-txn-ops`,
@@ -69,20 +70,64 @@ fn etcd_err(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(format!("etcd {what}: {e}"))
 }
 
-/// Runs `fut` on `runtime` and waits for it, at most `timeout`.
-fn run_on<T, Fut>(
-    runtime: &tokio::runtime::Runtime,
+/// Sends `request` (through `f`) until it is answered or fails after
+/// reaching etcd, or `timeout` passes: a request that never left (its
+/// member refused the connection) goes again, to another member.
+async fn retrying<T, R, F, Fut>(
+    client: Client,
     timeout: Duration,
-    what: &str,
-    fut: Fut,
-) -> Result<T, StoreError>
+    request: R,
+    f: F,
+) -> Result<T, Failure>
+where
+    R: Clone,
+    F: Fn(Client, R) -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, f(client.clone(), request.clone())).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e))
+                if never_sent(&e) && tokio::time::Instant::now() + RESEND_AFTER < deadline =>
+            {
+                tokio::time::sleep(RESEND_AFTER).await;
+            }
+            Ok(Err(e)) => return Err(Failure::Etcd(e)),
+            Err(_) => return Err(Failure::Timeout),
+        }
+    }
+}
+
+/// Pause before a request that never left is sent again.
+const RESEND_AFTER: Duration = Duration::from_millis(10);
+
+/// Why a request failed.
+enum Failure {
+    Etcd(etcd_client::Error),
+    Timeout,
+}
+
+impl Failure {
+    fn into_store(self, what: &str, timeout: Duration) -> StoreError {
+        match self {
+            Failure::Etcd(e) => etcd_err(what, e),
+            Failure::Timeout => {
+                etcd_err(what, format!("no answer within {} ms", timeout.as_millis()))
+            }
+        }
+    }
+}
+
+/// Runs `fut` on `runtime` and waits for it (it bounds its own time).
+fn run_on<T, Fut>(runtime: &tokio::runtime::Runtime, what: &str, fut: Fut) -> Result<T, StoreError>
 where
     T: Send + 'static,
-    Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime.spawn(async move {
-        let _ = tx.send(tokio::time::timeout(timeout, fut).await);
+        let _ = tx.send(fut.await);
     });
     // On a Tokio worker (a caller that did not use spawn_blocking), let the
     // runtime move its other tasks elsewhere while this one waits.
@@ -93,15 +138,7 @@ where
     } else {
         rx.recv()
     };
-    match answer {
-        Ok(Ok(Ok(v))) => Ok(v),
-        Ok(Ok(Err(e))) => Err(etcd_err(what, e)),
-        Ok(Err(_)) => Err(etcd_err(
-            what,
-            format!("no answer within {} ms", timeout.as_millis()),
-        )),
-        Err(_) => Err(etcd_err(what, "client runtime stopped")),
-    }
+    answer.unwrap_or_else(|_| Err(etcd_err(what, "client runtime stopped")))
 }
 
 impl Etcd {
@@ -130,11 +167,23 @@ impl Etcd {
             options = options.with_tls(tls);
         }
         let endpoints = opts.endpoints.join(",");
-        let eps = opts.endpoints.clone();
-        let client = run_on(&runtime, opts.timeout, "connect", async move {
-            Client::connect(eps, Some(options)).await
+        let (eps, connect_with, timeout) = (opts.endpoints.clone(), options.clone(), opts.timeout);
+        let client = run_on(&runtime, "connect", async move {
+            tokio::time::timeout(timeout, Client::connect(eps, Some(connect_with)))
+                .await
+                .map_err(|_| Failure::Timeout)
+                .and_then(|r| r.map_err(Failure::Etcd))
+                .map_err(|f| f.into_store("connect", timeout))
         })
         .map_err(|e| StoreError::Db(format!("{endpoints}: {e}")))?;
+        if opts.endpoints.len() > 1 {
+            runtime.spawn(watch_members(
+                client.clone(),
+                opts.endpoints.clone(),
+                options,
+                opts.timeout.min(etcd_members::PROBE_EVERY),
+            ));
+        }
         let etcd = Etcd {
             runtime: Some(runtime),
             client,
@@ -147,41 +196,48 @@ impl Etcd {
         Ok(etcd)
     }
 
-    fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    fn run<T, R, F, Fut>(&self, what: &str, request: R, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(Client) -> Fut,
+        R: Clone + Send + 'static,
+        F: Fn(Client, R) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| etcd_err(what, "client closed"))?;
-        run_on(runtime, self.timeout, what, f(self.client.clone()))
+        let (client, timeout, name) = (self.client.clone(), self.timeout, what.to_string());
+        run_on(runtime, what, async move {
+            retrying(client, timeout, request, f)
+                .await
+                .map_err(|e| e.into_store(&name, timeout))
+        })
     }
 
     /// Runs an async etcd call on the client's own runtime and awaits it
     /// from any runtime, at most the request timeout: cluster coordination
     /// (locks, the shared budget, node heartbeats) is async, unlike the
-    /// record interface.
-    pub(crate) async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    /// record interface. A call that never reached etcd is sent again, as
+    /// in [`StoreBackend`] calls.
+    pub(crate) async fn call<T, R, F, Fut>(
+        &self,
+        what: &str,
+        request: R,
+        f: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(Client) -> Fut,
+        R: Clone + Send + 'static,
+        F: Fn(Client, R) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         let handle = self
             .handle()
             .ok_or_else(|| etcd_err(what, "client closed"))?;
-        let fut = f(self.client.clone());
-        let task = handle.spawn(tokio::time::timeout(self.timeout, fut));
+        let task = handle.spawn(retrying(self.client.clone(), self.timeout, request, f));
         match task.await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(etcd_err(what, e)),
-            Ok(Err(_)) => Err(etcd_err(
-                what,
-                format!("no answer within {} ms", self.timeout.as_millis()),
-            )),
+            Ok(r) => r.map_err(|e| e.into_store(what, self.timeout)),
             Err(_) => Err(etcd_err(what, "client runtime stopped")),
         }
     }
@@ -226,7 +282,11 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 impl StoreBackend for Etcd {
     fn get(&self, table: Table, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.key(table, name);
-        let mut resp = self.run("get", |mut c| async move { c.get(key, None).await })?;
+        let mut resp = self.run(
+            "get",
+            key,
+            |mut c, key| async move { c.get(key, None).await },
+        )?;
         Ok(resp
             .take_kvs()
             .into_iter()
@@ -236,13 +296,15 @@ impl StoreBackend for Etcd {
 
     fn put(&self, table: Table, name: &str, value: &[u8]) -> Result<(), StoreError> {
         let (key, value) = (self.key(table, name), value.to_vec());
-        self.run("put", |mut c| async move { c.put(key, value, None).await })
-            .map(|_| ())
+        self.run("put", (key, value), |mut c, (key, value)| async move {
+            c.put(key, value, None).await
+        })
+        .map(|_| ())
     }
 
     fn put_if_absent(&self, table: Table, name: &str, value: &[u8]) -> Result<bool, StoreError> {
         let (key, value) = (self.key(table, name), value.to_vec());
-        let resp = self.run("create", |mut c| async move {
+        let resp = self.run("create", (key, value), |mut c, (key, value)| async move {
             let txn = Txn::new()
                 .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key, value, None)]);
@@ -257,7 +319,7 @@ impl StoreBackend for Etcd {
                 .iter()
                 .map(|(name, value)| TxnOp::put(self.key(table, name), value.clone(), None))
                 .collect();
-            self.run("txn", |mut c| async move {
+            self.run("txn", ops, |mut c, ops| async move {
                 c.txn(Txn::new().and_then(ops)).await
             })?;
         }
@@ -271,7 +333,7 @@ impl StoreBackend for Etcd {
         let mut out = Vec::new();
         loop {
             let (from, to) = (start.clone(), end.clone());
-            let mut resp = self.run("list", |mut c| async move {
+            let mut resp = self.run("list", (from, to), |mut c, (from, to)| async move {
                 c.get(
                     from,
                     Some(GetOptions::new().with_range(to).with_limit(PAGE)),
@@ -300,13 +362,15 @@ impl StoreBackend for Etcd {
 
     fn delete(&self, table: Table, name: &str) -> Result<(), StoreError> {
         let key = self.key(table, name);
-        self.run("delete", |mut c| async move { c.delete(key, None).await })
-            .map(|_| ())
+        self.run("delete", key, |mut c, key| async move {
+            c.delete(key, None).await
+        })
+        .map(|_| ())
     }
 
     fn count(&self, table: Table) -> Result<u64, StoreError> {
         let prefix = self.table_prefix(table);
-        let resp = self.run("count", |mut c| async move {
+        let resp = self.run("count", prefix, |mut c, prefix| async move {
             c.get(
                 prefix,
                 Some(GetOptions::new().with_prefix().with_count_only()),

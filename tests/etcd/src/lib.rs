@@ -302,6 +302,26 @@ impl EtcdCluster {
         }
     }
 
+    /// Stops member `i` without closing its sockets (SIGSTOP): connections
+    /// to it open and then hear nothing, as with a host gone silent or cut
+    /// off by a partition.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a frozen member run again (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        if let Some(child) = &self.members[i].child {
+            let _ = std::process::Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Starts member `i` again on its data and waits until it is healthy.
     pub fn restart(&mut self, i: usize) -> Result<(), EtcdError> {
         self.kill(i);
