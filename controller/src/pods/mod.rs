@@ -175,6 +175,15 @@ impl PodIndex {
         map.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
+    /// Whether the pod `namespace/name` with this UID is bound to `node`
+    /// and not finished (a heartbeat's question, asked without copying
+    /// the pod).
+    pub fn runs_on(&self, namespace: &str, name: &str, uid: &str, node: &str) -> bool {
+        let map = crate::locks::read(&self.pods);
+        map.get(&(namespace.to_string(), name.to_string()))
+            .is_some_and(|p| p.uid == uid && p.node_name == node && !p.finished)
+    }
+
     /// Adds or replaces one pod (a watch event).
     pub fn upsert(&self, pod: PodInfo) {
         let mut map = crate::locks::write(&self.pods);
