@@ -14,6 +14,13 @@ pub struct Embedded {
     path: PathBuf,
 }
 
+/// redb's page cache (its default is 1 GiB). The controller reads its
+/// records into memory at start (issued volumes) or caches what it issues
+/// (keytabs, tickets), so pages are rarely read twice: a small cache keeps
+/// the controller's memory proportional to what it indexes, not to the
+/// file (which the kernel's page cache still holds).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 fn definition(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(table.name())
 }
@@ -22,7 +29,10 @@ impl Embedded {
     /// Opens (or creates) the file and every table in it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Db(format!("{}: {e}", path.display()));
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| err(&e))?;
         let tx = db.begin_write().map_err(|e| err(&e))?;
         for t in Table::ALL {
             tx.open_table(definition(t)).map_err(|e| err(&e))?;

@@ -10,7 +10,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::intern::Interner;
 use crate::locks::{lock, read, write};
+use kept::KeptVolume;
+
+mod kept;
 use crate::store::{Store, StoreError, Table};
 
 /// One volume's record.
@@ -85,31 +89,41 @@ pub struct Issued {
     wake: mpsc::UnboundedSender<()>,
 }
 
-/// Every record, by volume id and by node; pod UIDs with a revoked volume
-/// (a node cannot get around a revocation by naming another volume id).
+/// Every record, by volume id and by node (the id shared by both, each
+/// record kept compact: [`kept`]); pod UIDs with a revoked volume (a node
+/// cannot get around a revocation by naming another volume id).
 #[derive(Default)]
 struct View {
-    by_id: HashMap<String, VolumeRecord>,
-    by_node: HashMap<String, BTreeSet<String>>,
+    by_id: HashMap<Arc<str>, KeptVolume>,
+    by_node: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
     revoked_pods: HashSet<String>,
+    names: Interner,
 }
 
 impl View {
-    fn insert(&mut self, rec: VolumeRecord) {
+    fn insert(&mut self, rec: &VolumeRecord) {
         if rec.revoked {
             self.revoked_pods.insert(rec.pod_uid.clone());
         }
-        if let Some(old) = self.by_id.get(&rec.volume_id)
-            && old.node != rec.node
-        {
-            let (node, id) = (old.node.clone(), old.volume_id.clone());
-            self.unindex(&node, &id);
-        }
+        let kept = KeptVolume::keep(rec, &mut self.names);
+        let previous = self
+            .by_id
+            .get_key_value(rec.volume_id.as_str())
+            .map(|(id, old)| (Arc::clone(id), Arc::clone(&old.node)));
+        let id = match previous {
+            Some((id, node)) => {
+                if node != kept.node {
+                    self.unindex(&node, &id);
+                }
+                id
+            }
+            None => Arc::from(rec.volume_id.as_str()),
+        };
         self.by_node
-            .entry(rec.node.clone())
+            .entry(Arc::clone(&kept.node))
             .or_default()
-            .insert(rec.volume_id.clone());
-        self.by_id.insert(rec.volume_id.clone(), rec);
+            .insert(Arc::clone(&id));
+        self.by_id.insert(id, kept);
     }
 
     fn remove(&mut self, volume_id: &str) {
@@ -125,6 +139,10 @@ impl View {
                 self.by_node.remove(node);
             }
         }
+    }
+
+    fn record(&self, volume_id: &str) -> Option<VolumeRecord> {
+        self.by_id.get(volume_id).map(|k| k.record(volume_id))
     }
 }
 
@@ -157,7 +175,7 @@ impl View {
     fn revoke_pods(&mut self, uids: impl IntoIterator<Item = String>) {
         for uid in uids {
             if self.revoked_pods.insert(uid.clone()) {
-                for rec in self.by_id.values_mut().filter(|r| r.pod_uid == uid) {
+                for rec in self.by_id.values_mut().filter(|r| *r.pod_uid == *uid) {
                     rec.revoked = true;
                 }
             }
@@ -172,7 +190,7 @@ impl Issued {
     pub fn new(store: Arc<Store>, shared: bool) -> Result<Self, StoreError> {
         let mut view = View::default();
         for (_, rec, _) in store.list::<VolumeRecord>(Table::Volumes)? {
-            view.insert(rec);
+            view.insert(&rec);
         }
         let revoked = store.list::<RevokedPod>(Table::Revocations)?;
         view.revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));
@@ -262,11 +280,14 @@ impl Issued {
     pub fn put(&self, rec: &VolumeRecord) -> Result<(), PutError> {
         let mut view = write(&self.view);
         let revoked = view.revoked_pods.contains(&rec.pod_uid)
-            || view.by_id.get(&rec.volume_id).is_some_and(|r| r.revoked);
+            || view
+                .by_id
+                .get(rec.volume_id.as_str())
+                .is_some_and(|r| r.revoked);
         if revoked && !rec.revoked {
             return Err(PutError::Revoked(rec.volume_id.clone()));
         }
-        view.insert(rec.clone());
+        view.insert(rec);
         lock(&self.pending).insert(rec.volume_id.clone(), rec.clone());
         drop(view);
         let _ = self.wake.send(());
@@ -287,7 +308,7 @@ impl Issued {
         };
         self.store.put(Table::Revocations, &r.pod_uid, &pod, b"")?;
         pending.remove(&r.volume_id);
-        view.insert(r);
+        view.insert(&r);
         Ok(())
     }
 
@@ -299,7 +320,7 @@ impl Issued {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|id| view.by_id.get(id).cloned())
+            .filter_map(|id| view.record(id))
             .collect())
     }
 
@@ -311,12 +332,12 @@ impl Issued {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|id| view.by_id.get(id))
-            .map(|r| Placement {
-                volume_id: Arc::from(r.volume_id.as_str()),
-                namespace: Arc::from(r.namespace.as_str()),
-                pod: Arc::from(r.pod.as_str()),
-                pod_uid: Arc::from(r.pod_uid.as_str()),
+            .filter_map(|id| Some((id, view.by_id.get(id)?)))
+            .map(|(id, r)| Placement {
+                volume_id: Arc::clone(id),
+                namespace: Arc::clone(&r.namespace),
+                pod: Arc::clone(&r.pod),
+                pod_uid: Arc::clone(&r.pod_uid),
                 revoked: r.revoked,
             })
             .collect()
@@ -325,7 +346,7 @@ impl Issued {
     /// One volume's record, as this controller knows it (for heartbeats:
     /// no store access).
     pub fn known(&self, volume_id: &str) -> Option<VolumeRecord> {
-        read(&self.view).by_id.get(volume_id).cloned()
+        read(&self.view).record(volume_id)
     }
 
     /// One volume's record. With a shared store, the store's record wins
@@ -342,7 +363,7 @@ impl Issued {
             .map(|r| r.meta);
         match stored {
             Some(s) if s.revoked || local.is_none() => {
-                write(&self.view).insert(s.clone());
+                write(&self.view).insert(&s);
                 Ok(Some(s))
             }
             _ => Ok(local),
@@ -360,7 +381,11 @@ impl Issued {
 
     /// Every volume record, by volume id.
     pub fn all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
-        let mut v: Vec<VolumeRecord> = read(&self.view).by_id.values().cloned().collect();
+        let mut v: Vec<VolumeRecord> = read(&self.view)
+            .by_id
+            .iter()
+            .map(|(id, k)| k.record(id))
+            .collect();
         v.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
         Ok(v)
     }
@@ -370,26 +395,26 @@ impl Issued {
         read(&self.view)
             .by_node
             .iter()
-            .map(|(n, ids)| (n.clone(), ids.len()))
+            .map(|(n, ids)| (n.to_string(), ids.len()))
             .collect()
     }
 
     /// Volumes whose keytab holds `principal`.
     pub fn holding_principal(&self, principal: &str) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self.matching(|v| v.keytabs.contains(principal)))
+        Ok(self.matching(|v| v.keytabs.iter().any(|p| &**p == principal)))
     }
 
     /// Volumes holding key ring `id`.
     pub fn holding_key(&self, id: &str) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self.matching(|v| v.keys.contains(id)))
+        Ok(self.matching(|v| v.keys.iter().any(|k| &**k == id)))
     }
 
-    fn matching(&self, wanted: impl Fn(&VolumeRecord) -> bool) -> Vec<VolumeRecord> {
+    fn matching(&self, wanted: impl Fn(&KeptVolume) -> bool) -> Vec<VolumeRecord> {
         read(&self.view)
             .by_id
-            .values()
-            .filter(|v| !v.revoked && wanted(v))
-            .cloned()
+            .iter()
+            .filter(|(_, v)| !v.revoked && wanted(v))
+            .map(|(id, v)| v.record(id))
             .collect()
     }
 }
