@@ -11,6 +11,7 @@ pub mod ha;
 pub mod kube;
 pub mod kubelet;
 pub mod procs;
+pub mod scale;
 pub mod stack;
 pub mod storm;
 

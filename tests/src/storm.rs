@@ -146,7 +146,6 @@ pub async fn run_storm(cfg: StormConfig) -> anyhow::Result<(StormReport, Stack)>
 
     let lines = stack.realm.kadmind_extractions(None)?;
     let mut extractions = BTreeMap::new();
-    let mut per_second: BTreeMap<u32, usize> = BTreeMap::new();
     for line in &lines {
         if let Some(p) = principals
             .iter()
@@ -154,37 +153,60 @@ pub async fn run_storm(cfg: StormConfig) -> anyhow::Result<(StormReport, Stack)>
         {
             *extractions.entry(p.clone()).or_insert(0) += 1;
         }
+    }
+    let budget = kadmind_budget(&lines, cfg.rate, cfg.burst);
+    let report = StormReport {
+        peak_per_second: budget.peak_per_second,
+        config: cfg,
+        failures,
+        extractions,
+        budget_violations: budget.violations,
+        all_mounted,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    };
+    Ok((report, stack))
+}
+
+/// How kadmind's extractions spread over time, against a budget.
+#[derive(Debug, Clone, Default)]
+pub struct BudgetCheck {
+    /// Most extractions logged in any one second.
+    pub peak_per_second: usize,
+    /// Windows of whole seconds whose count beat `burst + rate * len`.
+    pub violations: Vec<String>,
+}
+
+/// Checks kadmind's extraction log lines
+/// ([`kcred_testrealm::Realm::kadmind_extractions`]) against a budget of
+/// `rate` per second after a `burst`.
+pub fn kadmind_budget(lines: &[String], rate: u32, burst: u32) -> BudgetCheck {
+    let mut per_second: BTreeMap<u32, usize> = BTreeMap::new();
+    for line in lines {
         if let Some(s) = log_second(line) {
             *per_second.entry(s).or_insert(0) += 1;
         }
     }
-    let mut budget_violations = Vec::new();
+    let mut violations = Vec::new();
     if let (Some(&first), Some(&last)) = (per_second.keys().next(), per_second.keys().last()) {
         for a in first..=last {
             for b in a..=last {
                 let count: usize = per_second.range(a..=b).map(|(_, c)| c).sum();
                 // Events in whole seconds a..=b happened within less than
                 // (b - a + 1) seconds.
-                let allowed = cfg.burst as usize + cfg.rate as usize * (b - a + 1) as usize;
+                let allowed = burst as usize + rate as usize * (b - a + 1) as usize;
                 if count > allowed {
-                    budget_violations.push(format!(
+                    violations.push(format!(
                         "{count} extractions in seconds {a}..={b}, budget {allowed}"
                     ));
                 }
             }
         }
     }
-    let report = StormReport {
+    BudgetCheck {
         peak_per_second: per_second.values().copied().max().unwrap_or(0),
-        config: cfg,
-        failures,
-        extractions,
-        budget_violations,
-        all_mounted,
-        p50: pct(0.50),
-        p99: pct(0.99),
-    };
-    Ok((report, stack))
+        violations,
+    }
 }
 
 /// Unmounts every volume the storm mounted (the stack's Drop would too).

@@ -1,0 +1,474 @@
+//! The scale simulation: 10,000 nodes, 100,000 pods, 1,000 distinct
+//! credentials behind a KDC budget of 100/s, on one real controller
+//! process (MIT KDC and kadmind, TLS, audit, store). Simulated nodes speak
+//! the real node API on loopback, each over its own TLS connection with
+//! its own client certificate (see `kcred_tests::scale`); they mount
+//! nothing (a fetch is the controller's side of a publish). Prints each
+//! phase beside its floor or goal; asserts nothing about time.
+//!
+//! `cargo bench -p kcred-tests --bench scale` (release build; no root
+//! needed). `-- --quick` (or `KCRED_BENCH_QUICK=1`) runs a small version
+//! in well under a minute: CI's smoke run. `--nodes N --pods N
+//! --credentials N --rate N --window SECS` change the shape.
+//!
+//! The process re-executes itself as the TLS echo server
+//! (`--echo-server DIR`), so the floor's CPU is measured alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kcred_proto::kcred::v1::HeartbeatRequest;
+use kcred_tests::bench::stats::{Table, ms, pct, ratio, us};
+use kcred_tests::bench::{echo, load, procstat};
+use kcred_tests::scale::{ScaleConfig, ScaleStack, SimNode};
+use kcred_tests::storm::kadmind_budget;
+use tokio::sync::Semaphore;
+
+const FULL: ScaleConfig = ScaleConfig {
+    nodes: 10_000,
+    pods: 100_000,
+    credentials: 1_000,
+    rate: 100,
+    burst: 10,
+    heartbeat_every: Duration::from_secs(10),
+};
+
+const QUICK: ScaleConfig = ScaleConfig {
+    nodes: 100,
+    pods: 1_000,
+    credentials: 20,
+    rate: 10,
+    burst: 5,
+    heartbeat_every: Duration::from_secs(10),
+};
+
+/// Nodes connecting (and making their first, authenticating call) at once.
+const JOINING_AT_ONCE: usize = 32;
+/// Fetches in flight at once (every node's pods start together, bounded).
+const FETCHES_AT_ONCE: usize = 2_000;
+/// Tries of a fetch refused for a transient reason (the driver retries).
+const FETCH_TRIES: usize = 40;
+/// The controller's RSS goal.
+const RSS_GOAL: u64 = 300 * 1024 * 1024;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    if let Some(dir) = after("--echo-server") {
+        return rt.block_on(echo_server(Path::new(&dir)));
+    }
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var_os("KCRED_BENCH_QUICK").is_some_and(|v| v != "0");
+    let mut cfg = if quick { QUICK } else { FULL };
+    let num = |flag: &str| -> anyhow::Result<Option<usize>> {
+        after(flag)
+            .map(|v| v.parse().with_context(|| format!("{flag} {v}")))
+            .transpose()
+    };
+    cfg.nodes = num("--nodes")?.unwrap_or(cfg.nodes).max(1);
+    cfg.pods = num("--pods")?.unwrap_or(cfg.pods).max(1);
+    cfg.credentials = num("--credentials")?.unwrap_or(cfg.credentials).max(1);
+    cfg.rate = num("--rate")?.map_or(cfg.rate, |r| r.max(1) as u32);
+    let window = Duration::from_secs(num("--window")?.unwrap_or(if quick { 10 } else { 30 }) as u64);
+    raise_fd_limit();
+    rt.block_on(bench(&cfg, window, quick))
+}
+
+/// Each simulated node holds a socket here: lift the soft limit to the
+/// hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// A helper process killed on drop.
+struct Helper(Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn echo_server(dir: &Path) -> anyhow::Result<()> {
+    let (cert, key) = echo::self_signed()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    std::fs::write(dir.join("echo.crt"), &cert)?;
+    std::fs::write(
+        dir.join("echo.addr.tmp"),
+        listener.local_addr()?.to_string(),
+    )?;
+    std::fs::rename(dir.join("echo.addr.tmp"), dir.join("echo.addr"))?;
+    echo::serve(listener, &cert, &key).await
+}
+
+/// The floor of a heartbeat: the echo process's CPU per empty unary call
+/// over TLS, `calls` calls over 16 connections.
+async fn echo_cpu_per_call(dir: &Path, calls: usize) -> anyhow::Result<Duration> {
+    let exe: PathBuf = std::env::current_exe().context("current_exe")?;
+    let child = Command::new(exe)
+        .arg("--echo-server")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let helper = Helper(child);
+    let pid = i32::try_from(helper.0.id()).unwrap_or(i32::MAX);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("echo.addr").exists() {
+        if Instant::now() > deadline {
+            bail!("echo server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addr = std::fs::read_to_string(dir.join("echo.addr"))?;
+    let cert = std::fs::read_to_string(dir.join("echo.crt"))?;
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let mut c = echo::client(&addr, &cert).await?;
+        c.heartbeat(HeartbeatRequest::default()).await?;
+        clients.push(c);
+    }
+    let cpu0 = procstat::cpu(pid)?;
+    let out = load::concurrent(clients, calls.div_ceil(16), |mut c, _, _| async move {
+        c.heartbeat(HeartbeatRequest::default()).await?;
+        anyhow::Ok(())
+    })
+    .await?;
+    let cpu = procstat::cpu(pid)?.saturating_sub(cpu0);
+    Ok(cpu / out.latencies.len().max(1) as u32)
+}
+
+/// The controller's CPU per second of wall time over `window`.
+async fn cpu_rate(pid: i32, window: Duration) -> anyhow::Result<f64> {
+    let c0 = procstat::cpu(pid)?;
+    tokio::time::sleep(window).await;
+    Ok(procstat::cpu(pid)?.saturating_sub(c0).as_secs_f64() / window.as_secs_f64())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Every node's first call (a heartbeat holding nothing), `JOINING_AT_ONCE`
+/// at a time: each opens its TLS connection and is first seen.
+async fn join(nodes: &[SimNode]) -> anyhow::Result<(Duration, usize)> {
+    let gate = Arc::new(Semaphore::new(JOINING_AT_ONCE));
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for n in nodes {
+        let (gate, client) = (Arc::clone(&gate), n.client.clone());
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            client.heartbeat(vec![]).await.is_ok()
+        });
+    }
+    let mut failed = 0;
+    while let Some(ok) = set.join_next().await {
+        failed += usize::from(!ok?);
+    }
+    Ok((t.elapsed(), failed))
+}
+
+/// What fetching every volume took.
+struct Fetched {
+    all: Duration,
+    failed: usize,
+    retried: usize,
+    latencies: Vec<Duration>,
+}
+
+/// Every node's pods start at once (at most `FETCHES_AT_ONCE` fetches in
+/// flight); a fetch refused for a transient reason (the KDC queue full,
+/// the budget) is tried again as the driver would.
+async fn fetch_all(nodes: &[SimNode]) -> anyhow::Result<Fetched> {
+    let gate = Arc::new(Semaphore::new(FETCHES_AT_ONCE));
+    let retried = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for n in nodes {
+        for v in &n.volumes {
+            let (gate, client, v) = (Arc::clone(&gate), n.client.clone(), v.clone());
+            let retried = Arc::clone(&retried);
+            set.spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                let started = Instant::now();
+                for _ in 0..FETCH_TRIES {
+                    match client.fetch_bundle(v.pod.clone(), &v.volume_id, false).await {
+                        Ok(_) => return (true, started.elapsed()),
+                        Err(e) if e.is_transient() => {
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Err(e) => {
+                            eprintln!("fetch {}: {e}", v.volume_id);
+                            return (false, started.elapsed());
+                        }
+                    }
+                }
+                (false, started.elapsed())
+            });
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    while let Some(done) = set.join_next().await {
+        let (ok, latency) = done?;
+        failed += usize::from(!ok);
+        latencies.push(latency);
+    }
+    Ok(Fetched {
+        all: t.elapsed(),
+        failed,
+        retried: retried.load(Ordering::Relaxed),
+        latencies,
+    })
+}
+
+/// What a window of heartbeats did.
+struct Beats {
+    sent: usize,
+    failed: usize,
+    /// Answers telling a node to wipe a volume (none expected: every pod
+    /// runs where it is).
+    wipes: usize,
+    latencies: Vec<Duration>,
+}
+
+/// Every node heartbeats every `every` with the volumes it holds, spread
+/// evenly over the interval, until `window` ends.
+async fn heartbeats(nodes: &[SimNode], every: Duration, window: Duration) -> anyhow::Result<Beats> {
+    let start = tokio::time::Instant::now();
+    let end = start + window;
+    let count = nodes.len().max(1) as u32;
+    let mut set = tokio::task::JoinSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let client = n.client.clone();
+        let held: Vec<String> = n.volumes.iter().map(|v| v.volume_id.clone()).collect();
+        let first = start + every * (i as u32) / count;
+        set.spawn(async move {
+            let mut out = Beats {
+                sent: 0,
+                failed: 0,
+                wipes: 0,
+                latencies: Vec::new(),
+            };
+            let mut next = first;
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                let t = Instant::now();
+                match client.heartbeat(held.clone()).await {
+                    Ok(a) => {
+                        out.wipes += a.stale_volume_ids.len() + a.revoked_volume_ids.len();
+                        out.latencies.push(t.elapsed());
+                    }
+                    Err(_) => out.failed += 1,
+                }
+                out.sent += 1;
+                next += every;
+            }
+            out
+        });
+    }
+    let mut all = Beats {
+        sent: 0,
+        failed: 0,
+        wipes: 0,
+        latencies: Vec::new(),
+    };
+    while let Some(done) = set.join_next().await {
+        let b = done?;
+        all.sent += b.sent;
+        all.failed += b.failed;
+        all.wipes += b.wipes;
+        all.latencies.extend(b.latencies);
+    }
+    Ok(all)
+}
+
+async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Result<()> {
+    println!(
+        "kcred scale simulation ({}): {} nodes, {} pods, {} distinct credentials, KDC budget {}/s (burst {})",
+        if quick { "quick smoke run" } else { "full run" },
+        cfg.nodes,
+        cfg.pods,
+        cfg.credentials,
+        cfg.rate,
+        cfg.burst
+    );
+    println!(
+        "simulated nodes speak the real node API (FetchBundle, Heartbeat) over TLS, one connection and one client certificate each; they mount nothing: a fetch is the controller's side of a publish"
+    );
+    let work = tempfile::tempdir()?;
+    let echo_cpu = echo_cpu_per_call(work.path(), if quick { 500 } else { 5_000 }).await?;
+
+    let stack = ScaleStack::start(cfg).await?;
+    let pid = stack.controller_pid()?;
+    println!(
+        "set-up: realm with {} principals {}, {} node certificates {}, controller start with {} pods {}",
+        cfg.credentials + 1,
+        secs(stack.setup.realm),
+        cfg.nodes,
+        secs(stack.setup.certificates),
+        cfg.pods,
+        secs(stack.setup.controller)
+    );
+    let rss_started = procstat::rss(pid)?;
+    let nodes = stack.nodes();
+
+    let (joined, join_failed) = join(nodes).await?;
+    println!(
+        "phase 1, nodes join: {} nodes made their first call in {} ({} failed)",
+        nodes.len(),
+        secs(joined),
+        join_failed
+    );
+    let rss_joined = procstat::rss(pid)?;
+
+    let cpu0 = procstat::cpu(pid)?;
+    let mut fetched = fetch_all(nodes).await?;
+    let fetch_cpu = procstat::cpu(pid)?.saturating_sub(cpu0);
+    let extractions = stack.realm.kadmind_extractions(None)?;
+    let budget = kadmind_budget(&extractions, cfg.rate, cfg.burst);
+    println!(
+        "phase 2, fetch all: {} volumes in {} ({} failed, {} transient refusals retried), controller CPU {}",
+        cfg.pods,
+        secs(fetched.all),
+        fetched.failed,
+        fetched.retried,
+        secs(fetch_cpu)
+    );
+    // Let the write-behind of issued records settle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_fetched = procstat::rss(pid)?;
+    let idle = cpu_rate(pid, Duration::from_secs(3)).await?;
+
+    let cpu0 = procstat::cpu(pid)?;
+    let t = Instant::now();
+    let mut beats = heartbeats(nodes, cfg.heartbeat_every, window).await?;
+    let wall = t.elapsed();
+    let hb_cpu = procstat::cpu(pid)?.saturating_sub(cpu0);
+    let busy = hb_cpu.saturating_sub(Duration::from_secs_f64(idle * wall.as_secs_f64()));
+    let per_beat = busy / beats.sent.max(1) as u32;
+    println!(
+        "phase 3, heartbeats: {} heartbeats from {} nodes every {} over {} ({} failed, {} wipes asked); controller CPU {} (idle rate {:.1}% of a core)",
+        beats.sent,
+        nodes.len(),
+        secs(cfg.heartbeat_every),
+        secs(wall),
+        beats.failed,
+        beats.wipes,
+        secs(hb_cpu),
+        idle * 100.0
+    );
+    let rss_end = procstat::rss(pid)?;
+
+    println!();
+    let table = Table::start();
+    let ideal = Duration::from_secs_f64(cfg.credentials as f64 / f64::from(cfg.rate));
+    table.row(
+        &format!("time to fetch all {} volumes", cfg.pods),
+        &secs(fetched.all),
+        &format!("{} ideal (distinct / budget)", secs(ideal)),
+        &ratio(fetched.all.as_secs_f64(), ideal.as_secs_f64()),
+    );
+    table.row(
+        "  fetch latency p50 / p99",
+        &format!(
+            "{} / {}",
+            ms(pct(&mut fetched.latencies, 0.5)),
+            ms(pct(&mut fetched.latencies, 0.99))
+        ),
+        "",
+        "",
+    );
+    table.row(
+        "KDC extractions",
+        &extractions.len().to_string(),
+        &format!("{} distinct credentials", cfg.credentials),
+        &ratio(extractions.len() as f64, cfg.credentials as f64),
+    );
+    table.row(
+        "peak extractions in one second / budget violations",
+        &format!("{} / {}", budget.peak_per_second, budget.violations.len()),
+        &format!("{} allowed / 0", cfg.rate + cfg.burst),
+        "",
+    );
+    let share = busy.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+    table.row(
+        &format!(
+            "heartbeat CPU, {} nodes every {}, share of one core",
+            nodes.len(),
+            secs(cfg.heartbeat_every)
+        ),
+        &format!("{:.2}%", share * 100.0),
+        "10% goal",
+        &ratio(share, 0.10),
+    );
+    table.row(
+        &format!("controller CPU per heartbeat ({} issued records)", cfg.pods),
+        &us(per_beat),
+        &format!("{} TLS echo; 50 µs goal", us(echo_cpu)),
+        &ratio(per_beat.as_secs_f64(), echo_cpu.as_secs_f64()),
+    );
+    table.row(
+        "  heartbeat latency p50 / p99",
+        &format!(
+            "{} / {}",
+            ms(pct(&mut beats.latencies, 0.5)),
+            ms(pct(&mut beats.latencies, 0.99))
+        ),
+        "",
+        "",
+    );
+    table.row(
+        "controller RSS at the end",
+        &mib(rss_end),
+        &format!("{} goal", mib(RSS_GOAL)),
+        &ratio(rss_end as f64, RSS_GOAL as f64),
+    );
+    table.row(
+        "  RSS: started with the pods / nodes joined / all fetched",
+        &format!(
+            "{} / {} / {}",
+            mib(rss_started),
+            mib(rss_joined),
+            mib(rss_fetched)
+        ),
+        "",
+        "",
+    );
+    table.row(
+        "controller memory per issued volume (RSS growth while fetching)",
+        &format!(
+            "{:.2} KiB",
+            rss_fetched.saturating_sub(rss_joined) as f64 / 1024.0 / cfg.pods as f64
+        ),
+        "2 KiB goal",
+        "",
+    );
+    if fetched.failed > 0 || join_failed > 0 || beats.failed > 0 {
+        println!(
+            "\n{} joins, {} fetches and {} heartbeats failed (see the controller log)",
+            join_failed, fetched.failed, beats.failed
+        );
+    }
+    drop(stack);
+    Ok(())
+}
