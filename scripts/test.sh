@@ -22,6 +22,10 @@ fi
 # processes, Kerberos, TLS, tmpfs); how fast is not checked. Needs root
 # for tmpfs, else it prints why it skipped.
 cargo bench -p kcred-tests --bench fast_path --profile dev -- --quick 2>&1 | tee -a "$log" || status=$?
+# The scale simulation's smoke run: 100 simulated nodes on the real node
+# API (TLS, a client certificate each) against the real controller and
+# realm; it checks the bench runs, not how fast. No root needed.
+cargo bench -p kcred-tests --bench scale --profile dev -- --quick 2>&1 | tee -a "$log" || status=$?
 # Deployment: the chart under the real Helm engine and Kubernetes schemas,
 # alert rules under promtool, container images built with buildah (root).
 tests/deploy/run.sh 2>&1 | tee -a "$log" || status=$?
