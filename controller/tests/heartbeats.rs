@@ -198,3 +198,23 @@ async fn a_heartbeat_among_a_hundred_thousand_other_records_weighs_only_its_own(
         ]
     );
 }
+
+/// A node's first call reserves its name in the store and is audited as a
+/// join, once: later calls find it in the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_first_seen_is_recorded_and_audited_once() {
+    let f = files();
+    let c = Running::start(&f.config).await;
+    heartbeat(&c, "node-7", &[]).await;
+    heartbeat(&c, "node-7", &["vol-run"]).await;
+    c.stop().await;
+    let joins = kcred_audit::query(&f.config.audit_log, &Default::default())
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == Action::NodeJoined && r.node == "node-7")
+        .count();
+    assert_eq!(joins, 1);
+    let store = f.store();
+    let nodes: Vec<(String, serde_json::Value, i64)> = store.list(Table::Nodes).unwrap();
+    assert!(nodes.iter().any(|(n, _, _)| n == "node-7"), "{nodes:?}");
+}

@@ -79,7 +79,8 @@ fn main() -> anyhow::Result<()> {
     cfg.pods = num("--pods")?.unwrap_or(cfg.pods).max(1);
     cfg.credentials = num("--credentials")?.unwrap_or(cfg.credentials).max(1);
     cfg.rate = num("--rate")?.map_or(cfg.rate, |r| r.max(1) as u32);
-    let window = Duration::from_secs(num("--window")?.unwrap_or(if quick { 10 } else { 30 }) as u64);
+    let window =
+        Duration::from_secs(num("--window")?.unwrap_or(if quick { 10 } else { 30 }) as u64);
     raise_fd_limit();
     rt.block_on(bench(&cfg, window, quick))
 }
@@ -210,7 +211,10 @@ async fn fetch_all(nodes: &[SimNode]) -> anyhow::Result<Fetched> {
                 let _permit = gate.acquire_owned().await;
                 let started = Instant::now();
                 for _ in 0..FETCH_TRIES {
-                    match client.fetch_bundle(v.pod.clone(), &v.volume_id, false).await {
+                    match client
+                        .fetch_bundle(v.pod.clone(), &v.volume_id, false)
+                        .await
+                    {
                         Ok(_) => return (true, started.elapsed()),
                         Err(e) if e.is_transient() => {
                             retried.fetch_add(1, Ordering::Relaxed);

@@ -313,7 +313,8 @@ impl ScaleStack {
                 .domain_name(CONTROLLER_HOST)
                 .identity(tonic::transport::Identity::from_pem(cert, &key));
             let name = node_name(i);
-            let client = ControllerClient::connect(&endpoint, &name, NodeIdentity::none(), Some(tls))?;
+            let client =
+                ControllerClient::connect(&endpoint, &name, NodeIdentity::none(), Some(tls))?;
             nodes.push(SimNode {
                 name,
                 client,

@@ -215,8 +215,11 @@ impl NodeApi {
         let Some(rejected) = rejected else {
             self.state.connections.authenticated(request.remote_addr());
             // Its host key stays reserved from now on, restarts included.
+            // A first sighting is written to the store (a commit): off the
+            // async workers, so a wave of new nodes does not stall calls.
             if names::validate_dns_name("node_name", node).is_ok()
-                && self.state.node_registry.remember(node)
+                && !self.state.node_registry.contains(node)
+                && self.remember(node).await
             {
                 let event = AuditEvent::new(Actor::Node(node.to_string()), Action::NodeJoined)
                     .with_place(node, "", "")
@@ -244,6 +247,14 @@ impl NodeApi {
             .record_refusal(request.remote_addr(), event, refusal.reason)
             .await;
         Err(refusal.into())
+    }
+
+    /// Records `node` in the registry; whether it was new.
+    async fn remember(&self, node: &str) -> bool {
+        let (state, name) = (Arc::clone(&self.state), node.to_string());
+        tokio::task::spawn_blocking(move || state.node_registry.remember(&name))
+            .await
+            .unwrap_or(false)
     }
 
     /// Records a refusal, then returns its status.
