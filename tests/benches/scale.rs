@@ -11,6 +11,9 @@
 //! in well under a minute: CI's smoke run. `--nodes N --pods N
 //! --credentials N --rate N --window SECS` change the shape.
 //!
+//! CPU is read from `/proc` in 10 ms ticks: the quick run's per-call
+//! figures are coarse (it checks the bench runs, not how fast).
+//!
 //! The process re-executes itself as the TLS echo server
 //! (`--echo-server DIR`), so the floor's CPU is measured alone.
 
@@ -456,6 +459,15 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
             mib(rss_fetched)
         ),
         "",
+        "",
+    );
+    table.row(
+        "controller memory per connected node (RSS growth while joining)",
+        &format!(
+            "{:.1} KiB",
+            rss_joined.saturating_sub(rss_started) as f64 / 1024.0 / nodes.len() as f64
+        ),
+        "-",
         "",
     );
     table.row(
