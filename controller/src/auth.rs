@@ -6,7 +6,9 @@
 //! A node proves itself once per connection: over TLS, the first call's
 //! token names the principal for the connection's lifetime
 //! ([`crate::listener::Connections::prove`]) and later calls on it are not
-//! checked again. That is as safe as a token per call: TLS binds every byte
+//! checked again; a client certificate's names are read from the
+//! certificate once per connection too (the TLS handshake verified it, and
+//! it cannot change while the connection lasts). That is as safe as a token per call: TLS binds every byte
 //! of the connection to the peer that completed the handshake, so a later
 //! call on it can only come from whoever sent the verified token, who could
 //! equally have minted another token; a token cannot be moved to another
@@ -22,6 +24,7 @@ use kcred_proto::kcred::v1::Reason;
 use tonic::Request;
 
 use crate::config::{AuthMode, AuthSection};
+use crate::listener::Proven;
 use crate::reasons::Refusal;
 
 /// An admin caller's role.
@@ -182,39 +185,36 @@ impl Auth {
         std::mem::replace(&mut *crate::locks::write(&self.directory), sets)
     }
 
-    /// Checks that the caller is the node it claims to be. `proven` is the
-    /// principal the caller's TLS connection already proved with a token,
-    /// if any (see the module docs). Returns the Kerberos principal the
-    /// call proved, for the connection to remember.
+    /// Checks that the caller is the node it claims to be. `proven` is what
+    /// the caller's TLS connection already proved (a principal from a
+    /// token, or its client certificate's names), if anything (see the
+    /// module docs). Returns what this call proved afresh, for the
+    /// connection to remember.
     pub fn node<T>(
         &self,
         request: &Request<T>,
         claimed: &str,
-        proven: Option<&str>,
-    ) -> Result<Option<String>, Rejected> {
+        proven: Option<&Proven>,
+    ) -> Result<Option<Proven>, Rejected> {
         let Some(acceptor) = &self.acceptor else {
             return Ok(None);
         };
-        if !has_token(request)
-            && let Some(cert) = peer_certificate(request)
-        {
-            // mTLS: the certificate's DNS name is the node's name.
-            let named =
-                |n: &String| n == claimed || (self.short && n.split('.').next() == Some(claimed));
-            return if cert.dns_names.iter().any(named) {
-                Ok(None)
-            } else {
-                Err(rejected(
-                    format!("cert:{}", cert.dns_names.join(",")),
-                    Reason::NodeMismatch,
-                    format!(
-                        "client certificate for {:?} may not speak for node {claimed:?}",
-                        cert.dns_names
-                    ),
-                ))
-            };
+        if !has_token(request) {
+            // mTLS: the certificate's DNS name is the node's name. The
+            // certificate is the connection's for its lifetime: read once.
+            if let Some(Proven::Certificate(names)) = proven {
+                return self.certificate_speaks_for(names, claimed).map(|()| None);
+            }
+            if let Some(cert) = peer_certificate(request) {
+                self.certificate_speaks_for(&cert.dns_names, claimed)?;
+                return Ok(Some(Proven::Certificate(cert.dns_names.into())));
+            }
         }
-        let caller = match proven {
+        let principal = match proven {
+            Some(Proven::Principal(p)) => Some(p),
+            _ => None,
+        };
+        let caller = match principal {
             Some(p) => kcred_auth::grpc::Caller(p.to_string()),
             None => authenticate(acceptor, request).map_err(|status| {
                 rejected(
@@ -242,7 +242,22 @@ impl Auth {
                 ),
             ));
         }
-        Ok(Some(caller.0))
+        Ok(principal.is_none().then_some(Proven::Principal(caller.0)))
+    }
+
+    /// Whether a client certificate naming `names` may speak for `claimed`.
+    fn certificate_speaks_for(&self, names: &[String], claimed: &str) -> Result<(), Rejected> {
+        let named =
+            |n: &String| n == claimed || (self.short && n.split('.').next() == Some(claimed));
+        if names.iter().any(named) {
+            Ok(())
+        } else {
+            Err(rejected(
+                format!("cert:{}", names.join(",")),
+                Reason::NodeMismatch,
+                format!("client certificate for {names:?} may not speak for node {claimed:?}"),
+            ))
+        }
     }
 
     /// Authenticates an admin caller and returns their principal and role.

@@ -43,6 +43,19 @@ use tonic::transport::server::Connected;
 
 use crate::locks::lock;
 
+/// What a call on a TLS connection proved, remembered for the
+/// connection's lifetime (see [`crate::auth`] for why that is as safe as
+/// checking every call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proven {
+    /// A Kerberos principal, from a verified token.
+    Principal(String),
+    /// The DNS names of the client certificate the connection's TLS
+    /// handshake verified (fixed for the connection: TLS 1.3 has no
+    /// renegotiation, and rustls supports none).
+    Certificate(Arc<[String]>),
+}
+
 /// The accept side's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct AcceptLimits {
@@ -60,8 +73,8 @@ struct Conn {
     authenticated: AtomicBool,
     /// Whether it may remember a proven principal (see [`Connections::admit`]).
     cacheable: bool,
-    /// The Kerberos principal a call on this connection proved (TLS only).
-    principal: std::sync::OnceLock<String>,
+    /// What a call on this connection proved (TLS only).
+    principal: std::sync::OnceLock<Proven>,
     closed: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
@@ -192,20 +205,20 @@ impl Connections {
         }
     }
 
-    /// Remembers that the TLS connection from `peer` proved `principal`:
-    /// the entry lives exactly as long as the connection (see
-    /// [`crate::auth`] for why that is as safe as a token per call).
-    pub fn prove(&self, peer: Option<SocketAddr>, principal: &str) {
+    /// Remembers what the TLS connection from `peer` proved: the entry
+    /// lives exactly as long as the connection (see [`crate::auth`] for why
+    /// that is as safe as a check per call).
+    pub fn prove(&self, peer: Option<SocketAddr>, proven: Proven) {
         let Some(peer) = peer else { return };
         if let Some(c) = lock(&self.table).open.get(&peer)
             && c.cacheable
         {
-            let _ = c.principal.set(principal.to_string());
+            let _ = c.principal.set(proven);
         }
     }
 
-    /// The principal the open connection from `peer` proved, if any.
-    pub fn proven(&self, peer: Option<SocketAddr>) -> Option<String> {
+    /// What the open connection from `peer` proved, if anything.
+    pub fn proven(&self, peer: Option<SocketAddr>) -> Option<Proven> {
         let peer = peer?;
         lock(&self.table)
             .open

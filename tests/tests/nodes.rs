@@ -533,9 +533,18 @@ async fn nodes_and_tools_without_a_keytab_can_use_client_certificates() {
         .await
         .expect_err("speaking for node-a");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let err = fetch(ch, on_a.clone(), NODE_B)
+    let err = fetch(ch.clone(), on_a.clone(), NODE_B)
         .await
         .expect_err("pod on node-a");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // The connection's certificate is read once and remembered: later
+    // calls on it are still node-b's, and only node-b's.
+    fetch(ch.clone(), on_b.clone(), NODE_B)
+        .await
+        .expect("node-b again on the same connection");
+    let err = fetch(ch, on_a.clone(), NODE_A)
+        .await
+        .expect_err("speaking for node-a later");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // A certificate from another CA does not even get a TLS session.

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::admission::{self, FetchFacts, Grant};
 use crate::bundle;
 use crate::issued::{PutError, VolumeRecord};
+use crate::listener::Proven;
 use crate::names;
 use crate::nodes::{heartbeat, loss};
 use crate::reasons::{Reasoned, Refusal, status_of};
@@ -191,20 +192,20 @@ impl NodeApi {
                     .get::<TlsConnectInfo<TcpConnectInfo>>()
                     .is_some();
                 let proven = tls.then(|| conns.proven(request.remote_addr())).flatten();
-                match self.state.auth.node(request, node, proven.as_deref()) {
-                    Ok(principal) => {
+                match self.state.auth.node(request, node, proven.as_ref()) {
+                    Ok(fresh) => {
                         // A token verified here must not have been accepted
                         // by another controller (shared replay entries);
-                        // calls on an already proven connection carry none
-                        // that was verified.
-                        if proven.is_none()
+                        // calls on a connection that proved a principal
+                        // carry none that was verified.
+                        if !matches!(proven, Some(Proven::Principal(_)))
                             && let Err(refusal) = self.state.refuse_replayed(request).await
                         {
                             self.state.count_refusal(refusal.reason);
                             return Err(refusal.into());
                         }
-                        if let Some(p) = principal.filter(|_| tls && proven.is_none()) {
-                            conns.prove(request.remote_addr(), &p);
+                        if let Some(p) = fresh.filter(|_| tls) {
+                            conns.prove(request.remote_addr(), p);
                         }
                         None
                     }
