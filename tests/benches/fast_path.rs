@@ -334,10 +334,8 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         .and_then(|p| p.pid())
         .map(|p| p.as_raw())
         .context("driver pid")?;
-    let pods: Vec<TestPod> = (0..=size.volumes)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack.set_pods(&pods.iter().collect::<Vec<_>>()).await?;
+    let pods = TestPod::web_replicas(size.volumes + 1, NODE_A);
+    stack.set_pod_list(&pods).await?;
     // The first publish extracts the keytab; the rest are warm.
     stack.kubelet().publish(&pods[0], "kcred").await?;
     let mut warm = Vec::with_capacity(size.volumes);

@@ -79,13 +79,8 @@ fn data_version(target: &Path) -> Option<PathBuf> {
 #[ignore = "needs root"]
 async fn rotation_reaches_every_mounted_volume_and_wait_ignores_unmounted_ones() {
     let mut stack = ProcStack::start("").await.expect("stack");
-    let pods: Vec<TestPod> = (0..20)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack
-        .set_pods(&pods.iter().collect::<Vec<_>>())
-        .await
-        .expect("pods");
+    let pods = TestPod::web_replicas(20, NODE_A);
+    stack.set_pod_list(&pods).await.expect("pods");
     let mut targets = Vec::new();
     for p in &pods {
         targets.push(stack.kubelet().publish(p, VOL).await.expect("publish"));
