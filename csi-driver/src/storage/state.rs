@@ -200,6 +200,11 @@ impl StateDir {
         Ok(dir)
     }
 
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `<hex sha256(volume_id)>.json`: safe for any id, including `../..`.
     fn path_for(&self, volume_id: &str) -> PathBuf {
         let digest = Sha256::digest(volume_id.as_bytes());

@@ -23,6 +23,7 @@ use super::scheduler::{self, Next, Schedule};
 use crate::config::DriverConfig;
 use crate::controller_client::ControllerClient;
 use crate::metrics::Metrics;
+use crate::storage::records::Records;
 use crate::storage::state::{Phase, PublishedVolume, StateDir};
 use crate::storage::tmpfs_medium::TmpfsMedium;
 use crate::storage::{Medium, StorageError};
@@ -40,7 +41,7 @@ const PARALLEL: usize = 32;
 pub struct VolumeManager {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: ControllerClient,
-    pub(crate) state: Arc<StateDir>,
+    pub(crate) state: Arc<Records>,
     pub(crate) medium: Arc<dyn Medium>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     schedule: Arc<Schedule>,
@@ -55,17 +56,21 @@ impl VolumeManager {
     pub fn for_node(cfg: &DriverConfig, client: ControllerClient) -> Result<Self, StorageError> {
         let state = StateDir::open(&cfg.state_dir)?;
         let medium = TmpfsMedium::new(cfg.tmpfs_size_bytes, cfg.state_dir.join("views"));
-        Ok(Self::new(client, state, Arc::new(medium)))
+        Self::new(client, state, Arc::new(medium))
     }
 
-    /// A manager over `state` and `medium`. Resumes at once what the state
-    /// directory records: each mounted volume's refresh deadline is
-    /// scheduled again.
-    pub fn new(client: ControllerClient, state: StateDir, medium: Arc<dyn Medium>) -> Self {
+    /// A manager over `state` and `medium`. Reads the state directory once
+    /// and resumes at once what it records: each mounted volume's refresh
+    /// deadline is scheduled again.
+    pub fn new(
+        client: ControllerClient,
+        state: StateDir,
+        medium: Arc<dyn Medium>,
+    ) -> Result<Self, StorageError> {
         let manager = VolumeManager {
             metrics: Metrics::new(),
             client,
-            state: Arc::new(state),
+            state: Arc::new(Records::load(state)?),
             medium,
             locks: Mutex::new(HashMap::new()),
             schedule: Arc::new(Schedule::new()),
@@ -74,20 +79,14 @@ impl VolumeManager {
             pod_tokens: Default::default(),
         };
         manager.resume();
-        manager
+        Ok(manager)
     }
 
     /// Restart recovery: the records say which volumes exist and when each
     /// is due; mounts survived the driver, so nothing is remounted here
     /// (kubelet's next republish finds and repairs what a reboot lost).
     fn resume(&self) {
-        let records = match self.state.list() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the state directory; nothing resumed");
-                return;
-            }
-        };
+        let records = self.state.all();
         self.metrics.mounted_volumes.set(records.len() as i64);
         for rec in &records {
             match &rec.phase {
@@ -276,12 +275,14 @@ impl VolumeManager {
     }
 
     /// Every volume this node holds (non-secret state).
-    pub async fn volumes(&self) -> Result<Vec<PublishedVolume>, VolumeError> {
-        let state = Arc::clone(&self.state);
-        tokio::task::spawn_blocking(move || state.list())
-            .await
-            .map_err(|e| VolumeError::Task(e.to_string()))?
-            .map_err(VolumeError::from)
+    pub fn volumes(&self) -> Vec<PublishedVolume> {
+        self.state.all()
+    }
+
+    /// The ids of every volume this node holds, as the heartbeat reports
+    /// them: from memory, the state directory is not read again.
+    pub fn held_ids(&self) -> Vec<String> {
+        self.state.ids()
     }
 
     /// This node's controller client.
@@ -296,6 +297,6 @@ impl VolumeManager {
 
     /// Whether the state directory is usable (for CSI Probe).
     pub fn ready(&self) -> bool {
-        self.state.list().is_ok()
+        self.state.usable()
     }
 }
