@@ -11,7 +11,9 @@ use kcred_controller::names::ServicePrincipal;
 use kcred_csi_driver::controller_client::{ControllerClient, ControllerError};
 use kcred_proto::kcred::v1::{PodRef, Reason};
 use kcred_tests::{DirectoryRealm, Kubelet, Stack, StackOptions, TestPod, wait_until};
-use kcred_testsamba::{DomainController, KCRED_BIND_DN, KCRED_OU, REALM, isolate_network};
+use kcred_testsamba::{
+    ADMIN_DN, DomainController, KCRED_BIND_DN, KCRED_OU, REALM, isolate_network,
+};
 use zeroize::Zeroizing;
 
 const VOL: &str = "kcred";
@@ -381,7 +383,11 @@ async fn an_account_shared_with_another_spn_or_outside_the_ou_is_refused_and_lef
         .await
         .expect_err("no account");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("no account"), "{}", err.message());
+    assert!(
+        err.message().contains("no account") && err.message().contains("accounts_ou"),
+        "the refusal says kcred creates no account without accounts_ou: {}",
+        err.message()
+    );
     assert_eq!(
         dc.key_version("db-outside").expect("kvno"),
         outside_before,
@@ -686,4 +692,193 @@ async fn an_operator_gains_and_loses_the_role_through_directory_group_membership
         "{audit}"
     );
     stack.shutdown().await.expect("shutdown");
+}
+
+/// The `[active_directory]` table letting kcred create service accounts in
+/// the OU, managed by the administrator.
+fn creating_section(dc: &DomainController) -> String {
+    format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\naccounts_ou = \"{KCRED_OU}\"\n\
+         accounts_manager = \"{ADMIN_DN}\"\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    )
+}
+
+/// The logon name of the one account holding `spn`, asserting there is
+/// exactly one, in the OU.
+fn only_account_holding(dc: &DomainController, spn: &str) -> String {
+    let holders = dc.accounts_holding(spn).expect("ldbsearch");
+    assert_eq!(
+        holders.len(),
+        1,
+        "exactly one account holds {spn}: {holders:?}"
+    );
+    let dn = &holders[0];
+    assert!(
+        dn.to_ascii_lowercase()
+            .ends_with(&format!(",{}", KCRED_OU.to_ascii_lowercase())),
+        "{dn} is in the OU"
+    );
+    dn.strip_prefix("CN=")
+        .and_then(|rest| rest.split(',').next())
+        .expect("a CN")
+        .to_string()
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_service_principal_nobody_created_gets_one_account_of_its_own_and_a_keytab_the_dc_accepts()
+ {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    assert!(dc.accounts_holding(SPN).expect("ldbsearch").is_empty());
+    let mut stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section: creating_section(&dc),
+            syncs_policy: false,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+
+    // Six pods at once need the new principal: one account is created.
+    let pods: Vec<TestPod> = (0..6)
+        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), "node-a", SPN))
+        .collect();
+    for p in &pods {
+        stack.add_pod(p);
+    }
+    let targets = futures_join_all(pods.iter().map(|p| stack.kubelet.publish(p, VOL))).await;
+
+    let account = only_account_holding(&dc, SPN);
+    let first = std::fs::read(targets[0].join("krb5.keytab")).expect("read");
+    for t in &targets {
+        assert_eq!(std::fs::read(t.join("krb5.keytab")).expect("read"), first);
+    }
+    let kvno = dc.key_version(&account).expect("kvno");
+    assert_eq!(kvnos(&targets[0].join("krb5.keytab")), vec![kvno]);
+    let attr = |name: &str| dc.attribute(&account, name).expect("samba-tool user show");
+    assert_eq!(
+        attr("msDS-SupportedEncryptionTypes"),
+        vec!["24"],
+        "AES only"
+    );
+    assert_eq!(
+        attr("userAccountControl"),
+        vec!["66048"],
+        "enabled, password never expires"
+    );
+    assert_eq!(attr("manager"), vec![ADMIN_DN.to_string()]);
+    assert_eq!(
+        attr("userPrincipalName"),
+        vec![format!("{account}@{REALM}")]
+    );
+    let out = kinit_with(
+        &dc,
+        &targets[0].join("krb5.keytab"),
+        &format!("{account}@{REALM}"),
+        "svc.cc",
+    );
+    assert!(
+        out.status.success(),
+        "kinit -k -t as the created account: {}",
+        text(&out)
+    );
+    let cache = admin_cache(&dc, "admin.cc");
+    let out = kvno_accepts(&dc, &cache, &targets[0].join("krb5.keytab"));
+    assert!(out.status.success(), "kvno -k: {}", text(&out));
+    let audit = audit_text(&stack);
+    assert_eq!(
+        audit.matches("created Active Directory account").count(),
+        1,
+        "one audit record of the creation: {audit}"
+    );
+
+    // A controller that lost its store (a restart on a new disk) finds the
+    // account it made and gives it new keys: still one account.
+    stack.stop_controller().await.expect("stop");
+    let fresh = stack.dir.path().join("fresh");
+    std::fs::create_dir_all(&fresh).expect("dir");
+    stack
+        .start_controller(
+            |cfg| {
+                cfg.store_path = Some(fresh.join("store.redb"));
+                cfg.audit_log = fresh.join("audit.log");
+            },
+            &[],
+        )
+        .await
+        .expect("restart");
+    let late = TestPod::with_keytabs("web", "web-late", "node-a", SPN);
+    stack.add_pod(&late);
+    let target = stack.kubelet.publish(&late, VOL).await.expect("publish");
+    assert_eq!(only_account_holding(&dc, SPN), account);
+    assert_eq!(dc.key_version(&account).expect("kvno"), kvno + 1);
+    let out = kinit_with(
+        &dc,
+        &target.join("krb5.keytab"),
+        &format!("{account}@{REALM}"),
+        "svc2.cc",
+    );
+    assert!(
+        out.status.success(),
+        "kinit after the restart: {}",
+        text(&out)
+    );
+    let audit = std::fs::read_to_string(fresh.join("audit.log")).unwrap_or_default();
+    assert!(
+        !audit.contains("created Active Directory account"),
+        "nothing created the second time: {audit}"
+    );
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn two_controllers_racing_to_create_one_principal_make_one_account() {
+    use kcred_controller::ad::{AdClient, AdConfig};
+    use kcred_controller::names::Principal;
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    let client = |name: &str| {
+        let cfg = AdConfig {
+            realm: REALM.to_string(),
+            ldap_url: dc.ldap_url(),
+            ca_file: dc.ca_cert_path(),
+            bind_dn: KCRED_BIND_DN.to_string(),
+            bind_password_file: dc.kcred_password_file(),
+            base_dn: KCRED_OU.to_string(),
+            accounts_ou: Some(KCRED_OU.to_string()),
+            accounts_manager: None,
+            krb5_config: Some(dc.krb5_conf_path()),
+            work_dir: dc.dir().join(name),
+            timeout: Duration::from_secs(10),
+            ldapsearch: "ldapsearch".into(),
+            ldapmodify: "ldapmodify".into(),
+            ktutil: "ktutil".into(),
+        };
+        let (audit, events) = tokio::sync::mpsc::unbounded_channel();
+        (AdClient::new(cfg, audit).expect("client"), events)
+    };
+    let (a, mut a_events) = client("a");
+    let (b, mut b_events) = client("b");
+    let principal = Principal::Service(ServicePrincipal::parse(SPN, REALM).expect("principal"));
+
+    let (ka, kb) = tokio::join!(a.new_keys(&principal), b.new_keys(&principal));
+
+    ka.expect("the first controller gets keys");
+    kb.expect("the second controller gets keys");
+    only_account_holding(&dc, SPN);
+    let created = [a_events.try_recv().is_ok(), b_events.try_recv().is_ok()];
+    assert_eq!(
+        created.iter().filter(|c| **c).count(),
+        1,
+        "exactly one of them created (and audited) the account: {created:?}"
+    );
 }
