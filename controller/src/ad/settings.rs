@@ -24,6 +24,13 @@ pub struct ActiveDirectorySection {
     pub bind_password_file: PathBuf,
     /// Subtree searched for served accounts.
     pub base_dn: String,
+    /// OU (within `base_dn`) where kcred creates an account for a service
+    /// principal no account holds; absent, the administrator creates them.
+    #[serde(default)]
+    pub accounts_ou: Option<String>,
+    /// DN written as the `manager` of the accounts kcred creates.
+    #[serde(default)]
+    pub accounts_manager: Option<String>,
     /// The `ldapsearch` binary.
     #[serde(default = "default_ldapsearch")]
     pub ldapsearch: PathBuf,
@@ -107,6 +114,18 @@ fn default_ktutil() -> PathBuf {
     PathBuf::from("ktutil")
 }
 
+/// Whether `dn` is `base` or below it (RDNs compared case-blind, spaces
+/// after commas ignored).
+fn within(dn: &str, base: &str) -> bool {
+    let rdns = |d: &str| -> Vec<String> {
+        d.split(',')
+            .map(|r| r.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let (dn, base) = (rdns(dn), rdns(base));
+    dn.len() >= base.len() && dn[dn.len() - base.len()..] == base[..]
+}
+
 impl ActiveDirectorySection {
     /// Refuses settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), String> {
@@ -122,6 +141,26 @@ impl ActiveDirectorySection {
                     "active_directory.{field}: {value:?} must be a one-line DN"
                 ));
             }
+        }
+        for (field, value) in [
+            ("accounts_ou", &self.accounts_ou),
+            ("accounts_manager", &self.accounts_manager),
+        ] {
+            if let Some(v) = value
+                && (v.is_empty() || v.contains(['\n', '\r', '\0']))
+            {
+                return Err(format!(
+                    "active_directory.{field}: {v:?} must be a one-line DN"
+                ));
+            }
+        }
+        if let Some(ou) = &self.accounts_ou
+            && !within(ou, &self.base_dn)
+        {
+            return Err(format!(
+                "active_directory.accounts_ou: {ou:?} must lie within base_dn {:?} (kcred finds accounts there)",
+                self.base_dn
+            ));
         }
         if let Some(sync) = &self.sync {
             if sync.base_dn.is_empty() || sync.base_dn.contains(['\n', '\r', '\0']) {
@@ -160,6 +199,8 @@ impl ActiveDirectorySection {
             bind_dn: self.bind_dn.clone(),
             bind_password_file: self.bind_password_file.clone(),
             base_dn: self.base_dn.clone(),
+            accounts_ou: self.accounts_ou.clone(),
+            accounts_manager: self.accounts_manager.clone(),
             krb5_config: cfg.krb5_config.clone(),
             work_dir: cfg.kadmin.work_dir.join("ad"),
             timeout: Duration::from_secs(cfg.kadmin.timeout_secs),
@@ -167,5 +208,47 @@ impl ActiveDirectorySection {
             ldapmodify: self.ldapmodify.clone(),
             ktutil: self.ktutil.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(extra: &str) -> ActiveDirectorySection {
+        toml::from_str(&format!(
+            "ldap_url = \"ldaps://dc\"\nca_file = \"/ca\"\nbind_dn = \"CN=k,DC=x\"\n\
+             bind_password_file = \"/pw\"\nbase_dn = \"OU=kcred,DC=x\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_accounts_ou_within_base_dn_is_accepted() {
+        assert!(
+            section("accounts_ou = \"OU=new, ou=Kcred,DC=x\"")
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            section("accounts_ou = \"OU=kcred,DC=x\"")
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_accounts_ou_outside_base_dn_is_refused_naming_the_field() {
+        let err = section("accounts_ou = \"OU=elsewhere,DC=x\"")
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.contains("accounts_ou") && err.contains("base_dn"),
+            "{err}"
+        );
+        let err = section("accounts_ou = \"OU=xkcred,DC=x\"")
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("accounts_ou"), "{err}");
     }
 }
