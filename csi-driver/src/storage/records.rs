@@ -72,10 +72,25 @@ impl Records {
     /// Stores `record` durably, unless it is exactly what is held already.
     /// Returns whether it was written.
     pub fn save(&self, record: &PublishedVolume) -> Result<bool> {
+        self.store(record, StateDir::save)
+    }
+
+    /// Stores a refreshed state of a recorded volume (see
+    /// [`StateDir::update`]), unless nothing changed. Returns whether it
+    /// was written.
+    pub fn update(&self, record: &PublishedVolume) -> Result<bool> {
+        self.store(record, StateDir::update)
+    }
+
+    fn store(
+        &self,
+        record: &PublishedVolume,
+        write: fn(&StateDir, &PublishedVolume) -> Result<()>,
+    ) -> Result<bool> {
         if lock(&self.held).get(&record.volume_id) == Some(record) {
             return Ok(false);
         }
-        self.dir.save(record)?;
+        write(&self.dir, record)?;
         lock(&self.held).insert(record.volume_id.clone(), record.clone());
         Ok(true)
     }
@@ -111,7 +126,8 @@ mod tests {
             readonly: false,
             uid: 1,
             gid: 1,
-            published_at: Deadline::now(),
+            // Whole seconds, as records are stored.
+            published_at: Deadline::from_controller(1_777_636_800).unwrap(),
             phase: Phase::Mounted {
                 generation: "g1".into(),
                 refresh_at: None,
@@ -170,11 +186,10 @@ mod tests {
             generation: "g2".into(),
             refresh_at: None,
         };
-        assert!(records.save(&moved).unwrap());
-        assert_ne!(
-            std::fs::read(&file).unwrap(),
-            b"sentinel",
-            "a change is written"
-        );
+        assert!(!records.update(&rec).unwrap(), "nothing changed");
+        assert_eq!(std::fs::read(&file).unwrap(), b"sentinel", "not rewritten");
+        assert!(records.update(&moved).unwrap());
+        let reread = StateDir::open(tmp.path()).unwrap().load("a").unwrap();
+        assert_eq!(reread, Some(moved), "a change is written");
     }
 }
