@@ -420,6 +420,7 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
 
     // Rotation: every volume on the node rewritten with the new kvno.
     let before: Vec<Option<PathBuf>> = targets.iter().map(|t| data_version(t)).collect();
+    let (rot_ctrl0, rot_driver0) = (procstat::cpu(ctrl_pid)?, procstat::cpu(driver_pid)?);
     let t = Instant::now();
     let out = stack.kcredctl(
         kcred_tests::procs::OPERATOR,
@@ -448,6 +449,8 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let driver_rss_rotated = procstat::rss(driver_pid)?;
+    let rot_ctrl_cpu = procstat::cpu(ctrl_pid)?.saturating_sub(rot_ctrl0);
+    let rot_driver_cpu = procstat::cpu(driver_pid)?.saturating_sub(rot_driver0);
 
     // The table.
     let (pf50, pf99) = (pct(&mut publish_floor, 0.5), pct(&mut publish_floor, 0.99));
@@ -520,6 +523,12 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         &reached
             .map(|d| ratio(d.as_secs_f64(), (pf50 * targets.len() as u32).as_secs_f64()))
             .unwrap_or_default(),
+    );
+    table.row(
+        "  CPU while it ran: controller / driver",
+        &format!("{} / {}", ms(rot_ctrl_cpu), ms(rot_driver_cpu)),
+        "-",
+        "-",
     );
     table.row(
         &format!(

@@ -7,8 +7,8 @@
 //! rescans the directory while the driver runs. A record that did not
 //! change is not written again (no fsync when nothing changed).
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::Result;
@@ -19,17 +19,63 @@ use crate::support::lock::lock;
 #[derive(Debug)]
 pub struct Records {
     dir: StateDir,
-    held: Mutex<BTreeMap<String, PublishedVolume>>,
+    held: Mutex<Held>,
+}
+
+/// The records by volume id, and the volumes recorded at each target (a
+/// first publish asks whether its target is taken).
+#[derive(Debug, Default)]
+struct Held {
+    by_id: BTreeMap<String, PublishedVolume>,
+    by_target: HashMap<PathBuf, BTreeSet<String>>,
+}
+
+impl Held {
+    fn get(&self, volume_id: &str) -> Option<&PublishedVolume> {
+        self.by_id.get(volume_id)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &PublishedVolume> {
+        self.by_id.values()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.by_id.keys()
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn insert(&mut self, record: PublishedVolume) {
+        self.remove(&record.volume_id);
+        self.by_target
+            .entry(record.target.clone())
+            .or_default()
+            .insert(record.volume_id.clone());
+        self.by_id.insert(record.volume_id.clone(), record);
+    }
+
+    fn remove(&mut self, volume_id: &str) {
+        let Some(old) = self.by_id.remove(volume_id) else {
+            return;
+        };
+        if let Some(ids) = self.by_target.get_mut(&old.target) {
+            ids.remove(volume_id);
+            if ids.is_empty() {
+                self.by_target.remove(&old.target);
+            }
+        }
+    }
 }
 
 impl Records {
     /// Reads every record of `dir` once.
     pub fn load(dir: StateDir) -> Result<Self> {
-        let held = dir
-            .list()?
-            .into_iter()
-            .map(|r| (r.volume_id.clone(), r))
-            .collect();
+        let mut held = Held::default();
+        for record in dir.list()? {
+            held.insert(record);
+        }
         Ok(Records {
             dir,
             held: Mutex::new(held),
@@ -64,19 +110,36 @@ impl Records {
     /// Another volume recorded at `target`, if any.
     pub fn holder_of(&self, target: &Path, except: &str) -> Option<String> {
         lock(&self.held)
-            .values()
-            .find(|r| r.target == target && r.volume_id != except)
-            .map(|r| r.volume_id.clone())
+            .by_target
+            .get(target)?
+            .iter()
+            .find(|id| *id != except)
+            .cloned()
     }
 
     /// Stores `record` durably, unless it is exactly what is held already.
     /// Returns whether it was written.
     pub fn save(&self, record: &PublishedVolume) -> Result<bool> {
+        self.store(record, StateDir::save)
+    }
+
+    /// Stores a refreshed state of a recorded volume (see
+    /// [`StateDir::update`]), unless nothing changed. Returns whether it
+    /// was written.
+    pub fn update(&self, record: &PublishedVolume) -> Result<bool> {
+        self.store(record, StateDir::update)
+    }
+
+    fn store(
+        &self,
+        record: &PublishedVolume,
+        write: fn(&StateDir, &PublishedVolume) -> Result<()>,
+    ) -> Result<bool> {
         if lock(&self.held).get(&record.volume_id) == Some(record) {
             return Ok(false);
         }
-        self.dir.save(record)?;
-        lock(&self.held).insert(record.volume_id.clone(), record.clone());
+        write(&self.dir, record)?;
+        lock(&self.held).insert(record.clone());
         Ok(true)
     }
 
@@ -111,7 +174,8 @@ mod tests {
             readonly: false,
             uid: 1,
             gid: 1,
-            published_at: Deadline::now(),
+            // Whole seconds, as records are stored.
+            published_at: Deadline::from_controller(1_777_636_800).unwrap(),
             phase: Phase::Mounted {
                 generation: "g1".into(),
                 refresh_at: None,
@@ -144,6 +208,8 @@ mod tests {
             Some("b")
         );
         assert_eq!(records.holder_of(Path::new("/t/b"), "b"), None);
+        records.remove("b").unwrap();
+        assert_eq!(records.holder_of(Path::new("/t/b"), "c"), None, "forgotten");
     }
 
     #[test]
@@ -170,11 +236,10 @@ mod tests {
             generation: "g2".into(),
             refresh_at: None,
         };
-        assert!(records.save(&moved).unwrap());
-        assert_ne!(
-            std::fs::read(&file).unwrap(),
-            b"sentinel",
-            "a change is written"
-        );
+        assert!(!records.update(&rec).unwrap(), "nothing changed");
+        assert_eq!(std::fs::read(&file).unwrap(), b"sentinel", "not rewritten");
+        assert!(records.update(&moved).unwrap());
+        let reread = StateDir::open(tmp.path()).unwrap().load("a").unwrap();
+        assert_eq!(reread, Some(moved), "a change is written");
     }
 }

@@ -37,13 +37,24 @@ use crate::support::retry;
 /// thousands of calls or hold thousands of bundles in memory.
 const PARALLEL: usize = 32;
 
+/// Idle volume locks are kept until there are at least this many.
+const MIN_SWEEP: usize = 64;
+
+/// One lock per volume being worked on.
+#[derive(Default)]
+struct VolumeLocks {
+    map: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// The map's size at which idle locks are dropped next.
+    sweep_at: usize,
+}
+
 /// Drives every volume on this node.
 pub struct VolumeManager {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: ControllerClient,
     pub(crate) state: Arc<Records>,
     pub(crate) medium: Arc<dyn Medium>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<VolumeLocks>,
     schedule: Arc<Schedule>,
     retries: Mutex<HashMap<String, ExponentialBackoff>>,
     pub(crate) freshness: Arc<Freshness>,
@@ -72,7 +83,7 @@ impl VolumeManager {
             client,
             state: Arc::new(Records::load(state)?),
             medium,
-            locks: Mutex::new(HashMap::new()),
+            locks: Mutex::new(VolumeLocks::default()),
             schedule: Arc::new(Schedule::new()),
             retries: Mutex::new(HashMap::new()),
             freshness: Arc::new(Freshness::default()),
@@ -116,10 +127,17 @@ impl VolumeManager {
     }
 
     fn lock_of(&self, volume_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = lock(&self.locks);
-        // Drop idle locks of volumes nobody is working on.
-        map.retain(|_, l| Arc::strong_count(l) > 1 || l.try_lock().is_err());
-        Arc::clone(map.entry(volume_id.to_string()).or_default())
+        let mut locks = lock(&self.locks);
+        // Drop idle locks of volumes nobody is working on, once the map has
+        // doubled since the last sweep: each call stays O(1) on a node with
+        // thousands of volumes.
+        if locks.map.len() >= locks.sweep_at {
+            locks
+                .map
+                .retain(|_, l| Arc::strong_count(l) > 1 || l.try_lock().is_err());
+            locks.sweep_at = (locks.map.len() * 2).max(MIN_SWEEP);
+        }
+        Arc::clone(locks.map.entry(volume_id.to_string()).or_default())
     }
 
     /// Takes the volume's lock, or fails at once if it is held: kubelet

@@ -359,9 +359,9 @@ impl VolumeManager {
         let written = blocking(move || {
             let _guard = guard;
             let changed = medium.write(&rec, &files)?;
-            // Saved when the refresh deadline moved on or the owner
-            // changed; an unchanged record is not written (no fsync).
-            state.save(&rec)?;
+            // Saved when the generation or the refresh deadline moved on
+            // or the owner changed; an unchanged record is not written.
+            state.update(&rec)?;
             // Before the lock goes: a republish right after finds it current.
             freshness.confirm(&rec.volume_id);
             Ok(changed)
