@@ -115,8 +115,8 @@ pub async fn verify_files(args: &VerifyArgs, format: Format) -> anyhow::Result<E
     let mut chains = Vec::new();
     let mut lines = Vec::new();
     for chain in &args.chains {
-        let one = chain.clone();
-        let checked = tokio::task::spawn_blocking(move || check_file(&one))
+        let (one, keep) = (chain.clone(), args.merged);
+        let checked = tokio::task::spawn_blocking(move || check_file(&one, keep))
             .await
             .context("the verification did not finish")?;
         let source = chain.path.display().to_string();
@@ -144,9 +144,10 @@ pub async fn verify_files(args: &VerifyArgs, format: Format) -> anyhow::Result<E
     emit(args, format, &chains, &merged, &report, all_ok)
 }
 
-/// Verifies one file's chain; when it verifies, also returns its records
-/// (every segment's lines, oldest first) for the merged timeline.
-fn check_file(chain: &ChainFile) -> anyhow::Result<(Verdict, Vec<String>)> {
+/// Verifies one file's chain; with `keep`, when it verifies, also returns
+/// its records (every segment's lines, oldest first, as many as verified:
+/// lines a live log gained since are left out) for the merged timeline.
+fn check_file(chain: &ChainFile, keep: bool) -> anyhow::Result<(Verdict, Vec<String>)> {
     let expected = chain
         .head
         .clone()
@@ -159,11 +160,17 @@ fn check_file(chain: &ChainFile) -> anyhow::Result<(Verdict, Vec<String>)> {
     )?;
     let v = verdict(&report, &chain.public_key, expected, None);
     let mut kept = Vec::new();
-    if v.ok {
+    if v.ok && keep {
         let cannot = || format!("cannot read {}", chain.path.display());
-        for segment in kcred_audit::segments::segments(&chain.path).with_context(cannot)? {
+        let verified = usize::try_from(v.records).unwrap_or(usize::MAX);
+        'segments: for segment in
+            kcred_audit::segments::segments(&chain.path).with_context(cannot)?
+        {
             let file = std::fs::File::open(&segment.path).with_context(cannot)?;
             for line in BufReader::new(file).lines() {
+                if kept.len() == verified {
+                    break 'segments;
+                }
                 kept.push(line.with_context(cannot)?);
             }
         }
