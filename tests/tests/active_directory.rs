@@ -222,7 +222,7 @@ async fn a_rotation_on_ad_keeps_the_previous_kvno_for_the_grace_period_only() {
 
     let sp = ServicePrincipal::parse(SPN, REALM).expect("principal");
     let state = stack.state().expect("controller running");
-    let new = kcred_controller::rotation::rotate_keytab(&state, &sp, Duration::from_secs(4))
+    let new = kcred_controller::rotation::rotate_keytab(&state, &sp, Duration::from_secs(15))
         .await
         .expect("rotate");
     drop(state);
@@ -1038,7 +1038,7 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
         .arg("--keytab")
         .arg(&alice_keytab)
         .args(["--principal", &alice])
-        .args(["rotate", "keytab", SPN, "--grace", "8s", "--wait", "30s"])
+        .args(["rotate", "keytab", SPN, "--grace", "15s", "--wait", "30s"])
         .output()
         .await
         .expect("kcredctl");
@@ -1096,5 +1096,187 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
     );
     drop(kubelet);
     drop(driver);
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn members_of_nested_groups_count_for_namespaces_gids_and_admin_roles() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    let tool = |args: &[&str]| {
+        dc.samba_tool(args)
+            .unwrap_or_else(|e| panic!("samba-tool {args:?}: {e}"))
+    };
+    tool(&[
+        "user",
+        "add",
+        "websvc",
+        "Throwaway-Initial-Pw1!",
+        "--userou=OU=kcred",
+        "--uid-number=1500",
+        "--gid-number=1500",
+    ]);
+    // websvc is in web-team; web-team is in the namespace group and in the
+    // unix group: websvc is a member of neither directly.
+    tool(&["group", "add", "web-team", "--groupou=OU=kcred"]);
+    tool(&["group", "addmembers", "web-team", "websvc"]);
+    tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"]);
+    tool(&["group", "addmembers", "kcred-ns-web", "web-team"]);
+    tool(&[
+        "group",
+        "add",
+        "data",
+        "--groupou=OU=kcred",
+        "--gid-number=3000",
+        "--nis-domain=kcred",
+    ]);
+    tool(&["group", "addmembers", "data", "web-team"]);
+    // alice is in ops-people (outside the OU), which is in kcred-operators.
+    tool(&["user", "add", "alice", "Alice-Initial-Pw1!"]);
+    tool(&["group", "add", "ops-people"]);
+    tool(&["group", "addmembers", "ops-people", "alice"]);
+    tool(&["group", "add", "kcred-operators", "--groupou=OU=kcred"]);
+    tool(&["group", "addmembers", "kcred-operators", "ops-people"]);
+    dc.add_service_account(SERVICE_ACCOUNT, &[SPN])
+        .expect("service account");
+    ldbmodify(
+        &dc,
+        &format!(
+            "dn: CN={SERVICE_ACCOUNT},{KCRED_OU}\nchangetype: modify\nreplace: manager\n\
+             manager: CN=websvc,{KCRED_OU}\n"
+        ),
+    );
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+         [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 1\n\
+         operators_group = \"kcred-operators\"\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    );
+    let stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: true,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+
+    let pod = TestPod::with_keytabs("web", "web-0", "node-a", SPN);
+    stack.add_pod(&pod);
+    let mut served = None;
+    for _ in 0..150 {
+        match stack.kubelet.publish(&pod, VOL).await {
+            Ok(t) => {
+                served = Some(t);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    served.unwrap_or_else(|| {
+        panic!(
+            "the namespace granted through a nested group serves the pod: {}",
+            audit_text(&stack)
+        )
+    });
+    let audit = audit_text(&stack);
+    assert!(
+        audit.contains("directory sync: role account websvc added")
+            && audit.contains("supplemental_gids {3000}")
+            && audit.contains("namespaces {\\\"web\\\"}"),
+        "namespace and gid through web-team: {audit}"
+    );
+    assert!(
+        audit.contains(&format!(
+            "directory sync: alice@{REALM} granted role operator"
+        )),
+        "operator through ops-people: {audit}"
+    );
+
+    // Out of the nested group: out of the namespace and the role.
+    tool(&["group", "removemembers", "web-team", "websvc"]);
+    tool(&["group", "removemembers", "ops-people", "alice"]);
+    wait_until("the sync sees the nested removals", 30, || {
+        let audit = audit_text(&stack);
+        audit.contains("role account websvc changed: namespaces -[\\\"web\\\"]")
+            && audit.contains(&format!("directory sync: alice@{REALM} lost role operator"))
+    })
+    .await;
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_namespace_group_with_more_members_than_one_ldap_read_returns_counts_every_member() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    // 1,600 people (more than AD's MaxValRange of 1,500 values and its
+    // MaxPageSize of 1,000 entries) in kcred-ns-web, and websvc last.
+    let fillers = 1600;
+    let mut ldif = String::new();
+    for i in 0..fillers {
+        ldif.push_str(&format!(
+            "dn: CN=filler-{i:04},CN=Users,{base}\nobjectClass: user\nsAMAccountName: filler-{i:04}\n\n",
+            base = kcred_testsamba::BASE_DN
+        ));
+    }
+    let file = dc.dir().join("fillers.ldif");
+    std::fs::write(&file, ldif).expect("write ldif");
+    let out = dc
+        .command("ldbadd")
+        .arg("-H")
+        .arg(dc.dir().join("private/sam.ldb"))
+        .arg(&file)
+        .output()
+        .expect("ldbadd");
+    assert!(out.status.success(), "ldbadd: {}", text(&out));
+    dc.samba_tool(&[
+        "user",
+        "add",
+        "websvc",
+        "Throwaway-Initial-Pw1!",
+        "--userou=OU=kcred",
+        "--uid-number=1500",
+        "--gid-number=1500",
+    ])
+    .expect("role account");
+    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
+        .expect("namespace group");
+    let mut members = format!("dn: CN=kcred-ns-web,{KCRED_OU}\nchangetype: modify\nadd: member\n");
+    for i in 0..fillers {
+        members.push_str(&format!(
+            "member: CN=filler-{i:04},CN=Users,{}\n",
+            kcred_testsamba::BASE_DN
+        ));
+    }
+    ldbmodify(&dc, &members);
+    ldbmodify(
+        &dc,
+        &format!(
+            "dn: CN=kcred-ns-web,{KCRED_OU}\nchangetype: modify\nadd: member\n\
+             member: CN=websvc,{KCRED_OU}\n"
+        ),
+    );
+    let stack = ad_sync_stack(&dc).await;
+
+    wait_until("websvc synced with its namespace", 60, || {
+        audit_text(&stack).contains("namespaces {\\\"web\\\"}")
+    })
+    .await;
+    let state = stack.state().expect("controller running");
+    let policy = state.policy.get();
+    let role = policy
+        .role_for_namespace("web")
+        .expect("the 1,601st member counts");
+    assert_eq!(role.login, "websvc");
+    drop(policy);
+    drop(state);
     stack.shutdown().await.expect("shutdown");
 }

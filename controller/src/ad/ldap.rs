@@ -21,6 +21,9 @@ use crate::kadmin::KadminError;
 /// `msDS-SupportedEncryptionTypes` for AES128 + AES256 only.
 const AES_ONLY: u32 = 0x18;
 
+/// The paged results control for searches that may return many entries.
+const PAGED: &str = "pr=500/noprompt";
+
 /// An account as the directory shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -305,7 +308,8 @@ pub async fn search(
     attrs: &[&str],
 ) -> Result<Vec<Entry>, KadminError> {
     let mut cmd = base_command(cfg, &cfg.ldapsearch);
-    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-b", base])
+    // Paged: AD returns at most MaxPageSize (1000) entries per page.
+    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-E", PAGED, "-b", base])
         .arg(filter)
         .args(attrs);
     let out = run(cfg, cmd, "ldapsearch", b"").await?;

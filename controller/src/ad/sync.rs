@@ -6,18 +6,24 @@
 //! make them a [`Policy`]:
 //! - a role account is an enabled user with a `uidNumber`: login
 //!   `sAMAccountName`, uid `uidNumber`, gid `gidNumber`;
-//! - its groups are the groups it is a direct member of; those with a
-//!   `gidNumber` give its supplemental gids;
+//! - its groups are the groups it is a member of, directly or through
+//!   nested groups; those with a `gidNumber` give its supplemental gids;
 //! - it may be run as by pods of namespace `ns` when it is a member of group
 //!   `<namespace_group_prefix>ns` (`kcred-ns-ns`);
 //! - it owns the service principal names of the accounts whose `manager`
 //!   (user accounts) or `managedBy` (computer accounts) is its DN;
 //! - the members of group `<act_as_group_prefix><login>` may log in as it.
 //!
-//! With `operators_group` / `auditors_group`, the direct members of those
-//! groups (found under `base_dn`; members anywhere under `people_base_dn`)
-//! get the admin roles as `<sAMAccountName>@<REALM>`, replaced on each
-//! sync beside the static `[auth]` lists.
+//! With `operators_group` / `auditors_group`, the members of those groups
+//! (found under `base_dn`; members anywhere under `people_base_dn`) get the
+//! admin roles as `<sAMAccountName>@<REALM>`, replaced on each sync beside
+//! the static `[auth]` lists.
+//!
+//! Membership is the DC's own answer, not a reading of `member`: one
+//! search per group that matters (`memberOf` with the in-chain matching
+//! rule, LDAP_MATCHING_RULE_IN_CHAIN), so members of nested groups count,
+//! and a group of any size is read whole (AD hands out at most
+//! `MaxValRange` values of `member` at once; search results are paged).
 //!
 //! A user whose attributes are unusable (no `gidNumber`, uid 0, a bad
 //! namespace) is left out and logged, never half-granted. A directory that
@@ -49,7 +55,6 @@ const ATTRS: &[&str] = &[
     "userPrincipalName",
     "uidNumber",
     "gidNumber",
-    "member",
     "manager",
     "managedBy",
     "servicePrincipalName",
@@ -60,6 +65,8 @@ const ATTRS: &[&str] = &[
 const ACCOUNT_DISABLE: u32 = 0x2;
 /// LDAP_MATCHING_RULE_BIT_AND on that bit: enabled accounts only.
 const ENABLED: &str = "(!(userAccountControl:1.2.840.113556.1.4.803:=2))";
+/// LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups.
+const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
 
 /// Why a sync produced no policy (the last good one stays in force).
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +92,20 @@ pub struct Synced {
 
 /// Reads the directory once.
 pub async fn read(cfg: &AdConfig, sync: &SyncSection) -> Result<Synced, SyncError> {
-    let entries = ldap::search(cfg, &sync.base_dn, FILTER, ATTRS).await?;
-    let mut synced = build(&entries, sync, &cfg.realm)?;
+    let mut entries = ldap::search(cfg, &sync.base_dn, FILTER, ATTRS).await?;
+    let mut people = Vec::new();
+    for group in entries
+        .iter_mut()
+        .filter(|e| is(e, "group") && matters(e, sync))
+    {
+        let members = chain_members(cfg, sync, &group.dn, false).await?;
+        group.attrs.insert(
+            "member".into(),
+            members.iter().map(|m| m.dn.clone()).collect(),
+        );
+        people.extend(members);
+    }
+    let mut synced = build(&entries, &people, sync, &cfg.realm)?;
     if sync.operators_group.is_some() || sync.auditors_group.is_some() {
         synced.admins = Some(AdminSets {
             operators: members(cfg, sync, &entries, sync.operators_group.as_deref()).await?,
@@ -96,8 +115,41 @@ pub async fn read(cfg: &AdConfig, sync: &SyncSection) -> Result<Synced, SyncErro
     Ok(synced)
 }
 
-/// The principals of a group's direct members; a configured group that is
-/// missing is an error (the last good roles stay), not "nobody".
+/// Whether a group's members shape the policy: it gives a gid, a
+/// namespace or the right to act as a role account.
+fn matters(group: &Entry, sync: &SyncSection) -> bool {
+    group.first("gidnumber").is_some()
+        || group.first("samaccountname").is_some_and(|n| {
+            n.starts_with(&sync.namespace_group_prefix) || n.starts_with(&sync.act_as_group_prefix)
+        })
+}
+
+/// The users under `people_base_dn` that are members of `group_dn`,
+/// directly or through nested groups (enabled ones only with
+/// `enabled_only`), as the DC evaluates it.
+async fn chain_members(
+    cfg: &AdConfig,
+    sync: &SyncSection,
+    group_dn: &str,
+    enabled_only: bool,
+) -> Result<Vec<Entry>, SyncError> {
+    let filter = format!(
+        "(&(objectClass=user)(memberOf:{IN_CHAIN}:={}){})",
+        ldap::escape_filter(group_dn),
+        if enabled_only { ENABLED } else { "" }
+    );
+    Ok(ldap::search(
+        cfg,
+        &sync.people_base(),
+        &filter,
+        &["sAMAccountName", "userPrincipalName"],
+    )
+    .await?)
+}
+
+/// The principals of a group's members (nested groups included); a
+/// configured group that is missing is an error (the last good roles
+/// stay), not "nobody".
 async fn members(
     cfg: &AdConfig,
     sync: &SyncSection,
@@ -116,11 +168,7 @@ async fn members(
                 sync.base_dn
             ))
         })?;
-    let filter = format!(
-        "(&(objectClass=user)(memberOf={}){ENABLED})",
-        ldap::escape_filter(&found.dn)
-    );
-    let people = ldap::search(cfg, &sync.people_base(), &filter, &["sAMAccountName"]).await?;
+    let people = chain_members(cfg, sync, &found.dn, true).await?;
     Ok(people
         .iter()
         .filter_map(|p| p.first("samaccountname"))
@@ -154,12 +202,20 @@ fn is(entry: &Entry, class: &str) -> bool {
         .any(|c| c.eq_ignore_ascii_case(class))
 }
 
-/// Applies the conventions to searched entries.
-pub fn build(entries: &[Entry], sync: &SyncSection, realm: &str) -> Result<Synced, SyncError> {
+/// Applies the conventions to searched entries: users, service accounts
+/// and groups under `base_dn` (each group's `member` holding its members,
+/// nested ones included), and `people`, the members found elsewhere (whose
+/// names `logged_into_by` records).
+pub fn build(
+    entries: &[Entry],
+    people: &[Entry],
+    sync: &SyncSection,
+    realm: &str,
+) -> Result<Synced, SyncError> {
     let groups: Vec<&Entry> = entries.iter().filter(|e| is(e, "group")).collect();
-    let person_name: BTreeMap<String, String> = entries
+    let person_name: BTreeMap<String, String> = people
         .iter()
-        .filter(|e| is(e, "user"))
+        .chain(entries.iter().filter(|e| is(e, "user")))
         .filter_map(|e| {
             let name = match (e.first("userprincipalname"), e.first("samaccountname")) {
                 (Some(upn), _) => upn.to_string(),
@@ -541,7 +597,7 @@ mod tests {
 
     #[test]
     fn directory_conventions_make_a_role_account() {
-        let synced = build(&directory(), &sync(), REALM).unwrap();
+        let synced = build(&directory(), &[], &sync(), REALM).unwrap();
         let role = synced.policy.role_for_namespace("web").unwrap();
         assert_eq!(
             (role.login.as_str(), role.uid, role.gid),
@@ -561,12 +617,48 @@ mod tests {
     }
 
     #[test]
+    fn members_found_outside_base_dn_are_named_by_their_principal() {
+        let people = [entry(
+            "CN=alice,OU=people,DC=x",
+            &[
+                ("sAMAccountName", "alice"),
+                ("userPrincipalName", "alice@x.example"),
+            ],
+        )];
+        let synced = build(&directory(), &people, &sync(), REALM).unwrap();
+        let role = synced.policy.role_for_namespace("web").unwrap();
+        assert_eq!(
+            role.logged_into_by,
+            BTreeSet::from(["alice@x.example".to_string()])
+        );
+    }
+
+    #[test]
+    fn only_groups_giving_a_gid_a_namespace_or_act_as_are_expanded() {
+        let dir = directory();
+        let expanded: Vec<&str> = dir
+            .iter()
+            .filter(|e| is(e, "group") && matters(e, &sync()))
+            .filter_map(|e| e.first("samaccountname"))
+            .collect();
+        assert_eq!(
+            expanded,
+            vec!["kcred-ns-web", "data", "kcred-act-as-websvc"]
+        );
+        let plain = entry(
+            "CN=team,OU=kcred,DC=x",
+            &[("objectClass", "group"), ("sAMAccountName", "team")],
+        );
+        assert!(!matters(&plain, &sync()));
+    }
+
+    #[test]
     fn a_disabled_role_account_is_left_out() {
         let mut dir = directory();
         dir[0]
             .attrs
             .insert("useraccountcontrol".into(), vec!["514".into()]);
-        let synced = build(&dir, &sync(), REALM).unwrap();
+        let synced = build(&dir, &[], &sync(), REALM).unwrap();
         assert!(synced.policy.role_for_namespace("web").is_err());
         assert!(
             synced.skipped.iter().any(|s| s.contains("disabled")),
@@ -577,10 +669,10 @@ mod tests {
 
     #[test]
     fn a_removed_membership_is_a_change_naming_the_namespace() {
-        let before = build(&directory(), &sync(), REALM).unwrap().policy;
+        let before = build(&directory(), &[], &sync(), REALM).unwrap().policy;
         let mut dir = directory();
         dir.retain(|e| !e.dn.starts_with("CN=kcred-ns-web"));
-        let after = build(&dir, &sync(), REALM).unwrap().policy;
+        let after = build(&dir, &[], &sync(), REALM).unwrap().policy;
         assert!(after.role_for_namespace("web").is_err());
         let changed = changes(&before, &after);
         assert_eq!(changed.len(), 1, "{changed:?}");
@@ -613,7 +705,7 @@ mod tests {
             .unwrap()
             .push("CN=other,OU=kcred,DC=x".into());
         assert!(matches!(
-            build(&dir, &sync(), REALM),
+            build(&dir, &[], &sync(), REALM),
             Err(SyncError::Policy(PolicyError::NamespaceTwice { .. }))
         ));
     }
