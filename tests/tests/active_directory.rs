@@ -625,7 +625,7 @@ async fn an_operator_gains_and_loses_the_role_through_directory_group_membership
         "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
          bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
          [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 3600\n\
-         operators_group = \"kcred-operators\"\n",
+         change_check_secs = 0\noperators_group = \"kcred-operators\"\n",
         url = dc.ldap_url(),
         ca = dc.ca_cert_path().display(),
         pw = dc.kcred_password_file().display(),
@@ -652,7 +652,8 @@ async fn an_operator_gains_and_loses_the_role_through_directory_group_membership
         .expect_err("no role before the group grants one");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
-    // The interval is an hour: what follows is the sync SIGHUP asks for.
+    // The interval is an hour and changes are not followed: what follows
+    // is the sync SIGHUP asks for.
     dc.samba_tool(&["group", "addmembers", "kcred-operators", "alice"])
         .expect("membership");
     stack.reload();
@@ -1277,6 +1278,85 @@ async fn a_namespace_group_with_more_members_than_one_ldap_read_returns_counts_e
         .expect("the 1,601st member counts");
     assert_eq!(role.login, "websvc");
     drop(policy);
+    drop(state);
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_membership_added_in_the_directory_reaches_the_policy_without_sighup_or_interval() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    dc.samba_tool(&[
+        "user",
+        "add",
+        "websvc",
+        "Throwaway-Initial-Pw1!",
+        "--userou=OU=kcred",
+        "--uid-number=1500",
+        "--gid-number=1500",
+    ])
+    .expect("role account");
+    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
+        .expect("namespace group");
+    // An hour between full syncs, and no SIGHUP: only the change check
+    // (every second) can bring the membership in.
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+         [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 3600\n\
+         change_check_secs = 1\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    );
+    let stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: true,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    wait_until("the first sync", 30, || {
+        audit_text(&stack).contains("directory sync: role account websvc added")
+    })
+    .await;
+    let syncs = || {
+        stack
+            .metrics()
+            .directory_syncs
+            .with_label_values(&["ok"])
+            .get()
+    };
+    // Nothing changes: the checks find the same USN and do not sync.
+    let quiet = syncs();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(syncs(), quiet, "no change in the directory, no sync");
+    let state = stack.state().expect("controller running");
+    assert!(state.policy.get().role_for_namespace("web").is_err());
+    drop(state);
+
+    dc.samba_tool(&["group", "addmembers", "kcred-ns-web", "websvc"])
+        .expect("membership");
+
+    wait_until("the change check brings the membership in", 30, || {
+        audit_text(&stack).contains("role account websvc changed: namespaces -[] +[\\\"web\\\"]")
+    })
+    .await;
+    let state = stack.state().expect("controller running");
+    assert_eq!(
+        state
+            .policy
+            .get()
+            .role_for_namespace("web")
+            .expect("web runs as websvc now")
+            .login,
+        "websvc"
+    );
     drop(state);
     stack.shutdown().await.expect("shutdown");
 }

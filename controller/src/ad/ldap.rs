@@ -316,6 +316,26 @@ pub async fn search(
     parse_ldif(&out)
 }
 
+/// The DC's `highestCommittedUSN` (root DSE): it moves on every change
+/// the DC commits, so an unchanged value means nothing changed there.
+pub async fn highest_usn(cfg: &AdConfig) -> Result<u64, KadminError> {
+    let mut cmd = base_command(cfg, &cfg.ldapsearch);
+    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-s", "base", "-b", ""])
+        .arg("(objectClass=*)")
+        .arg("highestCommittedUSN");
+    let out = run(cfg, cmd, "ldapsearch", b"").await?;
+    parse_usn(&out)
+}
+
+/// The `highestCommittedUSN` of a root DSE entry (whose DN is empty).
+fn parse_usn(text: &str) -> Result<u64, KadminError> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(attr, _)| attr.eq_ignore_ascii_case("highestCommittedUSN"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| KadminError::Failed("the root DSE shows no highestCommittedUSN".into()))
+}
+
 /// Parses `ldapsearch -LLL -o ldif-wrap=no` output into entries, decoding
 /// base64 values and skipping referrals.
 pub fn parse_ldif(text: &str) -> Result<Vec<Entry>, KadminError> {
@@ -416,6 +436,12 @@ mod tests {
                 kvno: 7,
             }]
         );
+    }
+
+    #[test]
+    fn the_root_dse_usn_is_read_and_its_absence_is_an_error() {
+        assert_eq!(parse_usn("dn:\nhighestCommittedUSN: 4242\n").unwrap(), 4242);
+        assert!(parse_usn("dn:\n").is_err());
     }
 
     #[test]

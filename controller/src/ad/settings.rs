@@ -58,6 +58,10 @@ pub struct SyncSection {
     /// renewals within this.
     #[serde(default = "default_sync_secs")]
     pub interval_secs: u64,
+    /// Seconds between checks of the DC's `highestCommittedUSN`: when it
+    /// moved, a sync runs at once (0: only the interval and `SIGHUP`).
+    #[serde(default = "default_change_check_secs")]
+    pub change_check_secs: u64,
     /// A member of group `<prefix><namespace>` may be run as by pods in
     /// that namespace.
     #[serde(default = "default_namespace_prefix")]
@@ -96,6 +100,9 @@ impl SyncSection {
 
 fn default_sync_secs() -> u64 {
     60
+}
+fn default_change_check_secs() -> u64 {
+    5
 }
 fn default_namespace_prefix() -> String {
     "kcred-ns-".into()

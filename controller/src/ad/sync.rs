@@ -1,9 +1,10 @@
 //! Identity sync: the role-account policy read from the directory instead
 //! of the policy file.
 //!
-//! Every `interval_secs`, and at once on `SIGHUP`, one LDAPS search under `[active_directory.sync]
-//! base_dn` reads users, groups and service accounts, and these conventions
-//! make them a [`Policy`]:
+//! Every `interval_secs`, at once on `SIGHUP`, and when the DC's
+//! `highestCommittedUSN` (checked every `change_check_secs`) moved, one
+//! LDAPS search under `[active_directory.sync] base_dn` reads users, groups
+//! and service accounts, and these conventions make them a [`Policy`]:
 //! - a role account is an enabled user with a `uidNumber`: login
 //!   `sAMAccountName`, uid `uidNumber`, gid `gidNumber`;
 //! - its groups are the groups it is a member of, directly or through
@@ -412,8 +413,10 @@ fn delta(a: &RoleAccount, b: &RoleAccount) -> String {
     out.join("; ")
 }
 
-/// Syncs until aborted: the first read at once, then every interval, and
-/// at once when `fired` fires (`SIGHUP`).
+/// Syncs until aborted: the first read at once, then every interval, at
+/// once when `fired` fires (`SIGHUP`), and whenever the DC's
+/// `highestCommittedUSN`, checked every `change_check_secs`, moved since
+/// the last good sync began (something in the directory changed).
 pub fn spawn(
     state: Arc<ControllerState>,
     cfg: AdConfig,
@@ -423,17 +426,46 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(sync.interval_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let following = sync.change_check_secs > 0;
+        // The first check comes a period after the first sync (the
+        // interval's first tick, at once), not beside it.
+        let every = Duration::from_secs(sync.change_check_secs.max(1));
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The USN the last good sync started from.
+        let mut synced_at: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 Ok(()) = fired.changed() => {}
+                _ = check.tick(), if following => {
+                    match ldap::highest_usn(&cfg).await {
+                        Ok(usn) if Some(usn) == synced_at => continue,
+                        Ok(usn) => tracing::debug!(usn, before = ?synced_at, "the directory changed; syncing"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the directory's highestCommittedUSN; the next check or interval syncs");
+                            continue;
+                        }
+                    }
+                }
             }
-            once(&state, &cfg, &sync).await;
+            // Read before the sync: a change made during it moves the USN
+            // past this, and the next check syncs again.
+            let before = if following {
+                ldap::highest_usn(&cfg).await.ok()
+            } else {
+                None
+            };
+            if once(&state, &cfg, &sync).await {
+                synced_at = before;
+            }
         }
     })
 }
 
-async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) {
+/// One sync; whether the directory was read (a policy that did not form
+/// counts as read: the next change, not the next check, should retry).
+async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) -> bool {
     let synced = match read(cfg, sync).await {
         Ok(s) => s,
         Err(e) => {
@@ -443,7 +475,7 @@ async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) {
                 .with_label_values(&["failed"])
                 .inc();
             tracing::error!(error = %e, "directory sync failed; keeping the last good policy");
-            return;
+            return matches!(e, SyncError::Policy(_));
         }
     };
     state
@@ -486,6 +518,7 @@ async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) {
     if let Err(e) = state.record(events).await {
         tracing::error!(error = %e, "cannot audit a directory policy change");
     }
+    true
 }
 
 #[cfg(test)]
@@ -498,6 +531,7 @@ mod tests {
         SyncSection {
             base_dn: "OU=kcred,DC=x".into(),
             interval_secs: 1,
+            change_check_secs: 5,
             namespace_group_prefix: "kcred-ns-".into(),
             act_as_group_prefix: "kcred-act-as-".into(),
             operators_group: None,
