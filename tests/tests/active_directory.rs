@@ -1360,3 +1360,73 @@ async fn a_membership_added_in_the_directory_reaches_the_policy_without_sighup_o
     drop(state);
     stack.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn two_controllers_on_one_etcd_creating_one_principal_make_one_account_and_share_its_keytab()
+{
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    let etcd = kcred_testetcd::EtcdCluster::start(1).expect("etcd");
+    let store = format!(
+        "[store]\nbackend = \"etcd\"\n\n[store.etcd]\nendpoints = {:?}\n",
+        etcd.endpoints()
+    );
+    let options = |node: &str, master_key_from: Option<PathBuf>| StackOptions {
+        node: node.to_string(),
+        extra_config: store.clone(),
+        master_key_from,
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section: creating_section(&dc),
+            syncs_policy: false,
+        }),
+        ..StackOptions::default()
+    };
+    let a = Stack::start(options("node-a", None))
+        .await
+        .expect("stack a");
+    let b = Stack::start(options("node-b", Some(a.dir.path().join("master.key"))))
+        .await
+        .expect("stack b");
+    let pod_a = TestPod::with_keytabs("web", "web-a", "node-a", SPN);
+    let pod_b = TestPod::with_keytabs("web", "web-b", "node-b", SPN);
+    for stack in [&a, &b] {
+        stack.add_pod(&pod_a);
+        stack.add_pod(&pod_b);
+    }
+
+    let (ta, tb) = tokio::join!(
+        a.kubelet.publish(&pod_a, VOL),
+        b.kubelet.publish(&pod_b, VOL)
+    );
+
+    let (ta, tb) = (ta.expect("publish on a"), tb.expect("publish on b"));
+    let account = only_account_holding(&dc, SPN);
+    let keytab = std::fs::read(ta.join("krb5.keytab")).expect("read");
+    assert_eq!(
+        std::fs::read(tb.join("krb5.keytab")).expect("read"),
+        keytab,
+        "the second controller waited for the first one's keys"
+    );
+    assert_eq!(
+        kvnos(&ta.join("krb5.keytab")),
+        vec![dc.key_version(&account).expect("kvno")],
+        "one password set"
+    );
+    let out = kinit_with(
+        &dc,
+        &tb.join("krb5.keytab"),
+        &format!("{account}@{REALM}"),
+        "svc.cc",
+    );
+    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
+    let created = [audit_text(&a), audit_text(&b)]
+        .iter()
+        .map(|t| t.matches("created Active Directory account").count())
+        .sum::<usize>();
+    assert_eq!(created, 1, "one creation audited across both controllers");
+    b.shutdown().await.expect("shutdown b");
+    a.shutdown().await.expect("shutdown a");
+}
