@@ -865,7 +865,7 @@ async fn a_service_principal_nobody_created_gets_one_account_of_its_own_and_a_ke
 #[tokio::test]
 #[ignore = "needs root"]
 async fn two_controllers_racing_to_create_one_principal_make_one_account() {
-    use kcred_controller::ad::{AdClient, AdConfig};
+    use kcred_controller::ad::{AdClient, AdConfig, Bind};
     use kcred_controller::names::Principal;
     isolate_network().expect("network namespace");
     let dc = DomainController::start().expect("domain controller");
@@ -873,9 +873,11 @@ async fn two_controllers_racing_to_create_one_principal_make_one_account() {
         let cfg = AdConfig {
             realm: REALM.to_string(),
             ldap_url: dc.ldap_url(),
-            ca_file: dc.ca_cert_path(),
-            bind_dn: KCRED_BIND_DN.to_string(),
-            bind_password_file: dc.kcred_password_file(),
+            ca_file: Some(dc.ca_cert_path()),
+            bind: Bind::Simple {
+                dn: KCRED_BIND_DN.to_string(),
+                password_file: dc.kcred_password_file(),
+            },
             base_dn: KCRED_OU.to_string(),
             accounts_ou: Some(KCRED_OU.to_string()),
             accounts_manager: None,
@@ -1429,4 +1431,66 @@ async fn two_controllers_on_one_etcd_creating_one_principal_make_one_account_and
     assert_eq!(created, 1, "one creation audited across both controllers");
     b.shutdown().await.expect("shutdown b");
     a.shutdown().await.expect("shutdown a");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_kerberos_bind_over_sealed_ldap_resets_and_creates_accounts_without_any_password() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    let url = dc.kerberos_ldap_url().expect("ldap over Kerberos");
+    let bind_keytab = dc.dir().join("kcred-bind.keytab");
+    dc.export_keytab(&format!("kcred-admin@{REALM}"), &bind_keytab)
+        .expect("kcred's keytab");
+    std::fs::set_permissions(
+        &bind_keytab,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    dc.add_service_account(SERVICE_ACCOUNT, &[SPN])
+        .expect("service account");
+    let before = dc.key_version(SERVICE_ACCOUNT).expect("kvno");
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nbind_keytab = \"{kt}\"\n\
+         base_dn = \"{KCRED_OU}\"\naccounts_ou = \"{KCRED_OU}\"\n",
+        kt = bind_keytab.display(),
+    );
+    let stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: false,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+
+    // An account the administrator made: its password is reset.
+    let pod = TestPod::with_keytabs("web", "web-0", "node-a", SPN);
+    stack.add_pod(&pod);
+    let target = stack.kubelet.publish(&pod, VOL).await.expect("publish");
+    assert_eq!(dc.key_version(SERVICE_ACCOUNT).expect("kvno"), before + 1);
+    let out = kinit_with(
+        &dc,
+        &target.join("krb5.keytab"),
+        &format!("{SERVICE_ACCOUNT}@{REALM}"),
+        "svc.cc",
+    );
+    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
+
+    // A principal nobody created: its account is added over the same bind.
+    let api = TestPod::with_keytabs("web", "api-0", "node-a", "HTTP/api.example.com");
+    stack.add_pod(&api);
+    let target = stack.kubelet.publish(&api, VOL).await.expect("publish");
+    let account = only_account_holding(&dc, "HTTP/api.example.com");
+    let out = kinit_with(
+        &dc,
+        &target.join("krb5.keytab"),
+        &format!("{account}@{REALM}"),
+        "api.cc",
+    );
+    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
+    stack.shutdown().await.expect("shutdown");
 }

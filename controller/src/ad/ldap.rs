@@ -15,11 +15,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use zeroize::Zeroizing;
 
-use super::AdConfig;
+use super::{AdConfig, Bind};
 use crate::kadmin::KadminError;
 
 /// `msDS-SupportedEncryptionTypes` for AES128 + AES256 only.
 const AES_ONLY: u32 = 0x18;
+
+/// The least SASL security strength a Kerberos bind accepts: encrypted
+/// (AD requires 128-bit encryption to set a password).
+const MIN_SSF: &str = "minssf=128";
 
 /// The paged results control for searches that may return many entries.
 const PAGED: &str = "pr=500/noprompt";
@@ -73,18 +77,38 @@ pub(super) fn escape_filter(value: &str) -> String {
 fn base_command(cfg: &AdConfig, program: &std::path::Path) -> Command {
     let mut cmd = Command::new(program);
     crate::child_env::minimal(&mut cmd, cfg.krb5_config.as_deref(), "MEMORY:kcred-ad");
-    cmd.env("LDAPTLS_CACERT", &cfg.ca_file)
-        .env("LDAPTLS_REQCERT", "demand")
-        .args(["-x", "-H", &cfg.ldap_url, "-D", &cfg.bind_dn, "-y"])
-        .arg(&cfg.bind_password_file)
-        .args([
-            "-o",
-            &format!("nettimeout={}", cfg.timeout.as_secs().max(1)),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.env("LDAPTLS_REQCERT", "demand");
+    if let Some(ca) = &cfg.ca_file {
+        cmd.env("LDAPTLS_CACERT", ca);
+    }
+    match &cfg.bind {
+        Bind::Simple { dn, password_file } => {
+            cmd.args(["-x", "-H", &cfg.ldap_url, "-D", dn, "-y"])
+                .arg(password_file);
+        }
+        Bind::Kerberos { keytab } => {
+            // -N: the service is ldap/<the URL's host>, no reverse DNS;
+            // minssf: never without the SASL layer's encryption.
+            cmd.env("KRB5_CLIENT_KTNAME", keytab).args([
+                "-Y",
+                "GSSAPI",
+                "-Q",
+                "-N",
+                "-O",
+                MIN_SSF,
+                "-H",
+                &cfg.ldap_url,
+            ]);
+        }
+    }
+    cmd.args([
+        "-o",
+        &format!("nettimeout={}", cfg.timeout.as_secs().max(1)),
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     cmd
 }
 
