@@ -249,16 +249,15 @@ impl ActiveDirectorySection {
     }
 
     /// The client settings, with the realm, `krb5.conf`, work directory and
-    /// timeout shared with the rest of the controller.
-    pub fn client_config(&self, cfg: &Config) -> AdConfig {
-        AdConfig {
+    /// timeout shared with the rest of the controller; an error names the
+    /// unusable bind settings (which config validation already refuses).
+    pub fn client_config(&self, cfg: &Config) -> Result<AdConfig, String> {
+        let bind = self.bind()?;
+        Ok(AdConfig {
             realm: cfg.realm.clone(),
             ldap_url: self.ldap_url.clone(),
             ca_file: self.ca_file.clone(),
-            // validate() refused a config without one.
-            bind: self.bind().unwrap_or(Bind::Kerberos {
-                keytab: PathBuf::new(),
-            }),
+            bind,
             base_dn: self.base_dn.clone(),
             accounts_ou: self.accounts_ou.clone(),
             accounts_manager: self.accounts_manager.clone(),
@@ -268,7 +267,7 @@ impl ActiveDirectorySection {
             ldapsearch: self.ldapsearch.clone(),
             ldapmodify: self.ldapmodify.clone(),
             ktutil: self.ktutil.clone(),
-        }
+        })
     }
 }
 
