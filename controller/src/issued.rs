@@ -44,6 +44,22 @@ pub struct VolumeRecord {
     pub revoked: bool,
 }
 
+/// Where a volume is and whose pod it serves: what a heartbeat weighs,
+/// without the record's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// CSI volume id.
+    pub volume_id: Arc<str>,
+    /// Pod namespace.
+    pub namespace: Arc<str>,
+    /// Pod name.
+    pub pod: Arc<str>,
+    /// Pod UID.
+    pub pod_uid: Arc<str>,
+    /// Revoked by an operator.
+    pub revoked: bool,
+}
+
 /// The registry: every record in memory, indexed by node, over the store.
 ///
 /// Reads never touch the store: a heartbeat asks about the volumes one node
@@ -285,6 +301,25 @@ impl Issued {
             .flatten()
             .filter_map(|id| view.by_id.get(id).cloned())
             .collect())
+    }
+
+    /// Where each volume recorded on `node` is, from the index by node:
+    /// costs what the node holds, whatever the cluster holds.
+    pub fn placements_on(&self, node: &str) -> Vec<Placement> {
+        let view = read(&self.view);
+        view.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| view.by_id.get(id))
+            .map(|r| Placement {
+                volume_id: Arc::from(r.volume_id.as_str()),
+                namespace: Arc::from(r.namespace.as_str()),
+                pod: Arc::from(r.pod.as_str()),
+                pod_uid: Arc::from(r.pod_uid.as_str()),
+                revoked: r.revoked,
+            })
+            .collect()
     }
 
     /// One volume's record, as this controller knows it (for heartbeats:

@@ -29,6 +29,7 @@ pub mod denials;
 #[cfg(test)]
 pub(crate) mod fuzz;
 pub mod gate;
+pub mod intern;
 pub mod issued;
 pub mod issuers;
 pub mod kadmin;

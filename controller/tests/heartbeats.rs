@@ -129,3 +129,72 @@ async fn a_heartbeat_naming_another_nodes_volume_learns_nothing() {
     c.stop().await;
     assert!(volumes(&f).contains(&"vol-other".to_string()));
 }
+
+/// The scale: node-2's heartbeat among 100,000 records of 10,000
+/// other nodes (some revoked, one naming node-2's own pod) is answered
+/// and released exactly as it is alone: a heartbeat reads its node's own
+/// entries of the index, and nothing of the others leaks or leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_among_a_hundred_thousand_other_records_weighs_only_its_own() {
+    const OTHERS: usize = 100_000;
+    let f = files();
+    let store = f.store();
+    let others: Vec<(String, VolumeRecord)> = (0..OTHERS)
+        .map(|i| {
+            let mut r = record(
+                &format!("vol-{i}"),
+                &format!("node-{}", 10 + i % 10_000),
+                "web-0",
+                &format!("uo{i}"),
+            );
+            r.revoked = i % 20_000 == 1;
+            (r.volume_id.clone(), r)
+        })
+        .collect();
+    store.put_many(Table::Volumes, &others).unwrap();
+    drop(store);
+    let c = Running::start(&f.config).await;
+
+    let answer = heartbeat(&c, "node-2", &["vol-run", "vol-gone", "vol-0", "vol-1"]).await;
+    assert_eq!(answer.stale_volume_ids, ["vol-gone"], "{answer:?}");
+    assert!(answer.revoked_volume_ids.is_empty(), "{answer:?}");
+    // Another node's revoked volume is its own business; that node's
+    // heartbeat releases its own unlisted records of gone pods, and those
+    // only.
+    let owner = heartbeat(&c, "node-11", &["vol-1", "vol-10001"]).await;
+    assert_eq!(owner.revoked_volume_ids, ["vol-1"], "{owner:?}");
+    assert_eq!(owner.stale_volume_ids, ["vol-10001"], "{owner:?}");
+    // Nothing held: only node-2's own record of a gone pod is released.
+    heartbeat(&c, "node-2", &[]).await;
+    c.stop().await;
+
+    let store = f.store();
+    assert_eq!(
+        store.count(Table::Volumes).unwrap(),
+        (OTHERS + 3 - 5) as u64,
+        "node-11's four and vol-gone leave"
+    );
+    assert!(
+        store
+            .get::<VolumeRecord>(Table::Volumes, "vol-gone")
+            .unwrap()
+            .is_none()
+    );
+    let records = kcred_audit::query(&f.config.audit_log, &Default::default()).unwrap();
+    let mut released: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == Action::Release)
+        .map(|r| (r.node.as_str(), r.subject.as_str()))
+        .collect();
+    released.sort();
+    assert_eq!(
+        released,
+        [
+            ("node-11", "vol-30001"),
+            ("node-11", "vol-50001"),
+            ("node-11", "vol-70001"),
+            ("node-11", "vol-90001"),
+            ("node-2", "vol-gone"),
+        ]
+    );
+}

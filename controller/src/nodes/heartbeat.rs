@@ -12,11 +12,20 @@
 //! `release`), and a heartbeat
 //! never tells a node anything about another node's volumes: a volume
 //! recorded on another node is treated as unknown.
+//!
+//! A heartbeat costs what its node holds: it reads the node's own entries
+//! of the in-memory issued-volume index ([`crate::issued::Issued::placements_on`])
+//! and one pod lookup per volume, never the whole table nor the store, so
+//! it runs on the async worker without blocking others. Only a release
+//! (rare: a pod gone) writes to the store, off the async workers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::{HeartbeatResponse, Reason};
 
-use crate::issued::VolumeRecord;
+use crate::issued::Placement;
 use crate::reasons::Refusal;
 use crate::state::ControllerState;
 
@@ -30,7 +39,9 @@ pub struct Answer {
     pub response: HeartbeatResponse,
     /// Volumes of this node whose pods are gone from the controller's own
     /// view and that the node no longer holds.
-    pub releasable: Vec<VolumeRecord>,
+    pub releasable: Vec<Placement>,
+    /// The node's recorded volumes it listed (for [`crate::nodes::held`]).
+    pub listed: Vec<Arc<str>>,
 }
 
 /// The verdict on the volumes `node` says it holds.
@@ -44,30 +55,44 @@ pub fn answer(st: &ControllerState, node: &str, held: &[String]) -> Result<Answe
             ),
         ));
     }
+    // This node's records only: a volume recorded on another node, or on
+    // none (a record lost to a crash must not cut a running pod off), is
+    // unknown here and stays.
+    let mine = st.issued.placements_on(node);
+    let by_id: HashMap<&str, &Placement> = mine.iter().map(|p| (&*p.volume_id, p)).collect();
+    let listed_ids: HashSet<&str> = held.iter().map(String::as_str).collect();
     let mut stale = Vec::new();
     let mut revoked = Vec::new();
+    let mut listed = Vec::new();
     for id in held {
-        // This controller's view: a heartbeat costs what the node holds,
-        // never a store read per volume.
-        let rec = st.issued.known(id);
-        // No record here: nothing known against the volume, so it stays (a
-        // record lost to a crash must not cut a running pod off).
-        let Some(r) = rec.filter(|r| r.node == node) else {
+        let Some(p) = by_id.get(id.as_str()) else {
             continue;
         };
-        match verdict(st, node, &r) {
+        listed.push(Arc::clone(&p.volume_id));
+        match verdict(st, node, p) {
             Verdict::Keep => {}
             Verdict::Revoked => revoked.push(id.clone()),
             Verdict::Stale => stale.push(id.clone()),
         }
     }
+    // Records of volumes the node no longer holds whose pods are gone
+    // from the controller's own view (or rebound): records leave on the
+    // controller's knowledge, never on the node's word alone. An empty
+    // list from the node removes nothing whose pod still runs there.
+    let releasable = mine
+        .iter()
+        .filter(|p| !p.revoked && !listed_ids.contains(&*p.volume_id))
+        .filter(|p| matches!(verdict(st, node, p), Verdict::Stale))
+        .cloned()
+        .collect();
     Ok(Answer {
         response: HeartbeatResponse {
             lease_ttl_secs: st.leases.ttl().as_secs(),
             stale_volume_ids: stale,
             revoked_volume_ids: revoked,
         },
-        releasable: releasable(st, node, held),
+        releasable,
+        listed,
     })
 }
 
@@ -78,61 +103,43 @@ enum Verdict {
 }
 
 /// Revoked volumes stay mounted, emptied, until their pod goes.
-fn verdict(st: &ControllerState, node: &str, r: &VolumeRecord) -> Verdict {
-    if r.revoked {
-        return Verdict::Revoked;
-    }
-    let bound_here = st
-        .pods
-        .get(&r.namespace, &r.pod)
-        .is_some_and(|p| p.uid == r.pod_uid && p.node_name == node && !p.finished);
-    if bound_here {
+fn verdict(st: &ControllerState, node: &str, p: &Placement) -> Verdict {
+    if p.revoked {
+        Verdict::Revoked
+    } else if st.pods.runs_on(&p.namespace, &p.pod, &p.pod_uid, node) {
         Verdict::Keep
     } else {
         Verdict::Stale
     }
 }
 
-/// Records of volumes the node no longer holds whose pods are gone from
-/// the controller's own view (or rebound): records leave on the
-/// controller's knowledge, never on the node's word alone. An empty list
-/// from the node removes nothing whose pod still runs there.
-fn releasable(st: &ControllerState, node: &str, held: &[String]) -> Vec<VolumeRecord> {
-    let records = match st.issued.on_node(node) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the node's volume records");
-            return Vec::new();
-        }
-    };
-    records
-        .into_iter()
-        .filter(|r| !r.revoked && !held.contains(&r.volume_id))
-        .filter(|r| matches!(verdict(st, node, r), Verdict::Stale))
-        .collect()
-}
-
 /// Forgets released volumes, each audited first (`release`): no record,
-/// no release.
-pub async fn release(st: &ControllerState, node: &str, records: Vec<VolumeRecord>) {
-    for r in records {
+/// no release. The store's deletes run off the async workers.
+pub async fn release(st: &Arc<ControllerState>, node: &str, released: Vec<Placement>) {
+    for p in released {
         let event = AuditEvent::new(Actor::Controller, Action::Release)
-            .with_subject(r.volume_id.clone())
-            .with_place(node, &r.namespace, &r.pod)
+            .with_subject(p.volume_id.to_string())
+            .with_place(node, &*p.namespace, &*p.pod)
             .with_reason(format!(
                 "pod {}/{} (uid {}) is gone from the controller's view and node {node} no longer holds the volume",
-                r.namespace, r.pod, r.pod_uid
+                p.namespace, p.pod, p.pod_uid
             ));
         if let Err(e) = st.record(vec![event]).await {
-            tracing::error!(error = %e, volume = %r.volume_id, "cannot audit a release; the record stays");
+            tracing::error!(error = %e, volume = %p.volume_id, "cannot audit a release; the record stays");
             return;
         }
-        match st.issued.remove(&r.volume_id) {
-            Ok(()) => {
-                tracing::info!(volume = %r.volume_id, %node, "volume released: its pod is gone")
+        let state = Arc::clone(st);
+        let id = Arc::clone(&p.volume_id);
+        let removed = tokio::task::spawn_blocking(move || state.issued.remove(&id)).await;
+        match removed {
+            Ok(Ok(())) => {
+                tracing::info!(volume = %p.volume_id, %node, "volume released: its pod is gone")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, volume = %p.volume_id, "cannot release a volume record")
             }
             Err(e) => {
-                tracing::warn!(error = %e, volume = %r.volume_id, "cannot release a volume record")
+                tracing::warn!(error = %e, volume = %p.volume_id, "cannot release a volume record")
             }
         }
     }

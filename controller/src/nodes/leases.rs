@@ -84,12 +84,16 @@ impl Leases {
             last: Instant::now(),
             last_unix: now_unix(),
         };
-        match map.insert(node.to_string(), fresh) {
-            None => Some(Transition::Joined(node.to_string())),
-            Some(old) if old.state == LeaseState::Lost => {
-                Some(Transition::Returned(node.to_string()))
+        // A renewal (the common case) allocates nothing.
+        match map.get_mut(node) {
+            None => {
+                map.insert(node.to_string(), fresh);
+                Some(Transition::Joined(node.to_string()))
             }
-            Some(_) => None,
+            Some(old) => {
+                let was = std::mem::replace(old, fresh).state;
+                (was == LeaseState::Lost).then(|| Transition::Returned(node.to_string()))
+            }
         }
     }
 

@@ -14,15 +14,19 @@
 //! on them.
 
 pub mod file_source;
+mod kept;
 pub mod kube_source;
 pub mod retire;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 use tokio::sync::broadcast;
+
+use crate::intern::Interner;
+use kept::KeptPod;
 
 /// The identity one container runs as, from its `securityContext`
 /// (unset fields fall back to the pod's).
@@ -120,15 +124,60 @@ impl PodGone {
     }
 }
 
-/// `fresh` finished, and `old` (the view's previous entry for its name) was
-/// not that pod finished already.
-fn newly_finished(old: Option<&PodInfo>, fresh: &PodInfo) -> bool {
-    fresh.finished && !old.is_some_and(|o| o.uid == fresh.uid && o.finished)
+/// A pod `uid` now `finished`, whose previous entry under its name (`old`)
+/// was not that pod finished already.
+fn newly_finished(old: Option<&KeptPod>, uid: &str, finished: bool) -> bool {
+    finished && !old.is_some_and(|o| &*o.uid == uid && o.finished)
+}
+
+/// Pods by namespace, then name (the namespace kept once, not once per
+/// pod), each kept compact ([`kept`]).
+#[derive(Default)]
+struct Pods {
+    by_namespace: HashMap<Arc<str>, HashMap<Box<str>, KeptPod>>,
+    len: usize,
+    names: Interner,
+}
+
+impl Pods {
+    fn get(&self, namespace: &str, name: &str) -> Option<&KeptPod> {
+        self.by_namespace.get(namespace)?.get(name)
+    }
+
+    /// Inserts `pod`; returns the entry it replaced.
+    fn insert(&mut self, pod: PodInfo) -> Option<KeptPod> {
+        let namespace = self.names.get(&pod.namespace);
+        let name = pod.name.clone().into_boxed_str();
+        let kept = KeptPod::keep(pod, &mut self.names);
+        let old = self
+            .by_namespace
+            .entry(namespace)
+            .or_default()
+            .insert(name, kept);
+        self.len += usize::from(old.is_none());
+        old
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<KeptPod> {
+        let pods = self.by_namespace.get_mut(namespace)?;
+        let old = pods.remove(name)?;
+        if pods.is_empty() {
+            self.by_namespace.remove(namespace);
+        }
+        self.len -= 1;
+        Some(old)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str, &KeptPod)> {
+        self.by_namespace
+            .iter()
+            .flat_map(|(ns, pods)| pods.iter().map(move |(n, p)| (&**ns, &**n, p)))
+    }
 }
 
 /// Pods by namespace and name.
 pub struct PodIndex {
-    pods: RwLock<HashMap<(String, String), PodInfo>>,
+    pods: RwLock<Pods>,
     gone: broadcast::Sender<PodGone>,
     stale: AtomicBool,
 }
@@ -171,63 +220,72 @@ impl PodIndex {
 
     /// Looks a pod up by namespace and name.
     pub fn get(&self, namespace: &str, name: &str) -> Option<PodInfo> {
-        let map = crate::locks::read(&self.pods);
-        map.get(&(namespace.to_string(), name.to_string())).cloned()
+        crate::locks::read(&self.pods)
+            .get(namespace, name)
+            .map(|p| p.info(namespace, name))
+    }
+
+    /// Whether the pod `namespace/name` with this UID is bound to `node`
+    /// and not finished (a heartbeat's question, asked without copying
+    /// the pod).
+    pub fn runs_on(&self, namespace: &str, name: &str, uid: &str, node: &str) -> bool {
+        crate::locks::read(&self.pods)
+            .get(namespace, name)
+            .is_some_and(|p| &*p.uid == uid && &*p.node_name == node && !p.finished)
     }
 
     /// Adds or replaces one pod (a watch event).
     pub fn upsert(&self, pod: PodInfo) {
-        let mut map = crate::locks::write(&self.pods);
-        let old = map.insert((pod.namespace.clone(), pod.name.clone()), pod.clone());
-        drop(map);
-        let finished =
-            newly_finished(old.as_ref(), &pod).then(|| PodGone::of(&pod, GoneCause::Finished));
+        let finished = pod.finished.then(|| PodGone::of(&pod, GoneCause::Finished));
+        let (ns, name, uid) = (pod.namespace.clone(), pod.name.clone(), pod.uid.clone());
+        let old = crate::locks::write(&self.pods).insert(pod);
+        let finished = finished.filter(|_| newly_finished(old.as_ref(), &uid, true));
         let replaced = old
-            .filter(|o| o.uid != pod.uid)
-            .map(|o| PodGone::deleted(&o));
+            .filter(|o| *o.uid != *uid)
+            .map(|o| PodGone::deleted(&o.info(&ns, &name)));
         self.announce(replaced.into_iter().chain(finished));
     }
 
     /// Removes one pod (a watch delete).
     pub fn remove(&self, namespace: &str, name: &str) {
-        let mut map = crate::locks::write(&self.pods);
-        let old = map.remove(&(namespace.to_string(), name.to_string()));
-        drop(map);
-        self.announce(old.map(|o| PodGone::deleted(&o)));
+        let old = crate::locks::write(&self.pods).remove(namespace, name);
+        self.announce(old.map(|o| PodGone::deleted(&o.info(namespace, name))));
     }
 
     /// Removes `pod` if the view still holds that incarnation (same UID),
     /// not a newer pod of the same name.
     pub fn remove_pod(&self, pod: &PodInfo) {
         let mut map = crate::locks::write(&self.pods);
-        let key = (pod.namespace.clone(), pod.name.clone());
-        let old = match map.get(&key) {
-            Some(cur) if cur.uid == pod.uid => map.remove(&key),
+        let old = match map.get(&pod.namespace, &pod.name) {
+            Some(cur) if *cur.uid == *pod.uid => map.remove(&pod.namespace, &pod.name),
             _ => None,
         };
         drop(map);
-        self.announce(old.map(|o| PodGone::deleted(&o)));
+        self.announce(old.map(|o| PodGone::deleted(&o.info(&pod.namespace, &pod.name))));
     }
 
     /// Replaces every pod at once (a full list); pods missing from it, or
     /// present under another UID, are announced gone, and so are pods it
     /// holds finished that were not finished before.
     pub fn replace_all(&self, pods: impl IntoIterator<Item = PodInfo>) {
-        let fresh: HashMap<_, _> = pods
-            .into_iter()
-            .map(|p| ((p.namespace.clone(), p.name.clone()), p))
-            .collect();
         let mut map = crate::locks::write(&self.pods);
+        let mut fresh = Pods {
+            names: std::mem::take(&mut map.names),
+            ..Pods::default()
+        };
+        for p in pods {
+            fresh.insert(p);
+        }
         let old = std::mem::replace(&mut *map, fresh);
         let finished: Vec<PodGone> = map
             .iter()
-            .filter(|(k, p)| newly_finished(old.get(*k), p))
-            .map(|(_, p)| PodGone::of(p, GoneCause::Finished))
+            .filter(|(ns, n, p)| newly_finished(old.get(ns, n), &p.uid, p.finished))
+            .map(|(ns, n, p)| PodGone::of(&p.info(ns, n), GoneCause::Finished))
             .collect();
         let gone: Vec<PodGone> = old
-            .into_iter()
-            .filter(|(k, o)| map.get(k).is_none_or(|n| n.uid != o.uid))
-            .map(|(_, o)| PodGone::deleted(&o))
+            .iter()
+            .filter(|(ns, n, o)| map.get(ns, n).is_none_or(|p| p.uid != o.uid))
+            .map(|(ns, n, o)| PodGone::deleted(&o.info(ns, n)))
             .chain(finished)
             .collect();
         drop(map);
@@ -237,13 +295,13 @@ impl PodIndex {
     /// Whether any known pod is bound to `node` (so `node` is a node name).
     pub fn any_on_node(&self, node: &str) -> bool {
         crate::locks::read(&self.pods)
-            .values()
-            .any(|p| p.node_name == node)
+            .iter()
+            .any(|(_, _, p)| &*p.node_name == node)
     }
 
     /// Number of pods known.
     pub fn len(&self) -> usize {
-        crate::locks::read(&self.pods).len()
+        crate::locks::read(&self.pods).len
     }
 
     /// Whether no pod is known.

@@ -27,6 +27,7 @@
 
 pub mod atomic_writer;
 pub mod dir;
+pub mod records;
 pub mod state;
 pub mod tmpfs;
 pub mod tmpfs_medium;
