@@ -322,8 +322,11 @@ impl Controller {
         let (account_audit, account_events) = tokio::sync::mpsc::unbounded_channel();
         let kadmin = match &cfg.active_directory {
             Some(ad) => KeyAdmin::Ad(Box::new(
-                AdClient::new(ad.client_config(cfg), account_audit)
-                    .map_err(startup("active directory"))?,
+                AdClient::new(
+                    ad.client_config(cfg).map_err(startup("active directory"))?,
+                    account_audit,
+                )
+                .map_err(startup("active directory"))?,
             )),
             None => KeyAdmin::Mit(Box::new(
                 KadminClient::new(KadminConfig {
@@ -341,7 +344,10 @@ impl Controller {
         let directory_sync = cfg
             .active_directory
             .as_ref()
-            .and_then(|ad| Some((ad.client_config(cfg), ad.sync.clone()?)));
+            .and_then(|ad| Some((ad.client_config(cfg), ad.sync.clone()?)))
+            .map(|(client, sync)| client.map(|c| (c, sync)))
+            .transpose()
+            .map_err(startup("active directory"))?;
         let policy = match &cfg.policy_file {
             Some(path) => Watched::load(path, move |p, t| parse_policy(p, t, &realm))
                 .map_err(startup("policy"))?,

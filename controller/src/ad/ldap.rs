@@ -15,11 +15,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use zeroize::Zeroizing;
 
-use super::AdConfig;
+use super::{AdConfig, Bind};
 use crate::kadmin::KadminError;
 
 /// `msDS-SupportedEncryptionTypes` for AES128 + AES256 only.
 const AES_ONLY: u32 = 0x18;
+
+/// The least SASL security strength a Kerberos bind accepts: encrypted
+/// (AD requires 128-bit encryption to set a password).
+const MIN_SSF: &str = "minssf=128";
+
+/// The paged results control for searches that may return many entries.
+const PAGED: &str = "pr=500/noprompt";
 
 /// An account as the directory shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,18 +77,38 @@ pub(super) fn escape_filter(value: &str) -> String {
 fn base_command(cfg: &AdConfig, program: &std::path::Path) -> Command {
     let mut cmd = Command::new(program);
     crate::child_env::minimal(&mut cmd, cfg.krb5_config.as_deref(), "MEMORY:kcred-ad");
-    cmd.env("LDAPTLS_CACERT", &cfg.ca_file)
-        .env("LDAPTLS_REQCERT", "demand")
-        .args(["-x", "-H", &cfg.ldap_url, "-D", &cfg.bind_dn, "-y"])
-        .arg(&cfg.bind_password_file)
-        .args([
-            "-o",
-            &format!("nettimeout={}", cfg.timeout.as_secs().max(1)),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.env("LDAPTLS_REQCERT", "demand");
+    if let Some(ca) = &cfg.ca_file {
+        cmd.env("LDAPTLS_CACERT", ca);
+    }
+    match &cfg.bind {
+        Bind::Simple { dn, password_file } => {
+            cmd.args(["-x", "-H", &cfg.ldap_url, "-D", dn, "-y"])
+                .arg(password_file);
+        }
+        Bind::Kerberos { keytab } => {
+            // -N: the service is ldap/<the URL's host>, no reverse DNS;
+            // minssf: never without the SASL layer's encryption.
+            cmd.env("KRB5_CLIENT_KTNAME", keytab).args([
+                "-Y",
+                "GSSAPI",
+                "-Q",
+                "-N",
+                "-O",
+                MIN_SSF,
+                "-H",
+                &cfg.ldap_url,
+            ]);
+        }
+    }
+    cmd.args([
+        "-o",
+        &format!("nettimeout={}", cfg.timeout.as_secs().max(1)),
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     cmd
 }
 
@@ -305,11 +332,32 @@ pub async fn search(
     attrs: &[&str],
 ) -> Result<Vec<Entry>, KadminError> {
     let mut cmd = base_command(cfg, &cfg.ldapsearch);
-    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-b", base])
+    // Paged: AD returns at most MaxPageSize (1000) entries per page.
+    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-E", PAGED, "-b", base])
         .arg(filter)
         .args(attrs);
     let out = run(cfg, cmd, "ldapsearch", b"").await?;
     parse_ldif(&out)
+}
+
+/// The DC's `highestCommittedUSN` (root DSE): it moves on every change
+/// the DC commits, so an unchanged value means nothing changed there.
+pub async fn highest_usn(cfg: &AdConfig) -> Result<u64, KadminError> {
+    let mut cmd = base_command(cfg, &cfg.ldapsearch);
+    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-s", "base", "-b", ""])
+        .arg("(objectClass=*)")
+        .arg("highestCommittedUSN");
+    let out = run(cfg, cmd, "ldapsearch", b"").await?;
+    parse_usn(&out)
+}
+
+/// The `highestCommittedUSN` of a root DSE entry (whose DN is empty).
+fn parse_usn(text: &str) -> Result<u64, KadminError> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(attr, _)| attr.eq_ignore_ascii_case("highestCommittedUSN"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| KadminError::Failed("the root DSE shows no highestCommittedUSN".into()))
 }
 
 /// Parses `ldapsearch -LLL -o ldif-wrap=no` output into entries, decoding
@@ -412,6 +460,12 @@ mod tests {
                 kvno: 7,
             }]
         );
+    }
+
+    #[test]
+    fn the_root_dse_usn_is_read_and_its_absence_is_an_error() {
+        assert_eq!(parse_usn("dn:\nhighestCommittedUSN: 4242\n").unwrap(), 4242);
+        assert!(parse_usn("dn:\n").is_err());
     }
 
     #[test]

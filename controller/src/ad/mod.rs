@@ -48,15 +48,15 @@ use ldap::{Account, Created, Lookup};
 pub struct AdConfig {
     /// The realm (the domain's upper-case DNS name).
     pub realm: String,
-    /// An LDAPS URL of a domain controller (`ldaps://dc1.example.com`).
+    /// The URL of a domain controller (`ldaps://dc1.example.com`, or
+    /// `ldap://` with a Kerberos bind).
     pub ldap_url: String,
     /// CA certificate(s) that verify the DC's LDAPS certificate.
-    pub ca_file: PathBuf,
-    /// The account kcred binds as: needs "Reset password" and write access
-    /// to `msDS-SupportedEncryptionTypes` on the served accounts.
-    pub bind_dn: String,
-    /// File holding that account's password (read by `ldapsearch`/`ldapmodify`).
-    pub bind_password_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    /// How kcred binds, as an account that needs "Reset password" and
+    /// write access to `msDS-SupportedEncryptionTypes` on the served
+    /// accounts.
+    pub bind: Bind,
     /// Where served accounts live (an OU delegated to kcred).
     pub base_dn: String,
     /// Where kcred creates an account for a service principal no account
@@ -78,6 +78,26 @@ pub struct AdConfig {
     pub ktutil: PathBuf,
 }
 
+/// How kcred authenticates to the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    /// A simple bind over LDAPS: a DN and a file holding its password
+    /// (read by `ldapsearch`/`ldapmodify` themselves).
+    Simple {
+        /// The account's DN.
+        dn: String,
+        /// File holding its password.
+        password_file: PathBuf,
+    },
+    /// SASL GSSAPI over `ldap://`, signed and sealed: the tools get a
+    /// ticket from this keytab's first principal (MIT's client keytab), so
+    /// no password exists anywhere.
+    Kerberos {
+        /// The keytab.
+        keytab: PathBuf,
+    },
+}
+
 /// Keys of AD accounts, owned by kcred.
 pub struct AdClient {
     cfg: AdConfig,
@@ -96,6 +116,15 @@ impl AdClient {
         let io = |e: std::io::Error| {
             KadminError::Failed(format!("work dir {}: {e}", cfg.work_dir.display()))
         };
+        if let Bind::Kerberos { keytab } = &cfg.bind {
+            // Its keys let anyone reset the served accounts' passwords.
+            crate::private_file::check(keytab).map_err(|reason| {
+                KadminError::Failed(format!(
+                    "active_directory.bind_keytab {}: {reason}",
+                    keytab.display()
+                ))
+            })?;
+        }
         for path in crate::private_dir::prepare(&cfg.work_dir).map_err(io)? {
             if path.extension().is_some_and(|e| e == "keytab") {
                 std::fs::remove_file(&path).map_err(io)?;

@@ -272,6 +272,14 @@ impl DomainController {
         "ldaps://127.0.0.1:636".to_string()
     }
 
+    /// Where to reach plain LDAP with a Kerberos (SASL GSSAPI) bind: the
+    /// DC's account gets the service principal `ldap/127.0.0.1`, the name
+    /// a client asks a ticket for when it reaches the DC by that address.
+    pub fn kerberos_ldap_url(&self) -> Result<String, SambaError> {
+        self.samba_tool(&["spn", "add", "ldap/127.0.0.1", "DC1$"])?;
+        Ok("ldap://127.0.0.1".to_string())
+    }
+
     /// The CA certificate that verifies the DC's LDAPS certificate.
     pub fn ca_cert_path(&self) -> PathBuf {
         self.dir().join("private/tls/kcred-cert.pem")
