@@ -103,8 +103,11 @@ struct Cli {
 
 /// Threads answering kubelet and the controller. A node agent waits on
 /// sockets almost all the time; more workers than this (tokio's default is
-/// one per core, dozens on a large node) only cost memory.
-const WORKER_THREADS: usize = 2;
+/// one per core, dozens on a large node) only cost memory. Not fewer: a
+/// Kerberos token is made on the calling worker, and when the node's
+/// service ticket has run out that waits on the KDC, so a few stalled
+/// calls must leave workers for kubelet's republishes answered locally.
+const WORKER_THREADS: usize = 4;
 /// Threads for file-system work (mounts, tmpfs writes, state records). A
 /// rotation refreshes many volumes at once; each write is short, so they
 /// queue for a few threads rather than start one each.
