@@ -164,6 +164,12 @@ impl<'de> Deserialize<'de> for PublishedVolume {
     }
 }
 
+/// Ownership of a state directory, held until dropped ([`StateDir::claim`]).
+#[derive(Debug)]
+pub struct StateDirOwner {
+    _held: nix::fcntl::Flock<File>,
+}
+
 /// The driver's private state directory. One driver process per node owns it.
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -198,6 +204,26 @@ impl StateDir {
             }
         }
         Ok(dir)
+    }
+
+    /// Makes this process the directory's one owner for as long as the
+    /// returned lock lives (an exclusive `flock` on the directory); fails
+    /// at once, naming the directory, while another process owns it (a
+    /// rolling update that let two drivers overlap). The kernel drops the
+    /// lock when its owner dies, however it dies.
+    pub fn claim(&self) -> Result<StateDirOwner> {
+        let dir = File::open(&self.root).map_err(io_err("opening state dir", &self.root))?;
+        match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(held) => Ok(StateDirOwner { _held: held }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                Err(StorageError::StateDirHeld(self.root.clone()))
+            }
+            Err((_, source)) => Err(StorageError::Sys {
+                op: "locking state dir",
+                path: self.root.clone(),
+                source,
+            }),
+        }
     }
 
     /// The directory.

@@ -59,6 +59,8 @@ pub struct VolumeManager {
     retries: Mutex<HashMap<String, ExponentialBackoff>>,
     pub(crate) freshness: Arc<Freshness>,
     pub(crate) pod_tokens: super::pod_tokens::PodTokens,
+    /// This process's hold on the state directory (a real node's driver).
+    owner: Option<crate::storage::state::StateDirOwner>,
 }
 
 impl VolumeManager {
@@ -66,8 +68,11 @@ impl VolumeManager {
     /// tmpfs (read-only volumes' private views under `<state_dir>/views`).
     pub fn for_node(cfg: &DriverConfig, client: ControllerClient) -> Result<Self, StorageError> {
         let state = StateDir::open(&cfg.state_dir)?;
+        let owner = state.claim()?;
         let medium = TmpfsMedium::new(cfg.tmpfs_size_bytes, cfg.state_dir.join("views"));
-        Self::new(client, state, Arc::new(medium))
+        let mut manager = Self::new(client, state, Arc::new(medium))?;
+        manager.owner = Some(owner);
+        Ok(manager)
     }
 
     /// A manager over `state` and `medium`. Reads the state directory once
@@ -88,6 +93,7 @@ impl VolumeManager {
             retries: Mutex::new(HashMap::new()),
             freshness: Arc::new(Freshness::default()),
             pod_tokens: Default::default(),
+            owner: None,
         };
         manager.resume();
         Ok(manager)
