@@ -82,9 +82,25 @@ impl Records {
         })
     }
 
-    /// The volume's record.
+    /// The volume's record. One not held is looked for on disk once more
+    /// (a record that could not be read at start, say under a transient
+    /// I/O error, is not lost for the process's life): a miss costs one
+    /// failed open, and only volumes the driver does not know miss.
     pub fn get(&self, volume_id: &str) -> Option<PublishedVolume> {
-        lock(&self.held).get(volume_id).cloned()
+        if let Some(r) = lock(&self.held).get(volume_id) {
+            return Some(r.clone());
+        }
+        match self.dir.load(volume_id) {
+            Ok(Some(r)) => {
+                lock(&self.held).insert(r.clone());
+                Some(r)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(volume = %volume_id, error = %e, "unreadable volume record");
+                None
+            }
+        }
     }
 
     /// Every record, sorted by volume id.
@@ -138,7 +154,17 @@ impl Records {
         if lock(&self.held).get(&record.volume_id) == Some(record) {
             return Ok(false);
         }
-        write(&self.dir, record)?;
+        if let Err(e) = write(&self.dir, record) {
+            // The write may have landed before what failed (the directory's
+            // fsync): hold what the disk holds, so that a later save of the
+            // old value is not skipped as unchanged.
+            match self.dir.load(&record.volume_id) {
+                Ok(Some(on_disk)) => lock(&self.held).insert(on_disk),
+                Ok(None) => lock(&self.held).remove(&record.volume_id),
+                Err(_) => {}
+            }
+            return Err(e);
+        }
         lock(&self.held).insert(record.clone());
         Ok(true)
     }
@@ -210,6 +236,21 @@ mod tests {
         assert_eq!(records.holder_of(Path::new("/t/b"), "b"), None);
         records.remove("b").unwrap();
         assert_eq!(records.holder_of(Path::new("/t/b"), "c"), None, "forgotten");
+    }
+
+    #[test]
+    fn a_record_missed_at_start_is_found_when_its_volume_is_asked_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let records = Records::load(StateDir::open(tmp.path()).unwrap()).unwrap();
+        // Not read at start (here: written after it; a transient read
+        // error does the same).
+        StateDir::open(tmp.path())
+            .unwrap()
+            .save(&record("a", "/t/a"))
+            .unwrap();
+        assert_eq!(records.get("a"), Some(record("a", "/t/a")));
+        assert_eq!(records.ids(), ["a"], "held from then on");
+        assert_eq!(records.get("b"), None);
     }
 
     #[test]
