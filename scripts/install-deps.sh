@@ -14,7 +14,7 @@ set -euo pipefail
 packages=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config openssl
   protobuf-compiler libprotobuf-dev etcd-server etcd-client
   buildah mmdebstrap uidmap prometheus python3-venv
-  samba samba-ad-dc samba-ad-provision ldb-tools ldap-utils iproute2)
+  samba samba-ad-dc samba-ad-provision ldb-tools ldap-utils libsasl2-modules-gssapi-mit iproute2)
 # kubectl drives the test Kubernetes API server; Debian ships it as
 # kubernetes-client. Any kubectl already on the PATH will do (tested with
 # Debian's 1.20 and 1.32).

@@ -317,9 +317,16 @@ impl Controller {
             .open_shared(cfg.store_path.as_deref(), master)
             .map_err(startup("store"))?;
         tracing::info!(store = %store.describe(), "store open");
+        // Records of AD accounts kcred creates, appended once the audit log
+        // is open.
+        let (account_audit, account_events) = tokio::sync::mpsc::unbounded_channel();
         let kadmin = match &cfg.active_directory {
             Some(ad) => KeyAdmin::Ad(Box::new(
-                AdClient::new(ad.client_config(cfg)).map_err(startup("active directory"))?,
+                AdClient::new(
+                    ad.client_config(cfg).map_err(startup("active directory"))?,
+                    account_audit,
+                )
+                .map_err(startup("active directory"))?,
             )),
             None => KeyAdmin::Mit(Box::new(
                 KadminClient::new(KadminConfig {
@@ -337,7 +344,10 @@ impl Controller {
         let directory_sync = cfg
             .active_directory
             .as_ref()
-            .and_then(|ad| Some((ad.client_config(cfg), ad.sync.clone()?)));
+            .and_then(|ad| Some((ad.client_config(cfg), ad.sync.clone()?)))
+            .map(|(client, sync)| client.map(|c| (c, sync)))
+            .transpose()
+            .map_err(startup("active directory"))?;
         let policy = match &cfg.policy_file {
             Some(path) => Watched::load(path, move |p, t| parse_policy(p, t, &realm))
                 .map_err(startup("policy"))?,
@@ -579,6 +589,17 @@ impl Controller {
             nodes_gone,
         ));
         background.push(crate::pods::retire::spawn(Arc::clone(&state), pods_gone));
+        background.push(tokio::spawn({
+            let state = Arc::clone(&state);
+            let mut account_events = account_events;
+            async move {
+                while let Some(event) = account_events.recv().await {
+                    if let Err(e) = state.record(vec![event]).await {
+                        tracing::error!(error = %e, "cannot audit a created Active Directory account");
+                    }
+                }
+            }
+        }));
         if let Some((client, sync)) = directory_sync {
             background.push(crate::ad::sync::spawn(
                 Arc::clone(&state),

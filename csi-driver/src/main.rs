@@ -101,8 +101,32 @@ struct Cli {
     log: kcred_runtime::LogArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Threads answering kubelet and the controller. A node agent waits on
+/// sockets almost all the time; more workers than this (tokio's default is
+/// one per core, dozens on a large node) only cost memory. Not fewer: a
+/// Kerberos token is made on the calling worker, and when the node's
+/// service ticket has run out that waits on the KDC, so a few stalled
+/// calls must leave workers for kubelet's republishes answered locally.
+const WORKER_THREADS: usize = 4;
+/// Threads for file-system work (mounts, tmpfs writes, state records). A
+/// rotation refreshes many volumes at once; each write is short, so they
+/// queue for a few threads rather than start one each.
+const BLOCKING_THREADS: usize = 8;
+/// How long an idle blocking thread is kept (tokio's default is 10 s).
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     kcred_runtime::set_build_info(kcred_runtime::BuildInfo {
         component: "csi-driver",
         version: env!("CARGO_PKG_VERSION"),

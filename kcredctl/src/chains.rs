@@ -1,7 +1,8 @@
-//! `audit verify --every-controller`: every controller signs its own audit
-//! chain with its own key; this checks each one and merges them by time.
+//! `audit verify --every-controller` and `--chain`: every controller signs
+//! its own audit chain with its own key; this checks each one (asking the
+//! controllers, or in files the auditor holds) and merges them by time.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -9,15 +10,18 @@ use anyhow::Context;
 use kcred_proto::kcred::v1::{AuditHeadsRequest, StoredAuditHead};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{Format, Global, VerifyArgs};
+use kcred_audit::{AuditHead, Start};
+
+use crate::cli::{ChainFile, Format, Global, VerifyArgs};
 use crate::connect::{self, unary};
 use crate::output::{clean, print, print_json};
-use crate::verify::{Verdict, check_online};
+use crate::verify::{Verdict, check_online, verdict, verify_path};
 
-/// One controller's chain, as printed (`--output json` prints a list).
+/// One chain, as printed (`--output json` prints a list).
 #[derive(Serialize, Debug)]
 pub struct ChainVerdict {
-    pub controller: String,
+    /// Where the chain was read: a controller's URL, or a file.
+    pub source: String,
     /// The check's outcome; absent when the controller could not be asked.
     pub verdict: Option<Verdict>,
     /// Why the chain could not be checked at all.
@@ -62,12 +66,12 @@ pub async fn verify_every(
         .await;
         let chain = match checked {
             Ok(v) => ChainVerdict {
-                controller: url,
+                source: url,
                 verdict: Some(v),
                 error: None,
             },
             Err(e) => ChainVerdict {
-                controller: url,
+                source: url,
                 verdict: None,
                 error: Some(format!("{e:#}")),
             },
@@ -83,7 +87,7 @@ pub async fn verify_every(
         Ok(heads) => unverified(&chains, heads),
         Err(_) => Vec::new(),
     };
-    let all_ok = chains.iter().all(ChainVerdict::ok) && missing.is_empty();
+    let all_ok = chains.iter().all(ChainVerdict::ok);
     let mut report = render(&chains, &merged);
     match &stored {
         Ok(heads) => report.push_str(&format!(
@@ -100,23 +104,107 @@ pub async fn verify_every(
     for m in &missing {
         report.push_str(&format!("FAILED  {m}\n"));
     }
+    let all_ok = all_ok && missing.is_empty();
+    emit(args, format, &chains, &merged, &report, all_ok)
+}
+
+/// Checks every `--chain` file with its key, prints one line per chain,
+/// then the merged timeline (or writes it with `--merged`). No controller
+/// is asked: the auditor's copies and pinned keys are the whole story.
+pub async fn verify_files(args: &VerifyArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let mut chains = Vec::new();
+    let mut lines = Vec::new();
+    for chain in &args.chains {
+        let (one, keep) = (chain.clone(), args.merged);
+        let checked = tokio::task::spawn_blocking(move || check_file(&one, keep))
+            .await
+            .context("the verification did not finish")?;
+        let source = chain.path.display().to_string();
+        chains.push(match checked {
+            Ok((v, kept)) => {
+                if v.ok {
+                    lines.extend(kept);
+                }
+                ChainVerdict {
+                    source,
+                    verdict: Some(v),
+                    error: None,
+                }
+            }
+            Err(e) => ChainVerdict {
+                source,
+                verdict: None,
+                error: Some(format!("{e:#}")),
+            },
+        });
+    }
+    let merged = merge(lines);
+    let all_ok = chains.iter().all(ChainVerdict::ok);
+    let report = render(&chains, &merged);
+    emit(args, format, &chains, &merged, &report, all_ok)
+}
+
+/// Verifies one file's chain; with `keep`, when it verifies, also returns
+/// its records (every segment's lines, oldest first, as many as verified:
+/// lines a live log gained since are left out) for the merged timeline.
+fn check_file(chain: &ChainFile, keep: bool) -> anyhow::Result<(Verdict, Vec<String>)> {
+    let expected = chain
+        .head
+        .clone()
+        .map(|(seq, hash)| AuditHead { seq, hash });
+    let report = verify_path(
+        &chain.path,
+        &chain.public_key,
+        &Start::Genesis,
+        expected.as_ref(),
+    )?;
+    let v = verdict(&report, &chain.public_key, expected, None);
+    let mut kept = Vec::new();
+    if v.ok && keep {
+        let cannot = || format!("cannot read {}", chain.path.display());
+        let verified = usize::try_from(v.records).unwrap_or(usize::MAX);
+        'segments: for segment in
+            kcred_audit::segments::segments(&chain.path).with_context(cannot)?
+        {
+            let file = std::fs::File::open(&segment.path).with_context(cannot)?;
+            for line in BufReader::new(file).lines() {
+                if kept.len() == verified {
+                    break 'segments;
+                }
+                kept.push(line.with_context(cannot)?);
+            }
+        }
+    }
+    Ok((v, kept))
+}
+
+/// Prints the verdicts (and the merged records where asked) and turns
+/// `all_ok` into the exit code.
+fn emit(
+    args: &VerifyArgs,
+    format: Format,
+    chains: &[ChainVerdict],
+    merged: &[String],
+    report: &str,
+    all_ok: bool,
+) -> anyhow::Result<ExitCode> {
     match (args.merged, &args.out) {
         (true, Some(path)) => {
-            write_merged(path, &merged)?;
-            print(&report)?;
+            write_merged(path, merged)?;
+            print(report)?;
         }
         (true, None) => {
             // stdout carries the records: the verdicts go to stderr.
             eprint!("{report}");
             let mut out = BufWriter::new(std::io::stdout());
-            for line in &merged {
+            for line in merged {
                 writeln!(out, "{line}").context("cannot write the merged records")?;
             }
             out.flush().context("cannot write the merged records")?;
         }
         (false, _) => match format {
             Format::Json => print_json(&chains)?,
-            Format::Table => print(&report)?,
+            Format::Table => print(report)?,
         },
     }
     Ok(if all_ok {
@@ -197,7 +285,7 @@ pub fn merge(lines: Vec<String>) -> Vec<String> {
 pub fn render(chains: &[ChainVerdict], merged: &[String]) -> String {
     let mut out = String::new();
     for c in chains {
-        let url = clean(&c.controller);
+        let url = clean(&c.source);
         match (&c.verdict, &c.error) {
             (Some(v), _) if v.ok => {
                 let head = v.head.as_ref();

@@ -339,6 +339,7 @@ pub struct AuditFilterArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("several").args(["every_controller", "chains"])))]
 pub struct VerifyArgs {
     /// The audit public key (64 hex digits) to pin.
     #[arg(long, value_name = "HEX", value_parser = parse_public_key)]
@@ -365,9 +366,19 @@ pub struct VerifyArgs {
     /// chain with its key id and public key to compare with your pins.
     #[arg(long, conflicts_with_all = ["file", "public_key", "after_seq"])]
     pub every_controller: bool,
-    /// With --every-controller: write the records of all chains as JSON
-    /// lines merged by time (unix_ms, then key id, then seq).
-    #[arg(long, requires = "every_controller")]
+    /// Verify audit files you hold, one chain each (every controller signs
+    /// its own), offline: PATH=PUBLIC_KEY, or PATH=PUBLIC_KEY@SEQ:HASH to
+    /// also require the head an earlier verify printed. Repeat per chain.
+    #[arg(
+        long = "chain",
+        value_name = "PATH=KEY[@SEQ:HASH]",
+        value_parser = parse_chain,
+        conflicts_with_all = ["file", "public_key", "every_controller", "after_seq"]
+    )]
+    pub chains: Vec<ChainFile>,
+    /// With --every-controller or --chain: write the records of all chains
+    /// as JSON lines merged by time (unix_ms, then key id, then seq).
+    #[arg(long, requires = "several")]
     pub merged: bool,
     /// Write the --merged records to FILE (created 0600) instead of stdout.
     #[arg(short = 'o', long = "out", value_name = "FILE", requires = "merged")]
@@ -388,6 +399,37 @@ fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
             "an Ed25519 public key is 32 bytes (64 hex digits), this is {}",
             bytes.len()
         )
+    })
+}
+
+/// One audit file and the key its chain is signed with (`--chain`).
+#[derive(Debug, Clone)]
+pub struct ChainFile {
+    pub path: PathBuf,
+    pub public_key: [u8; 32],
+    /// The head the file must still reach: (seq, hash).
+    pub head: Option<(u64, String)>,
+}
+
+fn parse_chain(s: &str) -> Result<ChainFile, String> {
+    let (path, rest) = s
+        .rsplit_once('=')
+        .filter(|(p, _)| !p.is_empty())
+        .ok_or("expected PATH=PUBLIC_KEY or PATH=PUBLIC_KEY@SEQ:HASH")?;
+    let (key, head) = match rest.split_once('@') {
+        None => (rest, None),
+        Some((key, head)) => {
+            let (seq, hash) = head.split_once(':').ok_or("the head after @ is SEQ:HASH")?;
+            let seq = seq
+                .parse::<u64>()
+                .map_err(|_| format!("the head's sequence number {seq:?} is not a number"))?;
+            (key, Some((seq, parse_hash(hash)?)))
+        }
+    };
+    Ok(ChainFile {
+        path: PathBuf::from(path),
+        public_key: parse_public_key(key)?,
+        head,
     })
 }
 
@@ -456,6 +498,35 @@ mod tests {
             ],
             &["audit", "verify", "--every-controller", "--file", "x"],
             &["audit", "verify", "--merged"],
+            // A chain names its own key; not one for a --file.
+            &["audit", "verify", "--chain", "a.jsonl"],
+            &[
+                "audit",
+                "verify",
+                "--chain",
+                &format!("a.jsonl={}", "ab".repeat(31)),
+            ],
+            &[
+                "audit",
+                "verify",
+                "--chain",
+                &format!("a.jsonl={}@x:{}", "ab".repeat(32), "cd".repeat(32)),
+            ],
+            &[
+                "audit",
+                "verify",
+                "--chain",
+                &format!("a.jsonl={}", "ab".repeat(32)),
+                "--every-controller",
+            ],
+            &[
+                "audit",
+                "verify",
+                "--chain",
+                &format!("a.jsonl={}", "ab".repeat(32)),
+                "--public-key",
+                &"ab".repeat(32),
+            ],
             &["audit", "verify", "--every-controller", "-o", "t.jsonl"],
         ];
         for args in bad {

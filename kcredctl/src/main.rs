@@ -87,6 +87,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCmd::Verify(args)) if args.file.is_some() => {
             return verify::local(args, format).await;
         }
+        Command::Audit(AuditCmd::Verify(args)) if !args.chains.is_empty() => {
+            return chains::verify_files(args, format).await;
+        }
         Command::Audit(AuditCmd::Verify(args)) if args.every_controller => {
             return chains::verify_every(g, args, format).await;
         }

@@ -6,6 +6,8 @@
 //! `cargo build --release --bins && cargo bench -p kcred-tests --bench fast_path`
 //! (as root: it mounts tmpfs). `-- --quick` (or `KCRED_BENCH_QUICK=1`)
 //! runs a small version in well under a minute: CI's smoke test.
+//! `KCRED_BENCH_VOLUMES=N` publishes N volumes on the node instead (the
+//! rotation fan-out row with 1,000).
 //!
 //! The process re-executes itself for two helpers: the TLS echo server
 //! (`--echo-server DIR`), so its CPU is measured alone, and node load
@@ -26,6 +28,7 @@ use kcred_tests::{Kubelet, TestPod};
 use serde_json::{Value, json};
 
 /// How much of everything: `--quick` for CI's smoke run.
+#[derive(Clone, Copy)]
 struct Size {
     volumes: usize,
     floor: usize,
@@ -77,7 +80,15 @@ fn main() -> anyhow::Result<()> {
     }
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var_os("KCRED_BENCH_QUICK").is_some_and(|v| v != "0");
-    rt.block_on(bench(if quick { &QUICK } else { &FULL }, quick))
+    let mut size = if quick { QUICK } else { FULL };
+    // `KCRED_BENCH_VOLUMES=1000`: the rotation fan-out over more volumes.
+    if let Some(n) = std::env::var("KCRED_BENCH_VOLUMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        size.volumes = n;
+    }
+    rt.block_on(bench(&size, quick))
 }
 
 /// A helper process killed on drop.
@@ -334,10 +345,8 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         .and_then(|p| p.pid())
         .map(|p| p.as_raw())
         .context("driver pid")?;
-    let pods: Vec<TestPod> = (0..=size.volumes)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack.set_pods(&pods.iter().collect::<Vec<_>>()).await?;
+    let pods = TestPod::web_replicas(size.volumes + 1, NODE_A);
+    stack.set_pod_list(&pods).await?;
     // The first publish extracts the keytab; the rest are warm.
     stack.kubelet().publish(&pods[0], "kcred").await?;
     let mut warm = Vec::with_capacity(size.volumes);
@@ -354,7 +363,21 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         republish.push(t.elapsed());
     }
     let mut stat = floor::stat(&targets)?;
+    // The bare CSI round trip on the same socket: a call the driver
+    // answers without looking at anything.
+    let mut csi_call = Vec::with_capacity(size.volumes);
+    for _ in 0..size.volumes {
+        let t = Instant::now();
+        stack
+            .kubelet()
+            .identity()
+            .get_plugin_info(kcred_proto::csi::v1::GetPluginInfoRequest {})
+            .await?;
+        csi_call.push(t.elapsed());
+    }
     let driver_rss = procstat::rss(driver_pid)?;
+    let (driver_anon, driver_file) = procstat::rss_parts(driver_pid)?;
+    let driver_threads = procstat::threads(driver_pid)?;
 
     // Fetch throughput and CPU: warm fetches of one volume per client.
     let fetch_spec = |calls: usize, prefix: &str, distinct: bool| {
@@ -397,6 +420,7 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
 
     // Rotation: every volume on the node rewritten with the new kvno.
     let before: Vec<Option<PathBuf>> = targets.iter().map(|t| data_version(t)).collect();
+    let (rot_ctrl0, rot_driver0) = (procstat::cpu(ctrl_pid)?, procstat::cpu(driver_pid)?);
     let t = Instant::now();
     let out = stack.kcredctl(
         kcred_tests::procs::OPERATOR,
@@ -424,6 +448,9 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let driver_rss_rotated = procstat::rss(driver_pid)?;
+    let rot_ctrl_cpu = procstat::cpu(ctrl_pid)?.saturating_sub(rot_ctrl0);
+    let rot_driver_cpu = procstat::cpu(driver_pid)?.saturating_sub(rot_driver0);
 
     // The table.
     let (pf50, pf99) = (pct(&mut publish_floor, 0.5), pct(&mut publish_floor, 0.99));
@@ -433,6 +460,7 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     let (w50, w99) = (pct(&mut warm, 0.5), pct(&mut warm, 0.99));
     let rp50 = pct(&mut republish, 0.5);
     let st50 = pct(&mut stat, 0.5);
+    let csi50 = pct(&mut csi_call, 0.5);
     println!();
     let table = Table::start();
     table.row(
@@ -456,6 +484,12 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         &ms(rp50),
         &format!("{} stat", ms(st50)),
         &ratio(rp50.as_secs_f64(), st50.as_secs_f64()),
+    );
+    table.row(
+        "  the same beside a bare CSI call (GetPluginInfo) + stat",
+        &ms(rp50),
+        &format!("{} + {}", ms(csi50), ms(st50)),
+        &ratio(rp50.as_secs_f64(), (csi50 + st50).as_secs_f64()),
     );
     table.row(
         &format!("authenticated fetches/s, {} clients", size.clients),
@@ -491,6 +525,12 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
             .unwrap_or_default(),
     );
     table.row(
+        "  CPU while it ran: controller / driver",
+        &format!("{} / {}", ms(rot_ctrl_cpu), ms(rot_driver_cpu)),
+        "-",
+        "-",
+    );
+    table.row(
         &format!(
             "controller memory per issued volume ({} more)",
             issued.calls
@@ -506,6 +546,22 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         &format!("driver RSS with {} volumes", size.volumes),
         &format!("{:.1} MiB", driver_rss as f64 / 1048576.0),
         "-",
+        "-",
+    );
+    table.row(
+        "  after the rotation",
+        &format!("{:.1} MiB", driver_rss_rotated as f64 / 1048576.0),
+        "-",
+        "-",
+    );
+    table.row(
+        "  of which heap and stacks / mapped files (binary, libraries)",
+        &format!(
+            "{:.1} / {:.1} MiB",
+            driver_anon as f64 / 1048576.0,
+            driver_file as f64 / 1048576.0
+        ),
+        &format!("{driver_threads} threads"),
         "-",
     );
     kcred_tests::unmount_volumes(&stack.path().join("kubelet"));

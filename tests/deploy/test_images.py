@@ -148,12 +148,19 @@ def test_driver_image_runs_the_driver_with_only_its_runtime_libraries(tmp_path):
 
 
 def test_controller_image_runs_unprivileged_with_the_mit_tools_it_drives(tmp_path):
-    base = base_image(["libgssapi-krb5-2", "ca-certificates", "krb5-user"])
+    base = base_image(
+        ["libgssapi-krb5-2", "ca-certificates", "krb5-user", "ldap-utils", "libsasl2-modules-gssapi-mit"]
+    )
     prebuilt = stripped(["kcred-controller", "kcredctl"], tmp_path)
     with Container(build("controller", base, prebuilt)) as c:
         assert c.run("/usr/local/bin/kcred-controller", "--version") == f"kcred-controller {VERSION}"
         assert c.run("/usr/local/bin/kcredctl", "--version") == f"kcredctl {VERSION}"
-        assert c.run("sh", "-c", "for t in kadmin kinit; do command -v $t; done").split() == ["/usr/bin/kadmin", "/usr/bin/kinit"]
+        tools = "kadmin kinit ldapsearch ldapmodify"
+        assert c.run("sh", "-c", f"for t in {tools}; do command -v $t; done").split() == [
+            f"/usr/bin/{t}" for t in tools.split()
+        ]
+        # The Kerberos bind to Active Directory needs SASL's GSSAPI module.
+        assert c.run("sh", "-c", "ls /usr/lib/*/sasl2/libgssapiv2.so*").startswith("/usr/lib/")
         # The image's user, as the container runs.
         assert c.run("id", "-u") == "10001"
         assert c.run("stat", "-c", "%U %a", "/var/lib/kcred") == "kcred 700"

@@ -73,6 +73,15 @@ impl TestPod {
         Self::new(namespace, name, node).annotate("kcred.io/keytabs", principals)
     }
 
+    /// `web-0` .. `web-{n-1}` in namespace `web` on `node`, each asking for
+    /// the keytab of `HTTP/web.example.com` (one credential shared by many
+    /// volumes).
+    pub fn web_replicas(n: usize, node: &str) -> Vec<Self> {
+        (0..n)
+            .map(|i| Self::with_keytabs("web", &format!("web-{i}"), node, "HTTP/web.example.com"))
+            .collect()
+    }
+
     /// The pod as a node names it in a fetch (service account `default`).
     pub fn pod_ref(&self) -> kcred_proto::kcred::v1::PodRef {
         kcred_proto::kcred::v1::PodRef {

@@ -468,6 +468,11 @@ ttl_secs = 3
         Ok(())
     }
 
+    /// [`Self::set_pods`] for a list the caller owns.
+    pub async fn set_pod_list(&mut self, pods: &[TestPod]) -> anyhow::Result<()> {
+        self.set_pods(&pods.iter().collect::<Vec<_>>()).await
+    }
+
     /// Runs `kcredctl` as `who` (a principal of this realm) with `args`,
     /// from `who`'s keytab (scripts' way).
     pub fn kcredctl(&self, who: &str, args: &[&str]) -> Output {

@@ -80,6 +80,9 @@ pub struct StackOptions {
     /// `[webhook]` table in `extra_config` instead serves it with the
     /// `[tls]` certificate, whose CA `tls.ca_export_file` exports.)
     pub webhook: bool,
+    /// Use a copy of this master key instead of a fresh one (a second
+    /// controller on the same etcd store reads the first one's records).
+    pub master_key_from: Option<PathBuf>,
 }
 
 /// An AD realm for the controller: its name, a `krb5.conf` reaching its
@@ -111,6 +114,7 @@ impl Default for StackOptions {
             kubernetes_config: String::new(),
             active_directory: None,
             webhook: false,
+            master_key_from: None,
         }
     }
 }
@@ -202,7 +206,14 @@ impl Stack {
         }
         let dir = tempfile::tempdir()?;
         let d = dir.path();
-        kcred_controller::crypto::MasterKey::generate_file(&d.join("master.key"))?;
+        match &opts.master_key_from {
+            Some(key) => {
+                std::fs::copy(key, d.join("master.key"))?;
+            }
+            None => {
+                kcred_controller::crypto::MasterKey::generate_file(&d.join("master.key"))?;
+            }
+        }
         write(&d.join("policy.toml"), &opts.policy)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let controller_addr = listener.local_addr()?;

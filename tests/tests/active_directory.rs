@@ -11,7 +11,9 @@ use kcred_controller::names::ServicePrincipal;
 use kcred_csi_driver::controller_client::{ControllerClient, ControllerError};
 use kcred_proto::kcred::v1::{PodRef, Reason};
 use kcred_tests::{DirectoryRealm, Kubelet, Stack, StackOptions, TestPod, wait_until};
-use kcred_testsamba::{DomainController, KCRED_BIND_DN, KCRED_OU, REALM, isolate_network};
+use kcred_testsamba::{
+    ADMIN_DN, DomainController, KCRED_BIND_DN, KCRED_OU, REALM, isolate_network,
+};
 use zeroize::Zeroizing;
 
 const VOL: &str = "kcred";
@@ -220,7 +222,7 @@ async fn a_rotation_on_ad_keeps_the_previous_kvno_for_the_grace_period_only() {
 
     let sp = ServicePrincipal::parse(SPN, REALM).expect("principal");
     let state = stack.state().expect("controller running");
-    let new = kcred_controller::rotation::rotate_keytab(&state, &sp, Duration::from_secs(4))
+    let new = kcred_controller::rotation::rotate_keytab(&state, &sp, Duration::from_secs(15))
         .await
         .expect("rotate");
     drop(state);
@@ -381,7 +383,11 @@ async fn an_account_shared_with_another_spn_or_outside_the_ou_is_refused_and_lef
         .await
         .expect_err("no account");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("no account"), "{}", err.message());
+    assert!(
+        err.message().contains("no account") && err.message().contains("accounts_ou"),
+        "the refusal says kcred creates no account without accounts_ou: {}",
+        err.message()
+    );
     assert_eq!(
         dc.key_version("db-outside").expect("kvno"),
         outside_before,
@@ -619,7 +625,7 @@ async fn an_operator_gains_and_loses_the_role_through_directory_group_membership
         "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
          bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
          [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 3600\n\
-         operators_group = \"kcred-operators\"\n",
+         change_check_secs = 0\noperators_group = \"kcred-operators\"\n",
         url = dc.ldap_url(),
         ca = dc.ca_cert_path().display(),
         pw = dc.kcred_password_file().display(),
@@ -646,7 +652,8 @@ async fn an_operator_gains_and_loses_the_role_through_directory_group_membership
         .expect_err("no role before the group grants one");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
-    // The interval is an hour: what follows is the sync SIGHUP asks for.
+    // The interval is an hour and changes are not followed: what follows
+    // is the sync SIGHUP asks for.
     dc.samba_tool(&["group", "addmembers", "kcred-operators", "alice"])
         .expect("membership");
     stack.reload();
@@ -685,5 +692,808 @@ async fn an_operator_gains_and_loses_the_role_through_directory_group_membership
             && audit.contains(&format!("directory sync: {alice} lost role operator")),
         "{audit}"
     );
+    stack.shutdown().await.expect("shutdown");
+}
+
+/// The `[active_directory]` table letting kcred create service accounts in
+/// the OU, managed by the administrator.
+fn creating_section(dc: &DomainController) -> String {
+    format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\naccounts_ou = \"{KCRED_OU}\"\n\
+         accounts_manager = \"{ADMIN_DN}\"\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    )
+}
+
+/// The logon name of the one account holding `spn`, asserting there is
+/// exactly one, in the OU.
+fn only_account_holding(dc: &DomainController, spn: &str) -> String {
+    let holders = dc.accounts_holding(spn).expect("ldbsearch");
+    assert_eq!(
+        holders.len(),
+        1,
+        "exactly one account holds {spn}: {holders:?}"
+    );
+    let dn = &holders[0];
+    assert!(
+        dn.to_ascii_lowercase()
+            .ends_with(&format!(",{}", KCRED_OU.to_ascii_lowercase())),
+        "{dn} is in the OU"
+    );
+    dn.strip_prefix("CN=")
+        .and_then(|rest| rest.split(',').next())
+        .expect("a CN")
+        .to_string()
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_service_principal_nobody_created_gets_one_account_of_its_own_and_a_keytab_the_dc_accepts()
+ {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    assert!(dc.accounts_holding(SPN).expect("ldbsearch").is_empty());
+    let mut stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section: creating_section(&dc),
+            syncs_policy: false,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+
+    // Six pods at once need the new principal: one account is created.
+    let pods: Vec<TestPod> = (0..6)
+        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), "node-a", SPN))
+        .collect();
+    for p in &pods {
+        stack.add_pod(p);
+    }
+    let targets = futures_join_all(pods.iter().map(|p| stack.kubelet.publish(p, VOL))).await;
+
+    let account = only_account_holding(&dc, SPN);
+    let first = std::fs::read(targets[0].join("krb5.keytab")).expect("read");
+    for t in &targets {
+        assert_eq!(std::fs::read(t.join("krb5.keytab")).expect("read"), first);
+    }
+    let kvno = dc.key_version(&account).expect("kvno");
+    assert_eq!(kvnos(&targets[0].join("krb5.keytab")), vec![kvno]);
+    let attr = |name: &str| dc.attribute(&account, name).expect("samba-tool user show");
+    assert_eq!(
+        attr("msDS-SupportedEncryptionTypes"),
+        vec!["24"],
+        "AES only"
+    );
+    assert_eq!(
+        attr("userAccountControl"),
+        vec!["66048"],
+        "enabled, password never expires"
+    );
+    assert_eq!(attr("manager"), vec![ADMIN_DN.to_string()]);
+    assert_eq!(
+        attr("userPrincipalName"),
+        vec![format!("{account}@{REALM}")]
+    );
+    let out = kinit_with(
+        &dc,
+        &targets[0].join("krb5.keytab"),
+        &format!("{account}@{REALM}"),
+        "svc.cc",
+    );
+    assert!(
+        out.status.success(),
+        "kinit -k -t as the created account: {}",
+        text(&out)
+    );
+    let cache = admin_cache(&dc, "admin.cc");
+    let out = kvno_accepts(&dc, &cache, &targets[0].join("krb5.keytab"));
+    assert!(out.status.success(), "kvno -k: {}", text(&out));
+    let audit = audit_text(&stack);
+    assert_eq!(
+        audit.matches("created Active Directory account").count(),
+        1,
+        "one audit record of the creation: {audit}"
+    );
+
+    // A principal an account outside the OU already holds: the directory
+    // refuses a second holder, and kcred says so.
+    dc.samba_tool(&["user", "add", "db-outside", "Outside-Initial-Pw1!"])
+        .expect("account outside the OU");
+    dc.samba_tool(&["spn", "add", "postgres/db1.example.com", "db-outside"])
+        .expect("spn");
+    let db = TestPod::with_keytabs("db", "db-0", "node-a", "postgres/db1.example.com");
+    stack.add_pod(&db);
+    let err = stack
+        .kubelet
+        .publish(&db, VOL)
+        .await
+        .expect_err("held outside the OU");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        dc.accounts_holding("postgres/db1.example.com")
+            .expect("ldbsearch")
+            .len(),
+        1,
+        "no second account"
+    );
+
+    // A controller that lost its store (a restart on a new disk) finds the
+    // account it made and gives it new keys: still one account.
+    stack.stop_controller().await.expect("stop");
+    let fresh = stack.dir.path().join("fresh");
+    std::fs::create_dir_all(&fresh).expect("dir");
+    stack
+        .start_controller(
+            |cfg| {
+                cfg.store_path = Some(fresh.join("store.redb"));
+                cfg.audit_log = fresh.join("audit.log");
+            },
+            &[],
+        )
+        .await
+        .expect("restart");
+    let late = TestPod::with_keytabs("web", "web-late", "node-a", SPN);
+    stack.add_pod(&late);
+    let target = stack.kubelet.publish(&late, VOL).await.expect("publish");
+    assert_eq!(only_account_holding(&dc, SPN), account);
+    assert_eq!(dc.key_version(&account).expect("kvno"), kvno + 1);
+    let out = kinit_with(
+        &dc,
+        &target.join("krb5.keytab"),
+        &format!("{account}@{REALM}"),
+        "svc2.cc",
+    );
+    assert!(
+        out.status.success(),
+        "kinit after the restart: {}",
+        text(&out)
+    );
+    let audit = std::fs::read_to_string(fresh.join("audit.log")).unwrap_or_default();
+    assert!(
+        !audit.contains("created Active Directory account"),
+        "nothing created the second time: {audit}"
+    );
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn two_controllers_racing_to_create_one_principal_make_one_account() {
+    use kcred_controller::ad::{AdClient, AdConfig, Bind};
+    use kcred_controller::names::Principal;
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    let client = |name: &str| {
+        let cfg = AdConfig {
+            realm: REALM.to_string(),
+            ldap_url: dc.ldap_url(),
+            ca_file: Some(dc.ca_cert_path()),
+            bind: Bind::Simple {
+                dn: KCRED_BIND_DN.to_string(),
+                password_file: dc.kcred_password_file(),
+            },
+            base_dn: KCRED_OU.to_string(),
+            accounts_ou: Some(KCRED_OU.to_string()),
+            accounts_manager: None,
+            krb5_config: Some(dc.krb5_conf_path()),
+            work_dir: dc.dir().join(name),
+            timeout: Duration::from_secs(10),
+            ldapsearch: "ldapsearch".into(),
+            ldapmodify: "ldapmodify".into(),
+            ktutil: "ktutil".into(),
+        };
+        let (audit, events) = tokio::sync::mpsc::unbounded_channel();
+        (AdClient::new(cfg, audit).expect("client"), events)
+    };
+    let (a, mut a_events) = client("a");
+    let (b, mut b_events) = client("b");
+    let principal = Principal::Service(ServicePrincipal::parse(SPN, REALM).expect("principal"));
+
+    let (ka, kb) = tokio::join!(a.new_keys(&principal), b.new_keys(&principal));
+
+    ka.expect("the first controller gets keys");
+    kb.expect("the second controller gets keys");
+    only_account_holding(&dc, SPN);
+    let created = [a_events.try_recv().is_ok(), b_events.try_recv().is_ok()];
+    assert_eq!(
+        created.iter().filter(|c| **c).count(),
+        1,
+        "exactly one of them created (and audited) the account: {created:?}"
+    );
+}
+
+/// Runs `kcred-csi-driver` as its own process for `node`, authenticating
+/// to the controller with `host/<node>`'s keytab from the DC, and connects
+/// a kubelet stand-in to it.
+async fn driver_process(
+    dc: &DomainController,
+    stack: &Stack,
+    node: &str,
+    keytab: &Path,
+) -> (kcred_tests::procs::Proc, Kubelet) {
+    let d = stack.dir.path().join(format!("driver-{node}"));
+    let kubelet_dir = d.join("kubelet");
+    std::fs::create_dir_all(kubelet_dir.join("pods")).expect("kubelet dir");
+    let socket = d.join("csi.sock");
+    let mut cmd = std::process::Command::new(kcred_tests::procs::binary("kcred-csi-driver"));
+    cmd.env("KRB5_CONFIG", dc.krb5_conf_path())
+        .env("RUST_LOG", "info")
+        .arg("--endpoint")
+        .arg(&socket)
+        .args(["--node-id", node])
+        .args(["--controller", &stack.controller_endpoint()])
+        .arg("--keytab")
+        .arg(keytab)
+        .args(["--principal", &format!("host/{node}@{REALM}")])
+        .args(["--controller-service", &format!("{CONTROLLER_SPN}@{REALM}")])
+        .arg("--kubelet-dir")
+        .arg(&kubelet_dir)
+        .arg("--state-dir")
+        .arg(d.join("state"))
+        .args(["--heartbeat-secs", "1"]);
+    let proc = kcred_tests::procs::Proc::spawn(cmd, &d.join("driver.log")).expect("driver");
+    for _ in 0..400 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(socket.exists(), "driver did not start: {}", proc.log_text());
+    let kubelet = Kubelet::connect(&socket, &kubelet_dir)
+        .await
+        .expect("kubelet");
+    (proc, kubelet)
+}
+
+fn keytab_kvnos_are(path: &Path, want: &[u32]) -> bool {
+    std::fs::read(path).is_ok_and(|b| {
+        Keytab::parse(Zeroizing::new(b))
+            .is_ok_and(|k| k.kvnos().iter().copied().collect::<Vec<_>>() == want)
+    })
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the_new_kvno() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    dc.add_service_account(SERVICE_ACCOUNT, &[SPN])
+        .expect("service account");
+    dc.add_service_account("kcred-ctl", &[CONTROLLER_SPN])
+        .expect("controller account");
+    let ctl_keytab = dc.dir().join("controller.keytab");
+    dc.export_keytab(&format!("{CONTROLLER_SPN}@{REALM}"), &ctl_keytab)
+        .expect("controller keytab");
+    // The node's identity: an account whose userPrincipalName is its host
+    // principal, so the KDC accepts that name from a client.
+    let node = "node-b";
+    let host = format!("host/{node}@{REALM}");
+    dc.add_service_account("node-b-host", &[&format!("host/{node}")])
+        .expect("node account");
+    ldbmodify(
+        &dc,
+        &format!(
+            "dn: CN=node-b-host,{KCRED_OU}\nchangetype: modify\nreplace: userPrincipalName\n\
+             userPrincipalName: {host}\n"
+        ),
+    );
+    let node_keytab = dc.dir().join("node.keytab");
+    dc.export_keytab(&host, &node_keytab).expect("node keytab");
+    dc.samba_tool(&["user", "add", "alice", "Alice-Initial-Pw1!"])
+        .expect("an operator");
+    let alice_keytab = dc.dir().join("alice.keytab");
+    let alice = format!("alice@{REALM}");
+    dc.export_keytab(&alice, &alice_keytab)
+        .expect("alice's keytab");
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    );
+    let stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: false,
+        }),
+        auth_config: format!(
+            "[auth]\nmode = \"kerberos\"\nkeytab = \"{}\"\nreplay_cache = \"{}\"\noperators = [\"{alice}\"]\n",
+            ctl_keytab.display(),
+            dc.dir().join("controller.rcache").display()
+        ),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    let (driver, kubelet) = driver_process(&dc, &stack, node, &node_keytab).await;
+    let pod = TestPod::with_keytabs("web", "web-0", node, SPN);
+    stack.add_pod(&pod);
+    let target = kubelet
+        .publish(&pod, VOL)
+        .await
+        .unwrap_or_else(|e| panic!("publish: {e:?}\n{}", driver.log_text()));
+    let keytab = target.join("krb5.keytab");
+    let old = dc.key_version(SERVICE_ACCOUNT).expect("kvno");
+    assert_eq!(kvnos(&keytab), vec![old]);
+    // A client holding a service ticket issued under the old kvno.
+    let old_ticket = admin_cache(&dc, "old-ticket.cc");
+    let out = kvno_accepts(&dc, &old_ticket, &keytab);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Awaited, not blocking: the controller runs on this test's runtime.
+    let out = tokio::process::Command::new(kcred_tests::procs::binary("kcredctl"))
+        .env("KRB5_CONFIG", dc.krb5_conf_path())
+        .env(
+            "KRB5CCNAME",
+            format!("FILE:{}", dc.dir().join("alice.cc").display()),
+        )
+        .args(["--controller", &stack.controller_endpoint()])
+        .args(["--service", &format!("{CONTROLLER_SPN}@{REALM}")])
+        .arg("--keytab")
+        .arg(&alice_keytab)
+        .args(["--principal", &alice])
+        .args(["rotate", "keytab", SPN, "--grace", "15s", "--wait", "30s"])
+        .output()
+        .await
+        .expect("kcredctl");
+    let report = text(&out);
+    assert!(out.status.success(), "kcredctl rotate keytab: {report}");
+    assert!(
+        report.contains("1 of 1") || report.contains("all 1"),
+        "progress: {report}"
+    );
+
+    let new = dc.key_version(SERVICE_ACCOUNT).expect("kvno");
+    assert_eq!(new, old + 1, "AD's msDS-KeyVersionNumber moved by one");
+    wait_until("the node delivers the new kvno", 30, || {
+        keytab_kvnos_are(&keytab, &[old, new])
+    })
+    .await;
+    let grace = dc.dir().join("grace.keytab");
+    std::fs::copy(&keytab, &grace).expect("copy");
+    let out = kvno_accepts(&dc, &old_ticket, &grace);
+    assert!(
+        out.status.success() && text(&out).contains(&format!("kvno = {old}")),
+        "a ticket of the old kvno during the grace period: {}",
+        text(&out)
+    );
+    let new_ticket = admin_cache(&dc, "new-ticket.cc");
+    let out = kvno_accepts(&dc, &new_ticket, &grace);
+    assert!(
+        out.status.success() && text(&out).contains(&format!("kvno = {new}")),
+        "kvno with the new keytab: {}",
+        text(&out)
+    );
+    let out = kinit_with(&dc, &grace, &format!("{SERVICE_ACCOUNT}@{REALM}"), "svc.cc");
+    assert!(
+        out.status.success(),
+        "kinit -k -t with the new keytab: {}",
+        text(&out)
+    );
+
+    wait_until("the grace period ends on the node", 30, || {
+        keytab_kvnos_are(&keytab, &[new])
+    })
+    .await;
+    let after = dc.dir().join("after.keytab");
+    std::fs::copy(&keytab, &after).expect("copy");
+    let out = kvno_accepts(&dc, &old_ticket, &after);
+    assert!(
+        !out.status.success(),
+        "the old kvno after the grace period: {}",
+        text(&out)
+    );
+    let audit = audit_text(&stack);
+    assert!(
+        audit.contains(&alice) && audit.contains("\"rotate\""),
+        "the rotation is audited with its operator: {audit}"
+    );
+    drop(kubelet);
+    drop(driver);
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn members_of_nested_groups_count_for_namespaces_gids_and_admin_roles() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    let tool = |args: &[&str]| {
+        dc.samba_tool(args)
+            .unwrap_or_else(|e| panic!("samba-tool {args:?}: {e}"))
+    };
+    tool(&[
+        "user",
+        "add",
+        "websvc",
+        "Throwaway-Initial-Pw1!",
+        "--userou=OU=kcred",
+        "--uid-number=1500",
+        "--gid-number=1500",
+    ]);
+    // websvc is in web-team; web-team is in the namespace group and in the
+    // unix group: websvc is a member of neither directly.
+    tool(&["group", "add", "web-team", "--groupou=OU=kcred"]);
+    tool(&["group", "addmembers", "web-team", "websvc"]);
+    tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"]);
+    tool(&["group", "addmembers", "kcred-ns-web", "web-team"]);
+    tool(&[
+        "group",
+        "add",
+        "data",
+        "--groupou=OU=kcred",
+        "--gid-number=3000",
+        "--nis-domain=kcred",
+    ]);
+    tool(&["group", "addmembers", "data", "web-team"]);
+    // alice is in ops-people (outside the OU), which is in kcred-operators.
+    tool(&["user", "add", "alice", "Alice-Initial-Pw1!"]);
+    tool(&["group", "add", "ops-people"]);
+    tool(&["group", "addmembers", "ops-people", "alice"]);
+    tool(&["group", "add", "kcred-operators", "--groupou=OU=kcred"]);
+    tool(&["group", "addmembers", "kcred-operators", "ops-people"]);
+    dc.add_service_account(SERVICE_ACCOUNT, &[SPN])
+        .expect("service account");
+    ldbmodify(
+        &dc,
+        &format!(
+            "dn: CN={SERVICE_ACCOUNT},{KCRED_OU}\nchangetype: modify\nreplace: manager\n\
+             manager: CN=websvc,{KCRED_OU}\n"
+        ),
+    );
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+         [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 1\n\
+         operators_group = \"kcred-operators\"\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    );
+    let stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: true,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+
+    let pod = TestPod::with_keytabs("web", "web-0", "node-a", SPN);
+    stack.add_pod(&pod);
+    let mut served = None;
+    for _ in 0..150 {
+        match stack.kubelet.publish(&pod, VOL).await {
+            Ok(t) => {
+                served = Some(t);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    served.unwrap_or_else(|| {
+        panic!(
+            "the namespace granted through a nested group serves the pod: {}",
+            audit_text(&stack)
+        )
+    });
+    let audit = audit_text(&stack);
+    assert!(
+        audit.contains("directory sync: role account websvc added")
+            && audit.contains("supplemental_gids {3000}")
+            && audit.contains("namespaces {\\\"web\\\"}"),
+        "namespace and gid through web-team: {audit}"
+    );
+    assert!(
+        audit.contains(&format!(
+            "directory sync: alice@{REALM} granted role operator"
+        )),
+        "operator through ops-people: {audit}"
+    );
+
+    // Out of the nested group: out of the namespace and the role.
+    tool(&["group", "removemembers", "web-team", "websvc"]);
+    tool(&["group", "removemembers", "ops-people", "alice"]);
+    wait_until("the sync sees the nested removals", 30, || {
+        let audit = audit_text(&stack);
+        audit.contains("role account websvc changed: namespaces -[\\\"web\\\"]")
+            && audit.contains(&format!("directory sync: alice@{REALM} lost role operator"))
+    })
+    .await;
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_namespace_group_with_more_members_than_one_ldap_read_returns_counts_every_member() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    // 1,600 people (more than AD's MaxValRange of 1,500 values and its
+    // MaxPageSize of 1,000 entries) in kcred-ns-web, and websvc last.
+    // Samba enforces neither limit (it returns all 1,600 `member` values
+    // and 1,600 unpaged entries), so this proves the in-chain, paged reads
+    // handle a group this size, not how a truncating DC would answer.
+    let fillers = 1600;
+    let mut ldif = String::new();
+    for i in 0..fillers {
+        ldif.push_str(&format!(
+            "dn: CN=filler-{i:04},CN=Users,{base}\nobjectClass: user\nsAMAccountName: filler-{i:04}\n\n",
+            base = kcred_testsamba::BASE_DN
+        ));
+    }
+    let file = dc.dir().join("fillers.ldif");
+    std::fs::write(&file, ldif).expect("write ldif");
+    let out = dc
+        .command("ldbadd")
+        .arg("-H")
+        .arg(dc.dir().join("private/sam.ldb"))
+        .arg(&file)
+        .output()
+        .expect("ldbadd");
+    assert!(out.status.success(), "ldbadd: {}", text(&out));
+    dc.samba_tool(&[
+        "user",
+        "add",
+        "websvc",
+        "Throwaway-Initial-Pw1!",
+        "--userou=OU=kcred",
+        "--uid-number=1500",
+        "--gid-number=1500",
+    ])
+    .expect("role account");
+    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
+        .expect("namespace group");
+    let mut members = format!("dn: CN=kcred-ns-web,{KCRED_OU}\nchangetype: modify\nadd: member\n");
+    for i in 0..fillers {
+        members.push_str(&format!(
+            "member: CN=filler-{i:04},CN=Users,{}\n",
+            kcred_testsamba::BASE_DN
+        ));
+    }
+    ldbmodify(&dc, &members);
+    ldbmodify(
+        &dc,
+        &format!(
+            "dn: CN=kcred-ns-web,{KCRED_OU}\nchangetype: modify\nadd: member\n\
+             member: CN=websvc,{KCRED_OU}\n"
+        ),
+    );
+    let stack = ad_sync_stack(&dc).await;
+
+    wait_until("websvc synced with its namespace", 60, || {
+        audit_text(&stack).contains("namespaces {\\\"web\\\"}")
+    })
+    .await;
+    let state = stack.state().expect("controller running");
+    let policy = state.policy.get();
+    let role = policy
+        .role_for_namespace("web")
+        .expect("the 1,601st member counts");
+    assert_eq!(role.login, "websvc");
+    drop(policy);
+    drop(state);
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_membership_added_in_the_directory_reaches_the_policy_without_sighup_or_interval() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    dc.samba_tool(&[
+        "user",
+        "add",
+        "websvc",
+        "Throwaway-Initial-Pw1!",
+        "--userou=OU=kcred",
+        "--uid-number=1500",
+        "--gid-number=1500",
+    ])
+    .expect("role account");
+    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
+        .expect("namespace group");
+    // An hour between full syncs, and no SIGHUP: only the change check
+    // (every second) can bring the membership in.
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+         [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 3600\n\
+         change_check_secs = 1\n",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    );
+    let stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: true,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    wait_until("the first sync", 30, || {
+        audit_text(&stack).contains("directory sync: role account websvc added")
+    })
+    .await;
+    let syncs = || {
+        stack
+            .metrics()
+            .directory_syncs
+            .with_label_values(&["ok"])
+            .get()
+    };
+    // Nothing changes: the checks find the same USN and do not sync.
+    let quiet = syncs();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(syncs(), quiet, "no change in the directory, no sync");
+    let state = stack.state().expect("controller running");
+    assert!(state.policy.get().role_for_namespace("web").is_err());
+    drop(state);
+
+    dc.samba_tool(&["group", "addmembers", "kcred-ns-web", "websvc"])
+        .expect("membership");
+
+    wait_until("the change check brings the membership in", 30, || {
+        audit_text(&stack).contains("role account websvc changed: namespaces -[] +[\\\"web\\\"]")
+    })
+    .await;
+    let state = stack.state().expect("controller running");
+    assert_eq!(
+        state
+            .policy
+            .get()
+            .role_for_namespace("web")
+            .expect("web runs as websvc now")
+            .login,
+        "websvc"
+    );
+    drop(state);
+    stack.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn two_controllers_on_one_etcd_creating_one_principal_make_one_account_and_share_its_keytab()
+{
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    let etcd = kcred_testetcd::EtcdCluster::start(1).expect("etcd");
+    let store = format!(
+        "[store]\nbackend = \"etcd\"\n\n[store.etcd]\nendpoints = {:?}\n",
+        etcd.endpoints()
+    );
+    let options = |node: &str, master_key_from: Option<PathBuf>| StackOptions {
+        node: node.to_string(),
+        extra_config: store.clone(),
+        master_key_from,
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section: creating_section(&dc),
+            syncs_policy: false,
+        }),
+        ..StackOptions::default()
+    };
+    let a = Stack::start(options("node-a", None))
+        .await
+        .expect("stack a");
+    let b = Stack::start(options("node-b", Some(a.dir.path().join("master.key"))))
+        .await
+        .expect("stack b");
+    let pod_a = TestPod::with_keytabs("web", "web-a", "node-a", SPN);
+    let pod_b = TestPod::with_keytabs("web", "web-b", "node-b", SPN);
+    for stack in [&a, &b] {
+        stack.add_pod(&pod_a);
+        stack.add_pod(&pod_b);
+    }
+
+    let (ta, tb) = tokio::join!(
+        a.kubelet.publish(&pod_a, VOL),
+        b.kubelet.publish(&pod_b, VOL)
+    );
+
+    let (ta, tb) = (ta.expect("publish on a"), tb.expect("publish on b"));
+    let account = only_account_holding(&dc, SPN);
+    let keytab = std::fs::read(ta.join("krb5.keytab")).expect("read");
+    assert_eq!(
+        std::fs::read(tb.join("krb5.keytab")).expect("read"),
+        keytab,
+        "the second controller waited for the first one's keys"
+    );
+    assert_eq!(
+        kvnos(&ta.join("krb5.keytab")),
+        vec![dc.key_version(&account).expect("kvno")],
+        "one password set"
+    );
+    let out = kinit_with(
+        &dc,
+        &tb.join("krb5.keytab"),
+        &format!("{account}@{REALM}"),
+        "svc.cc",
+    );
+    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
+    let created = [audit_text(&a), audit_text(&b)]
+        .iter()
+        .map(|t| t.matches("created Active Directory account").count())
+        .sum::<usize>();
+    assert_eq!(created, 1, "one creation audited across both controllers");
+    b.shutdown().await.expect("shutdown b");
+    a.shutdown().await.expect("shutdown a");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_kerberos_bind_over_sealed_ldap_resets_and_creates_accounts_without_any_password() {
+    isolate_network().expect("network namespace");
+    let dc = DomainController::start().expect("domain controller");
+    let url = dc.kerberos_ldap_url().expect("ldap over Kerberos");
+    let bind_keytab = dc.dir().join("kcred-bind.keytab");
+    dc.export_keytab(&format!("kcred-admin@{REALM}"), &bind_keytab)
+        .expect("kcred's keytab");
+    std::fs::set_permissions(
+        &bind_keytab,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    dc.add_service_account(SERVICE_ACCOUNT, &[SPN])
+        .expect("service account");
+    let before = dc.key_version(SERVICE_ACCOUNT).expect("kvno");
+    let section = format!(
+        "[active_directory]\nldap_url = \"{url}\"\nbind_keytab = \"{kt}\"\n\
+         base_dn = \"{KCRED_OU}\"\naccounts_ou = \"{KCRED_OU}\"\n",
+        kt = bind_keytab.display(),
+    );
+    let stack = Stack::start(StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy: false,
+        }),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+
+    // An account the administrator made: its password is reset.
+    let pod = TestPod::with_keytabs("web", "web-0", "node-a", SPN);
+    stack.add_pod(&pod);
+    let target = stack.kubelet.publish(&pod, VOL).await.expect("publish");
+    assert_eq!(dc.key_version(SERVICE_ACCOUNT).expect("kvno"), before + 1);
+    let out = kinit_with(
+        &dc,
+        &target.join("krb5.keytab"),
+        &format!("{SERVICE_ACCOUNT}@{REALM}"),
+        "svc.cc",
+    );
+    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
+
+    // A principal nobody created: its account is added over the same bind.
+    let api = TestPod::with_keytabs("web", "api-0", "node-a", "HTTP/api.example.com");
+    stack.add_pod(&api);
+    let target = stack.kubelet.publish(&api, VOL).await.expect("publish");
+    let account = only_account_holding(&dc, "HTTP/api.example.com");
+    let out = kinit_with(
+        &dc,
+        &target.join("krb5.keytab"),
+        &format!("{account}@{REALM}"),
+        "api.cc",
+    );
+    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
     stack.shutdown().await.expect("shutdown");
 }

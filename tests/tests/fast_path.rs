@@ -79,13 +79,8 @@ fn data_version(target: &Path) -> Option<PathBuf> {
 #[ignore = "needs root"]
 async fn rotation_reaches_every_mounted_volume_and_wait_ignores_unmounted_ones() {
     let mut stack = ProcStack::start("").await.expect("stack");
-    let pods: Vec<TestPod> = (0..20)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack
-        .set_pods(&pods.iter().collect::<Vec<_>>())
-        .await
-        .expect("pods");
+    let pods = TestPod::web_replicas(20, NODE_A);
+    stack.set_pod_list(&pods).await.expect("pods");
     let mut targets = Vec::new();
     for p in &pods {
         targets.push(stack.kubelet().publish(p, VOL).await.expect("publish"));
@@ -116,4 +111,67 @@ async fn rotation_reaches_every_mounted_volume_and_wait_ignores_unmounted_ones()
     for (t, b) in mounted.iter().zip(&before) {
         assert_ne!(&data_version(t), b, "{} was not rewritten", t.display());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_republish_of_an_unchanged_volume_is_answered_by_the_driver_alone_until_a_revocation() {
+    let mut stack = ProcStack::start("").await.expect("stack");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let following = |stack: &ProcStack| {
+        stack
+            .driver
+            .as_ref()
+            .is_some_and(|d| d.log_text().contains("following the controller's updates"))
+    };
+    kcred_tests::wait_until("the driver follows updates", 30, || following(&stack)).await;
+    let target = stack.kubelet().publish(&pod, VOL).await.expect("publish");
+    assert!(target.join("krb5.keytab").exists());
+    let version = data_version(&target);
+    let audited = stack.audit_records().len();
+
+    for _ in 0..5 {
+        stack.kubelet().publish(&pod, VOL).await.expect("republish");
+    }
+
+    let records = stack.audit_records();
+    assert_eq!(
+        records.len(),
+        audited,
+        "no fetch reached the controller: {:#?}",
+        &records[audited..]
+    );
+    assert_eq!(
+        data_version(&target),
+        version,
+        "the files were not rewritten"
+    );
+
+    // A revocation still arrives by push and takes effect; republishes
+    // after it do not bring the files back.
+    let volume = kcred_tests::Kubelet::volume_id(&pod, VOL);
+    let out = stack.kcredctl(OPERATOR, &["revoke", &volume, "--reason", "test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kcred_tests::wait_until("the pushed wipe", 30, || {
+        !target.join("krb5.keytab").exists()
+    })
+    .await;
+    // Kubelet retries a call that finds the wipe still finishing (ABORTED).
+    let mut republished = stack.kubelet().publish(&pod, VOL).await;
+    for _ in 0..50 {
+        match &republished {
+            Err(s) if s.code() == Code::Aborted => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                republished = stack.kubelet().publish(&pod, VOL).await;
+            }
+            _ => break,
+        }
+    }
+    republished.expect("republish");
+    assert!(!target.join("krb5.keytab").exists(), "still wiped");
 }

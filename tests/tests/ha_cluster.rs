@@ -10,8 +10,9 @@ use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest};
 use kcred_testetcd::EtcdCluster;
 use kcred_tests::audit::Action;
 use kcred_tests::ha::{kadmind_budget, leader_gauge, records_with};
-use kcred_tests::procs::{AUDITOR, NODE_A, OPERATOR, ProcStack};
+use kcred_tests::procs::{AUDITOR, NODE_A, OPERATOR, PeerController, ProcStack};
 use kcred_tests::{TestPod, wait_until};
+use tonic::transport::Channel;
 
 fn etcd_store(etcd: &EtcdCluster) -> String {
     format!(
@@ -22,6 +23,27 @@ fn etcd_store(etcd: &EtcdCluster) -> String {
 
 fn elections(log: &str) -> usize {
     log.matches("elected leader").count()
+}
+
+/// Two controllers on `config`'s etcd, the first one leading, and web-0's
+/// keytab issued through the peer: the start of every leader hand-over
+/// test. Returns the stack, the peer, the pod and a channel to the peer.
+async fn led_pair_with_web0(config: &str) -> (ProcStack, PeerController, TestPod, Channel) {
+    let mut stack = ProcStack::start(config).await.expect("stack");
+    let first_log = stack.path().join("controller.log");
+    wait_until("the first controller leads", 30, || {
+        elections(&std::fs::read_to_string(&first_log).unwrap_or_default()) == 1
+    })
+    .await;
+    let peer = stack.start_peer_controller("-2").await.expect("peer");
+    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
+    stack.set_pods(&[&pod]).await.expect("pods");
+    let to_peer = stack.channel_to(peer.port).await.expect("channel");
+    let token = stack.node_token(NODE_A).expect("token");
+    fetch(to_peer.clone(), token, pod.clone())
+        .await
+        .expect("issued");
+    (stack, peer, pod, to_peer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -706,20 +728,7 @@ async fn two_controllers_rotating_one_principal_at_once_make_one_kvno_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_left_by_a_killed_leader_is_done_by_the_new_leader() {
     let etcd = EtcdCluster::start(3).expect("etcd");
-    let mut stack = ProcStack::start(&etcd_store(&etcd)).await.expect("stack");
-    let first_log = stack.path().join("controller.log");
-    wait_until("the first controller leads", 30, || {
-        elections(&std::fs::read_to_string(&first_log).unwrap_or_default()) == 1
-    })
-    .await;
-    let peer = stack.start_peer_controller("-2").await.expect("peer");
-    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
-    stack.set_pods(&[&pod]).await.expect("pods");
-    let to_peer = stack.channel_to(peer.port).await.expect("channel");
-    let token = || stack.node_token(NODE_A).expect("token");
-    fetch(to_peer.clone(), token(), pod.clone())
-        .await
-        .expect("issued");
+    let (mut stack, peer, pod, to_peer) = led_pair_with_web0(&etcd_store(&etcd)).await;
 
     // Rotated on the leader with a short grace; it dies before the purge.
     let principal = "HTTP/web.example.com";
@@ -755,20 +764,7 @@ async fn a_rotation_whose_controller_dies_midway_is_finished_by_the_new_leader()
         "{}\n[gate.kadmin]\nrate_per_sec = 1\nburst = 1\n",
         etcd_store(&etcd)
     );
-    let mut stack = ProcStack::start(&config).await.expect("stack");
-    let first_log = stack.path().join("controller.log");
-    wait_until("the first controller leads", 30, || {
-        elections(&std::fs::read_to_string(&first_log).unwrap_or_default()) == 1
-    })
-    .await;
-    let peer = stack.start_peer_controller("-2").await.expect("peer");
-    let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
-    stack.set_pods(&[&pod]).await.expect("pods");
-    let to_peer = stack.channel_to(peer.port).await.expect("channel");
-    let token = || stack.node_token(NODE_A).expect("token");
-    fetch(to_peer.clone(), token(), pod.clone())
-        .await
-        .expect("issued");
+    let (mut stack, peer, pod, to_peer) = led_pair_with_web0(&config).await;
 
     // The leader gives the principal new keys, and dies before storing them.
     let principal = "HTTP/web.example.com";

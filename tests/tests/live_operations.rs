@@ -39,6 +39,19 @@ fn count(log: &str, needle: &str) -> usize {
     lines_with(log, &[needle])
 }
 
+/// `n` web pods on node-a, the first one's volume published (the others
+/// are there to publish later).
+async fn web_pods_first_published(stack: &mut ProcStack, n: usize) -> Vec<TestPod> {
+    let pods = TestPod::web_replicas(n, NODE_A);
+    stack.set_pod_list(&pods).await.expect("pods");
+    stack
+        .kubelet()
+        .publish(&pods[0], VOL)
+        .await
+        .expect("publish");
+    pods
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn sighup_reloads_policy_and_pods_at_once_and_a_bad_policy_is_reported_once() {
@@ -184,18 +197,7 @@ async fn the_serving_certificate_renews_itself_while_a_node_keeps_working() {
         .await
         .expect("stack");
     let ca = stack.path().join("ca.crt");
-    let pods: Vec<TestPod> = (0..2)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack
-        .set_pods(&pods.iter().collect::<Vec<_>>())
-        .await
-        .expect("pods");
-    stack
-        .kubelet()
-        .publish(&pods[0], VOL)
-        .await
-        .expect("publish");
+    let pods = web_pods_first_published(&mut stack, 2).await;
     let (first, _, verified) = served_certificate(&stack, &ca);
     assert!(verified && !first.is_empty(), "{first}");
 
@@ -271,18 +273,7 @@ async fn a_ca_rotation_with_an_overlapping_bundle_keeps_nodes_and_kcredctl_worki
     let mut stack = ProcStack::start("").await.expect("stack");
     let d = stack.path().to_path_buf();
     let bundle = d.join("ca.crt");
-    let pods: Vec<TestPod> = (0..3)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack
-        .set_pods(&pods.iter().collect::<Vec<_>>())
-        .await
-        .expect("pods");
-    stack
-        .kubelet()
-        .publish(&pods[0], VOL)
-        .await
-        .expect("publish");
+    let pods = web_pods_first_published(&mut stack, 3).await;
     std::fs::copy(&bundle, d.join("ca-old.crt")).expect("keep the old CA");
     let (new_crt, new_key) = openssl_ca(&d, "kcred-ca-2");
 
@@ -422,18 +413,7 @@ async fn an_operators_serving_certificate_is_read_again_on_sighup() {
     .await
     .expect("stack");
     let bundle = stack.path().join("ca.crt");
-    let pods: Vec<TestPod> = (0..2)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack
-        .set_pods(&pods.iter().collect::<Vec<_>>())
-        .await
-        .expect("pods");
-    stack
-        .kubelet()
-        .publish(&pods[0], VOL)
-        .await
-        .expect("publish");
+    let pods = web_pods_first_published(&mut stack, 2).await;
     let (serial_1, _, verified) = served_certificate(&stack, &bundle);
     assert!(verified && !serial_1.is_empty());
     let log = |stack: &ProcStack| stack.controller.as_ref().expect("controller").log_text();

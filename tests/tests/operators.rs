@@ -51,13 +51,8 @@ fn accepts(stack: &ProcStack, keytab: &Path, token: &str, tag: &str) -> bool {
 #[ignore = "needs root"]
 async fn a_keytab_rotation_reaches_every_volume_atomically_with_a_grace_period() {
     let mut stack = ProcStack::start("").await.expect("stack");
-    let pods: Vec<TestPod> = (0..2)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack
-        .set_pods(&pods.iter().collect::<Vec<_>>())
-        .await
-        .expect("pods");
+    let pods = TestPod::web_replicas(2, NODE_A);
+    stack.set_pod_list(&pods).await.expect("pods");
     let mut targets = Vec::new();
     for p in &pods {
         targets.push(stack.kubelet().publish(p, VOL).await.expect("publish"));
@@ -377,13 +372,8 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
 #[ignore = "needs root"]
 async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
     let mut stack = ProcStack::start("").await.expect("stack");
-    let pods: Vec<TestPod> = (0..4)
-        .map(|i| TestPod::with_keytabs("web", &format!("web-{i}"), NODE_A, "HTTP/web.example.com"))
-        .collect();
-    stack
-        .set_pods(&pods.iter().collect::<Vec<_>>())
-        .await
-        .expect("pods");
+    let pods = TestPod::web_replicas(4, NODE_A);
+    stack.set_pod_list(&pods).await.expect("pods");
     for p in &pods {
         stack.kubelet().publish(p, VOL).await.expect("publish");
     }

@@ -15,11 +15,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use zeroize::Zeroizing;
 
-use super::AdConfig;
+use super::{AdConfig, Bind};
 use crate::kadmin::KadminError;
 
 /// `msDS-SupportedEncryptionTypes` for AES128 + AES256 only.
 const AES_ONLY: u32 = 0x18;
+
+/// The least SASL security strength a Kerberos bind accepts: encrypted
+/// (AD requires 128-bit encryption to set a password).
+const MIN_SSF: &str = "minssf=128";
+
+/// The paged results control for searches that may return many entries.
+const PAGED: &str = "pr=500/noprompt";
 
 /// An account as the directory shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,28 +77,55 @@ pub(super) fn escape_filter(value: &str) -> String {
 fn base_command(cfg: &AdConfig, program: &std::path::Path) -> Command {
     let mut cmd = Command::new(program);
     crate::child_env::minimal(&mut cmd, cfg.krb5_config.as_deref(), "MEMORY:kcred-ad");
-    cmd.env("LDAPTLS_CACERT", &cfg.ca_file)
-        .env("LDAPTLS_REQCERT", "demand")
-        .args(["-x", "-H", &cfg.ldap_url, "-D", &cfg.bind_dn, "-y"])
-        .arg(&cfg.bind_password_file)
-        .args([
-            "-o",
-            &format!("nettimeout={}", cfg.timeout.as_secs().max(1)),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.env("LDAPTLS_REQCERT", "demand");
+    if let Some(ca) = &cfg.ca_file {
+        cmd.env("LDAPTLS_CACERT", ca);
+    }
+    match &cfg.bind {
+        Bind::Simple { dn, password_file } => {
+            cmd.args(["-x", "-H", &cfg.ldap_url, "-D", dn, "-y"])
+                .arg(password_file);
+        }
+        Bind::Kerberos { keytab } => {
+            // -N: the service is ldap/<the URL's host>, no reverse DNS;
+            // minssf: never without the SASL layer's encryption.
+            cmd.env("KRB5_CLIENT_KTNAME", keytab).args([
+                "-Y",
+                "GSSAPI",
+                "-Q",
+                "-N",
+                "-O",
+                MIN_SSF,
+                "-H",
+                &cfg.ldap_url,
+            ]);
+        }
+    }
+    cmd.args([
+        "-o",
+        &format!("nettimeout={}", cfg.timeout.as_secs().max(1)),
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     cmd
 }
 
-/// Runs an LDAP tool with `stdin`, classifying failures by its exit code.
-async fn run(
+/// What an LDAP tool said: its exit code (the LDAP result code) and output.
+struct Ran {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// Runs an LDAP tool with `stdin`, failing only if it cannot run or hangs.
+async fn exec(
     cfg: &AdConfig,
     mut cmd: Command,
     what: &str,
     stdin: &[u8],
-) -> Result<String, KadminError> {
+) -> Result<Ran, KadminError> {
     let mut child = cmd
         .spawn()
         .map_err(|e| KadminError::Failed(format!("cannot start {what}: {e}")))?;
@@ -106,25 +140,42 @@ async fn run(
             KadminError::Unavailable(format!("{what} did not finish within {:?}", cfg.timeout))
         })?
         .map_err(|e| KadminError::Failed(format!("waiting for {what}: {e}")))?;
-    if out.status.success() {
-        return String::from_utf8(out.stdout)
-            .map_err(|_| KadminError::Failed(format!("{what} printed non-UTF-8 output")));
-    }
-    let message = format!(
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    Ok(Ran {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr)
             .trim()
-            .replace('\n', "; ")
-    );
-    // OpenLDAP exits with the LDAP result code (255 for "can't contact").
-    Err(match out.status.code() {
+            .replace('\n', "; "),
+    })
+}
+
+/// A failed tool's error, classified by its exit code: OpenLDAP exits with
+/// the LDAP result code (255 for "can't contact").
+fn failure(ran: &Ran, what: &str) -> KadminError {
+    let message = format!("{what}: {}", ran.stderr);
+    match ran.code {
         Some(255) | Some(51) | Some(52) | None => KadminError::Unavailable(message),
         Some(32) => KadminError::NoSuchPrincipal(message),
         Some(code) => KadminError::Refused {
             principal: what.to_string(),
             message: format!("LDAP result {code}: {message}"),
         },
-    })
+    }
+}
+
+/// Runs an LDAP tool with `stdin`; its stdout on success.
+async fn run(
+    cfg: &AdConfig,
+    cmd: Command,
+    what: &str,
+    stdin: &[u8],
+) -> Result<String, KadminError> {
+    let ran = exec(cfg, cmd, what, stdin).await?;
+    if ran.code != Some(0) {
+        return Err(failure(&ran, what));
+    }
+    String::from_utf8(ran.stdout)
+        .map_err(|_| KadminError::Failed(format!("{what} printed non-UTF-8 output")))
 }
 
 /// Finds exactly one account; none or several is an error naming `lookup`.
@@ -153,6 +204,14 @@ pub async fn find(cfg: &AdConfig, lookup: Lookup<'_>) -> Result<Account, KadminE
     }
 }
 
+/// `unicodePwd`'s value: the password in double quotes, UTF-16LE, base64.
+fn unicode_pwd(password: &str) -> Zeroizing<String> {
+    let quoted = Zeroizing::new(format!("\"{password}\""));
+    let utf16: Zeroizing<Vec<u8>> =
+        Zeroizing::new(quoted.encode_utf16().flat_map(u16::to_le_bytes).collect());
+    Zeroizing::new(B64.encode(utf16.as_slice()))
+}
+
 /// Replaces the account's password (an administrative reset: no old
 /// password needed, which is why AD insists on an encrypted connection) and
 /// limits it to AES keys.
@@ -161,18 +220,84 @@ pub async fn set_password(
     account: &Account,
     password: &str,
 ) -> Result<(), KadminError> {
-    // unicodePwd is the password in double quotes, UTF-16LE.
-    let quoted = Zeroizing::new(format!("\"{password}\""));
-    let utf16: Zeroizing<Vec<u8>> =
-        Zeroizing::new(quoted.encode_utf16().flat_map(u16::to_le_bytes).collect());
     let ldif = Zeroizing::new(format!(
         "dn:: {dn}\nchangetype: modify\nreplace: unicodePwd\nunicodePwd:: {pw}\n-\n\
          replace: msDS-SupportedEncryptionTypes\nmsDS-SupportedEncryptionTypes: {AES_ONLY}\n-\n",
         dn = B64.encode(account.dn.as_bytes()),
-        pw = Zeroizing::new(B64.encode(utf16.as_slice())).as_str(),
+        pw = unicode_pwd(password).as_str(),
     ));
     let cmd = base_command(cfg, &cfg.ldapmodify);
     run(cfg, cmd, "ldapmodify", ldif.as_bytes()).await.map(drop)
+}
+
+/// A service account kcred is about to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAccount {
+    /// Where it goes: `CN=<sam_account_name>,<accounts_ou>`.
+    pub dn: String,
+    /// Its logon name.
+    pub sam_account_name: String,
+    /// Its `userPrincipalName` (`<sam_account_name>@<REALM>`).
+    pub user_principal_name: String,
+    /// The one service principal name it holds (without realm).
+    pub spn: String,
+    /// Its `manager`, if configured.
+    pub manager: Option<String>,
+}
+
+/// `userAccountControl` of a created account: NORMAL_ACCOUNT (enabled)
+/// and DONT_EXPIRE_PASSWORD (kcred, not a password policy, decides when
+/// its keys change).
+const NEW_ACCOUNT_CONTROL: u32 = 0x200 | 0x1_0000;
+
+/// Whether [`create`] made the account, or one of that name was there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The account now exists with the given password.
+    Created,
+    /// An entry with that DN or logon name already existed; nothing changed.
+    AlreadyExists,
+}
+
+/// The LDIF adding `account` with `password`, enabled, AES only.
+fn add_ldif(account: &NewAccount, password: &str) -> Zeroizing<String> {
+    let mut ldif = Zeroizing::new(format!(
+        "dn:: {dn}\nchangetype: add\nobjectClass: user\nsAMAccountName:: {sam}\n\
+         userPrincipalName:: {upn}\nservicePrincipalName:: {spn}\n\
+         msDS-SupportedEncryptionTypes: {AES_ONLY}\nuserAccountControl: {NEW_ACCOUNT_CONTROL}\n\
+         description:: {description}\nunicodePwd:: {pw}\n",
+        dn = B64.encode(account.dn.as_bytes()),
+        sam = B64.encode(account.sam_account_name.as_bytes()),
+        upn = B64.encode(account.user_principal_name.as_bytes()),
+        spn = B64.encode(account.spn.as_bytes()),
+        description = B64.encode(format!("kcred service account for {}", account.spn)),
+        pw = unicode_pwd(password).as_str(),
+    ));
+    if let Some(manager) = &account.manager {
+        ldif.push_str(&format!("manager:: {}\n", B64.encode(manager.as_bytes())));
+    }
+    ldif
+}
+
+/// Adds the account, enabled, with its password and AES keys only, in one
+/// LDAP add (AD takes the password in the add over an encrypted
+/// connection). An existing entry of that name is not an error: the caller
+/// looks again (another controller may have made it first).
+pub async fn create(
+    cfg: &AdConfig,
+    account: &NewAccount,
+    password: &str,
+) -> Result<Created, KadminError> {
+    let ldif = add_ldif(account, password);
+    let cmd = base_command(cfg, &cfg.ldapmodify);
+    let ran = exec(cfg, cmd, "ldapmodify (add)", ldif.as_bytes()).await?;
+    match ran.code {
+        Some(0) => Ok(Created::Created),
+        // entryAlreadyExists; a duplicate sAMAccountName is a constraint
+        // violation naming it.
+        Some(68) => Ok(Created::AlreadyExists),
+        _ => Err(failure(&ran, "ldapmodify (add)")),
+    }
 }
 
 /// A directory entry: its DN and its attributes (names lower-cased).
@@ -207,11 +332,32 @@ pub async fn search(
     attrs: &[&str],
 ) -> Result<Vec<Entry>, KadminError> {
     let mut cmd = base_command(cfg, &cfg.ldapsearch);
-    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-b", base])
+    // Paged: AD returns at most MaxPageSize (1000) entries per page.
+    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-E", PAGED, "-b", base])
         .arg(filter)
         .args(attrs);
     let out = run(cfg, cmd, "ldapsearch", b"").await?;
     parse_ldif(&out)
+}
+
+/// The DC's `highestCommittedUSN` (root DSE): it moves on every change
+/// the DC commits, so an unchanged value means nothing changed there.
+pub async fn highest_usn(cfg: &AdConfig) -> Result<u64, KadminError> {
+    let mut cmd = base_command(cfg, &cfg.ldapsearch);
+    cmd.args(["-LLL", "-o", "ldif-wrap=no", "-s", "base", "-b", ""])
+        .arg("(objectClass=*)")
+        .arg("highestCommittedUSN");
+    let out = run(cfg, cmd, "ldapsearch", b"").await?;
+    parse_usn(&out)
+}
+
+/// The `highestCommittedUSN` of a root DSE entry (whose DN is empty).
+fn parse_usn(text: &str) -> Result<u64, KadminError> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(attr, _)| attr.eq_ignore_ascii_case("highestCommittedUSN"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| KadminError::Failed("the root DSE shows no highestCommittedUSN".into()))
 }
 
 /// Parses `ldapsearch -LLL -o ldif-wrap=no` output into entries, decoding
@@ -314,6 +460,12 @@ mod tests {
                 kvno: 7,
             }]
         );
+    }
+
+    #[test]
+    fn the_root_dse_usn_is_read_and_its_absence_is_an_error() {
+        assert_eq!(parse_usn("dn:\nhighestCommittedUSN: 4242\n").unwrap(), 4242);
+        assert!(parse_usn("dn:\n").is_err());
     }
 
     #[test]

@@ -1,23 +1,30 @@
 //! Identity sync: the role-account policy read from the directory instead
 //! of the policy file.
 //!
-//! Every `interval_secs`, and at once on `SIGHUP`, one LDAPS search under `[active_directory.sync]
-//! base_dn` reads users, groups and service accounts, and these conventions
-//! make them a [`Policy`]:
+//! Every `interval_secs`, at once on `SIGHUP`, and when the DC's
+//! `highestCommittedUSN` (checked every `change_check_secs`) moved, one
+//! LDAPS search under `[active_directory.sync] base_dn` reads users, groups
+//! and service accounts, and these conventions make them a [`Policy`]:
 //! - a role account is an enabled user with a `uidNumber`: login
 //!   `sAMAccountName`, uid `uidNumber`, gid `gidNumber`;
-//! - its groups are the groups it is a direct member of; those with a
-//!   `gidNumber` give its supplemental gids;
+//! - its groups are the groups it is a member of, directly or through
+//!   nested groups; those with a `gidNumber` give its supplemental gids;
 //! - it may be run as by pods of namespace `ns` when it is a member of group
 //!   `<namespace_group_prefix>ns` (`kcred-ns-ns`);
 //! - it owns the service principal names of the accounts whose `manager`
 //!   (user accounts) or `managedBy` (computer accounts) is its DN;
 //! - the members of group `<act_as_group_prefix><login>` may log in as it.
 //!
-//! With `operators_group` / `auditors_group`, the direct members of those
-//! groups (found under `base_dn`; members anywhere under `people_base_dn`)
-//! get the admin roles as `<sAMAccountName>@<REALM>`, replaced on each
-//! sync beside the static `[auth]` lists.
+//! With `operators_group` / `auditors_group`, the members of those groups
+//! (found under `base_dn`; members anywhere under `people_base_dn`) get the
+//! admin roles as `<sAMAccountName>@<REALM>`, replaced on each sync beside
+//! the static `[auth]` lists.
+//!
+//! Membership is the DC's own answer, not a reading of `member`: one
+//! search per group that matters (`memberOf` with the in-chain matching
+//! rule, LDAP_MATCHING_RULE_IN_CHAIN), so members of nested groups count,
+//! and a group of any size is read whole (AD hands out at most
+//! `MaxValRange` values of `member` at once; search results are paged).
 //!
 //! A user whose attributes are unusable (no `gidNumber`, uid 0, a bad
 //! namespace) is left out and logged, never half-granted. A directory that
@@ -49,7 +56,6 @@ const ATTRS: &[&str] = &[
     "userPrincipalName",
     "uidNumber",
     "gidNumber",
-    "member",
     "manager",
     "managedBy",
     "servicePrincipalName",
@@ -60,6 +66,8 @@ const ATTRS: &[&str] = &[
 const ACCOUNT_DISABLE: u32 = 0x2;
 /// LDAP_MATCHING_RULE_BIT_AND on that bit: enabled accounts only.
 const ENABLED: &str = "(!(userAccountControl:1.2.840.113556.1.4.803:=2))";
+/// LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups.
+const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
 
 /// Why a sync produced no policy (the last good one stays in force).
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +93,20 @@ pub struct Synced {
 
 /// Reads the directory once.
 pub async fn read(cfg: &AdConfig, sync: &SyncSection) -> Result<Synced, SyncError> {
-    let entries = ldap::search(cfg, &sync.base_dn, FILTER, ATTRS).await?;
-    let mut synced = build(&entries, sync, &cfg.realm)?;
+    let mut entries = ldap::search(cfg, &sync.base_dn, FILTER, ATTRS).await?;
+    let mut people = Vec::new();
+    for group in entries
+        .iter_mut()
+        .filter(|e| is(e, "group") && matters(e, sync))
+    {
+        let members = chain_members(cfg, sync, &group.dn, false).await?;
+        group.attrs.insert(
+            "member".into(),
+            members.iter().map(|m| m.dn.clone()).collect(),
+        );
+        people.extend(members);
+    }
+    let mut synced = build(&entries, &people, sync, &cfg.realm)?;
     if sync.operators_group.is_some() || sync.auditors_group.is_some() {
         synced.admins = Some(AdminSets {
             operators: members(cfg, sync, &entries, sync.operators_group.as_deref()).await?,
@@ -96,8 +116,41 @@ pub async fn read(cfg: &AdConfig, sync: &SyncSection) -> Result<Synced, SyncErro
     Ok(synced)
 }
 
-/// The principals of a group's direct members; a configured group that is
-/// missing is an error (the last good roles stay), not "nobody".
+/// Whether a group's members shape the policy: it gives a gid, a
+/// namespace or the right to act as a role account.
+fn matters(group: &Entry, sync: &SyncSection) -> bool {
+    group.first("gidnumber").is_some()
+        || group.first("samaccountname").is_some_and(|n| {
+            n.starts_with(&sync.namespace_group_prefix) || n.starts_with(&sync.act_as_group_prefix)
+        })
+}
+
+/// The users under `people_base_dn` that are members of `group_dn`,
+/// directly or through nested groups (enabled ones only with
+/// `enabled_only`), as the DC evaluates it.
+async fn chain_members(
+    cfg: &AdConfig,
+    sync: &SyncSection,
+    group_dn: &str,
+    enabled_only: bool,
+) -> Result<Vec<Entry>, SyncError> {
+    let filter = format!(
+        "(&(objectClass=user)(memberOf:{IN_CHAIN}:={}){})",
+        ldap::escape_filter(group_dn),
+        if enabled_only { ENABLED } else { "" }
+    );
+    Ok(ldap::search(
+        cfg,
+        &sync.people_base(),
+        &filter,
+        &["sAMAccountName", "userPrincipalName"],
+    )
+    .await?)
+}
+
+/// The principals of a group's members (nested groups included); a
+/// configured group that is missing is an error (the last good roles
+/// stay), not "nobody".
 async fn members(
     cfg: &AdConfig,
     sync: &SyncSection,
@@ -116,11 +169,7 @@ async fn members(
                 sync.base_dn
             ))
         })?;
-    let filter = format!(
-        "(&(objectClass=user)(memberOf={}){ENABLED})",
-        ldap::escape_filter(&found.dn)
-    );
-    let people = ldap::search(cfg, &sync.people_base(), &filter, &["sAMAccountName"]).await?;
+    let people = chain_members(cfg, sync, &found.dn, true).await?;
     Ok(people
         .iter()
         .filter_map(|p| p.first("samaccountname"))
@@ -154,12 +203,20 @@ fn is(entry: &Entry, class: &str) -> bool {
         .any(|c| c.eq_ignore_ascii_case(class))
 }
 
-/// Applies the conventions to searched entries.
-pub fn build(entries: &[Entry], sync: &SyncSection, realm: &str) -> Result<Synced, SyncError> {
+/// Applies the conventions to searched entries: users, service accounts
+/// and groups under `base_dn` (each group's `member` holding its members,
+/// nested ones included), and `people`, the members found elsewhere (whose
+/// names `logged_into_by` records).
+pub fn build(
+    entries: &[Entry],
+    people: &[Entry],
+    sync: &SyncSection,
+    realm: &str,
+) -> Result<Synced, SyncError> {
     let groups: Vec<&Entry> = entries.iter().filter(|e| is(e, "group")).collect();
-    let person_name: BTreeMap<String, String> = entries
+    let person_name: BTreeMap<String, String> = people
         .iter()
-        .filter(|e| is(e, "user"))
+        .chain(entries.iter().filter(|e| is(e, "user")))
         .filter_map(|e| {
             let name = match (e.first("userprincipalname"), e.first("samaccountname")) {
                 (Some(upn), _) => upn.to_string(),
@@ -356,8 +413,10 @@ fn delta(a: &RoleAccount, b: &RoleAccount) -> String {
     out.join("; ")
 }
 
-/// Syncs until aborted: the first read at once, then every interval, and
-/// at once when `fired` fires (`SIGHUP`).
+/// Syncs until aborted: the first read at once, then every interval, at
+/// once when `fired` fires (`SIGHUP`), and whenever the DC's
+/// `highestCommittedUSN`, checked every `change_check_secs`, moved since
+/// the last good sync began (something in the directory changed).
 pub fn spawn(
     state: Arc<ControllerState>,
     cfg: AdConfig,
@@ -367,17 +426,46 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(sync.interval_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let following = sync.change_check_secs > 0;
+        // The first check comes a period after the first sync (the
+        // interval's first tick, at once), not beside it.
+        let every = Duration::from_secs(sync.change_check_secs.max(1));
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The USN the last good sync started from.
+        let mut synced_at: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 Ok(()) = fired.changed() => {}
+                _ = check.tick(), if following => {
+                    match ldap::highest_usn(&cfg).await {
+                        Ok(usn) if Some(usn) == synced_at => continue,
+                        Ok(usn) => tracing::debug!(usn, before = ?synced_at, "the directory changed; syncing"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the directory's highestCommittedUSN; the next check or interval syncs");
+                            continue;
+                        }
+                    }
+                }
             }
-            once(&state, &cfg, &sync).await;
+            // Read before the sync: a change made during it moves the USN
+            // past this, and the next check syncs again.
+            let before = if following {
+                ldap::highest_usn(&cfg).await.ok()
+            } else {
+                None
+            };
+            if once(&state, &cfg, &sync).await {
+                synced_at = before;
+            }
         }
     })
 }
 
-async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) {
+/// One sync; whether the directory was read (a policy that did not form
+/// counts as read: the next change, not the next check, should retry).
+async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) -> bool {
     let synced = match read(cfg, sync).await {
         Ok(s) => s,
         Err(e) => {
@@ -387,7 +475,7 @@ async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) {
                 .with_label_values(&["failed"])
                 .inc();
             tracing::error!(error = %e, "directory sync failed; keeping the last good policy");
-            return;
+            return matches!(e, SyncError::Policy(_));
         }
     };
     state
@@ -430,6 +518,7 @@ async fn once(state: &ControllerState, cfg: &AdConfig, sync: &SyncSection) {
     if let Err(e) = state.record(events).await {
         tracing::error!(error = %e, "cannot audit a directory policy change");
     }
+    true
 }
 
 #[cfg(test)]
@@ -442,6 +531,7 @@ mod tests {
         SyncSection {
             base_dn: "OU=kcred,DC=x".into(),
             interval_secs: 1,
+            change_check_secs: 5,
             namespace_group_prefix: "kcred-ns-".into(),
             act_as_group_prefix: "kcred-act-as-".into(),
             operators_group: None,
@@ -541,7 +631,7 @@ mod tests {
 
     #[test]
     fn directory_conventions_make_a_role_account() {
-        let synced = build(&directory(), &sync(), REALM).unwrap();
+        let synced = build(&directory(), &[], &sync(), REALM).unwrap();
         let role = synced.policy.role_for_namespace("web").unwrap();
         assert_eq!(
             (role.login.as_str(), role.uid, role.gid),
@@ -561,12 +651,48 @@ mod tests {
     }
 
     #[test]
+    fn members_found_outside_base_dn_are_named_by_their_principal() {
+        let people = [entry(
+            "CN=alice,OU=people,DC=x",
+            &[
+                ("sAMAccountName", "alice"),
+                ("userPrincipalName", "alice@x.example"),
+            ],
+        )];
+        let synced = build(&directory(), &people, &sync(), REALM).unwrap();
+        let role = synced.policy.role_for_namespace("web").unwrap();
+        assert_eq!(
+            role.logged_into_by,
+            BTreeSet::from(["alice@x.example".to_string()])
+        );
+    }
+
+    #[test]
+    fn only_groups_giving_a_gid_a_namespace_or_act_as_are_expanded() {
+        let dir = directory();
+        let expanded: Vec<&str> = dir
+            .iter()
+            .filter(|e| is(e, "group") && matters(e, &sync()))
+            .filter_map(|e| e.first("samaccountname"))
+            .collect();
+        assert_eq!(
+            expanded,
+            vec!["kcred-ns-web", "data", "kcred-act-as-websvc"]
+        );
+        let plain = entry(
+            "CN=team,OU=kcred,DC=x",
+            &[("objectClass", "group"), ("sAMAccountName", "team")],
+        );
+        assert!(!matters(&plain, &sync()));
+    }
+
+    #[test]
     fn a_disabled_role_account_is_left_out() {
         let mut dir = directory();
         dir[0]
             .attrs
             .insert("useraccountcontrol".into(), vec!["514".into()]);
-        let synced = build(&dir, &sync(), REALM).unwrap();
+        let synced = build(&dir, &[], &sync(), REALM).unwrap();
         assert!(synced.policy.role_for_namespace("web").is_err());
         assert!(
             synced.skipped.iter().any(|s| s.contains("disabled")),
@@ -577,10 +703,10 @@ mod tests {
 
     #[test]
     fn a_removed_membership_is_a_change_naming_the_namespace() {
-        let before = build(&directory(), &sync(), REALM).unwrap().policy;
+        let before = build(&directory(), &[], &sync(), REALM).unwrap().policy;
         let mut dir = directory();
         dir.retain(|e| !e.dn.starts_with("CN=kcred-ns-web"));
-        let after = build(&dir, &sync(), REALM).unwrap().policy;
+        let after = build(&dir, &[], &sync(), REALM).unwrap().policy;
         assert!(after.role_for_namespace("web").is_err());
         let changed = changes(&before, &after);
         assert_eq!(changed.len(), 1, "{changed:?}");
@@ -613,7 +739,7 @@ mod tests {
             .unwrap()
             .push("CN=other,OU=kcred,DC=x".into());
         assert!(matches!(
-            build(&dir, &sync(), REALM),
+            build(&dir, &[], &sync(), REALM),
             Err(SyncError::Policy(PolicyError::NamespaceTwice { .. }))
         ));
     }

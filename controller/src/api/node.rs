@@ -114,8 +114,15 @@ impl NodeCredentials for NodeApi {
         }
         let held = request.into_inner().volume_ids;
         // In memory and proportional to what this node holds (see
-        // crate::nodes::heartbeat): no store access on the async worker.
-        let answer = heartbeat::answer(st, &node, &held).map_err(Status::from)?;
+        // crate::nodes::heartbeat), but it reads the issued-volume view,
+        // whose lock a release or revocation holds across a store write
+        // (an etcd round trip): wait for it on a blocking thread, not on
+        // an async worker every other call needs.
+        let (state, who) = (Arc::clone(st), node.clone());
+        let answer = tokio::task::spawn_blocking(move || heartbeat::answer(&state, &who, &held))
+            .await
+            .map_err(|_| Status::internal("heartbeat verdict task failed"))?
+            .map_err(Status::from)?;
         st.held
             .heard(&node, answer.listed, kcred_audit::timefmt::now_unix());
         heartbeat::release(st, &node, answer.releasable).await;

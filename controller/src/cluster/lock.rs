@@ -19,6 +19,10 @@ use crate::store::etcd_members::never_sent;
 /// fails (retryable) rather than queue forever behind a stuck holder.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Attempts refused before being sent (a member down) that a lock request
+/// survives; the pauses between them double from 10 ms.
+const MAX_REFUSED: u32 = 7;
+
 /// A held lock; released when dropped.
 pub struct ClusterLock {
     release: Option<(tokio::runtime::Handle, etcd_client::Client, Vec<u8>)>,
@@ -48,6 +52,7 @@ impl Cluster {
             .ok_or_else(|| StoreError::Db("etcd client closed".into()))?;
         let key = etcd.raw_key(&format!("cluster/locks/{name}"));
         let started = Instant::now();
+        let mut refused = 0;
         loop {
             let lease = self.session()?;
             let client = etcd.client();
@@ -76,9 +81,13 @@ impl Cluster {
                 {
                     continue;
                 }
-                // Sent to a member that refused the connection: send again.
-                Err(e) if never_sent(&e) && started.elapsed() < MAX_WAIT => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                // Sent to a member that refused the connection: send again,
+                // a few times (another member may answer), not forever.
+                Err(e)
+                    if never_sent(&e) && refused < MAX_REFUSED && started.elapsed() < MAX_WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10 << refused)).await;
+                    refused += 1;
                 }
                 Err(e) => return Err(StoreError::Db(format!("etcd lock {name}: {e}"))),
             }

@@ -268,15 +268,20 @@ impl PodIndex {
     /// present under another UID, are announced gone, and so are pods it
     /// holds finished that were not finished before.
     pub fn replace_all(&self, pods: impl IntoIterator<Item = PodInfo>) {
-        let mut map = crate::locks::write(&self.pods);
+        // Built without the lock (a re-list may hold 100,000 pods; fetches
+        // and heartbeats read the view meanwhile), then swapped in. The
+        // interner moves to the new view; a pod upserted while it is out
+        // just keeps unshared names.
+        let names = std::mem::take(&mut crate::locks::write(&self.pods).names);
         let mut fresh = Pods {
-            names: std::mem::take(&mut map.names),
+            names,
             ..Pods::default()
         };
         for p in pods {
             fresh.insert(p);
         }
-        let old = std::mem::replace(&mut *map, fresh);
+        let old = std::mem::replace(&mut *crate::locks::write(&self.pods), fresh);
+        let map = crate::locks::read(&self.pods);
         let finished: Vec<PodGone> = map
             .iter()
             .filter(|(ns, n, p)| newly_finished(old.get(ns, n), &p.uid, p.finished))

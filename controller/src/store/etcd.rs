@@ -64,6 +64,8 @@ pub struct Etcd {
     prefix: String,
     timeout: Duration,
     endpoints: String,
+    /// Resends allowed for a request that never left.
+    resends: usize,
 }
 
 fn etcd_err(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -72,10 +74,13 @@ fn etcd_err(what: &str, e: impl std::fmt::Display) -> StoreError {
 
 /// Sends `request` (through `f`) until it is answered or fails after
 /// reaching etcd, or `timeout` passes: a request that never left (its
-/// member refused the connection) goes again, to another member.
+/// member refused the connection) goes again, to another member, at most
+/// `resends` times with a doubling pause, so an etcd that refuses
+/// everywhere fails the request quickly instead of being asked in a loop.
 async fn retrying<T, R, F, Fut>(
     client: Client,
     timeout: Duration,
+    resends: usize,
     request: R,
     f: F,
 ) -> Result<T, Failure>
@@ -85,13 +90,17 @@ where
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = FIRST_RESEND_PAUSE;
+    let mut left = resends;
     loop {
         match tokio::time::timeout_at(deadline, f(client.clone(), request.clone())).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e))
-                if never_sent(&e) && tokio::time::Instant::now() + RESEND_AFTER < deadline =>
+                if left > 0 && never_sent(&e) && tokio::time::Instant::now() + pause < deadline =>
             {
-                tokio::time::sleep(RESEND_AFTER).await;
+                left -= 1;
+                tokio::time::sleep(pause).await;
+                pause *= 2;
             }
             Ok(Err(e)) => return Err(Failure::Etcd(e)),
             Err(_) => return Err(Failure::Timeout),
@@ -99,8 +108,15 @@ where
     }
 }
 
-/// Pause before a request that never left is sent again.
-const RESEND_AFTER: Duration = Duration::from_millis(10);
+/// Pause before the first resend of a request that never left.
+const FIRST_RESEND_PAUSE: Duration = Duration::from_millis(10);
+
+/// Resends allowed per request: enough that a request keeps finding a live
+/// member while one in three refuses (the balancer picks at random) until
+/// the member watcher takes the dead one out.
+fn resends_for(members: usize) -> usize {
+    2 * members + 1
+}
 
 /// Why a request failed.
 enum Failure {
@@ -190,6 +206,7 @@ impl Etcd {
             prefix: opts.prefix,
             timeout: opts.timeout,
             endpoints,
+            resends: resends_for(opts.endpoints.len()),
         };
         etcd.count(Table::Authority)
             .map_err(|e| StoreError::Db(format!("{}: {e}", etcd.endpoints)))?;
@@ -208,8 +225,9 @@ impl Etcd {
             .as_ref()
             .ok_or_else(|| etcd_err(what, "client closed"))?;
         let (client, timeout, name) = (self.client.clone(), self.timeout, what.to_string());
+        let resends = self.resends;
         run_on(runtime, what, async move {
-            retrying(client, timeout, request, f)
+            retrying(client, timeout, resends, request, f)
                 .await
                 .map_err(|e| e.into_store(&name, timeout))
         })
@@ -235,7 +253,13 @@ impl Etcd {
         let handle = self
             .handle()
             .ok_or_else(|| etcd_err(what, "client closed"))?;
-        let task = handle.spawn(retrying(self.client.clone(), self.timeout, request, f));
+        let task = handle.spawn(retrying(
+            self.client.clone(),
+            self.timeout,
+            self.resends,
+            request,
+            f,
+        ));
         match task.await {
             Ok(r) => r.map_err(|e| e.into_store(what, self.timeout)),
             Err(_) => Err(etcd_err(what, "client runtime stopped")),

@@ -81,8 +81,8 @@ pub(crate) async fn watch_members(
     }
 }
 
-/// Whether the member at `endpoint` reports its status within `timeout`,
-/// through a client of its own (kept between probes).
+/// Whether the member at `endpoint` reports its status, with a leader,
+/// within `timeout`, through a client of its own (kept between probes).
 async fn probe(
     slot: &mut Option<Client>,
     endpoint: &str,
@@ -94,13 +94,17 @@ async fn probe(
             *slot = Some(Client::connect([endpoint], Some(options.clone())).await?);
         }
         match slot {
-            Some(c) => c.status().await.map(|_| ()),
-            None => Ok(()),
+            Some(c) => c.status().await.map(|s| s.leader() != 0),
+            None => Ok(false),
         }
     })
     .await;
+    // A member cut off from its peers answers, but without a leader: the
+    // requests sent there (which require one) would fail, so it counts as
+    // silent.
     match asked {
-        Ok(Ok(())) => true,
+        Ok(Ok(true)) => true,
+        Ok(Ok(false)) => false,
         Ok(Err(_)) | Err(_) => {
             *slot = None;
             false
@@ -110,7 +114,31 @@ async fn probe(
 
 #[cfg(test)]
 mod tests {
-    use super::never_sent;
+    use super::{never_sent, probe};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_without_a_leader_counts_as_silent() {
+        let mut cluster = kcred_testetcd::EtcdCluster::start(3).expect("etcd");
+        let (options, timeout) = (
+            etcd_client::ConnectOptions::new(),
+            std::time::Duration::from_secs(1),
+        );
+        let mut slot = None;
+        let last = cluster.endpoint(2);
+        assert!(probe(&mut slot, &last, &options, timeout).await);
+        // Its two peers gone, member 2 still answers, but leads nothing
+        // and follows no one.
+        cluster.kill(0);
+        cluster.kill(1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while probe(&mut slot, &last, &options, timeout).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a member without a quorum still counts as answering"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
 
     #[tokio::test]
     async fn a_refused_connection_means_the_request_never_left() {

@@ -27,6 +27,7 @@
 
 pub mod atomic_writer;
 pub mod dir;
+pub mod records;
 pub mod state;
 pub mod tmpfs;
 pub mod tmpfs_medium;
@@ -127,6 +128,10 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// Another driver process holds the state directory: two would keep
+    /// different records in memory and overwrite each other's.
+    #[error("{0} is held by another kcred-csi-driver process on this node; one driver per node")]
+    StateDirHeld(PathBuf),
     /// Mount options that would silently weaken isolation (e.g. `size=0`,
     /// which tmpfs reads as "unlimited").
     #[error("invalid tmpfs options: {0}")]

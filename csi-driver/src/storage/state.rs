@@ -164,6 +164,12 @@ impl<'de> Deserialize<'de> for PublishedVolume {
     }
 }
 
+/// Ownership of a state directory, held until dropped ([`StateDir::claim`]).
+#[derive(Debug)]
+pub struct StateDirOwner {
+    _held: nix::fcntl::Flock<File>,
+}
+
 /// The driver's private state directory. One driver process per node owns it.
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -200,6 +206,31 @@ impl StateDir {
         Ok(dir)
     }
 
+    /// Makes this process the directory's one owner for as long as the
+    /// returned lock lives (an exclusive `flock` on the directory); fails
+    /// at once, naming the directory, while another process owns it (a
+    /// rolling update that let two drivers overlap). The kernel drops the
+    /// lock when its owner dies, however it dies.
+    pub fn claim(&self) -> Result<StateDirOwner> {
+        let dir = File::open(&self.root).map_err(io_err("opening state dir", &self.root))?;
+        match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(held) => Ok(StateDirOwner { _held: held }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                Err(StorageError::StateDirHeld(self.root.clone()))
+            }
+            Err((_, source)) => Err(StorageError::Sys {
+                op: "locking state dir",
+                path: self.root.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `<hex sha256(volume_id)>.json`: safe for any id, including `../..`.
     fn path_for(&self, volume_id: &str) -> PathBuf {
         let digest = Sha256::digest(volume_id.as_bytes());
@@ -208,8 +239,25 @@ impl StateDir {
 
     /// Stores `v`, replacing any previous record for the same volume. Written
     /// to a temp file, fsynced and renamed, so a crash leaves either the old
-    /// or the new record, never half of one.
+    /// or the new record, never half of one; the directory is fsynced too,
+    /// so the record is there after a power loss.
     pub fn save(&self, v: &PublishedVolume) -> Result<()> {
+        self.write(v)?;
+        self.sync_dir()
+    }
+
+    /// Replaces the record of a volume that has one with a newer state of
+    /// the same mount (a refresh: a new generation, a new deadline). One
+    /// fsync instead of two: the directory is not synced, so a power loss
+    /// may keep the previous record, which is as good (the tmpfs mounts are
+    /// gone with the power, and kubelet's republish after the reboot fetches
+    /// again); a driver crash keeps the new one.
+    pub fn update(&self, v: &PublishedVolume) -> Result<()> {
+        self.write(v)
+    }
+
+    /// The record written to a temp file, fsynced and renamed into place.
+    fn write(&self, v: &PublishedVolume) -> Result<()> {
         let path = self.path_for(&v.volume_id);
         let json = serde_json::to_vec_pretty(v).map_err(|source| StorageError::Encode {
             path: path.clone(),
@@ -229,15 +277,14 @@ impl StateDir {
             f.sync_all()?;
             fs::rename(&tmp, &path)
         })();
-        if let Err(source) = written {
+        written.map_err(|source| {
             let _ = fs::remove_file(&tmp);
-            return Err(StorageError::Io {
+            StorageError::Io {
                 op: "writing state record",
                 path,
                 source,
-            });
-        }
-        self.sync_dir()
+            }
+        })
     }
 
     /// The record for `volume_id`, or `None` if none was saved.

@@ -23,6 +23,7 @@ use super::scheduler::{self, Next, Schedule};
 use crate::config::DriverConfig;
 use crate::controller_client::ControllerClient;
 use crate::metrics::Metrics;
+use crate::storage::records::Records;
 use crate::storage::state::{Phase, PublishedVolume, StateDir};
 use crate::storage::tmpfs_medium::TmpfsMedium;
 use crate::storage::{Medium, StorageError};
@@ -36,17 +37,30 @@ use crate::support::retry;
 /// thousands of calls or hold thousands of bundles in memory.
 const PARALLEL: usize = 32;
 
+/// Idle volume locks are kept until there are at least this many.
+const MIN_SWEEP: usize = 64;
+
+/// One lock per volume being worked on.
+#[derive(Default)]
+struct VolumeLocks {
+    map: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// The map's size at which idle locks are dropped next.
+    sweep_at: usize,
+}
+
 /// Drives every volume on this node.
 pub struct VolumeManager {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: ControllerClient,
-    pub(crate) state: Arc<StateDir>,
+    pub(crate) state: Arc<Records>,
     pub(crate) medium: Arc<dyn Medium>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<VolumeLocks>,
     schedule: Arc<Schedule>,
     retries: Mutex<HashMap<String, ExponentialBackoff>>,
     pub(crate) freshness: Arc<Freshness>,
     pub(crate) pod_tokens: super::pod_tokens::PodTokens,
+    /// This process's hold on the state directory (a real node's driver).
+    owner: Option<crate::storage::state::StateDirOwner>,
 }
 
 impl VolumeManager {
@@ -54,40 +68,42 @@ impl VolumeManager {
     /// tmpfs (read-only volumes' private views under `<state_dir>/views`).
     pub fn for_node(cfg: &DriverConfig, client: ControllerClient) -> Result<Self, StorageError> {
         let state = StateDir::open(&cfg.state_dir)?;
+        let owner = state.claim()?;
         let medium = TmpfsMedium::new(cfg.tmpfs_size_bytes, cfg.state_dir.join("views"));
-        Ok(Self::new(client, state, Arc::new(medium)))
+        let mut manager = Self::new(client, state, Arc::new(medium))?;
+        manager.owner = Some(owner);
+        Ok(manager)
     }
 
-    /// A manager over `state` and `medium`. Resumes at once what the state
-    /// directory records: each mounted volume's refresh deadline is
-    /// scheduled again.
-    pub fn new(client: ControllerClient, state: StateDir, medium: Arc<dyn Medium>) -> Self {
+    /// A manager over `state` and `medium`. Reads the state directory once
+    /// and resumes at once what it records: each mounted volume's refresh
+    /// deadline is scheduled again.
+    pub fn new(
+        client: ControllerClient,
+        state: StateDir,
+        medium: Arc<dyn Medium>,
+    ) -> Result<Self, StorageError> {
         let manager = VolumeManager {
             metrics: Metrics::new(),
             client,
-            state: Arc::new(state),
+            state: Arc::new(Records::load(state)?),
             medium,
-            locks: Mutex::new(HashMap::new()),
+            locks: Mutex::new(VolumeLocks::default()),
             schedule: Arc::new(Schedule::new()),
             retries: Mutex::new(HashMap::new()),
             freshness: Arc::new(Freshness::default()),
             pod_tokens: Default::default(),
+            owner: None,
         };
         manager.resume();
-        manager
+        Ok(manager)
     }
 
     /// Restart recovery: the records say which volumes exist and when each
     /// is due; mounts survived the driver, so nothing is remounted here
     /// (kubelet's next republish finds and repairs what a reboot lost).
     fn resume(&self) {
-        let records = match self.state.list() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the state directory; nothing resumed");
-                return;
-            }
-        };
+        let records = self.state.all();
         self.metrics.mounted_volumes.set(records.len() as i64);
         for rec in &records {
             match &rec.phase {
@@ -117,10 +133,17 @@ impl VolumeManager {
     }
 
     fn lock_of(&self, volume_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = lock(&self.locks);
-        // Drop idle locks of volumes nobody is working on.
-        map.retain(|_, l| Arc::strong_count(l) > 1 || l.try_lock().is_err());
-        Arc::clone(map.entry(volume_id.to_string()).or_default())
+        let mut locks = lock(&self.locks);
+        // Drop idle locks of volumes nobody is working on, once the map has
+        // doubled since the last sweep: each call stays O(1) on a node with
+        // thousands of volumes.
+        if locks.map.len() >= locks.sweep_at {
+            locks
+                .map
+                .retain(|_, l| Arc::strong_count(l) > 1 || l.try_lock().is_err());
+            locks.sweep_at = (locks.map.len() * 2).max(MIN_SWEEP);
+        }
+        Arc::clone(locks.map.entry(volume_id.to_string()).or_default())
     }
 
     /// Takes the volume's lock, or fails at once if it is held: kubelet
@@ -276,12 +299,14 @@ impl VolumeManager {
     }
 
     /// Every volume this node holds (non-secret state).
-    pub async fn volumes(&self) -> Result<Vec<PublishedVolume>, VolumeError> {
-        let state = Arc::clone(&self.state);
-        tokio::task::spawn_blocking(move || state.list())
-            .await
-            .map_err(|e| VolumeError::Task(e.to_string()))?
-            .map_err(VolumeError::from)
+    pub fn volumes(&self) -> Vec<PublishedVolume> {
+        self.state.all()
+    }
+
+    /// The ids of every volume this node holds, as the heartbeat reports
+    /// them: from memory, the state directory is not read again.
+    pub fn held_ids(&self) -> Vec<String> {
+        self.state.ids()
     }
 
     /// This node's controller client.
@@ -296,6 +321,6 @@ impl VolumeManager {
 
     /// Whether the state directory is usable (for CSI Probe).
     pub fn ready(&self) -> bool {
-        self.state.list().is_ok()
+        self.state.usable()
     }
 }

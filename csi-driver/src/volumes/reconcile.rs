@@ -106,8 +106,11 @@ impl VolumeManager {
         trigger: Trigger,
         guard: OwnedMutexGuard<()>,
     ) -> Result<Step, VolumeError> {
-        let (record, target, holder) = self.observe(volume_id, &trigger).await?;
+        let record = self.state.get(volume_id);
         let fresh = record.as_ref().is_some_and(|rec| self.is_fresh(rec));
+        let (target, holder) = self
+            .observe(volume_id, &trigger, record.as_ref(), fresh)
+            .await?;
         let plan = decide(
             &trigger,
             Observed {
@@ -180,39 +183,42 @@ impl VolumeManager {
             .is_fresh(Instant::now())
     }
 
-    /// The record, what the relevant target holds, and another volume
-    /// recorded at a publish's target.
+    /// What the relevant target holds, and another volume recorded at a
+    /// publish's target. Records are in memory; only the target is looked
+    /// at on disk.
     async fn observe(
         &self,
         volume_id: &str,
         trigger: &Trigger,
-    ) -> Result<(Option<PublishedVolume>, Target, Option<String>), VolumeError> {
-        let (state, medium) = (Arc::clone(&self.state), Arc::clone(&self.medium));
-        let (id, trigger) = (volume_id.to_string(), trigger.clone());
-        blocking(move || {
-            let record = state.load(&id)?;
-            let target: Option<PathBuf> = match &trigger {
-                Trigger::Publish(req) => Some(req.target.clone()),
-                Trigger::Unpublish { target } => Some(target.clone()),
-                _ => record.as_ref().map(|r| r.target.clone()),
-            };
-            let seen = match &target {
-                Some(t) => medium.inspect(t)?,
-                None => Target::Missing,
-            };
-            let holder = match (&trigger, &record) {
-                (Trigger::Publish(req), r) if r.as_ref().is_none_or(|r| r.target != req.target) => {
-                    state
-                        .list()?
-                        .into_iter()
-                        .find(|r| r.target == req.target && r.volume_id != id)
-                        .map(|r| r.volume_id)
-                }
-                _ => None,
-            };
-            Ok((record, seen, holder))
-        })
-        .await
+        record: Option<&PublishedVolume>,
+        fresh: bool,
+    ) -> Result<(Target, Option<String>), VolumeError> {
+        let target: Option<PathBuf> = match trigger {
+            Trigger::Publish(req) => Some(req.target.clone()),
+            Trigger::Unpublish { target } => Some(target.clone()),
+            _ => record.map(|r| r.target.clone()),
+        };
+        let holder = match (trigger, record) {
+            (Trigger::Publish(req), r) if r.is_none_or(|r| r.target != req.target) => {
+                self.state.holder_of(&req.target, volume_id)
+            }
+            _ => None,
+        };
+        let seen = match target {
+            None => Target::Missing,
+            // Kubelet's republish of files known current: all that is left
+            // to check is that the target is still a tmpfs mount (an lstat,
+            // a stat of its parent and a statfs), cheaper done here than
+            // the hand-off to a blocking thread.
+            Some(t) if fresh && matches!(trigger, Trigger::Publish(_)) => {
+                self.medium.inspect(&t)?
+            }
+            Some(t) => {
+                let medium = Arc::clone(&self.medium);
+                blocking(move || Ok(medium.inspect(&t)?)).await?
+            }
+        };
+        Ok((seen, holder))
     }
 
     /// A first issue: fetch (a refusal leaves nothing behind), record,
@@ -353,8 +359,9 @@ impl VolumeManager {
         let written = blocking(move || {
             let _guard = guard;
             let changed = medium.write(&rec, &files)?;
-            // Saved even when unchanged: the refresh deadline moves on.
-            state.save(&rec)?;
+            // Saved when the generation or the refresh deadline moved on
+            // or the owner changed; an unchanged record is not written.
+            state.update(&rec)?;
             // Before the lock goes: a republish right after finds it current.
             freshness.confirm(&rec.volume_id);
             Ok(changed)
@@ -416,7 +423,8 @@ impl VolumeManager {
             rec.phase = Phase::Wiped {
                 reason: WipeReason::Revoked,
             };
-            Ok(state.save(&rec)?)
+            state.save(&rec)?;
+            Ok(())
         })
         .await?;
         tracing::warn!(volume = %volume_id, "credentials wiped");

@@ -24,13 +24,7 @@ pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration
     let mut every = default_every;
     let mut backoff = retry::heartbeat();
     loop {
-        let held: Vec<String> = match volumes.volumes().await {
-            Ok(v) => v.into_iter().map(|r| r.volume_id).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read volume state for the heartbeat");
-                Vec::new()
-            }
-        };
+        let held = volumes.held_ids();
         let wait = match volumes.client().heartbeat(held.clone()).await {
             Ok(resp) => {
                 backoff = retry::heartbeat();

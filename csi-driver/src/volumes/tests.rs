@@ -6,6 +6,7 @@ mod double;
 mod on_tmpfs;
 mod publish;
 mod refresh;
+mod republish;
 mod triggers;
 
 use std::path::Path;
@@ -96,6 +97,7 @@ fn manager(root: &Path, endpoint: &str, medium: &Arc<DirMedium>) -> VolumeManage
         state,
         Arc::clone(medium) as Arc<dyn crate::storage::Medium>,
     )
+    .expect("manager")
 }
 
 fn secret(target: &Path) -> Option<String> {

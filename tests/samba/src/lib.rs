@@ -40,9 +40,10 @@ pub const ADMIN_PASSWORD: &str = "Kcred-Test-Adm1n!";
 /// The OU delegated to kcred: [`DomainController::add_service_account`]
 /// creates accounts here.
 pub const KCRED_OU: &str = "OU=kcred,DC=ad,DC=kcred,DC=test";
-/// The account kcred binds as: on [`KCRED_OU`]'s users only, the Reset
-/// Password right and write access to `msDS-SupportedEncryptionTypes`;
-/// no other rights beyond what every authenticated user has.
+/// The account kcred binds as: on [`KCRED_OU`] only, the right to create
+/// user objects, and on its users the Reset Password right and write
+/// access to `msDS-SupportedEncryptionTypes`; no other rights beyond what
+/// every authenticated user has.
 pub const KCRED_BIND_DN: &str = "CN=kcred-admin,CN=Users,DC=ad,DC=kcred,DC=test";
 /// [`KCRED_BIND_DN`]'s password.
 pub const KCRED_BIND_PASSWORD: &str = "Kcred-Delegated-Bind1!";
@@ -56,7 +57,7 @@ const USER_CLASS: &str = "bf967aba-0de6-11d0-a285-00aa003049e2";
 
 /// Bumped when the provisioning below changes, so a stale template from an
 /// older version of this crate is never reused.
-const TEMPLATE_VERSION: u32 = 2;
+const TEMPLATE_VERSION: u32 = 3;
 /// How long a DC may take to listen before start-up is abandoned.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Directories searched after `PATH` (`samba` lives in `/usr/sbin`).
@@ -271,6 +272,14 @@ impl DomainController {
         "ldaps://127.0.0.1:636".to_string()
     }
 
+    /// Where to reach plain LDAP with a Kerberos (SASL GSSAPI) bind: the
+    /// DC's account gets the service principal `ldap/127.0.0.1`, the name
+    /// a client asks a ticket for when it reaches the DC by that address.
+    pub fn kerberos_ldap_url(&self) -> Result<String, SambaError> {
+        self.samba_tool(&["spn", "add", "ldap/127.0.0.1", "DC1$"])?;
+        Ok("ldap://127.0.0.1".to_string())
+    }
+
     /// The CA certificate that verifies the DC's LDAPS certificate.
     pub fn ca_cert_path(&self) -> PathBuf {
         self.dir().join("private/tls/kcred-cert.pem")
@@ -355,6 +364,33 @@ impl DomainController {
             self.samba_tool(&["spn", "add", spn, account])?;
         }
         Ok(())
+    }
+
+    /// The DNs of every account in the domain holding `spn`, read from the
+    /// database with `ldbsearch`.
+    pub fn accounts_holding(&self, spn: &str) -> Result<Vec<String>, SambaError> {
+        let mut cmd = self.command("ldbsearch");
+        cmd.arg("-H")
+            .arg(self.dir().join("private/sam.ldb"))
+            .arg(format!("(servicePrincipalName={spn})"))
+            .arg("dn");
+        let out = run(cmd, &format!("ldbsearch servicePrincipalName={spn}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("dn: "))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// An account's attribute values as `samba-tool user show` prints them.
+    pub fn attribute(&self, account: &str, attr: &str) -> Result<Vec<String>, SambaError> {
+        let out = self.samba_tool(&["user", "show", account, &format!("--attributes={attr}")])?;
+        let prefix = format!("{attr}: ");
+        Ok(out
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().to_string())
+            .collect())
     }
 
     /// An account's `msDS-KeyVersionNumber` as the directory holds it.
@@ -489,7 +525,8 @@ fn template() -> Result<PathBuf, SambaError> {
 }
 
 /// Creates [`KCRED_OU`] and [`KCRED_BIND_DN`], and grants that account the
-/// two rights kcred needs on the OU's users, as an AD administrator would.
+/// rights kcred needs on the OU (create users) and its users (reset their
+/// password, write their enctypes), as an AD administrator would.
 fn delegate_to_kcred(target: &Path) -> Result<(), SambaError> {
     let tool = |args: &[&str]| {
         let mut cmd = Command::new(find_tool("samba-tool"));
@@ -514,7 +551,8 @@ fn delegate_to_kcred(target: &Path) -> Result<(), SambaError> {
             output: shown.clone(),
         })?;
     let sddl = format!(
-        "(OA;CIIO;CR;{RESET_PASSWORD_RIGHT};{USER_CLASS};{sid})\
+        "(OA;;CC;{USER_CLASS};;{sid})\
+         (OA;CIIO;CR;{RESET_PASSWORD_RIGHT};{USER_CLASS};{sid})\
          (OA;CIIO;WP;{SUPPORTED_ENCTYPES_ATTR};{USER_CLASS};{sid})"
     );
     tool(&[

@@ -29,12 +29,31 @@ pub fn cpu(pid: i32) -> anyhow::Result<Duration> {
 
 /// Resident set size of `pid`, in bytes.
 pub fn rss(pid: i32) -> anyhow::Result<u64> {
+    status_number(pid, "VmRSS").map(|kib| kib * 1024)
+}
+
+/// The resident memory of `pid` that is its own (heap, stacks: `RssAnon`)
+/// and what is mapped from files (its binary and libraries, shared with
+/// other processes: `RssFile`), in bytes.
+pub fn rss_parts(pid: i32) -> anyhow::Result<(u64, u64)> {
+    Ok((
+        status_number(pid, "RssAnon")? * 1024,
+        status_number(pid, "RssFile")? * 1024,
+    ))
+}
+
+/// How many threads `pid` runs.
+pub fn threads(pid: i32) -> anyhow::Result<u64> {
+    status_number(pid, "Threads")
+}
+
+/// A number field of `/proc/PID/status` (memory fields are in KiB).
+fn status_number(pid: i32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
+    Ok(status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
-        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status: no VmRSS"))?
-        .parse::<u64>()?;
-    Ok(kib * 1024)
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status: no {field}"))?
+        .parse::<u64>()?)
 }

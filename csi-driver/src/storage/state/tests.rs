@@ -176,3 +176,18 @@ fn typed_records_round_trip_every_phase() {
         assert_eq!(dir.load("v").unwrap(), Some(v));
     }
 }
+
+#[test]
+fn one_process_owns_the_state_dir_until_it_lets_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(tmp.path().join("state")).unwrap();
+    let first = dir.claim().expect("the first driver owns it");
+    // A second driver (another open file description, as another process
+    // would have) is refused, naming the directory.
+    let second = StateDir::open(tmp.path().join("state")).unwrap();
+    let err = second.claim().expect_err("two owners");
+    assert!(matches!(err, StorageError::StateDirHeld(_)), "{err}");
+    assert!(err.to_string().contains("state"), "{err}");
+    drop(first);
+    second.claim().expect("free again once the first lets go");
+}

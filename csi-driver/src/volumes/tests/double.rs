@@ -28,6 +28,8 @@ struct Script {
     /// The answer to every fetch.
     steady: Option<Result<Bundle, Status>>,
     fetches: Vec<Fetch>,
+    /// The volume ids each heartbeat reported.
+    heartbeats: Vec<Vec<String>>,
     heartbeat: HeartbeatResponse,
     updates: Vec<mpsc::UnboundedSender<Result<VolumeUpdate, Status>>>,
 }
@@ -88,6 +90,11 @@ impl Controller {
             .count()
     }
 
+    /// The volume ids of every heartbeat seen so far.
+    pub fn heartbeats(&self) -> Vec<Vec<String>> {
+        lock(&self.script).heartbeats.clone()
+    }
+
     /// The fetches seen so far.
     pub fn fetches(&self) -> Vec<Fetch> {
         lock(&self.script).fetches.clone()
@@ -114,9 +121,11 @@ impl NodeCredentials for Controller {
 
     async fn heartbeat(
         &self,
-        _: Request<HeartbeatRequest>,
+        request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        Ok(Response::new(lock(&self.script).heartbeat.clone()))
+        let mut s = lock(&self.script);
+        s.heartbeats.push(request.into_inner().volume_ids);
+        Ok(Response::new(s.heartbeat.clone()))
     }
 
     type WatchUpdatesStream =

@@ -24,7 +24,7 @@ impl TmpfsNode {
         let client = ControllerClient::new(&endpoint, "node-a").expect("client");
         let state = StateDir::open(dir.path().join("state")).expect("state");
         let medium = TmpfsMedium::new(1 << 20, dir.path().join("state/views"));
-        let volumes = VolumeManager::new(client, state, Arc::new(medium));
+        let volumes = VolumeManager::new(client, state, Arc::new(medium)).expect("manager");
         TmpfsNode {
             dir,
             controller,
