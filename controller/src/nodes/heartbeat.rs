@@ -15,8 +15,9 @@
 //!
 //! A heartbeat costs what its node holds: it reads the node's own entries
 //! of the in-memory issued-volume index ([`crate::issued::Issued::placements_on`])
-//! and one pod lookup per volume, never the whole table nor the store, so
-//! it runs on the async worker without blocking others. Only a release
+//! and one pod lookup per volume, never the whole table nor the store.
+//! (The handler still runs it on a blocking thread: a release or a
+//! revocation holds the index's lock across a store write.) Only a release
 //! (rare: a pod gone) writes to the store, off the async workers.
 
 use std::collections::{HashMap, HashSet};
