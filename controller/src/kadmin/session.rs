@@ -261,31 +261,31 @@ impl KadminClient {
 
     async fn execute(&self, principal: &Principal, command: &str) -> Result<(), KadminError> {
         let mut guard = self.session.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.spawn()?);
-        }
-        let Some(session) = guard.as_mut() else {
-            return Err(KadminError::Failed("no kadmin session".into()));
+        // The session is out of the slot while a command runs, and goes
+        // back only once its answer has been read to the end: a call
+        // cancelled half way (its caller gave up) drops the session, which
+        // kills the process, instead of leaving the next command to read
+        // this one's answer as its own.
+        let mut session = match guard.take() {
+            Some(s) => s,
+            None => self.spawn()?,
         };
-        let errors = match self.run(session, command).await {
+        let errors = match self.run(&mut session, command).await {
             Ok(lines) => lines,
             Err(e) => {
-                if let Some(mut dead) = guard.take() {
-                    let _ = dead.child.start_kill();
-                }
+                let _ = session.child.start_kill();
                 return Err(e);
             }
         };
+        let message = errors.join("; ");
+        if !errors.is_empty() && is_unavailable(&message) {
+            // The connection is broken: start afresh next time.
+            let _ = session.child.start_kill();
+            return Err(KadminError::Unavailable(message));
+        }
+        *guard = Some(session);
         if errors.is_empty() {
             return Ok(());
-        }
-        let message = errors.join("; ");
-        if is_unavailable(&message) {
-            // The connection is broken: start afresh next time.
-            if let Some(mut dead) = guard.take() {
-                let _ = dead.child.start_kill();
-            }
-            return Err(KadminError::Unavailable(message));
         }
         drop(guard);
         if message.contains("does not exist") {
