@@ -246,8 +246,19 @@ pub fn store_head(store: &Store, key_id: &str, head: &AuditHead) -> Result<(), S
 /// reach it, and records already in the log are durable on their own.
 #[derive(Debug, Default)]
 pub struct HeadWriter {
-    /// The newest head not yet stored, and whether a writer is storing.
-    state: std::sync::Mutex<(Option<AuditHead>, bool)>,
+    state: std::sync::Mutex<Heads>,
+}
+
+#[derive(Debug, Default)]
+struct Heads {
+    /// The newest head not yet stored.
+    pending: Option<AuditHead>,
+    /// Whether a writer is storing.
+    writing: bool,
+    /// The newest head this writer stored: concurrent appends reach here
+    /// out of order, and an older head is no news (storing it would only
+    /// find the store ahead and cry wolf).
+    stored_seq: u64,
 }
 
 impl HeadWriter {
@@ -257,27 +268,34 @@ impl HeadWriter {
         let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut s = lock();
-            if s.0.as_ref().is_none_or(|p| p.seq < head.seq) {
-                s.0 = Some(head);
-            }
-            if s.1 {
+            if head.seq <= s.stored_seq {
                 return;
             }
-            s.1 = true;
+            if s.pending.as_ref().is_none_or(|p| p.seq < head.seq) {
+                s.pending = Some(head);
+            }
+            if s.writing {
+                return;
+            }
+            s.writing = true;
         }
         loop {
             let next = {
                 let mut s = lock();
-                match s.0.take() {
+                match s.pending.take().filter(|h| h.seq > s.stored_seq) {
                     Some(h) => h,
                     None => {
-                        s.1 = false;
+                        s.writing = false;
                         return;
                     }
                 }
             };
-            if let Err(e) = store_head(store, key_id, &next) {
-                tracing::error!(error = %e, "cannot store the audit head");
+            match store_head(store, key_id, &next) {
+                Ok(()) => {
+                    let mut s = lock();
+                    s.stored_seq = s.stored_seq.max(next.seq);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot store the audit head"),
             }
         }
     }
@@ -291,6 +309,52 @@ fn short(hash: &str) -> &str {
 mod stored_heads_tests {
     use super::*;
     use crate::crypto::MasterKey;
+
+    /// Log lines written while `f` runs.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = lines.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn a_head_older_than_the_one_stored_is_no_news() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("store.redb"),
+            MasterKey::from_bytes([7; 32]),
+        )
+        .unwrap();
+        let head = |seq: u64| AuditHead {
+            seq,
+            hash: format!("{seq:064x}"),
+        };
+        let writer = HeadWriter::default();
+        // Two appends finish as 10 then 9 reach the writer (concurrent
+        // appends do).
+        let logs = logs_of(|| {
+            writer.store(&store, "k", head(10));
+            writer.store(&store, "k", head(9));
+        });
+        assert_eq!(stored_head(&store, "k").unwrap(), Some(head(10)));
+        assert!(!logs.contains("ahead of the log"), "{logs}");
+    }
 
     #[test]
     fn stored_heads_lists_every_chains_head_and_nothing_else() {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -82,14 +82,64 @@ where
                 let _ = tx.send(Some(result.clone()));
                 (result, Role::Leader)
             }
-            Err(mut rx) => {
-                let result = match rx.wait_for(Option::is_some).await {
-                    Ok(v) => v.clone().unwrap_or_else(|| Err(E::from(Abandoned))),
-                    Err(_) => Err(E::from(Abandoned)),
-                };
-                (result, Role::Follower)
-            }
+            Err(rx) => (outcome(rx).await, Role::Follower),
         }
+    }
+}
+
+impl<K, V, E> SingleFlight<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Clone + From<Abandoned> + Send + Sync + 'static,
+{
+    /// [`Self::run`], but the call runs as a task of its own: a caller
+    /// that gives up (its request's deadline passed while the call queued
+    /// for the KDC budget) stops waiting, and the call goes on for the
+    /// others and for the store. Cancelling a KDC call half way would
+    /// waste what kadmind already did and let the next caller start the
+    /// same call again.
+    pub async fn run_detached<Fut>(self: &Arc<Self>, key: K, call: Fut) -> (Result<V, E>, Role)
+    where
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let joined = {
+            let mut calls = crate::locks::lock(&self.calls);
+            match calls.get(&key) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    calls.insert(key.clone(), rx.clone());
+                    Ok((tx, rx))
+                }
+            }
+        };
+        let (rx, role) = match joined {
+            Ok((tx, rx)) => {
+                let flight = Arc::clone(self);
+                tokio::spawn(async move {
+                    let _finish = Finish {
+                        flight: &flight,
+                        key: Some(key),
+                    };
+                    let _ = tx.send(Some(call.await));
+                });
+                (rx, Role::Leader)
+            }
+            Err(rx) => (rx, Role::Follower),
+        };
+        (outcome(rx).await, role)
+    }
+}
+
+/// What the flight behind `rx` produced, or [`Abandoned`] if it ended
+/// without a result.
+async fn outcome<V: Clone, E: Clone + From<Abandoned>>(
+    mut rx: watch::Receiver<Option<Result<V, E>>>,
+) -> Result<V, E> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.clone().unwrap_or_else(|| Err(E::from(Abandoned))),
+        Err(_) => Err(E::from(Abandoned)),
     }
 }
 
@@ -140,6 +190,28 @@ mod tests {
         // Once finished, the next call runs again.
         let (r, role) = flight.run("HTTP/a".to_string(), || async { Ok(8) }).await;
         assert_eq!((r, role), (Ok(8), Role::Leader));
+    }
+
+    #[tokio::test]
+    async fn a_detached_call_goes_on_when_its_caller_gives_up() {
+        let flight = Arc::new(SingleFlight::<u8, u32, E>::default());
+        let calls = Arc::new(AtomicU32::new(0));
+        let call = |calls: Arc<AtomicU32>| async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(7)
+        };
+        // The leader's caller gives up long before the call ends.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(20),
+            flight.run_detached(1, call(Arc::clone(&calls))),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        // A caller arriving later joins the same call, not a new one.
+        let (r, role) = flight.run_detached(1, call(Arc::clone(&calls))).await;
+        assert_eq!((r, role), (Ok(7), Role::Follower));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the call ran twice");
     }
 
     #[tokio::test]

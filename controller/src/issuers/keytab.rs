@@ -34,7 +34,7 @@ pub struct KeytabIssuer {
     kadmin: Arc<KeyAdmin>,
     gate: Arc<KdcGate>,
     metrics: Arc<Metrics>,
-    flight: SingleFlight<Principal, Keytab, IssueError>,
+    flight: Arc<SingleFlight<Principal, Keytab, IssueError>>,
     /// Other controllers extracting the same principal wait for this one.
     cluster: Arc<Cluster>,
     /// Serializes compare-and-store of keytabs.
@@ -55,7 +55,7 @@ impl KeytabIssuer {
             kadmin,
             gate,
             metrics,
-            flight: SingleFlight::default(),
+            flight: Arc::default(),
             cluster,
             write: tokio::sync::Mutex::new(()),
         }
@@ -77,9 +77,11 @@ impl KeytabIssuer {
         self.stored(principal).await
     }
 
-    /// The principal's keytab: from the store, or extracted once.
+    /// The principal's keytab: from the store, or extracted once. The
+    /// extraction outlives a caller that gives up (see
+    /// [`SingleFlight::run_detached`]).
     pub async fn keytab(
-        &self,
+        self: &Arc<Self>,
         principal: &Principal,
         priority: Priority,
     ) -> Result<Keytab, IssueError> {
@@ -87,9 +89,13 @@ impl KeytabIssuer {
             self.metrics.cache_hits.with_label_values(&[KIND]).inc();
             return Ok(k);
         }
+        let (me, p) = (Arc::clone(self), principal.clone());
         let (result, role) = self
             .flight
-            .run(principal.clone(), || self.extract(principal, priority))
+            .run_detached(
+                principal.clone(),
+                async move { me.extract(&p, priority).await },
+            )
             .await;
         if role == Role::Follower {
             self.metrics.coalesced.with_label_values(&[KIND]).inc();
