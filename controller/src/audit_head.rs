@@ -310,6 +310,25 @@ mod stored_heads_tests {
     use super::*;
     use crate::crypto::MasterKey;
 
+    /// An empty embedded store (and the directory it lives in).
+    fn fresh_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("store.redb"),
+            MasterKey::from_bytes([7; 32]),
+        )
+        .unwrap();
+        (dir, store)
+    }
+
+    /// A head at `seq` (its hash made up).
+    fn head(seq: u64) -> AuditHead {
+        AuditHead {
+            seq,
+            hash: format!("{seq:064x}"),
+        }
+    }
+
     /// Log lines written while `f` runs.
     fn logs_of(f: impl FnOnce()) -> String {
         #[derive(Clone, Default)]
@@ -335,16 +354,7 @@ mod stored_heads_tests {
 
     #[test]
     fn a_head_older_than_the_one_stored_is_no_news() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            &dir.path().join("store.redb"),
-            MasterKey::from_bytes([7; 32]),
-        )
-        .unwrap();
-        let head = |seq: u64| AuditHead {
-            seq,
-            hash: format!("{seq:064x}"),
-        };
+        let (_dir, store) = fresh_store();
         let writer = HeadWriter::default();
         // Two appends finish as 10 then 9 reach the writer (concurrent
         // appends do).
@@ -358,16 +368,7 @@ mod stored_heads_tests {
 
     #[test]
     fn stored_heads_lists_every_chains_head_and_nothing_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            &dir.path().join("store.redb"),
-            MasterKey::from_bytes([7; 32]),
-        )
-        .unwrap();
-        let head = |seq: u64| AuditHead {
-            seq,
-            hash: format!("{seq:064x}"),
-        };
+        let (_dir, store) = fresh_store();
         store
             .put(Table::Authority, &head_record("bbbb"), &head(7), b"")
             .unwrap();

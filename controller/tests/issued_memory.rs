@@ -11,36 +11,14 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use kcred_controller::crypto::MasterKey;
 use kcred_controller::issued::{Issued, VolumeRecord};
 use kcred_controller::store::{Store, Table};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts bytes.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout, same contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+mod counting;
 
 /// A record as a fetch writes it: one keytab principal, its kvno, the
 /// bundle's generation (shared by the volumes of one credential).
@@ -74,7 +52,7 @@ async fn a_hundred_thousand_issued_volumes_take_under_2_kib_each() {
         )
         .unwrap(),
     );
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
     let issued = Issued::new(Arc::clone(&store), false).unwrap();
     for i in 0..VOLUMES {
         issued.put(&record(i)).unwrap();
@@ -89,10 +67,10 @@ async fn a_hundred_thousand_issued_volumes_take_under_2_kib_each() {
     assert_eq!(store.count(Table::Volumes).unwrap(), VOLUMES as u64);
     // The writer then drops its copies of the batch: wait until the count
     // settles.
-    let mut kept = LIVE.load(Ordering::Relaxed) - before;
+    let mut kept = counting::live() - before;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let now = LIVE.load(Ordering::Relaxed) - before;
+        let now = counting::live() - before;
         let settled = (now - kept).abs() < 1 << 20;
         kept = now;
         if settled {

@@ -13,35 +13,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSecurityContext, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kcred_controller::pods::PodIndex;
 use kcred_controller::pods::kube_source::pod_info;
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts bytes.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout, same contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+mod counting;
 
 fn container(name: &str) -> Container {
     Container {
@@ -118,7 +95,7 @@ fn api_pod(i: usize) -> Pod {
 #[test]
 fn a_hundred_thousand_pods_asking_for_credentials_take_under_1_kib_each() {
     const PODS: usize = 100_000;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
     let index = PodIndex::default();
     // Pages of 500 full objects, each cut down as it arrives, as the
     // watch lists them.
@@ -129,7 +106,7 @@ fn a_hundred_thousand_pods_asking_for_credentials_take_under_1_kib_each() {
     }
     index.replace_all(entries);
     assert_eq!(index.len(), PODS);
-    let kept = LIVE.load(Ordering::Relaxed) - before;
+    let kept = counting::live() - before;
     let per_pod = kept as usize / PODS;
     eprintln!("pod view: {kept} bytes for {PODS} pods ({per_pod} bytes each)");
     assert!(per_pod < 1024, "{per_pod} bytes a pod");

@@ -18,6 +18,8 @@ pub enum Role {
 }
 
 type Slot<V, E> = watch::Receiver<Option<Result<V, E>>>;
+/// Where the leader sends its result.
+type Outcome<V, E> = watch::Sender<Option<Result<V, E>>>;
 
 /// Coalesces concurrent calls by key.
 pub struct SingleFlight<K, V, E> {
@@ -54,6 +56,20 @@ where
     V: Clone,
     E: Clone + From<Abandoned>,
 {
+    /// Makes this caller the leader for `key` (the sender its result
+    /// goes to), or hands it the running call's result to wait for.
+    fn join(&self, key: &K) -> Result<Outcome<V, E>, Slot<V, E>> {
+        let mut calls = crate::locks::lock(&self.calls);
+        match calls.get(key) {
+            Some(rx) => Err(rx.clone()),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                calls.insert(key.clone(), rx);
+                Ok(tx)
+            }
+        }
+    }
+
     /// Runs `call` unless a call for `key` is already running, in which
     /// case waits for that call's result.
     pub async fn run<F, Fut>(&self, key: K, call: F) -> (Result<V, E>, Role)
@@ -61,18 +77,7 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let joined = {
-            let mut calls = crate::locks::lock(&self.calls);
-            match calls.get(&key) {
-                Some(rx) => Err(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    calls.insert(key.clone(), rx);
-                    Ok(tx)
-                }
-            }
-        };
-        match joined {
+        match self.join(&key) {
             Ok(tx) => {
                 let _finish = Finish {
                     flight: self,
@@ -103,19 +108,9 @@ where
     where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let joined = {
-            let mut calls = crate::locks::lock(&self.calls);
-            match calls.get(&key) {
-                Some(rx) => Err(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    calls.insert(key.clone(), rx.clone());
-                    Ok((tx, rx))
-                }
-            }
-        };
-        let (rx, role) = match joined {
-            Ok((tx, rx)) => {
+        let (rx, role) = match self.join(&key) {
+            Ok(tx) => {
+                let rx = tx.subscribe();
                 let flight = Arc::clone(self);
                 tokio::spawn(async move {
                     let _finish = Finish {
