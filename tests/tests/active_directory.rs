@@ -21,6 +21,50 @@ const VOL: &str = "kcred";
 const SPN: &str = "HTTP/web.example.com";
 const SERVICE_ACCOUNT: &str = "web-http";
 
+/// The `[active_directory]` table for `dc` over LDAPS with kcred's bind
+/// account, then `rest` (more keys, or further tables).
+fn ldaps_section(dc: &DomainController, rest: &str) -> String {
+    format!(
+        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
+         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n{rest}",
+        url = dc.ldap_url(),
+        ca = dc.ca_cert_path().display(),
+        pw = dc.kcred_password_file().display(),
+    )
+}
+
+/// The role account `websvc` (uid and gid 1500) in the OU, and the
+/// (empty) group naming namespace `web`.
+fn add_role_account_and_web_namespace(dc: &DomainController) {
+    dc.samba_tool(&[
+        "user",
+        "add",
+        "websvc",
+        "Throwaway-Initial-Pw1!",
+        "--userou=OU=kcred",
+        "--uid-number=1500",
+        "--gid-number=1500",
+    ])
+    .expect("role account");
+    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
+        .expect("namespace group");
+}
+
+/// A stack serving `dc`'s realm with `section` as its
+/// `[active_directory]` configuration (and the policy from the directory
+/// when `syncs_policy`).
+fn on_directory(dc: &DomainController, section: String, syncs_policy: bool) -> StackOptions {
+    StackOptions {
+        active_directory: Some(DirectoryRealm {
+            realm: REALM.to_string(),
+            krb5_conf: dc.krb5_conf_path(),
+            section,
+            syncs_policy,
+        }),
+        ..StackOptions::default()
+    }
+}
+
 /// A DC with the service account, and a stack serving its realm; the
 /// calling thread (the test's) moves into a private network namespace.
 async fn ad_stack() -> (DomainController, Stack) {
@@ -28,24 +72,10 @@ async fn ad_stack() -> (DomainController, Stack) {
     let dc = DomainController::start().expect("domain controller");
     dc.add_service_account(SERVICE_ACCOUNT, &[SPN])
         .expect("service account");
-    let section = format!(
-        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
-         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n",
-        url = dc.ldap_url(),
-        ca = dc.ca_cert_path().display(),
-        pw = dc.kcred_password_file().display(),
-    );
-    let stack = Stack::start(StackOptions {
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section,
-            syncs_policy: false,
-        }),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack");
+    let section = ldaps_section(&dc, "");
+    let stack = Stack::start(on_directory(&dc, section, false))
+        .await
+        .expect("stack");
     (dc, stack)
 }
 
@@ -398,25 +428,16 @@ async fn an_account_shared_with_another_spn_or_outside_the_ou_is_refused_and_lef
 
 /// A stack whose policy comes from the directory, synced every second.
 async fn ad_sync_stack(dc: &DomainController) -> Stack {
-    let section = format!(
-        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
-         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
-         [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 1\n",
-        url = dc.ldap_url(),
-        ca = dc.ca_cert_path().display(),
-        pw = dc.kcred_password_file().display(),
+    let section = ldaps_section(
+        dc,
+        &format!(
+            "\n\
+         [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 1\n"
+        ),
     );
-    Stack::start(StackOptions {
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section,
-            syncs_policy: true,
-        }),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack")
+    Stack::start(on_directory(dc, section, true))
+        .await
+        .expect("stack")
 }
 
 /// Applies an LDIF change to the DC's database with `ldbmodify`.
@@ -445,18 +466,7 @@ async fn role_accounts_synced_from_the_directory_are_served_and_a_removed_member
     let dc = DomainController::start().expect("domain controller");
     // The role account, with its unix ids, in the namespace group; the
     // service account it manages holds the SPN.
-    dc.samba_tool(&[
-        "user",
-        "add",
-        "websvc",
-        "Throwaway-Initial-Pw1!",
-        "--userou=OU=kcred",
-        "--uid-number=1500",
-        "--gid-number=1500",
-    ])
-    .expect("role account");
-    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
-        .expect("namespace group");
+    add_role_account_and_web_namespace(&dc);
     dc.samba_tool(&["group", "addmembers", "kcred-ns-web", "websvc"])
         .expect("membership");
     dc.samba_tool(&[
@@ -621,28 +631,21 @@ async fn an_operator_gains_and_loses_the_role_through_directory_group_membership
         .expect("alice's keytab");
     dc.samba_tool(&["group", "add", "kcred-operators", "--groupou=OU=kcred"])
         .expect("operators group");
-    let section = format!(
-        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
-         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+    let section = ldaps_section(
+        &dc,
+        &format!(
+            "\n\
          [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 3600\n\
-         change_check_secs = 0\noperators_group = \"kcred-operators\"\n",
-        url = dc.ldap_url(),
-        ca = dc.ca_cert_path().display(),
-        pw = dc.kcred_password_file().display(),
+         change_check_secs = 0\noperators_group = \"kcred-operators\"\n"
+        ),
     );
     let stack = Stack::start(StackOptions {
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section,
-            syncs_policy: true,
-        }),
         auth_config: format!(
             "[auth]\nmode = \"kerberos\"\nkeytab = \"{}\"\nreplay_cache = \"{}\"\n",
             ctl_keytab.display(),
             dc.dir().join("controller.rcache").display()
         ),
-        ..StackOptions::default()
+        ..on_directory(&dc, section, true)
     })
     .await
     .expect("stack");
@@ -698,13 +701,12 @@ async fn an_operator_gains_and_loses_the_role_through_directory_group_membership
 /// The `[active_directory]` table letting kcred create service accounts in
 /// the OU, managed by the administrator.
 fn creating_section(dc: &DomainController) -> String {
-    format!(
-        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
-         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\naccounts_ou = \"{KCRED_OU}\"\n\
-         accounts_manager = \"{ADMIN_DN}\"\n",
-        url = dc.ldap_url(),
-        ca = dc.ca_cert_path().display(),
-        pw = dc.kcred_password_file().display(),
+    ldaps_section(
+        dc,
+        &format!(
+            "accounts_ou = \"{KCRED_OU}\"\n\
+         accounts_manager = \"{ADMIN_DN}\"\n"
+        ),
     )
 }
 
@@ -737,13 +739,7 @@ async fn a_service_principal_nobody_created_gets_one_account_of_its_own_and_a_ke
     let dc = DomainController::start().expect("domain controller");
     assert!(dc.accounts_holding(SPN).expect("ldbsearch").is_empty());
     let mut stack = Stack::start(StackOptions {
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section: creating_section(&dc),
-            syncs_policy: false,
-        }),
-        ..StackOptions::default()
+        ..on_directory(&dc, creating_section(&dc), false)
     })
     .await
     .expect("stack");
@@ -991,26 +987,14 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
     let alice = format!("alice@{REALM}");
     dc.export_keytab(&alice, &alice_keytab)
         .expect("alice's keytab");
-    let section = format!(
-        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
-         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n",
-        url = dc.ldap_url(),
-        ca = dc.ca_cert_path().display(),
-        pw = dc.kcred_password_file().display(),
-    );
+    let section = ldaps_section(&dc, "");
     let stack = Stack::start(StackOptions {
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section,
-            syncs_policy: false,
-        }),
         auth_config: format!(
             "[auth]\nmode = \"kerberos\"\nkeytab = \"{}\"\nreplay_cache = \"{}\"\noperators = [\"{alice}\"]\n",
             ctl_keytab.display(),
             dc.dir().join("controller.rcache").display()
         ),
-        ..StackOptions::default()
+        ..on_directory(&dc, section, false)
     })
     .await
     .expect("stack");
@@ -1150,26 +1134,17 @@ async fn members_of_nested_groups_count_for_namespaces_gids_and_admin_roles() {
              manager: CN=websvc,{KCRED_OU}\n"
         ),
     );
-    let section = format!(
-        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
-         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+    let section = ldaps_section(
+        &dc,
+        &format!(
+            "\n\
          [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 1\n\
-         operators_group = \"kcred-operators\"\n",
-        url = dc.ldap_url(),
-        ca = dc.ca_cert_path().display(),
-        pw = dc.kcred_password_file().display(),
+         operators_group = \"kcred-operators\"\n"
+        ),
     );
-    let stack = Stack::start(StackOptions {
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section,
-            syncs_policy: true,
-        }),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack");
+    let stack = Stack::start(on_directory(&dc, section, true))
+        .await
+        .expect("stack");
 
     let pod = TestPod::with_keytabs("web", "web-0", "node-a", SPN);
     stack.add_pod(&pod);
@@ -1243,18 +1218,7 @@ async fn a_namespace_group_with_more_members_than_one_ldap_read_returns_counts_e
         .output()
         .expect("ldbadd");
     assert!(out.status.success(), "ldbadd: {}", text(&out));
-    dc.samba_tool(&[
-        "user",
-        "add",
-        "websvc",
-        "Throwaway-Initial-Pw1!",
-        "--userou=OU=kcred",
-        "--uid-number=1500",
-        "--gid-number=1500",
-    ])
-    .expect("role account");
-    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
-        .expect("namespace group");
+    add_role_account_and_web_namespace(&dc);
     let mut members = format!("dn: CN=kcred-ns-web,{KCRED_OU}\nchangetype: modify\nadd: member\n");
     for i in 0..fillers {
         members.push_str(&format!(
@@ -1292,40 +1256,20 @@ async fn a_namespace_group_with_more_members_than_one_ldap_read_returns_counts_e
 async fn a_membership_added_in_the_directory_reaches_the_policy_without_sighup_or_interval() {
     isolate_network().expect("network namespace");
     let dc = DomainController::start().expect("domain controller");
-    dc.samba_tool(&[
-        "user",
-        "add",
-        "websvc",
-        "Throwaway-Initial-Pw1!",
-        "--userou=OU=kcred",
-        "--uid-number=1500",
-        "--gid-number=1500",
-    ])
-    .expect("role account");
-    dc.samba_tool(&["group", "add", "kcred-ns-web", "--groupou=OU=kcred"])
-        .expect("namespace group");
+    add_role_account_and_web_namespace(&dc);
     // An hour between full syncs, and no SIGHUP: only the change check
     // (every second) can bring the membership in.
-    let section = format!(
-        "[active_directory]\nldap_url = \"{url}\"\nca_file = \"{ca}\"\nbind_dn = \"{KCRED_BIND_DN}\"\n\
-         bind_password_file = \"{pw}\"\nbase_dn = \"{KCRED_OU}\"\n\n\
+    let section = ldaps_section(
+        &dc,
+        &format!(
+            "\n\
          [active_directory.sync]\nbase_dn = \"{KCRED_OU}\"\ninterval_secs = 3600\n\
-         change_check_secs = 1\n",
-        url = dc.ldap_url(),
-        ca = dc.ca_cert_path().display(),
-        pw = dc.kcred_password_file().display(),
+         change_check_secs = 1\n"
+        ),
     );
-    let stack = Stack::start(StackOptions {
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section,
-            syncs_policy: true,
-        }),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack");
+    let stack = Stack::start(on_directory(&dc, section, true))
+        .await
+        .expect("stack");
     wait_until("the first sync", 30, || {
         audit_text(&stack).contains("directory sync: role account websvc added")
     })
@@ -1381,13 +1325,7 @@ async fn two_controllers_on_one_etcd_creating_one_principal_make_one_account_and
         node: node.to_string(),
         extra_config: store.clone(),
         master_key_from,
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section: creating_section(&dc),
-            syncs_policy: false,
-        }),
-        ..StackOptions::default()
+        ..on_directory(&dc, creating_section(&dc), false)
     };
     let a = Stack::start(options("node-a", None))
         .await
@@ -1458,17 +1396,9 @@ async fn a_kerberos_bind_over_sealed_ldap_resets_and_creates_accounts_without_an
          base_dn = \"{KCRED_OU}\"\naccounts_ou = \"{KCRED_OU}\"\n",
         kt = bind_keytab.display(),
     );
-    let stack = Stack::start(StackOptions {
-        active_directory: Some(DirectoryRealm {
-            realm: REALM.to_string(),
-            krb5_conf: dc.krb5_conf_path(),
-            section,
-            syncs_policy: false,
-        }),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack");
+    let stack = Stack::start(on_directory(&dc, section, false))
+        .await
+        .expect("stack");
 
     // An account the administrator made: its password is reset.
     let pod = TestPod::with_keytabs("web", "web-0", "node-a", SPN);
