@@ -65,6 +65,27 @@ fn on_directory(dc: &DomainController, section: String, syncs_policy: bool) -> S
     }
 }
 
+/// After a rotation to kvno `new`: a ticket for the service under the new
+/// keys is accepted with `keytab` (`kvno -k`), and the service account
+/// itself logs in with it (`kinit -k -t`). Returns the cache holding that
+/// ticket.
+fn the_new_keys_work(dc: &DomainController, keytab: &Path, new: u32) -> PathBuf {
+    let new_ticket = admin_cache(dc, "new-ticket.cc");
+    let out = kvno_accepts(dc, &new_ticket, keytab);
+    assert!(
+        out.status.success() && text(&out).contains(&format!("kvno = {new}")),
+        "kvno with the new keytab: {}",
+        text(&out)
+    );
+    let out = kinit_with(dc, keytab, &format!("{SERVICE_ACCOUNT}@{REALM}"), "svc.cc");
+    assert!(
+        out.status.success(),
+        "kinit -k -t with the new keytab: {}",
+        text(&out)
+    );
+    new_ticket
+}
+
 /// A DC with the service account, and a stack serving its realm; the
 /// calling thread (the test's) moves into a private network namespace.
 async fn ad_stack() -> (DomainController, Stack) {
@@ -279,20 +300,7 @@ async fn a_rotation_on_ad_keeps_the_previous_kvno_for_the_grace_period_only() {
         "{}",
         text(&out)
     );
-    let new_ticket = admin_cache(&dc, "new-ticket.cc");
-    let out = kvno_accepts(&dc, &new_ticket, &grace);
-    assert!(out.status.success(), "new ticket: {}", text(&out));
-    assert!(
-        text(&out).contains(&format!("kvno = {new}")),
-        "{}",
-        text(&out)
-    );
-    let out = kinit_with(&dc, &grace, &format!("{SERVICE_ACCOUNT}@{REALM}"), "svc.cc");
-    assert!(
-        out.status.success(),
-        "kinit with the new password's keys: {}",
-        text(&out)
-    );
+    let new_ticket = the_new_keys_work(&dc, &grace, new);
 
     // The grace period ends: the old kvno leaves the volume, and a ticket
     // issued under it is refused.
@@ -1050,19 +1058,7 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
         "a ticket of the old kvno during the grace period: {}",
         text(&out)
     );
-    let new_ticket = admin_cache(&dc, "new-ticket.cc");
-    let out = kvno_accepts(&dc, &new_ticket, &grace);
-    assert!(
-        out.status.success() && text(&out).contains(&format!("kvno = {new}")),
-        "kvno with the new keytab: {}",
-        text(&out)
-    );
-    let out = kinit_with(&dc, &grace, &format!("{SERVICE_ACCOUNT}@{REALM}"), "svc.cc");
-    assert!(
-        out.status.success(),
-        "kinit -k -t with the new keytab: {}",
-        text(&out)
-    );
+    the_new_keys_work(&dc, &grace, new);
 
     wait_until("the grace period ends on the node", 30, || {
         keytab_kvnos_are(&keytab, &[new])
