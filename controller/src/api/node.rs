@@ -116,13 +116,18 @@ impl NodeCredentials for NodeApi {
         // In memory and proportional to what this node holds (see
         // crate::nodes::heartbeat), but it reads the issued-volume view,
         // whose lock a release or revocation holds across a store write
-        // (an etcd round trip): wait for it on a blocking thread, not on
-        // an async worker every other call needs.
-        let (state, who) = (Arc::clone(st), node.clone());
-        let answer = tokio::task::spawn_blocking(move || heartbeat::answer(&state, &who, &held))
-            .await
-            .map_err(|_| Status::internal("heartbeat verdict task failed"))?
-            .map_err(Status::from)?;
+        // (an etcd round trip): if it is held, wait for it on a blocking
+        // thread, not on an async worker every other call needs.
+        let answer = match heartbeat::try_answer(st, &node, &held) {
+            Some(answer) => answer,
+            None => {
+                let (state, who) = (Arc::clone(st), node.clone());
+                tokio::task::spawn_blocking(move || heartbeat::answer(&state, &who, &held))
+                    .await
+                    .map_err(|_| Status::internal("heartbeat verdict task failed"))?
+            }
+        }
+        .map_err(Status::from)?;
         st.held
             .heard(&node, answer.listed, kcred_audit::timefmt::now_unix());
         heartbeat::release(st, &node, answer.releasable).await;

@@ -183,6 +183,93 @@ impl View {
     }
 }
 
+/// One of a node's records, borrowed from the index (see
+/// [`Issued::with_node`]).
+pub struct PlacementRef<'a> {
+    /// CSI volume id.
+    pub volume_id: &'a Arc<str>,
+    kept: &'a KeptVolume,
+}
+
+impl PlacementRef<'_> {
+    /// Pod namespace.
+    pub fn namespace(&self) -> &str {
+        &self.kept.namespace
+    }
+    /// Pod name.
+    pub fn pod(&self) -> &str {
+        &self.kept.pod
+    }
+    /// Pod UID.
+    pub fn pod_uid(&self) -> &str {
+        &self.kept.pod_uid
+    }
+    /// Revoked by an operator.
+    pub fn revoked(&self) -> bool {
+        self.kept.revoked
+    }
+    /// An owned copy.
+    pub fn to_placement(&self) -> Placement {
+        Placement {
+            volume_id: Arc::clone(self.volume_id),
+            namespace: Arc::clone(&self.kept.namespace),
+            pod: Arc::clone(&self.kept.pod),
+            pod_uid: Arc::clone(&self.kept.pod_uid),
+            revoked: self.kept.revoked,
+        }
+    }
+}
+
+/// One node's records, read under the index's lock.
+pub struct NodeRecords<'a> {
+    view: &'a View,
+    node: &'a str,
+}
+
+impl<'a> NodeRecords<'a> {
+    /// The volume's record if it is recorded on this node.
+    pub fn get(&self, volume_id: &str) -> Option<PlacementRef<'a>> {
+        let (id, kept) = self.view.by_id.get_key_value(volume_id)?;
+        (*kept.node == *self.node).then_some(PlacementRef {
+            volume_id: id,
+            kept,
+        })
+    }
+
+    /// Every record on this node.
+    pub fn all(&self) -> impl Iterator<Item = PlacementRef<'a>> + 'a {
+        let view = self.view;
+        view.by_node
+            .get(self.node)
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| {
+                let (id, kept) = view.by_id.get_key_value(id)?;
+                Some(PlacementRef {
+                    volume_id: id,
+                    kept,
+                })
+            })
+    }
+}
+
+/// Where each volume recorded on `node` is.
+fn placements(view: &View, node: &str) -> Vec<Placement> {
+    view.by_node
+        .get(node)
+        .into_iter()
+        .flatten()
+        .filter_map(|id| Some((id, view.by_id.get(id)?)))
+        .map(|(id, r)| Placement {
+            volume_id: Arc::clone(id),
+            namespace: Arc::clone(&r.namespace),
+            pod: Arc::clone(&r.pod),
+            pod_uid: Arc::clone(&r.pod_uid),
+            revoked: r.revoked,
+        })
+        .collect()
+}
+
 impl Issued {
     /// Loads every record from `store` and starts the batch writer on the
     /// current Tokio runtime; `shared`: other controllers use the store
@@ -327,20 +414,30 @@ impl Issued {
     /// Where each volume recorded on `node` is, from the index by node:
     /// costs what the node holds, whatever the cluster holds.
     pub fn placements_on(&self, node: &str) -> Vec<Placement> {
-        let view = read(&self.view);
-        view.by_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| Some((id, view.by_id.get(id)?)))
-            .map(|(id, r)| Placement {
-                volume_id: Arc::clone(id),
-                namespace: Arc::clone(&r.namespace),
-                pod: Arc::clone(&r.pod),
-                pod_uid: Arc::clone(&r.pod_uid),
-                revoked: r.revoked,
-            })
-            .collect()
+        placements(&read(&self.view), node)
+    }
+
+    /// Runs `f` over `node`'s records, borrowed from the index under its
+    /// read lock: a heartbeat weighs every record of its node, so copies
+    /// would cost more than the answer. Without `wait`, `None` when the
+    /// index is locked for writing (a release or a revocation holds it
+    /// across a store write).
+    pub fn with_node<R>(
+        &self,
+        node: &str,
+        wait: bool,
+        f: impl FnOnce(&NodeRecords<'_>) -> R,
+    ) -> Option<R> {
+        let view = if wait {
+            read(&self.view)
+        } else {
+            match self.view.try_read() {
+                Ok(v) => v,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return None,
+            }
+        };
+        Some(f(&NodeRecords { view: &view, node }))
     }
 
     /// One volume's record, as this controller knows it (for heartbeats:

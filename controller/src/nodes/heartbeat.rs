@@ -14,19 +14,19 @@
 //! recorded on another node is treated as unknown.
 //!
 //! A heartbeat costs what its node holds: it reads the node's own entries
-//! of the in-memory issued-volume index ([`crate::issued::Issued::placements_on`])
+//! of the in-memory issued-volume index ([`crate::issued::Issued::with_node`])
 //! and one pod lookup per volume, never the whole table nor the store.
-//! (The handler still runs it on a blocking thread: a release or a
-//! revocation holds the index's lock across a store write.) Only a release
+//! (When a release or a revocation holds the index's lock across a store
+//! write, the handler waits for it on a blocking thread; otherwise it
+//! answers at once, without the hop.) Only a release
 //! (rare: a pod gone) writes to the store, off the async workers.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::{HeartbeatResponse, Reason};
 
-use crate::issued::Placement;
+use crate::issued::{Placement, PlacementRef};
 use crate::reasons::Refusal;
 use crate::state::ControllerState;
 
@@ -45,55 +45,86 @@ pub struct Answer {
     pub listed: Vec<Arc<str>>,
 }
 
-/// The verdict on the volumes `node` says it holds.
+/// The verdict on the volumes `node` says it holds, waiting for the
+/// issued-volume index if it is locked.
 pub fn answer(st: &ControllerState, node: &str, held: &[String]) -> Result<Answer, Refusal> {
+    judge(st, node, held, true).unwrap_or_else(|| unreachable_wait(node))
+}
+
+/// [`answer`] without waiting: `None` when the issued-volume index is
+/// locked for writing (then call [`answer`] where blocking is fine).
+pub fn try_answer(
+    st: &ControllerState,
+    node: &str,
+    held: &[String],
+) -> Option<Result<Answer, Refusal>> {
+    judge(st, node, held, false)
+}
+
+/// A waiting read always gets the index; kept total rather than panic.
+fn unreachable_wait(node: &str) -> Result<Answer, Refusal> {
+    Err(Refusal::new(
+        Reason::Internal,
+        format!("the issued-volume index could not be read for node {node}"),
+    ))
+}
+
+fn judge(
+    st: &ControllerState,
+    node: &str,
+    held: &[String],
+    wait: bool,
+) -> Option<Result<Answer, Refusal>> {
     if held.len() > MAX_HELD {
-        return Err(Refusal::new(
+        return Some(Err(Refusal::new(
             Reason::RequestInvalid,
             format!(
                 "volume_ids lists {} volumes; at most {MAX_HELD} are allowed",
                 held.len()
             ),
-        ));
+        )));
     }
-    // This node's records only: a volume recorded on another node, or on
-    // none (a record lost to a crash must not cut a running pod off), is
-    // unknown here and stays.
-    let mine = st.issued.placements_on(node);
-    let by_id: HashMap<&str, &Placement> = mine.iter().map(|p| (&*p.volume_id, p)).collect();
-    let listed_ids: HashSet<&str> = held.iter().map(String::as_str).collect();
-    let mut stale = Vec::new();
-    let mut revoked = Vec::new();
-    let mut listed = Vec::new();
-    for id in held {
-        let Some(p) = by_id.get(id.as_str()) else {
-            continue;
-        };
-        listed.push(Arc::clone(&p.volume_id));
-        match verdict(st, node, p) {
-            Verdict::Keep => {}
-            Verdict::Revoked => revoked.push(id.clone()),
-            Verdict::Stale => stale.push(id.clone()),
+    let mut sorted: Vec<&str> = held.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let listed_by_node = |id: &str| sorted.binary_search(&id).is_ok();
+    st.issued.with_node(node, wait, |records| {
+        // This node's records only: a volume recorded on another node, or
+        // on none (a record lost to a crash must not cut a running pod
+        // off), is unknown here and stays.
+        let mut stale = Vec::new();
+        let mut revoked = Vec::new();
+        let mut listed = Vec::new();
+        for id in held {
+            let Some(p) = records.get(id) else {
+                continue;
+            };
+            listed.push(Arc::clone(p.volume_id));
+            match verdict(st, node, &p) {
+                Verdict::Keep => {}
+                Verdict::Revoked => revoked.push(id.clone()),
+                Verdict::Stale => stale.push(id.clone()),
+            }
         }
-    }
-    // Records of volumes the node no longer holds whose pods are gone
-    // from the controller's own view (or rebound): records leave on the
-    // controller's knowledge, never on the node's word alone. An empty
-    // list from the node removes nothing whose pod still runs there.
-    let releasable = mine
-        .iter()
-        .filter(|p| !p.revoked && !listed_ids.contains(&*p.volume_id))
-        .filter(|p| matches!(verdict(st, node, p), Verdict::Stale))
-        .cloned()
-        .collect();
-    Ok(Answer {
-        response: HeartbeatResponse {
-            lease_ttl_secs: st.leases.ttl().as_secs(),
-            stale_volume_ids: stale,
-            revoked_volume_ids: revoked,
-        },
-        releasable,
-        listed,
+        // Records of volumes the node no longer holds whose pods are gone
+        // from the controller's own view (or rebound): records leave on
+        // the controller's knowledge, never on the node's word alone. An
+        // empty list from the node removes nothing whose pod still runs
+        // there.
+        let releasable = records
+            .all()
+            .filter(|p| !p.revoked() && !listed_by_node(p.volume_id))
+            .filter(|p| matches!(verdict(st, node, p), Verdict::Stale))
+            .map(|p| p.to_placement())
+            .collect();
+        Ok(Answer {
+            response: HeartbeatResponse {
+                lease_ttl_secs: st.leases.ttl().as_secs(),
+                stale_volume_ids: stale,
+                revoked_volume_ids: revoked,
+            },
+            releasable,
+            listed,
+        })
     })
 }
 
@@ -104,10 +135,10 @@ enum Verdict {
 }
 
 /// Revoked volumes stay mounted, emptied, until their pod goes.
-fn verdict(st: &ControllerState, node: &str, p: &Placement) -> Verdict {
-    if p.revoked {
+fn verdict(st: &ControllerState, node: &str, p: &PlacementRef<'_>) -> Verdict {
+    if p.revoked() {
         Verdict::Revoked
-    } else if st.pods.runs_on(&p.namespace, &p.pod, &p.pod_uid, node) {
+    } else if st.pods.runs_on(p.namespace(), p.pod(), p.pod_uid(), node) {
         Verdict::Keep
     } else {
         Verdict::Stale
