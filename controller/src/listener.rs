@@ -300,7 +300,14 @@ impl<S> Tracked<S> {
                 "connection closed to make room",
             ));
         }
-        *lock(&conn.waker) = Some(cx.waker().clone());
+        {
+            // Every read and write polls here: clone the waker only when
+            // it changed.
+            let mut waker = lock(&conn.waker);
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
         if conn.authenticated.load(Ordering::Acquire) {
             self.idle_deadline = None;
         } else if let Some(d) = &mut self.idle_deadline
