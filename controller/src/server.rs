@@ -466,16 +466,16 @@ impl Controller {
             )));
         }
         if let Some(path) = &cfg.pods_file {
-            let source =
-                Watched::load(path, file_source::parse_pods).map_err(startup("pods file"))?;
-            pods.replace_all(source.get().iter().cloned());
+            let source = Watched::load(path, file_source::parse_handed_over)
+                .map_err(startup("pods file"))?;
+            pods.replace_all(source.get().take());
             let index = Arc::clone(&pods);
             background.push(source.spawn_poller(
                 cfg.reload_interval(),
                 &reload,
                 "pods",
                 Arc::clone(&metrics),
-                move |fresh| index.replace_all(fresh.iter().cloned()),
+                move |fresh| index.replace_all(fresh.take()),
             ));
         }
         tracing::info!(

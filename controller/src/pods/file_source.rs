@@ -16,6 +16,24 @@ struct PodsFile {
     pods: Vec<PodInfo>,
 }
 
+/// A parsed pods file, handed over whole to the pod index: the index keeps
+/// the pods (compact), the file's watcher only its digest. Kept by the
+/// watcher too, 100,000 pods would cost their memory twice.
+#[derive(Debug, Default)]
+pub struct HandedOver(std::sync::Mutex<Vec<PodInfo>>);
+
+impl HandedOver {
+    /// The pods, once; later calls get none.
+    pub fn take(&self) -> Vec<PodInfo> {
+        std::mem::take(&mut *crate::locks::lock(&self.0))
+    }
+}
+
+/// [`parse_pods`], for the pods file's watcher.
+pub fn parse_handed_over(path: &Path, text: &str) -> Result<HandedOver, LoadError> {
+    parse_pods(path, text).map(|pods| HandedOver(std::sync::Mutex::new(pods)))
+}
+
 /// Parses a pods file: `[[pods]]` tables with the fields of [`PodInfo`].
 pub fn parse_pods(path: &Path, text: &str) -> Result<Vec<PodInfo>, LoadError> {
     let invalid = |reason: String| LoadError::Invalid {
@@ -59,6 +77,17 @@ mod tests {
             pods[0].annotations["kcred.io/keytabs"],
             "HTTP/web.example.com"
         );
+    }
+
+    #[test]
+    fn parsed_pods_are_handed_over_once() {
+        let parsed = parse_handed_over(
+            Path::new("pods.toml"),
+            "[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"1\"\n",
+        )
+        .expect("valid");
+        assert_eq!(parsed.take().len(), 1);
+        assert!(parsed.take().is_empty(), "the watcher keeps none");
     }
 
     #[test]
