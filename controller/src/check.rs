@@ -162,7 +162,7 @@ fn check_sources(cfg: &Config, r: &mut Report) {
         && let Some(bytes) = read(r, "policy_file", path)
         && let Some(text) = as_text(r, "policy_file", path, &bytes)
     {
-        match crate::policy::parse_policy(path, text, &cfg.realm) {
+        match crate::policy::parse_policy(path, text, &crate::realms::served(cfg)) {
             Ok(p) => r.ok(
                 "policy_file",
                 format!("{}: {} role accounts", path.display(), p.len()),
