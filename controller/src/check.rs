@@ -241,6 +241,21 @@ fn check_secrets(cfg: &Config, r: &mut Report) {
     if let Some(key) = cfg.tls.as_ref().and_then(|t| t.key_file.as_ref()) {
         private(r, "tls.key_file", key, false);
     }
+    // Further realms' admin credentials.
+    for realm in &cfg.realms {
+        let at = |field: &str| format!("realms[{:?}].{field}", realm.name);
+        if let Some(k) = &realm.kadmin {
+            private(r, &at("kadmin.keytab"), &k.keytab, true);
+        }
+        if let Some(ad) = &realm.active_directory {
+            if let Some(pw) = &ad.bind_password_file {
+                private(r, &at("active_directory.bind_password_file"), pw, false);
+            }
+            if let Some(kt) = &ad.bind_keytab {
+                private(r, &at("active_directory.bind_keytab"), kt, true);
+            }
+        }
+    }
 }
 
 fn parent_exists(r: &mut Report, setting: &str, path: &Path) {
@@ -270,6 +285,21 @@ fn check_other_files(cfg: &Config, r: &mut Report) {
         readable("krb5_config", p);
     }
     readable("pod_krb5_conf", &cfg.pod_krb5_conf_path());
+    for realm in &cfg.realms {
+        if let Some(p) = &realm.krb5_config {
+            readable(&format!("realms[{:?}].krb5_config", realm.name), p);
+        }
+        if let Some(p) = realm
+            .active_directory
+            .as_ref()
+            .and_then(|ad| ad.ca_file.as_ref())
+        {
+            readable(
+                &format!("realms[{:?}].active_directory.ca_file", realm.name),
+                p,
+            );
+        }
+    }
     if let Some(p) = &cfg.certs.ca_cert_file {
         readable("certs.ca_cert_file", p);
     }

@@ -175,6 +175,36 @@ fn keys_and_keytabs_others_can_read_exit_4_and_say_how_to_fix_it() {
 }
 
 #[test]
+fn a_further_realms_admin_keytab_others_can_read_exits_4_naming_the_realm() {
+    let s = Setup::new();
+    let keytab = s.path().join("other-admin.keytab");
+    std::fs::copy(s.realm.admin_keytab(), &keytab).unwrap();
+    s.chmod(&keytab, 0o600);
+    let path = s.path().join("controller.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "krb5_config",
+        &format!("kdcs = [\"{}\"]\nkrb5_config", s.realm.kdc_addr()),
+        1,
+    );
+    let entry = format!(
+        "\n[[realms]]\nname = \"OTHER.TEST\"\nkdcs = [\"kdc.other.test\"]\n[realms.kadmin]\n\
+         principal = \"kcred/admin@OTHER.TEST\"\nkeytab = \"{}\"\nadmin_server = \"kdc.other.test:749\"\n",
+        keytab.display()
+    );
+    std::fs::write(&path, format!("{text}{entry}")).unwrap();
+    let setting = "realms[\"OTHER.TEST\"].kadmin.keytab";
+    let (code, report) = s.check(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert!(line(&report, "ok", setting).is_some(), "{report}");
+
+    s.chmod(&keytab, 0o644);
+    let (code, report) = s.check(&[]);
+    assert_eq!(code, 4, "{report}");
+    let l = line(&report, "file", setting).expect(&report);
+    assert!(l.contains("chmod 600"), "{l}");
+}
+
+#[test]
 fn a_missing_file_exits_4_but_an_invalid_policy_besides_it_wins_with_3() {
     let s = Setup::new();
     std::fs::remove_file(s.path().join("pods.toml")).unwrap();
