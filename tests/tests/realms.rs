@@ -450,13 +450,15 @@ async fn a_second_mit_realm_has_its_own_kadmind_and_its_own_breaker() {
         .expect("kadmind log");
     assert_eq!(extractions.len(), 1, "{extractions:?}");
 
-    // Rotating it moves its kvno, not the first realm's.
+    // Rotating it moves its kvno, not the first realm's; the volume holds
+    // both kvnos for the grace period, then the old keys are purged at
+    // that realm's kadmind.
     let mit_web = stack.realm.kvno("HTTP/web.example.com").expect("kvno");
     let before = other.kvno("HTTP/other.example.com").expect("kvno");
     let state = stack.state().expect("running");
     let sp = ServicePrincipal::parse(&format!("HTTP/other.example.com@{OTHER}"), &state.realm)
         .expect("served");
-    let new = kcred_controller::rotation::rotate_keytab(&state, &sp, Duration::from_secs(3600))
+    let new = kcred_controller::rotation::rotate_keytab(&state, &sp, Duration::from_secs(3))
         .await
         .expect("rotate");
     drop(state);
@@ -466,5 +468,24 @@ async fn a_second_mit_realm_has_its_own_kadmind_and_its_own_breaker() {
         stack.realm.kvno("HTTP/web.example.com").expect("kvno"),
         mit_web
     );
+    let keytab = vol.join("krb5.keytab");
+    wait_until("the rotation reaches the volume", 30, || {
+        kvnos(&keytab) == vec![before, new]
+    })
+    .await;
+    wait_until("the grace period ends", 30, || kvnos(&keytab) == vec![new]).await;
+    let held = other
+        .kadmin_local("getprinc HTTP/other.example.com")
+        .expect("getprinc");
+    assert!(
+        !held.contains(&format!("Key: vno {before},")),
+        "purged at the second realm's kadmind: {held}"
+    );
+    let out = kinit_as_the_pod(
+        &vol,
+        &format!("HTTP/other.example.com@{OTHER}"),
+        scratch.path(),
+    );
+    assert!(out.status.success(), "the new keys work: {}", text(&out));
     stack.shutdown().await.expect("shutdown");
 }
