@@ -42,21 +42,24 @@ pub struct RealmBackend {
 /// Every served realm's backend.
 pub struct Backends {
     realms: Realms,
-    by_realm: BTreeMap<String, RealmBackend>,
+    default: RealmBackend,
+    others: BTreeMap<String, RealmBackend>,
 }
 
 impl Backends {
     /// The controller's own realm's backend and those of further realms,
-    /// by realm name.
+    /// by realm name (an entry for the default realm is ignored).
     pub fn new(
         default_realm: &str,
         default: RealmBackend,
-        others: BTreeMap<String, RealmBackend>,
+        mut others: BTreeMap<String, RealmBackend>,
     ) -> Self {
-        let realms = Realms::new(default_realm, others.keys().cloned());
-        let mut by_realm = others;
-        by_realm.insert(default_realm.to_string(), default);
-        Backends { realms, by_realm }
+        others.remove(default_realm);
+        Backends {
+            realms: Realms::new(default_realm, others.keys().cloned()),
+            default,
+            others,
+        }
     }
 
     /// The served realms.
@@ -67,30 +70,27 @@ impl Backends {
     /// The backend of `realm`; refused (naming the served realms) for a
     /// realm not served, which name parsing already refuses.
     pub fn of(&self, realm: &str) -> Result<&RealmBackend, KadminError> {
-        self.by_realm
-            .get(realm)
-            .ok_or_else(|| KadminError::Refused {
-                principal: format!("@{realm}"),
-                message: format!(
-                    "realm {realm:?} is not served (this controller serves {})",
-                    self.realms.describe()
-                ),
-            })
+        if realm == self.realms.default_realm() {
+            return Ok(&self.default);
+        }
+        self.others.get(realm).ok_or_else(|| KadminError::Refused {
+            principal: format!("@{realm}"),
+            message: format!(
+                "realm {realm:?} is not served (this controller serves {})",
+                self.realms.describe()
+            ),
+        })
     }
 
     /// The controller's own realm's backend.
     pub fn default_backend(&self) -> &RealmBackend {
-        match self.by_realm.get(self.realms.default_realm()) {
-            Some(b) => b,
-            None => unreachable!("Backends::new inserts the default realm"),
-        }
+        &self.default
     }
 
     /// Every realm and its backend, the controller's own first.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &RealmBackend)> {
-        self.realms
-            .iter()
-            .filter_map(|r| self.by_realm.get(r).map(|b| (r, b)))
+        std::iter::once((self.realms.default_realm(), &self.default))
+            .chain(self.others.iter().map(|(r, b)| (r.as_str(), b)))
     }
 }
 
@@ -249,4 +249,53 @@ pub fn start(
 /// backends open).
 pub fn served(cfg: &Config) -> Realms {
     Realms::new(&cfg.realm, cfg.realms.iter().map(|r| r.name.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(dir: &std::path::Path, realm: &str) -> RealmBackend {
+        let admin = KadminClient::new(KadminConfig {
+            program: PathBuf::from("kadmin"),
+            principal: format!("kcred/admin@{realm}"),
+            keytab: dir.join("admin.keytab"),
+            krb5_config: None,
+            work_dir: dir.join(realm),
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        RealmBackend {
+            admin: Arc::new(KeyAdmin::Mit(Box::new(admin))),
+            gate: Arc::new(KdcGate::new(
+                &crate::gate::GateConfig::default(),
+                Metrics::new(),
+                realm,
+            )),
+            krb5_config: None,
+            tickets_dir: dir.join("tickets"),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_realm_has_its_own_backend_and_an_unserved_realm_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let backends = Backends::new(
+            "MIT.TEST",
+            backend(d, "MIT.TEST"),
+            BTreeMap::from([("AD.TEST".to_string(), backend(d, "AD.TEST"))]),
+        );
+        assert_eq!(backends.of("MIT.TEST").unwrap().gate.realm(), "MIT.TEST");
+        assert_eq!(backends.of("AD.TEST").unwrap().gate.realm(), "AD.TEST");
+        assert_eq!(backends.default_backend().gate.realm(), "MIT.TEST");
+        let order: Vec<&str> = backends.iter().map(|(r, _)| r).collect();
+        assert_eq!(order, ["MIT.TEST", "AD.TEST"]);
+        let err = backends.of("ELSEWHERE.TEST").err().unwrap().to_string();
+        assert!(
+            err.contains("\"ELSEWHERE.TEST\" is not served")
+                && err.contains("\"MIT.TEST\", \"AD.TEST\""),
+            "{err}"
+        );
+    }
 }
