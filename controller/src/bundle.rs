@@ -24,7 +24,7 @@ use crate::annotations::CredentialRequest;
 use crate::gate::Priority;
 use crate::issuers::IssueError;
 use crate::keytab::Keytab;
-use crate::names::Principal;
+use crate::names::{Principal, Served};
 use crate::pods::PodInfo;
 use crate::policy::RoleAccount;
 use crate::state::ControllerState;
@@ -74,9 +74,17 @@ pub async fn assemble(
             .with_place(node, &pod.namespace, &pod.name)
             .with_reason(format!("role account {}", role.login))
     };
+    // The realms the volume's Kerberos credentials come from: a role
+    // account's ticket is of its realm.
+    let ticket_realm = role.realm.as_deref().unwrap_or(st.realm.default_realm());
+    let mut realms: std::collections::BTreeSet<&str> =
+        wants.keytabs.iter().map(|p| p.realm()).collect();
+    if wants.ticket.is_some() {
+        realms.insert(ticket_realm);
+    }
     let mut files = vec![BundleFile {
         name: "krb5.conf".into(),
-        content: st.pod_krb5_conf.clone(),
+        content: st.pod_krb5_conf.for_realms(&realms),
         mode: 0o444,
     }];
     let mut events = Vec::new();
@@ -107,7 +115,7 @@ pub async fn assemble(
         });
     }
     if let Some(login) = &wants.ticket {
-        let t = st.tickets.ticket(login, priority).await?;
+        let t = st.tickets.ticket(login, ticket_realm, priority).await?;
         sooner(t.refresh_at);
         events.push(
             event(CredentialKind::Ticket, t.ticket.client.clone()).with_reason(format!(

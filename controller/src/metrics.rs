@@ -12,7 +12,7 @@ use prometheus::{
 /// Every metric the controller exports.
 pub struct Metrics {
     registry: Registry,
-    /// KDC and kadmind operations by lane, operation and result.
+    /// KDC and kadmind operations by realm, lane, operation and result.
     pub kdc_ops: IntCounterVec,
     /// Operations waiting for their lane's budget.
     pub gate_queue_depth: IntGaugeVec,
@@ -129,27 +129,27 @@ impl Metrics {
             kdc_ops: counter(
                 "kdc_operations_total",
                 "KDC and kadmind operations",
-                &["lane", "op", "result"],
+                &["realm", "lane", "op", "result"],
             ),
             gate_queue_depth: gauge(
                 "gate_queue_depth",
                 "Operations waiting for budget",
-                &["lane"],
+                &["realm", "lane"],
             ),
             gate_budget_remaining: gauge(
                 "gate_budget_remaining",
                 "Tokens left in the bucket",
-                &["lane"],
+                &["realm", "lane"],
             ),
             gate_breaker_open: gauge(
                 "gate_breaker_open",
                 "1 while the breaker refuses calls",
-                &["lane"],
+                &["realm", "lane"],
             ),
             gate_refused: counter(
                 "gate_refused_total",
                 "Calls refused by the gate",
-                &["lane", "reason"],
+                &["realm", "lane", "reason"],
             ),
             coalesced: counter(
                 "coalesced_requests_total",
@@ -210,13 +210,13 @@ mod tests {
     fn every_metric_registers_and_renders() {
         let m = Metrics::new();
         m.kdc_ops
-            .with_label_values(&["kadmind", "extract_keytab", "ok"])
+            .with_label_values(&["KCRED.TEST", "kadmind", "extract_keytab", "ok"])
             .inc();
         m.fetch_seconds.with_label_values(&["Ok"]).observe(0.01);
         let text = m.render();
         assert!(
             text.contains(
-                "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",result=\"ok\"} 1"
+                "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",realm=\"KCRED.TEST\",result=\"ok\"} 1"
             ),
             "{text}"
         );
