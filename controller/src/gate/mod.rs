@@ -167,12 +167,13 @@ pub struct KdcGate {
     cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
-fn lane_state(cfg: &LaneConfig) -> LaneState {
+/// `serial`: one operation at a time (see [`admission`]).
+fn lane_state(cfg: &LaneConfig, serial: bool) -> LaneState {
     let rate = NonZeroU32::new(cfg.rate_per_sec).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN);
     LaneState {
         cfg: cfg.clone(),
-        admission: Admission::start(rate, burst, cfg.max_queue),
+        admission: Admission::start(rate, burst, cfg.max_queue, serial),
         breaker: Breaker::new(
             cfg.breaker_threshold,
             Duration::from_secs(cfg.breaker_cooldown_secs),
@@ -185,8 +186,8 @@ impl KdcGate {
     /// Tokio runtime.
     pub fn new(cfg: &GateConfig, metrics: Arc<Metrics>, realm: &str) -> Self {
         KdcGate {
-            kadmin: lane_state(&cfg.kadmin),
-            kdc: lane_state(&cfg.kdc),
+            kadmin: lane_state(&cfg.kadmin, true),
+            kdc: lane_state(&cfg.kdc, false),
             realm: realm.to_string(),
             budget_suffix: None,
             metrics,
@@ -276,19 +277,23 @@ impl KdcGate {
                 .gate_queue_depth
                 .with_label_values(&[realm, lane_label])
                 .set(st.admission.queued() as i64 + 1);
+            // Held until the call is done: a serial lane's next call waits.
             let admitted = st.admission.admit(priority).await;
             self.metrics
                 .gate_queue_depth
                 .with_label_values(&[realm, lane_label])
                 .set(st.admission.queued() as i64);
-            if let Err(Refused::QueueFull(n)) = admitted {
-                st.breaker.neutral();
-                return Err(self.refused(
-                    lane,
-                    Protection::QueueFull,
-                    format!("{n} operations already waiting for {lane_label}"),
-                ));
-            }
+            let turn = match admitted {
+                Ok(turn) => turn,
+                Err(Refused::QueueFull(n)) => {
+                    st.breaker.neutral();
+                    return Err(self.refused(
+                        lane,
+                        Protection::QueueFull,
+                        format!("{n} operations already waiting for {lane_label}"),
+                    ));
+                }
+            };
             self.metrics
                 .gate_budget_remaining
                 .with_label_values(&[realm, lane_label])
@@ -305,6 +310,7 @@ impl KdcGate {
                 ));
             }
             let result = call().await;
+            drop(turn);
             match result {
                 Ok(v) => {
                     st.breaker.success();
