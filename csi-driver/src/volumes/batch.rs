@@ -31,8 +31,8 @@ use crate::support::lock::lock;
 /// far under gRPC's 4 MiB message limit with a pod token per volume).
 pub const MAX_BATCH: usize = 256;
 
-/// Volumes of one job written (or fetched one by one) at once.
-const PER_JOB: usize = 8;
+/// Volumes of one job looked at, written (or fetched one by one) at once.
+const PER_JOB: usize = 16;
 
 /// How long after an UNIMPLEMENTED answer volumes are fetched one by one
 /// before a batch is tried again (the controller may have been upgraded).
@@ -96,10 +96,23 @@ impl VolumeManager {
         // triggered again while the first ran) cannot wait on each other.
         due.sort_by(|a, b| a.0.cmp(&b.0));
         let mark = self.mark();
-        let mut ready: Vec<Ready> = Vec::with_capacity(due.len());
+        let mut locked = Vec::with_capacity(due.len());
         for (id, cause) in due {
             let guard = self.lock_of(&id).lock_owned().await;
-            let result = match self.plan(&id, &cause.trigger()).await {
+            locked.push((id, cause, guard));
+        }
+        // Each look at a target is a hop to a blocking thread: many at once.
+        let planned: Vec<_> = stream::iter(locked)
+            .map(|(id, cause, guard)| async move {
+                let plan = self.plan(&id, &cause.trigger()).await;
+                (id, cause, guard, plan)
+            })
+            .buffered(PER_JOB)
+            .collect()
+            .await;
+        let mut ready: Vec<Ready> = Vec::with_capacity(planned.len());
+        for (id, cause, guard, plan) in planned {
+            let result = match plan {
                 Ok((Some(rec), Plan::Refresh)) => {
                     ready.push((rec, guard, cause));
                     continue;
