@@ -30,6 +30,10 @@ pub struct Metrics {
     pub cache_misses: IntCounterVec,
     /// FetchBundle latency by gRPC code.
     pub fetch_seconds: HistogramVec,
+    /// FetchBundles latency by gRPC code (its count: the batch calls).
+    pub fetch_batch_seconds: HistogramVec,
+    /// Volumes answered in FetchBundles calls, by outcome.
+    pub batch_volumes: IntCounterVec,
     /// Refusals and failures returned to callers, by reason (the
     /// vocabulary of `kcred.v1.Reason`).
     pub refusals: IntCounterVec,
@@ -80,6 +84,17 @@ impl Metrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0,
                 ]),
+                &["code"],
+            ),
+        );
+        let fetch_batch_seconds = kcred_runtime::register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("fetch_bundles_seconds", "FetchBundles (batch) latency")
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0,
+                    ]),
                 &["code"],
             ),
         );
@@ -167,6 +182,12 @@ impl Metrics {
                 &["kind"],
             ),
             fetch_seconds,
+            fetch_batch_seconds,
+            batch_volumes: counter(
+                "fetch_bundles_volumes_total",
+                "Volumes answered in FetchBundles calls, by outcome",
+                &["outcome"],
+            ),
             kube_watch_synced: gauge(
                 "kube_watch_synced",
                 "1 while the watch follows a complete list",
