@@ -83,11 +83,13 @@ fn has_keytab(b: &Bundle) -> bool {
 }
 
 /// Waits until the controller's view holds `pod` with its current UID.
+/// Waits until the controller sees the pod bound to its node: the API
+/// creates a pod unbound and binds it after, and the watch may show either.
 async fn wait_known(stack: &Stack, pod: &TestPod) {
     let pods = stack.pods();
-    wait_until("the controller to see the pod", 30, || {
+    wait_until("the controller to see the pod on its node", 30, || {
         pods.get(&pod.namespace, &pod.name)
-            .is_some_and(|p| p.uid == pod.uid)
+            .is_some_and(|p| p.uid == pod.uid && p.node_name == pod.node)
     })
     .await;
 }
