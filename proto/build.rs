@@ -10,8 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        // It carries a pod's token: its Debug (in lib.rs) leaves it out.
-        .skip_debug([".kcred.v1.FetchBundleRequest"])
+        // They carry a pod's token: their Debug (in lib.rs) leaves it out.
+        .skip_debug([".kcred.v1.FetchBundleRequest", ".kcred.v1.VolumeRequest"])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -75,10 +75,11 @@ pub struct CredentialRequest {
 }
 
 impl CredentialRequest {
-    /// Reads the kcred annotations of a pod.
-    pub fn from_annotations(
+    /// Reads the kcred annotations of a pod; principals must be of a
+    /// served realm.
+    pub fn from_annotations<S: names::Served + ?Sized>(
         annotations: &BTreeMap<String, String>,
-        realm: &str,
+        realm: &S,
     ) -> Result<Self, AnnotationError> {
         let mut req = CredentialRequest::default();
         let bad = |annotation| move |source| AnnotationError::BadName { annotation, source };

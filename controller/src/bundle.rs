@@ -14,6 +14,7 @@
 //! the pod can read them.
 
 use kcred_audit::timefmt::unix_secs;
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use kcred_audit::{Action, Actor, AuditEvent, CredentialKind};
@@ -24,7 +25,7 @@ use crate::annotations::CredentialRequest;
 use crate::gate::Priority;
 use crate::issuers::IssueError;
 use crate::keytab::Keytab;
-use crate::names::Principal;
+use crate::names::{Principal, Served};
 use crate::pods::PodInfo;
 use crate::policy::RoleAccount;
 use crate::state::ControllerState;
@@ -52,7 +53,50 @@ fn generation(files: &[BundleFile], uid: u32, gid: u32) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// Issues everything `wants` asks for, as role account `role`.
+/// A bundle's content without the pod it goes to: what every pod that
+/// asks for the same credentials as the same role account (and fsGroup)
+/// receives, so a batch assembles it once for all of them.
+pub struct Content {
+    /// The bundle for the node.
+    pub bundle: Bundle,
+    /// One event per credential, without the pod's place.
+    events: Vec<AuditEvent>,
+}
+
+impl Content {
+    /// The events recording this content's issue to `pod` on `node`: one
+    /// per credential, as an issue or a refresh by `priority`.
+    pub fn events_for(&self, node: &str, pod: &PodInfo, priority: Priority) -> Vec<AuditEvent> {
+        let action = action_of(priority);
+        self.events
+            .iter()
+            .map(|e| {
+                let mut e = e.clone().with_place(node, &pod.namespace, &pod.name);
+                e.actor = Actor::Node(node.to_string());
+                e.action = action;
+                e
+            })
+            .collect()
+    }
+}
+
+fn action_of(priority: Priority) -> Action {
+    match priority {
+        Priority::Starting => Action::Issue,
+        Priority::Background => Action::Refresh,
+    }
+}
+
+/// The versions a volume is delivered, from its issue events: principal
+/// -> highest kvno, key id -> primary version.
+pub fn versions(events: &[AuditEvent]) -> BTreeMap<String, u32> {
+    events
+        .iter()
+        .filter_map(|e| e.kvno.or(e.key_version).map(|v| (e.subject.clone(), v)))
+        .collect()
+}
+
+/// Issues everything `wants` asks for, as role account `role`, to `pod`.
 pub async fn assemble(
     st: &ControllerState,
     node: &str,
@@ -61,22 +105,44 @@ pub async fn assemble(
     wants: &CredentialRequest,
     priority: Priority,
 ) -> Result<Assembled, IssueError> {
-    let secret_mode = if pod.fs_group.is_some() { 0o440 } else { 0o400 };
-    let gid = pod.fs_group.unwrap_or(role.gid);
-    let action = match priority {
-        Priority::Starting => Action::Issue,
-        Priority::Background => Action::Refresh,
-    };
+    let content = content(st, node, role, wants, pod.fs_group, priority).await?;
+    let events = content.events_for(node, pod, priority);
+    Ok(Assembled {
+        bundle: content.bundle,
+        events,
+    })
+}
+
+/// Issues everything `wants` asks for, as role account `role`, for pods
+/// with `fs_group` on `node`; [`Content::events_for`] places it.
+pub async fn content(
+    st: &ControllerState,
+    node: &str,
+    role: &RoleAccount,
+    wants: &CredentialRequest,
+    fs_group: Option<u32>,
+    priority: Priority,
+) -> Result<Content, IssueError> {
+    let secret_mode = if fs_group.is_some() { 0o440 } else { 0o400 };
+    let gid = fs_group.unwrap_or(role.gid);
+    let action = action_of(priority);
     let event = |kind: CredentialKind, subject: String| {
         AuditEvent::new(Actor::Node(node.to_string()), action)
             .with_kind(kind)
             .with_subject(subject)
-            .with_place(node, &pod.namespace, &pod.name)
             .with_reason(format!("role account {}", role.login))
     };
+    // The realms the volume's Kerberos credentials come from: a role
+    // account's ticket is of its realm.
+    let ticket_realm = role.realm.as_deref().unwrap_or(st.realm.default_realm());
+    let mut realms: std::collections::BTreeSet<&str> =
+        wants.keytabs.iter().map(|p| p.realm()).collect();
+    if wants.ticket.is_some() {
+        realms.insert(ticket_realm);
+    }
     let mut files = vec![BundleFile {
         name: "krb5.conf".into(),
-        content: st.pod_krb5_conf.clone(),
+        content: st.pod_krb5_conf.for_realms(&realms),
         mode: 0o444,
     }];
     let mut events = Vec::new();
@@ -107,7 +173,7 @@ pub async fn assemble(
         });
     }
     if let Some(login) = &wants.ticket {
-        let t = st.tickets.ticket(login, priority).await?;
+        let t = st.tickets.ticket(login, ticket_realm, priority).await?;
         sooner(t.refresh_at);
         events.push(
             event(CredentialKind::Ticket, t.ticket.client.clone()).with_reason(format!(
@@ -154,7 +220,7 @@ pub async fn assemble(
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let generation = generation(&files, role.uid, gid);
-    Ok(Assembled {
+    Ok(Content {
         bundle: Bundle {
             files,
             uid: role.uid,

@@ -162,7 +162,7 @@ fn check_sources(cfg: &Config, r: &mut Report) {
         && let Some(bytes) = read(r, "policy_file", path)
         && let Some(text) = as_text(r, "policy_file", path, &bytes)
     {
-        match crate::policy::parse_policy(path, text, &cfg.realm) {
+        match crate::policy::parse_policy(path, text, &crate::realms::served(cfg)) {
             Ok(p) => r.ok(
                 "policy_file",
                 format!("{}: {} role accounts", path.display(), p.len()),
@@ -241,6 +241,21 @@ fn check_secrets(cfg: &Config, r: &mut Report) {
     if let Some(key) = cfg.tls.as_ref().and_then(|t| t.key_file.as_ref()) {
         private(r, "tls.key_file", key, false);
     }
+    // Further realms' admin credentials.
+    for realm in &cfg.realms {
+        let at = |field: &str| format!("realms[{:?}].{field}", realm.name);
+        if let Some(k) = &realm.kadmin {
+            private(r, &at("kadmin.keytab"), &k.keytab, true);
+        }
+        if let Some(ad) = &realm.active_directory {
+            if let Some(pw) = &ad.bind_password_file {
+                private(r, &at("active_directory.bind_password_file"), pw, false);
+            }
+            if let Some(kt) = &ad.bind_keytab {
+                private(r, &at("active_directory.bind_keytab"), kt, true);
+            }
+        }
+    }
 }
 
 fn parent_exists(r: &mut Report, setting: &str, path: &Path) {
@@ -270,6 +285,21 @@ fn check_other_files(cfg: &Config, r: &mut Report) {
         readable("krb5_config", p);
     }
     readable("pod_krb5_conf", &cfg.pod_krb5_conf_path());
+    for realm in &cfg.realms {
+        if let Some(p) = &realm.krb5_config {
+            readable(&format!("realms[{:?}].krb5_config", realm.name), p);
+        }
+        if let Some(p) = realm
+            .active_directory
+            .as_ref()
+            .and_then(|ad| ad.ca_file.as_ref())
+        {
+            readable(
+                &format!("realms[{:?}].active_directory.ca_file", realm.name),
+                p,
+            );
+        }
+    }
     if let Some(p) = &cfg.certs.ca_cert_file {
         readable("certs.ca_cert_file", p);
     }
@@ -316,37 +346,93 @@ fn check_other_files(cfg: &Config, r: &mut Report) {
 }
 
 /// kadmind and the KDC, reached as the controller reaches them: the admin
-/// principal's keytab, the configured tools and `krb5.conf`.
+/// principal's keytab, the configured tools and `krb5.conf`; for each
+/// further MIT realm the same with its `[realms.kadmin]` and the
+/// `krb5.conf` the controller would write for it (or its `krb5_config`).
 async fn check_reach(cfg: &Config, r: &mut Report) {
-    let timeout = Duration::from_secs(cfg.kadmin.timeout_secs);
-    let kinit = run_tool(
+    reach_mit(
         cfg,
+        r,
+        "",
+        cfg.krb5_config.as_deref(),
+        &cfg.kadmin.principal,
+        &cfg.kadmin.keytab,
+    )
+    .await;
+    for realm in &cfg.realms {
+        let Some(k) = &realm.kadmin else {
+            continue;
+        };
+        let at = format!("realms[{:?}].", realm.name);
+        let scratch = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => {
+                r.bad(Problem::File, &format!("{at}krb5_config"), e.to_string());
+                continue;
+            }
+        };
+        let conf = match &realm.krb5_config {
+            Some(p) => p.clone(),
+            None => {
+                let p = scratch.path().join("krb5.conf");
+                let text = crate::realms::krb5_conf::for_tools(
+                    &realm.name,
+                    &crate::realms::krb5_conf::RealmServers {
+                        kdcs: realm.kdcs.clone(),
+                        admin_server: Some(k.admin_server.clone()),
+                    },
+                );
+                if let Err(e) = std::fs::write(&p, text) {
+                    r.bad(Problem::File, &format!("{at}krb5_config"), e.to_string());
+                    continue;
+                }
+                p
+            }
+        };
+        reach_mit(cfg, r, &at, Some(&conf), &k.principal, &k.keytab).await;
+    }
+}
+
+/// One MIT realm: a ticket for its admin principal from its KDC, and its
+/// kadmind's answer (settings `<prefix>kdc`, `<prefix>kadmin`).
+async fn reach_mit(
+    cfg: &Config,
+    r: &mut Report,
+    prefix: &str,
+    krb5: Option<&Path>,
+    principal: &str,
+    keytab: &Path,
+) {
+    let timeout = Duration::from_secs(cfg.kadmin.timeout_secs);
+    let (kdc_setting, kadmin_setting) = (format!("{prefix}kdc"), format!("{prefix}kadmin"));
+    let kinit = run_tool(
+        krb5,
         &cfg.tickets.kinit,
         &[
             "-k".as_ref(),
             "-t".as_ref(),
-            cfg.kadmin.keytab.as_os_str(),
-            cfg.kadmin.principal.as_ref(),
+            keytab.as_os_str(),
+            principal.as_ref(),
         ],
         timeout,
     )
     .await;
     match kinit {
         Ok(_) => r.ok(
-            "kdc",
-            format!("the KDC issued a ticket to {}", cfg.kadmin.principal),
+            &kdc_setting,
+            format!("the KDC issued a ticket to {principal}"),
         ),
-        Err(e) => r.bad(Problem::Unreachable, "kdc", e),
+        Err(e) => r.bad(Problem::Unreachable, &kdc_setting, e),
     }
     let kadmin = run_tool(
-        cfg,
+        krb5,
         &cfg.kadmin.program,
         &[
             "-k".as_ref(),
             "-t".as_ref(),
-            cfg.kadmin.keytab.as_os_str(),
+            keytab.as_os_str(),
             "-p".as_ref(),
-            cfg.kadmin.principal.as_ref(),
+            principal.as_ref(),
             "-q".as_ref(),
             "get_privs".as_ref(),
         ],
@@ -360,16 +446,16 @@ async fn check_reach(cfg: &Config, r: &mut Report) {
                 .find(|l| l.starts_with("current privileges:"))
                 .unwrap_or("logged in")
                 .to_string();
-            r.ok("kadmin", format!("kadmind: {privs}"))
+            r.ok(&kadmin_setting, format!("kadmind: {privs}"))
         }
-        Err(e) => r.bad(Problem::Unreachable, "kadmin", e),
+        Err(e) => r.bad(Problem::Unreachable, &kadmin_setting, e),
     }
 }
 
 /// Runs a Kerberos tool with the controller's environment rules; its
 /// stdout, or the first line it complained with.
 async fn run_tool(
-    cfg: &Config,
+    krb5: Option<&Path>,
     program: &Path,
     args: &[&std::ffi::OsStr],
     timeout: Duration,
@@ -380,7 +466,7 @@ async fn run_tool(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    crate::child_env::minimal(&mut cmd, cfg.krb5_config.as_deref(), "MEMORY:kcred-check");
+    crate::child_env::minimal(&mut cmd, krb5, "MEMORY:kcred-check");
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;

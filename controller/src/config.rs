@@ -64,8 +64,18 @@ impl From<String> for InvalidSetting {
 pub struct Config {
     /// Address the node API listens on.
     pub listen: SocketAddr,
-    /// The Kerberos realm this controller serves.
+    /// The controller's own Kerberos realm: the default of principal
+    /// names without a realm, administered by `[kadmin]` or
+    /// `[active_directory]`; node authentication uses it.
     pub realm: String,
+    /// The default realm's KDCs (`host` or `host:port`), named in the
+    /// `krb5.conf` of volumes holding credentials of several realms.
+    /// Required with `[[realms]]`.
+    #[serde(default)]
+    pub kdcs: Vec<String>,
+    /// Further realms served, each with its own backend and KDCs.
+    #[serde(default)]
+    pub realms: Vec<crate::realms::settings::RealmSection>,
     /// `KRB5_CONFIG` for Kerberos tools the controller runs (default: system).
     #[serde(default)]
     pub krb5_config: Option<PathBuf>,
@@ -494,18 +504,9 @@ impl Config {
         if let Err(e) = self.audit.check() {
             return Err(InvalidSetting(e));
         }
-        for (lane, l) in [("kadmin", &self.gate.kadmin), ("kdc", &self.gate.kdc)] {
-            if l.rate_per_sec == 0 || l.burst == 0 {
-                return Err(InvalidSetting(format!(
-                    "gate.{lane}: rate_per_sec and burst must be at least 1"
-                )));
-            }
-            if l.backoff_min_ms > l.backoff_max_ms {
-                return Err(InvalidSetting(format!(
-                    "gate.{lane}: backoff_min_ms exceeds backoff_max_ms"
-                )));
-            }
-        }
+        crate::realms::settings::validate_gate("gate", &self.gate).map_err(InvalidSetting)?;
+        crate::realms::settings::validate(&self.realm, &self.kdcs, &self.realms)
+            .map_err(InvalidSetting)?;
         if !(0.1..=0.95).contains(&self.refresh_fraction) {
             return Err("refresh_fraction must be between 0.1 and 0.95".into());
         }
@@ -730,6 +731,117 @@ audit_key = "/ak"
             .unwrap_err()
             .to_string();
         assert!(neither.contains("policy_file is required"), "{neither}");
+    }
+
+    const MIT_REALM: &str = "[[realms]]\nname = \"OTHER.COM\"\nkdcs = [\"kdc1.other.com\", \"kdc2.other.com:88\"]\n\
+                             [realms.kadmin]\nprincipal = \"kcred/admin@OTHER.COM\"\nkeytab = \"/okt\"\nadmin_server = \"kdc1.other.com:749\"\n";
+
+    fn ad_realm(name: &str) -> String {
+        format!(
+            "[[realms]]\nname = \"{name}\"\nkdcs = [\"dc1.ad.example.com\"]\n{}",
+            AD.replace("[active_directory]", "[realms.active_directory]")
+        )
+    }
+
+    fn realms(tables: &str) -> Result<Config, ConfigError> {
+        load(
+            "pods_file = \"/pods\"\nkdcs = [\"kdc.example.com\"]",
+            tables,
+        )
+    }
+
+    fn refused(tables: &str) -> String {
+        realms(tables).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn further_realms_each_name_their_backend_and_kdcs() {
+        let cfg = realms(&format!("{MIT_REALM}{}", ad_realm("AD.EXAMPLE.COM"))).unwrap();
+        assert_eq!(cfg.kdcs, ["kdc.example.com"]);
+        let names: Vec<_> = cfg.realms.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["OTHER.COM", "AD.EXAMPLE.COM"]);
+        assert!(cfg.realms[0].kadmin.is_some() && cfg.realms[0].active_directory.is_none());
+        assert!(cfg.realms[1].active_directory.is_some() && cfg.realms[1].kadmin.is_none());
+        use crate::names::Served;
+        let served = crate::realms::served(&cfg);
+        assert!(served.serves("EXAMPLE.COM") && served.serves("AD.EXAMPLE.COM"));
+        assert!(!served.serves("ELSEWHERE.COM"));
+        // The single-realm form needs no kdcs.
+        assert!(load("pods_file = \"/pods\"", "").unwrap().realms.is_empty());
+    }
+
+    #[test]
+    fn a_realm_listed_twice_or_the_controllers_own_realm_listed_is_refused() {
+        let twice = refused(&format!(
+            "{}{}",
+            ad_realm("AD.EXAMPLE.COM"),
+            ad_realm("AD.EXAMPLE.COM")
+        ));
+        assert!(
+            twice.contains("realms[\"AD.EXAMPLE.COM\"] is listed twice"),
+            "{twice}"
+        );
+        let own = refused(&ad_realm("EXAMPLE.COM"));
+        assert!(own.contains("controller's own realm"), "{own}");
+    }
+
+    #[test]
+    fn a_realm_with_both_backends_or_neither_is_refused_naming_it() {
+        let both = refused(&format!(
+            "{MIT_REALM}{}",
+            AD.replace("[active_directory]", "[realms.active_directory]")
+        ));
+        assert!(
+            both.contains(
+                "realms[\"OTHER.COM\"]: both [realms.kadmin] and [realms.active_directory]"
+            ),
+            "{both}"
+        );
+        let neither = refused("[[realms]]\nname = \"OTHER.COM\"\nkdcs = [\"kdc1.other.com\"]\n");
+        assert!(
+            neither.contains("realms[\"OTHER.COM\"]: no backend"),
+            "{neither}"
+        );
+    }
+
+    #[test]
+    fn further_realms_need_kdcs_a_valid_name_and_no_directory_sync() {
+        let no_kdcs = load("pods_file = \"/pods\"", MIT_REALM)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            no_kdcs.contains("kdcs (the default realm's KDCs)"),
+            "{no_kdcs}"
+        );
+        let bad_kdc = refused(&MIT_REALM.replace("kdc2.other.com:88", "kdc2 other"));
+        assert!(
+            bad_kdc.contains("realms[\"OTHER.COM\"].kdcs") && bad_kdc.contains("kdc2 other"),
+            "{bad_kdc}"
+        );
+        let empty = refused(&MIT_REALM.replace(
+            "kdcs = [\"kdc1.other.com\", \"kdc2.other.com:88\"]",
+            "kdcs = []",
+        ));
+        assert!(empty.contains("at least one KDC"), "{empty}");
+        let lower = refused(&MIT_REALM.replace("name = \"OTHER.COM\"", "name = \"other.com\""));
+        assert!(lower.contains("realms[\"other.com\"].name"), "{lower}");
+        let admin = refused(&MIT_REALM.replace("kdc1.other.com:749", "kdc1.other.com:x"));
+        assert!(admin.contains("admin_server"), "{admin}");
+        let sync = refused(&format!(
+            "{}[realms.active_directory.sync]\nbase_dn = \"OU=kcred,DC=example,DC=com\"\n",
+            ad_realm("AD.EXAMPLE.COM")
+        ));
+        assert!(sync.contains("active_directory.sync"), "{sync}");
+        let ldap = refused(&ad_realm("AD.EXAMPLE.COM").replace("ldaps://", "ldap://"));
+        assert!(
+            ldap.contains("realms[\"AD.EXAMPLE.COM\"]: active_directory.ldap_url"),
+            "{ldap}"
+        );
+        let budget = refused(&format!("{MIT_REALM}[realms.gate.kdc]\nburst = 0\n"));
+        assert!(
+            budget.contains("realms[\"OTHER.COM\"].gate.kdc"),
+            "{budget}"
+        );
     }
 
     #[test]

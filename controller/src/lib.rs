@@ -45,6 +45,7 @@ pub mod pods;
 pub mod policy;
 pub mod private_dir;
 pub mod private_file;
+pub mod realms;
 pub mod reasons;
 pub mod reload;
 pub mod rotation;

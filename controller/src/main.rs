@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             let controller = Controller::start(&cfg)?;
             spawn_reload_on_sighup(controller.reload_trigger())?;
             let metrics = controller.metrics();
-            start_series_at_zero(&metrics, &cfg.gate);
+            start_series_at_zero(&metrics, &cfg);
             if let Some(addr) = ops_addr {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -209,7 +209,25 @@ fn readiness(audit_log: &Path, store_up: bool, pods_synced: bool) -> Vec<Check> 
 /// metric family is on `/metrics` from the start (dashboards and alerts see
 /// it, and `rate()` counts the first event). Operation names are those the
 /// gate's callers pass.
-fn start_series_at_zero(m: &Arc<Metrics>, gate: &GateConfig) {
+fn start_series_at_zero(m: &Arc<Metrics>, cfg: &Config) {
+    let realms = std::iter::once((cfg.realm.as_str(), &cfg.gate)).chain(
+        cfg.realms
+            .iter()
+            .map(|r| (r.name.as_str(), r.gate.as_ref().unwrap_or(&cfg.gate))),
+    );
+    for (realm, gate) in realms {
+        start_gate_series_at_zero(m, realm, gate);
+    }
+    for kind in ["keytab", "ticket", "cert", "key"] {
+        m.cache_hits.with_label_values(&[kind]);
+        m.cache_misses.with_label_values(&[kind]);
+        m.coalesced.with_label_values(&[kind]);
+    }
+    m.fetch_seconds.with_label_values(&["Ok"]);
+}
+
+/// One realm's gate series.
+fn start_gate_series_at_zero(m: &Arc<Metrics>, realm: &str, gate: &GateConfig) {
     let lanes = [
         (
             Lane::Kadmin,
@@ -220,27 +238,21 @@ fn start_series_at_zero(m: &Arc<Metrics>, gate: &GateConfig) {
     ];
     for (lane, cfg, ops) in lanes {
         let lane = lane.as_str();
-        m.gate_queue_depth.with_label_values(&[lane]).set(0);
-        m.gate_breaker_open.with_label_values(&[lane]).set(0);
+        m.gate_queue_depth.with_label_values(&[realm, lane]).set(0);
+        m.gate_breaker_open.with_label_values(&[realm, lane]).set(0);
         // The bucket starts full.
         m.gate_budget_remaining
-            .with_label_values(&[lane])
+            .with_label_values(&[realm, lane])
             .set(i64::from(cfg.burst.max(1)));
         for reason in ["breaker_open", "queue_full"] {
-            m.gate_refused.with_label_values(&[lane, reason]);
+            m.gate_refused.with_label_values(&[realm, lane, reason]);
         }
         for op in ops {
             for result in ["ok", "unavailable", "error"] {
-                m.kdc_ops.with_label_values(&[lane, op, result]);
+                m.kdc_ops.with_label_values(&[realm, lane, op, result]);
             }
         }
     }
-    for kind in ["keytab", "ticket", "cert", "key"] {
-        m.cache_hits.with_label_values(&[kind]);
-        m.cache_misses.with_label_values(&[kind]);
-        m.coalesced.with_label_values(&[kind]);
-    }
-    m.fetch_seconds.with_label_values(&["Ok"]);
 }
 
 /// The store a configuration file names, under its master key.

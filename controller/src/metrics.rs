@@ -12,7 +12,7 @@ use prometheus::{
 /// Every metric the controller exports.
 pub struct Metrics {
     registry: Registry,
-    /// KDC and kadmind operations by lane, operation and result.
+    /// KDC and kadmind operations by realm, lane, operation and result.
     pub kdc_ops: IntCounterVec,
     /// Operations waiting for their lane's budget.
     pub gate_queue_depth: IntGaugeVec,
@@ -30,6 +30,10 @@ pub struct Metrics {
     pub cache_misses: IntCounterVec,
     /// FetchBundle latency by gRPC code.
     pub fetch_seconds: HistogramVec,
+    /// FetchBundles latency by gRPC code (its count: the batch calls).
+    pub fetch_batch_seconds: HistogramVec,
+    /// Volumes answered in FetchBundles calls, by outcome.
+    pub batch_volumes: IntCounterVec,
     /// Refusals and failures returned to callers, by reason (the
     /// vocabulary of `kcred.v1.Reason`).
     pub refusals: IntCounterVec,
@@ -83,6 +87,17 @@ impl Metrics {
                 &["code"],
             ),
         );
+        let fetch_batch_seconds = kcred_runtime::register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("fetch_bundles_seconds", "FetchBundles (batch) latency")
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0,
+                    ]),
+                &["code"],
+            ),
+        );
         let store_up = kcred_runtime::register(
             &registry,
             IntGauge::new("store_up", "1 while the store answers; 0: issuing stops"),
@@ -129,27 +144,27 @@ impl Metrics {
             kdc_ops: counter(
                 "kdc_operations_total",
                 "KDC and kadmind operations",
-                &["lane", "op", "result"],
+                &["realm", "lane", "op", "result"],
             ),
             gate_queue_depth: gauge(
                 "gate_queue_depth",
                 "Operations waiting for budget",
-                &["lane"],
+                &["realm", "lane"],
             ),
             gate_budget_remaining: gauge(
                 "gate_budget_remaining",
                 "Tokens left in the bucket",
-                &["lane"],
+                &["realm", "lane"],
             ),
             gate_breaker_open: gauge(
                 "gate_breaker_open",
                 "1 while the breaker refuses calls",
-                &["lane"],
+                &["realm", "lane"],
             ),
             gate_refused: counter(
                 "gate_refused_total",
                 "Calls refused by the gate",
-                &["lane", "reason"],
+                &["realm", "lane", "reason"],
             ),
             coalesced: counter(
                 "coalesced_requests_total",
@@ -167,6 +182,12 @@ impl Metrics {
                 &["kind"],
             ),
             fetch_seconds,
+            fetch_batch_seconds,
+            batch_volumes: counter(
+                "fetch_bundles_volumes_total",
+                "Volumes answered in FetchBundles calls, by outcome",
+                &["outcome"],
+            ),
             kube_watch_synced: gauge(
                 "kube_watch_synced",
                 "1 while the watch follows a complete list",
@@ -210,13 +231,13 @@ mod tests {
     fn every_metric_registers_and_renders() {
         let m = Metrics::new();
         m.kdc_ops
-            .with_label_values(&["kadmind", "extract_keytab", "ok"])
+            .with_label_values(&["KCRED.TEST", "kadmind", "extract_keytab", "ok"])
             .inc();
         m.fetch_seconds.with_label_values(&["Ok"]).observe(0.01);
         let text = m.render();
         assert!(
             text.contains(
-                "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",result=\"ok\"} 1"
+                "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",realm=\"KCRED.TEST\",result=\"ok\"} 1"
             ),
             "{text}"
         );

@@ -38,14 +38,14 @@ pub enum NameError {
         /// What rule it broke.
         reason: &'static str,
     },
-    /// The principal names a realm other than the controller's.
-    #[error("principal {input:?} is in realm {realm:?}, but this controller serves {expected:?}")]
+    /// The principal names a realm the controller does not serve.
+    #[error("principal {input:?} is in realm {realm:?}, but this controller serves {expected}")]
     ForeignRealm {
         /// The offending input.
         input: String,
         /// The realm it named.
         realm: String,
-        /// The realm this controller serves.
+        /// The realms this controller serves (quoted, comma-separated).
         expected: String,
     },
 }
@@ -125,6 +125,86 @@ pub fn validate_realm(realm: &str) -> Result<(), NameError> {
     }
 }
 
+/// The realms principals may name: one (a `str`, the controller's own)
+/// or several ([`Realms`]).
+pub trait Served {
+    /// The realm of a principal that names none.
+    fn default_realm(&self) -> &str;
+    /// Whether principals of `realm` are served.
+    fn serves(&self, realm: &str) -> bool;
+    /// The served realms, for messages (`"A", "B"`).
+    fn describe(&self) -> String {
+        format!("{:?}", self.default_realm())
+    }
+}
+
+impl Served for str {
+    fn default_realm(&self) -> &str {
+        self
+    }
+    fn serves(&self, realm: &str) -> bool {
+        self == realm
+    }
+}
+
+impl Served for &str {
+    fn default_realm(&self) -> &str {
+        self
+    }
+    fn serves(&self, realm: &str) -> bool {
+        *self == realm
+    }
+}
+
+impl Served for String {
+    fn default_realm(&self) -> &str {
+        self
+    }
+    fn serves(&self, realm: &str) -> bool {
+        self == realm
+    }
+}
+
+/// The realms one controller serves: its own (the default of names
+/// without a realm) and those of `[[realms]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Realms {
+    default: String,
+    others: std::collections::BTreeSet<String>,
+}
+
+impl Realms {
+    /// The default realm and the others (the default among them is
+    /// ignored).
+    pub fn new(default: &str, others: impl IntoIterator<Item = String>) -> Self {
+        let others = others.into_iter().filter(|r| r != default).collect();
+        Realms {
+            default: default.to_string(),
+            others,
+        }
+    }
+
+    /// Every served realm, the default first.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.default.as_str()).chain(self.others.iter().map(String::as_str))
+    }
+}
+
+impl Served for Realms {
+    fn default_realm(&self) -> &str {
+        &self.default
+    }
+    fn serves(&self, realm: &str) -> bool {
+        realm == self.default || self.others.contains(realm)
+    }
+    fn describe(&self) -> String {
+        self.iter()
+            .map(|r| format!("{r:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A two-component service principal `service/host.domain@REALM`, the only
 /// shape kcred extracts keytabs for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,9 +215,9 @@ pub struct ServicePrincipal {
 }
 
 impl ServicePrincipal {
-    /// Parses `service/host[@REALM]`; a missing realm means `default_realm`,
-    /// and any other realm is refused.
-    pub fn parse(input: &str, default_realm: &str) -> Result<Self, NameError> {
+    /// Parses `service/host[@REALM]`; a missing realm means the default
+    /// realm, and a realm not served is refused.
+    pub fn parse<S: Served + ?Sized>(input: &str, served: &S) -> Result<Self, NameError> {
         const WHAT: &str = "service principal";
         let input = input.trim();
         if input.is_empty() {
@@ -153,16 +233,16 @@ impl ServicePrincipal {
         let (name, realm) = match input.split_once('@') {
             Some((n, r)) => {
                 validate_realm(r)?;
-                if r != default_realm {
+                if !served.serves(r) {
                     return Err(NameError::ForeignRealm {
                         input: shown(input),
                         realm: r.to_string(),
-                        expected: default_realm.to_string(),
+                        expected: served.describe(),
                     });
                 }
                 (n, r)
             }
-            None => (input, default_realm),
+            None => (input, served.default_realm()),
         };
         let Some((service, host)) = name.split_once('/') else {
             return Err(invalid(
@@ -252,6 +332,21 @@ impl UserPrincipal {
     /// The login.
     pub fn login(&self) -> &str {
         &self.login
+    }
+
+    /// The realm.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+}
+
+impl Principal {
+    /// The realm whose backend holds the principal's keys.
+    pub fn realm(&self) -> &str {
+        match self {
+            Principal::Service(s) => s.realm(),
+            Principal::User(u) => u.realm(),
+        }
     }
 }
 
@@ -345,6 +440,23 @@ mod tests {
         assert!(ServicePrincipal::parse("HTTP/web.example.com@KCRED.TEST", R).is_ok());
         let err = ServicePrincipal::parse("HTTP/web.example.com@OTHER.TEST", R).unwrap_err();
         assert!(matches!(err, NameError::ForeignRealm { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_principal_of_any_served_realm_is_accepted_and_others_refused_naming_them() {
+        let served = Realms::new(R, ["AD.KCRED.TEST".to_string()]);
+        let ad =
+            ServicePrincipal::parse("HTTP/web.example.com@AD.KCRED.TEST", &served).expect("served");
+        assert_eq!(ad.realm(), "AD.KCRED.TEST");
+        let plain = ServicePrincipal::parse("HTTP/web.example.com", &served).expect("default");
+        assert_eq!(plain.realm(), R);
+        let err = ServicePrincipal::parse("HTTP/web.example.com@OTHER.TEST", &served).unwrap_err();
+        assert!(matches!(err, NameError::ForeignRealm { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("\"KCRED.TEST\", \"AD.KCRED.TEST\""),
+            "{err}"
+        );
     }
 
     #[test]

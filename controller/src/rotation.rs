@@ -62,10 +62,11 @@ fn newest(keytab: &Keytab) -> u32 {
 
 /// Extracts the principal's keys again and stores them.
 async fn reextract(st: &ControllerState, principal: &Principal) -> Result<Keytab, IssueError> {
-    let keytab = st
+    let b = st.backends.of(principal.realm())?;
+    let keytab = b
         .gate
         .run(Lane::Kadmin, Priority::Starting, "extract_keytab", || {
-            st.kadmin.extract_keytab(principal)
+            b.admin.extract_keytab(principal)
         })
         .await?;
     st.keytabs.store_keytab(principal, &keytab).await?;
@@ -133,10 +134,11 @@ pub async fn rotate_keytab(
     };
     st.store
         .put(Table::Rotations, &started.principal, &started, b"")?;
-    let rotated = st
+    let b = st.backends.of(p.realm())?;
+    let rotated = b
         .gate
         .run(Lane::Kadmin, Priority::Starting, "randomize_key", || {
-            st.kadmin.randomize_keep_old(&p, current.as_ref())
+            b.admin.randomize_keep_old(&p, current.as_ref())
         })
         .await?;
     let keytab = stored_or_reextracted(st, &p, rotated).await?;
@@ -201,10 +203,11 @@ pub async fn purge_due(st: &ControllerState) {
         }
         let result = async {
             let current = st.keytabs.stored_keytab(&p).await?;
-            let purged = st
+            let b = st.backends.of(p.realm())?;
+            let purged = b
                 .gate
                 .run(Lane::Kadmin, Priority::Background, "purge_keys", || {
-                    st.kadmin.purge_keys(&p, purge.keep_kvno, current.as_ref())
+                    b.admin.purge_keys(&p, purge.keep_kvno, current.as_ref())
                 })
                 .await?;
             stored_or_reextracted(st, &p, purged).await
@@ -244,14 +247,15 @@ async fn keys_after_interruption(
     st: &ControllerState,
     p: &Principal,
 ) -> Result<Keytab, IssueError> {
-    if !matches!(*st.kadmin, crate::kadmin::KeyAdmin::Ad(_)) {
+    let b = st.backends.of(p.realm())?;
+    if !matches!(*b.admin, crate::kadmin::KeyAdmin::Ad(_)) {
         return reextract(st, p).await;
     }
     let current = st.keytabs.stored_keytab(p).await?;
-    let rotated = st
+    let rotated = b
         .gate
         .run(Lane::Kadmin, Priority::Background, "randomize_key", || {
-            st.kadmin.randomize_keep_old(p, current.as_ref())
+            b.admin.randomize_keep_old(p, current.as_ref())
         })
         .await?;
     stored_or_reextracted(st, p, rotated).await

@@ -9,7 +9,6 @@ use kcred_proto::kcred::v1::node_credentials_server::NodeCredentialsServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::ad::AdClient;
 use crate::api::admin::AdminApi;
 use crate::api::node::NodeApi;
 use crate::audit_head;
@@ -18,18 +17,17 @@ use crate::cluster::Cluster;
 use crate::config::{Config, LimitsSection, TlsSection};
 use crate::crypto::MasterKey;
 use crate::denials::Denials;
-use crate::gate::KdcGate;
 use crate::issued::Issued;
 use crate::issuers::certs::CertIssuer;
 use crate::issuers::keys::KeyIssuer;
 use crate::issuers::keytab::KeytabIssuer;
 use crate::issuers::tickets::TicketIssuer;
-use crate::kadmin::{KadminClient, KadminConfig, KeyAdmin};
 use crate::kdc::{KdcClient, TicketConfig};
 use crate::kubernetes::KubeSource;
 use crate::kubernetes::watch as kube_watch;
 use crate::listener::{AcceptLimits, Connections, Incoming};
 use crate::metrics::Metrics;
+use crate::names::Served;
 use crate::nodes::known::KnownNodes;
 use crate::nodes::kube_source::NodeView;
 use crate::nodes::leases::Leases;
@@ -320,27 +318,8 @@ impl Controller {
         // Records of AD accounts kcred creates, appended once the audit log
         // is open.
         let (account_audit, account_events) = tokio::sync::mpsc::unbounded_channel();
-        let kadmin = match &cfg.active_directory {
-            Some(ad) => KeyAdmin::Ad(Box::new(
-                AdClient::new(
-                    ad.client_config(cfg).map_err(startup("active directory"))?,
-                    account_audit,
-                )
-                .map_err(startup("active directory"))?,
-            )),
-            None => KeyAdmin::Mit(Box::new(
-                KadminClient::new(KadminConfig {
-                    program: cfg.kadmin.program.clone(),
-                    principal: cfg.kadmin.principal.clone(),
-                    keytab: cfg.kadmin.keytab.clone(),
-                    krb5_config: cfg.krb5_config.clone(),
-                    work_dir: cfg.kadmin.work_dir.clone(),
-                    timeout: Duration::from_secs(cfg.kadmin.timeout_secs),
-                })
-                .map_err(startup("kadmin"))?,
-            )),
-        };
-        let realm = cfg.realm.clone();
+        let served = crate::realms::served(cfg);
+        let realm = served.clone();
         let directory_sync = cfg
             .active_directory
             .as_ref()
@@ -357,6 +336,11 @@ impl Controller {
         let pod_krb5_conf = std::fs::read(cfg.pod_krb5_conf_path()).map_err(|e| {
             startup("pod krb5.conf")(format!("{}: {e}", cfg.pod_krb5_conf_path().display()))
         })?;
+        let pod_krb5_conf = crate::realms::krb5_conf::PodKrb5Conf::new(
+            &cfg.realm,
+            pod_krb5_conf,
+            crate::realms::servers(cfg),
+        );
         let signer = AuditSigner::load_or_generate(&cfg.audit_key).map_err(startup("audit key"))?;
         // Named after its listener and its audit chain, both its own.
         let controller_id = format!("{} {}", cfg.listen, signer.key_id());
@@ -368,32 +352,34 @@ impl Controller {
             None => Cluster::solo(),
         };
         let metrics = Metrics::new();
-        let gate = Arc::new(
-            KdcGate::new(&cfg.gate, Arc::clone(&metrics)).with_cluster(Arc::clone(&cluster)),
+        let backends = Arc::new(
+            crate::realms::start(cfg, &metrics, &cluster, &account_audit)
+                .map_err(startup("key administration"))?,
         );
         let auth = Auth::new(&cfg.auth, &cfg.realm).map_err(startup("authentication"))?;
-        let kadmin = Arc::new(kadmin);
         let keytabs = Arc::new(KeytabIssuer::new(
             Arc::clone(&store),
-            Arc::clone(&kadmin),
-            Arc::clone(&gate),
+            Arc::clone(&backends),
             Arc::clone(&metrics),
             Arc::clone(&cluster),
         ));
-        let mut kdc_cfg = TicketConfig::new(cfg.kadmin.work_dir.join("tickets"));
-        kdc_cfg.kinit = cfg.tickets.kinit.clone();
-        kdc_cfg.krb5_config = cfg.krb5_config.clone();
-        kdc_cfg.lifetime = Duration::from_secs(cfg.tickets.lifetime_secs);
-        kdc_cfg.renew_lifetime = Duration::from_secs(cfg.tickets.renew_lifetime_secs);
-        kdc_cfg.timeout = Duration::from_secs(cfg.kadmin.timeout_secs);
-        let kdc = KdcClient::new(kdc_cfg).map_err(startup("kdc client"))?;
+        let mut kdcs = std::collections::BTreeMap::new();
+        for (realm, backend) in backends.iter() {
+            let mut kdc_cfg = TicketConfig::new(backend.tickets_dir.clone());
+            kdc_cfg.kinit = cfg.tickets.kinit.clone();
+            kdc_cfg.krb5_config = backend.krb5_config.clone();
+            kdc_cfg.lifetime = Duration::from_secs(cfg.tickets.lifetime_secs);
+            kdc_cfg.renew_lifetime = Duration::from_secs(cfg.tickets.renew_lifetime_secs);
+            kdc_cfg.timeout = Duration::from_secs(cfg.kadmin.timeout_secs);
+            let kdc = KdcClient::new(kdc_cfg).map_err(startup("kdc client"))?;
+            kdcs.insert(realm.to_string(), kdc);
+        }
         let tickets = TicketIssuer::new(
-            &cfg.realm,
             cfg.refresh_fraction,
-            kdc,
+            kdcs,
             Arc::clone(&keytabs),
             Arc::clone(&store),
-            Arc::clone(&gate),
+            Arc::clone(&backends),
             Arc::clone(&metrics),
         )
         .with_cluster(Arc::clone(&cluster));
@@ -480,14 +466,21 @@ impl Controller {
         }
         tracing::info!(
             realm = %cfg.realm,
+            realms = %served.describe(),
             role_accounts = policy.get().len(),
             pods = pods.len(),
             "controller started"
         );
         let reserved = crate::admission::Reserved {
-            principals: [&cfg.kadmin.principal]
-                .into_iter()
-                .filter_map(|p| crate::names::ServicePrincipal::parse(p, &cfg.realm).ok())
+            // Every realm's admin principal (a further realm's named with
+            // its realm, or taken to be of it).
+            principals: std::iter::once((&cfg.kadmin.principal, cfg.realm.as_str()))
+                .chain(
+                    cfg.realms
+                        .iter()
+                        .filter_map(|r| r.kadmin.as_ref().map(|k| (&k.principal, r.name.as_str()))),
+                )
+                .filter_map(|(p, realm)| crate::names::ServicePrincipal::parse(p, realm).ok())
                 .map(|p| p.to_string())
                 .collect(),
             tls_names: cfg
@@ -504,7 +497,7 @@ impl Controller {
             NodeRegistry::load(Arc::clone(&store)).map_err(startup("node registry"))?;
         let connections = Connections::new(accept_limits(&cfg.limits));
         let state = Arc::new(ControllerState {
-            realm: cfg.realm.clone(),
+            realm: served,
             connections,
             denials: Denials::new(DENIAL_WINDOW, 10_000),
             update_streams_per_node: cfg.limits.update_streams_per_node,
@@ -529,8 +522,7 @@ impl Controller {
             auth,
             pod_tokens,
             psat,
-            gate,
-            kadmin,
+            backends,
             closing: tokio::sync::watch::channel(false).0,
             reserved,
             rotate_on_loss: cfg
@@ -543,14 +535,14 @@ impl Controller {
                 (cfg.leases.ttl_secs / 3).max(1)
             },
         });
-        background.push(tokio::spawn({
-            let kadmin = Arc::clone(&state.kadmin);
-            async move {
-                if let Err(e) = kadmin.warm_up().await {
-                    tracing::warn!(error = %e, "kadmin session not opened ahead of use; the first extraction opens it");
+        for (realm, backend) in state.backends.iter() {
+            let (admin, realm) = (Arc::clone(&backend.admin), realm.to_string());
+            background.push(tokio::spawn(async move {
+                if let Err(e) = admin.warm_up().await {
+                    tracing::warn!(%realm, error = %e, "kadmin session not opened ahead of use; the first extraction opens it");
                 }
-            }
-        }));
+            }));
+        }
         background.extend(cluster.spawn_election());
         background.push(tokio::spawn({
             let (mut leadership, gauge) = (cluster.leadership(), state.metrics.leader.clone());

@@ -21,8 +21,8 @@ use crate::store::Store;
 
 /// What every request handler reads.
 pub struct ControllerState {
-    /// The realm served.
-    pub realm: String,
+    /// The realms served (the controller's own is the default).
+    pub realm: crate::names::Realms,
     /// Pods as the controller knows them.
     pub pods: Arc<PodIndex>,
     /// Nodes the cluster knows (from the node watch).
@@ -37,8 +37,9 @@ pub struct ControllerState {
     pub certs: CertIssuer,
     /// Key-ring issuer.
     pub keys: KeyIssuer,
-    /// The `krb5.conf` delivered to pods.
-    pub pod_krb5_conf: Vec<u8>,
+    /// The `krb5.conf` delivered to pods (per the realms of a volume's
+    /// credentials).
+    pub pod_krb5_conf: crate::realms::krb5_conf::PodKrb5Conf,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The audit log.
@@ -71,10 +72,8 @@ pub struct ControllerState {
     pub pod_tokens: Option<crate::kubernetes::pod_tokens::PodTokens>,
     /// Nodes authenticated by their driver pod's token (`[auth.psat]`).
     pub psat: Option<crate::kubernetes::psat::Psat>,
-    /// The gate (for status).
-    pub gate: Arc<crate::gate::KdcGate>,
-    /// kadmind, for rotations.
-    pub kadmin: Arc<crate::kadmin::KeyAdmin>,
+    /// Each realm's key administration backend and KDC gate.
+    pub backends: Arc<crate::realms::Backends>,
     /// Heartbeat interval asked of nodes.
     pub heartbeat_secs: u64,
     /// Identities and names never issued to pods.

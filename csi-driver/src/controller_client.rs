@@ -7,9 +7,10 @@ use std::time::Duration;
 use kcred_auth::grpc::TokenInterceptor;
 use kcred_auth::{BearerToken, Initiator};
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+use kcred_proto::kcred::v1::volume_result::Outcome;
 use kcred_proto::kcred::v1::{
-    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, Reason, VolumeUpdate,
-    WatchUpdatesRequest,
+    Bundle, FetchBundleRequest, FetchBundlesRequest, HeartbeatRequest, HeartbeatResponse, PodRef,
+    Reason, VolumeRequest, VolumeUpdate, WatchUpdatesRequest,
 };
 use tonic::Code;
 use tonic::service::Interceptor;
@@ -18,7 +19,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Why a call to the controller failed, as the driver acts on it: by the
 /// typed reason the controller sends, never by its message.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ControllerError {
     /// The controller answered with a refusal or a failure of its own.
     #[error("controller: {}", .status.message())]
@@ -68,6 +69,12 @@ impl ControllerError {
     /// Whether the volume (or its pod) was revoked: its files must go.
     pub fn is_revoked(&self) -> bool {
         self.reason() == Some(Reason::VolumeRevoked)
+    }
+
+    /// Whether the controller does not know the call (an older one
+    /// without `FetchBundles`).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, ControllerError::Refused { reason: None, status } if status.code() == Code::Unimplemented)
     }
 
     /// Whether the same call may succeed later without anyone acting.
@@ -317,6 +324,63 @@ impl ControllerClient {
             async move { Ok(client.fetch_bundle(req).await?.into_inner()) }
         })
         .await
+    }
+
+    /// Asks for many volumes' bundles in one call (see `FetchBundles`).
+    /// Each volume's answer, in `volumes`' order, is what `FetchBundle`
+    /// would have answered: its bundle, or its refusal as the same error.
+    /// `Err`: the call as a whole failed; [`ControllerError::is_unimplemented`]
+    /// says the controller is too old for it.
+    pub async fn fetch_bundles(
+        &self,
+        volumes: Vec<VolumeRequest>,
+    ) -> Result<Vec<Result<Bundle, ControllerError>>, ControllerError> {
+        let ids: Vec<String> = volumes.iter().map(|v| v.volume_id.clone()).collect();
+        let req = FetchBundlesRequest {
+            node_name: self.node_name.clone(),
+            volumes,
+        };
+        let mut resp = self
+            .failover(|mut client| {
+                let req = req.clone();
+                async move { Ok(client.fetch_bundles(req).await?.into_inner()) }
+            })
+            .await?;
+        let malformed = |what: &str| {
+            ControllerError::from_status(tonic::Status::internal(format!(
+                "malformed FetchBundles answer: {what}"
+            )))
+        };
+        if resp.volumes.len() != ids.len() {
+            return Err(malformed("not one answer per volume"));
+        }
+        let mut answers = Vec::with_capacity(ids.len());
+        for (id, result) in ids.iter().zip(&resp.volumes) {
+            if &result.volume_id != id {
+                return Err(malformed("answers out of order"));
+            }
+            answers.push(match &result.outcome {
+                Some(Outcome::Bundle(i)) => match resp.bundles.get(*i as usize) {
+                    Some(b) => Ok(b.clone()),
+                    None => return Err(malformed("a bundle index out of range")),
+                },
+                Some(Outcome::Refused(r)) => {
+                    let reason = Reason::try_from(r.reason).unwrap_or(Reason::Internal);
+                    Err(ControllerError::from_status(kcred_proto::reason::status(
+                        reason,
+                        r.message.clone(),
+                    )))
+                }
+                None => return Err(malformed("a volume without an answer")),
+            });
+        }
+        // The shared copies held credentials: gone once handed out.
+        for b in &mut resp.bundles {
+            for f in &mut b.files {
+                zeroize::Zeroize::zeroize(&mut f.content);
+            }
+        }
+        Ok(answers)
     }
 
     /// Keeps the node's lease alive and learns which volumes are stale

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Every metric the driver exports.
 pub struct Metrics {
@@ -16,6 +18,8 @@ pub struct Metrics {
     /// Refreshes that kept the last good files (controller unreachable,
     /// write failed).
     pub refresh_failures: IntCounterVec,
+    /// Batch fetches (`FetchBundles` calls) answered by the controller.
+    pub batch_fetches: IntCounter,
 }
 
 impl Metrics {
@@ -52,7 +56,15 @@ impl Metrics {
                 &["reason"],
             ),
         );
+        let batch_fetches = kcred_runtime::register(
+            &registry,
+            IntCounter::new(
+                "batch_fetches_total",
+                "FetchBundles calls the controller answered",
+            ),
+        );
         Arc::new(Metrics {
+            batch_fetches,
             registry,
             call_seconds,
             mounted_volumes,

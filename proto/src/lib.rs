@@ -48,9 +48,46 @@ impl std::fmt::Debug for kcred::v1::FetchBundleRequest {
     }
 }
 
+impl std::fmt::Debug for kcred::v1::VolumeRequest {
+    /// Everything but the pod's token (see [`kcred::v1::FetchBundleRequest`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeRequest")
+            .field("pod", &self.pod)
+            .field("volume_id", &self.volume_id)
+            .field("refresh", &self.refresh)
+            .field(
+                "pod_token",
+                &if self.pod_token.is_empty() {
+                    "<none>"
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::kcred::v1::FetchBundleRequest;
+    use super::kcred::v1::{FetchBundleRequest, FetchBundlesRequest, VolumeRequest};
+
+    #[test]
+    fn a_batch_request_never_prints_its_pod_tokens() {
+        let req = FetchBundlesRequest {
+            node_name: "node-a".into(),
+            volumes: vec![VolumeRequest {
+                volume_id: "v1".into(),
+                pod_token: "eyJhbGciOiJSUzI1NiJ9.secret.sig".into(),
+                ..Default::default()
+            }],
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("v1"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_fetch_request_never_prints_its_pod_token() {

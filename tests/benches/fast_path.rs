@@ -290,6 +290,19 @@ fn pods_json(pods: &[TestPod]) -> Value {
 
 /// The name `..data` points at in a published volume (changes with every
 /// rewrite).
+/// Volumes in one `FetchBundles` call at most (the controller's limit).
+const MAX_BATCH: usize = kcred_controller::api::batch::MAX_BATCH;
+
+/// The controller's node fetch calls so far: (FetchBundles, FetchBundle).
+async fn node_calls(metrics_port: u16) -> (f64, f64) {
+    let body = kcred_tests::ha::scrape(metrics_port).await;
+    let count = |name| kcred_tests::ha::metric(&body, name, &[]).unwrap_or(0.0);
+    (
+        count("kcred_fetch_bundles_seconds_count"),
+        count("kcred_fetch_bundle_seconds_count"),
+    )
+}
+
 fn data_version(target: &Path) -> Option<PathBuf> {
     std::fs::read_link(target.join("..data")).ok()
 }
@@ -332,7 +345,8 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     drop(echo_proc);
 
     // kcred: the real processes.
-    let mut stack = ProcStack::start("").await?;
+    let mut stack = ProcStack::start_with_metrics("").await?;
+    let metrics_port = stack.metrics_port.context("controller metrics port")?;
     let ctrl_pid = stack
         .controller
         .as_ref()
@@ -420,6 +434,7 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
 
     // Rotation: every volume on the node rewritten with the new kvno.
     let before: Vec<Option<PathBuf>> = targets.iter().map(|t| data_version(t)).collect();
+    let calls0 = node_calls(metrics_port).await;
     let (rot_ctrl0, rot_driver0) = (procstat::cpu(ctrl_pid)?, procstat::cpu(driver_pid)?);
     let t = Instant::now();
     let out = stack.kcredctl(
@@ -449,6 +464,8 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let driver_rss_rotated = procstat::rss(driver_pid)?;
+    let calls1 = node_calls(metrics_port).await;
+    let (batch_calls, single_calls) = (calls1.0 - calls0.0, calls1.1 - calls0.1);
     let rot_ctrl_cpu = procstat::cpu(ctrl_pid)?.saturating_sub(rot_ctrl0);
     let rot_driver_cpu = procstat::cpu(driver_pid)?.saturating_sub(rot_driver0);
 
@@ -523,6 +540,16 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         &reached
             .map(|d| ratio(d.as_secs_f64(), (pf50 * targets.len() as u32).as_secs_f64()))
             .unwrap_or_default(),
+    );
+    // One credential (HTTP/web.example.com for every volume, the first
+    // pod's included): the fewest calls are one per MAX_BATCH volumes.
+    let holders = targets.len() + 1;
+    let fewest = holders.div_ceil(MAX_BATCH);
+    table.row(
+        "  node calls it took: FetchBundles / FetchBundle",
+        &format!("{batch_calls:.0} / {single_calls:.0}"),
+        &format!("1 distinct credential, {holders} volumes: {fewest} × ≤{MAX_BATCH}"),
+        &ratio(batch_calls + single_calls, fewest as f64),
     );
     table.row(
         "  CPU while it ran: controller / driver",

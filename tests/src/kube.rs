@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodSecurityContext};
 use kcred_testkube::{KubeApi, pods};
 
 use crate::kubelet::TestPod;
+use crate::{Stack, wait_until};
 
 /// The `Pod` object for a test pod (its UID is the server's to assign).
 pub fn pod_object(p: &TestPod) -> Pod {
@@ -31,6 +32,18 @@ pub fn run_pod(api: &KubeApi, p: &TestPod) -> anyhow::Result<TestPod> {
     let mut p = p.clone();
     p.uid = created.metadata.uid.unwrap_or_default();
     Ok(p)
+}
+
+/// Waits until the stack's controller sees the pod bound to its node: the
+/// API creates a pod unbound and binds it after, and the watch may show
+/// either.
+pub async fn wait_bound(stack: &Stack, pod: &TestPod) {
+    let pods = stack.pods();
+    wait_until("the controller to see the pod on its node", 30, || {
+        pods.get(&pod.namespace, &pod.name)
+            .is_some_and(|p| p.uid == pod.uid && p.node_name == pod.node)
+    })
+    .await;
 }
 
 /// Deletes a pod from the API server.

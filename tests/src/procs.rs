@@ -119,6 +119,9 @@ pub struct ProcStack {
     pub dir: tempfile::TempDir,
     /// Controller address.
     pub port: u16,
+    /// The controller's `/metrics` port, if it serves one
+    /// ([`ProcStack::start_with_metrics`]).
+    pub metrics_port: Option<u16>,
     /// The controller process.
     pub controller: Option<Proc>,
     /// The node-a driver process.
@@ -162,6 +165,21 @@ impl ProcStack {
         extra_config: &str,
         leases_config: &str,
         tls_config: &str,
+    ) -> anyhow::Result<ProcStack> {
+        Self::start_opts(extra_config, leases_config, tls_config, false).await
+    }
+
+    /// Like [`ProcStack::start`], with the controller's `/metrics` served
+    /// on [`ProcStack::metrics_port`].
+    pub async fn start_with_metrics(extra_config: &str) -> anyhow::Result<ProcStack> {
+        Self::start_opts(extra_config, "", "", true).await
+    }
+
+    async fn start_opts(
+        extra_config: &str,
+        leases_config: &str,
+        tls_config: &str,
+        metrics: bool,
     ) -> anyhow::Result<ProcStack> {
         let r = kcred_testrealm::DEFAULT_REALM;
         let realm = Realm::start_with(RealmOptions {
@@ -209,13 +227,18 @@ impl ProcStack {
         }
         std::fs::write(d.join("policy.toml"), crate::stack::DEFAULT_POLICY)?;
         std::fs::create_dir_all(d.join("kubelet/pods"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let free = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let port = free()?;
+        let metrics_port = if metrics { Some(free()?) } else { None };
         let mut me = ProcStack {
             realm,
             dir,
             port,
+            metrics_port,
             controller: None,
             driver: None,
             kubelet: None,
@@ -238,7 +261,7 @@ impl ProcStack {
     }
 
     fn config(&self) -> String {
-        self.config_for(self.port, "", None, &self.extra_config)
+        self.config_for(self.port, "", self.metrics_port, &self.extra_config)
     }
 
     /// The config of a controller on `port` whose own files (audit log and

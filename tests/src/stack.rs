@@ -250,6 +250,7 @@ impl Stack {
             r#"
 listen = "{controller_addr}"
 realm = "{realm_name}"
+{kdcs}
 krb5_config = "{krb5}"
 master_key_file = "{d}/master.key"
 store_path = "{d}/store.redb"
@@ -303,6 +304,13 @@ max_unauthenticated_per_source = 4096
                 opts.auth_config.clone()
             },
             top = opts.top_config,
+            // The served realm's KDCs (named in the krb5.conf of volumes
+            // with credentials of several realms, `[[realms]]` in
+            // `extra_config`).
+            kdcs = match &opts.active_directory {
+                Some(_) => String::new(),
+                None => format!("kdcs = [\"{}\"]", realm.kdc_addr()),
+            },
             metrics = opts
                 .metrics_listen
                 .map(|a| format!("metrics_listen = \"{a}\""))

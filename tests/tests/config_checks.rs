@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kcred_testrealm::{DEFAULT_REALM, Realm};
+use kcred_testrealm::{DEFAULT_REALM, Realm, RealmOptions};
 use kcred_tests::procs::binary;
 
 /// A realm and a complete controller configuration on disk.
@@ -172,6 +172,59 @@ fn keys_and_keytabs_others_can_read_exit_4_and_say_how_to_fix_it() {
             .unwrap()
             .contains("mode 644")
     );
+}
+
+#[test]
+fn a_further_realm_is_checked_like_the_controllers_own_and_named_in_the_report() {
+    let s = Setup::new();
+    let mut other = Realm::start_with(RealmOptions {
+        realm: "OTHER.TEST".into(),
+        ..RealmOptions::default()
+    })
+    .unwrap();
+    let keytab = s.path().join("other-admin.keytab");
+    std::fs::copy(other.admin_keytab(), &keytab).unwrap();
+    s.chmod(&keytab, 0o600);
+    let path = s.path().join("controller.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "krb5_config",
+        &format!("kdcs = [\"{}\"]\nkrb5_config", s.realm.kdc_addr()),
+        1,
+    );
+    let entry = format!(
+        "\n[[realms]]\nname = \"OTHER.TEST\"\nkdcs = [\"{}\"]\n[realms.kadmin]\n\
+         principal = \"{}\"\nkeytab = \"{}\"\nadmin_server = \"{}\"\n",
+        other.kdc_addr(),
+        other.admin_principal(),
+        keytab.display(),
+        other.kadmind_addr(),
+    );
+    std::fs::write(&path, format!("{text}{entry}")).unwrap();
+    let at = |setting: &str| format!("realms[\"OTHER.TEST\"].{setting}");
+    let (code, report) = s.check(&["--reach"]);
+    assert_eq!(code, 0, "{report}");
+    for setting in ["kadmin.keytab", "kdc", "kadmin"] {
+        assert!(line(&report, "ok", &at(setting)).is_some(), "{report}");
+    }
+    assert!(line(&report, "ok", "kadmin").is_some(), "{report}");
+
+    other.stop_kadmind().unwrap();
+    let (code, report) = s.check(&["--reach"]);
+    assert_eq!(code, 5, "{report}");
+    assert!(
+        line(&report, "unreachable", &at("kadmin")).is_some(),
+        "{report}"
+    );
+    assert!(
+        line(&report, "ok", "kadmin").is_some(),
+        "the own realm's is fine: {report}"
+    );
+
+    s.chmod(&keytab, 0o644);
+    let (code, report) = s.check(&[]);
+    assert_eq!(code, 4, "{report}");
+    let l = line(&report, "file", &at("kadmin.keytab")).expect(&report);
+    assert!(l.contains("chmod 600"), "{l}");
 }
 
 #[test]

@@ -54,7 +54,7 @@ async fn a_storm_of_2000_publishes_costs_one_extraction_per_principal_within_bud
     let metrics = stack.metrics().render();
     assert!(
         metrics.contains(
-            "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",result=\"ok\"} 20"
+            "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",realm=\"KCRED.TEST\",result=\"ok\"} 20"
         ),
         "{metrics}"
     );
@@ -135,7 +135,7 @@ async fn during_a_kdc_outage_cached_credentials_are_served_and_new_ones_are_unav
     }
     let metrics = stack.metrics().render();
     assert!(
-        metrics.contains("kcred_gate_refused_total{lane=\"kadmind\",reason=\"breaker_open\"}"),
+        metrics.contains("kcred_gate_refused_total{lane=\"kadmind\",realm=\"KCRED.TEST\",reason=\"breaker_open\"}"),
         "breaker opened: {metrics}"
     );
 
@@ -217,7 +217,7 @@ async fn a_publish_is_counted_in_the_served_metrics() {
     let body = scrape(addr).await;
     assert!(
         body.contains(
-            "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",result=\"ok\"} 1"
+            "kcred_kdc_operations_total{lane=\"kadmind\",op=\"extract_keytab\",realm=\"KCRED.TEST\",result=\"ok\"} 1"
         ),
         "{body}"
     );

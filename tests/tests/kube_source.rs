@@ -11,7 +11,7 @@ use kcred_csi_driver::controller_client::{ControllerClient, ControllerError};
 use kcred_proto::kcred::v1::{Bundle, PodRef, Reason};
 use kcred_testkube::KubeApi;
 use kcred_tests::audit::{Action, audit_records};
-use kcred_tests::kube::{add_node, delete_pod, run_pod};
+use kcred_tests::kube::{add_node, delete_pod, run_pod, wait_bound};
 use kcred_tests::{Kubelet, Stack, StackOptions, TestPod, wait_until};
 
 const VOL: &str = "kcred";
@@ -82,16 +82,6 @@ fn has_keytab(b: &Bundle) -> bool {
         .any(|f| f.name == "krb5.keytab" && !f.content.is_empty())
 }
 
-/// Waits until the controller's view holds `pod` with its current UID.
-async fn wait_known(stack: &Stack, pod: &TestPod) {
-    let pods = stack.pods();
-    wait_until("the controller to see the pod", 30, || {
-        pods.get(&pod.namespace, &pod.name)
-            .is_some_and(|p| p.uid == pod.uid)
-    })
-    .await;
-}
-
 async fn wait_forgotten(stack: &Stack, pod: &TestPod) {
     let pods = stack.pods();
     wait_until("the controller to forget the pod", 30, || {
@@ -105,7 +95,7 @@ async fn a_new_pod_is_served_from_the_watch_with_no_pods_file() {
     let api = KubeApi::start().await.unwrap();
     let stack = stack_on(&api).await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
 
     let bundle = fetch(&stack, "node-a", &pod, false).await.expect("served");
     assert!(has_keytab(&bundle));
@@ -126,7 +116,7 @@ async fn a_rescheduled_pod_is_refused_on_the_old_node_and_served_on_the_new() {
     let api = KubeApi::start().await.unwrap();
     let stack = stack_on(&api).await;
     let old = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &old).await;
+    wait_bound(&stack, &old).await;
     fetch(&stack, "node-a", &old, false)
         .await
         .expect("served on node-a");
@@ -135,7 +125,7 @@ async fn a_rescheduled_pod_is_refused_on_the_old_node_and_served_on_the_new() {
     delete_pod(&api, &old).unwrap();
     let new = run_pod(&api, &web_pod("web-0", "node-b")).unwrap();
     assert_ne!(old.uid, new.uid);
-    wait_known(&stack, &new).await;
+    wait_bound(&stack, &new).await;
 
     let err = fetch(&stack, "node-a", &old, true).await.unwrap_err();
     assert_eq!(err.reason(), Some(Reason::PodUidMismatch), "old UID: {err}");
@@ -157,7 +147,7 @@ async fn a_deleted_pod_is_announced_gone_and_refused_on_its_next_refresh() {
     let api = KubeApi::start().await.unwrap();
     let stack = stack_on(&api).await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     fetch(&stack, "node-a", &pod, false).await.expect("served");
     let mut gone = stack.pods().subscribe_gone();
 
@@ -181,8 +171,8 @@ async fn watch_expiry_with_a_deletion_in_the_gap_is_caught_by_the_relist() {
     let stack = stack_on(&api).await;
     let gone_pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
     let kept = run_pod(&api, &web_pod("web-1", "node-a")).unwrap();
-    wait_known(&stack, &gone_pod).await;
-    wait_known(&stack, &kept).await;
+    wait_bound(&stack, &gone_pod).await;
+    wait_bound(&stack, &kept).await;
     let mut gone = stack.pods().subscribe_gone();
 
     // The API server goes away; meanwhile a pod is deleted and the history
@@ -223,7 +213,7 @@ async fn an_api_outage_keeps_known_pods_renewing_and_asks_unseen_pods_to_retry()
     let api = KubeApi::start().await.unwrap();
     let stack = stack_on(&api).await;
     let known = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &known).await;
+    wait_bound(&stack, &known).await;
     fetch(&stack, "node-a", &known, false)
         .await
         .expect("served");
@@ -242,7 +232,7 @@ async fn an_api_outage_keeps_known_pods_renewing_and_asks_unseen_pods_to_retry()
 
     api.restart().await.unwrap();
     wait_synced(&stack, true).await;
-    wait_known(&stack, &unseen).await;
+    wait_bound(&stack, &unseen).await;
     fetch(&stack, "node-a", &unseen, false)
         .await
         .expect("served once seen");
@@ -282,7 +272,7 @@ async fn a_node_deleted_from_the_cluster_is_lost_at_once_and_its_renewals_stop()
     let nodes = stack.known_nodes();
     wait_until("node-a to be known", 30, || nodes.node_known("node-a")).await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     fetch(&stack, "node-a", &pod, false).await.expect("served");
 
     api.store()
@@ -312,7 +302,7 @@ async fn a_finished_pod_is_refused_though_it_stays_in_the_api() {
     let api = KubeApi::start().await.unwrap();
     let stack = stack_on(&api).await;
     let pod = run_pod(&api, &web_pod("job-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     fetch(&stack, "node-a", &pod, false).await.expect("served");
 
     kcred_testkube::pods::set_phase(api.store(), "web", "job-0", "Succeeded").unwrap();
@@ -335,7 +325,7 @@ async fn a_deleted_pods_files_are_wiped_at_once_and_the_wipe_audited() {
     let api = KubeApi::start().await.unwrap();
     let stack = stack_with(&api, "[leases]\nttl_secs = 3600\n".into()).await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     let target = stack.kubelet.publish(&pod, VOL).await.expect("mounted");
     let keytab = target.join("krb5.keytab");
     assert!(keytab.exists());
@@ -367,7 +357,7 @@ async fn a_watched_pod_is_mounted_and_republished_through_an_outage() {
     let api = KubeApi::start().await.unwrap();
     let stack = stack_on(&api).await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     let target = stack.kubelet.publish(&pod, VOL).await.expect("mounted");
     assert!(target.join("krb5.keytab").exists());
 
@@ -388,7 +378,7 @@ async fn a_restarted_controller_learns_its_pods_from_the_api_again() {
     let api = KubeApi::start().await.unwrap();
     let mut stack = stack_on(&api).await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     fetch(&stack, "node-a", &pod, false).await.expect("served");
 
     stack.stop_controller().await.unwrap();
@@ -398,7 +388,7 @@ async fn a_restarted_controller_learns_its_pods_from_the_api_again() {
     };
     stack.start_controller(|_| {}, &[]).await.unwrap();
     wait_synced(&stack, true).await;
-    wait_known(&stack, &moved).await;
+    wait_bound(&stack, &moved).await;
     let err = fetch(&stack, "node-a", &pod, true).await.unwrap_err();
     assert!(
         matches!(

@@ -22,7 +22,7 @@ use kcred_csi_driver::volumes::PublishRequest;
 use kcred_proto::kcred::v1::{Bundle, Reason};
 use kcred_testkube::{KubeApi, TokenClaims, pods};
 use kcred_tests::audit::{Decision, audit_records};
-use kcred_tests::kube::{delete_pod, run_pod};
+use kcred_tests::kube::{delete_pod, run_pod, wait_bound};
 use kcred_tests::{Kubelet, Stack, StackOptions, TestPod, wait_until};
 
 const VOL: &str = "kcred";
@@ -47,15 +47,6 @@ async fn stack_on(api: &KubeApi, kubernetes: &str) -> Stack {
     })
     .await;
     stack
-}
-
-async fn wait_known(stack: &Stack, pod: &TestPod) {
-    let pods = stack.pods();
-    wait_until("the controller to see the pod", 30, || {
-        pods.get(&pod.namespace, &pod.name)
-            .is_some_and(|p| p.uid == pod.uid)
-    })
-    .await;
 }
 
 /// A token kubelet would get for `pod` (service account `default`).
@@ -116,7 +107,7 @@ async fn tokens_of_other_pods_expired_tokens_other_audiences_and_none_are_refuse
     let stack = stack_on(&api, "require_pod_token = true").await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
     let other = run_pod(&api, &web_pod("web-1", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     let client = ControllerClient::new(&stack.controller_endpoint(), "node-a").unwrap();
 
     let cases = [
@@ -192,8 +183,8 @@ async fn a_reviewed_token_is_remembered_and_an_unreviewable_one_waits_for_the_ap
     let stack = stack_on(&api, "require_pod_token = true").await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
     let other = run_pod(&api, &web_pod("web-1", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
-    wait_known(&stack, &other).await;
+    wait_bound(&stack, &pod).await;
+    wait_bound(&stack, &other).await;
     let client = ControllerClient::new(&stack.controller_endpoint(), "node-a").unwrap();
     let token = token_of(&api, &pod, &[AUDIENCE], hour());
     fetch_with(&client, &pod, Some(&token))
@@ -228,7 +219,7 @@ async fn a_pod_with_its_own_token_is_served_end_to_end() {
     let api = KubeApi::start().await.unwrap();
     let stack = stack_on(&api, "require_pod_token = true").await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
 
     let err = stack.kubelet.publish(&pod, VOL).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
@@ -335,7 +326,7 @@ async fn a_driver_authenticates_as_its_node_with_its_daemonset_pod_token() {
     let api = KubeApi::start().await.unwrap();
     let stack = psat_stack(&api).await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     let dir = stack.dir.path();
 
     // Without any identity the controller refuses the node.
@@ -466,7 +457,7 @@ async fn a_driver_with_only_its_pod_token_publishes_end_to_end() {
     let api = KubeApi::start().await.unwrap();
     let stack = psat_stack(&api).await;
     let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
-    wait_known(&stack, &pod).await;
+    wait_bound(&stack, &pod).await;
     let uid = run_driver_pod(&api, "kcred-csi-driver-a1", DRIVER_NS, DRIVER_SA, "node-a");
     let file = driver_token(
         &api,

@@ -252,18 +252,36 @@ impl ActiveDirectorySection {
     /// timeout shared with the rest of the controller; an error names the
     /// unusable bind settings (which config validation already refuses).
     pub fn client_config(&self, cfg: &Config) -> Result<AdConfig, String> {
+        self.client_config_in(
+            &cfg.realm,
+            cfg.krb5_config.clone(),
+            cfg.kadmin.work_dir.join("ad"),
+            Duration::from_secs(cfg.kadmin.timeout_secs),
+        )
+    }
+
+    /// The client settings of a domain served as `realm` (a `[[realms]]`
+    /// entry), its tools configured by `krb5_config`, keytabs written
+    /// to `work_dir`.
+    pub fn client_config_in(
+        &self,
+        realm: &str,
+        krb5_config: Option<PathBuf>,
+        work_dir: PathBuf,
+        timeout: Duration,
+    ) -> Result<AdConfig, String> {
         let bind = self.bind()?;
         Ok(AdConfig {
-            realm: cfg.realm.clone(),
+            realm: realm.to_string(),
             ldap_url: self.ldap_url.clone(),
             ca_file: self.ca_file.clone(),
             bind,
             base_dn: self.base_dn.clone(),
             accounts_ou: self.accounts_ou.clone(),
             accounts_manager: self.accounts_manager.clone(),
-            krb5_config: cfg.krb5_config.clone(),
-            work_dir: cfg.kadmin.work_dir.join("ad"),
-            timeout: Duration::from_secs(cfg.kadmin.timeout_secs),
+            krb5_config,
+            work_dir,
+            timeout,
             ldapsearch: self.ldapsearch.clone(),
             ldapmodify: self.ldapmodify.clone(),
             ktutil: self.ktutil.clone(),

@@ -310,7 +310,7 @@ fn role_of(
         for spn in owned.all("serviceprincipalname") {
             let sp = ServicePrincipal::parse(spn, realm)
                 .map_err(|e| format!("{} (managed by it): {e}", owned.dn))?;
-            service_principals.insert(sp.without_realm());
+            service_principals.insert(sp.to_string());
         }
     }
     let act_as = format!("{}{login}", sync.act_as_group_prefix);
@@ -326,6 +326,7 @@ fn role_of(
         })
         .collect();
     Ok(RoleAccount {
+        realm: None,
         login,
         uid,
         gid,
@@ -640,7 +641,7 @@ mod tests {
         assert_eq!(role.supplemental_gids, BTreeSet::from([3000]));
         assert_eq!(
             role.service_principals,
-            BTreeSet::from(["HTTP/web.example.com".to_string()])
+            BTreeSet::from([format!("HTTP/web.example.com@{REALM}")])
         );
         assert_eq!(
             role.logged_into_by,

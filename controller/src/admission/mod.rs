@@ -57,8 +57,8 @@ pub struct FetchFacts<'a> {
     pub refresh: bool,
     /// The pod in the controller's own view, if it is there.
     pub pod: Option<&'a PodInfo>,
-    /// The realm, for principal names in annotations.
-    pub realm: &'a str,
+    /// The served realms, for principal names in annotations.
+    pub realm: &'a dyn crate::names::Served,
     /// The role-account policy in force.
     pub policy: &'a Policy,
     /// Identities never issued to pods.

@@ -14,14 +14,15 @@ const REALM: &str = "KCRED.TEST";
 fn policy() -> Policy {
     Policy::new(vec![RoleAccount {
         login: "websvc".into(),
+        realm: None,
         uid: 1500,
         gid: 1500,
         groups: vec![],
         namespaces: BTreeSet::from(["web".to_string()]),
         service_principals: BTreeSet::from([
-            "HTTP/web.example.com".to_string(),
-            "host/node-b.example.com".to_string(),
-            "kcred/evil.example.com".to_string(),
+            "HTTP/web.example.com@KCRED.TEST".to_string(),
+            "host/node-b.example.com@KCRED.TEST".to_string(),
+            "kcred/evil.example.com@KCRED.TEST".to_string(),
         ]),
         certificates: BTreeSet::from([
             "web.example.com".to_string(),
@@ -136,7 +137,7 @@ impl Case {
             volume_id: "vol-1",
             refresh: self.refresh,
             pod: self.pod.as_ref(),
-            realm: REALM,
+            realm: &REALM,
             policy: &self.policy,
             reserved: &self.reserved,
             is_node: &is_node,

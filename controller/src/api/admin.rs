@@ -239,16 +239,26 @@ impl Admin for AdminApi {
                 last_heartbeat_unix: last,
             })
             .collect();
-        let gate = [Lane::Kadmin, Lane::Kdc]
-            .into_iter()
-            .map(|lane| {
-                let (open, queued, remaining) = st.gate.lane_status(lane);
-                GateStatus {
-                    lane: lane.as_str().into(),
-                    breaker_open: open,
-                    queued: queued as u32,
-                    budget_remaining: remaining,
-                }
+        // The controller's own realm's lanes by their names, further
+        // realms' as `lane@REALM`.
+        let gate = st
+            .backends
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (realm, b))| {
+                [Lane::Kadmin, Lane::Kdc].into_iter().map(move |lane| {
+                    let (open, queued, remaining) = b.gate.lane_status(lane);
+                    GateStatus {
+                        lane: if i == 0 {
+                            lane.as_str().into()
+                        } else {
+                            format!("{}@{realm}", lane.as_str())
+                        },
+                        breaker_open: open,
+                        queued: queued as u32,
+                        budget_remaining: remaining,
+                    }
+                })
             })
             .collect();
         let count = |t| st.store.count(t).unwrap_or(0);

@@ -1,4 +1,5 @@
 //! The controller's gRPC services.
 
 pub mod admin;
+pub mod batch;
 pub mod node;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::node_credentials_server::NodeCredentials;
 use kcred_proto::kcred::v1::{
-    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, PodRef, Reason, VolumeUpdate,
-    WatchUpdatesRequest,
+    Bundle, FetchBundleRequest, FetchBundlesRequest, FetchBundlesResponse, HeartbeatRequest,
+    HeartbeatResponse, PodRef, Reason, VolumeUpdate, WatchUpdatesRequest,
 };
 use tokio_stream::Stream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -30,7 +30,7 @@ use crate::state::ControllerState;
 
 /// Serves bundles to node drivers.
 pub struct NodeApi {
-    state: Arc<ControllerState>,
+    pub(super) state: Arc<ControllerState>,
 }
 
 impl NodeApi {
@@ -47,20 +47,26 @@ fn invalid(e: impl std::fmt::Display) -> Refusal {
 /// The request's own shape; the pod it names is checked by admission.
 fn validate(req: &FetchBundleRequest) -> Result<&PodRef, Refusal> {
     names::validate_dns_name("node_name", &req.node_name).map_err(invalid)?;
-    let pod = req.pod.as_ref().ok_or_else(|| invalid("pod is required"))?;
-    names::validate_k8s_name("pod.namespace", &pod.namespace).map_err(invalid)?;
-    names::validate_k8s_name("pod.name", &pod.name).map_err(invalid)?;
+    validate_volume(req.pod.as_ref(), &req.volume_id).map_err(invalid)
+}
+
+/// One volume's fields, as both fetch calls carry them.
+pub(super) fn validate_volume<'a>(
+    pod: Option<&'a PodRef>,
+    volume_id: &str,
+) -> Result<&'a PodRef, String> {
+    let pod = pod.ok_or("pod is required")?;
+    names::validate_k8s_name("pod.namespace", &pod.namespace).map_err(|e| e.to_string())?;
+    names::validate_k8s_name("pod.name", &pod.name).map_err(|e| e.to_string())?;
     if pod.uid.is_empty() || pod.uid.len() > 64 {
-        return Err(invalid("pod.uid must be 1 to 64 characters"));
+        return Err("pod.uid must be 1 to 64 characters".into());
     }
     // Every issue is tracked by volume (rotation pushes, revocation, list).
-    if req.volume_id.is_empty()
-        || req.volume_id.len() > 128
-        || !req.volume_id.bytes().all(|b| b.is_ascii_graphic())
+    if volume_id.is_empty()
+        || volume_id.len() > 128
+        || !volume_id.bytes().all(|b| b.is_ascii_graphic())
     {
-        return Err(invalid(
-            "volume_id must be 1 to 128 printable ASCII characters",
-        ));
+        return Err("volume_id must be 1 to 128 printable ASCII characters".into());
     }
     Ok(pod)
 }
@@ -90,6 +96,15 @@ fn code_label(code: tonic::Code) -> &'static str {
     }
 }
 
+/// One volume asked for: what FetchBundle carries once and FetchBundles
+/// per volume.
+pub(super) struct Ask<'a> {
+    pub node: &'a str,
+    pub pod: &'a PodRef,
+    pub volume_id: &'a str,
+    pub refresh: bool,
+}
+
 #[tonic::async_trait]
 impl NodeCredentials for NodeApi {
     type WatchUpdatesStream = Pin<Box<dyn Stream<Item = Result<VolumeUpdate, Status>> + Send>>;
@@ -113,6 +128,30 @@ impl NodeCredentials for NodeApi {
         self.state
             .metrics
             .fetch_seconds
+            .with_label_values(&[code_label(code)])
+            .observe(started.elapsed().as_secs_f64());
+        result.map(Response::new)
+    }
+
+    async fn fetch_bundles(
+        &self,
+        request: Request<FetchBundlesRequest>,
+    ) -> Result<Response<FetchBundlesResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = match self
+            .authenticate(&request, &request.get_ref().node_name)
+            .await
+        {
+            Ok(()) => super::batch::fetch(self, request.into_inner()).await,
+            Err(s) => Err(s),
+        };
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.state
+            .metrics
+            .fetch_batch_seconds
             .with_label_values(&[code_label(code)])
             .observe(started.elapsed().as_secs_f64());
         result.map(Response::new)
@@ -297,88 +336,80 @@ impl NodeApi {
 
     /// Records a refusal, then returns its status.
     async fn deny(&self, node: &str, pod: &PodRef, refusal: Refusal) -> Status {
-        tracing::warn!(node, pod = %format!("{}/{}", pod.namespace, pod.name),
-            reason = %refusal.reason.label(), error = %refusal.message, "denied");
-        self.state.count_refusal(refusal.reason);
-        let event = AuditEvent::new(Actor::Node(node.to_string()), Action::Deny)
-            .with_place(node, &pod.namespace, &pod.name)
-            .denied(refusal.reason, refusal.message.clone());
+        let event = self.denial(node, pod, &refusal);
         if let Err(e) = self.state.record(vec![event]).await {
             tracing::error!(error = %e, "cannot audit a denial");
         }
         refusal.into()
     }
 
-    async fn fetch(&self, mut req: FetchBundleRequest) -> Result<Bundle, Status> {
-        // A credential: out of the request (which is logged on errors) at
-        // once, wiped when done.
-        let pod_token = zeroize::Zeroizing::new(std::mem::take(&mut req.pod_token));
-        let pod_ref = validate(&req)?;
+    /// Logs and counts a refusal of `pod`'s volume; the event to record.
+    pub(super) fn denial(&self, node: &str, pod: &PodRef, refusal: &Refusal) -> AuditEvent {
+        tracing::warn!(node, pod = %format!("{}/{}", pod.namespace, pod.name),
+            reason = %refusal.reason.label(), error = %refusal.message, "denied");
+        self.state.count_refusal(refusal.reason);
+        AuditEvent::new(Actor::Node(node.to_string()), Action::Deny)
+            .with_place(node, &pod.namespace, &pod.name)
+            .denied(refusal.reason, refusal.message.clone())
+    }
+
+    /// What the controller decides for one volume from its own view: a
+    /// grant, or a refusal to audit. `Err`: it could not decide (its
+    /// store failed), nothing to audit.
+    pub(super) async fn admit(
+        &self,
+        ask: &Ask<'_>,
+        pod_token: &str,
+    ) -> Result<Result<Grant, Refusal>, Refusal> {
         let st = &self.state;
-        let node = req.node_name.as_str();
-        let pod = st.pods.get(&pod_ref.namespace, &pod_ref.name);
-        let previous = st.issued.get(&req.volume_id).map_err(|e| status_of(&e))?;
+        let pod = st.pods.get(&ask.pod.namespace, &ask.pod.name);
+        let previous = st
+            .issued
+            .get(ask.volume_id)
+            .map_err(|e| Refusal::from_error(&e))?;
         let policy = st.policy.get();
         let is_node = |h: &str| st.is_node(h);
         let pod_token = match &st.pod_tokens {
-            Some(reviews) => Some(reviews.verdict(&pod_token).await),
+            Some(reviews) => Some(reviews.verdict(pod_token).await),
             None => None,
         };
         let pod_revoked = st
             .issued
-            .pod_revoked(&pod_ref.uid)
-            .map_err(|e| status_of(&e))?;
-        let decision = admission::fetch(&FetchFacts {
-            node,
-            pod_ref,
-            volume_id: &req.volume_id,
-            refresh: req.refresh,
+            .pod_revoked(&ask.pod.uid)
+            .map_err(|e| Refusal::from_error(&e))?;
+        Ok(admission::fetch(&FetchFacts {
+            node: ask.node,
+            pod_ref: ask.pod,
+            volume_id: ask.volume_id,
+            refresh: ask.refresh,
             pod: pod.as_ref(),
             realm: &st.realm,
             policy: &policy,
             reserved: &st.reserved,
             is_node: &is_node,
-            lease: st.leases.state(node),
+            lease: st.leases.state(ask.node),
             volume: previous.as_ref(),
             pod_revoked,
             pods_behind: st.pods.is_stale(),
             pod_token: pod_token.as_ref(),
-        });
-        let Grant {
-            pod,
-            role,
-            wants,
-            priority,
-        } = match decision {
-            Ok(g) => g,
-            Err(refusal) => return Err(self.deny(node, pod_ref, refusal).await),
-        };
-        let who = format!("{}/{}", pod.namespace, pod.name);
-        let issued = match bundle::assemble(st, node, &pod, &role, &wants, priority).await {
-            Ok(i) => i,
-            Err(e) => {
-                st.count_refusal(e.reason());
-                return Err(status_of(&e));
-            }
-        };
-        // Fail closed: no record, no credential.
-        let mut versions = std::collections::BTreeMap::new();
-        for e in &issued.events {
-            if let Some(v) = e.kvno.or(e.key_version) {
-                versions.insert(e.subject.clone(), v);
-            }
-        }
-        if let Err(e) = st.record(issued.events).await {
-            tracing::error!(error = %e, "audit log unavailable; nothing issued");
-            st.count_refusal(e.reason());
-            return Err(status_of(&Refusal::new(
-                e.reason(),
-                format!("audit log unavailable, nothing issued: {e}"),
-            )));
-        }
+        }))
+    }
+
+    /// Records the volume as issued `bundle` (after its audit records are
+    /// written). `Err`: it was revoked meanwhile, nothing may leave (a
+    /// refusal to audit); a store failure is only logged, the credential
+    /// is already audited.
+    pub(super) fn remember_issue(
+        &self,
+        ask: &Ask<'_>,
+        grant: &Grant,
+        bundle: &Bundle,
+        versions: std::collections::BTreeMap<String, u32>,
+    ) -> Result<(), Refusal> {
+        let (pod, wants) = (&grant.pod, &grant.wants);
         let record = VolumeRecord {
-            volume_id: req.volume_id.clone(),
-            node: node.to_string(),
+            volume_id: ask.volume_id.to_string(),
+            node: ask.node.to_string(),
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
             pod_uid: pod.uid.clone(),
@@ -388,19 +419,67 @@ impl NodeApi {
             keys: wants.keys.clone(),
             versions,
             issued_unix: kcred_audit::timefmt::now_unix(),
-            generation: issued.bundle.generation.clone(),
+            generation: bundle.generation.clone(),
             revoked: false,
         };
-        match st.issued.put(&record) {
-            Ok(()) => {}
-            Err(PutError::Revoked(_)) => {
-                // Revoked while this fetch was in flight: nothing leaves.
-                let refusal = admission::revoked(&req.volume_id, &who);
-                return Err(self.deny(node, pod_ref, refusal).await);
-            }
+        match self.state.issued.put(&record) {
+            Ok(()) => Ok(()),
+            // Revoked while this fetch was in flight: nothing leaves.
+            Err(PutError::Revoked(_)) => Err(admission::revoked(
+                ask.volume_id,
+                &format!("{}/{}", pod.namespace, pod.name),
+            )),
             Err(e) => {
-                tracing::error!(error = %e, volume = %req.volume_id, "cannot record the issued volume")
+                tracing::error!(error = %e, volume = %ask.volume_id, "cannot record the issued volume");
+                Ok(())
             }
+        }
+    }
+
+    async fn fetch(&self, mut req: FetchBundleRequest) -> Result<Bundle, Status> {
+        // A credential: out of the request (which is logged on errors) at
+        // once, wiped when done.
+        let pod_token = zeroize::Zeroizing::new(std::mem::take(&mut req.pod_token));
+        let pod_ref = validate(&req)?;
+        let st = &self.state;
+        let node = req.node_name.as_str();
+        let ask = Ask {
+            node,
+            pod: pod_ref,
+            volume_id: &req.volume_id,
+            refresh: req.refresh,
+        };
+        let grant = match self.admit(&ask, &pod_token).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(refusal)) => return Err(self.deny(node, pod_ref, refusal).await),
+            Err(failed) => return Err(status_of(&failed)),
+        };
+        let Grant {
+            pod,
+            role,
+            wants,
+            priority,
+        } = &grant;
+        let who = format!("{}/{}", pod.namespace, pod.name);
+        let issued = match bundle::assemble(st, node, pod, role, wants, *priority).await {
+            Ok(i) => i,
+            Err(e) => {
+                st.count_refusal(e.reason());
+                return Err(status_of(&e));
+            }
+        };
+        // Fail closed: no record, no credential.
+        let versions = bundle::versions(&issued.events);
+        if let Err(e) = st.record(issued.events).await {
+            tracing::error!(error = %e, "audit log unavailable; nothing issued");
+            st.count_refusal(e.reason());
+            return Err(status_of(&Refusal::new(
+                e.reason(),
+                format!("audit log unavailable, nothing issued: {e}"),
+            )));
+        }
+        if let Err(refusal) = self.remember_issue(&ask, &grant, &issued.bundle, versions) {
+            return Err(self.deny(node, pod_ref, refusal).await);
         }
         tracing::info!(
             pod = %who, node, role = %role.login, generation = %issued.bundle.generation,

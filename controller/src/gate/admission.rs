@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// How urgent an operation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,7 +27,15 @@ pub enum Priority {
 struct Waiter {
     priority: Priority,
     seq: u64,
-    admit: oneshot::Sender<()>,
+    admit: oneshot::Sender<Admitted>,
+}
+
+/// A caller's turn; on a serial lane, the next caller's waits until this
+/// is dropped (when the operation is done).
+#[must_use = "a serial lane admits the next operation when this is dropped"]
+#[derive(Debug)]
+pub struct Admitted {
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl PartialEq for Waiter {
@@ -75,6 +83,8 @@ struct Inner {
     wake: Notify,
     max_queue: usize,
     remaining: AtomicU32,
+    /// One operation at a time (serial lanes only).
+    serial: Option<Arc<Semaphore>>,
 }
 
 impl Inner {
@@ -91,18 +101,27 @@ impl Inner {
                 notified.await;
                 continue;
             }
+            // The previous operation of a serial lane ends before the next
+            // token is taken (the semaphore is never closed).
+            let slot = match &self.serial {
+                Some(one) => match Arc::clone(one).acquire_owned().await {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return,
+                },
+                None => None,
+            };
             let snapshot = self.limiter.until_ready().await;
             self.remaining
                 .store(snapshot.remaining_burst_capacity(), AtomicOrdering::Relaxed);
             // A token is spent only on a caller still waiting.
+            let mut turn = Admitted { _slot: slot };
             loop {
                 let next = self.lock().heap.pop();
                 match next {
-                    Some(w) => {
-                        if w.admit.send(()).is_ok() {
-                            break;
-                        }
-                    }
+                    Some(w) => match w.admit.send(turn) {
+                        Ok(()) => break,
+                        Err(back) => turn = back,
+                    },
                     None => break,
                 }
             }
@@ -124,8 +143,9 @@ impl Drop for Admission {
 
 impl Admission {
     /// `rate` operations per second, bursts of `burst`, at most `max_queue`
-    /// waiting. Starts its dispatcher on the current Tokio runtime.
-    pub fn start(rate: NonZeroU32, burst: NonZeroU32, max_queue: usize) -> Arc<Self> {
+    /// waiting; `serial`: one operation at a time. Starts its dispatcher on
+    /// the current Tokio runtime.
+    pub fn start(rate: NonZeroU32, burst: NonZeroU32, max_queue: usize, serial: bool) -> Arc<Self> {
         let quota = Quota::per_second(rate).allow_burst(burst);
         let inner = Arc::new(Inner {
             limiter: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
@@ -136,13 +156,14 @@ impl Admission {
             wake: Notify::new(),
             max_queue,
             remaining: AtomicU32::new(burst.get()),
+            serial: serial.then(|| Arc::new(Semaphore::new(1))),
         });
         let dispatcher = tokio::spawn(Arc::clone(&inner).dispatch());
         Arc::new(Admission { inner, dispatcher })
     }
 
-    /// Waits for this caller's turn.
-    pub async fn admit(&self, priority: Priority) -> Result<(), Refused> {
+    /// Waits for this caller's turn; hold it until the operation is done.
+    pub async fn admit(&self, priority: Priority) -> Result<Admitted, Refused> {
         let rx = {
             let mut q = self.inner.lock();
             if q.heap.len() >= self.inner.max_queue {
@@ -185,13 +206,13 @@ mod tests {
 
     #[tokio::test]
     async fn admissions_never_exceed_burst_plus_rate() {
-        let a = Admission::start(nz(20), nz(5), 1000);
+        let a = Admission::start(nz(20), nz(5), 1000, false);
         let start = Instant::now();
         let mut handles = Vec::new();
         for _ in 0..25 {
             let a = Arc::clone(&a);
             handles.push(tokio::spawn(async move {
-                a.admit(Priority::Starting).await.expect("admit");
+                let _turn = a.admit(Priority::Starting).await.expect("admit");
                 Instant::now()
             }));
         }
@@ -213,15 +234,15 @@ mod tests {
 
     #[tokio::test]
     async fn starting_pods_go_ahead_of_waiting_renewals() {
-        let a = Admission::start(nz(10), nz(1), 1000);
+        let a = Admission::start(nz(10), nz(1), 1000, false);
         // Drain the burst so everything below queues.
-        a.admit(Priority::Starting).await.expect("first");
+        let _turn = a.admit(Priority::Starting).await.expect("first");
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut handles = Vec::new();
         for i in 0..4 {
             let (a, order) = (Arc::clone(&a), Arc::clone(&order));
             handles.push(tokio::spawn(async move {
-                a.admit(Priority::Background).await.expect("renewal");
+                let _turn = a.admit(Priority::Background).await.expect("renewal");
                 order.lock().expect("lock").push(format!("renewal-{i}"));
             }));
         }
@@ -229,7 +250,7 @@ mod tests {
         {
             let (a, order) = (Arc::clone(&a), Arc::clone(&order));
             handles.push(tokio::spawn(async move {
-                a.admit(Priority::Starting).await.expect("start");
+                let _turn = a.admit(Priority::Starting).await.expect("start");
                 order.lock().expect("lock").push("starting".into());
             }));
         }
@@ -246,8 +267,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_at_once() {
-        let a = Admission::start(nz(1), nz(1), 2);
-        a.admit(Priority::Starting).await.expect("burst");
+        let a = Admission::start(nz(1), nz(1), 2, false);
+        let _turn = a.admit(Priority::Starting).await.expect("burst");
         let _w1 = tokio::spawn({
             let a = Arc::clone(&a);
             async move { a.admit(Priority::Starting).await }
@@ -258,8 +279,53 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(
-            a.admit(Priority::Starting).await,
-            Err(Refused::QueueFull(2))
+            a.admit(Priority::Starting).await.err(),
+            Some(Refused::QueueFull(2))
         );
+    }
+
+    /// A serial lane whose operation stalls does not bank admissions
+    /// behind it: after the stall, operations go at most `burst` at once,
+    /// then at the rate, one at a time.
+    #[tokio::test]
+    async fn a_serial_lane_admits_nothing_while_an_operation_stalls() {
+        let a = Admission::start(nz(20), nz(5), 1000, true);
+        let stalled = a.admit(Priority::Starting).await.expect("first");
+        let start = Instant::now();
+        let in_flight = Arc::new(AtomicU32::new(0));
+        let mut handles = Vec::new();
+        for _ in 0..30 {
+            let (a, in_flight) = (Arc::clone(&a), Arc::clone(&in_flight));
+            handles.push(tokio::spawn(async move {
+                let turn = a.admit(Priority::Starting).await.expect("admit");
+                let alone = in_flight.fetch_add(1, AtomicOrdering::SeqCst) == 0;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                in_flight.fetch_sub(1, AtomicOrdering::SeqCst);
+                drop(turn);
+                (Instant::now() - start, alone)
+            }));
+        }
+        // The stall: long enough to earn every token of a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let released = Instant::now() - start;
+        drop(stalled);
+        let mut times = Vec::new();
+        for h in handles {
+            let (t, alone) = h.await.expect("join");
+            assert!(alone, "two operations of a serial lane ran at once");
+            times.push(t.saturating_sub(released));
+        }
+        times.sort();
+        assert!(
+            times[0] < Duration::from_millis(900),
+            "admitted after the stall"
+        );
+        for (i, t) in times.iter().enumerate() {
+            let allowed = 5.0 + 20.0 * t.as_secs_f64() + 1.0;
+            assert!(
+                (i as f64) < allowed,
+                "operation {i} at {t:?} after the stall beat the budget: {times:?}"
+            );
+        }
     }
 }

@@ -153,21 +153,27 @@ struct LaneState {
     breaker: Breaker,
 }
 
-/// The gate: one per controller.
+/// The gate: one per served realm (a KDC's protection is its own).
 pub struct KdcGate {
     kadmin: LaneState,
     kdc: LaneState,
+    /// The realm whose servers this gate protects (the `realm` label).
+    realm: String,
+    /// Names the cluster-wide budget: the lane alone for the controller's
+    /// own realm (as before several realms), `lane@REALM` for the others.
+    budget_suffix: Option<String>,
     metrics: Arc<Metrics>,
     /// With several controllers: the budget is the cluster's.
     cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
-fn lane_state(cfg: &LaneConfig) -> LaneState {
+/// `serial`: one operation at a time (see [`admission`]).
+fn lane_state(cfg: &LaneConfig, serial: bool) -> LaneState {
     let rate = NonZeroU32::new(cfg.rate_per_sec).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN);
     LaneState {
         cfg: cfg.clone(),
-        admission: Admission::start(rate, burst, cfg.max_queue),
+        admission: Admission::start(rate, burst, cfg.max_queue, serial),
         breaker: Breaker::new(
             cfg.breaker_threshold,
             Duration::from_secs(cfg.breaker_cooldown_secs),
@@ -176,14 +182,31 @@ fn lane_state(cfg: &LaneConfig) -> LaneState {
 }
 
 impl KdcGate {
-    /// Builds the gate; must run inside a Tokio runtime.
-    pub fn new(cfg: &GateConfig, metrics: Arc<Metrics>) -> Self {
+    /// Builds the gate of the controller's own realm; must run inside a
+    /// Tokio runtime.
+    pub fn new(cfg: &GateConfig, metrics: Arc<Metrics>, realm: &str) -> Self {
         KdcGate {
-            kadmin: lane_state(&cfg.kadmin),
-            kdc: lane_state(&cfg.kdc),
+            kadmin: lane_state(&cfg.kadmin, true),
+            kdc: lane_state(&cfg.kdc, false),
+            realm: realm.to_string(),
+            budget_suffix: None,
             metrics,
             cluster: None,
         }
+    }
+
+    /// Builds the gate of a further realm (`[[realms]]`): its cluster-wide
+    /// budget is its own too.
+    pub fn for_further_realm(cfg: &GateConfig, metrics: Arc<Metrics>, realm: &str) -> Self {
+        KdcGate {
+            budget_suffix: Some(format!("@{realm}")),
+            ..KdcGate::new(cfg, metrics, realm)
+        }
+    }
+
+    /// The realm this gate protects.
+    pub fn realm(&self) -> &str {
+        &self.realm
     }
 
     /// Makes each lane's budget hold for every controller sharing the
@@ -203,7 +226,7 @@ impl KdcGate {
     fn refused<E>(&self, lane: Lane, protection: Protection, message: String) -> GateError<E> {
         self.metrics
             .gate_refused
-            .with_label_values(&[lane.as_str(), protection.as_str()])
+            .with_label_values(&[&self.realm, lane.as_str(), protection.as_str()])
             .inc();
         GateError::Refused {
             lane: lane.as_str(),
@@ -234,6 +257,11 @@ impl KdcGate {
             .with_jitter()
             .build();
         let lane_label = lane.as_str();
+        let realm = self.realm.as_str();
+        let budget_key = match &self.budget_suffix {
+            Some(suffix) => format!("{lane_label}{suffix}"),
+            None => lane_label.to_string(),
+        };
         loop {
             if let Err(t) = st.breaker.admit() {
                 return Err(self.refused(
@@ -247,28 +275,32 @@ impl KdcGate {
             }
             self.metrics
                 .gate_queue_depth
-                .with_label_values(&[lane_label])
+                .with_label_values(&[realm, lane_label])
                 .set(st.admission.queued() as i64 + 1);
+            // Held until the call is done: a serial lane's next call waits.
             let admitted = st.admission.admit(priority).await;
             self.metrics
                 .gate_queue_depth
-                .with_label_values(&[lane_label])
+                .with_label_values(&[realm, lane_label])
                 .set(st.admission.queued() as i64);
-            if let Err(Refused::QueueFull(n)) = admitted {
-                st.breaker.neutral();
-                return Err(self.refused(
-                    lane,
-                    Protection::QueueFull,
-                    format!("{n} operations already waiting for {lane_label}"),
-                ));
-            }
+            let turn = match admitted {
+                Ok(turn) => turn,
+                Err(Refused::QueueFull(n)) => {
+                    st.breaker.neutral();
+                    return Err(self.refused(
+                        lane,
+                        Protection::QueueFull,
+                        format!("{n} operations already waiting for {lane_label}"),
+                    ));
+                }
+            };
             self.metrics
                 .gate_budget_remaining
-                .with_label_values(&[lane_label])
+                .with_label_values(&[realm, lane_label])
                 .set(i64::from(st.admission.remaining()));
             if let Some(cluster) = &self.cluster
                 && let Err(e) = cluster
-                    .take_budget(lane_label, st.cfg.rate_per_sec, st.cfg.burst)
+                    .take_budget(&budget_key, st.cfg.rate_per_sec, st.cfg.burst)
                     .await
             {
                 return Err(self.refused(
@@ -278,12 +310,13 @@ impl KdcGate {
                 ));
             }
             let result = call().await;
+            drop(turn);
             match result {
                 Ok(v) => {
                     st.breaker.success();
                     self.metrics
                         .kdc_ops
-                        .with_label_values(&[lane_label, op, "ok"])
+                        .with_label_values(&[realm, lane_label, op, "ok"])
                         .inc();
                     return Ok(v);
                 }
@@ -291,7 +324,7 @@ impl KdcGate {
                     st.breaker.failure();
                     self.metrics
                         .kdc_ops
-                        .with_label_values(&[lane_label, op, "unavailable"])
+                        .with_label_values(&[realm, lane_label, op, "unavailable"])
                         .inc();
                     match delays.next() {
                         Some(d) if !st.breaker.is_open() => tokio::time::sleep(d).await,
@@ -302,14 +335,14 @@ impl KdcGate {
                     st.breaker.neutral();
                     self.metrics
                         .kdc_ops
-                        .with_label_values(&[lane_label, op, "error"])
+                        .with_label_values(&[realm, lane_label, op, "error"])
                         .inc();
                     return Err(GateError::Failed(e));
                 }
             }
             self.metrics
                 .gate_breaker_open
-                .with_label_values(&[lane_label])
+                .with_label_values(&[realm, lane_label])
                 .set(i64::from(st.breaker.is_open()));
         }
     }

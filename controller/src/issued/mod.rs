@@ -86,6 +86,12 @@ pub struct Issued {
     view: Arc<RwLock<View>>,
     /// Written to the view, not yet to the store.
     pending: Arc<Mutex<HashMap<String, VolumeRecord>>>,
+    /// Held across every store write of volume records (the batch writer's,
+    /// a removal's, a revocation's), never with the view's lock: writes
+    /// land in the order their intents were taken from the view, while
+    /// fetches and heartbeats, which need only the view, never wait on the
+    /// store (an fsync, or an etcd round trip).
+    writing: Arc<Mutex<()>>,
     wake: mpsc::UnboundedSender<()>,
 }
 
@@ -301,32 +307,42 @@ impl Issued {
             });
         }
         let pending: Arc<Mutex<HashMap<String, VolumeRecord>>> = Arc::default();
+        let writing: Arc<Mutex<()>> = Arc::default();
         let (wake, mut rx) = mpsc::unbounded_channel::<()>();
-        let (s, p) = (Arc::clone(&store), Arc::clone(&pending));
+        let (s, p, w) = (
+            Arc::clone(&store),
+            Arc::clone(&pending),
+            Arc::clone(&writing),
+        );
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 tokio::time::sleep(BATCH_LINGER).await;
                 while rx.try_recv().is_ok() {}
-                let batch: Vec<(String, VolumeRecord)> = lock(&p)
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                if batch.is_empty() {
-                    continue;
-                }
-                let store = Arc::clone(&s);
-                let written = batch.clone();
-                match tokio::task::spawn_blocking(move || store.put_many(Table::Volumes, &batch))
-                    .await
-                {
-                    Ok(Ok(())) => {
-                        let mut pending = lock(&p);
-                        for (k, v) in written {
-                            if pending.get(&k) == Some(&v) {
-                                pending.remove(&k);
-                            }
+                let (store, pending, writing) = (Arc::clone(&s), Arc::clone(&p), Arc::clone(&w));
+                // The batch is taken with the writer's lock held: a removal
+                // or revocation that took its volume out of `pending` first
+                // writes after this batch, never before it.
+                let written = tokio::task::spawn_blocking(move || {
+                    let _writing = lock(&writing);
+                    let batch: Vec<(String, VolumeRecord)> = lock(&pending)
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if batch.is_empty() {
+                        return Ok(());
+                    }
+                    store.put_many(Table::Volumes, &batch)?;
+                    let mut pending = lock(&pending);
+                    for (k, v) in batch {
+                        if pending.get(&k) == Some(&v) {
+                            pending.remove(&k);
                         }
                     }
+                    Ok::<(), StoreError>(())
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "cannot write volume records; will retry")
                     }
@@ -339,6 +355,7 @@ impl Issued {
             shared,
             view,
             pending,
+            writing,
             wake,
         })
     }
@@ -382,21 +399,24 @@ impl Issued {
     }
 
     /// Revokes a volume, durably before it returns (an audited revocation
-    /// must survive a crash).
+    /// must survive a crash). The view refuses the volume at once, before
+    /// the store is written: should that write fail, the caller hears it
+    /// and this controller still refuses (closed), but a restart would not.
     pub fn revoke(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
         let mut r = rec.clone();
         r.revoked = true;
-        let mut view = write(&self.view);
-        let mut pending = lock(&self.pending);
+        {
+            let mut view = write(&self.view);
+            lock(&self.pending).remove(&r.volume_id);
+            view.insert(&r);
+        }
+        let _writing = lock(&self.writing);
         self.store
             .put_many(Table::Volumes, &[(r.volume_id.clone(), r.clone())])?;
         let pod = RevokedPod {
             volume_id: r.volume_id.clone(),
         };
-        self.store.put(Table::Revocations, &r.pod_uid, &pod, b"")?;
-        pending.remove(&r.volume_id);
-        view.insert(&r);
-        Ok(())
+        self.store.put(Table::Revocations, &r.pod_uid, &pod, b"")
     }
 
     /// The records of volumes published on `node`.
@@ -469,11 +489,18 @@ impl Issued {
 
     /// Forgets a volume (its pod is gone).
     pub fn remove(&self, volume_id: &str) -> Result<(), StoreError> {
-        let mut view = write(&self.view);
-        lock(&self.pending).remove(volume_id);
-        self.store.delete(Table::Volumes, volume_id)?;
-        view.remove(volume_id);
-        Ok(())
+        {
+            let mut view = write(&self.view);
+            lock(&self.pending).remove(volume_id);
+            view.remove(volume_id);
+        }
+        let _writing = lock(&self.writing);
+        // Issued again since (a new fetch for the id): that record stands,
+        // and the batch writer, waiting on this lock, writes it next.
+        if self.known(volume_id).is_some() {
+            return Ok(());
+        }
+        self.store.delete(Table::Volumes, volume_id)
     }
 
     /// Every volume record, by volume id.
@@ -612,6 +639,88 @@ mod tests {
                 .holding_principal("HTTP/web@R")
                 .expect("holders")
                 .is_empty()
+        );
+    }
+
+    /// A store write that hangs (an etcd member gone silent) holds up the
+    /// removal or revocation waiting on it, never a fetch or a heartbeat,
+    /// which need only the view; and a volume issued again while its
+    /// removal waits keeps its record.
+    #[test]
+    fn a_slow_store_write_never_holds_up_fetches_or_heartbeats() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let _guard = rt.enter();
+        let cluster = kcred_testetcd::EtcdCluster::start(1).expect("start etcd");
+        let connect = || {
+            let mut opts = crate::store::etcd::EtcdOptions::plain(cluster.endpoints(), "/kcred/");
+            opts.timeout = Duration::from_secs(20);
+            Arc::new(Store::with_backend(
+                Arc::new(crate::store::etcd::Etcd::connect(opts).expect("connect")),
+                MasterKey::from_bytes([7; 32]),
+            ))
+        };
+        let issued = Issued::new(connect(), true).expect("issued");
+        for (id, uid) in [("v1", "u1"), ("v2", "u2"), ("v3", "u3")] {
+            issued.put(&record(id, "node-a", uid)).expect("put");
+        }
+        let flushed = |i: &Issued| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !lock(&i.pending).is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(lock(&i.pending).is_empty(), "records written");
+        };
+        flushed(&issued);
+
+        cluster.freeze(0);
+        let (a, b) = (issued.clone(), issued.clone());
+        let removal = std::thread::spawn(move || a.remove("v1"));
+        let revocation = std::thread::spawn(move || b.revoke(&record("v2", "node-a", "u2")));
+        std::thread::sleep(Duration::from_millis(300));
+        // The view answers at once: the removal and the revocation show,
+        // and a new issue (v1 again, and v4) is taken.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = issued.clone();
+        std::thread::spawn(move || {
+            let placed: Vec<_> = c.placements_on("node-a");
+            let revoked = c.put(&record("v2", "node-a", "u2"));
+            c.put(&record("v1", "node-a", "u1")).expect("put v1 again");
+            c.put(&record("v4", "node-a", "u4")).expect("put v4");
+            let _ = tx.send((placed, revoked.is_err()));
+        });
+        let (placed, refused) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the view answered while the store hung");
+        cluster.thaw(0);
+        assert!(
+            refused,
+            "a revoked volume is refused before the store hears of it"
+        );
+        let ids: BTreeSet<&str> = placed.iter().map(|p| &*p.volume_id).collect();
+        assert_eq!(ids, BTreeSet::from(["v2", "v3"]));
+        removal.join().expect("join").expect("removal written");
+        revocation
+            .join()
+            .expect("join")
+            .expect("revocation written");
+        flushed(&issued);
+
+        let again = Issued::new(connect(), true).expect("reloaded");
+        let mut stored: Vec<_> = again
+            .on_node("node-a")
+            .expect("on node")
+            .into_iter()
+            .map(|r| (r.volume_id, r.revoked))
+            .collect();
+        stored.sort();
+        assert_eq!(
+            stored,
+            [
+                ("v1".to_string(), false),
+                ("v2".to_string(), true),
+                ("v3".to_string(), false),
+                ("v4".to_string(), false)
+            ]
         );
     }
 }

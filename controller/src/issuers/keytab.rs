@@ -12,11 +12,11 @@ use std::sync::Arc;
 use super::{IssueError, read_stored, write_stored};
 use crate::cluster::Cluster;
 use crate::gate::single_flight::{Role, SingleFlight};
-use crate::gate::{KdcGate, Lane, Priority};
-use crate::kadmin::KeyAdmin;
+use crate::gate::{Lane, Priority};
 use crate::keytab::Keytab;
 use crate::metrics::Metrics;
 use crate::names::Principal;
+use crate::realms::Backends;
 use crate::store::{Record, Store, Table};
 
 /// What the store shows about a keytab without decrypting it.
@@ -31,8 +31,9 @@ const KIND: &str = "keytab";
 /// Issues keytabs for service principals.
 pub struct KeytabIssuer {
     store: Arc<Store>,
-    kadmin: Arc<KeyAdmin>,
-    gate: Arc<KdcGate>,
+    /// Each realm's backend and gate: a principal's keys come from its
+    /// realm's.
+    backends: Arc<Backends>,
     metrics: Arc<Metrics>,
     flight: Arc<SingleFlight<Principal, Keytab, IssueError>>,
     /// Other controllers extracting the same principal wait for this one.
@@ -42,18 +43,17 @@ pub struct KeytabIssuer {
 }
 
 impl KeytabIssuer {
-    /// Builds an issuer over a store, kadmind (behind the gate) and metrics.
+    /// Builds an issuer over a store, the realms' backends (each behind
+    /// its gate) and metrics.
     pub fn new(
         store: Arc<Store>,
-        kadmin: Arc<KeyAdmin>,
-        gate: Arc<KdcGate>,
+        backends: Arc<Backends>,
         metrics: Arc<Metrics>,
         cluster: Arc<Cluster>,
     ) -> Self {
         KeytabIssuer {
             store,
-            kadmin,
-            gate,
+            backends,
             metrics,
             flight: Arc::default(),
             cluster,
@@ -151,14 +151,15 @@ impl KeytabIssuer {
             return Ok(k);
         }
         self.metrics.cache_misses.with_label_values(&[KIND]).inc();
-        let keytab = self
+        let backend = self.backends.of(principal.realm())?;
+        let keytab = backend
             .gate
             .run(Lane::Kadmin, priority, "extract_keytab", || {
-                self.kadmin.extract_keytab(principal)
+                backend.admin.extract_keytab(principal)
             })
             .await?;
         self.store_keytab(principal, &keytab).await?;
-        tracing::info!(principal = %principal, kvnos = ?keytab.kvnos(), "issued a new keytab from the KDC backend");
+        tracing::info!(principal = %principal, realm = principal.realm(), kvnos = ?keytab.kvnos(), "issued a new keytab from the KDC backend");
         Ok(keytab)
     }
 }

@@ -21,10 +21,11 @@ use super::keytab::KeytabIssuer;
 use super::{IssueError, read_stored, write_stored};
 use crate::cluster::Cluster;
 use crate::gate::single_flight::{Role, SingleFlight};
-use crate::gate::{KdcGate, Lane, Priority};
+use crate::gate::{Lane, Priority};
 use crate::kdc::{KdcClient, Ticket};
 use crate::metrics::Metrics;
 use crate::names::{Principal, UserPrincipal};
+use crate::realms::Backends;
 use crate::store::{Record, Store, Table};
 
 const KIND: &str = "ticket";
@@ -42,12 +43,14 @@ pub struct TicketMeta {
 
 /// Issues prestashed TGTs for role accounts.
 pub struct TicketIssuer {
-    realm: String,
     refresh_fraction: f64,
-    kdc: KdcClient,
+    /// `kinit` configured for each served realm: a ticket comes from its
+    /// principal's realm's KDC.
+    kdcs: std::collections::BTreeMap<String, KdcClient>,
     keytabs: Arc<KeytabIssuer>,
     store: Arc<Store>,
-    gate: Arc<KdcGate>,
+    /// Each realm's gate (its KDC lane).
+    backends: Arc<Backends>,
     metrics: Arc<Metrics>,
     flight: SingleFlight<String, Ticket, IssueError>,
     /// Other controllers refreshing the same ticket wait for this one.
@@ -64,24 +67,22 @@ pub struct IssuedTicket {
 }
 
 impl TicketIssuer {
-    /// Builds the issuer; `refresh_fraction` of a ticket's life passes
-    /// before it is renewed.
+    /// Builds the issuer over each realm's `kinit` (`kdcs`, by realm);
+    /// `refresh_fraction` of a ticket's life passes before it is renewed.
     pub fn new(
-        realm: &str,
         refresh_fraction: f64,
-        kdc: KdcClient,
+        kdcs: std::collections::BTreeMap<String, KdcClient>,
         keytabs: Arc<KeytabIssuer>,
         store: Arc<Store>,
-        gate: Arc<KdcGate>,
+        backends: Arc<Backends>,
         metrics: Arc<Metrics>,
     ) -> Self {
         TicketIssuer {
-            realm: realm.to_string(),
             refresh_fraction,
-            kdc,
+            kdcs,
             keytabs,
             store,
-            gate,
+            backends,
             metrics,
             flight: SingleFlight::default(),
             cluster: Cluster::solo(),
@@ -111,14 +112,16 @@ impl TicketIssuer {
         }
     }
 
-    /// The role account's current TGT.
+    /// The current TGT of role account `login`, whose principal is of
+    /// `realm`.
     pub async fn ticket(
         &self,
         login: &str,
+        realm: &str,
         priority: Priority,
     ) -> Result<IssuedTicket, IssueError> {
-        let principal = UserPrincipal::new(login, &self.realm)
-            .map_err(|e| IssueError::Unavailable(e.to_string()))?;
+        let principal =
+            UserPrincipal::new(login, realm).map_err(|e| IssueError::Unavailable(e.to_string()))?;
         let name = principal.to_string();
         if let Some(t) = self.stored(&name).await?
             && SystemTime::now() < t.refresh_at(self.refresh_fraction)
@@ -154,11 +157,11 @@ impl TicketIssuer {
             return Ok(t.clone());
         }
         self.metrics.cache_misses.with_label_values(&[KIND]).inc();
+        let (gate, kdc) = self.realm_of(principal)?;
         let fresh = match &current {
             Some(t) if t.renewable_at(now) && t.renewal_extends() => {
-                match self
-                    .gate
-                    .run(Lane::Kdc, priority, "renew_tgt", || self.kdc.renew(t))
+                match gate
+                    .run(Lane::Kdc, priority, "renew_tgt", || kdc.renew(t))
                     .await
                 {
                     Ok(renewed) => Ok(renewed),
@@ -205,11 +208,23 @@ impl TicketIssuer {
             .keytab(&Principal::User(principal.clone()), priority)
             .await?;
         let name = principal.to_string();
-        Ok(self
-            .gate
+        let (gate, kdc) = self.realm_of(principal)?;
+        Ok(gate
             .run(Lane::Kdc, priority, "acquire_tgt", || {
-                self.kdc.acquire(&name, &keytab)
+                kdc.acquire(&name, &keytab)
             })
             .await?)
+    }
+
+    /// The gate and `kinit` of the principal's realm.
+    fn realm_of(
+        &self,
+        principal: &UserPrincipal,
+    ) -> Result<(&crate::gate::KdcGate, &KdcClient), IssueError> {
+        let gate = &self.backends.of(principal.realm())?.gate;
+        let kdc = self.kdcs.get(principal.realm()).ok_or_else(|| {
+            IssueError::Task(format!("no kinit configured for {}", principal.realm()))
+        })?;
+        Ok((gate, kdc))
     }
 }

@@ -20,6 +20,8 @@ struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct RoleAccountEntry {
     login: String,
+    #[serde(default)]
+    realm: Option<String>,
     uid: u32,
     gid: u32,
     #[serde(default)]
@@ -38,9 +40,13 @@ struct RoleAccountEntry {
     service_accounts: Vec<String>,
 }
 
-/// Parses and validates a policy file; `realm` is the realm principals
-/// without one belong to (a principal in another realm is an error).
-pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, LoadError> {
+/// Parses and validates a policy file; principals without a realm belong
+/// to the default realm, and one of a realm not served is an error.
+pub fn parse_policy<S: names::Served + ?Sized>(
+    path: &Path,
+    text: &str,
+    realm: &S,
+) -> Result<Policy, LoadError> {
     let invalid = |reason: String| LoadError::Invalid {
         path: path.to_path_buf(),
         reason,
@@ -53,6 +59,15 @@ pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, Load
         if e.uid == 0 || e.gid == 0 {
             return Err(ctx("uid and gid 0 (root) are not allowed".into()));
         }
+        if let Some(r) = &e.realm
+            && !realm.serves(r)
+        {
+            return Err(ctx(format!(
+                "realm {r:?} is not served (this controller serves {})",
+                realm.describe()
+            )));
+        }
+        let role_realm = e.realm.filter(|r| r != realm.default_realm());
         let mut namespaces = BTreeSet::new();
         for ns in e.namespaces {
             names::validate_k8s_name("namespace", &ns).map_err(|err| ctx(err.to_string()))?;
@@ -61,7 +76,7 @@ pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, Load
         let mut principals = BTreeSet::new();
         for p in e.service_principals {
             let sp = ServicePrincipal::parse(&p, realm).map_err(|err| ctx(err.to_string()))?;
-            principals.insert(sp.without_realm());
+            principals.insert(sp.to_string());
         }
         let mut certificates = BTreeSet::new();
         for c in e.certificates {
@@ -86,6 +101,7 @@ pub fn parse_policy(path: &Path, text: &str, realm: &str) -> Result<Policy, Load
             service_accounts,
             logged_into_by: BTreeSet::new(),
             login: e.login,
+            realm: role_realm,
             uid: e.uid,
             gid: e.gid,
             groups: e.groups,
@@ -183,6 +199,44 @@ mod tests {
         req.keys.insert("payroll".into());
         let d = p.authorize("web", &req).unwrap_err();
         assert!(d.to_string().starts_with("rule keys"), "{d}");
+    }
+
+    #[test]
+    fn a_grant_names_its_realm_so_one_name_in_another_realm_is_not_owned() {
+        let served = names::Realms::new(R, ["AD.KCRED.TEST".to_string()]);
+        let text = "[[role_accounts]]\nlogin = \"websvc\"\nuid = 1500\ngid = 1500\nnamespaces = [\"web\"]\n\
+                    service_principals = [\"HTTP/web.example.com\", \"HTTP/ad.example.com@AD.KCRED.TEST\"]\n";
+        let p = parse_policy(Path::new("policy.toml"), text, &served).expect("valid");
+        let sp = |s: &str| ServicePrincipal::parse(s, &served).expect("sp");
+        assert!(
+            p.authorize_keytab("web", &sp("HTTP/web.example.com"))
+                .is_ok()
+        );
+        assert!(
+            p.authorize_keytab("web", &sp("HTTP/ad.example.com@AD.KCRED.TEST"))
+                .is_ok()
+        );
+        for other in [
+            "HTTP/web.example.com@AD.KCRED.TEST",
+            "HTTP/ad.example.com@KCRED.TEST",
+        ] {
+            let d = p.authorize_keytab("web", &sp(other)).unwrap_err();
+            assert!(
+                matches!(d, Denied::PrincipalNotOwned { .. }),
+                "{other}: {d}"
+            );
+        }
+        let ad_role =
+            "[[role_accounts]]\nlogin = \"adsvc\"\nrealm = \"AD.KCRED.TEST\"\nuid = 1\ngid = 1\n";
+        let p = parse_policy(Path::new("policy.toml"), ad_role, &served).expect("served realm");
+        assert_eq!(
+            p.role("adsvc").and_then(|r| r.realm.as_deref()),
+            Some("AD.KCRED.TEST")
+        );
+        let err = parse_policy(Path::new("policy.toml"), ad_role, R).unwrap_err();
+        assert!(err.to_string().contains("is not served"), "{err}");
+        let unserved = "[[role_accounts]]\nlogin = \"x\"\nuid = 1\ngid = 1\nservice_principals = [\"HTTP/a.example.com@OTHER.TEST\"]\n";
+        assert!(parse_policy(Path::new("policy.toml"), unserved, &served).is_err());
     }
 
     #[test]

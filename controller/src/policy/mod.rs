@@ -19,6 +19,9 @@ use crate::names::ServicePrincipal;
 pub struct RoleAccount {
     /// Unix login.
     pub login: String,
+    /// The realm of the account's own principal `login@REALM`, what its
+    /// prestashed tickets are for (`None`: the controller's own realm).
+    pub realm: Option<String>,
     /// Owner of delivered files.
     pub uid: u32,
     /// Group of delivered files.
@@ -27,7 +30,9 @@ pub struct RoleAccount {
     pub groups: Vec<String>,
     /// Namespaces whose pods run as this account.
     pub namespaces: BTreeSet<String>,
-    /// Service principals this account owns, without realm.
+    /// Service principals this account owns, with their realm
+    /// (`HTTP/web.example.com@EXAMPLE.COM`): one name in two served realms
+    /// is two principals.
     pub service_principals: BTreeSet<String>,
     /// DNS names this account may get certificates for.
     pub certificates: BTreeSet<String>,
@@ -166,7 +171,7 @@ impl Policy {
         principal: &ServicePrincipal,
     ) -> Result<&'a RoleAccount, Denied> {
         let role = self.role_for_namespace(namespace)?;
-        if role.service_principals.contains(&principal.without_realm()) {
+        if role.service_principals.contains(&principal.to_string()) {
             Ok(role)
         } else {
             Err(Denied::PrincipalNotOwned {

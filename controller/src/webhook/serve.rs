@@ -62,8 +62,8 @@ pub enum WebhookError {
 pub struct Webhook {
     /// The policy in force (hot-reloaded).
     pub policy: Arc<Watched<Policy>>,
-    /// The realm, for principal names in annotations.
-    pub realm: String,
+    /// The served realms, for principal names in annotations.
+    pub realm: crate::names::Realms,
     /// The kcred CSI driver's name.
     pub driver: String,
     /// Where verdicts are counted.

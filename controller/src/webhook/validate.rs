@@ -48,7 +48,12 @@ fn view(pod: &Pod, namespace: &str) -> Option<crate::pods::PodInfo> {
 }
 
 /// Decides whether `pod`, created in `namespace`, may exist.
-pub fn check(pod: &Pod, namespace: &str, realm: &str, policy: &Policy) -> Verdict {
+pub fn check<S: crate::names::Served + ?Sized>(
+    pod: &Pod,
+    namespace: &str,
+    realm: &S,
+    policy: &Policy,
+) -> Verdict {
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     if !annotations.keys().any(|k| k.starts_with(PREFIX)) {
         return Verdict::Allow;

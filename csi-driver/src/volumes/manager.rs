@@ -30,11 +30,12 @@ use crate::storage::{Medium, StorageError};
 use crate::support::lock::lock;
 use crate::support::retry;
 
-/// Scheduled reconciles running at once. A rotation pushes a refresh for
-/// every volume holding the credential at the same moment; each refresh is
-/// a network round trip and a small tmpfs rewrite, so the node applies many
-/// at once, bounded so a node with thousands of volumes does not open
-/// thousands of calls or hold thousands of bundles in memory.
+/// Scheduled jobs running at once (a job: one volume, or a batch of
+/// volumes refreshed with one call, see [`super::batch`]). A rotation
+/// pushes a refresh for every volume holding the credential at the same
+/// moment; each job is a network round trip and small tmpfs rewrites, so
+/// the node runs many at once, bounded so a node with thousands of volumes
+/// does not open thousands of calls or hold thousands of bundles in memory.
 const PARALLEL: usize = 32;
 
 /// Idle volume locks are kept until there are at least this many.
@@ -59,6 +60,9 @@ pub struct VolumeManager {
     retries: Mutex<HashMap<String, ExponentialBackoff>>,
     pub(crate) freshness: Arc<Freshness>,
     pub(crate) pod_tokens: super::pod_tokens::PodTokens,
+    /// Until when volumes are fetched one by one: the controller answered
+    /// that it has no batch call (see [`super::batch`]).
+    pub(super) batch_off_until: Mutex<Option<std::time::Instant>>,
     /// This process's hold on the state directory (a real node's driver).
     owner: Option<crate::storage::state::StateDirOwner>,
 }
@@ -93,6 +97,7 @@ impl VolumeManager {
             retries: Mutex::new(HashMap::new()),
             freshness: Arc::new(Freshness::default()),
             pod_tokens: Default::default(),
+            batch_off_until: Mutex::new(None),
             owner: None,
         };
         manager.resume();
@@ -132,7 +137,7 @@ impl VolumeManager {
         }
     }
 
-    fn lock_of(&self, volume_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn lock_of(&self, volume_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = lock(&self.locks);
         // Drop idle locks of volumes nobody is working on, once the map has
         // doubled since the last sweep: each call stays O(1) on a node with
@@ -199,6 +204,12 @@ impl VolumeManager {
         self.schedule.trigger(volume_id, cause);
     }
 
+    /// Asks for a look at many volumes now (one push): they are due
+    /// together, so the scheduler can refresh them in batches.
+    pub fn trigger_all<'a>(&self, volume_ids: impl IntoIterator<Item = &'a str>, cause: Cause) {
+        self.schedule.trigger_all(volume_ids, cause);
+    }
+
     /// Runs what the scheduler would for `cause` now, waiting for the
     /// volume's lock.
     pub async fn reconcile_now(
@@ -222,7 +233,20 @@ impl VolumeManager {
         let mark = self.schedule.mark();
         let scheduled = !matches!(trigger, Trigger::Publish(_) | Trigger::Unpublish { .. });
         let result = self.reconcile(volume_id, trigger, guard).await;
-        let then = match &result {
+        self.settle(volume_id, &result, scheduled, retry_cause, mark);
+        result.map(|step| step.outcome)
+    }
+
+    /// Sets the volume's next look after a run that began at `mark`.
+    pub(super) fn settle(
+        &self,
+        volume_id: &str,
+        result: &Result<Step, VolumeError>,
+        scheduled: bool,
+        retry_cause: Cause,
+        mark: u64,
+    ) {
+        let then = match result {
             Ok(Step { then, .. }) => Some(*then),
             // A scheduled look that failed (storage) is retried; kubelet
             // retries its own calls.
@@ -257,22 +281,27 @@ impl VolumeManager {
             };
             self.schedule.settle(volume_id, next, mark);
         }
-        result.map(|step| step.outcome)
+    }
+
+    /// A mark to settle scheduled runs that start now with.
+    pub(super) fn mark(&self) -> u64 {
+        self.schedule.mark()
     }
 
     /// Runs the driver's background work until the task is aborted: the
     /// scheduler, the heartbeat (every `heartbeat_every` until the
     /// controller says otherwise) and the controller's update stream.
     pub async fn run_background(self: Arc<Self>, heartbeat_every: Duration) {
-        let me = Arc::clone(&self);
-        let scheduled = scheduler::run(Arc::clone(&self.schedule), PARALLEL, move |id, cause| {
-            let me = Arc::clone(&me);
-            async move {
-                if let Err(e) = me.reconcile_now(&id, cause).await {
-                    tracing::warn!(volume = %id, ?cause, error = %e, "scheduled reconcile failed; will retry");
-                }
-            }
-        });
+        let (me, grouper) = (Arc::clone(&self), Arc::clone(&self));
+        let scheduled = scheduler::run(
+            Arc::clone(&self.schedule),
+            PARALLEL,
+            move |due| grouper.group(due),
+            move |due| {
+                let me = Arc::clone(&me);
+                async move { me.run_due(due).await }
+            },
+        );
         tokio::join!(
             scheduled,
             super::sync::run_heartbeats(Arc::clone(&self), heartbeat_every),

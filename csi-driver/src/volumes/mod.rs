@@ -6,6 +6,8 @@
 //!   storage;
 //! - [`scheduler`]: when each volume is looked at next (deadlines,
 //!   retries, pushed triggers), with bounded parallelism;
+//! - [`batch`]: refreshes of volumes that hold the same bundle, with one
+//!   controller call;
 //! - [`manager`]: the entry points (kubelet's calls, triggers) and the
 //!   per-volume locks;
 //! - [`sync`]: the heartbeat and update stream, turned into triggers;
@@ -14,6 +16,7 @@
 //! - [`pod_tokens`]: the pods' own tokens kubelet passed, forwarded to the
 //!   controller.
 
+pub mod batch;
 pub mod error;
 pub mod freshness;
 pub mod lifecycle;

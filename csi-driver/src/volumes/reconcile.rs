@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use super::error::VolumeError;
 use super::lifecycle::{Observed, Plan, PublishRequest, Trigger, decide};
 use super::manager::VolumeManager;
+use crate::controller_client::ControllerError;
 use crate::storage::atomic_writer::FileSpec;
 use crate::storage::state::{Phase, PublishedVolume, WipeReason};
 use crate::storage::{Target, remove_mount_point};
@@ -106,13 +107,23 @@ impl VolumeManager {
         trigger: Trigger,
         guard: OwnedMutexGuard<()>,
     ) -> Result<Step, VolumeError> {
+        let (record, plan) = self.plan(volume_id, &trigger).await?;
+        self.execute(volume_id, record, plan, guard).await
+    }
+
+    /// Looks at the volume and decides (its lock is held by the caller).
+    pub(crate) async fn plan(
+        &self,
+        volume_id: &str,
+        trigger: &Trigger,
+    ) -> Result<(Option<PublishedVolume>, Plan), VolumeError> {
         let record = self.state.get(volume_id);
         let fresh = record.as_ref().is_some_and(|rec| self.is_fresh(rec));
         let (target, holder) = self
-            .observe(volume_id, &trigger, record.as_ref(), fresh)
+            .observe(volume_id, trigger, record.as_ref(), fresh)
             .await?;
         let plan = decide(
-            &trigger,
+            trigger,
             Observed {
                 record: record.as_ref(),
                 target,
@@ -121,6 +132,18 @@ impl VolumeManager {
             },
         );
         tracing::debug!(volume = %volume_id, ?trigger, ?target, ?plan, "reconcile");
+        Ok((record, plan))
+    }
+
+    /// Does what was decided. `guard` is the volume's lock, held until the
+    /// work is done.
+    pub(crate) async fn execute(
+        &self,
+        volume_id: &str,
+        record: Option<PublishedVolume>,
+        plan: Plan,
+        guard: OwnedMutexGuard<()>,
+    ) -> Result<Step, VolumeError> {
         match plan {
             Plan::Refuse(refusal) => Err(refusal.into()),
             Plan::Nothing => Ok(Step::new(Outcome::Nothing, then_of(record.as_ref()))),
@@ -312,18 +335,31 @@ impl VolumeManager {
     /// A refresh of a mounted volume. Never fails the caller: the pod keeps
     /// its last good files and a retry is scheduled; a revoked volume is
     /// wiped.
-    async fn refresh(&self, mut rec: PublishedVolume, guard: OwnedMutexGuard<()>) -> Step {
-        let pod = format!("{}/{}", rec.pod_namespace, rec.pod_name);
+    async fn refresh(&self, rec: PublishedVolume, guard: OwnedMutexGuard<()>) -> Step {
         // Until this refresh succeeds, the files are not known current.
         self.freshness.forget(&rec.volume_id);
         let token =
             self.pod_tokens
                 .current(&rec.volume_id, &rec.pod_uid, std::time::SystemTime::now());
-        let mut bundle = match self
+        let fetched = self
             .client
             .fetch_bundle_with_token(rec.pod(), &rec.volume_id, true, token.as_ref())
-            .await
-        {
+            .await;
+        self.apply_refresh(rec, guard, fetched).await
+    }
+
+    /// A refresh's second half: writes what the controller answered, or
+    /// keeps the last good files (a retry is scheduled), or wipes a
+    /// revoked volume. The caller forgot the volume's freshness before it
+    /// asked.
+    pub(crate) async fn apply_refresh(
+        &self,
+        mut rec: PublishedVolume,
+        guard: OwnedMutexGuard<()>,
+        fetched: Result<Bundle, ControllerError>,
+    ) -> Step {
+        let pod = format!("{}/{}", rec.pod_namespace, rec.pod_name);
+        let mut bundle = match fetched {
             Ok(b) => b,
             Err(e) if e.is_revoked() => {
                 tracing::warn!(volume = %rec.volume_id, %pod, "revoked: removing its files");

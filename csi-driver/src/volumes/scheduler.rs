@@ -6,7 +6,9 @@
 //! verdicts) are due at once and merge with what is pending (the earliest
 //! time, the strongest cause); after a run, the volume's next look (its
 //! refresh deadline, a retry) replaces the entry, unless a trigger came in
-//! while it ran. [`run`] starts due entries with bounded parallelism.
+//! while it ran. [`run`] starts due entries with bounded parallelism, in
+//! groups its caller chooses (volumes that one controller call can
+//! refresh together).
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -75,26 +77,7 @@ impl Schedule {
 
     /// A trigger due now, merged with what is pending for the volume.
     pub fn trigger(&self, volume_id: &str, cause: Cause) {
-        {
-            let mut q = lock(&self.queue);
-            q.seq += 1;
-            let seq = q.seq;
-            let now = Deadline::now();
-            let entry = match q.entries.get(volume_id) {
-                Some(old) => Entry {
-                    due: old.due.min(now),
-                    cause: old.cause.max(cause),
-                    seq,
-                },
-                None => Entry {
-                    due: now,
-                    cause,
-                    seq,
-                },
-            };
-            q.insert(volume_id, entry);
-        }
-        self.wake.notify_one();
+        self.trigger_all([volume_id], cause);
     }
 
     /// A mark to pass to [`Schedule::settle`] after a run that starts now.
@@ -136,6 +119,33 @@ impl Schedule {
         self.wake.notify_one();
     }
 
+    /// Triggers due now for many volumes (one push), with one wake-up: the
+    /// runner finds them all due together.
+    pub fn trigger_all<'a>(&self, volume_ids: impl IntoIterator<Item = &'a str>, cause: Cause) {
+        {
+            let mut q = lock(&self.queue);
+            let now = Deadline::now();
+            for volume_id in volume_ids {
+                q.seq += 1;
+                let seq = q.seq;
+                let entry = match q.entries.get(volume_id) {
+                    Some(old) => Entry {
+                        due: old.due.min(now),
+                        cause: old.cause.max(cause),
+                        seq,
+                    },
+                    None => Entry {
+                        due: now,
+                        cause,
+                        seq,
+                    },
+                };
+                q.insert(volume_id, entry);
+            }
+        }
+        self.wake.notify_one();
+    }
+
     /// Removes and returns every entry due at `now`.
     pub fn take_due(&self, now: SystemTime) -> Vec<(String, Cause)> {
         let mut q = lock(&self.queue);
@@ -164,20 +174,31 @@ impl Schedule {
     }
 }
 
-/// Runs due entries forever (until the task is aborted): at most
-/// `parallel` at once, each by `work(volume_id, cause)`.
-pub async fn run<F, Fut>(schedule: Arc<Schedule>, parallel: usize, work: F)
+/// Due entries, as [`run`] hands them out.
+pub type Due = Vec<(String, Cause)>;
+
+/// Runs due entries forever (until the task is aborted): `group` splits
+/// what is due at once into jobs, at most `parallel` jobs run at once,
+/// each by `work(its entries)`.
+pub async fn run<G, F, Fut>(schedule: Arc<Schedule>, parallel: usize, group: G, work: F)
 where
-    F: Fn(String, Cause) -> Fut,
+    G: Fn(Due) -> Vec<Due>,
+    F: Fn(Due) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(parallel.max(1)));
     loop {
-        for (volume_id, cause) in schedule.take_due(SystemTime::now()) {
+        let due = schedule.take_due(SystemTime::now());
+        let jobs = if due.is_empty() {
+            Vec::new()
+        } else {
+            group(due)
+        };
+        for entries in jobs {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
             };
-            let job = work(volume_id, cause);
+            let job = work(entries);
             tokio::spawn(async move {
                 job.await;
                 drop(permit);
@@ -293,14 +314,44 @@ mod tests {
     async fn the_runner_starts_due_work() {
         let s = Arc::new(Schedule::new());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let runner = tokio::spawn(run(Arc::clone(&s), 2, move |id, cause| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send((id, cause));
-            }
-        }));
+        let runner = tokio::spawn(run(
+            Arc::clone(&s),
+            2,
+            |due| vec![due],
+            move |due| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(due);
+                }
+            },
+        ));
         s.trigger("v", Cause::Pushed);
-        assert_eq!(rx.recv().await, Some(("v".to_string(), Cause::Pushed)));
+        assert_eq!(
+            rx.recv().await,
+            Some(vec![("v".to_string(), Cause::Pushed)])
+        );
+        runner.abort();
+    }
+
+    #[tokio::test]
+    async fn a_push_of_many_volumes_is_due_together() {
+        let s = Arc::new(Schedule::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let ids: Vec<String> = (0..100).map(|i| format!("v{i:03}")).collect();
+        s.trigger_all(ids.iter().map(String::as_str), Cause::Pushed);
+        let runner = tokio::spawn(run(
+            Arc::clone(&s),
+            2,
+            |due| vec![due],
+            move |due| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(due);
+                }
+            },
+        ));
+        let job = rx.recv().await.expect("a job");
+        assert_eq!(job.len(), 100, "one job for the whole push");
         runner.abort();
     }
 }

@@ -91,6 +91,7 @@ fn apply(volumes: &VolumeManager, update: &VolumeUpdate) {
     };
     for id in &update.volume_ids {
         tracing::info!(volume = %id, ?cause, reason = %update.reason, "pushed by the controller");
-        volumes.trigger(id, cause);
     }
+    // Due together: the scheduler refreshes them in batches.
+    volumes.trigger_all(update.volume_ids.iter().map(String::as_str), cause);
 }

@@ -2,6 +2,7 @@
 //! tmpfs ([`DirMedium`]), a real state directory, and a real gRPC
 //! controller double on a loopback socket.
 
+mod batch;
 mod double;
 mod on_tmpfs;
 mod publish;

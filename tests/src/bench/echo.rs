@@ -7,8 +7,8 @@ use std::pin::Pin;
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
 use kcred_proto::kcred::v1::node_credentials_server::{NodeCredentials, NodeCredentialsServer};
 use kcred_proto::kcred::v1::{
-    Bundle, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, VolumeUpdate,
-    WatchUpdatesRequest,
+    Bundle, FetchBundleRequest, FetchBundlesRequest, FetchBundlesResponse, HeartbeatRequest,
+    HeartbeatResponse, VolumeUpdate, WatchUpdatesRequest,
 };
 use tokio_stream::Stream;
 use tonic::transport::{
@@ -30,6 +30,13 @@ impl NodeCredentials for Echo {
         &self,
         _: Request<FetchBundleRequest>,
     ) -> Result<Response<Bundle>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn fetch_bundles(
+        &self,
+        _: Request<FetchBundlesRequest>,
+    ) -> Result<Response<FetchBundlesResponse>, Status> {
         Err(Status::unimplemented("echo"))
     }
 

@@ -5,8 +5,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use kcred_proto::kcred::v1::node_credentials_server::{NodeCredentials, NodeCredentialsServer};
+use kcred_proto::kcred::v1::volume_result::Outcome;
 use kcred_proto::kcred::v1::{
-    Bundle, BundleFile, FetchBundleRequest, HeartbeatRequest, HeartbeatResponse, VolumeUpdate,
+    Bundle, BundleFile, FetchBundleRequest, FetchBundlesRequest, FetchBundlesResponse,
+    HeartbeatRequest, HeartbeatResponse, Reason, VolumeRefusal, VolumeResult, VolumeUpdate,
     WatchUpdatesRequest,
 };
 use tokio::sync::mpsc;
@@ -28,6 +30,12 @@ struct Script {
     /// The answer to every fetch.
     steady: Option<Result<Bundle, Status>>,
     fetches: Vec<Fetch>,
+    /// Whether FetchBundles is served (else: an older controller).
+    batches: bool,
+    /// The volumes of every FetchBundles call.
+    batch_calls: Vec<Vec<Fetch>>,
+    /// Volumes a batch refuses, with this reason.
+    refused: std::collections::HashMap<String, Reason>,
     /// The volume ids each heartbeat reported.
     heartbeats: Vec<Vec<String>>,
     heartbeat: HeartbeatResponse,
@@ -76,6 +84,23 @@ impl Controller {
         lock(&self.script).steady = Some(answer);
     }
 
+    /// Serves FetchBundles from now on, as a current controller does.
+    pub fn serve_batches(&self) {
+        lock(&self.script).batches = true;
+    }
+
+    /// Batches refuse `volume_id` for `reason`.
+    pub fn refuse_in_batches(&self, volume_id: &str, reason: Reason) {
+        lock(&self.script)
+            .refused
+            .insert(volume_id.to_string(), reason);
+    }
+
+    /// The volumes of every FetchBundles call so far.
+    pub fn batch_calls(&self) -> Vec<Vec<Fetch>> {
+        lock(&self.script).batch_calls.clone()
+    }
+
     /// What the next heartbeats answer.
     pub fn heartbeat_answers(&self, resp: HeartbeatResponse) {
         lock(&self.script).heartbeat = resp;
@@ -117,6 +142,48 @@ impl NodeCredentials for Controller {
             .clone()
             .unwrap_or_else(|| Err(Status::internal("no answer scripted")))
             .map(Response::new)
+    }
+
+    async fn fetch_bundles(
+        &self,
+        request: Request<FetchBundlesRequest>,
+    ) -> Result<Response<FetchBundlesResponse>, Status> {
+        let req = request.into_inner();
+        let mut s = lock(&self.script);
+        if !s.batches {
+            return Err(Status::unimplemented("an older controller"));
+        }
+        s.batch_calls.push(
+            req.volumes
+                .iter()
+                .map(|v| Fetch {
+                    volume_id: v.volume_id.clone(),
+                    refresh: v.refresh,
+                })
+                .collect(),
+        );
+        let bundle = s
+            .steady
+            .clone()
+            .unwrap_or_else(|| Err(Status::internal("no answer scripted")))?;
+        let volumes = req
+            .volumes
+            .iter()
+            .map(|v| VolumeResult {
+                volume_id: v.volume_id.clone(),
+                outcome: Some(match s.refused.get(&v.volume_id) {
+                    Some(reason) => Outcome::Refused(VolumeRefusal {
+                        reason: *reason as i32,
+                        message: "refused in a batch".into(),
+                    }),
+                    None => Outcome::Bundle(0),
+                }),
+            })
+            .collect();
+        Ok(Response::new(FetchBundlesResponse {
+            bundles: vec![bundle],
+            volumes,
+        }))
     }
 
     async fn heartbeat(
