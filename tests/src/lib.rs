@@ -32,6 +32,25 @@ pub async fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// The key versions a keytab file holds (panics on an unreadable or torn
+/// keytab: a delivered keytab must always be whole).
+pub fn keytab_kvnos(path: &std::path::Path) -> Vec<u32> {
+    let k = kcred_controller::keytab::Keytab::parse(zeroize::Zeroizing::new(
+        std::fs::read(path).expect("read keytab"),
+    ))
+    .expect("whole keytab");
+    k.kvnos().iter().copied().collect()
+}
+
+/// A command's standard output and error, as one text for assertions.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Detaches every CSI volume mount under a kubelet directory, so a failed
 /// test never leaves tmpfs mounts behind.
 pub fn unmount_volumes(kubelet_dir: &std::path::Path) {

@@ -2,6 +2,7 @@
 //! domain controller in its own network namespace, the controller and the
 //! driver, and checks delivered credentials with MIT's tools against the DC.
 
+use kcred_tests::{keytab_kvnos, output_text};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -73,15 +74,15 @@ fn the_new_keys_work(dc: &DomainController, keytab: &Path, new: u32) -> PathBuf 
     let new_ticket = admin_cache(dc, "new-ticket.cc");
     let out = kvno_accepts(dc, &new_ticket, keytab);
     assert!(
-        out.status.success() && text(&out).contains(&format!("kvno = {new}")),
+        out.status.success() && output_text(&out).contains(&format!("kvno = {new}")),
         "kvno with the new keytab: {}",
-        text(&out)
+        output_text(&out)
     );
     let out = kinit_with(dc, keytab, &format!("{SERVICE_ACCOUNT}@{REALM}"), "svc.cc");
     assert!(
         out.status.success(),
         "kinit -k -t with the new keytab: {}",
-        text(&out)
+        output_text(&out)
     );
     new_ticket
 }
@@ -98,20 +99,6 @@ async fn ad_stack() -> (DomainController, Stack) {
         .await
         .expect("stack");
     (dc, stack)
-}
-
-fn kvnos(path: &Path) -> Vec<u32> {
-    let k = Keytab::parse(Zeroizing::new(std::fs::read(path).expect("read keytab")))
-        .expect("whole keytab");
-    k.kvnos().iter().copied().collect()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `kinit -k -t keytab principal` against the DC, into a cache of its own.
@@ -162,7 +149,11 @@ async fn a_keytab_from_active_directory_authenticates_and_accepts_tickets_at_the
 
     let after = dc.key_version(SERVICE_ACCOUNT).expect("kvno");
     assert_eq!(after, before + 1, "kcred set a new password once");
-    assert_eq!(kvnos(&keytab), vec![after], "the keytab holds the new kvno");
+    assert_eq!(
+        keytab_kvnos(&keytab),
+        vec![after],
+        "the keytab holds the new kvno"
+    );
     let out = kinit_with(
         &dc,
         &keytab,
@@ -172,19 +163,19 @@ async fn a_keytab_from_active_directory_authenticates_and_accepts_tickets_at_the
     assert!(
         out.status.success(),
         "kinit -k -t as the account: {}",
-        text(&out)
+        output_text(&out)
     );
     let cache = admin_cache(&dc, "admin.cc");
     let out = kvno_accepts(&dc, &cache, &keytab);
     assert!(
         out.status.success(),
         "kvno -k with the delivered keytab: {}",
-        text(&out)
+        output_text(&out)
     );
     assert!(
-        text(&out).contains(&format!("kvno = {after}")),
+        output_text(&out).contains(&format!("kvno = {after}")),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // A second pod gets the stored keys: no second password reset.
@@ -225,7 +216,7 @@ async fn a_storm_of_pods_for_one_account_costs_one_password_set() {
     }
     let cache = admin_cache(&dc, "admin.cc");
     let out = kvno_accepts(&dc, &cache, &targets[0].join("krb5.keytab"));
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     stack.shutdown().await.expect("shutdown");
 }
 
@@ -269,7 +260,7 @@ async fn a_rotation_on_ad_keeps_the_previous_kvno_for_the_grace_period_only() {
     // A client holding a service ticket issued under the old kvno.
     let old_ticket = admin_cache(&dc, "old-ticket.cc");
     let out = kvno_accepts(&dc, &old_ticket, &keytab);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 
     let sp = ServicePrincipal::parse(SPN, REALM).expect("principal");
     let state = stack.state().expect("controller running");
@@ -293,12 +284,12 @@ async fn a_rotation_on_ad_keeps_the_previous_kvno_for_the_grace_period_only() {
     assert!(
         out.status.success(),
         "old ticket during the grace period: {}",
-        text(&out)
+        output_text(&out)
     );
     assert!(
-        text(&out).contains(&format!("kvno = {old}")),
+        output_text(&out).contains(&format!("kvno = {old}")),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let new_ticket = the_new_keys_work(&dc, &grace, new);
 
@@ -317,10 +308,10 @@ async fn a_rotation_on_ad_keeps_the_previous_kvno_for_the_grace_period_only() {
     assert!(
         !out.status.success(),
         "old ticket after the grace period: {}",
-        text(&out)
+        output_text(&out)
     );
     let out = kvno_accepts(&dc, &new_ticket, &after);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(
         dc.key_version(SERVICE_ACCOUNT).expect("kvno"),
         new,
@@ -348,12 +339,12 @@ async fn a_prestashed_ticket_comes_from_the_ad_kdc() {
         .arg(format!("FILE:{}", copy.display()))
         .output()
         .expect("klist");
-    assert!(klist.status.success(), "{}", text(&klist));
+    assert!(klist.status.success(), "{}", output_text(&klist));
     assert!(
-        text(&klist).contains(&format!("Default principal: websvc@{REALM}"))
-            && text(&klist).contains(&format!("krbtgt/{REALM}@{REALM}")),
+        output_text(&klist).contains(&format!("Default principal: websvc@{REALM}"))
+            && output_text(&klist).contains(&format!("krbtgt/{REALM}@{REALM}")),
         "{}",
-        text(&klist)
+        output_text(&klist)
     );
     let out = dc
         .command("kvno")
@@ -364,7 +355,7 @@ async fn a_prestashed_ticket_comes_from_the_ad_kdc() {
     assert!(
         out.status.success(),
         "a service ticket with the pod's TGT: {}",
-        text(&out)
+        output_text(&out)
     );
     assert!(
         !target.join("krb5.keytab").exists(),
@@ -459,7 +450,7 @@ fn ldbmodify(dc: &DomainController, ldif: &str) {
         .arg(&file)
         .output()
         .expect("ldbmodify");
-    assert!(out.status.success(), "ldbmodify: {}", text(&out));
+    assert!(out.status.success(), "ldbmodify: {}", output_text(&out));
 }
 
 fn audit_text(stack: &Stack) -> String {
@@ -515,7 +506,7 @@ async fn role_accounts_synced_from_the_directory_are_served_and_a_removed_member
     }
     let target = served.expect("the synced policy serves the pod");
     assert_eq!(
-        kvnos(&target.join("krb5.keytab")),
+        keytab_kvnos(&target.join("krb5.keytab")),
         vec![dc.key_version(SERVICE_ACCOUNT).expect("kvno")]
     );
     assert!(target.join("krb5cc").exists(), "the role account's ticket");
@@ -584,7 +575,7 @@ fn admin_token(dc: &DomainController, keytab: &Path, principal: &str) -> String 
         .arg(format!("{CONTROLLER_SPN}@{REALM}"))
         .output()
         .expect("kcred-auth-probe");
-    assert!(out.status.success(), "token: {}", text(&out));
+    assert!(out.status.success(), "token: {}", output_text(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -767,7 +758,7 @@ async fn a_service_principal_nobody_created_gets_one_account_of_its_own_and_a_ke
         assert_eq!(std::fs::read(t.join("krb5.keytab")).expect("read"), first);
     }
     let kvno = dc.key_version(&account).expect("kvno");
-    assert_eq!(kvnos(&targets[0].join("krb5.keytab")), vec![kvno]);
+    assert_eq!(keytab_kvnos(&targets[0].join("krb5.keytab")), vec![kvno]);
     let attr = |name: &str| dc.attribute(&account, name).expect("samba-tool user show");
     assert_eq!(
         attr("msDS-SupportedEncryptionTypes"),
@@ -793,11 +784,11 @@ async fn a_service_principal_nobody_created_gets_one_account_of_its_own_and_a_ke
     assert!(
         out.status.success(),
         "kinit -k -t as the created account: {}",
-        text(&out)
+        output_text(&out)
     );
     let cache = admin_cache(&dc, "admin.cc");
     let out = kvno_accepts(&dc, &cache, &targets[0].join("krb5.keytab"));
-    assert!(out.status.success(), "kvno -k: {}", text(&out));
+    assert!(out.status.success(), "kvno -k: {}", output_text(&out));
     let audit = audit_text(&stack);
     assert_eq!(
         audit.matches("created Active Directory account").count(),
@@ -856,7 +847,7 @@ async fn a_service_principal_nobody_created_gets_one_account_of_its_own_and_a_ke
     assert!(
         out.status.success(),
         "kinit after the restart: {}",
-        text(&out)
+        output_text(&out)
     );
     let audit = std::fs::read_to_string(fresh.join("audit.log")).unwrap_or_default();
     assert!(
@@ -1015,11 +1006,11 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
         .unwrap_or_else(|e| panic!("publish: {e:?}\n{}", driver.log_text()));
     let keytab = target.join("krb5.keytab");
     let old = dc.key_version(SERVICE_ACCOUNT).expect("kvno");
-    assert_eq!(kvnos(&keytab), vec![old]);
+    assert_eq!(keytab_kvnos(&keytab), vec![old]);
     // A client holding a service ticket issued under the old kvno.
     let old_ticket = admin_cache(&dc, "old-ticket.cc");
     let out = kvno_accepts(&dc, &old_ticket, &keytab);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 
     // Awaited, not blocking: the controller runs on this test's runtime.
     let out = tokio::process::Command::new(kcred_tests::procs::binary("kcredctl"))
@@ -1037,7 +1028,7 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
         .output()
         .await
         .expect("kcredctl");
-    let report = text(&out);
+    let report = output_text(&out);
     assert!(out.status.success(), "kcredctl rotate keytab: {report}");
     assert!(
         report.contains("1 of 1") || report.contains("all 1"),
@@ -1054,9 +1045,9 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
     std::fs::copy(&keytab, &grace).expect("copy");
     let out = kvno_accepts(&dc, &old_ticket, &grace);
     assert!(
-        out.status.success() && text(&out).contains(&format!("kvno = {old}")),
+        out.status.success() && output_text(&out).contains(&format!("kvno = {old}")),
         "a ticket of the old kvno during the grace period: {}",
-        text(&out)
+        output_text(&out)
     );
     the_new_keys_work(&dc, &grace, new);
 
@@ -1070,7 +1061,7 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
     assert!(
         !out.status.success(),
         "the old kvno after the grace period: {}",
-        text(&out)
+        output_text(&out)
     );
     let audit = audit_text(&stack);
     assert!(
@@ -1213,7 +1204,7 @@ async fn a_namespace_group_with_more_members_than_one_ldap_read_returns_counts_e
         .arg(&file)
         .output()
         .expect("ldbadd");
-    assert!(out.status.success(), "ldbadd: {}", text(&out));
+    assert!(out.status.success(), "ldbadd: {}", output_text(&out));
     add_role_account_and_web_namespace(&dc);
     let mut members = format!("dn: CN=kcred-ns-web,{KCRED_OU}\nchangetype: modify\nadd: member\n");
     for i in 0..fillers {
@@ -1350,7 +1341,7 @@ async fn two_controllers_on_one_etcd_creating_one_principal_make_one_account_and
         "the second controller waited for the first one's keys"
     );
     assert_eq!(
-        kvnos(&ta.join("krb5.keytab")),
+        keytab_kvnos(&ta.join("krb5.keytab")),
         vec![dc.key_version(&account).expect("kvno")],
         "one password set"
     );
@@ -1360,7 +1351,7 @@ async fn two_controllers_on_one_etcd_creating_one_principal_make_one_account_and
         &format!("{account}@{REALM}"),
         "svc.cc",
     );
-    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
+    assert!(out.status.success(), "kinit -k -t: {}", output_text(&out));
     let created = [audit_text(&a), audit_text(&b)]
         .iter()
         .map(|t| t.matches("created Active Directory account").count())
@@ -1407,7 +1398,7 @@ async fn a_kerberos_bind_over_sealed_ldap_resets_and_creates_accounts_without_an
         &format!("{SERVICE_ACCOUNT}@{REALM}"),
         "svc.cc",
     );
-    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
+    assert!(out.status.success(), "kinit -k -t: {}", output_text(&out));
 
     // A principal nobody created: its account is added over the same bind.
     let api = TestPod::with_keytabs("web", "api-0", "node-a", "HTTP/api.example.com");
@@ -1420,6 +1411,6 @@ async fn a_kerberos_bind_over_sealed_ldap_resets_and_creates_accounts_without_an
         &format!("{account}@{REALM}"),
         "api.cc",
     );
-    assert!(out.status.success(), "kinit -k -t: {}", text(&out));
+    assert!(out.status.success(), "kinit -k -t: {}", output_text(&out));
     stack.shutdown().await.expect("shutdown");
 }

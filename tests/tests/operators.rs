@@ -2,6 +2,7 @@
 //! verify the audit, and rotation reaches running pods without an outage.
 //! Real processes: controller, node driver, kcredctl, MIT realm.
 
+use kcred_tests::{keytab_kvnos, output_text};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,20 +16,6 @@ use kcred_tests::{Kubelet, TestPod, wait_until};
 use zeroize::Zeroizing;
 
 const VOL: &str = "kcred";
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn kvnos(path: &Path) -> Vec<u32> {
-    let k = Keytab::parse(Zeroizing::new(std::fs::read(path).expect("read keytab")))
-        .expect("whole keytab");
-    k.kvnos().iter().copied().collect()
-}
 
 /// Accepts a token with a keytab, as a service would (own replay cache).
 fn accepts(stack: &ProcStack, keytab: &Path, token: &str, tag: &str) -> bool {
@@ -57,7 +44,7 @@ async fn a_keytab_rotation_reaches_every_volume_atomically_with_a_grace_period()
     for p in &pods {
         targets.push(stack.kubelet().publish(p, VOL).await.expect("publish"));
     }
-    assert_eq!(kvnos(&targets[0].join("krb5.keytab")), vec![1]);
+    assert_eq!(keytab_kvnos(&targets[0].join("krb5.keytab")), vec![1]);
     let r = kcred_testrealm::DEFAULT_REALM;
     // A client's ticket for the service, issued under kvno 1.
     let old_token = stack
@@ -106,7 +93,7 @@ async fn a_keytab_rotation_reaches_every_volume_atomically_with_a_grace_period()
             "30s",
         ],
     );
-    let report = text(&out);
+    let report = output_text(&out);
     assert!(out.status.success(), "{report}");
     assert!(
         report.contains("2 of 2") || report.contains("all 2"),
@@ -115,7 +102,7 @@ async fn a_keytab_rotation_reaches_every_volume_atomically_with_a_grace_period()
     assert_eq!(stack.realm.kvno("HTTP/web.example.com").expect("kvno"), 2);
     for t in &targets {
         assert_eq!(
-            kvnos(&t.join("krb5.keytab")),
+            keytab_kvnos(&t.join("krb5.keytab")),
             vec![1, 2],
             "new and previous kvno during the grace period"
         );
@@ -195,7 +182,7 @@ async fn a_key_rotation_makes_a_new_primary_and_keeps_old_versions() {
     let sealed = kcred_keys::seal_with_primary(&before, b"secret row", b"").expect("seal");
 
     let out = stack.kcredctl("alice", &["rotate", "key", "orders-db", "--wait", "20s"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let after = parse_pod_file(&std::fs::read(&file).expect("read")).expect("parse");
     assert_eq!(after.primary, before.primary + 1);
     assert_eq!(after.keys.len(), 2, "old version kept for decryption");
@@ -213,7 +200,7 @@ async fn a_key_rotation_makes_a_new_primary_and_keeps_old_versions() {
         "alice",
         &["retire", "orders-db", &before.primary.to_string()],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     wait_until("old version dropped from the volume", 15, || {
         std::fs::read(&file)
             .ok()
@@ -241,7 +228,11 @@ async fn an_auditor_may_read_but_not_rotate_or_revoke() {
         &["rotate", "keytab", "HTTP/web.example.com", "--wait", "0"],
     );
     assert!(!out.status.success(), "an auditor must not rotate");
-    assert!(text(&out).contains("auditor"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("auditor"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(
         stack.realm.kvno("HTTP/web.example.com").expect("kvno"),
         1,
@@ -256,7 +247,7 @@ async fn an_auditor_may_read_but_not_rotate_or_revoke() {
     assert!(!out.status.success(), "no role, no access");
 
     let status = stack.kcredctl("bob", &["status", "--output", "json"]);
-    assert!(status.status.success(), "{}", text(&status));
+    assert!(status.status.success(), "{}", output_text(&status));
     assert!(String::from_utf8_lossy(&status.stdout).contains("auditor"));
     let list = stack.kcredctl(
         "bob",
@@ -268,7 +259,7 @@ async fn an_auditor_may_read_but_not_rotate_or_revoke() {
             "json",
         ],
     );
-    assert!(list.status.success(), "{}", text(&list));
+    assert!(list.status.success(), "{}", output_text(&list));
     let listing = String::from_utf8_lossy(&list.stdout);
     assert!(
         listing.contains(NODE_A) && listing.contains("web-0"),
@@ -303,7 +294,7 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
             "key leaked in a log",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     wait_until("files wiped", 15, || !target.join("krb5.keytab").exists()).await;
     // kubelet's republish answers OK (never tear the mount down) but brings
     // nothing back. (ABORTED while another operation holds the volume is
@@ -387,7 +378,7 @@ async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
     assert!(
         out.status.success(),
         "untouched log verifies: {}",
-        text(&out)
+        output_text(&out)
     );
     let query = stack.kcredctl(
         "bob",
@@ -396,12 +387,12 @@ async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
     assert!(
         String::from_utf8_lossy(&query.stdout).contains("rule service_principals"),
         "{}",
-        text(&query)
+        output_text(&query)
     );
 
     let export = stack.path().join("export.jsonl");
     let out = stack.kcredctl("bob", &["audit", "export", "-o", &export.to_string_lossy()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let lines: Vec<String> = std::fs::read_to_string(&export)
         .expect("export")
         .lines()
@@ -431,33 +422,33 @@ async fn audit_verify_passes_untouched_and_catches_edits_deletions_and_swaps() {
         )
     };
     let ok = verify("intact.jsonl", &lines);
-    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(ok.status.success(), "{}", output_text(&ok));
 
     let mut edited = lines.clone();
     edited[2] = edited[2].replace("web-", "wxb-");
     let out = verify("edited.jsonl", &edited);
     assert!(
-        !out.status.success() && text(&out).contains("edited"),
+        !out.status.success() && output_text(&out).contains("edited"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     let mut deleted = lines.clone();
     deleted.remove(3);
     let out = verify("deleted.jsonl", &deleted);
     assert!(
-        !out.status.success() && text(&out).contains("missing"),
+        !out.status.success() && output_text(&out).contains("missing"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     let mut swapped = lines.clone();
     swapped.swap(1, 2);
     let out = verify("swapped.jsonl", &swapped);
     assert!(
-        !out.status.success() && text(&out).contains("out of order"),
+        !out.status.success() && output_text(&out).contains("out of order"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -477,11 +468,11 @@ fn kinit_password(stack: &ProcStack, ccache: &Path, principal: &str, password: &
         writeln!(stdin, "{password}").expect("password");
     }
     let out = child.wait_with_output().expect("kinit output");
-    assert!(out.status.success(), "kinit: {}", text(&out));
+    assert!(out.status.success(), "kinit: {}", output_text(&out));
 }
 
 fn caller_and_role(out: &std::process::Output) -> (String, String) {
-    assert!(out.status.success(), "{}", text(out));
+    assert!(out.status.success(), "{}", output_text(out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     let field = |k: &str| status[k].as_str().unwrap_or_default().to_string();
     (field("caller"), field("role"))
@@ -520,7 +511,7 @@ async fn an_operator_uses_the_tickets_from_kinit_without_a_keytab() {
     assert!(
         String::from_utf8_lossy(&klist.stdout).contains(&format!("kcred/{CONTROLLER_HOST}@{r}")),
         "the service ticket went into the operator's cache, as MIT tools do: {}",
-        text(&klist)
+        output_text(&klist)
     );
 
     // After kdestroy there are no tickets, and kcredctl says what to do.
@@ -530,14 +521,14 @@ async fn an_operator_uses_the_tickets_from_kinit_without_a_keytab() {
         .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
         .output()
         .expect("kdestroy");
-    assert!(kdestroy.status.success(), "{}", text(&kdestroy));
+    assert!(kdestroy.status.success(), "{}", output_text(&kdestroy));
     let out = stack
         .kcredctl_command()
         .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
         .arg("status")
         .output()
         .expect("kcredctl");
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(
         said.contains("no usable Kerberos tickets in the default credential cache")
@@ -594,9 +585,9 @@ async fn a_certificate_admin_uses_tls_cert_and_key_instead_of_kerberos() {
     let out = run_as("nobody");
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("you have no admin role"),
+        output_text(&out).contains("you have no admin role"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -610,14 +601,14 @@ async fn a_url_with_the_wrong_scheme_says_which_scheme_the_controller_speaks() {
         .args(["--controller", &plain_http, "status"])
         .output()
         .expect("kcredctl");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains(&format!(
+        output_text(&out).contains(&format!(
             "the controller at {plain_http} speaks TLS: use https://127.0.0.1:{}",
             stack.port()
         )),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // A controller without [tls] (the in-process stack's) behind https://.
@@ -631,13 +622,13 @@ async fn a_url_with_the_wrong_scheme_says_which_scheme_the_controller_speaks() {
         .args(["--controller", &tls_url, "status"])
         .output()
         .expect("kcredctl");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains(&format!(
+        output_text(&out).contains(&format!(
             "the controller at {tls_url} speaks plain HTTP, without TLS: use {endpoint}"
         )),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 

@@ -5,18 +5,17 @@
 //! the realms of its credentials. Credentials are checked with MIT's
 //! `kinit` against each KDC, configured by the delivered `krb5.conf`.
 
+use kcred_tests::{keytab_kvnos, output_text};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use kcred_controller::gate::Lane;
-use kcred_controller::keytab::Keytab;
 use kcred_controller::names::ServicePrincipal;
 use kcred_testrealm::{Realm, RealmOptions};
 use kcred_tests::{Stack, StackOptions, TestPod, wait_until};
 use kcred_testsamba::{DomainController, KCRED_BIND_DN, KCRED_OU, REALM as AD, isolate_network};
 use tonic::Code;
-use zeroize::Zeroizing;
 
 const VOL: &str = "kcred";
 const MIT: &str = kcred_testrealm::DEFAULT_REALM;
@@ -43,20 +42,6 @@ gid = 1600
 namespaces = ["db"]
 service_principals = ["HTTP/adweb.example.com@AD.KCRED.TEST", "HTTP/api.example.com@KCRED.TEST"]
 "#;
-
-fn kvnos(path: &Path) -> Vec<u32> {
-    let k = Keytab::parse(Zeroizing::new(std::fs::read(path).expect("read keytab")))
-        .expect("whole keytab");
-    k.kvnos().iter().copied().collect()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `kinit -k -t keytab principal` configured by the volume's own
 /// `krb5.conf` only: it must name the principal's realm and its KDC.
@@ -128,7 +113,7 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
     let web = TestPod::with_keytabs("web", "web-0", "node-a", "HTTP/web.example.com");
     stack.add_pod(&web);
     let web_vol = stack.kubelet.publish(&web, VOL).await.expect("publish web");
-    assert_eq!(kvnos(&web_vol.join("krb5.keytab")), vec![mit_web]);
+    assert_eq!(keytab_kvnos(&web_vol.join("krb5.keytab")), vec![mit_web]);
     assert_eq!(
         krb5_conf(&web_vol),
         std::fs::read_to_string(stack.realm.krb5_conf_path()).expect("realm conf")
@@ -138,7 +123,11 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
         &format!("HTTP/web.example.com@{MIT}"),
         scratch.path(),
     );
-    assert!(out.status.success(), "kinit at the MIT KDC: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "kinit at the MIT KDC: {}",
+        output_text(&out)
+    );
 
     // An AD principal: keys from the directory, a krb5.conf naming the
     // domain and its KDC.
@@ -147,7 +136,7 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
     let ad_vol = stack.kubelet.publish(&ad, VOL).await.expect("publish ad");
     let ad_kvno = dc.key_version(AD_ACCOUNT).expect("AD kvno");
     assert_eq!(ad_kvno, ad_before + 1, "kcred set a new password once");
-    assert_eq!(kvnos(&ad_vol.join("krb5.keytab")), vec![ad_kvno]);
+    assert_eq!(keytab_kvnos(&ad_vol.join("krb5.keytab")), vec![ad_kvno]);
     let conf = krb5_conf(&ad_vol);
     assert!(conf.contains(&format!("default_realm = {AD}")), "{conf}");
     assert!(
@@ -156,7 +145,11 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
         "{conf}"
     );
     let out = kinit_as_the_pod(&ad_vol, &format!("{AD_ACCOUNT}@{AD}"), scratch.path());
-    assert!(out.status.success(), "kinit at the DC: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "kinit at the DC: {}",
+        output_text(&out)
+    );
     assert_eq!(
         stack.realm.kvno("HTTP/web.example.com").expect("kvno"),
         mit_web,
@@ -187,7 +180,7 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
             )),
         "{conf}"
     );
-    assert_eq!(kvnos(&both_vol.join("krb5.keytab")), {
+    assert_eq!(keytab_kvnos(&both_vol.join("krb5.keytab")), {
         let mut v = vec![mit_api, ad_kvno];
         v.sort();
         v.dedup();
@@ -203,7 +196,11 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
         format!("{AD_ACCOUNT}@{AD}"),
     ] {
         let out = kinit_as_the_pod(&both_vol, &principal, scratch.path());
-        assert!(out.status.success(), "kinit {principal}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "kinit {principal}: {}",
+            output_text(&out)
+        );
     }
 
     // Each realm's gate counts its own calls.
@@ -235,10 +232,10 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
         .output()
         .expect("klist");
     assert!(
-        text(&klist).contains(&format!("Default principal: adsvc@{AD}"))
-            && text(&klist).contains(&format!("krbtgt/{AD}@{AD}")),
+        output_text(&klist).contains(&format!("Default principal: adsvc@{AD}"))
+            && output_text(&klist).contains(&format!("krbtgt/{AD}@{AD}")),
         "{}",
-        text(&klist)
+        output_text(&klist)
     );
     assert!(krb5_conf(&tix_vol).contains(&format!("default_realm = {AD}")));
     let line = metric_line(
@@ -290,18 +287,18 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
     );
     wait_until("the rotation reaches the AD volume", 30, || {
         std::fs::read(ad_vol.join("krb5.keytab"))
-            .is_ok_and(|_| kvnos(&ad_vol.join("krb5.keytab")) == vec![ad_kvno, new])
+            .is_ok_and(|_| keytab_kvnos(&ad_vol.join("krb5.keytab")) == vec![ad_kvno, new])
     })
     .await;
     wait_until("the rotation reaches the two-realm volume", 30, || {
-        kvnos(&both_vol.join("krb5.keytab")).contains(&new)
+        keytab_kvnos(&both_vol.join("krb5.keytab")).contains(&new)
     })
     .await;
     let out = kinit_as_the_pod(&ad_vol, &format!("{AD_ACCOUNT}@{AD}"), scratch.path());
     assert!(
         out.status.success(),
         "kinit with the rotated keys: {}",
-        text(&out)
+        output_text(&out)
     );
     let out = kinit_as_the_pod(
         &both_vol,
@@ -311,7 +308,7 @@ async fn one_controller_issues_from_an_mit_realm_and_an_active_directory_domain(
     assert!(
         out.status.success(),
         "the MIT key still works: {}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(
         std::fs::read(web_vol.join("krb5.keytab")).expect("read"),
@@ -420,7 +417,7 @@ async fn a_second_mit_realm_has_its_own_kadmind_and_its_own_breaker() {
         &format!("HTTP/web.example.com@{MIT}"),
         scratch.path(),
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(!breaker(MIT));
     drop(state);
 
@@ -430,7 +427,7 @@ async fn a_second_mit_realm_has_its_own_kadmind_and_its_own_breaker() {
     tokio::time::sleep(Duration::from_millis(1200)).await; // the breaker's cooldown
     let vol = stack.kubelet.publish(&pod, VOL).await.expect("recovered");
     assert_eq!(
-        kvnos(&vol.join("krb5.keytab")),
+        keytab_kvnos(&vol.join("krb5.keytab")),
         vec![other.kvno("HTTP/other.example.com").expect("kvno")]
     );
     let conf = krb5_conf(&vol);
@@ -443,7 +440,7 @@ async fn a_second_mit_realm_has_its_own_kadmind_and_its_own_breaker() {
     assert!(
         out.status.success(),
         "kinit at the second KDC: {}",
-        text(&out)
+        output_text(&out)
     );
     let extractions = other
         .kadmind_extractions(Some("HTTP/other.example.com"))
@@ -470,10 +467,13 @@ async fn a_second_mit_realm_has_its_own_kadmind_and_its_own_breaker() {
     );
     let keytab = vol.join("krb5.keytab");
     wait_until("the rotation reaches the volume", 30, || {
-        kvnos(&keytab) == vec![before, new]
+        keytab_kvnos(&keytab) == vec![before, new]
     })
     .await;
-    wait_until("the grace period ends", 30, || kvnos(&keytab) == vec![new]).await;
+    wait_until("the grace period ends", 30, || {
+        keytab_kvnos(&keytab) == vec![new]
+    })
+    .await;
     let held = other
         .kadmin_local("getprinc HTTP/other.example.com")
         .expect("getprinc");
@@ -486,6 +486,10 @@ async fn a_second_mit_realm_has_its_own_kadmind_and_its_own_breaker() {
         &format!("HTTP/other.example.com@{OTHER}"),
         scratch.path(),
     );
-    assert!(out.status.success(), "the new keys work: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "the new keys work: {}",
+        output_text(&out)
+    );
     stack.shutdown().await.expect("shutdown");
 }

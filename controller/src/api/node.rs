@@ -105,6 +105,21 @@ pub(super) struct Ask<'a> {
     pub refresh: bool,
 }
 
+/// Records a call's duration under its status code.
+fn observe<T>(
+    seconds: &prometheus::HistogramVec,
+    started: std::time::Instant,
+    result: &Result<T, Status>,
+) {
+    let code = match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    seconds
+        .with_label_values(&[code_label(code)])
+        .observe(started.elapsed().as_secs_f64());
+}
+
 #[tonic::async_trait]
 impl NodeCredentials for NodeApi {
     type WatchUpdatesStream = Pin<Box<dyn Stream<Item = Result<VolumeUpdate, Status>> + Send>>;
@@ -121,15 +136,7 @@ impl NodeCredentials for NodeApi {
             Ok(()) => self.fetch(request.into_inner()).await,
             Err(s) => Err(s),
         };
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        self.state
-            .metrics
-            .fetch_seconds
-            .with_label_values(&[code_label(code)])
-            .observe(started.elapsed().as_secs_f64());
+        observe(&self.state.metrics.fetch_seconds, started, &result);
         result.map(Response::new)
     }
 
@@ -145,15 +152,7 @@ impl NodeCredentials for NodeApi {
             Ok(()) => super::batch::fetch(self, request.into_inner()).await,
             Err(s) => Err(s),
         };
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        self.state
-            .metrics
-            .fetch_batch_seconds
-            .with_label_values(&[code_label(code)])
-            .observe(started.elapsed().as_secs_f64());
+        observe(&self.state.metrics.fetch_batch_seconds, started, &result);
         result.map(Response::new)
     }
 
