@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures_util::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Pod;
@@ -37,6 +38,12 @@ use crate::reload::Watched;
 /// Largest review read: the API server's own request limit is 3 MiB, and
 /// a pod is far smaller.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Bytes of an oversized body read and thrown away before the 413: a
+/// connection closed with unread bytes is reset by the kernel, and the
+/// reset can destroy the answer before the client reads it.
+const DRAIN_MAX: usize = 16 * 1024 * 1024;
+/// Time given to that draining.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 256;
 /// Time for a client's TLS handshake and request headers.
@@ -71,6 +78,15 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// Counts a body refused before it was read as a review.
+    fn refuse(&self, name: &str, refusal: Response) -> Response {
+        self.metrics
+            .webhook_admissions
+            .with_label_values(&[name, "bad_request"])
+            .inc();
+        refusal
+    }
+
     /// Answers one review body with `decide`; `name` labels the metric.
     fn answer(&self, name: &str, body: &[u8], decide: impl Fn(&Pod, &str) -> Verdict) -> Response {
         let count = |verdict: &str| {
@@ -106,11 +122,50 @@ impl Webhook {
     }
 }
 
-async fn mutate_pods(State(w): State<Arc<Webhook>>, body: Bytes) -> Response {
+/// A review body of at most [`MAX_BODY`] bytes, or the answer refusing it.
+async fn read_body(body: Body) -> Result<Bytes, Response> {
+    let mut stream = body.into_data_stream();
+    let mut read = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            (StatusCode::BAD_REQUEST, format!("reading the body: {e}")).into_response()
+        })?;
+        if read.len() + chunk.len() > MAX_BODY {
+            let mut seen = read.len() + chunk.len();
+            drop(read);
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while seen <= DRAIN_MAX {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => seen += chunk.len(),
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an admission review is at most {MAX_BODY} bytes"),
+            )
+                .into_response());
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(read))
+}
+
+async fn mutate_pods(State(w): State<Arc<Webhook>>, body: Body) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(refusal) => return w.refuse("mutate", refusal),
+    };
     w.answer("mutate", &body, |pod, _| mutate::patch(pod, &w.driver))
 }
 
-async fn validate_pods(State(w): State<Arc<Webhook>>, body: Bytes) -> Response {
+async fn validate_pods(State(w): State<Arc<Webhook>>, body: Body) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(refusal) => return w.refuse("validate", refusal),
+    };
     let policy = w.policy.get();
     w.answer("validate", &body, |pod, ns| {
         validate::check(pod, ns, &w.realm, &policy)
@@ -122,7 +177,6 @@ pub fn router(webhook: Arc<Webhook>) -> Router {
     Router::new()
         .route("/mutate-pods", post(mutate_pods))
         .route("/validate-pods", post(validate_pods))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(webhook)
 }
 
