@@ -181,13 +181,16 @@ impl EchoPeer {
         requests: Vec<HeartbeatRequest>,
         every: Duration,
         window: Duration,
-    ) -> anyhow::Result<(Duration, f64, Beats)> {
+    ) -> anyhow::Result<Paced> {
         let mut callers = Vec::with_capacity(requests.len());
         for req in requests {
             let mut c = echo::client(&self.addr, &self.cert).await?;
             c.heartbeat(req.clone()).await?;
             callers.push((c, req));
         }
+        // What the open connections cost with no call, taken off as the
+        // controller's idle rate is.
+        let idle = cpu_rate(self.pid, Duration::from_secs(3)).await?;
         let cpu0 = procstat::cpu(self.pid)?;
         let t = Instant::now();
         let beats = paced(callers, every, window, |(mut c, req)| async move {
@@ -197,9 +200,26 @@ impl EchoPeer {
         .await?;
         let wall = t.elapsed();
         let cpu = procstat::cpu(self.pid)?.saturating_sub(cpu0);
-        let share = cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
-        Ok((cpu / beats.sent.max(1) as u32, share, beats))
+        let busy = cpu.saturating_sub(Duration::from_secs_f64(idle * wall.as_secs_f64()));
+        let share = busy.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+        Ok(Paced {
+            per_call: busy / beats.sent.max(1) as u32,
+            share,
+            idle,
+            beats,
+        })
     }
+}
+
+/// The echo answering the heartbeat pattern.
+struct Paced {
+    /// CPU per call, the idle rate taken off.
+    per_call: Duration,
+    /// Share of one core, the idle rate taken off.
+    share: f64,
+    /// Share of one core with the connections open and no call.
+    idle: f64,
+    beats: Beats,
 }
 
 /// The controller's CPU per second of wall time over `window`.
@@ -471,14 +491,15 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
     let node_count = nodes.len();
     drop(stack);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (echo_paced, echo_share, echo_beats) =
-        echo.paced(requests, cfg.heartbeat_every, window).await?;
+    let peer = echo.paced(requests, cfg.heartbeat_every, window).await?;
+    let (echo_paced, echo_share) = (peer.per_call, peer.share);
     println!(
-        "peer, the same pattern against the TLS echo: {} calls over {} connections ({} failed), echo CPU {:.2}% of a core",
-        echo_beats.sent,
+        "peer, the same pattern against the TLS echo: {} calls over {} connections ({} failed), echo CPU {:.2}% of a core (idle rate {:.1}% taken off)",
+        peer.beats.sent,
         node_count,
-        echo_beats.failed,
-        echo_share * 100.0
+        peer.beats.failed,
+        echo_share * 100.0,
+        peer.idle * 100.0
     );
 
     println!();
