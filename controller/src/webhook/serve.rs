@@ -286,3 +286,49 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A body of `chunks` chunks of 1 MiB, counting the chunks read.
+    fn counted(chunks: usize) -> (Body, Arc<AtomicUsize>) {
+        let read = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&read);
+        let stream = futures_util::stream::iter((0..chunks).map(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 1024 * 1024]))
+        }));
+        (Body::from_stream(stream), read)
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_cap_is_read_whole() {
+        let (body, _) = counted(3);
+        let bytes = read_body(body).await.expect("within the cap");
+        assert_eq!(bytes.len(), 3 * 1024 * 1024);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_drained_then_refused_with_413() {
+        let (body, read) = counted(6);
+        let refused = read_body(body).await.expect_err("over the cap");
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Every byte read before answering, so the connection can close cleanly.
+        assert_eq!(read.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn draining_stops_at_its_own_cap() {
+        let (body, read) = counted(64);
+        let refused = read_body(body).await.expect_err("over the cap");
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let chunks = read.load(Ordering::SeqCst);
+        assert!(
+            chunks > DRAIN_MAX / (1024 * 1024) && chunks < 64,
+            "read {chunks} chunks of 1 MiB"
+        );
+    }
+}
