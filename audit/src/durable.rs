@@ -9,6 +9,12 @@
 //! lock, and publishes the new durable point. Appends that arrive during
 //! the sync are covered by the next one.
 //!
+//! Waiting comes in two forms: a thread blocks on a condition variable
+//! ([`Durable::wait`]), or a task awaits a change of the durable point
+//! ([`Durable::step`]) and, when it must lead, runs the sync on a blocking
+//! thread, so hundreds of concurrent appends from async callers hold no
+//! thread while they wait.
+//!
 //! If a sync fails, the records past the last durable point are in doubt:
 //! the leader cuts the file back to that point (the chain restarts from the
 //! durable head) and every caller still waiting on a cut record gets an
@@ -38,13 +44,29 @@ pub(super) struct Synced {
     pub head: Option<AuditHead>,
     syncing: bool,
     /// Why the last epoch ended, for the callers it cut.
-    pub cut: Option<(io::ErrorKind, String, bool)>,
+    pub cut: Option<Cut>,
+}
+
+/// Why a record was not made durable: the error kind, its message, and
+/// whether the file was cut back cleanly.
+pub(super) type Cut = (io::ErrorKind, String, bool);
+
+/// What an async waiter does next ([`Durable::step`]).
+pub(super) enum Step {
+    /// The record is durable, or was cut.
+    Settled(Result<(), Cut>),
+    /// A sync is running: await this for the next change.
+    Wait(tokio::sync::watch::Receiver<()>),
+    /// No sync is running: the caller leads one ([`Durable::lead`]).
+    Lead,
 }
 
 /// The durable point of the log.
 pub(super) struct Durable {
     state: Mutex<Synced>,
     wake: Condvar,
+    /// Bumped with every change of the durable point, for async waiters.
+    changed: tokio::sync::watch::Sender<()>,
     #[cfg(test)]
     pub fail_next_sync: std::sync::atomic::AtomicBool,
 }
@@ -70,6 +92,7 @@ impl Durable {
                 cut: None,
             }),
             wake: Condvar::new(),
+            changed: tokio::sync::watch::Sender::new(()),
             #[cfg(test)]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         }
@@ -87,8 +110,14 @@ impl Durable {
         if s.epoch == epoch && len > s.len {
             s.len = len;
             s.head = Some(head);
-            self.wake.notify_all();
+            self.notify();
         }
+    }
+
+    /// Wakes every waiter, threads and tasks.
+    fn notify(&self) {
+        self.wake.notify_all();
+        self.changed.send_replace(());
     }
 
     /// The head of the last durable record.
@@ -106,18 +135,11 @@ impl Durable {
         mark: Mark,
         written: impl Fn() -> Written,
         cut: impl Fn(&Synced, &io::Error) -> (u64, bool),
-    ) -> Result<(), (io::ErrorKind, String, bool)> {
+    ) -> Result<(), Cut> {
         let mut s = self.lock();
         loop {
-            if s.epoch != mark.epoch {
-                return Err(s.cut.clone().unwrap_or((
-                    io::ErrorKind::Other,
-                    "the log was cut back after a failed sync".into(),
-                    true,
-                )));
-            }
-            if s.len >= mark.end {
-                return Ok(());
+            if let Some(settled) = settled(&s, mark) {
+                return settled;
             }
             if s.syncing {
                 s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -125,40 +147,74 @@ impl Durable {
             }
             s.syncing = true;
             drop(s);
-            let w = written();
-            let result = self.sync(&w.file);
-            s = match result {
-                Ok(()) => {
-                    let mut s = self.lock();
-                    if s.epoch == w.mark.epoch && w.mark.end > s.len {
-                        s.len = w.mark.end;
-                        s.head = w.head;
-                    }
-                    s
-                }
-                Err(e) => {
-                    // `cut` takes the chain lock, then ours: the same order
-                    // as appenders (chain, released, then ours).
-                    let snapshot = {
-                        let s = self.lock();
-                        Synced {
-                            epoch: s.epoch,
-                            len: s.len,
-                            head: s.head.clone(),
-                            syncing: true,
-                            cut: None,
-                        }
-                    };
-                    let (epoch, clean) = cut(&snapshot, &e);
-                    let mut s = self.lock();
-                    s.epoch = epoch;
-                    s.cut = Some((e.kind(), e.to_string(), clean));
-                    s
-                }
-            };
-            s.syncing = false;
-            self.wake.notify_all();
+            self.lead(&written, &cut);
+            s = self.lock();
         }
+    }
+
+    /// [`Durable::wait`] for a task: settled, wait for a change, or lead.
+    /// The receiver is taken under the lock, so a change made after the
+    /// check is never missed.
+    pub fn step(&self, mark: Mark) -> Step {
+        let mut s = self.lock();
+        if let Some(settled) = settled(&s, mark) {
+            return Step::Settled(settled);
+        }
+        if s.syncing {
+            return Step::Wait(self.changed.subscribe());
+        }
+        s.syncing = true;
+        Step::Lead
+    }
+
+    /// Syncs what was written and publishes the new durable point (or cuts
+    /// the chain back after a failed sync): the leader's work, run by the
+    /// caller that found no sync running.
+    pub fn lead(
+        &self,
+        written: impl Fn() -> Written,
+        cut: impl Fn(&Synced, &io::Error) -> (u64, bool),
+    ) {
+        let w = written();
+        let result = self.sync(&w.file);
+        let mut s = match result {
+            Ok(()) => {
+                let mut s = self.lock();
+                if s.epoch == w.mark.epoch && w.mark.end > s.len {
+                    s.len = w.mark.end;
+                    s.head = w.head;
+                }
+                s
+            }
+            Err(e) => {
+                // `cut` takes the chain lock, then ours: the same order
+                // as appenders (chain, released, then ours).
+                let snapshot = {
+                    let s = self.lock();
+                    Synced {
+                        epoch: s.epoch,
+                        len: s.len,
+                        head: s.head.clone(),
+                        syncing: true,
+                        cut: None,
+                    }
+                };
+                let (epoch, clean) = cut(&snapshot, &e);
+                let mut s = self.lock();
+                s.epoch = epoch;
+                s.cut = Some((e.kind(), e.to_string(), clean));
+                s
+            }
+        };
+        s.syncing = false;
+        self.notify();
+    }
+
+    /// A leader that could not run ([`Step::Lead`] taken, its thread lost):
+    /// the next waiter leads instead.
+    pub fn give_up_lead(&self) {
+        self.lock().syncing = false;
+        self.notify();
     }
 
     fn sync(&self, file: &File) -> io::Result<()> {
@@ -171,4 +227,16 @@ impl Durable {
         }
         file.sync_data()
     }
+}
+
+/// Whether `mark` is durable (`Ok`), cut (`Err`), or still pending (`None`).
+fn settled(s: &Synced, mark: Mark) -> Option<Result<(), Cut>> {
+    if s.epoch != mark.epoch {
+        return Some(Err(s.cut.clone().unwrap_or((
+            io::ErrorKind::Other,
+            "the log was cut back after a failed sync".into(),
+            true,
+        ))));
+    }
+    (s.len >= mark.end).then_some(Ok(()))
 }

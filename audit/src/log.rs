@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::durable::{Durable, Mark, Written};
+use super::durable::{Cut, Durable, Mark, Step, Written};
 use super::reader::RawLine;
 use super::segments::{self, Rotation};
 use super::signer::sync_parent;
@@ -204,56 +204,132 @@ impl AuditLog {
         let Some(first) = records.first().map(|r| r.seq) else {
             return Ok(records);
         };
-        let written = || {
-            let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-            Written {
-                mark: Mark {
-                    epoch: tail.epoch,
-                    end: tail.len,
-                },
-                head: (tail.seq > 0).then(|| AuditHead {
-                    seq: tail.seq,
-                    hash: tail.hash.clone(),
-                }),
-                file: Arc::clone(&tail.file),
-            }
-        };
-        let cut = |at: &super::durable::Synced, e: &io::Error| {
-            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-            tracing::error!(error = %e, kept = at.head.as_ref().map_or(0, |h| h.seq),
-                "audit log sync failed; cutting it back to its last durable record");
-            tail.len = at.len.max(tail.base);
-            if tail.len == tail.base {
-                tail.first = None;
-            }
-            tail.seq = at.head.as_ref().map_or(0, |h| h.seq);
-            tail.hash = at
-                .head
-                .as_ref()
-                .map_or_else(|| GENESIS_HASH.to_string(), |h| h.hash.clone());
-            tail.epoch += 1;
-            let clean = tail.roll_back().is_ok();
-            tail.broken |= !clean;
-            (tail.epoch, clean)
-        };
         self.durable
-            .wait(mark, written, cut)
-            .map_err(|(kind, message, rolled_back)| {
-                let error = AuditError::Write {
-                    path: self.path.clone(),
-                    seq: first,
-                    rolled_back,
-                    source: io::Error::new(kind, message),
-                };
-                tracing::error!(%error, "audit record not durable; the caller must refuse");
-                error
-            })?;
+            .wait(mark, || self.written(), |at, e| self.cut_back(at, e))
+            .map_err(|cut| self.not_durable(first, cut))?;
         if let Some(sink) = &self.sink {
             for (record, line) in records.iter().zip(&lines) {
                 sink.send(record, line);
             }
         }
         Ok(records)
+    }
+
+    /// [`AuditLog::append_all`] for async callers: the records are sealed
+    /// and written on a blocking thread, then the caller awaits their sync
+    /// without holding a thread (one caller leads each sync, on a blocking
+    /// thread). Many concurrent appends thus cost a few threads, not one
+    /// each, and their wake-ups are task wake-ups. Needs a Tokio runtime.
+    pub async fn append_all_durably(
+        self: &Arc<Self>,
+        events: Vec<AuditEvent>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        let log = Arc::clone(self);
+        let (records, lines, mark) = tokio::task::spawn_blocking(move || {
+            for event in &events {
+                event.check()?;
+            }
+            log.write_all(&events)
+        })
+        .await
+        .map_err(|e| self.lost_thread("append", e))??;
+        let Some(first) = records.first().map(|r| r.seq) else {
+            return Ok(records);
+        };
+        loop {
+            match self.durable.step(mark) {
+                Step::Settled(settled) => {
+                    settled.map_err(|cut| self.not_durable(first, cut))?;
+                    break;
+                }
+                Step::Wait(mut changed) => {
+                    // The sender lives as long as the log this holds.
+                    let _ = changed.changed().await;
+                }
+                Step::Lead => {
+                    let log = Arc::clone(self);
+                    let led = tokio::task::spawn_blocking(move || {
+                        log.durable
+                            .lead(|| log.written(), |at, e| log.cut_back(at, e));
+                    })
+                    .await;
+                    if led.is_err() {
+                        self.durable.give_up_lead();
+                    }
+                }
+            }
+        }
+        if self.sink.is_some() {
+            // A sink may block (a full pipe, a busy syslog socket): off the
+            // async workers; it is a copy, the file holds the record.
+            let (log, copies) = (Arc::clone(self), records.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Some(sink) = &log.sink {
+                    for (record, line) in copies.iter().zip(&lines) {
+                        sink.send(record, line);
+                    }
+                }
+            });
+        }
+        Ok(records)
+    }
+
+    /// How far the chain has been written, for the group sync.
+    fn written(&self) -> Written {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        Written {
+            mark: Mark {
+                epoch: tail.epoch,
+                end: tail.len,
+            },
+            head: (tail.seq > 0).then(|| AuditHead {
+                seq: tail.seq,
+                hash: tail.hash.clone(),
+            }),
+            file: Arc::clone(&tail.file),
+        }
+    }
+
+    /// Cuts the chain back to the durable point `at` after the sync failed
+    /// with `e`; returns the new epoch and whether the file was cut cleanly.
+    fn cut_back(&self, at: &super::durable::Synced, e: &io::Error) -> (u64, bool) {
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::error!(error = %e, kept = at.head.as_ref().map_or(0, |h| h.seq),
+            "audit log sync failed; cutting it back to its last durable record");
+        tail.len = at.len.max(tail.base);
+        if tail.len == tail.base {
+            tail.first = None;
+        }
+        tail.seq = at.head.as_ref().map_or(0, |h| h.seq);
+        tail.hash = at
+            .head
+            .as_ref()
+            .map_or_else(|| GENESIS_HASH.to_string(), |h| h.hash.clone());
+        tail.epoch += 1;
+        let clean = tail.roll_back().is_ok();
+        tail.broken |= !clean;
+        (tail.epoch, clean)
+    }
+
+    /// The error for records from `first` on that a failed sync cut.
+    fn not_durable(&self, first: u64, (kind, message, rolled_back): Cut) -> AuditError {
+        let error = AuditError::Write {
+            path: self.path.clone(),
+            seq: first,
+            rolled_back,
+            source: io::Error::new(kind, message),
+        };
+        tracing::error!(%error, "audit record not durable; the caller must refuse");
+        error
+    }
+
+    /// The error for a blocking task that never finished.
+    fn lost_thread(&self, op: &'static str, e: tokio::task::JoinError) -> AuditError {
+        AuditError::Io {
+            path: self.path.clone(),
+            op,
+            source: io::Error::other(e.to_string()),
+        }
     }
 
     /// Seals and writes `events` under the chain lock (no sync); returns the

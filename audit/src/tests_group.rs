@@ -113,3 +113,120 @@ fn a_failed_sync_cuts_the_log_back_and_the_caller_is_refused() {
     assert!(report.is_ok(), "{:?}", report.first_problem);
     assert_eq!(report.records, 4);
 }
+
+/// Async callers: many tasks on two worker threads, each awaiting its own
+/// record's sync without holding a thread; mixed with blocking callers,
+/// who wait on the same durable point.
+#[test]
+fn async_appends_share_syncs_with_blocking_ones_and_form_one_chain() {
+    let fx = Fixture::new(0);
+    let log = Arc::new(fx.open());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (tasks, each) = (200usize, 3usize);
+    let blocking = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            (0..50)
+                .map(|i| log.append(&event(10_000 + i)).expect("append").seq)
+                .collect::<Vec<u64>>()
+        })
+    };
+    let mut seqs: Vec<u64> = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for t in 0..tasks {
+            let log = Arc::clone(&log);
+            set.spawn(async move {
+                let batch: Vec<AuditEvent> = (0..each).map(|i| event(t * each + i)).collect();
+                let records = log.append_all_durably(batch).await.expect("append");
+                // Returned only once durable: the durable head is at least here.
+                let last = records.last().expect("records").seq;
+                assert!(log.head().is_some_and(|h| h.seq >= last));
+                records.iter().map(|r| r.seq).collect::<Vec<u64>>()
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = set.join_next().await {
+            all.extend(done.expect("task"));
+        }
+        all
+    });
+    seqs.extend(blocking.join().expect("thread"));
+    seqs.sort_unstable();
+    let all = (tasks * each + 50) as u64;
+    assert_eq!(seqs, (1..=all).collect::<Vec<u64>>(), "every seq, once");
+    assert_eq!(log.head().map(|h| h.seq), Some(all));
+    let report = fx.verify();
+    assert!(report.is_ok(), "{:?}", report.first_problem);
+    assert_eq!(report.records, all);
+}
+
+#[test]
+fn a_failed_sync_refuses_an_async_caller_and_the_chain_goes_on() {
+    let fx = Fixture::new(3);
+    let log = Arc::new(fx.open());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    log.fail_next_sync();
+    let err = rt
+        .block_on(log.append_all_durably(vec![event(4), event(5)]))
+        .expect_err("not durable: must fail closed");
+    assert!(
+        matches!(
+            err,
+            AuditError::Write {
+                seq: 4,
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(fx.lines().len(), 3, "the undurable records are cut off");
+    let records = rt
+        .block_on(log.append_all_durably(vec![event(6)]))
+        .expect("append");
+    assert_eq!(records[0].seq, 4);
+    let report = fx.verify();
+    assert!(report.is_ok(), "{:?}", report.first_problem);
+    assert_eq!(report.records, 4);
+}
+
+/// Callers that give up (a cancelled request) never leave the log waiting
+/// for a sync nobody runs: a later append still completes.
+#[test]
+fn async_callers_that_give_up_do_not_wedge_the_log() {
+    let fx = Fixture::new(0);
+    let log = Arc::new(fx.open());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let log = Arc::clone(&log);
+            set.spawn(async move { log.append_all_durably(vec![event(i)]).await });
+        }
+        tokio::task::yield_now().await;
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+        let done = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            log.append_all_durably(vec![event(1_000)]),
+        )
+        .await
+        .expect("a later append completes")
+        .expect("append");
+        assert_eq!(log.head().map(|h| h.seq), Some(done[0].seq));
+    });
+    let report = fx.verify();
+    assert!(report.is_ok(), "{:?}", report.first_problem);
+}

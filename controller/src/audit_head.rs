@@ -265,23 +265,30 @@ impl HeadWriter {
     /// Stores `head` (or leaves it to the running writer). Blocking: call
     /// from a blocking thread.
     pub fn store(&self, store: &Store, key_id: &str, head: AuditHead) {
-        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let mut s = lock();
-            if head.seq <= s.stored_seq {
-                return;
-            }
-            if s.pending.as_ref().is_none_or(|p| p.seq < head.seq) {
-                s.pending = Some(head);
-            }
-            if s.writing {
-                return;
-            }
-            s.writing = true;
+        if self.offer(head) {
+            self.drain(store, key_id);
         }
+    }
+
+    /// Leaves `head` to be stored; whether the caller became the writer
+    /// (then it must [`HeadWriter::drain`]). Never blocks on the store.
+    pub fn offer(&self, head: AuditHead) -> bool {
+        let mut s = self.lock();
+        if head.seq <= s.stored_seq {
+            return false;
+        }
+        if s.pending.as_ref().is_none_or(|p| p.seq < head.seq) {
+            s.pending = Some(head);
+        }
+        !std::mem::replace(&mut s.writing, true)
+    }
+
+    /// The writer's work: stores pending heads until none is newer than
+    /// the stored one. Blocking: call from a blocking thread.
+    pub fn drain(&self, store: &Store, key_id: &str) {
         loop {
             let next = {
-                let mut s = lock();
+                let mut s = self.lock();
                 match s.pending.take().filter(|h| h.seq > s.stored_seq) {
                     Some(h) => h,
                     None => {
@@ -292,12 +299,16 @@ impl HeadWriter {
             };
             match store_head(store, key_id, &next) {
                 Ok(()) => {
-                    let mut s = lock();
+                    let mut s = self.lock();
                     s.stored_seq = s.stored_seq.max(next.seq);
                 }
                 Err(e) => tracing::error!(error = %e, "cannot store the audit head"),
             }
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Heads> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -152,30 +152,22 @@ impl ControllerState {
     }
 
     /// Appends events durably (and remembers the new head in the store).
+    /// Concurrent callers share one sync and wait for it as tasks, not as
+    /// blocked threads (see [`kcred_audit::AuditLog::append_all_durably`]).
     pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
         if events.is_empty() {
             return Ok(());
         }
-        let audit = Arc::clone(&self.audit);
-        let store = Arc::clone(&self.store);
-        let key_id = self.audit.signer().key_id().to_string();
-        let heads = Arc::clone(&self.audit_heads);
-        let joined = tokio::task::spawn_blocking(move || {
-            // One wait for the lot; concurrent callers share the sync.
-            let records = audit.append_all(&events)?;
-            if let Some(h) = records.last().map(|r| r.head()) {
-                heads.store(&store, &key_id, h);
-            }
-            Ok(())
-        })
-        .await;
-        match joined {
-            Ok(r) => r,
-            Err(e) => Err(AuditError::Io {
-                path: self.audit.path().to_path_buf(),
-                op: "append",
-                source: std::io::Error::other(e.to_string()),
-            }),
+        let records = self.audit.append_all_durably(events).await?;
+        // Coalesced: a caller finding a writer at work leaves its head to
+        // it; the one that becomes the writer stores off the async workers.
+        if let Some(head) = records.last().map(|r| r.head())
+            && self.audit_heads.offer(head)
+        {
+            let (heads, store) = (Arc::clone(&self.audit_heads), Arc::clone(&self.store));
+            let key_id = self.audit.signer().key_id().to_string();
+            let _ = tokio::task::spawn_blocking(move || heads.drain(&store, &key_id)).await;
         }
+        Ok(())
     }
 }
