@@ -66,6 +66,31 @@ pub(super) enum Fault {
     PartialWriteNoRollback(usize),
 }
 
+/// An async caller's turn to lead a group sync, run on a blocking thread.
+/// Dropped without having led (never run, or a panic), it gives the
+/// leadership back.
+struct LeadTurn {
+    log: Arc<AuditLog>,
+    done: bool,
+}
+
+impl LeadTurn {
+    fn lead(mut self) {
+        let log = &self.log;
+        log.durable
+            .lead(|| log.written(), |at, e| log.cut_back(at, e));
+        self.done = true;
+    }
+}
+
+impl Drop for LeadTurn {
+    fn drop(&mut self) {
+        if !self.done {
+            self.log.durable.give_up_lead();
+        }
+    }
+}
+
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
@@ -220,6 +245,9 @@ impl AuditLog {
     /// without holding a thread (one caller leads each sync, on a blocking
     /// thread). Many concurrent appends thus cost a few threads, not one
     /// each, and their wake-ups are task wake-ups. Needs a Tokio runtime.
+    /// Do not also call the blocking [`AuditLog::append_all`] from that
+    /// runtime's blocking threads: enough of them waiting there could keep
+    /// a leader's sync from ever getting a thread.
     pub async fn append_all_durably(
         self: &Arc<Self>,
         events: Vec<AuditEvent>,
@@ -247,29 +275,30 @@ impl AuditLog {
                     let _ = changed.changed().await;
                 }
                 Step::Lead => {
-                    let log = Arc::clone(self);
-                    let led = tokio::task::spawn_blocking(move || {
-                        log.durable
-                            .lead(|| log.written(), |at, e| log.cut_back(at, e));
-                    })
-                    .await;
-                    if led.is_err() {
-                        self.durable.give_up_lead();
-                    }
+                    // The turn hands leadership back if the sync never runs
+                    // (the runtime shutting down drops a queued task) or
+                    // panics, so no later append waits for it.
+                    let turn = LeadTurn {
+                        log: Arc::clone(self),
+                        done: false,
+                    };
+                    let _ = tokio::task::spawn_blocking(move || turn.lead()).await;
                 }
             }
         }
         if self.sink.is_some() {
             // A sink may block (a full pipe, a busy syslog socket): off the
-            // async workers; it is a copy, the file holds the record.
+            // async workers, and awaited as before, so copies keep their
+            // order and a slow sink slows its callers instead of piling up.
             let (log, copies) = (Arc::clone(self), records.clone());
-            tokio::task::spawn_blocking(move || {
+            let _ = tokio::task::spawn_blocking(move || {
                 if let Some(sink) = &log.sink {
                     for (record, line) in copies.iter().zip(&lines) {
                         sink.send(record, line);
                     }
                 }
-            });
+            })
+            .await;
         }
         Ok(records)
     }
@@ -428,6 +457,26 @@ impl AuditLog {
     }
 
     /// Makes the next group sync fail.
+    /// Takes the lead of a sync and drops the turn unrun, as a runtime
+    /// shutting down drops a queued task; whether the lead was taken.
+    #[cfg(test)]
+    pub(super) fn take_lead_and_drop_it(self: &Arc<Self>) -> bool {
+        let epoch = self.tail.lock().unwrap_or_else(|p| p.into_inner()).epoch;
+        match self.durable.step(Mark {
+            epoch,
+            end: u64::MAX,
+        }) {
+            Step::Lead => {
+                drop(LeadTurn {
+                    log: Arc::clone(self),
+                    done: false,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
     #[cfg(test)]
     pub(super) fn fail_next_sync(&self) {
         self.durable

@@ -230,3 +230,22 @@ fn async_callers_that_give_up_do_not_wedge_the_log() {
     let report = fx.verify();
     assert!(report.is_ok(), "{:?}", report.first_problem);
 }
+
+/// A turn to lead that never runs (its task dropped at shutdown) hands the
+/// lead back: a later append does not wait for a sync nobody runs.
+#[test]
+fn a_lead_turn_that_never_runs_gives_the_lead_back() {
+    let fx = Fixture::new(0);
+    let log = Arc::new(fx.open());
+    assert!(log.take_lead_and_drop_it());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let appender = Arc::clone(&log);
+    std::thread::spawn(move || {
+        let _ = tx.send(appender.append(&event(1)).map(|r| r.seq));
+    });
+    let seq = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the append is not left waiting")
+        .expect("append");
+    assert_eq!(seq, 1);
+}

@@ -12,6 +12,7 @@
 //! `docs/operations-audit.md`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kcred_audit::{AuditHead, Start, verify_from};
 use serde::{Deserialize, Serialize};
@@ -270,9 +271,18 @@ impl HeadWriter {
         }
     }
 
-    /// Leaves `head` to be stored; whether the caller became the writer
-    /// (then it must [`HeadWriter::drain`]). Never blocks on the store.
-    pub fn offer(&self, head: AuditHead) -> bool {
+    /// Leaves `head` to be stored; `Some` when the caller became the
+    /// writer: it must run [`WriterTurn::drain`] (on a blocking thread).
+    /// Never blocks on the store.
+    pub fn offer_turn(self: &Arc<Self>, head: AuditHead) -> Option<WriterTurn> {
+        self.offer(head).then(|| WriterTurn {
+            heads: Arc::clone(self),
+            done: false,
+        })
+    }
+
+    /// Leaves `head` to be stored; whether the caller became the writer.
+    fn offer(&self, head: AuditHead) -> bool {
         let mut s = self.lock();
         if head.seq <= s.stored_seq {
             return false;
@@ -284,8 +294,8 @@ impl HeadWriter {
     }
 
     /// The writer's work: stores pending heads until none is newer than
-    /// the stored one. Blocking: call from a blocking thread.
-    pub fn drain(&self, store: &Store, key_id: &str) {
+    /// the stored one.
+    fn drain(&self, store: &Store, key_id: &str) {
         loop {
             let next = {
                 let mut s = self.lock();
@@ -309,6 +319,29 @@ impl HeadWriter {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Heads> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A caller's turn as the head writer. Dropped without draining (its
+/// blocking task never ran, or panicked), it lets the next caller write.
+pub struct WriterTurn {
+    heads: Arc<HeadWriter>,
+    done: bool,
+}
+
+impl WriterTurn {
+    /// Stores pending heads until none is newer. Blocking.
+    pub fn drain(mut self, store: &Store, key_id: &str) {
+        self.heads.drain(store, key_id);
+        self.done = true;
+    }
+}
+
+impl Drop for WriterTurn {
+    fn drop(&mut self) {
+        if !self.done {
+            self.heads.lock().writing = false;
+        }
     }
 }
 
@@ -375,6 +408,21 @@ mod stored_heads_tests {
         });
         assert_eq!(stored_head(&store, "k").unwrap(), Some(head(10)));
         assert!(!logs.contains("ahead of the log"), "{logs}");
+    }
+
+    #[test]
+    fn a_writer_turn_dropped_undrained_lets_the_next_caller_write() {
+        let (_dir, store) = fresh_store();
+        let writer = Arc::new(HeadWriter::default());
+        let turn = writer.offer_turn(head(5)).expect("first caller writes");
+        assert!(writer.offer_turn(head(6)).is_none(), "one writer at a time");
+        drop(turn);
+        let turn = writer
+            .offer_turn(head(7))
+            .expect("the dropped turn gave the writer's place back");
+        turn.drain(&store, "k");
+        let heads = stored_heads(&store).expect("heads");
+        assert_eq!(heads, vec![("k".to_string(), head(7))]);
     }
 
     #[test]

@@ -161,12 +161,15 @@ impl ControllerState {
         let records = self.audit.append_all_durably(events).await?;
         // Coalesced: a caller finding a writer at work leaves its head to
         // it; the one that becomes the writer stores off the async workers.
-        if let Some(head) = records.last().map(|r| r.head())
-            && self.audit_heads.offer(head)
+        if let Some(turn) = records
+            .last()
+            .and_then(|r| self.audit_heads.offer_turn(r.head()))
         {
-            let (heads, store) = (Arc::clone(&self.audit_heads), Arc::clone(&self.store));
+            let store = Arc::clone(&self.store);
             let key_id = self.audit.signer().key_id().to_string();
-            let _ = tokio::task::spawn_blocking(move || heads.drain(&store, &key_id)).await;
+            if let Err(e) = tokio::task::spawn_blocking(move || turn.drain(&store, &key_id)).await {
+                tracing::error!(error = %e, "the audit head writer did not finish");
+            }
         }
         Ok(())
     }
