@@ -11,6 +11,15 @@ use super::*;
 use kcred_proto::kcred::v1::Reason;
 
 /// An issue event that differs with `i`.
+/// `err` refuses the records from `seq` on, and the log was cut back
+/// cleanly to its last durable record.
+pub(super) fn assert_cut_back(err: &AuditError, seq: u64) {
+    assert!(
+        matches!(err, AuditError::Write { seq: s, rolled_back: true, .. } if *s == seq),
+        "{err}"
+    );
+}
+
 pub(super) fn event(i: usize) -> AuditEvent {
     AuditEvent::new(Actor::Node(format!("node-{}", i % 3)), Action::Issue)
         .with_kind(CredentialKind::Keytab)
@@ -32,6 +41,14 @@ pub(super) struct Fixture {
 }
 
 impl Fixture {
+    /// The log verifies, holding `records` records; its report.
+    pub fn assert_intact(&self, records: u64) -> VerifyReport {
+        let report = self.verify();
+        assert!(report.is_ok(), "{:?}", report.first_problem);
+        assert_eq!(report.records, records);
+        report
+    }
+
     pub fn new(n: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let fx = Fixture {
@@ -80,9 +97,7 @@ pub(super) fn read_lines(path: &Path) -> Vec<String> {
 #[test]
 fn untouched_log_of_20_records_verifies() {
     let fx = Fixture::new(20);
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, 20);
+    let report = fx.assert_intact(20);
     let head = report.head.expect("head");
     assert_eq!(head.seq, 20);
     assert_eq!(fx.open().head(), Some(head));
@@ -118,9 +133,7 @@ fn reopening_continues_the_chain_and_verifies_across_the_reopen() {
     assert_eq!(r6.seq, 6);
     assert_eq!(r6.prev_hash, last.hash);
     drop(log);
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, 6);
+    fx.assert_intact(6);
 }
 
 #[test]
@@ -192,17 +205,7 @@ fn failed_write_is_rolled_back_refused_and_the_log_stays_usable() {
     let size = std::fs::metadata(&fx.log).expect("stat").len();
     log.inject(Fault::PartialWrite(40));
     let err = log.append(&event(4)).expect_err("must fail closed");
-    assert!(
-        matches!(
-            err,
-            AuditError::Write {
-                seq: 4,
-                rolled_back: true,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_cut_back(&err, 4);
     assert_eq!(std::fs::metadata(&fx.log).expect("stat").len(), size);
     assert_eq!(log.append(&event(4)).expect("next append").seq, 4);
     drop(log);
@@ -319,9 +322,7 @@ fn concurrent_appends_from_8_threads_form_one_valid_chain() {
     }
     assert_eq!(log.head().map(|h| h.seq), Some(400));
     drop(log);
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, 400);
+    fx.assert_intact(400);
     for t in 0..8 {
         let f = AuditFilter {
             subject: Some(format!("t{t}-")),

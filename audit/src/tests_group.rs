@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::tests::{Fixture, event};
+use super::tests::{Fixture, assert_cut_back, event};
 use super::*;
 
 #[test]
@@ -30,9 +30,7 @@ fn concurrent_appends_form_one_intact_chain_with_every_seq() {
     assert_eq!(seqs, (1..=all).collect::<Vec<u64>>(), "every seq, once");
     // Every append returned after its sync: the durable head is the last.
     assert_eq!(log.head().map(|h| h.seq), Some(all));
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, all);
+    fx.assert_intact(all);
 }
 
 /// Segments sealed while appends share syncs: each segment is synced as
@@ -64,9 +62,7 @@ fn concurrent_appends_across_sealed_segments_form_one_chain() {
     assert_eq!(log.head().map(|h| h.seq), Some(all));
     let sealed = segments::last_sealed(&fx.log).expect("list");
     assert!(sealed.is_some(), "the size limit sealed segments");
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, all);
+    fx.assert_intact(all);
     drop(log);
     let reopened = AuditLog::open_rotating(&fx.log, fx.signer(), rotation).expect("reopen");
     assert_eq!(reopened.head().map(|h| h.seq), Some(all));
@@ -94,24 +90,12 @@ fn a_failed_sync_cuts_the_log_back_and_the_caller_is_refused() {
     let err = log
         .append(&event(4))
         .expect_err("not durable: must fail closed");
-    assert!(
-        matches!(
-            err,
-            AuditError::Write {
-                seq: 4,
-                rolled_back: true,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_cut_back(&err, 4);
     assert_eq!(fx.lines().len(), 3, "the undurable record is cut off");
     assert_eq!(log.head().map(|h| h.seq), Some(3));
     // The chain continues from the durable end.
     assert_eq!(log.append(&event(5)).expect("append").seq, 4);
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, 4);
+    fx.assert_intact(4);
 }
 
 /// Async callers: many tasks on two worker threads, each awaiting its own
@@ -160,9 +144,7 @@ fn async_appends_share_syncs_with_blocking_ones_and_form_one_chain() {
     let all = (tasks * each + 50) as u64;
     assert_eq!(seqs, (1..=all).collect::<Vec<u64>>(), "every seq, once");
     assert_eq!(log.head().map(|h| h.seq), Some(all));
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, all);
+    fx.assert_intact(all);
 }
 
 #[test]
@@ -177,25 +159,13 @@ fn a_failed_sync_refuses_an_async_caller_and_the_chain_goes_on() {
     let err = rt
         .block_on(log.append_all_durably(vec![event(4), event(5)]))
         .expect_err("not durable: must fail closed");
-    assert!(
-        matches!(
-            err,
-            AuditError::Write {
-                seq: 4,
-                rolled_back: true,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_cut_back(&err, 4);
     assert_eq!(fx.lines().len(), 3, "the undurable records are cut off");
     let records = rt
         .block_on(log.append_all_durably(vec![event(6)]))
         .expect("append");
     assert_eq!(records[0].seq, 4);
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, 4);
+    fx.assert_intact(4);
 }
 
 /// Callers that give up (a cancelled request) never leave the log waiting

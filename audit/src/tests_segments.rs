@@ -81,9 +81,7 @@ fn rotation_by_size_spreads_one_chain_over_many_segments_that_verify() {
         "the active file follows on"
     );
 
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, 120);
+    let report = fx.assert_intact(120);
     assert_eq!(report.head.as_ref().map(|h| h.seq), Some(120));
     assert_eq!(
         query(&fx.log, &AuditFilter::default())
@@ -257,9 +255,7 @@ fn an_empty_active_file_continues_the_chain_of_the_last_sealed_segment() {
     assert_eq!(log.head().map(|h| h.seq), Some(10));
     let rec = log.append(&event(11)).expect("append");
     assert_eq!(rec.seq, 11);
-    let report = fx.verify();
-    assert!(report.is_ok(), "{:?}", report.first_problem);
-    assert_eq!(report.records, 11);
+    fx.assert_intact(11);
 }
 
 #[test]
