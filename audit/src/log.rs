@@ -232,11 +232,7 @@ impl AuditLog {
         self.durable
             .wait(mark, || self.written(), |at, e| self.cut_back(at, e))
             .map_err(|cut| self.not_durable(first, cut))?;
-        if let Some(sink) = &self.sink {
-            for (record, line) in records.iter().zip(&lines) {
-                sink.send(record, line);
-            }
-        }
+        self.send_copies(&records, &lines);
         Ok(records)
     }
 
@@ -291,16 +287,18 @@ impl AuditLog {
             // async workers, and awaited as before, so copies keep their
             // order and a slow sink slows its callers instead of piling up.
             let (log, copies) = (Arc::clone(self), records.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(sink) = &log.sink {
-                    for (record, line) in copies.iter().zip(&lines) {
-                        sink.send(record, line);
-                    }
-                }
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || log.send_copies(&copies, &lines)).await;
         }
         Ok(records)
+    }
+
+    /// Copies durable records to the sink, if one is set.
+    fn send_copies(&self, records: &[AuditRecord], lines: &[Vec<u8>]) {
+        if let Some(sink) = &self.sink {
+            for (record, line) in records.iter().zip(lines) {
+                sink.send(record, line);
+            }
+        }
     }
 
     /// How far the chain has been written, for the group sync.
@@ -456,7 +454,6 @@ impl AuditLog {
         self.tail.lock().unwrap_or_else(|p| p.into_inner()).fault = Some(fault);
     }
 
-    /// Makes the next group sync fail.
     /// Takes the lead of a sync and drops the turn unrun, as a runtime
     /// shutting down drops a queued task; whether the lead was taken.
     #[cfg(test)]
@@ -477,6 +474,7 @@ impl AuditLog {
         }
     }
 
+    /// Makes the next group sync fail.
     #[cfg(test)]
     pub(super) fn fail_next_sync(&self) {
         self.durable

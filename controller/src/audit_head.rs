@@ -263,34 +263,21 @@ struct Heads {
 }
 
 impl HeadWriter {
-    /// Stores `head` (or leaves it to the running writer). Blocking: call
-    /// from a blocking thread.
-    pub fn store(&self, store: &Store, key_id: &str, head: AuditHead) {
-        if self.offer(head) {
-            self.drain(store, key_id);
-        }
-    }
-
     /// Leaves `head` to be stored; `Some` when the caller became the
     /// writer: it must run [`WriterTurn::drain`] (on a blocking thread).
     /// Never blocks on the store.
     pub fn offer_turn(self: &Arc<Self>, head: AuditHead) -> Option<WriterTurn> {
-        self.offer(head).then(|| WriterTurn {
-            heads: Arc::clone(self),
-            done: false,
-        })
-    }
-
-    /// Leaves `head` to be stored; whether the caller became the writer.
-    fn offer(&self, head: AuditHead) -> bool {
         let mut s = self.lock();
         if head.seq <= s.stored_seq {
-            return false;
+            return None;
         }
         if s.pending.as_ref().is_none_or(|p| p.seq < head.seq) {
             s.pending = Some(head);
         }
-        !std::mem::replace(&mut s.writing, true)
+        (!std::mem::replace(&mut s.writing, true)).then(|| WriterTurn {
+            heads: Arc::clone(self),
+            done: false,
+        })
     }
 
     /// The writer's work: stores pending heads until none is newer than
@@ -399,12 +386,15 @@ mod stored_heads_tests {
     #[test]
     fn a_head_older_than_the_one_stored_is_no_news() {
         let (_dir, store) = fresh_store();
-        let writer = HeadWriter::default();
+        let writer = Arc::new(HeadWriter::default());
         // Two appends finish as 10 then 9 reach the writer (concurrent
         // appends do).
         let logs = logs_of(|| {
-            writer.store(&store, "k", head(10));
-            writer.store(&store, "k", head(9));
+            for seq in [10, 9] {
+                if let Some(turn) = writer.offer_turn(head(seq)) {
+                    turn.drain(&store, "k");
+                }
+            }
         });
         assert_eq!(stored_head(&store, "k").unwrap(), Some(head(10)));
         assert!(!logs.contains("ahead of the log"), "{logs}");
