@@ -65,6 +65,9 @@ pub struct Metrics {
     /// 1 while this controller is the elected leader (always, alone on an
     /// embedded store): it runs the lease sweeper and pending purges.
     pub leader: IntGauge,
+    /// Heartbeat streams open: about one per node whose driver is
+    /// connected to this controller.
+    pub heartbeat_streams: IntGauge,
 }
 
 impl Metrics {
@@ -117,7 +120,15 @@ impl Metrics {
                 "1 while this controller leads (sweeper, purges); 0: a follower",
             ),
         );
+        let heartbeat_streams = kcred_runtime::register(
+            &registry,
+            IntGauge::new(
+                "heartbeat_streams",
+                "Heartbeat streams open (about one per connected node)",
+            ),
+        );
         Arc::new(Metrics {
+            heartbeat_streams,
             store_up,
             directory_syncs: counter(
                 "directory_syncs_total",

@@ -400,6 +400,45 @@ impl ControllerClient {
         .await
     }
 
+    /// Opens a heartbeat stream: sends the first heartbeat on it and
+    /// returns the stream with that heartbeat's answer (the controller
+    /// authenticates the node on the first message).
+    /// [`ControllerError::is_unimplemented`]: the controller is too old
+    /// for it; heartbeat with [`Self::heartbeat`].
+    pub async fn open_heartbeats(
+        &self,
+        volume_ids: Vec<String>,
+    ) -> Result<(HeartbeatStream, HeartbeatResponse), ControllerError> {
+        let first = HeartbeatRequest {
+            node_name: self.node_name.clone(),
+            volume_ids,
+        };
+        self.failover(|mut client| {
+            let first = first.clone();
+            async move {
+                let (out, rx) = tokio::sync::mpsc::channel(2);
+                let node_name = first.node_name.clone();
+                // Queued before the call: the controller answers the
+                // call only once it has read the first message.
+                let _ = out.send(first).await;
+                let mut answers = client
+                    .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                let answer = answers.message().await?.ok_or_else(|| {
+                    tonic::Status::unavailable("the heartbeat stream ended before its first answer")
+                })?;
+                let stream = HeartbeatStream {
+                    node_name,
+                    out,
+                    answers,
+                };
+                Ok((stream, answer))
+            }
+        })
+        .await
+    }
+
     /// Subscribes to pushed updates.
     pub async fn watch_updates(&self) -> Result<tonic::Streaming<VolumeUpdate>, ControllerError> {
         let req = WatchUpdatesRequest {
@@ -410,6 +449,50 @@ impl ControllerClient {
             async move { Ok(client.watch_updates(req).await?.into_inner()) }
         })
         .await
+    }
+}
+
+/// How long a heartbeat on an open stream waits for its answer before
+/// the stream counts as broken (the unary call's timeout).
+const BEAT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An open heartbeat stream ([`ControllerClient::open_heartbeats`]): one
+/// message each way per heartbeat.
+pub struct HeartbeatStream {
+    node_name: String,
+    out: tokio::sync::mpsc::Sender<HeartbeatRequest>,
+    answers: tonic::Streaming<HeartbeatResponse>,
+}
+
+impl HeartbeatStream {
+    /// Sends one heartbeat and waits for its answer. `Ok(None)`: the
+    /// controller ended the stream (it does after a while, so that the
+    /// node proves itself again); open another.
+    pub async fn beat(
+        &mut self,
+        volume_ids: Vec<String>,
+    ) -> Result<Option<HeartbeatResponse>, ControllerError> {
+        let req = HeartbeatRequest {
+            node_name: self.node_name.clone(),
+            volume_ids,
+        };
+        let next = async {
+            if self.out.send(req).await.is_err() {
+                // The call's request side is gone: the stream is over.
+                return Ok(None);
+            }
+            self.answers.message().await
+        };
+        match tokio::time::timeout(BEAT_TIMEOUT, next).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(status)) => Err(ControllerError::from_status(status)),
+            Err(_) => Err(ControllerError::Unreachable(
+                tonic::Status::deadline_exceeded(format!(
+                    "no heartbeat answer within {} s",
+                    BEAT_TIMEOUT.as_secs()
+                )),
+            )),
+        }
     }
 }
 

@@ -174,30 +174,52 @@ impl EchoPeer {
 
     /// The heartbeat phase's pattern answered by the echo: one connection
     /// per node, each sending that node's request every `every` over
-    /// `window`. Its CPU per call includes what idle connections woken
-    /// one call at a time cost, which calls back to back hide.
+    /// `window`, as unary calls or as messages on one stream per node.
+    /// Its CPU per call includes what idle connections woken one call at
+    /// a time cost, which calls back to back hide.
     async fn paced(
         &self,
         requests: Vec<HeartbeatRequest>,
         every: Duration,
         window: Duration,
+        how: Carried,
     ) -> anyhow::Result<Paced> {
-        let mut callers = Vec::with_capacity(requests.len());
+        let mut unary = Vec::new();
+        let mut streams = Vec::new();
         for req in requests {
             let mut c = echo::client(&self.addr, &self.cert).await?;
-            c.heartbeat(req.clone()).await?;
-            callers.push((c, req));
+            match how {
+                Carried::Unary => {
+                    c.heartbeat(req.clone()).await?;
+                    unary.push((c, req));
+                }
+                Carried::Stream => {
+                    let stream = echo::EchoStream::open(&mut c, req.clone()).await?;
+                    streams.push((Arc::new(tokio::sync::Mutex::new((c, stream))), req));
+                }
+            }
         }
         // What the open connections cost with no call, taken off as the
         // controller's idle rate is.
         let idle = cpu_rate(self.pid, Duration::from_secs(3)).await?;
         let cpu0 = procstat::cpu(self.pid)?;
         let t = Instant::now();
-        let beats = paced(callers, every, window, |(mut c, req)| async move {
-            c.heartbeat(req).await?;
-            anyhow::Ok(0)
-        })
-        .await?;
+        let beats = match how {
+            Carried::Unary => {
+                paced(unary, every, window, |(mut c, req)| async move {
+                    c.heartbeat(req).await?;
+                    anyhow::Ok(0)
+                })
+                .await?
+            }
+            Carried::Stream => {
+                paced(streams, every, window, |(open, req)| async move {
+                    open.lock().await.1.beat(req).await?;
+                    anyhow::Ok(0)
+                })
+                .await?
+            }
+        };
         let wall = t.elapsed();
         let cpu = procstat::cpu(self.pid)?.saturating_sub(cpu0);
         let busy = cpu.saturating_sub(Duration::from_secs_f64(idle * wall.as_secs_f64()));
@@ -209,6 +231,31 @@ impl EchoPeer {
             beats,
         })
     }
+}
+
+/// The heartbeat phase of one way of carrying heartbeats.
+struct BeatPhase {
+    /// Controller CPU per heartbeat, the idle rate taken off.
+    per_beat: Duration,
+    /// Share of one core, the idle rate taken off.
+    share: f64,
+    beats: Beats,
+}
+
+fn carried(how: Carried) -> &'static str {
+    match how {
+        Carried::Unary => "unary calls",
+        Carried::Stream => "one stream per node",
+    }
+}
+
+/// How heartbeats travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carried {
+    /// One unary call each.
+    Unary,
+    /// One message each way on a stream per node, opened beforehand.
+    Stream,
 }
 
 /// The echo answering the heartbeat pattern.
@@ -326,20 +373,43 @@ struct Beats {
 }
 
 /// Every node heartbeats every `every` with the volumes it holds, spread
-/// evenly over the interval, until `window` ends.
-async fn heartbeats(nodes: &[SimNode], every: Duration, window: Duration) -> anyhow::Result<Beats> {
-    let callers = nodes
-        .iter()
-        .map(|n| {
-            let held: Vec<String> = n.volumes.iter().map(|v| v.volume_id.clone()).collect();
-            (n.client.clone(), held)
-        })
-        .collect();
-    paced(callers, every, window, |(client, held)| async move {
-        let a = client.heartbeat(held).await?;
-        anyhow::Ok(a.stale_volume_ids.len() + a.revoked_volume_ids.len())
-    })
-    .await
+/// evenly over the interval, until `window` ends: by unary calls, or on
+/// one stream per node opened (and authenticated) before the window.
+async fn heartbeats(
+    nodes: &[SimNode],
+    every: Duration,
+    window: Duration,
+    how: Carried,
+) -> anyhow::Result<Beats> {
+    let held =
+        |n: &SimNode| -> Vec<String> { n.volumes.iter().map(|v| v.volume_id.clone()).collect() };
+    match how {
+        Carried::Unary => {
+            let callers = nodes.iter().map(|n| (n.client.clone(), held(n))).collect();
+            paced(callers, every, window, |(client, held)| async move {
+                let a = client.heartbeat(held).await?;
+                anyhow::Ok(a.stale_volume_ids.len() + a.revoked_volume_ids.len())
+            })
+            .await
+        }
+        Carried::Stream => {
+            let mut callers = Vec::with_capacity(nodes.len());
+            for n in nodes {
+                let (stream, _) = n.client.open_heartbeats(held(n)).await?;
+                callers.push((Arc::new(tokio::sync::Mutex::new(stream)), held(n)));
+            }
+            paced(callers, every, window, |(stream, held)| async move {
+                let a = stream
+                    .lock()
+                    .await
+                    .beat(held)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the controller ended the stream"))?;
+                anyhow::Ok(a.stale_volume_ids.len() + a.revoked_volume_ids.len())
+            })
+            .await
+        }
+    }
 }
 
 /// Each caller calls `beat` every `every`, the callers spread evenly over
@@ -460,24 +530,33 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
     let rss_fetched = procstat::rss(pid)?;
     let idle = cpu_rate(pid, Duration::from_secs(3)).await?;
 
-    let cpu0 = procstat::cpu(pid)?;
-    let t = Instant::now();
-    let mut beats = heartbeats(nodes, cfg.heartbeat_every, window).await?;
-    let wall = t.elapsed();
-    let hb_cpu = procstat::cpu(pid)?.saturating_sub(cpu0);
-    let busy = hb_cpu.saturating_sub(Duration::from_secs_f64(idle * wall.as_secs_f64()));
-    let per_beat = busy / beats.sent.max(1) as u32;
-    println!(
-        "phase 3, heartbeats: {} heartbeats from {} nodes every {} over {} ({} failed, {} wipes asked); controller CPU {} (idle rate {:.1}% of a core)",
-        beats.sent,
-        nodes.len(),
-        secs(cfg.heartbeat_every),
-        secs(wall),
-        beats.failed,
-        beats.wipes,
-        secs(hb_cpu),
-        idle * 100.0
-    );
+    let phase = |how| async move {
+        let cpu0 = procstat::cpu(pid)?;
+        let t = Instant::now();
+        let beats = heartbeats(nodes, cfg.heartbeat_every, window, how).await?;
+        let wall = t.elapsed();
+        let cpu = procstat::cpu(pid)?.saturating_sub(cpu0);
+        let busy = cpu.saturating_sub(Duration::from_secs_f64(idle * wall.as_secs_f64()));
+        println!(
+            "phase 3, heartbeats ({}): {} heartbeats from {} nodes every {} over {} ({} failed, {} wipes asked); controller CPU {} (idle rate {:.1}% of a core)",
+            carried(how),
+            beats.sent,
+            nodes.len(),
+            secs(cfg.heartbeat_every),
+            secs(wall),
+            beats.failed,
+            beats.wipes,
+            secs(cpu),
+            idle * 100.0
+        );
+        anyhow::Ok(BeatPhase {
+            per_beat: busy / beats.sent.max(1) as u32,
+            share: busy.as_secs_f64() / wall.as_secs_f64().max(1e-9),
+            beats,
+        })
+    };
+    let mut unary_beats = phase(Carried::Unary).await?;
+    let mut stream_beats = phase(Carried::Stream).await?;
     let rss_end = procstat::rss(pid)?;
     // The nodes' connections are closed first: both sets at once would
     // pass the file limit at full size.
@@ -491,16 +570,23 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
     let node_count = nodes.len();
     drop(stack);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let peer = echo.paced(requests, cfg.heartbeat_every, window).await?;
-    let (echo_paced, echo_share) = (peer.per_call, peer.share);
-    println!(
-        "peer, the same pattern against the TLS echo: {} calls over {} connections ({} failed), echo CPU {:.2}% of a core (idle rate {:.1}% taken off)",
-        peer.beats.sent,
-        node_count,
-        peer.beats.failed,
-        echo_share * 100.0,
-        peer.idle * 100.0
-    );
+    let mut peers = Vec::new();
+    for how in [Carried::Unary, Carried::Stream] {
+        let peer = echo
+            .paced(requests.clone(), cfg.heartbeat_every, window, how)
+            .await?;
+        println!(
+            "peer, the same pattern against the TLS echo ({}): {} calls over {} connections ({} failed), echo CPU {:.2}% of a core (idle rate {:.1}% taken off)",
+            carried(how),
+            peer.beats.sent,
+            node_count,
+            peer.beats.failed,
+            peer.share * 100.0,
+            peer.idle * 100.0
+        );
+        peers.push(peer);
+    }
+    let (echo_unary, echo_stream) = (&peers[0], &peers[1]);
 
     println!();
     let table = Table::start();
@@ -536,40 +622,51 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
         &format!("{} allowed / 0", cfg.rate + cfg.burst),
         "",
     );
-    let share = busy.as_secs_f64() / wall.as_secs_f64().max(1e-9);
-    table.row(
-        &format!(
-            "heartbeat CPU, {} nodes every {}, share of one core",
-            node_count,
-            secs(cfg.heartbeat_every)
-        ),
-        &format!("{:.2}%", share * 100.0),
-        &format!(
-            "{:.2}% TLS echo, same pattern; 10% goal",
-            echo_share * 100.0
-        ),
-        &ratio(share, echo_share),
-    );
-    table.row(
-        &format!("controller CPU per heartbeat ({} issued records)", cfg.pods),
-        &us(per_beat),
-        &format!(
-            "{} TLS echo, same pattern ({} back to back); 50 µs goal",
-            us(echo_paced),
-            us(echo_cpu)
-        ),
-        &ratio(per_beat.as_secs_f64(), echo_paced.as_secs_f64()),
-    );
-    table.row(
-        "  heartbeat latency p50 / p99",
-        &format!(
-            "{} / {}",
-            ms(pct(&mut beats.latencies, 0.5)),
-            ms(pct(&mut beats.latencies, 0.99))
-        ),
-        "",
-        "",
-    );
+    for (how, kcred, peer) in [
+        (Carried::Stream, &mut stream_beats, echo_stream),
+        (Carried::Unary, &mut unary_beats, echo_unary),
+    ] {
+        table.row(
+            &format!(
+                "heartbeat CPU ({}), {} nodes every {}, share of one core",
+                carried(how),
+                node_count,
+                secs(cfg.heartbeat_every)
+            ),
+            &format!("{:.2}%", kcred.share * 100.0),
+            &format!(
+                "{:.2}% TLS echo ({}), same pattern; 10% goal",
+                peer.share * 100.0,
+                carried(how)
+            ),
+            &ratio(kcred.share, peer.share),
+        );
+        table.row(
+            &format!(
+                "  controller CPU per heartbeat ({}, {} issued records)",
+                carried(how),
+                cfg.pods
+            ),
+            &us(kcred.per_beat),
+            &format!(
+                "{} TLS echo ({}), same pattern ({} unary back to back); 50 µs goal",
+                us(peer.per_call),
+                carried(how),
+                us(echo_cpu)
+            ),
+            &ratio(kcred.per_beat.as_secs_f64(), peer.per_call.as_secs_f64()),
+        );
+        table.row(
+            "  heartbeat latency p50 / p99",
+            &format!(
+                "{} / {}",
+                ms(pct(&mut kcred.beats.latencies, 0.5)),
+                ms(pct(&mut kcred.beats.latencies, 0.99))
+            ),
+            "",
+            "",
+        );
+    }
     table.row(
         "controller RSS at the end",
         &mib(rss_end),
@@ -605,10 +702,11 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
         "2 KiB goal",
         "",
     );
-    if fetched.failed > 0 || join_failed > 0 || beats.failed > 0 {
+    let beats_failed = unary_beats.beats.failed + stream_beats.beats.failed;
+    if fetched.failed > 0 || join_failed > 0 || beats_failed > 0 {
         println!(
             "\n{} joins, {} fetches and {} heartbeats failed (see the controller log)",
-            join_failed, fetched.failed, beats.failed
+            join_failed, fetched.failed, beats_failed
         );
     }
     Ok(())

@@ -71,6 +71,89 @@ async fn a_node_proves_itself_once_per_tls_connection_and_only_as_itself() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
+    let stack = ProcStack::start_with_metrics("").await.expect("stack");
+    let port = stack.metrics_port.expect("metrics port");
+    let open_streams = || async move {
+        let body = kcred_tests::ha::scrape(port).await;
+        kcred_tests::ha::metric(&body, "kcred_heartbeat_streams", &[]).unwrap_or(-1.0)
+    };
+    // The real driver beats on a stream of its own.
+    let mut seen = -1.0;
+    for _ in 0..100 {
+        seen = open_streams().await;
+        if seen == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 1.0, "the driver's heartbeat stream");
+
+    // Opened with a token: the first message names the node it proves.
+    let token = stack.node_token(NODE_A).expect("node-a token");
+    let mut client = NodeCredentialsClient::new(stack.channel().await.expect("tls channel"));
+    let (out, rx) = tokio::sync::mpsc::channel(4);
+    out.send(HeartbeatRequest {
+        node_name: NODE_A.into(),
+        volume_ids: vec![],
+    })
+    .await
+    .expect("queue");
+    let mut open = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    open.metadata_mut()
+        .insert("authorization", token.parse().expect("metadata"));
+    let mut answers = client
+        .heartbeats(open)
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let first = answers.message().await.expect("answer").expect("first");
+    assert!(first.lease_ttl_secs > 0, "{first:?}");
+    // Later beats carry no token: the stream was proven when it opened.
+    for _ in 0..3 {
+        out.send(HeartbeatRequest {
+            node_name: NODE_A.into(),
+            volume_ids: vec![],
+        })
+        .await
+        .expect("send");
+        let answer = answers.message().await.expect("answer").expect("beat");
+        assert!(answer.lease_ttl_secs > 0, "{answer:?}");
+    }
+    assert_eq!(open_streams().await, 2.0, "the driver's and this one");
+    // A beat for another node ends the stream with the node's refusal.
+    out.send(HeartbeatRequest {
+        node_name: NODE_B.into(),
+        volume_ids: vec![],
+    })
+    .await
+    .expect("send");
+    let err = answers
+        .message()
+        .await
+        .expect_err("node-a's stream speaking for node-b");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&err),
+        Some(kcred_proto::kcred::v1::Reason::NodeMismatch),
+        "{err:?}"
+    );
+    assert_eq!(open_streams().await, 1.0, "the refused stream is gone");
+
+    // Without a token on a new connection, the stream does not open.
+    let mut fresh = NodeCredentialsClient::new(stack.channel().await.expect("tls channel"));
+    let err = fresh
+        .heartbeats(tokio_stream::iter([HeartbeatRequest {
+            node_name: NODE_A.into(),
+            volume_ids: vec![],
+        }]))
+        .await
+        .expect_err("an unproven stream");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}
+
 fn data_version(target: &Path) -> Option<PathBuf> {
     std::fs::read_link(target.join("..data")).ok()
 }

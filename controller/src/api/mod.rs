@@ -2,4 +2,5 @@
 
 pub mod admin;
 pub mod batch;
+mod heartbeats;
 pub mod node;

@@ -17,7 +17,7 @@ use kcred_proto::kcred::v1::{
 };
 use tokio_stream::Stream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::admission::{self, FetchFacts, Grant};
 use crate::bundle;
@@ -42,6 +42,46 @@ impl NodeApi {
 
 fn invalid(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(Reason::RequestInvalid, e.to_string())
+}
+
+/// One heartbeat of an authenticated `node`, however it came (a unary
+/// call or a message on its stream): renews the lease and answers which
+/// of the `held` volumes are stale or revoked.
+pub(super) async fn beat(
+    st: &Arc<ControllerState>,
+    node: &str,
+    held: Vec<String>,
+) -> Result<HeartbeatResponse, Status> {
+    if st.cluster.is_shared() {
+        // Shared with the other controllers; the leader's sweep takes
+        // it in (and audits a return) from there.
+        let now = kcred_audit::timefmt::now_unix_ms();
+        if let Err(e) = st.cluster.note_heartbeat(node, now).await {
+            tracing::warn!(%node, error = %e, "cannot share a heartbeat");
+            return Err(status_of(&Refusal::from_error(&e)));
+        }
+    } else if let Some(t) = st.leases.heartbeat(node) {
+        loss::lease_transition(st, t).await;
+    }
+    // In memory and proportional to what this node holds (see
+    // crate::nodes::heartbeat), but it reads the issued-volume view,
+    // whose lock a release or revocation holds across a store write
+    // (an etcd round trip): if it is held, wait for it on a blocking
+    // thread, not on an async worker every other call needs.
+    let answer = match heartbeat::try_answer(st, node, &held) {
+        Some(answer) => answer,
+        None => {
+            let (state, who) = (Arc::clone(st), node.to_string());
+            tokio::task::spawn_blocking(move || heartbeat::answer(&state, &who, &held))
+                .await
+                .map_err(|_| Status::internal("heartbeat verdict task failed"))?
+        }
+    }
+    .map_err(Status::from)?;
+    st.held
+        .heard(node, answer.listed, kcred_audit::timefmt::now_unix());
+    heartbeat::release(st, node, answer.releasable).await;
+    Ok(answer.response)
 }
 
 /// The request's own shape; the pod it names is checked by admission.
@@ -123,6 +163,7 @@ fn observe<T>(
 #[tonic::async_trait]
 impl NodeCredentials for NodeApi {
     type WatchUpdatesStream = Pin<Box<dyn Stream<Item = Result<VolumeUpdate, Status>> + Send>>;
+    type HeartbeatsStream = super::heartbeats::Answers;
 
     async fn fetch_bundle(
         &self,
@@ -163,38 +204,16 @@ impl NodeCredentials for NodeApi {
         let node = request.get_ref().node_name.clone();
         names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
         self.authenticate(&request, &node).await?;
-        let st = &self.state;
-        if st.cluster.is_shared() {
-            // Shared with the other controllers; the leader's sweep takes
-            // it in (and audits a return) from there.
-            let now = kcred_audit::timefmt::now_unix_ms();
-            if let Err(e) = st.cluster.note_heartbeat(&node, now).await {
-                tracing::warn!(%node, error = %e, "cannot share a heartbeat");
-                return Err(status_of(&Refusal::from_error(&e)));
-            }
-        } else if let Some(t) = st.leases.heartbeat(&node) {
-            loss::lease_transition(st, t).await;
-        }
-        let held = request.into_inner().volume_ids;
-        // In memory and proportional to what this node holds (see
-        // crate::nodes::heartbeat), but it reads the issued-volume view,
-        // whose lock a release or revocation holds across a store write
-        // (an etcd round trip): if it is held, wait for it on a blocking
-        // thread, not on an async worker every other call needs.
-        let answer = match heartbeat::try_answer(st, &node, &held) {
-            Some(answer) => answer,
-            None => {
-                let (state, who) = (Arc::clone(st), node.clone());
-                tokio::task::spawn_blocking(move || heartbeat::answer(&state, &who, &held))
-                    .await
-                    .map_err(|_| Status::internal("heartbeat verdict task failed"))?
-            }
-        }
-        .map_err(Status::from)?;
-        st.held
-            .heard(&node, answer.listed, kcred_audit::timefmt::now_unix());
-        heartbeat::release(st, &node, answer.releasable).await;
-        Ok(Response::new(answer.response))
+        beat(&self.state, &node, request.into_inner().volume_ids)
+            .await
+            .map(Response::new)
+    }
+
+    async fn heartbeats(
+        &self,
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        super::heartbeats::open(self, request).await
     }
 
     async fn watch_updates(
@@ -247,7 +266,11 @@ impl NodeCredentials for NodeApi {
 
 impl NodeApi {
     /// Authenticates a node call; refusals are audited.
-    async fn authenticate<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
+    pub(super) async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        node: &str,
+    ) -> Result<(), Status> {
         let conns = &self.state.connections;
         let rejected = match (
             &self.state.psat,

@@ -133,31 +133,16 @@ impl Records {
             .cloned()
     }
 
-    /// Stores `record` durably, unless it is exactly what is held already.
-    /// Returns whether it was written.
+    /// Stores `record` (see [`StateDir::save`]), unless it is exactly what
+    /// is held already. Returns whether it was written.
     pub fn save(&self, record: &PublishedVolume) -> Result<bool> {
-        self.store(record, StateDir::save)
-    }
-
-    /// Stores a refreshed state of a recorded volume (see
-    /// [`StateDir::update`]), unless nothing changed. Returns whether it
-    /// was written.
-    pub fn update(&self, record: &PublishedVolume) -> Result<bool> {
-        self.store(record, StateDir::update)
-    }
-
-    fn store(
-        &self,
-        record: &PublishedVolume,
-        write: fn(&StateDir, &PublishedVolume) -> Result<()>,
-    ) -> Result<bool> {
         if lock(&self.held).get(&record.volume_id) == Some(record) {
             return Ok(false);
         }
-        if let Err(e) = write(&self.dir, record) {
-            // The write may have landed before what failed (the directory's
-            // fsync): hold what the disk holds, so that a later save of the
-            // old value is not skipped as unchanged.
+        if let Err(e) = self.dir.save(record) {
+            // The rename may have landed before what failed: hold what the
+            // disk holds, so that a later save of the old value is not
+            // skipped as unchanged.
             match self.dir.load(&record.volume_id) {
                 Ok(Some(on_disk)) => lock(&self.held).insert(on_disk),
                 Ok(None) => lock(&self.held).remove(&record.volume_id),
@@ -277,9 +262,7 @@ mod tests {
             generation: "g2".into(),
             refresh_at: None,
         };
-        assert!(!records.update(&rec).unwrap(), "nothing changed");
-        assert_eq!(std::fs::read(&file).unwrap(), b"sentinel", "not rewritten");
-        assert!(records.update(&moved).unwrap());
+        assert!(records.save(&moved).unwrap());
         let reread = StateDir::open(tmp.path()).unwrap().load("a").unwrap();
         assert_eq!(reread, Some(moved), "a change is written");
     }

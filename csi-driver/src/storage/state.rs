@@ -237,27 +237,18 @@ impl StateDir {
         self.root.join(format!("{}{SUFFIX}", hex::encode(digest)))
     }
 
-    /// Stores `v`, replacing any previous record for the same volume. Written
-    /// to a temp file, fsynced and renamed, so a crash leaves either the old
-    /// or the new record, never half of one; the directory is fsynced too,
-    /// so the record is there after a power loss.
+    /// Stores `v`, replacing any previous record for the same volume:
+    /// written to a temp file and renamed into place, so a crash of the
+    /// driver leaves the old or the new record, never half of one.
+    ///
+    /// Nothing is fsynced. A record describes a tmpfs mount, and a power
+    /// loss takes every mount with it: whatever records survive it (old,
+    /// new, or none) describe mounts that are gone, which the driver
+    /// handles as after any reboot (kubelet's republish mounts again; the
+    /// heartbeat reports the rest, which the controller calls stale). A
+    /// process crash keeps what was written (the page cache is the
+    /// kernel's). Syncing bought nothing but two journal commits a write.
     pub fn save(&self, v: &PublishedVolume) -> Result<()> {
-        self.write(v)?;
-        self.sync_dir()
-    }
-
-    /// Replaces the record of a volume that has one with a newer state of
-    /// the same mount (a refresh: a new generation, a new deadline). One
-    /// fsync instead of two: the directory is not synced, so a power loss
-    /// may keep the previous record, which is as good (the tmpfs mounts are
-    /// gone with the power, and kubelet's republish after the reboot fetches
-    /// again); a driver crash keeps the new one.
-    pub fn update(&self, v: &PublishedVolume) -> Result<()> {
-        self.write(v)
-    }
-
-    /// The record written to a temp file, fsynced and renamed into place.
-    fn write(&self, v: &PublishedVolume) -> Result<()> {
         let path = self.path_for(&v.volume_id);
         let json = serde_json::to_vec_pretty(v).map_err(|source| StorageError::Encode {
             path: path.clone(),
@@ -274,7 +265,6 @@ impl StateDir {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&json)?;
-            f.sync_all()?;
             fs::rename(&tmp, &path)
         })();
         written.map_err(|source| {
@@ -309,7 +299,9 @@ impl StateDir {
     pub fn remove(&self, volume_id: &str) -> Result<()> {
         let path = self.path_for(volume_id);
         match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(),
+            Ok(()) => Ok(()),
+            // Not synced either (see `save`): a record a power loss brings
+            // back names a mount that is gone, which the heartbeat settles.
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(source) => Err(io_err("removing state record", &path)(source)),
         }
@@ -354,13 +346,6 @@ impl StateDir {
         }
         out.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
         Ok(out)
-    }
-
-    /// Makes a rename or unlink durable across a power loss.
-    fn sync_dir(&self) -> Result<()> {
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync state dir", &self.root))
     }
 }
 

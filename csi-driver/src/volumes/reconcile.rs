@@ -397,7 +397,7 @@ impl VolumeManager {
             let changed = medium.write(&rec, &files)?;
             // Saved when the generation or the refresh deadline moved on
             // or the owner changed; an unchanged record is not written.
-            state.update(&rec)?;
+            state.save(&rec)?;
             // Before the lock goes: a republish right after finds it current.
             freshness.confirm(&rec.volume_id);
             Ok(changed)

@@ -2,7 +2,8 @@
 //! stream. Both only *trigger* volumes; what a trigger does is the
 //! lifecycle's decision.
 //!
-//! - Every heartbeat reports the volumes this node holds; the controller
+//! - Every heartbeat reports the volumes this node holds (as a message on
+//!   one long-lived stream; by unary calls to a controller without it); the controller
 //!   answers which belong to pods that are gone or bound elsewhere (stale:
 //!   wiped and unmounted) and which were revoked (wiped, mount kept).
 //! - The update stream carries pushes: REFRESH (a rotation) and WIPE (a
@@ -10,22 +11,24 @@
 //!   deadlines and kubelet's republishes keep volumes current.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kcred_proto::kcred::v1::VolumeUpdate;
 use kcred_proto::kcred::v1::volume_update::Action;
+use kcred_proto::kcred::v1::{HeartbeatResponse, VolumeUpdate};
 
 use super::lifecycle::Cause;
 use super::manager::VolumeManager;
+use crate::controller_client::{ControllerClient, ControllerError, HeartbeatStream};
 use crate::support::retry;
 
 /// Heartbeats forever (until the task is aborted).
 pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration) {
     let mut every = default_every;
     let mut backoff = retry::heartbeat();
+    let mut beats = Beats::default();
     loop {
         let held = volumes.held_ids();
-        let wait = match volumes.client().heartbeat(held.clone()).await {
+        let wait = match beats.beat(volumes.client(), held.clone()).await {
             Ok(resp) => {
                 backoff = retry::heartbeat();
                 if resp.lease_ttl_secs > 0 {
@@ -51,6 +54,56 @@ pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// How long the driver heartbeats by unary calls after a controller said
+/// it has no heartbeat stream, before it asks again (an upgrade).
+const UNARY_FOR: Duration = Duration::from_secs(600);
+
+/// How heartbeats travel: as messages on one stream, or by unary calls to
+/// a controller without the stream.
+#[derive(Default)]
+pub(super) struct Beats {
+    stream: Option<HeartbeatStream>,
+    unary_until: Option<Instant>,
+}
+
+impl Beats {
+    /// One heartbeat, on the open stream or a new one.
+    pub(super) async fn beat(
+        &mut self,
+        client: &ControllerClient,
+        held: Vec<String>,
+    ) -> Result<HeartbeatResponse, ControllerError> {
+        if self.unary_until.is_some_and(|t| Instant::now() < t) {
+            return client.heartbeat(held).await;
+        }
+        if let Some(stream) = self.stream.as_mut() {
+            match stream.beat(held.clone()).await {
+                Ok(Some(answer)) => return Ok(answer),
+                // Ended by the controller: open another at once.
+                Ok(None) => tracing::debug!("the controller ended the heartbeat stream"),
+                // Broken: a new one goes through the client's failover.
+                Err(e) => tracing::debug!(error = %e, "heartbeat stream broke"),
+            }
+            self.stream = None;
+        }
+        match client.open_heartbeats(held.clone()).await {
+            Ok((stream, answer)) => {
+                self.stream = Some(stream);
+                self.unary_until = None;
+                Ok(answer)
+            }
+            Err(e) if e.is_unimplemented() => {
+                tracing::info!(
+                    "the controller has no heartbeat stream: heartbeating by unary calls"
+                );
+                self.unary_until = Some(Instant::now() + UNARY_FOR);
+                client.heartbeat(held).await
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! The peer: a tonic unary echo over TLS, on the same gRPC stack and
-//! service definition as the controller but doing nothing, so the gap
-//! between it and the controller is kcred's own work.
+//! The peer: a tonic echo over TLS (unary, and a stream answering each
+//! message), on the same gRPC stack and service definition as the
+//! controller but doing nothing, so the gap between it and the controller
+//! is kcred's own work.
 
 use std::pin::Pin;
 
@@ -10,21 +11,23 @@ use kcred_proto::kcred::v1::{
     Bundle, FetchBundleRequest, FetchBundlesRequest, FetchBundlesResponse, HeartbeatRequest,
     HeartbeatResponse, VolumeUpdate, WatchUpdatesRequest,
 };
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// The TLS name the echo serves under.
 pub const ECHO_HOST: &str = "echo.kcred.test";
 
-/// Answers `Heartbeat` with an empty response; nothing else.
+/// Answers `Heartbeat`, and each message of `Heartbeats`, with an empty
+/// response; nothing else.
 struct Echo;
 
 #[tonic::async_trait]
 impl NodeCredentials for Echo {
     type WatchUpdatesStream = Pin<Box<dyn Stream<Item = Result<VolumeUpdate, Status>> + Send>>;
+    type HeartbeatsStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
 
     async fn fetch_bundle(
         &self,
@@ -47,6 +50,16 @@ impl NodeCredentials for Echo {
         Ok(Response::new(HeartbeatResponse::default()))
     }
 
+    async fn heartbeats(
+        &self,
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        let answers = StreamExt::map(request.into_inner(), |beat| {
+            beat.map(|_| HeartbeatResponse::default())
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn watch_updates(
         &self,
         _: Request<WatchUpdatesRequest>,
@@ -65,7 +78,7 @@ pub fn self_signed() -> anyhow::Result<(String, String)> {
 /// `TCP_NODELAY` on accepted sockets as the controller does.
 pub async fn serve(listener: tokio::net::TcpListener, cert: &str, key: &str) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let incoming = tokio_stream::StreamExt::map(incoming, |s| {
+    let incoming = StreamExt::map(incoming, |s| {
         s.inspect(|s| {
             let _ = s.set_nodelay(true);
         })
@@ -89,4 +102,41 @@ pub async fn client(addr: &str, cert: &str) -> anyhow::Result<NodeCredentialsCli
         .connect()
         .await?;
     Ok(NodeCredentialsClient::new(channel))
+}
+
+/// A heartbeat stream opened on the echo: one message each way per beat,
+/// as a node's stream to the controller.
+pub struct EchoStream {
+    out: tokio::sync::mpsc::Sender<HeartbeatRequest>,
+    answers: Streaming<HeartbeatResponse>,
+}
+
+impl EchoStream {
+    /// Opens a stream on `client` with `first` as its first message.
+    pub async fn open(
+        client: &mut NodeCredentialsClient<Channel>,
+        first: HeartbeatRequest,
+    ) -> anyhow::Result<Self> {
+        let (out, rx) = tokio::sync::mpsc::channel(2);
+        out.send(first).await?;
+        let mut answers = client
+            .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        answers
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the echo ended the stream"))?;
+        Ok(EchoStream { out, answers })
+    }
+
+    /// One beat: a message out, its answer back.
+    pub async fn beat(&mut self, req: HeartbeatRequest) -> anyhow::Result<()> {
+        self.out.send(req).await?;
+        self.answers
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the echo ended the stream"))?;
+        Ok(())
+    }
 }

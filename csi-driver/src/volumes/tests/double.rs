@@ -12,9 +12,9 @@ use kcred_proto::kcred::v1::{
     WatchUpdatesRequest,
 };
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::support::lock::lock;
 
@@ -36,7 +36,14 @@ struct Script {
     batch_calls: Vec<Vec<Fetch>>,
     /// Volumes a batch refuses, with this reason.
     refused: std::collections::HashMap<String, Reason>,
-    /// The volume ids each heartbeat reported.
+    /// Whether the Heartbeats stream is served (else: an older controller).
+    streams: bool,
+    /// Heartbeat streams opened so far.
+    streams_opened: usize,
+    /// Each heartbeat stream ends after this many answers (as the
+    /// controller ends streams that reached their age).
+    stream_answers: Option<usize>,
+    /// The volume ids each heartbeat reported (by call or on a stream).
     heartbeats: Vec<Vec<String>>,
     heartbeat: HeartbeatResponse,
     updates: Vec<mpsc::UnboundedSender<Result<VolumeUpdate, Status>>>,
@@ -99,6 +106,22 @@ impl Controller {
     /// The volumes of every FetchBundles call so far.
     pub fn batch_calls(&self) -> Vec<Vec<Fetch>> {
         lock(&self.script).batch_calls.clone()
+    }
+
+    /// Serves the Heartbeats stream from now on, as a current controller
+    /// does.
+    pub fn serve_heartbeat_streams(&self) {
+        lock(&self.script).streams = true;
+    }
+
+    /// Ends each heartbeat stream after `n` answers.
+    pub fn end_heartbeat_streams_after(&self, n: usize) {
+        lock(&self.script).stream_answers = Some(n);
+    }
+
+    /// How many heartbeat streams were opened so far.
+    pub fn heartbeat_streams_opened(&self) -> usize {
+        lock(&self.script).streams_opened
     }
 
     /// What the next heartbeats answer.
@@ -193,6 +216,30 @@ impl NodeCredentials for Controller {
         let mut s = lock(&self.script);
         s.heartbeats.push(request.into_inner().volume_ids);
         Ok(Response::new(s.heartbeat.clone()))
+    }
+
+    type HeartbeatsStream =
+        Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send + 'static>>;
+
+    async fn heartbeats(
+        &self,
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        let answers_per_stream = {
+            let mut s = lock(&self.script);
+            if !s.streams {
+                return Err(Status::unimplemented("an older controller"));
+            }
+            s.streams_opened += 1;
+            s.stream_answers.unwrap_or(usize::MAX)
+        };
+        let script = Arc::clone(&self.script);
+        let answers = StreamExt::map(request.into_inner(), move |beat| {
+            let mut s = lock(&script);
+            s.heartbeats.push(beat?.volume_ids);
+            Ok(s.heartbeat.clone())
+        });
+        Ok(Response::new(Box::pin(answers.take(answers_per_stream))))
     }
 
     type WatchUpdatesStream =

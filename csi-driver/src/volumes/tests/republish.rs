@@ -167,3 +167,63 @@ async fn a_refresh_that_changes_nothing_writes_nothing() {
         "the same files are not written"
     );
 }
+
+#[tokio::test]
+async fn heartbeats_travel_on_one_stream_where_the_controller_serves_it() {
+    let (node, req) = following_with_one_volume(in_an_hour()).await;
+    node.controller.serve_heartbeat_streams();
+    let beats = tokio::spawn(crate::volumes::sync::run_heartbeats(
+        Arc::clone(&node.volumes),
+        Duration::from_millis(20),
+    ));
+
+    eventually("three heartbeats", || {
+        node.controller.heartbeats().len() >= 3
+    })
+    .await;
+    beats.abort();
+
+    assert_eq!(node.controller.heartbeat_streams_opened(), 1);
+    assert!(
+        node.controller
+            .heartbeats()
+            .iter()
+            .all(|held| held == &vec![req.volume_id.clone()]),
+        "every beat on the stream reports what the node holds"
+    );
+}
+
+#[tokio::test]
+async fn a_controller_without_the_stream_gets_unary_heartbeats() {
+    let (node, _req) = following_with_one_volume(in_an_hour()).await;
+    let beats = tokio::spawn(crate::volumes::sync::run_heartbeats(
+        Arc::clone(&node.volumes),
+        Duration::from_millis(20),
+    ));
+
+    eventually("three heartbeats", || {
+        node.controller.heartbeats().len() >= 3
+    })
+    .await;
+    beats.abort();
+
+    assert_eq!(node.controller.heartbeat_streams_opened(), 0);
+}
+
+#[tokio::test]
+async fn a_heartbeat_stream_the_controller_ends_is_opened_again_without_a_failed_beat() {
+    let (node, req) = following_with_one_volume(in_an_hour()).await;
+    node.controller.serve_heartbeat_streams();
+    node.controller.end_heartbeat_streams_after(2);
+    let mut beats = crate::volumes::sync::Beats::default();
+
+    for n in 0..6 {
+        let answer = beats
+            .beat(node.volumes.client(), vec![req.volume_id.clone()])
+            .await;
+        assert!(answer.is_ok(), "beat {n}: {answer:?}");
+    }
+
+    assert_eq!(node.controller.heartbeats().len(), 6);
+    assert_eq!(node.controller.heartbeat_streams_opened(), 3);
+}
