@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // They carry a pod's token: their Debug (in lib.rs) leaves it out.
         .skip_debug([".kcred.v1.FetchBundleRequest", ".kcred.v1.VolumeRequest"])
+        // Small first buffers: see src/codec.rs.
+        .codec_path("crate::codec::SmallBuffers")
         .compile_fds(fds)?;
     Ok(())
 }

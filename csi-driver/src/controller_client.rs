@@ -452,10 +452,6 @@ impl ControllerClient {
     }
 }
 
-/// How long a heartbeat on an open stream waits for its answer before
-/// the stream counts as broken (the unary call's timeout).
-const BEAT_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// An open heartbeat stream ([`ControllerClient::open_heartbeats`]): one
 /// message each way per heartbeat.
 pub struct HeartbeatStream {
@@ -465,12 +461,14 @@ pub struct HeartbeatStream {
 }
 
 impl HeartbeatStream {
-    /// Sends one heartbeat and waits for its answer. `Ok(None)`: the
-    /// controller ended the stream (it does after a while, so that the
-    /// node proves itself again); open another.
+    /// Sends one heartbeat and waits at most `patience` for its answer
+    /// (no answer: the stream counts as broken). `Ok(None)`: the controller
+    /// ended the stream (it does after a while, so that the node proves
+    /// itself again); open another.
     pub async fn beat(
         &mut self,
         volume_ids: Vec<String>,
+        patience: Duration,
     ) -> Result<Option<HeartbeatResponse>, ControllerError> {
         let req = HeartbeatRequest {
             node_name: self.node_name.clone(),
@@ -483,13 +481,12 @@ impl HeartbeatStream {
             }
             self.answers.message().await
         };
-        match tokio::time::timeout(BEAT_TIMEOUT, next).await {
+        match tokio::time::timeout(patience, next).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(status)) => Err(ControllerError::from_status(status)),
             Err(_) => Err(ControllerError::Unreachable(
                 tonic::Status::deadline_exceeded(format!(
-                    "no heartbeat answer within {} s",
-                    BEAT_TIMEOUT.as_secs()
+                    "no heartbeat answer within {patience:?}"
                 )),
             )),
         }

@@ -25,6 +25,7 @@ pub mod kcred {
     }
 }
 
+pub mod codec;
 pub mod reason;
 
 impl std::fmt::Debug for kcred::v1::FetchBundleRequest {

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kcred_csi_driver::controller_client::{ControllerClient, HeartbeatStream};
 use kcred_proto::kcred::v1::HeartbeatRequest;
 use kcred_tests::bench::stats::{Table, ms, pct, ratio, us};
 use kcred_tests::bench::{echo, load, procstat};
@@ -235,6 +236,8 @@ impl EchoPeer {
 
 /// The heartbeat phase of one way of carrying heartbeats.
 struct BeatPhase {
+    /// Controller RSS at the end of the phase, its streams still open.
+    rss: u64,
     /// Controller CPU per heartbeat, the idle rate taken off.
     per_beat: Duration,
     /// Share of one core, the idle rate taken off.
@@ -372,42 +375,66 @@ struct Beats {
     latencies: Vec<Duration>,
 }
 
-/// Every node heartbeats every `every` with the volumes it holds, spread
-/// evenly over the interval, until `window` ends: by unary calls, or on
-/// one stream per node opened (and authenticated) before the window.
-async fn heartbeats(
-    nodes: &[SimNode],
-    every: Duration,
-    window: Duration,
-    how: Carried,
-) -> anyhow::Result<Beats> {
-    let held =
-        |n: &SimNode| -> Vec<String> { n.volumes.iter().map(|v| v.volume_id.clone()).collect() };
-    match how {
-        Carried::Unary => {
-            let callers = nodes.iter().map(|n| (n.client.clone(), held(n))).collect();
-            paced(callers, every, window, |(client, held)| async move {
-                let a = client.heartbeat(held).await?;
-                anyhow::Ok(a.stale_volume_ids.len() + a.revoked_volume_ids.len())
-            })
-            .await
-        }
-        Carried::Stream => {
-            let mut callers = Vec::with_capacity(nodes.len());
-            for n in nodes {
-                let (stream, _) = n.client.open_heartbeats(held(n)).await?;
-                callers.push((Arc::new(tokio::sync::Mutex::new(stream)), held(n)));
+/// The nodes ready to heartbeat: their clients, or their streams opened
+/// (and so authenticated) beforehand.
+enum Callers {
+    Unary(Vec<(ControllerClient, Vec<String>)>),
+    Stream(Vec<(Arc<tokio::sync::Mutex<HeartbeatStream>>, Vec<String>)>),
+}
+
+impl Callers {
+    async fn prepare(nodes: &[SimNode], how: Carried) -> anyhow::Result<Callers> {
+        let held = |n: &SimNode| -> Vec<String> {
+            n.volumes.iter().map(|v| v.volume_id.clone()).collect()
+        };
+        Ok(match how {
+            Carried::Unary => {
+                Callers::Unary(nodes.iter().map(|n| (n.client.clone(), held(n))).collect())
             }
-            paced(callers, every, window, |(stream, held)| async move {
-                let a = stream
-                    .lock()
-                    .await
-                    .beat(held)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("the controller ended the stream"))?;
-                anyhow::Ok(a.stale_volume_ids.len() + a.revoked_volume_ids.len())
-            })
-            .await
+            Carried::Stream => {
+                let mut callers = Vec::with_capacity(nodes.len());
+                for n in nodes {
+                    let (stream, _) = n.client.open_heartbeats(held(n)).await?;
+                    callers.push((Arc::new(tokio::sync::Mutex::new(stream)), held(n)));
+                }
+                Callers::Stream(callers)
+            }
+        })
+    }
+
+    /// Every node heartbeats every `every` with the volumes it holds,
+    /// spread evenly over the interval, until `window` ends.
+    async fn heartbeats(&self, every: Duration, window: Duration) -> anyhow::Result<Beats> {
+        match self {
+            Callers::Unary(callers) => {
+                paced(
+                    callers.clone(),
+                    every,
+                    window,
+                    |(client, held)| async move {
+                        let a = client.heartbeat(held).await?;
+                        anyhow::Ok(a.stale_volume_ids.len() + a.revoked_volume_ids.len())
+                    },
+                )
+                .await
+            }
+            Callers::Stream(callers) => {
+                paced(
+                    callers.clone(),
+                    every,
+                    window,
+                    |(stream, held)| async move {
+                        let a = stream
+                            .lock()
+                            .await
+                            .beat(held, Duration::from_secs(60))
+                            .await?
+                            .ok_or_else(|| anyhow::anyhow!("the controller ended the stream"))?;
+                        anyhow::Ok(a.stale_volume_ids.len() + a.revoked_volume_ids.len())
+                    },
+                )
+                .await
+            }
         }
     }
 }
@@ -531,11 +558,13 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
     let idle = cpu_rate(pid, Duration::from_secs(3)).await?;
 
     let phase = |how| async move {
+        let callers = Callers::prepare(nodes, how).await?;
         let cpu0 = procstat::cpu(pid)?;
         let t = Instant::now();
-        let beats = heartbeats(nodes, cfg.heartbeat_every, window, how).await?;
+        let beats = callers.heartbeats(cfg.heartbeat_every, window).await?;
         let wall = t.elapsed();
         let cpu = procstat::cpu(pid)?.saturating_sub(cpu0);
+        let rss = procstat::rss(pid)?;
         let busy = cpu.saturating_sub(Duration::from_secs_f64(idle * wall.as_secs_f64()));
         println!(
             "phase 3, heartbeats ({}): {} heartbeats from {} nodes every {} over {} ({} failed, {} wipes asked); controller CPU {} (idle rate {:.1}% of a core)",
@@ -550,6 +579,7 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
             idle * 100.0
         );
         anyhow::Ok(BeatPhase {
+            rss,
             per_beat: busy / beats.sent.max(1) as u32,
             share: busy.as_secs_f64() / wall.as_secs_f64().max(1e-9),
             beats,
@@ -674,12 +704,14 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
         &ratio(rss_end as f64, RSS_GOAL as f64),
     );
     table.row(
-        "  RSS: started with the pods / nodes joined / all fetched",
+        "  RSS: started with the pods / nodes joined / all fetched / unary heartbeats / heartbeat streams open",
         &format!(
-            "{} / {} / {}",
+            "{} / {} / {} / {} / {}",
             mib(rss_started),
             mib(rss_joined),
-            mib(rss_fetched)
+            mib(rss_fetched),
+            mib(unary_beats.rss),
+            mib(stream_beats.rss)
         ),
         "",
         "",

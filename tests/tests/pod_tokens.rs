@@ -273,13 +273,19 @@ fn driver_token(
     sa: &str,
     uid: &str,
 ) -> PathBuf {
+    driver_token_for(api, dir, [name, namespace, sa, uid], hour())
+}
+
+/// [`driver_token`] valid for `valid_for`: `[name, namespace, sa, uid]`.
+fn driver_token_for(api: &KubeApi, dir: &Path, pod: [&str; 4], valid_for: Duration) -> PathBuf {
+    let [name, namespace, sa, uid] = pod;
     let token = api.tokens().mint(TokenClaims {
         namespace: namespace.into(),
         service_account: sa.into(),
         pod_name: name.into(),
         pod_uid: uid.into(),
         audiences: vec![AUDIENCE.into()],
-        valid_for: hour(),
+        valid_for,
     });
     let path = dir.join(format!("{namespace}-{name}.token"));
     std::fs::write(&path, format!("{token}\n")).unwrap();
@@ -366,6 +372,44 @@ async fn a_driver_authenticates_as_its_node_with_its_daemonset_pod_token() {
         .heartbeat(vec![])
         .await
         .expect("with the rotated token");
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_stream_opened_with_a_pod_token_ends_when_the_token_expires() {
+    let api = KubeApi::start().await.unwrap();
+    let stack = psat_stack(&api).await;
+    let dir = stack.dir.path();
+    let name = "kcred-csi-driver-a1";
+    let uid = run_driver_pod(&api, name, DRIVER_NS, DRIVER_SA, "node-a");
+    let valid_for = Duration::from_secs(3);
+    let file = driver_token_for(&api, dir, [name, DRIVER_NS, DRIVER_SA, &uid], valid_for);
+    let minted = std::time::Instant::now();
+    let node_a = psat_client(&stack, "node-a", &file);
+
+    let (mut stream, first) = node_a
+        .open_heartbeats(vec![])
+        .await
+        .expect("a stream opened with the driver pod's token");
+    assert!(first.lease_ttl_secs > 0, "{first:?}");
+    let beat = stream
+        .beat(vec![], Duration::from_secs(10))
+        .await
+        .expect("a beat while the token is valid");
+    assert!(beat.is_some(), "answered");
+
+    // Past the token's expiry the next message is checked again and
+    // refused: the stream does not outlive the proof it opened with.
+    tokio::time::sleep((valid_for + Duration::from_secs(2)).saturating_sub(minted.elapsed())).await;
+    let err = stream
+        .beat(vec![], Duration::from_secs(10))
+        .await
+        .expect_err("a beat on an expired token");
+    assert_eq!(err.reason(), Some(Reason::Unauthenticated), "{err}");
+    assert!(
+        !refusals(&stack, Reason::Unauthenticated).is_empty(),
+        "the refusal is audited"
+    );
     stack.shutdown().await.unwrap();
 }
 

@@ -7,29 +7,40 @@
 //! and answered in the task that serves the stream (no task or channel in
 //! between), through the same [`super::node::beat`] as the unary call.
 //!
-//! The caller is authenticated once, when the stream opens, for the node
-//! its first message names; every later message must name the same node.
-//! That is as safe as the unary call on the same connection: a TLS
-//! connection is bound to one peer for its life (see `crate::auth`), and
-//! a bearer token's review is what the unary call would reuse from its
-//! cache. So that an identity that lapses (a token that expires, a node
-//! removed from the policy) cannot beat for ever on an old proof, the
-//! stream ends after [`STREAM_MAX_AGE`] and the node opens another,
-//! proving itself again.
+//! Who may beat, and for how long, is what the unary call allows:
+//! - A node proven by its pod's token (psat) is checked again at every
+//!   message, as every unary call is (a cache lookup until the token's
+//!   review must be redone): a token that expires or a driver pod that is
+//!   deleted ends the stream, and the node opens another with its current
+//!   token.
+//! - Otherwise the stream must be on a TLS connection. A TLS connection is
+//!   bound to one peer for its life, and a unary call on a connection that
+//!   proved a node (its client certificate, or a Kerberos token once) is
+//!   accepted on that proof alone (`crate::auth`); the stream holds that
+//!   proof for its life, as later calls would. Without TLS every unary call
+//!   proves itself anew with a single-use token and nothing binds one
+//!   message to the next, so the stream is refused as `UNIMPLEMENTED` and
+//!   the node beats by unary calls.
+//! - Every message must name the node the stream was opened for; one that
+//!   names another is refused and audited as a unary call would be.
+//! - A stream ends after [`STREAM_MAX_AGE`] in any case, and a node holds
+//!   at most `limits.update_streams_per_node` of them at once.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::{HeartbeatRequest, HeartbeatResponse, Reason};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::node::{NodeApi, beat};
 use crate::names;
 use crate::reasons::{Refusal, status_of};
-use crate::state::ControllerState;
 
 /// The longest a heartbeat stream lives on one authentication.
 pub const STREAM_MAX_AGE: Duration = Duration::from_secs(600);
@@ -45,23 +56,55 @@ pub async fn open(
     api: &NodeApi,
     mut request: Request<Streaming<HeartbeatRequest>>,
 ) -> Result<Response<Answers>, Status> {
+    // A pod token is checked again at every message (see the module); it
+    // is the one credential the stream keeps.
+    let pod_token = match (
+        &api.state.psat,
+        kcred_auth::BearerToken::from_request(&request),
+    ) {
+        (Some(_), Some(Ok(token))) => Some(token),
+        _ => None,
+    };
+    let tls = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .is_some();
+    if !tls && pod_token.is_none() {
+        return Err(Status::unimplemented(
+            "heartbeat streams need a TLS connection or a pod token: call Heartbeat",
+        ));
+    }
     let Some(first) = request.get_mut().message().await? else {
         return Ok(Response::new(Box::pin(tokio_stream::empty())));
     };
     let node = first.node_name;
     names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
     api.authenticate(&request, &node).await?;
-    let state = Arc::clone(&api.state);
-    let answered = beat(&state, &node, first.volume_ids).await?;
+    let cap = api.state.update_streams_per_node;
+    let gauge = &api.state.metrics.heartbeat_streams;
+    let Some(open) = api.heartbeat_streams.open(&node, cap, gauge) else {
+        let refusal = Refusal::new(
+            Reason::TooManyStreams,
+            format!(
+                "node {node} already holds {cap} heartbeat streams (limits.update_streams_per_node); one must end first"
+            ),
+        );
+        api.state.count_refusal(refusal.reason);
+        return Err(refusal.into());
+    };
+    let peer = request.remote_addr();
+    let answered = beat(&api.state, &node, first.volume_ids).await?;
     let session = Session {
-        _open: Open::count(&state),
-        closing: state.closing.subscribe(),
-        state,
+        api: api.clone(),
+        closing: api.state.closing.subscribe(),
         node,
+        peer,
+        pod_token,
         inbound: request.into_inner(),
         ends: Box::pin(tokio::time::sleep_until(Instant::now() + STREAM_MAX_AGE)),
         first: Some(answered),
         over: false,
+        _open: open,
     };
     Ok(Response::new(Box::pin(futures_util::stream::unfold(
         session,
@@ -71,8 +114,11 @@ pub async fn open(
 
 /// One open stream's state between messages.
 struct Session {
-    state: Arc<ControllerState>,
+    api: NodeApi,
     node: String,
+    peer: Option<std::net::SocketAddr>,
+    /// The pod token that opened the stream, checked at every message.
+    pod_token: Option<kcred_auth::BearerToken>,
     inbound: Streaming<HeartbeatRequest>,
     ends: Pin<Box<Sleep>>,
     closing: watch::Receiver<bool>,
@@ -81,24 +127,6 @@ struct Session {
     /// An error was sent: the stream ends with it.
     over: bool,
     _open: Open,
-}
-
-/// Counts the stream in `kcred_heartbeat_streams` while it lives, however
-/// it ends (the connection task drops it).
-struct Open(prometheus::IntGauge);
-
-impl Open {
-    fn count(state: &ControllerState) -> Open {
-        let gauge = state.metrics.heartbeat_streams.clone();
-        gauge.inc();
-        Open(gauge)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 impl Session {
@@ -126,24 +154,128 @@ impl Session {
                 return None;
             }
         };
-        let answer = if req.node_name == self.node {
-            beat(&self.state, &self.node, req.volume_ids).await
-        } else {
-            let refusal = Refusal::new(
-                Reason::NodeMismatch,
-                format!(
-                    "this heartbeat stream was opened for node {}; a heartbeat on it names another node",
-                    self.node
-                ),
-            );
-            tracing::warn!(node = %self.node, named = %req.node_name.chars().take(253).collect::<String>(),
-                "heartbeat stream refused: a message names another node");
-            self.state.count_refusal(refusal.reason);
-            Err(refusal.into())
-        };
+        let answer = self.answer(req).await;
         // An error ends the stream (it travels in the trailers); the node
         // opens another.
         self.over = answer.is_err();
         Some((answer, self))
+    }
+
+    async fn answer(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, Status> {
+        if req.node_name != self.node {
+            return Err(self.refuse_other_node(&req.node_name).await);
+        }
+        if let (Some(psat), Some(token)) = (&self.api.state.psat, &self.pod_token)
+            && let Err(rejected) = psat.authenticate(token, &self.node).await
+        {
+            return Err(self.api.refuse(self.peer, &self.node, rejected).await);
+        }
+        beat(&self.api.state, &self.node, req.volume_ids).await
+    }
+
+    /// Refuses, counts and audits a message naming another node than the
+    /// stream's, as the unary call's authentication does.
+    async fn refuse_other_node(&self, named: &str) -> Status {
+        let state = &self.api.state;
+        let refusal = Refusal::new(
+            Reason::NodeMismatch,
+            format!(
+                "this heartbeat stream was opened for node {}; a heartbeat on it names another node",
+                self.node
+            ),
+        );
+        // The claimed name is the caller's choice: bounded in the record.
+        let claimed: String = named.chars().take(253).collect();
+        tracing::warn!(node = %self.node, %claimed, "heartbeat stream refused: a message names another node");
+        state.count_refusal(refusal.reason);
+        let event = AuditEvent::new(Actor::Node(self.node.clone()), Action::Deny)
+            .with_place(claimed, "", "")
+            .denied(
+                refusal.reason,
+                format!("authentication: {}", refusal.message),
+            );
+        state.record_refusal(self.peer, event, refusal.reason).await;
+        refusal.into()
+    }
+}
+
+/// The heartbeat streams each node holds open on this controller.
+#[derive(Default)]
+pub struct StreamCounts(Mutex<HashMap<String, usize>>);
+
+impl StreamCounts {
+    /// Counts one more stream of `node`, unless it holds `cap` already.
+    fn open(
+        self: &Arc<Self>,
+        node: &str,
+        cap: usize,
+        gauge: &prometheus::IntGauge,
+    ) -> Option<Open> {
+        let mut counts = crate::locks::lock(&self.0);
+        let held = counts.entry(node.to_string()).or_default();
+        if *held >= cap {
+            return None;
+        }
+        *held += 1;
+        drop(counts);
+        gauge.inc();
+        Some(Open {
+            counts: Arc::clone(self),
+            node: node.to_string(),
+            gauge: gauge.clone(),
+        })
+    }
+
+    /// The streams `node` holds open.
+    #[cfg(test)]
+    fn held(&self, node: &str) -> usize {
+        crate::locks::lock(&self.0).get(node).copied().unwrap_or(0)
+    }
+}
+
+/// One open stream, counted for its node and in `kcred_heartbeat_streams`
+/// while it lives, however it ends (the connection's task drops it).
+struct Open {
+    counts: Arc<StreamCounts>,
+    node: String,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        let mut counts = crate::locks::lock(&self.counts.0);
+        if let Some(held) = counts.get_mut(&self.node) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.node);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_holds_at_most_cap_streams_and_each_ending_frees_its_place() {
+        let counts = Arc::new(StreamCounts::default());
+        let gauge = prometheus::IntGauge::new("streams", "test").expect("gauge");
+        let a1 = counts.open("a", 2, &gauge).expect("first");
+        let a2 = counts.open("a", 2, &gauge).expect("second");
+        assert!(counts.open("a", 2, &gauge).is_none(), "a third for a");
+        let b = counts.open("b", 2, &gauge).expect("b has its own cap");
+        assert_eq!((counts.held("a"), gauge.get()), (2, 3));
+
+        drop(a1);
+        assert_eq!((counts.held("a"), gauge.get()), (1, 2));
+        let a3 = counts.open("a", 2, &gauge).expect("a place was freed");
+        drop((a2, a3, b));
+        assert_eq!((counts.held("a"), counts.held("b"), gauge.get()), (0, 0, 0));
+        assert!(
+            crate::locks::lock(&counts.0).is_empty(),
+            "no entry left behind"
+        );
     }
 }

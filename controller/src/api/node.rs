@@ -29,14 +29,19 @@ use crate::reasons::{Reasoned, Refusal, status_of};
 use crate::state::ControllerState;
 
 /// Serves bundles to node drivers.
+#[derive(Clone)]
 pub struct NodeApi {
     pub(super) state: Arc<ControllerState>,
+    pub(super) heartbeat_streams: Arc<super::heartbeats::StreamCounts>,
 }
 
 impl NodeApi {
     /// Builds the service over the controller's state.
     pub fn new(state: Arc<ControllerState>) -> Self {
-        NodeApi { state }
+        NodeApi {
+            state,
+            heartbeat_streams: Default::default(),
+        }
     }
 }
 
@@ -329,6 +334,16 @@ impl NodeApi {
             }
             return Ok(());
         };
+        Err(self.refuse(request.remote_addr(), node, rejected).await)
+    }
+
+    /// Logs, counts and audits a caller refused for `node`; its status.
+    pub(super) async fn refuse(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        node: &str,
+        rejected: crate::auth::Rejected,
+    ) -> Status {
         let refusal = rejected.refusal;
         tracing::debug!(who = %rejected.who, claimed = %node, reason = %refusal.reason.label(),
             error = %refusal.message, "node call refused");
@@ -342,10 +357,8 @@ impl NodeApi {
                 refusal.reason,
                 format!("authentication: {}", refusal.message),
             );
-        self.state
-            .record_refusal(request.remote_addr(), event, refusal.reason)
-            .await;
-        Err(refusal.into())
+        self.state.record_refusal(peer, event, refusal.reason).await;
+        refusal.into()
     }
 
     /// Records `node` in the registry; whether it was new.

@@ -28,7 +28,7 @@ pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration
     let mut beats = Beats::default();
     loop {
         let held = volumes.held_ids();
-        let wait = match beats.beat(volumes.client(), held.clone()).await {
+        let wait = match beats.beat(volumes.client(), held.clone(), every).await {
             Ok(resp) => {
                 backoff = retry::heartbeat();
                 if resp.lease_ttl_secs > 0 {
@@ -70,29 +70,38 @@ pub(super) struct Beats {
 }
 
 impl Beats {
-    /// One heartbeat, on the open stream or a new one.
+    /// One heartbeat: on the open stream, or a new one, or by a unary call
+    /// where a stream cannot carry it. `patience`: how long an answer on
+    /// the stream may take before the stream counts as broken.
     pub(super) async fn beat(
         &mut self,
         client: &ControllerClient,
         held: Vec<String>,
+        patience: Duration,
     ) -> Result<HeartbeatResponse, ControllerError> {
         if self.unary_until.is_some_and(|t| Instant::now() < t) {
             return client.heartbeat(held).await;
         }
         if let Some(stream) = self.stream.as_mut() {
-            match stream.beat(held.clone()).await {
+            match stream.beat(held.clone(), patience).await {
                 Ok(Some(answer)) => return Ok(answer),
                 // Ended by the controller: open another at once.
-                Ok(None) => tracing::debug!("the controller ended the heartbeat stream"),
-                // Broken: a new one goes through the client's failover.
-                Err(e) => tracing::debug!(error = %e, "heartbeat stream broke"),
+                Ok(None) => {
+                    tracing::debug!("the controller ended the heartbeat stream");
+                    self.stream = None;
+                }
+                // Broken or silent: this beat goes by a unary call, through
+                // the client's failover; the next one opens a new stream.
+                Err(e) => {
+                    tracing::debug!(error = %e, "heartbeat stream broke");
+                    self.stream = None;
+                    return client.heartbeat(held).await;
+                }
             }
-            self.stream = None;
         }
         match client.open_heartbeats(held.clone()).await {
             Ok((stream, answer)) => {
                 self.stream = Some(stream);
-                self.unary_until = None;
                 Ok(answer)
             }
             Err(e) if e.is_unimplemented() => {
@@ -102,7 +111,18 @@ impl Beats {
                 self.unary_until = Some(Instant::now() + UNARY_FOR);
                 client.heartbeat(held).await
             }
-            Err(e) => Err(e),
+            // Unreachable: a unary call would fail the same way.
+            Err(e) if e.controller_cannot_serve() => Err(e),
+            // Refused as a stream (a proxy without streams, a node at its
+            // cap of streams): the call may still pass.
+            Err(e) => {
+                let answer = client.heartbeat(held).await;
+                if answer.is_ok() {
+                    tracing::warn!(error = %e, "heartbeat stream refused: heartbeating by unary calls for a while");
+                    self.unary_until = Some(Instant::now() + UNARY_FOR);
+                }
+                answer
+            }
         }
     }
 }

@@ -36,9 +36,14 @@ struct Script {
     batch_calls: Vec<Vec<Fetch>>,
     /// Volumes a batch refuses, with this reason.
     refused: std::collections::HashMap<String, Reason>,
-    /// Whether the Heartbeats stream is served (else: an older controller).
+    /// Whether the Heartbeats stream is served (else: an older controller,
+    /// or `stream_refusal`).
     streams: bool,
-    /// Heartbeat streams opened so far.
+    /// What an attempt to open a stream gets when streams are not served
+    /// (default: UNIMPLEMENTED, an older controller).
+    stream_refusal: Option<Status>,
+    /// Attempts to open a heartbeat stream so far, and those that opened.
+    stream_attempts: usize,
     streams_opened: usize,
     /// Each heartbeat stream ends after this many answers (as the
     /// controller ends streams that reached their age).
@@ -117,6 +122,17 @@ impl Controller {
     /// Ends each heartbeat stream after `n` answers.
     pub fn end_heartbeat_streams_after(&self, n: usize) {
         lock(&self.script).stream_answers = Some(n);
+    }
+
+    /// Refuses heartbeat streams with `status` (a proxy without streams,
+    /// a node at its cap).
+    pub fn refuse_heartbeat_streams(&self, status: Status) {
+        lock(&self.script).stream_refusal = Some(status);
+    }
+
+    /// How many times the driver tried to open a heartbeat stream.
+    pub fn heartbeat_stream_attempts(&self) -> usize {
+        lock(&self.script).stream_attempts
     }
 
     /// How many heartbeat streams were opened so far.
@@ -227,8 +243,12 @@ impl NodeCredentials for Controller {
     ) -> Result<Response<Self::HeartbeatsStream>, Status> {
         let answers_per_stream = {
             let mut s = lock(&self.script);
+            s.stream_attempts += 1;
             if !s.streams {
-                return Err(Status::unimplemented("an older controller"));
+                return Err(s
+                    .stream_refusal
+                    .clone()
+                    .unwrap_or_else(|| Status::unimplemented("an older controller")));
             }
             s.streams_opened += 1;
             s.stream_answers.unwrap_or(usize::MAX)

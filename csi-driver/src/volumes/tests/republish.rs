@@ -207,7 +207,36 @@ async fn a_controller_without_the_stream_gets_unary_heartbeats() {
     .await;
     beats.abort();
 
+    // Asked once; the next beats went by unary calls without asking again.
+    assert_eq!(node.controller.heartbeat_stream_attempts(), 1);
     assert_eq!(node.controller.heartbeat_streams_opened(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_stream_does_not_cost_a_beat() {
+    let (node, req) = following_with_one_volume(in_an_hour()).await;
+    node.controller
+        .refuse_heartbeat_streams(kcred_proto::reason::status(
+            Reason::TooManyStreams,
+            "one must end first",
+        ));
+    let mut beats = crate::volumes::sync::Beats::default();
+
+    for n in 0..3 {
+        let answer = beats
+            .beat(
+                node.volumes.client(),
+                vec![req.volume_id.clone()],
+                Duration::from_secs(10),
+            )
+            .await;
+        assert!(answer.is_ok(), "beat {n}: {answer:?}");
+    }
+
+    // Each beat reached the controller by a unary call; the stream was
+    // asked for once, then left alone for a while.
+    assert_eq!(node.controller.heartbeats().len(), 3);
+    assert_eq!(node.controller.heartbeat_stream_attempts(), 1);
 }
 
 #[tokio::test]
@@ -219,7 +248,11 @@ async fn a_heartbeat_stream_the_controller_ends_is_opened_again_without_a_failed
 
     for n in 0..6 {
         let answer = beats
-            .beat(node.volumes.client(), vec![req.volume_id.clone()])
+            .beat(
+                node.volumes.client(),
+                vec![req.volume_id.clone()],
+                Duration::from_secs(10),
+            )
             .await;
         assert!(answer.is_ok(), "beat {n}: {answer:?}");
     }
