@@ -281,7 +281,8 @@ pub struct LimitsSection {
     pub max_header_list_bytes: u32,
     /// Largest request message.
     pub max_message_bytes: usize,
-    /// Most update streams (WatchUpdates) one node may hold.
+    /// Most update streams (WatchUpdates) one node may hold, and most
+    /// heartbeat streams (one in use, the rest a reconnect's overlap).
     pub update_streams_per_node: usize,
 }
 

@@ -272,6 +272,22 @@ struct Paced {
     beats: Beats,
 }
 
+/// The process's CPU share once it has gone quiet: 2 s windows until two in
+/// a row differ by less than 1% of a core (at most 30 s), the last one.
+async fn quiet_rate(pid: i32) -> anyhow::Result<f64> {
+    let window = Duration::from_secs(2);
+    let mut rate = cpu_rate(pid, window).await?;
+    for _ in 0..14 {
+        let next = cpu_rate(pid, window).await?;
+        let settled = (next - rate).abs() < 0.01;
+        rate = next;
+        if settled {
+            break;
+        }
+    }
+    Ok(rate)
+}
+
 /// The controller's CPU per second of wall time over `window`.
 async fn cpu_rate(pid: i32, window: Duration) -> anyhow::Result<f64> {
     let c0 = procstat::cpu(pid)?;
@@ -555,10 +571,12 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
     // Let the write-behind of issued records settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_fetched = procstat::rss(pid)?;
-    let idle = cpu_rate(pid, Duration::from_secs(3)).await?;
 
     let phase = |how| async move {
         let callers = Callers::prepare(nodes, how).await?;
+        // What the controller does with no call (the fetch phase's
+        // write-behind may still run), measured before each phase.
+        let idle = quiet_rate(pid).await?;
         let cpu0 = procstat::cpu(pid)?;
         let t = Instant::now();
         let beats = callers.heartbeats(cfg.heartbeat_every, window).await?;
