@@ -526,7 +526,7 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
         cfg.burst
     );
     println!(
-        "simulated nodes speak the real node API (FetchBundle, Heartbeat) over TLS, one connection and one client certificate each; they mount nothing: a fetch is the controller's side of a publish"
+        "simulated nodes speak the real node API (FetchBundle, Heartbeat, Heartbeats) over TLS, one connection and one client certificate each; they mount nothing: a fetch is the controller's side of a publish"
     );
     let work = tempfile::tempdir()?;
     let echo = EchoPeer::start(work.path()).await?;
