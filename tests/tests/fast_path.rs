@@ -76,20 +76,12 @@ async fn a_node_proves_itself_once_per_tls_connection_and_only_as_itself() {
 async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
     let stack = ProcStack::start_with_metrics("").await.expect("stack");
     let port = stack.metrics_port.expect("metrics port");
-    let open_streams = || async move {
-        let body = kcred_tests::ha::scrape(port).await;
-        kcred_tests::ha::metric(&body, "kcred_heartbeat_streams", &[]).unwrap_or(-1.0)
-    };
     // The real driver beats on a stream of its own.
-    let mut seen = -1.0;
-    for _ in 0..100 {
-        seen = open_streams().await;
-        if seen == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, 1.0, "the driver's heartbeat stream");
+    assert_eq!(
+        streams_reach(port, 1.0).await,
+        1.0,
+        "the driver's heartbeat stream"
+    );
 
     // Opened with a token: the first message names the node it proves.
     let token = stack.node_token(NODE_A).expect("node-a token");
@@ -122,7 +114,11 @@ async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
         let answer = answers.message().await.expect("answer").expect("beat");
         assert!(answer.lease_ttl_secs > 0, "{answer:?}");
     }
-    assert_eq!(open_streams().await, 2.0, "the driver's and this one");
+    assert_eq!(
+        streams_reach(port, 2.0).await,
+        2.0,
+        "the driver's and this one"
+    );
     // A beat for another node ends the stream with the node's refusal.
     out.send(HeartbeatRequest {
         node_name: NODE_B.into(),
@@ -141,15 +137,11 @@ async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
         "{err:?}"
     );
     // The stream's end reaches the gauge once its task has dropped it.
-    let mut seen = -1.0;
-    for _ in 0..100 {
-        seen = open_streams().await;
-        if seen == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen, 1.0, "the refused stream is gone");
+    assert_eq!(
+        streams_reach(port, 1.0).await,
+        1.0,
+        "the refused stream is gone"
+    );
 
     // Without a token on a new connection, the stream does not open.
     let mut fresh = NodeCredentialsClient::new(stack.channel().await.expect("tls channel"));
@@ -161,6 +153,21 @@ async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
         .await
         .expect_err("an unproven stream");
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}
+
+/// `kcred_heartbeat_streams` once it reads `want` (polled for at most
+/// 10 s), or its last reading.
+async fn streams_reach(metrics_port: u16, want: f64) -> f64 {
+    let mut seen = -1.0;
+    for _ in 0..100 {
+        let body = kcred_tests::ha::scrape(metrics_port).await;
+        seen = kcred_tests::ha::metric(&body, "kcred_heartbeat_streams", &[]).unwrap_or(-1.0);
+        if seen == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
 }
 
 fn data_version(target: &Path) -> Option<PathBuf> {

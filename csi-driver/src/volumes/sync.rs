@@ -2,10 +2,11 @@
 //! stream. Both only *trigger* volumes; what a trigger does is the
 //! lifecycle's decision.
 //!
-//! - Every heartbeat reports the volumes this node holds (as a message on
-//!   one long-lived stream; by unary calls to a controller without it); the controller
-//!   answers which belong to pods that are gone or bound elsewhere (stale:
-//!   wiped and unmounted) and which were revoked (wiped, mount kept).
+//! - Every heartbeat reports the volumes this node holds (a message on one
+//!   long-lived stream; a unary call to a controller without it); the
+//!   controller answers which belong to pods that are gone or bound
+//!   elsewhere (stale: wiped and unmounted) and which were revoked (wiped,
+//!   mount kept).
 //! - The update stream carries pushes: REFRESH (a rotation) and WIPE (a
 //!   revocation). A broken stream is re-opened with backoff; meanwhile
 //!   deadlines and kubelet's republishes keep volumes current.

@@ -220,18 +220,7 @@ async fn a_refused_stream_does_not_cost_a_beat() {
             Reason::TooManyStreams,
             "one must end first",
         ));
-    let mut beats = crate::volumes::sync::Beats::default();
-
-    for n in 0..3 {
-        let answer = beats
-            .beat(
-                node.volumes.client(),
-                vec![req.volume_id.clone()],
-                Duration::from_secs(10),
-            )
-            .await;
-        assert!(answer.is_ok(), "beat {n}: {answer:?}");
-    }
+    beat_ok(&node, &req, 3).await;
 
     // Each beat reached the controller by a unary call; the stream was
     // asked for once, then left alone for a while.
@@ -244,9 +233,17 @@ async fn a_heartbeat_stream_the_controller_ends_is_opened_again_without_a_failed
     let (node, req) = following_with_one_volume(in_an_hour()).await;
     node.controller.serve_heartbeat_streams();
     node.controller.end_heartbeat_streams_after(2);
-    let mut beats = crate::volumes::sync::Beats::default();
+    beat_ok(&node, &req, 6).await;
 
-    for n in 0..6 {
+    assert_eq!(node.controller.heartbeats().len(), 6);
+    assert_eq!(node.controller.heartbeat_streams_opened(), 3);
+}
+
+/// `n` heartbeats through one `Beats`, as the driver's loop sends them;
+/// each must be answered.
+async fn beat_ok(node: &Node, req: &PublishRequest, n: usize) {
+    let mut beats = crate::volumes::sync::Beats::default();
+    for i in 0..n {
         let answer = beats
             .beat(
                 node.volumes.client(),
@@ -254,9 +251,6 @@ async fn a_heartbeat_stream_the_controller_ends_is_opened_again_without_a_failed
                 Duration::from_secs(10),
             )
             .await;
-        assert!(answer.is_ok(), "beat {n}: {answer:?}");
+        assert!(answer.is_ok(), "beat {i}: {answer:?}");
     }
-
-    assert_eq!(node.controller.heartbeats().len(), 6);
-    assert_eq!(node.controller.heartbeat_streams_opened(), 3);
 }
