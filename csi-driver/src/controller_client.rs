@@ -77,6 +77,14 @@ impl ControllerError {
         matches!(self, ControllerError::Refused { reason: None, status } if status.code() == Code::Unimplemented)
     }
 
+    /// Whether the controller refused the node's proof of identity.
+    pub fn is_authentication_refused(&self) -> bool {
+        matches!(
+            self.reason(),
+            Some(Reason::Unauthenticated | Reason::NotANodeIdentity | Reason::NodeMismatch)
+        )
+    }
+
     /// Whether the same call may succeed later without anyone acting.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -177,6 +185,9 @@ pub struct ControllerClient {
     node_name: String,
 }
 
+/// How long a call (or a heartbeat on its stream) waits for its answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Rounds over every controller before a call fails.
 pub const ROUNDS: u32 = 4;
 /// Wait after the first round in which no controller could answer.
@@ -211,7 +222,7 @@ impl ControllerClient {
         for one in endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let mut ep = Endpoint::from_shared(one.to_string())?
                 .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(60));
+                .timeout(CALL_TIMEOUT);
             if let Some(tls) = &tls {
                 ep = ep.tls_config(tls.clone())?;
             }

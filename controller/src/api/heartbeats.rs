@@ -10,17 +10,18 @@
 //! Who may beat, and for how long, is what the unary call allows:
 //! - A node proven by its pod's token (psat) is checked again at every
 //!   message, as every unary call is (a cache lookup until the token's
-//!   review must be redone): a token that expires or a driver pod that is
-//!   deleted ends the stream, and the node opens another with its current
-//!   token.
+//!   review must be redone): a driver pod that is deleted ends the stream.
+//!   The stream also ends, cleanly, when the token expires, and the node
+//!   opens another with its current token.
 //! - Otherwise the stream must be on a TLS connection. A TLS connection is
 //!   bound to one peer for its life, and a unary call on a connection that
 //!   proved a node (its client certificate, or a Kerberos token once) is
 //!   accepted on that proof alone (`crate::auth`); the stream holds that
-//!   proof for its life, as later calls would. Without TLS every unary call
-//!   proves itself anew with a single-use token and nothing binds one
-//!   message to the next, so the stream is refused as `UNIMPLEMENTED` and
-//!   the node beats by unary calls.
+//!   proof for its life, as later calls would. Without TLS nothing binds
+//!   one message to the next (a unary call proves itself anew with a
+//!   single-use token, or, with `auth.mode = "none"`, not at all), so the
+//!   stream is refused as `UNIMPLEMENTED` and the node beats by unary
+//!   calls.
 //! - Every message must name the node the stream was opened for; one that
 //!   names another is refused and audited as a unary call would be.
 //! - A stream ends after [`STREAM_MAX_AGE`] in any case, and a node holds
@@ -29,7 +30,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::{HeartbeatRequest, HeartbeatResponse, Reason};
@@ -93,6 +94,18 @@ pub async fn open(
         return Err(refusal.into());
     };
     let peer = request.remote_addr();
+    // A stream on a pod token ends, cleanly, when the token expires: the
+    // next message's check would refuse it (audited), and the driver's
+    // current token is a newer one.
+    let lifetime = pod_token
+        .as_ref()
+        .and_then(|t| crate::kubernetes::token_review::expiry(t.expose()))
+        .map_or(STREAM_MAX_AGE, |exp| {
+            let left = exp
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            left.min(STREAM_MAX_AGE)
+        });
     let answered = beat(&api.state, &node, first.volume_ids).await?;
     let session = Session {
         api: api.clone(),
@@ -101,7 +114,7 @@ pub async fn open(
         peer,
         pod_token,
         inbound: request.into_inner(),
-        ends: Box::pin(tokio::time::sleep_until(Instant::now() + STREAM_MAX_AGE)),
+        ends: Box::pin(tokio::time::sleep_until(Instant::now() + lifetime)),
         first: Some(answered),
         over: false,
         _open: open,

@@ -19,7 +19,7 @@ use kcred_proto::kcred::v1::{HeartbeatResponse, VolumeUpdate};
 
 use super::lifecycle::Cause;
 use super::manager::VolumeManager;
-use crate::controller_client::{ControllerClient, ControllerError, HeartbeatStream};
+use crate::controller_client::{CALL_TIMEOUT, ControllerClient, ControllerError, HeartbeatStream};
 use crate::support::retry;
 
 /// Heartbeats forever (until the task is aborted).
@@ -29,7 +29,10 @@ pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration
     let mut beats = Beats::default();
     loop {
         let held = volumes.held_ids();
-        let wait = match beats.beat(volumes.client(), held.clone(), every).await {
+        let wait = match beats
+            .beat(volumes.client(), held.clone(), CALL_TIMEOUT)
+            .await
+        {
             Ok(resp) => {
                 backoff = retry::heartbeat();
                 if resp.lease_ttl_secs > 0 {
@@ -112,10 +115,11 @@ impl Beats {
                 self.unary_until = Some(Instant::now() + UNARY_FOR);
                 client.heartbeat(held).await
             }
-            // Unreachable: a unary call would fail the same way.
-            Err(e) if e.controller_cannot_serve() => Err(e),
-            // Refused as a stream (a proxy without streams, a node at its
-            // cap of streams): the call may still pass.
+            // The node's proof was refused: a unary call would be too
+            // (and audited once more).
+            Err(e) if e.is_authentication_refused() => Err(e),
+            // Refused or broken as a stream (a proxy without streams, a
+            // node at its cap of streams, a reset): the call may still pass.
             Err(e) => {
                 let answer = client.heartbeat(held).await;
                 if answer.is_ok() {

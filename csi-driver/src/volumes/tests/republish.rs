@@ -213,19 +213,49 @@ async fn a_controller_without_the_stream_gets_unary_heartbeats() {
 }
 
 #[tokio::test]
-async fn a_refused_stream_does_not_cost_a_beat() {
+async fn a_refused_or_broken_stream_does_not_cost_a_beat() {
+    for refusal in [
+        kcred_proto::reason::status(Reason::TooManyStreams, "one must end first"),
+        // What a proxy without streams or a reset stream answers.
+        tonic::Status::unavailable("stream reset"),
+    ] {
+        let (node, req) = following_with_one_volume(in_an_hour()).await;
+        node.controller.refuse_heartbeat_streams(refusal.clone());
+
+        beat_ok(&node, &req, 3).await;
+
+        // Each beat reached the controller by a unary call; the stream was
+        // asked for once, then left alone for a while.
+        assert_eq!(node.controller.heartbeats().len(), 3, "{refusal:?}");
+        assert_eq!(
+            node.controller.heartbeat_stream_attempts(),
+            1,
+            "{refusal:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stream_refused_for_the_nodes_proof_is_not_retried_as_a_call() {
     let (node, req) = following_with_one_volume(in_an_hour()).await;
     node.controller
-        .refuse_heartbeat_streams(kcred_proto::reason::status(
-            Reason::TooManyStreams,
-            "one must end first",
-        ));
-    beat_ok(&node, &req, 3).await;
+        .refuse_heartbeat_streams(kcred_proto::reason::status(Reason::Unauthenticated, "no"));
+    let mut beats = crate::volumes::sync::Beats::default();
 
-    // Each beat reached the controller by a unary call; the stream was
-    // asked for once, then left alone for a while.
-    assert_eq!(node.controller.heartbeats().len(), 3);
-    assert_eq!(node.controller.heartbeat_stream_attempts(), 1);
+    let answer = beats
+        .beat(
+            node.volumes.client(),
+            vec![req.volume_id.clone()],
+            Duration::from_secs(10),
+        )
+        .await;
+
+    let err = answer.expect_err("refused");
+    assert_eq!(err.reason(), Some(Reason::Unauthenticated));
+    assert!(
+        node.controller.heartbeats().is_empty(),
+        "the same proof is not sent again as a unary call"
+    );
 }
 
 #[tokio::test]
