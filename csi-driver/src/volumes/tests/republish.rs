@@ -172,16 +172,7 @@ async fn a_refresh_that_changes_nothing_writes_nothing() {
 async fn heartbeats_travel_on_one_stream_where_the_controller_serves_it() {
     let (node, req) = following_with_one_volume(in_an_hour()).await;
     node.controller.serve_heartbeat_streams();
-    let beats = tokio::spawn(crate::volumes::sync::run_heartbeats(
-        Arc::clone(&node.volumes),
-        Duration::from_millis(20),
-    ));
-
-    eventually("three heartbeats", || {
-        node.controller.heartbeats().len() >= 3
-    })
-    .await;
-    beats.abort();
+    three_beats_of_the_loop(&node).await;
 
     assert_eq!(node.controller.heartbeat_streams_opened(), 1);
     assert!(
@@ -196,16 +187,7 @@ async fn heartbeats_travel_on_one_stream_where_the_controller_serves_it() {
 #[tokio::test]
 async fn a_controller_without_the_stream_gets_unary_heartbeats() {
     let (node, _req) = following_with_one_volume(in_an_hour()).await;
-    let beats = tokio::spawn(crate::volumes::sync::run_heartbeats(
-        Arc::clone(&node.volumes),
-        Duration::from_millis(20),
-    ));
-
-    eventually("three heartbeats", || {
-        node.controller.heartbeats().len() >= 3
-    })
-    .await;
-    beats.abort();
+    three_beats_of_the_loop(&node).await;
 
     // Asked once; the next beats went by unary calls without asking again.
     assert_eq!(node.controller.heartbeat_stream_attempts(), 1);
@@ -283,4 +265,18 @@ async fn beat_ok(node: &Node, req: &PublishRequest, n: usize) {
             .await;
         assert!(answer.is_ok(), "beat {i}: {answer:?}");
     }
+}
+
+/// Runs the driver's heartbeat loop (every 20 ms) until the controller
+/// has heard three heartbeats.
+async fn three_beats_of_the_loop(node: &Node) {
+    let beats = tokio::spawn(crate::volumes::sync::run_heartbeats(
+        Arc::clone(&node.volumes),
+        Duration::from_millis(20),
+    ));
+    eventually("three heartbeats", || {
+        node.controller.heartbeats().len() >= 3
+    })
+    .await;
+    beats.abort();
 }
