@@ -4,6 +4,8 @@
 //!   calls on the driver's unix socket.
 //! - [`kcred::v1`]: the controller API the driver calls.
 //! - [`reason`]: the reason vocabulary carried in status details.
+//! - [`codec`]: the protobuf codec every service uses (small first
+//!   buffers for the messages of long-lived streams).
 
 #![forbid(unsafe_code)]
 
