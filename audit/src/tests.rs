@@ -10,7 +10,6 @@ use super::record::rfc3339_ms;
 use super::*;
 use kcred_proto::kcred::v1::Reason;
 
-/// An issue event that differs with `i`.
 /// `err` refuses the records from `seq` on, and the log was cut back
 /// cleanly to its last durable record.
 pub(super) fn assert_cut_back(err: &AuditError, seq: u64) {
@@ -20,6 +19,7 @@ pub(super) fn assert_cut_back(err: &AuditError, seq: u64) {
     );
 }
 
+/// An issue event that differs with `i`.
 pub(super) fn event(i: usize) -> AuditEvent {
     AuditEvent::new(Actor::Node(format!("node-{}", i % 3)), Action::Issue)
         .with_kind(CredentialKind::Keytab)
