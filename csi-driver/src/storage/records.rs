@@ -139,17 +139,9 @@ impl Records {
         if lock(&self.held).get(&record.volume_id) == Some(record) {
             return Ok(false);
         }
-        if let Err(e) = self.dir.save(record) {
-            // The rename may have landed before what failed: hold what the
-            // disk holds, so that a later save of the old value is not
-            // skipped as unchanged.
-            match self.dir.load(&record.volume_id) {
-                Ok(Some(on_disk)) => lock(&self.held).insert(on_disk),
-                Ok(None) => lock(&self.held).remove(&record.volume_id),
-                Err(_) => {}
-            }
-            return Err(e);
-        }
+        // A failed save left the disk as it was (the rename is its last
+        // step), which is what is held.
+        self.dir.save(record)?;
         lock(&self.held).insert(record.clone());
         Ok(true)
     }

@@ -299,9 +299,9 @@ impl StateDir {
     pub fn remove(&self, volume_id: &str) -> Result<()> {
         let path = self.path_for(volume_id);
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
             // Not synced either (see `save`): a record a power loss brings
             // back names a mount that is gone, which the heartbeat settles.
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(source) => Err(io_err("removing state record", &path)(source)),
         }
