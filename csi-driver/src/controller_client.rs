@@ -472,14 +472,13 @@ pub struct HeartbeatStream {
 }
 
 impl HeartbeatStream {
-    /// Sends one heartbeat and waits at most `patience` for its answer
-    /// (no answer: the stream counts as broken). `Ok(None)`: the controller
-    /// ended the stream (it does after a while, so that the node proves
-    /// itself again); open another.
+    /// Sends one heartbeat and waits at most [`CALL_TIMEOUT`] for its
+    /// answer, as a unary call does (no answer: the stream counts as
+    /// broken). `Ok(None)`: the controller ended the stream (it does after
+    /// a while, so that the node proves itself again); open another.
     pub async fn beat(
         &mut self,
         volume_ids: Vec<String>,
-        patience: Duration,
     ) -> Result<Option<HeartbeatResponse>, ControllerError> {
         let req = HeartbeatRequest {
             node_name: self.node_name.clone(),
@@ -492,12 +491,12 @@ impl HeartbeatStream {
             }
             self.answers.message().await
         };
-        match tokio::time::timeout(patience, next).await {
+        match tokio::time::timeout(CALL_TIMEOUT, next).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(status)) => Err(ControllerError::from_status(status)),
             Err(_) => Err(ControllerError::Unreachable(
                 tonic::Status::deadline_exceeded(format!(
-                    "no heartbeat answer within {patience:?}"
+                    "no heartbeat answer within {CALL_TIMEOUT:?}"
                 )),
             )),
         }

@@ -440,12 +440,10 @@ impl Callers {
                     every,
                     window,
                     |(stream, held)| async move {
-                        let a = stream
-                            .lock()
-                            .await
-                            .beat(held, Duration::from_secs(60))
-                            .await?
-                            .ok_or_else(|| anyhow::anyhow!("the controller ended the stream"))?;
+                        let a =
+                            stream.lock().await.beat(held).await?.ok_or_else(|| {
+                                anyhow::anyhow!("the controller ended the stream")
+                            })?;
                         anyhow::Ok(a.stale_volume_ids.len() + a.revoked_volume_ids.len())
                     },
                 )

@@ -394,7 +394,7 @@ async fn a_heartbeat_stream_opened_with_a_pod_token_ends_when_the_token_expires(
         .expect("a stream opened with the driver pod's token");
     assert!(first.lease_ttl_secs > 0, "{first:?}");
     let beat = stream
-        .beat(vec![], Duration::from_secs(10))
+        .beat(vec![])
         .await
         .expect("a beat while the token is valid");
     assert!(beat.is_some(), "answered");
@@ -413,7 +413,7 @@ async fn a_heartbeat_stream_opened_with_a_pod_token_ends_when_the_token_expires(
     let refused_before = token_refusals(&stack);
     tokio::time::sleep((valid_for + Duration::from_secs(1)).saturating_sub(minted.elapsed())).await;
     let ended = stream
-        .beat(vec![], Duration::from_secs(10))
+        .beat(vec![])
         .await
         .expect("a stream ended, not refused");
     assert!(ended.is_none(), "the stream outlived its token: {ended:?}");

@@ -19,7 +19,7 @@ use kcred_proto::kcred::v1::{HeartbeatResponse, VolumeUpdate};
 
 use super::lifecycle::Cause;
 use super::manager::VolumeManager;
-use crate::controller_client::{CALL_TIMEOUT, ControllerClient, ControllerError, HeartbeatStream};
+use crate::controller_client::{ControllerClient, ControllerError, HeartbeatStream};
 use crate::support::retry;
 
 /// Heartbeats forever (until the task is aborted).
@@ -29,10 +29,7 @@ pub async fn run_heartbeats(volumes: Arc<VolumeManager>, default_every: Duration
     let mut beats = Beats::default();
     loop {
         let held = volumes.held_ids();
-        let wait = match beats
-            .beat(volumes.client(), held.clone(), CALL_TIMEOUT)
-            .await
-        {
+        let wait = match beats.beat(volumes.client(), held.clone()).await {
             Ok(resp) => {
                 backoff = retry::heartbeat();
                 if resp.lease_ttl_secs > 0 {
@@ -75,19 +72,17 @@ pub(super) struct Beats {
 
 impl Beats {
     /// One heartbeat: on the open stream, or a new one, or by a unary call
-    /// where a stream cannot carry it. `patience`: how long an answer on
-    /// the stream may take before the stream counts as broken.
+    /// where a stream cannot carry it.
     pub(super) async fn beat(
         &mut self,
         client: &ControllerClient,
         held: Vec<String>,
-        patience: Duration,
     ) -> Result<HeartbeatResponse, ControllerError> {
         if self.unary_until.is_some_and(|t| Instant::now() < t) {
             return client.heartbeat(held).await;
         }
         if let Some(stream) = self.stream.as_mut() {
-            match stream.beat(held.clone(), patience).await {
+            match stream.beat(held.clone()).await {
                 Ok(Some(answer)) => return Ok(answer),
                 // Ended by the controller: open another at once.
                 Ok(None) => {

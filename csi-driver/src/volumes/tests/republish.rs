@@ -225,11 +225,7 @@ async fn a_stream_refused_for_the_nodes_proof_is_not_retried_as_a_call() {
     let mut beats = crate::volumes::sync::Beats::default();
 
     let answer = beats
-        .beat(
-            node.volumes.client(),
-            vec![req.volume_id.clone()],
-            Duration::from_secs(10),
-        )
+        .beat(node.volumes.client(), vec![req.volume_id.clone()])
         .await;
 
     let err = answer.expect_err("refused");
@@ -257,11 +253,7 @@ async fn beat_ok(node: &Node, req: &PublishRequest, n: usize) {
     let mut beats = crate::volumes::sync::Beats::default();
     for i in 0..n {
         let answer = beats
-            .beat(
-                node.volumes.client(),
-                vec![req.volume_id.clone()],
-                Duration::from_secs(10),
-            )
+            .beat(node.volumes.client(), vec![req.volume_id.clone()])
             .await;
         assert!(answer.is_ok(), "beat {i}: {answer:?}");
     }
