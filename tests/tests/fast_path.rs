@@ -136,6 +136,18 @@ async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
         Some(kcred_proto::kcred::v1::Reason::NodeMismatch),
         "{err:?}"
     );
+    // Audited as the unary call's refusal is: who spoke, for whom.
+    let mut audited = false;
+    for _ in 0..50 {
+        audited = stack.audit_records().iter().any(|r| {
+            r.reason == "node_mismatch" && r.actor == format!("node/{NODE_A}") && r.node == NODE_B
+        });
+        if audited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(audited, "the refusal is audited");
     // The stream's end reaches the gauge once its task has dropped it.
     assert_eq!(
         streams_reach(port, 1.0).await,

@@ -32,7 +32,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::{HeartbeatRequest, HeartbeatResponse, Reason};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -186,29 +185,20 @@ impl Session {
         beat(&self.api.state, &self.node, req.volume_ids).await
     }
 
-    /// Refuses, counts and audits a message naming another node than the
-    /// stream's, as the unary call's authentication does.
+    /// Refuses a message naming another node than the stream's: logged,
+    /// counted and audited by the unary call's authentication refusal.
     async fn refuse_other_node(&self, named: &str) -> Status {
-        let state = &self.api.state;
-        let refusal = Refusal::new(
-            Reason::NodeMismatch,
-            format!(
-                "this heartbeat stream was opened for node {}; a heartbeat on it names another node",
-                self.node
+        let rejected = crate::auth::Rejected {
+            who: format!("node/{}", self.node),
+            refusal: Refusal::new(
+                Reason::NodeMismatch,
+                format!(
+                    "this heartbeat stream was opened for node {}; a heartbeat on it names another node",
+                    self.node
+                ),
             ),
-        );
-        // The claimed name is the caller's choice: bounded in the record.
-        let claimed: String = named.chars().take(253).collect();
-        tracing::warn!(node = %self.node, %claimed, "heartbeat stream refused: a message names another node");
-        state.count_refusal(refusal.reason);
-        let event = AuditEvent::new(Actor::Node(self.node.clone()), Action::Deny)
-            .with_place(claimed, "", "")
-            .denied(
-                refusal.reason,
-                format!("authentication: {}", refusal.message),
-            );
-        state.record_refusal(self.peer, event, refusal.reason).await;
-        refusal.into()
+        };
+        self.api.refuse(self.peer, named, rejected).await
     }
 }
 
