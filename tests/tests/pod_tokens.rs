@@ -399,9 +399,6 @@ async fn a_heartbeat_stream_opened_with_a_pod_token_ends_when_the_token_expires(
         .expect("a beat while the token is valid");
     assert!(beat.is_some(), "answered");
 
-    // Past the token's expiry the stream is over: the controller ended it
-    // cleanly rather than let it outlive the proof it opened with (no
-    // refusal to audit).
     // Refusals of pod tokens (the stack's own token-less callers are
     // refused too, as `node/...`).
     let token_refusals = |stack: &Stack| {
@@ -411,6 +408,9 @@ async fn a_heartbeat_stream_opened_with_a_pod_token_ends_when_the_token_expires(
             .count()
     };
     let refused_before = token_refusals(&stack);
+    // Past the token's expiry the stream is over: the controller ended it
+    // cleanly rather than let it outlive the proof it opened with (no
+    // refusal to audit).
     tokio::time::sleep((valid_for + Duration::from_secs(1)).saturating_sub(minted.elapsed())).await;
     let ended = stream
         .beat(vec![])
