@@ -83,14 +83,7 @@ pub async fn open(
     let cap = api.state.update_streams_per_node;
     let gauge = &api.state.metrics.heartbeat_streams;
     let Some(open) = api.heartbeat_streams.open(&node, cap, gauge) else {
-        let refusal = Refusal::new(
-            Reason::TooManyStreams,
-            format!(
-                "node {node} already holds {cap} heartbeat streams (limits.update_streams_per_node); one must end first"
-            ),
-        );
-        api.state.count_refusal(refusal.reason);
-        return Err(refusal.into());
+        return Err(api.too_many_streams(&node, "heartbeat"));
     };
     let peer = request.remote_addr();
     // A stream on a pod token ends, cleanly, when the token expires: the

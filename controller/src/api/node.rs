@@ -230,14 +230,7 @@ impl NodeCredentials for NodeApi {
         self.authenticate(&request, &node).await?;
         let cap = self.state.update_streams_per_node;
         let Some(mut rx) = self.state.updates.subscribe(&node, cap) else {
-            let refusal = Refusal::new(
-                Reason::TooManyStreams,
-                format!(
-                    "node {node} already holds {cap} update streams (limits.update_streams_per_node); one must end first"
-                ),
-            );
-            self.state.count_refusal(refusal.reason);
-            return Err(refusal.into());
+            return Err(self.too_many_streams(&node, "update"));
         };
         let mut closing = self.state.closing.subscribe();
         tracing::info!(%node, "node subscribed to updates");
@@ -335,6 +328,20 @@ impl NodeApi {
             return Ok(());
         };
         Err(self.refuse(request.remote_addr(), node, rejected).await)
+    }
+
+    /// Refuses (and counts) one more `kind` stream of `node`, which holds
+    /// `limits.update_streams_per_node` of them already.
+    pub(super) fn too_many_streams(&self, node: &str, kind: &str) -> Status {
+        let cap = self.state.update_streams_per_node;
+        let refusal = Refusal::new(
+            Reason::TooManyStreams,
+            format!(
+                "node {node} already holds {cap} {kind} streams (limits.update_streams_per_node); one must end first"
+            ),
+        );
+        self.state.count_refusal(refusal.reason);
+        refusal.into()
     }
 
     /// Logs, counts and audits a caller refused for `node`; its status.
