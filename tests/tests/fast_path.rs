@@ -119,6 +119,40 @@ async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
         2.0,
         "the driver's and this one"
     );
+    // The proven connection may open more, up to the node's cap of 4 (the
+    // driver's stream included); the next one is refused.
+    // A stream of node-a: its first beat queued, open until its sender
+    // is dropped (as the driver's is).
+    let beat_a = || {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let first = HeartbeatRequest {
+            node_name: NODE_A.into(),
+            volume_ids: vec![],
+        };
+        tx.try_send(first).expect("queue");
+        (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
+    };
+    let mut held_open = Vec::new();
+    for _ in 0..2 {
+        let (tx, beats) = beat_a();
+        let answers = client.heartbeats(beats).await.expect("within the cap");
+        held_open.push((tx, answers));
+    }
+    let err = client
+        .heartbeats(beat_a().1)
+        .await
+        .expect_err("a fifth stream of node-a");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&err),
+        Some(kcred_proto::kcred::v1::Reason::TooManyStreams),
+        "{err:?}"
+    );
+    drop(held_open);
+    assert_eq!(
+        streams_reach(port, 2.0).await,
+        2.0,
+        "the streams given up are gone"
+    );
     // A beat for another node ends the stream with the node's refusal.
     out.send(HeartbeatRequest {
         node_name: NODE_B.into(),
