@@ -237,8 +237,9 @@ impl AuditLog {
     }
 
     /// [`AuditLog::append_all`] for async callers: the records are sealed
-    /// and written on a blocking thread, then the caller awaits their sync
-    /// without holding a thread (one caller leads each sync, on a blocking
+    /// and written on the caller's worker (on a blocking thread when that
+    /// would seal a segment), then the caller awaits their sync without
+    /// holding a thread (one caller leads each sync, on a blocking
     /// thread). Many concurrent appends thus cost a few threads, not one
     /// each, and their wake-ups are task wake-ups. Needs a Tokio runtime.
     /// Do not also call the blocking [`AuditLog::append_all`] from that
@@ -248,15 +249,22 @@ impl AuditLog {
         self: &Arc<Self>,
         events: Vec<AuditEvent>,
     ) -> Result<Vec<AuditRecord>, AuditError> {
-        let log = Arc::clone(self);
-        let (records, lines, mark) = tokio::task::spawn_blocking(move || {
-            for event in &events {
-                event.check()?;
-            }
-            log.write_all(&events)
-        })
-        .await
-        .map_err(|e| self.lost_thread("append", e))??;
+        for event in &events {
+            event.check()?;
+        }
+        let (records, lines, mark) = if self.may_seal(events.len()) {
+            // Sealing a segment syncs and renames files: a blocking thread's work.
+            let log = Arc::clone(self);
+            tokio::task::spawn_blocking(move || log.write_all(&events))
+                .await
+                .map_err(|e| self.lost_thread("append", e))??
+        } else {
+            // Sealing records and writing their lines to the page cache
+            // takes tens of microseconds under a short lock: less than
+            // handing them to a blocking thread and back, which was the
+            // larger part of an append's cost.
+            self.write_all(&events)?
+        };
         let Some(first) = records.first().map(|r| r.seq) else {
             return Ok(records);
         };
@@ -290,6 +298,20 @@ impl AuditLog {
             let _ = tokio::task::spawn_blocking(move || log.send_copies(&copies, &lines)).await;
         }
         Ok(records)
+    }
+
+    /// Whether writing `n` more records could seal the active segment
+    /// (assuming lines of the largest size allowed).
+    fn may_seal(&self, n: usize) -> bool {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let now_ms = now_unix_ms();
+        now_ms >= tail.seal_retry_ms
+            && self.rotation.due(
+                tail.len - tail.base,
+                tail.first.map(|(_, ms)| ms),
+                MAX_LINE_BYTES.saturating_mul(n),
+                now_ms,
+            )
     }
 
     /// Copies durable records to the sink, if one is set.

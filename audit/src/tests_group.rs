@@ -68,6 +68,46 @@ fn concurrent_appends_across_sealed_segments_form_one_chain() {
     assert_eq!(reopened.head().map(|h| h.seq), Some(all));
 }
 
+/// Async appends seal their records on the worker, and hand the ones that
+/// could seal a segment to a blocking thread: both kinds, mixed, form one
+/// chain across the sealed segments.
+#[test]
+fn async_appends_across_sealed_segments_form_one_chain() {
+    let fx = Fixture::new(0);
+    let rotation = segments::Rotation {
+        max_bytes: 4 * MAX_LINE_BYTES as u64,
+        max_age: None,
+    };
+    let log = Arc::new(AuditLog::open_rotating(&fx.log, fx.signer(), rotation).expect("open"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (tasks, each) = (300usize, 3usize);
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for t in 0..tasks {
+            let log = Arc::clone(&log);
+            set.spawn(async move {
+                let batch: Vec<AuditEvent> = (0..each).map(|i| event(t * each + i)).collect();
+                log.append_all_durably(batch).await.expect("append");
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            done.expect("task");
+        }
+    });
+    let all = (tasks * each) as u64;
+    assert_eq!(log.head().map(|h| h.seq), Some(all));
+    let files = segments::segments(&fx.log).expect("list");
+    assert!(
+        files.len() >= 3,
+        "the size limit sealed at least two segments: {files:?}"
+    );
+    fx.assert_intact(all);
+}
+
 #[test]
 fn append_all_chains_its_records_in_order() {
     let fx = Fixture::new(2);

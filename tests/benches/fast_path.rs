@@ -7,7 +7,8 @@
 //! (as root: it mounts tmpfs). `-- --quick` (or `KCRED_BENCH_QUICK=1`)
 //! runs a small version in well under a minute: CI's smoke test.
 //! `KCRED_BENCH_VOLUMES=N` publishes N volumes on the node instead (the
-//! rotation fan-out row with 1,000).
+//! rotation fan-out row with 1,000); `KCRED_BENCH_CALLS=N` makes each of
+//! the 64 clients fetch N times in the throughput run (40; more to profile).
 //!
 //! The process re-executes itself for two helpers: the TLS echo server
 //! (`--echo-server DIR`), so its CPU is measured alone, and node load
@@ -87,6 +88,14 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
     {
         size.volumes = n;
+    }
+    // `KCRED_BENCH_CALLS=N`: fetches per client in the throughput run
+    // (longer runs are steadier and long enough to profile).
+    if let Some(n) = std::env::var("KCRED_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        size.calls = n;
     }
     rt.block_on(bench(&size, quick))
 }
@@ -303,6 +312,16 @@ async fn node_calls(metrics_port: u16) -> (f64, f64) {
     )
 }
 
+/// The controller's time in `FetchBundle` calls so far, and their count.
+async fn fetch_time(metrics_port: u16) -> (f64, f64) {
+    let body = kcred_tests::ha::scrape(metrics_port).await;
+    let m = |name| kcred_tests::ha::metric(&body, name, &[]).unwrap_or(0.0);
+    (
+        m("kcred_fetch_bundle_seconds_sum"),
+        m("kcred_fetch_bundle_seconds_count"),
+    )
+}
+
 fn data_version(target: &Path) -> Option<PathBuf> {
     std::fs::read_link(target.join("..data")).ok()
 }
@@ -365,11 +384,18 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     stack.kubelet().publish(&pods[0], "kcred").await?;
     let mut warm = Vec::with_capacity(size.volumes);
     let mut targets = Vec::with_capacity(size.volumes);
+    let in_controller0 = fetch_time(metrics_port).await;
     for p in &pods[1..] {
         let t = Instant::now();
         targets.push(stack.kubelet().publish(p, "kcred").await?);
         warm.push(t.elapsed());
     }
+    // How much of a warm publish the controller's side of its fetch took.
+    let in_controller = {
+        let (sum, count) = fetch_time(metrics_port).await;
+        let (n, secs) = (count - in_controller0.1, sum - in_controller0.0);
+        Duration::from_secs_f64(if n > 0.0 { secs / n } else { 0.0 })
+    };
     let mut republish = Vec::with_capacity(size.volumes);
     for p in &pods[1..] {
         let t = Instant::now();
@@ -495,6 +521,12 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         "",
         &format!("{} / {} / {}", ms(pf50), ms(sf50), ms(r50)),
         "",
+    );
+    table.row(
+        "  of which in the controller (its mean FetchBundle time)",
+        &ms(in_controller),
+        &format!("{} fdatasync p50", ms(sf50)),
+        &ratio(in_controller.as_secs_f64(), sf50.as_secs_f64()),
     );
     table.row(
         "kubelet republish of an unchanged volume, p50",

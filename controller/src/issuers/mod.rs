@@ -52,7 +52,8 @@ pub enum IssueError {
 }
 
 /// The issued-credential cache every issuer reads through: the record of
-/// `name`, read off the async workers, turned into a credential by `parse`.
+/// `name` (read off the async workers unless the store is local), turned
+/// into a credential by `parse`.
 /// A secret that does not parse is a corrupt record, not a missing one.
 pub(crate) async fn read_stored<M, T, E>(
     store: &Arc<Store>,
@@ -64,11 +65,18 @@ where
     M: DeserializeOwned + Send + 'static,
     E: std::fmt::Display,
 {
-    let store = Arc::clone(store);
-    let key = name.to_string();
-    let found = tokio::task::spawn_blocking(move || store.get::<M>(table, &key))
-        .await
-        .map_err(|e| IssueError::Task(e.to_string()))??;
+    let found = if store.reads_locally() {
+        // A B-tree lookup in pages the kernel holds and one decryption:
+        // microseconds, less than the hop to a blocking thread and back
+        // (which cost more than the read on every warm fetch).
+        store.get::<M>(table, name)?
+    } else {
+        let store = Arc::clone(store);
+        let key = name.to_string();
+        tokio::task::spawn_blocking(move || store.get::<M>(table, &key))
+            .await
+            .map_err(|e| IssueError::Task(e.to_string()))??
+    };
     found.map(parse).transpose().map_err(|e| {
         IssueError::Store(StoreError::Corrupt {
             record: name.to_string(),

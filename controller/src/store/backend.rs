@@ -27,4 +27,8 @@ pub trait StoreBackend: Send + Sync {
     fn count(&self, table: Table) -> Result<u64, StoreError>;
     /// Where the records live, for logs and error messages (no secrets).
     fn describe(&self) -> String;
+    /// Whether a read is answered from this machine's own file, with no
+    /// network on the way: then it is cheap enough to make on an async
+    /// worker.
+    fn reads_locally(&self) -> bool;
 }

@@ -119,4 +119,8 @@ impl StoreBackend for Embedded {
     fn describe(&self) -> String {
         format!("embedded store {}", self.path.display())
     }
+
+    fn reads_locally(&self) -> bool {
+        true
+    }
 }

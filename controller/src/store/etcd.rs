@@ -407,6 +407,10 @@ impl StoreBackend for Etcd {
     fn describe(&self) -> String {
         format!("etcd {} under {}", self.endpoints, self.prefix)
     }
+
+    fn reads_locally(&self) -> bool {
+        false
+    }
 }
 
 impl Drop for Etcd {

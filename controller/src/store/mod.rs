@@ -166,6 +166,12 @@ impl Store {
         self.backend.describe()
     }
 
+    /// Whether reads come from a local file (see
+    /// [`backend::StoreBackend::reads_locally`]).
+    pub fn reads_locally(&self) -> bool {
+        self.backend.reads_locally()
+    }
+
     /// Whether the backend answered the last call: false once it fails
     /// (etcd lost), and every issue then fails with it. For readiness.
     pub fn healthy(&self) -> bool {
