@@ -83,6 +83,10 @@ pub struct StackOptions {
     /// Use a copy of this master key instead of a fresh one (a second
     /// controller on the same etcd store reads the first one's records).
     pub master_key_from: Option<PathBuf>,
+    /// Where the nodes' side lives (the kubelet directory and the drivers'
+    /// state directories); default: in the stack's own directory, beside
+    /// the controller's store and audit log.
+    pub node_dir: Option<PathBuf>,
 }
 
 /// An AD realm for the controller: its name, a `krb5.conf` reaching its
@@ -115,6 +119,7 @@ impl Default for StackOptions {
             active_directory: None,
             webhook: false,
             master_key_from: None,
+            node_dir: None,
         }
     }
 }
@@ -137,6 +142,8 @@ pub struct Stack {
     pub realm: Realm,
     /// Where everything lives (config, store, kubelet dir, sockets).
     pub dir: tempfile::TempDir,
+    /// The nodes' side: `dir`, or [`StackOptions::node_dir`].
+    node_dir: PathBuf,
     /// The kubelet stand-in connected to the driver.
     pub kubelet: Kubelet,
     /// The controller's config as written to disk.
@@ -331,14 +338,15 @@ max_unauthenticated_per_source = 4096
         write(&d.join("controller.toml"), &config_text)?;
         let config = Config::load(&d.join("controller.toml"))?;
 
-        let kubelet_dir = d.join("kubelet");
+        let node_dir = opts.node_dir.clone().unwrap_or_else(|| d.to_path_buf());
+        let kubelet_dir = node_dir.join("kubelet");
         std::fs::create_dir_all(kubelet_dir.join("pods"))?;
         let socket = d.join("csi/csi.sock");
         let driver_cfg = DriverConfig {
             driver_name: kcred_csi_driver::config::DEFAULT_DRIVER_NAME.into(),
             node_id: opts.node.clone(),
             kubelet_dir: kubelet_dir.clone(),
-            state_dir: d.join("driver-state"),
+            state_dir: node_dir.join("driver-state"),
             controller_endpoint: format!("http://{controller_addr}"),
             tmpfs_size_bytes: 1024 * 1024,
             pod_token_audience: kcred_csi_driver::config::DEFAULT_POD_TOKEN_AUDIENCE.into(),
@@ -379,6 +387,7 @@ max_unauthenticated_per_source = 4096
         Ok(Stack {
             realm,
             dir,
+            node_dir,
             kubelet,
             config,
             controller_addr,
@@ -502,7 +511,7 @@ max_unauthenticated_per_source = 4096
             driver_name: kcred_csi_driver::config::DEFAULT_DRIVER_NAME.into(),
             node_id: node.to_string(),
             kubelet_dir: self.kubelet_dir(),
-            state_dir: self.dir.path().join("nodes").join(node),
+            state_dir: self.node_dir.join("nodes").join(node),
             controller_endpoint: self.controller_endpoint(),
             tmpfs_size_bytes: 64 * 1024,
             pod_token_audience: kcred_csi_driver::config::DEFAULT_POD_TOKEN_AUDIENCE.into(),
@@ -513,7 +522,7 @@ max_unauthenticated_per_source = 4096
 
     /// The kubelet root directory.
     pub fn kubelet_dir(&self) -> PathBuf {
-        self.dir.path().join("kubelet")
+        self.node_dir.join("kubelet")
     }
 
     /// Stops the driver and the controller.

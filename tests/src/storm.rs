@@ -25,6 +25,8 @@ pub struct StormConfig {
     pub rate: u32,
     /// kadmind budget: burst.
     pub burst: u32,
+    /// Where the nodes' side lives ([`StackOptions::node_dir`]).
+    pub node_dir: Option<std::path::PathBuf>,
 }
 
 /// What the storm cost and how long it took.
@@ -84,6 +86,7 @@ pub async fn run_storm(cfg: StormConfig) -> anyhow::Result<(StormReport, Stack)>
             "[gate.kadmin]\nrate_per_sec = {}\nburst = {}\n",
             cfg.rate, cfg.burst
         ),
+        node_dir: cfg.node_dir.clone(),
         ..StackOptions::default()
     })
     .await?;

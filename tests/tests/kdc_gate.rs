@@ -23,6 +23,7 @@ async fn a_storm_of_2000_publishes_costs_one_extraction_per_principal_within_bud
         principals: 20,
         rate: 10,
         burst: 5,
+        node_dir: None,
     };
     let (report, stack) = run_storm(cfg).await.expect("storm");
     unmount_all(&stack);

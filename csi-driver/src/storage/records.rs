@@ -139,8 +139,10 @@ impl Records {
         if lock(&self.held).get(&record.volume_id) == Some(record) {
             return Ok(false);
         }
-        // A failed save left the disk as it was (the rename is its last
-        // step), which is what is held.
+        // A failed save left the disk as it was (a new file's rename is its
+        // last step; an in-place rewrite is one write, which fails before
+        // it changes anything or for an I/O error of the disk itself), which
+        // is what is held.
         self.dir.save(record)?;
         lock(&self.held).insert(record.clone());
         Ok(true)

@@ -72,6 +72,62 @@ fn save_load_list_remove_round_trip() {
     assert_eq!(dir.list().unwrap(), vec![b]);
 }
 
+/// A record that fits its file is rewritten in place (the same inode: no
+/// file created or deleted); one that outgrows it, or a file an older
+/// driver wrote without room, is replaced whole; every version reads back.
+#[test]
+fn saves_rewrite_a_record_in_place_while_it_fits_its_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let path = dir.path_for("vol-a");
+    let inode = || fs::metadata(&path).unwrap().ino();
+    let mut rec = PublishedVolume {
+        phase: Phase::Publishing,
+        ..record("vol-a")
+    };
+    dir.save(&rec).unwrap();
+    let first = inode();
+    assert_eq!(fs::metadata(&path).unwrap().len(), ROOM as u64);
+    for n in 0..3 {
+        rec.phase = Phase::Mounted {
+            generation: format!("generation-{n}"),
+            refresh_at: Deadline::from_controller(1_777_640_000 + n),
+        };
+        dir.save(&rec).unwrap();
+        assert_eq!(inode(), first, "rewritten in place");
+        assert_eq!(dir.load("vol-a").unwrap(), Some(rec.clone()));
+    }
+    // Shorter again: the rest of the file is white space.
+    rec.phase = Phase::Publishing;
+    dir.save(&rec).unwrap();
+    assert_eq!(inode(), first);
+    assert_eq!(dir.list().unwrap(), vec![rec.clone()]);
+
+    // Outgrowing the file: replaced by a bigger one, which reads back.
+    rec.pod_name = "p".repeat(ROOM);
+    dir.save(&rec).unwrap();
+    assert_ne!(inode(), first, "replaced");
+    assert_eq!(dir.load("vol-a").unwrap(), Some(rec.clone()));
+
+    // An older driver's record: its exact JSON, no room; a longer version
+    // replaces it, a shorter one fits it.
+    let old = record("vol-b");
+    let old_path = dir.path_for("vol-b");
+    fs::write(&old_path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let longer = PublishedVolume {
+        pod_name: "a-longer-pod-name".into(),
+        ..old.clone()
+    };
+    dir.save(&longer).unwrap();
+    assert_eq!(dir.load("vol-b").unwrap(), Some(longer));
+    assert_eq!(
+        fs::metadata(&old_path).unwrap().len(),
+        ROOM as u64,
+        "given room"
+    );
+    assert_eq!(files(tmp.path()).len(), 2, "no temp files left behind");
+}
+
 #[test]
 fn list_skips_corrupt_and_misplaced_entries() {
     let tmp = tempfile::tempdir().unwrap();
