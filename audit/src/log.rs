@@ -238,7 +238,7 @@ impl AuditLog {
 
     /// [`AuditLog::append_all`] for async callers: the records are sealed
     /// and written on the caller's worker (on a blocking thread when that
-    /// would seal a segment), then the caller awaits their sync without
+    /// could seal a segment or the chain lock is busy), then the caller awaits their sync without
     /// holding a thread (one caller leads each sync, on a blocking
     /// thread). Many concurrent appends thus cost a few threads, not one
     /// each, and their wake-ups are task wake-ups. Needs a Tokio runtime.
@@ -252,18 +252,33 @@ impl AuditLog {
         for event in &events {
             event.check()?;
         }
-        let (records, lines, mark) = if self.may_seal(events.len()) {
-            // Sealing a segment syncs and renames files: a blocking thread's work.
-            let log = Arc::clone(self);
-            tokio::task::spawn_blocking(move || log.write_all(&events))
-                .await
-                .map_err(|e| self.lost_thread("append", e))??
-        } else {
-            // Sealing records and writing their lines to the page cache
-            // takes tens of microseconds under a short lock: less than
-            // handing them to a blocking thread and back, which was the
-            // larger part of an append's cost.
-            self.write_all(&events)?
+        // Sealing records and writing their lines to the page cache takes
+        // tens of microseconds under a short lock: less than handing them to
+        // a blocking thread and back, which was the larger part of an
+        // append's cost. A worker never waits for that lock, though: it may
+        // be held across a segment's seal or a cut-back (syncs and renames),
+        // so a held lock, or a write that could seal, goes to a blocking
+        // thread.
+        let inline = match self.tail.try_lock() {
+            Ok(tail) if !self.may_seal(&tail, events.len()) => {
+                Some(self.write_locked(tail, &events))
+            }
+            Ok(_) | Err(std::sync::TryLockError::WouldBlock) => None,
+            // A panic while appending may have left half a line: refuse.
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                return Err(AuditError::Broken {
+                    path: self.path.clone(),
+                });
+            }
+        };
+        let (records, lines, mark) = match inline {
+            Some(written) => written?,
+            None => {
+                let log = Arc::clone(self);
+                tokio::task::spawn_blocking(move || log.write_all(&events))
+                    .await
+                    .map_err(|e| self.lost_thread("append", e))??
+            }
         };
         let Some(first) = records.first().map(|r| r.seq) else {
             return Ok(records);
@@ -300,17 +315,17 @@ impl AuditLog {
         Ok(records)
     }
 
-    /// Whether writing `n` more records could seal the active segment
-    /// (assuming lines of the largest size allowed).
-    fn may_seal(&self, n: usize) -> bool {
-        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let now_ms = now_unix_ms();
-        now_ms >= tail.seal_retry_ms
+    /// Whether writing `n` more records after `tail` could seal the active
+    /// segment: lines of the largest size allowed, a second from now, and
+    /// an empty segment counted as started now.
+    fn may_seal(&self, tail: &Tail, n: usize) -> bool {
+        let soon_ms = now_unix_ms().saturating_add(1_000);
+        soon_ms >= tail.seal_retry_ms
             && self.rotation.due(
                 tail.len - tail.base,
-                tail.first.map(|(_, ms)| ms),
+                Some(tail.first.map_or(soon_ms, |(_, ms)| ms)),
                 MAX_LINE_BYTES.saturating_mul(n),
-                now_ms,
+                soon_ms,
             )
     }
 
@@ -389,7 +404,16 @@ impl AuditLog {
         &self,
         events: &[AuditEvent],
     ) -> Result<(Vec<AuditRecord>, Vec<Vec<u8>>, Mark), AuditError> {
-        let mut tail = self.lock()?;
+        self.write_locked(self.lock()?, events)
+    }
+
+    /// [`AuditLog::write_all`] under the chain lock already taken.
+    #[allow(clippy::type_complexity)]
+    fn write_locked(
+        &self,
+        mut tail: MutexGuard<'_, Tail>,
+        events: &[AuditEvent],
+    ) -> Result<(Vec<AuditRecord>, Vec<Vec<u8>>, Mark), AuditError> {
         if tail.broken {
             return Err(AuditError::Broken {
                 path: self.path.clone(),
@@ -469,6 +493,13 @@ impl AuditLog {
     /// The signer, for its public key and key id.
     pub fn signer(&self) -> &AuditSigner {
         &self.signer
+    }
+
+    /// Runs `f` holding the chain lock, as a segment's seal holds it.
+    #[cfg(test)]
+    pub(super) fn with_chain_locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        f()
     }
 
     #[cfg(test)]

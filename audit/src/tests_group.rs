@@ -108,6 +108,50 @@ fn async_appends_across_sealed_segments_form_one_chain() {
     fx.assert_intact(all);
 }
 
+/// While the chain lock is held for long (a segment's seal syncs and
+/// renames under it), an async append waits on a blocking thread, not on
+/// the runtime's worker: the worker's other tasks go on.
+#[test]
+fn an_async_append_never_waits_for_the_chain_lock_on_a_worker() {
+    let fx = Fixture::new(0);
+    let log = Arc::new(fx.open());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            log.with_chain_locked(|| {
+                held_tx.send(()).expect("send");
+                std::thread::sleep(std::time::Duration::from_millis(400));
+            })
+        })
+    };
+    held_rx.recv().expect("the lock is held");
+    let ticks = rt.block_on(async {
+        let append = tokio::spawn({
+            let log = Arc::clone(&log);
+            async move { log.append_all_durably(vec![event(1)]).await }
+        });
+        let mut ticks = 0;
+        while !append.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            ticks += 1;
+        }
+        append.await.expect("task").expect("append");
+        ticks
+    });
+    holder.join().expect("holder");
+    // Blocked, the one worker would have ticked once at most.
+    assert!(
+        ticks >= 10,
+        "the worker went on while the lock was held: {ticks} ticks"
+    );
+    fx.assert_intact(1);
+}
+
 #[test]
 fn append_all_chains_its_records_in_order() {
     let fx = Fixture::new(2);

@@ -265,8 +265,11 @@ impl StateDir {
             return Ok(());
         }
         // JSON allows trailing white space: the room later saves rewrite.
-        if json.len() < ROOM {
-            json.resize(ROOM, b' ');
+        for room in [ROOM, IN_PLACE_MAX as usize] {
+            if json.len() < room {
+                json.resize(room, b' ');
+                break;
+            }
         }
         let tmp = self.root.join(format!(
             "{TMP_PREFIX}{:016x}",
@@ -373,24 +376,26 @@ pub(super) const ROOM: usize = 2048;
 const IN_PLACE_MAX: u64 = 4096;
 
 /// Rewrites the record file at `path` in place with `json`, padded with
-/// white space to the file's length, if the file exists, is one page at
-/// most and `json` fits it; whether it did.
+/// white space to the file's length, if it is a plain file of one page at
+/// most (not a link of any kind, nothing that could block an open) and
+/// `json` fits it; whether it did. Anything else is left to a new file
+/// renamed over it.
 fn rewrite_in_place(path: &Path, json: &[u8]) -> std::io::Result<bool> {
-    use std::os::unix::fs::FileExt;
-    let file = match OpenOptions::new()
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let Ok(file) = OpenOptions::new()
         .write(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .custom_flags(flags.bits())
         .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+    else {
+        return Ok(false);
     };
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    let len = meta.len();
     let Ok(room) = usize::try_from(len) else {
         return Ok(false);
     };
-    if len > IN_PLACE_MAX || json.len() > room {
+    if !meta.is_file() || meta.nlink() != 1 || len > IN_PLACE_MAX || json.len() > room {
         return Ok(false);
     }
     let mut page = Vec::with_capacity(room);

@@ -128,6 +128,37 @@ fn saves_rewrite_a_record_in_place_while_it_fits_its_file() {
     assert_eq!(files(tmp.path()).len(), 2, "no temp files left behind");
 }
 
+/// Whatever else sits at a record's path (a symlink, a FIFO, a file with
+/// another hard link) is replaced by a save, never written through or
+/// waited on.
+#[test]
+fn saves_replace_what_is_not_a_plain_record_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(tmp.path().join("state")).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::write(&elsewhere, b"not a record").unwrap();
+    type Make<'a> = &'a dyn Fn(&Path);
+    let kinds: [(&str, Make); 3] = [
+        ("symlink", &|p| {
+            std::os::unix::fs::symlink(&elsewhere, p).unwrap()
+        }),
+        ("fifo", &|p| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap()
+        }),
+        ("hard link", &|p| fs::hard_link(&elsewhere, p).unwrap()),
+    ];
+    for (kind, make) in kinds {
+        let rec = record(&format!("vol-{kind}"));
+        let path = dir.path_for(&rec.volume_id);
+        make(&path);
+        dir.save(&rec).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(dir.load(&rec.volume_id).unwrap(), Some(rec), "{kind}");
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file() && meta.nlink() == 1, "{kind}: replaced");
+        assert_eq!(fs::read(&elsewhere).unwrap(), b"not a record", "{kind}");
+    }
+}
+
 #[test]
 fn list_skips_corrupt_and_misplaced_entries() {
     let tmp = tempfile::tempdir().unwrap();
