@@ -151,9 +151,10 @@ impl ControllerState {
             .inc();
     }
 
-    /// Appends events durably (and remembers the new head in the store).
-    /// Concurrent callers share one sync and wait for it as tasks, not as
-    /// blocked threads (see [`kcred_audit::AuditLog::append_all_durably`]).
+    /// Appends events durably (and has the new head remembered in the
+    /// store). Concurrent callers share one sync and wait for it as tasks,
+    /// not as blocked threads (see
+    /// [`kcred_audit::AuditLog::append_all_durably`]).
     pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
         if events.is_empty() {
             return Ok(());
@@ -161,15 +162,23 @@ impl ControllerState {
         let records = self.audit.append_all_durably(events).await?;
         // Coalesced: a caller finding a writer at work leaves its head to
         // it; the one that becomes the writer stores off the async workers.
+        // Nobody waits for it: the records are durable already, and the
+        // stored head only has to catch up (a caller that found a writer at
+        // work never waited either). It is a store commit, a second sync,
+        // which an issue alone on the controller paid in full. A writer
+        // holds the store until it is done, and a stopping controller
+        // waits for the store to be released (crate::server), so a clean
+        // stop stores the last head; a crash may leave it one commit
+        // behind the log, which a start accepts (the log may run ahead).
         if let Some(turn) = records
             .last()
             .and_then(|r| self.audit_heads.offer_turn(r.head()))
         {
             let store = Arc::clone(&self.store);
             let key_id = self.audit.signer().key_id().to_string();
-            if let Err(e) = tokio::task::spawn_blocking(move || turn.drain(&store, &key_id)).await {
-                tracing::error!(error = %e, "the audit head writer did not finish");
-            }
+            drop(tokio::task::spawn_blocking(move || {
+                turn.drain(&store, &key_id)
+            }));
         }
         Ok(())
     }

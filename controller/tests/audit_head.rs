@@ -7,10 +7,11 @@
 
 mod common;
 
-use common::{Files, start_and_stop};
+use common::{Files, Running, start_and_stop};
 use kcred_audit::{Action, Actor, AuditEvent, AuditHead};
 use kcred_controller::audit_head::{self, LOST_HEAD_PREFIX};
 use kcred_controller::store::Table;
+use kcred_proto::kcred::v1::{FetchBundleRequest, PodRef};
 
 /// Appends `n` records as a running controller does: the log, then its
 /// head in the store.
@@ -140,4 +141,38 @@ async fn an_acknowledged_loss_is_recorded_and_the_lost_head_kept() {
     start_and_stop(&f.config)
         .await
         .expect("restart after acknowledgement");
+}
+
+/// The head is stored after the request that appended returns (nothing
+/// waits for that store commit), and a clean stop still leaves it stored:
+/// the stopping controller waits for the writer to let go of the store.
+#[tokio::test]
+async fn a_clean_stop_leaves_the_last_head_stored() {
+    let f = Files::new("");
+    for round in 0..3u64 {
+        let running = Running::start(&f.config).await;
+        let refused = running
+            .node_client()
+            .await
+            .fetch_bundle(FetchBundleRequest {
+                node_name: "node-1".into(),
+                pod: Some(PodRef {
+                    namespace: "web".into(),
+                    name: "nobody".into(),
+                    uid: "u1".into(),
+                    service_account: "default".into(),
+                }),
+                volume_id: format!("vol-{round}"),
+                ..Default::default()
+            })
+            .await;
+        assert!(refused.is_err(), "no such pod: refused, and audited");
+        running.stop().await;
+        let log_head = f.audit().head();
+        assert!(
+            log_head.as_ref().is_some_and(|h| h.seq > round),
+            "{log_head:?}"
+        );
+        assert_eq!(stored(&f), log_head, "the stored head is the log's last");
+    }
 }

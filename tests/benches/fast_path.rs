@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_proto::kcred::v1::{HeartbeatRequest, PodRef};
+use kcred_tests::bench::node_fs::NodeFs;
 use kcred_tests::bench::stats::{Table, ms, pct, ratio, us};
 use kcred_tests::bench::{echo, floor, load, procstat};
 use kcred_tests::procs::{CONTROLLER_HOST, NODE_A, ProcStack};
@@ -336,8 +337,13 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         size.clients
     );
 
+    // The node's side (the floor's and kcred's publishes) on a tmpfs of its
+    // own; the audit log's floor and the controller on the disk (see
+    // `kcred_tests::bench::node_fs`).
+    let node_fs = NodeFs::mount()?;
+
     // Floors and the peer.
-    let floor_dir = w.join("floor");
+    let floor_dir = node_fs.path().join("floor");
     std::fs::create_dir(&floor_dir)?;
     let mut publish_floor = floor::publish(&floor_dir, size.floor)?;
     let mut sync_floor = floor::append_sync(&w.join("append.log"), size.floor)?;
@@ -364,7 +370,9 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     drop(echo_proc);
 
     // kcred: the real processes.
-    let mut stack = ProcStack::start_with_metrics("").await?;
+    let node_dir = node_fs.path().join("node");
+    std::fs::create_dir(&node_dir)?;
+    let mut stack = ProcStack::start_with_metrics_and_node_dir("", &node_dir).await?;
     let metrics_port = stack.metrics_port.context("controller metrics port")?;
     let ctrl_pid = stack
         .controller
@@ -385,12 +393,22 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     let mut warm = Vec::with_capacity(size.volumes);
     let mut targets = Vec::with_capacity(size.volumes);
     let in_controller0 = fetch_time(metrics_port).await;
+    let (ctrl_cpu0, driver_cpu0) = (
+        procstat::cpu_fine(ctrl_pid)?,
+        procstat::cpu_fine(driver_pid)?,
+    );
     for p in &pods[1..] {
         let t = Instant::now();
         targets.push(stack.kubelet().publish(p, "kcred").await?);
         warm.push(t.elapsed());
     }
     // How much of a warm publish the controller's side of its fetch took.
+    let per_publish =
+        |cpu: Duration, cpu0: Duration| cpu.saturating_sub(cpu0) / (pods.len() - 1).max(1) as u32;
+    let (ctrl_publish_cpu, driver_publish_cpu) = (
+        per_publish(procstat::cpu_fine(ctrl_pid)?, ctrl_cpu0),
+        per_publish(procstat::cpu_fine(driver_pid)?, driver_cpu0),
+    );
     let in_controller = {
         let (sum, count) = fetch_time(metrics_port).await;
         let (n, secs) = (count - in_controller0.1, sum - in_controller0.0);
@@ -529,6 +547,12 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         &ratio(in_controller.as_secs_f64(), sf50.as_secs_f64()),
     );
     table.row(
+        "  CPU per warm publish: controller / driver",
+        &format!("{} / {}", ms(ctrl_publish_cpu), ms(driver_publish_cpu)),
+        "",
+        "",
+    );
+    table.row(
         "kubelet republish of an unchanged volume, p50",
         &ms(rp50),
         &format!("{} stat", ms(st50)),
@@ -623,6 +647,12 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         &format!("{driver_threads} threads"),
         "-",
     );
-    kcred_tests::unmount_volumes(&stack.path().join("kubelet"));
+    println!(
+        "\nThe node's side (the floor's publishes and the driver's kubelet and \
+         state directories) on a tmpfs of its own; the controller's store and \
+         audit log and the fdatasync floor on {}.",
+        w.display()
+    );
+    kcred_tests::unmount_volumes(&node_dir.join("kubelet"));
     Ok(())
 }

@@ -6,6 +6,7 @@
 //!
 //! `cargo bench -p kcred-tests --bench kdc_storm` (as root).
 
+use kcred_tests::bench::node_fs::NodeFs;
 use kcred_tests::storm::{StormConfig, run_storm, unmount_all};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -83,32 +84,4 @@ async fn main() -> anyhow::Result<()> {
         std::env::temp_dir().display()
     );
     Ok(())
-}
-
-/// A tmpfs mounted on a fresh directory, unmounted on drop.
-struct NodeFs(tempfile::TempDir);
-
-impl NodeFs {
-    fn mount() -> anyhow::Result<Self> {
-        use nix::mount::{MsFlags, mount};
-        let dir = tempfile::tempdir()?;
-        mount(
-            Some("tmpfs"),
-            dir.path(),
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("size=256m,mode=0755"),
-        )?;
-        Ok(NodeFs(dir))
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.0.path()
-    }
-}
-
-impl Drop for NodeFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
 }

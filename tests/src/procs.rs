@@ -140,6 +140,9 @@ pub struct ProcStack {
     leases_config: String,
     /// Extra lines of the controller's `[tls]` table (next start).
     pub tls_config: String,
+    /// Where node-a's side lives (kubelet directory, driver state): the
+    /// stack's directory, or [`ProcStack::start_with_metrics_and_node_dir`]'s.
+    node_dir: PathBuf,
 }
 
 /// The node-a node name (its host principal's FQDN).
@@ -166,13 +169,23 @@ impl ProcStack {
         leases_config: &str,
         tls_config: &str,
     ) -> anyhow::Result<ProcStack> {
-        Self::start_opts(extra_config, leases_config, tls_config, false).await
+        Self::start_opts(extra_config, leases_config, tls_config, false, None).await
     }
 
     /// Like [`ProcStack::start`], with the controller's `/metrics` served
     /// on [`ProcStack::metrics_port`].
     pub async fn start_with_metrics(extra_config: &str) -> anyhow::Result<ProcStack> {
-        Self::start_opts(extra_config, "", "", true).await
+        Self::start_opts(extra_config, "", "", true, None).await
+    }
+
+    /// Like [`ProcStack::start_with_metrics`], with node-a's side (kubelet
+    /// directory, driver state) under `node_dir` instead of the stack's
+    /// directory (where the controller's store and audit log stay).
+    pub async fn start_with_metrics_and_node_dir(
+        extra_config: &str,
+        node_dir: &Path,
+    ) -> anyhow::Result<ProcStack> {
+        Self::start_opts(extra_config, "", "", true, Some(node_dir.to_path_buf())).await
     }
 
     async fn start_opts(
@@ -180,6 +193,7 @@ impl ProcStack {
         leases_config: &str,
         tls_config: &str,
         metrics: bool,
+        node_dir: Option<PathBuf>,
     ) -> anyhow::Result<ProcStack> {
         let r = kcred_testrealm::DEFAULT_REALM;
         let realm = Realm::start_with(RealmOptions {
@@ -226,7 +240,8 @@ impl ProcStack {
             );
         }
         std::fs::write(d.join("policy.toml"), crate::stack::DEFAULT_POLICY)?;
-        std::fs::create_dir_all(d.join("kubelet/pods"))?;
+        let node_dir = node_dir.unwrap_or_else(|| d.to_path_buf());
+        std::fs::create_dir_all(node_dir.join("kubelet/pods"))?;
         let free = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
@@ -248,6 +263,7 @@ impl ProcStack {
             extra_config: extra_config.to_string(),
             leases_config: leases_config.to_string(),
             tls_config: tls_config.to_string(),
+            node_dir,
         };
         me.write_pods()?;
         me.start_controller().await?;
@@ -422,9 +438,9 @@ ttl_secs = 3
                 &format!("kcred/{CONTROLLER_HOST}@{r}"),
             ])
             .arg("--kubelet-dir")
-            .arg(d.join("kubelet"))
+            .arg(self.node_dir.join("kubelet"))
             .arg("--state-dir")
-            .arg(d.join("driver-state"))
+            .arg(self.node_dir.join("driver-state"))
             .args(["--heartbeat-secs", "1"]);
         let proc = Proc::spawn(cmd, &d.join("driver.log"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -434,7 +450,7 @@ ttl_secs = 3
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.kubelet = Some(Kubelet::connect(&socket, &d.join("kubelet")).await?);
+        self.kubelet = Some(Kubelet::connect(&socket, &self.node_dir.join("kubelet")).await?);
         self.driver = Some(proc);
         Ok(())
     }
@@ -634,6 +650,6 @@ impl Drop for ProcStack {
         self.kubelet = None;
         self.driver = None;
         self.controller = None;
-        crate::unmount_volumes(&self.path().join("kubelet"));
+        crate::unmount_volumes(&self.node_dir.join("kubelet"));
     }
 }

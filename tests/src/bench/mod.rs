@@ -6,5 +6,6 @@
 pub mod echo;
 pub mod floor;
 pub mod load;
+pub mod node_fs;
 pub mod procstat;
 pub mod stats;

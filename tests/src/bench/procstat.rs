@@ -27,6 +27,24 @@ pub fn cpu(pid: i32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / USER_HZ))
 }
 
+/// CPU time the live threads of `pid` have used so far, to the
+/// nanosecond (`/proc/PID/task/*/schedstat`; a thread that ended is not
+/// counted): for spans too short for [`cpu`]'s 10 ms ticks.
+pub fn cpu_fine(pid: i32) -> anyhow::Result<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue; // the thread ended meanwhile
+        };
+        ns += text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
 /// Resident set size of `pid`, in bytes.
 pub fn rss(pid: i32) -> anyhow::Result<u64> {
     status_number(pid, "VmRSS").map(|kib| kib * 1024)
