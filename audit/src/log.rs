@@ -258,7 +258,8 @@ impl AuditLog {
         // append's cost. A worker never waits for that lock, though: it may
         // be held across a segment's seal or a cut-back (syncs and renames),
         // so a held lock, or a write that could seal, goes to a blocking
-        // thread.
+        // thread. (A write that fails here is cut back, and synced, right
+        // here: the disk is failing and the caller is refused.)
         let inline = match self.tail.try_lock() {
             Ok(tail) if !self.may_seal(&tail, events.len()) => {
                 Some(self.write_locked(tail, &events))
