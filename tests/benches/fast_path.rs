@@ -83,19 +83,14 @@ fn main() -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var_os("KCRED_BENCH_QUICK").is_some_and(|v| v != "0");
     let mut size = if quick { QUICK } else { FULL };
+    let env_count = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
     // `KCRED_BENCH_VOLUMES=1000`: the rotation fan-out over more volumes.
-    if let Some(n) = std::env::var("KCRED_BENCH_VOLUMES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = env_count("KCRED_BENCH_VOLUMES") {
         size.volumes = n;
     }
     // `KCRED_BENCH_CALLS=N`: fetches per client in the throughput run
     // (longer runs are steadier and long enough to profile).
-    if let Some(n) = std::env::var("KCRED_BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = env_count("KCRED_BENCH_CALLS") {
         size.calls = n;
     }
     rt.block_on(bench(&size, quick))
@@ -303,24 +298,36 @@ fn pods_json(pods: &[TestPod]) -> Value {
 /// Volumes in one `FetchBundles` call at most (the controller's limit).
 const MAX_BATCH: usize = kcred_controller::api::batch::MAX_BATCH;
 
+/// The controller's metrics `names` now, in order (0 for one it lacks).
+async fn metrics<const N: usize>(metrics_port: u16, names: [&str; N]) -> [f64; N] {
+    let body = kcred_tests::ha::scrape(metrics_port).await;
+    names.map(|name| kcred_tests::ha::metric(&body, name, &[]).unwrap_or(0.0))
+}
+
 /// The controller's node fetch calls so far: (FetchBundles, FetchBundle).
 async fn node_calls(metrics_port: u16) -> (f64, f64) {
-    let body = kcred_tests::ha::scrape(metrics_port).await;
-    let count = |name| kcred_tests::ha::metric(&body, name, &[]).unwrap_or(0.0);
-    (
-        count("kcred_fetch_bundles_seconds_count"),
-        count("kcred_fetch_bundle_seconds_count"),
+    let [batch, single] = metrics(
+        metrics_port,
+        [
+            "kcred_fetch_bundles_seconds_count",
+            "kcred_fetch_bundle_seconds_count",
+        ],
     )
+    .await;
+    (batch, single)
 }
 
 /// The controller's time in `FetchBundle` calls so far, and their count.
 async fn fetch_time(metrics_port: u16) -> (f64, f64) {
-    let body = kcred_tests::ha::scrape(metrics_port).await;
-    let m = |name| kcred_tests::ha::metric(&body, name, &[]).unwrap_or(0.0);
-    (
-        m("kcred_fetch_bundle_seconds_sum"),
-        m("kcred_fetch_bundle_seconds_count"),
+    let [sum, count] = metrics(
+        metrics_port,
+        [
+            "kcred_fetch_bundle_seconds_sum",
+            "kcred_fetch_bundle_seconds_count",
+        ],
     )
+    .await;
+    (sum, count)
 }
 
 fn data_version(target: &Path) -> Option<PathBuf> {
@@ -402,7 +409,8 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         targets.push(stack.kubelet().publish(p, "kcred").await?);
         warm.push(t.elapsed());
     }
-    // How much of a warm publish the controller's side of its fetch took.
+    // What a warm publish cost each process, and how much of it the
+    // controller's side of its fetch took.
     let per_publish =
         |cpu: Duration, cpu0: Duration| cpu.saturating_sub(cpu0) / (pods.len() - 1).max(1) as u32;
     let (ctrl_publish_cpu, driver_publish_cpu) = (
