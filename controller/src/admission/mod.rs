@@ -33,6 +33,8 @@ pub mod reserved;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use kcred_proto::kcred::v1::{PodRef, Reason};
 
 use crate::annotations::CredentialRequest;
@@ -84,8 +86,9 @@ pub struct FetchFacts<'a> {
 pub struct Grant {
     /// The pod, as the controller's view has it.
     pub pod: PodInfo,
-    /// The role account the credentials are issued to.
-    pub role: RoleAccount,
+    /// The role account the credentials are issued to (shared with the
+    /// policy in force when it was granted).
+    pub role: Arc<RoleAccount>,
     /// The credentials, as the pod's annotations ask for them.
     pub wants: CredentialRequest,
     /// A starting pod goes before renewals at the KDC.

@@ -166,6 +166,18 @@ fn grants_a_pod_its_owned_principal_as_its_role_account() {
 }
 
 #[test]
+fn a_grant_shares_the_policys_role_account_rather_than_copying_it() {
+    // Every fetch is granted, and an account may own thousands of
+    // principals: a copy per grant cost more than the rest of admission.
+    let c = Case::new();
+    let first = c.decide().expect("granted");
+    let second = c.decide().expect("granted");
+    let in_policy = c.policy.role_for_namespace("web").expect("role");
+    assert!(Arc::ptr_eq(&first.role, in_policy));
+    assert!(Arc::ptr_eq(&second.role, in_policy));
+}
+
+#[test]
 fn a_refresh_yields_to_starting_pods() {
     let mut c = Case::new();
     c.refresh = true;
@@ -441,7 +453,12 @@ fn fs_group_and_supplemental_groups_must_be_the_role_accounts() {
 #[test]
 fn policy_may_restrict_credentials_to_named_service_accounts() {
     let mut c = Case::new();
-    let mut role = c.policy.role_for_namespace("web").expect("role").clone();
+    let mut role = c
+        .policy
+        .role_for_namespace("web")
+        .expect("role")
+        .as_ref()
+        .clone();
     role.service_accounts = BTreeSet::from(["web-server".to_string()]);
     c.policy = Policy::new(vec![role]).expect("policy");
     assert_eq!(c.refused(), Reason::ServiceAccountNotAllowed);

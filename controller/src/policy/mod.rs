@@ -8,6 +8,7 @@
 mod file;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 pub use file::parse_policy;
 
@@ -51,7 +52,9 @@ pub struct RoleAccount {
 /// The whole policy, indexed by namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
-    roles: BTreeMap<String, RoleAccount>,
+    /// Shared so a grant holds its role account without copying it: an
+    /// account may own thousands of principals, and every fetch is granted.
+    roles: BTreeMap<String, Arc<RoleAccount>>,
     by_namespace: BTreeMap<String, String>,
 }
 
@@ -149,13 +152,13 @@ impl Policy {
                     });
                 }
             }
-            policy.roles.insert(role.login.clone(), role);
+            policy.roles.insert(role.login.clone(), Arc::new(role));
         }
         Ok(policy)
     }
 
     /// The role account a namespace runs as.
-    pub fn role_for_namespace(&self, namespace: &str) -> Result<&RoleAccount, Denied> {
+    pub fn role_for_namespace(&self, namespace: &str) -> Result<&Arc<RoleAccount>, Denied> {
         self.by_namespace
             .get(namespace)
             .and_then(|login| self.roles.get(login))
@@ -169,7 +172,7 @@ impl Policy {
         &'a self,
         namespace: &str,
         principal: &ServicePrincipal,
-    ) -> Result<&'a RoleAccount, Denied> {
+    ) -> Result<&'a Arc<RoleAccount>, Denied> {
         let role = self.role_for_namespace(namespace)?;
         if role.service_principals.contains(&principal.to_string()) {
             Ok(role)
@@ -188,7 +191,7 @@ impl Policy {
         &self,
         namespace: &str,
         req: &crate::annotations::CredentialRequest,
-    ) -> Result<&RoleAccount, Denied> {
+    ) -> Result<&Arc<RoleAccount>, Denied> {
         let role = self.role_for_namespace(namespace)?;
         for principal in &req.keytabs {
             self.authorize_keytab(namespace, principal)?;
@@ -221,12 +224,12 @@ impl Policy {
 
     /// Every role account, by login.
     pub fn roles(&self) -> impl Iterator<Item = &RoleAccount> {
-        self.roles.values()
+        self.roles.values().map(|r| &**r)
     }
 
     /// The role account with this login.
     pub fn role(&self, login: &str) -> Option<&RoleAccount> {
-        self.roles.get(login)
+        self.roles.get(login).map(|r| &**r)
     }
 
     /// Number of role accounts (for status and logs).
