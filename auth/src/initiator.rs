@@ -1,6 +1,7 @@
 //! Driver side: one fresh Kerberos AP-REQ per gRPC call.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext};
@@ -40,6 +41,13 @@ pub struct Initiator {
     principal: String,
     /// Where the identity comes from, for logs: a keytab or a ticket cache.
     source: String,
+    /// One completed context, kept for the initiator's life. MIT's GSS-API
+    /// makes a Kerberos library context for every call, and each parses
+    /// `krb5.conf` anew unless a live context still holds the parsed file
+    /// (about half the cost of a token). Held, later calls share the parsed
+    /// file; MIT still checks its modification time (at most once a
+    /// second) and reads an edited file again.
+    warm: Mutex<Option<ClientCtx>>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -165,6 +173,7 @@ impl Initiator {
             target_text: target_service.to_string(),
             principal,
             source,
+            warm: Mutex::new(None),
         })
     }
 
@@ -193,7 +202,16 @@ impl Initiator {
             Some(GSS_MECH_KRB5),
         );
         match ctx.step(None, None) {
-            Ok(Some(token)) if ctx.is_complete() => Ok(token.to_vec()),
+            Ok(Some(token)) if ctx.is_complete() => {
+                let token = token.to_vec();
+                // A poisoned lock only means another caller panicked while
+                // keeping its context: this one is as good.
+                let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+                if warm.is_none() {
+                    *warm = Some(ctx);
+                }
+                Ok(token)
+            }
             Ok(_) => Err(fail(
                 "GSSAPI wants a second round trip, which per-call tokens cannot do".into(),
             )),

@@ -105,6 +105,39 @@ fn decode(value: &str) -> Vec<u8> {
 }
 
 #[test]
+fn later_tokens_do_not_read_krb5_conf_again() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let fx = Fixture::start();
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK).expect("inotify");
+    // Closes too: the kernel merges an event into an identical one still
+    // unread, so only alternating events count every open.
+    inotify
+        .add_watch(
+            &fx.realm.krb5_conf_path(),
+            AddWatchFlags::IN_OPEN | AddWatchFlags::IN_CLOSE_NOWRITE,
+        )
+        .expect("watch krb5.conf");
+    const TOKENS: u32 = 100;
+    fx.tokens(SERVICE, TOKENS);
+    let mut opens = 0;
+    while let Ok(events) = inotify.read_events() {
+        if events.is_empty() {
+            break;
+        }
+        opens += events
+            .iter()
+            .filter(|e| e.mask.contains(AddWatchFlags::IN_OPEN))
+            .count();
+    }
+    // Setting up the identity and the first token read it a few times;
+    // parsed again for every token, it is opened twice per token.
+    assert!(
+        (1..20).contains(&opens),
+        "krb5.conf opened {opens} times for {TOKENS} tokens"
+    );
+}
+
+#[test]
 fn node_token_is_accepted_as_its_host_principal() {
     let fx = Fixture::start();
     let acceptor = fx.acceptor();
