@@ -135,6 +135,28 @@ impl Kubelet {
         })
     }
 
+    /// Connects once a just-started driver listens, or fails after
+    /// `timeout` with the last error. The socket's file appears at bind, a
+    /// moment before the driver listens: a connection in between is
+    /// refused, so waiting for the file alone is not enough.
+    pub async fn connect_when_ready(
+        socket: &Path,
+        root: &Path,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Self> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let error = match Self::connect(socket, root).await {
+                Ok(k) => return Ok(k),
+                Err(e) => e,
+            };
+            if std::time::Instant::now() > deadline {
+                return Err(error.context(format!("no driver listening on {}", socket.display())));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// CSI Node client.
     pub fn node(&self) -> NodeClient<Channel> {
         NodeClient::new(self.channel.clone())

@@ -443,14 +443,14 @@ ttl_secs = 3
             .arg(self.node_dir.join("driver-state"))
             .args(["--heartbeat-secs", "1"]);
         let proc = Proc::spawn(cmd, &d.join("driver.log"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            if Instant::now() > deadline {
-                bail!("driver did not start: {}", proc.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.kubelet = Some(Kubelet::connect(&socket, &self.node_dir.join("kubelet")).await?);
+        let kubelet = Kubelet::connect_when_ready(
+            &socket,
+            &self.node_dir.join("kubelet"),
+            Duration::from_secs(20),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("driver did not start: {e:#}\n{}", proc.log_text()))?;
+        self.kubelet = Some(kubelet);
         self.driver = Some(proc);
         Ok(())
     }

@@ -933,16 +933,11 @@ async fn driver_process(
         .arg(d.join("state"))
         .args(["--heartbeat-secs", "1"]);
     let proc = kcred_tests::procs::Proc::spawn(cmd, &d.join("driver.log")).expect("driver");
-    for _ in 0..400 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(socket.exists(), "driver did not start: {}", proc.log_text());
-    let kubelet = Kubelet::connect(&socket, &kubelet_dir)
-        .await
-        .expect("kubelet");
+    let kubelet =
+        match Kubelet::connect_when_ready(&socket, &kubelet_dir, Duration::from_secs(20)).await {
+            Ok(k) => k,
+            Err(e) => panic!("driver did not start: {e:#}\n{}", proc.log_text()),
+        };
     (proc, kubelet)
 }
 

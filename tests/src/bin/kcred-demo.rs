@@ -294,7 +294,9 @@ async fn main() -> anyhow::Result<()> {
     println!("serving CSI on {}", socket.display());
 
     step("Kubelet publishes the pod's inline CSI volume (NodePublishVolume)");
-    let kubelet = Kubelet::connect(&socket, &kubelet_dir).await?;
+    let kubelet =
+        Kubelet::connect_when_ready(&socket, &kubelet_dir, std::time::Duration::from_secs(20))
+            .await?;
     let mut pod = TestPod::new("web", "web-0", NODE);
     pod.uid = stored.metadata.uid.clone().unwrap_or_default();
     let readonly = volume.csi.as_ref().and_then(|c| c.read_only) == Some(true);
