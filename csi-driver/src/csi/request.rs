@@ -173,7 +173,7 @@ pub fn validate_target_path(
     // Resolve symlinks in what already exists (the deepest existing
     // ancestor): a link inside the pods tree must not lead the mount
     // elsewhere.
-    let real_pods = resolve(&pods_dir).map_err(|e| {
+    let real_pods = pods_dir.canonicalize().map_err(|e| {
         InvalidRequest(format!(
             "kubelet pods directory {}: {e}",
             pods_dir.display()
@@ -187,8 +187,9 @@ pub fn validate_target_path(
         existing = p.parent();
     }
     if let Some(p) = existing {
-        let real =
-            resolve(p).map_err(|e| InvalidRequest(format!("target_path {target:?}: {e}")))?;
+        let real = p
+            .canonicalize()
+            .map_err(|e| InvalidRequest(format!("target_path {target:?}: {e}")))?;
         if !real.starts_with(&real_pods) {
             return Err(InvalidRequest(format!(
                 "target_path {target:?} resolves outside the kubelet pods directory"
@@ -200,24 +201,6 @@ pub fn validate_target_path(
         pod_uid,
         volume_name,
     })
-}
-
-/// What `path` resolves to, symlinks followed, as `canonicalize` says,
-/// for the price of one lookup: the kernel names what a descriptor opened
-/// (`/proc/self/fd`), while `canonicalize` looks up every prefix of the
-/// path again (a few dozen lookups for kubelet's, on every publish).
-fn resolve(path: &Path) -> std::io::Result<PathBuf> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_PATH.bits())
-        .open(path)?;
-    match std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())) {
-        Ok(named) if named.is_absolute() => Ok(named),
-        // No /proc, or not a path (another mount namespace's file).
-        _ => path.canonicalize(),
-    }
 }
 
 /// Reads the pod's identity from `volume_context`.
@@ -274,29 +257,6 @@ mod tests {
             let err = validate_target_path(k, &bad).expect_err(&bad);
             assert!(!err.0.is_empty());
         }
-    }
-
-    #[test]
-    fn resolving_a_path_agrees_with_canonicalize() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let real = root.path().join("a/b/c");
-        std::fs::create_dir_all(&real).expect("mkdir");
-        std::os::unix::fs::symlink(root.path().join("a/b"), root.path().join("link"))
-            .expect("symlink");
-        std::os::unix::fs::symlink("../..", root.path().join("a/b/c/up")).expect("symlink");
-        for p in [
-            real.clone(),
-            root.path().join("link/c"),
-            root.path().join("link/c/up/b"),
-        ] {
-            assert_eq!(
-                resolve(&p).expect("resolve"),
-                p.canonicalize().expect("canonicalize"),
-                "{}",
-                p.display()
-            );
-        }
-        assert!(resolve(&root.path().join("missing")).is_err());
     }
 
     #[test]
