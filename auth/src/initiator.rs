@@ -41,12 +41,14 @@ pub struct Initiator {
     principal: String,
     /// Where the identity comes from, for logs: a keytab or a ticket cache.
     source: String,
-    /// One completed context, kept for the initiator's life. MIT's GSS-API
-    /// makes a Kerberos library context for every call, and each parses
-    /// `krb5.conf` anew unless a live context still holds the parsed file
-    /// (about half the cost of a token). Held, later calls share the parsed
-    /// file; MIT still checks its modification time (at most once a
-    /// second) and reads an edited file again.
+    /// The newest completed context, kept until the next token replaces
+    /// it. MIT's GSS-API makes a Kerberos library context for every call,
+    /// and each parses `krb5.conf` anew unless a live context still holds
+    /// the parsed file (about half the cost of a token). Held, later calls
+    /// share the parsed file; MIT still checks its modification time (at
+    /// most once a second) and reads an edited file again. The newest one
+    /// is kept, not the first, so the key material held is at most one
+    /// token old.
     warm: Mutex<Option<ClientCtx>>,
 }
 
@@ -206,10 +208,13 @@ impl Initiator {
                 let token = token.to_vec();
                 // A poisoned lock only means another caller panicked while
                 // keeping its context: this one is as good.
-                let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-                if warm.is_none() {
-                    *warm = Some(ctx);
-                }
+                let previous = self
+                    .warm
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(ctx);
+                // Deleted outside the lock.
+                drop(previous);
                 Ok(token)
             }
             Ok(_) => Err(fail(
