@@ -10,6 +10,7 @@ use libgssapi::oid::GSS_MECH_KRB5;
 use crate::AuthError;
 use crate::initiator::keytab_name;
 use crate::store::{self, AcquireError, GssFailure, Usage};
+use crate::warm::Warm;
 
 /// `KRB5KRB_AP_ERR_REPEAT` ("Request is a replay") as a GSSAPI minor status:
 /// MIT 1.20 reports a replay as GSS_S_FAILURE with this minor code (other
@@ -39,6 +40,8 @@ const KRB5KRB_AP_ERR_REPEAT: u32 = (-1_765_328_384_i32 + 34) as u32;
 pub struct Acceptor {
     cred: Cred,
     keytab: PathBuf,
+    /// Keeps MIT's parsed `krb5.conf` between tokens.
+    warm: Warm<ServerCtx>,
 }
 
 impl std::fmt::Debug for Acceptor {
@@ -97,6 +100,7 @@ impl Acceptor {
         Ok(Acceptor {
             cred,
             keytab: keytab.to_path_buf(),
+            warm: Warm::default(),
         })
     }
 
@@ -147,6 +151,7 @@ impl Acceptor {
             .map_err(|_| AuthError::Rejected("client principal is not UTF-8".into()))?
             .to_string();
         tracing::debug!(principal = %principal, "kerberos token accepted");
+        self.warm.keep(ctx);
         Ok(principal)
     }
 }

@@ -1,7 +1,6 @@
 //! Driver side: one fresh Kerberos AP-REQ per gRPC call.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext};
@@ -11,6 +10,7 @@ use libgssapi::oid::{GSS_MECH_KRB5, GSS_NT_HOSTBASED_SERVICE, GSS_NT_KRB5_PRINCI
 
 use crate::AuthError;
 use crate::store::{self, AcquireError, GssFailure, Usage};
+use crate::warm::Warm;
 
 /// Makes every initiator's memory ccache distinct: MIT's `MEMORY:` caches are
 /// process-global by name, and two initiators sharing one would mix tickets.
@@ -41,15 +41,8 @@ pub struct Initiator {
     principal: String,
     /// Where the identity comes from, for logs: a keytab or a ticket cache.
     source: String,
-    /// The newest completed context, kept until the next token replaces
-    /// it. MIT's GSS-API makes a Kerberos library context for every call,
-    /// and each parses `krb5.conf` anew unless a live context still holds
-    /// the parsed file (about half the cost of a token). Held, later calls
-    /// share the parsed file; MIT still checks its modification time (at
-    /// most once a second) and reads an edited file again. The newest one
-    /// is kept, not the first, so the key material held is at most one
-    /// token old.
-    warm: Mutex<Option<ClientCtx>>,
+    /// Keeps MIT's parsed `krb5.conf` between tokens.
+    warm: Warm<ClientCtx>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -175,7 +168,7 @@ impl Initiator {
             target_text: target_service.to_string(),
             principal,
             source,
-            warm: Mutex::new(None),
+            warm: Warm::default(),
         })
     }
 
@@ -206,15 +199,7 @@ impl Initiator {
         match ctx.step(None, None) {
             Ok(Some(token)) if ctx.is_complete() => {
                 let token = token.to_vec();
-                // A poisoned lock only means another caller panicked while
-                // keeping its context: this one is as good.
-                let previous = self
-                    .warm
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .replace(ctx);
-                // Deleted outside the lock.
-                drop(previous);
+                self.warm.keep(ctx);
                 Ok(token)
             }
             Ok(_) => Err(fail(

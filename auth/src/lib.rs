@@ -35,6 +35,7 @@ mod metadata;
 // The only module allowed unsafe code: the `gss_acquire_cred_from` wrapper.
 #[allow(unsafe_code)]
 mod store;
+mod warm;
 
 pub use acceptor::Acceptor;
 pub use bearer::BearerToken;

@@ -104,10 +104,9 @@ fn decode(value: &str) -> Vec<u8> {
     from_metadata_value(value).expect("well-formed metadata")
 }
 
-#[test]
-fn later_tokens_do_not_read_krb5_conf_again() {
+/// Counts the opens of the realm's `krb5.conf` while `run` runs.
+fn krb5_conf_opens(fx: &Fixture, run: impl FnOnce()) -> usize {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let fx = Fixture::start();
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK).expect("inotify");
     // Closes too: the kernel merges an event into an identical one still
     // unread, so only alternating events count every open.
@@ -117,8 +116,7 @@ fn later_tokens_do_not_read_krb5_conf_again() {
             AddWatchFlags::IN_OPEN | AddWatchFlags::IN_CLOSE_NOWRITE,
         )
         .expect("watch krb5.conf");
-    const TOKENS: u32 = 100;
-    fx.tokens(SERVICE, TOKENS);
+    run();
     let mut opens = 0;
     while let Ok(events) = inotify.read_events() {
         if events.is_empty() {
@@ -129,11 +127,48 @@ fn later_tokens_do_not_read_krb5_conf_again() {
             .filter(|e| e.mask.contains(AddWatchFlags::IN_OPEN))
             .count();
     }
+    opens
+}
+
+#[test]
+fn later_tokens_do_not_read_krb5_conf_again() {
+    let fx = Fixture::start();
+    const TOKENS: u32 = 100;
+    let opens = krb5_conf_opens(&fx, || {
+        fx.tokens(SERVICE, TOKENS);
+    });
     // Setting up the identity and the first token read it a few times;
     // parsed again for every token, it is opened twice per token.
     assert!(
         (1..20).contains(&opens),
-        "krb5.conf opened {opens} times for {TOKENS} tokens"
+        "krb5.conf opened {opens} times for {TOKENS} tokens made"
+    );
+    // The controller's side, in a child configured for the realm as the
+    // initiator is: parsed again for every token, twice per token.
+    let tokens = fx.tokens(SERVICE, TOKENS);
+    let opens = krb5_conf_opens(&fx, || {
+        let mut child = fx
+            .realm
+            .command(PROBE)
+            .args(["accept", &fx.controller_keytab.display().to_string()])
+            .arg(fx.realm.dir().join("child.rcache"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run kcred-auth-probe accept");
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{}", tokens.join("\n")).expect("write tokens");
+        drop(stdin);
+        let out = child.wait_with_output().expect("acceptor");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    });
+    assert!(
+        (1..20).contains(&opens),
+        "krb5.conf opened {opens} times for {TOKENS} tokens accepted"
     );
 }
 
