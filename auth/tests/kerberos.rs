@@ -100,6 +100,23 @@ impl Fixture {
     }
 }
 
+/// Runs the probe's acceptor (`cmd`, set up for its environment) on
+/// `tokens`, one per line, with its own replay cache.
+fn accept_in_child(fx: &Fixture, mut cmd: Command, tokens: &[&str]) -> Output {
+    let mut child = cmd
+        .args(["accept", &fx.controller_keytab.display().to_string()])
+        .arg(fx.realm.dir().join("child.rcache"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kcred-auth-probe accept");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{}", tokens.join("\n")).expect("write tokens");
+    drop(stdin);
+    child.wait_with_output().expect("acceptor")
+}
+
 fn decode(value: &str) -> Vec<u8> {
     from_metadata_value(value).expect("well-formed metadata")
 }
@@ -146,24 +163,14 @@ fn later_tokens_do_not_read_krb5_conf_again() {
     // The controller's side, in a child configured for the realm as the
     // initiator is: parsed again for every token, twice per token.
     let tokens = fx.tokens(SERVICE, TOKENS);
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
     let opens = krb5_conf_opens(&fx, || {
-        let mut child = fx
-            .realm
-            .command(PROBE)
-            .args(["accept", &fx.controller_keytab.display().to_string()])
-            .arg(fx.realm.dir().join("child.rcache"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run kcred-auth-probe accept");
-        let mut stdin = child.stdin.take().expect("stdin");
-        writeln!(stdin, "{}", tokens.join("\n")).expect("write tokens");
-        drop(stdin);
-        let out = child.wait_with_output().expect("acceptor");
+        let out = accept_in_child(&fx, fx.realm.command(PROBE), &tokens);
         assert!(
             out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     });
     assert!(
@@ -350,20 +357,9 @@ fn initiator_without_a_reachable_kdc_fails() {
 fn acceptor_needs_no_kerberos_environment() {
     let fx = Fixture::start();
     let tokens = fx.tokens(SERVICE, 2);
-    let mut child = Command::new(PROBE)
-        .env_clear()
-        .env("KRB5_CONFIG", "/nonexistent/krb5.conf")
-        .args(["accept", &fx.controller_keytab.display().to_string()])
-        .arg(fx.realm.dir().join("child.rcache"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{}\n{}\n{}", tokens[0], tokens[1], tokens[0]).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(PROBE);
+    cmd.env_clear().env("KRB5_CONFIG", "/nonexistent/krb5.conf");
+    let out = accept_in_child(&fx, cmd, &[&tokens[0], &tokens[1], &tokens[0]]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     let ok = format!("ok {}", fx.node_principal());
