@@ -240,8 +240,9 @@ impl AuditLog {
     /// and written on the caller's worker (on a blocking thread when that
     /// could seal a segment or the chain lock is busy), then the caller
     /// awaits their sync without holding a thread (one caller leads each
-    /// sync, on a blocking thread). Many concurrent appends thus cost a few threads, not one
-    /// each, and their wake-ups are task wake-ups. Needs a Tokio runtime.
+    /// sync, on a blocking thread). Many concurrent appends thus cost a
+    /// few threads, not one each, and their wake-ups are task wake-ups.
+    /// Needs a Tokio runtime.
     /// Do not also call the blocking [`AuditLog::append_all`] from that
     /// runtime's blocking threads: enough of them waiting there could keep
     /// a leader's sync from ever getting a thread.

@@ -6,11 +6,10 @@ use std::sync::Mutex;
 ///
 /// MIT's GSS-API makes a Kerberos library context for every call, and each
 /// parses `krb5.conf` anew unless a live context still holds the parsed
-/// file (twice per token, made or accepted). While one is
-/// kept, later calls share the parsed file; MIT still checks its
-/// modification time (at most once a second) and reads an edited file
-/// again. The newest is kept, not the first, so the key material held is
-/// at most one call old.
+/// file (twice per token, made or accepted). While one is kept, later
+/// calls share the parsed file; MIT still checks its modification time (at
+/// most once a second) and reads an edited file again. The newest is kept,
+/// not the first, so the key material held is at most one call old.
 pub(crate) struct Warm<T>(Mutex<Option<T>>);
 
 impl<T> Default for Warm<T> {
