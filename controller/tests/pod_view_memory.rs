@@ -15,7 +15,7 @@
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSecurityContext, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kcred_controller::pods::PodIndex;
+use kcred_controller::pods::{PodIndex, PodList};
 use kcred_controller::pods::kube_source::pod_info;
 
 mod counting;
@@ -97,14 +97,14 @@ fn a_hundred_thousand_pods_asking_for_credentials_take_under_1_kib_each() {
     const PODS: usize = 100_000;
     let before = counting::live();
     let index = PodIndex::default();
-    // Pages of 500 full objects, each cut down as it arrives, as the
-    // watch lists them.
-    let mut entries = Vec::new();
+    // Pages of 500 full objects, each cut down and kept as it arrives, as
+    // the watch lists them.
+    let mut list = PodList::default();
     for page in 0..PODS / 500 {
         let full: Vec<Pod> = (page * 500..(page + 1) * 500).map(api_pod).collect();
-        entries.extend(full.into_iter().filter_map(pod_info));
+        list.extend(full.into_iter().filter_map(pod_info));
     }
-    index.replace_all(entries);
+    index.replace_all(list);
     assert_eq!(index.len(), PODS);
     let kept = counting::live() - before;
     let per_pod = kept as usize / PODS;

@@ -49,13 +49,16 @@ pub trait View: Send + Sync + 'static {
     type Object: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static;
     /// What the view keeps of one object.
     type Entry: Send;
+    /// A complete list as it is read, each page's entries added as the
+    /// page arrives (the pod view keeps them compact at once).
+    type List: Default + Extend<Self::Entry> + Send;
     /// The resource name, for logs and metrics.
     const RESOURCE: &'static str;
     /// Keeps what matters of `object` (`None`: an object to ignore, such
     /// as one without a name).
     fn entry(object: Self::Object) -> Option<Self::Entry>;
     /// A complete list replaces the view.
-    fn replace_all(&self, entries: Vec<Self::Entry>);
+    fn replace_all(&self, list: Self::List);
     /// An object was added or changed.
     fn upsert(&self, entry: Self::Entry);
     /// An object was deleted (its last state).
@@ -89,9 +92,8 @@ pub async fn run<V: View>(source: KubeSource, view: V, metrics: Arc<Metrics>) {
         view.set_stale(true);
         m.synced(false);
         let version = match list_all::<V>(&api).await {
-            Ok((entries, version)) => {
-                let n = entries.len();
-                view.replace_all(entries);
+            Ok((list, n, version)) => {
+                view.replace_all(list);
                 m.heard();
                 tracing::info!(resource = V::RESOURCE, objects = n, %version, "listed");
                 failures = 0;
@@ -110,9 +112,11 @@ pub async fn run<V: View>(source: KubeSource, view: V, metrics: Arc<Metrics>) {
     }
 }
 
-/// Lists every object, page by page, keeping only entries.
-async fn list_all<V: View>(api: &Api<V::Object>) -> Result<(Vec<V::Entry>, String), kube::Error> {
-    let mut entries = Vec::new();
+/// Lists every object, page by page, keeping only entries: the list, how
+/// many entries it got and the list's version.
+async fn list_all<V: View>(api: &Api<V::Object>) -> Result<(V::List, usize, String), kube::Error> {
+    let mut list = V::List::default();
+    let mut n = 0;
     let mut version = None;
     let mut token: Option<String> = None;
     loop {
@@ -123,10 +127,15 @@ async fn list_all<V: View>(api: &Api<V::Object>) -> Result<(Vec<V::Entry>, Strin
         let page = api.list(&params).await?;
         // Every page of one list is read at the first page's version.
         version.get_or_insert_with(|| page.metadata.resource_version.clone().unwrap_or_default());
-        entries.extend(page.items.into_iter().filter_map(V::entry));
+        list.extend(
+            page.items
+                .into_iter()
+                .filter_map(V::entry)
+                .inspect(|_| n += 1),
+        );
         token = page.metadata.continue_.filter(|t| !t.is_empty());
         if token.is_none() {
-            return Ok((entries, version.unwrap_or_default()));
+            return Ok((list, n, version.unwrap_or_default()));
         }
     }
 }

@@ -13,6 +13,7 @@ pub struct NodeView(pub Arc<KnownNodes>);
 impl View for NodeView {
     type Object = Node;
     type Entry = String;
+    type List = Vec<String>;
     const RESOURCE: &'static str = "nodes";
 
     fn entry(object: Node) -> Option<String> {

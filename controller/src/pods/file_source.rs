@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::PodInfo;
+use super::{PodInfo, PodList};
 use crate::names;
 use crate::reload::LoadError;
 
@@ -19,39 +19,98 @@ struct PodsFile {
 /// A parsed pods file, handed over whole to the pod index: the index keeps
 /// the pods (compact), the file's watcher only its digest. Kept by the
 /// watcher too, 100,000 pods would cost their memory twice.
-#[derive(Debug, Default)]
-pub struct HandedOver(std::sync::Mutex<Vec<PodInfo>>);
+#[derive(Default)]
+pub struct HandedOver(std::sync::Mutex<PodList>);
 
 impl HandedOver {
     /// The pods, once; later calls get none.
-    pub fn take(&self) -> Vec<PodInfo> {
+    pub fn take(&self) -> PodList {
         std::mem::take(&mut *crate::locks::lock(&self.0))
     }
 }
 
-/// [`parse_pods`], for the pods file's watcher.
+/// [`parse_pods`] into the pod view's own list, for the pods file's watcher.
 pub fn parse_handed_over(path: &Path, text: &str) -> Result<HandedOver, LoadError> {
-    parse_pods(path, text).map(|pods| HandedOver(std::sync::Mutex::new(pods)))
+    read_pods(path, text).map(|pods| HandedOver(std::sync::Mutex::new(pods)))
 }
 
 /// Parses a pods file: `[[pods]]` tables with the fields of [`PodInfo`].
 pub fn parse_pods(path: &Path, text: &str) -> Result<Vec<PodInfo>, LoadError> {
+    read_pods(path, text)
+}
+
+/// Parses a pods file into `L`, each pod checked as it is added.
+fn read_pods<L: Default + Extend<PodInfo>>(path: &Path, text: &str) -> Result<L, LoadError> {
     let invalid = |reason: String| LoadError::Invalid {
         path: path.to_path_buf(),
         reason,
     };
+    if let Some(pods) = read_pod_by_pod(text).map_err(invalid)? {
+        return Ok(pods);
+    }
+    // The whole file through the parser: its error names the file's line.
     let file: PodsFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-    for p in &file.pods {
-        names::validate_k8s_name("namespace", &p.namespace).map_err(|e| invalid(e.to_string()))?;
-        names::validate_k8s_name("pod name", &p.name).map_err(|e| invalid(e.to_string()))?;
-        if p.uid.is_empty() {
-            return Err(invalid(format!(
-                "pod {}/{} has no uid",
-                p.namespace, p.name
-            )));
+    let mut pods = L::default();
+    for pod in file.pods {
+        check(&pod).map_err(invalid)?;
+        pods.extend([pod]);
+    }
+    Ok(pods)
+}
+
+/// What a pod needs beyond the file's syntax.
+fn check(p: &PodInfo) -> Result<(), String> {
+    names::validate_k8s_name("namespace", &p.namespace).map_err(|e| e.to_string())?;
+    names::validate_k8s_name("pod name", &p.name).map_err(|e| e.to_string())?;
+    if p.uid.is_empty() {
+        return Err(format!("pod {}/{} has no uid", p.namespace, p.name));
+    }
+    Ok(())
+}
+
+/// The line that opens each pod's table.
+const POD_HEADER: &str = "[[pods]]";
+
+/// Parses the file one `[[pods]]` table at a time, adding each pod to the
+/// list as it is read; `Ok(None)` if the file has to be parsed whole (no
+/// such header, or a piece that does not parse alone). The parser builds a
+/// document tree of all the text it is given: for a whole file of 100,000
+/// pods that peaked near 500 MiB, and the pods kept ended up spread over
+/// that heap, so every start and reload left the controller several times
+/// larger than what it keeps. A pod at a time, the tree is one pod's.
+///
+/// Sound because a line that is exactly `[[pods]]` is either a header or
+/// inside a multi-line string, and a piece cut inside a string ends in an
+/// unterminated string, which does not parse. The text before the first
+/// header must define nothing (a `pods = [...]` there makes the file
+/// invalid as a whole).
+fn read_pod_by_pod<L: Default + Extend<PodInfo>>(text: &str) -> Result<Option<L>, String> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim() == POD_HEADER {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    let Some(&first) = starts.first() else {
+        return Ok(None);
+    };
+    if !toml::from_str::<toml::Table>(&text[..first]).is_ok_and(|t| t.is_empty()) {
+        return Ok(None);
+    }
+    let mut pods = L::default();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+        let Ok(piece) = toml::from_str::<PodsFile>(&text[start..end]) else {
+            return Ok(None);
+        };
+        for pod in piece.pods {
+            check(&pod)?;
+            pods.extend([pod]);
         }
     }
-    Ok(file.pods)
+    Ok(Some(pods))
 }
 
 #[cfg(test)]
@@ -88,6 +147,62 @@ mod tests {
         .expect("valid");
         assert_eq!(parsed.take().len(), 1);
         assert!(parsed.take().is_empty(), "the watcher keeps none");
+    }
+
+    fn by_pieces(text: &str) -> Option<Vec<PodInfo>> {
+        read_pod_by_pod(text).expect("valid pods")
+    }
+
+    fn whole(text: &str) -> Vec<PodInfo> {
+        toml::from_str::<PodsFile>(text).expect("valid").pods
+    }
+
+    #[test]
+    fn pod_by_pod_reads_what_the_whole_file_says() {
+        let text = "# pods of the demo\r\n\r\n[[pods]]\r\nnamespace = \"web\"\r\nname = \"web-0\"\r\nuid = \"1\"\r\n\
+            [pods.annotations]\r\n\"kcred.io/keytabs\" = \"HTTP/web\"\r\n\
+            \n  [[pods]]  \nnamespace = \"db\"\nname = \"db-0\"\nuid = \"2\"\nfs_group = 7\n\
+            [[pods]] # a comment keeps this header in the piece before\nnamespace = \"db\"\nname = \"db-1\"\nuid = \"3\"\n";
+        let pods = by_pieces(text).expect("parsed pod by pod");
+        assert_eq!(pods.len(), 3);
+        assert_eq!(pods[0].annotations["kcred.io/keytabs"], "HTTP/web");
+        assert_eq!(pods, whole(text));
+        assert_eq!(
+            parse_pods(Path::new("pods.toml"), text).expect("valid"),
+            pods
+        );
+    }
+
+    #[test]
+    fn a_header_inside_a_multi_line_string_is_read_as_the_string() {
+        let text = "[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"1\"\n\
+            annotations = { \"kcred.io/note\" = \"\"\"\n[[pods]]\nnamespace = \"x\"\n\"\"\" }\n";
+        assert_eq!(by_pieces(text), None, "a piece ends inside the string");
+        let pods = parse_pods(Path::new("pods.toml"), text).expect("valid");
+        assert_eq!(pods.len(), 1);
+        assert!(pods[0].annotations["kcred.io/note"].contains("[[pods]]"));
+    }
+
+    #[test]
+    fn what_the_whole_file_refuses_is_refused() {
+        let text = "pods = []\n[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"1\"\n";
+        assert_eq!(by_pieces(text), None, "the preamble defines pods");
+        parse_pods(Path::new("pods.toml"), text).expect_err("pods defined twice");
+        let unknown = "[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"1\"\n[other]\n";
+        let err = parse_pods(Path::new("pods.toml"), unknown).expect_err("unknown table");
+        assert!(err.to_string().contains("other"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_headers_is_parsed_whole() {
+        let text = "pods = [{ namespace = \"web\", name = \"web-0\", uid = \"1\" }]\n";
+        assert_eq!(by_pieces(text), None);
+        assert_eq!(
+            parse_pods(Path::new("pods.toml"), text)
+                .expect("valid")
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, SecurityContext};
 
-use super::{ContainerIdentity, PodIndex, PodInfo};
+use super::{ContainerIdentity, PodIndex, PodInfo, PodList};
 use crate::kubernetes::watch::View;
 
 /// Annotations kcred reads; every other annotation is dropped.
@@ -90,14 +90,15 @@ pub fn pod_info(pod: Pod) -> Option<PodInfo> {
 impl View for PodView {
     type Object = Pod;
     type Entry = PodInfo;
+    type List = PodList;
     const RESOURCE: &'static str = "pods";
 
     fn entry(object: Pod) -> Option<PodInfo> {
         pod_info(object)
     }
 
-    fn replace_all(&self, entries: Vec<PodInfo>) {
-        self.0.replace_all(entries);
+    fn replace_all(&self, list: PodList) {
+        self.0.replace_all(list);
     }
 
     fn upsert(&self, entry: PodInfo) {

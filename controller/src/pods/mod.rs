@@ -175,6 +175,57 @@ impl Pods {
     }
 }
 
+/// A complete list of pods as a source reads it, not yet in force
+/// ([`PodIndex::replace_all`] puts it there). A source adds each pod as it
+/// reads it, so what the view keeps is made while the source's garbage
+/// (parsed objects) is freed and reused: 100,000 pods collected first and
+/// kept afterwards left the 19 MiB kept spread over 90 MiB of heap.
+#[derive(Default)]
+pub struct PodList(Pods);
+
+impl PodList {
+    /// Adds `pod` (a later pod of the same name replaces it).
+    pub fn add(&mut self, pod: PodInfo) {
+        self.0.insert(pod);
+    }
+
+    /// Number of pods in the list.
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    /// Whether the list holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+}
+
+impl Extend<PodInfo> for PodList {
+    fn extend<I: IntoIterator<Item = PodInfo>>(&mut self, pods: I) {
+        pods.into_iter().for_each(|p| self.add(p));
+    }
+}
+
+impl<const N: usize> From<[PodInfo; N]> for PodList {
+    fn from(pods: [PodInfo; N]) -> Self {
+        pods.into_iter().collect()
+    }
+}
+
+impl From<Vec<PodInfo>> for PodList {
+    fn from(pods: Vec<PodInfo>) -> Self {
+        pods.into_iter().collect()
+    }
+}
+
+impl FromIterator<PodInfo> for PodList {
+    fn from_iter<I: IntoIterator<Item = PodInfo>>(pods: I) -> Self {
+        let mut list = PodList::default();
+        list.extend(pods);
+        list
+    }
+}
+
 /// Pods by namespace and name.
 pub struct PodIndex {
     pods: RwLock<Pods>,
@@ -267,19 +318,11 @@ impl PodIndex {
     /// Replaces every pod at once (a full list); pods missing from it, or
     /// present under another UID, are announced gone, and so are pods it
     /// holds finished that were not finished before.
-    pub fn replace_all(&self, pods: impl IntoIterator<Item = PodInfo>) {
+    pub fn replace_all(&self, pods: impl Into<PodList>) {
         // Built without the lock (a re-list may hold 100,000 pods; fetches
-        // and heartbeats read the view meanwhile), then swapped in. The
-        // interner moves to the new view; a pod upserted while it is out
-        // just keeps unshared names.
-        let names = std::mem::take(&mut crate::locks::write(&self.pods).names);
-        let mut fresh = Pods {
-            names,
-            ..Pods::default()
-        };
-        for p in pods {
-            fresh.insert(p);
-        }
+        // and heartbeats read the view meanwhile), then swapped in with its
+        // own shared names.
+        let PodList(fresh) = pods.into();
         let old = std::mem::replace(&mut *crate::locks::write(&self.pods), fresh);
         let map = crate::locks::read(&self.pods);
         let finished: Vec<PodGone> = map
