@@ -15,8 +15,8 @@
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSecurityContext, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kcred_controller::pods::{PodIndex, PodList};
 use kcred_controller::pods::kube_source::pod_info;
+use kcred_controller::pods::{PodIndex, PodList};
 
 mod counting;
 

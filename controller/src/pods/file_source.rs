@@ -79,12 +79,17 @@ const POD_HEADER: &str = "[[pods]]";
 /// that heap, so every start and reload left the controller several times
 /// larger than what it keeps. A pod at a time, the tree is one pod's.
 ///
-/// Sound because a line that is exactly `[[pods]]` is either a header or
-/// inside a multi-line string, and a piece cut inside a string ends in an
-/// unterminated string, which does not parse. The text before the first
-/// header must define nothing (a `pods = [...]` there makes the file
-/// invalid as a whole).
+/// Sound because a line that is exactly `[[pods]]` is a header unless it
+/// sits inside a multi-line string, inline table or array, and a piece cut
+/// inside one of those ends with it open, which does not parse. The text
+/// before the first header must define nothing (a `pods = [...]` there
+/// makes the file invalid as a whole), and pieces cannot clash because
+/// `pods` is the only key a file may define (`deny_unknown_fields`: an
+/// unknown table repeated under two pods would otherwise pass piece by
+/// piece though the whole file repeats a key).
 fn read_pod_by_pod<L: Default + Extend<PodInfo>>(text: &str) -> Result<Option<L>, String> {
+    // The parser skips a byte-order mark; so must the search for headers.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut starts = Vec::new();
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
@@ -188,9 +193,16 @@ mod tests {
         let text = "pods = []\n[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"1\"\n";
         assert_eq!(by_pieces(text), None, "the preamble defines pods");
         parse_pods(Path::new("pods.toml"), text).expect_err("pods defined twice");
+        // Also what keeps the pieces from clashing: see `read_pod_by_pod`.
         let unknown = "[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"1\"\n[other]\n";
         let err = parse_pods(Path::new("pods.toml"), unknown).expect_err("unknown table");
         assert!(err.to_string().contains("other"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_stop_the_split() {
+        let text = "\u{feff}[[pods]]\nnamespace = \"web\"\nname = \"web-0\"\nuid = \"1\"\n";
+        assert_eq!(by_pieces(text), Some(whole(text)));
     }
 
     #[test]
