@@ -83,7 +83,11 @@ where
                     flight: self,
                     key: Some(key),
                 };
-                let result = call().await;
+                // Boxed: inline, the call's future (a KDC round trip, often
+                // kilobytes) would be part of every caller's future,
+                // followers' and cache hits' included, and fetches waiting
+                // for the KDC budget are held by the thousand.
+                let result = Box::pin(call()).await;
                 let _ = tx.send(Some(result.clone()));
                 (result, Role::Leader)
             }
@@ -103,9 +107,11 @@ where
     /// for the KDC budget) stops waiting, and the call goes on for the
     /// others and for the store. Cancelling a KDC call half way would
     /// waste what kadmind already did and let the next caller start the
-    /// same call again.
-    pub async fn run_detached<Fut>(self: &Arc<Self>, key: K, call: Fut) -> (Result<V, E>, Role)
+    /// same call again. The call is made only by the leader, in its task,
+    /// so followers do not hold its future.
+    pub async fn run_detached<F, Fut>(self: &Arc<Self>, key: K, call: F) -> (Result<V, E>, Role)
     where
+        F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let (rx, role) = match self.join(&key) {
@@ -117,7 +123,7 @@ where
                         flight: &flight,
                         key: Some(key),
                     };
-                    let _ = tx.send(Some(call.await));
+                    let _ = tx.send(Some(call().await));
                 });
                 (rx, Role::Leader)
             }
@@ -187,6 +193,27 @@ mod tests {
         assert_eq!((r, role), (Ok(8), Role::Leader));
     }
 
+    /// A call whose future holds 16 KiB across an await, as a KDC round
+    /// trip's does.
+    async fn big_call() -> Result<u32, E> {
+        let buffer = [7u8; 16 * 1024];
+        tokio::task::yield_now().await;
+        Ok(u32::from(buffer[100]))
+    }
+
+    #[tokio::test]
+    async fn a_caller_does_not_hold_the_calls_future() {
+        let flight = Arc::new(SingleFlight::<u8, u32, E>::default());
+        assert!(std::mem::size_of_val(&big_call()) > 16 * 1024);
+        let run = flight.run(1, big_call);
+        assert!(std::mem::size_of_val(&run) < 1024, "{}", std::mem::size_of_val(&run));
+        assert_eq!(run.await, (Ok(7), Role::Leader));
+        let detached = flight.run_detached(1, big_call);
+        let size = std::mem::size_of_val(&detached);
+        assert!(size < 1024, "{size}");
+        assert_eq!(detached.await, (Ok(7), Role::Leader));
+    }
+
     #[tokio::test]
     async fn a_detached_call_goes_on_when_its_caller_gives_up() {
         let flight = Arc::new(SingleFlight::<u8, u32, E>::default());
@@ -199,12 +226,20 @@ mod tests {
         // The leader's caller gives up long before the call ends.
         let gave_up = tokio::time::timeout(
             Duration::from_millis(20),
-            flight.run_detached(1, call(Arc::clone(&calls))),
+            flight.run_detached(1, {
+                let calls = Arc::clone(&calls);
+                move || call(calls)
+            }),
         )
         .await;
         assert!(gave_up.is_err());
         // A caller arriving later joins the same call, not a new one.
-        let (r, role) = flight.run_detached(1, call(Arc::clone(&calls))).await;
+        let (r, role) = flight
+            .run_detached(1, {
+                let calls = Arc::clone(&calls);
+                move || call(calls)
+            })
+            .await;
         assert_eq!((r, role), (Ok(7), Role::Follower));
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the call ran twice");
     }

@@ -92,10 +92,9 @@ impl KeytabIssuer {
         let (me, p) = (Arc::clone(self), principal.clone());
         let (result, role) = self
             .flight
-            .run_detached(
-                principal.clone(),
-                async move { me.extract(&p, priority).await },
-            )
+            .run_detached(principal.clone(), move || async move {
+                me.extract(&p, priority).await
+            })
             .await;
         if role == Role::Follower {
             self.metrics.coalesced.with_label_values(&[KIND]).inc();
