@@ -206,7 +206,8 @@ mod tests {
         let flight = Arc::new(SingleFlight::<u8, u32, E>::default());
         assert!(std::mem::size_of_val(&big_call()) > 16 * 1024);
         let run = flight.run(1, big_call);
-        assert!(std::mem::size_of_val(&run) < 1024, "{}", std::mem::size_of_val(&run));
+        let size = std::mem::size_of_val(&run);
+        assert!(size < 1024, "{size}");
         assert_eq!(run.await, (Ok(7), Role::Leader));
         let detached = flight.run_detached(1, big_call);
         let size = std::mem::size_of_val(&detached);
