@@ -20,11 +20,12 @@ use kcred_controller::pods::file_source::parse_handed_over;
 
 mod counting;
 
-/// Resident set size, from `/proc/self/statm` (in pages).
+/// Resident set size, from `VmRSS` in `/proc/self/status` (in kB).
 fn rss_bytes() -> isize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: isize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: isize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
 }
 
 #[test]

@@ -184,11 +184,6 @@ impl Pods {
 pub struct PodList(Pods);
 
 impl PodList {
-    /// Adds `pod` (a later pod of the same name replaces it).
-    pub fn add(&mut self, pod: PodInfo) {
-        self.0.insert(pod);
-    }
-
     /// Number of pods in the list.
     pub fn len(&self) -> usize {
         self.0.len
@@ -200,20 +195,17 @@ impl PodList {
     }
 }
 
+/// A later pod of the same name replaces an earlier one.
 impl Extend<PodInfo> for PodList {
     fn extend<I: IntoIterator<Item = PodInfo>>(&mut self, pods: I) {
-        pods.into_iter().for_each(|p| self.add(p));
+        for p in pods {
+            self.0.insert(p);
+        }
     }
 }
 
 impl<const N: usize> From<[PodInfo; N]> for PodList {
     fn from(pods: [PodInfo; N]) -> Self {
-        pods.into_iter().collect()
-    }
-}
-
-impl From<Vec<PodInfo>> for PodList {
-    fn from(pods: Vec<PodInfo>) -> Self {
         pods.into_iter().collect()
     }
 }
