@@ -51,19 +51,20 @@ fn read_pods<L: Default + Extend<PodInfo>>(path: &Path, text: &str) -> Result<L,
     // The whole file through the parser: its error names the file's line.
     let file: PodsFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     let mut pods = L::default();
-    for pod in file.pods {
-        check(&pod).map_err(invalid)?;
-        pods.extend([pod]);
-    }
+    add_checked(&mut pods, file.pods).map_err(invalid)?;
     Ok(pods)
 }
 
-/// What a pod needs beyond the file's syntax.
-fn check(p: &PodInfo) -> Result<(), String> {
-    names::validate_k8s_name("namespace", &p.namespace).map_err(|e| e.to_string())?;
-    names::validate_k8s_name("pod name", &p.name).map_err(|e| e.to_string())?;
-    if p.uid.is_empty() {
-        return Err(format!("pod {}/{} has no uid", p.namespace, p.name));
+/// Adds `pods` to `list`, each checked for what it needs beyond the
+/// file's syntax; stops at the first that fails.
+fn add_checked<L: Extend<PodInfo>>(list: &mut L, pods: Vec<PodInfo>) -> Result<(), String> {
+    for p in pods {
+        names::validate_k8s_name("namespace", &p.namespace).map_err(|e| e.to_string())?;
+        names::validate_k8s_name("pod name", &p.name).map_err(|e| e.to_string())?;
+        if p.uid.is_empty() {
+            return Err(format!("pod {}/{} has no uid", p.namespace, p.name));
+        }
+        list.extend([p]);
     }
     Ok(())
 }
@@ -110,10 +111,7 @@ fn read_pod_by_pod<L: Default + Extend<PodInfo>>(text: &str) -> Result<Option<L>
         let Ok(piece) = toml::from_str::<PodsFile>(&text[start..end]) else {
             return Ok(None);
         };
-        for pod in piece.pods {
-            check(&pod)?;
-            pods.extend([pod]);
-        }
+        add_checked(&mut pods, piece.pods)?;
     }
     Ok(Some(pods))
 }

@@ -231,12 +231,16 @@ mod tests {
             uid: uid.into(),
             ..Default::default()
         };
-        index.replace_all([pod("a", "1"), pod("b", "2"), pod("c", "3")]);
+        index.replace_all(
+            [pod("a", "1"), pod("b", "2"), pod("c", "3")]
+                .into_iter()
+                .collect(),
+        );
         let mut gone = index.subscribe_gone();
         index.upsert(pod("a", "1b")); // rescheduled under a new UID
         index.remove_pod(&pod("b", "old")); // a stale delete: not this pod
         index.remove_pod(&pod("b", "2"));
-        index.replace_all([pod("a", "1b")]); // c vanished in a gap
+        index.replace_all([pod("a", "1b")].into_iter().collect()); // c vanished in a gap
         let uids: Vec<_> = std::iter::from_fn(|| gone.try_recv().ok())
             .map(|g| g.uid)
             .collect();
@@ -259,7 +263,7 @@ mod tests {
         let mut gone = index.subscribe_gone();
         index.upsert(pod(true));
         index.upsert(pod(true)); // a later status update
-        index.replace_all([pod(true)]); // a re-list
+        index.replace_all([pod(true)].into_iter().collect()); // a re-list
         let g = gone.try_recv().expect("announced");
         assert_eq!((g.cause, g.node.as_str()), (GoneCause::Finished, "node-a"));
         assert!(gone.try_recv().is_err(), "announced once");

@@ -204,12 +204,6 @@ impl Extend<PodInfo> for PodList {
     }
 }
 
-impl<const N: usize> From<[PodInfo; N]> for PodList {
-    fn from(pods: [PodInfo; N]) -> Self {
-        pods.into_iter().collect()
-    }
-}
-
 impl FromIterator<PodInfo> for PodList {
     fn from_iter<I: IntoIterator<Item = PodInfo>>(pods: I) -> Self {
         let mut list = PodList::default();
@@ -310,11 +304,11 @@ impl PodIndex {
     /// Replaces every pod at once (a full list); pods missing from it, or
     /// present under another UID, are announced gone, and so are pods it
     /// holds finished that were not finished before.
-    pub fn replace_all(&self, pods: impl Into<PodList>) {
+    pub fn replace_all(&self, pods: PodList) {
         // Built without the lock (a re-list may hold 100,000 pods; fetches
         // and heartbeats read the view meanwhile), then swapped in with its
         // own shared names.
-        let PodList(fresh) = pods.into();
+        let PodList(fresh) = pods;
         let old = std::mem::replace(&mut *crate::locks::write(&self.pods), fresh);
         let map = crate::locks::read(&self.pods);
         let finished: Vec<PodGone> = map
