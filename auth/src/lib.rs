@@ -41,7 +41,7 @@ pub use acceptor::Acceptor;
 pub use bearer::BearerToken;
 pub use initiator::Initiator;
 pub use metadata::{
-    METADATA_KEY, from_metadata_value, node_name_from_principal, to_metadata_value,
+    METADATA_KEY, PROVEN_KEY, from_metadata_value, node_name_from_principal, to_metadata_value,
 };
 
 use std::path::PathBuf;

@@ -11,6 +11,12 @@ use crate::AuthError;
 /// credential and keep it out of logs.
 pub const METADATA_KEY: &str = "authorization";
 
+/// Response metadata key the controller sets when the call's TLS
+/// connection holds a proven node principal: later calls on that
+/// connection need no token. A client that never sees it keeps sending
+/// one with every call.
+pub const PROVEN_KEY: &str = "kcred-connection-proven";
+
 /// The scheme RFC 4559 uses for Kerberos/SPNEGO tokens in `Authorization`.
 const SCHEME: &str = "Negotiate";
 

@@ -207,13 +207,13 @@ impl Connections {
 
     /// Remembers what the TLS connection from `peer` proved: the entry
     /// lives exactly as long as the connection (see [`crate::auth`] for why
-    /// that is as safe as a check per call).
-    pub fn prove(&self, peer: Option<SocketAddr>, proven: Proven) {
-        let Some(peer) = peer else { return };
-        if let Some(c) = lock(&self.table).open.get(&peer)
-            && c.cacheable
-        {
-            let _ = c.principal.set(proven);
+    /// that is as safe as a check per call). Whether the connection now
+    /// holds it (a connection whose address was still taken never does).
+    pub fn prove(&self, peer: Option<SocketAddr>, proven: Proven) -> bool {
+        let Some(peer) = peer else { return false };
+        match lock(&self.table).open.get(&peer) {
+            Some(c) if c.cacheable => c.principal.get_or_init(|| proven.clone()) == &proven,
+            _ => false,
         }
     }
 

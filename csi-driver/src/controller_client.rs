@@ -17,6 +17,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::connection_proof::{ConnectionProof, CountingConnector, ProofTracking};
+
 /// Why a call to the controller failed, as the driver acts on it: by the
 /// typed reason the controller sends, never by its message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -114,11 +116,17 @@ impl ControllerError {
 }
 
 /// Adds the node's proof of identity to each call: a Kerberos token from
-/// its host keytab, or its DaemonSet pod's service-account token (psat);
-/// passes calls through with none (controllers running with
+/// its host keytab (only until the connection is proven, see
+/// [`crate::connection_proof`]), or its DaemonSet pod's service-account
+/// token (psat); passes calls through with none (controllers running with
 /// `auth.mode = "none"`, or mTLS, which the connection carries).
 #[derive(Clone)]
-pub struct NodeIdentity(Proof);
+pub struct NodeIdentity {
+    proof: Proof,
+    /// The connection this identity's calls go over, once bound to one
+    /// controller's channel.
+    connection: Option<Arc<ConnectionProof>>,
+}
 
 #[derive(Clone)]
 enum Proof {
@@ -130,18 +138,33 @@ enum Proof {
 impl NodeIdentity {
     /// No identity: calls carry no token.
     pub fn none() -> Self {
-        NodeIdentity(Proof::None)
+        Self::of(Proof::None)
     }
 
     /// The node's `host/<fqdn>` identity.
     pub fn kerberos(initiator: Arc<Initiator>) -> Self {
-        NodeIdentity(Proof::Kerberos(TokenInterceptor::new(initiator)))
+        Self::of(Proof::Kerberos(TokenInterceptor::new(initiator)))
     }
 
     /// The driver pod's projected service-account token, read from its
     /// file (again whenever kubelet rotates it).
     pub fn psat(token_file: Arc<crate::psat::TokenFile>) -> Self {
-        NodeIdentity(Proof::Psat(token_file))
+        Self::of(Proof::Psat(token_file))
+    }
+
+    fn of(proof: Proof) -> Self {
+        NodeIdentity {
+            proof,
+            connection: None,
+        }
+    }
+
+    /// This identity for the calls over one controller's connection.
+    fn over(&self, connection: &Arc<ConnectionProof>) -> Self {
+        NodeIdentity {
+            proof: self.proof.clone(),
+            connection: Some(Arc::clone(connection)),
+        }
     }
 }
 
@@ -150,8 +173,19 @@ impl Interceptor for NodeIdentity {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        match &mut self.0 {
-            Proof::Kerberos(t) => t.call(request),
+        match &mut self.proof {
+            Proof::Kerberos(t) => match &self.connection {
+                Some(connection) => {
+                    let sent = connection.sending();
+                    request.extensions_mut().insert(sent);
+                    if sent.token() {
+                        t.call(request)
+                    } else {
+                        Ok(request)
+                    }
+                }
+                None => t.call(request),
+            },
             Proof::Psat(file) => {
                 let token = file.current().map_err(|e| {
                     tonic::Status::unavailable(format!("no node token to present: {e}"))
@@ -166,7 +200,14 @@ impl Interceptor for NodeIdentity {
     }
 }
 
-type Client = NodeCredentialsClient<InterceptedService<Channel, NodeIdentity>>;
+type Client = NodeCredentialsClient<InterceptedService<ProofTracking<Channel>, NodeIdentity>>;
+
+/// One controller's client, and what it knows of its connection.
+#[derive(Clone)]
+struct Endpointed {
+    client: Client,
+    connection: Arc<ConnectionProof>,
+}
 
 /// A lazily connecting client: the driver starts (and answers kubelet's
 /// Probe) even while the controller is unreachable, and reconnects by
@@ -180,7 +221,7 @@ type Client = NodeCredentialsClient<InterceptedService<Channel, NodeIdentity>>;
 /// [`ROUNDS`] rounds.
 #[derive(Clone)]
 pub struct ControllerClient {
-    inner: Arc<[Client]>,
+    inner: Arc<[Endpointed]>,
     current: Arc<AtomicUsize>,
     node_name: String,
 }
@@ -226,10 +267,22 @@ impl ControllerClient {
             if let Some(tls) = &tls {
                 ep = ep.tls_config(tls.clone())?;
             }
-            clients.push(NodeCredentialsClient::with_interceptor(
-                ep.connect_lazy(),
-                identity.clone(),
-            ));
+            // tonic's own connector, as `connect_lazy` sets it up for this
+            // endpoint (`Endpoint`'s defaults: no Nagle, no TCP keepalive),
+            // counting the connections it opens.
+            let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+            tcp.enforce_http(false);
+            tcp.set_nodelay(true);
+            let connection = ConnectionProof::new();
+            let channel = ep
+                .connect_with_connector_lazy(CountingConnector::new(tcp, Arc::clone(&connection)));
+            clients.push(Endpointed {
+                client: NodeCredentialsClient::with_interceptor(
+                    ProofTracking::new(channel, Arc::clone(&connection)),
+                    identity.over(&connection),
+                ),
+                connection,
+            });
         }
         if clients.is_empty() {
             // The same error a malformed address gives.
@@ -264,13 +317,21 @@ impl ControllerClient {
             }
             for _ in 0..n {
                 let at = self.current.load(Ordering::Relaxed) % n;
-                let Some(client) = self.inner.get(at) else {
+                let Some(one) = self.inner.get(at) else {
                     break;
                 };
-                match call(client.clone())
-                    .await
-                    .map_err(ControllerError::from_status)
+                let refusals = one.connection.refusals();
+                let mut answer = call(one.client.clone()).await;
+                // Sent without a token, the call reached a connection opened
+                // since the last was proven: once more, with a token.
+                if answer
+                    .as_ref()
+                    .is_err_and(|s| s.code() == Code::Unauthenticated)
+                    && one.connection.refusals() != refusals
                 {
+                    answer = call(one.client.clone()).await;
+                }
+                match answer.map_err(ControllerError::from_status) {
                     Ok(v) => return Ok(v),
                     Err(e) if e.controller_cannot_serve() => {
                         tracing::warn!(controller = at, error = %e, "controller cannot serve; trying the next one");

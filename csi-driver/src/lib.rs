@@ -17,6 +17,7 @@
 //! randomness).
 
 pub mod config;
+pub mod connection_proof;
 pub mod controller_client;
 pub mod csi;
 pub mod metrics;

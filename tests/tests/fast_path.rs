@@ -201,6 +201,59 @@ async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }
 
+/// The node tokens the controller verified, the tokens it found unneeded
+/// (the connection was proven), and the fetches it answered.
+async fn tokens_and_fetches(metrics_port: u16) -> (f64, f64, f64) {
+    let body = kcred_tests::ha::scrape(metrics_port).await;
+    let count =
+        |name: &str, label: &str| kcred_tests::ha::metric(&body, name, &[label]).unwrap_or(0.0);
+    (
+        count("kcred_node_tokens_total", "use=\"verified\""),
+        count("kcred_node_tokens_total", "use=\"unneeded\""),
+        count("kcred_fetch_bundle_seconds_count", "code=\"Ok\""),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn the_driver_sends_a_token_once_per_connection_and_proves_the_next_one_after_a_crash() {
+    let mut stack = ProcStack::start_with_metrics("").await.expect("stack");
+    let metrics = stack.metrics_port.expect("metrics port");
+    let pods = TestPod::web_replicas(24, NODE_A);
+    stack.set_pod_list(&pods).await.expect("pods");
+    let (before, after) = pods.split_at(12);
+
+    for p in before {
+        stack.kubelet().publish(p, VOL).await.expect("publish");
+    }
+    // The driver's first calls (its heartbeat and update streams, the first
+    // fetch) carry tokens until an answer vouches for the connection; with
+    // a token per call, a dozen fetches would bring a dozen.
+    let (verified, unneeded, fetches) = tokens_and_fetches(metrics).await;
+    assert!(fetches >= 12.0, "{fetches} fetches");
+    assert!(
+        verified >= 1.0 && verified + unneeded <= 4.0,
+        "tokens for {fetches} fetches and the driver's streams: {verified} verified, {unneeded} unneeded"
+    );
+
+    // A crash: the driver's connection ends, and what it proved with it.
+    stack.controller.as_mut().expect("controller").kill9();
+    stack.start_controller().await.expect("restart controller");
+    for p in after {
+        stack
+            .kubelet()
+            .publish(p, VOL)
+            .await
+            .expect("publish after the restart");
+    }
+    let (verified, unneeded, fetches) = tokens_and_fetches(metrics).await;
+    assert!(fetches >= 12.0, "{fetches} fetches since the restart");
+    assert!(
+        verified >= 1.0 && verified + unneeded <= 4.0,
+        "tokens since the restart for {fetches} fetches: {verified} verified, {unneeded} unneeded"
+    );
+}
+
 /// `kcred_heartbeat_streams` once it reads `want` (polled for at most
 /// 10 s), or its last reading.
 async fn streams_reach(metrics_port: u16, want: f64) -> f64 {

@@ -79,7 +79,7 @@ pub async fn open(
     };
     let node = first.node_name;
     names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
-    api.authenticate(&request, &node).await?;
+    let auth = api.authenticate(&request, &node).await?;
     let cap = api.state.update_streams_per_node;
     let gauge = &api.state.metrics.heartbeat_streams;
     let Some(open) = api.heartbeat_streams.open(&node, cap, gauge) else {
@@ -111,7 +111,7 @@ pub async fn open(
         over: false,
         _open: open,
     };
-    Ok(Response::new(Box::pin(futures_util::stream::unfold(
+    Ok(auth.respond(Box::pin(futures_util::stream::unfold(
         session,
         Session::next,
     ))))

@@ -150,6 +150,31 @@ pub(super) struct Ask<'a> {
     pub refresh: bool,
 }
 
+/// A node call that passed authentication.
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub(super) struct Authenticated {
+    /// The call's TLS connection holds a proven principal: its later calls
+    /// are not checked again, so they need carry no token.
+    connection_proven: bool,
+}
+
+impl Authenticated {
+    /// The answer, telling the client when its connection is proven
+    /// ([`kcred_auth::PROVEN_KEY`]): it then stops making a Kerberos token
+    /// for every call (one fewer AP-REQ to build, send and decode).
+    pub(super) fn respond<T>(self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        if self.connection_proven {
+            response.metadata_mut().insert(
+                kcred_auth::PROVEN_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
 /// Records a call's duration under its status code.
 fn observe<T>(
     seconds: &prometheus::HistogramVec,
@@ -179,11 +204,11 @@ impl NodeCredentials for NodeApi {
             .authenticate(&request, &request.get_ref().node_name)
             .await
         {
-            Ok(()) => self.fetch(request.into_inner()).await,
+            Ok(auth) => self.fetch(request.into_inner()).await.map(|b| (auth, b)),
             Err(s) => Err(s),
         };
         observe(&self.state.metrics.fetch_seconds, started, &result);
-        result.map(Response::new)
+        result.map(|(auth, bundle)| auth.respond(bundle))
     }
 
     async fn fetch_bundles(
@@ -195,11 +220,13 @@ impl NodeCredentials for NodeApi {
             .authenticate(&request, &request.get_ref().node_name)
             .await
         {
-            Ok(()) => super::batch::fetch(self, request.into_inner()).await,
+            Ok(auth) => super::batch::fetch(self, request.into_inner())
+                .await
+                .map(|r| (auth, r)),
             Err(s) => Err(s),
         };
         observe(&self.state.metrics.fetch_batch_seconds, started, &result);
-        result.map(Response::new)
+        result.map(|(auth, answer)| auth.respond(answer))
     }
 
     async fn heartbeat(
@@ -208,10 +235,10 @@ impl NodeCredentials for NodeApi {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let node = request.get_ref().node_name.clone();
         names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
-        self.authenticate(&request, &node).await?;
+        let auth = self.authenticate(&request, &node).await?;
         beat(&self.state, &node, request.into_inner().volume_ids)
             .await
-            .map(Response::new)
+            .map(|answer| auth.respond(answer))
     }
 
     async fn heartbeats(
@@ -227,7 +254,7 @@ impl NodeCredentials for NodeApi {
     ) -> Result<Response<Self::WatchUpdatesStream>, Status> {
         let node = request.get_ref().node_name.clone();
         names::validate_dns_name("node_name", &node).map_err(|e| status_of(&e))?;
-        self.authenticate(&request, &node).await?;
+        let auth = self.authenticate(&request, &node).await?;
         let cap = self.state.update_streams_per_node;
         let Some(mut rx) = self.state.updates.subscribe(&node, cap) else {
             return Err(self.too_many_streams(&node, "update"));
@@ -256,9 +283,7 @@ impl NodeCredentials for NodeApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out),
-        )))
+        Ok(auth.respond(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
     }
 }
 
@@ -268,8 +293,9 @@ impl NodeApi {
         &self,
         request: &Request<T>,
         node: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<Authenticated, Status> {
         let conns = &self.state.connections;
+        let mut connection_proven = false;
         let rejected = match (
             &self.state.psat,
             kcred_auth::BearerToken::from_request(request),
@@ -300,9 +326,29 @@ impl NodeApi {
                             self.state.count_refusal(refusal.reason);
                             return Err(refusal.into());
                         }
-                        if let Some(p) = fresh.filter(|_| tls) {
-                            conns.prove(request.remote_addr(), p);
+                        // Whether later calls on this connection may come
+                        // without a token: it holds a proven principal.
+                        if request.metadata().contains_key(kcred_auth::METADATA_KEY) {
+                            let used = match (&fresh, &proven) {
+                                (Some(Proven::Principal(_)), _) => "verified",
+                                (_, Some(Proven::Principal(_))) => "unneeded",
+                                _ => "",
+                            };
+                            if !used.is_empty() {
+                                self.state
+                                    .metrics
+                                    .node_tokens
+                                    .with_label_values(&[used])
+                                    .inc();
+                            }
                         }
+                        connection_proven = match fresh.filter(|_| tls) {
+                            Some(p) => {
+                                let principal = matches!(p, Proven::Principal(_));
+                                conns.prove(request.remote_addr(), p) && principal
+                            }
+                            None => matches!(proven, Some(Proven::Principal(_))),
+                        };
                         None
                     }
                     Err(r) => Some(r),
@@ -325,7 +371,7 @@ impl NodeApi {
                     tracing::error!(error = %e, "cannot audit a node joining");
                 }
             }
-            return Ok(());
+            return Ok(Authenticated { connection_proven });
         };
         Err(self.refuse(request.remote_addr(), node, rejected).await)
     }
