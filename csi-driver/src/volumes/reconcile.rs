@@ -119,9 +119,7 @@ impl VolumeManager {
     ) -> Result<(Option<PublishedVolume>, Plan), VolumeError> {
         let record = self.state.get(volume_id);
         let fresh = record.as_ref().is_some_and(|rec| self.is_fresh(rec));
-        let (target, holder) = self
-            .observe(volume_id, trigger, record.as_ref(), fresh)
-            .await?;
+        let (target, holder) = self.observe(volume_id, trigger, record.as_ref()).await?;
         let plan = decide(
             trigger,
             Observed {
@@ -214,7 +212,6 @@ impl VolumeManager {
         volume_id: &str,
         trigger: &Trigger,
         record: Option<&PublishedVolume>,
-        fresh: bool,
     ) -> Result<(Target, Option<String>), VolumeError> {
         let target: Option<PathBuf> = match trigger {
             Trigger::Publish(req) => Some(req.target.clone()),
@@ -229,13 +226,12 @@ impl VolumeManager {
         };
         let seen = match target {
             None => Target::Missing,
-            // Kubelet's republish of files known current: all that is left
-            // to check is that the target is still a tmpfs mount (an lstat,
-            // a stat of its parent and a statfs), cheaper done here than
-            // the hand-off to a blocking thread.
-            Some(t) if fresh && matches!(trigger, Trigger::Publish(_)) => {
-                self.medium.inspect(&t)?
-            }
+            // Kubelet's publish: what its target is (an lstat, a stat of its
+            // parent and a statfs, on kubelet's own directory) is cheaper
+            // looked at here than with a hand-off to a blocking thread and
+            // back. For a republish of files known current, that is all
+            // there is to do.
+            Some(t) if matches!(trigger, Trigger::Publish(_)) => self.medium.inspect(&t)?,
             Some(t) => {
                 let medium = Arc::clone(&self.medium);
                 blocking(move || Ok(medium.inspect(&t)?)).await?
