@@ -161,24 +161,21 @@ impl ControllerState {
         }
         let records = self.audit.append_all_durably(events).await?;
         // Coalesced: a caller finding a writer at work leaves its head to
-        // it; the one that becomes the writer stores off the async workers.
-        // Nobody waits for it: the records are durable already, and the
-        // stored head only has to catch up (a caller that found a writer at
-        // work never waited either). It is a store commit, a second sync,
-        // which an issue alone on the controller paid in full. A writer
-        // holds the store until it is done, and a stopping controller
-        // waits for the store to be released (crate::server), so a clean
-        // stop stores the last head; a crash may leave it one commit
-        // behind the log, which a start accepts (the log may run ahead).
+        // it; the one that becomes the writer stores off the async workers,
+        // lingering first so that the heads of a busy moment share one
+        // commit. Nobody waits for it: the records are durable already, and
+        // the stored head only has to catch up. It is a store commit, a
+        // second sync. A writer holds the store until it is done, and a
+        // stopping controller waits for the store to be released
+        // (crate::server), so a clean stop stores the last head; a crash
+        // may leave it a linger's appends behind the log, which a start
+        // accepts (the log may run ahead).
         if let Some(turn) = records
             .last()
             .and_then(|r| self.audit_heads.offer_turn(r.head()))
         {
-            let store = Arc::clone(&self.store);
             let key_id = self.audit.signer().key_id().to_string();
-            drop(tokio::task::spawn_blocking(move || {
-                turn.drain(&store, &key_id)
-            }));
+            drop(tokio::spawn(turn.run(Arc::clone(&self.store), key_id)));
         }
         Ok(())
     }
