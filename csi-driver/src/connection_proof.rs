@@ -33,6 +33,9 @@ use tower::Service;
 pub struct ConnectionProof {
     /// Connections opened so far; the newest is number `opened`.
     opened: AtomicU64,
+    /// The newest connection that closed (they close in order: the
+    /// channel holds one at a time); 0: none.
+    closed: AtomicU64,
     /// The connection (number + 1) an answer said is proven; 0: none.
     proven: AtomicU64,
     /// Calls without a token that the controller refused.
@@ -60,9 +63,13 @@ impl ConnectionProof {
         Arc::default()
     }
 
-    /// Whether a call made now needs a token, and the mark it carries.
+    /// Whether a call made now needs a token, and the mark it carries:
+    /// the connection it will go over, the newest if still open, else the
+    /// next one (the channel's first call opens connection 1).
     pub fn sending(&self) -> SentOn {
-        let connection = self.opened.load(Ordering::Acquire);
+        let closed = self.closed.load(Ordering::Acquire);
+        let newest = self.opened.load(Ordering::Acquire);
+        let connection = if closed >= newest { newest + 1 } else { newest };
         let proven = self.proven.load(Ordering::Acquire) == connection + 1;
         SentOn {
             connection,
@@ -84,6 +91,7 @@ impl ConnectionProof {
 
     /// Connection `number` closed: what it proved goes with it.
     fn closed(&self, number: u64) {
+        self.closed.fetch_max(number, Ordering::AcqRel);
         let _ = self
             .proven
             .compare_exchange(number + 1, 0, Ordering::AcqRel, Ordering::Acquire);
@@ -95,9 +103,8 @@ impl ConnectionProof {
             self.proven.store(0, Ordering::Release);
             self.refusals.fetch_add(1, Ordering::AcqRel);
         } else if proven && self.opened.load(Ordering::Acquire) == sent.connection {
-            // No connection was opened since the call was made: it went
-            // over connection `sent.connection`, the one the answer vouches
-            // for.
+            // No connection newer than the one the call was made for was
+            // opened: it went over that one, which the answer vouches for.
             self.proven.store(sent.connection + 1, Ordering::Release);
         }
     }
@@ -259,18 +266,12 @@ mod tests {
     #[test]
     fn a_connection_is_proven_only_by_an_answer_on_it() {
         let proof = ConnectionProof::new();
-        // The first call is made before the channel connects.
+        // The first call is made before the channel connects: it opens
+        // connection 1, and the answer vouches for that one.
         let first = proof.sending();
         assert!(first.token);
         proof.opening();
         proof.answered(first, true, false);
-        assert!(
-            proof.sending().token,
-            "the answer came on a newer connection"
-        );
-        // The next call goes over connection 1 and is vouched for.
-        let second = proof.sending();
-        proof.answered(second, true, false);
         assert!(!proof.sending().token);
         // A new connection proves nothing, whatever answers to calls made
         // on the old one say.
@@ -290,6 +291,22 @@ mod tests {
         proof.closed(first - 1);
         assert!(!proof.sending().token);
         proof.closed(first);
+        let next = proof.sending();
+        assert!(next.token);
+        // A call made once it closed goes over the next connection, whose
+        // answer proves it.
+        proof.opening();
+        proof.answered(next, true, false);
+        assert!(!proof.sending().token);
+    }
+
+    #[test]
+    fn a_first_call_answered_after_a_second_connection_opened_proves_nothing() {
+        let proof = ConnectionProof::new();
+        let first = proof.sending();
+        proof.opening();
+        proof.opening();
+        proof.answered(first, true, false);
         assert!(proof.sending().token);
     }
 

@@ -304,6 +304,21 @@ async fn metrics<const N: usize>(metrics_port: u16, names: [&str; N]) -> [f64; N
     names.map(|name| kcred_tests::ha::metric(&body, name, &[]).unwrap_or(0.0))
 }
 
+/// Kerberos tokens nodes' calls carried so far: (verified, unneeded: sent
+/// on a connection already proven).
+async fn node_tokens(metrics_port: u16) -> (f64, f64) {
+    let body = kcred_tests::ha::scrape(metrics_port).await;
+    let count = |used: &str| {
+        kcred_tests::ha::metric(
+            &body,
+            "kcred_node_tokens_total",
+            &[&format!("use=\"{used}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    (count("verified"), count("unneeded"))
+}
+
 /// The controller's node fetch calls so far: (FetchBundles, FetchBundle).
 async fn node_calls(metrics_port: u16) -> (f64, f64) {
     let [batch, single] = metrics(
@@ -454,6 +469,7 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     // What the controller spends with no calls (reloads, lease checks, the
     // driver's heartbeats) is not charged to the calls measured.
     let idle = idle_cpu_rate(ctrl_pid).await?;
+    let tokens0 = node_tokens(metrics_port).await;
     let (cpu0, t0) = (procstat::cpu(ctrl_pid)?, Instant::now());
     let fetches = run_node_load(&stack, fetch_spec(size.calls, "bench", false)).await?;
     let fetch_cpu = busy(
@@ -461,6 +477,8 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         idle,
         t0.elapsed(),
     ) / fetches.calls.max(1) as u32;
+    let tokens1 = node_tokens(metrics_port).await;
+    let (verified, unneeded) = (tokens1.0 - tokens0.0, tokens1.1 - tokens0.1);
 
     // Issued records: memory per record, then heartbeat CPU with them.
     let rss0 = procstat::rss(ctrl_pid)?;
@@ -577,6 +595,12 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         &format!("{:.0}", fetches.rate()),
         &format!("{:.0} echo", echo_load.rate()),
         &ratio(fetches.rate(), echo_load.rate()),
+    );
+    table.row(
+        "  Kerberos tokens they carried: verified / unneeded",
+        &format!("{verified:.0} / {unneeded:.0}"),
+        &format!("{} connections, {} fetches", size.clients, fetches.calls),
+        &ratio(verified + unneeded, size.clients as f64),
     );
     table.row(
         "controller CPU per warm fetch",
