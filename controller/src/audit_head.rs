@@ -270,9 +270,7 @@ pub const HEAD_LINGER: std::time::Duration = std::time::Duration::from_millis(10
 
 impl HeadWriter {
     /// Leaves `head` to be stored; `Some` when the caller became the
-    /// writer: it must run [`WriterTurn::store_newest`] (on a blocking
-    /// thread) after [`HEAD_LINGER`], again for as long as that returns its
-    /// turn. Never blocks on the store.
+    /// writer: it must run [`WriterTurn::run`]. Never blocks on the store.
     pub fn offer_turn(self: &Arc<Self>, head: AuditHead) -> Option<WriterTurn> {
         let mut s = self.lock();
         if head.seq <= s.stored_seq {

@@ -14,9 +14,9 @@
 //! no newer connection had been opened since its call was made; its proof
 //! is forgotten when it closes. A call made without a token just before its
 //! connection closed can still reach the next one: the controller refuses
-//! it as unauthenticated (and audits that), the refusal forgets the proof,
-//! and the client retries the call once, with a token
-//! ([`ConnectionProof::refusals`]).
+//! it as unauthenticated (and counts and audits that), the refusal forgets
+//! the proof and is marked [`PROOF_LOST`], and the client retries that call
+//! once, with a token.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,21 +25,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use tonic::Code;
+use kcred_proto::kcred::v1::Reason;
 use tower::Service;
+
+/// Marks, in the answer's metadata as the client sees it (never sent), a
+/// call refused for want of a token on a connection it took for proven:
+/// worth one retry with a token.
+pub const PROOF_LOST: &str = "kcred-proof-lost";
 
 /// What one client knows of its current connection to one controller.
 #[derive(Debug, Default)]
 pub struct ConnectionProof {
     /// Connections opened so far; the newest is number `opened`.
     opened: AtomicU64,
-    /// The newest connection that closed (they close in order: the
-    /// channel holds one at a time); 0: none.
+    /// The newest connection that closed; 0: none. (The channel uses one
+    /// connection at a time, but an old one may still be draining its
+    /// streams when a newer one opens, and close after it.)
     closed: AtomicU64,
     /// The connection (number + 1) an answer said is proven; 0: none.
     proven: AtomicU64,
-    /// Calls without a token that the controller refused.
-    refusals: AtomicU64,
 }
 
 /// Which connection a call was made for, and whether it carries a token
@@ -77,31 +81,24 @@ impl ConnectionProof {
         }
     }
 
-    /// Calls without a token refused so far: a caller that sees this grow
-    /// across a refused call retries it (the retry carries a token).
-    pub fn refusals(&self) -> u64 {
-        self.refusals.load(Ordering::Acquire)
-    }
-
     /// The connector is opening a new connection, which proves nothing
     /// yet; its number.
     fn opening(&self) -> u64 {
         self.opened.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// Connection `number` closed: what it proved goes with it.
+    /// Connection `number` closed: what it proved goes with it (calls made
+    /// from now on are made for the next connection, see
+    /// [`ConnectionProof::sending`]).
     fn closed(&self, number: u64) {
         self.closed.fetch_max(number, Ordering::AcqRel);
-        let _ = self
-            .proven
-            .compare_exchange(number + 1, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Learns from the answer to a call marked `sent`.
-    fn answered(&self, sent: SentOn, proven: bool, unauthenticated: bool) {
-        if unauthenticated && !sent.token {
+    /// Learns from the answer to a call marked `sent`; `lost`: refused for
+    /// want of the token it went without.
+    fn answered(&self, sent: SentOn, proven: bool, lost: bool) {
+        if lost {
             self.proven.store(0, Ordering::Release);
-            self.refusals.fetch_add(1, Ordering::AcqRel);
         } else if proven && self.opened.load(Ordering::Acquire) == sent.connection {
             // No connection newer than the one the call was made for was
             // opened: it went over that one, which the answer vouches for.
@@ -238,25 +235,29 @@ where
         let answer = self.inner.call(request);
         let proof = Arc::clone(&self.proof);
         Box::pin(async move {
-            let response = answer.await?;
+            let mut response = answer.await?;
             if let Some(sent) = sent {
                 let headers = response.headers();
-                // A refusal comes as a trailers-only answer: its status is
-                // in the headers.
-                let unauthenticated = headers
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    == Some(Code::Unauthenticated as i32);
-                proof.answered(
-                    sent,
-                    headers.contains_key(kcred_auth::PROVEN_KEY),
-                    unauthenticated,
-                );
+                let lost = !sent.token && refused_unauthenticated(headers);
+                proof.answered(sent, headers.contains_key(kcred_auth::PROVEN_KEY), lost);
+                if lost {
+                    response
+                        .headers_mut()
+                        .insert(PROOF_LOST, http::HeaderValue::from_static("1"));
+                }
             }
             Ok(response)
         })
     }
+}
+
+/// Whether an answer refuses its call as unauthenticated: the node's own
+/// proof, not a pod token's (those share the gRPC code). A refusal comes
+/// as a trailers-only answer, its status in the headers.
+fn refused_unauthenticated(headers: &http::HeaderMap) -> bool {
+    headers.contains_key("grpc-status")
+        && tonic::Status::from_header_map(headers)
+            .is_some_and(|s| kcred_proto::reason::reason_of(&s) == Some(Reason::Unauthenticated))
 }
 
 #[cfg(test)]
@@ -319,13 +320,24 @@ mod tests {
         let bare = proof.sending();
         assert!(!bare.token);
         proof.answered(bare, false, true);
-        assert_eq!(proof.refusals(), 1);
         assert!(proof.sending().token);
-        // A refusal of a call that carried a token is the controller's
-        // verdict, not a lost proof: nothing to retry.
-        let with_token = proof.sending();
-        proof.answered(with_token, false, true);
-        assert_eq!(proof.refusals(), 1);
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_node_itself_means_its_proof_was_lost() {
+        let headers = |reason: Reason| {
+            kcred_proto::reason::status(reason, "refused")
+                .into_http::<tonic::body::Body>()
+                .headers()
+                .clone()
+        };
+        assert!(refused_unauthenticated(&headers(Reason::Unauthenticated)));
+        // A pod's token refused has the same gRPC code; the node's proof
+        // is not in question, and a retry would be refused the same way.
+        assert!(!refused_unauthenticated(&headers(Reason::PodTokenInvalid)));
+        assert!(!refused_unauthenticated(&headers(Reason::PodTokenMissing)));
+        assert!(!refused_unauthenticated(&headers(Reason::NodeMismatch)));
+        assert!(!refused_unauthenticated(&http::HeaderMap::new()));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::connection_proof::{ConnectionProof, CountingConnector, ProofTracking};
+use crate::connection_proof::{ConnectionProof, CountingConnector, PROOF_LOST, ProofTracking};
 
 /// Why a call to the controller failed, as the driver acts on it: by the
 /// typed reason the controller sends, never by its message.
@@ -202,13 +202,6 @@ impl Interceptor for NodeIdentity {
 
 type Client = NodeCredentialsClient<InterceptedService<ProofTracking<Channel>, NodeIdentity>>;
 
-/// One controller's client, and what it knows of its connection.
-#[derive(Clone)]
-struct Endpointed {
-    client: Client,
-    connection: Arc<ConnectionProof>,
-}
-
 /// A lazily connecting client: the driver starts (and answers kubelet's
 /// Probe) even while the controller is unreachable, and reconnects by
 /// itself when it returns.
@@ -221,7 +214,7 @@ struct Endpointed {
 /// [`ROUNDS`] rounds.
 #[derive(Clone)]
 pub struct ControllerClient {
-    inner: Arc<[Endpointed]>,
+    inner: Arc<[Client]>,
     current: Arc<AtomicUsize>,
     node_name: String,
 }
@@ -267,22 +260,25 @@ impl ControllerClient {
             if let Some(tls) = &tls {
                 ep = ep.tls_config(tls.clone())?;
             }
-            // tonic's own connector, as `connect_lazy` sets it up for this
-            // endpoint (`Endpoint`'s defaults: no Nagle, no TCP keepalive),
-            // counting the connections it opens.
-            let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
-            tcp.enforce_http(false);
-            tcp.set_nodelay(true);
             let connection = ConnectionProof::new();
-            let channel = ep
-                .connect_with_connector_lazy(CountingConnector::new(tcp, Arc::clone(&connection)));
-            clients.push(Endpointed {
-                client: NodeCredentialsClient::with_interceptor(
-                    ProofTracking::new(channel, Arc::clone(&connection)),
-                    identity.over(&connection),
-                ),
-                connection,
-            });
+            let channel = if one.starts_with("unix:") {
+                // No TLS there: the controller vouches for no connection.
+                ep.connect_lazy()
+            } else {
+                // tonic's own TCP connector, as `connect_lazy` sets it up
+                // with `Endpoint`'s defaults (no Nagle, no TCP keepalive;
+                // `Endpoint`'s TCP options would not reach it), counting
+                // the connections it opens. The connect timeout still
+                // applies: tonic wraps any connector in it.
+                let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+                tcp.enforce_http(false);
+                tcp.set_nodelay(true);
+                ep.connect_with_connector_lazy(CountingConnector::new(tcp, Arc::clone(&connection)))
+            };
+            clients.push(NodeCredentialsClient::with_interceptor(
+                ProofTracking::new(channel, Arc::clone(&connection)),
+                identity.over(&connection),
+            ));
         }
         if clients.is_empty() {
             // The same error a malformed address gives.
@@ -317,19 +313,16 @@ impl ControllerClient {
             }
             for _ in 0..n {
                 let at = self.current.load(Ordering::Relaxed) % n;
-                let Some(one) = self.inner.get(at) else {
+                let Some(client) = self.inner.get(at) else {
                     break;
                 };
-                let refusals = one.connection.refusals();
-                let mut answer = call(one.client.clone()).await;
+                let mut answer = call(client.clone()).await;
                 // Sent without a token, the call reached a connection opened
                 // since the last was proven: once more, with a token.
-                if answer
-                    .as_ref()
-                    .is_err_and(|s| s.code() == Code::Unauthenticated)
-                    && one.connection.refusals() != refusals
-                {
-                    answer = call(one.client.clone()).await;
+                if answer.as_ref().is_err_and(|s| {
+                    s.code() == Code::Unauthenticated && s.metadata().contains_key(PROOF_LOST)
+                }) {
+                    answer = call(client.clone()).await;
                 }
                 match answer.map_err(ControllerError::from_status) {
                     Ok(v) => return Ok(v),

@@ -227,10 +227,11 @@ impl VolumeManager {
         let seen = match target {
             None => Target::Missing,
             // Kubelet's publish: what its target is (an lstat, a stat of its
-            // parent and a statfs, on kubelet's own directory) is cheaper
-            // looked at here than with a hand-off to a blocking thread and
-            // back. For a republish of files known current, that is all
-            // there is to do.
+            // parent, then a statfs of a mount or a listing of an empty
+            // directory, on kubelet's own local directory) is cheaper looked
+            // at here than with a hand-off to a blocking thread and back.
+            // For a republish of files known current, that is all there is
+            // to do.
             Some(t) if matches!(trigger, Trigger::Publish(_)) => self.medium.inspect(&t)?,
             Some(t) => {
                 let medium = Arc::clone(&self.medium);
