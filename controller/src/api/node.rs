@@ -326,15 +326,13 @@ impl NodeApi {
                             self.state.count_refusal(refusal.reason);
                             return Err(refusal.into());
                         }
-                        // Whether later calls on this connection may come
-                        // without a token: it holds a proven principal.
                         if request.metadata().contains_key(kcred_auth::METADATA_KEY) {
                             let used = match (&fresh, &proven) {
-                                (Some(Proven::Principal(_)), _) => "verified",
-                                (_, Some(Proven::Principal(_))) => "unneeded",
-                                _ => "",
+                                (Some(Proven::Principal(_)), _) => Some("verified"),
+                                (_, Some(Proven::Principal(_))) => Some("unneeded"),
+                                _ => None,
                             };
-                            if !used.is_empty() {
+                            if let Some(used) = used {
                                 self.state
                                     .metrics
                                     .node_tokens
@@ -342,6 +340,8 @@ impl NodeApi {
                                     .inc();
                             }
                         }
+                        // Whether later calls on this connection may come
+                        // without a token: it holds a proven principal.
                         connection_proven = match fresh.filter(|_| tls) {
                             Some(p) => {
                                 let principal = matches!(p, Proven::Principal(_));
