@@ -322,7 +322,7 @@ pub struct WriterTurn {
 impl WriterTurn {
     /// Stores the newest pending head. Blocking. The turn again when a
     /// newer head came meanwhile: its holder lingers and stores again.
-    pub fn store_newest(mut self, store: &Store, key_id: &str) -> Option<WriterTurn> {
+    fn store_newest(mut self, store: &Store, key_id: &str) -> Option<WriterTurn> {
         if self.heads.store_newest(store, key_id) {
             return Some(self);
         }

@@ -120,7 +120,8 @@ fn peer_certificate<T>(request: &Request<T>) -> Option<CertIdentity> {
     })
 }
 
-fn has_token<T>(request: &Request<T>) -> bool {
+/// Whether the call carries a Kerberos token.
+pub(crate) fn has_token<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(kcred_auth::METADATA_KEY)
 }
 

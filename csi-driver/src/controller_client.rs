@@ -319,9 +319,10 @@ impl ControllerClient {
                 let mut answer = call(client.clone()).await;
                 // Sent without a token, the call reached a connection opened
                 // since the last was proven: once more, with a token.
-                if answer.as_ref().is_err_and(|s| {
-                    s.code() == Code::Unauthenticated && s.metadata().contains_key(PROOF_LOST)
-                }) {
+                if answer
+                    .as_ref()
+                    .is_err_and(|s| s.metadata().contains_key(PROOF_LOST))
+                {
                     answer = call(client.clone()).await;
                 }
                 match answer.map_err(ControllerError::from_status) {

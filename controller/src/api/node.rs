@@ -316,29 +316,30 @@ impl NodeApi {
                 let proven = tls.then(|| conns.proven(request.remote_addr())).flatten();
                 match self.state.auth.node(request, node, proven.as_ref()) {
                     Ok(fresh) => {
+                        let on_proven = matches!(proven, Some(Proven::Principal(_)));
                         // A token verified here must not have been accepted
                         // by another controller (shared replay entries);
                         // calls on a connection that proved a principal
                         // carry none that was verified.
-                        if !matches!(proven, Some(Proven::Principal(_)))
+                        if !on_proven
                             && let Err(refusal) = self.state.refuse_replayed(request).await
                         {
                             self.state.count_refusal(refusal.reason);
                             return Err(refusal.into());
                         }
-                        if request.metadata().contains_key(kcred_auth::METADATA_KEY) {
-                            let used = match (&fresh, &proven) {
-                                (Some(Proven::Principal(_)), _) => Some("verified"),
-                                (_, Some(Proven::Principal(_))) => Some("unneeded"),
-                                _ => None,
-                            };
-                            if let Some(used) = used {
-                                self.state
-                                    .metrics
-                                    .node_tokens
-                                    .with_label_values(&[used])
-                                    .inc();
-                            }
+                        let used = if matches!(fresh, Some(Proven::Principal(_))) {
+                            Some("verified")
+                        } else if on_proven && crate::auth::has_token(request) {
+                            Some("unneeded")
+                        } else {
+                            None
+                        };
+                        if let Some(used) = used {
+                            self.state
+                                .metrics
+                                .node_tokens
+                                .with_label_values(&[used])
+                                .inc();
                         }
                         // Whether later calls on this connection may come
                         // without a token: it holds a proven principal.
@@ -347,7 +348,7 @@ impl NodeApi {
                                 let principal = matches!(p, Proven::Principal(_));
                                 conns.prove(request.remote_addr(), p) && principal
                             }
-                            None => matches!(proven, Some(Proven::Principal(_))),
+                            None => on_proven,
                         };
                         None
                     }
