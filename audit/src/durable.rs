@@ -2,8 +2,8 @@
 //! durable, so concurrent appends share syncs instead of queueing for one
 //! each. A caller still returns only once its own record is on disk.
 //!
-//! Appenders write their line under the chain lock (short: seal and
-//! `write`), release it, then wait here for durability. Whoever finds no
+//! Appenders chain their records under the chain lock, sign and write
+//! them after releasing it, then wait here for durability. Whoever finds no
 //! sync running becomes the leader: it notes how far the file was written,
 //! syncs a duplicate of the file descriptor without holding the chain
 //! lock, and publishes the new durable point. Appends that arrive during
@@ -30,7 +30,7 @@ use super::AuditHead;
 /// the same epoch reaches `end`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Mark {
-    /// Bumped each time the file is cut back after a failed sync.
+    /// Bumped each time the file is cut back after a failed write or sync.
     pub epoch: u64,
     /// File length just after the record.
     pub end: u64,
@@ -110,6 +110,18 @@ impl Durable {
         if s.epoch == epoch && len > s.len {
             s.len = len;
             s.head = Some(head);
+            self.notify();
+        }
+    }
+
+    /// The file was cut back outside a sync (a write failed) and epoch
+    /// `epoch` began: every record of an earlier epoch still waiting is
+    /// refused with `cut`.
+    pub fn cut(&self, epoch: u64, cut: Cut) {
+        let mut s = self.lock();
+        if epoch > s.epoch {
+            s.epoch = epoch;
+            s.cut = Some(cut);
             self.notify();
         }
     }
@@ -201,8 +213,10 @@ impl Durable {
                 };
                 let (epoch, clean) = cut(&snapshot, &e);
                 let mut s = self.lock();
-                s.epoch = epoch;
-                s.cut = Some((e.kind(), e.to_string(), clean));
+                if epoch > s.epoch {
+                    s.epoch = epoch;
+                    s.cut = Some((e.kind(), e.to_string(), clean));
+                }
                 s
             }
         };
@@ -231,12 +245,14 @@ impl Durable {
 
 /// Whether `mark` is durable (`Ok`), cut (`Err`), or still pending (`None`).
 fn settled(s: &Synced, mark: Mark) -> Option<Result<(), Cut>> {
-    if s.epoch != mark.epoch {
-        return Some(Err(s.cut.clone().unwrap_or((
+    match mark.epoch.cmp(&s.epoch) {
+        std::cmp::Ordering::Less => Some(Err(s.cut.clone().unwrap_or((
             io::ErrorKind::Other,
             "the log was cut back after a failed sync".into(),
             true,
-        ))));
+        )))),
+        // Written after a cut-back this state has not learnt of yet.
+        std::cmp::Ordering::Greater => None,
+        std::cmp::Ordering::Equal => (s.len >= mark.end).then_some(Ok(())),
     }
-    (s.len >= mark.end).then_some(Ok(()))
 }

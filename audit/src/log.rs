@@ -1,11 +1,12 @@
 //! Appending to the log: one line per record, synced before append returns
 //! (one sync for many concurrent appends: [`super::durable`]).
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::durable::{Cut, Durable, Mark, Step, Written};
 use super::reader::RawLine;
@@ -18,29 +19,41 @@ use super::{
 };
 use crate::timefmt::now_unix_ms;
 
-/// The append-only audit log. Appends are serialized by a mutex and the
+/// The append-only audit log. Records are chained under a mutex and the
 /// file is locked (`flock`) against a second writer process, so the chain
 /// cannot fork. Share it as `Arc<AuditLog>`: concurrent appends share
 /// their `fdatasync`s (group commit).
+///
+/// An append takes the chain lock only to number and hash its records and
+/// reserve their place in the file; it signs them (an Ed25519 signature is
+/// most of a record's cost) after releasing it, and the lines then land in
+/// the file in chain order ([`Landing`]). A signature's length is fixed, so
+/// a line's place is known before it is signed.
 pub struct AuditLog {
     path: PathBuf,
     signer: AuditSigner,
     rotation: Rotation,
     sink: Option<Sink>,
     tail: Mutex<Tail>,
+    landing: Mutex<Landing>,
+    /// Notified when the landing catches up with every reserved line or
+    /// is cut back (a seal waits for that).
+    landed: Condvar,
     durable: Durable,
+    /// Run once by the next append after it reserved its lines and
+    /// released the chain lock, before signing them.
+    #[cfg(test)]
+    after_reserving: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
-/// Where the chain stands, and the file to extend it.
+/// Where the chain stands: the last record numbered and hashed, which may
+/// not have landed in the file yet.
 struct Tail {
-    /// The active segment (shared with the group sync, which syncs the file
-    /// the records it covers were written to).
-    file: Arc<File>,
     seq: u64,
     hash: String,
-    /// Length of the whole log (every segment) after the last good record:
-    /// where a failed write is cut back to. Positions are counted across
-    /// segments so that durable points stay ordered when one is sealed.
+    /// Length of the whole log (every segment) after the last reserved
+    /// line. Positions are counted across segments so that durable points
+    /// stay ordered when one is sealed.
     len: u64,
     /// Where the active segment starts in that count.
     base: u64,
@@ -48,13 +61,67 @@ struct Tail {
     first: Option<(u64, i64)>,
     /// After a failed sealing, the next attempt waits until then (Unix ms).
     seal_retry_ms: i64,
+    /// The landing's epoch this chain continues; behind it, the file was
+    /// cut back and the chain restarts from the landing's head.
+    epoch: u64,
+}
+
+/// Lines numbered and signed, landing in the file in chain order: whoever
+/// deposits the line the file's end waits for writes it and every line
+/// after it already deposited, so the file is always whole lines of an
+/// unbroken chain (and a partial last line only while one is written).
+struct Landing {
+    /// The active segment (shared with the group sync, which syncs the file
+    /// the records it covers were written to).
+    file: Arc<File>,
+    /// Bumped each time the file is cut back ([`Mark::epoch`]): lines
+    /// reserved in an earlier epoch are refused, their place is gone.
+    epoch: u64,
+    /// Where the lines written so far end (the count of [`Tail::len`]):
+    /// where a failed write is cut back to.
+    end: u64,
+    /// Where the active segment starts in that count.
+    base: u64,
+    /// The last record written (`None`: the log is empty).
+    head: Option<AuditHead>,
+    /// Signed lines waiting for the ones before them, by where they start.
+    waiting: BTreeMap<u64, Signed>,
     /// A write failed and could not be undone: refuse everything.
     broken: bool,
-    /// Bumped when a failed sync cut the file back ([`Mark::epoch`]).
-    epoch: u64,
     #[cfg(test)]
     fault: Option<Fault>,
 }
+
+/// A line ready to land.
+struct Signed {
+    /// The whole line, newline included.
+    line: Vec<u8>,
+    /// Where it ends.
+    end: u64,
+    /// Its record's place in the chain.
+    head: AuditHead,
+}
+
+/// Lines reserved under the chain lock and not landed yet. Dropped
+/// without landing (a panic while signing), it cuts the log back to what
+/// landed, so later lines never wait for these.
+struct Reserved<'a> {
+    log: &'a AuditLog,
+    epoch: u64,
+    landed: bool,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.log.abandon(self.epoch);
+        }
+    }
+}
+
+/// The length of every Ed25519 signature in hex: a line's length is
+/// known before it is signed.
+const SIGNATURE_HEX_LEN: usize = 128;
 
 /// Failures the tests inject into the next append.
 #[cfg(test)]
@@ -183,19 +250,29 @@ impl AuditLog {
             rotation,
             sink: None,
             tail: Mutex::new(Tail {
-                file: Arc::new(file),
                 seq,
                 hash,
                 len,
                 base: 0,
                 first,
                 seal_retry_ms: 0,
-                broken: false,
                 epoch: 0,
+            }),
+            landing: Mutex::new(Landing {
+                file: Arc::new(file),
+                epoch: 0,
+                end: len,
+                base: 0,
+                head: head.clone(),
+                waiting: BTreeMap::new(),
+                broken: false,
                 #[cfg(test)]
                 fault: None,
             }),
+            landed: Condvar::new(),
             durable: Durable::new(len, head),
+            #[cfg(test)]
+            after_reserving: Mutex::new(None),
         })
     }
 
@@ -340,41 +417,28 @@ impl AuditLog {
         }
     }
 
-    /// How far the chain has been written, for the group sync.
+    /// How far the chain has landed in the file, for the group sync.
     fn written(&self) -> Written {
-        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
         Written {
             mark: Mark {
-                epoch: tail.epoch,
-                end: tail.len,
+                epoch: landing.epoch,
+                end: landing.end,
             },
-            head: (tail.seq > 0).then(|| AuditHead {
-                seq: tail.seq,
-                hash: tail.hash.clone(),
-            }),
-            file: Arc::clone(&tail.file),
+            head: landing.head.clone(),
+            file: Arc::clone(&landing.file),
         }
     }
 
     /// Cuts the chain back to the durable point `at` after the sync failed
     /// with `e`; returns the new epoch and whether the file was cut cleanly.
     fn cut_back(&self, at: &super::durable::Synced, e: &io::Error) -> (u64, bool) {
-        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let mut landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
         tracing::error!(error = %e, kept = at.head.as_ref().map_or(0, |h| h.seq),
             "audit log sync failed; cutting it back to its last durable record");
-        tail.len = at.len.max(tail.base);
-        if tail.len == tail.base {
-            tail.first = None;
-        }
-        tail.seq = at.head.as_ref().map_or(0, |h| h.seq);
-        tail.hash = at
-            .head
-            .as_ref()
-            .map_or_else(|| GENESIS_HASH.to_string(), |h| h.hash.clone());
-        tail.epoch += 1;
-        let clean = tail.roll_back().is_ok();
-        tail.broken |= !clean;
-        (tail.epoch, clean)
+        let clean = landing.cut_back_to(at.len, at.head.clone());
+        self.landed.notify_all();
+        (landing.epoch, clean)
     }
 
     /// The error for records from `first` on that a failed sync cut.
@@ -409,33 +473,34 @@ impl AuditLog {
         self.write_locked(self.lock()?, events)
     }
 
-    /// [`AuditLog::write_all`] under the chain lock already taken.
+    /// [`AuditLog::write_all`] under the chain lock already taken: numbers
+    /// and hashes the records and reserves their lines under it, signs them
+    /// after releasing it, then lands them.
     #[allow(clippy::type_complexity)]
     fn write_locked(
         &self,
         mut tail: MutexGuard<'_, Tail>,
         events: &[AuditEvent],
     ) -> Result<(Vec<AuditRecord>, Vec<Vec<u8>>, Mark), AuditError> {
-        if tail.broken {
-            return Err(AuditError::Broken {
-                path: self.path.clone(),
-            });
+        {
+            let landing = self.landing()?;
+            tail.catch_up(&landing);
         }
-        let mut records = Vec::with_capacity(events.len());
-        let mut lines = Vec::with_capacity(if self.sink.is_some() { events.len() } else { 0 });
+        let epoch = tail.epoch;
+        let mut sealed = Vec::with_capacity(events.len());
+        let (mut seq, mut prev_hash) = (tail.seq, tail.hash.clone());
         for event in events {
-            // Each record's hash covers its predecessor's: sealing (hash and
-            // signature, tens of microseconds) is serial by nature, so it
-            // stays under this short lock; the sync does not.
-            let seq = tail
-                .seq
+            // Each record's hash covers its predecessor's, so hashing is
+            // serial by nature and stays here (a few microseconds); the
+            // signature over that hash does not.
+            seq = seq
                 .checked_add(1)
                 .ok_or_else(|| AuditError::InvalidEvent("sequence numbers exhausted".into()))?;
             let mut record =
-                AuditRecord::unsealed(event, seq, now_unix_ms(), &tail.hash, self.signer.key_id());
+                AuditRecord::unsealed(event, seq, now_unix_ms(), &prev_hash, self.signer.key_id());
             let digest = record.content_hash()?;
             record.hash = hex::encode(digest);
-            record.signature = self.signer.sign(&digest);
+            record.signature = "0".repeat(SIGNATURE_HEX_LEN);
             let mut line =
                 serde_json::to_vec(&record).map_err(|source| AuditError::Encode { seq, source })?;
             line.push(b'\n');
@@ -446,40 +511,209 @@ impl AuditLog {
                     max: MAX_LINE_BYTES,
                 });
             }
-            tail.seal_if_due(
-                &self.path,
-                &self.rotation,
-                &self.durable,
-                line.len(),
-                record.unix_ms,
-            );
-            if let Err(source) = tail.write_line(&line) {
-                let rolled_back = tail.roll_back().is_ok();
-                tail.broken = !rolled_back;
+            prev_hash.clone_from(&record.hash);
+            sealed.push((record, digest, line));
+        }
+        let Some((first, _, _)) = sealed.first() else {
+            let mark = Mark {
+                epoch,
+                end: tail.len,
+            };
+            return Ok((Vec::new(), Vec::new(), mark));
+        };
+        let (first_seq, first_ms) = (first.seq, first.unix_ms);
+        let batch_len = sealed.iter().map(|(_, _, line)| line.len()).sum();
+        self.seal_if_due(&mut tail, batch_len, first_ms);
+        if tail.epoch != epoch {
+            // Cut back while the seal waited: these were chained to lines
+            // that are gone.
+            return Err(self.cut_before_landing(first_seq));
+        }
+        let mut places = Vec::with_capacity(sealed.len());
+        for (record, _, line) in &sealed {
+            let start = tail.len;
+            tail.len += line.len() as u64;
+            places.push((start, tail.len));
+            tail.seq = record.seq;
+            tail.hash.clone_from(&record.hash);
+        }
+        tail.first.get_or_insert((first_seq, first_ms));
+        let mark = Mark {
+            epoch,
+            end: tail.len,
+        };
+        let mut reserved = Reserved {
+            log: self,
+            epoch,
+            landed: false,
+        };
+        drop(tail);
+        #[cfg(test)]
+        if let Some(hook) = self
+            .after_reserving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            hook();
+        }
+
+        let mut records = Vec::with_capacity(sealed.len());
+        let mut lines = Vec::with_capacity(if self.sink.is_some() { sealed.len() } else { 0 });
+        let mut signed = Vec::with_capacity(sealed.len());
+        for ((mut record, digest, line), (start, end)) in sealed.into_iter().zip(places) {
+            record.signature = self.signer.sign(&digest);
+            let line = signed_line(&record, line)?;
+            if self.sink.is_some() {
+                lines.push(line[..line.len() - 1].to_vec());
+            }
+            let head = AuditHead {
+                seq: record.seq,
+                hash: record.hash.clone(),
+            };
+            signed.push((start, Signed { line, end, head }));
+            records.push(record);
+        }
+        reserved.landed = true;
+        self.land(epoch, first_seq, signed)?;
+        Ok((records, lines, mark))
+    }
+
+    /// Deposits signed lines and writes every line the file's end is
+    /// waiting for, in order.
+    fn land(
+        &self,
+        epoch: u64,
+        first_seq: u64,
+        signed: Vec<(u64, Signed)>,
+    ) -> Result<(), AuditError> {
+        let mut guard = self.landing()?;
+        if guard.epoch != epoch {
+            drop(guard);
+            return Err(self.cut_before_landing(first_seq));
+        }
+        let landing = &mut *guard;
+        landing.waiting.extend(signed);
+        while let Some(next) = landing.waiting.first_entry() {
+            if *next.key() != landing.end {
+                break;
+            }
+            let next = next.remove();
+            if let Err(source) = landing.write_line(&next.line) {
+                let (end, head) = (landing.end, landing.head.clone());
+                let rolled_back = landing.cut_back_to(end, head);
+                self.durable.cut(
+                    landing.epoch,
+                    (source.kind(), source.to_string(), rolled_back),
+                );
+                self.landed.notify_all();
                 let error = AuditError::Write {
                     path: self.path.clone(),
-                    seq,
+                    seq: next.head.seq,
                     rolled_back,
                     source,
                 };
                 tracing::error!(%error, "audit record not written; the caller must refuse");
                 return Err(error);
             }
-            tail.seq = seq;
-            tail.hash.clone_from(&record.hash);
-            tail.len += line.len() as u64;
-            tail.first.get_or_insert((seq, record.unix_ms));
-            if self.sink.is_some() {
-                line.pop();
-                lines.push(line);
-            }
-            records.push(record);
+            landing.end = next.end;
+            landing.head = Some(next.head);
         }
-        let mark = Mark {
-            epoch: tail.epoch,
-            end: tail.len,
+        if landing.waiting.is_empty() {
+            self.landed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Lines reserved in `epoch` will never land (their reserver panicked):
+    /// cut the log back to what landed so later lines do not wait for them.
+    fn abandon(&self, epoch: u64) {
+        let mut landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
+        if landing.epoch != epoch {
+            return;
+        }
+        let (end, head) = (landing.end, landing.head.clone());
+        let clean = landing.cut_back_to(end, head);
+        let why = "an append was abandoned before its records were written".to_string();
+        self.durable
+            .cut(landing.epoch, (io::ErrorKind::Other, why, clean));
+        self.landed.notify_all();
+    }
+
+    /// The error for records reserved before a cut-back that removed their
+    /// predecessors.
+    fn cut_before_landing(&self, seq: u64) -> AuditError {
+        let error = AuditError::Write {
+            path: self.path.clone(),
+            seq,
+            rolled_back: true,
+            source: io::Error::other(
+                "the log was cut back (an earlier write or sync failed) before this record was written",
+            ),
         };
-        Ok((records, lines, mark))
+        tracing::error!(%error, "audit record not written; the caller must refuse");
+        error
+    }
+
+    /// Seals the active segment when `rotation` says the next `line_len`
+    /// bytes go into a new one. Every reserved line must have landed first:
+    /// the old segment is synced, and that durable point published, so the
+    /// group sync only ever needs the active file. A failed sealing is
+    /// logged and retried a minute later; meanwhile records go on into the
+    /// current segment.
+    fn seal_if_due(&self, tail: &mut Tail, line_len: usize, now_ms: i64) {
+        let Some((first_seq, first_ms)) = tail.first else {
+            return;
+        };
+        if now_ms < tail.seal_retry_ms
+            || !self
+                .rotation
+                .due(tail.len - tail.base, Some(first_ms), line_len, now_ms)
+        {
+            return;
+        }
+        // The lines reserved before this are being signed on other threads,
+        // none of which needs the chain lock held here to land them.
+        let mut landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            tail.catch_up(&landing);
+            if landing.end >= tail.len {
+                break;
+            }
+            landing = self.landed.wait(landing).unwrap_or_else(|p| p.into_inner());
+        }
+        if tail.first.is_none() {
+            return;
+        }
+        let sealed = landing
+            .file
+            .sync_data()
+            .inspect(|()| {
+                let head = AuditHead {
+                    seq: tail.seq,
+                    hash: tail.hash.clone(),
+                };
+                self.durable.advance(landing.epoch, landing.end, head);
+            })
+            .and_then(|()| segments::seal(&self.path, first_seq));
+        match sealed {
+            Ok(file) => {
+                tracing::info!(
+                    path = %self.path.display(),
+                    sealed = %segments::sealed_name(&self.path, first_seq).display(),
+                    last_seq = tail.seq,
+                    "audit log segment sealed"
+                );
+                landing.file = Arc::new(file);
+                landing.base = landing.end;
+                tail.base = tail.len;
+                tail.first = None;
+            }
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, "cannot seal the audit log segment; retrying in a minute");
+                tail.seal_retry_ms = now_ms.saturating_add(60_000);
+            }
+        }
     }
 
     /// The last durable record's place, `None` while the log is empty.
@@ -504,9 +738,26 @@ impl AuditLog {
         f()
     }
 
+    /// Runs `hook` in the next append, between reserving its lines
+    /// (chain lock released) and signing them.
+    #[cfg(test)]
+    pub(super) fn after_reserving(&self, hook: impl FnOnce() + Send + 'static) {
+        *self
+            .after_reserving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// The last seq numbered (landed or not); 0 while the chain lock is
+    /// held.
+    #[cfg(test)]
+    pub(super) fn chained_seq(&self) -> u64 {
+        self.tail.try_lock().map_or(0, |tail| tail.seq)
+    }
+
     #[cfg(test)]
     pub(super) fn inject(&self, fault: Fault) {
-        self.tail.lock().unwrap_or_else(|p| p.into_inner()).fault = Some(fault);
+        self.landing.lock().unwrap_or_else(|p| p.into_inner()).fault = Some(fault);
     }
 
     /// Takes the lead of a sync and drops the turn unrun, as a runtime
@@ -538,66 +789,43 @@ impl AuditLog {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Tail>, AuditError> {
-        // A panic while appending may have left half a line: refuse.
+        // A panic while chaining may have left the tail half updated: refuse.
         self.tail.lock().map_err(|_| AuditError::Broken {
             path: self.path.clone(),
         })
     }
+
+    /// The landing, unless a write could not be undone (or a panic while
+    /// writing may have left half a line).
+    fn landing(&self) -> Result<MutexGuard<'_, Landing>, AuditError> {
+        match self.landing.lock() {
+            Ok(landing) if !landing.broken => Ok(landing),
+            _ => Err(AuditError::Broken {
+                path: self.path.clone(),
+            }),
+        }
+    }
 }
 
 impl Tail {
-    /// Seals the active segment when `rotation` says the next record goes
-    /// into a new one. The old segment is synced first, and that durable
-    /// point published, so the group sync only ever needs the active file.
-    /// A failed sealing is logged and retried a minute later; meanwhile
-    /// records go on into the current segment.
-    fn seal_if_due(
-        &mut self,
-        path: &Path,
-        rotation: &Rotation,
-        durable: &Durable,
-        line_len: usize,
-        now_ms: i64,
-    ) {
-        let Some((first_seq, first_ms)) = self.first else {
-            return;
-        };
-        let segment_len = self.len - self.base;
-        if now_ms < self.seal_retry_ms
-            || !rotation.due(segment_len, Some(first_ms), line_len, now_ms)
-        {
+    /// Restarts the chain from what landed if the file was cut back since.
+    fn catch_up(&mut self, landing: &Landing) {
+        if self.epoch == landing.epoch {
             return;
         }
-        let sealed = self
-            .file
-            .sync_data()
-            .inspect(|()| {
-                let head = AuditHead {
-                    seq: self.seq,
-                    hash: self.hash.clone(),
-                };
-                durable.advance(self.epoch, self.len, head);
-            })
-            .and_then(|()| segments::seal(path, first_seq));
-        match sealed {
-            Ok(file) => {
-                tracing::info!(
-                    path = %path.display(),
-                    sealed = %segments::sealed_name(path, first_seq).display(),
-                    last_seq = self.seq,
-                    "audit log segment sealed"
-                );
-                self.file = Arc::new(file);
-                self.base = self.len;
-                self.first = None;
-            }
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "cannot seal the audit log segment; retrying in a minute");
-                self.seal_retry_ms = now_ms.saturating_add(60_000);
-            }
+        self.epoch = landing.epoch;
+        self.len = landing.end;
+        (self.seq, self.hash) = landing.head.as_ref().map_or_else(
+            || (0, GENESIS_HASH.to_string()),
+            |head| (head.seq, head.hash.clone()),
+        );
+        if self.len == self.base {
+            self.first = None;
         }
     }
+}
 
+impl Landing {
     /// One `write_all` (O_APPEND puts it at the end); the group sync
     /// ([`Durable::wait`]) makes it durable.
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
@@ -610,6 +838,21 @@ impl Tail {
         (&*self.file).write_all(line)
     }
 
+    /// Cuts the file back to `end` (no earlier than the active segment's
+    /// start), where `head` is the last record, and starts a new epoch:
+    /// every line still waiting, or reserved and not yet deposited, is
+    /// refused. Whether the file was cut cleanly; if not, the log refuses
+    /// everything from now on.
+    fn cut_back_to(&mut self, end: u64, head: Option<AuditHead>) -> bool {
+        self.end = end.max(self.base);
+        self.head = head;
+        self.epoch += 1;
+        self.waiting.clear();
+        let clean = self.roll_back().is_ok();
+        self.broken |= !clean;
+        clean
+    }
+
     /// Cuts off whatever a failed write left, so the log ends in a whole record.
     fn roll_back(&mut self) -> io::Result<()> {
         #[cfg(test)]
@@ -618,8 +861,36 @@ impl Tail {
         {
             return Err(io::Error::other("injected rollback failure"));
         }
-        self.file.set_len(self.len - self.base)?;
+        self.file.set_len(self.end - self.base)?;
         self.file.sync_data()
+    }
+}
+
+/// `line`, sealed with a placeholder signature of the same length, with
+/// `record`'s signature in its place (the signature is the last field).
+fn signed_line(record: &AuditRecord, mut line: Vec<u8>) -> Result<Vec<u8>, AuditError> {
+    let signature = record.signature.as_bytes();
+    // `..."signature":"<hex>"}` and the newline.
+    let at = line.len().checked_sub(signature.len() + 3);
+    match at {
+        Some(at)
+            if signature.len() == SIGNATURE_HEX_LEN
+                && line[at..at + SIGNATURE_HEX_LEN].iter().all(|&b| b == b'0')
+                && line[at + SIGNATURE_HEX_LEN..] == *b"\"}\n" =>
+        {
+            line[at..at + SIGNATURE_HEX_LEN].copy_from_slice(signature);
+            Ok(line)
+        }
+        // Not the shape sealed (never, while the signature is the last
+        // field): encode the whole record again.
+        _ => {
+            let mut line = serde_json::to_vec(record).map_err(|source| AuditError::Encode {
+                seq: record.seq,
+                source,
+            })?;
+            line.push(b'\n');
+            Ok(line)
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::tests::{Fixture, assert_cut_back, event};
 use super::*;
+use crate::log::Fault;
 
 #[test]
 fn concurrent_appends_form_one_intact_chain_with_every_seq() {
@@ -318,4 +319,124 @@ fn a_lead_turn_that_never_runs_gives_the_lead_back() {
         .expect("the append is not left waiting")
         .expect("append");
     assert_eq!(seq, 1);
+}
+
+/// Waits up to 10 s for `done`.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// An append paused after reserving its line, before signing it; the
+/// returned sender lets it go on.
+fn pause_next_append(
+    log: &AuditLog,
+) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    log.after_reserving(move || {
+        reserved_tx.send(()).expect("send");
+        let _ = go_rx.recv();
+    });
+    (reserved_rx, go_tx)
+}
+
+/// Signing (most of an append's cost) happens outside the chain lock: a
+/// second append chains its record while the first is still unsigned, and
+/// its line waits for the first's, so the file keeps chain order.
+#[test]
+fn records_are_signed_outside_the_chain_lock_and_land_in_chain_order() {
+    let fx = Fixture::new(0);
+    let log = Arc::new(fx.open());
+    let (reserved, go) = pause_next_append(&log);
+    let first = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(1)).expect("first append").seq
+    });
+    reserved.recv().expect("the first append reserved its line");
+    let second = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(2)).expect("second append").seq
+    });
+    eventually("the second append chains while the first signs", || {
+        log.chained_seq() == 2
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        std::fs::metadata(&fx.log).expect("stat").len(),
+        0,
+        "the second line waits for the first"
+    );
+    assert!(
+        !second.is_finished(),
+        "the second is not durable before the first"
+    );
+    go.send(()).expect("let the first go on");
+    assert_eq!(first.join().expect("first"), 1);
+    assert_eq!(second.join().expect("second"), 2);
+    drop(log);
+    assert_eq!(fx.verify().records, 2);
+}
+
+/// A write that fails while later lines wait behind it cuts them all: the
+/// callers are refused, the file ends at the last good record, and the
+/// chain goes on from there.
+#[test]
+fn a_failed_write_refuses_the_lines_waiting_behind_it() {
+    let fx = Fixture::new(3);
+    let log = Arc::new(fx.open());
+    let size = std::fs::metadata(&fx.log).expect("stat").len();
+    let (reserved, go) = pause_next_append(&log);
+    let first = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(4))
+    });
+    reserved.recv().expect("the first append reserved its line");
+    let second = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(5))
+    });
+    eventually("the second append chains", || log.chained_seq() == 5);
+    log.inject(Fault::PartialWrite(40));
+    go.send(()).expect("let the first go on");
+    let err = first.join().expect("first").expect_err("the write failed");
+    assert_cut_back(&err, 4);
+    let err = second
+        .join()
+        .expect("second")
+        .expect_err("its predecessor is gone");
+    assert!(matches!(err, AuditError::Write { .. }), "{err}");
+    assert_eq!(std::fs::metadata(&fx.log).expect("stat").len(), size);
+    assert_eq!(log.append(&event(4)).expect("next append").seq, 4);
+    drop(log);
+    assert_eq!(fx.verify().records, 4);
+}
+
+/// An append that dies between chaining its record and writing it (a
+/// panic while signing) does not leave later appends waiting for its line.
+#[test]
+fn an_append_abandoned_before_its_line_landed_does_not_block_the_next() {
+    let fx = Fixture::new(3);
+    let log = Arc::new(fx.open());
+    log.after_reserving(|| panic!("dies while signing"));
+    let died = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(4))
+    })
+    .join();
+    assert!(died.is_err(), "the hook panicked");
+    let next = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(5)).map(|r| r.seq)
+    });
+    eventually("the next append returns", || next.is_finished());
+    assert_eq!(next.join().expect("next").expect("next append"), 4);
+    drop(log);
+    assert_eq!(fx.verify().records, 4);
 }
