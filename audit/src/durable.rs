@@ -5,7 +5,7 @@
 //! Appenders chain their records under the chain lock, sign and write
 //! them after releasing it, then wait here for durability. Whoever finds no
 //! sync running becomes the leader: it notes how far the file was written,
-//! syncs a duplicate of the file descriptor without holding the chain
+//! syncs the file (a shared handle) without holding the chain
 //! lock, and publishes the new durable point. Appends that arrive during
 //! the sync are covered by the next one.
 //!
@@ -45,6 +45,9 @@ pub(super) struct Synced {
     syncing: bool,
     /// Why the last epoch ended, for the callers it cut.
     pub cut: Option<Cut>,
+    /// Where the last epoch was cut: its records that end there or before
+    /// are still in the log and settle as this epoch's do.
+    kept: u64,
 }
 
 /// Why a record was not made durable: the error kind, its message, and
@@ -69,6 +72,9 @@ pub(super) struct Durable {
     changed: tokio::sync::watch::Sender<()>,
     #[cfg(test)]
     pub fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Group syncs run.
+    #[cfg(test)]
+    pub syncs: std::sync::atomic::AtomicU64,
 }
 
 /// What the leader saw written before it synced.
@@ -90,11 +96,14 @@ impl Durable {
                 head,
                 syncing: false,
                 cut: None,
+                kept: 0,
             }),
             wake: Condvar::new(),
             changed: tokio::sync::watch::Sender::new(()),
             #[cfg(test)]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            syncs: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -114,22 +123,58 @@ impl Durable {
         }
     }
 
-    /// The file was cut back outside a sync (a write failed) and epoch
-    /// `epoch` began: every record of an earlier epoch still waiting is
-    /// refused with `cut`.
-    pub fn cut(&self, epoch: u64, cut: Cut) {
+    /// The file was cut back to `kept` and epoch `epoch` began: records
+    /// of the epoch before that end past `kept` are refused with `cut`
+    /// (and any of an older epoch still waiting).
+    pub fn cut(&self, epoch: u64, kept: u64, cut: Cut) {
         let mut s = self.lock();
         if epoch > s.epoch {
             s.epoch = epoch;
+            s.kept = kept;
             s.cut = Some(cut);
             self.notify();
         }
+    }
+
+    /// The last durable point: its length and head.
+    pub fn point(&self) -> (u64, Option<AuditHead>) {
+        let s = self.lock();
+        (s.len, s.head.clone())
+    }
+
+    /// Why the last epoch ended, if one did.
+    pub fn last_cut(&self) -> Option<Cut> {
+        self.lock().cut.clone()
+    }
+
+    /// Wakes every waiter to look again (a record landed for them).
+    pub fn nudge(&self) {
+        self.notify();
+    }
+
+    /// A receiver that sees every change of the durable point from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// Wakes every waiter, threads and tasks.
     fn notify(&self) {
         self.wake.notify_all();
         self.changed.send_replace(());
+    }
+
+    /// A copy of the state, as a leader takes it before it syncs.
+    #[cfg(test)]
+    pub fn snapshot(&self) -> Synced {
+        let s = self.lock();
+        Synced {
+            epoch: s.epoch,
+            len: s.len,
+            head: s.head.clone(),
+            syncing: true,
+            cut: None,
+            kept: s.len,
+        }
     }
 
     /// The head of the last durable record.
@@ -209,12 +254,14 @@ impl Durable {
                         head: s.head.clone(),
                         syncing: true,
                         cut: None,
+                        kept: s.len,
                     }
                 };
                 let (epoch, clean) = cut(&snapshot, &e);
                 let mut s = self.lock();
                 if epoch > s.epoch {
                     s.epoch = epoch;
+                    s.kept = snapshot.len;
                     s.cut = Some((e.kind(), e.to_string(), clean));
                 }
                 s
@@ -233,6 +280,9 @@ impl Durable {
 
     fn sync(&self, file: &File) -> io::Result<()> {
         #[cfg(test)]
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(test)]
         if self
             .fail_next_sync
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -246,6 +296,10 @@ impl Durable {
 /// Whether `mark` is durable (`Ok`), cut (`Err`), or still pending (`None`).
 fn settled(s: &Synced, mark: Mark) -> Option<Result<(), Cut>> {
     match mark.epoch.cmp(&s.epoch) {
+        // Kept by the last cut: settles as this epoch's records do.
+        std::cmp::Ordering::Less if mark.epoch + 1 == s.epoch && mark.end <= s.kept => {
+            (s.len >= mark.end).then_some(Ok(()))
+        }
         std::cmp::Ordering::Less => Some(Err(s.cut.clone().unwrap_or((
             io::ErrorKind::Other,
             "the log was cut back after a failed sync".into(),

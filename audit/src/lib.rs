@@ -14,9 +14,10 @@
 //!
 //! * **Fail closed.** [`AuditLog::append`] returns only once the record is
 //!   written and `fdatasync`ed; on any error the caller must not issue. A
-//!   failed write is rolled back (the file is cut back to its previous
-//!   length); if even that fails the log refuses every later append until
-//!   it is reopened. Concurrent appends share their syncs (group commit:
+//!   failed write is rolled back (the file is cut back to its last whole
+//!   record, and records chained behind the failed one are refused too);
+//!   if even that fails the log refuses every later append until it is
+//!   reopened. Concurrent appends share their syncs (group commit:
 //!   one `fdatasync` covers every record written before it), and each
 //!   still returns only once its own record is durable.
 //! * **Chain.** Every record carries `prev_hash`, the `hash` of the record

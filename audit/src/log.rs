@@ -88,6 +88,8 @@ struct Landing {
     waiting: BTreeMap<u64, Signed>,
     /// A write failed and could not be undone: refuse everything.
     broken: bool,
+    /// Threads waiting on [`AuditLog::landed`] (notified only if any).
+    sleepers: usize,
     #[cfg(test)]
     fault: Option<Fault>,
 }
@@ -266,6 +268,7 @@ impl AuditLog {
                 head: head.clone(),
                 waiting: BTreeMap::new(),
                 broken: false,
+                sleepers: 0,
                 #[cfg(test)]
                 fault: None,
             }),
@@ -306,6 +309,7 @@ impl AuditLog {
         let Some(first) = records.first().map(|r| r.seq) else {
             return Ok(records);
         };
+        self.wait_landed(mark)?;
         self.durable
             .wait(mark, || self.written(), |at, e| self.cut_back(at, e))
             .map_err(|cut| self.not_durable(first, cut))?;
@@ -362,6 +366,17 @@ impl AuditLog {
         let Some(first) = records.first().map(|r| r.seq) else {
             return Ok(records);
         };
+        // Lines queued behind one still being signed (on another thread)
+        // land with it: wait for that rather than lead a sync that cannot
+        // cover them. Whoever lands them nudges the waiters.
+        loop {
+            let changed = self.durable.subscribe();
+            if self.has_landed(mark)? {
+                break;
+            }
+            let mut changed = changed;
+            let _ = changed.changed().await;
+        }
         loop {
             match self.durable.step(mark) {
                 Step::Settled(settled) => {
@@ -432,13 +447,55 @@ impl AuditLog {
 
     /// Cuts the chain back to the durable point `at` after the sync failed
     /// with `e`; returns the new epoch and whether the file was cut cleanly.
-    fn cut_back(&self, at: &super::durable::Synced, e: &io::Error) -> (u64, bool) {
+    fn cut_back(&self, _at: &super::durable::Synced, e: &io::Error) -> (u64, bool) {
         let mut landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
-        tracing::error!(error = %e, kept = at.head.as_ref().map_or(0, |h| h.seq),
+        self.cut_back_locked(&mut landing, e)
+    }
+
+    /// [`AuditLog::cut_back`] with the landing held. The durable point is
+    /// read again here, not taken from the failed sync's start: a seal may
+    /// have moved it since (and begun a new segment there).
+    fn cut_back_locked(&self, landing: &mut Landing, e: &io::Error) -> (u64, bool) {
+        let (len, head) = self.durable.point();
+        tracing::error!(error = %e, kept = head.as_ref().map_or(0, |h| h.seq),
             "audit log sync failed; cutting it back to its last durable record");
-        let clean = landing.cut_back_to(at.len, at.head.clone());
-        self.landed.notify_all();
+        let clean = landing.cut_back_to(len, head);
+        self.durable
+            .cut(landing.epoch, len, (e.kind(), e.to_string(), clean));
+        self.wake_sleepers(landing);
         (landing.epoch, clean)
+    }
+
+    /// Wakes the threads waiting for lines to land, if any.
+    fn wake_sleepers(&self, landing: &Landing) {
+        if landing.sleepers > 0 {
+            self.landed.notify_all();
+        }
+    }
+
+    /// Whether the lines up to `mark` have landed (or were cut: the durable
+    /// wait then says so).
+    fn has_landed(&self, mark: Mark) -> Result<bool, AuditError> {
+        let landing = self.landing()?;
+        Ok(landing.epoch != mark.epoch || landing.end >= mark.end)
+    }
+
+    /// Blocks until the lines up to `mark` have landed or were cut.
+    fn wait_landed(&self, mark: Mark) -> Result<(), AuditError> {
+        let mut landing = self.landing()?;
+        while landing.epoch == mark.epoch && landing.end < mark.end {
+            landing.sleepers += 1;
+            landing = self.landed.wait(landing).map_err(|_| AuditError::Broken {
+                path: self.path.clone(),
+            })?;
+            landing.sleepers -= 1;
+            if landing.broken {
+                return Err(AuditError::Broken {
+                    path: self.path.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The error for records from `first` on that a failed sync cut.
@@ -524,6 +581,7 @@ impl AuditLog {
         let (first_seq, first_ms) = (first.seq, first.unix_ms);
         let batch_len = sealed.iter().map(|(_, _, line)| line.len()).sum();
         self.seal_if_due(&mut tail, batch_len, first_ms);
+        drop(self.landing()?);
         if tail.epoch != epoch {
             // Cut back while the seal waited: these were chained to lines
             // that are gone.
@@ -549,13 +607,15 @@ impl AuditLog {
         };
         drop(tail);
         #[cfg(test)]
-        if let Some(hook) = self
-            .after_reserving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
         {
-            hook();
+            let hook = self
+                .after_reserving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(hook) = hook {
+                hook();
+            }
         }
 
         let mut records = Vec::with_capacity(sealed.len());
@@ -593,7 +653,9 @@ impl AuditLog {
             return Err(self.cut_before_landing(first_seq));
         }
         let landing = &mut *guard;
+        let own = signed.len();
         landing.waiting.extend(signed);
+        let mut wrote = 0;
         while let Some(next) = landing.waiting.first_entry() {
             if *next.key() != landing.end {
                 break;
@@ -604,9 +666,10 @@ impl AuditLog {
                 let rolled_back = landing.cut_back_to(end, head);
                 self.durable.cut(
                     landing.epoch,
+                    end,
                     (source.kind(), source.to_string(), rolled_back),
                 );
-                self.landed.notify_all();
+                self.wake_sleepers(landing);
                 let error = AuditError::Write {
                     path: self.path.clone(),
                     seq: next.head.seq,
@@ -618,9 +681,15 @@ impl AuditLog {
             }
             landing.end = next.end;
             landing.head = Some(next.head);
+            wrote += 1;
         }
-        if landing.waiting.is_empty() {
-            self.landed.notify_all();
+        if wrote > 0 {
+            self.wake_sleepers(landing);
+        }
+        if wrote > own {
+            // Lines of appends that deposited them before this one's
+            // predecessor landed: their callers wait for a nudge.
+            self.durable.nudge();
         }
         Ok(())
     }
@@ -636,19 +705,25 @@ impl AuditLog {
         let clean = landing.cut_back_to(end, head);
         let why = "an append was abandoned before its records were written".to_string();
         self.durable
-            .cut(landing.epoch, (io::ErrorKind::Other, why, clean));
-        self.landed.notify_all();
+            .cut(landing.epoch, end, (io::ErrorKind::Other, why, clean));
+        self.wake_sleepers(&landing);
     }
 
     /// The error for records reserved before a cut-back that removed their
     /// predecessors.
     fn cut_before_landing(&self, seq: u64) -> AuditError {
+        let (kind, why, rolled_back) = self.durable.last_cut().unwrap_or((
+            io::ErrorKind::Other,
+            "an earlier write or sync failed".into(),
+            true,
+        ));
         let error = AuditError::Write {
             path: self.path.clone(),
             seq,
-            rolled_back: true,
-            source: io::Error::other(
-                "the log was cut back (an earlier write or sync failed) before this record was written",
+            rolled_back,
+            source: io::Error::new(
+                kind,
+                format!("the log was cut back before this record was written: {why}"),
             ),
         };
         tracing::error!(%error, "audit record not written; the caller must refuse");
@@ -674,28 +749,41 @@ impl AuditLog {
         }
         // The lines reserved before this are being signed on other threads,
         // none of which needs the chain lock held here to land them.
-        let mut landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
+        // (A broken or poisoned landing is not sealed: the caller refuses.)
+        let Ok(mut landing) = self.landing() else {
+            return;
+        };
         loop {
             tail.catch_up(&landing);
             if landing.end >= tail.len {
                 break;
             }
-            landing = self.landed.wait(landing).unwrap_or_else(|p| p.into_inner());
+            landing.sleepers += 1;
+            let Ok(woken) = self.landed.wait(landing) else {
+                return;
+            };
+            landing = woken;
+            landing.sleepers -= 1;
+            if landing.broken {
+                return;
+            }
         }
         if tail.first.is_none() {
             return;
         }
-        let sealed = landing
-            .file
-            .sync_data()
-            .inspect(|()| {
-                let head = AuditHead {
-                    seq: tail.seq,
-                    hash: tail.hash.clone(),
-                };
-                self.durable.advance(landing.epoch, landing.end, head);
-            })
-            .and_then(|()| segments::seal(&self.path, first_seq));
+        if let Err(e) = landing.file.sync_data() {
+            // As a failed group sync: what it covered may be lost (and the
+            // file's error is reported once, so the next sync would not say).
+            self.cut_back_locked(&mut landing, &e);
+            tail.catch_up(&landing);
+            return;
+        }
+        let head = AuditHead {
+            seq: tail.seq,
+            hash: tail.hash.clone(),
+        };
+        self.durable.advance(landing.epoch, landing.end, head);
+        let sealed = segments::seal(&self.path, first_seq);
         match sealed {
             Ok(file) => {
                 tracing::info!(
@@ -881,16 +969,13 @@ fn signed_line(record: &AuditRecord, mut line: Vec<u8>) -> Result<Vec<u8>, Audit
             line[at..at + SIGNATURE_HEX_LEN].copy_from_slice(signature);
             Ok(line)
         }
-        // Not the shape sealed (never, while the signature is the last
-        // field): encode the whole record again.
-        _ => {
-            let mut line = serde_json::to_vec(record).map_err(|source| AuditError::Encode {
-                seq: record.seq,
-                source,
-            })?;
-            line.push(b'\n');
-            Ok(line)
-        }
+        // Not the shape reserved (never, while the signature is the last
+        // field): its place in the file would be wrong. The reservation is
+        // then abandoned and the log cut back.
+        _ => Err(AuditError::InvalidEvent(format!(
+            "record {} did not encode to the line reserved for it",
+            record.seq
+        ))),
     }
 }
 
@@ -975,3 +1060,7 @@ fn check_tail(
         ))),
     }
 }
+
+#[cfg(test)]
+#[path = "tests_landing.rs"]
+mod tests_landing;

@@ -31,8 +31,9 @@ const SEQ_DIGITS: usize = 12;
 /// When the active segment is sealed and a new one begun.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rotation {
-    /// Seal before a record would take the segment past this many bytes
-    /// (0: no size limit). A segment always holds at least one record.
+    /// Seal before a record, or the records of one append, would take the
+    /// segment past this many bytes (0: no size limit). A segment always
+    /// holds at least one append's records: one append is never split.
     pub max_bytes: u64,
     /// Seal before writing once the segment's first record is this old.
     pub max_age: Option<Duration>,

@@ -1,0 +1,183 @@
+//! Lines that land after they are signed, against failed writes, failed
+//! syncs and seals running at the same time.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::tests::{Fixture, event};
+
+/// Waits for `mark` as a blocking appender does.
+fn wait(log: &AuditLog, mark: Mark) -> Result<(), Cut> {
+    log.durable
+        .wait(mark, || log.written(), |at, e| log.cut_back(at, e))
+}
+
+/// Waits up to 10 s until `who` waits for lines to land.
+fn until_a_thread_waits_for_lines(log: &AuditLog, who: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !log.landing.lock().is_ok_and(|l| l.sleepers > 0) {
+        assert!(std::time::Instant::now() < deadline, "{who} never waited");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// A log sealing a segment at the record after the next.
+fn sealing_after_one_more(fx: &Fixture) -> AuditLog {
+    let len = std::fs::metadata(&fx.log).expect("stat").len();
+    let rotation = Rotation {
+        max_bytes: len + len * 3 / 4,
+        max_age: None,
+    };
+    AuditLog::open_rotating(&fx.log, fx.signer(), rotation).expect("open")
+}
+
+/// A write that fails cuts only what came after the last whole record:
+/// an earlier caller whose record landed is told it is durable.
+#[test]
+fn a_failed_write_keeps_the_records_before_it_and_tells_their_callers() {
+    let fx = Fixture::new(2);
+    let log = fx.open();
+    let (_, _, mark) = log.write_all(&[event(3)]).expect("write");
+    log.inject(Fault::PartialWrite(10));
+    assert!(log.write_all(&[event(4)]).is_err(), "the write fails");
+    assert_eq!(wait(&log, mark), Ok(()), "record 3 stays and is durable");
+    assert_eq!(log.head().map(|h| h.seq), Some(3));
+    drop(log);
+    assert_eq!(fx.verify().records, 3);
+}
+
+/// A sync fails while a seal moves the durable point and starts a new
+/// segment: the cut goes back to where the seal left the log, not to where
+/// the failed sync began, so the chain does not fork.
+#[test]
+fn a_failed_sync_during_a_seal_cuts_back_to_the_sealed_point() {
+    let fx = Fixture::new(2);
+    let log = sealing_after_one_more(&fx);
+    let (_, _, mark3) = log.write_all(&[event(3)]).expect("write 3");
+    let stale = log.durable.snapshot();
+    let (sealing, _, _) = log.write_all(&[event(4)]).expect("write 4, sealing");
+    assert_eq!(sealing[0].seq, 4);
+    assert_eq!(wait(&log, mark3), Ok(()), "the seal made record 3 durable");
+    log.cut_back(&stale, &io::Error::other("injected EIO"));
+    let next = log.append(&event(5)).expect("append after the cut");
+    assert_eq!(next.seq, 4, "record 4 was cut, record 3 kept");
+    drop(log);
+    let report = fx.verify();
+    assert!(report.is_ok(), "{:?}", report.first_problem);
+    assert_eq!(report.records, 4);
+}
+
+/// The same with the seal's rename failing: the record the seal made
+/// durable survives the cut, and the next record still needs a sync.
+#[test]
+fn a_failed_sync_during_a_failed_seal_keeps_the_durable_record() {
+    let fx = Fixture::new(2);
+    let log = sealing_after_one_more(&fx);
+    let (_, _, mark3) = log.write_all(&[event(3)]).expect("write 3");
+    let stale = log.durable.snapshot();
+    // The seal's rename finds a non-empty directory where it links.
+    let mut next = fx.log.as_os_str().to_os_string();
+    next.push(".next");
+    std::fs::create_dir_all(std::path::Path::new(&next).join("x")).expect("block the seal");
+    log.write_all(&[event(4)]).expect("write 4");
+    assert_eq!(
+        wait(&log, mark3),
+        Ok(()),
+        "the seal's sync made record 3 durable"
+    );
+    log.cut_back(&stale, &io::Error::other("injected EIO"));
+    log.fail_next_sync();
+    assert!(
+        log.append(&event(5)).is_err(),
+        "a record past the durable point is not durable without a sync"
+    );
+    drop(log);
+    std::fs::remove_dir_all(&next).expect("unblock");
+    // Opening again finishes or undoes the interrupted seal.
+    drop(fx.open());
+    let report = fx.verify();
+    assert!(report.is_ok(), "{:?}", report.first_problem);
+    assert_eq!(report.records, 3);
+}
+
+/// An append whose line waits behind one still being signed waits for it
+/// to land instead of leading syncs that cannot cover it.
+#[test]
+fn a_line_waiting_behind_an_unsigned_one_leads_no_sync() {
+    let fx = Fixture::new(0);
+    let log = Arc::new(fx.open());
+    let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    log.after_reserving(move || {
+        reserved_tx.send(()).expect("send");
+        let _ = go_rx.recv();
+    });
+    let first = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(1)).map(|r| r.seq)
+    });
+    reserved_rx.recv().expect("the first reserved its line");
+    let second = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(2)).map(|r| r.seq)
+    });
+    until_a_thread_waits_for_lines(&log, "the second");
+    let before = log.durable.syncs.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let during = log.durable.syncs.load(std::sync::atomic::Ordering::Relaxed) - before;
+    go_tx.send(()).expect("go");
+    assert_eq!(first.join().expect("first").expect("append"), 1);
+    assert_eq!(second.join().expect("second").expect("append"), 2);
+    assert_eq!(
+        during, 0,
+        "syncs led while the second's line could not land"
+    );
+}
+
+/// A write that fails and cannot be undone while a seal waits for it: the
+/// seal does not seal a segment ending in half a line, and the appender
+/// that waited is refused as the log is, broken.
+#[test]
+fn a_seal_waiting_for_a_line_that_breaks_the_log_does_not_seal() {
+    let fx = Fixture::new(2);
+    let log = Arc::new(sealing_after_one_more(&fx));
+    let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    log.after_reserving(move || {
+        reserved_tx.send(()).expect("send");
+        let _ = go_rx.recv();
+    });
+    let broken = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(3))
+    });
+    reserved_rx.recv().expect("record 3 reserved");
+    let sealing = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || log.append(&event(4))
+    });
+    until_a_thread_waits_for_lines(&log, "the seal");
+    log.inject(Fault::PartialWriteNoRollback(40));
+    go_tx.send(()).expect("go");
+    let err = broken
+        .join()
+        .expect("thread")
+        .expect_err("the write failed");
+    assert!(
+        matches!(
+            err,
+            AuditError::Write {
+                rolled_back: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = sealing
+        .join()
+        .expect("thread")
+        .expect_err("the log is broken");
+    assert!(matches!(err, AuditError::Broken { .. }), "{err}");
+    let segments = segments::segments(&fx.log).expect("list");
+    assert_eq!(segments.len(), 1, "nothing was sealed");
+}
