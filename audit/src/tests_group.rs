@@ -335,7 +335,7 @@ fn eventually(what: &str, done: impl Fn() -> bool) {
 
 /// An append paused after reserving its line, before signing it; the
 /// returned sender lets it go on.
-fn pause_next_append(
+pub(crate) fn pause_next_append(
     log: &AuditLog,
 ) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
     let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();

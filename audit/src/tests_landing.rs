@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::tests::{Fixture, event};
+use crate::tests_group::pause_next_append;
 
 /// Waits for `mark` as a blocking appender does.
 fn wait(log: &AuditLog, mark: Mark) -> Result<(), Cut> {
@@ -106,12 +107,7 @@ fn a_failed_sync_during_a_failed_seal_keeps_the_durable_record() {
 fn a_line_waiting_behind_an_unsigned_one_leads_no_sync() {
     let fx = Fixture::new(0);
     let log = Arc::new(fx.open());
-    let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    log.after_reserving(move || {
-        reserved_tx.send(()).expect("send");
-        let _ = go_rx.recv();
-    });
+    let (reserved_rx, go_tx) = pause_next_append(&log);
     let first = std::thread::spawn({
         let log = Arc::clone(&log);
         move || log.append(&event(1)).map(|r| r.seq)
@@ -141,12 +137,7 @@ fn a_line_waiting_behind_an_unsigned_one_leads_no_sync() {
 fn a_seal_waiting_for_a_line_that_breaks_the_log_does_not_seal() {
     let fx = Fixture::new(2);
     let log = Arc::new(sealing_after_one_more(&fx));
-    let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    log.after_reserving(move || {
-        reserved_tx.send(()).expect("send");
-        let _ = go_rx.recv();
-    });
+    let (reserved_rx, go_tx) = pause_next_append(&log);
     let broken = std::thread::spawn({
         let log = Arc::clone(&log);
         move || log.append(&event(3))
