@@ -70,6 +70,11 @@ pub(super) struct Durable {
     wake: Condvar,
     /// Bumped with every change of the durable point, for async waiters.
     changed: tokio::sync::watch::Sender<()>,
+    /// Held across every sync of the log's file; whether one failed since
+    /// the last cut-back. A file's write-back error is reported to one
+    /// `fsync` of its open file only: two at once could both miss it, so
+    /// they take turns, and a failure stays known until the log is cut.
+    sync_failed: Mutex<bool>,
     #[cfg(test)]
     pub fail_next_sync: std::sync::atomic::AtomicBool,
     /// Group syncs run.
@@ -100,6 +105,7 @@ impl Durable {
             }),
             wake: Condvar::new(),
             changed: tokio::sync::watch::Sender::new(()),
+            sync_failed: Mutex::new(false),
             #[cfg(test)]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
@@ -136,10 +142,55 @@ impl Durable {
         }
     }
 
-    /// The last durable point: its length and head.
-    pub fn point(&self) -> (u64, Option<AuditHead>) {
-        let s = self.lock();
-        (s.len, s.head.clone())
+    /// Starts cutting the file back to the durable point after a failed
+    /// sync: epoch `epoch` begins now, before the file is cut, so a sync
+    /// that succeeds meanwhile publishes nothing of the epoch being cut.
+    /// Returns the point to cut back to; [`Durable::finish_cut`] follows.
+    pub fn begin_cut(&self, epoch: u64, error: &io::Error) -> (u64, Option<AuditHead>) {
+        let mut s = self.lock();
+        if epoch > s.epoch {
+            s.epoch = epoch;
+            s.kept = s.len;
+            s.cut = Some((error.kind(), error.to_string(), true));
+        }
+        let point = (s.len, s.head.clone());
+        drop(s);
+        // What the failed sync lost lies past the durable point, and is
+        // cut now: the cut's own sync, and later ones, judge what follows.
+        *self.sync_failed.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        point
+    }
+
+    /// The cut begun by [`Durable::begin_cut`] is done (`clean`: the file
+    /// was cut back): the callers it refused are told.
+    pub fn finish_cut(&self, clean: bool) {
+        let mut s = self.lock();
+        if let Some(cut) = s.cut.as_mut() {
+            cut.2 = clean;
+        }
+        drop(s);
+        self.notify();
+    }
+
+    /// As if another sync of the file had just failed.
+    #[cfg(test)]
+    pub fn sync_failed_elsewhere(&self) {
+        *self.sync_failed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Syncs the log's file, in turn with every other sync of it; fails
+    /// while an earlier sync's failure has not been cut back.
+    pub fn sync_in_turn(&self, file: &File) -> io::Result<()> {
+        let mut failed = self.sync_failed.lock().unwrap_or_else(|p| p.into_inner());
+        let result = file.sync_data();
+        if result.is_err() {
+            *failed = true;
+        } else if *failed {
+            return Err(io::Error::other(
+                "an earlier sync of the audit log failed and the log is not cut back yet",
+            ));
+        }
+        result
     }
 
     /// Why the last epoch ended, if one did.
@@ -163,20 +214,6 @@ impl Durable {
         self.changed.send_replace(());
     }
 
-    /// A copy of the state, as a leader takes it before it syncs.
-    #[cfg(test)]
-    pub fn snapshot(&self) -> Synced {
-        let s = self.lock();
-        Synced {
-            epoch: s.epoch,
-            len: s.len,
-            head: s.head.clone(),
-            syncing: true,
-            cut: None,
-            kept: s.len,
-        }
-    }
-
     /// The head of the last durable record.
     pub fn head(&self) -> Option<AuditHead> {
         self.lock().head.clone()
@@ -185,13 +222,13 @@ impl Durable {
     /// Blocks until `mark` is durable (`Ok`) or was cut after a failed sync
     /// (`Err` with the error kind, message and whether the cut succeeded).
     /// `written` reads how far the chain has been written (under the chain
-    /// lock); `cut` cuts the chain back to the given durable point and
-    /// returns the new epoch and whether the file was cut cleanly.
+    /// lock); `cut` cuts the chain back to the durable point after a
+    /// failed sync ([`Durable::begin_cut`], [`Durable::finish_cut`]).
     pub fn wait(
         &self,
         mark: Mark,
         written: impl Fn() -> Written,
-        cut: impl Fn(&Synced, &io::Error) -> (u64, bool),
+        cut: impl Fn(&io::Error),
     ) -> Result<(), Cut> {
         let mut s = self.lock();
         loop {
@@ -227,11 +264,7 @@ impl Durable {
     /// Syncs what was written and publishes the new durable point (or cuts
     /// the chain back after a failed sync): the leader's work, run by the
     /// caller that found no sync running.
-    pub fn lead(
-        &self,
-        written: impl Fn() -> Written,
-        cut: impl Fn(&Synced, &io::Error) -> (u64, bool),
-    ) {
+    pub fn lead(&self, written: impl Fn() -> Written, cut: impl Fn(&io::Error)) {
         let w = written();
         let result = self.sync(&w.file);
         let mut s = match result {
@@ -244,27 +277,10 @@ impl Durable {
                 s
             }
             Err(e) => {
-                // `cut` takes the chain lock, then ours: the same order
-                // as appenders (chain, released, then ours).
-                let snapshot = {
-                    let s = self.lock();
-                    Synced {
-                        epoch: s.epoch,
-                        len: s.len,
-                        head: s.head.clone(),
-                        syncing: true,
-                        cut: None,
-                        kept: s.len,
-                    }
-                };
-                let (epoch, clean) = cut(&snapshot, &e);
-                let mut s = self.lock();
-                if epoch > s.epoch {
-                    s.epoch = epoch;
-                    s.kept = snapshot.len;
-                    s.cut = Some((e.kind(), e.to_string(), clean));
-                }
-                s
+                // `cut` takes the landing's lock, then ours: the order of
+                // every path that takes both.
+                cut(&e);
+                self.lock()
             }
         };
         s.syncing = false;
@@ -287,9 +303,10 @@ impl Durable {
             .fail_next_sync
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
+            *self.sync_failed.lock().unwrap_or_else(|p| p.into_inner()) = true;
             return Err(io::Error::other("injected sync failure"));
         }
-        file.sync_data()
+        self.sync_in_turn(file)
     }
 }
 
@@ -297,7 +314,7 @@ impl Durable {
 fn settled(s: &Synced, mark: Mark) -> Option<Result<(), Cut>> {
     match mark.epoch.cmp(&s.epoch) {
         // Kept by the last cut: settles as this epoch's records do.
-        std::cmp::Ordering::Less if mark.epoch + 1 == s.epoch && mark.end <= s.kept => {
+        std::cmp::Ordering::Less if s.epoch - 1 == mark.epoch && mark.end <= s.kept => {
             (s.len >= mark.end).then_some(Ok(()))
         }
         std::cmp::Ordering::Less => Some(Err(s.cut.clone().unwrap_or((

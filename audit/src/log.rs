@@ -146,8 +146,7 @@ struct LeadTurn {
 impl LeadTurn {
     fn lead(mut self) {
         let log = &self.log;
-        log.durable
-            .lead(|| log.written(), |at, e| log.cut_back(at, e));
+        log.durable.lead(|| log.written(), |e| log.cut_back(e));
         self.done = true;
     }
 }
@@ -311,7 +310,7 @@ impl AuditLog {
         };
         self.wait_landed(mark)?;
         self.durable
-            .wait(mark, || self.written(), |at, e| self.cut_back(at, e))
+            .wait(mark, || self.written(), |e| self.cut_back(e))
             .map_err(|cut| self.not_durable(first, cut))?;
         self.send_copies(&records, &lines);
         Ok(records)
@@ -447,23 +446,22 @@ impl AuditLog {
 
     /// Cuts the chain back to the durable point `at` after the sync failed
     /// with `e`; returns the new epoch and whether the file was cut cleanly.
-    fn cut_back(&self, _at: &super::durable::Synced, e: &io::Error) -> (u64, bool) {
+    fn cut_back(&self, e: &io::Error) {
         let mut landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
-        self.cut_back_locked(&mut landing, e)
+        self.cut_back_locked(&mut landing, e);
     }
 
     /// [`AuditLog::cut_back`] with the landing held. The durable point is
-    /// read again here, not taken from the failed sync's start: a seal may
-    /// have moved it since (and begun a new segment there).
-    fn cut_back_locked(&self, landing: &mut Landing, e: &io::Error) -> (u64, bool) {
-        let (len, head) = self.durable.point();
+    /// taken here, not where the failed sync began: a seal may have moved
+    /// it since (and begun a new segment there); and the new epoch begins
+    /// before the file is cut, so no sync publishes what is cut.
+    fn cut_back_locked(&self, landing: &mut Landing, e: &io::Error) {
+        let (len, head) = self.durable.begin_cut(landing.epoch + 1, e);
         tracing::error!(error = %e, kept = head.as_ref().map_or(0, |h| h.seq),
             "audit log sync failed; cutting it back to its last durable record");
-        let clean = landing.cut_back_to(len, head);
-        self.durable
-            .cut(landing.epoch, len, (e.kind(), e.to_string(), clean));
+        let clean = landing.cut_back_to(len, head, &self.durable);
+        self.durable.finish_cut(clean);
         self.wake_sleepers(landing);
-        (landing.epoch, clean)
     }
 
     /// Wakes the threads waiting for lines to land, if any.
@@ -663,7 +661,7 @@ impl AuditLog {
             let next = next.remove();
             if let Err(source) = landing.write_line(&next.line) {
                 let (end, head) = (landing.end, landing.head.clone());
-                let rolled_back = landing.cut_back_to(end, head);
+                let rolled_back = landing.cut_back_to(end, head, &self.durable);
                 self.durable.cut(
                     landing.epoch,
                     end,
@@ -702,7 +700,7 @@ impl AuditLog {
             return;
         }
         let (end, head) = (landing.end, landing.head.clone());
-        let clean = landing.cut_back_to(end, head);
+        let clean = landing.cut_back_to(end, head, &self.durable);
         let why = "an append was abandoned before its records were written".to_string();
         self.durable
             .cut(landing.epoch, end, (io::ErrorKind::Other, why, clean));
@@ -771,7 +769,7 @@ impl AuditLog {
         if tail.first.is_none() {
             return;
         }
-        if let Err(e) = landing.file.sync_data() {
+        if let Err(e) = self.durable.sync_in_turn(&landing.file) {
             // As a failed group sync: what it covered may be lost (and the
             // file's error is reported once, so the next sync would not say).
             self.cut_back_locked(&mut landing, &e);
@@ -931,18 +929,18 @@ impl Landing {
     /// every line still waiting, or reserved and not yet deposited, is
     /// refused. Whether the file was cut cleanly; if not, the log refuses
     /// everything from now on.
-    fn cut_back_to(&mut self, end: u64, head: Option<AuditHead>) -> bool {
+    fn cut_back_to(&mut self, end: u64, head: Option<AuditHead>, durable: &Durable) -> bool {
         self.end = end.max(self.base);
         self.head = head;
         self.epoch += 1;
         self.waiting.clear();
-        let clean = self.roll_back().is_ok();
+        let clean = self.roll_back(durable).is_ok();
         self.broken |= !clean;
         clean
     }
 
     /// Cuts off whatever a failed write left, so the log ends in a whole record.
-    fn roll_back(&mut self) -> io::Result<()> {
+    fn roll_back(&mut self, durable: &Durable) -> io::Result<()> {
         #[cfg(test)]
         if let Some(fault) = self.fault.take()
             && matches!(fault, Fault::PartialWriteNoRollback(_))
@@ -950,7 +948,7 @@ impl Landing {
             return Err(io::Error::other("injected rollback failure"));
         }
         self.file.set_len(self.end - self.base)?;
-        self.file.sync_data()
+        durable.sync_in_turn(&self.file)
     }
 }
 

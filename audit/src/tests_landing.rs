@@ -10,7 +10,7 @@ use crate::tests_group::pause_next_append;
 /// Waits for `mark` as a blocking appender does.
 fn wait(log: &AuditLog, mark: Mark) -> Result<(), Cut> {
     log.durable
-        .wait(mark, || log.written(), |at, e| log.cut_back(at, e))
+        .wait(mark, || log.written(), |e| log.cut_back(e))
 }
 
 /// Waits up to 10 s until `who` waits for lines to land.
@@ -55,11 +55,11 @@ fn a_failed_sync_during_a_seal_cuts_back_to_the_sealed_point() {
     let fx = Fixture::new(2);
     let log = sealing_after_one_more(&fx);
     let (_, _, mark3) = log.write_all(&[event(3)]).expect("write 3");
-    let stale = log.durable.snapshot();
     let (sealing, _, _) = log.write_all(&[event(4)]).expect("write 4, sealing");
     assert_eq!(sealing[0].seq, 4);
     assert_eq!(wait(&log, mark3), Ok(()), "the seal made record 3 durable");
-    log.cut_back(&stale, &io::Error::other("injected EIO"));
+    // The leader whose sync failed before the seal cuts back only now.
+    log.cut_back(&io::Error::other("injected EIO"));
     let next = log.append(&event(5)).expect("append after the cut");
     assert_eq!(next.seq, 4, "record 4 was cut, record 3 kept");
     drop(log);
@@ -75,7 +75,6 @@ fn a_failed_sync_during_a_failed_seal_keeps_the_durable_record() {
     let fx = Fixture::new(2);
     let log = sealing_after_one_more(&fx);
     let (_, _, mark3) = log.write_all(&[event(3)]).expect("write 3");
-    let stale = log.durable.snapshot();
     // The seal's rename finds a non-empty directory where it links.
     let mut next = fx.log.as_os_str().to_os_string();
     next.push(".next");
@@ -86,7 +85,8 @@ fn a_failed_sync_during_a_failed_seal_keeps_the_durable_record() {
         Ok(()),
         "the seal's sync made record 3 durable"
     );
-    log.cut_back(&stale, &io::Error::other("injected EIO"));
+    // The leader whose sync failed before the seal cuts back only now.
+    log.cut_back(&io::Error::other("injected EIO"));
     log.fail_next_sync();
     assert!(
         log.append(&event(5)).is_err(),
@@ -171,4 +171,20 @@ fn a_seal_waiting_for_a_line_that_breaks_the_log_does_not_seal() {
     assert!(matches!(err, AuditError::Broken { .. }), "{err}");
     let segments = segments::segments(&fx.log).expect("list");
     assert_eq!(segments.len(), 1, "nothing was sealed");
+}
+
+/// A sync that succeeds after another sync of the file failed (which took
+/// the file's error report) does not make anything durable: the log is cut
+/// back first, and the callers refused.
+#[test]
+fn a_sync_after_another_sync_failed_is_not_trusted_until_the_cut() {
+    let fx = Fixture::new(2);
+    let log = fx.open();
+    let (_, _, mark) = log.write_all(&[event(3)]).expect("write");
+    log.durable.sync_failed_elsewhere();
+    assert!(wait(&log, mark).is_err(), "record 3 is not durable");
+    assert_eq!(log.head().map(|h| h.seq), Some(2));
+    assert_eq!(log.append(&event(3)).expect("append after the cut").seq, 3);
+    drop(log);
+    assert_eq!(fx.verify().records, 3);
 }
