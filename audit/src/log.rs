@@ -36,8 +36,9 @@ pub struct AuditLog {
     sink: Option<Sink>,
     tail: Mutex<Tail>,
     landing: Mutex<Landing>,
-    /// Notified when the landing catches up with every reserved line or
-    /// is cut back (a seal waits for that).
+    /// Notified, when a thread sleeps on it, as lines land or the file is
+    /// cut back: a seal waits for every reserved line, a blocking append
+    /// for its own.
     landed: Condvar,
     durable: Durable,
     /// Run once by the next append after it reserved its lines and
@@ -333,14 +334,14 @@ impl AuditLog {
         for event in &events {
             event.check()?;
         }
-        // Sealing records and writing their lines to the page cache takes
-        // tens of microseconds under a short lock: less than handing them to
-        // a blocking thread and back, which was the larger part of an
-        // append's cost. A worker never waits for that lock, though: it may
-        // be held across a segment's seal or a cut-back (syncs and renames),
-        // so a held lock, or a write that could seal, goes to a blocking
-        // thread. (A write that fails here is cut back, and synced, right
-        // here: the disk is failing and the caller is refused.)
+        // Chaining records takes a few microseconds under a short lock, and
+        // signing and writing them tens more after it: less than handing
+        // them to a blocking thread and back, which was the larger part of
+        // an append's cost. A worker never waits for the chain lock, though:
+        // it may be held across a segment's seal (syncs and renames), so a
+        // held lock, or a write that could seal, goes to a blocking thread.
+        // (A write that fails here is cut back, and synced, right here: the
+        // disk is failing and the caller is refused.)
         let inline = match self.tail.try_lock() {
             Ok(tail) if !self.may_seal(&tail, events.len()) => {
                 Some(self.write_locked(tail, &events))
@@ -369,11 +370,10 @@ impl AuditLog {
         // land with it: wait for that rather than lead a sync that cannot
         // cover them. Whoever lands them nudges the waiters.
         loop {
-            let changed = self.durable.subscribe();
+            let mut changed = self.durable.subscribe();
             if self.has_landed(mark)? {
                 break;
             }
-            let mut changed = changed;
             let _ = changed.changed().await;
         }
         loop {
@@ -444,8 +444,8 @@ impl AuditLog {
         }
     }
 
-    /// Cuts the chain back to the durable point `at` after the sync failed
-    /// with `e`; returns the new epoch and whether the file was cut cleanly.
+    /// Cuts the chain back to its durable point after a sync failed with
+    /// `e`: the group sync's answer to a failure.
     fn cut_back(&self, e: &io::Error) {
         let mut landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
         self.cut_back_locked(&mut landing, e);
