@@ -37,14 +37,14 @@ pub(super) struct Mark {
 }
 
 /// The last durable point of the log.
-pub(super) struct Synced {
-    pub epoch: u64,
-    pub len: u64,
+struct Synced {
+    epoch: u64,
+    len: u64,
     /// The head at `len` (`None`: the log is empty there).
-    pub head: Option<AuditHead>,
+    head: Option<AuditHead>,
     syncing: bool,
     /// Why the last epoch ended, for the callers it cut.
-    pub cut: Option<Cut>,
+    cut: Option<Cut>,
     /// Where the last epoch was cut: its records that end there or before
     /// are still in the log and settle as this epoch's do.
     kept: u64,
@@ -133,11 +133,7 @@ impl Durable {
     /// of the epoch before that end past `kept` are refused with `cut`
     /// (and any of an older epoch still waiting).
     pub fn cut(&self, epoch: u64, kept: u64, cut: Cut) {
-        let mut s = self.lock();
-        if epoch > s.epoch {
-            s.epoch = epoch;
-            s.kept = kept;
-            s.cut = Some(cut);
+        if self.lock().begin_epoch(epoch, kept, cut) {
             self.notify();
         }
     }
@@ -148,11 +144,8 @@ impl Durable {
     /// Returns the point to cut back to; [`Durable::finish_cut`] follows.
     pub fn begin_cut(&self, epoch: u64, error: &io::Error) -> (u64, Option<AuditHead>) {
         let mut s = self.lock();
-        if epoch > s.epoch {
-            s.epoch = epoch;
-            s.kept = s.len;
-            s.cut = Some((error.kind(), error.to_string(), true));
-        }
+        let kept = s.len;
+        s.begin_epoch(epoch, kept, (error.kind(), error.to_string(), true));
         let point = (s.len, s.head.clone());
         drop(s);
         // What the failed sync lost lies past the durable point, and is
@@ -310,6 +303,21 @@ impl Durable {
     }
 }
 
+impl Synced {
+    /// Epoch `epoch` begins, if it is newer: records of the one before
+    /// that end at or before `kept` remain; `cut` says why the rest went.
+    /// Whether it began.
+    fn begin_epoch(&mut self, epoch: u64, kept: u64, cut: Cut) -> bool {
+        let newer = epoch > self.epoch;
+        if newer {
+            self.epoch = epoch;
+            self.kept = kept;
+            self.cut = Some(cut);
+        }
+        newer
+    }
+}
+
 /// Whether `mark` is durable (`Ok`), cut (`Err`), or still pending (`None`).
 fn settled(s: &Synced, mark: Mark) -> Option<Result<(), Cut>> {
     match mark.epoch.cmp(&s.epoch) {
@@ -322,7 +330,8 @@ fn settled(s: &Synced, mark: Mark) -> Option<Result<(), Cut>> {
             "the log was cut back after a failed sync".into(),
             true,
         )))),
-        // Written after a cut-back this state has not learnt of yet.
+        // Not reached (a cut's epoch begins here before any append can
+        // reserve in it); pending is the safe answer.
         std::cmp::Ordering::Greater => None,
         std::cmp::Ordering::Equal => (s.len >= mark.end).then_some(Ok(())),
     }

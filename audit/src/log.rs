@@ -349,9 +349,7 @@ impl AuditLog {
             Ok(_) | Err(std::sync::TryLockError::WouldBlock) => None,
             // A panic while appending may have left half a line: refuse.
             Err(std::sync::TryLockError::Poisoned(_)) => {
-                return Err(AuditError::Broken {
-                    path: self.path.clone(),
-                });
+                return Err(self.broken());
             }
         };
         let (records, lines, mark) = match inline {
@@ -474,23 +472,18 @@ impl AuditLog {
     /// Whether the lines up to `mark` have landed (or were cut: the durable
     /// wait then says so).
     fn has_landed(&self, mark: Mark) -> Result<bool, AuditError> {
-        let landing = self.landing()?;
-        Ok(landing.epoch != mark.epoch || landing.end >= mark.end)
+        Ok(self.landing()?.reached(mark))
     }
 
     /// Blocks until the lines up to `mark` have landed or were cut.
     fn wait_landed(&self, mark: Mark) -> Result<(), AuditError> {
         let mut landing = self.landing()?;
-        while landing.epoch == mark.epoch && landing.end < mark.end {
+        while !landing.reached(mark) {
             landing.sleepers += 1;
-            landing = self.landed.wait(landing).map_err(|_| AuditError::Broken {
-                path: self.path.clone(),
-            })?;
+            landing = self.landed.wait(landing).map_err(|_| self.broken())?;
             landing.sleepers -= 1;
             if landing.broken {
-                return Err(AuditError::Broken {
-                    path: self.path.clone(),
-                });
+                return Err(self.broken());
             }
         }
         Ok(())
@@ -578,8 +571,7 @@ impl AuditLog {
         };
         let (first_seq, first_ms) = (first.seq, first.unix_ms);
         let batch_len = sealed.iter().map(|(_, _, line)| line.len()).sum();
-        self.seal_if_due(&mut tail, batch_len, first_ms);
-        drop(self.landing()?);
+        self.seal_if_due(&mut tail, batch_len, first_ms)?;
         if tail.epoch != epoch {
             // Cut back while the seal waited: these were chained to lines
             // that are gone.
@@ -660,14 +652,7 @@ impl AuditLog {
             }
             let next = next.remove();
             if let Err(source) = landing.write_line(&next.line) {
-                let (end, head) = (landing.end, landing.head.clone());
-                let rolled_back = landing.cut_back_to(end, head, &self.durable);
-                self.durable.cut(
-                    landing.epoch,
-                    end,
-                    (source.kind(), source.to_string(), rolled_back),
-                );
-                self.wake_sleepers(landing);
+                let rolled_back = self.cut_to_landed(landing, source.kind(), source.to_string());
                 let error = AuditError::Write {
                     path: self.path.clone(),
                     seq: next.head.seq,
@@ -699,12 +684,19 @@ impl AuditLog {
         if landing.epoch != epoch {
             return;
         }
+        let why = "an append was abandoned before its records were written";
+        self.cut_to_landed(&mut landing, io::ErrorKind::Other, why.to_string());
+    }
+
+    /// Cuts the file back to the lines landed so far (what a failed or
+    /// abandoned write left after them goes) and refuses every line not
+    /// landed, telling their callers `why`; whether the cut was clean.
+    fn cut_to_landed(&self, landing: &mut Landing, kind: io::ErrorKind, why: String) -> bool {
         let (end, head) = (landing.end, landing.head.clone());
         let clean = landing.cut_back_to(end, head, &self.durable);
-        let why = "an append was abandoned before its records were written".to_string();
-        self.durable
-            .cut(landing.epoch, end, (io::ErrorKind::Other, why, clean));
-        self.wake_sleepers(&landing);
+        self.durable.cut(landing.epoch, end, (kind, why, clean));
+        self.wake_sleepers(landing);
+        clean
     }
 
     /// The error for records reserved before a cut-back that removed their
@@ -734,47 +726,46 @@ impl AuditLog {
     /// group sync only ever needs the active file. A failed sealing is
     /// logged and retried a minute later; meanwhile records go on into the
     /// current segment.
-    fn seal_if_due(&self, tail: &mut Tail, line_len: usize, now_ms: i64) {
+    fn seal_if_due(&self, tail: &mut Tail, line_len: usize, now_ms: i64) -> Result<(), AuditError> {
         let Some((first_seq, first_ms)) = tail.first else {
-            return;
+            return Ok(());
         };
         if now_ms < tail.seal_retry_ms
             || !self
                 .rotation
                 .due(tail.len - tail.base, Some(first_ms), line_len, now_ms)
         {
-            return;
+            return Ok(());
         }
         // The lines reserved before this are being signed on other threads,
         // none of which needs the chain lock held here to land them.
         // (A broken or poisoned landing is not sealed: the caller refuses.)
-        let Ok(mut landing) = self.landing() else {
-            return;
-        };
+        let mut landing = self.landing()?;
         loop {
             tail.catch_up(&landing);
             if landing.end >= tail.len {
                 break;
             }
             landing.sleepers += 1;
-            let Ok(woken) = self.landed.wait(landing) else {
-                return;
-            };
-            landing = woken;
+            landing = self.landed.wait(landing).map_err(|_| self.broken())?;
             landing.sleepers -= 1;
             if landing.broken {
-                return;
+                return Err(self.broken());
             }
         }
         if tail.first.is_none() {
-            return;
+            return Ok(());
         }
         if let Err(e) = self.durable.sync_in_turn(&landing.file) {
             // As a failed group sync: what it covered may be lost (and the
             // file's error is reported once, so the next sync would not say).
             self.cut_back_locked(&mut landing, &e);
             tail.catch_up(&landing);
-            return;
+            return if landing.broken {
+                Err(self.broken())
+            } else {
+                Ok(())
+            };
         }
         let head = AuditHead {
             seq: tail.seq,
@@ -800,6 +791,7 @@ impl AuditLog {
                 tail.seal_retry_ms = now_ms.saturating_add(60_000);
             }
         }
+        Ok(())
     }
 
     /// The last durable record's place, `None` while the log is empty.
@@ -876,9 +868,7 @@ impl AuditLog {
 
     fn lock(&self) -> Result<MutexGuard<'_, Tail>, AuditError> {
         // A panic while chaining may have left the tail half updated: refuse.
-        self.tail.lock().map_err(|_| AuditError::Broken {
-            path: self.path.clone(),
-        })
+        self.tail.lock().map_err(|_| self.broken())
     }
 
     /// The landing, unless a write could not be undone (or a panic while
@@ -886,9 +876,14 @@ impl AuditLog {
     fn landing(&self) -> Result<MutexGuard<'_, Landing>, AuditError> {
         match self.landing.lock() {
             Ok(landing) if !landing.broken => Ok(landing),
-            _ => Err(AuditError::Broken {
-                path: self.path.clone(),
-            }),
+            _ => Err(self.broken()),
+        }
+    }
+
+    /// The error of a log that refuses every append until it is reopened.
+    fn broken(&self) -> AuditError {
+        AuditError::Broken {
+            path: self.path.clone(),
         }
     }
 }
@@ -912,6 +907,12 @@ impl Tail {
 }
 
 impl Landing {
+    /// Whether the lines up to `mark` have landed, or were cut (the
+    /// durable wait then says so).
+    fn reached(&self, mark: Mark) -> bool {
+        self.epoch != mark.epoch || self.end >= mark.end
+    }
+
     /// One `write_all` (O_APPEND puts it at the end); the group sync
     /// ([`Durable::wait`]) makes it durable.
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {

@@ -322,7 +322,7 @@ fn a_lead_turn_that_never_runs_gives_the_lead_back() {
 }
 
 /// Waits up to 10 s for `done`.
-fn eventually(what: &str, done: impl Fn() -> bool) {
+pub(crate) fn eventually(what: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !done() {
         assert!(
@@ -331,6 +331,15 @@ fn eventually(what: &str, done: impl Fn() -> bool) {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// `log.append(&event(i))` on a thread of its own.
+pub(crate) fn append_on_a_thread(
+    log: &Arc<AuditLog>,
+    i: usize,
+) -> std::thread::JoinHandle<Result<AuditRecord, AuditError>> {
+    let log = Arc::clone(log);
+    std::thread::spawn(move || log.append(&event(i)))
 }
 
 /// An append paused after reserving its line, before signing it; the
@@ -355,15 +364,9 @@ fn records_are_signed_outside_the_chain_lock_and_land_in_chain_order() {
     let fx = Fixture::new(0);
     let log = Arc::new(fx.open());
     let (reserved, go) = pause_next_append(&log);
-    let first = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(1)).expect("first append").seq
-    });
+    let first = append_on_a_thread(&log, 1);
     reserved.recv().expect("the first append reserved its line");
-    let second = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(2)).expect("second append").seq
-    });
+    let second = append_on_a_thread(&log, 2);
     eventually("the second append chains while the first signs", || {
         log.chained_seq() == 2
     });
@@ -378,8 +381,10 @@ fn records_are_signed_outside_the_chain_lock_and_land_in_chain_order() {
         "the second is not durable before the first"
     );
     go.send(()).expect("let the first go on");
-    assert_eq!(first.join().expect("first"), 1);
-    assert_eq!(second.join().expect("second"), 2);
+    let first = first.join().expect("first").expect("first append");
+    let second = second.join().expect("second").expect("second append");
+    assert_eq!(first.seq, 1);
+    assert_eq!(second.seq, 2);
     drop(log);
     assert_eq!(fx.verify().records, 2);
 }
@@ -393,15 +398,9 @@ fn a_failed_write_refuses_the_lines_waiting_behind_it() {
     let log = Arc::new(fx.open());
     let size = std::fs::metadata(&fx.log).expect("stat").len();
     let (reserved, go) = pause_next_append(&log);
-    let first = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(4))
-    });
+    let first = append_on_a_thread(&log, 4);
     reserved.recv().expect("the first append reserved its line");
-    let second = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(5))
-    });
+    let second = append_on_a_thread(&log, 5);
     eventually("the second append chains", || log.chained_seq() == 5);
     log.inject(Fault::PartialWrite(40));
     go.send(()).expect("let the first go on");
@@ -425,18 +424,11 @@ fn an_append_abandoned_before_its_line_landed_does_not_block_the_next() {
     let fx = Fixture::new(3);
     let log = Arc::new(fx.open());
     log.after_reserving(|| panic!("dies while signing"));
-    let died = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(4))
-    })
-    .join();
+    let died = append_on_a_thread(&log, 4).join();
     assert!(died.is_err(), "the hook panicked");
-    let next = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(5)).map(|r| r.seq)
-    });
+    let next = append_on_a_thread(&log, 5);
     eventually("the next append returns", || next.is_finished());
-    assert_eq!(next.join().expect("next").expect("next append"), 4);
+    assert_eq!(next.join().expect("next").expect("next append").seq, 4);
     drop(log);
     assert_eq!(fx.verify().records, 4);
 }

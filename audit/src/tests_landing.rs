@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::tests::{Fixture, event};
-use crate::tests_group::pause_next_append;
+use crate::tests_group::{append_on_a_thread, eventually, pause_next_append};
 
 /// Waits for `mark` as a blocking appender does.
 fn wait(log: &AuditLog, mark: Mark) -> Result<(), Cut> {
@@ -15,11 +15,9 @@ fn wait(log: &AuditLog, mark: Mark) -> Result<(), Cut> {
 
 /// Waits up to 10 s until `who` waits for lines to land.
 fn until_a_thread_waits_for_lines(log: &AuditLog, who: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !log.landing.lock().is_ok_and(|l| l.sleepers > 0) {
-        assert!(std::time::Instant::now() < deadline, "{who} never waited");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    eventually(&format!("{who} waits for lines to land"), || {
+        log.landing.lock().is_ok_and(|l| l.sleepers > 0)
+    });
 }
 
 /// A log sealing a segment at the record after the next.
@@ -108,22 +106,16 @@ fn a_line_waiting_behind_an_unsigned_one_leads_no_sync() {
     let fx = Fixture::new(0);
     let log = Arc::new(fx.open());
     let (reserved_rx, go_tx) = pause_next_append(&log);
-    let first = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(1)).map(|r| r.seq)
-    });
+    let first = append_on_a_thread(&log, 1);
     reserved_rx.recv().expect("the first reserved its line");
-    let second = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(2)).map(|r| r.seq)
-    });
+    let second = append_on_a_thread(&log, 2);
     until_a_thread_waits_for_lines(&log, "the second");
     let before = log.durable.syncs.load(std::sync::atomic::Ordering::Relaxed);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let during = log.durable.syncs.load(std::sync::atomic::Ordering::Relaxed) - before;
     go_tx.send(()).expect("go");
-    assert_eq!(first.join().expect("first").expect("append"), 1);
-    assert_eq!(second.join().expect("second").expect("append"), 2);
+    assert_eq!(first.join().expect("first").expect("append").seq, 1);
+    assert_eq!(second.join().expect("second").expect("append").seq, 2);
     assert_eq!(
         during, 0,
         "syncs led while the second's line could not land"
@@ -138,15 +130,9 @@ fn a_seal_waiting_for_a_line_that_breaks_the_log_does_not_seal() {
     let fx = Fixture::new(2);
     let log = Arc::new(sealing_after_one_more(&fx));
     let (reserved_rx, go_tx) = pause_next_append(&log);
-    let broken = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(3))
-    });
+    let broken = append_on_a_thread(&log, 3);
     reserved_rx.recv().expect("record 3 reserved");
-    let sealing = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || log.append(&event(4))
-    });
+    let sealing = append_on_a_thread(&log, 4);
     until_a_thread_waits_for_lines(&log, "the seal");
     log.inject(Fault::PartialWriteNoRollback(40));
     go_tx.send(()).expect("go");
