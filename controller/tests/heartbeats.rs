@@ -130,6 +130,56 @@ async fn a_heartbeat_naming_another_nodes_volume_learns_nothing() {
     assert!(volumes(&f).contains(&"vol-other".to_string()));
 }
 
+/// A heartbeat judges again only what its node lists and what it stopped
+/// listing, unless a pod stopped running on the node since all its
+/// records were last judged: vol-gone, dropped from the list, is released
+/// at once; vol-run, dropped while its pod still ran, is released at the
+/// first heartbeat after that pod leaves the view, though the node's
+/// list did not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_dropped_while_its_pod_ran_is_released_once_the_pod_leaves() {
+    let f = files();
+    let c = Running::start(&f.config).await;
+    let first = heartbeat(&c, "node-2", &["vol-run", "vol-gone"]).await;
+    assert_eq!(first.stale_volume_ids, ["vol-gone"]);
+    heartbeat(&c, "node-2", &[]).await;
+    assert_eq!(released(&f), ["node-2 vol-gone"]);
+    heartbeat(&c, "node-2", &[]).await;
+    assert_eq!(released(&f), ["node-2 vol-gone"], "web-0 still runs");
+
+    // web-0 leaves (the pods file is re-read); its wipe is audited once
+    // the view has dropped it.
+    std::fs::write(f.path("pods.toml"), "").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !audited(&f, Action::Revoke, "vol-run") {
+        assert!(std::time::Instant::now() < deadline, "web-0 never left");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    heartbeat(&c, "node-2", &[]).await;
+    assert_eq!(released(&f), ["node-2 vol-gone", "node-2 vol-run"]);
+    c.stop().await;
+    assert_eq!(volumes(&f), ["vol-other"]);
+}
+
+fn audited(f: &Files, action: Action, subject: &str) -> bool {
+    kcred_audit::query(&f.config.audit_log, &Default::default())
+        .unwrap()
+        .iter()
+        .any(|r| r.action == action && r.subject == subject)
+}
+
+/// "node volume" of every release audited so far, sorted.
+fn released(f: &Files) -> Vec<String> {
+    let mut released: Vec<_> = kcred_audit::query(&f.config.audit_log, &Default::default())
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == Action::Release)
+        .map(|r| format!("{} {}", r.node, r.subject))
+        .collect();
+    released.sort();
+    released
+}
+
 /// The scale: node-2's heartbeat among 100,000 records of 10,000
 /// other nodes (some revoked, one naming node-2's own pod) is answered
 /// and released exactly as it is alone: a heartbeat reads its node's own

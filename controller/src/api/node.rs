@@ -83,8 +83,12 @@ pub(super) async fn beat(
         }
     }
     .map_err(Status::from)?;
-    st.held
-        .heard(node, answer.listed, kcred_audit::timefmt::now_unix());
+    st.held.heard(
+        node,
+        answer.listed,
+        kcred_audit::timefmt::now_unix(),
+        answer.swept,
+    );
     heartbeat::release(st, node, answer.releasable).await;
     Ok(answer.response)
 }

@@ -15,7 +15,11 @@
 //!
 //! A heartbeat costs what its node holds: it reads the node's own entries
 //! of the in-memory issued-volume index ([`crate::issued::Issued::with_node`])
-//! and one pod lookup per volume, never the whole table nor the store.
+//! and one pod lookup per volume it lists, never the whole table nor the
+//! store. The records the node does not list are judged all again only
+//! when a pod stopped running on the node since the last such sweep (or
+//! after [`crate::nodes::held::SWEEP_EVERY_SECS`]); otherwise only those
+//! it stopped listing are ([`crate::nodes::held::Held::unlisted`]).
 //! (When a release or a revocation holds the index's lock across a store
 //! write, the handler waits for it on a blocking thread; otherwise it
 //! answers at once, without the hop.) Only a release
@@ -27,6 +31,7 @@ use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::{HeartbeatResponse, Reason};
 
 use crate::issued::{Placement, PlacementRef};
+use crate::nodes::held::{Sweep, Unlisted};
 use crate::reasons::Refusal;
 use crate::state::ControllerState;
 
@@ -43,6 +48,8 @@ pub struct Answer {
     pub releasable: Vec<Placement>,
     /// The node's recorded volumes it listed (for [`crate::nodes::held`]).
     pub listed: Vec<Arc<str>>,
+    /// The sweep to remember with them.
+    pub swept: Sweep,
 }
 
 /// The verdict on the volumes `node` says it holds, waiting for the
@@ -87,6 +94,12 @@ fn judge(
     let mut sorted: Vec<&str> = held.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     let listed_by_node = |id: &str| sorted.binary_search(&id).is_ok();
+    // Read before the pod view is: a departure after this is judged
+    // again at the next heartbeat.
+    let departures = st.pods.departures_from(node);
+    let unlisted = st
+        .held
+        .unlisted(node, &sorted, departures, kcred_audit::timefmt::now_unix());
     st.issued.with_node(node, wait, |records| {
         // This node's records only: a volume recorded on another node, or
         // on none (a record lost to a crash must not cut a running pod
@@ -110,12 +123,24 @@ fn judge(
         // the controller's knowledge, never on the node's word alone. An
         // empty list from the node removes nothing whose pod still runs
         // there.
-        let releasable = records
-            .all()
-            .filter(|p| !p.revoked() && !listed_by_node(p.volume_id))
-            .filter(|p| matches!(verdict(st, node, p), Verdict::Stale))
-            .map(|p| p.to_placement())
-            .collect();
+        let releasable = |p: &PlacementRef<'_>| {
+            !p.revoked()
+                && !listed_by_node(p.volume_id)
+                && matches!(verdict(st, node, p), Verdict::Stale)
+        };
+        let releasable = match &unlisted {
+            Unlisted::All(_) => records
+                .all()
+                .filter(releasable)
+                .map(|p| p.to_placement())
+                .collect(),
+            Unlisted::Dropped(ids, _) => ids
+                .iter()
+                .filter_map(|id| records.get(id))
+                .filter(releasable)
+                .map(|p| p.to_placement())
+                .collect(),
+        };
         Ok(Answer {
             response: HeartbeatResponse {
                 lease_ttl_secs: st.leases.ttl().as_secs(),
@@ -124,6 +149,7 @@ fn judge(
             },
             releasable,
             listed,
+            swept: unlisted.sweep(),
         })
     })
 }
@@ -146,7 +172,8 @@ fn verdict(st: &ControllerState, node: &str, p: &PlacementRef<'_>) -> Verdict {
 }
 
 /// Forgets released volumes, each audited first (`release`): no record,
-/// no release. The store's deletes run off the async workers.
+/// no release. The store's deletes run off the async workers. Whatever
+/// stays for a failure is judged again at the node's next heartbeat.
 pub async fn release(st: &Arc<ControllerState>, node: &str, released: Vec<Placement>) {
     for p in released {
         let event = AuditEvent::new(Actor::Controller, Action::Release)
@@ -158,20 +185,22 @@ pub async fn release(st: &Arc<ControllerState>, node: &str, released: Vec<Placem
             ));
         if let Err(e) = st.record(vec![event]).await {
             tracing::error!(error = %e, volume = %p.volume_id, "cannot audit a release; the record stays");
+            st.held.sweep_next(node);
             return;
         }
         let state = Arc::clone(st);
         let id = Arc::clone(&p.volume_id);
-        let removed = tokio::task::spawn_blocking(move || state.issued.remove(&id)).await;
+        let removed = match tokio::task::spawn_blocking(move || state.issued.remove(&id)).await {
+            Ok(removed) => removed.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match removed {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 tracing::info!(volume = %p.volume_id, %node, "volume released: its pod is gone")
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, volume = %p.volume_id, "cannot release a volume record")
-            }
             Err(e) => {
-                tracing::warn!(error = %e, volume = %p.volume_id, "cannot release a volume record")
+                tracing::warn!(error = %e, volume = %p.volume_id, "cannot release a volume record");
+                st.held.sweep_next(node);
             }
         }
     }

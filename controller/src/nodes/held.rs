@@ -7,9 +7,20 @@
 //! Only volumes recorded on the node are kept (the ids shared with the
 //! issued-volume index, sorted): "still mounted?" is only asked of
 //! records, and a node's list costs no copy of its names.
+//!
+//! It also tells a heartbeat which records the node does not list need
+//! judging ([`Held::unlisted`]): all of them only when a pod stopped
+//! running on the node since they were last all judged (a sweep), else
+//! only those the node listed last time and no longer does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+/// How long a node goes without a sweep at most. Departures trigger
+/// sweeps; this catches what they cannot see: a record written just after
+/// its pod left (the departure's sweep ran before it existed), or a pod's
+/// node changed under the same UID.
+pub const SWEEP_EVERY_SECS: i64 = 600;
 
 /// A node's last word.
 #[derive(Debug)]
@@ -18,6 +29,35 @@ struct Heard {
     at_unix: i64,
     /// Sorted.
     volumes: Box<[Arc<str>]>,
+    /// When all its unlisted records were last judged.
+    swept: Option<Sweep>,
+}
+
+/// A heartbeat that judged every record of its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// [`crate::pods::PodIndex::departures_from`] the node, read before.
+    departures: u64,
+    /// When (seconds since the epoch).
+    at_unix: i64,
+}
+
+/// Which of its node's records a heartbeat judges besides those listed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unlisted {
+    /// Every record: this heartbeat is a sweep.
+    All(Sweep),
+    /// Only these (listed last time, not now); the last sweep stands.
+    Dropped(Vec<Arc<str>>, Sweep),
+}
+
+impl Unlisted {
+    /// The sweep to remember once this heartbeat is judged.
+    pub fn sweep(&self) -> Sweep {
+        match self {
+            Unlisted::All(s) | Unlisted::Dropped(_, s) => *s,
+        }
+    }
 }
 
 /// Each node's held volumes, from its last heartbeat.
@@ -27,12 +67,42 @@ pub struct Held {
 }
 
 impl Held {
-    /// Remembers a heartbeat's list of the node's recorded volumes.
-    pub fn heard(&self, node: &str, mut volumes: Vec<Arc<str>>, at_unix: i64) {
+    /// Which records a heartbeat from `node` listing `listed` (sorted)
+    /// must judge besides those, `departures` being the node's count read
+    /// now.
+    pub fn unlisted(&self, node: &str, listed: &[&str], departures: u64, now: i64) -> Unlisted {
+        let sweep = Sweep {
+            departures,
+            at_unix: now,
+        };
+        let nodes = crate::locks::read(&self.nodes);
+        let Some(heard) = nodes.get(node) else {
+            return Unlisted::All(sweep);
+        };
+        match heard.swept {
+            Some(last)
+                if last.departures == departures && now - last.at_unix < SWEEP_EVERY_SECS =>
+            {
+                let dropped = heard
+                    .volumes
+                    .iter()
+                    .filter(|v| listed.binary_search(&&***v).is_err())
+                    .cloned()
+                    .collect();
+                Unlisted::Dropped(dropped, last)
+            }
+            _ => Unlisted::All(sweep),
+        }
+    }
+
+    /// Remembers a heartbeat's list of the node's recorded volumes and its
+    /// sweep ([`Unlisted::sweep`]).
+    pub fn heard(&self, node: &str, mut volumes: Vec<Arc<str>>, at_unix: i64, swept: Sweep) {
         volumes.sort_unstable();
         let heard = Heard {
             at_unix,
             volumes: volumes.into_boxed_slice(),
+            swept: Some(swept),
         };
         let mut nodes = crate::locks::write(&self.nodes);
         match nodes.get_mut(node) {
@@ -40,6 +110,14 @@ impl Held {
             None => {
                 nodes.insert(node.to_string(), heard);
             }
+        }
+    }
+
+    /// Makes `node`'s next heartbeat a sweep (a release that failed left
+    /// records no departure will bring back).
+    pub fn sweep_next(&self, node: &str) {
+        if let Some(h) = crate::locks::write(&self.nodes).get_mut(node) {
+            h.swept = None;
         }
     }
 
@@ -62,10 +140,21 @@ impl Held {
 mod tests {
     use super::*;
 
+    fn ids(v: &[&str]) -> Vec<Arc<str>> {
+        v.iter().map(|s| Arc::from(*s)).collect()
+    }
+
+    fn swept(departures: u64, at_unix: i64) -> Sweep {
+        Sweep {
+            departures,
+            at_unix,
+        }
+    }
+
     #[test]
     fn a_volume_left_out_of_a_later_heartbeat_is_not_live() {
         let held = Held::default();
-        held.heard("n1", vec!["b0".into(), "a".into()], 100);
+        held.heard("n1", ids(&["b0", "a"]), 100, swept(0, 100));
         assert!(held.is_live("n1", "a", 90));
         assert!(held.is_live("n1", "b0", 90));
         assert!(
@@ -77,12 +166,52 @@ mod tests {
     #[test]
     fn a_volume_issued_after_the_last_heartbeat_is_live() {
         let held = Held::default();
-        held.heard("n1", vec![], 100);
+        held.heard("n1", vec![], 100, swept(0, 100));
         assert!(
             held.is_live("n1", "new", 100),
             "same second: not yet listed"
         );
         assert!(held.is_live("n1", "new", 105));
         assert!(held.is_live("unheard", "x", 1), "no heartbeat yet");
+    }
+
+    #[test]
+    fn a_steady_node_judges_only_what_it_stopped_listing() {
+        let held = Held::default();
+        assert_eq!(
+            held.unlisted("n1", &["a", "b"], 7, 100),
+            Unlisted::All(swept(7, 100)),
+            "a node never heard is swept"
+        );
+        held.heard("n1", ids(&["b", "a", "c"]), 100, swept(7, 100));
+        assert_eq!(
+            held.unlisted("n1", &["a", "c"], 7, 110),
+            Unlisted::Dropped(ids(&["b"]), swept(7, 100))
+        );
+        assert_eq!(
+            held.unlisted("n1", &["a", "b", "c", "d"], 7, 110),
+            Unlisted::Dropped(vec![], swept(7, 100))
+        );
+    }
+
+    #[test]
+    fn a_departure_a_failed_release_or_time_brings_a_sweep() {
+        let held = Held::default();
+        held.heard("n1", ids(&["a"]), 100, swept(7, 100));
+        assert_eq!(
+            held.unlisted("n1", &["a"], 8, 110),
+            Unlisted::All(swept(8, 110)),
+            "a pod left the node"
+        );
+        let late = 100 + SWEEP_EVERY_SECS;
+        assert_eq!(
+            held.unlisted("n1", &["a"], 7, late),
+            Unlisted::All(swept(7, late))
+        );
+        held.sweep_next("n1");
+        assert_eq!(
+            held.unlisted("n1", &["a"], 7, 110),
+            Unlisted::All(swept(7, 110))
+        );
     }
 }

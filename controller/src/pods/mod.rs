@@ -13,6 +13,7 @@
 //! and every pod first seen finished, is announced once; [`retire`] acts
 //! on them.
 
+mod departures;
 pub mod file_source;
 mod kept;
 pub mod kube_source;
@@ -26,6 +27,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use crate::intern::Interner;
+use departures::Departures;
 use kept::KeptPod;
 
 /// The identity one container runs as, from its `securityContext`
@@ -216,6 +218,7 @@ impl FromIterator<PodInfo> for PodList {
 pub struct PodIndex {
     pods: RwLock<Pods>,
     gone: broadcast::Sender<PodGone>,
+    departures: Departures,
     stale: AtomicBool,
 }
 
@@ -224,6 +227,7 @@ impl Default for PodIndex {
         PodIndex {
             pods: RwLock::default(),
             gone: broadcast::channel(1024).0,
+            departures: Departures::default(),
             stale: AtomicBool::new(false),
         }
     }
@@ -237,11 +241,22 @@ impl PodIndex {
         self.gone.subscribe()
     }
 
+    /// Called once the view shows the pods gone (after its lock is
+    /// released): see [`Departures::count`].
     fn announce(&self, gone: impl IntoIterator<Item = PodGone>) {
         for g in gone {
+            self.departures.count(&g.node);
             // No subscriber is fine.
             let _ = self.gone.send(g);
         }
+    }
+
+    /// A count that moves whenever a pod stops running on `node` (gone,
+    /// replaced or finished); possibly also when one stops on another
+    /// node. Read it before asking the view about the node's pods: a
+    /// heartbeat that saw it unchanged has nothing new to release.
+    pub fn departures_from(&self, node: &str) -> u64 {
+        self.departures.of(node)
     }
 
     /// Whether the view may be behind its source (the API watch is down
