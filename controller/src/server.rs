@@ -694,7 +694,8 @@ impl Controller {
             .http2_max_pending_accept_reset_streams(Some(l.max_concurrent_streams as usize))
             // Dead peers are found and their connections closed.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(crate::api::date_header::layer());
         let incoming = Incoming::new(listener, Arc::clone(&self.state.connections));
         let router = builder
             .add_service(

@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod batch;
+pub(crate) mod date_header;
 mod heartbeats;
 pub mod node;
