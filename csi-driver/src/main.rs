@@ -115,7 +115,14 @@ const BLOCKING_THREADS: usize = 8;
 /// How long an idle blocking thread is kept (tokio's default is 10 s).
 const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
 
+/// glibc's malloc arenas (`kcred_runtime::malloc`): one. A rotation
+/// rewrites volumes on up to [`BLOCKING_THREADS`] threads; with glibc's
+/// arena per thread the driver holding 100 volumes stayed at 15.0-15.3 MiB
+/// of RSS after a rotation, with one arena at 13.8-13.9 MiB.
+const MALLOC_ARENAS: i32 = 1;
+
 fn main() -> anyhow::Result<()> {
+    kcred_runtime::malloc::limit_arenas(MALLOC_ARENAS);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .max_blocking_threads(BLOCKING_THREADS)

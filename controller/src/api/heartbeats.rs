@@ -159,7 +159,10 @@ impl Session {
                 return None;
             }
         };
-        let answer = self.answer(req).await;
+        // Boxed: this future is what an open stream keeps between its
+        // messages, and answering (a heartbeat's verdict, a release's
+        // audit) is deep: inline it made every idle stream hold 9 KiB.
+        let answer = Box::pin(self.answer(req)).await;
         // An error ends the stream (it travels in the trailers); the node
         // opens another.
         self.over = answer.is_err();
@@ -253,6 +256,19 @@ impl Drop for Open {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, R>(_: impl Fn(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// What every open stream keeps between its messages: 10,000 nodes
+    /// hold one each. With the answer's future inline it was 9,120 bytes.
+    #[test]
+    fn an_idle_stream_keeps_little() {
+        let waiting = returned_size(Session::next);
+        assert!(waiting <= 2048, "{waiting} bytes");
+    }
 
     #[test]
     fn a_node_holds_at_most_cap_streams_and_each_ending_frees_its_place() {
