@@ -161,6 +161,27 @@ async fn a_record_dropped_while_its_pod_ran_is_released_once_the_pod_leaves() {
     assert_eq!(volumes(&f), ["vol-other"]);
 }
 
+/// While the pod view is behind its source (a start before the first
+/// list, a watch down), a pod it does not show may run: no volume is
+/// called stale and no record released; once it follows again, they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_behind_its_source_calls_nothing_stale() {
+    let f = files();
+    let c = Running::start(&f.config).await;
+    c.pods.set_stale(true);
+    let behind = heartbeat(&c, "node-2", &["vol-run", "vol-gone"]).await;
+    assert!(behind.stale_volume_ids.is_empty(), "{behind:?}");
+    heartbeat(&c, "node-2", &[]).await;
+    assert!(released(&f).is_empty());
+
+    c.pods.set_stale(false);
+    let current = heartbeat(&c, "node-2", &["vol-run", "vol-gone"]).await;
+    assert_eq!(current.stale_volume_ids, ["vol-gone"]);
+    heartbeat(&c, "node-2", &[]).await;
+    assert_eq!(released(&f), ["node-2 vol-gone"]);
+    c.stop().await;
+}
+
 fn audited(f: &Files, action: Action, subject: &str) -> bool {
     kcred_audit::query(&f.config.audit_log, &Default::default())
         .unwrap()

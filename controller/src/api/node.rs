@@ -83,13 +83,13 @@ pub(super) async fn beat(
         }
     }
     .map_err(Status::from)?;
+    heartbeat::release(st, node, answer.releasable).await;
     st.held.heard(
         node,
         answer.listed,
         kcred_audit::timefmt::now_unix(),
         answer.swept,
     );
-    heartbeat::release(st, node, answer.releasable).await;
     Ok(answer.response)
 }
 
@@ -516,7 +516,11 @@ impl NodeApi {
             revoked: false,
         };
         match self.state.issued.put(&record) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let pods = &self.state.pods;
+                pods.recount_unless_running(&pod.namespace, &pod.name, &pod.uid, ask.node);
+                Ok(())
+            }
             // Revoked while this fetch was in flight: nothing leaves.
             Err(PutError::Revoked(_)) => Err(admission::revoked(
                 ask.volume_id,

@@ -5,7 +5,9 @@
 //!   WIPE, for nodes that missed it);
 //! - **stale**: the volume's pod is gone from the controller's view,
 //!   finished, or bound elsewhere (a node that was lost and came back finds its pods
-//!   rescheduled): the node wipes and unmounts it.
+//!   rescheduled): the node wipes and unmounts it. Never while that view
+//!   is behind its source (not listed yet, or its watch down): a pod it
+//!   does not show may run.
 //!
 //! The node's word never removes the controller's records (a record leaves
 //! when its pod is gone from the controller's own view, audited as
@@ -48,8 +50,9 @@ pub struct Answer {
     pub releasable: Vec<Placement>,
     /// The node's recorded volumes it listed (for [`crate::nodes::held`]).
     pub listed: Vec<Arc<str>>,
-    /// The sweep to remember with them.
-    pub swept: Sweep,
+    /// The sweep to remember with them (`None`: the pod view could not
+    /// tell, so the next heartbeat sweeps).
+    pub swept: Option<Sweep>,
 }
 
 /// The verdict on the volumes `node` says it holds, waiting for the
@@ -97,6 +100,7 @@ fn judge(
     // Read before the pod view is: a departure after this is judged
     // again at the next heartbeat.
     let departures = st.pods.departures_from(node);
+    let view_behind = st.pods.is_stale();
     let unlisted = st
         .held
         .unlisted(node, &sorted, departures, kcred_audit::timefmt::now_unix());
@@ -112,7 +116,7 @@ fn judge(
                 continue;
             };
             listed.push(Arc::clone(p.volume_id));
-            match verdict(st, node, &p) {
+            match verdict(st, node, &p, view_behind) {
                 Verdict::Keep => {}
                 Verdict::Revoked => revoked.push(id.clone()),
                 Verdict::Stale => stale.push(id.clone()),
@@ -126,7 +130,7 @@ fn judge(
         let releasable = |p: &PlacementRef<'_>| {
             !p.revoked()
                 && !listed_by_node(p.volume_id)
-                && matches!(verdict(st, node, p), Verdict::Stale)
+                && matches!(verdict(st, node, p, view_behind), Verdict::Stale)
         };
         let releasable = match &unlisted {
             Unlisted::All(_) => records
@@ -149,7 +153,7 @@ fn judge(
             },
             releasable,
             listed,
-            swept: unlisted.sweep(),
+            swept: (!view_behind).then(|| unlisted.sweep()),
         })
     })
 }
@@ -160,11 +164,14 @@ enum Verdict {
     Stale,
 }
 
-/// Revoked volumes stay mounted, emptied, until their pod goes.
-fn verdict(st: &ControllerState, node: &str, p: &PlacementRef<'_>) -> Verdict {
+/// Revoked volumes stay mounted, emptied, until their pod goes. While the
+/// pod view is behind its source (not listed yet after a start, or its
+/// watch down), a pod it does not show running may well run: nothing is
+/// stale then, and nothing is released.
+fn verdict(st: &ControllerState, node: &str, p: &PlacementRef<'_>, view_behind: bool) -> Verdict {
     if p.revoked() {
         Verdict::Revoked
-    } else if st.pods.runs_on(p.namespace(), p.pod(), p.pod_uid(), node) {
+    } else if view_behind || st.pods.runs_on(p.namespace(), p.pod(), p.pod_uid(), node) {
         Verdict::Keep
     } else {
         Verdict::Stale
@@ -185,7 +192,7 @@ pub async fn release(st: &Arc<ControllerState>, node: &str, released: Vec<Placem
             ));
         if let Err(e) = st.record(vec![event]).await {
             tracing::error!(error = %e, volume = %p.volume_id, "cannot audit a release; the record stays");
-            st.held.sweep_next(node);
+            st.held.release_failed(node);
             return;
         }
         let state = Arc::clone(st);
@@ -200,7 +207,7 @@ pub async fn release(st: &Arc<ControllerState>, node: &str, released: Vec<Placem
             }
             Err(e) => {
                 tracing::warn!(error = %e, volume = %p.volume_id, "cannot release a volume record");
-                st.held.sweep_next(node);
+                st.held.release_failed(node);
             }
         }
     }

@@ -16,21 +16,25 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// How long a node goes without a sweep at most. Departures trigger
-/// sweeps; this catches what they cannot see: a record written just after
-/// its pod left (the departure's sweep ran before it existed), or a pod's
-/// node changed under the same UID.
+/// How long a node goes without a sweep at most. Departures and failed
+/// releases trigger sweeps; this bounds what neither can see, e.g. a
+/// record another controller wrote to the shared store after its pod left.
 pub const SWEEP_EVERY_SECS: i64 = 600;
 
 /// A node's last word.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Heard {
     /// When (seconds since the epoch).
     at_unix: i64,
     /// Sorted.
     volumes: Box<[Arc<str>]>,
-    /// When all its unlisted records were last judged.
+    /// When all its unlisted records were last judged (`None`: never, or
+    /// not on a view that could tell).
     swept: Option<Sweep>,
+    /// Releases on this node that failed, ever. Kept across heartbeats:
+    /// a sweep that saw fewer is out of date, whichever heartbeat stored
+    /// it last.
+    failed: u64,
 }
 
 /// A heartbeat that judged every record of its node.
@@ -38,6 +42,8 @@ struct Heard {
 pub struct Sweep {
     /// [`crate::pods::PodIndex::departures_from`] the node, read before.
     departures: u64,
+    /// [`Heard::failed`], read before.
+    failed: u64,
     /// When (seconds since the epoch).
     at_unix: i64,
 }
@@ -71,17 +77,20 @@ impl Held {
     /// must judge besides those, `departures` being the node's count read
     /// now.
     pub fn unlisted(&self, node: &str, listed: &[&str], departures: u64, now: i64) -> Unlisted {
-        let sweep = Sweep {
-            departures,
-            at_unix: now,
-        };
         let nodes = crate::locks::read(&self.nodes);
         let Some(heard) = nodes.get(node) else {
-            return Unlisted::All(sweep);
+            return Unlisted::All(Sweep {
+                departures,
+                failed: 0,
+                at_unix: now,
+            });
         };
         match heard.swept {
+            // A clock stepped back counts as time up.
             Some(last)
-                if last.departures == departures && now - last.at_unix < SWEEP_EVERY_SECS =>
+                if last.departures == departures
+                    && last.failed == heard.failed
+                    && (0..SWEEP_EVERY_SECS).contains(&(now - last.at_unix)) =>
             {
                 let dropped = heard
                     .volumes
@@ -91,34 +100,51 @@ impl Held {
                     .collect();
                 Unlisted::Dropped(dropped, last)
             }
-            _ => Unlisted::All(sweep),
+            _ => Unlisted::All(Sweep {
+                departures,
+                failed: heard.failed,
+                at_unix: now,
+            }),
         }
     }
 
     /// Remembers a heartbeat's list of the node's recorded volumes and its
-    /// sweep ([`Unlisted::sweep`]).
-    pub fn heard(&self, node: &str, mut volumes: Vec<Arc<str>>, at_unix: i64, swept: Sweep) {
+    /// sweep ([`Unlisted::sweep`]; `None` when it could not judge them all),
+    /// once its releases are done: a heartbeat cut short before that
+    /// leaves the node's previous word, and the next one does its work.
+    pub fn heard(
+        &self,
+        node: &str,
+        mut volumes: Vec<Arc<str>>,
+        at_unix: i64,
+        swept: Option<Sweep>,
+    ) {
         volumes.sort_unstable();
-        let heard = Heard {
-            at_unix,
-            volumes: volumes.into_boxed_slice(),
-            swept: Some(swept),
-        };
+        let volumes = volumes.into_boxed_slice();
         let mut nodes = crate::locks::write(&self.nodes);
         match nodes.get_mut(node) {
-            Some(h) => *h = heard,
+            Some(h) => {
+                h.at_unix = at_unix;
+                h.volumes = volumes;
+                h.swept = swept;
+            }
             None => {
+                let heard = Heard {
+                    at_unix,
+                    volumes,
+                    swept,
+                    failed: 0,
+                };
                 nodes.insert(node.to_string(), heard);
             }
         }
     }
 
-    /// Makes `node`'s next heartbeat a sweep (a release that failed left
-    /// records no departure will bring back).
-    pub fn sweep_next(&self, node: &str) {
-        if let Some(h) = crate::locks::write(&self.nodes).get_mut(node) {
-            h.swept = None;
-        }
+    /// Makes `node`'s next heartbeat a sweep: a release failed, and no
+    /// departure will bring its record back.
+    pub fn release_failed(&self, node: &str) {
+        let mut nodes = crate::locks::write(&self.nodes);
+        nodes.entry(node.to_string()).or_default().failed += 1;
     }
 
     /// Whether `volume_id`, issued on `node` at `issued_unix`, is still
@@ -147,6 +173,7 @@ mod tests {
     fn swept(departures: u64, at_unix: i64) -> Sweep {
         Sweep {
             departures,
+            failed: 0,
             at_unix,
         }
     }
@@ -154,7 +181,7 @@ mod tests {
     #[test]
     fn a_volume_left_out_of_a_later_heartbeat_is_not_live() {
         let held = Held::default();
-        held.heard("n1", ids(&["b0", "a"]), 100, swept(0, 100));
+        held.heard("n1", ids(&["b0", "a"]), 100, Some(swept(0, 100)));
         assert!(held.is_live("n1", "a", 90));
         assert!(held.is_live("n1", "b0", 90));
         assert!(
@@ -166,7 +193,7 @@ mod tests {
     #[test]
     fn a_volume_issued_after_the_last_heartbeat_is_live() {
         let held = Held::default();
-        held.heard("n1", vec![], 100, swept(0, 100));
+        held.heard("n1", vec![], 100, Some(swept(0, 100)));
         assert!(
             held.is_live("n1", "new", 100),
             "same second: not yet listed"
@@ -183,7 +210,7 @@ mod tests {
             Unlisted::All(swept(7, 100)),
             "a node never heard is swept"
         );
-        held.heard("n1", ids(&["b", "a", "c"]), 100, swept(7, 100));
+        held.heard("n1", ids(&["b", "a", "c"]), 100, Some(swept(7, 100)));
         assert_eq!(
             held.unlisted("n1", &["a", "c"], 7, 110),
             Unlisted::Dropped(ids(&["b"]), swept(7, 100))
@@ -195,9 +222,9 @@ mod tests {
     }
 
     #[test]
-    fn a_departure_a_failed_release_or_time_brings_a_sweep() {
+    fn a_departure_time_or_a_view_that_could_not_tell_brings_a_sweep() {
         let held = Held::default();
-        held.heard("n1", ids(&["a"]), 100, swept(7, 100));
+        held.heard("n1", ids(&["a"]), 100, Some(swept(7, 100)));
         assert_eq!(
             held.unlisted("n1", &["a"], 8, 110),
             Unlisted::All(swept(8, 110)),
@@ -208,10 +235,47 @@ mod tests {
             held.unlisted("n1", &["a"], 7, late),
             Unlisted::All(swept(7, late))
         );
-        held.sweep_next("n1");
         assert_eq!(
-            held.unlisted("n1", &["a"], 7, 110),
-            Unlisted::All(swept(7, 110))
+            held.unlisted("n1", &["a"], 7, 99),
+            Unlisted::All(swept(7, 99)),
+            "the clock stepped back"
+        );
+        held.heard("n1", ids(&["a"]), 110, None);
+        assert_eq!(
+            held.unlisted("n1", &["a"], 7, 120),
+            Unlisted::All(swept(7, 120))
+        );
+    }
+
+    /// A release that failed is judged again at the next heartbeat, even
+    /// when a heartbeat that began before the failure stores its sweep
+    /// after it.
+    #[test]
+    fn a_failed_release_brings_a_sweep_whoever_stores_last() {
+        let held = Held::default();
+        assert_eq!(
+            held.unlisted("n1", &[], 7, 100),
+            Unlisted::All(swept(7, 100))
+        );
+        held.heard("n1", vec![], 100, Some(swept(7, 100)));
+        let earlier = held.unlisted("n1", &[], 7, 105).sweep();
+        held.release_failed("n1");
+        held.heard("n1", vec![], 105, Some(earlier));
+        let next = held.unlisted("n1", &[], 7, 110);
+        assert!(matches!(next, Unlisted::All(_)), "{next:?}");
+        held.heard("n1", vec![], 110, Some(next.sweep()));
+        assert!(matches!(
+            held.unlisted("n1", &[], 7, 120),
+            Unlisted::Dropped(..)
+        ));
+
+        let fresh = Held::default();
+        let before = fresh.unlisted("n2", &[], 7, 100);
+        fresh.release_failed("n2");
+        fresh.heard("n2", vec![], 100, Some(before.sweep()));
+        assert!(
+            matches!(fresh.unlisted("n2", &[], 7, 110), Unlisted::All(_)),
+            "a failure before the node's first word still counts"
         );
     }
 }

@@ -259,6 +259,16 @@ impl PodIndex {
         self.departures.of(node)
     }
 
+    /// Counts a departure from `node` unless the pod `namespace/name`
+    /// with this UID still runs there. For a volume record written after
+    /// its pod was read: if the pod left in between, a sweep may have
+    /// judged the node before the record existed.
+    pub fn recount_unless_running(&self, namespace: &str, name: &str, uid: &str, node: &str) {
+        if !self.runs_on(namespace, name, uid, node) {
+            self.departures.count(node);
+        }
+    }
+
     /// Whether the view may be behind its source (the API watch is down
     /// or has not listed yet): a pod it does not know may exist.
     pub fn is_stale(&self) -> bool {
@@ -290,7 +300,15 @@ impl PodIndex {
     pub fn upsert(&self, pod: PodInfo) {
         let finished = pod.finished.then(|| PodGone::of(&pod, GoneCause::Finished));
         let (ns, name, uid) = (pod.namespace.clone(), pod.name.clone(), pod.uid.clone());
+        let node = pod.node_name.clone();
         let old = crate::locks::write(&self.pods).insert(pod);
+        if let Some(o) = old
+            .as_ref()
+            .filter(|o| *o.uid == *uid && *o.node_name != *node)
+        {
+            // The same pod bound elsewhere: not gone, but gone from there.
+            self.departures.count(&o.node_name);
+        }
         let finished = finished.filter(|_| newly_finished(old.as_ref(), &uid, true));
         let replaced = old
             .filter(|o| *o.uid != *uid)
@@ -337,7 +355,17 @@ impl PodIndex {
             .map(|(ns, n, o)| PodGone::deleted(&o.info(ns, n)))
             .chain(finished)
             .collect();
+        // The same pods bound elsewhere: not gone, but gone from there.
+        let moved: Vec<Arc<str>> = old
+            .iter()
+            .filter_map(|(ns, n, o)| map.get(ns, n).map(|p| (o, p)))
+            .filter(|(o, p)| o.uid == p.uid && o.node_name != p.node_name)
+            .map(|(o, _)| Arc::clone(&o.node_name))
+            .collect();
         drop(map);
+        for node in moved {
+            self.departures.count(&node);
+        }
         self.announce(gone);
     }
 
@@ -356,5 +384,62 @@ impl PodIndex {
     /// Whether no pod is known.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, uid: &str, node: &str, finished: bool) -> PodInfo {
+        PodInfo {
+            namespace: "web".into(),
+            name: name.into(),
+            uid: uid.into(),
+            node_name: node.into(),
+            finished,
+            ..PodInfo::default()
+        }
+    }
+
+    /// Every way a pod stops running on a node moves that node's count;
+    /// a change that leaves it running there does not.
+    #[test]
+    fn a_pod_that_stops_running_on_a_node_moves_its_count() {
+        let index = PodIndex::default();
+        let count = |node: &str| index.departures_from(node);
+        index.upsert(pod("a", "u1", "n1", false));
+        let start = count("n1");
+        let mut annotated = pod("a", "u1", "n1", false);
+        annotated
+            .annotations
+            .insert("kcred.io/x".into(), "y".into());
+        index.upsert(annotated);
+        assert_eq!(count("n1"), start, "still runs there");
+
+        index.upsert(pod("a", "u1", "n1", true));
+        assert_eq!(count("n1"), start + 1, "finished");
+        index.upsert(pod("a", "u2", "n1", false));
+        assert_eq!(count("n1"), start + 2, "replaced by another UID");
+        index.upsert(pod("a", "u2", "n2", false));
+        assert_eq!(count("n1"), start + 3, "bound elsewhere");
+        let n2 = count("n2");
+        index.replace_all([pod("a", "u2", "n1", false)].into_iter().collect());
+        assert_eq!(count("n2"), n2 + 1, "a re-list binds it elsewhere");
+        assert_eq!(count("n1"), start + 3);
+        index.remove("web", "a");
+        assert_eq!(count("n1"), start + 4, "deleted");
+        assert_eq!(count("n2"), n2 + 1);
+    }
+
+    #[test]
+    fn a_record_written_after_its_pod_left_is_counted() {
+        let index = PodIndex::default();
+        index.upsert(pod("a", "u1", "n1", false));
+        let start = index.departures_from("n1");
+        index.recount_unless_running("web", "a", "u1", "n1");
+        assert_eq!(index.departures_from("n1"), start);
+        index.recount_unless_running("web", "gone", "u9", "n1");
+        assert_eq!(index.departures_from("n1"), start + 1);
     }
 }

@@ -107,6 +107,8 @@ pub async fn start_and_stop(cfg: &Config) -> Result<(), ServeError> {
 pub struct Running {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// Its pod view.
+    pub pods: std::sync::Arc<kcred_controller::pods::PodIndex>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -115,13 +117,19 @@ impl Running {
     /// Starts a controller on `cfg`.
     pub async fn start(cfg: &Config) -> Running {
         let controller = Controller::start(cfg).expect("controller starts");
+        let pods = controller.pods();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(controller.serve(listener, async move {
             let _ = stopped.await;
         }));
-        Running { addr, stop, task }
+        Running {
+            addr,
+            pods,
+            stop,
+            task,
+        }
     }
 
     /// A node API client (clear text: these controllers have no TLS).
