@@ -162,10 +162,11 @@ async fn a_record_dropped_while_its_pod_ran_is_released_once_the_pod_leaves() {
 }
 
 /// While the pod view is behind its source (a start before the first
-/// list, a watch down), a pod it does not show may run: no volume is
-/// called stale and no record released; once it follows again, they are.
+/// list, a watch down), a pod it does not show may run: only a pod it
+/// shows stopped is called stale, and no record is released. The first
+/// heartbeat once it follows again judges every record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_view_behind_its_source_calls_nothing_stale() {
+async fn a_view_behind_its_source_calls_only_pods_it_shows_stopped_stale() {
     let f = files();
     let c = Running::start(&f.config).await;
     c.pods.set_stale(true);
@@ -173,11 +174,25 @@ async fn a_view_behind_its_source_calls_nothing_stale() {
     assert!(behind.stale_volume_ids.is_empty(), "{behind:?}");
     heartbeat(&c, "node-2", &[]).await;
     assert!(released(&f).is_empty());
+    // vol-gone's pod is not in the view; web-0, vol-run's, shown finished
+    // is known stopped.
+    c.pods.upsert(kcred_controller::pods::PodInfo {
+        namespace: "web".into(),
+        name: "web-0".into(),
+        uid: "u0".into(),
+        node_name: "node-2".into(),
+        finished: true,
+        ..Default::default()
+    });
+    let shown = heartbeat(&c, "node-2", &["vol-run", "vol-gone"]).await;
+    assert_eq!(shown.stale_volume_ids, ["vol-run"]);
+    heartbeat(&c, "node-2", &["vol-run"]).await;
+    assert!(released(&f).is_empty(), "nothing released while behind");
 
     c.pods.set_stale(false);
-    let current = heartbeat(&c, "node-2", &["vol-run", "vol-gone"]).await;
-    assert_eq!(current.stale_volume_ids, ["vol-gone"]);
-    heartbeat(&c, "node-2", &[]).await;
+    // The node's list did not change: only a sweep finds vol-gone.
+    let current = heartbeat(&c, "node-2", &["vol-run"]).await;
+    assert_eq!(current.stale_volume_ids, ["vol-run"]);
     assert_eq!(released(&f), ["node-2 vol-gone"]);
     c.stop().await;
 }

@@ -84,12 +84,8 @@ pub(super) async fn beat(
     }
     .map_err(Status::from)?;
     heartbeat::release(st, node, answer.releasable).await;
-    st.held.heard(
-        node,
-        answer.listed,
-        kcred_audit::timefmt::now_unix(),
-        answer.swept,
-    );
+    st.held
+        .heard(node, answer.listed, answer.judged_unix, answer.swept);
     Ok(answer.response)
 }
 

@@ -5,9 +5,10 @@
 //!   WIPE, for nodes that missed it);
 //! - **stale**: the volume's pod is gone from the controller's view,
 //!   finished, or bound elsewhere (a node that was lost and came back finds its pods
-//!   rescheduled): the node wipes and unmounts it. Never while that view
-//!   is behind its source (not listed yet, or its watch down): a pod it
-//!   does not show may run.
+//!   rescheduled): the node wipes and unmounts it. While that view is
+//!   behind its source (not listed yet, or its watch down), only for a
+//!   pod it shows stopped: one it does not show may run. Nothing is
+//!   released then.
 //!
 //! The node's word never removes the controller's records (a record leaves
 //! when its pod is gone from the controller's own view, audited as
@@ -53,6 +54,9 @@ pub struct Answer {
     /// The sweep to remember with them (`None`: the pod view could not
     /// tell, so the next heartbeat sweeps).
     pub swept: Option<Sweep>,
+    /// When it was judged (seconds since the epoch): the list is as of
+    /// then, however long the releases take.
+    pub judged_unix: i64,
 }
 
 /// The verdict on the volumes `node` says it holds, waiting for the
@@ -101,9 +105,8 @@ fn judge(
     // again at the next heartbeat.
     let departures = st.pods.departures_from(node);
     let view_behind = st.pods.is_stale();
-    let unlisted = st
-        .held
-        .unlisted(node, &sorted, departures, kcred_audit::timefmt::now_unix());
+    let now = kcred_audit::timefmt::now_unix();
+    let unlisted = st.held.unlisted(node, &sorted, departures, now);
     st.issued.with_node(node, wait, |records| {
         // This node's records only: a volume recorded on another node, or
         // on none (a record lost to a crash must not cut a running pod
@@ -133,6 +136,8 @@ fn judge(
                 && matches!(verdict(st, node, p, view_behind), Verdict::Stale)
         };
         let releasable = match &unlisted {
+            // Nothing is released on a view that cannot tell.
+            _ if view_behind => Vec::new(),
             Unlisted::All(_) => records
                 .all()
                 .filter(releasable)
@@ -154,6 +159,7 @@ fn judge(
             releasable,
             listed,
             swept: (!view_behind).then(|| unlisted.sweep()),
+            judged_unix: now,
         })
     })
 }
@@ -166,12 +172,16 @@ enum Verdict {
 
 /// Revoked volumes stay mounted, emptied, until their pod goes. While the
 /// pod view is behind its source (not listed yet after a start, or its
-/// watch down), a pod it does not show running may well run: nothing is
-/// stale then, and nothing is released.
+/// watch down), only a pod it shows stopped (finished, or bound
+/// elsewhere) is known not to run: one it does not show, or shows under
+/// another UID, may run.
 fn verdict(st: &ControllerState, node: &str, p: &PlacementRef<'_>, view_behind: bool) -> Verdict {
+    let (namespace, pod, uid) = (p.namespace(), p.pod(), p.pod_uid());
+    let runs = || st.pods.runs_on(namespace, pod, uid, node);
+    let may_run = || view_behind && !st.pods.stopped_on(namespace, pod, uid, node);
     if p.revoked() {
         Verdict::Revoked
-    } else if view_behind || st.pods.runs_on(p.namespace(), p.pod(), p.pod_uid(), node) {
+    } else if runs() || may_run() {
         Verdict::Keep
     } else {
         Verdict::Stale

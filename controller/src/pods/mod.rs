@@ -259,6 +259,16 @@ impl PodIndex {
         self.departures.of(node)
     }
 
+    /// Whether the view shows the pod `namespace/name` with this UID
+    /// stopped on `node`: finished, or bound to another node. Unlike
+    /// `!runs_on`, a pod the view does not hold (or holds under another
+    /// UID) is not known stopped: a view behind its source may miss it.
+    pub fn stopped_on(&self, namespace: &str, name: &str, uid: &str, node: &str) -> bool {
+        crate::locks::read(&self.pods)
+            .get(namespace, name)
+            .is_some_and(|p| &*p.uid == uid && (p.finished || &*p.node_name != node))
+    }
+
     /// Counts a departure from `node` unless the pod `namespace/name`
     /// with this UID still runs there. For a volume record written after
     /// its pod was read: if the pod left in between, a sweep may have
@@ -430,6 +440,19 @@ mod tests {
         index.remove("web", "a");
         assert_eq!(count("n1"), start + 4, "deleted");
         assert_eq!(count("n2"), n2 + 1);
+    }
+
+    #[test]
+    fn only_a_pod_shown_finished_or_elsewhere_is_known_stopped() {
+        let index = PodIndex::default();
+        index.upsert(pod("a", "u1", "n1", false));
+        index.upsert(pod("b", "u2", "n1", true));
+        index.upsert(pod("c", "u3", "n2", false));
+        assert!(!index.stopped_on("web", "a", "u1", "n1"), "runs");
+        assert!(index.stopped_on("web", "b", "u2", "n1"), "finished");
+        assert!(index.stopped_on("web", "c", "u3", "n1"), "elsewhere");
+        assert!(!index.stopped_on("web", "a", "u9", "n1"), "another UID");
+        assert!(!index.stopped_on("web", "zz", "u4", "n1"), "not shown");
     }
 
     #[test]
