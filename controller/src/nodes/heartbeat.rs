@@ -130,7 +130,7 @@ fn judge(
         // the controller's knowledge, never on the node's word alone. An
         // empty list from the node removes nothing whose pod still runs
         // there.
-        let releasable = |p: &PlacementRef<'_>| {
+        let may_release = |p: &PlacementRef<'_>| {
             !p.revoked()
                 && !listed_by_node(p.volume_id)
                 && matches!(verdict(st, node, p, view_behind), Verdict::Stale)
@@ -140,13 +140,13 @@ fn judge(
             _ if view_behind => Vec::new(),
             Unlisted::All(_) => records
                 .all()
-                .filter(releasable)
+                .filter(may_release)
                 .map(|p| p.to_placement())
                 .collect(),
             Unlisted::Dropped(ids, _) => ids
                 .iter()
                 .filter_map(|id| records.get(id))
-                .filter(releasable)
+                .filter(may_release)
                 .map(|p| p.to_placement())
                 .collect(),
         };
