@@ -197,6 +197,23 @@ async fn a_view_behind_its_source_calls_only_pods_it_shows_stopped_stale() {
     c.stop().await;
 }
 
+/// Two heartbeats of a node (a retry beside a stream) that both judged a
+/// record releasable release it once: one `release` in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_two_heartbeats_judged_releasable_is_released_once() {
+    use kcred_controller::nodes::heartbeat;
+    let f = files();
+    let controller = kcred_controller::Controller::start(&f.config).unwrap();
+    let st = controller.state();
+    let first = heartbeat::answer(&st, "node-2", &[]).unwrap();
+    let second = heartbeat::answer(&st, "node-2", &[]).unwrap();
+    assert_eq!(first.releasable.len(), 1);
+    assert_eq!(second.releasable.len(), 1);
+    heartbeat::release(&st, "node-2", first.releasable).await;
+    heartbeat::release(&st, "node-2", second.releasable).await;
+    assert_eq!(released(&f), ["node-2 vol-gone"]);
+}
+
 fn audited(f: &Files, action: Action, subject: &str) -> bool {
     kcred_audit::query(&f.config.audit_log, &Default::default())
         .unwrap()

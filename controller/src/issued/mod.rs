@@ -460,6 +460,11 @@ impl Issued {
         Some(f(&NodeRecords { view: &view, node }))
     }
 
+    /// Whether this controller's index holds a record of `volume_id`.
+    pub fn holds(&self, volume_id: &str) -> bool {
+        read(&self.view).by_id.contains_key(volume_id)
+    }
+
     /// One volume's record, as this controller knows it (for heartbeats:
     /// no store access).
     pub fn known(&self, volume_id: &str) -> Option<VolumeRecord> {

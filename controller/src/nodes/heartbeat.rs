@@ -190,9 +190,17 @@ fn verdict(st: &ControllerState, node: &str, p: &PlacementRef<'_>, view_behind: 
 
 /// Forgets released volumes, each audited first (`release`): no record,
 /// no release. The store's deletes run off the async workers. Whatever
-/// stays for a failure is judged again at the node's next heartbeat.
+/// stays for a failure is judged again at the node's next heartbeat. A
+/// volume another heartbeat is releasing, or has released since this one
+/// judged it, is left alone: each release is audited once.
 pub async fn release(st: &Arc<ControllerState>, node: &str, released: Vec<Placement>) {
     for p in released {
+        let Some(_releasing) = st.held.releasing(&p.volume_id) else {
+            continue;
+        };
+        if !st.issued.holds(&p.volume_id) {
+            continue;
+        }
         let event = AuditEvent::new(Actor::Controller, Action::Release)
             .with_subject(p.volume_id.to_string())
             .with_place(node, &*p.namespace, &*p.pod)

@@ -13,8 +13,8 @@
 //! running on the node since they were last all judged (a sweep), else
 //! only those the node listed last time and no longer does.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// How long a node goes without a sweep at most. Departures and failed
 /// releases trigger sweeps; this bounds what neither can see, e.g. a
@@ -70,6 +70,21 @@ impl Unlisted {
 #[derive(Debug, Default)]
 pub struct Held {
     nodes: RwLock<HashMap<String, Heard>>,
+    /// Volumes a heartbeat is releasing right now.
+    releasing: Mutex<HashSet<Arc<str>>>,
+}
+
+/// A volume one heartbeat is releasing; others leave it alone until this
+/// is dropped.
+pub struct Releasing<'a> {
+    held: &'a Held,
+    volume_id: Arc<str>,
+}
+
+impl Drop for Releasing<'_> {
+    fn drop(&mut self) {
+        crate::locks::lock(&self.held.releasing).remove(&self.volume_id);
+    }
 }
 
 impl Held {
@@ -140,6 +155,18 @@ impl Held {
         }
     }
 
+    /// Claims the release of `volume_id`, or `None` while another
+    /// heartbeat of its node (a retry beside a stream) is releasing it:
+    /// two that judged it releasable would otherwise both audit it.
+    pub fn releasing(&self, volume_id: &Arc<str>) -> Option<Releasing<'_>> {
+        crate::locks::lock(&self.releasing)
+            .insert(Arc::clone(volume_id))
+            .then(|| Releasing {
+                held: self,
+                volume_id: Arc::clone(volume_id),
+            })
+    }
+
     /// Makes `node`'s next heartbeat a sweep: a release failed, and no
     /// departure will bring its record back.
     pub fn release_failed(&self, node: &str) {
@@ -200,6 +227,17 @@ mod tests {
         );
         assert!(held.is_live("n1", "new", 105));
         assert!(held.is_live("unheard", "x", 1), "no heartbeat yet");
+    }
+
+    #[test]
+    fn one_heartbeat_at_a_time_releases_a_volume() {
+        let held = Held::default();
+        let id: Arc<str> = Arc::from("v1");
+        let first = held.releasing(&id).expect("free");
+        assert!(held.releasing(&id).is_none(), "claimed");
+        assert!(held.releasing(&Arc::from("v2")).is_some());
+        drop(first);
+        assert!(held.releasing(&id).is_some(), "released again");
     }
 
     #[test]
