@@ -359,19 +359,19 @@ impl PodIndex {
             .filter(|(ns, n, p)| newly_finished(old.get(ns, n), &p.uid, p.finished))
             .map(|(ns, n, p)| PodGone::of(&p.info(ns, n), GoneCause::Finished))
             .collect();
-        let gone: Vec<PodGone> = old
-            .iter()
-            .filter(|(ns, n, o)| map.get(ns, n).is_none_or(|p| p.uid != o.uid))
-            .map(|(ns, n, o)| PodGone::deleted(&o.info(ns, n)))
-            .chain(finished)
-            .collect();
-        // The same pods bound elsewhere: not gone, but gone from there.
-        let moved: Vec<Arc<str>> = old
-            .iter()
-            .filter_map(|(ns, n, o)| map.get(ns, n).map(|p| (o, p)))
-            .filter(|(o, p)| o.uid == p.uid && o.node_name != p.node_name)
-            .map(|(o, _)| Arc::clone(&o.node_name))
-            .collect();
+        let (mut gone, mut moved) = (Vec::new(), Vec::new());
+        for (ns, n, o) in old.iter() {
+            match map.get(ns, n) {
+                // The same pod bound elsewhere: not gone, but gone from there.
+                Some(p) if p.uid == o.uid => {
+                    if p.node_name != o.node_name {
+                        moved.push(Arc::clone(&o.node_name));
+                    }
+                }
+                _ => gone.push(PodGone::deleted(&o.info(ns, n))),
+            }
+        }
+        gone.extend(finished);
         drop(map);
         for node in moved {
             self.departures.count(&node);
