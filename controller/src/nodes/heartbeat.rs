@@ -198,8 +198,17 @@ pub async fn release(st: &Arc<ControllerState>, node: &str, released: Vec<Placem
         let Some(_releasing) = st.held.releasing(&p.volume_id) else {
             continue;
         };
-        if !st.issued.holds(&p.volume_id) {
-            continue;
+        // Off the async workers: a revocation holds the index's lock
+        // across a store write.
+        let (state, id) = (Arc::clone(st), Arc::clone(&p.volume_id));
+        match tokio::task::spawn_blocking(move || state.issued.holds(&id)).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, volume = %p.volume_id, "cannot look a volume record up");
+                st.held.release_failed(node);
+                continue;
+            }
         }
         let event = AuditEvent::new(Actor::Controller, Action::Release)
             .with_subject(p.volume_id.to_string())
