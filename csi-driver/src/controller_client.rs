@@ -18,6 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::connection_proof::{ConnectionProof, CountingConnector, PROOF_LOST, ProofTracking};
+use crate::support::may_block::may_block;
 
 /// Why a call to the controller failed, as the driver acts on it: by the
 /// typed reason the controller sends, never by its message.
@@ -179,12 +180,12 @@ impl Interceptor for NodeIdentity {
                     let sent = connection.sending();
                     request.extensions_mut().insert(sent);
                     if sent.token() {
-                        t.call(request)
+                        may_block(|| t.call(request))
                     } else {
                         Ok(request)
                     }
                 }
-                None => t.call(request),
+                None => may_block(|| t.call(request)),
             },
             Proof::Psat(file) => {
                 let token = file.current().map_err(|e| {
