@@ -242,13 +242,12 @@ impl ProcStack {
         std::fs::write(d.join("policy.toml"), crate::stack::DEFAULT_POLICY)?;
         let node_dir = node_dir.unwrap_or_else(|| d.to_path_buf());
         std::fs::create_dir_all(node_dir.join("kubelet/pods"))?;
-        let free = || -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
+        let port = kcred_testports::tcp()?;
+        let metrics_port = if metrics {
+            Some(kcred_testports::tcp()?)
+        } else {
+            None
         };
-        let port = free()?;
-        let metrics_port = if metrics { Some(free()?) } else { None };
         let mut me = ProcStack {
             realm,
             dir,
@@ -383,12 +382,7 @@ ttl_secs = 3
         suffix: &str,
         extra_config: &str,
     ) -> anyhow::Result<PeerController> {
-        let free = || -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let (port, metrics_port) = (free()?, free()?);
+        let (port, metrics_port) = (kcred_testports::tcp()?, kcred_testports::tcp()?);
         let cfg = self.path().join(format!("controller{suffix}.toml"));
         std::fs::write(
             &cfg,

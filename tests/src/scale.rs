@@ -284,9 +284,7 @@ impl ScaleStack {
         }
         write_policy(&d, &principals)?;
         write_pods(&d, cfg, &principals)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = kcred_testports::tcp()?;
         std::fs::write(d.join("controller.toml"), config(&d, &realm, port, cfg))?;
 
         let t = Instant::now();

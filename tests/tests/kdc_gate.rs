@@ -158,9 +158,8 @@ async fn during_a_kdc_outage_cached_credentials_are_served_and_new_ones_are_unav
 
 /// A stack serving `/metrics` on a free loopback port.
 async fn stack_with_metrics() -> (Stack, std::net::SocketAddr) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let port = kcred_testports::tcp().expect("a free port");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let stack = Stack::start(StackOptions {
         metrics_listen: Some(addr),
         ..StackOptions::default()

@@ -188,10 +188,7 @@ fn served_certificate_at(port: u16, alpn: &str, ca_file: &Path) -> (String, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn the_serving_certificate_renews_itself_while_a_node_keeps_working() {
-    let webhook_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let webhook_port = kcred_testports::tcp().expect("a free port");
     let webhook = format!("[webhook]\nlisten = \"127.0.0.1:{webhook_port}\"\n");
     let mut stack = ProcStack::start_with(&webhook, "", "serving_cert_lifetime_secs = 60")
         .await

@@ -33,9 +33,7 @@ impl Drop for Daemons {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], kcred_testports::tcp().expect("a free port")))
 }
 
 fn spawn(mut cmd: Command, log: &Path) -> Child {

@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -118,16 +118,12 @@ fn run_tool(mut cmd: Command, what: &str) -> Result<(), EtcdError> {
     })
 }
 
-/// Free loopback ports, all bound at once so they are distinct.
+/// Free loopback ports, each one no other server started by this process
+/// gets.
 fn free_ports(n: usize) -> Result<Vec<u16>, EtcdError> {
-    let held = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io_err("binding a free loopback port", e))?;
-    held.iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io_err("reading a bound port", e))
+    (0..n)
+        .map(|_| kcred_testports::tcp().map_err(|e| io_err("finding a free loopback port", e)))
+        .collect()
 }
 
 impl EtcdCluster {

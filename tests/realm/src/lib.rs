@@ -21,7 +21,7 @@ use principals::{run, ss_quote};
 
 use std::fs;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -377,42 +377,13 @@ fn validate_options(opts: &RealmOptions) -> Result<(), RealmError> {
 }
 
 /// Picks ports for the KDC (TCP+UDP), kadmind (TCP) and kpasswd (TCP+UDP),
-/// holding all sockets until the end so the three are distinct.
+/// each one no other server started by this process gets.
 fn pick_ports() -> Result<Ports, RealmError> {
-    let mut held = Vec::new();
-    let mut ports = [0u16; 3];
-    for (slot, needs_udp) in ports.iter_mut().zip([true, false, true]) {
-        let mut found = None;
-        for _ in 0..100 {
-            let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .map_err(|e| io_err("binding a free loopback port", e))?;
-            let port = tcp
-                .local_addr()
-                .map_err(|e| io_err("reading a bound port", e))?
-                .port();
-            let udp = if needs_udp {
-                match UdpSocket::bind((Ipv4Addr::LOCALHOST, port)) {
-                    Ok(udp) => Some(udp),
-                    Err(_) => continue,
-                }
-            } else {
-                None
-            };
-            held.push((tcp, udp));
-            found = Some(port);
-            break;
-        }
-        *slot = found.ok_or_else(|| {
-            io_err(
-                "finding a port free on both TCP and UDP",
-                io::Error::from(io::ErrorKind::AddrInUse),
-            )
-        })?;
-    }
+    let err = |e| io_err("finding a free loopback port", e);
     Ok(Ports {
-        kdc: ports[0],
-        kadmind: ports[1],
-        kpasswd: ports[2],
+        kdc: kcred_testports::tcp_and_udp().map_err(err)?,
+        kadmind: kcred_testports::tcp().map_err(err)?,
+        kpasswd: kcred_testports::tcp_and_udp().map_err(err)?,
     })
 }
 

@@ -120,12 +120,7 @@ async fn main() -> anyhow::Result<()> {
     if !status.success() {
         bail!("generate-master-key failed");
     }
-    let free_port = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let (port, webhook_port) = (free_port()?, free_port()?);
+    let (port, webhook_port) = (kcred_testports::tcp()?, kcred_testports::tcp()?);
     std::fs::write(
         d.join("policy.toml"),
         "[[role_accounts]]\nlogin = \"websvc\"\nuid = 1500\ngid = 1500\nnamespaces = [\"web\"]\nservice_principals = [\"HTTP/web.example.com\"]\n",
