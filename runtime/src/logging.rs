@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -44,22 +45,25 @@ pub fn colour_wanted() -> bool {
 /// second call changes nothing.
 pub fn init(args: &LogArgs) {
     let (filter, unreadable) = filter_from(std::env::var("RUST_LOG").ok().as_deref());
-    // The builder's own level cap (info) would hide what RUST_LOG enables.
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(LevelFilter::TRACE);
+    // The filter as a layer of its own: the subscriber's level cap is the
+    // filter's, so disabled `log` records are dropped at the macro.
+    let registry = tracing_subscriber::registry().with(filter);
     let installed = match args.log_format {
-        LogFormat::Text => builder
-            .with_ansi(colour_wanted())
-            .finish()
-            .with(filter)
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(colour_wanted()),
+            )
             .try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_ansi(false)
-            .finish()
-            .with(filter)
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false),
+            )
             .try_init(),
     };
     match installed {
@@ -79,17 +83,36 @@ pub fn init(args: &LogArgs) {
 /// which would be most of what a daemon's logging costs in code.
 fn filter_from(var: Option<&str>) -> (Targets, Option<String>) {
     let info = || Targets::new().with_default(LevelFilter::INFO);
-    match var.map(str::trim) {
-        None | Some("") => (info(), None),
-        Some(text) => match text.parse::<Targets>() {
-            Ok(targets) => (targets, None),
-            Err(e) => (
-                info(),
-                Some(format!(
-                    "RUST_LOG {text:?} is not a list of levels and target=level pairs ({e}); logging at info"
-                )),
-            ),
-        },
+    let Some(text) = var else {
+        return (info(), None);
+    };
+    let unreadable = |why: String| {
+        Some(format!(
+            "RUST_LOG {text:?} is not a list of levels and target=level pairs ({why}); logging at info"
+        ))
+    };
+    // Empty pieces (a trailing comma) and the spaces around pieces mean
+    // nothing; `Targets` would read an empty piece as the level "error",
+    // and " kcred" as a target of that name.
+    let pieces: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if pieces.is_empty() {
+        return (info(), None);
+    }
+    // A piece without `=` is a level: `Targets` would take a misspelled
+    // one for a target's name, and with no default level log nothing else.
+    if let Some(bad) = pieces
+        .iter()
+        .find(|p| !p.contains('=') && p.parse::<LevelFilter>().is_err())
+    {
+        return (info(), unreadable(format!("{bad:?} is not a level")));
+    }
+    match pieces.join(",").parse::<Targets>() {
+        Ok(targets) => (targets, None),
+        Err(e) => (info(), unreadable(e.to_string())),
     }
 }
 
@@ -121,6 +144,33 @@ mod tests {
         let (f, _) = filter_from(Some("kcred_controller=trace"));
         assert!(f.would_enable("kcred_controller::pods", &Level::TRACE));
         assert!(!f.would_enable("hyper", &Level::ERROR));
+    }
+
+    #[test]
+    fn empty_pieces_and_spaces_around_pieces_mean_nothing() {
+        for var in ["info,", ",", " info , kcred=debug ,", "info,,kcred=debug"] {
+            let (f, unreadable) = filter_from(Some(var));
+            assert!(unreadable.is_none(), "{var:?}: {unreadable:?}");
+            assert!(f.would_enable("hyper", &Level::INFO), "{var:?}");
+            assert!(!f.would_enable("hyper", &Level::DEBUG), "{var:?}");
+        }
+        let (f, _) = filter_from(Some("warn, kcred=debug"));
+        assert!(f.would_enable("kcred::x", &Level::DEBUG));
+    }
+
+    #[test]
+    fn a_misspelt_level_is_unreadable_not_a_target() {
+        for var in ["inf", "warn,debgu", "OFF,nope"] {
+            let (f, unreadable) = filter_from(Some(var));
+            let reason = unreadable.unwrap_or_else(|| panic!("{var:?} was read"));
+            assert!(reason.contains("is not a level"), "{reason}");
+            assert!(f.would_enable("kcred", &Level::INFO));
+        }
+        // Levels are read whatever their case; "off" is one.
+        let (f, unreadable) = filter_from(Some("OFF,kcred=Debug"));
+        assert!(unreadable.is_none());
+        assert!(!f.would_enable("hyper", &Level::ERROR));
+        assert!(f.would_enable("kcred", &Level::DEBUG));
     }
 
     #[test]

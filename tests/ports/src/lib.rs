@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Below this, ports belong to well-known services.
 const LOWEST: u16 = 10_000;
 
+/// Kubernetes' NodePort range: on a host running kube-proxy, a connection
+/// to one of these on loopback can be redirected though nothing listens.
+const NODE_PORTS: std::ops::RangeInclusive<u16> = 30_000..=32_767;
+
 /// Where the kernel picks ephemeral ports, when it cannot be read.
 const EPHEMERAL_DEFAULT: (u16, u16) = (32_768, 60_999);
 
@@ -60,10 +64,11 @@ fn take(udp: bool) -> io::Result<u16> {
     ))
 }
 
-/// The ports outside `ephemeral` (and above [`LOWEST`]), in order.
+/// The ports from [`LOWEST`] up outside `ephemeral` and [`NODE_PORTS`],
+/// in order.
 fn candidates((low, high): (u16, u16)) -> Vec<u16> {
     (LOWEST..=u16::MAX)
-        .filter(|p| *p < low || *p > high)
+        .filter(|p| !(low..=high).contains(p) && !NODE_PORTS.contains(p))
         .collect()
 }
 
@@ -114,6 +119,7 @@ mod tests {
             let port = if i % 2 == 0 { tcp() } else { tcp_and_udp() }.expect("a port");
             assert!(port >= LOWEST, "{port}");
             assert!(!(low..=high).contains(&port), "{port} is in {low}-{high}");
+            assert!(!NODE_PORTS.contains(&port), "{port} is a NodePort");
             assert!(seen.insert(port), "{port} handed out twice");
             TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("still free");
         }
@@ -123,7 +129,8 @@ mod tests {
     fn candidates_leave_out_the_ephemeral_range() {
         let c = candidates((32_768, 60_999));
         assert_eq!(c.first(), Some(&LOWEST));
-        assert!(c.contains(&32_767) && c.contains(&61_000) && c.contains(&65_535));
+        assert!(c.contains(&29_999) && c.contains(&61_000) && c.contains(&65_535));
+        assert!(!c.contains(&30_000) && !c.contains(&32_767));
         assert!(!c.contains(&32_768) && !c.contains(&60_999));
         assert!(candidates((1_024, 65_535)).is_empty());
     }
