@@ -16,7 +16,9 @@
 //! * the [`Initiator`], which must find the realm's KDC, follows whatever
 //!   `KRB5_CONFIG` the process was started with. A driver process serves one
 //!   realm: set `KRB5_CONFIG` in its environment (e.g. the DaemonSet's pod
-//!   spec) or leave the system default; never change it while running;
+//!   spec) or leave the system default; never change it while running. A
+//!   process that logs in only with a keytab may put
+//!   [`login_profile`]'s profile in front of it at start;
 //! * the [`Acceptor`] needs no KDC and no configuration at all, only its
 //!   keytab, so it works in any process and ignores the environment.
 //!
@@ -31,6 +33,7 @@ mod acceptor;
 pub mod bearer;
 pub mod grpc;
 mod initiator;
+pub mod login_profile;
 mod metadata;
 // The only module allowed unsafe code: the `gss_acquire_cred_from` wrapper.
 #[allow(unsafe_code)]
@@ -107,6 +110,16 @@ pub enum AuthError {
     /// not valid base64; the reason never quotes the value.
     #[error("malformed authorization metadata: {0}")]
     Metadata(&'static str),
+    /// The Kerberos profile a keytab login runs with could not be written
+    /// ([`login_profile`]).
+    #[error("cannot write the Kerberos profile {path}: {source}")]
+    Profile {
+        /// The profile's file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An authenticated principal that must not be treated as a node (not
     /// `host/<fqdn>`, or from another realm).
     #[error("principal {principal:?} is not a node of realm {realm}: {reason}")]

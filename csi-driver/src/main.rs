@@ -57,6 +57,12 @@ struct Cli {
     /// controller runs with auth.mode = "none").
     #[arg(long, env = "KCRED_NODE_KEYTAB")]
     keytab: Option<PathBuf>,
+    /// Let the node's Kerberos login use SPAKE pre-authentication. Only a
+    /// realm whose KDC disables encrypted-timestamp pre-authentication
+    /// needs it: SPAKE adds nothing to a keytab's random keys, and its
+    /// module loads OpenSSL's libcrypto (about 1.4 MiB resident).
+    #[arg(long, env = "KCRED_KERBEROS_SPAKE")]
+    kerberos_spake: bool,
     /// This node's principal (default: host/<node-id>).
     #[arg(long, env = "KCRED_NODE_PRINCIPAL")]
     principal: Option<String>,
@@ -131,6 +137,8 @@ const MALLOC_ARENAS: i32 = 1;
 
 fn main() -> anyhow::Result<()> {
     kcred_runtime::malloc::limit_arenas(MALLOC_ARENAS);
+    let cli = Cli::parse();
+    choose_kerberos_profile(&cli)?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .max_blocking_threads(BLOCKING_THREADS)
@@ -138,15 +146,33 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run())
+        .block_on(run(cli))
 }
 
-async fn run() -> anyhow::Result<()> {
+/// A node that logs in with its keytab does so without SPAKE
+/// (`kcred_auth::login_profile`) unless `--kerberos-spake`: MIT reads the
+/// profile from `KRB5_CONFIG`, set here before the runtime starts threads.
+fn choose_kerberos_profile(cli: &Cli) -> anyhow::Result<()> {
+    if cli.keytab.is_none() || cli.kerberos_spake {
+        return Ok(());
+    }
+    let inherited = std::env::var_os("KRB5_CONFIG");
+    let value = kcred_auth::login_profile::without_spake(&cli.state_dir, inherited.as_deref())
+        .context("--state-dir")?;
+    // SAFETY: `main` calls this before the async runtime or anything else
+    // has started a thread, so nothing reads the environment meanwhile.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("KRB5_CONFIG", value);
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     kcred_runtime::set_build_info(kcred_runtime::BuildInfo {
         component: "csi-driver",
         version: env!("CARGO_PKG_VERSION"),
     });
-    let cli = Cli::parse();
     kcred_runtime::logging::init(&cli.log);
     validate_driver_name(&cli.driver_name)?;
     // Settings that can never work end the driver now, naming the flag;
@@ -182,8 +208,13 @@ async fn run() -> anyhow::Result<()> {
                 .controller_service
                 .clone()
                 .context("--controller-service is required with --keytab")?;
+            tracing::info!(
+                krb5_config = ?std::env::var_os("KRB5_CONFIG"),
+                kerberos_spake = cli.kerberos_spake,
+                "node's Kerberos login"
+            );
             NodeIdentity::kerberos(Arc::new(
-                node_initiator(keytab.clone(), principal, service).await?,
+                node_initiator(keytab.clone(), principal, service, cli.kerberos_spake).await?,
             ))
         }
     };
@@ -258,11 +289,14 @@ fn start_series_at_zero(m: &Metrics) {
 
 /// The node's Kerberos identity. Getting it talks to the KDC: retried with
 /// backoff, so a driver that starts during a KDC outage comes up when the
-/// KDC does (mounts already made keep working meanwhile).
+/// KDC does (mounts already made keep working meanwhile). Each failure
+/// says whether SPAKE was on, as a realm whose clients may use nothing
+/// else fails every login without it.
 async fn node_initiator(
     keytab: PathBuf,
     principal: String,
     service: String,
+    kerberos_spake: bool,
 ) -> anyhow::Result<kcred_auth::Initiator> {
     let attempt = || {
         let (k, p, s) = (keytab.clone(), principal.clone(), service.clone());
@@ -276,7 +310,12 @@ async fn node_initiator(
     attempt
         .retry(retry::identity())
         .notify(|e: &String, wait| {
-            tracing::warn!(error = %e, retry_in = ?wait, "cannot get the node's Kerberos identity")
+            tracing::warn!(
+                error = %e,
+                kerberos_spake,
+                retry_in = ?wait,
+                "cannot get the node's Kerberos identity"
+            )
         })
         .await
         .map_err(|e| anyhow::anyhow!("node identity: {e}"))

@@ -49,7 +49,7 @@ VALUE_SETS = {
         "kubeletDir": "/var/lib/k0s/kubelet/",
         "logFormat": "json",
         "imagePullSecrets": [{"name": "regcred"}],
-        "nodeIdentity": {"principal": "host/$(NODE_NAME).example.com"},
+        "nodeIdentity": {"principal": "host/$(NODE_NAME).example.com", "spake": True},
         "controller": {"tlsServerName": "controller.example.com"},
     },
     "no priority class": {"priorityClassName": "", "criticalPodsQuota": {"enabled": False}},
@@ -105,6 +105,11 @@ def test_token_requests_carry_the_configured_audience_when_pod_tokens_are_enable
 
 def env_of(rendered, container="driver"):
     return {e["name"]: e.get("value") for e in rendered.container(container)["env"]}
+
+
+def test_the_nodes_login_uses_spake_only_when_asked():
+    assert "KCRED_KERBEROS_SPAKE" not in env_of(render({}))
+    assert env_of(render({"nodeIdentity": {"spake": True}}))["KCRED_KERBEROS_SPAKE"] == "true"
 
 
 def test_psat_mounts_the_drivers_own_projected_token_for_the_kcred_audience_and_no_host_keytab():

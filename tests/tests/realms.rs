@@ -341,6 +341,7 @@ async fn a_second_mit_realm_has_its_own_kadmind_and_its_own_breaker() {
     let mut other = Realm::start_with(RealmOptions {
         realm: OTHER.into(),
         acl: vec![format!("kcred/admin@{OTHER} ecm */*@{OTHER}")],
+        ..RealmOptions::default()
     })
     .expect("second realm");
     other

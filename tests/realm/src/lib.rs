@@ -57,6 +57,8 @@ pub struct RealmOptions {
     /// `kcred/admin@REALM e */*@REALM` (kadmind uses the first matching
     /// line, so these can widen or narrow it).
     pub acl: Vec<String>,
+    /// What the KDC asks of a login before it answers.
+    pub preauth: Preauth,
 }
 
 impl Default for RealmOptions {
@@ -64,8 +66,26 @@ impl Default for RealmOptions {
         RealmOptions {
             realm: DEFAULT_REALM.to_string(),
             acl: Vec::new(),
+            preauth: Preauth::Optional,
         }
     }
+}
+
+/// Pre-authentication: how a client proves it holds its key before the KDC
+/// sends a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preauth {
+    /// MIT's default for new principals: none asked.
+    Optional,
+    /// Every principal added asks for it; encrypted timestamp and SPAKE
+    /// are both offered.
+    Required,
+    /// Every principal added asks for it, and the realm's `krb5.conf` tells
+    /// clients never to use encrypted timestamp
+    /// (`disable_encrypted_timestamp`, a client setting: MIT's KDC always
+    /// offers it), as a realm hardened against password guessing does:
+    /// SPAKE is the only way in.
+    SpakeOnly,
 }
 
 /// Why the realm or one of its tools failed; carries the failing command and
@@ -170,7 +190,7 @@ impl Realm {
             ccache_seq: AtomicU64::new(0),
             dir,
         };
-        realm.write_config(&opts.acl)?;
+        realm.write_config(&opts.acl, opts.preauth)?;
 
         let mut create = realm.tool("kdb5_util");
         create.args(["create", "-s", "-r", &realm.name, "-P", MASTER_PASSWORD]);
@@ -192,7 +212,7 @@ impl Realm {
         Ok(realm)
     }
 
-    fn write_config(&self, extra_acl: &[String]) -> Result<(), RealmError> {
+    fn write_config(&self, extra_acl: &[String], preauth: Preauth) -> Result<(), RealmError> {
         let d = self.dir().display();
         let realm = &self.name;
         let Ports {
@@ -200,9 +220,24 @@ impl Realm {
             kadmind,
             kpasswd,
         } = self.ports;
+        // Groups the KDC offers SPAKE with (it offers none by default); the
+        // client reads the same file and accepts this one anyway.
+        let spake_groups = match preauth {
+            Preauth::Optional => "",
+            Preauth::Required | Preauth::SpakeOnly => "\tspake_preauth_groups = edwards25519\n",
+        };
+        let flags = match preauth {
+            Preauth::Optional => "",
+            Preauth::Required | Preauth::SpakeOnly => "\t\tdefault_principal_flags = +preauth\n",
+        };
+        let no_timestamp = match preauth {
+            Preauth::SpakeOnly => "\t\tdisable_encrypted_timestamp = true\n",
+            Preauth::Optional | Preauth::Required => "",
+        };
         let krb5_conf = format!(
             "[libdefaults]\n\
              \tdefault_realm = {realm}\n\
+             {spake_groups}\
              \tdns_lookup_kdc = false\n\
              \tdns_lookup_realm = false\n\
              \tdns_canonicalize_hostname = false\n\
@@ -214,6 +249,7 @@ impl Realm {
              \t\tkdc = 127.0.0.1:{kdc}\n\
              \t\tadmin_server = 127.0.0.1:{kadmind}\n\
              \t\tkpasswd_server = 127.0.0.1:{kpasswd}\n\
+             {no_timestamp}\
              \t}}\n"
         );
         let kdc_conf = format!(
@@ -230,6 +266,7 @@ impl Realm {
              \t\tkpasswd_listen = 127.0.0.1:{kpasswd}\n\
              \t\tmax_life = 1d\n\
              \t\tmax_renewable_life = {MAX_RENEW_LIFE}\n\
+             {flags}\
              \t}}\n\
              \n\
              [logging]\n\
@@ -444,7 +481,7 @@ mod tests {
         for realm in ["", "A B", "A}B", "A\nB"] {
             let opts = RealmOptions {
                 realm: realm.to_string(),
-                acl: vec![],
+                ..RealmOptions::default()
             };
             assert!(validate_options(&opts).is_err(), "{realm:?} accepted");
         }

@@ -183,6 +183,7 @@ fn extra_acl_lines_and_realm_name_apply() {
     let realm = Realm::start_with(RealmOptions {
         realm: "OTHER.TEST".to_string(),
         acl: vec!["kcred/admin@OTHER.TEST e */*/*@OTHER.TEST".to_string()],
+        ..RealmOptions::default()
     })
     .expect("start realm");
     assert_eq!(realm.admin_principal(), "kcred/admin@OTHER.TEST");

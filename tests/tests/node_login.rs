@@ -1,0 +1,138 @@
+//! The node's Kerberos login, as the driver process makes it against a real
+//! KDC: with its keytab, by encrypted timestamp, without loading MIT's SPAKE
+//! module (nor the libcrypto it links) unless `--kerberos-spake` asks for
+//! it, which a realm offering only SPAKE needs. What the driver loaded is
+//! read from its `/proc/<pid>/maps`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kcred_testrealm::{Preauth, Realm, RealmOptions};
+use kcred_tests::procs::{NODE_A, Proc, binary};
+
+const LOGGED_IN: &str = "serving CSI";
+const LOGIN_FAILED: &str = "cannot get the node's Kerberos identity";
+
+/// A realm whose KDC asks for `preauth`, with node-a's keytab in `dir`.
+struct Node {
+    realm: Realm,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(preauth: Preauth) -> Node {
+        let realm = Realm::start_with(RealmOptions {
+            preauth,
+            ..RealmOptions::default()
+        })
+        .expect("start realm");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let principal = format!("host/{NODE_A}");
+        realm.add_principal(&principal).expect("add principal");
+        realm
+            .extract_keytab(&principal, &dir.path().join("node.keytab"))
+            .expect("extract keytab");
+        Node { realm, dir }
+    }
+
+    /// Starts the driver (no controller: the login comes first) and waits
+    /// until it logged in or reported that it cannot.
+    fn driver(&self, extra: &[&str]) -> (Proc, bool) {
+        let d = self.dir.path();
+        let r = self.realm.name();
+        let port = kcred_testports::tcp().expect("port");
+        let mut cmd = Command::new(binary("kcred-csi-driver"));
+        cmd.env("KRB5_CONFIG", self.realm.krb5_conf_path())
+            .env("RUST_LOG", "info")
+            .arg("--endpoint")
+            .arg(d.join("csi.sock"))
+            .args(["--node-id", NODE_A])
+            .args(["--controller", &format!("http://127.0.0.1:{port}")])
+            .arg("--keytab")
+            .arg(d.join("node.keytab"))
+            .args(["--principal", &format!("host/{NODE_A}@{r}")])
+            .args(["--controller-service", &format!("kcred/controller@{r}")])
+            .arg("--kubelet-dir")
+            .arg(d)
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .args(extra);
+        let log = d.join(format!("driver-{}.log", extra.len()));
+        let proc = Proc::spawn(cmd, &log).expect("spawn driver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = proc.log_text();
+            if text.contains(LOGGED_IN) {
+                return (proc, true);
+            }
+            if text.contains(LOGIN_FAILED) {
+                return (proc, false);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the driver neither logged in nor said why not:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The shared objects the process has mapped.
+fn mapped(proc: &Proc) -> String {
+    let pid = proc.pid().expect("running");
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps")
+}
+
+fn loads_spake(maps: &str) -> bool {
+    maps.contains("preauth/spake.so")
+}
+
+fn loads_libcrypto(maps: &str) -> bool {
+    maps.contains("/libcrypto.so")
+}
+
+#[test]
+fn a_node_logs_in_with_its_keytab_without_loading_spake_or_libcrypto() {
+    let node = Node::new(Preauth::Required);
+    let (driver, logged_in) = node.driver(&[]);
+    assert!(logged_in, "{}", driver.log_text());
+    let maps = mapped(&driver);
+    assert!(!loads_spake(&maps), "SPAKE loaded:\n{maps}");
+    assert!(!loads_libcrypto(&maps), "libcrypto loaded:\n{maps}");
+    let profile = node
+        .dir
+        .path()
+        .join("state")
+        .join(kcred_auth::login_profile::FILE_NAME);
+    let text = std::fs::read_to_string(&profile).expect("profile written");
+    assert!(text.contains("disable = spake"), "{text}");
+}
+
+#[test]
+fn with_kerberos_spake_the_login_loads_spake_and_libcrypto() {
+    let node = Node::new(Preauth::Required);
+    let (driver, logged_in) = node.driver(&["--kerberos-spake"]);
+    assert!(logged_in, "{}", driver.log_text());
+    let maps = mapped(&driver);
+    assert!(loads_spake(&maps), "SPAKE not loaded:\n{maps}");
+    assert!(loads_libcrypto(&maps), "libcrypto not loaded:\n{maps}");
+}
+
+#[test]
+fn a_realm_whose_clients_may_use_only_spake_needs_kerberos_spake() {
+    let node = Node::new(Preauth::SpakeOnly);
+    let (driver, logged_in) = node.driver(&[]);
+    let log = driver.log_text();
+    assert!(!logged_in, "logged in without SPAKE:\n{log}");
+    let failure = log
+        .lines()
+        .find(|l| l.contains(LOGIN_FAILED))
+        .expect("the failure is logged");
+    assert!(
+        failure.contains("kerberos_spake=false") && failure.contains("Pre-authentication failed"),
+        "{failure}"
+    );
+    drop(driver);
+    let (driver, logged_in) = node.driver(&["--kerberos-spake"]);
+    assert!(logged_in, "{}", driver.log_text());
+}
