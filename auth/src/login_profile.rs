@@ -4,19 +4,26 @@
 //! starts, whether or not the KDC will ask for it. Its SPAKE module links
 //! OpenSSL's libcrypto, about 1.4 MiB of a node agent's resident memory
 //! that would otherwise be 10. SPAKE protects a password that a captured
-//! login could be used to guess; a host keytab holds random keys, which
-//! encrypted-timestamp pre-authentication exposes to no such guessing. So a
-//! keytab-only process turns the module off, unless its realm offers nothing
-//! else (a KDC with `disable_encrypted_timestamp`), where it must keep it.
+//! login could be used to guess; a host keytab made by `ktadd` (or an AD
+//! machine account's) holds random keys, which encrypted-timestamp
+//! pre-authentication exposes to no such guessing. So a keytab-only
+//! process turns the module off. It must keep it for a key made from a
+//! password, or where SPAKE is the only way in: the client's `krb5.conf`
+//! sets `disable_encrypted_timestamp` or `clpreauth` `enable_only = spake`,
+//! or the KDC's `kdc.conf` disables its `encrypted_timestamp` module.
 //!
 //! It does so the way an operator would: a profile of its own in front of
-//! the one it was given, in `KRB5_CONFIG`, which MIT reads in order.
+//! the one it was given, in `KRB5_CONFIG`, which MIT reads in order and
+//! whose `disable` values it adds up across files. (MIT accepts a `module`
+//! line only in the first file it reads: a profile that starts with one
+//! cannot be used behind this one. The PKINIT module, where installed,
+//! loads libcrypto too and is left as configured.)
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::AuthError;
 
@@ -24,7 +31,7 @@ use crate::AuthError;
 pub const FILE_NAME: &str = "krb5-keytab-login.conf";
 
 /// What MIT reads when `KRB5_CONFIG` is unset (as built by Debian, Ubuntu
-/// and Red Hat).
+/// and Red Hat; a build of its own may add `/usr/local/etc/krb5.conf`).
 const SYSTEM_PROFILE: &str = "/etc/krb5.conf";
 
 const PROFILE: &str = "\
@@ -67,21 +74,25 @@ pub fn without_spake(dir: &Path, inherited: Option<&OsStr>) -> Result<OsString, 
 
 /// Written whole or not at all: a half-written profile would fail every
 /// login with a parse error.
-fn write_atomically(dir: &Path, path: &PathBuf) -> std::io::Result<()> {
+fn write_atomically(dir: &Path, path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
+    // The prefix the driver's state directory sweeps at start.
+    let tmp = dir.join(format!(".tmp-{FILE_NAME}"));
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o644)
-        .open(&tmp)?;
-    file.write_all(PROFILE.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(PROFILE.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

@@ -57,10 +57,12 @@ struct Cli {
     /// controller runs with auth.mode = "none").
     #[arg(long, env = "KCRED_NODE_KEYTAB")]
     keytab: Option<PathBuf>,
-    /// Let the node's Kerberos login use SPAKE pre-authentication. Only a
-    /// realm whose KDC disables encrypted-timestamp pre-authentication
-    /// needs it: SPAKE adds nothing to a keytab's random keys, and its
-    /// module loads OpenSSL's libcrypto (about 1.4 MiB resident).
+    /// Let the node's Kerberos login use SPAKE pre-authentication: for a
+    /// keytab whose key comes from a password, or a realm where SPAKE is
+    /// the only way in (krb5.conf `disable_encrypted_timestamp`, clpreauth
+    /// `enable_only = spake`, a KDC without encrypted timestamp). A random
+    /// host key gains nothing from it, and its module loads OpenSSL's
+    /// libcrypto (about 1.4 MiB resident).
     #[arg(long, env = "KCRED_KERBEROS_SPAKE")]
     kerberos_spake: bool,
     /// This node's principal (default: host/<node-id>).
@@ -289,9 +291,9 @@ fn start_series_at_zero(m: &Metrics) {
 
 /// The node's Kerberos identity. Getting it talks to the KDC: retried with
 /// backoff, so a driver that starts during a KDC outage comes up when the
-/// KDC does (mounts already made keep working meanwhile). Each failure
-/// says whether SPAKE was on, as a realm whose clients may use nothing
-/// else fails every login without it.
+/// KDC does (mounts already made keep working meanwhile). While SPAKE is
+/// off, each failure names the flag that turns it on: a realm where it is
+/// the only way in fails every login without it.
 async fn node_initiator(
     keytab: PathBuf,
     principal: String,
@@ -310,12 +312,16 @@ async fn node_initiator(
     attempt
         .retry(retry::identity())
         .notify(|e: &String, wait| {
-            tracing::warn!(
-                error = %e,
-                kerberos_spake,
-                retry_in = ?wait,
-                "cannot get the node's Kerberos identity"
-            )
+            if kerberos_spake {
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot get the node's Kerberos identity")
+            } else {
+                tracing::warn!(
+                    error = %e,
+                    kerberos_spake,
+                    retry_in = ?wait,
+                    "cannot get the node's Kerberos identity (SPAKE off: where it is the only way in, or the key comes from a password, start with --kerberos-spake)"
+                )
+            }
         })
         .await
         .map_err(|e| anyhow::anyhow!("node identity: {e}"))

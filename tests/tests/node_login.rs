@@ -119,20 +119,24 @@ fn with_kerberos_spake_the_login_loads_spake_and_libcrypto() {
 }
 
 #[test]
-fn a_realm_whose_clients_may_use_only_spake_needs_kerberos_spake() {
-    let node = Node::new(Preauth::SpakeOnly);
-    let (driver, logged_in) = node.driver(&[]);
-    let log = driver.log_text();
-    assert!(!logged_in, "logged in without SPAKE:\n{log}");
-    let failure = log
-        .lines()
-        .find(|l| l.contains(LOGIN_FAILED))
-        .expect("the failure is logged");
-    assert!(
-        failure.contains("kerberos_spake=false") && failure.contains("Pre-authentication failed"),
-        "{failure}"
-    );
-    drop(driver);
-    let (driver, logged_in) = node.driver(&["--kerberos-spake"]);
-    assert!(logged_in, "{}", driver.log_text());
+fn a_realm_where_spake_is_the_only_way_in_needs_kerberos_spake() {
+    // The client told never to use encrypted timestamp; the KDC without it.
+    for preauth in [Preauth::SpakeOnly, Preauth::KdcSpakeOnly] {
+        let node = Node::new(preauth);
+        let (driver, logged_in) = node.driver(&[]);
+        let log = driver.log_text();
+        assert!(!logged_in, "{preauth:?}: logged in without SPAKE:\n{log}");
+        let failure = log
+            .lines()
+            .find(|l| l.contains(LOGIN_FAILED))
+            .expect("the failure is logged");
+        assert!(
+            failure.contains("--kerberos-spake")
+                && failure.to_lowercase().contains("authentication fail"),
+            "{preauth:?}: {failure}"
+        );
+        drop(driver);
+        let (driver, logged_in) = node.driver(&["--kerberos-spake"]);
+        assert!(logged_in, "{preauth:?}: {}", driver.log_text());
+    }
 }

@@ -82,10 +82,13 @@ pub enum Preauth {
     Required,
     /// Every principal added asks for it, and the realm's `krb5.conf` tells
     /// clients never to use encrypted timestamp
-    /// (`disable_encrypted_timestamp`, a client setting: MIT's KDC always
-    /// offers it), as a realm hardened against password guessing does:
-    /// SPAKE is the only way in.
+    /// (`disable_encrypted_timestamp`, a client setting), as a realm
+    /// hardened against password guessing does: SPAKE is the only way in.
     SpakeOnly,
+    /// Every principal added asks for it, and the KDC's encrypted
+    /// timestamp module is off (`[plugins] kdcpreauth`): the KDC offers
+    /// only SPAKE.
+    KdcSpakeOnly,
 }
 
 /// Why the realm or one of its tools failed; carries the failing command and
@@ -224,15 +227,25 @@ impl Realm {
         // client reads the same file and accepts this one anyway.
         let spake_groups = match preauth {
             Preauth::Optional => "",
-            Preauth::Required | Preauth::SpakeOnly => "\tspake_preauth_groups = edwards25519\n",
+            Preauth::Required | Preauth::SpakeOnly | Preauth::KdcSpakeOnly => {
+                "\tspake_preauth_groups = edwards25519\n"
+            }
         };
         let flags = match preauth {
             Preauth::Optional => "",
-            Preauth::Required | Preauth::SpakeOnly => "\t\tdefault_principal_flags = +preauth\n",
+            Preauth::Required | Preauth::SpakeOnly | Preauth::KdcSpakeOnly => {
+                "\t\tdefault_principal_flags = +preauth\n"
+            }
+        };
+        let kdc_plugins = match preauth {
+            Preauth::KdcSpakeOnly => {
+                "\n[plugins]\n\tkdcpreauth = {\n\t\tdisable = encrypted_timestamp\n\t}\n"
+            }
+            Preauth::Optional | Preauth::Required | Preauth::SpakeOnly => "",
         };
         let no_timestamp = match preauth {
             Preauth::SpakeOnly => "\t\tdisable_encrypted_timestamp = true\n",
-            Preauth::Optional | Preauth::Required => "",
+            Preauth::Optional | Preauth::Required | Preauth::KdcSpakeOnly => "",
         };
         let krb5_conf = format!(
             "[libdefaults]\n\
@@ -272,7 +285,8 @@ impl Realm {
              [logging]\n\
              \tkdc = FILE:{d}/kdc.log\n\
              \tadmin_server = FILE:{d}/kadmind.log\n\
-             \tdefault = FILE:{d}/krb5.log\n"
+             \tdefault = FILE:{d}/krb5.log\n\
+             {kdc_plugins}"
         );
         // kadmind uses the first matching line: extra lines go first so a
         // test can widen or narrow the default.
