@@ -3,7 +3,7 @@
 //! (`/metrics`, `/healthz`, `/readyz`) with the process and build metrics
 //! every Prometheus dashboard expects.
 
-// One call needs it: `malloc::limit_arenas`.
+// Two calls need it: `malloc::limit_arenas` and `malloc::release_free_memory`.
 #![deny(unsafe_code)]
 
 pub mod health;
