@@ -36,10 +36,9 @@ pub fn limit_arenas(max: i32) {
 
 /// Hands the pages malloc holds free back to the kernel (glibc's
 /// `malloc_trim(0)`, which also releases free pages inside the heap, not
-/// only at its top). For after a burst of work in a process that then
-/// idles: it walks every arena under its lock, tens of microseconds for a
-/// heap of a few MiB, so not on every call. Does nothing on other C
-/// libraries.
+/// only at its top). For when a burst of work is over and the process
+/// idles: it walks every arena's free blocks under that arena's lock, so
+/// not after every call. Does nothing on other C libraries.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the kernel; it takes
@@ -50,7 +49,7 @@ pub fn release_free_memory() {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;
 
@@ -64,7 +63,6 @@ mod tests {
             .expect("RssAnon")
     }
 
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn free_pages_between_blocks_in_use_go_back_to_the_kernel() {
         // 64 MiB in 4 KiB blocks, then all but one block in 64 freed: the

@@ -540,8 +540,14 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     let rot_ctrl_cpu = procstat::cpu(ctrl_pid)?.saturating_sub(rot_ctrl0);
     let rot_driver_cpu = procstat::cpu(driver_pid)?.saturating_sub(rot_driver0);
     // The rotation's writes ran on the driver's blocking threads, which
-    // stay for its keep-alive (2 s) and then exit: the node's steady state.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // stay for its keep-alive and then exit: the node's steady state is
+    // once it runs the threads it ran before the rotation again.
+    let settle_deadline = Instant::now() + Duration::from_secs(10);
+    let settle_start = Instant::now();
+    while procstat::threads(driver_pid)? > driver_threads && Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settled_after = settle_start.elapsed();
     let driver_rss_settled = procstat::rss(driver_pid)?;
     let settled_threads = procstat::threads(driver_pid)?;
 
@@ -686,7 +692,10 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         "-",
     );
     table.row(
-        "  3 s later (idle blocking threads gone)",
+        &format!(
+            "  {:.1} s later, its idle blocking threads gone",
+            settled_after.as_secs_f64()
+        ),
         &format!("{:.1} MiB", driver_rss_settled as f64 / 1048576.0),
         &format!("{settled_threads} threads"),
         "-",

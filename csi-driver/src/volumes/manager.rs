@@ -301,6 +301,14 @@ impl VolumeManager {
                 let me = Arc::clone(&me);
                 async move { me.run_due(due).await }
             },
+            // A burst (a rotation refreshing every volume holding the
+            // credential, renewals come due together) is over and the node
+            // idles: what it allocated is free again, and its pages go back
+            // to the kernel. After rotating 100 volumes the driver's RSS is
+            // 0.4-0.6 MiB lower for it (the README's "Measured").
+            || {
+                tokio::task::spawn_blocking(kcred_runtime::malloc::release_free_memory);
+            },
         );
         tokio::join!(
             scheduled,

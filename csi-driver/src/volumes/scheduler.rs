@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -179,14 +180,20 @@ pub type Due = Vec<(String, Cause)>;
 
 /// Runs due entries forever (until the task is aborted): `group` splits
 /// what is due at once into jobs, at most `parallel` jobs run at once,
-/// each by `work(its entries)`.
-pub async fn run<G, F, Fut>(schedule: Arc<Schedule>, parallel: usize, group: G, work: F)
+/// each by `work(its entries)`. `idle()` runs when the last job started
+/// has ended (a burst of work is over), once per burst.
+pub async fn run<G, F, Fut, I>(schedule: Arc<Schedule>, parallel: usize, group: G, work: F, idle: I)
 where
     G: Fn(Due) -> Vec<Due>,
     F: Fn(Due) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
+    I: Fn() + Send + Sync + 'static,
 {
     let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let idle = Arc::new(idle);
+    // Jobs handed out and not ended, counted before any of them starts:
+    // the count reaches zero only when a burst's last job ends.
+    let running = Arc::new(AtomicUsize::new(0));
     loop {
         let due = schedule.take_due(SystemTime::now());
         let jobs = if due.is_empty() {
@@ -194,14 +201,19 @@ where
         } else {
             group(due)
         };
+        running.fetch_add(jobs.len(), Ordering::AcqRel);
         for entries in jobs {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
             };
             let job = work(entries);
+            let (running, idle) = (Arc::clone(&running), Arc::clone(&idle));
             tokio::spawn(async move {
                 job.await;
                 drop(permit);
+                if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    idle();
+                }
             });
         }
         let sleep = schedule
@@ -324,6 +336,7 @@ mod tests {
                     let _ = tx.send(due);
                 }
             },
+            || {},
         ));
         s.trigger("v", Cause::Pushed);
         assert_eq!(
@@ -349,9 +362,52 @@ mod tests {
                     let _ = tx.send(due);
                 }
             },
+            || {},
         ));
         let job = rx.recv().await.expect("a job");
         assert_eq!(job.len(), 100, "one job for the whole push");
+        runner.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_runs_once_when_a_bursts_last_job_ends() {
+        let s = Arc::new(Schedule::new());
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let runner = {
+            let ended = Arc::clone(&ended);
+            tokio::spawn(run(
+                Arc::clone(&s),
+                2,
+                // One job a volume: five jobs, two at a time.
+                |due| due.into_iter().map(|d| vec![d]).collect(),
+                move |_| {
+                    let ended = Arc::clone(&ended);
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        ended.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+                move || {
+                    let _ = tx.send(());
+                },
+            ))
+        };
+        let ids: Vec<String> = (0..5).map(|i| format!("v{i}")).collect();
+        for burst in 1..=2 {
+            s.trigger_all(ids.iter().map(String::as_str), Cause::Pushed);
+            rx.recv().await.expect("idle");
+            assert_eq!(
+                ended.load(Ordering::SeqCst),
+                5 * burst,
+                "idle before the last job ended"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                rx.try_recv().is_err(),
+                "idle more than once in burst {burst}"
+            );
+        }
         runner.abort();
     }
 }
