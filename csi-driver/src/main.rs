@@ -312,16 +312,17 @@ async fn node_initiator(
     attempt
         .retry(retry::identity())
         .notify(|e: &String, wait| {
-            if kerberos_spake {
-                tracing::warn!(error = %e, retry_in = ?wait, "cannot get the node's Kerberos identity")
+            let hint = if kerberos_spake {
+                ""
             } else {
-                tracing::warn!(
-                    error = %e,
-                    kerberos_spake,
-                    retry_in = ?wait,
-                    "cannot get the node's Kerberos identity (SPAKE off: where it is the only way in, or the key comes from a password, start with --kerberos-spake)"
-                )
-            }
+                " (SPAKE off: where it is the only way in, or the key comes from a password, start with --kerberos-spake)"
+            };
+            tracing::warn!(
+                error = %e,
+                kerberos_spake,
+                retry_in = ?wait,
+                "cannot get the node's Kerberos identity{hint}"
+            )
         })
         .await
         .map_err(|e| anyhow::anyhow!("node identity: {e}"))

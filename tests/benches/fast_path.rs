@@ -542,9 +542,10 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     // The rotation's writes ran on the driver's blocking threads, which
     // stay for its keep-alive and then exit: the node's steady state is
     // once it runs the threads it ran before the rotation again.
-    let settle_deadline = Instant::now() + Duration::from_secs(10);
     let settle_start = Instant::now();
-    while procstat::threads(driver_pid)? > driver_threads && Instant::now() < settle_deadline {
+    while procstat::threads(driver_pid)? > driver_threads
+        && settle_start.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let settled_after = settle_start.elapsed();

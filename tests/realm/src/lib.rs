@@ -225,27 +225,26 @@ impl Realm {
         } = self.ports;
         // Groups the KDC offers SPAKE with (it offers none by default); the
         // client reads the same file and accepts this one anyway.
-        let spake_groups = match preauth {
-            Preauth::Optional => "",
-            Preauth::Required | Preauth::SpakeOnly | Preauth::KdcSpakeOnly => {
-                "\tspake_preauth_groups = edwards25519\n"
-            }
+        let required = preauth != Preauth::Optional;
+        let spake_groups = if required {
+            "\tspake_preauth_groups = edwards25519\n"
+        } else {
+            ""
         };
-        let flags = match preauth {
-            Preauth::Optional => "",
-            Preauth::Required | Preauth::SpakeOnly | Preauth::KdcSpakeOnly => {
-                "\t\tdefault_principal_flags = +preauth\n"
-            }
+        let flags = if required {
+            "\t\tdefault_principal_flags = +preauth\n"
+        } else {
+            ""
         };
-        let kdc_plugins = match preauth {
-            Preauth::KdcSpakeOnly => {
-                "\n[plugins]\n\tkdcpreauth = {\n\t\tdisable = encrypted_timestamp\n\t}\n"
-            }
-            Preauth::Optional | Preauth::Required | Preauth::SpakeOnly => "",
+        let no_timestamp = if preauth == Preauth::SpakeOnly {
+            "\t\tdisable_encrypted_timestamp = true\n"
+        } else {
+            ""
         };
-        let no_timestamp = match preauth {
-            Preauth::SpakeOnly => "\t\tdisable_encrypted_timestamp = true\n",
-            Preauth::Optional | Preauth::Required | Preauth::KdcSpakeOnly => "",
+        let kdc_plugins = if preauth == Preauth::KdcSpakeOnly {
+            "\n[plugins]\n\tkdcpreauth = {\n\t\tdisable = encrypted_timestamp\n\t}\n"
+        } else {
+            ""
         };
         let krb5_conf = format!(
             "[libdefaults]\n\
