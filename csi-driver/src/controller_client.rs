@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kcred_auth::grpc::TokenInterceptor;
-use kcred_auth::{BearerToken, Initiator};
+use kcred_auth::BearerToken;
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
 use kcred_proto::kcred::v1::volume_result::Outcome;
 use kcred_proto::kcred::v1::{
@@ -13,12 +12,11 @@ use kcred_proto::kcred::v1::{
     Reason, VolumeRequest, VolumeUpdate, WatchUpdatesRequest,
 };
 use tonic::Code;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::connection_proof::{ConnectionProof, CountingConnector, PROOF_LOST, ProofTracking};
-use crate::support::may_block::may_block;
+pub use crate::node_identity::NodeIdentity;
+use crate::node_identity::Proving;
 
 /// Why a call to the controller failed, as the driver acts on it: by the
 /// typed reason the controller sends, never by its message.
@@ -116,92 +114,7 @@ impl ControllerError {
     }
 }
 
-/// Adds the node's proof of identity to each call: a Kerberos token from
-/// its host keytab (only until the connection is proven, see
-/// [`crate::connection_proof`]), or its DaemonSet pod's service-account
-/// token (psat); passes calls through with none (controllers running with
-/// `auth.mode = "none"`, or mTLS, which the connection carries).
-#[derive(Clone)]
-pub struct NodeIdentity {
-    proof: Proof,
-    /// The connection this identity's calls go over, once bound to one
-    /// controller's channel.
-    connection: Option<Arc<ConnectionProof>>,
-}
-
-#[derive(Clone)]
-enum Proof {
-    None,
-    Kerberos(TokenInterceptor),
-    Psat(Arc<crate::psat::TokenFile>),
-}
-
-impl NodeIdentity {
-    /// No identity: calls carry no token.
-    pub fn none() -> Self {
-        Self::of(Proof::None)
-    }
-
-    /// The node's `host/<fqdn>` identity.
-    pub fn kerberos(initiator: Arc<Initiator>) -> Self {
-        Self::of(Proof::Kerberos(TokenInterceptor::new(initiator)))
-    }
-
-    /// The driver pod's projected service-account token, read from its
-    /// file (again whenever kubelet rotates it).
-    pub fn psat(token_file: Arc<crate::psat::TokenFile>) -> Self {
-        Self::of(Proof::Psat(token_file))
-    }
-
-    fn of(proof: Proof) -> Self {
-        NodeIdentity {
-            proof,
-            connection: None,
-        }
-    }
-
-    /// This identity for the calls over one controller's connection.
-    fn over(&self, connection: &Arc<ConnectionProof>) -> Self {
-        NodeIdentity {
-            proof: self.proof.clone(),
-            connection: Some(Arc::clone(connection)),
-        }
-    }
-}
-
-impl Interceptor for NodeIdentity {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        match &mut self.proof {
-            Proof::Kerberos(t) => match &self.connection {
-                Some(connection) => {
-                    let sent = connection.sending();
-                    request.extensions_mut().insert(sent);
-                    if sent.token() {
-                        may_block(|| t.call(request))
-                    } else {
-                        Ok(request)
-                    }
-                }
-                None => may_block(|| t.call(request)),
-            },
-            Proof::Psat(file) => {
-                let token = file.current().map_err(|e| {
-                    tonic::Status::unavailable(format!("no node token to present: {e}"))
-                })?;
-                token.attach(&mut request).map_err(|e| {
-                    tonic::Status::unavailable(format!("node token {}: {e}", file.path().display()))
-                })?;
-                Ok(request)
-            }
-            Proof::None => Ok(request),
-        }
-    }
-}
-
-type Client = NodeCredentialsClient<InterceptedService<ProofTracking<Channel>, NodeIdentity>>;
+type Client = NodeCredentialsClient<Proving<ProofTracking<Channel>>>;
 
 /// A lazily connecting client: the driver starts (and answers kubelet's
 /// Probe) even while the controller is unreachable, and reconnects by
@@ -276,10 +189,10 @@ impl ControllerClient {
                 tcp.set_nodelay(true);
                 ep.connect_with_connector_lazy(CountingConnector::new(tcp, Arc::clone(&connection)))
             };
-            clients.push(NodeCredentialsClient::with_interceptor(
+            clients.push(NodeCredentialsClient::new(Proving::new(
                 ProofTracking::new(channel, Arc::clone(&connection)),
                 identity.over(&connection),
-            ));
+            )));
         }
         if clients.is_empty() {
             // The same error a malformed address gives.

@@ -21,6 +21,7 @@ pub mod connection_proof;
 pub mod controller_client;
 pub mod csi;
 pub mod metrics;
+pub mod node_identity;
 pub mod psat;
 pub mod storage;
 pub mod support;

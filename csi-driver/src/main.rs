@@ -115,14 +115,12 @@ struct Cli {
 /// without waking a second thread, which cost a warm publish about 0.1 ms
 /// of CPU with four, and each idle worker kept about a quarter MiB.
 ///
-/// The one call that can wait on the network where nothing can be
-/// awaited, a Kerberos token while the KDC does not answer, first hands
-/// the worker's other tasks to a thread of the blocking pool
-/// (`support::may_block`), so kubelet's calls go on being answered until
-/// about [`BLOCKING_THREADS`] such calls wait at once (four did, with four
-/// workers and none handed on). What a publish looks at on kubelet's own
-/// disk (its target's `lstat`, `statfs`) stays on the worker: a disk that
-/// hangs there hangs kubelet too.
+/// A Kerberos token, which can wait on the KDC for as long as MIT's
+/// timeouts, is made on one blocking thread at a time while the calls
+/// that need one wait as tasks (`node_identity`), so kubelet's calls go on
+/// being answered however many wait on a silent KDC. What a publish looks
+/// at on kubelet's own disk (its target's `lstat`, `statfs`) stays on the
+/// worker: a disk that hangs there hangs kubelet too.
 const WORKER_THREADS: usize = 1;
 /// Threads for file-system work (mounts, tmpfs writes, state records). A
 /// rotation refreshes many volumes at once; each write is short, so they

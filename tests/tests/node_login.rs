@@ -2,7 +2,9 @@
 //! KDC: with its keytab, by encrypted timestamp, without loading MIT's SPAKE
 //! module (nor the libcrypto it links) unless `--kerberos-spake` asks for
 //! it, which a realm offering only SPAKE needs. What the driver loaded is
-//! read from its `/proc/<pid>/maps`.
+//! read from its `/proc/<pid>/maps`. And the tokens it makes from that
+//! login: a KDC that stops answering stalls the calls that wait for one,
+//! never kubelet's other calls.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -138,5 +140,90 @@ fn a_realm_where_spake_is_the_only_way_in_needs_kerberos_spake() {
         drop(driver);
         let (driver, logged_in) = node.driver(&["--kerberos-spake"]);
         assert!(logged_in, "{preauth:?}: {}", driver.log_text());
+    }
+}
+
+/// The KDC frozen (it takes requests and never answers): every call to the
+/// controller needs a token, and a token needs the KDC (the controller's
+/// service principal is not in the realm, so no ticket is ever cached).
+/// Many publishes wait for one at once, more than the driver has threads;
+/// kubelet's other calls are still answered meanwhile, and the publishes
+/// all end once the KDC answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
+    use kcred_proto::csi::v1 as csi;
+    use kcred_tests::{Kubelet, TestPod};
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    /// More than the driver's blocking threads (eight) and workers (one).
+    const WAITING: usize = 16;
+
+    /// Thaws the KDC however the test ends, so the realm can stop.
+    struct Frozen(Pid);
+    impl Drop for Frozen {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+
+    let node = Node::new(Preauth::Required);
+    let (driver, logged_in) = node.driver(&[]);
+    assert!(logged_in, "{}", driver.log_text());
+    let kdc = Pid::from_raw(node.realm.kdc_pid().expect("KDC running") as i32);
+    kill(kdc, Signal::SIGSTOP).expect("freeze the KDC");
+    let frozen = Frozen(kdc);
+
+    let d = node.dir.path();
+    let kubelet = Kubelet::connect_when_ready(&d.join("csi.sock"), d, Duration::from_secs(10))
+        .await
+        .expect("driver socket");
+    let publishes: Vec<_> = (0..WAITING)
+        .map(|i| {
+            let mut node_client = kubelet.node();
+            let req =
+                kubelet.publish_request(&TestPod::new("ns", &format!("pod-{i}"), NODE_A), "creds");
+            tokio::spawn(async move { node_client.node_publish_volume(req).await })
+        })
+        .collect();
+    // Each publish is now waiting for its token (or queued behind one).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..5 {
+        let asked = Instant::now();
+        let answered = tokio::time::timeout(Duration::from_secs(3), async {
+            kubelet
+                .identity()
+                .probe(csi::ProbeRequest {})
+                .await
+                .expect("probe");
+            kubelet
+                .node()
+                .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
+                .await
+                .expect("capabilities");
+        })
+        .await;
+        assert!(
+            answered.is_ok(),
+            "kubelet's calls not answered within 3 s while {WAITING} publishes wait on the KDC:\n{}",
+            driver.log_text()
+        );
+        assert!(asked.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for p in &publishes {
+        assert!(!p.is_finished(), "a publish ended while the KDC was frozen");
+    }
+
+    drop(frozen);
+    // The KDC answers again (that the controller's service is unknown):
+    // every publish ends, refused, none left hanging.
+    for p in publishes {
+        let answer = tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("publish answered once the KDC is back")
+            .expect("task");
+        let status = answer.expect_err("no controller to fetch from");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
 }

@@ -3,7 +3,6 @@
 //! retries back off, where randomness comes from.
 
 pub mod lock;
-pub mod may_block;
 pub mod random;
 pub mod retry;
 pub mod time;
