@@ -30,8 +30,10 @@ impl Interceptor for TokenInterceptor {
             .initiator
             .token()
             .map_err(|e| Status::unavailable(format!("cannot get a Kerberos token: {e}")))?;
-        let value = MetadataValue::try_from(to_metadata_value(&token))
+        let mut value = MetadataValue::try_from(to_metadata_value(&token))
             .map_err(|_| Status::internal("token is not valid metadata"))?;
+        // Single-use: never worth a slot in the header table.
+        value.set_sensitive(true);
         request.metadata_mut().insert(METADATA_KEY, value);
         Ok(request)
     }

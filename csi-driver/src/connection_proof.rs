@@ -47,7 +47,8 @@ pub struct ConnectionProof {
 }
 
 /// Which connection a call was made for, and whether it carries a token
-/// (a request extension the token interceptor sets).
+/// (a request extension the node's identity layer sets,
+/// [`crate::node_identity`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentOn {
     connection: u64,
@@ -202,7 +203,7 @@ impl<Io: Write + Unpin> Write for Numbered<Io> {
     }
 }
 
-/// Sits between the token interceptor and the channel: reads each answer's
+/// Sits between the node's identity layer and the channel: reads each answer's
 /// headers for the controller's word on the connection.
 #[derive(Clone)]
 pub struct ProofTracking<S> {

@@ -133,7 +133,9 @@ pub struct ControllerClient {
     node_name: String,
 }
 
-/// How long a call (or a heartbeat on its stream) waits for its answer.
+/// How long a call (or a heartbeat on its stream) waits for its answer,
+/// once sent; a call waits as long again, at most, for the node's Kerberos
+/// token before it is sent ([`crate::node_identity::TOKEN_WAIT`]).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Rounds over every controller before a call fails.

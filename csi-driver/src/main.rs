@@ -118,13 +118,16 @@ struct Cli {
 /// A Kerberos token, which can wait on the KDC for as long as MIT's
 /// timeouts, is made on one blocking thread at a time while the calls
 /// that need one wait as tasks (`node_identity`), so kubelet's calls go on
-/// being answered however many wait on a silent KDC. What a publish looks
+/// being answered however many wait on a silent KDC, and those calls end
+/// together when the attempt they waited for fails. What a publish looks
 /// at on kubelet's own disk (its target's `lstat`, `statfs`) stays on the
 /// worker: a disk that hangs there hangs kubelet too.
 const WORKER_THREADS: usize = 1;
 /// Threads for file-system work (mounts, tmpfs writes, state records). A
 /// rotation refreshes many volumes at once; each write is short, so they
-/// queue for a few threads rather than start one each.
+/// queue for a few threads rather than start one each. One of them may be
+/// making the node's Kerberos token, for as long as MIT waits on a silent
+/// KDC (about 25 s over TCP).
 const BLOCKING_THREADS: usize = 8;
 /// How long an idle blocking thread is kept (tokio's default is 10 s).
 const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);

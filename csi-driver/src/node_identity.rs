@@ -13,13 +13,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use kcred_auth::{Initiator, METADATA_KEY, to_metadata_value};
 use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tower::Service;
+use tower::{Service, ServiceExt};
 
 use crate::connection_proof::ConnectionProof;
 
@@ -51,10 +52,7 @@ impl NodeIdentity {
 
     /// The node's `host/<fqdn>` identity.
     pub fn kerberos(initiator: Arc<Initiator>) -> Self {
-        Self::of(Proof::Kerberos(Tokens {
-            initiator,
-            turn: Arc::new(Mutex::new(())),
-        }))
+        Self::of(Proof::Kerberos(Tokens::new(initiator)))
     }
 
     /// The driver pod's projected service-account token, read from its
@@ -116,26 +114,65 @@ impl NodeIdentity {
 #[derive(Clone)]
 struct Tokens {
     initiator: Arc<Initiator>,
-    /// Held until a token's blocking call has returned, even when the
-    /// call that wanted it is dropped meanwhile: calls given up on while
-    /// the KDC is silent cannot pile up threads waiting on it.
-    turn: Arc<Mutex<()>>,
+    /// Attempts that have ended.
+    ended: Arc<AtomicU64>,
+    /// The turn to make a token, and the last attempt's failure (its
+    /// number in `ended`), none once one succeeded. Held until the
+    /// attempt's blocking call has returned, even when the call that
+    /// wanted it is dropped meanwhile: calls given up on while the KDC is
+    /// silent cannot pile up threads waiting on it.
+    turn: Arc<Mutex<Option<(u64, Status)>>>,
 }
 
 impl Tokens {
+    fn new(initiator: Arc<Initiator>) -> Self {
+        Tokens {
+            initiator,
+            ended: Arc::default(),
+            turn: Arc::default(),
+        }
+    }
+
+    /// A token for one call, or why there is none. A call that waited for
+    /// its turn while an attempt failed takes that failure rather than
+    /// trying again: calls queued behind a silent KDC then end within one
+    /// attempt's timeouts, not one after another. Bounded by
+    /// [`TOKEN_WAIT`] in any case.
     async fn make(&self) -> Result<Vec<u8>, Status> {
-        let turn = Arc::clone(&self.turn).lock_owned().await;
-        let initiator = Arc::clone(&self.initiator);
+        tokio::time::timeout(TOKEN_WAIT, self.attempt())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::unavailable(format!(
+                    "no Kerberos token within {TOKEN_WAIT:?} (is the KDC answering?)"
+                )))
+            })
+    }
+
+    async fn attempt(&self) -> Result<Vec<u8>, Status> {
+        let seen = self.ended.load(Ordering::Acquire);
+        let mut turn = Arc::clone(&self.turn).lock_owned().await;
+        if let Some((n, status)) = turn.as_ref()
+            && *n > seen
+        {
+            return Err(status.clone());
+        }
+        let (initiator, ended) = (Arc::clone(&self.initiator), Arc::clone(&self.ended));
         tokio::task::spawn_blocking(move || {
-            let token = initiator.token();
-            drop(turn);
+            let token = initiator
+                .token()
+                .map_err(|e| Status::unavailable(format!("cannot get a Kerberos token: {e}")));
+            let n = ended.fetch_add(1, Ordering::AcqRel) + 1;
+            *turn = token.as_ref().err().map(|status| (n, status.clone()));
             token
         })
         .await
-        .map_err(|e| Status::internal(format!("making a Kerberos token: {e}")))?
-        .map_err(|e| Status::unavailable(format!("cannot get a Kerberos token: {e}")))
+        .map_err(|e| Status::unavailable(format!("making a Kerberos token: {e}")))?
     }
 }
+
+/// The longest a call waits for its Kerberos token: as long as it would
+/// wait for the controller's answer.
+pub const TOKEN_WAIT: std::time::Duration = crate::controller_client::CALL_TIMEOUT;
 
 /// A channel whose calls carry the node's proof of identity: tonic's
 /// interceptor, but able to wait.
@@ -165,15 +202,15 @@ where
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    /// Always ready: the channel is made ready once the call has its
+    /// proof, so a call waiting for a token holds no slot of the channel's
+    /// buffer (the channel's own readiness is waited for in the call).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The service made ready is the one that takes the call; the clone
-        // stays behind for the next `poll_ready`.
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let mut inner = self.inner.clone();
         let identity = self.identity.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
@@ -191,9 +228,104 @@ where
             parts.headers = metadata.into_headers();
             parts.extensions = extensions;
             inner
+                .ready()
+                .await
+                .map_err(Into::into)?
                 .call(http::Request::from_parts(parts, body))
                 .await
                 .map_err(Into::into)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use kcred_proto::kcred::v1::HeartbeatRequest;
+    use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
+    use tonic::Code;
+    use tonic::body::Body;
+
+    use super::*;
+
+    /// What reached the channel: each call's path and headers.
+    type Seen = Arc<StdMutex<Vec<(String, http::HeaderMap)>>>;
+
+    /// A channel that records each call's path and headers and answers
+    /// `NOT_FOUND`, as a controller's refusal comes (trailers only).
+    #[derive(Clone, Default)]
+    struct Recorder(Seen);
+
+    impl Service<http::Request<Body>> for Recorder {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+            self.0
+                .lock()
+                .expect("seen")
+                .push((request.uri().path().to_string(), request.headers().clone()));
+            std::future::ready(Ok(Status::not_found("no such volume").into_http()))
+        }
+    }
+
+    fn client(identity: NodeIdentity) -> (NodeCredentialsClient<Proving<Recorder>>, Seen) {
+        let channel = Recorder::default();
+        let seen = Arc::clone(&channel.0);
+        (
+            NodeCredentialsClient::new(Proving::new(channel, identity)),
+            seen,
+        )
+    }
+
+    fn beat() -> HeartbeatRequest {
+        HeartbeatRequest {
+            node_name: "node-a".into(),
+            volume_ids: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_reach_the_channel_with_every_header_tonic_set() {
+        let (mut client, seen) = client(NodeIdentity::none());
+        let status = client.heartbeat(beat()).await.expect_err("refused");
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert_eq!(status.message(), "no such volume");
+        let seen = seen.lock().expect("seen");
+        let (path, headers) = &seen[0];
+        assert_eq!(path, "/kcred.v1.NodeCredentials/Heartbeat");
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["te"], "trailers");
+        assert!(!headers.contains_key("authorization"), "{headers:?}");
+    }
+
+    #[tokio::test]
+    async fn a_pod_token_is_presented_and_its_failure_comes_back_as_the_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "header.payload.signature").expect("write token");
+        let file = Arc::new(crate::psat::TokenFile::open(&path).expect("token file"));
+        let (mut client, seen) = client(NodeIdentity::psat(file));
+        client.heartbeat(beat()).await.expect_err("refused");
+        let authorization = seen.lock().expect("seen")[0].1["authorization"].clone();
+        assert_eq!(authorization, "Bearer header.payload.signature");
+        assert!(authorization.is_sensitive());
+
+        // No token to present: the call ends here, with why, exactly as
+        // the identity said it (the caller fails over on `UNAVAILABLE`).
+        std::fs::remove_file(&path).expect("remove token");
+        let status = client.heartbeat(beat()).await.expect_err("no token");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().starts_with("no node token to present:"),
+            "{status:?}"
+        );
+        assert_eq!(seen.lock().expect("seen").len(), 1, "the call went out");
     }
 }

@@ -9,8 +9,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kcred_proto::csi::v1 as csi;
 use kcred_testrealm::{Preauth, Realm, RealmOptions};
 use kcred_tests::procs::{NODE_A, Proc, binary};
+use kcred_tests::{Kubelet, TestPod};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const LOGGED_IN: &str = "serving CSI";
 const LOGIN_FAILED: &str = "cannot get the node's Kerberos identity";
@@ -77,6 +81,35 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A KDC that takes requests and never answers (`SIGSTOP`), thawed
+/// however the test ends so the realm can stop.
+struct FrozenKdc(Pid);
+
+impl FrozenKdc {
+    fn freeze(realm: &Realm) -> FrozenKdc {
+        let kdc = Pid::from_raw(realm.kdc_pid().expect("KDC running") as i32);
+        kill(kdc, Signal::SIGSTOP).expect("freeze the KDC");
+        FrozenKdc(kdc)
+    }
+}
+
+impl Drop for FrozenKdc {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+/// How many threads the process runs now.
+fn threads_of(proc: &Proc) -> usize {
+    let pid = proc.pid().expect("running");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads:")
 }
 
 /// The shared objects the process has mapped.
@@ -151,28 +184,16 @@ fn a_realm_where_spake_is_the_only_way_in_needs_kerberos_spake() {
 /// all end once the KDC answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
-    use kcred_proto::csi::v1 as csi;
-    use kcred_tests::{Kubelet, TestPod};
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-
     /// More than the driver's blocking threads (eight) and workers (one).
     const WAITING: usize = 16;
-
-    /// Thaws the KDC however the test ends, so the realm can stop.
-    struct Frozen(Pid);
-    impl Drop for Frozen {
-        fn drop(&mut self) {
-            let _ = kill(self.0, Signal::SIGCONT);
-        }
-    }
+    /// The driver's main thread and its worker, the one thread making a
+    /// token, and one spare for file-system work.
+    const BUSY_THREADS: usize = 4;
 
     let node = Node::new(Preauth::Required);
     let (driver, logged_in) = node.driver(&[]);
     assert!(logged_in, "{}", driver.log_text());
-    let kdc = Pid::from_raw(node.realm.kdc_pid().expect("KDC running") as i32);
-    kill(kdc, Signal::SIGSTOP).expect("freeze the KDC");
-    let frozen = Frozen(kdc);
+    let frozen = FrozenKdc::freeze(&node.realm);
 
     let d = node.dir.path();
     let kubelet = Kubelet::connect_when_ready(&d.join("csi.sock"), d, Duration::from_secs(10))
@@ -186,8 +207,18 @@ async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
             tokio::spawn(async move { node_client.node_publish_volume(req).await })
         })
         .collect();
-    // Each publish is now waiting for its token (or queued behind one).
+    // Each publish is now waiting for its token (or queued behind one),
+    // and one thread of the driver's waits on the KDC for them all.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    for p in &publishes {
+        assert!(!p.is_finished(), "a publish ended while the KDC was frozen");
+    }
+    let threads = threads_of(&driver);
+    eprintln!("driver threads while {WAITING} publishes wait: {threads}");
+    assert!(
+        threads <= BUSY_THREADS,
+        "{threads} threads in the driver while {WAITING} publishes wait for a token"
+    );
     for _ in 0..5 {
         let asked = Instant::now();
         let answered = tokio::time::timeout(Duration::from_secs(3), async {
@@ -211,10 +242,6 @@ async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
         assert!(asked.elapsed() < Duration::from_secs(3));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for p in &publishes {
-        assert!(!p.is_finished(), "a publish ended while the KDC was frozen");
-    }
-
     drop(frozen);
     // The KDC answers again (that the controller's service is unknown):
     // every publish ends, refused, none left hanging.
@@ -226,4 +253,56 @@ async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
         let status = answer.expect_err("no controller to fetch from");
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
+}
+
+/// The KDC frozen for longer than MIT waits for it: the calls queued
+/// behind the one attempt that waits on it take that attempt's failure,
+/// so they all end about when it does, not one attempt after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_behind_a_silent_kdc_share_its_failure() {
+    const WAITING: usize = 8;
+
+    let node = Node::new(Preauth::Required);
+    let (driver, logged_in) = node.driver(&[]);
+    assert!(logged_in, "{}", driver.log_text());
+    let _frozen = FrozenKdc::freeze(&node.realm);
+
+    let d = node.dir.path();
+    let kubelet = Kubelet::connect_when_ready(&d.join("csi.sock"), d, Duration::from_secs(10))
+        .await
+        .expect("driver socket");
+    let started = Instant::now();
+    let publishes: Vec<_> = (0..WAITING)
+        .map(|i| {
+            let mut node_client = kubelet.node();
+            let req =
+                kubelet.publish_request(&TestPod::new("ns", &format!("pod-{i}"), NODE_A), "creds");
+            tokio::spawn(async move {
+                let answer = node_client.node_publish_volume(req).await;
+                (answer, Instant::now())
+            })
+        })
+        .collect();
+    let mut ends = Vec::new();
+    for p in publishes {
+        let (answer, at) = p.await.expect("task");
+        let status = answer.expect_err("no token while the KDC is frozen");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("Cannot contact any KDC"),
+            "not the attempt's own failure: {status:?}"
+        );
+        ends.push(at - started);
+    }
+    let (first, last) = (ends.iter().min(), ends.iter().max());
+    let (Some(first), Some(last)) = (first, last) else {
+        panic!("no publish")
+    };
+    // One attempt (MIT gives up on a silent KDC after about 25 s over
+    // TCP) ends them all; one after another, the second would end about
+    // one attempt after the first.
+    assert!(
+        *last - *first < Duration::from_secs(5),
+        "publishes ended from {first:?} to {last:?}"
+    );
 }
