@@ -101,6 +101,33 @@ impl Drop for FrozenKdc {
     }
 }
 
+/// A publish of its own for each of `n` pods, sent at once; each ends
+/// with the driver's answer and when it came.
+fn publish_all(
+    kubelet: &Kubelet,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(Result<(), tonic::Status>, Instant)>> {
+    (0..n)
+        .map(|i| {
+            let mut node_client = kubelet.node();
+            let req =
+                kubelet.publish_request(&TestPod::new("ns", &format!("pod-{i}"), NODE_A), "creds");
+            tokio::spawn(async move {
+                let answer = node_client.node_publish_volume(req).await.map(|_| ());
+                (answer, Instant::now())
+            })
+        })
+        .collect()
+}
+
+/// The driver's kubelet socket, once it listens.
+async fn kubelet_of(node: &Node) -> Kubelet {
+    let d = node.dir.path();
+    Kubelet::connect_when_ready(&d.join("csi.sock"), d, Duration::from_secs(10))
+        .await
+        .expect("driver socket")
+}
+
 /// How many threads the process runs now.
 fn threads_of(proc: &Proc) -> usize {
     let pid = proc.pid().expect("running");
@@ -195,18 +222,8 @@ async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
     assert!(logged_in, "{}", driver.log_text());
     let frozen = FrozenKdc::freeze(&node.realm);
 
-    let d = node.dir.path();
-    let kubelet = Kubelet::connect_when_ready(&d.join("csi.sock"), d, Duration::from_secs(10))
-        .await
-        .expect("driver socket");
-    let publishes: Vec<_> = (0..WAITING)
-        .map(|i| {
-            let mut node_client = kubelet.node();
-            let req =
-                kubelet.publish_request(&TestPod::new("ns", &format!("pod-{i}"), NODE_A), "creds");
-            tokio::spawn(async move { node_client.node_publish_volume(req).await })
-        })
-        .collect();
+    let kubelet = kubelet_of(&node).await;
+    let publishes = publish_all(&kubelet, WAITING);
     // Each publish is now waiting for its token (or queued behind one),
     // and one thread of the driver's waits on the KDC for them all.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -246,7 +263,7 @@ async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
     // The KDC answers again (that the controller's service is unknown):
     // every publish ends, refused, none left hanging.
     for p in publishes {
-        let answer = tokio::time::timeout(Duration::from_secs(60), p)
+        let (answer, _) = tokio::time::timeout(Duration::from_secs(60), p)
             .await
             .expect("publish answered once the KDC is back")
             .expect("task");
@@ -267,22 +284,9 @@ async fn calls_queued_behind_a_silent_kdc_share_its_failure() {
     assert!(logged_in, "{}", driver.log_text());
     let _frozen = FrozenKdc::freeze(&node.realm);
 
-    let d = node.dir.path();
-    let kubelet = Kubelet::connect_when_ready(&d.join("csi.sock"), d, Duration::from_secs(10))
-        .await
-        .expect("driver socket");
+    let kubelet = kubelet_of(&node).await;
     let started = Instant::now();
-    let publishes: Vec<_> = (0..WAITING)
-        .map(|i| {
-            let mut node_client = kubelet.node();
-            let req =
-                kubelet.publish_request(&TestPod::new("ns", &format!("pod-{i}"), NODE_A), "creds");
-            tokio::spawn(async move {
-                let answer = node_client.node_publish_volume(req).await;
-                (answer, Instant::now())
-            })
-        })
-        .collect();
+    let publishes = publish_all(&kubelet, WAITING);
     let mut ends = Vec::new();
     for p in publishes {
         let (answer, at) = p.await.expect("task");
