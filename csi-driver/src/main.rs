@@ -288,6 +288,9 @@ fn start_series_at_zero(m: &Metrics) {
     for reason in ["controller", "write"] {
         m.refresh_failures.with_label_values(&[reason]);
     }
+    for outcome in ["made", "failed"] {
+        m.node_tokens.with_label_values(&[outcome]);
+    }
 }
 
 /// The node's Kerberos identity. Getting it talks to the KDC: retried with

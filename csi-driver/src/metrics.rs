@@ -20,6 +20,11 @@ pub struct Metrics {
     pub refresh_failures: IntCounterVec,
     /// Batch fetches (`FetchBundles` calls) answered by the controller.
     pub batch_fetches: IntCounter,
+    /// The node's Kerberos token attempts by outcome (`made`, `failed`):
+    /// failures mean the node cannot get a ticket for the controller (KDC
+    /// unreachable from the node, a stale host keytab). A failure that
+    /// the calls waiting for it share counts once.
+    pub node_tokens: IntCounterVec,
 }
 
 impl Metrics {
@@ -63,8 +68,19 @@ impl Metrics {
                 "FetchBundles calls the controller answered",
             ),
         );
+        let node_tokens = kcred_runtime::register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "node_tokens_total",
+                    "The node's Kerberos token attempts by outcome",
+                ),
+                &["outcome"],
+            ),
+        );
         Arc::new(Metrics {
             batch_fetches,
+            node_tokens,
             registry,
             call_seconds,
             mounted_volumes,

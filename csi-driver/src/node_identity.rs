@@ -12,11 +12,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use kcred_auth::{Initiator, METADATA_KEY, to_metadata_value};
+use prometheus::IntCounterVec;
 use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -76,6 +77,15 @@ impl NodeIdentity {
         }
     }
 
+    /// Counts this identity's Kerberos token attempts in `outcomes` (by
+    /// `made` and `failed`), for the calls over every connection it was
+    /// bound to. No effect for other identities.
+    pub fn count_tokens(&self, outcomes: IntCounterVec) {
+        if let Proof::Kerberos(tokens) = &self.proof {
+            let _ = tokens.outcomes.set(outcomes);
+        }
+    }
+
     /// Puts the proof into a call's metadata; `Unavailable` when there is
     /// none to give (no token from the KDC, no token file).
     async fn prove(&self, request: &mut tonic::Request<()>) -> Result<(), Status> {
@@ -122,6 +132,8 @@ struct Tokens {
     /// wanted it is dropped meanwhile: calls given up on while the KDC is
     /// silent cannot pile up threads waiting on it.
     turn: Arc<Mutex<Option<(u64, Status)>>>,
+    /// Where attempts are counted, once the driver's metrics exist.
+    outcomes: Arc<OnceLock<IntCounterVec>>,
 }
 
 impl Tokens {
@@ -130,6 +142,7 @@ impl Tokens {
             initiator,
             ended: Arc::default(),
             turn: Arc::default(),
+            outcomes: Arc::default(),
         }
     }
 
@@ -157,10 +170,15 @@ impl Tokens {
             return Err(status.clone());
         }
         let (initiator, ended) = (Arc::clone(&self.initiator), Arc::clone(&self.ended));
+        let outcomes = Arc::clone(&self.outcomes);
         tokio::task::spawn_blocking(move || {
             let token = initiator
                 .token()
                 .map_err(|e| Status::unavailable(format!("cannot get a Kerberos token: {e}")));
+            if let Some(outcomes) = outcomes.get() {
+                let outcome = if token.is_ok() { "made" } else { "failed" };
+                outcomes.with_label_values(&[outcome]).inc();
+            }
             let n = ended.fetch_add(1, Ordering::AcqRel) + 1;
             *turn = token.as_ref().err().map(|status| (n, status.clone()));
             token

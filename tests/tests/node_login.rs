@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use kcred_proto::csi::v1 as csi;
 use kcred_testrealm::{Preauth, Realm, RealmOptions};
+use kcred_tests::ha::{metric, scrape};
 use kcred_tests::procs::{NODE_A, Proc, binary};
 use kcred_tests::{Kubelet, TestPod};
 use nix::sys::signal::{Signal, kill};
@@ -280,9 +281,21 @@ async fn calls_queued_behind_a_silent_kdc_share_its_failure() {
     const WAITING: usize = 8;
 
     let node = Node::new(Preauth::Required);
-    let (driver, logged_in) = node.driver(&[]);
+    let metrics_port = kcred_testports::tcp().expect("port");
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let (driver, logged_in) = node.driver(&["--metrics-addr", &metrics_addr]);
     assert!(logged_in, "{}", driver.log_text());
     let _frozen = FrozenKdc::freeze(&node.realm);
+    let failed = || async {
+        let body = scrape(metrics_port).await;
+        metric(
+            &body,
+            "kcred_csi_node_tokens_total",
+            &["outcome=\"failed\""],
+        )
+        .unwrap_or_else(|| panic!("no token count:\n{body}"))
+    };
+    let failed_before = failed().await;
 
     let kubelet = kubelet_of(&node).await;
     let started = Instant::now();
@@ -308,5 +321,12 @@ async fn calls_queued_behind_a_silent_kdc_share_its_failure() {
     assert!(
         *last - *first < Duration::from_secs(5),
         "publishes ended from {first:?} to {last:?}"
+    );
+    // Counted once per attempt, not once per call that took its failure
+    // (the driver's heartbeats may have made one attempt of their own).
+    let attempts = failed().await - failed_before;
+    assert!(
+        (1.0..3.0).contains(&attempts),
+        "{attempts} failed token attempts for {WAITING} publishes"
     );
 }

@@ -87,8 +87,10 @@ impl VolumeManager {
         state: StateDir,
         medium: Arc<dyn Medium>,
     ) -> Result<Self, StorageError> {
+        let metrics = Metrics::new();
+        client.count_node_tokens(metrics.node_tokens.clone());
         let manager = VolumeManager {
-            metrics: Metrics::new(),
+            metrics,
             client,
             state: Arc::new(Records::load(state)?),
             medium,
