@@ -17,7 +17,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::connection_proof::{ConnectionProof, CountingConnector, PROOF_LOST, ProofTracking};
 pub use crate::node_identity::NodeIdentity;
-use crate::node_identity::Proving;
+use crate::node_identity::{NO_NODE_PROOF, Proving};
 
 /// Why a call to the controller failed, as the driver acts on it: by the
 /// typed reason the controller sends, never by its message.
@@ -85,6 +85,13 @@ impl ControllerError {
             self.reason(),
             Some(Reason::Unauthenticated | Reason::NotANodeIdentity | Reason::NodeMismatch)
         )
+    }
+
+    /// Whether the node had no proof of identity to send (see
+    /// [`crate::node_identity::NO_NODE_PROOF`]): the call never left the
+    /// node, and would not get further with another controller.
+    pub fn is_node_proof_missing(&self) -> bool {
+        self.status().metadata().contains_key(NO_NODE_PROOF)
     }
 
     /// Whether the same call may succeed later without anyone acting.
@@ -253,6 +260,9 @@ impl ControllerClient {
                 }
                 match answer.map_err(ControllerError::from_status) {
                     Ok(v) => return Ok(v),
+                    // Every controller needs the same proof: none is tried
+                    // for it, and the one that answered last stays current.
+                    Err(e) if e.is_node_proof_missing() => return Err(e),
                     Err(e) if e.controller_cannot_serve() => {
                         tracing::warn!(controller = at, error = %e, "controller cannot serve; trying the next one");
                         // Another call may have moved on already.

@@ -25,6 +25,13 @@ use tower::{Service, ServiceExt};
 
 use crate::connection_proof::ConnectionProof;
 
+/// Marks, in a failed call's metadata as the client sees it (never sent),
+/// a call that never left the node because the node had no proof to give
+/// (no Kerberos token, no pod token file). Every controller would need the
+/// same proof, so such a failure is not worth another controller, nor
+/// another kind of call, right away.
+pub const NO_NODE_PROOF: &str = "kcred-no-node-proof";
+
 /// Adds the node's proof of identity to each call: a Kerberos token from
 /// its host keytab (only until the connection is proven, see
 /// [`crate::connection_proof`]), or its DaemonSet pod's service-account
@@ -238,10 +245,13 @@ where
                 (),
             );
             // A `Status` as the error reaches the caller as that status.
-            identity
-                .prove(&mut proven)
-                .await
-                .map_err(|status| -> BoxError { Box::new(status) })?;
+            identity.prove(&mut proven).await.map_err(|mut status| {
+                status
+                    .metadata_mut()
+                    .insert(NO_NODE_PROOF, MetadataValue::from_static("1"));
+                let error: BoxError = Box::new(status);
+                error
+            })?;
             let (metadata, extensions, ()) = proven.into_parts();
             parts.headers = metadata.into_headers();
             parts.extensions = extensions;
@@ -344,6 +354,10 @@ mod tests {
             status.message().starts_with("no node token to present:"),
             "{status:?}"
         );
+        // Marked as the node's own failure: no other controller is tried.
+        assert!(status.metadata().contains_key(NO_NODE_PROOF), "{status:?}");
+        let error = crate::controller_client::ControllerError::from_status(status);
+        assert!(error.is_node_proof_missing() && error.is_transient());
         assert_eq!(seen.lock().expect("seen").len(), 1, "the call went out");
     }
 }

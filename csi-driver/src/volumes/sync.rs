@@ -110,9 +110,9 @@ impl Beats {
                 self.unary_until = Some(Instant::now() + UNARY_FOR);
                 client.heartbeat(held).await
             }
-            // The node's proof was refused: a unary call would be too
-            // (and audited once more).
-            Err(e) if e.is_authentication_refused() => Err(e),
+            // The node's proof was refused, or it had none to give: a
+            // unary call would fare no better (and be audited once more).
+            Err(e) if e.is_authentication_refused() || e.is_node_proof_missing() => Err(e),
             // Refused or broken as a stream (a proxy without streams, a
             // node at its cap of streams, a reset): the call may still pass.
             Err(e) => {
