@@ -11,7 +11,6 @@ use kcred_proto::kcred::v1::{
     Bundle, FetchBundleRequest, FetchBundlesRequest, HeartbeatRequest, HeartbeatResponse, PodRef,
     Reason, VolumeRequest, VolumeUpdate, WatchUpdatesRequest,
 };
-use prometheus::IntCounterVec;
 use tonic::Code;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -137,8 +136,6 @@ type Client = NodeCredentialsClient<Proving<ProofTracking<Channel>>>;
 #[derive(Clone)]
 pub struct ControllerClient {
     inner: Arc<[Client]>,
-    /// The proof its calls carry (for counting its tokens).
-    identity: NodeIdentity,
     current: Arc<AtomicUsize>,
     node_name: String,
 }
@@ -212,16 +209,9 @@ impl ControllerClient {
         }
         Ok(ControllerClient {
             inner: clients.into(),
-            identity,
             current: Arc::new(AtomicUsize::new(0)),
             node_name: node_name.to_string(),
         })
-    }
-
-    /// Counts the node's Kerberos token attempts in `outcomes` (see
-    /// [`NodeIdentity::count_tokens`]).
-    pub fn count_node_tokens(&self, outcomes: IntCounterVec) {
-        self.identity.count_tokens(outcomes);
     }
 
     /// How many controllers this client knows.

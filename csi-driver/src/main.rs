@@ -197,6 +197,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tmpfs_size_bytes: cli.tmpfs_size_bytes,
         pod_token_audience: cli.pod_token_audience.clone(),
     };
+    // Served before the node's login, which retries until the KDC answers:
+    // a node that cannot log in shows it in its metrics too.
+    let metrics = Metrics::new();
+    start_series_at_zero(&metrics);
+    if let Some(addr) = cli.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics address {addr}"))?;
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(e) = metrics.serve(listener).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
     let identity = match (&cli.keytab, &cli.psat_token_file) {
         (None, Some(path)) => NodeIdentity::psat(Arc::new(
             kcred_csi_driver::psat::TokenFile::open(path).context("--psat-token-file")?,
@@ -216,9 +231,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 kerberos_spake = cli.kerberos_spake,
                 "node's Kerberos login"
             );
-            NodeIdentity::kerberos(Arc::new(
-                node_initiator(keytab.clone(), principal, service, cli.kerberos_spake).await?,
-            ))
+            let login = node_initiator(
+                keytab.clone(),
+                principal,
+                service,
+                cli.kerberos_spake,
+                metrics.node_tokens.with_label_values(&["failed"]),
+            );
+            let identity = NodeIdentity::kerberos(Arc::new(login.await?));
+            identity.count_tokens(metrics.node_tokens.clone());
+            identity
         }
     };
     let tls = match &cli.ca_file {
@@ -243,21 +265,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = ControllerClient::connect(&cfg.controller_endpoint, &cfg.node_id, identity, tls)
         .with_context(|| format!("controller endpoint {:?}", cfg.controller_endpoint))?;
     let volumes = Arc::new(
-        VolumeManager::for_node(&cfg, client)
+        VolumeManager::for_node_with(&cfg, client, metrics)
             .with_context(|| format!("state directory {}", cfg.state_dir.display()))?,
     );
-    if let Some(addr) = cli.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("metrics address {addr}"))?;
-        let metrics = volumes.metrics();
-        start_series_at_zero(&metrics);
-        tokio::spawn(async move {
-            if let Err(e) = metrics.serve(listener).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        });
-    }
     tokio::spawn(
         Arc::clone(&volumes).run_background(Duration::from_secs(cli.heartbeat_secs.max(1))),
     );
@@ -295,7 +305,9 @@ fn start_series_at_zero(m: &Metrics) {
 
 /// The node's Kerberos identity. Getting it talks to the KDC: retried with
 /// backoff, so a driver that starts during a KDC outage comes up when the
-/// KDC does (mounts already made keep working meanwhile). While SPAKE is
+/// KDC does (mounts already made keep working meanwhile). Each failure
+/// counts in `failed` (the token attempts' failures: both mean the node
+/// cannot get tickets). While SPAKE is
 /// off, each failure names the flag that turns it on: a realm where it is
 /// the only way in fails every login without it.
 async fn node_initiator(
@@ -303,6 +315,7 @@ async fn node_initiator(
     principal: String,
     service: String,
     kerberos_spake: bool,
+    failed: prometheus::IntCounter,
 ) -> anyhow::Result<kcred_auth::Initiator> {
     let attempt = || {
         let (k, p, s) = (keytab.clone(), principal.clone(), service.clone());
@@ -316,6 +329,7 @@ async fn node_initiator(
     attempt
         .retry(retry::identity())
         .notify(|e: &String, wait| {
+            failed.inc();
             let hint = if kerberos_spake {
                 ""
             } else {

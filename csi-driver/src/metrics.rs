@@ -23,7 +23,8 @@ pub struct Metrics {
     /// The node's Kerberos token attempts by outcome (`made`, `failed`):
     /// failures mean the node cannot get a ticket for the controller (KDC
     /// unreachable from the node, a stale host keytab). A failure that
-    /// the calls waiting for it share counts once.
+    /// the calls waiting for it share counts once; each failed try of the
+    /// node's login at start counts as one too.
     pub node_tokens: IntCounterVec,
 }
 

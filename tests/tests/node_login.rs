@@ -330,3 +330,41 @@ async fn calls_queued_behind_a_silent_kdc_share_its_failure() {
         "{attempts} failed token attempts for {WAITING} publishes"
     );
 }
+
+/// A driver started while the KDC is down serves its metrics meanwhile and
+/// counts each failed try of its login there (which the node-token alert
+/// watches), then logs in once the KDC is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_waits_for_the_kdc_is_counted_in_the_metrics() {
+    let mut node = Node::new(Preauth::Required);
+    node.realm.stop_kdc().expect("stop the KDC");
+    let metrics_port = kcred_testports::tcp().expect("port");
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let (driver, logged_in) = node.driver(&["--metrics-addr", &metrics_addr]);
+    assert!(
+        !logged_in,
+        "logged in without a KDC:\n{}",
+        driver.log_text()
+    );
+    let body = scrape(metrics_port).await;
+    let count = |outcome: &str| {
+        metric(
+            &body,
+            "kcred_csi_node_tokens_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+    };
+    assert!(count("failed").is_some_and(|n| n >= 1.0), "{body}");
+    assert_eq!(count("made"), Some(0.0), "{body}");
+
+    node.realm.start_kdc().expect("start the KDC");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !driver.log_text().contains(LOGGED_IN) {
+        assert!(
+            Instant::now() < deadline,
+            "no login once the KDC was back:\n{}",
+            driver.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

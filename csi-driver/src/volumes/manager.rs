@@ -71,10 +71,20 @@ impl VolumeManager {
     /// The manager of a real node: state under `cfg.state_dir`, volumes on
     /// tmpfs (read-only volumes' private views under `<state_dir>/views`).
     pub fn for_node(cfg: &DriverConfig, client: ControllerClient) -> Result<Self, StorageError> {
+        Self::for_node_with(cfg, client, Metrics::new())
+    }
+
+    /// [`VolumeManager::for_node`], counting in `metrics` (made before it,
+    /// to be served while the node logs in).
+    pub fn for_node_with(
+        cfg: &DriverConfig,
+        client: ControllerClient,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StorageError> {
         let state = StateDir::open(&cfg.state_dir)?;
         let owner = state.claim()?;
         let medium = TmpfsMedium::new(cfg.tmpfs_size_bytes, cfg.state_dir.join("views"));
-        let mut manager = Self::new(client, state, Arc::new(medium))?;
+        let mut manager = Self::with_metrics(client, state, Arc::new(medium), metrics)?;
         manager.owner = Some(owner);
         Ok(manager)
     }
@@ -87,8 +97,15 @@ impl VolumeManager {
         state: StateDir,
         medium: Arc<dyn Medium>,
     ) -> Result<Self, StorageError> {
-        let metrics = Metrics::new();
-        client.count_node_tokens(metrics.node_tokens.clone());
+        Self::with_metrics(client, state, medium, Metrics::new())
+    }
+
+    fn with_metrics(
+        client: ControllerClient,
+        state: StateDir,
+        medium: Arc<dyn Medium>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StorageError> {
         let manager = VolumeManager {
             metrics,
             client,
