@@ -86,7 +86,8 @@ impl NodeIdentity {
 
     /// Counts this identity's Kerberos token attempts in `outcomes` (by
     /// `made` and `failed`), for the calls over every connection it was
-    /// bound to. No effect for other identities.
+    /// bound to; the first counter given is kept. No effect for other
+    /// identities.
     pub fn count_tokens(&self, outcomes: IntCounterVec) {
         if let Proof::Kerberos(tokens) = &self.proof {
             let _ = tokens.outcomes.set(outcomes);
