@@ -89,9 +89,13 @@ impl Node {
 struct FrozenKdc(Pid);
 
 impl FrozenKdc {
+    /// Freezes the KDC, then waits a moment: a token attempt the KDC
+    /// answered just before (the driver's first heartbeat) has ended by
+    /// then, so no call made after this takes its answer.
     fn freeze(realm: &Realm) -> FrozenKdc {
         let kdc = Pid::from_raw(realm.kdc_pid().expect("KDC running") as i32);
         kill(kdc, Signal::SIGSTOP).expect("freeze the KDC");
+        std::thread::sleep(Duration::from_millis(500));
         FrozenKdc(kdc)
     }
 }
