@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use kcred_proto::csi::v1 as csi;
 use kcred_testrealm::{Preauth, Realm, RealmOptions};
+use kcred_tests::bench::procstat;
 use kcred_tests::ha::{metric, scrape};
 use kcred_tests::procs::{NODE_A, Proc, binary};
 use kcred_tests::{Kubelet, TestPod};
@@ -133,17 +134,6 @@ async fn kubelet_of(node: &Node) -> Kubelet {
         .expect("driver socket")
 }
 
-/// How many threads the process runs now.
-fn threads_of(proc: &Proc) -> usize {
-    let pid = proc.pid().expect("running");
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("Threads:")
-}
-
 /// The shared objects the process has mapped.
 fn mapped(proc: &Proc) -> String {
     let pid = proc.pid().expect("running");
@@ -220,7 +210,7 @@ async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
     const WAITING: usize = 16;
     /// The driver's main thread and its worker, the one thread making a
     /// token, and one spare for file-system work.
-    const BUSY_THREADS: usize = 4;
+    const BUSY_THREADS: u64 = 4;
 
     let node = Node::new(Preauth::Required);
     let (driver, logged_in) = node.driver(&[]);
@@ -235,7 +225,8 @@ async fn a_silent_kdc_stalls_only_the_calls_that_wait_for_a_token() {
     for p in &publishes {
         assert!(!p.is_finished(), "a publish ended while the KDC was frozen");
     }
-    let threads = threads_of(&driver);
+    let pid = driver.pid().expect("driver running").as_raw();
+    let threads = procstat::threads(pid).expect("driver's thread count");
     eprintln!("driver threads while {WAITING} publishes wait: {threads}");
     assert!(
         threads <= BUSY_THREADS,
