@@ -30,13 +30,20 @@ impl Interceptor for TokenInterceptor {
             .initiator
             .token()
             .map_err(|e| Status::unavailable(format!("cannot get a Kerberos token: {e}")))?;
-        let mut value = MetadataValue::try_from(to_metadata_value(&token))
-            .map_err(|_| Status::internal("token is not valid metadata"))?;
-        // Single-use: never worth a slot in the header table.
-        value.set_sensitive(true);
-        request.metadata_mut().insert(METADATA_KEY, value);
+        attach_token(&mut request, &token)?;
         Ok(request)
     }
+}
+
+/// Puts `token` into a call's metadata as `authorization: Negotiate
+/// <token>`, marked sensitive: it is single-use, never worth a slot in the
+/// HTTP/2 header table.
+pub fn attach_token<T>(request: &mut Request<T>, token: &[u8]) -> Result<(), Status> {
+    let mut value = MetadataValue::try_from(to_metadata_value(token))
+        .map_err(|_| Status::internal("token is not valid metadata"))?;
+    value.set_sensitive(true);
+    request.metadata_mut().insert(METADATA_KEY, value);
+    Ok(())
 }
 
 /// The principal a call was authenticated as, stored in the request's

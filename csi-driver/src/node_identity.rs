@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use kcred_auth::{Initiator, METADATA_KEY, to_metadata_value};
+use kcred_auth::Initiator;
 use prometheus::IntCounterVec;
 use tokio::sync::Mutex;
 use tonic::Status;
@@ -108,12 +108,7 @@ impl NodeIdentity {
                         return Ok(());
                     }
                 }
-                let mut value = MetadataValue::try_from(to_metadata_value(&tokens.make().await?))
-                    .map_err(|_| Status::internal("token is not valid metadata"))?;
-                // Single-use: never worth a slot in the header table.
-                value.set_sensitive(true);
-                request.metadata_mut().insert(METADATA_KEY, value);
-                Ok(())
+                kcred_auth::grpc::attach_token(request, &tokens.make().await?)
             }
             Proof::Psat(file) => {
                 let token = file
