@@ -265,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = ControllerClient::connect(&cfg.controller_endpoint, &cfg.node_id, identity, tls)
         .with_context(|| format!("controller endpoint {:?}", cfg.controller_endpoint))?;
     let volumes = Arc::new(
-        VolumeManager::for_node_with(&cfg, client, metrics)
+        VolumeManager::for_node(&cfg, client, metrics)
             .with_context(|| format!("state directory {}", cfg.state_dir.display()))?,
     );
     tokio::spawn(
@@ -307,9 +307,9 @@ fn start_series_at_zero(m: &Metrics) {
 /// backoff, so a driver that starts during a KDC outage comes up when the
 /// KDC does (mounts already made keep working meanwhile). Each failure
 /// counts in `failed` (the token attempts' failures: both mean the node
-/// cannot get tickets). While SPAKE is
-/// off, each failure names the flag that turns it on: a realm where it is
-/// the only way in fails every login without it.
+/// cannot get tickets). While SPAKE is off, each failure names the flag
+/// that turns it on: a realm where it is the only way in fails every
+/// login without it.
 async fn node_initiator(
     keytab: PathBuf,
     principal: String,

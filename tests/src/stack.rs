@@ -11,6 +11,7 @@ use kcred_controller::{Config, Controller};
 use kcred_csi_driver::DriverConfig;
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
 use kcred_csi_driver::csi::server;
+use kcred_csi_driver::metrics::Metrics as DriverMetrics;
 use kcred_csi_driver::volumes::VolumeManager;
 use kcred_testrealm::{Realm, RealmOptions};
 use tokio::sync::oneshot;
@@ -352,7 +353,11 @@ max_unauthenticated_per_source = 4096
             pod_token_audience: kcred_csi_driver::config::DEFAULT_POD_TOKEN_AUDIENCE.into(),
         };
         let client = ControllerClient::new(&driver_cfg.controller_endpoint, &driver_cfg.node_id)?;
-        let volumes = Arc::new(VolumeManager::for_node(&driver_cfg, client)?);
+        let volumes = Arc::new(VolumeManager::for_node(
+            &driver_cfg,
+            client,
+            DriverMetrics::new(),
+        )?);
         let driver_metrics = volumes.metrics();
         let background = vec![tokio::spawn(
             Arc::clone(&volumes).run_background(std::time::Duration::from_secs(1)),
@@ -517,7 +522,7 @@ max_unauthenticated_per_source = 4096
             pod_token_audience: kcred_csi_driver::config::DEFAULT_POD_TOKEN_AUDIENCE.into(),
         };
         let client = ControllerClient::with_identity(&cfg.controller_endpoint, node, identity)?;
-        Ok(VolumeManager::for_node(&cfg, client)?)
+        Ok(VolumeManager::for_node(&cfg, client, DriverMetrics::new())?)
     }
 
     /// The kubelet root directory.

@@ -69,14 +69,10 @@ pub struct VolumeManager {
 
 impl VolumeManager {
     /// The manager of a real node: state under `cfg.state_dir`, volumes on
-    /// tmpfs (read-only volumes' private views under `<state_dir>/views`).
-    pub fn for_node(cfg: &DriverConfig, client: ControllerClient) -> Result<Self, StorageError> {
-        Self::for_node_with(cfg, client, Metrics::new())
-    }
-
-    /// [`VolumeManager::for_node`], counting in `metrics` (made before it,
-    /// to be served while the node logs in).
-    pub fn for_node_with(
+    /// tmpfs (read-only volumes' private views under `<state_dir>/views`),
+    /// counting in `metrics` (the driver makes them first, to serve them
+    /// while the node logs in).
+    pub fn for_node(
         cfg: &DriverConfig,
         client: ControllerClient,
         metrics: Arc<Metrics>,
