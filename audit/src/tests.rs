@@ -351,3 +351,45 @@ fn action_names_round_trip_and_log_is_shareable() {
     }
     assert!("nodelost".parse::<Action>().is_err());
 }
+
+#[test]
+fn keys_of_earlier_releases_and_openssl_sign_as_ring_did() {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    // A key as earlier releases wrote it (ring's PKCS#8 v2).
+    let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("ring key");
+    let ring_key = Ed25519KeyPair::from_pkcs8(doc.as_ref()).expect("ring parse");
+    let signer = AuditSigner::from_pkcs8(doc.as_ref()).expect("v2 key");
+    assert_eq!(signer.public_key(), ring_key.public_key().as_ref());
+    let digest = [0x5au8; 32];
+    assert_eq!(
+        signer.sign(&digest),
+        hex::encode(ring_key.sign(&digest).as_ref()),
+        "Ed25519 is deterministic: the same key signs the same bytes"
+    );
+
+    // The same key as `openssl genpkey -algorithm ed25519` writes it (v1:
+    // RFC 8410's fixed prefix, then the 32-byte seed).
+    let fresh = AuditSigner::generate().expect("generate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new.key");
+    let written = AuditSigner::load_or_generate(&path).expect("new key");
+    let der = hex::decode(std::fs::read_to_string(&path).expect("read").trim()).expect("hex");
+    // What this release writes, ring (the verifiers' library) reads.
+    let reread = Ed25519KeyPair::from_pkcs8(&der).expect("ring reads a new key file");
+    assert_eq!(reread.public_key().as_ref(), written.public_key());
+    let seed = &der[16..48];
+    let v1 = [
+        &hex::decode("302e020100300506032b657004220420").expect("prefix")[..],
+        seed,
+    ]
+    .concat();
+    let from_v1 = AuditSigner::from_pkcs8(&v1).expect("v1 key");
+    assert_eq!(from_v1.public_key(), written.public_key());
+    assert_ne!(fresh.public_key(), written.public_key());
+
+    // A v2 document whose public key is not the private key's is refused.
+    let mut mismatched = doc.as_ref().to_vec();
+    let last = mismatched.len() - 1;
+    mismatched[last] ^= 1;
+    assert!(AuditSigner::from_pkcs8(&mismatched).is_err());
+}

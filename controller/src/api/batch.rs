@@ -233,7 +233,7 @@ pub(super) async fn fetch(
     }
     for (members, content) in groups.iter().zip(&contents) {
         if let Ok(c) = content {
-            tracing::info!(node, role = %granted[members[0]].1.role.login, volumes = members.len(),
+            tracing::debug!(node, role = %granted[members[0]].1.role.login, volumes = members.len(),
                 generation = %c.bundle.generation, refresh_after = c.bundle.refresh_after_unix,
                 "issued bundles");
         }

@@ -574,7 +574,8 @@ impl NodeApi {
         if let Err(refusal) = self.remember_issue(&ask, &grant, &issued.bundle, versions) {
             return Err(self.deny(node, pod_ref, refusal).await);
         }
-        tracing::info!(
+        // Every issue is in the audit log; this line is for debugging.
+        tracing::debug!(
             pod = %who, node, role = %role.login, generation = %issued.bundle.generation,
             refresh_after = issued.bundle.refresh_after_unix, refresh = req.refresh, "issued bundle"
         );
