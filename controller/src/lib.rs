@@ -54,6 +54,7 @@ pub mod serving_tls;
 pub mod state;
 pub mod store;
 pub mod webhook;
+pub mod write_coalescing;
 
 pub use config::Config;
 pub use server::{Controller, ServeError};

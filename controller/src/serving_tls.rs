@@ -29,6 +29,7 @@ use tokio_stream::{Stream, StreamExt};
 use zeroize::Zeroizing;
 
 use crate::listener::{Incoming, Tracked};
+use crate::write_coalescing::Coalesced;
 
 /// HTTP/2, the only protocol gRPC speaks.
 const ALPN_H2: &[u8] = b"h2";
@@ -186,7 +187,8 @@ impl ServingTls {
     pub fn incoming(
         &self,
         mut incoming: Incoming,
-    ) -> impl Stream<Item = io::Result<TlsStream<Tracked<TcpStream>>>> + Send + 'static {
+    ) -> impl Stream<Item = io::Result<Coalesced<TlsStream<Tracked<TcpStream>>>>> + Send + 'static
+    {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let acceptor = TlsAcceptor::from(Arc::clone(&self.config));
         let timeout = self.handshake_timeout;
@@ -208,7 +210,7 @@ impl ServingTls {
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(conn)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                            let _ = tx.send(Ok(Coalesced::new(tls))).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
