@@ -118,8 +118,8 @@ pub fn check_capability(cap: Option<&VolumeCapability>) -> Result<(), InvalidReq
 
 /// Checks that `target` is an absolute path strictly below
 /// `<kubelet_dir>/pods/`, with no `.` or `..` components, in kubelet's
-/// exact shape, and that its existing parent does not escape that tree
-/// through a symlink.
+/// exact shape, and that none of its existing directories below the pods
+/// directory is a symlink.
 pub fn validate_target_path(
     kubelet_dir: &Path,
     target: &str,
@@ -170,30 +170,35 @@ pub fn validate_target_path(
         )));
     };
     let (pod_uid, volume_name) = (pod_uid.to_string(), volume_name.to_string());
-    // Resolve symlinks in what already exists (the deepest existing
-    // ancestor): a link inside the pods tree must not lead the mount
-    // elsewhere.
-    let real_pods = pods_dir.canonicalize().map_err(|e| {
-        InvalidRequest(format!(
+    // Kubelet makes plain directories below its pods directory: a symlink
+    // there could lead the mount elsewhere, so none is followed. (The pods
+    // directory itself may be a link, as `/var/lib/kubelet` often is.)
+    // One `lstat` for each of the four that may exist already, where
+    // resolving both paths cost a `readlink` for every component of each.
+    if let Err(e) = pods_dir.metadata() {
+        return Err(InvalidRequest(format!(
             "kubelet pods directory {}: {e}",
             pods_dir.display()
-        ))
-    })?;
-    let mut existing = path.parent();
-    while let Some(p) = existing {
-        if p.symlink_metadata().is_ok() {
-            break;
-        }
-        existing = p.parent();
+        )));
     }
-    if let Some(p) = existing {
-        let real = p
-            .canonicalize()
-            .map_err(|e| InvalidRequest(format!("target_path {target:?}: {e}")))?;
-        if !real.starts_with(&real_pods) {
-            return Err(InvalidRequest(format!(
-                "target_path {target:?} resolves outside the kubelet pods directory"
-            )));
+    let mut at = pods_dir;
+    for component in &rest[..4] {
+        at.push(component);
+        match at.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(InvalidRequest(format!(
+                    "target_path {target:?} passes through a symlink at {}",
+                    at.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => {
+                return Err(InvalidRequest(format!(
+                    "target_path {target:?}: {}: {e}",
+                    at.display()
+                )));
+            }
         }
     }
     Ok(KubeletTarget {
@@ -257,18 +262,48 @@ mod tests {
             let err = validate_target_path(k, &bad).expect_err(&bad);
             assert!(!err.0.is_empty());
         }
+        // A kubelet directory without pods (a wrong --kubelet-dir).
+        let empty = tempfile::tempdir().expect("tempdir");
+        let at = format!(
+            "{}/pods/u/volumes/kubernetes.io~csi/v/mount",
+            empty.path().display()
+        );
+        let err = validate_target_path(empty.path(), &at).expect_err("no pods directory");
+        assert!(err.0.starts_with("kubelet pods directory"), "{}", err.0);
     }
 
     #[test]
-    fn symlinked_parent_escaping_the_tree_is_refused() {
+    fn symlinks_below_the_pods_directory_are_refused_and_above_it_followed() {
         let root = tempfile::tempdir().expect("tempdir");
         let pods = root.path().join("pods");
-        std::fs::create_dir_all(&pods).expect("mkdir");
+        std::fs::create_dir_all(pods.join("u/volumes/kubernetes.io~csi")).expect("mkdir");
         let outside = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(outside.path(), pods.join("evil")).expect("symlink");
-        let target = pods.join("evil/volumes/kubernetes.io~csi/v/mount");
-        let err = validate_target_path(root.path(), target.to_str().expect("utf8")).unwrap_err();
-        assert!(err.0.contains("resolves outside"), "{}", err.0);
+        std::os::unix::fs::symlink(pods.join("u"), pods.join("inside")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path(), pods.join("u/volumes/kubernetes.io~csi/v"))
+            .expect("symlink");
+        for (rest, link) in [
+            ("evil/volumes/kubernetes.io~csi/v/mount", "evil"),
+            // Even one that stays inside the tree: kubelet makes none.
+            ("inside/volumes/kubernetes.io~csi/w/mount", "inside"),
+            ("u/volumes/kubernetes.io~csi/v/mount", "kubernetes.io~csi/v"),
+        ] {
+            let target = pods.join(rest);
+            let err =
+                validate_target_path(root.path(), target.to_str().expect("utf8")).unwrap_err();
+            assert!(
+                err.0.contains("passes through a symlink") && err.0.ends_with(link),
+                "{rest}: {}",
+                err.0
+            );
+        }
+        // The kubelet directory itself may be a link.
+        let linked = tempfile::tempdir().expect("tempdir");
+        let kubelet = linked.path().join("kubelet");
+        std::os::unix::fs::symlink(root.path(), &kubelet).expect("symlink");
+        let target = kubelet.join("pods/u/volumes/kubernetes.io~csi/x/mount");
+        let ok = validate_target_path(&kubelet, target.to_str().expect("utf8")).expect("valid");
+        assert_eq!(ok.volume_name, "x");
     }
 
     #[test]
