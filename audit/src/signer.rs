@@ -9,6 +9,7 @@ use std::path::Path;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -160,11 +161,9 @@ impl AuditSigner {
         } else {
             Zeroizing::new(bytes.to_vec())
         };
-        // v1 (the private key alone) or v2 (with the public key, which
-        // must then be the private key's).
-        let key = SigningKey::from_pkcs8_der(&der).map_err(|e| AuditError::Key {
+        let key = signing_key(&der).map_err(|reason| AuditError::Key {
             what: what.to_string(),
-            reason: format!("not a PKCS#8 Ed25519 key ({e})"),
+            reason: format!("not a PKCS#8 Ed25519 key ({reason})"),
         })?;
         let public_key = key.verifying_key();
         let key_id = key_id_of(public_key.as_bytes());
@@ -174,6 +173,33 @@ impl AuditSigner {
             key_id,
         })
     }
+}
+
+/// The key of a PKCS#8 document: v1 (the private key alone) or v2 (with
+/// the public key, which must then be the private key's), as RFC 8410
+/// writes them or in the older v2 form ring 0.16 wrote (the public key in
+/// a constructed `[1]`), which ring still reads.
+fn signing_key(der: &[u8]) -> Result<SigningKey, String> {
+    let dalek = match SigningKey::from_pkcs8_der(der) {
+        Ok(key) => return Ok(key),
+        Err(e) => e,
+    };
+    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| dalek.to_string())?;
+    // In every form the private key is an OCTET STRING holding the 32-byte
+    // seed as an OCTET STRING, right after the algorithm identifier.
+    const SEED_AFTER: [u8; 9] = [0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    let seed: Zeroizing<[u8; 32]> = der
+        .windows(SEED_AFTER.len())
+        .position(|w| w == SEED_AFTER)
+        .and_then(|at| der.get(at + SEED_AFTER.len()..at + SEED_AFTER.len() + 32))
+        .and_then(|s| <[u8; 32]>::try_from(s).ok())
+        .map(Zeroizing::new)
+        .ok_or_else(|| dalek.to_string())?;
+    let key = SigningKey::from_bytes(&seed);
+    if key.verifying_key().as_bytes() != pair.public_key().as_ref() {
+        return Err("its public key is not its private key's".into());
+    }
+    Ok(key)
 }
 
 /// Makes a newly created file's directory entry durable.

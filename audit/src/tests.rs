@@ -393,3 +393,34 @@ fn keys_of_earlier_releases_and_openssl_sign_as_ring_did() {
     mismatched[last] ^= 1;
     assert!(AuditSigner::from_pkcs8(&mismatched).is_err());
 }
+
+#[test]
+fn a_key_in_ring_0_16s_v2_form_still_loads() {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("ring key");
+    let standard = doc.as_ref();
+    // ring 0.17: `30 51 ... 81 21 00 <public key>`; ring 0.16 wrote the
+    // public key as `a1 23 03 21 00 <public key>`.
+    assert_eq!(&standard[..2], &[0x30, 0x51]);
+    let at = standard.len() - 35;
+    assert_eq!(&standard[at..at + 3], &[0x81, 0x21, 0x00]);
+    let mut legacy = vec![0x30, 0x53];
+    legacy.extend_from_slice(&standard[2..at]);
+    legacy.extend_from_slice(&[0xa1, 0x23, 0x03, 0x21, 0x00]);
+    legacy.extend_from_slice(&standard[at + 3..]);
+    let ring_key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&legacy).expect("ring reads it");
+    let signer = AuditSigner::from_pkcs8(&legacy).expect("the older form loads");
+    assert_eq!(signer.public_key(), ring_key.public_key().as_ref());
+    let digest = [3u8; 32];
+    assert_eq!(
+        signer.sign(&digest),
+        hex::encode(ring_key.sign(&digest).as_ref())
+    );
+    // Its public key swapped for another key's: refused.
+    let other = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key");
+    let other_public = &other.as_ref()[other.as_ref().len() - 32..];
+    let mut mismatched = legacy.clone();
+    let n = mismatched.len();
+    mismatched[n - 32..].copy_from_slice(other_public);
+    assert!(AuditSigner::from_pkcs8(&mismatched).is_err());
+}

@@ -1,12 +1,19 @@
 //! One TLS record, and one `send`, per flush of the HTTP/2 connection.
 //!
-//! `h2` writes a unary reply in two pieces when its message is larger than
-//! a few hundred bytes: the headers with the message, then the trailers
-//! (`grpc-status`). Over TLS each write becomes a record of its own and a
-//! `send` of its own, so every reply cost two system calls, two
-//! encryptions and two wake-ups of the peer. [`Coalesced`] holds what is
-//! written until `h2` flushes (it always does, after each batch of frames),
-//! then hands it to TLS at once.
+//! Over TLS every write is a record and a `send` of its own. `h2` keeps a
+//! message apart from its buffer, written after it, when the message is
+//! over 256 bytes on a stream that takes vectored writes (TLS's does), or
+//! over 1 KiB on one that does not; and it flushes before it queues the
+//! next frame. So a unary reply of a few hundred bytes went out in two
+//! records (headers and message, then the trailers): two system calls,
+//! two encryptions, two wake-ups of the peer.
+//!
+//! [`Coalesced`] takes writes one buffer at a time, so `h2` copies messages
+//! under 1 KiB into its buffer and writes a reply whole; and it holds what
+//! is written until `h2` flushes (it always does, after each batch of
+//! frames), so the pieces of one flush (a larger message written apart
+//! from its frame header) make one record too. A reply whose message is
+//! over 1 KiB still takes two: `h2` flushes before queuing its trailers.
 //!
 //! It sits between `h2` and TLS, not under TLS: what TLS writes on its own
 //! (handshake messages, alerts) goes out unchanged.
@@ -41,24 +48,27 @@ impl<S> Coalesced<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Coalesced<S> {
-    /// Hands everything held to the inner stream.
+    /// Hands everything held to the inner stream. What it took is never
+    /// handed again, whatever happens next.
     fn poll_hand_on(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut sent = 0;
-        while sent < self.held.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &self.held[sent..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => sent += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    self.held.drain(..sent);
-                    return Poll::Pending;
-                }
+        let outcome = loop {
+            if sent == self.held.len() {
+                break Poll::Ready(Ok(()));
             }
+            match Pin::new(&mut self.inner).poll_write(cx, &self.held[sent..]) {
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        if sent == self.held.len() {
+            self.held = Vec::new();
+        } else {
+            self.held.drain(..sent);
         }
-        self.held = Vec::new();
-        Poll::Ready(Ok(()))
+        outcome
     }
 }
 
@@ -185,6 +195,38 @@ mod tests {
         }
         s.flush().await.expect("flush");
         assert_eq!(s.inner.writes.concat(), data);
+    }
+
+    #[tokio::test]
+    async fn bytes_taken_before_a_failed_write_are_not_sent_again() {
+        struct FailsAfter(usize, Vec<u8>);
+        impl AsyncWrite for FailsAfter {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                if self.0 == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                }
+                let n = self.0.min(buf.len());
+                self.0 -= n;
+                self.1.extend_from_slice(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut s = Coalesced::new(FailsAfter(3, Vec::new()));
+        s.write_all(b"abcdef").await.expect("held");
+        assert!(s.flush().await.is_err());
+        s.inner.0 = 10;
+        s.flush().await.expect("flush");
+        assert_eq!(s.inner.1, b"abcdef", "nothing twice, nothing lost");
     }
 
     #[tokio::test]

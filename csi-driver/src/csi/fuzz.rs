@@ -59,6 +59,8 @@ proptest! {
             prop_assert_eq!(parts, vec![5usize]);
             prop_assert!(!t.pod_uid.is_empty() && !t.volume_name.is_empty());
             prop_assert!(t.path.ends_with("mount"));
+            // As text too: a trailing '/' would follow a final symlink.
+            prop_assert!(target.ends_with("/mount"), "{target:?} accepted");
         }
     }
 

@@ -143,6 +143,13 @@ pub fn validate_target_path(
             "target_path {target:?} contains '.' or '..' components"
         )));
     }
+    // Kubelet never sends one, and with it the kernel follows a final
+    // symlink wherever the path is used, past every no-follow check.
+    if target.ends_with('/') || target.contains("//") {
+        return Err(InvalidRequest(format!(
+            "target_path {target:?} has an empty component or a trailing '/'"
+        )));
+    }
     let pods_dir = kubelet_dir.join("pods");
     if !path.starts_with(&pods_dir) || path == pods_dir {
         return Err(InvalidRequest(format!(
@@ -256,6 +263,8 @@ mod tests {
             at("pods/u/mount"),
             at("pods/u/volumes/kubernetes.io~secret/v/mount"),
             at("pods/u/volumes/kubernetes.io~csi/v/mount/deeper"),
+            at("pods/u/volumes/kubernetes.io~csi/v/mount/"),
+            at("pods/u/volumes//kubernetes.io~csi/v/mount"),
             at("plugins/x/mount"),
             format!("{}X/pods/u/volumes/kubernetes.io~csi/v/mount", k.display()),
         ] {
