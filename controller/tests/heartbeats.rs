@@ -321,3 +321,87 @@ async fn a_node_first_seen_is_recorded_and_audited_once() {
     let nodes: Vec<(String, serde_json::Value, i64)> = store.list(Table::Nodes).unwrap();
     assert!(nodes.iter().any(|(n, _, _)| n == "node-7"), "{nodes:?}");
 }
+
+/// A node repeating the same list takes its last verdicts while nothing
+/// they rest on moved, and still hears each change at its next
+/// heartbeat: a revocation, a record moved to another node, a pod that
+/// finished. Every step is a repeat of a list already judged kept, the
+/// case that skips the pod lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_nodes_repeated_heartbeat_still_hears_each_change() {
+    const TWO_PODS: &str = r#"
+[[pods]]
+namespace = "web"
+name = "web-0"
+uid = "u0"
+node_name = "node-2"
+run_as_user = 1500
+run_as_group = 1500
+
+[[pods]]
+namespace = "web"
+name = "web-1"
+uid = "u1"
+node_name = "node-2"
+run_as_user = 1500
+run_as_group = 1500
+"#;
+    let f = files();
+    std::fs::write(f.path("pods.toml"), TWO_PODS).unwrap();
+    let store = f.store();
+    for r in [
+        record("vol-b", "node-2", "web-1", "u1"),
+        record("vol-c", "node-2", "web-1", "u1x"),
+    ] {
+        store.put(Table::Volumes, &r.volume_id, &r, b"").unwrap();
+    }
+    drop(store);
+    let c = Running::start(&f.config).await;
+    let kept =
+        |a: &HeartbeatResponse| a.stale_volume_ids.is_empty() && a.revoked_volume_ids.is_empty();
+    for _ in 0..3 {
+        let a = heartbeat(&c, "node-2", &["vol-run", "vol-b"]).await;
+        assert!(kept(&a), "{a:?}");
+    }
+
+    // A revocation: the record changes.
+    let b = c.state.issued.known("vol-b").unwrap();
+    c.state.issued.revoke(&b).unwrap();
+    let a = heartbeat(&c, "node-2", &["vol-run", "vol-b"]).await;
+    assert_eq!(a.revoked_volume_ids, ["vol-b"], "{a:?}");
+
+    // A record moved to another node: unknown to node-2 from then on,
+    // so no longer held there.
+    for _ in 0..2 {
+        let a = heartbeat(&c, "node-2", &["vol-run"]).await;
+        assert!(kept(&a), "{a:?}");
+    }
+    let mut run = c.state.issued.known("vol-run").unwrap();
+    run.node = "node-3".into();
+    c.state.issued.put(&run).unwrap();
+    let a = heartbeat(&c, "node-2", &["vol-run"]).await;
+    assert!(kept(&a), "{a:?}");
+    assert!(
+        !c.state.held.is_live("node-2", "vol-run", 0),
+        "node-2 no longer holds a volume recorded on node-3"
+    );
+    run.node = "node-2".into();
+    c.state.issued.put(&run).unwrap();
+
+    // A pod that finished: no record changed, the departures count moved.
+    for _ in 0..2 {
+        let a = heartbeat(&c, "node-2", &["vol-run"]).await;
+        assert!(kept(&a), "{a:?}");
+    }
+    c.pods.upsert(kcred_controller::pods::PodInfo {
+        namespace: "web".into(),
+        name: "web-0".into(),
+        uid: "u0".into(),
+        node_name: "node-2".into(),
+        finished: true,
+        ..Default::default()
+    });
+    let a = heartbeat(&c, "node-2", &["vol-run"]).await;
+    assert_eq!(a.stale_volume_ids, ["vol-run"], "{a:?}");
+    c.stop().await;
+}

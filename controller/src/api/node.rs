@@ -84,8 +84,13 @@ pub(super) async fn beat(
     }
     .map_err(Status::from)?;
     heartbeat::release(st, node, answer.releasable).await;
-    st.held
-        .heard(node, answer.listed, answer.judged_unix, answer.swept);
+    st.held.heard(
+        node,
+        answer.listed,
+        answer.judged_unix,
+        answer.swept,
+        answer.steady,
+    );
     Ok(answer.response)
 }
 

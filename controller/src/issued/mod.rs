@@ -101,9 +101,22 @@ pub struct Issued {
 #[derive(Default)]
 struct View {
     by_id: HashMap<Arc<str>, KeptVolume>,
-    by_node: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    by_node: HashMap<Arc<str>, NodeIds>,
     revoked_pods: HashSet<String>,
     names: Interner,
+    /// Changes to any record so far: each node's [`NodeIds::changed`] is
+    /// this count at its last change, so it never repeats, even for a
+    /// node whose records all went and came back.
+    changes: u64,
+}
+
+/// One node's volume ids, and when its records last changed.
+#[derive(Default)]
+struct NodeIds {
+    ids: BTreeSet<Arc<str>>,
+    /// [`View::changes`] when one of them was last added, removed or
+    /// revoked: unchanged, the node's records are as they were.
+    changed: u64,
 }
 
 impl View {
@@ -125,10 +138,10 @@ impl View {
             }
             None => Arc::from(rec.volume_id.as_str()),
         };
-        self.by_node
-            .entry(Arc::clone(&kept.node))
-            .or_default()
-            .insert(Arc::clone(&id));
+        self.changes += 1;
+        let node = self.by_node.entry(Arc::clone(&kept.node)).or_default();
+        node.ids.insert(Arc::clone(&id));
+        node.changed = self.changes;
         self.by_id.insert(id, kept);
     }
 
@@ -139,9 +152,11 @@ impl View {
     }
 
     fn unindex(&mut self, node: &str, volume_id: &str) {
-        if let Some(ids) = self.by_node.get_mut(node) {
-            ids.remove(volume_id);
-            if ids.is_empty() {
+        self.changes += 1;
+        if let Some(n) = self.by_node.get_mut(node) {
+            n.ids.remove(volume_id);
+            n.changed = self.changes;
+            if n.ids.is_empty() {
                 self.by_node.remove(node);
             }
         }
@@ -181,8 +196,16 @@ impl View {
     fn revoke_pods(&mut self, uids: impl IntoIterator<Item = String>) {
         for uid in uids {
             if self.revoked_pods.insert(uid.clone()) {
+                let mut nodes = Vec::new();
                 for rec in self.by_id.values_mut().filter(|r| *r.pod_uid == *uid) {
                     rec.revoked = true;
+                    nodes.push(Arc::clone(&rec.node));
+                }
+                for node in nodes {
+                    self.changes += 1;
+                    if let Some(n) = self.by_node.get_mut(&node) {
+                        n.changed = self.changes;
+                    }
                 }
             }
         }
@@ -242,13 +265,19 @@ impl<'a> NodeRecords<'a> {
         })
     }
 
+    /// Marks this node's records as of now: the same mark later means no
+    /// record of the node was added, removed or revoked in between.
+    pub fn changed(&self) -> u64 {
+        self.view.by_node.get(self.node).map_or(0, |n| n.changed)
+    }
+
     /// Every record on this node.
     pub fn all(&self) -> impl Iterator<Item = PlacementRef<'a>> + 'a {
         let view = self.view;
         view.by_node
             .get(self.node)
             .into_iter()
-            .flatten()
+            .flat_map(|n| &n.ids)
             .filter_map(move |id| {
                 let (id, kept) = view.by_id.get_key_value(id)?;
                 Some(PlacementRef {
@@ -264,7 +293,7 @@ fn placements(view: &View, node: &str) -> Vec<Placement> {
     view.by_node
         .get(node)
         .into_iter()
-        .flatten()
+        .flat_map(|n| &n.ids)
         .filter_map(|id| Some((id, view.by_id.get(id)?)))
         .map(|(id, r)| Placement {
             volume_id: Arc::clone(id),
@@ -426,7 +455,7 @@ impl Issued {
             .by_node
             .get(node)
             .into_iter()
-            .flatten()
+            .flat_map(|n| &n.ids)
             .filter_map(|id| view.record(id))
             .collect())
     }
@@ -524,7 +553,7 @@ impl Issued {
         read(&self.view)
             .by_node
             .iter()
-            .map(|(n, ids)| (n.to_string(), ids.len()))
+            .map(|(n, ids)| (n.to_string(), ids.ids.len()))
             .collect()
     }
 
@@ -575,6 +604,36 @@ mod tests {
         Arc::new(
             Store::open(&dir.join("store.redb"), MasterKey::from_bytes([7; 32])).expect("store"),
         )
+    }
+
+    #[test]
+    fn a_nodes_mark_moves_with_each_change_to_its_records_only() {
+        let mut view = View::default();
+        let mark = |v: &View, node: &str| NodeRecords { view: v, node }.changed();
+        view.insert(&record("v1", "node-a", "u1"));
+        view.insert(&record("v2", "node-b", "u2"));
+        let (a, b) = (mark(&view, "node-a"), mark(&view, "node-b"));
+        assert!(a > 0 && b > a);
+        view.insert(&record("v3", "node-b", "u3"));
+        assert_eq!(mark(&view, "node-a"), a, "another node's change");
+        let b = mark(&view, "node-b");
+        // A pod's revocation, as synced from a shared store.
+        view.revoke_pods(["u1".to_string()]);
+        assert!(mark(&view, "node-a") > a);
+        assert_eq!(mark(&view, "node-b"), b);
+        let a = mark(&view, "node-a");
+        view.revoke_pods(["u1".to_string()]);
+        assert_eq!(mark(&view, "node-a"), a, "a revocation known already");
+        // A record moved: both nodes change.
+        view.insert(&record("v3", "node-a", "u3"));
+        assert!(mark(&view, "node-a") > a && mark(&view, "node-b") > b);
+        // Every record gone and one back: never an earlier mark again.
+        let a = mark(&view, "node-a");
+        view.remove("v1");
+        view.remove("v3");
+        assert_eq!(mark(&view, "node-a"), 0);
+        view.insert(&record("v4", "node-a", "u4"));
+        assert!(mark(&view, "node-a") > a);
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::{HeartbeatResponse, Reason};
 
 use crate::issued::{Placement, PlacementRef};
-use crate::nodes::held::{Sweep, Unlisted};
+use crate::nodes::held::{Steady, Sweep, Unlisted};
 use crate::reasons::Refusal;
 use crate::state::ControllerState;
 
@@ -57,6 +57,9 @@ pub struct Answer {
     /// When it was judged (seconds since the epoch): the list is as of
     /// then, however long the releases take.
     pub judged_unix: i64,
+    /// Whether the next heartbeat listing the same volumes may take these
+    /// verdicts as they are (see [`Steady`]).
+    pub steady: Option<Steady>,
 }
 
 /// The verdict on the volumes `node` says it holds, waiting for the
@@ -107,24 +110,42 @@ fn judge(
     let view_behind = st.pods.is_stale();
     let now = kcred_audit::timefmt::now_unix();
     let unlisted = st.held.unlisted(node, &sorted, departures, now);
+    let last = (!view_behind)
+        .then(|| st.held.steady(node, &sorted))
+        .flatten();
     st.issued.with_node(node, wait, |records| {
-        // This node's records only: a volume recorded on another node, or
-        // on none (a record lost to a crash must not cut a running pod
-        // off), is unknown here and stays.
+        let marks = Steady {
+            departures,
+            records: records.changed(),
+        };
         let mut stale = Vec::new();
         let mut revoked = Vec::new();
-        let mut listed = Vec::new();
-        for id in held {
-            let Some(p) = records.get(id) else {
-                continue;
-            };
-            listed.push(Arc::clone(p.volume_id));
-            match verdict(st, node, &p, view_behind) {
-                Verdict::Keep => {}
-                Verdict::Revoked => revoked.push(id.clone()),
-                Verdict::Stale => stale.push(id.clone()),
+        let listed = match last {
+            // The same list, and nothing its verdicts rest on moved: kept
+            // again, without a pod lookup per volume (most heartbeats).
+            Some((steady, listed)) if steady == marks => listed,
+            _ => {
+                // This node's records only: a volume recorded on another
+                // node, or on none (a record lost to a crash must not cut a
+                // running pod off), is unknown here and stays.
+                let mut listed = Vec::new();
+                for id in held {
+                    let Some(p) = records.get(id) else {
+                        continue;
+                    };
+                    listed.push(Arc::clone(p.volume_id));
+                    match verdict(st, node, &p, view_behind) {
+                        Verdict::Keep => {}
+                        Verdict::Revoked => revoked.push(id.clone()),
+                        Verdict::Stale => stale.push(id.clone()),
+                    }
+                }
+                listed
             }
-        }
+        };
+        let steady =
+            (!view_behind && listed.len() == held.len() && stale.is_empty() && revoked.is_empty())
+                .then_some(marks);
         // Records of volumes the node no longer holds whose pods are gone
         // from the controller's own view (or rebound): records leave on
         // the controller's knowledge, never on the node's word alone. An
@@ -160,6 +181,7 @@ fn judge(
             listed,
             swept: (!view_behind).then(|| unlisted.sweep()),
             judged_unix: now,
+            steady,
         })
     })
 }

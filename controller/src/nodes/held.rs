@@ -35,6 +35,24 @@ struct Heard {
     /// a sweep that saw fewer is out of date, whichever heartbeat stored
     /// it last.
     failed: u64,
+    /// Set when every volume of that heartbeat was recorded and kept.
+    steady: Option<Steady>,
+}
+
+/// A heartbeat that listed only recorded volumes and judged them all
+/// kept (none stale, none revoked) on a current pod view, and what its
+/// verdicts rested on. The next one listing the same volumes gets the
+/// same verdicts while both marks stand: a kept volume turns stale only
+/// when its pod stops running on the node (which moves the departures
+/// count) and revoked only when its record changes (which moves the
+/// node's mark in the issued-volume index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steady {
+    /// [`crate::pods::PodIndex::departures_from`] the node, read before
+    /// the pod view.
+    pub departures: u64,
+    /// [`crate::issued::NodeRecords::changed`], read with the records.
+    pub records: u64,
 }
 
 /// A heartbeat that judged every record of its node.
@@ -123,16 +141,29 @@ impl Held {
         }
     }
 
-    /// Remembers a heartbeat's list of the node's recorded volumes and its
-    /// sweep ([`Unlisted::sweep`]; `None` when it could not judge them all),
-    /// once its releases are done: a heartbeat cut short before that
-    /// leaves the node's previous word, and the next one does its work.
+    /// The volumes of the node's last heartbeat and what made it steady,
+    /// if it was ([`Steady`]) and listed exactly `listed` (sorted).
+    pub fn steady(&self, node: &str, listed: &[&str]) -> Option<(Steady, Vec<Arc<str>>)> {
+        let nodes = crate::locks::read(&self.nodes);
+        let heard = nodes.get(node)?;
+        let steady = heard.steady?;
+        let same = heard.volumes.len() == listed.len()
+            && heard.volumes.iter().zip(listed).all(|(a, b)| **a == **b);
+        same.then(|| (steady, heard.volumes.to_vec()))
+    }
+
+    /// Remembers a heartbeat's list of the node's recorded volumes, its
+    /// sweep ([`Unlisted::sweep`]; `None` when it could not judge them all)
+    /// and whether it was steady, once its releases are done: a heartbeat
+    /// cut short before that leaves the node's previous word, and the next
+    /// one does its work.
     pub fn heard(
         &self,
         node: &str,
         mut volumes: Vec<Arc<str>>,
         at_unix: i64,
         swept: Option<Sweep>,
+        steady: Option<Steady>,
     ) {
         volumes.sort_unstable();
         let volumes = volumes.into_boxed_slice();
@@ -142,6 +173,7 @@ impl Held {
                 h.at_unix = at_unix;
                 h.volumes = volumes;
                 h.swept = swept;
+                h.steady = steady;
             }
             None => {
                 let heard = Heard {
@@ -149,6 +181,7 @@ impl Held {
                     volumes,
                     swept,
                     failed: 0,
+                    steady,
                 };
                 nodes.insert(node.to_string(), heard);
             }
@@ -208,7 +241,7 @@ mod tests {
     #[test]
     fn a_volume_left_out_of_a_later_heartbeat_is_not_live() {
         let held = Held::default();
-        held.heard("n1", ids(&["b0", "a"]), 100, Some(swept(0, 100)));
+        held.heard("n1", ids(&["b0", "a"]), 100, Some(swept(0, 100)), None);
         assert!(held.is_live("n1", "a", 90));
         assert!(held.is_live("n1", "b0", 90));
         assert!(
@@ -220,7 +253,7 @@ mod tests {
     #[test]
     fn a_volume_issued_after_the_last_heartbeat_is_live() {
         let held = Held::default();
-        held.heard("n1", vec![], 100, Some(swept(0, 100)));
+        held.heard("n1", vec![], 100, Some(swept(0, 100)), None);
         assert!(
             held.is_live("n1", "new", 100),
             "same second: not yet listed"
@@ -248,7 +281,7 @@ mod tests {
             Unlisted::All(swept(7, 100)),
             "a node never heard is swept"
         );
-        held.heard("n1", ids(&["b", "a", "c"]), 100, Some(swept(7, 100)));
+        held.heard("n1", ids(&["b", "a", "c"]), 100, Some(swept(7, 100)), None);
         assert_eq!(
             held.unlisted("n1", &["a", "c"], 7, 110),
             Unlisted::Dropped(ids(&["b"]), swept(7, 100))
@@ -262,7 +295,7 @@ mod tests {
     #[test]
     fn a_departure_time_or_a_view_that_could_not_tell_brings_a_sweep() {
         let held = Held::default();
-        held.heard("n1", ids(&["a"]), 100, Some(swept(7, 100)));
+        held.heard("n1", ids(&["a"]), 100, Some(swept(7, 100)), None);
         assert_eq!(
             held.unlisted("n1", &["a"], 8, 110),
             Unlisted::All(swept(8, 110)),
@@ -278,7 +311,7 @@ mod tests {
             Unlisted::All(swept(7, 99)),
             "the clock stepped back"
         );
-        held.heard("n1", ids(&["a"]), 110, None);
+        held.heard("n1", ids(&["a"]), 110, None, None);
         assert_eq!(
             held.unlisted("n1", &["a"], 7, 120),
             Unlisted::All(swept(7, 120))
@@ -295,13 +328,13 @@ mod tests {
             held.unlisted("n1", &[], 7, 100),
             Unlisted::All(swept(7, 100))
         );
-        held.heard("n1", vec![], 100, Some(swept(7, 100)));
+        held.heard("n1", vec![], 100, Some(swept(7, 100)), None);
         let earlier = held.unlisted("n1", &[], 7, 105).sweep();
         held.release_failed("n1");
-        held.heard("n1", vec![], 105, Some(earlier));
+        held.heard("n1", vec![], 105, Some(earlier), None);
         let next = held.unlisted("n1", &[], 7, 110);
         assert!(matches!(next, Unlisted::All(_)), "{next:?}");
-        held.heard("n1", vec![], 110, Some(next.sweep()));
+        held.heard("n1", vec![], 110, Some(next.sweep()), None);
         assert!(matches!(
             held.unlisted("n1", &[], 7, 120),
             Unlisted::Dropped(..)
@@ -310,7 +343,7 @@ mod tests {
         let fresh = Held::default();
         let before = fresh.unlisted("n2", &[], 7, 100);
         fresh.release_failed("n2");
-        fresh.heard("n2", vec![], 100, Some(before.sweep()));
+        fresh.heard("n2", vec![], 100, Some(before.sweep()), None);
         assert!(
             matches!(fresh.unlisted("n2", &[], 7, 110), Unlisted::All(_)),
             "a failure before the node's first word still counts"

@@ -109,6 +109,8 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     /// Its pod view.
     pub pods: std::sync::Arc<kcred_controller::pods::PodIndex>,
+    /// Its state (the issued-volume index, for revocations).
+    pub state: std::sync::Arc<kcred_controller::state::ControllerState>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -118,6 +120,7 @@ impl Running {
     pub async fn start(cfg: &Config) -> Running {
         let controller = Controller::start(cfg).expect("controller starts");
         let pods = controller.pods();
+        let state = controller.state();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -127,6 +130,7 @@ impl Running {
         Running {
             addr,
             pods,
+            state,
             stop,
             task,
         }
@@ -148,6 +152,7 @@ impl Running {
 
     /// Stops it and waits until its store is released.
     pub async fn stop(self) {
+        drop(self.state);
         let _ = self.stop.send(());
         self.task.await.unwrap().expect("served");
     }
