@@ -84,13 +84,7 @@ pub(super) async fn beat(
     }
     .map_err(Status::from)?;
     heartbeat::release(st, node, answer.releasable).await;
-    st.held.heard(
-        node,
-        answer.listed,
-        answer.judged_unix,
-        answer.swept,
-        answer.steady,
-    );
+    st.held.heard(node, answer.listed, answer.word);
     Ok(answer.response)
 }
 

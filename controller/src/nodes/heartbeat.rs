@@ -19,7 +19,9 @@
 //! A heartbeat costs what its node holds: it reads the node's own entries
 //! of the in-memory issued-volume index ([`crate::issued::Issued::with_node`])
 //! and one pod lookup per volume it lists, never the whole table nor the
-//! store. The records the node does not list are judged all again only
+//! store; and a heartbeat repeating a list all kept last time takes those
+//! verdicts again, without the lookups, while nothing they rest on moved
+//! ([`crate::nodes::held::Steady`]). The records the node does not list are judged all again only
 //! when a pod stopped running on the node since the last such sweep (or
 //! after [`crate::nodes::held::SWEEP_EVERY_SECS`]); otherwise only those
 //! it stopped listing are ([`crate::nodes::held::Held::unlisted`]).
@@ -34,7 +36,7 @@ use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::{HeartbeatResponse, Reason};
 
 use crate::issued::{Placement, PlacementRef};
-use crate::nodes::held::{Steady, Sweep, Unlisted};
+use crate::nodes::held::{Steady, Unlisted, Word, list_digest};
 use crate::reasons::Refusal;
 use crate::state::ControllerState;
 
@@ -49,17 +51,15 @@ pub struct Answer {
     /// Volumes of this node whose pods are gone from the controller's own
     /// view and that the node no longer holds.
     pub releasable: Vec<Placement>,
-    /// The node's recorded volumes it listed (for [`crate::nodes::held`]).
-    pub listed: Vec<Arc<str>>,
-    /// The sweep to remember with them (`None`: the pod view could not
-    /// tell, so the next heartbeat sweeps).
-    pub swept: Option<Sweep>,
-    /// When it was judged (seconds since the epoch): the list is as of
-    /// then, however long the releases take.
-    pub judged_unix: i64,
-    /// Whether the next heartbeat listing the same volumes may take these
-    /// verdicts as they are (see [`Steady`]).
-    pub steady: Option<Steady>,
+    /// The node's recorded volumes it listed (for [`crate::nodes::held`];
+    /// `None`: the same as its last heartbeat's).
+    pub listed: Option<Vec<Arc<str>>>,
+    /// What to remember with them: when it was judged (the list is as of
+    /// then, however long the releases take), the sweep (`None`: the pod
+    /// view could not tell, so the next heartbeat sweeps), and whether
+    /// the next heartbeat listing the same volumes may take these verdicts
+    /// as they are (see [`Steady`]).
+    pub word: Word,
 }
 
 /// The verdict on the volumes `node` says it holds, waiting for the
@@ -104,45 +104,61 @@ fn judge(
     let mut sorted: Vec<&str> = held.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     let listed_by_node = |id: &str| sorted.binary_search(&id).is_ok();
+    let digest = list_digest(&sorted);
     // Read before the pod view is: a departure after this is judged
     // again at the next heartbeat.
     let departures = st.pods.departures_from(node);
     let view_behind = st.pods.is_stale();
     let now = kcred_audit::timefmt::now_unix();
-    let unlisted = st.held.unlisted(node, &sorted, departures, now);
     let last = (!view_behind)
-        .then(|| st.held.steady(node, &sorted))
+        .then(|| st.held.steady(node, &digest, departures, now))
         .flatten();
     st.issued.with_node(node, wait, |records| {
         let marks = Steady {
             departures,
             records: records.changed(),
         };
+        let word = |swept, steady| Word {
+            at_unix: now,
+            swept,
+            steady,
+            digest,
+        };
+        // The same list, and nothing its verdicts rest on moved: kept
+        // again, with nothing new to release, and without reading a name
+        // or a pod per volume (most heartbeats).
+        if let Some((steady, sweep)) = last
+            && steady == marks
+        {
+            return Ok(Answer {
+                response: HeartbeatResponse {
+                    lease_ttl_secs: st.leases.ttl().as_secs(),
+                    stale_volume_ids: Vec::new(),
+                    revoked_volume_ids: Vec::new(),
+                },
+                releasable: Vec::new(),
+                listed: None,
+                word: word(Some(sweep), Some(marks)),
+            });
+        }
+        let unlisted = st.held.unlisted(node, &sorted, departures, now);
+        // This node's records only: a volume recorded on another node, or
+        // on none (a record lost to a crash must not cut a running pod
+        // off), is unknown here and stays.
         let mut stale = Vec::new();
         let mut revoked = Vec::new();
-        let listed = match last {
-            // The same list, and nothing its verdicts rest on moved: kept
-            // again, without a pod lookup per volume (most heartbeats).
-            Some((steady, listed)) if steady == marks => listed,
-            _ => {
-                // This node's records only: a volume recorded on another
-                // node, or on none (a record lost to a crash must not cut a
-                // running pod off), is unknown here and stays.
-                let mut listed = Vec::new();
-                for id in held {
-                    let Some(p) = records.get(id) else {
-                        continue;
-                    };
-                    listed.push(Arc::clone(p.volume_id));
-                    match verdict(st, node, &p, view_behind) {
-                        Verdict::Keep => {}
-                        Verdict::Revoked => revoked.push(id.clone()),
-                        Verdict::Stale => stale.push(id.clone()),
-                    }
-                }
-                listed
+        let mut listed = Vec::new();
+        for id in held {
+            let Some(p) = records.get(id) else {
+                continue;
+            };
+            listed.push(Arc::clone(p.volume_id));
+            match verdict(st, node, &p, view_behind) {
+                Verdict::Keep => {}
+                Verdict::Revoked => revoked.push(id.clone()),
+                Verdict::Stale => stale.push(id.clone()),
             }
-        };
+        }
         let steady =
             (!view_behind && listed.len() == held.len() && stale.is_empty() && revoked.is_empty())
                 .then_some(marks);
@@ -178,10 +194,8 @@ fn judge(
                 revoked_volume_ids: revoked,
             },
             releasable,
-            listed,
-            swept: (!view_behind).then(|| unlisted.sweep()),
-            judged_unix: now,
-            steady,
+            listed: Some(listed),
+            word: word((!view_behind).then(|| unlisted.sweep()), steady),
         })
     })
 }

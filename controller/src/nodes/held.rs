@@ -12,6 +12,13 @@
 //! judging ([`Held::unlisted`]): all of them only when a pod stopped
 //! running on the node since they were last all judged (a sweep), else
 //! only those the node listed last time and no longer does.
+//!
+//! And it keeps whether the node's last list was all kept, with the marks
+//! those verdicts rest on ([`Steady`]): the next heartbeat listing the same
+//! volumes takes them again while the marks stand. The marks only grow
+//! (the departures count, and the issued-volume index's change count,
+//! which lives as long as this does), so whichever of two concurrent
+//! heartbeats stores last, its verdicts hold for as long as its marks do.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,6 +44,22 @@ struct Heard {
     failed: u64,
     /// Set when every volume of that heartbeat was recorded and kept.
     steady: Option<Steady>,
+    /// [`list_digest`] of the ids that heartbeat listed.
+    digest: [u8; 32],
+}
+
+/// Names a heartbeat's list (sorted) in 32 bytes: a repeated list is
+/// recognised from the request alone, without reading the names kept
+/// from last time (at 10,000 nodes, each a cache miss). SHA-256, so no
+/// node can make another list pass for the one it listed.
+pub fn list_digest(sorted: &[&str]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for id in sorted {
+        h.update((id.len() as u64).to_le_bytes());
+        h.update(id.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// A heartbeat that listed only recorded volumes and judged them all
@@ -53,6 +76,20 @@ pub struct Steady {
     pub departures: u64,
     /// [`crate::issued::NodeRecords::changed`], read with the records.
     pub records: u64,
+}
+
+/// What a heartbeat left to remember besides its list ([`Held::heard`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Word {
+    /// When it was judged (seconds since the epoch).
+    pub at_unix: i64,
+    /// Its sweep ([`Unlisted::sweep`]; `None` when it could not judge
+    /// them all).
+    pub swept: Option<Sweep>,
+    /// Whether it was steady.
+    pub steady: Option<Steady>,
+    /// [`list_digest`] of its list.
+    pub digest: [u8; 32],
 }
 
 /// A heartbeat that judged every record of its node.
@@ -141,15 +178,25 @@ impl Held {
         }
     }
 
-    /// The volumes of the node's last heartbeat and what made it steady,
-    /// if it was ([`Steady`]) and listed exactly `listed` (sorted).
-    pub fn steady(&self, node: &str, listed: &[&str]) -> Option<(Steady, Vec<Arc<str>>)> {
+    /// The marks of the node's last heartbeat if it was steady
+    /// ([`Steady`]) and listed the list of `digest`, with its sweep if
+    /// that still stands (as [`Held::unlisted`] judges it, for
+    /// `departures` read now): then this heartbeat has nothing new to
+    /// judge among the node's unlisted records either.
+    pub fn steady(
+        &self,
+        node: &str,
+        digest: &[u8; 32],
+        departures: u64,
+        now: i64,
+    ) -> Option<(Steady, Sweep)> {
         let nodes = crate::locks::read(&self.nodes);
         let heard = nodes.get(node)?;
-        let steady = heard.steady?;
-        let same = heard.volumes.len() == listed.len()
-            && heard.volumes.iter().zip(listed).all(|(a, b)| **a == **b);
-        same.then(|| (steady, heard.volumes.to_vec()))
+        let (steady, sweep) = (heard.steady?, heard.swept?);
+        let stands = sweep.departures == departures
+            && sweep.failed == heard.failed
+            && (0..SWEEP_EVERY_SECS).contains(&(now - sweep.at_unix));
+        (heard.digest == *digest && stands).then_some((steady, sweep))
     }
 
     /// Remembers a heartbeat's list of the node's recorded volumes, its
@@ -157,31 +204,36 @@ impl Held {
     /// and whether it was steady, once its releases are done: a heartbeat
     /// cut short before that leaves the node's previous word, and the next
     /// one does its work.
-    pub fn heard(
-        &self,
-        node: &str,
-        mut volumes: Vec<Arc<str>>,
-        at_unix: i64,
-        swept: Option<Sweep>,
-        steady: Option<Steady>,
-    ) {
-        volumes.sort_unstable();
-        let volumes = volumes.into_boxed_slice();
+    ///
+    /// `volumes` is `None` when the heartbeat listed what the node's last
+    /// one did ([`Held::steady`]): the names kept stand.
+    pub fn heard(&self, node: &str, volumes: Option<Vec<Arc<str>>>, word: Word) {
+        let volumes = volumes.map(|mut v| {
+            v.sort_unstable();
+            v.into_boxed_slice()
+        });
         let mut nodes = crate::locks::write(&self.nodes);
         match nodes.get_mut(node) {
+            // Another list stored since (a call beside the node's stream):
+            // its word stands.
+            Some(h) if volumes.is_none() && h.digest != word.digest => {}
             Some(h) => {
-                h.at_unix = at_unix;
-                h.volumes = volumes;
-                h.swept = swept;
-                h.steady = steady;
+                h.at_unix = word.at_unix;
+                if let Some(v) = volumes {
+                    h.volumes = v;
+                }
+                h.swept = word.swept;
+                h.steady = word.steady;
+                h.digest = word.digest;
             }
             None => {
                 let heard = Heard {
-                    at_unix,
-                    volumes,
-                    swept,
+                    at_unix: word.at_unix,
+                    volumes: volumes.unwrap_or_default(),
+                    swept: word.swept,
                     failed: 0,
-                    steady,
+                    steady: word.steady,
+                    digest: word.digest,
                 };
                 nodes.insert(node.to_string(), heard);
             }
@@ -230,6 +282,15 @@ mod tests {
         v.iter().map(|s| Arc::from(*s)).collect()
     }
 
+    fn word(at_unix: i64, swept: Option<Sweep>) -> Word {
+        Word {
+            at_unix,
+            swept,
+            steady: None,
+            digest: [0; 32],
+        }
+    }
+
     fn swept(departures: u64, at_unix: i64) -> Sweep {
         Sweep {
             departures,
@@ -241,7 +302,11 @@ mod tests {
     #[test]
     fn a_volume_left_out_of_a_later_heartbeat_is_not_live() {
         let held = Held::default();
-        held.heard("n1", ids(&["b0", "a"]), 100, Some(swept(0, 100)), None);
+        held.heard(
+            "n1",
+            Some(ids(&["b0", "a"])),
+            word(100, Some(swept(0, 100))),
+        );
         assert!(held.is_live("n1", "a", 90));
         assert!(held.is_live("n1", "b0", 90));
         assert!(
@@ -253,7 +318,7 @@ mod tests {
     #[test]
     fn a_volume_issued_after_the_last_heartbeat_is_live() {
         let held = Held::default();
-        held.heard("n1", vec![], 100, Some(swept(0, 100)), None);
+        held.heard("n1", Some(vec![]), word(100, Some(swept(0, 100))));
         assert!(
             held.is_live("n1", "new", 100),
             "same second: not yet listed"
@@ -281,7 +346,11 @@ mod tests {
             Unlisted::All(swept(7, 100)),
             "a node never heard is swept"
         );
-        held.heard("n1", ids(&["b", "a", "c"]), 100, Some(swept(7, 100)), None);
+        held.heard(
+            "n1",
+            Some(ids(&["b", "a", "c"])),
+            word(100, Some(swept(7, 100))),
+        );
         assert_eq!(
             held.unlisted("n1", &["a", "c"], 7, 110),
             Unlisted::Dropped(ids(&["b"]), swept(7, 100))
@@ -295,7 +364,7 @@ mod tests {
     #[test]
     fn a_departure_time_or_a_view_that_could_not_tell_brings_a_sweep() {
         let held = Held::default();
-        held.heard("n1", ids(&["a"]), 100, Some(swept(7, 100)), None);
+        held.heard("n1", Some(ids(&["a"])), word(100, Some(swept(7, 100))));
         assert_eq!(
             held.unlisted("n1", &["a"], 8, 110),
             Unlisted::All(swept(8, 110)),
@@ -311,7 +380,7 @@ mod tests {
             Unlisted::All(swept(7, 99)),
             "the clock stepped back"
         );
-        held.heard("n1", ids(&["a"]), 110, None, None);
+        held.heard("n1", Some(ids(&["a"])), word(110, None));
         assert_eq!(
             held.unlisted("n1", &["a"], 7, 120),
             Unlisted::All(swept(7, 120))
@@ -328,13 +397,13 @@ mod tests {
             held.unlisted("n1", &[], 7, 100),
             Unlisted::All(swept(7, 100))
         );
-        held.heard("n1", vec![], 100, Some(swept(7, 100)), None);
+        held.heard("n1", Some(vec![]), word(100, Some(swept(7, 100))));
         let earlier = held.unlisted("n1", &[], 7, 105).sweep();
         held.release_failed("n1");
-        held.heard("n1", vec![], 105, Some(earlier), None);
+        held.heard("n1", Some(vec![]), word(105, Some(earlier)));
         let next = held.unlisted("n1", &[], 7, 110);
         assert!(matches!(next, Unlisted::All(_)), "{next:?}");
-        held.heard("n1", vec![], 110, Some(next.sweep()), None);
+        held.heard("n1", Some(vec![]), word(110, Some(next.sweep())));
         assert!(matches!(
             held.unlisted("n1", &[], 7, 120),
             Unlisted::Dropped(..)
@@ -343,10 +412,77 @@ mod tests {
         let fresh = Held::default();
         let before = fresh.unlisted("n2", &[], 7, 100);
         fresh.release_failed("n2");
-        fresh.heard("n2", vec![], 100, Some(before.sweep()), None);
+        fresh.heard("n2", Some(vec![]), word(100, Some(before.sweep())));
         assert!(
             matches!(fresh.unlisted("n2", &[], 7, 110), Unlisted::All(_)),
             "a failure before the node's first word still counts"
         );
+    }
+
+    #[test]
+    fn only_the_same_list_after_a_steady_heartbeat_with_its_sweep_standing_gets_its_marks() {
+        let held = Held::default();
+        let marks = Steady {
+            departures: 3,
+            records: 9,
+        };
+        let digest = list_digest(&["a", "b"]);
+        let sweep = swept(3, 100);
+        assert_eq!(held.steady("n1", &digest, 3, 100), None, "never heard");
+        let steady_word = Word {
+            at_unix: 100,
+            swept: Some(sweep),
+            steady: Some(marks),
+            digest,
+        };
+        held.heard("n1", Some(ids(&["b", "a"])), steady_word);
+        assert_eq!(held.steady("n1", &digest, 3, 110), Some((marks, sweep)));
+        for other in [&["a"][..], &["a", "b", "c"], &["a", "c"], &[], &["ab"]] {
+            assert_eq!(
+                held.steady("n1", &list_digest(other), 3, 110),
+                None,
+                "{other:?}"
+            );
+        }
+        assert_ne!(
+            list_digest(&["ab", "c"]),
+            list_digest(&["a", "bc"]),
+            "names are not run together"
+        );
+        assert_eq!(held.steady("n2", &digest, 3, 110), None, "another node");
+        // The sweep no longer stands: a departure, time, a failed release.
+        assert_eq!(held.steady("n1", &digest, 4, 110), None);
+        assert_eq!(held.steady("n1", &digest, 3, 100 + SWEEP_EVERY_SECS), None);
+        // A repeat keeps the names; another list stored meanwhile is not
+        // overwritten by it.
+        held.heard(
+            "n1",
+            None,
+            Word {
+                at_unix: 120,
+                ..steady_word
+            },
+        );
+        assert!(held.is_live("n1", "a", 110) && !held.is_live("n1", "c", 110));
+        let other = Word {
+            at_unix: 125,
+            digest: list_digest(&["c"]),
+            steady: None,
+            ..steady_word
+        };
+        held.heard("n1", Some(ids(&["c"])), other);
+        held.heard(
+            "n1",
+            None,
+            Word {
+                at_unix: 130,
+                ..steady_word
+            },
+        );
+        assert!(held.is_live("n1", "c", 110) && !held.is_live("n1", "a", 110));
+        assert_eq!(held.steady("n1", &digest, 3, 130), None);
+        held.release_failed("n1");
+        held.heard("n1", Some(ids(&["a", "b"])), steady_word);
+        assert_eq!(held.steady("n1", &digest, 3, 110), None, "a failed release");
     }
 }

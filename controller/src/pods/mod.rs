@@ -244,8 +244,14 @@ impl PodIndex {
     /// Called once the view shows the pods gone (after its lock is
     /// released): see [`Departures::count`].
     fn announce(&self, gone: impl IntoIterator<Item = PodGone>) {
-        for g in gone {
+        // Every departure counted before any is announced: a heartbeat
+        // taking its node's last verdicts again (crate::nodes::heartbeat)
+        // rests on the count, and a long re-list's sends take a while.
+        let gone: Vec<PodGone> = gone.into_iter().collect();
+        for g in &gone {
             self.departures.count(&g.node);
+        }
+        for g in gone {
             // No subscriber is fine.
             let _ = self.gone.send(g);
         }
