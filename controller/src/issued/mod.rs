@@ -120,13 +120,11 @@ struct NodeIds {
 }
 
 impl View {
-    /// Every volume of a pod with a revoked volume is revoked: one
-    /// recorded revoked revokes the pod's others (and moves their nodes'
-    /// marks), and one recorded later for a revoked pod is revoked too,
-    /// as every controller's revocation sync would have it.
     fn insert(&mut self, rec: &VolumeRecord) {
-        let mut kept = KeptVolume::keep(rec, &mut self.names);
-        kept.revoked |= self.revoked_pods.contains(&rec.pod_uid);
+        if rec.revoked {
+            self.revoked_pods.insert(rec.pod_uid.clone());
+        }
+        let kept = KeptVolume::keep(rec, &mut self.names);
         let previous = self
             .by_id
             .get_key_value(rec.volume_id.as_str())
@@ -145,9 +143,6 @@ impl View {
         node.ids.insert(Arc::clone(&id));
         node.changed = self.changes;
         self.by_id.insert(id, kept);
-        if rec.revoked {
-            self.revoke_pods([rec.pod_uid.clone()]);
-        }
     }
 
     fn remove(&mut self, volume_id: &str) {
@@ -639,19 +634,6 @@ mod tests {
         assert_eq!(mark(&view, "node-a"), 0);
         view.insert(&record("v4", "node-a", "u4"));
         assert!(mark(&view, "node-a") > a);
-
-        // One volume of a pod revoked: its others are, wherever they are,
-        // and so is one recorded for it later.
-        view.insert(&record("v5", "node-b", "u5"));
-        let b = mark(&view, "node-b");
-        let mut v6 = record("v6", "node-a", "u5");
-        v6.revoked = true;
-        view.insert(&v6);
-        assert!(view.by_id["v5"].revoked && view.by_id["v6"].revoked);
-        assert!(mark(&view, "node-b") > b);
-        view.insert(&record("v7", "node-b", "u5"));
-        assert!(view.by_id["v7"].revoked);
-        assert!(!view.by_id["v4"].revoked);
     }
 
     #[tokio::test]

@@ -214,9 +214,9 @@ impl Held {
         });
         let mut nodes = crate::locks::write(&self.nodes);
         match nodes.get_mut(node) {
-            // Another list stored since (a call beside the node's stream):
-            // its word stands.
-            Some(h) if volumes.is_none() && h.digest != word.digest => {}
+            // Another list, or a word not steady, stored since (a call
+            // beside the node's stream): it stands.
+            Some(h) if volumes.is_none() && (h.digest != word.digest || h.steady.is_none()) => {}
             Some(h) => {
                 h.at_unix = word.at_unix;
                 if let Some(v) = volumes {
@@ -226,6 +226,8 @@ impl Held {
                 h.steady = word.steady;
                 h.digest = word.digest;
             }
+            // A repeat for a node whose word is gone: nothing to keep.
+            None if volumes.is_none() => {}
             None => {
                 let heard = Heard {
                     at_unix: word.at_unix,
@@ -481,6 +483,26 @@ mod tests {
         );
         assert!(held.is_live("n1", "c", 110) && !held.is_live("n1", "a", 110));
         assert_eq!(held.steady("n1", &digest, 3, 130), None);
+        // The same list judged not steady (a volume not recorded yet) and
+        // stored after a steady repeat was judged: the repeat keeps it.
+        held.heard(
+            "n1",
+            Some(ids(&["a"])),
+            Word {
+                steady: None,
+                ..steady_word
+            },
+        );
+        held.heard(
+            "n1",
+            None,
+            Word {
+                at_unix: 140,
+                ..steady_word
+            },
+        );
+        assert_eq!(held.steady("n1", &digest, 3, 110), None);
+        assert!(!held.is_live("n1", "b", 90));
         held.release_failed("n1");
         held.heard("n1", Some(ids(&["a", "b"])), steady_word);
         assert_eq!(held.steady("n1", &digest, 3, 110), None, "a failed release");
