@@ -329,25 +329,13 @@ async fn a_node_first_seen_is_recorded_and_audited_once() {
 /// case that skips the pod lookups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_nodes_repeated_heartbeat_still_hears_each_change() {
-    const TWO_PODS: &str = r#"
-[[pods]]
-namespace = "web"
-name = "web-0"
-uid = "u0"
-node_name = "node-2"
-run_as_user = 1500
-run_as_group = 1500
-
-[[pods]]
-namespace = "web"
-name = "web-1"
-uid = "u1"
-node_name = "node-2"
-run_as_user = 1500
-run_as_group = 1500
-"#;
     let f = files();
-    std::fs::write(f.path("pods.toml"), TWO_PODS).unwrap();
+    // web-0 and, beside it, web-1.
+    let two_pods = format!(
+        "{PODS}{}",
+        PODS.replace("web-0", "web-1").replace("u0", "u1")
+    );
+    std::fs::write(f.path("pods.toml"), two_pods).unwrap();
     let store = f.store();
     for r in [
         record("vol-b", "node-2", "web-1", "u1"),
