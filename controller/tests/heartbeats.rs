@@ -71,6 +71,18 @@ async fn heartbeat(c: &Running, node: &str, held: &[&str]) -> HeartbeatResponse 
         .into_inner()
 }
 
+/// web-0 (vol-run's pod) as the view shows it once it has finished.
+fn web_0_finished() -> kcred_controller::pods::PodInfo {
+    kcred_controller::pods::PodInfo {
+        namespace: "web".into(),
+        name: "web-0".into(),
+        uid: "u0".into(),
+        node_name: "node-2".into(),
+        finished: true,
+        ..Default::default()
+    }
+}
+
 fn volumes(f: &Files) -> Vec<String> {
     let store = f.store();
     let mut v: Vec<String> = ["vol-run", "vol-gone", "vol-other"]
@@ -176,14 +188,7 @@ async fn a_view_behind_its_source_calls_only_pods_it_shows_stopped_stale() {
     assert!(released(&f).is_empty());
     // vol-gone's pod is not in the view; web-0, vol-run's, shown finished
     // is known stopped.
-    c.pods.upsert(kcred_controller::pods::PodInfo {
-        namespace: "web".into(),
-        name: "web-0".into(),
-        uid: "u0".into(),
-        node_name: "node-2".into(),
-        finished: true,
-        ..Default::default()
-    });
+    c.pods.upsert(web_0_finished());
     let shown = heartbeat(&c, "node-2", &["vol-run", "vol-gone"]).await;
     assert_eq!(shown.stale_volume_ids, ["vol-run"]);
     heartbeat(&c, "node-2", &["vol-run"]).await;
@@ -381,14 +386,7 @@ async fn a_steady_nodes_repeated_heartbeat_still_hears_each_change() {
         let a = heartbeat(&c, "node-2", &["vol-run"]).await;
         assert!(kept(&a), "{a:?}");
     }
-    c.pods.upsert(kcred_controller::pods::PodInfo {
-        namespace: "web".into(),
-        name: "web-0".into(),
-        uid: "u0".into(),
-        node_name: "node-2".into(),
-        finished: true,
-        ..Default::default()
-    });
+    c.pods.upsert(web_0_finished());
     let a = heartbeat(&c, "node-2", &["vol-run"]).await;
     assert_eq!(a.stale_volume_ids, ["vol-run"], "{a:?}");
     c.stop().await;
