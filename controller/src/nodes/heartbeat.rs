@@ -21,10 +21,11 @@
 //! and one pod lookup per volume it lists, never the whole table nor the
 //! store; and a heartbeat repeating a list all kept last time takes those
 //! verdicts again, without the lookups, while nothing they rest on moved
-//! ([`crate::nodes::held::Steady`]). The records the node does not list are judged all again only
-//! when a pod stopped running on the node since the last such sweep (or
-//! after [`crate::nodes::held::SWEEP_EVERY_SECS`]); otherwise only those
-//! it stopped listing are ([`crate::nodes::held::Held::unlisted`]).
+//! ([`crate::nodes::held::Steady`]). The records the node does not list
+//! are judged all again only when a pod stopped running on the node
+//! since the last such sweep (or after
+//! [`crate::nodes::held::SWEEP_EVERY_SECS`]); otherwise only those it
+//! stopped listing are ([`crate::nodes::held::Held::unlisted`]).
 //! (When a release or a revocation holds the index's lock across a store
 //! write, the handler waits for it on a blocking thread; otherwise it
 //! answers at once, without the hop.) Only a release
