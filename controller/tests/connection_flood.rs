@@ -68,14 +68,7 @@ fn raise_fd_limit() {
 }
 
 async fn node_channel(f: &Files, addr: SocketAddr) -> tonic::transport::Channel {
-    let ca = std::fs::read(f.path("ca.crt")).unwrap();
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .domain_name("controller.test");
-    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
+    f.tls_endpoint(addr)
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await

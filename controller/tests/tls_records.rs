@@ -117,14 +117,7 @@ async fn counted_channel(
     addr: SocketAddr,
     records: Arc<AtomicUsize>,
 ) -> tonic::transport::Channel {
-    let ca = std::fs::read(f.path("ca.crt")).unwrap();
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .domain_name("controller.test");
-    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
+    f.tls_endpoint(addr)
         .connect_with_connector(tower::service_fn(move |_| {
             let records = Arc::clone(&records);
             async move {

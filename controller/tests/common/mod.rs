@@ -26,6 +26,20 @@ impl Files {
         Self::with_auth("[auth]\nmode = \"none\"\n", extra)
     }
 
+    /// An endpoint for the controller at `addr` over TLS, trusting the CA
+    /// its config exports to `ca.crt` and naming it `controller.test` (the
+    /// `[tls]` table such tests write).
+    pub fn tls_endpoint(&self, addr: std::net::SocketAddr) -> tonic::transport::Endpoint {
+        let ca = std::fs::read(self.path("ca.crt")).unwrap();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("controller.test");
+        tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    }
+
     /// Writes a config with this `[auth]` table and `extra` appended.
     pub fn with_auth(auth: &str, extra: &str) -> Files {
         let dir = tempfile::tempdir().unwrap();
