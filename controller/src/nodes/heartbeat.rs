@@ -116,7 +116,6 @@ fn judge(
         .flatten();
     st.issued.with_node(node, wait, |records| {
         let marks = Steady {
-            departures,
             records: records.changed(),
         };
         let word = |swept, steady| Word {

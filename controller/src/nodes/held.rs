@@ -67,13 +67,11 @@ pub fn list_digest(sorted: &[&str]) -> [u8; 32] {
 /// verdicts rested on. The next one listing the same volumes gets the
 /// same verdicts while both marks stand: a kept volume turns stale only
 /// when its pod stops running on the node (which moves the departures
-/// count) and revoked only when its record changes (which moves the
-/// node's mark in the issued-volume index).
+/// count, kept in the heartbeat's sweep: a steady heartbeat's sweep was
+/// taken at the count it read) and revoked only when its record changes
+/// (which moves the node's mark in the issued-volume index, kept here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Steady {
-    /// [`crate::pods::PodIndex::departures_from`] the node, read before
-    /// the pod view.
-    pub departures: u64,
     /// [`crate::issued::NodeRecords::changed`], read with the records.
     pub records: u64,
 }
@@ -178,7 +176,7 @@ impl Held {
         }
     }
 
-    /// The marks of the node's last heartbeat if it was steady
+    /// The records mark of the node's last heartbeat if it was steady
     /// ([`Steady`]) and listed the list of `digest`, with its sweep if
     /// that still stands (as [`Held::unlisted`] judges it, for
     /// `departures` read now): then this heartbeat has nothing new to
@@ -424,10 +422,7 @@ mod tests {
     #[test]
     fn only_the_same_list_after_a_steady_heartbeat_with_its_sweep_standing_gets_its_marks() {
         let held = Held::default();
-        let marks = Steady {
-            departures: 3,
-            records: 9,
-        };
+        let marks = Steady { records: 9 };
         let digest = list_digest(&["a", "b"]);
         let sweep = swept(3, 100);
         assert_eq!(held.steady("n1", &digest, 3, 100), None, "never heard");
