@@ -173,6 +173,55 @@ impl EchoPeer {
         Ok(cpu / out.latencies.len().max(1) as u32)
     }
 
+    /// The echo's memory under the controller's connection and call
+    /// pattern, the transport's share of the controller's growth: RSS
+    /// before, after one connection per node made its first call
+    /// (`JOINING_AT_ONCE` at a time), and after each connection carried
+    /// that node's calls (`FETCHES_AT_ONCE` in flight, a node's calls
+    /// together as the fetch phase sends them).
+    async fn memory(&self, calls_per_node: &[usize]) -> anyhow::Result<EchoMemory> {
+        let before = procstat::rss(self.pid)?;
+        let gate = Arc::new(Semaphore::new(JOINING_AT_ONCE));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in calls_per_node {
+            let (gate, addr, cert) = (Arc::clone(&gate), self.addr.clone(), self.cert.clone());
+            set.spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                let mut c = echo::client(&addr, &cert).await?;
+                c.heartbeat(HeartbeatRequest::default()).await?;
+                anyhow::Ok(c)
+            });
+        }
+        let mut clients = Vec::new();
+        while let Some(c) = set.join_next().await {
+            clients.push(c??);
+        }
+        let joined = procstat::rss(self.pid)?;
+        let gate = Arc::new(Semaphore::new(FETCHES_AT_ONCE));
+        let mut set = tokio::task::JoinSet::new();
+        for (c, &calls) in clients.iter().zip(calls_per_node) {
+            for i in 0..calls {
+                let (gate, mut c) = (Arc::clone(&gate), c.clone());
+                let req = HeartbeatRequest {
+                    node_name: format!("volume-{i}"),
+                    volume_ids: vec![],
+                };
+                set.spawn(async move {
+                    let _permit = gate.acquire_owned().await;
+                    c.heartbeat(req).await.map(drop)
+                });
+            }
+        }
+        while let Some(done) = set.join_next().await {
+            done??;
+        }
+        Ok(EchoMemory {
+            before,
+            joined,
+            called: procstat::rss(self.pid)?,
+        })
+    }
+
     /// The heartbeat phase's pattern answered by the echo: one connection
     /// per node, each sending that node's request every `every` over
     /// `window`, as unary calls or as messages on one stream per node.
@@ -232,6 +281,14 @@ impl EchoPeer {
             beats,
         })
     }
+}
+
+/// The echo's RSS before its connections, with them joined, and after
+/// they carried the calls.
+struct EchoMemory {
+    before: u64,
+    joined: u64,
+    called: u64,
 }
 
 /// The heartbeat phase of one way of carrying heartbeats.
@@ -614,7 +671,19 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
         })
         .collect();
     let node_count = nodes.len();
+    let calls_per_node: Vec<usize> = nodes.iter().map(|n| n.volumes.len()).collect();
     drop(stack);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let echo_memory = echo.memory(&calls_per_node).await?;
+    println!(
+        "peer, the TLS echo's memory: {} nodes' connections and {} calls, RSS {} before / {} joined / {} called",
+        node_count,
+        cfg.pods,
+        mib(echo_memory.before),
+        mib(echo_memory.joined),
+        mib(echo_memory.called)
+    );
+    // Its connections close before the next ones open (the file limit).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut peers = Vec::new();
     for how in [Carried::Unary, Carried::Stream] {
@@ -716,7 +785,11 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
     table.row(
         "controller RSS at the end",
         &mib(rss_end),
-        &format!("{} goal", mib(RSS_GOAL)),
+        &format!(
+            "{} goal; the TLS echo {} with the same connections and calls",
+            mib(RSS_GOAL),
+            mib(echo_memory.called)
+        ),
         &ratio(rss_end as f64, RSS_GOAL as f64),
     );
     table.row(
@@ -732,23 +805,34 @@ async fn bench(cfg: &ScaleConfig, window: Duration, quick: bool) -> anyhow::Resu
         "",
         "",
     );
+    let kib_each = |from: u64, to: u64, count: usize| {
+        to.saturating_sub(from) as f64 / 1024.0 / count.max(1) as f64
+    };
+    let (kcred_conn, echo_conn) = (
+        kib_each(rss_started, rss_joined, node_count),
+        kib_each(echo_memory.before, echo_memory.joined, node_count),
+    );
     table.row(
         "controller memory per connected node (RSS growth while joining)",
-        &format!(
-            "{:.1} KiB",
-            rss_joined.saturating_sub(rss_started) as f64 / 1024.0 / node_count as f64
-        ),
-        "-",
-        "",
+        &format!("{kcred_conn:.1} KiB"),
+        &format!("{echo_conn:.1} KiB TLS echo, same connections and first calls"),
+        &ratio(kcred_conn, echo_conn),
+    );
+    let (kcred_vol, echo_call) = (
+        kib_each(rss_joined, rss_fetched, cfg.pods),
+        kib_each(echo_memory.joined, echo_memory.called, cfg.pods),
     );
     table.row(
         "controller memory per issued volume (RSS growth while fetching)",
-        &format!(
-            "{:.2} KiB",
-            rss_fetched.saturating_sub(rss_joined) as f64 / 1024.0 / cfg.pods as f64
-        ),
+        &format!("{kcred_vol:.2} KiB"),
+        &format!("2 KiB goal; the TLS echo grows {echo_call:.2} KiB a call under the same calls"),
+        &ratio(kcred_vol, 2.0),
+    );
+    table.row(
+        "  the same less the echo's growth: what the controller keeps per volume",
+        &format!("{:.2} KiB", kcred_vol - echo_call),
         "2 KiB goal",
-        "",
+        &ratio(kcred_vol - echo_call, 2.0),
     );
     let beats_failed = unary_beats.beats.failed + stream_beats.beats.failed;
     if fetched.failed > 0 || join_failed > 0 || beats_failed > 0 {
