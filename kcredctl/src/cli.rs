@@ -151,10 +151,12 @@ pub enum Command {
         #[arg(value_name = "VERSION")]
         key_version: u32,
     },
-    /// Revokes one volume's credentials.
+    /// Revokes a volume's credentials, and so its pod's.
     ///
-    /// The controller stops renewing them and the node wipes the volume's
-    /// files. The reason is written to the audit log.
+    /// The controller gives the pod nothing more (under any volume id) and
+    /// the node wipes the files of the volume and of the pod's other
+    /// volumes. Each volume's revocation is written to the audit log with
+    /// the reason.
     ///
     /// Who: operators.
     #[command(after_long_help = "Example:\n  \

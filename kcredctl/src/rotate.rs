@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kcred_proto::kcred::v1::{
-    RetireKeyRequest, RevokeRequest, RotateKeyRequest, RotateKeytabRequest, RotationProgress,
+    RetireKeyRequest, RevokeRequest, RevokeResponse, RotateKeyRequest, RotateKeytabRequest,
+    RotationProgress,
 };
 use serde_json::json;
 use tokio::time::Instant;
@@ -243,15 +244,35 @@ pub async fn revoke(conn: &mut Conn, args: &RevokeArgs, format: Format) -> anyho
     };
     let resp = unary(conn.timeout, conn.client.revoke(req)).await?;
     match format {
-        Format::Json => {
-            print_json(&json!({"volume_id": args.volume_id, "node": resp.node, "revoked": true}))
-        }
-        Format::Table => print(&format!(
-            "revoked {} on node {}: no more renewals, and the node wipes its files\n",
-            clean(&args.volume_id),
-            clean(&resp.node)
-        )),
+        Format::Json => print_json(&json!({
+            "volume_id": args.volume_id,
+            "node": resp.node,
+            "revoked": true,
+            "volume_ids": resp.volume_ids,
+        })),
+        Format::Table => print(&revoked_text(&args.volume_id, &resp)),
     }
+}
+
+/// What `kcredctl revoke` tells a person: the volume, and the pod's other
+/// volumes revoked with it.
+fn revoked_text(volume_id: &str, resp: &RevokeResponse) -> String {
+    let others: Vec<String> = resp
+        .volume_ids
+        .iter()
+        .filter(|v| *v != volume_id)
+        .map(|v| clean(v))
+        .collect();
+    let with = if others.is_empty() {
+        String::new()
+    } else {
+        format!(" and its pod's other volumes ({})", others.join(", "))
+    };
+    format!(
+        "revoked {}{with} on node {}: no more renewals, and the node wipes their files\n",
+        clean(volume_id),
+        clean(&resp.node)
+    )
 }
 
 /// `kcredctl retire <id> <version>`.

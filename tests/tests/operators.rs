@@ -16,6 +16,8 @@ use kcred_tests::{Kubelet, TestPod, wait_until};
 use zeroize::Zeroizing;
 
 const VOL: &str = "kcred";
+/// A second volume of the same pod.
+const OTHER_VOL: &str = "kcred-other";
 
 /// Accepts a token with a keytab, as a service would (own replay cache).
 fn accepts(stack: &ProcStack, keytab: &Path, token: &str, tag: &str) -> bool {
@@ -285,6 +287,13 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
     let pod = TestPod::with_keytabs("web", "web-0", NODE_A, "HTTP/web.example.com");
     stack.set_pods(&[&pod]).await.expect("pods");
     let target = stack.kubelet().publish(&pod, VOL).await.expect("publish");
+    // The pod's other volume goes with it.
+    let other = stack
+        .kubelet()
+        .publish(&pod, OTHER_VOL)
+        .await
+        .expect("publish the other volume");
+    assert!(other.join("krb5.keytab").exists());
     let out = stack.kcredctl(
         "alice",
         &[
@@ -295,7 +304,16 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
         ],
     );
     assert!(out.status.success(), "{}", output_text(&out));
-    wait_until("files wiped", 15, || !target.join("krb5.keytab").exists()).await;
+    let other_id = Kubelet::volume_id(&pod, OTHER_VOL);
+    assert!(
+        output_text(&out).contains(&format!("and its pod's other volumes ({other_id})")),
+        "{}",
+        output_text(&out)
+    );
+    wait_until("files wiped", 15, || {
+        !target.join("krb5.keytab").exists() && !other.join("krb5.keytab").exists()
+    })
+    .await;
     // kubelet's republish answers OK (never tear the mount down) but brings
     // nothing back. (ABORTED while another operation holds the volume is
     // retried, as kubelet does.)
@@ -325,6 +343,15 @@ async fn revoke_wipes_the_volume_and_stops_issuing() {
                 && r.reason == "key leaked in a log"
         }),
         "revocation audited: {records:#?}"
+    );
+    assert!(
+        records.iter().any(|r| {
+            r.action == Action::Revoke
+                && r.subject == other_id
+                && r.reason
+                    .starts_with("key leaked in a log (revoked with its pod's volume")
+        }),
+        "the other volume's revocation audited: {records:#?}"
     );
     // Naming another volume id for the same pod does not get around it.
     let r = kcred_testrealm::DEFAULT_REALM;

@@ -3,6 +3,7 @@
 //! action is audited, and a change is refused when its record cannot be
 //! written.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,7 +111,12 @@ impl AdminApi {
 
     /// Records an admin action; the action is refused if it cannot be.
     async fn audit(&self, event: AuditEvent) -> Result<(), Status> {
-        self.state.record(vec![event]).await.map_err(|e| {
+        self.audit_all(vec![event]).await
+    }
+
+    /// Several events in one append, made durable together.
+    async fn audit_all(&self, events: Vec<AuditEvent>) -> Result<(), Status> {
+        self.state.record(events).await.map_err(|e| {
             status_of(&Refusal::new(
                 e.reason(),
                 format!("audit log unavailable: {e}"),
@@ -468,26 +474,63 @@ impl Admin for AdminApi {
                     format!("no volume {}", req.volume_id),
                 ))
             })?;
-        self.audit(
+        // The pod's other volumes go with it (its pod gets nothing more):
+        // each is audited before it is revoked.
+        let siblings: Vec<VolumeRecord> = st
+            .issued
+            .on_node(&rec.node)
+            .map_err(|e| status_of(&e))?
+            .into_iter()
+            .filter(|v| v.pod_uid == rec.pod_uid && v.volume_id != rec.volume_id && !v.revoked)
+            .collect();
+        let event = |v: &VolumeRecord| {
+            let reason = if v.volume_id == rec.volume_id {
+                req.reason.clone()
+            } else {
+                format!(
+                    "{} (revoked with its pod's volume {})",
+                    req.reason, rec.volume_id
+                )
+            };
             AuditEvent::new(Actor::Admin(who.clone()), Action::Revoke)
-                .with_subject(req.volume_id.clone())
-                .with_place(&rec.node, &rec.namespace, &rec.pod)
-                .with_reason(req.reason.clone()),
-        )
-        .await?;
-        st.issued.revoke(&rec).map_err(|e| {
+                .with_subject(v.volume_id.clone())
+                .with_place(&v.node, &v.namespace, &v.pod)
+                .with_reason(reason)
+        };
+        self.audit_all(std::iter::once(&rec).chain(&siblings).map(event).collect())
+            .await?;
+        let revoked = st.issued.revoke(&rec).map_err(|e| {
             status_of(&Refusal::new(
                 e.reason(),
                 format!("revocation audited but not stored: {e}"),
             ))
         })?;
-        st.updates.send(
-            &rec.node,
-            UpdateAction::Wipe,
-            vec![rec.volume_id.clone()],
-            &req.reason,
-        );
-        Ok(Response::new(RevokeResponse { node: rec.node }))
+        let audited = |v: &VolumeRecord| {
+            v.volume_id == rec.volume_id || siblings.iter().any(|s| s.volume_id == v.volume_id)
+        };
+        // A volume of the pod recorded after the listing above (a fetch that
+        // raced the revocation): revoked all the same, audited now.
+        let late: Vec<AuditEvent> = revoked.iter().filter(|v| !audited(v)).map(event).collect();
+        if !late.is_empty() {
+            self.audit_all(late).await?;
+        }
+        // The named volume is wiped again even if it was revoked before (a
+        // node that missed the first push).
+        let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let again = (!revoked.iter().any(|v| v.volume_id == rec.volume_id)).then_some(&rec);
+        for v in again.into_iter().chain(&revoked) {
+            by_node
+                .entry(v.node.as_str())
+                .or_default()
+                .push(v.volume_id.clone());
+        }
+        for (node, ids) in by_node {
+            st.updates.send(node, UpdateAction::Wipe, ids, &req.reason);
+        }
+        Ok(Response::new(RevokeResponse {
+            volume_ids: revoked.iter().map(|v| v.volume_id.clone()).collect(),
+            node: rec.node,
+        }))
     }
 
     async fn audit_export(

@@ -195,20 +195,31 @@ impl View {
     /// Takes in the revocations on record: pods, and their volumes.
     fn revoke_pods(&mut self, uids: impl IntoIterator<Item = String>) {
         for uid in uids {
-            if self.revoked_pods.insert(uid.clone()) {
-                let mut nodes = Vec::new();
-                for rec in self.by_id.values_mut().filter(|r| *r.pod_uid == *uid) {
-                    rec.revoked = true;
-                    nodes.push(Arc::clone(&rec.node));
-                }
-                for node in nodes {
-                    self.changes += 1;
-                    if let Some(n) = self.by_node.get_mut(&node) {
-                        n.changed = self.changes;
-                    }
-                }
+            if !self.revoked_pods.contains(&uid) {
+                self.revoke_pod(uid);
             }
         }
+    }
+
+    /// Revokes the pod and marks every volume of it on record revoked
+    /// (each one's node hears it at its next heartbeat); the ids newly
+    /// marked.
+    fn revoke_pod(&mut self, uid: String) -> Vec<Arc<str>> {
+        let mut marked = Vec::new();
+        for (id, rec) in self.by_id.iter_mut() {
+            if *rec.pod_uid == *uid && !rec.revoked {
+                rec.revoked = true;
+                marked.push((Arc::clone(id), Arc::clone(&rec.node)));
+            }
+        }
+        for (_, node) in &marked {
+            self.changes += 1;
+            if let Some(n) = self.by_node.get_mut(node) {
+                n.changed = self.changes;
+            }
+        }
+        self.revoked_pods.insert(uid);
+        marked.into_iter().map(|(id, _)| id).collect()
     }
 }
 
@@ -427,25 +438,47 @@ impl Issued {
         Ok(())
     }
 
-    /// Revokes a volume, durably before it returns (an audited revocation
-    /// must survive a crash). The view refuses the volume at once, before
-    /// the store is written: should that write fail, the caller hears it
-    /// and this controller still refuses (closed), but a restart would not.
-    pub fn revoke(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
+    /// Revokes a volume and so its pod: the volume and every other volume
+    /// of the pod on record are marked revoked, as every controller marks
+    /// them on taking in the pod's revocation (at start, or from a peer);
+    /// durably before it returns (an audited revocation must survive a
+    /// crash). Returns the records newly revoked, `rec` first: each needs
+    /// its audit record. The view refuses them at once, before the store
+    /// is written: should that write fail, the caller hears it and this
+    /// controller still refuses (closed), but a restart would not.
+    pub fn revoke(&self, rec: &VolumeRecord) -> Result<Vec<VolumeRecord>, StoreError> {
         let mut r = rec.clone();
         r.revoked = true;
-        {
+        let revoked: Vec<VolumeRecord> = {
             let mut view = write(&self.view);
-            lock(&self.pending).remove(&r.volume_id);
-            view.insert(&r);
-        }
+            let mut pending = lock(&self.pending);
+            let named_anew = !view
+                .by_id
+                .get(r.volume_id.as_str())
+                .is_some_and(|k| k.revoked);
+            let mut revoked = Vec::new();
+            if named_anew {
+                pending.remove(&r.volume_id);
+                view.insert(&r);
+                revoked.push(r.clone());
+            }
+            for id in view.revoke_pod(r.pod_uid.clone()) {
+                pending.remove(&*id);
+                revoked.extend(view.record(&id));
+            }
+            revoked
+        };
         let _writing = lock(&self.writing);
-        self.store
-            .put_many(Table::Volumes, &[(r.volume_id.clone(), r.clone())])?;
+        let records: Vec<(String, VolumeRecord)> = std::iter::once(&r)
+            .chain(revoked.iter().filter(|s| s.volume_id != r.volume_id))
+            .map(|v| (v.volume_id.clone(), v.clone()))
+            .collect();
+        self.store.put_many(Table::Volumes, &records)?;
         let pod = RevokedPod {
             volume_id: r.volume_id.clone(),
         };
-        self.store.put(Table::Revocations, &r.pod_uid, &pod, b"")
+        self.store.put(Table::Revocations, &r.pod_uid, &pod, b"")?;
+        Ok(revoked)
     }
 
     /// The records of volumes published on `node`.
@@ -704,6 +737,60 @@ mod tests {
                 .expect("holders")
                 .is_empty()
         );
+    }
+
+    /// Revoking one volume revokes its pod's others as well, as a
+    /// restarted controller (or a peer taking in the pod's revocation)
+    /// marks them: every controller answers the node's heartbeats alike.
+    #[tokio::test]
+    async fn a_revocation_takes_the_pods_other_volumes_as_every_controller_sees_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let issued = Issued::new(Arc::clone(&st), false).expect("issued");
+        issued.put(&record("v1", "node-a", "u1")).expect("put");
+        issued.put(&record("v2", "node-a", "u1")).expect("put");
+        issued.put(&record("v3", "node-a", "u3")).expect("put");
+        let mark = |i: &Issued| i.with_node("node-a", true, |n| n.changed());
+        let before = mark(&issued);
+        let revoked: Vec<String> = issued
+            .revoke(&record("v1", "node-a", "u1"))
+            .expect("revoke")
+            .into_iter()
+            .map(|r| r.volume_id)
+            .collect();
+        assert_eq!(revoked, ["v1", "v2"], "the named volume first");
+        assert!(mark(&issued) > before, "the node's heartbeat hears it");
+        let marked = |i: &Issued| -> Vec<(String, bool)> {
+            let mut v: Vec<_> = i
+                .placements_on("node-a")
+                .into_iter()
+                .map(|p| (p.volume_id.to_string(), p.revoked))
+                .collect();
+            v.sort();
+            v
+        };
+        let expected = [
+            ("v1".to_string(), true),
+            ("v2".to_string(), true),
+            ("v3".to_string(), false),
+        ];
+        assert_eq!(marked(&issued), expected);
+        assert!(
+            issued
+                .revoke(&record("v2", "node-a", "u1"))
+                .expect("again")
+                .is_empty(),
+            "nothing is revoked twice"
+        );
+        for _ in 0..100 {
+            if lock(&issued.pending).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(issued);
+        let again = Issued::new(st, false).expect("reloaded");
+        assert_eq!(marked(&again), expected, "a restart marks the same");
     }
 
     /// A store write that hangs (an etcd member gone silent) holds up the
