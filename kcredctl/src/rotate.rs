@@ -269,7 +269,7 @@ fn revoked_text(volume_id: &str, resp: &RevokeResponse) -> String {
         format!(" and its pod's other volumes ({})", others.join(", "))
     };
     format!(
-        "revoked {}{with} on node {}: no more renewals, and the node wipes their files\n",
+        "revoked {} on node {}{with}: no more renewals, and the files are wiped\n",
         clean(volume_id),
         clean(&resp.node)
     )
@@ -297,6 +297,23 @@ pub async fn retire(conn: &mut Conn, id: &str, version: u32, format: Format) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revocation_names_the_pods_other_volumes_revoked_with_it() {
+        let resp = |ids: &[&str]| RevokeResponse {
+            node: "node-a".into(),
+            volume_ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            revoked_text("csi-1", &resp(&["csi-1", "csi-2", "csi-3"])),
+            "revoked csi-1 on node node-a and its pod's other volumes (csi-2, csi-3): \
+             no more renewals, and the files are wiped\n"
+        );
+        assert_eq!(
+            revoked_text("csi-1", &resp(&[])),
+            "revoked csi-1 on node node-a: no more renewals, and the files are wiped\n"
+        );
+    }
 
     fn p(updated: u32, total: u32, message: &str, done: bool) -> RotationProgress {
         RotationProgress {

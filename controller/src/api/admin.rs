@@ -499,26 +499,32 @@ impl Admin for AdminApi {
         };
         self.audit_all(std::iter::once(&rec).chain(&siblings).map(event).collect())
             .await?;
-        let revoked = st.issued.revoke(&rec).map_err(|e| {
+        let revocation = st.issued.revoke(&rec).map_err(|e| {
             status_of(&Refusal::new(
                 e.reason(),
                 format!("revocation audited but not stored: {e}"),
             ))
         })?;
-        let audited = |v: &VolumeRecord| {
+        // A volume of the pod revoked now that the listing above missed (one
+        // recorded since, or on another node): audited after the fact.
+        let listed = |v: &VolumeRecord| {
             v.volume_id == rec.volume_id || siblings.iter().any(|s| s.volume_id == v.volume_id)
         };
-        // A volume of the pod recorded after the listing above (a fetch that
-        // raced the revocation): revoked all the same, audited now.
-        let late: Vec<AuditEvent> = revoked.iter().filter(|v| !audited(v)).map(event).collect();
-        if !late.is_empty() {
-            self.audit_all(late).await?;
-        }
-        // The named volume is wiped again even if it was revoked before (a
-        // node that missed the first push).
+        let late: Vec<AuditEvent> = revocation
+            .records
+            .iter()
+            .filter(|v| !listed(v) && revocation.newly.contains(&v.volume_id))
+            .map(event)
+            .collect();
+        let late_audit = if late.is_empty() {
+            Ok(())
+        } else {
+            self.audit_all(late).await
+        };
+        // Every volume of the pod is wiped, also one revoked before (a node
+        // that missed the first push, a retry after a failed store write).
         let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        let again = (!revoked.iter().any(|v| v.volume_id == rec.volume_id)).then_some(&rec);
-        for v in again.into_iter().chain(&revoked) {
+        for v in &revocation.records {
             by_node
                 .entry(v.node.as_str())
                 .or_default()
@@ -527,8 +533,17 @@ impl Admin for AdminApi {
         for (node, ids) in by_node {
             st.updates.send(node, UpdateAction::Wipe, ids, &req.reason);
         }
+        late_audit.map_err(|e| {
+            Status::new(
+                e.code(),
+                format!(
+                    "revoked and wiped, but a volume recorded meanwhile was not audited: {}",
+                    e.message()
+                ),
+            )
+        })?;
         Ok(Response::new(RevokeResponse {
-            volume_ids: revoked.iter().map(|v| v.volume_id.clone()).collect(),
+            volume_ids: revocation.newly,
             node: rec.node,
         }))
     }

@@ -120,11 +120,14 @@ struct NodeIds {
 }
 
 impl View {
+    /// Every record of a revoked pod is kept revoked: one recorded after
+    /// the pod's revocation was taken in (read through from the store, or
+    /// loaded at start) is marked as it comes, and a revoked record that
+    /// brings its pod's revocation marks the pod's others.
     fn insert(&mut self, rec: &VolumeRecord) {
-        if rec.revoked {
-            self.revoked_pods.insert(rec.pod_uid.clone());
-        }
-        let kept = KeptVolume::keep(rec, &mut self.names);
+        let pod_revoked = self.revoked_pods.contains(&rec.pod_uid);
+        let mut kept = KeptVolume::keep(rec, &mut self.names);
+        kept.revoked |= pod_revoked;
         let previous = self
             .by_id
             .get_key_value(rec.volume_id.as_str())
@@ -143,6 +146,9 @@ impl View {
         node.ids.insert(Arc::clone(&id));
         node.changed = self.changes;
         self.by_id.insert(id, kept);
+        if rec.revoked && !pod_revoked {
+            self.revoke_pod(rec.pod_uid.clone());
+        }
     }
 
     fn remove(&mut self, volume_id: &str) {
@@ -165,6 +171,15 @@ impl View {
     fn record(&self, volume_id: &str) -> Option<VolumeRecord> {
         self.by_id.get(volume_id).map(|k| k.record(volume_id))
     }
+}
+
+/// What [`Issued::revoke`] did.
+#[derive(Debug, Default)]
+pub struct Revocation {
+    /// Every record of the pod, all revoked now and written so.
+    pub records: Vec<VolumeRecord>,
+    /// The ids of those this call revoked (the others were before).
+    pub newly: Vec<String>,
 }
 
 /// Why a record was not written.
@@ -202,24 +217,28 @@ impl View {
     }
 
     /// Revokes the pod and marks every volume of it on record revoked
-    /// (each one's node hears it at its next heartbeat); the ids newly
-    /// marked.
-    fn revoke_pod(&mut self, uid: String) -> Vec<Arc<str>> {
-        let mut marked = Vec::new();
+    /// (each one's node hears it at its next heartbeat): every record of
+    /// the pod, each with whether this call marked it.
+    fn revoke_pod(&mut self, uid: String) -> Vec<(Arc<str>, bool)> {
+        let mut pods = Vec::new();
+        let mut moved = Vec::new();
         for (id, rec) in self.by_id.iter_mut() {
-            if *rec.pod_uid == *uid && !rec.revoked {
-                rec.revoked = true;
-                marked.push((Arc::clone(id), Arc::clone(&rec.node)));
+            if *rec.pod_uid == *uid {
+                pods.push((Arc::clone(id), !rec.revoked));
+                if !rec.revoked {
+                    rec.revoked = true;
+                    moved.push(Arc::clone(&rec.node));
+                }
             }
         }
-        for (_, node) in &marked {
+        for node in &moved {
             self.changes += 1;
             if let Some(n) = self.by_node.get_mut(node) {
                 n.changed = self.changes;
             }
         }
         self.revoked_pods.insert(uid);
-        marked.into_iter().map(|(id, _)| id).collect()
+        pods
     }
 }
 
@@ -440,37 +459,42 @@ impl Issued {
 
     /// Revokes a volume and so its pod: the volume and every other volume
     /// of the pod on record are marked revoked, as every controller marks
-    /// them on taking in the pod's revocation (at start, or from a peer);
-    /// durably before it returns (an audited revocation must survive a
-    /// crash). Returns the records newly revoked, `rec` first: each needs
-    /// its audit record. The view refuses them at once, before the store
+    /// them on taking in the pod's revocation (at start, or from a peer),
+    /// and written, durably before it returns (an audited revocation must
+    /// survive a crash). The view refuses them at once, before the store
     /// is written: should that write fail, the caller hears it and this
-    /// controller still refuses (closed), but a restart would not.
-    pub fn revoke(&self, rec: &VolumeRecord) -> Result<Vec<VolumeRecord>, StoreError> {
+    /// controller still refuses (closed), and a retry writes them all
+    /// again.
+    pub fn revoke(&self, rec: &VolumeRecord) -> Result<Revocation, StoreError> {
         let mut r = rec.clone();
         r.revoked = true;
-        let revoked: Vec<VolumeRecord> = {
+        let revocation = {
             let mut view = write(&self.view);
             let mut pending = lock(&self.pending);
             let named_anew = !view
                 .by_id
                 .get(r.volume_id.as_str())
                 .is_some_and(|k| k.revoked);
-            let mut revoked = Vec::new();
-            if named_anew {
-                pending.remove(&r.volume_id);
-                view.insert(&r);
-                revoked.push(r.clone());
-            }
-            for id in view.revoke_pod(r.pod_uid.clone()) {
+            // The pod first, so the named volume's insert finds it revoked
+            // and sweeps nothing more.
+            let mut swept = view.revoke_pod(r.pod_uid.clone());
+            view.insert(&r);
+            swept.retain(|(id, _)| **id != *r.volume_id);
+            let named = (Arc::from(r.volume_id.as_str()), named_anew);
+            let mut revocation = Revocation::default();
+            for (id, anew) in std::iter::once(named).chain(swept) {
                 pending.remove(&*id);
-                revoked.extend(view.record(&id));
+                if anew {
+                    revocation.newly.push(id.to_string());
+                }
+                revocation.records.extend(view.record(&id));
             }
-            revoked
+            revocation
         };
         let _writing = lock(&self.writing);
-        let records: Vec<(String, VolumeRecord)> = std::iter::once(&r)
-            .chain(revoked.iter().filter(|s| s.volume_id != r.volume_id))
+        let records: Vec<(String, VolumeRecord)> = revocation
+            .records
+            .iter()
             .map(|v| (v.volume_id.clone(), v.clone()))
             .collect();
         self.store.put_many(Table::Volumes, &records)?;
@@ -478,7 +502,7 @@ impl Issued {
             volume_id: r.volume_id.clone(),
         };
         self.store.put(Table::Revocations, &r.pod_uid, &pod, b"")?;
-        Ok(revoked)
+        Ok(revocation)
     }
 
     /// The records of volumes published on `node`.
@@ -752,13 +776,10 @@ mod tests {
         issued.put(&record("v3", "node-a", "u3")).expect("put");
         let mark = |i: &Issued| i.with_node("node-a", true, |n| n.changed());
         let before = mark(&issued);
-        let revoked: Vec<String> = issued
+        let revoked = issued
             .revoke(&record("v1", "node-a", "u1"))
-            .expect("revoke")
-            .into_iter()
-            .map(|r| r.volume_id)
-            .collect();
-        assert_eq!(revoked, ["v1", "v2"], "the named volume first");
+            .expect("revoke");
+        assert_eq!(revoked.newly, ["v1", "v2"], "the named volume first");
         assert!(mark(&issued) > before, "the node's heartbeat hears it");
         let marked = |i: &Issued| -> Vec<(String, bool)> {
             let mut v: Vec<_> = i
@@ -775,13 +796,10 @@ mod tests {
             ("v3".to_string(), false),
         ];
         assert_eq!(marked(&issued), expected);
-        assert!(
-            issued
-                .revoke(&record("v2", "node-a", "u1"))
-                .expect("again")
-                .is_empty(),
-            "nothing is revoked twice"
-        );
+        let again = issued.revoke(&record("v2", "node-a", "u1")).expect("again");
+        assert!(again.newly.is_empty(), "nothing is revoked twice");
+        let all: Vec<&str> = again.records.iter().map(|r| r.volume_id.as_str()).collect();
+        assert_eq!(all, ["v2", "v1"], "yet all are written and wiped again");
         for _ in 0..100 {
             if lock(&issued.pending).is_empty() {
                 break;
@@ -791,6 +809,54 @@ mod tests {
         drop(issued);
         let again = Issued::new(st, false).expect("reloaded");
         assert_eq!(marked(&again), expected, "a restart marks the same");
+    }
+
+    /// A store holding a revoked volume beside its pod's unrevoked others
+    /// (written before revocations took the whole pod, or by a peer): the
+    /// others are revoked on loading, whichever comes first, and when a
+    /// revoked record arrives through a read.
+    #[tokio::test]
+    async fn a_revoked_record_on_loading_or_reading_takes_its_pods_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let revoked = |id: &str, uid: &str| VolumeRecord {
+            revoked: true,
+            ..record(id, "node-a", uid)
+        };
+        for r in [
+            record("v5", "node-a", "u5"),
+            revoked("v6", "u5"),
+            revoked("v7", "u7"),
+            record("v8", "node-a", "u7"),
+            record("v9", "node-a", "u9"),
+        ] {
+            st.put(Table::Volumes, &r.volume_id, &r, b"").expect("put");
+        }
+        let loaded = Issued::new(Arc::clone(&st), false).expect("issued");
+        let revoked_ids = |i: &Issued| -> Vec<String> {
+            let mut v: Vec<String> = i
+                .placements_on("node-a")
+                .into_iter()
+                .filter(|p| p.revoked)
+                .map(|p| p.volume_id.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(revoked_ids(&loaded), ["v5", "v6", "v7", "v8"]);
+
+        // Read through (a shared store): a peer revoked v9's pod.
+        let shared = Issued::new(Arc::clone(&st), true).expect("shared");
+        shared.put(&record("v10", "node-a", "u9")).expect("put");
+        st.put(Table::Volumes, "v9", &revoked("v9", "u9"), b"")
+            .expect("a peer's revocation");
+        let read = shared.get("v9").expect("get").expect("known");
+        assert!(read.revoked);
+        assert!(
+            revoked_ids(&shared).contains(&"v10".to_string()),
+            "{:?}",
+            revoked_ids(&shared)
+        );
     }
 
     /// A store write that hangs (an etcd member gone silent) holds up the
