@@ -359,7 +359,7 @@ async fn a_steady_nodes_repeated_heartbeat_still_hears_each_change() {
 
     // A revocation: the record changes.
     let b = c.state.issued.known("vol-b").unwrap();
-    c.state.issued.revoke(&b).unwrap();
+    c.state.issued.revoke(&b, &[]).1.unwrap();
     let a = heartbeat(&c, "node-2", &["vol-run", "vol-b"]).await;
     assert_eq!(a.revoked_volume_ids, ["vol-b"], "{a:?}");
 

@@ -475,14 +475,14 @@ impl Admin for AdminApi {
                 ))
             })?;
         // The pod's other volumes go with it (its pod gets nothing more):
-        // each is audited before it is revoked.
-        let siblings: Vec<VolumeRecord> = st
-            .issued
-            .on_node(&rec.node)
-            .map_err(|e| status_of(&e))?
-            .into_iter()
-            .filter(|v| v.pod_uid == rec.pod_uid && v.volume_id != rec.volume_id && !v.revoked)
-            .collect();
+        // each is audited before it is revoked. Listing them may read a
+        // shared store's whole table: off the async workers.
+        let (issued, named) = (st.issued.clone(), rec.clone());
+        let known = tokio::task::spawn_blocking(move || issued.pod_records(&named))
+            .await
+            .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?
+            .map_err(|e| status_of(&e))?;
+        let siblings: Vec<VolumeRecord> = known.iter().filter(|v| !v.revoked).cloned().collect();
         let event = |v: &VolumeRecord| {
             let reason = if v.volume_id == rec.volume_id {
                 req.reason.clone()
@@ -499,12 +499,11 @@ impl Admin for AdminApi {
         };
         self.audit_all(std::iter::once(&rec).chain(&siblings).map(event).collect())
             .await?;
-        let revocation = st.issued.revoke(&rec).map_err(|e| {
-            status_of(&Refusal::new(
-                e.reason(),
-                format!("revocation audited but not stored: {e}"),
-            ))
-        })?;
+        let (issued, named) = (st.issued.clone(), rec.clone());
+        let (revocation, written) =
+            tokio::task::spawn_blocking(move || issued.revoke(&named, &known))
+                .await
+                .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?;
         // A volume of the pod revoked now that the listing above missed (one
         // recorded since, or on another node): audited after the fact.
         let listed = |v: &VolumeRecord| {
@@ -533,6 +532,12 @@ impl Admin for AdminApi {
         for (node, ids) in by_node {
             st.updates.send(node, UpdateAction::Wipe, ids, &req.reason);
         }
+        written.map_err(|e| {
+            status_of(&Refusal::new(
+                e.reason(),
+                format!("revocation audited but not stored: {e}"),
+            ))
+        })?;
         late_audit.map_err(|e| {
             Status::new(
                 e.code(),

@@ -73,8 +73,8 @@ pub struct Placement {
 /// not one per pod; revocations are written through before they return.
 ///
 /// With several controllers on one store (`shared`), revocations are
-/// read through: a revocation writes the volume's record and its pod's
-/// entry in [`Table::Revocations`] before it returns, and every controller
+/// read through: a revocation writes the records of the pod's volumes and
+/// its entry in [`Table::Revocations`] before it returns, and every controller
 /// asks the store about the volume and the pod before issuing, so a
 /// revocation made on one controller is refused on all of them at once.
 /// Heartbeats (which ask about every volume a node holds) read the view,
@@ -341,11 +341,21 @@ impl Issued {
     /// too (revocations are read through, and synced).
     pub fn new(store: Arc<Store>, shared: bool) -> Result<Self, StoreError> {
         let mut view = View::default();
-        for (_, rec, _) in store.list::<VolumeRecord>(Table::Volumes)? {
-            view.insert(&rec);
-        }
+        let records = store.list::<VolumeRecord>(Table::Volumes)?;
+        // The revoked pods first, so each record is marked as it loads
+        // (one pass, however many pods were revoked).
         let revoked = store.list::<RevokedPod>(Table::Revocations)?;
-        view.revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));
+        view.revoked_pods
+            .extend(revoked.into_iter().map(|(uid, _, _)| uid));
+        view.revoked_pods.extend(
+            records
+                .iter()
+                .filter(|(_, r, _)| r.revoked)
+                .map(|(_, r, _)| r.pod_uid.clone()),
+        );
+        for (_, rec, _) in &records {
+            view.insert(rec);
+        }
         let view = Arc::new(RwLock::new(view));
         if shared {
             let (s, v) = (Arc::clone(&store), Arc::downgrade(&view));
@@ -457,15 +467,47 @@ impl Issued {
         Ok(())
     }
 
-    /// Revokes a volume and so its pod: the volume and every other volume
-    /// of the pod on record are marked revoked, as every controller marks
-    /// them on taking in the pod's revocation (at start, or from a peer),
-    /// and written, durably before it returns (an audited revocation must
-    /// survive a crash). The view refuses them at once, before the store
-    /// is written: should that write fail, the caller hears it and this
-    /// controller still refuses (closed), and a retry writes them all
-    /// again.
-    pub fn revoke(&self, rec: &VolumeRecord) -> Result<Revocation, StoreError> {
+    /// Every volume of `rec`'s pod on record but `rec`'s own: this
+    /// controller's, and with a shared store the store's too (volumes
+    /// issued through another controller), the store's copy where it is
+    /// revoked. Reads the whole table of a shared store: for a
+    /// revocation, which is rare.
+    pub fn pod_records(&self, rec: &VolumeRecord) -> Result<Vec<VolumeRecord>, StoreError> {
+        let mut found: BTreeMap<String, VolumeRecord> = {
+            let view = read(&self.view);
+            view.by_id
+                .iter()
+                .filter(|(_, k)| *k.pod_uid == *rec.pod_uid)
+                .map(|(id, k)| (id.to_string(), k.record(id)))
+                .collect()
+        };
+        if self.shared {
+            for (id, stored, _) in self.store.list::<VolumeRecord>(Table::Volumes)? {
+                if stored.pod_uid == rec.pod_uid
+                    && found.get(&id).is_none_or(|v| stored.revoked && !v.revoked)
+                {
+                    found.insert(id, stored);
+                }
+            }
+        }
+        found.remove(&rec.volume_id);
+        Ok(found.into_values().collect())
+    }
+
+    /// Revokes a volume and so its pod: the volume, every other volume of
+    /// the pod this controller holds and those in `known` (from
+    /// [`Issued::pod_records`]: a shared store's) are marked revoked, as
+    /// every controller marks them on taking in the pod's revocation, and
+    /// written, durably before the result is `Ok` (an audited revocation
+    /// must survive a crash). The view refuses them at once, whatever the
+    /// store does: should its write fail, the caller hears it and this
+    /// controller still refuses (closed), but a restart would not until a
+    /// retry writes them all again.
+    pub fn revoke(
+        &self,
+        rec: &VolumeRecord,
+        known: &[VolumeRecord],
+    ) -> (Revocation, Result<(), StoreError>) {
         let mut r = rec.clone();
         r.revoked = true;
         let revocation = {
@@ -475,9 +517,15 @@ impl Issued {
                 .by_id
                 .get(r.volume_id.as_str())
                 .is_some_and(|k| k.revoked);
-            // The pod first, so the named volume's insert finds it revoked
-            // and sweeps nothing more.
+            // The pod first, so each insert below finds it revoked and
+            // sweeps nothing more.
             let mut swept = view.revoke_pod(r.pod_uid.clone());
+            for k in known {
+                if !view.by_id.contains_key(k.volume_id.as_str()) {
+                    view.insert(k);
+                    swept.push((Arc::from(k.volume_id.as_str()), !k.revoked));
+                }
+            }
             view.insert(&r);
             swept.retain(|(id, _)| **id != *r.volume_id);
             let named = (Arc::from(r.volume_id.as_str()), named_anew);
@@ -491,18 +539,25 @@ impl Issued {
             }
             revocation
         };
+        let written = self.write_revocation(&r, &revocation.records);
+        (revocation, written)
+    }
+
+    fn write_revocation(
+        &self,
+        rec: &VolumeRecord,
+        records: &[VolumeRecord],
+    ) -> Result<(), StoreError> {
         let _writing = lock(&self.writing);
-        let records: Vec<(String, VolumeRecord)> = revocation
-            .records
+        let records: Vec<(String, VolumeRecord)> = records
             .iter()
             .map(|v| (v.volume_id.clone(), v.clone()))
             .collect();
         self.store.put_many(Table::Volumes, &records)?;
         let pod = RevokedPod {
-            volume_id: r.volume_id.clone(),
+            volume_id: rec.volume_id.clone(),
         };
-        self.store.put(Table::Revocations, &r.pod_uid, &pod, b"")?;
-        Ok(revocation)
+        self.store.put(Table::Revocations, &rec.pod_uid, &pod, b"")
     }
 
     /// The records of volumes published on `node`.
@@ -571,8 +626,10 @@ impl Issued {
             .map(|r| r.meta);
         match stored {
             Some(s) if s.revoked || local.is_none() => {
-                write(&self.view).insert(&s);
-                Ok(Some(s))
+                // As the view keeps it (revoked if its pod is).
+                let mut view = write(&self.view);
+                view.insert(&s);
+                Ok(view.record(volume_id))
             }
             _ => Ok(local),
         }
@@ -716,7 +773,8 @@ mod tests {
         assert_eq!(on(&issued, "node-a"), ["v1"]);
         assert_eq!(on(&issued, "node-b"), ["v2", "v3"]);
         issued
-            .revoke(&record("v2", "node-b", "u2"))
+            .revoke(&record("v2", "node-b", "u2"), &[])
+            .1
             .expect("revoke");
         issued.remove("v1").expect("remove");
         // The batch writer lingers 50 ms; wait until it has written.
@@ -744,7 +802,8 @@ mod tests {
         let issued = Issued::new(store(dir.path()), false).expect("issued");
         issued.put(&record("v1", "node-a", "u1")).expect("put");
         issued
-            .revoke(&record("v1", "node-a", "u1"))
+            .revoke(&record("v1", "node-a", "u1"), &[])
+            .1
             .expect("revoke");
         assert!(matches!(
             issued.put(&record("v1", "node-a", "u1")),
@@ -772,19 +831,22 @@ mod tests {
         let st = store(dir.path());
         let issued = Issued::new(Arc::clone(&st), false).expect("issued");
         issued.put(&record("v1", "node-a", "u1")).expect("put");
-        issued.put(&record("v2", "node-a", "u1")).expect("put");
+        // The pod's other volume, recorded on another node.
+        issued.put(&record("v2", "node-b", "u1")).expect("put");
         issued.put(&record("v3", "node-a", "u3")).expect("put");
-        let mark = |i: &Issued| i.with_node("node-a", true, |n| n.changed());
+        let mark = |i: &Issued| i.with_node("node-b", true, |n| n.changed());
         let before = mark(&issued);
-        let revoked = issued
-            .revoke(&record("v1", "node-a", "u1"))
-            .expect("revoke");
+        let (revoked, written) = issued.revoke(&record("v1", "node-a", "u1"), &[]);
+        written.expect("revoke");
         assert_eq!(revoked.newly, ["v1", "v2"], "the named volume first");
-        assert!(mark(&issued) > before, "the node's heartbeat hears it");
+        assert!(
+            mark(&issued) > before,
+            "the other node's heartbeat hears it"
+        );
         let marked = |i: &Issued| -> Vec<(String, bool)> {
-            let mut v: Vec<_> = i
-                .placements_on("node-a")
+            let mut v: Vec<_> = ["node-a", "node-b"]
                 .into_iter()
+                .flat_map(|n| i.placements_on(n))
                 .map(|p| (p.volume_id.to_string(), p.revoked))
                 .collect();
             v.sort();
@@ -796,7 +858,8 @@ mod tests {
             ("v3".to_string(), false),
         ];
         assert_eq!(marked(&issued), expected);
-        let again = issued.revoke(&record("v2", "node-a", "u1")).expect("again");
+        let (again, written) = issued.revoke(&record("v2", "node-b", "u1"), &[]);
+        written.expect("again");
         assert!(again.newly.is_empty(), "nothing is revoked twice");
         let all: Vec<&str> = again.records.iter().map(|r| r.volume_id.as_str()).collect();
         assert_eq!(all, ["v2", "v1"], "yet all are written and wiped again");
@@ -809,6 +872,31 @@ mod tests {
         drop(issued);
         let again = Issued::new(st, false).expect("reloaded");
         assert_eq!(marked(&again), expected, "a restart marks the same");
+    }
+
+    /// With a shared store, a volume of the pod that only the store holds
+    /// (issued through another controller) is found, revoked and written.
+    #[tokio::test]
+    async fn a_revocation_takes_a_volume_of_the_pod_issued_through_a_peer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let issued = Issued::new(Arc::clone(&st), true).expect("issued");
+        issued.put(&record("v1", "node-a", "u1")).expect("put");
+        let peers = record("v4", "node-a", "u1");
+        st.put(Table::Volumes, "v4", &peers, b"")
+            .expect("a peer's record");
+        let v1 = issued.known("v1").expect("v1");
+        let known = issued.pod_records(&v1).expect("pod records");
+        assert_eq!(known, [peers]);
+        let (revoked, written) = issued.revoke(&v1, &known);
+        written.expect("revoke");
+        assert_eq!(revoked.newly, ["v1", "v4"]);
+        assert!(issued.placements_on("node-a").iter().all(|p| p.revoked));
+        let stored = st
+            .get::<VolumeRecord>(Table::Volumes, "v4")
+            .expect("read")
+            .expect("kept");
+        assert!(stored.meta.revoked, "written revoked for every controller");
     }
 
     /// A store holding a revoked volume beside its pod's unrevoked others
@@ -892,7 +980,7 @@ mod tests {
         cluster.freeze(0);
         let (a, b) = (issued.clone(), issued.clone());
         let removal = std::thread::spawn(move || a.remove("v1"));
-        let revocation = std::thread::spawn(move || b.revoke(&record("v2", "node-a", "u2")));
+        let revocation = std::thread::spawn(move || b.revoke(&record("v2", "node-a", "u2"), &[]).1);
         std::thread::sleep(Duration::from_millis(300));
         // The view answers at once: the removal and the revocation show,
         // and a new issue (v1 again, and v4) is taken.
