@@ -750,6 +750,17 @@ mod tests {
         assert!(mark(&view, "node-a") > a);
     }
 
+    /// Waits until the batch writer (lingering 50 ms) has written what
+    /// `issued` took.
+    async fn written_behind(issued: &Issued) {
+        for _ in 0..100 {
+            if lock(&issued.pending).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_node_sees_only_its_own_volumes_and_a_restart_keeps_them() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -777,13 +788,7 @@ mod tests {
             .1
             .expect("revoke");
         issued.remove("v1").expect("remove");
-        // The batch writer lingers 50 ms; wait until it has written.
-        for _ in 0..100 {
-            if lock(&issued.pending).is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        written_behind(&issued).await;
         drop(issued);
         // A restarted controller loads the view from the store.
         let again = Issued::new(st, false).expect("reloaded");
@@ -863,12 +868,7 @@ mod tests {
         assert!(again.newly.is_empty(), "nothing is revoked twice");
         let all: Vec<&str> = again.records.iter().map(|r| r.volume_id.as_str()).collect();
         assert_eq!(all, ["v2", "v1"], "yet all are written and wiped again");
-        for _ in 0..100 {
-            if lock(&issued.pending).is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        written_behind(&issued).await;
         drop(issued);
         let again = Issued::new(st, false).expect("reloaded");
         assert_eq!(marked(&again), expected, "a restart marks the same");
