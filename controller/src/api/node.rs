@@ -70,9 +70,9 @@ pub(super) async fn beat(
     }
     // In memory and proportional to what this node holds (see
     // crate::nodes::heartbeat), but it reads the issued-volume view,
-    // whose lock a release or revocation holds across a store write
-    // (an etcd round trip): if it is held, wait for it on a blocking
-    // thread, not on an async worker every other call needs.
+    // whose write lock a revocation holds while it sweeps every record:
+    // if it is held, wait for it on a blocking thread, not on an async
+    // worker every other call needs.
     let answer = match heartbeat::try_answer(st, node, &held) {
         Some(answer) => answer,
         None => {

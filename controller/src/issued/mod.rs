@@ -176,7 +176,8 @@ impl View {
 /// What [`Issued::revoke`] did.
 #[derive(Debug, Default)]
 pub struct Revocation {
-    /// Every record of the pod, all revoked now and written so.
+    /// Every record of the pod, the named volume's first, all revoked now
+    /// (and written so, unless the store write failed).
     pub records: Vec<VolumeRecord>,
     /// The ids of those this call revoked (the others were before).
     pub newly: Vec<String>,
@@ -520,11 +521,18 @@ impl Issued {
             // The pod first, so each insert below finds it revoked and
             // sweeps nothing more.
             let mut swept = view.revoke_pod(r.pod_uid.clone());
-            for k in known {
+            // Only a shared store holds what this view lacks (a record
+            // this controller let go of since stays gone).
+            for k in known.iter().filter(|_| self.shared) {
                 if !view.by_id.contains_key(k.volume_id.as_str()) {
                     view.insert(k);
                     swept.push((Arc::from(k.volume_id.as_str()), !k.revoked));
                 }
+            }
+            // One a peer revoked first (the sync has yet to bring it) was
+            // audited there.
+            for (id, anew) in &mut swept {
+                *anew &= !known.iter().any(|k| k.revoked && *k.volume_id == **id);
             }
             view.insert(&r);
             swept.retain(|(id, _)| **id != *r.volume_id);
@@ -581,8 +589,8 @@ impl Issued {
     /// Runs `f` over `node`'s records, borrowed from the index under its
     /// read lock: a heartbeat weighs every record of its node, so copies
     /// would cost more than the answer. Without `wait`, `None` when the
-    /// index is locked for writing (a release or a revocation holds it
-    /// across a store write).
+    /// index is locked for writing (a revocation holds it while it sweeps
+    /// every record for its pod's).
     pub fn with_node<R>(
         &self,
         node: &str,
@@ -897,6 +905,23 @@ mod tests {
             .expect("read")
             .expect("kept");
         assert!(stored.meta.revoked, "written revoked for every controller");
+
+        // A peer revoked the pod first (its volume's record says so; the
+        // sync has not brought it yet): that volume was audited there.
+        issued.put(&record("v5", "node-a", "u2")).expect("put");
+        issued.put(&record("v6", "node-a", "u2")).expect("put");
+        let peer_revoked = VolumeRecord {
+            revoked: true,
+            ..record("v6", "node-a", "u2")
+        };
+        st.put(Table::Volumes, "v6", &peer_revoked, b"")
+            .expect("the peer's revocation");
+        let v5 = issued.known("v5").expect("v5");
+        let known = issued.pod_records(&v5).expect("pod records");
+        let (revoked, written) = issued.revoke(&v5, &known);
+        written.expect("revoke");
+        assert_eq!(revoked.newly, ["v5"], "v6 is not audited twice");
+        assert_eq!(revoked.records.len(), 2, "both wiped");
     }
 
     /// A store holding a revoked volume beside its pod's unrevoked others

@@ -235,7 +235,7 @@ pub async fn release(st: &Arc<ControllerState>, node: &str, released: Vec<Placem
             continue;
         };
         // Off the async workers: a revocation holds the index's lock
-        // across a store write.
+        // while it sweeps every record.
         let (state, id) = (Arc::clone(st), Arc::clone(&p.volume_id));
         match tokio::task::spawn_blocking(move || state.issued.holds(&id)).await {
             Ok(true) => {}
