@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
-use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest};
+use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, HeartbeatRequest};
 use kcred_testetcd::EtcdCluster;
 use kcred_tests::audit::Action;
 use kcred_tests::ha::{kadmind_budget, leader_gauge, records_with};
@@ -242,12 +242,28 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
     stack.set_pods(&[&pod]).await.expect("pods");
     let to_peer = stack.channel_to(peer.port).await.expect("channel");
     let token = || stack.node_token(NODE_A).expect("token");
+    // A second volume of the pod, issued through the peer only.
+    let sibling = "csi-a-second-volume-of-web-0".to_string();
+    let mut second = tonic::Request::new(FetchBundleRequest {
+        node_name: NODE_A.into(),
+        pod: Some(pod.pod_ref()),
+        volume_id: sibling.clone(),
+        refresh: false,
+        ..Default::default()
+    });
+    second
+        .metadata_mut()
+        .insert("authorization", token().parse().expect("metadata"));
+    NodeCredentialsClient::new(to_peer.clone())
+        .fetch_bundle(second)
+        .await
+        .expect("the second volume issued through the peer");
     fetch(to_peer.clone(), token(), pod.clone())
         .await
         .expect("issued through the peer");
 
     // Revoked through the first controller (kcredctl talks to it), which
-    // finds the peer's record in the store.
+    // finds the peer's records in the store.
     let volume = kcred_tests::Kubelet::volume_id(&pod, "kcred");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -256,6 +272,11 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
             &["revoke", &volume, "--reason", "key leaked in a log"],
         );
         if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains(&format!("and its pod's other volumes ({sibling})")),
+                "{text}"
+            );
             break;
         }
         let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -298,7 +319,7 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
     other
         .metadata_mut()
         .insert("authorization", token().parse().expect("metadata"));
-    let err = NodeCredentialsClient::new(to_peer)
+    let err = NodeCredentialsClient::new(to_peer.clone())
         .fetch_bundle(other)
         .await
         .expect_err("the peer issued to a revoked pod");
@@ -306,6 +327,51 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
         kcred_proto::reason::reason_of(&err),
         Some(kcred_proto::kcred::v1::Reason::VolumeRevoked),
         "{err:?}"
+    );
+
+    // Both controllers answer the node's heartbeat alike: both volumes
+    // revoked (the peer once its sync takes the revocation in).
+    let mut both = vec![volume.clone(), sibling.clone()];
+    both.sort();
+    let revoked_in_heartbeat = |channel: Channel| {
+        let mut req = tonic::Request::new(HeartbeatRequest {
+            node_name: NODE_A.into(),
+            volume_ids: both.clone(),
+        });
+        req.metadata_mut()
+            .insert("authorization", token().parse().expect("metadata"));
+        async move {
+            let mut ids = NodeCredentialsClient::new(channel)
+                .heartbeat(req)
+                .await
+                .expect("heartbeat")
+                .into_inner()
+                .revoked_volume_ids;
+            ids.sort();
+            ids
+        }
+    };
+    let first = stack.channel().await.expect("channel");
+    assert_eq!(revoked_in_heartbeat(first).await, both);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = revoked_in_heartbeat(to_peer.clone()).await;
+        if seen == both {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the peer answers {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let records = stack.audit_records();
+    assert!(
+        records.iter().any(|r| r.action == Action::Revoke
+            && r.subject == sibling
+            && r.reason
+                .starts_with("key leaked in a log (revoked with its pod's volume")),
+        "the second volume's revocation audited: {records:#?}"
     );
     drop(peer);
 }
