@@ -106,13 +106,25 @@ pub async fn fetch_as_node_a(
     token: String,
     pod: &crate::TestPod,
 ) -> Result<kcred_proto::kcred::v1::Bundle, tonic::Status> {
+    let volume_id = crate::Kubelet::volume_id(pod, "kcred");
+    fetch_volume_as_node_a(channel, token, pod, &volume_id, false).await
+}
+
+/// [`fetch_as_node_a`] for any volume id of `pod`, a renewal with `refresh`.
+pub async fn fetch_volume_as_node_a(
+    channel: tonic::transport::Channel,
+    token: String,
+    pod: &crate::TestPod,
+    volume_id: &str,
+    refresh: bool,
+) -> Result<kcred_proto::kcred::v1::Bundle, tonic::Status> {
     use kcred_proto::kcred::v1::FetchBundleRequest;
     use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
     let mut req = tonic::Request::new(FetchBundleRequest {
         node_name: crate::procs::NODE_A.into(),
         pod: Some(pod.pod_ref()),
-        volume_id: crate::Kubelet::volume_id(pod, "kcred"),
-        refresh: false,
+        volume_id: volume_id.into(),
+        refresh,
         ..Default::default()
     });
     let token = token

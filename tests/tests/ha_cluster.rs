@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
-use kcred_proto::kcred::v1::{Bundle, FetchBundleRequest, HeartbeatRequest};
+use kcred_proto::kcred::v1::{Bundle, HeartbeatRequest};
 use kcred_testetcd::EtcdCluster;
 use kcred_tests::audit::Action;
-use kcred_tests::ha::{kadmind_budget, leader_gauge, records_with};
+use kcred_tests::ha::{fetch_volume_as_node_a, kadmind_budget, leader_gauge, records_with};
 use kcred_tests::procs::{AUDITOR, NODE_A, OPERATOR, PeerController, ProcStack};
 use kcred_tests::{TestPod, wait_until};
 use tonic::transport::Channel;
@@ -244,18 +244,7 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
     let token = || stack.node_token(NODE_A).expect("token");
     // A second volume of the pod, issued through the peer only.
     let sibling = "csi-a-second-volume-of-web-0".to_string();
-    let mut second = tonic::Request::new(FetchBundleRequest {
-        node_name: NODE_A.into(),
-        pod: Some(pod.pod_ref()),
-        volume_id: sibling.clone(),
-        refresh: false,
-        ..Default::default()
-    });
-    second
-        .metadata_mut()
-        .insert("authorization", token().parse().expect("metadata"));
-    NodeCredentialsClient::new(to_peer.clone())
-        .fetch_bundle(second)
+    fetch_volume_as_node_a(to_peer.clone(), token(), &pod, &sibling, false)
         .await
         .expect("the second volume issued through the peer");
     fetch(to_peer.clone(), token(), pod.clone())
@@ -290,18 +279,7 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
 
     // The peer refuses the renewal at once, and another volume id of the
     // same pod too.
-    let mut renewal = tonic::Request::new(FetchBundleRequest {
-        node_name: NODE_A.into(),
-        pod: Some(pod.pod_ref()),
-        volume_id: volume.clone(),
-        refresh: true,
-        ..Default::default()
-    });
-    renewal
-        .metadata_mut()
-        .insert("authorization", token().parse().expect("metadata"));
-    let err = NodeCredentialsClient::new(to_peer.clone())
-        .fetch_bundle(renewal)
+    let err = fetch_volume_as_node_a(to_peer.clone(), token(), &pod, &volume, true)
         .await
         .expect_err("the peer renewed a revoked volume");
     assert_eq!(
@@ -309,18 +287,8 @@ async fn a_revocation_made_on_one_controller_is_refused_by_the_other_at_once() {
         Some(kcred_proto::kcred::v1::Reason::VolumeRevoked),
         "{err:?}"
     );
-    let mut other = tonic::Request::new(FetchBundleRequest {
-        node_name: NODE_A.into(),
-        pod: Some(pod.pod_ref()),
-        volume_id: "csi-another-volume-of-the-same-pod".into(),
-        refresh: false,
-        ..Default::default()
-    });
-    other
-        .metadata_mut()
-        .insert("authorization", token().parse().expect("metadata"));
-    let err = NodeCredentialsClient::new(to_peer.clone())
-        .fetch_bundle(other)
+    let other = "csi-another-volume-of-the-same-pod";
+    let err = fetch_volume_as_node_a(to_peer.clone(), token(), &pod, other, false)
         .await
         .expect_err("the peer issued to a revoked pod");
     assert_eq!(
