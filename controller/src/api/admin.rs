@@ -539,12 +539,14 @@ impl Admin for AdminApi {
             ))
         })?;
         late_audit.map_err(|e| {
-            Status::new(
+            // The same status and reason, said more fully.
+            Status::with_details(
                 e.code(),
                 format!(
                     "revoked and wiped, but a volume recorded meanwhile was not audited: {}",
                     e.message()
                 ),
+                e.details().to_vec().into(),
             )
         })?;
         Ok(Response::new(RevokeResponse {
