@@ -471,8 +471,9 @@ impl Issued {
     /// Every volume of `rec`'s pod on record but `rec`'s own: this
     /// controller's, and with a shared store the store's too (volumes
     /// issued through another controller), the store's copy where it is
-    /// revoked. Reads the whole table of a shared store: for a
-    /// revocation, which is rare.
+    /// revoked or issued later (a renewal through another controller).
+    /// Reads the whole table of a shared store: for a revocation, which
+    /// is rare.
     pub fn pod_records(&self, rec: &VolumeRecord) -> Result<Vec<VolumeRecord>, StoreError> {
         let mut found: BTreeMap<String, VolumeRecord> = {
             let view = read(&self.view);
@@ -485,7 +486,9 @@ impl Issued {
         if self.shared {
             for (id, stored, _) in self.store.list::<VolumeRecord>(Table::Volumes)? {
                 if stored.pod_uid == rec.pod_uid
-                    && found.get(&id).is_none_or(|v| stored.revoked && !v.revoked)
+                    && found.get(&id).is_none_or(|v| {
+                        (stored.revoked && !v.revoked) || stored.issued_unix > v.issued_unix
+                    })
                 {
                     found.insert(id, stored);
                 }
@@ -522,11 +525,16 @@ impl Issued {
             // sweeps nothing more.
             let mut swept = view.revoke_pod(r.pod_uid.clone());
             // Only a shared store holds what this view lacks (a record
-            // this controller let go of since stays gone).
+            // this controller let go of since stays gone), or a later copy
+            // (written as it is, revoked).
             for k in known.iter().filter(|_| self.shared) {
-                if !view.by_id.contains_key(k.volume_id.as_str()) {
-                    view.insert(k);
-                    swept.push((Arc::from(k.volume_id.as_str()), !k.revoked));
+                match view.record(&k.volume_id) {
+                    None => {
+                        view.insert(k);
+                        swept.push((Arc::from(k.volume_id.as_str()), !k.revoked));
+                    }
+                    Some(v) if k.issued_unix > v.issued_unix => view.insert(k),
+                    Some(_) => {}
                 }
             }
             // One a peer revoked first (the sync has yet to bring it) was
@@ -905,6 +913,30 @@ mod tests {
             .expect("read")
             .expect("kept");
         assert!(stored.meta.revoked, "written revoked for every controller");
+
+        // A later copy in the store (renewed through the peer) is what
+        // the revocation writes, revoked.
+        issued.put(&record("v7", "node-a", "u3")).expect("put");
+        issued.put(&record("v8", "node-a", "u3")).expect("put");
+        let renewed = VolumeRecord {
+            issued_unix: 100,
+            versions: BTreeMap::from([("HTTP/web@R".to_string(), 5)]),
+            ..record("v8", "node-a", "u3")
+        };
+        st.put(Table::Volumes, "v8", &renewed, b"")
+            .expect("the peer's renewal");
+        let v7 = issued.known("v7").expect("v7");
+        let known = issued.pod_records(&v7).expect("pod records");
+        let (revoked, written) = issued.revoke(&v7, &known);
+        written.expect("revoke");
+        assert_eq!(revoked.newly, ["v7", "v8"]);
+        let stored = st
+            .get::<VolumeRecord>(Table::Volumes, "v8")
+            .expect("read")
+            .expect("kept")
+            .meta;
+        assert!(stored.revoked);
+        assert_eq!(stored.versions.get("HTTP/web@R"), Some(&5), "{stored:?}");
 
         // A peer revoked the pod first (its volume's record says so; the
         // sync has not brought it yet): that volume was audited there.
