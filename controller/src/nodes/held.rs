@@ -48,6 +48,20 @@ struct Heard {
     digest: [u8; 32],
 }
 
+impl Heard {
+    /// The last sweep, if it still stands for `departures` read now: no
+    /// pod stopped running on the node since, no release failed, and it
+    /// is younger than [`SWEEP_EVERY_SECS`] (a clock stepped back counts
+    /// as time up).
+    fn standing_sweep(&self, departures: u64, now: i64) -> Option<Sweep> {
+        self.swept.filter(|last| {
+            last.departures == departures
+                && last.failed == self.failed
+                && (0..SWEEP_EVERY_SECS).contains(&(now - last.at_unix))
+        })
+    }
+}
+
 /// Names a heartbeat's list (sorted) in 32 bytes: a repeated list is
 /// recognised from the request alone, without reading the names kept
 /// from last time (at 10,000 nodes, each a cache miss). SHA-256, so no
@@ -153,13 +167,8 @@ impl Held {
                 at_unix: now,
             });
         };
-        match heard.swept {
-            // A clock stepped back counts as time up.
-            Some(last)
-                if last.departures == departures
-                    && last.failed == heard.failed
-                    && (0..SWEEP_EVERY_SECS).contains(&(now - last.at_unix)) =>
-            {
+        match heard.standing_sweep(departures, now) {
+            Some(last) => {
                 let dropped = heard
                     .volumes
                     .iter()
@@ -168,7 +177,7 @@ impl Held {
                     .collect();
                 Unlisted::Dropped(dropped, last)
             }
-            _ => Unlisted::All(Sweep {
+            None => Unlisted::All(Sweep {
                 departures,
                 failed: heard.failed,
                 at_unix: now,
@@ -190,11 +199,8 @@ impl Held {
     ) -> Option<(Steady, Sweep)> {
         let nodes = crate::locks::read(&self.nodes);
         let heard = nodes.get(node)?;
-        let (steady, sweep) = (heard.steady?, heard.swept?);
-        let stands = sweep.departures == departures
-            && sweep.failed == heard.failed
-            && (0..SWEEP_EVERY_SECS).contains(&(now - sweep.at_unix));
-        (heard.digest == *digest && stands).then_some((steady, sweep))
+        let (steady, sweep) = (heard.steady?, heard.standing_sweep(departures, now)?);
+        (heard.digest == *digest).then_some((steady, sweep))
     }
 
     /// Remembers a heartbeat's list of the node's recorded volumes, its
