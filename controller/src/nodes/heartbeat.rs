@@ -26,8 +26,8 @@
 //! since the last such sweep (or after
 //! [`crate::nodes::held::SWEEP_EVERY_SECS`]); otherwise only those it
 //! stopped listing are ([`crate::nodes::held::Held::unlisted`]).
-//! (When a release or a revocation holds the index's lock across a store
-//! write, the handler waits for it on a blocking thread; otherwise it
+//! (When a revocation holds the index's write lock while it sweeps every
+//! record, the handler waits for it on a blocking thread; otherwise it
 //! answers at once, without the hop.) Only a release
 //! (rare: a pod gone) writes to the store, off the async workers.
 
