@@ -91,17 +91,11 @@ async fn stored_or_reextracted(
 
 /// Asks every node holding one of `volumes` to refresh them now.
 pub fn push_refresh(st: &ControllerState, volumes: &[VolumeRecord], reason: &str) {
-    let mut by_node: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-    for v in volumes {
-        by_node
-            .entry(&v.node)
-            .or_default()
-            .push(v.volume_id.clone());
-    }
-    for (node, ids) in by_node {
-        if !st.updates.send(node, UpdateAction::Refresh, ids, reason) {
-            tracing::info!(%node, "node not connected; it picks the change up at its next refresh");
-        }
+    for node in st
+        .updates
+        .send_by_node(UpdateAction::Refresh, volumes, reason)
+    {
+        tracing::info!(%node, "node not connected; it picks the change up at its next refresh");
     }
 }
 

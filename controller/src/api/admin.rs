@@ -3,7 +3,6 @@
 //! action is audited, and a change is refused when its record cannot be
 //! written.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -522,16 +521,8 @@ impl Admin for AdminApi {
         };
         // Every volume of the pod is wiped, also one revoked before (a node
         // that missed the first push, a retry after a failed store write).
-        let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for v in &revocation.records {
-            by_node
-                .entry(v.node.as_str())
-                .or_default()
-                .push(v.volume_id.clone());
-        }
-        for (node, ids) in by_node {
-            st.updates.send(node, UpdateAction::Wipe, ids, &req.reason);
-        }
+        st.updates
+            .send_by_node(UpdateAction::Wipe, &revocation.records, &req.reason);
         written.map_err(|e| {
             status_of(&Refusal::new(
                 e.reason(),

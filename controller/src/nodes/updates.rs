@@ -3,12 +3,14 @@
 //! gone) for volume ids on that node. A driver that is not connected
 //! catches up through its renewals and heartbeats.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use kcred_proto::kcred::v1::VolumeUpdate;
 use kcred_proto::kcred::v1::volume_update::Action;
 use tokio::sync::broadcast;
+
+use crate::issued::VolumeRecord;
 
 /// Per-node broadcast channels.
 #[derive(Default)]
@@ -48,5 +50,71 @@ impl Updates {
                 reason: reason.to_string(),
             })
             .is_ok()
+    }
+
+    /// Sends `action` for `volumes`, one update to each node holding some
+    /// of them; returns the nodes no driver was listening on.
+    pub fn send_by_node<'a>(
+        &self,
+        action: Action,
+        volumes: &'a [VolumeRecord],
+        reason: &str,
+    ) -> Vec<&'a str> {
+        let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for v in volumes {
+            by_node
+                .entry(v.node.as_str())
+                .or_default()
+                .push(v.volume_id.clone());
+        }
+        by_node
+            .into_iter()
+            .filter_map(|(node, ids)| (!self.send(node, action, ids, reason)).then_some(node))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(node: &str, volume_id: &str) -> VolumeRecord {
+        VolumeRecord {
+            volume_id: volume_id.into(),
+            node: node.into(),
+            namespace: "web".into(),
+            pod: "web-0".into(),
+            pod_uid: "u0".into(),
+            keytabs: Default::default(),
+            ticket: None,
+            certs: Default::default(),
+            keys: Default::default(),
+            versions: Default::default(),
+            issued_unix: 0,
+            generation: String::new(),
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn volumes_go_to_their_nodes_one_update_each_and_unheard_nodes_are_named() {
+        let updates = Updates::default();
+        let mut a = updates.subscribe("node-a", 1).expect("node-a listens");
+        let mut b = updates.subscribe("node-b", 1).expect("node-b listens");
+        let volumes = [
+            on("node-a", "v1"),
+            on("node-b", "v2"),
+            on("node-c", "v3"),
+            on("node-a", "v4"),
+        ];
+        let unheard = updates.send_by_node(Action::Wipe, &volumes, "revoked");
+        assert_eq!(unheard, ["node-c"]);
+        let got = a.try_recv().expect("node-a's update");
+        assert_eq!(got.volume_ids, ["v1", "v4"]);
+        assert_eq!(got.action, Action::Wipe as i32);
+        assert_eq!(got.reason, "revoked");
+        assert!(a.try_recv().is_err(), "one update for node-a");
+        assert_eq!(b.try_recv().expect("node-b's update").volume_ids, ["v2"]);
+        assert!(b.try_recv().is_err(), "one update for node-b");
     }
 }
