@@ -708,11 +708,12 @@ impl Issued {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crypto::MasterKey;
 
-    fn record(id: &str, node: &str, pod_uid: &str) -> VolumeRecord {
+    /// A record of one keytab; other modules' tests use it too.
+    pub(crate) fn record(id: &str, node: &str, pod_uid: &str) -> VolumeRecord {
         VolumeRecord {
             volume_id: id.into(),
             node: node.into(),

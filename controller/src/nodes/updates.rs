@@ -79,21 +79,7 @@ mod tests {
     use super::*;
 
     fn on(node: &str, volume_id: &str) -> VolumeRecord {
-        VolumeRecord {
-            volume_id: volume_id.into(),
-            node: node.into(),
-            namespace: "web".into(),
-            pod: "web-0".into(),
-            pod_uid: "u0".into(),
-            keytabs: Default::default(),
-            ticket: None,
-            certs: Default::default(),
-            keys: Default::default(),
-            versions: Default::default(),
-            issued_unix: 0,
-            generation: String::new(),
-            revoked: false,
-        }
+        crate::issued::tests::record(volume_id, node, "u0")
     }
 
     #[test]
