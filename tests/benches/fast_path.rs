@@ -56,7 +56,7 @@ const FULL: Size = Size {
     floor: 100,
     rtts: 1000,
     clients: 64,
-    calls: 40,
+    calls: 200,
     issued: 2560,
     heartbeats: 500,
 };
@@ -192,6 +192,8 @@ async fn node_load(spec_path: &Path) -> anyhow::Result<()> {
     let kind = s("kind");
     let prefix = s("prefix");
     let distinct = spec["distinct"].as_bool().unwrap_or(false);
+    let me = std::process::id() as i32;
+    let cpu0 = procstat::cpu(me)?;
     let out = load::concurrent(
         clients,
         n("calls"),
@@ -223,6 +225,7 @@ async fn node_load(spec_path: &Path) -> anyhow::Result<()> {
             "calls": out.latencies.len(),
             "elapsed_us": out.elapsed.as_micros() as u64,
             "p50_us": pct(&mut lat, 0.5).as_micros() as u64,
+            "cpu_us": procstat::cpu(me)?.saturating_sub(cpu0).as_micros() as u64,
         })
     );
     Ok(())
@@ -232,6 +235,8 @@ async fn node_load(spec_path: &Path) -> anyhow::Result<()> {
 struct NodeLoad {
     calls: usize,
     elapsed: Duration,
+    /// The load process's own CPU: the client's side of the calls.
+    cpu: Duration,
 }
 
 impl NodeLoad {
@@ -271,6 +276,7 @@ async fn run_node_load(stack: &ProcStack, spec: Value) -> anyhow::Result<NodeLoa
     Ok(NodeLoad {
         calls: v["calls"].as_u64().unwrap_or(0) as usize,
         elapsed: Duration::from_micros(v["elapsed_us"].as_u64().unwrap_or(0)),
+        cpu: Duration::from_micros(v["cpu_us"].as_u64().unwrap_or(0)),
     })
 }
 
@@ -382,6 +388,9 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         echo_clients.push(echo::client(&echo_addr, &echo_cert).await?);
     }
     let echo_cpu0 = procstat::cpu(echo_proc.pid())?;
+    // Nothing else runs in this process meanwhile: its CPU is the clients'.
+    let own = std::process::id() as i32;
+    let echo_client_cpu0 = procstat::cpu(own)?;
     let echo_load = load::concurrent(echo_clients, size.calls * 4, |mut c, _, _| async move {
         c.heartbeat(HeartbeatRequest::default()).await?;
         anyhow::Ok(())
@@ -389,6 +398,8 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     .await?;
     let echo_cpu = procstat::cpu(echo_proc.pid())?.saturating_sub(echo_cpu0);
     let echo_cpu_per_call = echo_cpu / echo_load.latencies.len().max(1) as u32;
+    let echo_client_cpu_per_call = procstat::cpu(own)?.saturating_sub(echo_client_cpu0)
+        / echo_load.latencies.len().max(1) as u32;
     drop(echo_proc);
 
     // kcred: the real processes.
@@ -620,6 +631,16 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
         &us(fetch_cpu),
         &format!("{} echo", us(echo_cpu_per_call)),
         &ratio(fetch_cpu.as_secs_f64(), echo_cpu_per_call.as_secs_f64()),
+    );
+    let client_cpu = fetches.cpu / fetches.calls.max(1) as u32;
+    table.row(
+        "  the node client's CPU per fetch (the driver's client)",
+        &us(client_cpu),
+        &format!("{} echo client", us(echo_client_cpu_per_call)),
+        &ratio(
+            client_cpu.as_secs_f64(),
+            echo_client_cpu_per_call.as_secs_f64(),
+        ),
     );
     table.row(
         &format!(
