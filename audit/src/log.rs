@@ -386,12 +386,20 @@ impl AuditLog {
                 }
                 Step::Lead => {
                     // The turn hands leadership back if the sync never runs
-                    // (the runtime shutting down drops a queued task) or
-                    // panics, so no later append waits for it.
+                    // (this caller gives up below, the runtime shutting down
+                    // drops a queued task) or panics, so no later append
+                    // waits for it.
                     let turn = LeadTurn {
                         log: Arc::clone(self),
                         done: false,
                     };
+                    // Appends already runnable on this worker (requests
+                    // read in the same wake-up) write theirs first and share
+                    // this sync, instead of each waiting for the next one:
+                    // under load a third as many syncs, and half the thread
+                    // wake-ups (fast-path bench). Alone, it costs one trip
+                    // through the scheduler.
+                    tokio::task::yield_now().await;
                     let _ = tokio::task::spawn_blocking(move || turn.lead()).await;
                 }
             }
@@ -856,6 +864,14 @@ impl AuditLog {
             }
             _ => false,
         }
+    }
+
+    /// Group syncs run so far.
+    #[cfg(test)]
+    pub(super) fn syncs(&self) -> u64 {
+        self.durable
+            .syncs
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes the next group sync fail.

@@ -321,6 +321,65 @@ fn a_lead_turn_that_never_runs_gives_the_lead_back() {
     assert_eq!(seq, 1);
 }
 
+/// Appends runnable together on one worker share one sync: the leader
+/// lets them write theirs before its sync starts.
+#[test]
+fn appends_ready_on_one_worker_share_the_leaders_sync() {
+    let fx = Fixture::new(0);
+    let log = Arc::new(fx.open());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tasks = 32;
+    let before = log.syncs();
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..tasks {
+            let log = Arc::clone(&log);
+            set.spawn(async move { log.append_all_durably(vec![event(i)]).await });
+        }
+        while let Some(done) = set.join_next().await {
+            done.expect("task").expect("append");
+        }
+    });
+    let syncs = log.syncs() - before;
+    assert_eq!(syncs, 1, "{tasks} appends ready at once: one sync");
+    assert_eq!(log.head().map(|h| h.seq), Some(tasks as u64));
+    fx.assert_intact(tasks as u64);
+}
+
+/// A caller that gives up while it holds the lead, before its sync starts,
+/// hands the lead back: a later append does not wait for it.
+#[test]
+fn a_leader_that_gives_up_before_its_sync_gives_the_lead_back() {
+    let fx = Fixture::new(0);
+    let log = Arc::new(fx.open());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        // Its first poll writes the record, takes the lead and lets other
+        // appends go first: pending, no sync started.
+        let mut first = Box::pin(log.append_all_durably(vec![event(1)]));
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(first.as_mut().poll(cx).is_pending()))
+                .await;
+        assert!(polled, "the first append waits for its sync");
+        drop(first);
+        let next = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            log.append_all_durably(vec![event(2)]),
+        )
+        .await
+        .expect("the next append is not left waiting")
+        .expect("append");
+        assert_eq!(next[0].seq, 2);
+    });
+    assert_eq!(log.head().map(|h| h.seq), Some(2));
+}
+
 /// Waits up to 10 s for `done`.
 pub(crate) fn eventually(what: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
