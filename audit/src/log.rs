@@ -326,7 +326,9 @@ impl AuditLog {
     /// Needs a Tokio runtime.
     /// Do not also call the blocking [`AuditLog::append_all`] from that
     /// runtime's blocking threads: enough of them waiting there could keep
-    /// a leader's sync from ever getting a thread.
+    /// a leader's sync from ever getting a thread. Nor from its async
+    /// workers: a leader yields before its sync starts, and a worker
+    /// blocked waiting for that sync may be the one that would resume it.
     pub async fn append_all_durably(
         self: &Arc<Self>,
         events: Vec<AuditEvent>,
@@ -395,10 +397,10 @@ impl AuditLog {
                     };
                     // Appends already runnable on this worker (requests
                     // read in the same wake-up) write theirs first and share
-                    // this sync, instead of each waiting for the next one:
-                    // under load a third as many syncs, and half the thread
-                    // wake-ups (fast-path bench). Alone, it costs one trip
-                    // through the scheduler.
+                    // this sync instead of waiting for the next one: under
+                    // load, fewer and larger syncs and fewer thread
+                    // wake-ups. Alone, it costs one trip through the
+                    // scheduler.
                     tokio::task::yield_now().await;
                     let _ = tokio::task::spawn_blocking(move || turn.lead()).await;
                 }
