@@ -19,6 +19,8 @@
 //!   algorithm waiting for a delayed ACK (a 40 ms stall per call).
 //! - When `accept` itself fails for lack of resources (`EMFILE`...) the
 //!   loop backs off instead of spinning.
+//! - The accept queue is [`BACKLOG`] long ([`bind`]): every node connects
+//!   at once after a restart or a failover.
 //!
 //! Whenever the controller is full (the overall cap reached, or `accept`
 //! failing for lack of resources) it notes the moment
@@ -36,12 +38,33 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Sleep;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
 use crate::locks::lock;
+
+/// The accept queue's length asked of the kernel, which caps it at
+/// `net.core.somaxconn`. With the 128 the standard library asks for, a few
+/// hundred nodes connecting at once (a restart, a failover) overflow it:
+/// the kernel drops their handshakes or answers them with SYN cookies, and
+/// connections it cannot queue are reset (the 4,000-pod storm bench lost
+/// publishes that way).
+pub const BACKLOG: u32 = 4096;
+
+/// Binds the node API's listener on `addr` with a [`BACKLOG`]-long accept
+/// queue. Needs a Tokio runtime.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted controller rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// What a call on a TLS connection proved, remembered for the
 /// connection's lifetime (see [`crate::auth`] for why that is as safe as
@@ -463,6 +486,48 @@ mod tests {
             max_unauthenticated_per_source: per_source,
             unauthenticated_idle: Duration::from_secs(30),
         }
+    }
+
+    /// More nodes connect at once than the standard library's queue of 128
+    /// holds: each waits in the queue until accepted, none is lost (a lost
+    /// one, answered by a SYN cookie it cannot be queued for, is never
+    /// accepted while its client sends nothing).
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let listener = bind(addr("127.0.0.1:0")).expect("bind");
+        let to = listener.local_addr().expect("address");
+        let burst = 200;
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..burst {
+            connects.spawn(async move {
+                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(to)).await
+            });
+        }
+        // Held open, sending nothing, until counted.
+        let mut clients = Vec::new();
+        while let Some(done) = connects.join_next().await {
+            if let Ok(Ok(Ok(stream))) = done {
+                clients.push(stream);
+            }
+        }
+        let mut accepted = 0;
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(500), listener.accept()).await
+        {
+            accepted += 1;
+        }
+        // The kernel caps the queue at `net.core.somaxconn`.
+        let queue = burst.min(somaxconn + 1);
+        assert_eq!(
+            accepted,
+            queue,
+            "connections accepted of a burst of {burst} ({} connected)",
+            clients.len()
+        );
     }
 
     fn addr(s: &str) -> SocketAddr {

@@ -170,8 +170,7 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
                 });
                 tracing::info!(listen = %addr, "serving /metrics, /healthz, /readyz");
             }
-            let listener = tokio::net::TcpListener::bind(cfg.listen)
-                .await
+            let listener = kcred_controller::listener::bind(cfg.listen)
                 .with_context(|| format!("cannot listen on {}", cfg.listen))?;
             tracing::info!(listen = %cfg.listen, "serving node API");
             controller

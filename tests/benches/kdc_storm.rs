@@ -72,7 +72,11 @@ async fn main() -> anyhow::Result<()> {
             r.p99.as_secs_f64() * 1e3,
         );
         if r.failures > 0 {
-            println!("  ({} publishes failed)", r.failures);
+            println!(
+                "  ({} publishes failed; the first: {})",
+                r.failures,
+                r.first_failure.as_deref().unwrap_or("-")
+            );
         }
     }
     println!(

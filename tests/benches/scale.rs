@@ -110,7 +110,8 @@ impl Drop for Helper {
 
 async fn echo_server(dir: &Path) -> anyhow::Result<()> {
     let (cert, key) = echo::self_signed()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // Queued as the controller's are: the same 10,000 connections join.
+    let listener = kcred_controller::listener::bind(([127, 0, 0, 1], 0).into())?;
     std::fs::write(dir.join("echo.crt"), &cert)?;
     std::fs::write(
         dir.join("echo.addr.tmp"),

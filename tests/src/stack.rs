@@ -223,7 +223,7 @@ impl Stack {
             }
         }
         write(&d.join("policy.toml"), &opts.policy)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = kcred_controller::listener::bind(([127, 0, 0, 1], 0).into())?;
         let controller_addr = listener.local_addr()?;
         let (pods_file, kubernetes) = match &opts.kubeconfig {
             Some(k) => (
@@ -463,7 +463,7 @@ max_unauthenticated_per_source = 4096
         for p in pods {
             self.add_pod(p);
         }
-        let listener = tokio::net::TcpListener::bind(self.controller_addr).await?;
+        let listener = kcred_controller::listener::bind(self.controller_addr)?;
         self.controller = Some(Self::spawn_controller(controller, listener));
         Ok(())
     }

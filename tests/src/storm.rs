@@ -36,6 +36,8 @@ pub struct StormReport {
     pub config: StormConfig,
     /// Publishes that failed.
     pub failures: usize,
+    /// The first failed publish's error, to say why.
+    pub first_failure: Option<String>,
     /// Extractions kadmind logged, by principal.
     pub extractions: BTreeMap<String, usize>,
     /// Most extractions kadmind logged in any one second.
@@ -128,14 +130,17 @@ pub async fn run_storm(cfg: StormConfig) -> anyhow::Result<(StormReport, Stack)>
         set.spawn(async move {
             let t = Instant::now();
             let r = node.publish(req).await;
-            (r.is_ok(), t.elapsed())
+            (r.err().map(|e| format!("{e:#}")), t.elapsed())
         });
     }
     let mut latencies = Vec::with_capacity(cfg.pods);
-    let mut failures = 0;
+    let (mut failures, mut first_failure) = (0, None);
     while let Some(done) = set.join_next().await {
-        let (ok, latency) = done.context("publish task")?;
-        failures += usize::from(!ok);
+        let (failed, latency) = done.context("publish task")?;
+        if let Some(e) = failed {
+            failures += 1;
+            first_failure.get_or_insert(e);
+        }
         latencies.push(latency);
     }
     let all_mounted = start.elapsed();
@@ -162,6 +167,7 @@ pub async fn run_storm(cfg: StormConfig) -> anyhow::Result<(StormReport, Stack)>
         peak_per_second: budget.peak_per_second,
         config: cfg,
         failures,
+        first_failure,
         extractions,
         budget_violations: budget.violations,
         all_mounted,

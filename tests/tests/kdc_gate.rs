@@ -28,7 +28,11 @@ async fn a_storm_of_2000_publishes_costs_one_extraction_per_principal_within_bud
     let (report, stack) = run_storm(cfg).await.expect("storm");
     unmount_all(&stack);
 
-    assert_eq!(report.failures, 0, "every publish succeeds");
+    assert_eq!(
+        report.failures, 0,
+        "every publish succeeds; the first that failed: {:?}",
+        report.first_failure
+    );
     assert_eq!(
         report.extractions.len(),
         20,
