@@ -48,9 +48,9 @@ use crate::locks::lock;
 /// The accept queue's length asked of the kernel, which caps it at
 /// `net.core.somaxconn`. With the 128 the standard library asks for, a few
 /// hundred nodes connecting at once (a restart, a failover) overflow it:
-/// the kernel drops their handshakes or answers them with SYN cookies, and
-/// connections it cannot queue are reset (the 4,000-pod storm bench lost
-/// publishes that way).
+/// the kernel drops the handshakes it cannot queue, and some of those
+/// connections end reset (the 4,000-pod storm bench lost publishes that
+/// way).
 pub const BACKLOG: u32 = 4096;
 
 /// Binds the node API's listener on `addr` with a [`BACKLOG`]-long accept
@@ -489,18 +489,22 @@ mod tests {
     }
 
     /// More nodes connect at once than the standard library's queue of 128
-    /// holds: each waits in the queue until accepted, none is lost (a lost
-    /// one, answered by a SYN cookie it cannot be queued for, is never
-    /// accepted while its client sends nothing).
+    /// holds: each waits in the queue until accepted, none is lost (the
+    /// kernel drops the handshakes it cannot queue).
     #[tokio::test]
     async fn a_burst_of_connections_waits_in_the_accept_queue() {
-        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        let burst = 200;
+        // The kernel caps the queue at `net.core.somaxconn` (4,096 since
+        // Linux 5.4): below the burst, this cannot tell 128 from more.
+        let somaxconn: Option<usize> = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
             .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+            .and_then(|s| s.trim().parse().ok());
+        if somaxconn.is_none_or(|n| n < burst) {
+            eprintln!("SKIP: net.core.somaxconn is {somaxconn:?}, below {burst}");
+            return;
+        }
         let listener = bind(addr("127.0.0.1:0")).expect("bind");
         let to = listener.local_addr().expect("address");
-        let burst = 200;
         let mut connects = tokio::task::JoinSet::new();
         for _ in 0..burst {
             connects.spawn(async move {
@@ -520,11 +524,9 @@ mod tests {
         {
             accepted += 1;
         }
-        // The kernel caps the queue at `net.core.somaxconn`.
-        let queue = burst.min(somaxconn + 1);
         assert_eq!(
             accepted,
-            queue,
+            burst,
             "connections accepted of a burst of {burst} ({} connected)",
             clients.len()
         );
