@@ -117,10 +117,7 @@ fn an_async_append_never_waits_for_the_chain_lock_on_a_worker() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let fx = Fixture::new(0);
     let log = Arc::new(fx.open());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = one_worker();
     let released = Arc::new(AtomicBool::new(false));
     let (held_tx, held_rx) = std::sync::mpsc::channel();
     let holder = {
@@ -239,10 +236,7 @@ fn async_appends_share_syncs_with_blocking_ones_and_form_one_chain() {
 fn a_failed_sync_refuses_an_async_caller_and_the_chain_goes_on() {
     let fx = Fixture::new(3);
     let log = Arc::new(fx.open());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = one_worker();
     log.fail_next_sync();
     let err = rt
         .block_on(log.append_all_durably(vec![event(4), event(5)]))
@@ -290,10 +284,7 @@ fn async_callers_that_give_up_do_not_wedge_the_log() {
     // Dropping the runtime waits for those blocking writes; a record
     // whose caller gave up is durable once the next append syncs.
     drop(rt);
-    let last = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    let last = one_worker()
         .block_on(log.append_all_durably(vec![event(1_001)]))
         .expect("append");
     assert_eq!(last[0].seq, fx.lines().len() as u64);
@@ -327,10 +318,7 @@ fn a_lead_turn_that_never_runs_gives_the_lead_back() {
 fn appends_ready_on_one_worker_share_the_leaders_sync() {
     let fx = Fixture::new(0);
     let log = Arc::new(fx.open());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = one_worker();
     let tasks = 32;
     let before = log.syncs();
     rt.block_on(async {
@@ -355,10 +343,7 @@ fn appends_ready_on_one_worker_share_the_leaders_sync() {
 fn a_leader_that_gives_up_before_its_sync_gives_the_lead_back() {
     let fx = Fixture::new(0);
     let log = Arc::new(fx.open());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = one_worker();
     rt.block_on(async {
         // Its first poll writes the record, takes the lead and lets other
         // appends go first: pending, no sync started.
@@ -378,6 +363,14 @@ fn a_leader_that_gives_up_before_its_sync_gives_the_lead_back() {
         assert_eq!(next[0].seq, 2);
     });
     assert_eq!(log.head().map(|h| h.seq), Some(2));
+}
+
+/// A runtime whose one thread runs every task.
+fn one_worker() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Waits up to 10 s for `done`.
