@@ -603,6 +603,15 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
             ratio(w99.as_secs_f64(), audited99.as_secs_f64())
         ),
     );
+    // Kubelet reaches any CSI driver through one gRPC call: the floor
+    // with it, beside the floor (which leaves it out).
+    let with_csi50 = audited50 + csi50;
+    table.row(
+        "  the same p50 beside that floor plus a bare CSI call (GetPluginInfo)",
+        &ms(w50),
+        &format!("{} + {}", ms(audited50), ms(csi50)),
+        &ratio(w50.as_secs_f64(), with_csi50.as_secs_f64()),
+    );
     table.row(
         "  floor parts p50: mount+write+rename / fdatasync / TLS echo",
         "",
