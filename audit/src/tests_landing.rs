@@ -110,9 +110,9 @@ fn a_line_waiting_behind_an_unsigned_one_leads_no_sync() {
     reserved_rx.recv().expect("the first reserved its line");
     let second = append_on_a_thread(&log, 2);
     until_a_thread_waits_for_lines(&log, "the second");
-    let before = log.durable.syncs.load(std::sync::atomic::Ordering::Relaxed);
+    let before = log.syncs();
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let during = log.durable.syncs.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let during = log.syncs() - before;
     go_tx.send(()).expect("go");
     assert_eq!(first.join().expect("first").expect("append").seq, 1);
     assert_eq!(second.join().expect("second").expect("append").seq, 2);
