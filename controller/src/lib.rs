@@ -48,6 +48,7 @@ pub mod private_file;
 pub mod realms;
 pub mod reasons;
 pub mod reload;
+pub mod revocation_sync;
 pub mod rotation;
 pub mod server;
 pub mod serving_tls;

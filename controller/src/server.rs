@@ -581,6 +581,7 @@ impl Controller {
             nodes_gone,
         ));
         background.push(crate::pods::retire::spawn(Arc::clone(&state), pods_gone));
+        background.push(crate::revocation_sync::spawn(Arc::clone(&state)));
         background.push(tokio::spawn({
             let state = Arc::clone(&state);
             let mut account_events = account_events;

@@ -10,7 +10,7 @@ mod common;
 
 use common::{Files, Running};
 use kcred_audit::Action;
-use kcred_controller::issued::VolumeRecord;
+use kcred_controller::issued::{RevokedPod, Revoker, VolumeRecord};
 use kcred_controller::store::Table;
 use kcred_proto::kcred::v1::{HeartbeatRequest, HeartbeatResponse};
 
@@ -219,6 +219,73 @@ async fn a_record_two_heartbeats_judged_releasable_is_released_once() {
     assert_eq!(released(&f), ["node-2 vol-gone"]);
 }
 
+/// A volume of a revoked pod whose record nobody wrote revoked (it was
+/// recorded while another controller revoked the pod, and its controller
+/// stopped before taking the revocation in): on the next start it is
+/// audited, as the revoker's, written revoked, and not audited again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_revoked_with_its_pod_but_never_audited_is_audited_once() {
+    let f = files();
+    let store = f.store();
+    let named = VolumeRecord {
+        revoked: true,
+        ..record("vol-a", "node-2", "web-5", "u5")
+    };
+    for r in [named, record("vol-b", "node-2", "web-5", "u5")] {
+        store.put(Table::Volumes, &r.volume_id, &r, b"").unwrap();
+    }
+    let pod = RevokedPod {
+        volume_id: "vol-a".into(),
+        by: Some(Revoker {
+            admin: "ops@R".into(),
+            reason: "key leaked".into(),
+        }),
+    };
+    store.put(Table::Revocations, "u5", &pod, b"").unwrap();
+    drop(store);
+
+    let c = Running::start(&f.config).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !audited(&f, Action::Revoke, "vol-b") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.stop().await;
+    let revocations = |f: &Files| -> Vec<kcred_audit::AuditRecord> {
+        kcred_audit::query(&f.config.audit_log, &Default::default())
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.action == Action::Revoke)
+            .collect()
+    };
+    let audited = revocations(&f);
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    let r = &audited[0];
+    assert_eq!(
+        (r.subject.as_str(), r.actor.as_str(), r.node.as_str()),
+        ("vol-b", "admin/ops@R", "node-2")
+    );
+    assert!(
+        r.reason
+            .starts_with("key leaked (revoked with its pod's volume vol-a"),
+        "{}",
+        r.reason
+    );
+    let stored: VolumeRecord = f
+        .store()
+        .get(Table::Volumes, "vol-b")
+        .unwrap()
+        .unwrap()
+        .meta;
+    assert!(stored.revoked, "written revoked once audited");
+
+    // Started again: nothing more to audit.
+    let c = Running::start(&f.config).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(kcred_controller::revocation_sync::sync(&c.state).await, 0);
+    c.stop().await;
+    assert_eq!(revocations(&f).len(), 1);
+}
+
 fn audited(f: &Files, action: Action, subject: &str) -> bool {
     kcred_audit::query(&f.config.audit_log, &Default::default())
         .unwrap()
@@ -359,7 +426,18 @@ async fn a_steady_nodes_repeated_heartbeat_still_hears_each_change() {
 
     // A revocation: the record changes.
     let b = c.state.issued.known("vol-b").unwrap();
-    c.state.issued.revoke(&b, &[]).1.unwrap();
+    c.state
+        .issued
+        .revoke(
+            &b,
+            &[],
+            &Revoker {
+                admin: "ops@R".into(),
+                reason: "test".into(),
+            },
+        )
+        .1
+        .unwrap();
     let a = heartbeat(&c, "node-2", &["vol-run", "vol-b"]).await;
     assert_eq!(a.revoked_volume_ids, ["vol-b"], "{a:?}");
 

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::AdminRole;
 use crate::gate::Lane;
-use crate::issued::VolumeRecord;
+use crate::issued::{Revoker, VolumeRecord};
 use crate::names::{self, ServicePrincipal};
 use crate::reasons::{Reasoned, Refusal, status_of};
 use crate::rotation;
@@ -499,8 +499,12 @@ impl Admin for AdminApi {
         self.audit_all(std::iter::once(&rec).chain(&siblings).map(event).collect())
             .await?;
         let (issued, named) = (st.issued.clone(), rec.clone());
+        let by = Revoker {
+            admin: who.clone(),
+            reason: req.reason.clone(),
+        };
         let (revocation, written) =
-            tokio::task::spawn_blocking(move || issued.revoke(&named, &known))
+            tokio::task::spawn_blocking(move || issued.revoke(&named, &known, &by))
                 .await
                 .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?;
         // A volume of the pod revoked now that the listing above missed (one

@@ -103,6 +103,10 @@ struct View {
     by_id: HashMap<Arc<str>, KeptVolume>,
     by_node: HashMap<Arc<str>, NodeIds>,
     revoked_pods: HashSet<String>,
+    /// Records marked revoked here by a revocation this controller did not
+    /// make (a peer's, taken in by the sync or a read, or found on
+    /// loading): not audited here yet ([`Issued::unaudited_revocations`]).
+    unaudited: Vec<Arc<str>>,
     names: Interner,
     /// Changes to any record so far: each node's [`NodeIds::changed`] is
     /// this count at its last change, so it never repeats, even for a
@@ -127,6 +131,7 @@ impl View {
     fn insert(&mut self, rec: &VolumeRecord) {
         let pod_revoked = self.revoked_pods.contains(&rec.pod_uid);
         let mut kept = KeptVolume::keep(rec, &mut self.names);
+        let marked = pod_revoked && !kept.revoked;
         kept.revoked |= pod_revoked;
         let previous = self
             .by_id
@@ -145,9 +150,12 @@ impl View {
         let node = self.by_node.entry(Arc::clone(&kept.node)).or_default();
         node.ids.insert(Arc::clone(&id));
         node.changed = self.changes;
+        if marked {
+            self.unaudited.push(Arc::clone(&id));
+        }
         self.by_id.insert(id, kept);
         if rec.revoked && !pod_revoked {
-            self.revoke_pod(rec.pod_uid.clone());
+            self.revoke_pods([rec.pod_uid.clone()]);
         }
     }
 
@@ -201,18 +209,52 @@ const BATCH_LINGER: Duration = Duration::from_millis(50);
 pub const REVOCATION_SYNC: Duration = Duration::from_secs(2);
 
 /// A pod's revocation, as every controller sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RevokedPod {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedPod {
     /// The volume whose revocation revoked the pod.
-    volume_id: String,
+    pub volume_id: String,
+    /// Who revoked it and why (absent from entries written before they
+    /// were kept): what a controller that audits a volume of the pod
+    /// after the fact ([`LateRevocation`]) attributes it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Revoker>,
+}
+
+/// Who revoked a pod, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoker {
+    /// The admin principal, as audited.
+    pub admin: String,
+    /// The operator's reason.
+    pub reason: String,
+}
+
+/// A volume this controller holds that a revocation made elsewhere revoked
+/// and that nobody audited: the revoking controller did not know of it
+/// (it was recorded here after that controller listed the pod's volumes),
+/// or the revocation's own write of it was lost. Audited by the controller
+/// that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateRevocation {
+    /// Its record, revoked.
+    pub record: VolumeRecord,
+    /// The pod's revocation, as the store keeps it.
+    pub pod: Option<RevokedPod>,
 }
 
 impl View {
-    /// Takes in the revocations on record: pods, and their volumes.
+    /// Takes in revocations made elsewhere: pods, and their volumes (those
+    /// it marks wait in [`View::unaudited`]).
     fn revoke_pods(&mut self, uids: impl IntoIterator<Item = String>) {
         for uid in uids {
             if !self.revoked_pods.contains(&uid) {
-                self.revoke_pod(uid);
+                let marked = self.revoke_pod(uid);
+                self.unaudited.extend(
+                    marked
+                        .into_iter()
+                        .filter(|(_, anew)| *anew)
+                        .map(|(id, _)| id),
+                );
             }
         }
     }
@@ -358,24 +400,6 @@ impl Issued {
             view.insert(rec);
         }
         let view = Arc::new(RwLock::new(view));
-        if shared {
-            let (s, v) = (Arc::clone(&store), Arc::downgrade(&view));
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(REVOCATION_SYNC);
-                loop {
-                    tick.tick().await;
-                    let s = Arc::clone(&s);
-                    let listed = tokio::task::spawn_blocking(move || {
-                        s.list::<RevokedPod>(Table::Revocations)
-                    })
-                    .await;
-                    let Some(view) = v.upgrade() else { return };
-                    if let Ok(Ok(revoked)) = listed {
-                        write(&view).revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));
-                    }
-                }
-            });
-        }
         let pending: Arc<Mutex<HashMap<String, VolumeRecord>>> = Arc::default();
         let writing: Arc<Mutex<()>> = Arc::default();
         let (wake, mut rx) = mpsc::unbounded_channel::<()>();
@@ -511,16 +535,25 @@ impl Issued {
         &self,
         rec: &VolumeRecord,
         known: &[VolumeRecord],
+        by: &Revoker,
     ) -> (Revocation, Result<(), StoreError>) {
         let mut r = rec.clone();
         r.revoked = true;
-        let revocation = {
+        let (revocation, audited) = {
             let mut view = write(&self.view);
             let mut pending = lock(&self.pending);
-            let named_anew = !view
-                .by_id
-                .get(r.volume_id.as_str())
-                .is_some_and(|k| k.revoked);
+            // Marked by the sync and not audited yet: each waits for the
+            // sync's audit, which needs its stored copy unrevoked, so only
+            // the named one (audited by the caller) is written revoked. What
+            // the steps below mark is this revocation's own, audited by it.
+            let mut queued = std::mem::take(&mut view.unaudited);
+            let named_queued = queued.iter().any(|id| **id == *r.volume_id);
+            queued.retain(|id| **id != *r.volume_id);
+            let named_anew = named_queued
+                || !view
+                    .by_id
+                    .get(r.volume_id.as_str())
+                    .is_some_and(|k| k.revoked);
             // The pod first, so each insert below finds it revoked and
             // sweeps nothing more.
             let mut swept = view.revoke_pod(r.pod_uid.clone());
@@ -553,16 +586,28 @@ impl Issued {
                 }
                 revocation.records.extend(view.record(&id));
             }
-            revocation
+            let audited: Vec<VolumeRecord> = revocation
+                .records
+                .iter()
+                .filter(|v| !queued.iter().any(|q| **q == *v.volume_id))
+                .cloned()
+                .collect();
+            view.unaudited = queued;
+            (revocation, audited)
         };
-        let written = self.write_revocation(&r, &revocation.records);
+        let written = self.write_revocation(&r, &audited, by);
         (revocation, written)
     }
 
+    /// The records first, then the pod's entry: a controller that sees the
+    /// entry finds every record this revocation audited written revoked.
+    /// The first revocation's entry stays: the one that revoked the pod's
+    /// volumes the sync takes in is who they are audited as.
     fn write_revocation(
         &self,
         rec: &VolumeRecord,
         records: &[VolumeRecord],
+        by: &Revoker,
     ) -> Result<(), StoreError> {
         let _writing = lock(&self.writing);
         let records: Vec<(String, VolumeRecord)> = records
@@ -572,8 +617,101 @@ impl Issued {
         self.store.put_many(Table::Volumes, &records)?;
         let pod = RevokedPod {
             volume_id: rec.volume_id.clone(),
+            by: Some(by.clone()),
         };
-        self.store.put(Table::Revocations, &rec.pod_uid, &pod, b"")
+        self.store
+            .put_if_absent(Table::Revocations, &rec.pod_uid, &pod, b"")
+            .map(drop)
+    }
+
+    /// Takes in the revocations other controllers sharing the store made,
+    /// for heartbeats' answers (every [`REVOCATION_SYNC`]; a fetch asks
+    /// the store itself). Reads the store: blocking.
+    pub fn take_in_revocations(&self) -> Result<(), StoreError> {
+        if !self.shared {
+            return Ok(());
+        }
+        let revoked = self.store.list::<RevokedPod>(Table::Revocations)?;
+        write(&self.view).revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));
+        Ok(())
+    }
+
+    /// The records revoked here by revocations made elsewhere (or found
+    /// revoked with their pod on loading) that nobody audited: those whose
+    /// stored copy is not revoked, as the revoking controller writes every
+    /// record it audits before its pod's entry. Taken out of the queue:
+    /// the caller audits them, then writes them ([`Issued::write_revoked`]),
+    /// or puts them back ([`Issued::requeue`]) when the audit fails. Reads
+    /// the store: blocking.
+    pub fn unaudited_revocations(&self) -> Result<Vec<LateRevocation>, StoreError> {
+        let ids = std::mem::take(&mut write(&self.view).unaudited);
+        let late = self.late_revocations(&ids);
+        if late.is_err() {
+            self.requeue(ids);
+        }
+        late
+    }
+
+    fn late_revocations(&self, ids: &[Arc<str>]) -> Result<Vec<LateRevocation>, StoreError> {
+        let mut pods: HashMap<String, Option<RevokedPod>> = HashMap::new();
+        let mut late = Vec::new();
+        for id in ids {
+            // A record gone since (its pod finished) leaves no place to
+            // name.
+            let Some(record) = self.known(id).filter(|r| r.revoked) else {
+                continue;
+            };
+            let stored = self.store.get::<VolumeRecord>(Table::Volumes, id)?;
+            if stored.is_some_and(|s| s.meta.revoked) {
+                continue;
+            }
+            let pod = match pods.get(&record.pod_uid) {
+                Some(pod) => pod.clone(),
+                None => {
+                    let pod = self
+                        .store
+                        .get::<RevokedPod>(Table::Revocations, &record.pod_uid)?
+                        .map(|p| p.meta);
+                    pods.insert(record.pod_uid.clone(), pod.clone());
+                    pod
+                }
+            };
+            late.push(LateRevocation { record, pod });
+        }
+        Ok(late)
+    }
+
+    /// Puts records taken by [`Issued::unaudited_revocations`] back, to be
+    /// audited at the next try.
+    pub fn requeue(&self, ids: impl IntoIterator<Item = Arc<str>>) {
+        write(&self.view).unaudited.extend(ids);
+    }
+
+    /// Writes these records as the view holds them (revoked, once audited):
+    /// every controller then finds them revoked, and none audits them again.
+    pub fn write_revoked<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), StoreError> {
+        // With the writer's lock first, as a removal takes it: a record
+        // removed meanwhile is not written back.
+        let _writing = lock(&self.writing);
+        let records: Vec<(String, VolumeRecord)> = {
+            let view = read(&self.view);
+            let mut pending = lock(&self.pending);
+            ids.into_iter()
+                .filter_map(|id| {
+                    pending.remove(id);
+                    view.record(id)
+                })
+                .filter(|r| r.revoked)
+                .map(|r| (r.volume_id.clone(), r))
+                .collect()
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.store.put_many(Table::Volumes, &records)
     }
 
     /// The records of volumes published on `node`.
@@ -731,6 +869,14 @@ pub(crate) mod tests {
         }
     }
 
+    /// The operator of these tests' revocations.
+    fn by() -> Revoker {
+        Revoker {
+            admin: "ops@R".into(),
+            reason: "key leaked".into(),
+        }
+    }
+
     fn store(dir: &std::path::Path) -> Arc<Store> {
         Arc::new(
             Store::open(&dir.join("store.redb"), MasterKey::from_bytes([7; 32])).expect("store"),
@@ -801,7 +947,7 @@ pub(crate) mod tests {
         assert_eq!(on(&issued, "node-a"), ["v1"]);
         assert_eq!(on(&issued, "node-b"), ["v2", "v3"]);
         issued
-            .revoke(&record("v2", "node-b", "u2"), &[])
+            .revoke(&record("v2", "node-b", "u2"), &[], &by())
             .1
             .expect("revoke");
         issued.remove("v1").expect("remove");
@@ -824,7 +970,7 @@ pub(crate) mod tests {
         let issued = Issued::new(store(dir.path()), false).expect("issued");
         issued.put(&record("v1", "node-a", "u1")).expect("put");
         issued
-            .revoke(&record("v1", "node-a", "u1"), &[])
+            .revoke(&record("v1", "node-a", "u1"), &[], &by())
             .1
             .expect("revoke");
         assert!(matches!(
@@ -858,7 +1004,7 @@ pub(crate) mod tests {
         issued.put(&record("v3", "node-a", "u3")).expect("put");
         let mark = |i: &Issued| i.with_node("node-b", true, |n| n.changed());
         let before = mark(&issued);
-        let (revoked, written) = issued.revoke(&record("v1", "node-a", "u1"), &[]);
+        let (revoked, written) = issued.revoke(&record("v1", "node-a", "u1"), &[], &by());
         written.expect("revoke");
         assert_eq!(revoked.newly, ["v1", "v2"], "the named volume first");
         assert!(
@@ -880,7 +1026,7 @@ pub(crate) mod tests {
             ("v3".to_string(), false),
         ];
         assert_eq!(marked(&issued), expected);
-        let (again, written) = issued.revoke(&record("v2", "node-b", "u1"), &[]);
+        let (again, written) = issued.revoke(&record("v2", "node-b", "u1"), &[], &by());
         written.expect("again");
         assert!(again.newly.is_empty(), "nothing is revoked twice");
         let all: Vec<&str> = again.records.iter().map(|r| r.volume_id.as_str()).collect();
@@ -905,7 +1051,7 @@ pub(crate) mod tests {
         let v1 = issued.known("v1").expect("v1");
         let known = issued.pod_records(&v1).expect("pod records");
         assert_eq!(known, [peers]);
-        let (revoked, written) = issued.revoke(&v1, &known);
+        let (revoked, written) = issued.revoke(&v1, &known, &by());
         written.expect("revoke");
         assert_eq!(revoked.newly, ["v1", "v4"]);
         assert!(issued.placements_on("node-a").iter().all(|p| p.revoked));
@@ -928,7 +1074,7 @@ pub(crate) mod tests {
             .expect("the peer's renewal");
         let v7 = issued.known("v7").expect("v7");
         let known = issued.pod_records(&v7).expect("pod records");
-        let (revoked, written) = issued.revoke(&v7, &known);
+        let (revoked, written) = issued.revoke(&v7, &known, &by());
         written.expect("revoke");
         assert_eq!(revoked.newly, ["v7", "v8"]);
         let stored = st
@@ -951,10 +1097,141 @@ pub(crate) mod tests {
             .expect("the peer's revocation");
         let v5 = issued.known("v5").expect("v5");
         let known = issued.pod_records(&v5).expect("pod records");
-        let (revoked, written) = issued.revoke(&v5, &known);
+        let (revoked, written) = issued.revoke(&v5, &known, &by());
         written.expect("revoke");
         assert_eq!(revoked.newly, ["v5"], "v6 is not audited twice");
         assert_eq!(revoked.records.len(), 2, "both wiped");
+    }
+
+    /// Two controllers on one store: a volume recorded on one while the
+    /// other revokes its pod (after that one listed the pod's volumes) is
+    /// revoked by the first once it takes the revocation in, and handed to
+    /// its audit as the operator's, once: not by the revoking controller,
+    /// not again after it is written, not for a volume the revoking
+    /// controller knew and audited. Until written, a restart hands it over
+    /// again (at least once, never lost).
+    #[tokio::test]
+    async fn a_volume_recorded_while_a_peer_revokes_its_pod_is_handed_to_its_audit_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let (a, b) = (
+            Issued::new(Arc::clone(&st), true).expect("a"),
+            Issued::new(Arc::clone(&st), true).expect("b"),
+        );
+        let late_ids = |i: &Issued| -> Vec<String> {
+            i.unaudited_revocations()
+                .expect("unaudited")
+                .into_iter()
+                .map(|l| l.record.volume_id)
+                .collect()
+        };
+        b.put(&record("v1", "node-b", "u1")).expect("put");
+        b.put(&record("v3", "node-b", "u2")).expect("put");
+        b.put(&record("v4", "node-b", "u2")).expect("put");
+        written_behind(&b).await;
+
+        // a lists u1's volumes, b records v2 for u1, a revokes.
+        let v1 = a.get("v1").expect("get").expect("read through");
+        let known = a.pod_records(&v1).expect("pod records");
+        assert!(known.is_empty(), "{known:?}");
+        b.put(&record("v2", "node-b", "u1")).expect("put");
+        written_behind(&b).await;
+        let (revoked, written) = a.revoke(&v1, &known, &by());
+        written.expect("revoke");
+        assert_eq!(revoked.newly, ["v1"]);
+        // And u2, knowing both of its volumes: each audited by a.
+        let v3 = a.get("v3").expect("get").expect("read through");
+        let known = a.pod_records(&v3).expect("pod records");
+        let (revoked, written) = a.revoke(&v3, &known, &by());
+        written.expect("revoke");
+        assert_eq!(revoked.newly, ["v3", "v4"]);
+        assert!(late_ids(&a).is_empty(), "a audited what it revoked");
+
+        b.take_in_revocations().expect("sync");
+        assert!(
+            b.placements_on("node-b").iter().all(|p| p.revoked),
+            "{:?}",
+            b.placements_on("node-b")
+        );
+        let late = b.unaudited_revocations().expect("unaudited");
+        assert_eq!(
+            late,
+            [LateRevocation {
+                record: b.known("v2").expect("v2"),
+                pod: Some(RevokedPod {
+                    volume_id: "v1".into(),
+                    by: Some(by()),
+                }),
+            }]
+        );
+        assert!(late[0].record.revoked);
+        assert!(late_ids(&b).is_empty(), "taken");
+
+        // Before it is written, a restart finds it unaudited again.
+        let restarted = Issued::new(Arc::clone(&st), true).expect("restart");
+        assert_eq!(late_ids(&restarted), ["v2"]);
+
+        b.write_revoked(["v2"]).expect("write");
+        let stored = st
+            .get::<VolumeRecord>(Table::Volumes, "v2")
+            .expect("read")
+            .expect("kept");
+        assert!(stored.meta.revoked);
+        let restarted = Issued::new(Arc::clone(&st), true).expect("restart");
+        assert!(late_ids(&restarted).is_empty(), "audited once");
+    }
+
+    /// This controller's own revocation of a pod the sync revoked here:
+    /// the named volume is audited by it; another the sync revoked and
+    /// nobody audited yet stays queued (as the first revocation's), not
+    /// written revoked before its audit.
+    #[tokio::test]
+    async fn a_revocation_audits_what_the_sync_revoked_here_and_not_yet_audited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let (a, b) = (
+            Issued::new(Arc::clone(&st), true).expect("a"),
+            Issued::new(Arc::clone(&st), true).expect("b"),
+        );
+        b.put(&record("v5", "node-b", "u3")).expect("put");
+        written_behind(&b).await;
+        let v5 = a.get("v5").expect("get").expect("read through");
+        let known = a.pod_records(&v5).expect("pod records");
+        b.put(&record("v6", "node-b", "u3")).expect("put");
+        b.put(&record("v7", "node-b", "u3")).expect("put");
+        let (_, written) = a.revoke(&v5, &known, &by());
+        written.expect("revoke");
+        b.take_in_revocations().expect("sync");
+
+        let v6 = b.known("v6").expect("v6");
+        let known = b.pod_records(&v6).expect("pod records");
+        let other = Revoker {
+            admin: "other@R".into(),
+            reason: "again".into(),
+        };
+        let (revoked, written) = b.revoke(&v6, &known, &other);
+        written.expect("revoke");
+        assert_eq!(revoked.newly, ["v6"], "v5 was audited by a, v7 waits");
+        assert_eq!(revoked.records.len(), 3, "all wiped");
+        let late = b.unaudited_revocations().expect("unaudited");
+        assert_eq!(
+            late,
+            [LateRevocation {
+                record: b.known("v7").expect("v7"),
+                pod: Some(RevokedPod {
+                    volume_id: "v5".into(),
+                    by: Some(by()),
+                }),
+            }],
+            "audited as the first revocation's"
+        );
+        let stored = |id: &str| {
+            st.get::<VolumeRecord>(Table::Volumes, id)
+                .expect("read")
+                .map(|r| r.meta.revoked)
+        };
+        assert_eq!(stored("v6"), Some(true));
+        assert_ne!(stored("v7"), Some(true), "written once audited");
     }
 
     /// A store holding a revoked volume beside its pod's unrevoked others
@@ -1038,7 +1315,8 @@ pub(crate) mod tests {
         cluster.freeze(0);
         let (a, b) = (issued.clone(), issued.clone());
         let removal = std::thread::spawn(move || a.remove("v1"));
-        let revocation = std::thread::spawn(move || b.revoke(&record("v2", "node-a", "u2"), &[]).1);
+        let revocation =
+            std::thread::spawn(move || b.revoke(&record("v2", "node-a", "u2"), &[], &by()).1);
         std::thread::sleep(Duration::from_millis(300));
         // The view answers at once: the removal and the revocation show,
         // and a new issue (v1 again, and v4) is taken.

@@ -1,0 +1,115 @@
+//! Revocations made elsewhere: taken in from a shared store for heartbeats'
+//! answers, and the volumes they revoke here that nobody audited, audited
+//! here and wiped on their nodes.
+//!
+//! A revocation lists its pod's volumes (the store's too, with several
+//! controllers), audits each, then writes each record revoked and the
+//! pod's entry. A volume another controller records between that listing
+//! and that entry (its fetch asked the store before the entry existed) is
+//! revoked on that controller once it takes the entry in, without having
+//! been audited anywhere. Its record in the store says so: the revoking
+//! controller writes every record it audited revoked before the pod's
+//! entry, so a record whose stored copy is not revoked when the entry is
+//! seen was not audited. The controller holding it audits it, as its
+//! revoker and for the revoker's reason, then writes it revoked, so no
+//! other controller audits it again. The same holds for a record found
+//! on loading, unrevoked, beside its pod's revocation.
+
+use std::sync::Arc;
+
+use kcred_audit::{Action, Actor, AuditEvent};
+use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
+use tokio::task::JoinHandle;
+
+use crate::issued::{LateRevocation, REVOCATION_SYNC, RevokedPod, Revoker, VolumeRecord};
+use crate::state::ControllerState;
+
+/// Runs [`sync`] every [`REVOCATION_SYNC`] until the task is aborted.
+pub fn spawn(state: Arc<ControllerState>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REVOCATION_SYNC);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sync(&state).await;
+        }
+    })
+}
+
+/// Takes in the store's revocations, then audits, wipes and writes the
+/// volumes they revoked that nobody audited. Returns how many it audited.
+/// What fails is logged and tried again at the next sync: a volume whose
+/// audit failed stays queued, and stays revoked meanwhile.
+pub async fn sync(st: &ControllerState) -> usize {
+    let issued = st.issued.clone();
+    let late = tokio::task::spawn_blocking(move || {
+        issued.take_in_revocations()?;
+        issued.unaudited_revocations()
+    })
+    .await;
+    let late = match late {
+        Ok(Ok(late)) if !late.is_empty() => late,
+        Ok(Ok(_)) => return 0,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot take in the store's revocations; trying again");
+            return 0;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "revocation sync failed");
+            return 0;
+        }
+    };
+    if let Err(e) = st.record(late.iter().map(event).collect()).await {
+        tracing::error!(
+            error = %e,
+            volumes = late.len(),
+            "cannot audit volumes revoked with their pod elsewhere; trying again"
+        );
+        st.issued
+            .requeue(late.iter().map(|l| Arc::from(l.record.volume_id.as_str())));
+        return 0;
+    }
+    let records: Vec<VolumeRecord> = late.iter().map(|l| l.record.clone()).collect();
+    st.updates.send_by_node(
+        UpdateAction::Wipe,
+        &records,
+        "revoked with its pod through another controller",
+    );
+    let issued = st.issued.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        issued.write_revoked(records.iter().map(|r| r.volume_id.as_str()))
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        // Audited and refused already: a controller that reads the
+        // unrevoked copy meanwhile audits it too, never leaves it unaudited.
+        tracing::warn!(?written, "cannot write audited revocations to the store");
+    }
+    late.len()
+}
+
+/// As the revocation itself audits a volume of the pod it did not name.
+fn event(late: &LateRevocation) -> AuditEvent {
+    let v = &late.record;
+    let (actor, reason) = match &late.pod {
+        Some(RevokedPod {
+            volume_id,
+            by: Some(Revoker { admin, reason }),
+        }) => (
+            Actor::Admin(admin.clone()),
+            format!("{reason} (revoked with its pod's volume {volume_id}; audited late)"),
+        ),
+        Some(RevokedPod { volume_id, .. }) => (
+            Actor::Controller,
+            format!("revoked with its pod's volume {volume_id}; audited late"),
+        ),
+        None => (
+            Actor::Controller,
+            "revoked with its pod; audited late".to_string(),
+        ),
+    };
+    AuditEvent::new(actor, Action::Revoke)
+        .with_subject(v.volume_id.clone())
+        .with_place(&v.node, &v.namespace, &v.pod)
+        .with_reason(reason)
+}
