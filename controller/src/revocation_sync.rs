@@ -21,7 +21,7 @@ use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use tokio::task::JoinHandle;
 
-use crate::issued::{LateRevocation, REVOCATION_SYNC, RevokedPod, Revoker, VolumeRecord};
+use crate::issued::{LateRevocation, REVOCATION_SYNC, RevokedPod, Revoker};
 use crate::state::ControllerState;
 
 /// Runs [`sync`] every [`REVOCATION_SYNC`] until the task is aborted.
@@ -38,12 +38,14 @@ pub fn spawn(state: Arc<ControllerState>) -> JoinHandle<()> {
 
 /// Takes in the store's revocations, then audits, wipes and writes the
 /// volumes they revoked that nobody audited. Returns how many it audited.
-/// What fails is logged and tried again at the next sync: a volume whose
-/// audit failed stays queued, and stays revoked meanwhile.
+/// What fails is logged and tried again at the next sync: a volume stays
+/// queued (and revoked) until its audit and its store write are done.
 pub async fn sync(st: &ControllerState) -> usize {
     let issued = st.issued.clone();
     let late = tokio::task::spawn_blocking(move || {
         issued.take_in_revocations()?;
+        // Audited at an earlier sync, but not written then.
+        issued.write_audited()?;
         issued.unaudited_revocations()
     })
     .await;
@@ -59,57 +61,61 @@ pub async fn sync(st: &ControllerState) -> usize {
             return 0;
         }
     };
-    if let Err(e) = st.record(late.iter().map(event).collect()).await {
+    let events: Vec<(AuditEvent, String)> = late.iter().map(event).collect();
+    let reasons: Vec<String> = events.iter().map(|(_, reason)| reason.clone()).collect();
+    if let Err(e) = st
+        .record(events.into_iter().map(|(e, _)| e).collect())
+        .await
+    {
         tracing::error!(
             error = %e,
             volumes = late.len(),
             "cannot audit volumes revoked with their pod elsewhere; trying again"
         );
-        st.issued
-            .requeue(late.iter().map(|l| Arc::from(l.record.volume_id.as_str())));
         return 0;
     }
-    let records: Vec<VolumeRecord> = late.iter().map(|l| l.record.clone()).collect();
-    st.updates.send_by_node(
-        UpdateAction::Wipe,
-        &records,
-        "revoked with its pod through another controller",
-    );
+    st.issued
+        .audited(late.iter().map(|l| l.record.volume_id.as_str()));
+    for (l, reason) in late.iter().zip(&reasons) {
+        st.updates
+            .send_by_node(UpdateAction::Wipe, std::slice::from_ref(&l.record), reason);
+    }
     let issued = st.issued.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        issued.write_revoked(records.iter().map(|r| r.volume_id.as_str()))
-    })
-    .await;
-    if !matches!(written, Ok(Ok(()))) {
-        // Audited and refused already: a controller that reads the
-        // unrevoked copy meanwhile audits it too, never leaves it unaudited.
-        tracing::warn!(?written, "cannot write audited revocations to the store");
+    match tokio::task::spawn_blocking(move || issued.write_audited()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write audited revocations; trying again"),
+        Err(e) => tracing::error!(error = %e, "writing audited revocations failed"),
     }
     late.len()
 }
 
-/// As the revocation itself audits a volume of the pod it did not name.
-fn event(late: &LateRevocation) -> AuditEvent {
+/// The reason audited for a volume revoked because its pod's volume
+/// `named` was: the revocation's own siblings and the late ones alike.
+pub fn with_pod(reason: &str, named: &str) -> String {
+    format!("{reason} (revoked with its pod's volume {named})")
+}
+
+/// As the revocation itself audits a volume of the pod it did not name,
+/// as its revoker; with the reason (also the wipe's).
+fn event(late: &LateRevocation) -> (AuditEvent, String) {
     let v = &late.record;
     let (actor, reason) = match &late.pod {
         Some(RevokedPod {
             volume_id,
             by: Some(Revoker { admin, reason }),
-        }) => (
-            Actor::Admin(admin.clone()),
-            format!("{reason} (revoked with its pod's volume {volume_id}; audited late)"),
-        ),
-        Some(RevokedPod { volume_id, .. }) => (
-            Actor::Controller,
-            format!("revoked with its pod's volume {volume_id}; audited late"),
-        ),
+        }) => (Actor::Admin(admin.clone()), with_pod(reason, volume_id)),
+        Some(RevokedPod { volume_id, .. }) => {
+            (Actor::Controller, with_pod("reason not kept", volume_id))
+        }
         None => (
             Actor::Controller,
-            "revoked with its pod; audited late".to_string(),
+            "revoked with its pod (reason not kept)".to_string(),
         ),
     };
-    AuditEvent::new(actor, Action::Revoke)
+    let reason = format!("{reason}; audited late");
+    let event = AuditEvent::new(actor, Action::Revoke)
         .with_subject(v.volume_id.clone())
         .with_place(&v.node, &v.namespace, &v.pod)
-        .with_reason(reason)
+        .with_reason(reason.clone());
+    (event, reason)
 }

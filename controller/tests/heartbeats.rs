@@ -249,6 +249,8 @@ async fn a_volume_revoked_with_its_pod_but_never_audited_is_audited_once() {
     while !audited(&f, Action::Revoke, "vol-b") && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let a = heartbeat(&c, "node-2", &["vol-a", "vol-b"]).await;
+    assert_eq!(a.revoked_volume_ids, ["vol-a", "vol-b"], "{a:?}");
     c.stop().await;
     let revocations = |f: &Files| -> Vec<kcred_audit::AuditRecord> {
         kcred_audit::query(&f.config.audit_log, &Default::default())
@@ -278,7 +280,8 @@ async fn a_volume_revoked_with_its_pod_but_never_audited_is_audited_once() {
         .meta;
     assert!(stored.revoked, "written revoked once audited");
 
-    // Started again: nothing more to audit.
+    // Started again: nothing more to audit, by the sync's first pass (at
+    // start; given time to finish) nor by another.
     let c = Running::start(&f.config).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(kcred_controller::revocation_sync::sync(&c.state).await, 0);

@@ -486,10 +486,7 @@ impl Admin for AdminApi {
             let reason = if v.volume_id == rec.volume_id {
                 req.reason.clone()
             } else {
-                format!(
-                    "{} (revoked with its pod's volume {})",
-                    req.reason, rec.volume_id
-                )
+                crate::revocation_sync::with_pod(&req.reason, &rec.volume_id)
             };
             AuditEvent::new(Actor::Admin(who.clone()), Action::Revoke)
                 .with_subject(v.volume_id.clone())

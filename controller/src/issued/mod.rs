@@ -87,10 +87,11 @@ pub struct Issued {
     /// Written to the view, not yet to the store.
     pending: Arc<Mutex<HashMap<String, VolumeRecord>>>,
     /// Held across every store write of volume records (the batch writer's,
-    /// a removal's, a revocation's), never with the view's lock: writes
-    /// land in the order their intents were taken from the view, while
-    /// fetches and heartbeats, which need only the view, never wait on the
-    /// store (an fsync, or an etcd round trip).
+    /// a removal's, a revocation's); the view's lock is taken under it,
+    /// never the other way round: writes land in the order their intents
+    /// were taken from the view, while fetches and heartbeats, which need
+    /// only the view, never wait on the store (an fsync, or an etcd round
+    /// trip).
     writing: Arc<Mutex<()>>,
     wake: mpsc::UnboundedSender<()>,
 }
@@ -103,15 +104,25 @@ struct View {
     by_id: HashMap<Arc<str>, KeptVolume>,
     by_node: HashMap<Arc<str>, NodeIds>,
     revoked_pods: HashSet<String>,
-    /// Records marked revoked here by a revocation this controller did not
-    /// make (a peer's, taken in by the sync or a read, or found on
-    /// loading): not audited here yet ([`Issued::unaudited_revocations`]).
-    unaudited: Vec<Arc<str>>,
+    /// Records marked revoked here on taking in a pod's revocation from
+    /// the store (by the sync, a read, or on loading) rather than by this
+    /// controller's own, until audited and written revoked
+    /// ([`Issued::unaudited_revocations`]); each as it was when marked, so
+    /// one removed meanwhile is still audited.
+    unaudited: BTreeMap<Arc<str>, Queued>,
     names: Interner,
     /// Changes to any record so far: each node's [`NodeIds::changed`] is
     /// this count at its last change, so it never repeats, even for a
     /// node whose records all went and came back.
     changes: u64,
+}
+
+/// A record in [`View::unaudited`].
+#[derive(Debug, Clone)]
+struct Queued {
+    record: VolumeRecord,
+    /// Audited; its store write is what is left.
+    audited: bool,
 }
 
 /// One node's volume ids, and when its records last changed.
@@ -150,10 +161,10 @@ impl View {
         let node = self.by_node.entry(Arc::clone(&kept.node)).or_default();
         node.ids.insert(Arc::clone(&id));
         node.changed = self.changes;
+        self.by_id.insert(Arc::clone(&id), kept);
         if marked {
-            self.unaudited.push(Arc::clone(&id));
+            self.queue(id);
         }
-        self.by_id.insert(id, kept);
         if rec.revoked && !pod_revoked {
             self.revoke_pods([rec.pod_uid.clone()]);
         }
@@ -231,9 +242,9 @@ pub struct Revoker {
 
 /// A volume this controller holds that a revocation made elsewhere revoked
 /// and that nobody audited: the revoking controller did not know of it
-/// (it was recorded here after that controller listed the pod's volumes),
-/// or the revocation's own write of it was lost. Audited by the controller
-/// that holds it.
+/// (it was recorded here after that controller listed the pod's volumes).
+/// Audited by the controller that holds it (by each, should two hold it
+/// and look at once: at least once, never not at all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LateRevocation {
     /// Its record, revoked.
@@ -248,14 +259,22 @@ impl View {
     fn revoke_pods(&mut self, uids: impl IntoIterator<Item = String>) {
         for uid in uids {
             if !self.revoked_pods.contains(&uid) {
-                let marked = self.revoke_pod(uid);
-                self.unaudited.extend(
-                    marked
-                        .into_iter()
-                        .filter(|(_, anew)| *anew)
-                        .map(|(id, _)| id),
-                );
+                for (id, marked) in self.revoke_pod(uid) {
+                    if marked {
+                        self.queue(id);
+                    }
+                }
             }
+        }
+    }
+
+    /// Queues a record marked revoked for its audit.
+    fn queue(&mut self, id: Arc<str>) {
+        if let Some(record) = self.record(&id) {
+            self.unaudited.entry(id).or_insert(Queued {
+                record,
+                audited: false,
+            });
         }
     }
 
@@ -530,7 +549,10 @@ impl Issued {
     /// must survive a crash). The view refuses them at once, whatever the
     /// store does: should its write fail, the caller hears it and this
     /// controller still refuses (closed), but a restart would not until a
-    /// retry writes them all again.
+    /// retry writes them all again. The caller has audited the named
+    /// volume and those `known` unrevoked; one the sync revoked here
+    /// earlier and nobody audited yet (queued) is left to the sync's
+    /// audit, and written then. `by` goes into the pod's entry.
     pub fn revoke(
         &self,
         rec: &VolumeRecord,
@@ -542,14 +564,20 @@ impl Issued {
         let (revocation, audited) = {
             let mut view = write(&self.view);
             let mut pending = lock(&self.pending);
-            // Marked by the sync and not audited yet: each waits for the
-            // sync's audit, which needs its stored copy unrevoked, so only
-            // the named one (audited by the caller) is written revoked. What
-            // the steps below mark is this revocation's own, audited by it.
-            let mut queued = std::mem::take(&mut view.unaudited);
-            let named_queued = queued.iter().any(|id| **id == *r.volume_id);
-            queued.retain(|id| **id != *r.volume_id);
-            let named_anew = named_queued
+            // Queued before this call (marked by the sync, not audited
+            // yet): the caller audits the named one and those it listed
+            // unrevoked; each other waits for the sync's audit, which needs
+            // its stored copy unrevoked, so it is not written here.
+            let before: HashMap<Arc<str>, bool> = view
+                .unaudited
+                .iter()
+                .map(|(id, q)| (Arc::clone(id), q.audited))
+                .collect();
+            let by_caller = |id: &str| {
+                id == r.volume_id || known.iter().any(|k| !k.revoked && k.volume_id == id)
+            };
+            let waits = |id: &str| before.get(id) == Some(&false) && !by_caller(id);
+            let named_anew = before.contains_key(r.volume_id.as_str())
                 || !view
                     .by_id
                     .get(r.volume_id.as_str())
@@ -574,25 +602,33 @@ impl Issued {
             // audited there.
             for (id, anew) in &mut swept {
                 *anew &= !known.iter().any(|k| k.revoked && *k.volume_id == **id);
+                *anew |= before.contains_key(id) && by_caller(id);
             }
             view.insert(&r);
             swept.retain(|(id, _)| **id != *r.volume_id);
             let named = (Arc::from(r.volume_id.as_str()), named_anew);
             let mut revocation = Revocation::default();
+            let mut audited = Vec::new();
             for (id, anew) in std::iter::once(named).chain(swept) {
-                pending.remove(&*id);
                 if anew {
                     revocation.newly.push(id.to_string());
                 }
-                revocation.records.extend(view.record(&id));
+                let Some(record) = view.record(&id) else {
+                    continue;
+                };
+                if !waits(&id) {
+                    pending.remove(&*id);
+                    audited.push(record.clone());
+                }
+                revocation.records.push(record);
             }
-            let audited: Vec<VolumeRecord> = revocation
-                .records
-                .iter()
-                .filter(|v| !queued.iter().any(|q| **q == *v.volume_id))
-                .cloned()
-                .collect();
-            view.unaudited = queued;
+            // What the steps above queued is this revocation's own.
+            let View {
+                unaudited, by_id, ..
+            } = &mut *view;
+            unaudited.retain(|id, _| {
+                waits(id) || by_id.get(id).is_none_or(|k| *k.pod_uid != *r.pod_uid)
+            });
             (revocation, audited)
         };
         let written = self.write_revocation(&r, &audited, by);
@@ -636,33 +672,28 @@ impl Issued {
         Ok(())
     }
 
-    /// The records revoked here by revocations made elsewhere (or found
-    /// revoked with their pod on loading) that nobody audited: those whose
-    /// stored copy is not revoked, as the revoking controller writes every
-    /// record it audits before its pod's entry. Taken out of the queue:
-    /// the caller audits them, then writes them ([`Issued::write_revoked`]),
-    /// or puts them back ([`Issued::requeue`]) when the audit fails. Reads
-    /// the store: blocking.
+    /// The records revoked here on taking in a pod's revocation from the
+    /// store (or found revoked with their pod on loading) that nobody
+    /// audited: those whose stored copy is not revoked, as a revocation
+    /// writes every record it audits revoked before its pod's entry. They
+    /// stay queued until the caller has audited them ([`Issued::audited`])
+    /// and written them ([`Issued::write_audited`]), so an audit that
+    /// fails is tried again; one whose stored copy is revoked was audited
+    /// where it was written so, and leaves the queue. Reads the store:
+    /// blocking.
     pub fn unaudited_revocations(&self) -> Result<Vec<LateRevocation>, StoreError> {
-        let ids = std::mem::take(&mut write(&self.view).unaudited);
-        let late = self.late_revocations(&ids);
-        if late.is_err() {
-            self.requeue(ids);
-        }
-        late
-    }
-
-    fn late_revocations(&self, ids: &[Arc<str>]) -> Result<Vec<LateRevocation>, StoreError> {
+        let queued: Vec<(Arc<str>, VolumeRecord)> = read(&self.view)
+            .unaudited
+            .iter()
+            .filter(|(_, q)| !q.audited)
+            .map(|(id, q)| (Arc::clone(id), q.record.clone()))
+            .collect();
         let mut pods: HashMap<String, Option<RevokedPod>> = HashMap::new();
-        let mut late = Vec::new();
-        for id in ids {
-            // A record gone since (its pod finished) leaves no place to
-            // name.
-            let Some(record) = self.known(id).filter(|r| r.revoked) else {
-                continue;
-            };
-            let stored = self.store.get::<VolumeRecord>(Table::Volumes, id)?;
+        let (mut late, mut audited_elsewhere) = (Vec::new(), Vec::new());
+        for (id, record) in queued {
+            let stored = self.store.get::<VolumeRecord>(Table::Volumes, &id)?;
             if stored.is_some_and(|s| s.meta.revoked) {
+                audited_elsewhere.push(id);
                 continue;
             }
             let pod = match pods.get(&record.pod_uid) {
@@ -678,40 +709,64 @@ impl Issued {
             };
             late.push(LateRevocation { record, pod });
         }
+        let mut view = write(&self.view);
+        for id in audited_elsewhere {
+            if view.unaudited.get(&id).is_some_and(|q| !q.audited) {
+                view.unaudited.remove(&id);
+            }
+        }
         Ok(late)
     }
 
-    /// Puts records taken by [`Issued::unaudited_revocations`] back, to be
-    /// audited at the next try.
-    pub fn requeue(&self, ids: impl IntoIterator<Item = Arc<str>>) {
-        write(&self.view).unaudited.extend(ids);
+    /// Marks queued records audited: their store write is what is left.
+    pub fn audited<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut view = write(&self.view);
+        for id in ids {
+            if let Some(q) = view.unaudited.get_mut(id) {
+                q.audited = true;
+            }
+        }
     }
 
-    /// Writes these records as the view holds them (revoked, once audited):
-    /// every controller then finds them revoked, and none audits them again.
-    pub fn write_revoked<'a>(
-        &self,
-        ids: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), StoreError> {
-        // With the writer's lock first, as a removal takes it: a record
-        // removed meanwhile is not written back.
+    /// Writes every queued record marked audited as the view holds it
+    /// (revoked), and lets it go: every controller then finds it revoked,
+    /// and none audits it again. One removed meanwhile is not written back.
+    /// Should the write fail, they stay queued for the next call.
+    pub fn write_audited(&self) -> Result<(), StoreError> {
+        // The writer's lock first, as a removal and the batch writer take
+        // it: neither can come between the read of the view and the write.
         let _writing = lock(&self.writing);
-        let records: Vec<(String, VolumeRecord)> = {
+        let (ids, records) = {
             let view = read(&self.view);
-            let mut pending = lock(&self.pending);
-            ids.into_iter()
-                .filter_map(|id| {
-                    pending.remove(id);
-                    view.record(id)
-                })
-                .filter(|r| r.revoked)
+            let ids: Vec<Arc<str>> = view
+                .unaudited
+                .iter()
+                .filter(|(_, q)| q.audited)
+                .map(|(id, _)| Arc::clone(id))
+                .collect();
+            let records: Vec<(String, VolumeRecord)> = ids
+                .iter()
+                .filter_map(|id| view.record(id))
                 .map(|r| (r.volume_id.clone(), r))
-                .collect()
+                .collect();
+            (ids, records)
         };
-        if records.is_empty() {
+        if ids.is_empty() {
             return Ok(());
         }
-        self.store.put_many(Table::Volumes, &records)
+        if !records.is_empty() {
+            self.store.put_many(Table::Volumes, &records)?;
+        }
+        let mut view = write(&self.view);
+        let mut pending = lock(&self.pending);
+        for id in ids {
+            // Its unrevoked copy waiting for the batch writer is stale now.
+            pending.remove(&*id);
+            if view.unaudited.get(&id).is_some_and(|q| q.audited) {
+                view.unaudited.remove(&id);
+            }
+        }
+        Ok(())
     }
 
     /// The records of volumes published on `node`.
@@ -875,6 +930,15 @@ pub(crate) mod tests {
             admin: "ops@R".into(),
             reason: "key leaked".into(),
         }
+    }
+
+    /// The ids handed to the audit now.
+    fn late_ids(i: &Issued) -> Vec<String> {
+        i.unaudited_revocations()
+            .expect("unaudited")
+            .into_iter()
+            .map(|l| l.record.volume_id)
+            .collect()
     }
 
     fn store(dir: &std::path::Path) -> Arc<Store> {
@@ -1103,47 +1167,68 @@ pub(crate) mod tests {
         assert_eq!(revoked.records.len(), 2, "both wiped");
     }
 
+    /// Two controllers' indexes on one store.
+    struct Peers {
+        _dir: tempfile::TempDir,
+        st: Arc<Store>,
+        a: Issued,
+        b: Issued,
+    }
+
+    fn peers() -> Peers {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        Peers {
+            a: Issued::new(Arc::clone(&st), true).expect("a"),
+            b: Issued::new(Arc::clone(&st), true).expect("b"),
+            st,
+            _dir: dir,
+        }
+    }
+
+    /// `b` records `listed` (pod `uid`, all on node-b, written), `a` lists
+    /// the pod's volumes through the first, `b` records `unlisted` (written
+    /// behind if `flush`), and `a` revokes the first, as [`by`].
+    async fn revoke_while_recording(
+        p: &Peers,
+        uid: &str,
+        listed: &[&str],
+        unlisted: &[&str],
+        flush: bool,
+    ) -> Revocation {
+        for id in listed {
+            p.b.put(&record(id, "node-b", uid)).expect("put");
+        }
+        written_behind(&p.b).await;
+        let named = p.a.get(listed[0]).expect("get").expect("read through");
+        let known = p.a.pod_records(&named).expect("pod records");
+        for id in unlisted {
+            p.b.put(&record(id, "node-b", uid)).expect("put");
+        }
+        if flush {
+            written_behind(&p.b).await;
+        }
+        let (revoked, written) = p.a.revoke(&named, &known, &by());
+        written.expect("revoke");
+        revoked
+    }
+
     /// Two controllers on one store: a volume recorded on one while the
     /// other revokes its pod (after that one listed the pod's volumes) is
     /// revoked by the first once it takes the revocation in, and handed to
-    /// its audit as the operator's, once: not by the revoking controller,
-    /// not again after it is written, not for a volume the revoking
-    /// controller knew and audited. Until written, a restart hands it over
-    /// again (at least once, never lost).
+    /// its audit as the operator's: not by the revoking controller, not for
+    /// a volume the revoking controller knew and audited, again until it is
+    /// audited and written (a failed audit is tried again; a restart hands
+    /// it over again), and never after.
     #[tokio::test]
-    async fn a_volume_recorded_while_a_peer_revokes_its_pod_is_handed_to_its_audit_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let st = store(dir.path());
-        let (a, b) = (
-            Issued::new(Arc::clone(&st), true).expect("a"),
-            Issued::new(Arc::clone(&st), true).expect("b"),
-        );
-        let late_ids = |i: &Issued| -> Vec<String> {
-            i.unaudited_revocations()
-                .expect("unaudited")
-                .into_iter()
-                .map(|l| l.record.volume_id)
-                .collect()
-        };
-        b.put(&record("v1", "node-b", "u1")).expect("put");
-        b.put(&record("v3", "node-b", "u2")).expect("put");
-        b.put(&record("v4", "node-b", "u2")).expect("put");
-        written_behind(&b).await;
-
+    async fn a_volume_recorded_while_a_peer_revokes_its_pod_is_handed_to_its_audit_until_written() {
+        let p = peers();
+        let (st, a, b) = (Arc::clone(&p.st), p.a.clone(), p.b.clone());
         // a lists u1's volumes, b records v2 for u1, a revokes.
-        let v1 = a.get("v1").expect("get").expect("read through");
-        let known = a.pod_records(&v1).expect("pod records");
-        assert!(known.is_empty(), "{known:?}");
-        b.put(&record("v2", "node-b", "u1")).expect("put");
-        written_behind(&b).await;
-        let (revoked, written) = a.revoke(&v1, &known, &by());
-        written.expect("revoke");
+        let revoked = revoke_while_recording(&p, "u1", &["v1"], &["v2"], true).await;
         assert_eq!(revoked.newly, ["v1"]);
         // And u2, knowing both of its volumes: each audited by a.
-        let v3 = a.get("v3").expect("get").expect("read through");
-        let known = a.pod_records(&v3).expect("pod records");
-        let (revoked, written) = a.revoke(&v3, &known, &by());
-        written.expect("revoke");
+        let revoked = revoke_while_recording(&p, "u2", &["v3", "v4"], &[], true).await;
         assert_eq!(revoked.newly, ["v3", "v4"]);
         assert!(late_ids(&a).is_empty(), "a audited what it revoked");
 
@@ -1165,42 +1250,33 @@ pub(crate) mod tests {
             }]
         );
         assert!(late[0].record.revoked);
-        assert!(late_ids(&b).is_empty(), "taken");
-
-        // Before it is written, a restart finds it unaudited again.
+        assert_eq!(late_ids(&b), ["v2"], "until audited");
         let restarted = Issued::new(Arc::clone(&st), true).expect("restart");
-        assert_eq!(late_ids(&restarted), ["v2"]);
+        assert_eq!(late_ids(&restarted), ["v2"], "until written");
 
-        b.write_revoked(["v2"]).expect("write");
+        b.audited(["v2"]);
+        assert!(late_ids(&b).is_empty(), "audited: only its write is left");
+        b.write_audited().expect("write");
         let stored = st
             .get::<VolumeRecord>(Table::Volumes, "v2")
             .expect("read")
             .expect("kept");
         assert!(stored.meta.revoked);
+        assert!(read(&b.view).unaudited.is_empty());
         let restarted = Issued::new(Arc::clone(&st), true).expect("restart");
         assert!(late_ids(&restarted).is_empty(), "audited once");
     }
 
     /// This controller's own revocation of a pod the sync revoked here:
     /// the named volume is audited by it; another the sync revoked and
-    /// nobody audited yet stays queued (as the first revocation's), not
-    /// written revoked before its audit.
+    /// nobody audited yet stays queued (as the first revocation's), its
+    /// record as it was in the store (neither written revoked before its
+    /// audit nor dropped from the batch writer's queue).
     #[tokio::test]
-    async fn a_revocation_audits_what_the_sync_revoked_here_and_not_yet_audited() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let st = store(dir.path());
-        let (a, b) = (
-            Issued::new(Arc::clone(&st), true).expect("a"),
-            Issued::new(Arc::clone(&st), true).expect("b"),
-        );
-        b.put(&record("v5", "node-b", "u3")).expect("put");
-        written_behind(&b).await;
-        let v5 = a.get("v5").expect("get").expect("read through");
-        let known = a.pod_records(&v5).expect("pod records");
-        b.put(&record("v6", "node-b", "u3")).expect("put");
-        b.put(&record("v7", "node-b", "u3")).expect("put");
-        let (_, written) = a.revoke(&v5, &known, &by());
-        written.expect("revoke");
+    async fn a_revocation_leaves_what_the_sync_revoked_here_to_the_syncs_audit() {
+        let p = peers();
+        let (st, b) = (Arc::clone(&p.st), p.b.clone());
+        revoke_while_recording(&p, "u3", &["v5"], &["v6", "v7"], false).await;
         b.take_in_revocations().expect("sync");
 
         let v6 = b.known("v6").expect("v6");
@@ -1225,13 +1301,68 @@ pub(crate) mod tests {
             }],
             "audited as the first revocation's"
         );
+        written_behind(&b).await;
         let stored = |id: &str| {
             st.get::<VolumeRecord>(Table::Volumes, id)
                 .expect("read")
                 .map(|r| r.meta.revoked)
         };
         assert_eq!(stored("v6"), Some(true));
-        assert_ne!(stored("v7"), Some(true), "written once audited");
+        assert_eq!(stored("v7"), Some(false), "written unrevoked until audited");
+    }
+
+    /// Two revocations of one pod at once: a's operator listed v4 (and
+    /// audited it), then a's sync took in c's revocation, which missed v4,
+    /// before a's revocation was written. v4 is a's revocation's, written
+    /// revoked by it and gone from the queue: audited once.
+    #[tokio::test]
+    async fn a_volume_the_revocation_listed_leaves_the_queue_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let (a, c) = (
+            Issued::new(Arc::clone(&st), true).expect("a"),
+            Issued::new(Arc::clone(&st), true).expect("c"),
+        );
+        a.put(&record("v1", "node-a", "u1")).expect("put");
+        c.put(&record("v3", "node-c", "u1")).expect("put");
+        written_behind(&a).await;
+        written_behind(&c).await;
+        let v3 = c.known("v3").expect("v3");
+        let c_known = c.pod_records(&v3).expect("c lists");
+        a.put(&record("v4", "node-a", "u1")).expect("put");
+        written_behind(&a).await;
+        let v1 = a.known("v1").expect("v1");
+        let a_known = a.pod_records(&v1).expect("a lists");
+        c.revoke(&v3, &c_known, &by()).1.expect("c revokes");
+        a.take_in_revocations().expect("a syncs");
+        assert_eq!(late_ids(&a), ["v4"], "v1 was audited by c");
+        let (revoked, written) = a.revoke(&v1, &a_known, &by());
+        written.expect("a revokes");
+        assert!(revoked.newly.contains(&"v4".to_string()), "{revoked:?}");
+        assert!(read(&a.view).unaudited.is_empty());
+        assert!(late_ids(&a).is_empty());
+    }
+
+    /// A queued volume removed before its audit (its pod finished) is
+    /// still audited, from the record as it was when revoked, and not
+    /// written back.
+    #[tokio::test]
+    async fn a_queued_volume_removed_before_its_audit_is_still_audited() {
+        let p = peers();
+        let (st, b) = (Arc::clone(&p.st), p.b.clone());
+        revoke_while_recording(&p, "u1", &["v1"], &["v2"], true).await;
+        b.take_in_revocations().expect("sync");
+        b.remove("v2").expect("remove");
+        assert_eq!(late_ids(&b), ["v2"]);
+        b.audited(["v2"]);
+        b.write_audited().expect("write");
+        assert!(read(&b.view).unaudited.is_empty());
+        assert!(
+            st.get::<VolumeRecord>(Table::Volumes, "v2")
+                .expect("read")
+                .is_none(),
+            "not written back"
+        );
     }
 
     /// A store holding a revoked volume beside its pod's unrevoked others
