@@ -21,7 +21,7 @@ use kcred_audit::{Action, Actor, AuditEvent};
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use tokio::task::JoinHandle;
 
-use crate::issued::{LateRevocation, REVOCATION_SYNC, RevokedPod, Revoker};
+use crate::issued::{LateRevocation, REVOCATION_SYNC, RevokedPod, Revoker, VolumeRecord};
 use crate::state::ControllerState;
 
 /// Runs [`sync`] every [`REVOCATION_SYNC`] until the task is aborted.
@@ -44,9 +44,11 @@ pub async fn sync(st: &ControllerState) -> usize {
     let issued = st.issued.clone();
     let late = tokio::task::spawn_blocking(move || {
         issued.take_in_revocations()?;
-        // Audited at an earlier sync, but not written then.
-        issued.write_audited()?;
-        issued.unaudited_revocations()
+        // Audited earlier, but not written then.
+        if let Err(e) = issued.write_audited() {
+            tracing::warn!(error = %e, "audited revocations not written yet; trying again");
+        }
+        issued.unaudited_revocations(None)
     })
     .await;
     let late = match late {
@@ -74,19 +76,31 @@ pub async fn sync(st: &ControllerState) -> usize {
         );
         return 0;
     }
-    st.issued
-        .audited(late.iter().map(|l| l.record.volume_id.as_str()));
+    let records: Vec<VolumeRecord> = late.iter().map(|l| l.record.clone()).collect();
+    written_audited(st, &records).await;
     for (l, reason) in late.iter().zip(&reasons) {
         st.updates
             .send_by_node(UpdateAction::Wipe, std::slice::from_ref(&l.record), reason);
     }
+    late.len()
+}
+
+/// Marks queued records audited and writes them revoked, off the async
+/// workers; a write that fails is retried at the next sync.
+pub async fn written_audited(st: &ControllerState, audited: &[VolumeRecord]) {
+    if audited.is_empty() {
+        return;
+    }
+    st.issued
+        .audited(audited.iter().map(|v| v.volume_id.as_str()));
     let issued = st.issued.clone();
     match tokio::task::spawn_blocking(move || issued.write_audited()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write audited revocations; trying again"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "audited revocations not written yet; trying again")
+        }
         Err(e) => tracing::error!(error = %e, "writing audited revocations failed"),
     }
-    late.len()
 }
 
 /// The reason audited for a volume revoked because its pod's volume

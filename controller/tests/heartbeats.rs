@@ -245,8 +245,11 @@ async fn a_volume_revoked_with_its_pod_but_never_audited_is_audited_once() {
     drop(store);
 
     let c = Running::start(&f.config).await;
+    // Until audited and written revoked.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !audited(&f, Action::Revoke, "vol-b") && std::time::Instant::now() < deadline {
+    while (!audited(&f, Action::Revoke, "vol-b") || c.state.issued.queued_revocations() > 0)
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let a = heartbeat(&c, "node-2", &["vol-a", "vol-b"]).await;

@@ -20,6 +20,7 @@ use crate::gate::Lane;
 use crate::issued::{Revoker, VolumeRecord};
 use crate::names::{self, ServicePrincipal};
 use crate::reasons::{Reasoned, Refusal, status_of};
+use crate::revocation_sync;
 use crate::rotation;
 use crate::state::ControllerState;
 use crate::store::Table;
@@ -486,7 +487,7 @@ impl Admin for AdminApi {
             let reason = if v.volume_id == rec.volume_id {
                 req.reason.clone()
             } else {
-                crate::revocation_sync::with_pod(&req.reason, &rec.volume_id)
+                revocation_sync::with_pod(&req.reason, &rec.volume_id)
             };
             AuditEvent::new(Actor::Admin(who.clone()), Action::Revoke)
                 .with_subject(v.volume_id.clone())
@@ -504,22 +505,34 @@ impl Admin for AdminApi {
             tokio::task::spawn_blocking(move || issued.revoke(&named, &known, &by))
                 .await
                 .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?;
-        // A volume of the pod revoked now that the listing above missed (one
-        // recorded since, or on another node): audited after the fact.
-        let listed = |v: &VolumeRecord| {
-            v.volume_id == rec.volume_id || siblings.iter().any(|s| s.volume_id == v.volume_id)
+        // A volume of the pod revoked now that nobody audited (recorded since
+        // the listing above, or revoked here by a revocation taken in from
+        // the store) is audited now, then written revoked; if this fails,
+        // the revocation sync audits it.
+        let (issued, uid) = (st.issued.clone(), rec.pod_uid.clone());
+        let late: Vec<VolumeRecord> = match tokio::task::spawn_blocking(move || {
+            issued.unaudited_revocations(Some(&uid))
+        })
+        .await
+        {
+            Ok(Ok(late)) => late.into_iter().map(|l| l.record).collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot look for unaudited volumes of the pod; the revocation sync will");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "looking for unaudited volumes of the pod failed");
+                Vec::new()
+            }
         };
-        let late: Vec<AuditEvent> = revocation
-            .records
-            .iter()
-            .filter(|v| !listed(v) && revocation.newly.contains(&v.volume_id))
-            .map(event)
-            .collect();
         let late_audit = if late.is_empty() {
             Ok(())
         } else {
-            self.audit_all(late).await
+            self.audit_all(late.iter().map(event).collect()).await
         };
+        if late_audit.is_ok() {
+            revocation_sync::written_audited(st, &late).await;
+        }
         // Every volume of the pod is wiped, also one revoked before (a node
         // that missed the first push, a retry after a failed store write).
         st.updates
@@ -535,7 +548,8 @@ impl Admin for AdminApi {
             Status::with_details(
                 e.code(),
                 format!(
-                    "revoked and wiped, but a volume recorded meanwhile was not audited: {}",
+                    "revoked and wiped, but a volume recorded meanwhile is not audited yet \
+                     (the revocation sync retries it): {}",
                     e.message()
                 ),
                 e.details().to_vec().into(),

@@ -550,9 +550,11 @@ impl Issued {
     /// store does: should its write fail, the caller hears it and this
     /// controller still refuses (closed), but a restart would not until a
     /// retry writes them all again. The caller has audited the named
-    /// volume and those `known` unrevoked; one the sync revoked here
-    /// earlier and nobody audited yet (queued) is left to the sync's
-    /// audit, and written then. `by` goes into the pod's entry.
+    /// volume and those `known` unrevoked; only audited records are
+    /// written revoked (a stored copy not revoked beside its pod's entry
+    /// is what marks a record nobody audited, across restarts and
+    /// controllers), the others are queued and returned in
+    /// [`Revocation::unaudited`]. `by` goes into the pod's entry.
     pub fn revoke(
         &self,
         rec: &VolumeRecord,
@@ -561,27 +563,18 @@ impl Issued {
     ) -> (Revocation, Result<(), StoreError>) {
         let mut r = rec.clone();
         r.revoked = true;
-        let (revocation, audited) = {
+        let (revocation, audited, unaudited) = {
             let mut view = write(&self.view);
             let mut pending = lock(&self.pending);
-            // Queued before this call (marked by the sync, not audited
-            // yet): the caller audits the named one and those it listed
-            // unrevoked; each other waits for the sync's audit, which needs
-            // its stored copy unrevoked, so it is not written here.
-            let before: HashMap<Arc<str>, bool> = view
-                .unaudited
-                .iter()
-                .map(|(id, q)| (Arc::clone(id), q.audited))
-                .collect();
+            // The caller audited the named volume and those it listed
+            // unrevoked; one queued as audited has its audit too.
             let by_caller = |id: &str| {
                 id == r.volume_id || known.iter().any(|k| !k.revoked && k.volume_id == id)
             };
-            let waits = |id: &str| before.get(id) == Some(&false) && !by_caller(id);
-            let named_anew = before.contains_key(r.volume_id.as_str())
-                || !view
-                    .by_id
-                    .get(r.volume_id.as_str())
-                    .is_some_and(|k| k.revoked);
+            let named_anew = !view
+                .by_id
+                .get(r.volume_id.as_str())
+                .is_some_and(|k| k.revoked);
             // The pod first, so each insert below finds it revoked and
             // sweeps nothing more.
             let mut swept = view.revoke_pod(r.pod_uid.clone());
@@ -602,52 +595,73 @@ impl Issued {
             // audited there.
             for (id, anew) in &mut swept {
                 *anew &= !known.iter().any(|k| k.revoked && *k.volume_id == **id);
-                *anew |= before.contains_key(id) && by_caller(id);
             }
             view.insert(&r);
             swept.retain(|(id, _)| **id != *r.volume_id);
             let named = (Arc::from(r.volume_id.as_str()), named_anew);
             let mut revocation = Revocation::default();
-            let mut audited = Vec::new();
+            let (mut audited, mut unaudited) = (Vec::new(), Vec::new());
             for (id, anew) in std::iter::once(named).chain(swept) {
-                if anew {
-                    revocation.newly.push(id.to_string());
-                }
                 let Some(record) = view.record(&id) else {
                     continue;
                 };
-                if !waits(&id) {
+                let queued = view.unaudited.get(&id).map(|q| q.audited);
+                if by_caller(&id) || queued == Some(true) {
+                    // Audited: written revoked now, and out of the queue.
+                    view.unaudited.remove(&id);
+                    pending.remove(&*id);
+                    audited.push(record.clone());
+                } else if queued == Some(false) {
+                    // Revoked by a revocation taken in earlier and not
+                    // audited here yet: left queued, as stored.
+                } else if anew {
+                    // Recorded after the caller's listing: audited by nobody
+                    // yet. Queued, and written as it was (not revoked), so
+                    // that even a crash before its audit leaves it found.
+                    view.unaudited.insert(
+                        Arc::clone(&id),
+                        Queued {
+                            record: record.clone(),
+                            audited: false,
+                        },
+                    );
+                    pending.remove(&*id);
+                    unaudited.push(VolumeRecord {
+                        revoked: false,
+                        ..record.clone()
+                    });
+                } else {
+                    // Revoked and audited before.
                     pending.remove(&*id);
                     audited.push(record.clone());
                 }
+                if anew {
+                    revocation.newly.push(id.to_string());
+                }
                 revocation.records.push(record);
             }
-            // What the steps above queued is this revocation's own.
-            let View {
-                unaudited, by_id, ..
-            } = &mut *view;
-            unaudited.retain(|id, _| {
-                waits(id) || by_id.get(id).is_none_or(|k| *k.pod_uid != *r.pod_uid)
-            });
-            (revocation, audited)
+            (revocation, audited, unaudited)
         };
-        let written = self.write_revocation(&r, &audited, by);
+        let written = self.write_revocation(&r, &audited, &unaudited, by);
         (revocation, written)
     }
 
     /// The records first, then the pod's entry: a controller that sees the
-    /// entry finds every record this revocation audited written revoked.
+    /// entry finds every record this revocation audited written revoked,
+    /// and every other one of the pod this controller holds not revoked.
     /// The first revocation's entry stays: the one that revoked the pod's
     /// volumes the sync takes in is who they are audited as.
     fn write_revocation(
         &self,
         rec: &VolumeRecord,
-        records: &[VolumeRecord],
+        audited: &[VolumeRecord],
+        unaudited: &[VolumeRecord],
         by: &Revoker,
     ) -> Result<(), StoreError> {
         let _writing = lock(&self.writing);
-        let records: Vec<(String, VolumeRecord)> = records
+        let records: Vec<(String, VolumeRecord)> = audited
             .iter()
+            .chain(unaudited)
             .map(|v| (v.volume_id.clone(), v.clone()))
             .collect();
         self.store.put_many(Table::Volumes, &records)?;
@@ -679,13 +693,16 @@ impl Issued {
     /// stay queued until the caller has audited them ([`Issued::audited`])
     /// and written them ([`Issued::write_audited`]), so an audit that
     /// fails is tried again; one whose stored copy is revoked was audited
-    /// where it was written so, and leaves the queue. Reads the store:
-    /// blocking.
-    pub fn unaudited_revocations(&self) -> Result<Vec<LateRevocation>, StoreError> {
+    /// where it was written so, and leaves the queue. `pod_uid`: only that
+    /// pod's. Reads the store: blocking.
+    pub fn unaudited_revocations(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<LateRevocation>, StoreError> {
         let queued: Vec<(Arc<str>, VolumeRecord)> = read(&self.view)
             .unaudited
             .iter()
-            .filter(|(_, q)| !q.audited)
+            .filter(|(_, q)| !q.audited && pod_uid.is_none_or(|uid| q.record.pod_uid == uid))
             .map(|(id, q)| (Arc::clone(id), q.record.clone()))
             .collect();
         let mut pods: HashMap<String, Option<RevokedPod>> = HashMap::new();
@@ -718,6 +735,11 @@ impl Issued {
         Ok(late)
     }
 
+    /// How many records wait for their audit or its store write.
+    pub fn queued_revocations(&self) -> usize {
+        read(&self.view).unaudited.len()
+    }
+
     /// Marks queued records audited: their store write is what is left.
     pub fn audited<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let mut view = write(&self.view);
@@ -730,13 +752,14 @@ impl Issued {
 
     /// Writes every queued record marked audited as the view holds it
     /// (revoked), and lets it go: every controller then finds it revoked,
-    /// and none audits it again. One removed meanwhile is not written back.
-    /// Should the write fail, they stay queued for the next call.
+    /// and none audits it again. One removed meanwhile is deleted now (its
+    /// removal left it for this). Should the write fail, they stay queued
+    /// for the next call.
     pub fn write_audited(&self) -> Result<(), StoreError> {
         // The writer's lock first, as a removal and the batch writer take
         // it: neither can come between the read of the view and the write.
         let _writing = lock(&self.writing);
-        let (ids, records) = {
+        let (ids, records, removed) = {
             let view = read(&self.view);
             let ids: Vec<Arc<str>> = view
                 .unaudited
@@ -744,18 +767,23 @@ impl Issued {
                 .filter(|(_, q)| q.audited)
                 .map(|(id, _)| Arc::clone(id))
                 .collect();
-            let records: Vec<(String, VolumeRecord)> = ids
-                .iter()
-                .filter_map(|id| view.record(id))
-                .map(|r| (r.volume_id.clone(), r))
-                .collect();
-            (ids, records)
+            let (mut records, mut removed) = (Vec::new(), Vec::new());
+            for id in &ids {
+                match view.record(id) {
+                    Some(r) => records.push((r.volume_id.clone(), r)),
+                    None => removed.push(Arc::clone(id)),
+                }
+            }
+            (ids, records, removed)
         };
         if ids.is_empty() {
             return Ok(());
         }
         if !records.is_empty() {
             self.store.put_many(Table::Volumes, &records)?;
+        }
+        for id in &removed {
+            self.store.delete(Table::Volumes, id)?;
         }
         let mut view = write(&self.view);
         let mut pending = lock(&self.pending);
@@ -844,12 +872,17 @@ impl Issued {
         }
     }
 
-    /// Forgets a volume (its pod is gone).
+    /// Forgets a volume (its pod is gone). One queued for its audit keeps
+    /// its stored copy until it is audited ([`Issued::write_audited`]
+    /// deletes it then): a restart must still find it.
     pub fn remove(&self, volume_id: &str) -> Result<(), StoreError> {
         {
             let mut view = write(&self.view);
             lock(&self.pending).remove(volume_id);
             view.remove(volume_id);
+            if view.unaudited.contains_key(volume_id) {
+                return Ok(());
+            }
         }
         let _writing = lock(&self.writing);
         // Issued again since (a new fetch for the id): that record stands,
@@ -934,7 +967,7 @@ pub(crate) mod tests {
 
     /// The ids handed to the audit now.
     fn late_ids(i: &Issued) -> Vec<String> {
-        i.unaudited_revocations()
+        i.unaudited_revocations(None)
             .expect("unaudited")
             .into_iter()
             .map(|l| l.record.volume_id)
@@ -1238,7 +1271,7 @@ pub(crate) mod tests {
             "{:?}",
             b.placements_on("node-b")
         );
-        let late = b.unaudited_revocations().expect("unaudited");
+        let late = b.unaudited_revocations(None).expect("unaudited");
         assert_eq!(
             late,
             [LateRevocation {
@@ -1269,9 +1302,10 @@ pub(crate) mod tests {
 
     /// This controller's own revocation of a pod the sync revoked here:
     /// the named volume is audited by it; another the sync revoked and
-    /// nobody audited yet stays queued (as the first revocation's), its
-    /// record as it was in the store (neither written revoked before its
-    /// audit nor dropped from the batch writer's queue).
+    /// nobody audited yet stays queued for the caller's late audit (the
+    /// pod's entry still names the first revoker), its record as it was in
+    /// the store (neither written revoked before its audit nor dropped from
+    /// the batch writer's queue).
     #[tokio::test]
     async fn a_revocation_leaves_what_the_sync_revoked_here_to_the_syncs_audit() {
         let p = peers();
@@ -1287,9 +1321,9 @@ pub(crate) mod tests {
         };
         let (revoked, written) = b.revoke(&v6, &known, &other);
         written.expect("revoke");
-        assert_eq!(revoked.newly, ["v6"], "v5 was audited by a, v7 waits");
+        assert!(revoked.newly.is_empty(), "the sync revoked them all before");
         assert_eq!(revoked.records.len(), 3, "all wiped");
-        let late = b.unaudited_revocations().expect("unaudited");
+        let late = b.unaudited_revocations(None).expect("unaudited");
         assert_eq!(
             late,
             [LateRevocation {
@@ -1338,14 +1372,58 @@ pub(crate) mod tests {
         assert_eq!(late_ids(&a), ["v4"], "v1 was audited by c");
         let (revoked, written) = a.revoke(&v1, &a_known, &by());
         written.expect("a revokes");
-        assert!(revoked.newly.contains(&"v4".to_string()), "{revoked:?}");
-        assert!(read(&a.view).unaudited.is_empty());
+        assert_eq!(revoked.newly, ["v3"], "v1 and v4 were revoked by the sync");
+        assert_eq!(
+            a.queued_revocations(),
+            0,
+            "v1 and v4 audited by a's operator"
+        );
         assert!(late_ids(&a).is_empty());
     }
 
+    /// A controller's own revocation with a volume of the pod recorded
+    /// after its operator's listing (not audited by the caller, not yet
+    /// written behind): queued for the caller's late audit and written
+    /// not revoked, so even a crash before that audit leaves it to find;
+    /// once audited, written revoked.
+    #[tokio::test]
+    async fn a_volume_recorded_after_the_listing_is_written_unrevoked_until_audited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let b = Issued::new(Arc::clone(&st), false).expect("b");
+        b.put(&record("v1", "node-b", "u1")).expect("put");
+        written_behind(&b).await;
+        let v1 = b.known("v1").expect("v1");
+        let known = b.pod_records(&v1).expect("pod records");
+        b.put(&record("v2", "node-b", "u1")).expect("put");
+        let (revoked, written) = b.revoke(&v1, &known, &by());
+        written.expect("revoke");
+        assert_eq!(revoked.newly, ["v1", "v2"]);
+        let stored = |id: &str| {
+            st.get::<VolumeRecord>(Table::Volumes, id)
+                .expect("read")
+                .map(|r| r.meta.revoked)
+        };
+        assert_eq!(stored("v1"), Some(true));
+        assert_eq!(stored("v2"), Some(false), "written, not revoked");
+        let restarted = Issued::new(Arc::clone(&st), false).expect("restart");
+        assert_eq!(late_ids(&restarted), ["v2"]);
+        let late = b.unaudited_revocations(Some("u1")).expect("late");
+        assert_eq!(late.len(), 1);
+        assert!(
+            b.unaudited_revocations(Some("u2"))
+                .expect("late")
+                .is_empty()
+        );
+        b.audited(["v2"]);
+        b.write_audited().expect("write");
+        assert_eq!(stored("v2"), Some(true));
+        assert_eq!(b.queued_revocations(), 0);
+    }
+
     /// A queued volume removed before its audit (its pod finished) is
-    /// still audited, from the record as it was when revoked, and not
-    /// written back.
+    /// still audited, from the record as it was when revoked; its stored
+    /// copy stays until then (a restart still finds it), and goes after.
     #[tokio::test]
     async fn a_queued_volume_removed_before_its_audit_is_still_audited() {
         let p = peers();
@@ -1354,6 +1432,12 @@ pub(crate) mod tests {
         b.take_in_revocations().expect("sync");
         b.remove("v2").expect("remove");
         assert_eq!(late_ids(&b), ["v2"]);
+        let restarted = Issued::new(Arc::clone(&st), true).expect("restart");
+        assert_eq!(
+            late_ids(&restarted),
+            ["v2"],
+            "kept in the store until audited"
+        );
         b.audited(["v2"]);
         b.write_audited().expect("write");
         assert!(read(&b.view).unaudited.is_empty());
@@ -1361,7 +1445,7 @@ pub(crate) mod tests {
             st.get::<VolumeRecord>(Table::Volumes, "v2")
                 .expect("read")
                 .is_none(),
-            "not written back"
+            "deleted once audited"
         );
     }
 
