@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Heartbeat streams open: about one per node whose driver is
     /// connected to this controller.
     pub heartbeat_streams: IntGauge,
+    /// Volumes revoked with their pod that wait for their audit (or its
+    /// store write): above zero for long, revocations go unaudited.
+    pub revocations_unaudited: IntGauge,
     /// Kerberos tokens node calls carried, by what became of them
     /// (`verified`; `unneeded`: the call's TLS connection was proven
     /// already). About one per node connection is verified, and current
@@ -132,8 +135,16 @@ impl Metrics {
                 "Heartbeat streams open (about one per connected node)",
             ),
         );
+        let revocations_unaudited = kcred_runtime::register(
+            &registry,
+            IntGauge::new(
+                "revocations_unaudited",
+                "Volumes revoked with their pod still waiting for their audit or its store write",
+            ),
+        );
         Arc::new(Metrics {
             heartbeat_streams,
+            revocations_unaudited,
             node_tokens: counter(
                 "node_tokens_total",
                 "Kerberos tokens node calls carried, verified or unneeded (connection proven)",

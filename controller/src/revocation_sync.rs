@@ -32,6 +32,10 @@ pub fn spawn(state: Arc<ControllerState>) -> JoinHandle<()> {
         loop {
             tick.tick().await;
             sync(&state).await;
+            state
+                .metrics
+                .revocations_unaudited
+                .set(i64::try_from(state.issued.queued_revocations()).unwrap_or(i64::MAX));
         }
     })
 }
