@@ -1,19 +1,19 @@
-//! Revocations made elsewhere: taken in from a shared store for heartbeats'
-//! answers, and the volumes they revoke here that nobody audited, audited
-//! here and wiped on their nodes.
+//! Revoked volumes nobody audited: taken in from a shared store with the
+//! revocations other controllers made (for heartbeats' answers too), then
+//! audited here and wiped on their nodes.
 //!
 //! A revocation lists its pod's volumes (the store's too, with several
-//! controllers), audits each, then writes each record revoked and the
-//! pod's entry. A volume another controller records between that listing
-//! and that entry (its fetch asked the store before the entry existed) is
-//! revoked on that controller once it takes the entry in, without having
-//! been audited anywhere. Its record in the store says so: the revoking
-//! controller writes every record it audited revoked before the pod's
-//! entry, so a record whose stored copy is not revoked when the entry is
-//! seen was not audited. The controller holding it audits it, as its
-//! revoker and for the revoker's reason, then writes it revoked, so no
-//! other controller audits it again. The same holds for a record found
-//! on loading, unrevoked, beside its pod's revocation.
+//! controllers), audits each, then writes those records revoked and the
+//! pod's entry. A volume recorded between that listing and that entry (a
+//! fetch that asked the store before the entry existed) is revoked with
+//! its pod but was audited by nobody. Its record in the store says so:
+//! only audited records are written revoked, before the pod's entry, so a
+//! stored copy not revoked beside the entry marks a volume nobody audited,
+//! across restarts and controllers. On the revoking controller the
+//! revocation itself audits such a volume right after; on another, the one
+//! holding it does when it takes the entry in, as the entry's revoker and
+//! for their reason. Either then writes it revoked, so nobody audits it
+//! again. Whatever fails is tried again here, every [`REVOCATION_SYNC`].
 
 use std::sync::Arc;
 

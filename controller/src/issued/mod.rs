@@ -104,11 +104,12 @@ struct View {
     by_id: HashMap<Arc<str>, KeptVolume>,
     by_node: HashMap<Arc<str>, NodeIds>,
     revoked_pods: HashSet<String>,
-    /// Records marked revoked here on taking in a pod's revocation from
-    /// the store (by the sync, a read, or on loading) rather than by this
-    /// controller's own, until audited and written revoked
-    /// ([`Issued::unaudited_revocations`]); each as it was when marked, so
-    /// one removed meanwhile is still audited.
+    /// Revoked records nobody has audited, until audited and written
+    /// revoked ([`Issued::unaudited_revocations`]): those marked on taking
+    /// in a pod's revocation from the store (by the sync, a read, or on
+    /// loading), and those this controller's own revocation reached
+    /// without its caller having listed them. Each as it was when marked,
+    /// so one removed meanwhile is still audited.
     unaudited: BTreeMap<Arc<str>, Queued>,
     names: Interner,
     /// Changes to any record so far: each node's [`NodeIds::changed`] is
@@ -240,11 +241,10 @@ pub struct Revoker {
     pub reason: String,
 }
 
-/// A volume this controller holds that a revocation made elsewhere revoked
-/// and that nobody audited: the revoking controller did not know of it
-/// (it was recorded here after that controller listed the pod's volumes).
-/// Audited by the controller that holds it (by each, should two hold it
-/// and look at once: at least once, never not at all).
+/// A volume revoked with its pod that nobody audited: the revocation's
+/// caller did not list it (it was recorded after the listing, here or on
+/// another controller). Audited by the controller that holds it (by each,
+/// should two hold it and look at once: at least once, never not at all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LateRevocation {
     /// Its record, revoked.
@@ -553,8 +553,8 @@ impl Issued {
     /// volume and those `known` unrevoked; only audited records are
     /// written revoked (a stored copy not revoked beside its pod's entry
     /// is what marks a record nobody audited, across restarts and
-    /// controllers), the others are queued and returned in
-    /// [`Revocation::unaudited`]. `by` goes into the pod's entry.
+    /// controllers); the others are queued for the caller's late audit
+    /// ([`Issued::unaudited_revocations`]). `by` goes into the pod's entry.
     pub fn revoke(
         &self,
         rec: &VolumeRecord,
@@ -648,7 +648,7 @@ impl Issued {
 
     /// The records first, then the pod's entry: a controller that sees the
     /// entry finds every record this revocation audited written revoked,
-    /// and every other one of the pod this controller holds not revoked.
+    /// and those it revoked that nobody audited yet written as they were.
     /// The first revocation's entry stays: the one that revoked the pod's
     /// volumes the sync takes in is who they are audited as.
     fn write_revocation(
