@@ -17,11 +17,11 @@
 
 use std::sync::Arc;
 
-use kcred_audit::{Action, Actor, AuditEvent};
+use kcred_audit::{Action, Actor, AuditError, AuditEvent};
 use kcred_proto::kcred::v1::volume_update::Action as UpdateAction;
 use tokio::task::JoinHandle;
 
-use crate::issued::{LateRevocation, REVOCATION_SYNC, RevokedPod, Revoker, VolumeRecord};
+use crate::issued::{LateRevocation, REVOCATION_SYNC, RevokedPod, Revoker};
 use crate::state::ControllerState;
 
 /// Runs [`sync`] every [`REVOCATION_SYNC`] until the task is aborted.
@@ -40,14 +40,16 @@ pub fn spawn(state: Arc<ControllerState>) -> JoinHandle<()> {
     })
 }
 
-/// Takes in the store's revocations, then audits, wipes and writes the
-/// volumes they revoked that nobody audited. Returns how many it audited.
+/// Takes in the store's revocations, then audits, writes and wipes the
+/// revoked volumes nobody audited. Returns how many it audited.
 /// What fails is logged and tried again at the next sync: a volume stays
 /// queued (and revoked) until its audit and its store write are done.
 pub async fn sync(st: &ControllerState) -> usize {
     let issued = st.issued.clone();
     let late = tokio::task::spawn_blocking(move || {
-        issued.take_in_revocations()?;
+        if let Err(e) = issued.take_in_revocations() {
+            tracing::warn!(error = %e, "cannot take in the store's revocations; trying again");
+        }
         // Audited earlier, but not written then.
         if let Err(e) = issued.write_audited() {
             tracing::warn!(error = %e, "audited revocations not written yet; trying again");
@@ -59,7 +61,7 @@ pub async fn sync(st: &ControllerState) -> usize {
         Ok(Ok(late)) if !late.is_empty() => late,
         Ok(Ok(_)) => return 0,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot take in the store's revocations; trying again");
+            tracing::warn!(error = %e, "cannot look for unaudited revocations; trying again");
             return 0;
         }
         Err(e) => {
@@ -67,36 +69,35 @@ pub async fn sync(st: &ControllerState) -> usize {
             return 0;
         }
     };
-    let events: Vec<(AuditEvent, String)> = late.iter().map(event).collect();
-    let reasons: Vec<String> = events.iter().map(|(_, reason)| reason.clone()).collect();
-    if let Err(e) = st
-        .record(events.into_iter().map(|(e, _)| e).collect())
-        .await
-    {
-        tracing::error!(
-            error = %e,
-            volumes = late.len(),
-            "cannot audit volumes revoked with their pod elsewhere; trying again"
-        );
+    if audit_late(st, &late).await.is_err() {
         return 0;
     }
-    let records: Vec<VolumeRecord> = late.iter().map(|l| l.record.clone()).collect();
-    written_audited(st, &records).await;
-    for (l, reason) in late.iter().zip(&reasons) {
+    for l in &late {
+        let (_, reason) = event(l);
         st.updates
-            .send_by_node(UpdateAction::Wipe, std::slice::from_ref(&l.record), reason);
+            .send_by_node(UpdateAction::Wipe, std::slice::from_ref(&l.record), &reason);
     }
     late.len()
 }
 
-/// Marks queued records audited and writes them revoked, off the async
-/// workers; a write that fails is retried at the next sync.
-pub async fn written_audited(st: &ControllerState, audited: &[VolumeRecord]) {
-    if audited.is_empty() {
-        return;
+/// Audits volumes [`crate::issued::Issued::unaudited_revocations`] handed
+/// over, then has them written revoked; hands them back if the audit
+/// fails (the next sync tries again), and says why.
+pub async fn audit_late(st: &ControllerState, late: &[LateRevocation]) -> Result<(), AuditError> {
+    if late.is_empty() {
+        return Ok(());
     }
-    st.issued
-        .audited(audited.iter().map(|v| v.volume_id.as_str()));
+    let ids = || late.iter().map(|l| l.record.volume_id.as_str());
+    if let Err(e) = st.record(late.iter().map(|l| event(l).0).collect()).await {
+        tracing::error!(
+            error = %e,
+            volumes = late.len(),
+            "cannot audit volumes revoked with their pod; trying again"
+        );
+        st.issued.audit_failed(ids());
+        return Err(e);
+    }
+    st.issued.audited(ids());
     let issued = st.issued.clone();
     match tokio::task::spawn_blocking(move || issued.write_audited()).await {
         Ok(Ok(())) => {}
@@ -105,6 +106,7 @@ pub async fn written_audited(st: &ControllerState, audited: &[VolumeRecord]) {
         }
         Err(e) => tracing::error!(error = %e, "writing audited revocations failed"),
     }
+    Ok(())
 }
 
 /// The reason audited for a volume revoked because its pod's volume
@@ -113,8 +115,8 @@ pub fn with_pod(reason: &str, named: &str) -> String {
     format!("{reason} (revoked with its pod's volume {named})")
 }
 
-/// As the revocation itself audits a volume of the pod it did not name,
-/// as its revoker; with the reason (also the wipe's).
+/// As a revocation audits a volume of the pod it did not name, as the
+/// pod's (first) revoker; with the reason (also the wipe's).
 fn event(late: &LateRevocation) -> (AuditEvent, String) {
     let v = &late.record;
     let (actor, reason) = match &late.pod {

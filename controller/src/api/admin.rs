@@ -507,32 +507,26 @@ impl Admin for AdminApi {
                 .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?;
         // A volume of the pod revoked now that nobody audited (recorded since
         // the listing above, or revoked here by a revocation taken in from
-        // the store) is audited now, then written revoked; if this fails,
-        // the revocation sync audits it.
+        // the store) is audited now, as the pod's entry's revoker, then
+        // written revoked; if this fails, the revocation sync tries again.
         let (issued, uid) = (st.issued.clone(), rec.pod_uid.clone());
-        let late: Vec<VolumeRecord> = match tokio::task::spawn_blocking(move || {
+        let late_audit = match tokio::task::spawn_blocking(move || {
             issued.unaudited_revocations(Some(&uid))
         })
         .await
         {
-            Ok(Ok(late)) => late.into_iter().map(|l| l.record).collect(),
+            Ok(Ok(late)) => revocation_sync::audit_late(st, &late)
+                .await
+                .map_err(|e| e.reason()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot look for unaudited volumes of the pod; the revocation sync will");
-                Vec::new()
+                Err(e.reason())
             }
             Err(e) => {
                 tracing::error!(error = %e, "looking for unaudited volumes of the pod failed");
-                Vec::new()
+                Err(Reason::Internal)
             }
         };
-        let late_audit = if late.is_empty() {
-            Ok(())
-        } else {
-            self.audit_all(late.iter().map(event).collect()).await
-        };
-        if late_audit.is_ok() {
-            revocation_sync::written_audited(st, &late).await;
-        }
         // Every volume of the pod is wiped, also one revoked before (a node
         // that missed the first push, a retry after a failed store write).
         st.updates
@@ -543,18 +537,13 @@ impl Admin for AdminApi {
                 format!("revocation audited but not stored: {e}"),
             ))
         })?;
-        late_audit.map_err(|e| {
-            // The same status and reason, said more fully.
-            Status::with_details(
-                e.code(),
-                format!(
-                    "revoked and wiped, but a volume recorded meanwhile is not audited yet \
-                     (the revocation sync retries it): {}",
-                    e.message()
-                ),
-                e.details().to_vec().into(),
-            )
-        })?;
+        if let Err(reason) = late_audit {
+            return Err(status_of(&Refusal::new(
+                reason,
+                "revoked and wiped, but a volume recorded meanwhile is not audited yet \
+                 (the revocation sync retries it; the controller's log says why)",
+            )));
+        }
         Ok(Response::new(RevokeResponse {
             volume_ids: revocation.newly,
             node: rec.node,

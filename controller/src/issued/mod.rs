@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -73,8 +73,8 @@ pub struct Placement {
 /// not one per pod; revocations are written through before they return.
 ///
 /// With several controllers on one store (`shared`), revocations are
-/// read through: a revocation writes the records of the pod's volumes and
-/// its entry in [`Table::Revocations`] before it returns, and every controller
+/// read through: a revocation writes the pod's records it audited and the
+/// pod's entry in [`Table::Revocations`] before it returns, and every controller
 /// asks the store about the volume and the pod before issuing, so a
 /// revocation made on one controller is refused on all of them at once.
 /// Heartbeats (which ask about every volume a node holds) read the view,
@@ -124,7 +124,20 @@ struct Queued {
     record: VolumeRecord,
     /// Audited; its store write is what is left.
     audited: bool,
+    /// Handed to a caller for its audit at this time
+    /// ([`Issued::unaudited_revocations`]): not handed to another until
+    /// that caller says how it went, or [`AUDIT_CLAIM`] has passed (a
+    /// caller that gave up).
+    claimed: Option<Instant>,
+    /// Its stored copy is as this entry says: false while the revocation
+    /// that queued it has yet to write it (not revoked), so no audit's
+    /// write (revoked) lands before that one.
+    landed: bool,
 }
+
+/// How long a record handed to a caller for its audit is not handed to
+/// another.
+const AUDIT_CLAIM: Duration = Duration::from_secs(60);
 
 /// One node's volume ids, and when its records last changed.
 #[derive(Default)]
@@ -197,7 +210,7 @@ impl View {
 #[derive(Debug, Default)]
 pub struct Revocation {
     /// Every record of the pod, the named volume's first, all revoked now
-    /// (and written so, unless the store write failed).
+    /// (in the view; in the store, those audited, unless its write failed).
     pub records: Vec<VolumeRecord>,
     /// The ids of those this call revoked (the others were before).
     pub newly: Vec<String>,
@@ -217,7 +230,8 @@ pub enum PutError {
 const BATCH_LINGER: Duration = Duration::from_millis(50);
 
 /// How often a controller sharing its store takes in the revocations the
-/// others made, for heartbeats' answers.
+/// others made (for heartbeats' answers), and how often any controller
+/// tries again to audit and write revoked volumes nobody audited.
 pub const REVOCATION_SYNC: Duration = Duration::from_secs(2);
 
 /// A pod's revocation, as every controller sees it.
@@ -274,6 +288,8 @@ impl View {
             self.unaudited.entry(id).or_insert(Queued {
                 record,
                 audited: false,
+                claimed: None,
+                landed: true,
             });
         }
     }
@@ -623,6 +639,8 @@ impl Issued {
                         Queued {
                             record: record.clone(),
                             audited: false,
+                            claimed: None,
+                            landed: false,
                         },
                     );
                     pending.remove(&*id);
@@ -643,6 +661,15 @@ impl Issued {
             (revocation, audited, unaudited)
         };
         let written = self.write_revocation(&r, &audited, &unaudited, by);
+        // Now their stored copies are what the queue says: they may be
+        // handed for their audit (whose write must land after this one).
+        let mut view = write(&self.view);
+        for v in &unaudited {
+            if let Some(q) = view.unaudited.get_mut(v.volume_id.as_str()) {
+                q.landed = true;
+            }
+        }
+        drop(view);
         (revocation, written)
     }
 
@@ -686,31 +713,68 @@ impl Issued {
         Ok(())
     }
 
-    /// The records revoked here on taking in a pod's revocation from the
-    /// store (or found revoked with their pod on loading) that nobody
-    /// audited: those whose stored copy is not revoked, as a revocation
-    /// writes every record it audits revoked before its pod's entry. They
-    /// stay queued until the caller has audited them ([`Issued::audited`])
-    /// and written them ([`Issued::write_audited`]), so an audit that
-    /// fails is tried again; one whose stored copy is revoked was audited
-    /// where it was written so, and leaves the queue. `pod_uid`: only that
-    /// pod's. Reads the store: blocking.
+    /// The queued records nobody audited: those whose stored copy is not
+    /// revoked, as only audited records are written revoked. Each is
+    /// handed to this caller alone (claimed), and stays queued until the
+    /// caller has audited it ([`Issued::audited`]) and written it
+    /// ([`Issued::write_audited`]), or hands it back
+    /// ([`Issued::audit_failed`]); one whose stored copy is revoked was
+    /// audited where it was written so, and leaves the queue. `pod_uid`:
+    /// only that pod's. Reads the store: blocking.
     pub fn unaudited_revocations(
         &self,
         pod_uid: Option<&str>,
     ) -> Result<Vec<LateRevocation>, StoreError> {
-        let queued: Vec<(Arc<str>, VolumeRecord)> = read(&self.view)
-            .unaudited
-            .iter()
-            .filter(|(_, q)| !q.audited && pod_uid.is_none_or(|uid| q.record.pod_uid == uid))
-            .map(|(id, q)| (Arc::clone(id), q.record.clone()))
-            .collect();
+        let now = Instant::now();
+        let claimed: Vec<(Arc<str>, VolumeRecord)> = {
+            let mut view = write(&self.view);
+            view.unaudited
+                .iter_mut()
+                .filter(|(_, q)| {
+                    !q.audited
+                        && q.landed
+                        && q.claimed
+                            .is_none_or(|at| now.duration_since(at) >= AUDIT_CLAIM)
+                        && pod_uid.is_none_or(|uid| q.record.pod_uid == uid)
+                })
+                .map(|(id, q)| {
+                    q.claimed = Some(now);
+                    (Arc::clone(id), q.record.clone())
+                })
+                .collect()
+        };
+        let looked = self.late_revocations(&claimed);
+        let mut view = write(&self.view);
+        match looked {
+            Ok((late, audited_elsewhere)) => {
+                for id in audited_elsewhere {
+                    view.unaudited.remove(&id);
+                }
+                Ok(late)
+            }
+            Err(e) => {
+                for (id, _) in &claimed {
+                    if let Some(q) = view.unaudited.get_mut(id) {
+                        q.claimed = None;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Of records claimed for their audit: those nobody audited, and the
+    /// ids of those audited elsewhere (stored revoked).
+    fn late_revocations(
+        &self,
+        claimed: &[(Arc<str>, VolumeRecord)],
+    ) -> Result<(Vec<LateRevocation>, Vec<Arc<str>>), StoreError> {
         let mut pods: HashMap<String, Option<RevokedPod>> = HashMap::new();
         let (mut late, mut audited_elsewhere) = (Vec::new(), Vec::new());
-        for (id, record) in queued {
-            let stored = self.store.get::<VolumeRecord>(Table::Volumes, &id)?;
+        for (id, record) in claimed {
+            let stored = self.store.get::<VolumeRecord>(Table::Volumes, id)?;
             if stored.is_some_and(|s| s.meta.revoked) {
-                audited_elsewhere.push(id);
+                audited_elsewhere.push(Arc::clone(id));
                 continue;
             }
             let pod = match pods.get(&record.pod_uid) {
@@ -724,15 +788,22 @@ impl Issued {
                     pod
                 }
             };
-            late.push(LateRevocation { record, pod });
+            late.push(LateRevocation {
+                record: record.clone(),
+                pod,
+            });
         }
+        Ok((late, audited_elsewhere))
+    }
+
+    /// Hands records back whose audit failed: the next caller tries again.
+    pub fn audit_failed<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let mut view = write(&self.view);
-        for id in audited_elsewhere {
-            if view.unaudited.get(&id).is_some_and(|q| !q.audited) {
-                view.unaudited.remove(&id);
+        for id in ids {
+            if let Some(q) = view.unaudited.get_mut(id) {
+                q.claimed = None;
             }
         }
-        Ok(late)
     }
 
     /// How many records wait for their audit or its store write.
@@ -746,6 +817,7 @@ impl Issued {
         for id in ids {
             if let Some(q) = view.unaudited.get_mut(id) {
                 q.audited = true;
+                q.claimed = None;
             }
         }
     }
@@ -759,7 +831,7 @@ impl Issued {
         // The writer's lock first, as a removal and the batch writer take
         // it: neither can come between the read of the view and the write.
         let _writing = lock(&self.writing);
-        let (ids, records, removed) = {
+        let (ids, records) = {
             let view = read(&self.view);
             let ids: Vec<Arc<str>> = view
                 .unaudited
@@ -767,14 +839,12 @@ impl Issued {
                 .filter(|(_, q)| q.audited)
                 .map(|(id, _)| Arc::clone(id))
                 .collect();
-            let (mut records, mut removed) = (Vec::new(), Vec::new());
-            for id in &ids {
-                match view.record(id) {
-                    Some(r) => records.push((r.volume_id.clone(), r)),
-                    None => removed.push(Arc::clone(id)),
-                }
-            }
-            (ids, records, removed)
+            let records: Vec<(String, VolumeRecord)> = ids
+                .iter()
+                .filter_map(|id| view.record(id))
+                .map(|r| (r.volume_id.clone(), r))
+                .collect();
+            (ids, records)
         };
         if ids.is_empty() {
             return Ok(());
@@ -782,7 +852,16 @@ impl Issued {
         if !records.is_empty() {
             self.store.put_many(Table::Volumes, &records)?;
         }
-        for id in &removed {
+        // Removed before, or while the write above waited (a removal of a
+        // queued record leaves its stored copy for this).
+        let gone: Vec<Arc<str>> = {
+            let view = read(&self.view);
+            ids.iter()
+                .filter(|id| view.record(id).is_none())
+                .cloned()
+                .collect()
+        };
+        for id in &gone {
             self.store.delete(Table::Volumes, id)?;
         }
         let mut view = write(&self.view);
@@ -1283,6 +1362,8 @@ pub(crate) mod tests {
             }]
         );
         assert!(late[0].record.revoked);
+        assert!(late_ids(&b).is_empty(), "handed to one caller at a time");
+        b.audit_failed(["v2"]);
         assert_eq!(late_ids(&b), ["v2"], "until audited");
         let restarted = Issued::new(Arc::clone(&st), true).expect("restart");
         assert_eq!(late_ids(&restarted), ["v2"], "until written");
@@ -1307,7 +1388,7 @@ pub(crate) mod tests {
     /// the store (neither written revoked before its audit nor dropped from
     /// the batch writer's queue).
     #[tokio::test]
-    async fn a_revocation_leaves_what_the_sync_revoked_here_to_the_syncs_audit() {
+    async fn a_revocation_leaves_what_the_sync_revoked_here_queued_for_its_late_audit() {
         let p = peers();
         let (st, b) = (Arc::clone(&p.st), p.b.clone());
         revoke_while_recording(&p, "u3", &["v5"], &["v6", "v7"], false).await;
@@ -1419,6 +1500,33 @@ pub(crate) mod tests {
         b.write_audited().expect("write");
         assert_eq!(stored("v2"), Some(true));
         assert_eq!(b.queued_revocations(), 0);
+    }
+
+    /// A volume the revocation queued is not handed to an audit (whose
+    /// write, revoked, could land first) before the revocation's own write
+    /// of it (not revoked) has landed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_volume_is_handed_to_its_audit_only_after_the_revocations_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let b = Issued::new(Arc::clone(&st), false).expect("b");
+        b.put(&record("v1", "node-b", "u1")).expect("put");
+        written_behind(&b).await;
+        let v1 = b.known("v1").expect("v1");
+        let known = b.pod_records(&v1).expect("pod records");
+        b.put(&record("v2", "node-b", "u1")).expect("put");
+        let writing = lock(&b.writing);
+        let revoking = b.clone();
+        let revocation = std::thread::spawn(move || revoking.revoke(&v1, &known, &by()).1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while b.queued_revocations() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(b.queued_revocations(), 1, "queued by the sweep");
+        assert!(late_ids(&b).is_empty(), "its write has not landed");
+        drop(writing);
+        revocation.join().expect("join").expect("revoke");
+        assert_eq!(late_ids(&b), ["v2"]);
     }
 
     /// A queued volume removed before its audit (its pod finished) is
