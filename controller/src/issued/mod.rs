@@ -661,6 +661,18 @@ impl Issued {
             (revocation, audited, unaudited)
         };
         let written = self.write_revocation(&r, &audited, &unaudited, by);
+        if written.is_err() {
+            // Their copies go to the store behind, as before, so that a
+            // restart still finds them unaudited.
+            let mut pending = lock(&self.pending);
+            for v in &unaudited {
+                pending
+                    .entry(v.volume_id.clone())
+                    .or_insert_with(|| v.clone());
+            }
+            drop(pending);
+            let _ = self.wake.send(());
+        }
         // Now their stored copies are what the queue says: they may be
         // handed for their audit (whose write must land after this one).
         let mut view = write(&self.view);
