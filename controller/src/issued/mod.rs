@@ -1429,11 +1429,7 @@ pub(crate) mod tests {
             "audited as the first revocation's"
         );
         written_behind(&b).await;
-        let stored = |id: &str| {
-            st.get::<VolumeRecord>(Table::Volumes, id)
-                .expect("read")
-                .map(|r| r.meta.revoked)
-        };
+        let stored = |id: &str| stored_revoked(&st, id);
         assert_eq!(stored("v6"), Some(true));
         assert_eq!(stored("v7"), Some(false), "written unrevoked until audited");
     }
@@ -1474,6 +1470,26 @@ pub(crate) mod tests {
         assert!(late_ids(&a).is_empty());
     }
 
+    /// One controller's index (store not shared): `v1` recorded and
+    /// written, the pod's volumes listed through it (as an operator's
+    /// revocation does), then `v2` recorded, not yet written behind.
+    async fn listed_then_recorded(st: &Arc<Store>) -> (Issued, VolumeRecord, Vec<VolumeRecord>) {
+        let b = Issued::new(Arc::clone(st), false).expect("b");
+        b.put(&record("v1", "node-b", "u1")).expect("put");
+        written_behind(&b).await;
+        let v1 = b.known("v1").expect("v1");
+        let known = b.pod_records(&v1).expect("pod records");
+        b.put(&record("v2", "node-b", "u1")).expect("put");
+        (b, v1, known)
+    }
+
+    /// Whether the store holds `id` revoked (`None`: not at all).
+    fn stored_revoked(st: &Store, id: &str) -> Option<bool> {
+        st.get::<VolumeRecord>(Table::Volumes, id)
+            .expect("read")
+            .map(|r| r.meta.revoked)
+    }
+
     /// A controller's own revocation with a volume of the pod recorded
     /// after its operator's listing (not audited by the caller, not yet
     /// written behind): queued for the caller's late audit and written
@@ -1483,20 +1499,11 @@ pub(crate) mod tests {
     async fn a_volume_recorded_after_the_listing_is_written_unrevoked_until_audited() {
         let dir = tempfile::tempdir().expect("tempdir");
         let st = store(dir.path());
-        let b = Issued::new(Arc::clone(&st), false).expect("b");
-        b.put(&record("v1", "node-b", "u1")).expect("put");
-        written_behind(&b).await;
-        let v1 = b.known("v1").expect("v1");
-        let known = b.pod_records(&v1).expect("pod records");
-        b.put(&record("v2", "node-b", "u1")).expect("put");
+        let (b, v1, known) = listed_then_recorded(&st).await;
         let (revoked, written) = b.revoke(&v1, &known, &by());
         written.expect("revoke");
         assert_eq!(revoked.newly, ["v1", "v2"]);
-        let stored = |id: &str| {
-            st.get::<VolumeRecord>(Table::Volumes, id)
-                .expect("read")
-                .map(|r| r.meta.revoked)
-        };
+        let stored = |id: &str| stored_revoked(&st, id);
         assert_eq!(stored("v1"), Some(true));
         assert_eq!(stored("v2"), Some(false), "written, not revoked");
         let restarted = Issued::new(Arc::clone(&st), false).expect("restart");
@@ -1521,12 +1528,7 @@ pub(crate) mod tests {
     async fn a_queued_volume_is_handed_to_its_audit_only_after_the_revocations_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let st = store(dir.path());
-        let b = Issued::new(Arc::clone(&st), false).expect("b");
-        b.put(&record("v1", "node-b", "u1")).expect("put");
-        written_behind(&b).await;
-        let v1 = b.known("v1").expect("v1");
-        let known = b.pod_records(&v1).expect("pod records");
-        b.put(&record("v2", "node-b", "u1")).expect("put");
+        let (b, v1, known) = listed_then_recorded(&st).await;
         let writing = lock(&b.writing);
         let revoking = b.clone();
         let revocation = std::thread::spawn(move || revoking.revoke(&v1, &known, &by()).1);
