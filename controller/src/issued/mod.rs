@@ -737,6 +737,10 @@ impl Issued {
         &self,
         pod_uid: Option<&str>,
     ) -> Result<Vec<LateRevocation>, StoreError> {
+        // The usual case, for a read lock only.
+        if read(&self.view).unaudited.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = Instant::now();
         let claimed: Vec<(Arc<str>, VolumeRecord)> = {
             let mut view = write(&self.view);
@@ -840,6 +844,10 @@ impl Issued {
     /// removal left it for this). Should the write fail, they stay queued
     /// for the next call.
     pub fn write_audited(&self) -> Result<(), StoreError> {
+        // The usual case: nothing to write, and no wait for the writer.
+        if !read(&self.view).unaudited.values().any(|q| q.audited) {
+            return Ok(());
+        }
         // The writer's lock first, as a removal and the batch writer take
         // it: neither can come between the read of the view and the write.
         let _writing = lock(&self.writing);
