@@ -508,7 +508,8 @@ impl Admin for AdminApi {
         // A volume of the pod revoked now that nobody audited (recorded since
         // the listing above, or revoked here by a revocation taken in from
         // the store) is audited now, as the pod's entry's revoker, then
-        // written revoked; if this fails, the revocation sync tries again.
+        // written revoked; if this fails, or the revocation sync holds it
+        // for its own audit, the sync does it.
         let (issued, uid) = (st.issued.clone(), rec.pod_uid.clone());
         let late_audit = match tokio::task::spawn_blocking(move || {
             issued.unaudited_revocations(Some(&uid))

@@ -129,9 +129,8 @@ struct Queued {
     /// that caller says how it went, or [`AUDIT_CLAIM`] has passed (a
     /// caller that gave up).
     claimed: Option<Instant>,
-    /// Its stored copy is as this entry says: false while the revocation
-    /// that queued it has yet to write it (not revoked), so no audit's
-    /// write (revoked) lands before that one.
+    /// False while the revocation that queued it has yet to write it (not
+    /// revoked): no audit's write (revoked) may land before that one.
     landed: bool,
 }
 
@@ -840,9 +839,10 @@ impl Issued {
 
     /// Writes every queued record marked audited as the view holds it
     /// (revoked), and lets it go: every controller then finds it revoked,
-    /// and none audits it again. One removed meanwhile is deleted now (its
-    /// removal left it for this). Should the write fail, they stay queued
-    /// for the next call.
+    /// and none audits it again. One removed meanwhile is deleted (its
+    /// removal left it for this): now, or by the next call if the removal
+    /// came during this one. Should the write fail, they stay queued for
+    /// the next call.
     pub fn write_audited(&self) -> Result<(), StoreError> {
         // The usual case: nothing to write, and no wait for the writer.
         if !read(&self.view).unaudited.values().any(|q| q.audited) {
@@ -889,7 +889,10 @@ impl Issued {
         for id in ids {
             // Its unrevoked copy waiting for the batch writer is stale now.
             pending.remove(&*id);
-            if view.unaudited.get(&id).is_some_and(|q| q.audited) {
+            // One removed since the look above was written, not deleted:
+            // it stays for the next call to delete.
+            let removed_since = view.record(&id).is_none() && !gone.contains(&id);
+            if !removed_since && view.unaudited.get(&id).is_some_and(|q| q.audited) {
                 view.unaudited.remove(&id);
             }
         }
@@ -1526,6 +1529,45 @@ pub(crate) mod tests {
         b.audited(["v2"]);
         b.write_audited().expect("write");
         assert_eq!(stored("v2"), Some(true));
+        assert_eq!(b.queued_revocations(), 0);
+    }
+
+    /// A queued record removed while its audited write is under way is
+    /// deleted after it (by the next write), never left revoked in the
+    /// store for a pod that is gone. Many removed records ahead of it
+    /// (each deleted in turn) hold the write open.
+    #[test]
+    fn a_record_removed_while_its_audited_write_runs_is_deleted_after_it() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let _guard = rt.enter();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let gone: Vec<String> = (0..300).map(|i| format!("g{i:03}")).collect();
+        for id in gone.iter().map(String::as_str).chain(["r"]) {
+            let rec = record(id, "node-b", "u1");
+            st.put(Table::Volumes, id, &rec, b"").expect("put");
+        }
+        let pod = RevokedPod {
+            volume_id: "g000".into(),
+            by: Some(by()),
+        };
+        st.put(Table::Revocations, "u1", &pod, b"").expect("entry");
+        let b = Issued::new(Arc::clone(&st), false).expect("load");
+        assert_eq!(b.queued_revocations(), 301, "each found unaudited");
+        for id in &gone {
+            b.remove(id).expect("remove");
+        }
+        b.audited(gone.iter().map(String::as_str).chain(["r"]));
+        let writer = b.clone();
+        let writing = std::thread::spawn(move || writer.write_audited());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stored_revoked(&st, "r") != Some(true) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        b.remove("r").expect("remove r");
+        writing.join().expect("join").expect("write");
+        b.write_audited().expect("write again");
+        assert_eq!(stored_revoked(&st, "r"), None, "deleted");
         assert_eq!(b.queued_revocations(), 0);
     }
 
