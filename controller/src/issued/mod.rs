@@ -965,8 +965,13 @@ impl Issued {
             .map(|r| r.meta);
         match stored {
             Some(s) if s.revoked || local.is_none() => {
-                // As the view keeps it (revoked if its pod is).
                 let mut view = write(&self.view);
+                if !view.by_id.contains_key(volume_id) && view.unaudited.contains_key(volume_id) {
+                    // Removed here, its stored copy kept only for its audit:
+                    // revoked, and not taken back into the view.
+                    return Ok(Some(VolumeRecord { revoked: true, ..s }));
+                }
+                // As the view keeps it (revoked if its pod is).
                 view.insert(&s);
                 Ok(view.record(volume_id))
             }
@@ -1595,7 +1600,8 @@ pub(crate) mod tests {
 
     /// A queued volume removed before its audit (its pod finished) is
     /// still audited, from the record as it was when revoked; its stored
-    /// copy stays until then (a restart still finds it), and goes after.
+    /// copy stays until then (a restart still finds it; a read does not
+    /// take it back), and goes after.
     #[tokio::test]
     async fn a_queued_volume_removed_before_its_audit_is_still_audited() {
         let p = peers();
@@ -1603,6 +1609,9 @@ pub(crate) mod tests {
         revoke_while_recording(&p, "u1", &["v1"], &["v2"], true).await;
         b.take_in_revocations().expect("sync");
         b.remove("v2").expect("remove");
+        let copy = b.get("v2").expect("get").expect("stored copy");
+        assert!(copy.revoked);
+        assert!(b.known("v2").is_none(), "not taken back by a read");
         assert_eq!(late_ids(&b), ["v2"]);
         let restarted = Issued::new(Arc::clone(&st), true).expect("restart");
         assert_eq!(
