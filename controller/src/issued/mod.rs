@@ -621,36 +621,37 @@ impl Issued {
                     continue;
                 };
                 let queued = view.unaudited.get(&id).map(|q| q.audited);
-                if by_caller(&id) || queued == Some(true) {
-                    // Audited: written revoked now, and out of the queue.
-                    view.unaudited.remove(&id);
-                    pending.remove(&*id);
-                    audited.push(record.clone());
-                } else if queued == Some(false) {
+                match (by_caller(&id), queued) {
                     // Revoked by a revocation taken in earlier and not
                     // audited here yet: left queued, as stored.
-                } else if anew {
+                    (false, Some(false)) => {}
                     // Recorded after the caller's listing: audited by nobody
                     // yet. Queued, and written as it was (not revoked), so
                     // that even a crash before its audit leaves it found.
-                    view.unaudited.insert(
-                        Arc::clone(&id),
-                        Queued {
-                            record: record.clone(),
-                            audited: false,
-                            claimed: None,
-                            landed: false,
-                        },
-                    );
-                    pending.remove(&*id);
-                    unaudited.push(VolumeRecord {
-                        revoked: false,
-                        ..record.clone()
-                    });
-                } else {
-                    // Revoked and audited before.
-                    pending.remove(&*id);
-                    audited.push(record.clone());
+                    (false, None) if anew => {
+                        view.unaudited.insert(
+                            Arc::clone(&id),
+                            Queued {
+                                record: record.clone(),
+                                audited: false,
+                                claimed: None,
+                                landed: false,
+                            },
+                        );
+                        pending.remove(&*id);
+                        unaudited.push(VolumeRecord {
+                            revoked: false,
+                            ..record.clone()
+                        });
+                    }
+                    // Audited (by the caller, by an earlier late audit, or
+                    // before this call): written revoked now, out of the
+                    // queue.
+                    _ => {
+                        view.unaudited.remove(&id);
+                        pending.remove(&*id);
+                        audited.push(record.clone());
+                    }
                 }
                 if anew {
                     revocation.newly.push(id.to_string());
