@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kcred_csi_driver::controller_client::{ControllerClient, NodeIdentity};
+use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
 use kcred_proto::kcred::v1::{HeartbeatRequest, PodRef};
 use kcred_tests::bench::node_fs::NodeFs;
 use kcred_tests::bench::stats::{Table, ms, pct, ratio, us};
@@ -28,6 +29,7 @@ use kcred_tests::bench::{echo, floor, load, procstat};
 use kcred_tests::procs::{CONTROLLER_HOST, NODE_A, ProcStack};
 use kcred_tests::{Kubelet, TestPod};
 use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 /// How much of everything: `--quick` for CI's smoke run.
 #[derive(Clone, Copy)]
@@ -374,6 +376,25 @@ fn data_version(target: &Path) -> Option<PathBuf> {
     std::fs::read_link(target.join("..data")).ok()
 }
 
+/// `n` bare round trips to the TLS echo, each after `idle` without
+/// traffic (none: back to back), each timed.
+async fn round_trips(
+    echo: &mut NodeCredentialsClient<Channel>,
+    n: usize,
+    idle: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        if !idle.is_zero() {
+            std::thread::sleep(idle);
+        }
+        let t = Instant::now();
+        echo.heartbeat(HeartbeatRequest::default()).await?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}
+
 async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let w = work.path();
@@ -396,22 +417,11 @@ async fn bench(size: &Size, quick: bool) -> anyhow::Result<()> {
     let mut sync_floor = floor::append_sync(&w.join("append.log"), size.floor)?;
     let (echo_proc, echo_addr, echo_cert) = start_echo(w).await?;
     let mut echo_client = echo::client(&echo_addr, &echo_cert).await?;
-    let mut rtt = Vec::with_capacity(size.rtts);
-    for _ in 0..size.rtts {
-        let t = Instant::now();
-        echo_client.heartbeat(HeartbeatRequest::default()).await?;
-        rtt.push(t.elapsed());
-    }
+    let mut rtt = round_trips(&mut echo_client, size.rtts, Duration::ZERO).await?;
     // A round trip after the processes were idle for a while, as every
     // hop of a publish is: waking idle threads (and, in a virtual machine,
     // idle CPUs) costs what a round trip back to back does not pay.
-    let mut rtt_idle = Vec::with_capacity(size.floor);
-    for _ in 0..size.floor {
-        std::thread::sleep(Duration::from_millis(1));
-        let t = Instant::now();
-        echo_client.heartbeat(HeartbeatRequest::default()).await?;
-        rtt_idle.push(t.elapsed());
-    }
+    let mut rtt_idle = round_trips(&mut echo_client, size.floor, Duration::from_millis(1)).await?;
     // The same three parts as one chain, each after the others as a
     // publish meets them (a round trip, the controller's append, the
     // node's files), rather than each after itself: a step whose threads
