@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kcred_auth::BearerToken;
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
@@ -15,6 +15,7 @@ use tonic::Code;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::connection_proof::{ConnectionProof, CountingConnector, PROOF_LOST, ProofTracking};
+use crate::metrics::Metrics;
 pub use crate::node_identity::NodeIdentity;
 use crate::node_identity::{NO_NODE_PROOF, Proving};
 
@@ -138,6 +139,7 @@ pub struct ControllerClient {
     inner: Arc<[Client]>,
     current: Arc<AtomicUsize>,
     node_name: String,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// How long a call (or a heartbeat on its stream) waits for its answer,
@@ -211,7 +213,29 @@ impl ControllerClient {
             inner: clients.into(),
             current: Arc::new(AtomicUsize::new(0)),
             node_name: node_name.to_string(),
+            metrics: None,
         })
+    }
+
+    /// Times every call into `metrics` (`controller_call_seconds`) and
+    /// counts failovers (`controller_failovers_total`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// One attempt of `method` at one controller, timed.
+    async fn attempt<T>(
+        &self,
+        method: &str,
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        let started = Instant::now();
+        let answer = call.await;
+        if let Some(m) = &self.metrics {
+            m.controller_call(method, &answer, started.elapsed());
+        }
+        answer
     }
 
     /// How many controllers this client knows.
@@ -219,9 +243,10 @@ impl ControllerClient {
         self.inner.len()
     }
 
-    /// Runs `call` against the controller that answered last, failing over
-    /// to the others (see the type's documentation).
-    async fn failover<T, F, Fut>(&self, call: F) -> Result<T, ControllerError>
+    /// Runs `call` (the node API's `method`) against the controller that
+    /// answered last, failing over to the others (see the type's
+    /// documentation).
+    async fn failover<T, F, Fut>(&self, method: &str, call: F) -> Result<T, ControllerError>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -239,14 +264,14 @@ impl ControllerClient {
                 let Some(client) = self.inner.get(at) else {
                     break;
                 };
-                let mut answer = call(client.clone()).await;
+                let mut answer = self.attempt(method, call(client.clone())).await;
                 // Sent without a token, the call reached a connection opened
                 // since the last was proven: once more, with a token.
                 if answer
                     .as_ref()
                     .is_err_and(|s| s.metadata().contains_key(PROOF_LOST))
                 {
-                    answer = call(client.clone()).await;
+                    answer = self.attempt(method, call(client.clone())).await;
                 }
                 match answer.map_err(ControllerError::from_status) {
                     Ok(v) => return Ok(v),
@@ -255,6 +280,11 @@ impl ControllerClient {
                     Err(e) if e.is_node_proof_missing() => return Err(e),
                     Err(e) if e.controller_cannot_serve() => {
                         tracing::warn!(controller = at, error = %e, "controller cannot serve; trying the next one");
+                        if n > 1
+                            && let Some(m) = &self.metrics
+                        {
+                            m.controller_failovers.inc();
+                        }
                         // Another call may have moved on already.
                         let _ = self.current.compare_exchange(
                             at,
@@ -311,7 +341,7 @@ impl ControllerClient {
                 .map(|t| t.expose().to_string())
                 .unwrap_or_default(),
         };
-        self.failover(|mut client| {
+        self.failover("FetchBundle", |mut client| {
             let req = req.clone();
             async move { Ok(client.fetch_bundle(req).await?.into_inner()) }
         })
@@ -333,7 +363,7 @@ impl ControllerClient {
             volumes,
         };
         let mut resp = self
-            .failover(|mut client| {
+            .failover("FetchBundles", |mut client| {
                 let req = req.clone();
                 async move { Ok(client.fetch_bundles(req).await?.into_inner()) }
             })
@@ -385,7 +415,7 @@ impl ControllerClient {
             node_name: self.node_name.clone(),
             volume_ids,
         };
-        self.failover(|mut client| {
+        self.failover("Heartbeat", |mut client| {
             let req = req.clone();
             async move { Ok(client.heartbeat(req).await?.into_inner()) }
         })
@@ -405,7 +435,7 @@ impl ControllerClient {
             node_name: self.node_name.clone(),
             volume_ids,
         };
-        self.failover(|mut client| {
+        self.failover(HEARTBEATS, |mut client| {
             let first = first.clone();
             async move {
                 let (out, rx) = tokio::sync::mpsc::channel(2);
@@ -424,6 +454,7 @@ impl ControllerClient {
                     node_name,
                     out,
                     answers,
+                    metrics: self.metrics.clone(),
                 };
                 Ok((stream, answer))
             }
@@ -436,7 +467,7 @@ impl ControllerClient {
         let req = WatchUpdatesRequest {
             node_name: self.node_name.clone(),
         };
-        self.failover(|mut client| {
+        self.failover("WatchUpdates", |mut client| {
             let req = req.clone();
             async move { Ok(client.watch_updates(req).await?.into_inner()) }
         })
@@ -450,7 +481,12 @@ pub struct HeartbeatStream {
     node_name: String,
     out: tokio::sync::mpsc::Sender<HeartbeatRequest>,
     answers: tonic::Streaming<HeartbeatResponse>,
+    metrics: Option<Arc<Metrics>>,
 }
+
+/// The stream's method: its opening (with the first heartbeat) and each
+/// heartbeat on it are timed under this name.
+const HEARTBEATS: &str = "Heartbeats";
 
 impl HeartbeatStream {
     /// Sends one heartbeat and waits at most [`CALL_TIMEOUT`] for its
@@ -465,6 +501,7 @@ impl HeartbeatStream {
             node_name: self.node_name.clone(),
             volume_ids,
         };
+        let started = Instant::now();
         let next = async {
             if self.out.send(req).await.is_err() {
                 // The call's request side is gone: the stream is over.
@@ -472,15 +509,19 @@ impl HeartbeatStream {
             }
             self.answers.message().await
         };
-        match tokio::time::timeout(CALL_TIMEOUT, next).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(status)) => Err(ControllerError::from_status(status)),
-            Err(_) => Err(ControllerError::Unreachable(
-                tonic::Status::deadline_exceeded(format!(
-                    "no heartbeat answer within {CALL_TIMEOUT:?}"
-                )),
-            )),
+        let answer = match tokio::time::timeout(CALL_TIMEOUT, next).await {
+            Ok(answer) => answer,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "no heartbeat answer within {CALL_TIMEOUT:?}"
+            ))),
+        };
+        // A stream the controller ended answered no heartbeat.
+        if let Some(m) = &self.metrics
+            && !matches!(answer, Ok(None))
+        {
+            m.controller_call(HEARTBEATS, &answer, started.elapsed());
         }
+        answer.map_err(ControllerError::from_status)
     }
 }
 

@@ -295,6 +295,15 @@ fn start_series_at_zero(m: &Metrics) {
             m.errors.with_label_values(&[method, code]);
         }
     }
+    for method in [
+        "FetchBundle",
+        "FetchBundles",
+        "Heartbeat",
+        "Heartbeats",
+        "WatchUpdates",
+    ] {
+        m.controller_call_seconds.with_label_values(&[method, "Ok"]);
+    }
     for reason in ["controller", "write"] {
         m.refresh_failures.with_label_values(&[reason]);
     }

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -26,6 +28,15 @@ pub struct Metrics {
     /// the calls waiting for it share counts once; each failed try of the
     /// node's login at start counts as one too.
     pub node_tokens: IntCounterVec,
+    /// Calls to the controller by method and gRPC code, each attempt at
+    /// one controller timed from sending to its answer: the controller as
+    /// a node sees it (the network, TLS, the controller's queue and, for a
+    /// credential it does not hold yet, the KDC). A heartbeat on the open
+    /// stream counts under `Heartbeats`, as one call.
+    pub controller_call_seconds: HistogramVec,
+    /// Calls moved on to the next controller because the one tried could
+    /// not serve them (unreachable, or its store lost).
+    pub controller_failovers: IntCounter,
 }
 
 impl Metrics {
@@ -79,7 +90,30 @@ impl Metrics {
                 &["outcome"],
             ),
         );
+        let controller_call_seconds = kcred_runtime::register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "controller_call_seconds",
+                    "Calls to the controller, each attempt at one controller",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0,
+                ]),
+                &["method", "code"],
+            ),
+        );
+        let controller_failovers = kcred_runtime::register(
+            &registry,
+            IntCounter::new(
+                "controller_failovers_total",
+                "Calls moved on to the next controller",
+            ),
+        );
         Arc::new(Metrics {
+            controller_call_seconds,
+            controller_failovers,
             batch_fetches,
             node_tokens,
             registry,
@@ -88,6 +122,22 @@ impl Metrics {
             errors,
             refresh_failures,
         })
+    }
+
+    /// Records one attempt of a call to the controller.
+    pub fn controller_call<T>(
+        &self,
+        method: &str,
+        answer: &Result<T, tonic::Status>,
+        took: Duration,
+    ) {
+        let code = match answer {
+            Ok(_) => "Ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.controller_call_seconds
+            .with_label_values(&[method, &code])
+            .observe(took.as_secs_f64());
     }
 
     /// The text exposition format.

@@ -151,6 +151,11 @@ async fn publish_twice_is_idempotent_and_unpublish_leaves_nothing() {
     stack.add_pod(&pod);
 
     let target = stack.kubelet.publish(&pod, VOL).await.expect("publish");
+    let m = stack.driver_metrics();
+    assert!(
+        m.contains("kcred_csi_controller_call_seconds_count{code=\"Ok\",method=\"FetchBundle\"} 1"),
+        "the node's call to the controller timed: {m}"
+    );
     let data_before = std::fs::read_link(target.join("..data")).expect("..data");
     let bytes_before = std::fs::read(target.join("krb5.keytab")).expect("read");
     stack.kubelet.publish(&pod, VOL).await.expect("republish");

@@ -103,8 +103,8 @@ impl VolumeManager {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StorageError> {
         let manager = VolumeManager {
+            client: client.with_metrics(Arc::clone(&metrics)),
             metrics,
-            client,
             state: Arc::new(Records::load(state)?),
             medium,
             locks: Mutex::new(VolumeLocks::default()),

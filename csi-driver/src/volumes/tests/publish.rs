@@ -271,3 +271,35 @@ async fn a_publish_interrupted_by_a_crash_is_completed_by_kubelets_retry() {
     let saved = node.record(&req.volume_id).expect("record");
     assert_eq!(saved.phase, rec.phase);
 }
+
+#[tokio::test]
+async fn each_attempt_at_a_controller_is_timed_and_a_failover_counted() {
+    let mut node = Node::start().await;
+    node.controller.always(Ok(bundle("v1", 0)));
+    // A port nothing listens on, named before the double.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    node.endpoint = format!("http://{dead},{}", node.endpoint);
+    node.restart();
+    let req = node.request("web-0");
+
+    node.volumes.publish(req.clone()).await.expect("publish");
+
+    assert_eq!(secret(&req.target).as_deref(), Some("v1"));
+    let m = node.volumes.metrics();
+    assert_eq!(m.controller_failovers.get(), 1);
+    let count = |code: &str| {
+        m.controller_call_seconds
+            .with_label_values(&["FetchBundle", code])
+            .get_sample_count()
+    };
+    assert_eq!((count("Unavailable"), count("Ok")), (1, 1));
+    let text = m.render();
+    assert!(
+        text.contains(
+            "kcred_csi_controller_call_seconds_count{code=\"Ok\",method=\"FetchBundle\"} 1"
+        ),
+        "{text}"
+    );
+}
