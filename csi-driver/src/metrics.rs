@@ -1,7 +1,6 @@
 //! Prometheus metrics of the node driver, served at `/metrics`.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use prometheus::{
@@ -29,10 +28,12 @@ pub struct Metrics {
     /// node's login at start counts as one too.
     pub node_tokens: IntCounterVec,
     /// Calls to the controller by method and gRPC code, each attempt at
-    /// one controller timed from sending to its answer: the controller as
+    /// one controller timed from the call to its answer: the controller as
     /// a node sees it (the network, TLS, the controller's queue and, for a
-    /// credential it does not hold yet, the KDC). A heartbeat on the open
-    /// stream counts under `Heartbeats`, as one call.
+    /// credential it does not hold yet, the KDC; a new connection's set-up
+    /// and a wait for the node's Kerberos token too, when a call needs
+    /// them). A heartbeat on the open stream counts under `Heartbeats`, as
+    /// one call.
     pub controller_call_seconds: HistogramVec,
     /// Calls moved on to the next controller because the one tried could
     /// not serve them (unreachable, or its store lost).
