@@ -232,7 +232,12 @@ impl ControllerClient {
     ) -> Result<T, tonic::Status> {
         let started = Instant::now();
         let answer = call.await;
-        if let Some(m) = &self.metrics {
+        let never_sent = answer
+            .as_ref()
+            .is_err_and(|s| s.metadata().contains_key(NO_NODE_PROOF));
+        if let Some(m) = &self.metrics
+            && !never_sent
+        {
             m.controller_call(method, &answer, started.elapsed());
         }
         answer
@@ -254,6 +259,7 @@ impl ControllerClient {
         let n = self.inner.len().max(1);
         let mut backoff = FIRST_BACKOFF;
         let mut last = None;
+        let mut tried: Option<usize> = None;
         for round in 0..ROUNDS {
             if round > 0 {
                 tokio::time::sleep(backoff).await;
@@ -264,6 +270,12 @@ impl ControllerClient {
                 let Some(client) = self.inner.get(at) else {
                     break;
                 };
+                if tried.is_some_and(|t| t != at)
+                    && let Some(m) = &self.metrics
+                {
+                    m.controller_failovers.inc();
+                }
+                tried = Some(at);
                 let mut answer = self.attempt(method, call(client.clone())).await;
                 // Sent without a token, the call reached a connection opened
                 // since the last was proven: once more, with a token.
@@ -280,11 +292,6 @@ impl ControllerClient {
                     Err(e) if e.is_node_proof_missing() => return Err(e),
                     Err(e) if e.controller_cannot_serve() => {
                         tracing::warn!(controller = at, error = %e, "controller cannot serve; trying the next one");
-                        if n > 1
-                            && let Some(m) = &self.metrics
-                        {
-                            m.controller_failovers.inc();
-                        }
                         // Another call may have moved on already.
                         let _ = self.current.compare_exchange(
                             at,

@@ -32,11 +32,13 @@ pub struct Metrics {
     /// a node sees it (the network, TLS, the controller's queue and, for a
     /// credential it does not hold yet, the KDC; a new connection's set-up
     /// and a wait for the node's Kerberos token too, when a call needs
-    /// them). A heartbeat on the open stream counts under `Heartbeats`, as
-    /// one call.
+    /// them). An attempt that never left the node for want of that token
+    /// is not one (`node_tokens_total` counts it). A heartbeat on the open
+    /// stream counts under `Heartbeats`, as one call.
     pub controller_call_seconds: HistogramVec,
-    /// Calls moved on to the next controller because the one tried could
-    /// not serve them (unreachable, or its store lost).
+    /// Moves of a call to another controller, after the one tried could
+    /// not serve it (unreachable, or its store lost); one call may move
+    /// several times.
     pub controller_failovers: IntCounter,
 }
 
@@ -99,8 +101,7 @@ impl Metrics {
                     "Calls to the controller, each attempt at one controller",
                 )
                 .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0,
                 ]),
                 &["method", "code"],
             ),
@@ -109,7 +110,7 @@ impl Metrics {
             &registry,
             IntCounter::new(
                 "controller_failovers_total",
-                "Calls moved on to the next controller",
+                "Moves of a call to another controller",
             ),
         );
         Arc::new(Metrics {
@@ -132,12 +133,13 @@ impl Metrics {
         answer: &Result<T, tonic::Status>,
         took: Duration,
     ) {
-        let code = match answer {
-            Ok(_) => "Ok".to_string(),
-            Err(s) => format!("{:?}", s.code()),
-        };
+        let code = kcred_proto::code_label(
+            answer
+                .as_ref()
+                .map_or_else(tonic::Status::code, |_| tonic::Code::Ok),
+        );
         self.controller_call_seconds
-            .with_label_values(&[method, &code])
+            .with_label_values(&[method, code])
             .observe(took.as_secs_f64());
     }
 

@@ -6,6 +6,7 @@
 //! - [`reason`]: the reason vocabulary carried in status details.
 //! - [`codec`]: the protobuf codec every service uses (small first
 //!   buffers for the messages of long-lived streams).
+//! - [`code_label`]: a status code as a metrics label.
 
 #![forbid(unsafe_code)]
 
@@ -27,8 +28,11 @@ pub mod kcred {
     }
 }
 
+mod code_label;
 pub mod codec;
 pub mod reason;
+
+pub use code_label::code_label;
 
 impl std::fmt::Debug for kcred::v1::FetchBundleRequest {
     /// Everything but the pod's token, which is a credential: only whether

@@ -115,31 +115,6 @@ pub(super) fn validate_volume<'a>(
     Ok(pod)
 }
 
-/// A status code as the metrics label it always was (its `Debug` name),
-/// without formatting one per call.
-fn code_label(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "Ok",
-        C::Cancelled => "Cancelled",
-        C::Unknown => "Unknown",
-        C::InvalidArgument => "InvalidArgument",
-        C::DeadlineExceeded => "DeadlineExceeded",
-        C::NotFound => "NotFound",
-        C::AlreadyExists => "AlreadyExists",
-        C::PermissionDenied => "PermissionDenied",
-        C::ResourceExhausted => "ResourceExhausted",
-        C::FailedPrecondition => "FailedPrecondition",
-        C::Aborted => "Aborted",
-        C::OutOfRange => "OutOfRange",
-        C::Unimplemented => "Unimplemented",
-        C::Internal => "Internal",
-        C::Unavailable => "Unavailable",
-        C::DataLoss => "DataLoss",
-        C::Unauthenticated => "Unauthenticated",
-    }
-}
-
 /// One volume asked for: what FetchBundle carries once and FetchBundles
 /// per volume.
 pub(super) struct Ask<'a> {
@@ -185,7 +160,7 @@ fn observe<T>(
         Err(s) => s.code(),
     };
     seconds
-        .with_label_values(&[code_label(code)])
+        .with_label_values(&[kcred_proto::code_label(code)])
         .observe(started.elapsed().as_secs_f64());
 }
 
@@ -579,18 +554,5 @@ impl NodeApi {
             refresh_after = issued.bundle.refresh_after_unix, refresh = req.refresh, "issued bundle"
         );
         Ok(issued.bundle)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::code_label;
-
-    #[test]
-    fn code_labels_are_the_debug_names() {
-        for n in 0..=16 {
-            let code = tonic::Code::from_i32(n);
-            assert_eq!(code_label(code), format!("{code:?}"));
-        }
     }
 }

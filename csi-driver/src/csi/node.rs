@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kcred_proto::csi::v1::node_server::Node;
 use kcred_proto::csi::v1::*;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::pod_token::pod_token;
 use super::request::{
@@ -33,15 +33,12 @@ impl NodeService {
 impl NodeService {
     fn observe<T>(&self, method: &str, started: std::time::Instant, result: &Result<T, Status>) {
         let m = self.volumes.metrics();
-        let code = match result {
-            Ok(_) => "Ok".to_string(),
-            Err(s) => format!("{:?}", s.code()),
-        };
+        let code = kcred_proto::code_label(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         m.call_seconds
-            .with_label_values(&[method, &code])
+            .with_label_values(&[method, code])
             .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            m.errors.with_label_values(&[method, &code]).inc();
+            m.errors.with_label_values(&[method, code]).inc();
         }
     }
 

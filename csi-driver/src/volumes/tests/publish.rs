@@ -276,11 +276,8 @@ async fn a_publish_interrupted_by_a_crash_is_completed_by_kubelets_retry() {
 async fn each_attempt_at_a_controller_is_timed_and_a_failover_counted() {
     let mut node = Node::start().await;
     node.controller.always(Ok(bundle("v1", 0)));
-    // A port nothing listens on, named before the double.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port");
-    node.endpoint = format!("http://{dead},{}", node.endpoint);
+    // Port 1, where nothing listens, named before the double.
+    node.endpoint = format!("http://127.0.0.1:1,{}", node.endpoint);
     node.restart();
     let req = node.request("web-0");
 
@@ -300,6 +297,64 @@ async fn each_attempt_at_a_controller_is_timed_and_a_failover_counted() {
         text.contains(
             "kcred_csi_controller_call_seconds_count{code=\"Ok\",method=\"FetchBundle\"} 1"
         ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_no_controller_answers_counts_each_move_between_them() {
+    let mut node = Node::start().await;
+    node.endpoint = "http://127.0.0.1:1,http://127.0.0.1:2".into();
+    node.restart();
+    let req = node.request("web-0");
+
+    let err = node.volumes.publish(req).await.expect_err("unreachable");
+
+    assert_eq!(csi_code(err), Code::Unavailable);
+    let m = node.volumes.metrics();
+    let attempts = crate::controller_client::ROUNDS as u64 * 2;
+    assert_eq!(
+        m.controller_call_seconds
+            .with_label_values(&["FetchBundle", "Unavailable"])
+            .get_sample_count(),
+        attempts
+    );
+    // Every attempt after the first went to the other controller.
+    assert_eq!(m.controller_failovers.get(), attempts - 1);
+}
+
+#[tokio::test]
+async fn an_attempt_that_never_left_the_node_is_not_timed() {
+    let node = Node::start().await;
+    node.controller.always(Ok(bundle("v1", 0)));
+    // The node's token file is gone: no call can carry the node's proof.
+    let path = node.dir.path().join("token");
+    std::fs::write(&path, "header.payload.signature").expect("write token");
+    let file = Arc::new(crate::psat::TokenFile::open(&path).expect("token file"));
+    std::fs::remove_file(&path).expect("remove token");
+    let client = ControllerClient::with_identity(
+        &node.endpoint,
+        "node-a",
+        crate::controller_client::NodeIdentity::psat(file),
+    )
+    .expect("client");
+    let volumes = VolumeManager::new(
+        client,
+        StateDir::open(node.dir.path().join("state-psat")).expect("state"),
+        Arc::clone(&node.medium) as Arc<dyn crate::storage::Medium>,
+    )
+    .expect("manager");
+
+    let err = volumes
+        .publish(node.request("web-0"))
+        .await
+        .expect_err("no proof");
+
+    assert_eq!(csi_code(err), Code::Unavailable);
+    assert!(node.controller.fetches().is_empty(), "nothing reached it");
+    let text = volumes.metrics().render();
+    assert!(
+        !text.contains("kcred_csi_controller_call_seconds_count{"),
         "{text}"
     );
 }

@@ -245,6 +245,14 @@ async fn a_heartbeat_stream_the_controller_ends_is_opened_again_without_a_failed
 
     assert_eq!(node.controller.heartbeats().len(), 6);
     assert_eq!(node.controller.heartbeat_streams_opened(), 3);
+    // Timed once per answered heartbeat; a stream's end answered none.
+    let timed = node
+        .volumes
+        .metrics()
+        .controller_call_seconds
+        .with_label_values(&["Heartbeats", "Ok"])
+        .get_sample_count();
+    assert_eq!(timed, 6);
 }
 
 /// `n` heartbeats through one `Beats`, as the driver's loop sends them;
