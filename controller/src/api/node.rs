@@ -102,8 +102,9 @@ pub(super) fn validate_volume<'a>(
     let pod = pod.ok_or("pod is required")?;
     names::validate_k8s_name("pod.namespace", &pod.namespace).map_err(|e| e.to_string())?;
     names::validate_k8s_name("pod.name", &pod.name).map_err(|e| e.to_string())?;
-    if pod.uid.is_empty() || pod.uid.len() > 64 {
-        return Err("pod.uid must be 1 to 64 characters".into());
+    // Printable: the uid is quoted in refusals, which are logged.
+    if pod.uid.is_empty() || pod.uid.len() > 64 || !pod.uid.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("pod.uid must be 1 to 64 printable ASCII characters".into());
     }
     // Every issue is tracked by volume (rotation pushes, revocation, list).
     if volume_id.is_empty()
@@ -554,5 +555,28 @@ impl NodeApi {
             refresh_after = issued.bundle.refresh_after_unix, refresh = req.refresh, "issued bundle"
         );
         Ok(issued.bundle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kcred_proto::kcred::v1::PodRef;
+
+    use super::validate_volume;
+
+    #[test]
+    fn a_pod_uid_that_could_forge_a_log_line_is_refused() {
+        let pod = |uid: &str| PodRef {
+            namespace: "web".into(),
+            name: "web-0".into(),
+            uid: uid.into(),
+            service_account: "default".into(),
+        };
+        let ok = pod("8c3b1f7e-2a4d-4c9b-9e1f-000000000001");
+        assert!(validate_volume(Some(&ok), "csi-0a1b").is_ok());
+        for uid in ["u\nkcred: forged", "u\r", "u v", "u\u{1b}[2J", "é"] {
+            let err = validate_volume(Some(&pod(uid)), "csi-0a1b").expect_err(uid);
+            assert!(err.contains("pod.uid"), "{err}");
+        }
     }
 }
