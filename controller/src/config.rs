@@ -270,6 +270,9 @@ pub struct LimitsSection {
     /// authenticated call yet. Authenticated connections do not count, so
     /// nodes behind one NAT address are not limited by it.
     pub max_unauthenticated_per_source: usize,
+    /// Most authenticated connections speaking for one node; when a node
+    /// opens one more, its oldest is closed.
+    pub max_connections_per_node: usize,
     /// Longest TLS handshake.
     pub tls_handshake_timeout_secs: u64,
     /// A connection without an authenticated call this long after it was
@@ -291,6 +294,7 @@ impl Default for LimitsSection {
         LimitsSection {
             max_connections: 4096,
             max_unauthenticated_per_source: 64,
+            max_connections_per_node: 16,
             tls_handshake_timeout_secs: 10,
             unauthenticated_idle_secs: 30,
             max_concurrent_streams: 64,
@@ -575,6 +579,7 @@ impl Config {
         let l = &self.limits;
         if l.max_connections == 0
             || l.max_unauthenticated_per_source == 0
+            || l.max_connections_per_node == 0
             || l.tls_handshake_timeout_secs == 0
             || l.unauthenticated_idle_secs == 0
             || l.max_concurrent_streams == 0

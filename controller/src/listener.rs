@@ -11,6 +11,12 @@
 //!   not authenticated is closed to make room; authenticated connections
 //!   are never closed for a newcomer. Only when every connection is
 //!   authenticated is the newcomer refused.
+//! - **Per node**: at most `max_connections_per_node` authenticated
+//!   connections speak for one node; when a node opens one more, its
+//!   oldest is closed (a driver holds one per controller, and a node
+//!   reconnecting after a network cut must win over its stale ones). A
+//!   node whose keys were stolen cannot fill the controller's slots and
+//!   shut every other node out.
 //! - **Idle before authentication**: a connection that has made no
 //!   authenticated call `unauthenticated_idle` after it was accepted is
 //!   closed (the TLS handshake has its own, shorter deadline, in tonic).
@@ -27,7 +33,7 @@
 //! ([`Connections::last_saturated`]): node loss is judged only over time
 //! the controller itself could serve (see [`crate::nodes::leases`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -86,6 +92,8 @@ pub struct AcceptLimits {
     pub max_connections: usize,
     /// Most connections from one IP address not yet authenticated.
     pub max_unauthenticated_per_source: usize,
+    /// Most authenticated connections speaking for one node.
+    pub max_connections_per_node: usize,
     /// Longest time a connection may stay without an authenticated call.
     pub unauthenticated_idle: Duration,
 }
@@ -98,6 +106,8 @@ struct Conn {
     cacheable: bool,
     /// What a call on this connection proved (TLS only).
     principal: std::sync::OnceLock<Proven>,
+    /// The node its first authenticated node call spoke for.
+    node: std::sync::OnceLock<Arc<str>>,
     closed: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
@@ -116,10 +126,22 @@ impl Conn {
 struct Table {
     open: HashMap<SocketAddr, Arc<Conn>>,
     unauthenticated_by_source: HashMap<IpAddr, usize>,
+    /// Each node's authenticated connections, oldest (lowest id) first.
+    by_node: HashMap<Arc<str>, BTreeMap<u64, SocketAddr>>,
     next_id: u64,
 }
 
 impl Table {
+    fn release_node(&mut self, conn: &Conn) {
+        let Some(node) = conn.node.get() else { return };
+        if let Some(held) = self.by_node.get_mut(node) {
+            held.remove(&conn.id);
+            if held.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
     fn release_source(&mut self, ip: IpAddr) {
         if let Some(n) = self.unauthenticated_by_source.get_mut(&ip) {
             *n -= 1;
@@ -205,6 +227,7 @@ impl Connections {
             authenticated: AtomicBool::new(false),
             cacheable,
             principal: std::sync::OnceLock::new(),
+            node: std::sync::OnceLock::new(),
             closed: AtomicBool::new(false),
             waker: Mutex::new(None),
         });
@@ -225,6 +248,42 @@ impl Connections {
         let Some(c) = t.open.get(&peer) else { return };
         if !c.authenticated.swap(true, Ordering::AcqRel) {
             t.release_source(peer.ip());
+        }
+    }
+
+    /// As [`Self::authenticated`], for a call that spoke for `node`: the
+    /// connection counts as one of the node's (the first node it spoke
+    /// for), and the node's oldest is closed if it now holds more than
+    /// `max_connections_per_node`.
+    pub fn authenticated_node(&self, peer: Option<SocketAddr>, node: &str) {
+        let Some(peer) = peer else { return };
+        let mut t = lock(&self.table);
+        let Some(c) = t.open.get(&peer).map(Arc::clone) else {
+            return;
+        };
+        if !c.authenticated.swap(true, Ordering::AcqRel) {
+            t.release_source(peer.ip());
+        }
+        if c.node.get().is_some() {
+            return;
+        }
+        let name: Arc<str> = match t.by_node.get_key_value(node) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(node),
+        };
+        let _ = c.node.set(Arc::clone(&name));
+        let held = t.by_node.entry(name).or_default();
+        held.insert(c.id, peer);
+        if held.len() <= self.limits.max_connections_per_node {
+            return;
+        }
+        let Some((_, oldest)) = held.pop_first() else {
+            return;
+        };
+        if let Some(victim) = t.open.remove(&oldest) {
+            victim.close();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(node, peer = %oldest, "a node's oldest connection closed: it opened more than limits.max_connections_per_node");
         }
     }
 
@@ -293,6 +352,7 @@ impl Drop for Slot {
                 t.release_source(self.peer.ip());
             }
         }
+        t.release_node(&self.conn);
     }
 }
 
@@ -484,6 +544,7 @@ mod tests {
         AcceptLimits {
             max_connections: total,
             max_unauthenticated_per_source: per_source,
+            max_connections_per_node: 3,
             unauthenticated_idle: Duration::from_secs(30),
         }
     }
@@ -572,5 +633,40 @@ mod tests {
         );
         drop(idle);
         assert_eq!(c.open(), 2, "an evicted slot is not released twice");
+    }
+
+    #[test]
+    fn a_node_holds_a_bounded_number_of_connections_and_its_oldest_goes_first() {
+        let c = Connections::new(limits(100, 10));
+        let slots: Vec<Slot> = (1..=4)
+            .map(|port| {
+                let peer = addr(&format!("10.0.0.1:{port}"));
+                let slot = c.admit(peer).unwrap();
+                c.authenticated_node(Some(peer), "node-a");
+                slot
+            })
+            .collect();
+        let closed: Vec<bool> = slots
+            .iter()
+            .map(|s| s.conn.closed.load(Ordering::Acquire))
+            .collect();
+        assert_eq!(closed, [true, false, false, false], "the oldest closed");
+        assert_eq!((c.open(), c.refused_and_evicted().1), (3, 1));
+        // Later calls on a connection count it once.
+        c.authenticated_node(Some(addr("10.0.0.1:4")), "node-a");
+        assert_eq!(c.open(), 3);
+        // Another node, and admins' connections, are not affected.
+        let other = addr("10.0.0.2:1");
+        let _other = c.admit(other).unwrap();
+        c.authenticated_node(Some(other), "node-b");
+        let admin = addr("10.0.0.3:1");
+        let _admin = c.admit(admin).unwrap();
+        c.authenticated(Some(admin));
+        assert_eq!((c.open(), c.refused_and_evicted().1), (5, 1));
+        // Closed connections give their place back; nothing is kept for a
+        // node without connections.
+        drop(slots);
+        assert_eq!(c.open(), 2);
+        assert!(!lock(&c.table).by_node.contains_key("node-a"));
     }
 }

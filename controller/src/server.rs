@@ -107,6 +107,7 @@ fn accept_limits(l: &LimitsSection) -> AcceptLimits {
     AcceptLimits {
         max_connections: max,
         max_unauthenticated_per_source: l.max_unauthenticated_per_source,
+        max_connections_per_node: l.max_connections_per_node,
         unauthenticated_idle: Duration::from_secs(l.unauthenticated_idle_secs),
     }
 }

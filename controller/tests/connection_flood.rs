@@ -203,3 +203,48 @@ async fn the_controller_closes_every_flood_connection_by_itself() {
     );
     c.stop().await;
 }
+
+/// One node with stolen keys opening connection after connection takes
+/// at most `max_connections_per_node` of the controller's slots: each
+/// new one closes its own oldest, and other nodes keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_at_most_its_share_of_connections_its_oldest_closed_first() {
+    let f = Files::new(&LIMITS.replace(
+        "[limits]\n",
+        "[limits]\nmax_connections_per_node = 2\n",
+    ));
+    std::fs::write(f.path("policy.toml"), POLICY).unwrap();
+    std::fs::write(f.path("pods.toml"), PODS).unwrap();
+    let c = Running::start(&f.config).await;
+    let other = node_channel(&f, c.addr).await;
+    NodeCredentialsClient::new(other.clone())
+        .heartbeat(HeartbeatRequest {
+            node_name: "node-2".into(),
+            volume_ids: vec![],
+        })
+        .await
+        .expect("another node");
+
+    let mut channels = Vec::new();
+    for _ in 0..5 {
+        let ch = node_channel(&f, c.addr).await;
+        serve_node(ch.clone()).await.expect("served");
+        channels.push(ch);
+    }
+
+    let conns = &c.state.connections;
+    assert_eq!(conns.refused_and_evicted().1, 3, "the node's three oldest");
+    assert_eq!(conns.open(), 3, "two of the node's and the other node's");
+    serve_node(channels.pop().unwrap())
+        .await
+        .expect("the newest still served");
+    NodeCredentialsClient::new(other)
+        .heartbeat(HeartbeatRequest {
+            node_name: "node-2".into(),
+            volume_ids: vec![],
+        })
+        .await
+        .expect("the other node's connection kept");
+    assert_eq!(conns.refused_and_evicted().1, 3);
+    c.stop().await;
+}

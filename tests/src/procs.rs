@@ -325,6 +325,11 @@ ca_export_file = "{d}/ca{suffix}.crt"
 ttl_secs = 3
 {leases}
 
+# The benches' load generators connect as one node many times (64
+# clients at once): more connections than a node's driver ever holds.
+[limits]
+max_connections_per_node = 1024
+
 {extra}
 "#,
             metrics = metrics_port

@@ -281,6 +281,8 @@ timeout_secs = 10
 # of unauthenticated connections per source.
 [limits]
 max_unauthenticated_per_source = 4096
+# Load tests connect as one node many times at once.
+max_connections_per_node = 1024
 
 {auth}
 

@@ -332,7 +332,9 @@ impl NodeApi {
             }
         };
         let Some(rejected) = rejected else {
-            self.state.connections.authenticated(request.remote_addr());
+            self.state
+                .connections
+                .authenticated_node(request.remote_addr(), node);
             // Its host key stays reserved from now on, restarts included.
             // A first sighting is written to the store (a commit): off the
             // async workers, so a wave of new nodes does not stall calls.
