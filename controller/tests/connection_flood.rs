@@ -209,10 +209,7 @@ async fn the_controller_closes_every_flood_connection_by_itself() {
 /// new one closes its own oldest, and other nodes keep theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_holds_at_most_its_share_of_connections_its_oldest_closed_first() {
-    let f = Files::new(&LIMITS.replace(
-        "[limits]\n",
-        "[limits]\nmax_connections_per_node = 2\n",
-    ));
+    let f = Files::new(&LIMITS.replace("[limits]\n", "[limits]\nmax_connections_per_node = 2\n"));
     std::fs::write(f.path("policy.toml"), POLICY).unwrap();
     std::fs::write(f.path("pods.toml"), PODS).unwrap();
     let c = Running::start(&f.config).await;

@@ -7,6 +7,9 @@
 //! - [`codec`]: the protobuf codec every service uses (small first
 //!   buffers for the messages of long-lived streams).
 //! - [`code_label`]: a status code as a metrics label.
+//! - [`inline_volume_id`]: the volume id kubelet gives a pod's inline CSI
+//!   volume, which the driver checks kubelet's requests against and the
+//!   controller checks the node's.
 
 #![forbid(unsafe_code)]
 
@@ -31,8 +34,10 @@ pub mod kcred {
 mod code_label;
 pub mod codec;
 pub mod reason;
+mod volume_id;
 
 pub use code_label::code_label;
+pub use volume_id::inline_volume_id;
 
 impl std::fmt::Debug for kcred::v1::FetchBundleRequest {
     /// Everything but the pod's token, which is a credential: only whether

@@ -1,17 +1,27 @@
 //! Test pods as Kubernetes objects on the test API server
 //! (`kcred-testkube`), for stacks whose controller watches the API.
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodSecurityContext};
+use k8s_openapi::api::core::v1::{CSIVolumeSource, Node, Pod, PodSecurityContext, Volume};
 use kcred_testkube::{KubeApi, pods};
 
 use crate::kubelet::TestPod;
 use crate::{Stack, wait_until};
 
-/// The `Pod` object for a test pod (its UID is the server's to assign).
+/// The `Pod` object for a test pod (its UID is the server's to assign),
+/// with the inline CSI volume `kcred` the admission webhook adds.
 pub fn pod_object(p: &TestPod) -> Pod {
     let mut pod = pods::new_pod(&p.namespace, &p.name);
     pod.metadata.annotations = Some(p.annotations.iter().cloned().collect());
     if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes.get_or_insert_default().push(Volume {
+            name: "kcred".into(),
+            csi: Some(CSIVolumeSource {
+                driver: "csi.kcred.io".into(),
+                read_only: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
         spec.security_context = Some(PodSecurityContext {
             fs_group: p.fs_group.map(i64::from),
             run_as_user: p.run_as.map(|(u, _)| i64::from(u)),

@@ -111,6 +111,36 @@ async fn a_new_pod_is_served_from_the_watch_with_no_pods_file() {
     stack.shutdown().await.unwrap();
 }
 
+/// A volume id names one volume of one pod (kubelet derives it from the
+/// pod's UID and the volume's name): a node cannot make ids up for its own
+/// pods, nor take the id of another pod's volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_id_that_is_none_of_the_pods_volumes_is_refused() {
+    let api = KubeApi::start().await.unwrap();
+    let stack = stack_on(&api).await;
+    let pod = run_pod(&api, &web_pod("web-0", "node-a")).unwrap();
+    let other = run_pod(&api, &web_pod("web-1", "node-b")).unwrap();
+    wait_bound(&stack, &pod).await;
+    let client = ControllerClient::new(&stack.controller_endpoint(), "node-a").expect("client");
+    let pod_ref = PodRef {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        service_account: "default".into(),
+    };
+    for id in ["csi-made-up".to_string(), Kubelet::volume_id(&other, VOL)] {
+        let err = client
+            .fetch_bundle(pod_ref.clone(), &id, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), Some(Reason::VolumeConflict), "{id}: {err}");
+    }
+    fetch(&stack, "node-a", &pod, false)
+        .await
+        .expect("the id of its own volume");
+    stack.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rescheduled_pod_is_refused_on_the_old_node_and_served_on_the_new() {
     let api = KubeApi::start().await.unwrap();
@@ -127,8 +157,11 @@ async fn a_rescheduled_pod_is_refused_on_the_old_node_and_served_on_the_new() {
     assert_ne!(old.uid, new.uid);
     wait_bound(&stack, &new).await;
 
+    // The pod of that name is on node-b now: node-a hears so, and not the
+    // new pod's UID.
     let err = fetch(&stack, "node-a", &old, true).await.unwrap_err();
-    assert_eq!(err.reason(), Some(Reason::PodUidMismatch), "old UID: {err}");
+    assert_eq!(err.reason(), Some(Reason::PodNotOnNode), "old UID: {err}");
+    assert!(!err.status().message().contains(&new.uid), "{err}");
     let err = fetch(&stack, "node-a", &new, false).await.unwrap_err();
     assert_eq!(
         err.reason(),

@@ -15,8 +15,9 @@
 //! | --- | --- |
 //! | the request carries the pod's own bound token, when required ([`pod_token`]) | `POD_TOKEN_MISSING`, `POD_TOKEN_INVALID`, `POD_TOKEN_MISMATCH`, `KUBE_API_UNAVAILABLE` |
 //! | the pod is in the controller's view | `POD_UNKNOWN` |
+//! | it is bound to the calling node (before the UID: a refusal to another node must not tell it the pod's UID) | `POD_NOT_ON_NODE` |
 //! | its UID is the one the request names | `POD_UID_MISMATCH` |
-//! | it is bound to the calling node | `POD_NOT_ON_NODE` |
+//! | the volume id is one kubelet derives from the pod's UID and one of its inline CSI volumes' names, where the view knows them | `VOLUME_CONFLICT` |
 //! | it has not finished | `POD_FINISHED` |
 //! | its annotations ask for something, validly | `ANNOTATIONS_MISSING`, `ANNOTATION_INVALID` |
 //! | nothing asked for is reserved ([`reserved`]) | `RESERVED_IDENTITY`, `RESERVED_NAME` |
@@ -118,6 +119,15 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
             format!("pod {who} is not known to the controller"),
         ));
     };
+    if pod.node_name != f.node {
+        return Err(Refusal::new(
+            Reason::PodNotOnNode,
+            format!(
+                "pod {who} is bound to node {:?}, not {:?}",
+                pod.node_name, f.node
+            ),
+        ));
+    }
     if pod.uid != f.pod_ref.uid {
         return Err(Refusal::new(
             Reason::PodUidMismatch,
@@ -127,12 +137,19 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
             ),
         ));
     }
-    if pod.node_name != f.node {
+    if let Some(names) = &pod.csi_volumes
+        && !names
+            .iter()
+            .any(|n| kcred_proto::inline_volume_id(&pod.uid, n) == f.volume_id)
+    {
+        // Otherwise a node could take the id of a volume another pod will
+        // have (kubelet derives it from that pod's UID), or make up ids
+        // without end for one of its own pods.
         return Err(Refusal::new(
-            Reason::PodNotOnNode,
+            Reason::VolumeConflict,
             format!(
-                "pod {who} is bound to node {:?}, not {:?}",
-                pod.node_name, f.node
+                "volume {} is not the id of any CSI volume of pod {who} (kubelet derives it from the pod's uid and the volume's name)",
+                f.volume_id
             ),
         ));
     }

@@ -99,6 +99,7 @@ struct Case {
     nodes: Vec<&'static str>,
     policy: Policy,
     pod_token: Option<TokenVerdict>,
+    volume_id: String,
 }
 
 impl Case {
@@ -121,6 +122,7 @@ impl Case {
             nodes: vec!["node-a", "node-b"],
             policy: policy(),
             pod_token: None,
+            volume_id: "vol-1".into(),
         }
     }
 
@@ -134,7 +136,7 @@ impl Case {
         fetch(&FetchFacts {
             node: self.node,
             pod_ref: &self.pod_ref,
-            volume_id: "vol-1",
+            volume_id: &self.volume_id,
             refresh: self.refresh,
             pod: self.pod.as_ref(),
             realm: &REALM,
@@ -214,6 +216,44 @@ fn refuses_a_pod_bound_to_another_node() {
     let mut c = Case::new();
     c.node = "node-b";
     assert_eq!(c.refused(), Reason::PodNotOnNode);
+}
+
+#[test]
+fn another_node_is_refused_before_it_could_learn_the_pods_uid() {
+    let mut c = Case::new();
+    c.node = "node-b";
+    c.pod_ref.uid = "a-guess".into();
+    let refusal = c.decide().unwrap_err();
+    assert_eq!(refusal.reason, Reason::PodNotOnNode);
+    assert!(!refusal.message.contains("uid-1"), "{}", refusal.message);
+}
+
+#[test]
+fn a_volume_id_must_be_one_kubelet_derives_for_the_pod_where_its_volumes_are_known() {
+    let mut c = Case::new().with_pod(|p| p.csi_volumes = Some(vec!["kcred".into(), "more".into()]));
+    for name in ["kcred", "more"] {
+        c.volume_id = kcred_proto::inline_volume_id("uid-1", name);
+        assert!(c.decide().is_ok(), "{name}");
+    }
+    for other in [
+        "vol-1".to_string(),
+        // Another pod's volume of the same name, and a name the pod lacks.
+        kcred_proto::inline_volume_id("uid-2", "kcred"),
+        kcred_proto::inline_volume_id("uid-1", "other"),
+    ] {
+        c.volume_id = other.clone();
+        let refusal = c.decide().unwrap_err();
+        assert_eq!(refusal.reason, Reason::VolumeConflict, "{other}");
+        assert!(refusal.message.contains(&other), "{}", refusal.message);
+    }
+    // A pod with no CSI volume gets nothing; one whose volumes are not
+    // known (a pods file that does not list them) is not checked.
+    let mut c = c.with_pod(|p| p.csi_volumes = Some(vec![]));
+    c.volume_id = kcred_proto::inline_volume_id("uid-1", "kcred");
+    assert_eq!(c.refused(), Reason::VolumeConflict);
+    let mut c = c.with_pod(|p| p.csi_volumes = None);
+    c.volume_id = "vol-1".into();
+    assert!(c.decide().is_ok());
 }
 
 #[test]

@@ -121,6 +121,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_example_loads_with_its_volume_names() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller/pods.example.toml");
+        let text = std::fs::read_to_string(&path).expect("example");
+        let pods = parse_pods(&path, &text).expect("valid");
+        assert_eq!(pods[0].csi_volumes, Some(vec!["kcred".to_string()]));
+        assert_eq!(pods[1].csi_volumes, None, "not listed: not checked");
+    }
+
+    #[test]
     fn pods_file_round_trips_annotations() {
         let pods = parse_pods(
             Path::new("pods.toml"),

@@ -25,6 +25,7 @@ pub(super) struct KeptPod {
     annotations: Box<[(Arc<str>, Arc<str>)]>,
     supplemental_groups: Box<[u32]>,
     containers: Box<[KeptContainer]>,
+    csi_volumes: Option<Box<[Arc<str>]>>,
     fs_group: Option<u32>,
     run_as_user: Option<u32>,
     run_as_group: Option<u32>,
@@ -53,6 +54,9 @@ impl KeptPod {
                     run_as_group: c.run_as_group,
                 })
                 .collect(),
+            csi_volumes: pod
+                .csi_volumes
+                .map(|v| v.iter().map(|n| names.get(n)).collect()),
             fs_group: pod.fs_group,
             run_as_user: pod.run_as_user,
             run_as_group: pod.run_as_group,
@@ -87,6 +91,10 @@ impl KeptPod {
                     run_as_group: c.run_as_group,
                 })
                 .collect(),
+            csi_volumes: self
+                .csi_volumes
+                .as_ref()
+                .map(|v| v.iter().map(|n| n.to_string()).collect()),
         }
     }
 }
@@ -116,6 +124,7 @@ mod tests {
                 run_as_user: Some(10),
                 run_as_group: None,
             }],
+            csi_volumes: Some(vec!["kcred".into()]),
         };
         let mut names = Interner::default();
         let kept = KeptPod::keep(pod.clone(), &mut names);

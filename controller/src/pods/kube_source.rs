@@ -66,6 +66,13 @@ pub fn pod_info(pod: Pod) -> Option<PodInfo> {
             .flatten()
             .map(|c| container(&c.name, c.security_context.as_ref())),
     );
+    let csi_volumes = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.csi.is_some())
+        .map(|v| v.name.clone())
+        .collect();
     Some(PodInfo {
         namespace,
         name,
@@ -84,6 +91,7 @@ pub fn pod_info(pod: Pod) -> Option<PodInfo> {
             .filter_map(|g| id(Some(g)))
             .collect(),
         containers,
+        csi_volumes: Some(csi_volumes),
     })
 }
 
@@ -119,7 +127,8 @@ mod tests {
     use super::*;
     use crate::pods::GoneCause;
     use k8s_openapi::api::core::v1::{
-        Container, EphemeralContainer, PodSecurityContext, PodSpec, PodStatus,
+        CSIVolumeSource, Container, EphemeralContainer, PodSecurityContext, PodSpec, PodStatus,
+        Volume,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -173,6 +182,21 @@ mod tests {
                     security_context: sc(0),
                     ..Default::default()
                 }]),
+                volumes: Some(vec![
+                    Volume {
+                        name: "kcred".into(),
+                        csi: Some(CSIVolumeSource {
+                            driver: "csi.kcred.io".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    Volume {
+                        name: "scratch".into(),
+                        empty_dir: Some(Default::default()),
+                        ..Default::default()
+                    },
+                ]),
                 ..Default::default()
             }),
             status: Some(PodStatus {
@@ -200,6 +224,7 @@ mod tests {
             [("app", Some(1501)), ("init", None), ("debug", Some(0))]
         );
         assert!(!info.finished);
+        assert_eq!(info.csi_volumes, Some(vec!["kcred".to_string()]));
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub struct PodInfo {
     /// ephemeral containers.
     #[serde(default)]
     pub containers: Vec<ContainerIdentity>,
+    /// The names of the pod's inline CSI volumes, when known (always for
+    /// pods from the API; a pods file may list them): kubelet derives each
+    /// volume's id from them, and a node may ask only for those ids, so
+    /// it cannot take another pod's volume id. `None`: not checked.
+    #[serde(default)]
+    pub csi_volumes: Option<Vec<String>>,
 }
 
 /// Why a pod will not run again.

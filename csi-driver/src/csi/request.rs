@@ -9,7 +9,6 @@ use std::path::{Component, Path, PathBuf};
 use kcred_proto::csi::v1::VolumeCapability;
 use kcred_proto::csi::v1::volume_capability::AccessType;
 use kcred_proto::kcred::v1::PodRef;
-use sha2::{Digest, Sha256};
 
 /// `volume_context` keys kubelet sets with `podInfoOnMount: true`.
 pub mod context_keys {
@@ -57,13 +56,7 @@ pub fn check_volume_id(id: &str) -> Result<(), InvalidRequest> {
     Ok(())
 }
 
-/// Kubelet's volume id for a pod's inline CSI volume: `csi-` and the hex
-/// SHA-256 of the pod UID followed by the volume's name
-/// (`makeVolumeHandle` in kubelet's `pkg/volume/csi`).
-pub fn inline_volume_id(pod_uid: &str, volume_name: &str) -> String {
-    let digest = Sha256::digest(format!("{pod_uid}{volume_name}").as_bytes());
-    format!("csi-{}", hex::encode(digest))
-}
+pub use kcred_proto::inline_volume_id;
 
 /// Checks that the volume id and the pod are the ones kubelet derives for
 /// this target: a request cannot name one pod's volume at another pod's
@@ -328,12 +321,8 @@ mod tests {
             (target.pod_uid.as_str(), target.volume_name.as_str()),
             ("uid-1", "creds")
         );
-        // kubelet: csi- + sha256("uid-1" ++ "creds").
+        // kubelet's derivation (checked against kubelet's in kcred_proto).
         let id = inline_volume_id("uid-1", "creds");
-        assert_eq!(
-            id,
-            format!("csi-{}", hex::encode(Sha256::digest(b"uid-1creds")))
-        );
         let pod = |uid: &str| PodRef {
             namespace: "web".into(),
             name: "web-0".into(),
