@@ -25,7 +25,7 @@
 //! | it runs as the role account, with allowed groups and service account ([`identity`]) | `RUN_AS_MISMATCH`, `SERVICE_ACCOUNT_NOT_ALLOWED` |
 //! | the volume id is this pod's on this node | `VOLUME_CONFLICT` |
 //! | neither the volume nor its pod was revoked | `VOLUME_REVOKED` |
-//! | a refresh comes from a node whose lease holds | `NODE_LOST` |
+//! | a refresh (the request says so, or the volume was issued before) comes from a node whose lease holds | `NODE_LOST` |
 
 pub mod identity;
 pub mod pod_token;
@@ -189,7 +189,12 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
     if f.volume.is_some_and(|v| v.revoked) || f.pod_revoked {
         return Err(revoked(f.volume_id, &who));
     }
-    if f.refresh && f.lease == Some(LeaseState::Lost) {
+    // A volume already issued (to this pod on this node, as checked above)
+    // is renewed, whatever the request says: the node's word must not skip
+    // the lease check, go before starting pods at the KDC, or be audited
+    // as a first issue.
+    let refresh = f.refresh || f.volume.is_some();
+    if refresh && f.lease == Some(LeaseState::Lost) {
         return Err(Refusal::new(
             Reason::NodeLost,
             format!(
@@ -202,7 +207,7 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
         pod: pod.clone(),
         role,
         wants,
-        priority: if f.refresh {
+        priority: if refresh {
             Priority::Background
         } else {
             Priority::Starting

@@ -413,6 +413,11 @@ fn refuses_renewals_to_a_lost_node_but_not_its_first_publish() {
     assert_eq!(c.refused(), Reason::NodeLost);
     c.refresh = false;
     assert!(c.decide().is_ok());
+    // A volume issued before is renewed, whatever the request says.
+    c.volume = Some(record("node-a", "uid-1", false));
+    assert_eq!(c.refused(), Reason::NodeLost);
+    c.lease = Some(LeaseState::Alive);
+    assert_eq!(c.decide().expect("granted").priority, Priority::Background);
 }
 
 impl Case {

@@ -436,7 +436,7 @@ impl NodeApi {
         let policy = st.policy.get();
         let is_node = |h: &str| st.is_node(h);
         let pod_token = match &st.pod_tokens {
-            Some(reviews) => Some(reviews.verdict(pod_token).await),
+            Some(reviews) => Some(reviews.verdict(ask.node, pod_token).await),
             None => None,
         };
         let pod_revoked = st

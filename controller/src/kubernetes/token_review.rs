@@ -162,16 +162,22 @@ impl TokenReviewer {
             .map_err(|e| ReviewError::Unavailable(format!("Kubernetes API: {e}")))
     }
 
+    /// A review of `token` for `audience` still cached, without asking.
+    pub fn cached(&self, token: &BearerToken, audience: &str) -> Option<BoundIdentity> {
+        self.cache
+            .get(&review_cache::key(audience, token.expose()), Instant::now())
+    }
+
     /// Who `token` names, as the API server says for `audience`.
     pub async fn review(
         &self,
         token: &BearerToken,
         audience: &str,
     ) -> Result<BoundIdentity, ReviewError> {
-        let key = review_cache::key(audience, token.expose());
-        if let Some(id) = self.cache.get(&key, Instant::now()) {
+        if let Some(id) = self.cached(token, audience) {
             return Ok(id);
         }
+        let key = review_cache::key(audience, token.expose());
         let request = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.expose().to_string()),
