@@ -106,8 +106,9 @@ struct Conn {
     cacheable: bool,
     /// What a call on this connection proved (TLS only).
     principal: std::sync::OnceLock<Proven>,
-    /// The node its first authenticated node call spoke for.
-    node: std::sync::OnceLock<Arc<str>>,
+    /// The node its first authenticated node call spoke for, and when (in
+    /// the order of first node calls).
+    node: std::sync::OnceLock<(Arc<str>, u64)>,
     closed: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
@@ -126,16 +127,27 @@ impl Conn {
 struct Table {
     open: HashMap<SocketAddr, Arc<Conn>>,
     unauthenticated_by_source: HashMap<IpAddr, usize>,
-    /// Each node's authenticated connections, oldest (lowest id) first.
-    by_node: HashMap<Arc<str>, BTreeMap<u64, SocketAddr>>,
+    /// Each node's authenticated connections, in the order of their
+    /// first node call (oldest first).
+    by_node: HashMap<Arc<str>, BTreeMap<u64, NodeConn>>,
     next_id: u64,
+    next_node_call: u64,
+}
+
+/// One of a node's connections: the connection itself, not its address
+/// (the address of a connection not yet cleaned up may be another's).
+struct NodeConn {
+    peer: SocketAddr,
+    conn: Arc<Conn>,
 }
 
 impl Table {
     fn release_node(&mut self, conn: &Conn) {
-        let Some(node) = conn.node.get() else { return };
+        let Some((node, seq)) = conn.node.get() else {
+            return;
+        };
         if let Some(held) = self.by_node.get_mut(node) {
-            held.remove(&conn.id);
+            held.remove(seq);
             if held.is_empty() {
                 self.by_node.remove(node);
             }
@@ -271,20 +283,26 @@ impl Connections {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(node),
         };
-        let _ = c.node.set(Arc::clone(&name));
+        t.next_node_call += 1;
+        let seq = t.next_node_call;
+        let _ = c.node.set((Arc::clone(&name), seq));
         let held = t.by_node.entry(name).or_default();
-        held.insert(c.id, peer);
+        held.insert(seq, NodeConn { peer, conn: c });
         if held.len() <= self.limits.max_connections_per_node {
             return;
         }
         let Some((_, oldest)) = held.pop_first() else {
             return;
         };
-        if let Some(victim) = t.open.remove(&oldest) {
-            victim.close();
-            self.evicted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(node, peer = %oldest, "a node's oldest connection closed: it opened more than limits.max_connections_per_node");
+        oldest.conn.close();
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+        if t.open
+            .get(&oldest.peer)
+            .is_some_and(|o| Arc::ptr_eq(o, &oldest.conn))
+        {
+            t.open.remove(&oldest.peer);
         }
+        tracing::debug!(node, peer = %oldest.peer, "a node's oldest connection closed: it opened more than limits.max_connections_per_node");
     }
 
     /// Remembers what the TLS connection from `peer` proved: the entry
@@ -668,5 +686,41 @@ mod tests {
         drop(slots);
         assert_eq!(c.open(), 2);
         assert!(!lock(&c.table).by_node.contains_key("node-a"));
+    }
+
+    #[test]
+    fn a_nodes_oldest_is_its_first_to_call_and_is_closed_by_connection_not_address() {
+        let c = Connections::new(AcceptLimits {
+            max_connections_per_node: 2,
+            ..limits(100, 10)
+        });
+        let (a, b, d) = (addr("10.0.0.1:1"), addr("10.0.0.1:2"), addr("10.0.0.1:3"));
+        let slot_a = c.admit(a).unwrap();
+        let slot_b = c.admit(b).unwrap();
+        // Accepted first, authenticated last: not the oldest.
+        c.authenticated_node(Some(b), "node-a");
+        let slot_d = c.admit(d).unwrap();
+        c.authenticated_node(Some(d), "node-a");
+        c.authenticated_node(Some(a), "node-a");
+        assert!(slot_b.conn.closed.load(Ordering::Acquire), "b called first");
+        assert!(!slot_a.conn.closed.load(Ordering::Acquire));
+        assert!(!slot_d.conn.closed.load(Ordering::Acquire));
+
+        // d's address taken by a new connection (node-b's) before d's end
+        // was handled: closing d must leave the newcomer alone.
+        let newcomer = c.admit(d).unwrap();
+        c.authenticated_node(Some(d), "node-b");
+        let e = addr("10.0.0.1:4");
+        let _slot_e = c.admit(e).unwrap();
+        c.authenticated_node(Some(e), "node-a");
+        assert!(slot_d.conn.closed.load(Ordering::Acquire), "d was next");
+        assert!(!newcomer.conn.closed.load(Ordering::Acquire));
+        assert!(
+            lock(&c.table)
+                .open
+                .get(&d)
+                .is_some_and(|o| Arc::ptr_eq(o, &newcomer.conn)),
+            "the newcomer keeps its place"
+        );
     }
 }

@@ -157,10 +157,9 @@ async fn a_rescheduled_pod_is_refused_on_the_old_node_and_served_on_the_new() {
     assert_ne!(old.uid, new.uid);
     wait_bound(&stack, &new).await;
 
-    // The pod of that name is on node-b now: node-a hears so, and not the
-    // new pod's UID.
+    // Told the pod was replaced, not the new pod's UID.
     let err = fetch(&stack, "node-a", &old, true).await.unwrap_err();
-    assert_eq!(err.reason(), Some(Reason::PodNotOnNode), "old UID: {err}");
+    assert_eq!(err.reason(), Some(Reason::PodUidMismatch), "old UID: {err}");
     assert!(!err.status().message().contains(&new.uid), "{err}");
     let err = fetch(&stack, "node-a", &new, false).await.unwrap_err();
     assert_eq!(

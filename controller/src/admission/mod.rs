@@ -15,8 +15,8 @@
 //! | --- | --- |
 //! | the request carries the pod's own bound token, when required ([`pod_token`]) | `POD_TOKEN_MISSING`, `POD_TOKEN_INVALID`, `POD_TOKEN_MISMATCH`, `KUBE_API_UNAVAILABLE` |
 //! | the pod is in the controller's view | `POD_UNKNOWN` |
-//! | it is bound to the calling node (before the UID: a refusal to another node must not tell it the pod's UID) | `POD_NOT_ON_NODE` |
-//! | its UID is the one the request names | `POD_UID_MISMATCH` |
+//! | its UID is the one the request names (the refusal does not say the pod's UID: another node could take the pod's volume ids from it) | `POD_UID_MISMATCH` |
+//! | it is bound to the calling node | `POD_NOT_ON_NODE` |
 //! | the volume id is one kubelet derives from the pod's UID and one of its inline CSI volumes' names, where the view knows them | `VOLUME_CONFLICT` |
 //! | it has not finished | `POD_FINISHED` |
 //! | its annotations ask for something, validly | `ANNOTATIONS_MISSING`, `ANNOTATION_INVALID` |
@@ -25,7 +25,7 @@
 //! | it runs as the role account, with allowed groups and service account ([`identity`]) | `RUN_AS_MISMATCH`, `SERVICE_ACCOUNT_NOT_ALLOWED` |
 //! | the volume id is this pod's on this node | `VOLUME_CONFLICT` |
 //! | neither the volume nor its pod was revoked | `VOLUME_REVOKED` |
-//! | a refresh (the request says so, or the volume was issued before) comes from a node whose lease holds | `NODE_LOST` |
+//! | a refresh comes from a node whose lease holds | `NODE_LOST` |
 
 pub mod identity;
 pub mod pod_token;
@@ -119,21 +119,21 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
             format!("pod {who} is not known to the controller"),
         ));
     };
+    if pod.uid != f.pod_ref.uid {
+        return Err(Refusal::new(
+            Reason::PodUidMismatch,
+            format!(
+                "pod {who} has another uid than the request names ({}): it was replaced",
+                f.pod_ref.uid
+            ),
+        ));
+    }
     if pod.node_name != f.node {
         return Err(Refusal::new(
             Reason::PodNotOnNode,
             format!(
                 "pod {who} is bound to node {:?}, not {:?}",
                 pod.node_name, f.node
-            ),
-        ));
-    }
-    if pod.uid != f.pod_ref.uid {
-        return Err(Refusal::new(
-            Reason::PodUidMismatch,
-            format!(
-                "pod {who} has uid {}, but the request names uid {}",
-                pod.uid, f.pod_ref.uid
             ),
         ));
     }
@@ -189,12 +189,7 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
     if f.volume.is_some_and(|v| v.revoked) || f.pod_revoked {
         return Err(revoked(f.volume_id, &who));
     }
-    // A volume already issued (to this pod on this node, as checked above)
-    // is renewed, whatever the request says: the node's word must not skip
-    // the lease check, go before starting pods at the KDC, or be audited
-    // as a first issue.
-    let refresh = f.refresh || f.volume.is_some();
-    if refresh && f.lease == Some(LeaseState::Lost) {
+    if f.refresh && f.lease == Some(LeaseState::Lost) {
         return Err(Refusal::new(
             Reason::NodeLost,
             format!(
@@ -207,7 +202,7 @@ pub fn fetch(f: &FetchFacts) -> Result<Grant, Refusal> {
         pod: pod.clone(),
         role,
         wants,
-        priority: if refresh {
+        priority: if f.refresh {
             Priority::Background
         } else {
             Priority::Starting

@@ -428,6 +428,11 @@ impl NodeApi {
         pod_token: &str,
     ) -> Result<Result<Grant, Refusal>, Refusal> {
         let st = &self.state;
+        // The review may wait: the view and the record are read after it.
+        let pod_token = match &st.pod_tokens {
+            Some(reviews) => Some(reviews.verdict(ask.node, pod_token).await),
+            None => None,
+        };
         let pod = st.pods.get(&ask.pod.namespace, &ask.pod.name);
         let previous = st
             .issued
@@ -435,10 +440,6 @@ impl NodeApi {
             .map_err(|e| Refusal::from_error(&e))?;
         let policy = st.policy.get();
         let is_node = |h: &str| st.is_node(h);
-        let pod_token = match &st.pod_tokens {
-            Some(reviews) => Some(reviews.verdict(ask.node, pod_token).await),
-            None => None,
-        };
         let pod_revoked = st
             .issued
             .pod_revoked(&ask.pod.uid)

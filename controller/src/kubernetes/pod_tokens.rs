@@ -7,14 +7,16 @@ use std::sync::{Arc, Mutex};
 use kcred_auth::BearerToken;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::token_review::{ReviewError, TokenReviewer};
+use super::token_review::{REVIEW_TIMEOUT, ReviewError, TokenReviewer};
 use crate::admission::TokenVerdict;
 use crate::locks::lock;
 
 /// Most reviews one node may have in flight: a node cannot turn one call
 /// (a `FetchBundles` of 256 volumes, each with a token of its own) into
-/// as many `TokenReview`s at the API server at once. Reviews that pass
-/// are cached, so a node's republishes wait on none.
+/// as many `TokenReview`s at the API server at once. A token whose review
+/// is cached waits for no turn; one that waits longer than a review may
+/// take is unverifiable, as if the API server had not answered (renewals
+/// of volumes issued before go on, as they do in an outage).
 pub const REVIEWS_PER_NODE: usize = 4;
 
 /// Pod tokens are required (`kubernetes.require_pod_token`): how to
@@ -48,7 +50,13 @@ impl PodTokens {
         if let Some(id) = self.reviewer.cached(&token, &self.audience) {
             return TokenVerdict::Reviewed(id);
         }
-        let _turn = self.in_flight.acquire(node).await;
+        let wait = tokio::time::timeout(REVIEW_TIMEOUT, self.in_flight.acquire(node));
+        let Ok(_turn) = wait.await else {
+            return TokenVerdict::Unverifiable(format!(
+                "the node's pod-token reviews wait behind {REVIEWS_PER_NODE} the API server has not answered in {} s",
+                REVIEW_TIMEOUT.as_secs()
+            ));
+        };
         match self.reviewer.review(&token, &self.audience).await {
             Ok(id) => TokenVerdict::Reviewed(id),
             Err(ReviewError::Rejected(m)) => TokenVerdict::Rejected(m),

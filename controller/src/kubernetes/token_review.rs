@@ -32,7 +32,7 @@ const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 
 /// Longest wait for the API server's answer.
-const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most reviews cached (each a few hundred bytes).
 const CACHE_ENTRIES: usize = 50_000;
 
