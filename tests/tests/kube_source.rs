@@ -122,15 +122,9 @@ async fn a_volume_id_that_is_none_of_the_pods_volumes_is_refused() {
     let other = run_pod(&api, &web_pod("web-1", "node-b")).unwrap();
     wait_bound(&stack, &pod).await;
     let client = ControllerClient::new(&stack.controller_endpoint(), "node-a").expect("client");
-    let pod_ref = PodRef {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-        service_account: "default".into(),
-    };
     for id in ["csi-made-up".to_string(), Kubelet::volume_id(&other, VOL)] {
         let err = client
-            .fetch_bundle(pod_ref.clone(), &id, false)
+            .fetch_bundle(pod.pod_ref(), &id, false)
             .await
             .unwrap_err();
         assert_eq!(err.reason(), Some(Reason::VolumeConflict), "{id}: {err}");
