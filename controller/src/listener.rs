@@ -256,11 +256,17 @@ impl Connections {
     /// longer idle, evictable, nor counted against its source.
     pub fn authenticated(&self, peer: Option<SocketAddr>) {
         let Some(peer) = peer else { return };
-        let mut t = lock(&self.table);
-        let Some(c) = t.open.get(&peer) else { return };
+        Self::mark_authenticated(&mut lock(&self.table), peer);
+    }
+
+    /// Marks the open connection from `peer` authenticated (once: it then
+    /// stops counting against its source), and returns it.
+    fn mark_authenticated(t: &mut Table, peer: SocketAddr) -> Option<Arc<Conn>> {
+        let c = t.open.get(&peer).map(Arc::clone)?;
         if !c.authenticated.swap(true, Ordering::AcqRel) {
             t.release_source(peer.ip());
         }
+        Some(c)
     }
 
     /// As [`Self::authenticated`], for a call that spoke for `node`: the
@@ -270,12 +276,9 @@ impl Connections {
     pub fn authenticated_node(&self, peer: Option<SocketAddr>, node: &str) {
         let Some(peer) = peer else { return };
         let mut t = lock(&self.table);
-        let Some(c) = t.open.get(&peer).map(Arc::clone) else {
+        let Some(c) = Self::mark_authenticated(&mut t, peer) else {
             return;
         };
-        if !c.authenticated.swap(true, Ordering::AcqRel) {
-            t.release_source(peer.ip());
-        }
         if c.node.get().is_some() {
             return;
         }

@@ -91,7 +91,7 @@ impl ControllerError {
     /// [`crate::node_identity::NO_NODE_PROOF`]): the call never left the
     /// node, and would not get further with another controller.
     pub fn is_node_proof_missing(&self) -> bool {
-        self.status().metadata().contains_key(NO_NODE_PROOF)
+        never_left_node(self.status())
     }
 
     /// Whether the same call may succeed later without anyone acting.
@@ -120,6 +120,12 @@ impl ControllerError {
             }
         }
     }
+}
+
+/// Whether a call's status says it never left the node: it had no proof
+/// of identity to send ([`crate::node_identity::NO_NODE_PROOF`]).
+fn never_left_node(status: &tonic::Status) -> bool {
+    status.metadata().contains_key(NO_NODE_PROOF)
 }
 
 type Client = NodeCredentialsClient<Proving<ProofTracking<Channel>>>;
@@ -232,11 +238,8 @@ impl ControllerClient {
     ) -> Result<T, tonic::Status> {
         let started = Instant::now();
         let answer = call.await;
-        let never_sent = answer
-            .as_ref()
-            .is_err_and(|s| s.metadata().contains_key(NO_NODE_PROOF));
         if let Some(m) = &self.metrics
-            && !never_sent
+            && !answer.as_ref().is_err_and(never_left_node)
         {
             m.controller_call(method, &answer, started.elapsed());
         }

@@ -167,12 +167,9 @@ impl Kubelet {
         IdentityClient::new(self.channel.clone())
     }
 
-    /// Kubelet's volume id: `csi-` + hex SHA-256 of pod UID ++ volume name.
+    /// Kubelet's volume id for the pod's inline CSI volume `volume`.
     pub fn volume_id(pod: &TestPod, volume: &str) -> String {
-        format!(
-            "csi-{}",
-            hex::encode(Sha256::digest(format!("{}{volume}", pod.uid).as_bytes()))
-        )
+        kcred_proto::inline_volume_id(&pod.uid, volume)
     }
 
     /// Kubelet's target path for an inline CSI volume.

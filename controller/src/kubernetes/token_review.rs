@@ -174,10 +174,10 @@ impl TokenReviewer {
         token: &BearerToken,
         audience: &str,
     ) -> Result<BoundIdentity, ReviewError> {
-        if let Some(id) = self.cached(token, audience) {
+        let key = review_cache::key(audience, token.expose());
+        if let Some(id) = self.cache.get(&key, Instant::now()) {
             return Ok(id);
         }
-        let key = review_cache::key(audience, token.expose());
         let request = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.expose().to_string()),
