@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
+use zeroize::Zeroizing;
 
 use crate::{Acceptor, Initiator, METADATA_KEY, from_metadata_value, to_metadata_value};
 
@@ -47,22 +48,30 @@ pub fn attach_token<T>(request: &mut Request<T>, token: &[u8]) -> Result<(), Sta
 }
 
 /// The principal a call was authenticated as, stored in the request's
-/// extensions by [`authenticate`].
+/// extensions by the server that verified it ([`verify`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
 
-/// Verifies a call's token; `Unauthenticated` (with a reason, never the
-/// token) when it is missing or invalid.
-pub fn authenticate<T>(acceptor: &Acceptor, request: &Request<T>) -> Result<Caller, Status> {
+/// A call's token, taken from its metadata; `Unauthenticated` (with a
+/// reason, never the value) when it is missing or malformed.
+pub fn token_of<T>(request: &Request<T>) -> Result<Zeroizing<Vec<u8>>, Status> {
     let value = request.metadata().get(METADATA_KEY).ok_or_else(|| {
         Status::unauthenticated("no Kerberos token (authorization: Negotiate ...)")
     })?;
     let text = value
         .to_str()
         .map_err(|_| Status::unauthenticated("authorization metadata is not text"))?;
-    let token = from_metadata_value(text).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    from_metadata_value(text)
+        .map(Zeroizing::new)
+        .map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+/// Verifies a token taken by [`token_of`]; `Unauthenticated` with the
+/// reason when it is refused. It blocks: MIT reads the keytab and reads
+/// and appends to the replay cache file for every token.
+pub fn verify(acceptor: &Acceptor, token: &[u8]) -> Result<Caller, Status> {
     acceptor
-        .accept(&token)
+        .accept(token)
         .map(Caller)
         .map_err(|e| Status::unauthenticated(format!("Kerberos token refused: {e}")))
 }

@@ -17,11 +17,13 @@
 //! every call is checked. Admin calls are rare and stay checked per call.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use kcred_auth::Acceptor;
-use kcred_auth::grpc::authenticate;
+use kcred_auth::grpc::{Caller, token_of, verify};
 use kcred_proto::kcred::v1::Reason;
-use tonic::Request;
+use tokio::sync::Semaphore;
+use tonic::{Request, Status};
 
 use crate::config::{AuthMode, AuthSection};
 use crate::listener::Proven;
@@ -136,7 +138,10 @@ pub struct AdminSets {
 
 /// The controller's authentication policy.
 pub struct Auth {
-    acceptor: Option<Acceptor>,
+    acceptor: Option<Arc<Acceptor>>,
+    /// Turns to verify a token on a blocking thread, one per CPU: a flood
+    /// of tokens waits here, holding neither a worker nor a thread.
+    verifying: Arc<Semaphore>,
     realm: String,
     short: bool,
     operators: BTreeSet<String>,
@@ -168,11 +173,13 @@ impl Auth {
                     Some(rc) => Acceptor::with_replay_cache(keytab, rc),
                     None => Acceptor::new(keytab),
                 };
-                Some(acceptor?)
+                Some(Arc::new(acceptor?))
             }
         };
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Auth {
             acceptor,
+            verifying: Arc::new(Semaphore::new(cpus)),
             realm: realm.to_string(),
             short: cfg.short_node_names,
             operators: cfg.operators.iter().cloned().collect(),
@@ -191,7 +198,7 @@ impl Auth {
     /// token, or its client certificate's names), if anything (see the
     /// module docs). Returns what this call proved afresh, for the
     /// connection to remember.
-    pub fn node<T>(
+    pub async fn node<T>(
         &self,
         request: &Request<T>,
         claimed: &str,
@@ -217,7 +224,7 @@ impl Auth {
         };
         let caller = match principal {
             Some(p) => kcred_auth::grpc::Caller(p.to_string()),
-            None => authenticate(acceptor, request).map_err(|status| {
+            None => self.verify(acceptor, request).await.map_err(|status| {
                 rejected(
                     format!("node/{claimed} (unauthenticated)"),
                     Reason::Unauthenticated,
@@ -246,6 +253,30 @@ impl Auth {
         Ok(principal.is_none().then_some(Proven::Principal(caller.0)))
     }
 
+    /// Verifies the call's token off the async workers: MIT reads the
+    /// keytab and reads and appends to the replay cache file for every
+    /// token, and a slow disk there must not stall the calls the workers
+    /// serve meanwhile (a connection's later calls skip this, see the
+    /// module docs).
+    async fn verify<T>(
+        &self,
+        acceptor: &Arc<Acceptor>,
+        request: &Request<T>,
+    ) -> Result<Caller, Status> {
+        let token = token_of(request)?;
+        let turn = Arc::clone(&self.verifying)
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the controller is stopping"))?;
+        let acceptor = Arc::clone(acceptor);
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            verify(&acceptor, &token)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("token verification failed: {e}")))?
+    }
+
     /// Whether a client certificate naming `names` may speak for `claimed`.
     fn certificate_speaks_for(&self, names: &[String], claimed: &str) -> Result<(), Rejected> {
         let named =
@@ -262,7 +293,7 @@ impl Auth {
     }
 
     /// Authenticates an admin caller and returns their principal and role.
-    pub fn admin<T>(&self, request: &Request<T>) -> Result<(String, AdminRole), Rejected> {
+    pub async fn admin<T>(&self, request: &Request<T>) -> Result<(String, AdminRole), Rejected> {
         let Some(acceptor) = &self.acceptor else {
             return Err(rejected(
                 "anonymous",
@@ -281,7 +312,7 @@ impl Auth {
                 })?;
                 kcred_auth::grpc::Caller(format!("cert:{cn}"))
             }
-            _ => authenticate(acceptor, request).map_err(|status| {
+            _ => self.verify(acceptor, request).await.map_err(|status| {
                 rejected("unauthenticated", Reason::Unauthenticated, status.message())
             })?,
         };

@@ -52,7 +52,7 @@ impl AdminApi {
             self.state.record_refusal(peer, event, refusal.reason).await;
             Status::from(refusal)
         };
-        let (who, role) = match self.state.auth.admin(request) {
+        let (who, role) = match self.state.auth.admin(request).await {
             Ok(c) => {
                 if let Err(refusal) = self.state.refuse_replayed(request).await {
                     return Err(refuse(c.0, refusal).await);

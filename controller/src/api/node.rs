@@ -289,7 +289,7 @@ impl NodeApi {
                     .get::<TlsConnectInfo<TcpConnectInfo>>()
                     .is_some();
                 let proven = tls.then(|| conns.proven(request.remote_addr())).flatten();
-                match self.state.auth.node(request, node, proven.as_ref()) {
+                match self.state.auth.node(request, node, proven.as_ref()).await {
                     Ok(fresh) => {
                         let on_proven = matches!(proven, Some(Proven::Principal(_)));
                         // A token verified here must not have been accepted
