@@ -45,6 +45,8 @@ pub struct AuditLog {
     /// released the chain lock, before signing them.
     #[cfg(test)]
     after_reserving: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    #[cfg(test)]
+    after_landing: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// Where the chain stands: the last record numbered and hashed, which may
@@ -276,6 +278,8 @@ impl AuditLog {
             durable: Durable::new(len, head),
             #[cfg(test)]
             after_reserving: Mutex::new(None),
+            #[cfg(test)]
+            after_landing: Mutex::new(None),
         })
     }
 
@@ -305,11 +309,18 @@ impl AuditLog {
         for event in events {
             event.check()?;
         }
-        let (records, lines, mark) = self.write_all(events)?;
+        let Wrote {
+            records,
+            lines,
+            mark,
+            landed,
+        } = self.write_all(events)?;
         let Some(first) = records.first().map(|r| r.seq) else {
             return Ok(records);
         };
-        self.wait_landed(mark)?;
+        if !landed {
+            self.wait_landed(mark)?;
+        }
         self.durable
             .wait(mark, || self.written(), |e| self.cut_back(e))
             .map_err(|cut| self.not_durable(first, cut))?;
@@ -354,7 +365,12 @@ impl AuditLog {
                 return Err(self.broken());
             }
         };
-        let (records, lines, mark) = match inline {
+        let Wrote {
+            records,
+            lines,
+            mark,
+            landed,
+        } = match inline {
             Some(written) => written?,
             None => {
                 let log = Arc::clone(self);
@@ -368,13 +384,18 @@ impl AuditLog {
         };
         // Lines queued behind one still being signed (on another thread)
         // land with it: wait for that rather than lead a sync that cannot
-        // cover them. Whoever lands them nudges the waiters.
-        loop {
-            let mut changed = self.durable.subscribe();
-            if self.has_landed(mark)? {
-                break;
+        // cover them. Whoever lands them nudges the waiters. Lines that
+        // landed as they were written skip the landing's lock here: a
+        // segment's seal, which may start as soon as they land, holds it
+        // across its syncs, and this runs on an async worker.
+        if !landed {
+            loop {
+                let mut changed = self.durable.subscribe();
+                if self.has_landed(mark)? {
+                    break;
+                }
+                let _ = changed.changed().await;
             }
-            let _ = changed.changed().await;
         }
         loop {
             match self.durable.step(mark) {
@@ -524,22 +545,18 @@ impl AuditLog {
     /// records, their lines (without the newline) and where the last one
     /// ends.
     #[allow(clippy::type_complexity)]
-    fn write_all(
-        &self,
-        events: &[AuditEvent],
-    ) -> Result<(Vec<AuditRecord>, Vec<Vec<u8>>, Mark), AuditError> {
+    fn write_all(&self, events: &[AuditEvent]) -> Result<Wrote, AuditError> {
         self.write_locked(self.lock()?, events)
     }
 
     /// [`AuditLog::write_all`] under the chain lock already taken: numbers
     /// and hashes the records and reserves their lines under it, signs them
     /// after releasing it, then lands them.
-    #[allow(clippy::type_complexity)]
     fn write_locked(
         &self,
         mut tail: MutexGuard<'_, Tail>,
         events: &[AuditEvent],
-    ) -> Result<(Vec<AuditRecord>, Vec<Vec<u8>>, Mark), AuditError> {
+    ) -> Result<Wrote, AuditError> {
         {
             let landing = self.landing()?;
             tail.catch_up(&landing);
@@ -577,7 +594,12 @@ impl AuditLog {
                 epoch,
                 end: tail.len,
             };
-            return Ok((Vec::new(), Vec::new(), mark));
+            return Ok(Wrote {
+                records: Vec::new(),
+                lines: Vec::new(),
+                mark,
+                landed: true,
+            });
         };
         let (first_seq, first_ms) = (first.seq, first.unix_ms);
         let batch_len = sealed.iter().map(|(_, _, line)| line.len()).sum();
@@ -635,20 +657,38 @@ impl AuditLog {
             records.push(record);
         }
         reserved.landed = true;
-        self.land(epoch, first_seq, signed)?;
-        Ok((records, lines, mark))
+        let landed = self.land(mark, first_seq, signed)?;
+        #[cfg(test)]
+        {
+            let hook = self
+                .after_landing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        Ok(Wrote {
+            records,
+            lines,
+            mark,
+            landed,
+        })
     }
 
-    /// Deposits signed lines and writes every line the file's end is
-    /// waiting for, in order.
+    /// Deposits signed lines, ending at `mark`, and writes every line the
+    /// file's end is waiting for, in order. Whether the deposited lines are
+    /// in the file now (not if they wait for an earlier line still being
+    /// signed).
     fn land(
         &self,
-        epoch: u64,
+        mark: Mark,
         first_seq: u64,
         signed: Vec<(u64, Signed)>,
-    ) -> Result<(), AuditError> {
+    ) -> Result<bool, AuditError> {
         let mut guard = self.landing()?;
-        if guard.epoch != epoch {
+        if guard.epoch != mark.epoch {
             drop(guard);
             return Err(self.cut_before_landing(first_seq));
         }
@@ -684,7 +724,7 @@ impl AuditLog {
             // predecessor landed: their callers wait for a nudge.
             self.durable.nudge();
         }
-        Ok(())
+        Ok(landing.reached(mark))
     }
 
     /// Lines reserved in `epoch` will never land (their reserver panicked):
@@ -836,6 +876,20 @@ impl AuditLog {
             .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
     }
 
+    /// Runs `hook` in the next append, once its lines have landed.
+    #[cfg(test)]
+    pub(super) fn after_landing(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.after_landing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// Runs `f` holding the landing's lock, as a segment's seal holds it
+    /// across its syncs.
+    #[cfg(test)]
+    pub(super) fn with_landing_locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
     /// The last seq numbered (landed or not); 0 while the chain lock is
     /// held.
     #[cfg(test)]
@@ -922,6 +976,18 @@ impl Tail {
             self.first = None;
         }
     }
+}
+
+/// What [`AuditLog::write_all`] wrote.
+pub(super) struct Wrote {
+    pub records: Vec<AuditRecord>,
+    /// Their lines without the newline, for the sink (empty without one).
+    pub lines: Vec<Vec<u8>>,
+    /// Where the last of them ends.
+    pub mark: Mark,
+    /// Whether they were in the file on return (else they land with an
+    /// earlier line still being signed on another thread).
+    pub landed: bool,
 }
 
 impl Landing {

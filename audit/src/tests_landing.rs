@@ -36,7 +36,7 @@ fn sealing_after_one_more(fx: &Fixture) -> AuditLog {
 fn a_failed_write_keeps_the_records_before_it_and_tells_their_callers() {
     let fx = Fixture::new(2);
     let log = fx.open();
-    let (_, _, mark) = log.write_all(&[event(3)]).expect("write");
+    let mark = log.write_all(&[event(3)]).expect("write").mark;
     log.inject(Fault::PartialWrite(10));
     assert!(log.write_all(&[event(4)]).is_err(), "the write fails");
     assert_eq!(wait(&log, mark), Ok(()), "record 3 stays and is durable");
@@ -52,8 +52,11 @@ fn a_failed_write_keeps_the_records_before_it_and_tells_their_callers() {
 fn a_failed_sync_during_a_seal_cuts_back_to_the_sealed_point() {
     let fx = Fixture::new(2);
     let log = sealing_after_one_more(&fx);
-    let (_, _, mark3) = log.write_all(&[event(3)]).expect("write 3");
-    let (sealing, _, _) = log.write_all(&[event(4)]).expect("write 4, sealing");
+    let mark3 = log.write_all(&[event(3)]).expect("write 3").mark;
+    let sealing = log
+        .write_all(&[event(4)])
+        .expect("write 4, sealing")
+        .records;
     assert_eq!(sealing[0].seq, 4);
     assert_eq!(wait(&log, mark3), Ok(()), "the seal made record 3 durable");
     // The leader whose sync failed before the seal cuts back only now.
@@ -72,7 +75,7 @@ fn a_failed_sync_during_a_seal_cuts_back_to_the_sealed_point() {
 fn a_failed_sync_during_a_failed_seal_keeps_the_durable_record() {
     let fx = Fixture::new(2);
     let log = sealing_after_one_more(&fx);
-    let (_, _, mark3) = log.write_all(&[event(3)]).expect("write 3");
+    let mark3 = log.write_all(&[event(3)]).expect("write 3").mark;
     // The seal's rename finds a non-empty directory where it links.
     let mut next = fx.log.as_os_str().to_os_string();
     next.push(".next");
@@ -166,11 +169,57 @@ fn a_seal_waiting_for_a_line_that_breaks_the_log_does_not_seal() {
 fn a_sync_after_another_sync_failed_is_not_trusted_until_the_cut() {
     let fx = Fixture::new(2);
     let log = fx.open();
-    let (_, _, mark) = log.write_all(&[event(3)]).expect("write");
+    let mark = log.write_all(&[event(3)]).expect("write").mark;
     log.durable.sync_failed_elsewhere();
     assert!(wait(&log, mark).is_err(), "record 3 is not durable");
     assert_eq!(log.head().map(|h| h.seq), Some(2));
     assert_eq!(log.append(&event(3)).expect("append after the cut").seq, 3);
     drop(log);
     assert_eq!(fx.verify().records, 3);
+}
+
+/// An async append whose lines landed as it wrote them never takes the
+/// landing's lock on its worker: a seal, which may start as soon as they
+/// land, holds that lock across its syncs. Here another thread holds it
+/// for a second right after the append's lines land; a timer on the same
+/// one-thread runtime still fires on time, and the append completes
+/// once the lock is free.
+#[test]
+fn an_async_append_whose_lines_landed_leaves_its_worker_free_during_a_seal() {
+    const HELD: std::time::Duration = std::time::Duration::from_secs(1);
+    let fx = Fixture::new(2);
+    let log = Arc::new(fx.open());
+    let holder = Arc::clone(&log);
+    log.after_landing(move || {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            holder.with_landing_locked(|| {
+                held_tx.send(()).expect("send");
+                std::thread::sleep(HELD);
+            });
+        });
+        held_rx.recv().expect("the landing is held");
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (late, records) = runtime.block_on(async {
+        let start = std::time::Instant::now();
+        let appending = {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move { log.append_all_durably(vec![event(3)]).await })
+        };
+        // The append runs first, up to where it awaits its sync.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let late = start.elapsed();
+        (late, appending.await.expect("task").expect("append"))
+    });
+    assert!(
+        late < HELD / 2,
+        "a 50 ms timer fired after {late:?}: the worker waited for the landing"
+    );
+    assert_eq!(records[0].seq, 3);
+    fx.assert_intact(3);
 }
