@@ -32,7 +32,7 @@ use crate::issuers::IssueError;
 use crate::keytab::Keytab;
 use crate::names::{Principal, ServicePrincipal};
 use crate::state::ControllerState;
-use crate::store::Table;
+use crate::store::{StoreError, Table};
 use kcred_audit::timefmt::now_unix;
 
 /// A rotation whose grace period has not ended.
@@ -126,8 +126,7 @@ pub async fn rotate_keytab(
         purge_at_unix,
         in_progress: true,
     };
-    st.store
-        .put(Table::Rotations, &started.principal, &started, b"")?;
+    remember(st, started).await?;
     let b = st.backends.of(p.realm())?;
     let rotated = b
         .gate
@@ -143,8 +142,7 @@ pub async fn rotate_keytab(
         purge_at_unix,
         in_progress: false,
     };
-    st.store
-        .put(Table::Rotations, &purge.principal, &purge, b"")?;
+    remember(st, purge).await?;
     let holders = st.issued.holding_principal(&principal.to_string())?;
     push_refresh(
         st,
@@ -154,9 +152,28 @@ pub async fn rotate_keytab(
     Ok(new_kvno)
 }
 
+/// Records a rotation's pending purge (a durable write, off the workers).
+async fn remember(st: &ControllerState, purge: PendingPurge) -> Result<(), StoreError> {
+    st.store
+        .blocking(move |store| store.put(Table::Rotations, &purge.principal, &purge, b""))
+        .await
+}
+
+/// Drops a principal's pending purge (a durable write, off the workers).
+async fn forget(st: &ControllerState, principal: &str) -> Result<(), StoreError> {
+    let name = principal.to_string();
+    st.store
+        .blocking(move |store| store.delete(Table::Rotations, &name))
+        .await
+}
+
 /// Ends every grace period that is over. Runs periodically.
 pub async fn purge_due(st: &ControllerState) {
-    let pending: Vec<(String, PendingPurge, i64)> = match st.store.list(Table::Rotations) {
+    let pending: Vec<(String, PendingPurge, i64)> = match st
+        .store
+        .blocking(|store| store.list(Table::Rotations))
+        .await
+    {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot read pending purges");
@@ -180,9 +197,11 @@ pub async fn purge_due(st: &ControllerState) {
             }
         };
         // A rotation may have replaced this purge while we waited.
+        let name = purge.principal.clone();
         let now = match st
             .store
-            .get::<PendingPurge>(Table::Rotations, &purge.principal)
+            .blocking(move |store| store.get::<PendingPurge>(Table::Rotations, &name))
+            .await
         {
             Ok(Some(r)) => r.meta,
             _ => continue,
@@ -217,7 +236,7 @@ pub async fn purge_due(st: &ControllerState) {
                 if let Err(e) = st.record(vec![event]).await {
                     tracing::error!(error = %e, "cannot audit the end of a grace period");
                 }
-                if let Err(e) = st.store.delete(Table::Rotations, &purge.principal) {
+                if let Err(e) = forget(st, &purge.principal).await {
                     tracing::error!(error = %e, "cannot clear a finished purge");
                 }
                 match st.issued.holding_principal(&purge.principal) {
@@ -269,7 +288,7 @@ async fn resume(st: &ControllerState, p: &Principal, started: &PendingPurge) {
     let kvno = newest(&keytab);
     if kvno <= started.keep_kvno {
         // The KDC never changed (the rotation failed before its new keys).
-        if let Err(e) = st.store.delete(Table::Rotations, &started.principal) {
+        if let Err(e) = forget(st, &started.principal).await {
             tracing::error!(error = %e, "cannot clear a rotation that never started");
         }
         return;
@@ -279,10 +298,7 @@ async fn resume(st: &ControllerState, p: &Principal, started: &PendingPurge) {
         in_progress: false,
         ..started.clone()
     };
-    if let Err(e) = st
-        .store
-        .put(Table::Rotations, &purge.principal, &purge, b"")
-    {
+    if let Err(e) = remember(st, purge).await {
         tracing::error!(error = %e, "cannot record a resumed rotation");
         return;
     }

@@ -160,6 +160,28 @@ const MAX_GRACE_SECS: u64 = 365 * 86_400;
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<RotationProgress, Status>> + Send>>;
 
+/// Of the volumes in `holders` still mounted, how many hold `version` of
+/// `subject`, and how many there are. Only mounted volumes count: a
+/// record outlives its mount until its pod is gone, and an unmounted
+/// volume never fetches the new version.
+fn delivered(
+    state: &ControllerState,
+    holders: &[String],
+    subject: &str,
+    version: u32,
+) -> (u32, u32) {
+    let live: Vec<_> = holders
+        .iter()
+        .filter_map(|id| state.issued.get(id).ok().flatten())
+        .filter(|v| state.held.is_live(&v.node, &v.volume_id, v.issued_unix))
+        .collect();
+    let updated = live
+        .iter()
+        .filter(|v| v.versions.get(subject).is_some_and(|&n| n >= version))
+        .count();
+    (updated as u32, live.len() as u32)
+}
+
 /// Streams "N of M volumes updated" until every holder has `version` of
 /// `subject`, or `wait` ends.
 fn progress(
@@ -170,23 +192,23 @@ fn progress(
     wait: Duration,
 ) -> ProgressStream {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let holders = Arc::new(holders);
     tokio::spawn(async move {
         let deadline = Instant::now() + wait;
         let mut last = (u32::MAX, u32::MAX);
         loop {
-            // Only volumes still mounted count: a record outlives its
-            // mount until its pod is gone, and an unmounted volume never
-            // fetches the new version.
-            let live: Vec<_> = holders
-                .iter()
-                .filter_map(|id| state.issued.get(id).ok().flatten())
-                .filter(|v| state.held.is_live(&v.node, &v.volume_id, v.issued_unix))
-                .collect();
-            let total = live.len() as u32;
-            let updated = live
-                .iter()
-                .filter(|v| v.versions.get(&subject).is_some_and(|&n| n >= version))
-                .count() as u32;
+            // With a shared store, one read through to etcd per holder.
+            let (st, ids, subj) = (Arc::clone(&state), Arc::clone(&holders), subject.clone());
+            let Ok((updated, total)) = state
+                .store
+                .reading(move || delivered(&st, &ids, &subj, version))
+                .await
+            else {
+                let _ = tx
+                    .send(Err(Status::internal("counting the volumes failed")))
+                    .await;
+                return;
+            };
             let done = updated == total;
             let timed_out = Instant::now() >= deadline;
             if (updated, total) != last || done || timed_out {

@@ -434,32 +434,23 @@ impl NodeApi {
             None => None,
         };
         let pod = st.pods.get(&ask.pod.namespace, &ask.pod.name);
-        let (previous, pod_revoked) = if st.store.reads_locally() {
-            // The view alone: nothing shared to read through.
-            (
-                st.issued.get(ask.volume_id),
-                st.issued.pod_revoked(&ask.pod.uid),
-            )
-        } else {
-            // Two reads through to etcd: on a blocking thread, so a batch's
-            // volumes make theirs at once instead of one after another on
-            // the worker, and a slow etcd holds no worker.
-            let (state, id, uid) = (
-                Arc::clone(st),
-                ask.volume_id.to_string(),
-                ask.pod.uid.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                (state.issued.get(&id), state.issued.pod_revoked(&uid))
-            })
+        // With a shared store, two reads through to etcd: a batch's volumes
+        // make theirs at once, and a slow etcd holds no worker.
+        let (state, id, uid) = (
+            Arc::clone(st),
+            ask.volume_id.to_string(),
+            ask.pod.uid.clone(),
+        );
+        let (previous, pod_revoked) = st
+            .store
+            .reading(move || (state.issued.get(&id), state.issued.pod_revoked(&uid)))
             .await
             .map_err(|e| {
                 Refusal::new(
                     Reason::StoreUnavailable,
                     format!("reading the volume's records failed: {e}"),
                 )
-            })?
-        };
+            })?;
         let previous = previous.map_err(|e| Refusal::from_error(&e))?;
         let pod_revoked = pod_revoked.map_err(|e| Refusal::from_error(&e))?;
         let policy = st.policy.get();

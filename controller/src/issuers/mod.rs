@@ -65,18 +65,11 @@ where
     M: DeserializeOwned + Send + 'static,
     E: std::fmt::Display,
 {
-    let found = if store.reads_locally() {
-        // A B-tree lookup in pages the kernel holds and one decryption:
-        // microseconds, less than the hop to a blocking thread and back
-        // (which cost more than the read on every warm fetch).
-        store.get::<M>(table, name)?
-    } else {
-        let store = Arc::clone(store);
-        let key = name.to_string();
-        tokio::task::spawn_blocking(move || store.get::<M>(table, &key))
-            .await
-            .map_err(|e| IssueError::Task(e.to_string()))??
-    };
+    let (from, key) = (Arc::clone(store), name.to_string());
+    let found = store
+        .reading(move || from.get::<M>(table, &key))
+        .await
+        .map_err(|e| IssueError::Task(e.to_string()))??;
     found.map(parse).transpose().map_err(|e| {
         IssueError::Store(StoreError::Corrupt {
             record: name.to_string(),

@@ -172,6 +172,36 @@ impl Store {
         self.backend.reads_locally()
     }
 
+    /// Runs `read`, which reads this store, where such a read belongs: in
+    /// place when the store reads locally (a B-tree lookup in pages the
+    /// kernel holds: microseconds, less than the hop to a blocking thread
+    /// and back), on a blocking thread otherwise (an etcd round trip must
+    /// not hold an async worker, and reads made this way by concurrent
+    /// tasks overlap). `Err` only if that thread's task was lost.
+    pub async fn reading<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        if self.reads_locally() {
+            Ok(read())
+        } else {
+            tokio::task::spawn_blocking(read).await
+        }
+    }
+
+    /// Runs `call` on this store on a blocking thread: a durable write
+    /// waits for the disk (or etcd), any etcd call is a round trip, and
+    /// neither may hold an async worker.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|e| StoreError::Db(format!("store task lost: {e}")))?
+    }
+
     /// Whether the backend answered the last call: false once it fails
     /// (etcd lost), and every issue then fails with it. For readiness.
     pub fn healthy(&self) -> bool {
