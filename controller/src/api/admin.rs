@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::AdminRole;
 use crate::gate::Lane;
-use crate::issued::{Revoker, VolumeRecord};
+use crate::issued::{Listing, Revoker, VolumeRecord};
 use crate::names::{self, ServicePrincipal};
 use crate::reasons::{Reasoned, Refusal, status_of};
 use crate::revocation_sync;
@@ -330,17 +330,22 @@ impl Admin for AdminApi {
                     .to_string(),
             )
         };
-        let volumes = self
-            .state
-            .issued
-            .all()
-            .map_err(|e| status_of(&e))?
-            .iter()
-            .filter(|v| principal.as_ref().is_none_or(|p| v.keytabs.contains(p)))
-            .filter(|v| f.namespace.is_empty() || v.namespace == f.namespace)
-            .filter(|v| f.node.is_empty() || v.node == f.node)
-            .map(to_proto)
-            .collect();
+        // Made off the async workers: at 100,000 records, tens of
+        // milliseconds.
+        let state = Arc::clone(&self.state);
+        let volumes = tokio::task::spawn_blocking(move || {
+            fn some(s: &str) -> Option<&str> {
+                (!s.is_empty()).then_some(s)
+            }
+            let wanted = Listing {
+                principal: principal.as_deref(),
+                namespace: some(&f.namespace),
+                node: some(&f.node),
+            };
+            state.issued.listing(&wanted).iter().map(to_proto).collect()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("listing the volumes failed: {e}")))?;
         Ok(Response::new(ListCredentialsResponse { volumes }))
     }
 

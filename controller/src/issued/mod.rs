@@ -228,6 +228,20 @@ pub enum PutError {
 
 const BATCH_LINGER: Duration = Duration::from_millis(50);
 
+/// Records made per turn under the view's lock by a listing.
+const LIST_TURN: usize = 1024;
+
+/// What a listing of records asks for; `None`: any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listing<'a> {
+    /// Volumes whose keytab holds this principal.
+    pub principal: Option<&'a str>,
+    /// Volumes of pods in this namespace.
+    pub namespace: Option<&'a str>,
+    /// Volumes on this node.
+    pub node: Option<&'a str>,
+}
+
 /// How often a controller sharing its store takes in the revocations the
 /// others made (for heartbeats' answers), and how often any controller
 /// tries again to audit and write revoked volumes nobody audited.
@@ -1001,15 +1015,18 @@ impl Issued {
         self.store.delete(Table::Volumes, volume_id)
     }
 
-    /// Every volume record, by volume id.
-    pub fn all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
-        let mut v: Vec<VolumeRecord> = read(&self.view)
-            .by_id
-            .iter()
-            .map(|(id, k)| k.record(id))
-            .collect();
+    /// The records a listing asks for (each filter unset: any), revoked
+    /// ones included, by volume id.
+    pub fn listing(&self, wanted: &Listing<'_>) -> Vec<VolumeRecord> {
+        let mut v = self.matching_all(|k| {
+            wanted
+                .principal
+                .is_none_or(|p| k.keytabs.iter().any(|n| &**n == p))
+                && wanted.namespace.is_none_or(|n| &*k.namespace == n)
+                && wanted.node.is_none_or(|n| &*k.node == n)
+        });
         v.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
-        Ok(v)
+        v
     }
 
     /// How many volumes each node holds.
@@ -1032,12 +1049,29 @@ impl Issued {
     }
 
     fn matching(&self, wanted: impl Fn(&KeptVolume) -> bool) -> Vec<VolumeRecord> {
-        read(&self.view)
+        self.matching_all(|v| !v.revoked && wanted(v))
+    }
+
+    /// The records `wanted` picks, made in turns of [`LIST_TURN`] under
+    /// the view's lock: a fetch waiting to write to the view (and every
+    /// reader after it) waits for one turn, not for records to be made
+    /// for the whole index. A record removed between turns is left out.
+    fn matching_all(&self, wanted: impl Fn(&KeptVolume) -> bool) -> Vec<VolumeRecord> {
+        let ids: Vec<Arc<str>> = read(&self.view)
             .by_id
             .iter()
-            .filter(|(_, v)| !v.revoked && wanted(v))
-            .map(|(id, v)| v.record(id))
-            .collect()
+            .filter(|(_, v)| wanted(v))
+            .map(|(id, _)| Arc::clone(id))
+            .collect();
+        let mut records = Vec::with_capacity(ids.len());
+        for turn in ids.chunks(LIST_TURN) {
+            let view = read(&self.view);
+            records.extend(turn.iter().filter_map(|id| {
+                let kept = view.by_id.get(id)?;
+                wanted(kept).then(|| kept.record(id))
+            }));
+        }
+        records
     }
 }
 
@@ -1167,6 +1201,71 @@ pub(crate) mod tests {
             "revocations survive a restart"
         );
         assert_eq!(again.count_by_node().get("node-b"), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn a_listing_filters_and_sorts_and_lets_a_fetch_record_between_its_turns() {
+        let dir = tempfile::tempdir().expect("dir");
+        let issued = Arc::new(Issued::new(store(dir.path()), false).expect("issued"));
+        let volumes = 2 * LIST_TURN;
+        for i in 0..volumes {
+            let node = if i % 2 == 0 { "node-a" } else { "node-b" };
+            issued
+                .put(&record(&format!("v{i:05}"), node, &format!("u{i}")))
+                .expect("put");
+        }
+        let on_b = issued.listing(&Listing {
+            node: Some("node-b"),
+            ..Listing::default()
+        });
+        assert_eq!(on_b.len(), volumes / 2);
+        assert!(on_b.iter().all(|r| r.node == "node-b"));
+        assert!(on_b.windows(2).all(|w| w[0].volume_id < w[1].volume_id));
+        let none = issued.listing(&Listing {
+            principal: Some("HTTP/other@R"),
+            ..Listing::default()
+        });
+        assert!(none.is_empty());
+        let revoked = record("v00001", "node-b", "u1");
+        let _ = issued.revoke(&revoked, std::slice::from_ref(&revoked), &by());
+        let listed = issued.listing(&Listing {
+            namespace: Some("web"),
+            node: Some("node-b"),
+            ..Listing::default()
+        });
+        assert_eq!(listed.len(), volumes / 2, "revoked volumes are listed too");
+        assert!(listed[0].revoked && !listed[1].revoked);
+
+        // A listing slowed down while it makes records (its first pass
+        // over the index, picking ids, is not): a fetch recording its
+        // volume meanwhile waits for one turn, not for the whole listing.
+        let looked = std::sync::atomic::AtomicUsize::new(0);
+        let listed = std::sync::atomic::AtomicBool::new(false);
+        let recorded_first = std::thread::scope(|scope| {
+            let lister = scope.spawn(|| {
+                let all = issued.matching_all(|_| {
+                    if looked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= volumes {
+                        std::thread::sleep(std::time::Duration::from_micros(300));
+                    }
+                    true
+                });
+                listed.store(true, std::sync::atomic::Ordering::SeqCst);
+                all
+            });
+            while looked.load(std::sync::atomic::Ordering::SeqCst) <= volumes {
+                std::thread::yield_now();
+            }
+            issued
+                .put(&record("v-new", "node-a", "u-new"))
+                .expect("put");
+            let first = !listed.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(lister.join().expect("lister").len(), volumes);
+            first
+        });
+        assert!(
+            recorded_first,
+            "the fetch's record waited for the whole listing"
+        );
     }
 
     #[tokio::test]
