@@ -69,8 +69,11 @@ impl<V: Clone> ReviewCache<V> {
     }
 
     /// Keeps `value` for `ttl` from `now` (nothing for a zero ttl). A full
-    /// cache first drops what is past its deadline, then the entry closest
-    /// to it.
+    /// cache first drops what is past its deadline, then the sixteenth of
+    /// its entries closest to theirs: making room looks at every entry
+    /// under the lock every lookup takes, so it is done once for many
+    /// inserts, not for each (with more pods than entries, every new
+    /// token finds the cache full).
     pub fn put(&self, key: [u8; 32], value: V, ttl: Duration, now: Instant) {
         if ttl.is_zero() {
             return;
@@ -78,10 +81,14 @@ impl<V: Clone> ReviewCache<V> {
         let mut map = self.lock();
         if map.len() >= self.capacity && !map.contains_key(&key) {
             map.retain(|_, (_, until)| *until > now);
-            if map.len() >= self.capacity
-                && let Some(k) = map.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
-            {
-                map.remove(&k);
+            if map.len() >= self.capacity {
+                let mut soonest: Vec<(Instant, [u8; 32])> =
+                    map.iter().map(|(k, (_, until))| (*until, *k)).collect();
+                let room = (self.capacity / 16).clamp(1, soonest.len());
+                soonest.select_nth_unstable(room - 1);
+                for (_, k) in &soonest[..room] {
+                    map.remove(k);
+                }
             }
         }
         map.insert(key, (value, now + ttl));
@@ -147,5 +154,23 @@ mod tests {
         }
         cache.put([5; 32], 5, Duration::ZERO, t0);
         assert_eq!(cache.get(&[5; 32], t0), None, "a zero ttl keeps nothing");
+    }
+
+    #[test]
+    fn a_full_cache_makes_room_for_many_inserts_at_once() {
+        let cache = ReviewCache::new(32);
+        let t0 = Instant::now();
+        for i in 1..=32u8 {
+            cache.put([i; 32], i, Duration::from_secs(u64::from(i)), t0);
+        }
+        cache.put([100; 32], 100, Duration::from_secs(60), t0);
+        assert_eq!(cache.len(), 31, "a sixteenth went, the new one came");
+        for gone in [1u8, 2] {
+            assert_eq!(cache.get(&[gone; 32], t0), None, "the soonest to lapse");
+        }
+        assert_eq!(cache.get(&[3; 32], t0), Some(3));
+        cache.put([101; 32], 101, Duration::from_secs(60), t0);
+        assert_eq!(cache.len(), 32, "room left: nothing dropped");
+        assert_eq!(cache.get(&[3; 32], t0), Some(3));
     }
 }
