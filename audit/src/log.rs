@@ -541,10 +541,7 @@ impl AuditLog {
         }
     }
 
-    /// Seals and writes `events` under the chain lock (no sync); returns the
-    /// records, their lines (without the newline) and where the last one
-    /// ends.
-    #[allow(clippy::type_complexity)]
+    /// Seals and writes `events` under the chain lock (no sync).
     fn write_all(&self, events: &[AuditEvent]) -> Result<Wrote, AuditError> {
         self.write_locked(self.lock()?, events)
     }
@@ -629,16 +626,7 @@ impl AuditLog {
         };
         drop(tail);
         #[cfg(test)]
-        {
-            let hook = self
-                .after_reserving
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(hook) = hook {
-                hook();
-            }
-        }
+        run_hook(&self.after_reserving);
 
         let mut records = Vec::with_capacity(sealed.len());
         let mut lines = Vec::with_capacity(if self.sink.is_some() { sealed.len() } else { 0 });
@@ -659,16 +647,7 @@ impl AuditLog {
         reserved.landed = true;
         let landed = self.land(mark, first_seq, signed)?;
         #[cfg(test)]
-        {
-            let hook = self
-                .after_landing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(hook) = hook {
-                hook();
-            }
-        }
+        run_hook(&self.after_landing);
         Ok(Wrote {
             records,
             lines,
@@ -975,6 +954,15 @@ impl Tail {
         if self.len == self.base {
             self.first = None;
         }
+    }
+}
+
+/// Runs and clears a test's hook, if one is set.
+#[cfg(test)]
+fn run_hook(hook: &Mutex<Option<Box<dyn FnOnce() + Send>>>) {
+    let hook = hook.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(hook) = hook {
+        hook();
     }
 }
 

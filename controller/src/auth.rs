@@ -223,14 +223,17 @@ impl Auth {
             _ => None,
         };
         let caller = match principal {
-            Some(p) => kcred_auth::grpc::Caller(p.to_string()),
-            None => self.verify(acceptor, request).await.map_err(|status| {
-                rejected(
-                    format!("node/{claimed} (unauthenticated)"),
-                    Reason::Unauthenticated,
-                    status.message(),
-                )
-            })?,
+            Some(p) => Caller(p.to_string()),
+            None => self
+                .verify_token(acceptor, request)
+                .await
+                .map_err(|status| {
+                    rejected(
+                        format!("node/{claimed} (unauthenticated)"),
+                        Reason::Unauthenticated,
+                        status.message(),
+                    )
+                })?,
         };
         let node = kcred_auth::node_name_from_principal(&caller.0, &self.realm, self.short)
             .map_err(|e| {
@@ -258,7 +261,7 @@ impl Auth {
     /// token, and a slow disk there must not stall the calls the workers
     /// serve meanwhile (a connection's later calls skip this, see the
     /// module docs).
-    async fn verify<T>(
+    async fn verify_token<T>(
         &self,
         acceptor: &Arc<Acceptor>,
         request: &Request<T>,
@@ -310,11 +313,14 @@ impl Auth {
                         "client certificate has no subject CN",
                     )
                 })?;
-                kcred_auth::grpc::Caller(format!("cert:{cn}"))
+                Caller(format!("cert:{cn}"))
             }
-            _ => self.verify(acceptor, request).await.map_err(|status| {
-                rejected("unauthenticated", Reason::Unauthenticated, status.message())
-            })?,
+            _ => self
+                .verify_token(acceptor, request)
+                .await
+                .map_err(|status| {
+                    rejected("unauthenticated", Reason::Unauthenticated, status.message())
+                })?,
         };
         let directory = crate::locks::read(&self.directory);
         let role = if self.operators.contains(&caller.0) || directory.operators.contains(&caller.0)
