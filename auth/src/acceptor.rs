@@ -34,9 +34,11 @@ const KRB5KRB_AP_ERR_REPEAT: u32 = (-1_765_328_384_i32 + 34) as u32;
 /// once to each replica within that window: TLS is what keeps tokens off the
 /// wire.
 ///
-/// `Send + Sync`: share one behind an `Arc`. [`Acceptor::accept`] is
-/// CPU work plus a small replay-cache file write, fine on an async thread
-/// for moderate rates; see the crate tests for the measured cost.
+/// `Send + Sync`: share one behind an `Arc`. [`Acceptor::accept`] blocks:
+/// CPU work plus reads of the keytab and a locked read and write of the
+/// replay cache file, which can wait as long as that file's lock is held
+/// or its disk is stalled. Call it from a blocking thread, not an async
+/// worker; `cargo bench -p kcred-auth --bench accept_cost` measures it.
 pub struct Acceptor {
     cred: Cred,
     keytab: PathBuf,

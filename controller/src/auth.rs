@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kcred_auth::Acceptor;
 use kcred_auth::grpc::{Caller, token_of, verify};
@@ -136,6 +137,20 @@ pub struct AdminSets {
     pub auditors: BTreeSet<String>,
 }
 
+/// Longest wait for a token's verification, its turn included: a replay
+/// cache held up (a stalled disk, another process that keeps its lock)
+/// must not hold calls for ever.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a token was not verified: refused, or not looked at in time.
+fn unverified(status: &Status) -> Reason {
+    if status.code() == tonic::Code::Unauthenticated {
+        Reason::Unauthenticated
+    } else {
+        Reason::ControllerUnavailable
+    }
+}
+
 /// The controller's authentication policy.
 pub struct Auth {
     acceptor: Option<Arc<Acceptor>>,
@@ -230,7 +245,7 @@ impl Auth {
                 .map_err(|status| {
                     rejected(
                         format!("node/{claimed} (unauthenticated)"),
-                        Reason::Unauthenticated,
+                        unverified(&status),
                         status.message(),
                     )
                 })?,
@@ -260,24 +275,37 @@ impl Auth {
     /// keytab and reads and appends to the replay cache file for every
     /// token, and a slow disk there must not stall the calls the workers
     /// serve meanwhile (a connection's later calls skip this, see the
-    /// module docs).
+    /// module docs). Gives up after [`VERIFY_TIMEOUT`], its turn included, with
+    /// `Unavailable` (a thread stuck on the replay cache keeps its turn, so
+    /// such threads never outnumber the turns).
     async fn verify_token<T>(
         &self,
         acceptor: &Arc<Acceptor>,
         request: &Request<T>,
     ) -> Result<Caller, Status> {
         let token = token_of(request)?;
-        let turn = Arc::clone(&self.verifying)
-            .acquire_owned()
-            .await
-            .map_err(|_| Status::unavailable("the controller is stopping"))?;
         let acceptor = Arc::clone(acceptor);
-        tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            verify(&acceptor, &token)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("token verification failed: {e}")))?
+        let verified = async {
+            // Never closed: `Auth` owns it.
+            let turn = Arc::clone(&self.verifying)
+                .acquire_owned()
+                .await
+                .map_err(|_| Status::unavailable("token verification stopped"))?;
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                verify(&acceptor, &token)
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("token verification failed: {e}")))?
+        };
+        tokio::time::timeout(VERIFY_TIMEOUT, verified)
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "the token could not be verified within {} s (the replay cache is held up); try again",
+                    VERIFY_TIMEOUT.as_secs()
+                ))
+            })?
     }
 
     /// Whether a client certificate naming `names` may speak for `claimed`.
@@ -319,7 +347,7 @@ impl Auth {
                 .verify_token(acceptor, request)
                 .await
                 .map_err(|status| {
-                    rejected("unauthenticated", Reason::Unauthenticated, status.message())
+                    rejected("unauthenticated", unverified(&status), status.message())
                 })?,
         };
         let directory = crate::locks::read(&self.directory);

@@ -10,6 +10,7 @@
 mod common;
 
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -100,6 +101,21 @@ fn tokenless_call(addr: std::net::SocketAddr, wait: Duration) -> Option<tonic::C
     rx.recv_timeout(wait).ok()
 }
 
+/// Whether a lock request on the file with inode `ino` is waiting:
+/// `/proc/locks` lists each blocked request with `->`, and the file as
+/// `MAJOR:MINOR:INODE`.
+fn someone_waits_for_lock(ino: u64) -> bool {
+    let inode = ino.to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("->"))
+        .any(|line| {
+            line.split_whitespace()
+                .any(|f| f.matches(':').count() == 2 && f.rsplit(':').next() == Some(&inode))
+        })
+}
+
 /// An open file description's write lock on the whole file, as MIT takes
 /// it on its replay cache (`F_OFD_SETLKW`): held while the file is open.
 fn lock(path: &std::path::Path) -> std::fs::File {
@@ -169,9 +185,17 @@ async fn a_replay_cache_held_locked_stalls_only_token_verification() {
             tokio::spawn(async move { node.heartbeat(heartbeat(Some(&t))).await })
         })
         .collect();
-    // Give them time to reach the lock (a thread's sleep: this runtime's
-    // timers need its workers).
-    std::thread::sleep(Duration::from_millis(500));
+    // Until one of them waits for the lock (waiting on a thread: this
+    // runtime's timers need its workers).
+    let ino = std::fs::metadata(&rcache).unwrap().ino();
+    let waits = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        someone_waits_for_lock(ino)
+    });
+    assert!(
+        waits,
+        "a token's verification waits for the replay cache's lock"
+    );
 
     // A call that needs no verification is answered meanwhile (refused:
     // it carries no token).

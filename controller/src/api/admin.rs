@@ -23,7 +23,7 @@ use crate::reasons::{Reasoned, Refusal, status_of};
 use crate::revocation_sync;
 use crate::rotation;
 use crate::state::ControllerState;
-use crate::store::Table;
+use crate::store::{StoreError, Table};
 
 /// Serves operators and auditors.
 pub struct AdminApi {
@@ -163,23 +163,27 @@ type ProgressStream = Pin<Box<dyn Stream<Item = Result<RotationProgress, Status>
 /// Of the volumes in `holders` still mounted, how many hold `version` of
 /// `subject`, and how many there are. Only mounted volumes count: a
 /// record outlives its mount until its pod is gone, and an unmounted
-/// volume never fetches the new version.
+/// volume never fetches the new version. A record that cannot be read
+/// fails the count (it is not counted as gone).
 fn delivered(
     state: &ControllerState,
     holders: &[String],
     subject: &str,
     version: u32,
-) -> (u32, u32) {
-    let live: Vec<_> = holders
-        .iter()
-        .filter_map(|id| state.issued.get(id).ok().flatten())
-        .filter(|v| state.held.is_live(&v.node, &v.volume_id, v.issued_unix))
-        .collect();
+) -> Result<(u32, u32), StoreError> {
+    let mut live = Vec::new();
+    for id in holders {
+        if let Some(v) = state.issued.get(id)?
+            && state.held.is_live(&v.node, &v.volume_id, v.issued_unix)
+        {
+            live.push(v);
+        }
+    }
     let updated = live
         .iter()
         .filter(|v| v.versions.get(subject).is_some_and(|&n| n >= version))
         .count();
-    (updated as u32, live.len() as u32)
+    Ok((updated as u32, live.len() as u32))
 }
 
 /// Streams "N of M volumes updated" until every holder has `version` of
@@ -199,15 +203,20 @@ fn progress(
         loop {
             // With a shared store, one read through to etcd per holder.
             let (st, ids, subj) = (Arc::clone(&state), Arc::clone(&holders), subject.clone());
-            let Ok((updated, total)) = state
+            let counted = state
                 .store
                 .reading(move || delivered(&st, &ids, &subj, version))
-                .await
-            else {
-                let _ = tx
-                    .send(Err(Status::internal("counting the volumes failed")))
-                    .await;
-                return;
+                .await;
+            let (updated, total) = match counted {
+                Ok(Ok(counts)) => counts,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(status_of(&e))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    return;
+                }
             };
             let done = updated == total;
             let timed_out = Instant::now() >= deadline;

@@ -4,14 +4,16 @@
 //! leases and reconciliation, and `kcredctl list`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use parking_lot::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::intern::Interner;
-use crate::locks::{lock, read, write};
+use crate::locks::lock;
 use kept::KeptVolume;
 
 mod kept;
@@ -505,7 +507,7 @@ impl Issued {
     /// Whether any volume of this pod was revoked (with a shared store:
     /// by any controller, up to now).
     pub fn pod_revoked(&self, pod_uid: &str) -> Result<bool, StoreError> {
-        if read(&self.view).revoked_pods.contains(pod_uid) {
+        if self.view.read().revoked_pods.contains(pod_uid) {
             return Ok(true);
         }
         if !self.shared {
@@ -516,7 +518,7 @@ impl Issued {
             .get::<RevokedPod>(Table::Revocations, pod_uid)?
             .is_some();
         if revoked {
-            write(&self.view).revoke_pods([pod_uid.to_string()]);
+            self.view.write().revoke_pods([pod_uid.to_string()]);
         }
         Ok(revoked)
     }
@@ -524,7 +526,7 @@ impl Issued {
     /// Records (or updates) an issued volume; refuses to un-revoke one (a
     /// fetch that was in flight when an operator revoked it).
     pub fn put(&self, rec: &VolumeRecord) -> Result<(), PutError> {
-        let mut view = write(&self.view);
+        let mut view = self.view.write();
         let revoked = view.revoked_pods.contains(&rec.pod_uid)
             || view
                 .by_id
@@ -548,7 +550,7 @@ impl Issued {
     /// is rare.
     pub fn pod_records(&self, rec: &VolumeRecord) -> Result<Vec<VolumeRecord>, StoreError> {
         let mut found: BTreeMap<String, VolumeRecord> = {
-            let view = read(&self.view);
+            let view = self.view.read();
             view.by_id
                 .iter()
                 .filter(|(_, k)| *k.pod_uid == *rec.pod_uid)
@@ -593,7 +595,7 @@ impl Issued {
         let mut r = rec.clone();
         r.revoked = true;
         let (revocation, audited, unaudited) = {
-            let mut view = write(&self.view);
+            let mut view = self.view.write();
             let mut pending = lock(&self.pending);
             // The caller audited the named volume and those it listed
             // unrevoked; one queued as audited has its audit too.
@@ -689,7 +691,7 @@ impl Issued {
         }
         // Now their stored copies are what the queue says: they may be
         // handed for their audit (whose write must land after this one).
-        let mut view = write(&self.view);
+        let mut view = self.view.write();
         for v in &unaudited {
             if let Some(q) = view.unaudited.get_mut(v.volume_id.as_str()) {
                 q.landed = true;
@@ -735,7 +737,9 @@ impl Issued {
             return Ok(());
         }
         let revoked = self.store.list::<RevokedPod>(Table::Revocations)?;
-        write(&self.view).revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));
+        self.view
+            .write()
+            .revoke_pods(revoked.into_iter().map(|(uid, _, _)| uid));
         Ok(())
     }
 
@@ -752,12 +756,12 @@ impl Issued {
         pod_uid: Option<&str>,
     ) -> Result<Vec<LateRevocation>, StoreError> {
         // The usual case, for a read lock only.
-        if read(&self.view).unaudited.is_empty() {
+        if self.view.read().unaudited.is_empty() {
             return Ok(Vec::new());
         }
         let now = Instant::now();
         let claimed: Vec<(Arc<str>, VolumeRecord)> = {
-            let mut view = write(&self.view);
+            let mut view = self.view.write();
             view.unaudited
                 .iter_mut()
                 .filter(|(_, q)| {
@@ -774,7 +778,7 @@ impl Issued {
                 .collect()
         };
         let looked = self.late_revocations(&claimed);
-        let mut view = write(&self.view);
+        let mut view = self.view.write();
         match looked {
             Ok((late, audited_elsewhere)) => {
                 for id in audited_elsewhere {
@@ -828,7 +832,7 @@ impl Issued {
 
     /// Hands records back whose audit failed: the next caller tries again.
     pub fn audit_failed<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
-        let mut view = write(&self.view);
+        let mut view = self.view.write();
         for id in ids {
             if let Some(q) = view.unaudited.get_mut(id) {
                 q.claimed = None;
@@ -838,12 +842,12 @@ impl Issued {
 
     /// How many records wait for their audit or its store write.
     pub fn queued_revocations(&self) -> usize {
-        read(&self.view).unaudited.len()
+        self.view.read().unaudited.len()
     }
 
     /// Marks queued records audited: their store write is what is left.
     pub fn audited<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
-        let mut view = write(&self.view);
+        let mut view = self.view.write();
         for id in ids {
             if let Some(q) = view.unaudited.get_mut(id) {
                 q.audited = true;
@@ -860,14 +864,14 @@ impl Issued {
     /// the next call.
     pub fn write_audited(&self) -> Result<(), StoreError> {
         // The usual case: nothing to write, and no wait for the writer.
-        if !read(&self.view).unaudited.values().any(|q| q.audited) {
+        if !self.view.read().unaudited.values().any(|q| q.audited) {
             return Ok(());
         }
         // The writer's lock first, as a removal and the batch writer take
         // it: neither can come between the read of the view and the write.
         let _writing = lock(&self.writing);
         let (ids, records) = {
-            let view = read(&self.view);
+            let view = self.view.read();
             let ids: Vec<Arc<str>> = view
                 .unaudited
                 .iter()
@@ -890,7 +894,7 @@ impl Issued {
         // Removed before, or while the write above waited (a removal of a
         // queued record leaves its stored copy for this).
         let gone: Vec<Arc<str>> = {
-            let view = read(&self.view);
+            let view = self.view.read();
             ids.iter()
                 .filter(|id| view.record(id).is_none())
                 .cloned()
@@ -899,7 +903,7 @@ impl Issued {
         for id in &gone {
             self.store.delete(Table::Volumes, id)?;
         }
-        let mut view = write(&self.view);
+        let mut view = self.view.write();
         let mut pending = lock(&self.pending);
         for id in ids {
             // Its unrevoked copy waiting for the batch writer is stale now.
@@ -916,7 +920,7 @@ impl Issued {
 
     /// The records of volumes published on `node`.
     pub fn on_node(&self, node: &str) -> Result<Vec<VolumeRecord>, StoreError> {
-        let view = read(&self.view);
+        let view = self.view.read();
         Ok(view
             .by_node
             .get(node)
@@ -929,7 +933,7 @@ impl Issued {
     /// Where each volume recorded on `node` is, from the index by node:
     /// costs what the node holds, whatever the cluster holds.
     pub fn placements_on(&self, node: &str) -> Vec<Placement> {
-        placements(&read(&self.view), node)
+        placements(&self.view.read(), node)
     }
 
     /// Runs `f` over `node`'s records, borrowed from the index under its
@@ -944,26 +948,22 @@ impl Issued {
         f: impl FnOnce(&NodeRecords<'_>) -> R,
     ) -> Option<R> {
         let view = if wait {
-            read(&self.view)
+            self.view.read()
         } else {
-            match self.view.try_read() {
-                Ok(v) => v,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return None,
-            }
+            self.view.try_read()?
         };
         Some(f(&NodeRecords { view: &view, node }))
     }
 
     /// Whether this controller's index holds a record of `volume_id`.
     pub fn holds(&self, volume_id: &str) -> bool {
-        read(&self.view).by_id.contains_key(volume_id)
+        self.view.read().by_id.contains_key(volume_id)
     }
 
     /// One volume's record, as this controller knows it (for heartbeats:
     /// no store access).
     pub fn known(&self, volume_id: &str) -> Option<VolumeRecord> {
-        read(&self.view).record(volume_id)
+        self.view.read().record(volume_id)
     }
 
     /// One volume's record. With a shared store, the store's record wins
@@ -980,7 +980,7 @@ impl Issued {
             .map(|r| r.meta);
         match stored {
             Some(s) if s.revoked || local.is_none() => {
-                let mut view = write(&self.view);
+                let mut view = self.view.write();
                 if !view.by_id.contains_key(volume_id) && view.unaudited.contains_key(volume_id) {
                     // Removed here, its stored copy kept only for its audit:
                     // revoked, and not taken back into the view.
@@ -999,7 +999,7 @@ impl Issued {
     /// deletes it then): a restart must still find it.
     pub fn remove(&self, volume_id: &str) -> Result<(), StoreError> {
         {
-            let mut view = write(&self.view);
+            let mut view = self.view.write();
             lock(&self.pending).remove(volume_id);
             view.remove(volume_id);
             if view.unaudited.contains_key(volume_id) {
@@ -1031,7 +1031,8 @@ impl Issued {
 
     /// How many volumes each node holds.
     pub fn count_by_node(&self) -> HashMap<String, usize> {
-        read(&self.view)
+        self.view
+            .read()
             .by_node
             .iter()
             .map(|(n, ids)| (n.to_string(), ids.ids.len()))
@@ -1057,7 +1058,9 @@ impl Issued {
     /// reader after it) waits for one turn, not for records to be made
     /// for the whole index. A record removed between turns is left out.
     fn matching_all(&self, wanted: impl Fn(&KeptVolume) -> bool) -> Vec<VolumeRecord> {
-        let ids: Vec<Arc<str>> = read(&self.view)
+        let ids: Vec<Arc<str>> = self
+            .view
+            .read()
             .by_id
             .iter()
             .filter(|(_, v)| wanted(v))
@@ -1065,11 +1068,14 @@ impl Issued {
             .collect();
         let mut records = Vec::with_capacity(ids.len());
         for turn in ids.chunks(LIST_TURN) {
-            let view = read(&self.view);
+            let view = self.view.read();
             records.extend(turn.iter().filter_map(|id| {
                 let kept = view.by_id.get(id)?;
                 wanted(kept).then(|| kept.record(id))
             }));
+            // Straight to a writer waiting (a fetch recording its volume),
+            // before this listing's next turn.
+            RwLockReadGuard::unlock_fair(view);
         }
         records
     }
@@ -1207,7 +1213,7 @@ pub(crate) mod tests {
     async fn a_listing_filters_and_sorts_and_lets_a_fetch_record_between_its_turns() {
         let dir = tempfile::tempdir().expect("dir");
         let issued = Arc::new(Issued::new(store(dir.path()), false).expect("issued"));
-        let volumes = 2 * LIST_TURN;
+        let volumes = 3 * LIST_TURN;
         for i in 0..volumes {
             let node = if i % 2 == 0 { "node-a" } else { "node-b" };
             issued
@@ -1236,34 +1242,52 @@ pub(crate) mod tests {
         assert_eq!(listed.len(), volumes / 2, "revoked volumes are listed too");
         assert!(listed[0].revoked && !listed[1].revoked);
 
-        // A listing slowed down while it makes records (its first pass
-        // over the index, picking ids, is not): a fetch recording its
-        // volume meanwhile waits for one turn, not for the whole listing.
-        let looked = std::sync::atomic::AtomicUsize::new(0);
-        let listed = std::sync::atomic::AtomicBool::new(false);
-        let recorded_first = std::thread::scope(|scope| {
-            let lister = scope.spawn(|| {
+        // A listing held at the end of its first turn until a fetch waits
+        // to record its volume: the fetch records it before the listing's
+        // next turn, not after the whole listing.
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        let looked = AtomicUsize::new(0);
+        let recorded = AtomicBool::new(false);
+        let (waiting_tx, waiting_rx) = std::sync::mpsc::channel::<()>();
+        let recorded_before_next_turn = std::thread::scope(|scope| {
+            let (issued, looked, recorded) = (&issued, &looked, &recorded);
+            let lister = scope.spawn(move || {
+                let seen = std::sync::OnceLock::new();
                 let all = issued.matching_all(|_| {
-                    if looked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= volumes {
-                        std::thread::sleep(std::time::Duration::from_micros(300));
+                    // The first pass picks ids, then the turns make records.
+                    let n = looked.fetch_add(1, SeqCst) + 1;
+                    if n == volumes + LIST_TURN {
+                        let _ = waiting_rx.recv_timeout(std::time::Duration::from_secs(10));
+                        // Time for the fetch to be waiting on the lock.
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    } else if n == volumes + LIST_TURN + 1 {
+                        // Recorded already, unless it waits for this
+                        // listing: then not within these 2 s either.
+                        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                        while !recorded.load(SeqCst) && std::time::Instant::now() < until {
+                            std::thread::yield_now();
+                        }
+                        let _ = seen.set(recorded.load(SeqCst));
                     }
                     true
                 });
-                listed.store(true, std::sync::atomic::Ordering::SeqCst);
-                all
+                (all.len(), seen.get().copied())
             });
-            while looked.load(std::sync::atomic::Ordering::SeqCst) <= volumes {
+            while looked.load(SeqCst) < volumes {
                 std::thread::yield_now();
             }
+            waiting_tx.send(()).expect("send");
             issued
                 .put(&record("v-new", "node-a", "u-new"))
                 .expect("put");
-            let first = !listed.load(std::sync::atomic::Ordering::SeqCst);
-            assert_eq!(lister.join().expect("lister").len(), volumes);
-            first
+            recorded.store(true, SeqCst);
+            let (listed, seen) = lister.join().expect("lister");
+            assert_eq!(listed, volumes);
+            seen
         });
-        assert!(
-            recorded_first,
+        assert_eq!(
+            recorded_before_next_turn,
+            Some(true),
             "the fetch's record waited for the whole listing"
         );
     }
@@ -1504,7 +1528,7 @@ pub(crate) mod tests {
             .expect("read")
             .expect("kept");
         assert!(stored.meta.revoked);
-        assert!(read(&b.view).unaudited.is_empty());
+        assert!(b.view.read().unaudited.is_empty());
         let restarted = Issued::new(Arc::clone(&st), true).expect("restart");
         assert!(late_ids(&restarted).is_empty(), "audited once");
     }
@@ -1721,7 +1745,7 @@ pub(crate) mod tests {
         );
         b.audited(["v2"]);
         b.write_audited().expect("write");
-        assert!(read(&b.view).unaudited.is_empty());
+        assert!(b.view.read().unaudited.is_empty());
         assert!(
             st.get::<VolumeRecord>(Table::Volumes, "v2")
                 .expect("read")

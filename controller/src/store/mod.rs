@@ -124,13 +124,28 @@ pub struct Record<M> {
     pub updated_unix: i64,
 }
 
+/// A read or write handed to a blocking thread never came back (the
+/// thread panicked, or the runtime is stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("store task lost: {0}")]
+pub struct StoreTaskLost(pub String);
+
 /// The store: sealing above, a backend below.
 pub struct Store {
     backend: Arc<dyn StoreBackend>,
     master: MasterKey,
     /// Whether the backend answered the last call.
     up: AtomicBool,
+    /// Turns for [`Store::reading`]'s reads through the network: many
+    /// batches at once must not take every blocking thread (the audit's
+    /// syncs need one too).
+    remote_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Reads through to a remote store at once, at most ([`Store::reading`]):
+/// enough for a full batch's volumes to overlap their round trips in a
+/// few turns.
+const REMOTE_READS_AT_ONCE: usize = 64;
 
 fn aad(table: Table, name: &str) -> String {
     format!("kcred/v1/{}/{name}", table.name())
@@ -158,6 +173,7 @@ impl Store {
             backend,
             master,
             up: AtomicBool::new(true),
+            remote_reads: Arc::new(tokio::sync::Semaphore::new(REMOTE_READS_AT_ONCE)),
         }
     }
 
@@ -176,17 +192,27 @@ impl Store {
     /// place when the store reads locally (a B-tree lookup in pages the
     /// kernel holds: microseconds, less than the hop to a blocking thread
     /// and back), on a blocking thread otherwise (an etcd round trip must
-    /// not hold an async worker, and reads made this way by concurrent
-    /// tasks overlap). `Err` only if that thread's task was lost.
+    /// not hold an async worker), at most [`REMOTE_READS_AT_ONCE`] at a
+    /// time, so concurrent tasks overlap their round trips without taking
+    /// every blocking thread. `Err` only if that thread's task was lost.
     pub async fn reading<T: Send + 'static>(
         &self,
         read: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, tokio::task::JoinError> {
+    ) -> Result<T, StoreTaskLost> {
         if self.reads_locally() {
-            Ok(read())
-        } else {
-            tokio::task::spawn_blocking(read).await
+            return Ok(read());
         }
+        // Never closed: the store owns it.
+        let turn = Arc::clone(&self.remote_reads)
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreTaskLost(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            read()
+        })
+        .await
+        .map_err(|e| StoreTaskLost(e.to_string()))
     }
 
     /// Runs `call` on this store on a blocking thread: a durable write
