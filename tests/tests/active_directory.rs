@@ -1063,6 +1063,8 @@ async fn kcredctl_rotates_a_keytab_on_active_directory_and_the_node_delivers_the
         audit.contains(&alice) && audit.contains("\"rotate\""),
         "the rotation is audited with its operator: {audit}"
     );
+    // Its mount goes with the pod, not left behind on the machine.
+    kubelet.unpublish(&pod, VOL).await.expect("unpublish");
     drop(kubelet);
     drop(driver);
     stack.shutdown().await.expect("shutdown");
