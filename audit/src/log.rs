@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::durable::{Cut, Durable, Mark, Step, Written};
@@ -40,6 +41,9 @@ pub struct AuditLog {
     /// cut back: a seal waits for every reserved line, a blocking append
     /// for its own.
     landed: Condvar,
+    /// How far lines have landed, for async appends to read without the
+    /// landing's lock.
+    landed_at: LandedAt,
     durable: Durable,
     /// Run once by the next append after it reserved its lines and
     /// released the chain lock, before signing them.
@@ -105,6 +109,31 @@ struct Signed {
     end: u64,
     /// Its record's place in the chain.
     head: AuditHead,
+}
+
+/// Where the lines landed so far end, published outside the landing's
+/// lock, which a segment's seal holds across its syncs and renames: an
+/// async append waiting for its lines to land reads this on its worker.
+/// Written under that lock, the epoch before the end. Within an epoch the
+/// end only grows, so a reader that loads the epoch and then the end
+/// never sees lines of its epoch as landed before they are; if the epoch
+/// moved between its loads, the lines of the old one count as reached, as
+/// they do under the lock (the durable wait then reports the cut).
+struct LandedAt {
+    epoch: AtomicU64,
+    end: AtomicU64,
+}
+
+impl LandedAt {
+    fn publish(&self, landing: &Landing) {
+        self.epoch.store(landing.epoch, Ordering::Release);
+        self.end.store(landing.end, Ordering::Release);
+    }
+
+    fn reached(&self, mark: Mark) -> bool {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        epoch != mark.epoch || self.end.load(Ordering::Acquire) >= mark.end
+    }
 }
 
 /// Lines reserved under the chain lock and not landed yet. Dropped
@@ -275,6 +304,10 @@ impl AuditLog {
                 fault: None,
             }),
             landed: Condvar::new(),
+            landed_at: LandedAt {
+                epoch: AtomicU64::new(0),
+                end: AtomicU64::new(len),
+            },
             durable: Durable::new(len, head),
             #[cfg(test)]
             after_reserving: Mutex::new(None),
@@ -384,14 +417,14 @@ impl AuditLog {
         };
         // Lines queued behind one still being signed (on another thread)
         // land with it: wait for that rather than lead a sync that cannot
-        // cover them. Whoever lands them nudges the waiters. Lines that
-        // landed as they were written skip the landing's lock here: a
-        // segment's seal, which may start as soon as they land, holds it
-        // across its syncs, and this runs on an async worker.
+        // cover them. Whoever lands them nudges the waiters. The check
+        // never takes the landing's lock: a segment's seal, which may start
+        // as soon as the lines land, holds it across its syncs, and this
+        // runs on an async worker.
         if !landed {
             loop {
                 let mut changed = self.durable.subscribe();
-                if self.has_landed(mark)? {
+                if self.has_landed(mark) {
                     break;
                 }
                 let _ = changed.changed().await;
@@ -489,21 +522,24 @@ impl AuditLog {
         tracing::error!(error = %e, kept = head.as_ref().map_or(0, |h| h.seq),
             "audit log sync failed; cutting it back to its last durable record");
         let clean = landing.cut_back_to(len, head, &self.durable);
+        // Published before the waiters are told, so they see the cut.
+        self.announce_landed(landing);
         self.durable.finish_cut(clean);
-        self.wake_sleepers(landing);
     }
 
-    /// Wakes the threads waiting for lines to land, if any.
-    fn wake_sleepers(&self, landing: &Landing) {
+    /// Publishes where the landed lines end now (after lines landed or the
+    /// file was cut back) and wakes the threads waiting for them, if any.
+    fn announce_landed(&self, landing: &Landing) {
+        self.landed_at.publish(landing);
         if landing.sleepers > 0 {
             self.landed.notify_all();
         }
     }
 
     /// Whether the lines up to `mark` have landed (or were cut: the durable
-    /// wait then says so).
-    fn has_landed(&self, mark: Mark) -> Result<bool, AuditError> {
-        Ok(self.landing()?.reached(mark))
+    /// wait then says so), without waiting for the landing's lock.
+    fn has_landed(&self, mark: Mark) -> bool {
+        self.landed_at.reached(mark)
     }
 
     /// Blocks until the lines up to `mark` have landed or were cut.
@@ -696,7 +732,7 @@ impl AuditLog {
             wrote += 1;
         }
         if wrote > 0 {
-            self.wake_sleepers(landing);
+            self.announce_landed(landing);
         }
         if wrote > own {
             // Lines of appends that deposited them before this one's
@@ -723,8 +759,9 @@ impl AuditLog {
     fn cut_to_landed(&self, landing: &mut Landing, kind: io::ErrorKind, why: String) -> bool {
         let (end, head) = (landing.end, landing.head.clone());
         let clean = landing.cut_back_to(end, head, &self.durable);
+        // Published before the waiters are told, so they see the cut.
+        self.announce_landed(landing);
         self.durable.cut(landing.epoch, end, (kind, why, clean));
-        self.wake_sleepers(landing);
         clean
     }
 

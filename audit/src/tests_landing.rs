@@ -223,3 +223,53 @@ fn an_async_append_whose_lines_landed_leaves_its_worker_free_during_a_seal() {
     assert_eq!(records[0].seq, 3);
     fx.assert_intact(3);
 }
+
+/// An async append whose line waits behind one still being signed does
+/// not take the landing's lock on its worker to see whether it landed
+/// either: here another thread holds that lock for a second (as a seal
+/// would) while the line waits; a timer on the same one-thread runtime
+/// still fires on time, and the append completes once the first lands.
+#[test]
+fn an_async_append_waiting_behind_an_unsigned_line_leaves_its_worker_free_during_a_seal() {
+    const HELD: std::time::Duration = std::time::Duration::from_secs(1);
+    let fx = Fixture::new(2);
+    let log = Arc::new(fx.open());
+    let (reserved_rx, go_tx) = pause_next_append(&log);
+    let first = append_on_a_thread(&log, 3);
+    reserved_rx.recv().expect("record 3 reserved");
+    let holder = Arc::clone(&log);
+    log.after_landing(move || {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            holder.with_landing_locked(|| {
+                held_tx.send(()).expect("send");
+                std::thread::sleep(HELD);
+            });
+        });
+        held_rx.recv().expect("the landing is held");
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (late, records) = runtime.block_on(async {
+        let start = std::time::Instant::now();
+        let appending = {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move { log.append_all_durably(vec![event(4)]).await })
+        };
+        // The append runs first: its line waits behind record 3's.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let late = start.elapsed();
+        go_tx.send(()).expect("go");
+        (late, appending.await.expect("task").expect("append"))
+    });
+    assert!(
+        late < HELD / 2,
+        "a 50 ms timer fired after {late:?}: the worker waited for the landing"
+    );
+    assert_eq!(first.join().expect("thread").expect("append").seq, 3);
+    assert_eq!(records[0].seq, 4);
+    fx.assert_intact(4);
+}
