@@ -187,7 +187,7 @@ fn delivered(
 }
 
 /// Streams "N of M volumes updated" until every holder has `version` of
-/// `subject`, or `wait` ends.
+/// `subject`, or `wait` ends, or the caller hangs up.
 fn progress(
     state: Arc<ControllerState>,
     subject: String,
@@ -197,55 +197,97 @@ fn progress(
 ) -> ProgressStream {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let holders = Arc::new(holders);
-    tokio::spawn(async move {
-        let deadline = Instant::now() + wait;
-        let mut last = (u32::MAX, u32::MAX);
-        loop {
-            // With a shared store, one read through to etcd per holder.
-            let (st, ids, subj) = (Arc::clone(&state), Arc::clone(&holders), subject.clone());
-            let counted = state
-                .store
+    let counted = subject.clone();
+    let count = move || {
+        // With a shared store, one read through to etcd per holder.
+        let (st, ids, subj) = (Arc::clone(&state), Arc::clone(&holders), counted.clone());
+        async move {
+            let reading = Arc::clone(&st.store);
+            match reading
                 .reading(move || delivered(&st, &ids, &subj, version))
-                .await;
-            let (updated, total) = match counted {
-                Ok(Ok(counts)) => counts,
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(status_of(&e))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                    return;
-                }
-            };
-            let done = updated == total;
-            let timed_out = Instant::now() >= deadline;
-            if (updated, total) != last || done || timed_out {
-                last = (updated, total);
-                let message = if done {
-                    format!("{subject}: version {version} delivered to all {total} volumes")
-                } else if timed_out {
-                    format!(
-                        "{subject}: {updated} of {total} volumes have version {version}; stopped waiting"
-                    )
-                } else {
-                    format!("{subject}: {updated} of {total} volumes updated")
-                };
-                let msg = RotationProgress {
-                    message,
-                    version,
-                    updated,
-                    total,
-                    done: done || timed_out,
-                };
-                if tx.send(Ok(msg)).await.is_err() || done || timed_out {
-                    return;
-                }
+                .await
+            {
+                Ok(Ok(counts)) => Ok(counts),
+                Ok(Err(e)) => Err(status_of(&e)),
+                Err(e) => Err(Status::unavailable(e.to_string())),
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    });
+    };
+    let target = Target {
+        subject,
+        version,
+        deadline: Instant::now() + wait,
+    };
+    tokio::spawn(report_progress(tx, target, count));
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// What a rotation's progress is waited for.
+struct Target {
+    subject: String,
+    version: u32,
+    deadline: Instant,
+}
+
+/// How often a rotation's progress is counted again.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// Counts the volumes holding the target version every
+/// [`PROGRESS_EVERY`] and sends each new count, until all have it, the
+/// deadline passes, a count fails or the caller hangs up: a `--wait` the
+/// operator gave up on stops counting (each count reads every holder's
+/// record) instead of counting until its deadline.
+async fn report_progress<F, Fut>(
+    tx: tokio::sync::mpsc::Sender<Result<RotationProgress, Status>>,
+    target: Target,
+    mut count: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(u32, u32), Status>>,
+{
+    let Target {
+        subject,
+        version,
+        deadline,
+    } = target;
+    let mut last = (u32::MAX, u32::MAX);
+    loop {
+        let (updated, total) = match count().await {
+            Ok(counts) => counts,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        let done = updated == total;
+        let timed_out = Instant::now() >= deadline;
+        if (updated, total) != last || done || timed_out {
+            last = (updated, total);
+            let message = if done {
+                format!("{subject}: version {version} delivered to all {total} volumes")
+            } else if timed_out {
+                format!(
+                    "{subject}: {updated} of {total} volumes have version {version}; stopped waiting"
+                )
+            } else {
+                format!("{subject}: {updated} of {total} volumes updated")
+            };
+            let msg = RotationProgress {
+                message,
+                version,
+                updated,
+                total,
+                done: done || timed_out,
+            };
+            if tx.send(Ok(msg)).await.is_err() || done || timed_out {
+                return;
+            }
+        }
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(PROGRESS_EVERY) => {}
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -681,5 +723,38 @@ impl Admin for AdminApi {
             })
             .collect();
         Ok(Response::new(AuditHeadsResponse { heads }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use super::*;
+
+    /// A caller that hangs up ends the counting at once, not at its
+    /// deadline an hour away, though the count never changes again.
+    #[tokio::test]
+    async fn progress_stops_counting_when_the_caller_hangs_up() {
+        let counts = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let target = Target {
+            subject: "HTTP/web.example.com@EXAMPLE.COM".into(),
+            version: 2,
+            deadline: Instant::now() + Duration::from_secs(3600),
+        };
+        let counted = Arc::clone(&counts);
+        let counting = tokio::spawn(report_progress(tx, target, move || {
+            counted.fetch_add(1, SeqCst);
+            async { Ok((0, 1)) }
+        }));
+        let first = rx.recv().await.expect("a first count").expect("counted");
+        assert_eq!((first.updated, first.total, first.done), (0, 1, false));
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), counting)
+            .await
+            .expect("the counting stops once the caller hung up")
+            .expect("task");
+        assert!(counts.load(SeqCst) <= 2, "{} counts", counts.load(SeqCst));
     }
 }

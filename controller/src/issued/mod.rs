@@ -1056,7 +1056,10 @@ impl Issued {
     /// The records `wanted` picks, made in turns of [`LIST_TURN`] under
     /// the view's lock: a fetch waiting to write to the view (and every
     /// reader after it) waits for one turn, not for records to be made
-    /// for the whole index. A record removed between turns is left out.
+    /// for the whole index. Only the first pass, which runs `wanted` and
+    /// keeps the ids it picks, holds the lock across the whole index (a
+    /// few milliseconds at 100,000 volumes). A record removed between
+    /// turns is left out.
     fn matching_all(&self, wanted: impl Fn(&KeptVolume) -> bool) -> Vec<VolumeRecord> {
         let ids: Vec<Arc<str>> = self
             .view
@@ -1258,8 +1261,14 @@ pub(crate) mod tests {
                     let n = looked.fetch_add(1, SeqCst) + 1;
                     if n == volumes + LIST_TURN {
                         let _ = waiting_rx.recv_timeout(std::time::Duration::from_secs(10));
-                        // Time for the fetch to be waiting on the lock.
-                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        // Until the fetch waits for the lock (parking_lot
+                        // marks it taken as soon as a writer waits).
+                        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                        while !issued.view.is_locked_exclusive()
+                            && std::time::Instant::now() < until
+                        {
+                            std::thread::yield_now();
+                        }
                     } else if n == volumes + LIST_TURN + 1 {
                         // Recorded already, unless it waits for this
                         // listing: then not within these 2 s either.
