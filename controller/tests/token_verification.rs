@@ -135,72 +135,105 @@ fn lock(path: &std::path::Path) -> std::fs::File {
     file
 }
 
+/// A controller verifying node tokens against a replay cache, and
+/// `count` fresh tokens of the node for it.
+struct Verifying {
+    // Kept running for the controller's life.
+    _realm: Realm,
+    dir: tempfile::TempDir,
+    controller: Running,
+    tokens: Vec<String>,
+}
+
+impl Verifying {
+    async fn start(count: usize) -> Verifying {
+        let realm = Realm::start().expect("realm");
+        realm.add_principal("kcred/controller.test").unwrap();
+        realm.add_principal(&format!("host/{NODE}")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (controller_keytab, node_keytab) = (
+            dir.path().join("kcred.keytab"),
+            dir.path().join("node.keytab"),
+        );
+        realm
+            .extract_keytab("kcred/controller.test", &controller_keytab)
+            .unwrap();
+        realm
+            .extract_keytab(&format!("host/{NODE}"), &node_keytab)
+            .unwrap();
+        let mut f = Files::with_auth(
+            &format!(
+                "[auth]\nmode = \"kerberos\"\nkeytab = \"{}\"\nreplay_cache = \"{}\"\n",
+                controller_keytab.display(),
+                dir.path().join("replay.rcache2").display()
+            ),
+            "",
+        );
+        f.config.realm = DEFAULT_REALM.to_string();
+        let tokens = tokens(&realm, &node_keytab, count);
+        let controller = Running::start(&f.config).await;
+        Verifying {
+            _realm: realm,
+            dir,
+            controller,
+            tokens,
+        }
+    }
+
+    fn replay_cache(&self) -> PathBuf {
+        self.dir.path().join("replay.rcache2")
+    }
+
+    /// Verifies one token (clear text: every call's token is verified),
+    /// which creates the replay cache.
+    async fn first_call(&mut self) -> NodeCredentialsClient<tonic::transport::Channel> {
+        let node = self.controller.node_client().await;
+        let first = self.tokens.pop().unwrap();
+        node.clone()
+            .heartbeat(heartbeat(Some(&first)))
+            .await
+            .expect("a node's heartbeat with its token");
+        assert!(self.replay_cache().exists());
+        node
+    }
+
+    /// Polls (on this thread: the test runtime's timers need its workers)
+    /// until a token's verification waits for the replay cache's lock.
+    fn until_a_verification_waits(&self) {
+        let ino = std::fs::metadata(self.replay_cache()).unwrap().ino();
+        let waits = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            someone_waits_for_lock(ino)
+        });
+        assert!(
+            waits,
+            "a token's verification waits for the replay cache's lock"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_cache_held_locked_stalls_only_token_verification() {
-    let realm = Realm::start().expect("realm");
-    realm.add_principal("kcred/controller.test").unwrap();
-    realm.add_principal(&format!("host/{NODE}")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (controller_keytab, node_keytab) = (
-        dir.path().join("kcred.keytab"),
-        dir.path().join("node.keytab"),
-    );
-    realm
-        .extract_keytab("kcred/controller.test", &controller_keytab)
-        .unwrap();
-    realm
-        .extract_keytab(&format!("host/{NODE}"), &node_keytab)
-        .unwrap();
-    let rcache = dir.path().join("replay.rcache2");
-    let mut f = Files::with_auth(
-        &format!(
-            "[auth]\nmode = \"kerberos\"\nkeytab = \"{}\"\nreplay_cache = \"{}\"\n",
-            controller_keytab.display(),
-            rcache.display()
-        ),
-        "",
-    );
-    f.config.realm = DEFAULT_REALM.to_string();
     // More waiting verifications than the test runtime has workers, and
     // than the controller verifies at once.
     let waiting = std::thread::available_parallelism().map_or(2, usize::from) + 2;
-    let mut values = tokens(&realm, &node_keytab, waiting + 1);
-    let c = Running::start(&f.config).await;
-    let node = c.node_client().await;
+    let mut v = Verifying::start(waiting + 1).await;
+    let node = v.first_call().await;
 
-    // Clear text: every call's token is verified, the first one creates
-    // the replay cache.
-    let first = values.pop().unwrap();
-    node.clone()
-        .heartbeat(heartbeat(Some(&first)))
-        .await
-        .expect("a node's heartbeat with its token");
-    assert!(rcache.exists());
-
-    let held = lock(&rcache);
-    let calls: Vec<_> = values
+    let held = lock(&v.replay_cache());
+    let calls: Vec<_> = std::mem::take(&mut v.tokens)
         .into_iter()
         .map(|t| {
             let mut node = node.clone();
             tokio::spawn(async move { node.heartbeat(heartbeat(Some(&t))).await })
         })
         .collect();
-    // Until one of them waits for the lock (waiting on a thread: this
-    // runtime's timers need its workers).
-    let ino = std::fs::metadata(&rcache).unwrap().ino();
-    let waits = (0..200).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        someone_waits_for_lock(ino)
-    });
-    assert!(
-        waits,
-        "a token's verification waits for the replay cache's lock"
-    );
+    v.until_a_verification_waits();
 
     // A call that needs no verification is answered meanwhile (refused:
     // it carries no token).
     assert_eq!(
-        tokenless_call(c.addr, Duration::from_secs(5))
+        tokenless_call(v.controller.addr, Duration::from_secs(5))
             .expect("a call without a token is answered while tokens wait for the replay cache"),
         tonic::Code::Unauthenticated
     );
@@ -217,5 +250,45 @@ async fn a_replay_cache_held_locked_stalls_only_token_verification() {
             .unwrap()
             .expect("a node's heartbeat with its token");
     }
-    c.stop().await;
+    v.controller.stop().await;
+}
+
+/// A verification held up past its limit (10 s) is answered
+/// `Unavailable` with the reason `CONTROLLER_UNAVAILABLE`, which tells the
+/// node to try again, and the next token is verified once the cache's
+/// lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_held_up_past_its_limit_is_answered_unavailable() {
+    let mut v = Verifying::start(3).await;
+    let node = v.first_call().await;
+
+    let held = lock(&v.replay_cache());
+    let token = v.tokens.pop().unwrap();
+    let call = {
+        let mut node = node.clone();
+        tokio::spawn(async move { node.heartbeat(heartbeat(Some(&token))).await })
+    };
+    v.until_a_verification_waits();
+    let status = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("answered within the verification's limit")
+        .unwrap()
+        .expect_err("not verified while the replay cache is held");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&status),
+        Some(kcred_proto::kcred::v1::Reason::ControllerUnavailable),
+        "{status:?}"
+    );
+
+    drop(held);
+    let retry = v.tokens.pop().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        node.clone().heartbeat(heartbeat(Some(&retry))),
+    )
+    .await
+    .expect("verified once the lock is released")
+    .expect("a node's heartbeat with its token");
+    v.controller.stop().await;
 }
