@@ -178,18 +178,21 @@ fn a_sync_after_another_sync_failed_is_not_trusted_until_the_cut() {
     assert_eq!(fx.verify().records, 3);
 }
 
-/// An async append whose lines landed as it wrote them never takes the
-/// landing's lock on its worker: a seal, which may start as soon as they
-/// land, holds that lock across its syncs. Here another thread holds it
-/// for a second right after the append's lines land; a timer on the same
-/// one-thread runtime still fires on time, and the append completes
-/// once the lock is free.
-#[test]
-fn an_async_append_whose_lines_landed_leaves_its_worker_free_during_a_seal() {
-    const HELD: std::time::Duration = std::time::Duration::from_secs(1);
-    let fx = Fixture::new(2);
-    let log = Arc::new(fx.open());
-    let holder = Arc::clone(&log);
+/// How long another thread holds the landing's lock in the tests below,
+/// as a seal holds it across its syncs.
+const HELD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Appends `i` asynchronously on a one-thread runtime, where a 50 ms timer
+/// starts as the append first yields; `meanwhile` runs once the timer
+/// fired. Right after the next append's lines land, another thread holds
+/// the landing's lock for [`HELD`]. Returns how late the timer fired and
+/// the append's records.
+fn append_beside_a_timer_while_the_landing_is_held(
+    log: &Arc<AuditLog>,
+    i: usize,
+    meanwhile: impl FnOnce(),
+) -> (std::time::Duration, Vec<AuditRecord>) {
+    let holder = Arc::clone(log);
     log.after_landing(move || {
         let (held_tx, held_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -204,18 +207,32 @@ fn an_async_append_whose_lines_landed_leaves_its_worker_free_during_a_seal() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (late, records) = runtime.block_on(async {
+    runtime.block_on(async {
         let start = std::time::Instant::now();
         let appending = {
-            let log = Arc::clone(&log);
-            tokio::spawn(async move { log.append_all_durably(vec![event(3)]).await })
+            let log = Arc::clone(log);
+            tokio::spawn(async move { log.append_all_durably(vec![event(i)]).await })
         };
-        // The append runs first, up to where it awaits its sync.
+        // The append runs first, up to where it awaits.
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let late = start.elapsed();
+        meanwhile();
         (late, appending.await.expect("task").expect("append"))
-    });
+    })
+}
+
+/// An async append whose lines landed as it wrote them never takes the
+/// landing's lock on its worker: a seal, which may start as soon as they
+/// land, holds that lock across its syncs. Here another thread holds it
+/// for a second right after the append's lines land; a timer on the same
+/// one-thread runtime still fires on time, and the append completes
+/// once the lock is free.
+#[test]
+fn an_async_append_whose_lines_landed_leaves_its_worker_free_during_a_seal() {
+    let fx = Fixture::new(2);
+    let log = Arc::new(fx.open());
+    let (late, records) = append_beside_a_timer_while_the_landing_is_held(&log, 3, || {});
     assert!(
         late < HELD / 2,
         "a 50 ms timer fired after {late:?}: the worker waited for the landing"
@@ -231,39 +248,13 @@ fn an_async_append_whose_lines_landed_leaves_its_worker_free_during_a_seal() {
 /// still fires on time, and the append completes once the first lands.
 #[test]
 fn an_async_append_waiting_behind_an_unsigned_line_leaves_its_worker_free_during_a_seal() {
-    const HELD: std::time::Duration = std::time::Duration::from_secs(1);
     let fx = Fixture::new(2);
     let log = Arc::new(fx.open());
     let (reserved_rx, go_tx) = pause_next_append(&log);
     let first = append_on_a_thread(&log, 3);
     reserved_rx.recv().expect("record 3 reserved");
-    let holder = Arc::clone(&log);
-    log.after_landing(move || {
-        let (held_tx, held_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            holder.with_landing_locked(|| {
-                held_tx.send(()).expect("send");
-                std::thread::sleep(HELD);
-            });
-        });
-        held_rx.recv().expect("the landing is held");
-    });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (late, records) = runtime.block_on(async {
-        let start = std::time::Instant::now();
-        let appending = {
-            let log = Arc::clone(&log);
-            tokio::spawn(async move { log.append_all_durably(vec![event(4)]).await })
-        };
-        // The append runs first: its line waits behind record 3's.
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let late = start.elapsed();
+    let (late, records) = append_beside_a_timer_while_the_landing_is_held(&log, 4, || {
         go_tx.send(()).expect("go");
-        (late, appending.await.expect("task").expect("append"))
     });
     assert!(
         late < HELD / 2,
