@@ -114,11 +114,13 @@ struct Signed {
 /// Where the lines landed so far end, published outside the landing's
 /// lock, which a segment's seal holds across its syncs and renames: an
 /// async append waiting for its lines to land reads this on its worker.
-/// Written under that lock, the epoch before the end. Within an epoch the
-/// end only grows, so a reader that loads the epoch and then the end
-/// never sees lines of its epoch as landed before they are; if the epoch
-/// moved between its loads, the lines of the old one count as reached, as
-/// they do under the lock (the durable wait then reports the cut).
+/// Written under that lock, the end before the epoch, and read the epoch
+/// first: a reader sees at least the end published with the epoch it
+/// read. Within an epoch the end only grows; an end read after a cut
+/// began belongs to the new epoch, where the old epoch's lines count as
+/// reached, as they do under the lock (the durable wait then reports the
+/// cut), and a smaller one only makes the reader wait for the cut's
+/// notification.
 struct LandedAt {
     epoch: AtomicU64,
     end: AtomicU64,
@@ -126,8 +128,8 @@ struct LandedAt {
 
 impl LandedAt {
     fn publish(&self, landing: &Landing) {
-        self.epoch.store(landing.epoch, Ordering::Release);
         self.end.store(landing.end, Ordering::Release);
+        self.epoch.store(landing.epoch, Ordering::Release);
     }
 
     fn reached(&self, mark: Mark) -> bool {
@@ -424,6 +426,12 @@ impl AuditLog {
         if !landed {
             loop {
                 let mut changed = self.durable.subscribe();
+                // A panic under the landing's lock may have left half a
+                // line (and lines that will never land): refuse, as a
+                // blocking append would.
+                if self.landing.is_poisoned() {
+                    return Err(self.broken());
+                }
                 if self.has_landed(mark) {
                     break;
                 }

@@ -264,3 +264,46 @@ fn an_async_append_waiting_behind_an_unsigned_line_leaves_its_worker_free_during
     assert_eq!(records[0].seq, 4);
     fx.assert_intact(4);
 }
+
+/// A panic under the landing's lock (which poisons it) while an async
+/// append's line waits behind one still being signed: the append is
+/// refused, as the log is broken, instead of waiting for good for lines
+/// that will never land.
+#[test]
+fn an_async_append_waiting_when_the_landing_is_poisoned_is_refused() {
+    let fx = Fixture::new(2);
+    let log = Arc::new(fx.open());
+    let (reserved_rx, go_tx) = pause_next_append(&log);
+    let first = append_on_a_thread(&log, 3);
+    reserved_rx.recv().expect("record 3 reserved");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let answered = runtime.block_on(async {
+        let appending = {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move { log.append_all_durably(vec![event(4)]).await })
+        };
+        // The append runs first: its line waits behind record 3's.
+        tokio::task::yield_now().await;
+        let poisoner = Arc::clone(&log);
+        let panicked = std::thread::spawn(move || {
+            poisoner.with_landing_locked(|| panic!("a panic under the landing's lock"))
+        })
+        .join();
+        assert!(panicked.is_err());
+        log.durable.nudge();
+        tokio::time::timeout(std::time::Duration::from_secs(5), appending).await
+    });
+    let err = answered
+        .expect("answered, not left waiting")
+        .expect("task")
+        .expect_err("refused");
+    assert!(matches!(err, AuditError::Broken { .. }), "{err}");
+    go_tx.send(()).expect("go");
+    assert!(
+        first.join().expect("thread").is_err(),
+        "record 3 is refused too"
+    );
+}

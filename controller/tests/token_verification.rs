@@ -138,11 +138,11 @@ fn lock(path: &std::path::Path) -> std::fs::File {
 /// A controller verifying node tokens against a replay cache, and
 /// `count` fresh tokens of the node for it.
 struct Verifying {
-    // Kept running for the controller's life.
-    _realm: Realm,
     dir: tempfile::TempDir,
     controller: Running,
     tokens: Vec<String>,
+    // Kept running for the controller's life (fields drop in order).
+    _realm: Realm,
 }
 
 impl Verifying {

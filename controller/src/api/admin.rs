@@ -236,7 +236,8 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// [`PROGRESS_EVERY`] and sends each new count, until all have it, the
 /// deadline passes, a count fails or the caller hangs up: a `--wait` the
 /// operator gave up on stops counting (each count reads every holder's
-/// record) instead of counting until its deadline.
+/// record, and one under way is dropped) instead of counting until its
+/// deadline.
 async fn report_progress<F, Fut>(
     tx: tokio::sync::mpsc::Sender<Result<RotationProgress, Status>>,
     target: Target,
@@ -252,7 +253,11 @@ async fn report_progress<F, Fut>(
     } = target;
     let mut last = (u32::MAX, u32::MAX);
     loop {
-        let (updated, total) = match count().await {
+        let counted = tokio::select! {
+            () = tx.closed() => return,
+            counted = count() => counted,
+        };
+        let (updated, total) = match counted {
             Ok(counts) => counts,
             Err(status) => {
                 let _ = tx.send(Err(status)).await;
@@ -756,5 +761,35 @@ mod tests {
             .expect("the counting stops once the caller hung up")
             .expect("task");
         assert!(counts.load(SeqCst) <= 2, "{} counts", counts.load(SeqCst));
+    }
+
+    /// A caller that hangs up while a count is under way (a slow store)
+    /// ends the counting then, not when the count finishes.
+    #[tokio::test]
+    async fn progress_drops_a_count_under_way_when_the_caller_hangs_up() {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let target = Target {
+            subject: "HTTP/web.example.com@EXAMPLE.COM".into(),
+            version: 2,
+            deadline: Instant::now() + Duration::from_secs(3600),
+        };
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let mut started_tx = Some(started_tx);
+        let counting = tokio::spawn(report_progress(tx, target, move || {
+            if let Some(started) = started_tx.take() {
+                let _ = started.send(());
+            }
+            async {
+                // A count that takes an hour.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok((0, 1))
+            }
+        }));
+        started_rx.await.expect("the count started");
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), counting)
+            .await
+            .expect("the counting stops once the caller hung up")
+            .expect("task");
     }
 }
