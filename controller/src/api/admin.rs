@@ -197,13 +197,13 @@ fn progress(
 ) -> ProgressStream {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let holders = Arc::new(holders);
-    let counted = subject.clone();
+    let of = subject.clone();
     let count = move || {
         // With a shared store, one read through to etcd per holder.
-        let (st, ids, subj) = (Arc::clone(&state), Arc::clone(&holders), counted.clone());
+        let (st, ids, subj) = (Arc::clone(&state), Arc::clone(&holders), of.clone());
         async move {
-            let reading = Arc::clone(&st.store);
-            match reading
+            let store = Arc::clone(&st.store);
+            match store
                 .reading(move || delivered(&st, &ids, &subj, version))
                 .await
             {
