@@ -23,7 +23,6 @@ use std::time::Duration;
 use kcred_auth::Acceptor;
 use kcred_auth::grpc::{Caller, token_of, verify};
 use kcred_proto::kcred::v1::Reason;
-use tokio::sync::Semaphore;
 use tonic::{Request, Status};
 
 use crate::config::{AuthMode, AuthSection};
@@ -156,7 +155,7 @@ pub struct Auth {
     acceptor: Option<Arc<Acceptor>>,
     /// Turns to verify a token on a blocking thread, one per CPU: a flood
     /// of tokens waits here, holding neither a worker nor a thread.
-    verifying: Arc<Semaphore>,
+    verifying: crate::blocking::Turns,
     realm: String,
     short: bool,
     operators: BTreeSet<String>,
@@ -194,7 +193,7 @@ impl Auth {
         let cpus = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Auth {
             acceptor,
-            verifying: Arc::new(Semaphore::new(cpus)),
+            verifying: crate::blocking::Turns::new(cpus),
             realm: realm.to_string(),
             short: cfg.short_node_names,
             operators: cfg.operators.iter().cloned().collect(),
@@ -275,9 +274,9 @@ impl Auth {
     /// keytab and reads and appends to the replay cache file for every
     /// token, and a slow disk there must not stall the calls the workers
     /// serve meanwhile (a connection's later calls skip this, see the
-    /// module docs). Gives up after [`VERIFY_TIMEOUT`], its turn included, with
-    /// `Unavailable` (a thread stuck on the replay cache keeps its turn, so
-    /// such threads never outnumber the turns).
+    /// module docs). Gives up after [`VERIFY_TIMEOUT`], its turn included,
+    /// with `Unavailable` (the verification itself keeps its turn until it
+    /// returns: see [`crate::blocking::Turns`]).
     async fn verify_token<T>(
         &self,
         acceptor: &Arc<Acceptor>,
@@ -285,19 +284,7 @@ impl Auth {
     ) -> Result<Caller, Status> {
         let token = token_of(request)?;
         let acceptor = Arc::clone(acceptor);
-        let verified = async {
-            // Never closed: `Auth` owns it.
-            let turn = Arc::clone(&self.verifying)
-                .acquire_owned()
-                .await
-                .map_err(|_| Status::unavailable("token verification stopped"))?;
-            tokio::task::spawn_blocking(move || {
-                let _turn = turn;
-                verify(&acceptor, &token)
-            })
-            .await
-            .map_err(|e| Status::unavailable(format!("token verification failed: {e}")))?
-        };
+        let verified = self.verifying.run(move || verify(&acceptor, &token));
         tokio::time::timeout(VERIFY_TIMEOUT, verified)
             .await
             .map_err(|_| {
@@ -306,6 +293,7 @@ impl Auth {
                     VERIFY_TIMEOUT.as_secs()
                 ))
             })?
+            .map_err(|e| Status::unavailable(format!("token verification failed: {e}")))?
     }
 
     /// Whether a client certificate naming `names` may speak for `claimed`.

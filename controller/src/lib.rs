@@ -19,6 +19,7 @@ pub mod api;
 pub mod audit_head;
 pub mod audit_settings;
 pub mod auth;
+pub mod blocking;
 pub mod bundle;
 pub mod check;
 pub mod child_env;

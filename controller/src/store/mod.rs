@@ -124,12 +124,6 @@ pub struct Record<M> {
     pub updated_unix: i64,
 }
 
-/// A read or write handed to a blocking thread never came back (the
-/// thread panicked, or the runtime is stopping).
-#[derive(Debug, thiserror::Error)]
-#[error("store task lost: {0}")]
-pub struct StoreTaskLost(pub String);
-
 /// The store: sealing above, a backend below.
 pub struct Store {
     backend: Arc<dyn StoreBackend>,
@@ -139,7 +133,7 @@ pub struct Store {
     /// Turns for [`Store::reading`]'s reads through the network: many
     /// batches at once must not take every blocking thread (the audit's
     /// syncs need one too).
-    remote_reads: Arc<tokio::sync::Semaphore>,
+    remote_reads: crate::blocking::Turns,
 }
 
 /// Reads through to a remote store at once, at most ([`Store::reading`]):
@@ -173,7 +167,7 @@ impl Store {
             backend,
             master,
             up: AtomicBool::new(true),
-            remote_reads: Arc::new(tokio::sync::Semaphore::new(REMOTE_READS_AT_ONCE)),
+            remote_reads: crate::blocking::Turns::new(REMOTE_READS_AT_ONCE),
         }
     }
 
@@ -198,21 +192,11 @@ impl Store {
     pub async fn reading<T: Send + 'static>(
         &self,
         read: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, StoreTaskLost> {
+    ) -> Result<T, crate::blocking::TaskLost> {
         if self.reads_locally() {
             return Ok(read());
         }
-        // Never closed: the store owns it.
-        let turn = Arc::clone(&self.remote_reads)
-            .acquire_owned()
-            .await
-            .map_err(|e| StoreTaskLost(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            read()
-        })
-        .await
-        .map_err(|e| StoreTaskLost(e.to_string()))
+        self.remote_reads.run(read).await
     }
 
     /// Runs `call` on this store on a blocking thread: a durable write
