@@ -132,6 +132,8 @@ impl LandedAt {
         self.epoch.store(landing.epoch, Ordering::Release);
     }
 
+    /// Whether the lines up to `mark` have landed (or were cut: the
+    /// durable wait then says so).
     fn reached(&self, mark: Mark) -> bool {
         let epoch = self.epoch.load(Ordering::Acquire);
         epoch != mark.epoch || self.end.load(Ordering::Acquire) >= mark.end
@@ -432,7 +434,7 @@ impl AuditLog {
                 if self.landing.is_poisoned() {
                     return Err(self.broken());
                 }
-                if self.has_landed(mark) {
+                if self.landed_at.reached(mark) {
                     break;
                 }
                 let _ = changed.changed().await;
@@ -542,12 +544,6 @@ impl AuditLog {
         if landing.sleepers > 0 {
             self.landed.notify_all();
         }
-    }
-
-    /// Whether the lines up to `mark` have landed (or were cut: the durable
-    /// wait then says so), without waiting for the landing's lock.
-    fn has_landed(&self, mark: Mark) -> bool {
-        self.landed_at.reached(mark)
     }
 
     /// Blocks until the lines up to `mark` have landed or were cut.

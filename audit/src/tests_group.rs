@@ -366,7 +366,7 @@ fn a_leader_that_gives_up_before_its_sync_gives_the_lead_back() {
 }
 
 /// A runtime whose one thread runs every task.
-fn one_worker() -> tokio::runtime::Runtime {
+pub(crate) fn one_worker() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

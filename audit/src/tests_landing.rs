@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::tests::{Fixture, event};
-use crate::tests_group::{append_on_a_thread, eventually, pause_next_append};
+use crate::tests_group::{append_on_a_thread, eventually, one_worker, pause_next_append};
 
 /// Waits for `mark` as a blocking appender does.
 fn wait(log: &AuditLog, mark: Mark) -> Result<(), Cut> {
@@ -182,6 +182,20 @@ fn a_sync_after_another_sync_failed_is_not_trusted_until_the_cut() {
 /// as a seal holds it across its syncs.
 const HELD: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Spawns an async append of `i` on the current (one-thread) runtime and
+/// lets it run first, up to where it awaits.
+async fn append_first(
+    log: &Arc<AuditLog>,
+    i: usize,
+) -> tokio::task::JoinHandle<Result<Vec<AuditRecord>, AuditError>> {
+    let appending = {
+        let log = Arc::clone(log);
+        tokio::spawn(async move { log.append_all_durably(vec![event(i)]).await })
+    };
+    tokio::task::yield_now().await;
+    appending
+}
+
 /// Appends `i` asynchronously on a one-thread runtime, where a 50 ms timer
 /// starts as the append first yields; `meanwhile` runs once the timer
 /// fired. Right after the next append's lines land, another thread holds
@@ -203,18 +217,9 @@ fn append_beside_a_timer_while_the_landing_is_held(
         });
         held_rx.recv().expect("the landing is held");
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    one_worker().block_on(async {
         let start = std::time::Instant::now();
-        let appending = {
-            let log = Arc::clone(log);
-            tokio::spawn(async move { log.append_all_durably(vec![event(i)]).await })
-        };
-        // The append runs first, up to where it awaits.
-        tokio::task::yield_now().await;
+        let appending = append_first(log, i).await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let late = start.elapsed();
         meanwhile();
@@ -276,17 +281,9 @@ fn an_async_append_waiting_when_the_landing_is_poisoned_is_refused() {
     let (reserved_rx, go_tx) = pause_next_append(&log);
     let first = append_on_a_thread(&log, 3);
     reserved_rx.recv().expect("record 3 reserved");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let answered = runtime.block_on(async {
-        let appending = {
-            let log = Arc::clone(&log);
-            tokio::spawn(async move { log.append_all_durably(vec![event(4)]).await })
-        };
-        // The append runs first: its line waits behind record 3's.
-        tokio::task::yield_now().await;
+    let answered = one_worker().block_on(async {
+        // Its line waits behind record 3's.
+        let appending = append_first(&log, 4).await;
         let poisoner = Arc::clone(&log);
         let panicked = std::thread::spawn(move || {
             poisoner.with_landing_locked(|| panic!("a panic under the landing's lock"))

@@ -16,7 +16,7 @@ pub(super) struct KeptVolume {
     pub(super) namespace: Arc<str>,
     pub(super) pod: Arc<str>,
     pub(super) pod_uid: Arc<str>,
-    pub(super) keytabs: Box<[Arc<str>]>,
+    keytabs: Box<[Arc<str>]>,
     ticket: Option<Arc<str>>,
     certs: Box<[Arc<str>]>,
     pub(super) keys: Box<[Arc<str>]>,
@@ -31,6 +31,11 @@ fn shared<'a>(names: &mut Interner, set: impl IntoIterator<Item = &'a String>) -
 }
 
 impl KeptVolume {
+    /// Whether its keytab holds `principal`.
+    pub(super) fn holds_keytab(&self, principal: &str) -> bool {
+        self.keytabs.iter().any(|p| &**p == principal)
+    }
+
     /// Keeps `rec` (its volume id is the index's key).
     pub(super) fn keep(rec: &VolumeRecord, names: &mut Interner) -> KeptVolume {
         KeptVolume {

@@ -1019,9 +1019,7 @@ impl Issued {
     /// ones included, by volume id.
     pub fn listing(&self, wanted: &Listing<'_>) -> Vec<VolumeRecord> {
         let mut v = self.matching_all(|k| {
-            wanted
-                .principal
-                .is_none_or(|p| k.keytabs.iter().any(|n| &**n == p))
+            wanted.principal.is_none_or(|p| k.holds_keytab(p))
                 && wanted.namespace.is_none_or(|n| &*k.namespace == n)
                 && wanted.node.is_none_or(|n| &*k.node == n)
         });
@@ -1041,7 +1039,7 @@ impl Issued {
 
     /// Volumes whose keytab holds `principal`.
     pub fn holding_principal(&self, principal: &str) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self.matching(|v| v.keytabs.iter().any(|p| &**p == principal)))
+        Ok(self.matching(|v| v.holds_keytab(principal)))
     }
 
     /// Volumes holding key ring `id`.
