@@ -119,15 +119,8 @@ fn me() -> anyhow::Result<PathBuf> {
 }
 
 async fn echo_server(dir: &Path) -> anyhow::Result<()> {
-    let (cert, key) = echo::self_signed()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    std::fs::write(dir.join("echo.crt"), &cert)?;
-    std::fs::write(
-        dir.join("echo.addr.tmp"),
-        listener.local_addr()?.to_string(),
-    )?;
-    std::fs::rename(dir.join("echo.addr.tmp"), dir.join("echo.addr"))?;
-    echo::serve(listener, &cert, &key).await
+    echo::serve_in(dir, listener).await
 }
 
 async fn start_echo(dir: &Path) -> anyhow::Result<(Helper, String, String)> {
@@ -137,15 +130,7 @@ async fn start_echo(dir: &Path) -> anyhow::Result<(Helper, String, String)> {
         .stdin(Stdio::null())
         .spawn()?;
     let helper = Helper(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("echo.addr").exists() {
-        if Instant::now() > deadline {
-            bail!("echo server did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let addr = std::fs::read_to_string(dir.join("echo.addr"))?;
-    let cert = std::fs::read_to_string(dir.join("echo.crt"))?;
+    let (addr, cert) = echo::served_in(dir, Duration::from_secs(20)).await?;
     Ok((helper, addr, cert))
 }
 

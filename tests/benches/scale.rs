@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kcred_csi_driver::controller_client::{ControllerClient, HeartbeatStream};
 use kcred_proto::kcred::v1::HeartbeatRequest;
 use kcred_tests::bench::stats::{Table, ms, pct, ratio, us};
@@ -109,16 +109,9 @@ impl Drop for Helper {
 }
 
 async fn echo_server(dir: &Path) -> anyhow::Result<()> {
-    let (cert, key) = echo::self_signed()?;
     // Queued as the controller's are: the same 10,000 connections join.
     let listener = kcred_controller::listener::bind(([127, 0, 0, 1], 0).into())?;
-    std::fs::write(dir.join("echo.crt"), &cert)?;
-    std::fs::write(
-        dir.join("echo.addr.tmp"),
-        listener.local_addr()?.to_string(),
-    )?;
-    std::fs::rename(dir.join("echo.addr.tmp"), dir.join("echo.addr"))?;
-    echo::serve(listener, &cert, &key).await
+    echo::serve_in(dir, listener).await
 }
 
 /// The peer: the TLS echo in its own process, so its CPU is measured
@@ -140,18 +133,12 @@ impl EchoPeer {
             .spawn()?;
         let process = Helper(child);
         let pid = i32::try_from(process.0.id()).unwrap_or(i32::MAX);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !dir.join("echo.addr").exists() {
-            if Instant::now() > deadline {
-                bail!("echo server did not start");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (addr, cert) = echo::served_in(dir, Duration::from_secs(20)).await?;
         Ok(EchoPeer {
             _process: process,
             pid,
-            addr: std::fs::read_to_string(dir.join("echo.addr"))?,
-            cert: std::fs::read_to_string(dir.join("echo.crt"))?,
+            addr,
+            cert,
         })
     }
 

@@ -3,7 +3,9 @@
 //! controller but doing nothing, so the gap between it and the controller
 //! is kcred's own work.
 
+use std::path::Path;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use kcred_proto::kcred::v1::node_credentials_client::NodeCredentialsClient;
 use kcred_proto::kcred::v1::node_credentials_server::{NodeCredentials, NodeCredentialsServer};
@@ -89,6 +91,36 @@ pub async fn serve(listener: tokio::net::TcpListener, cert: &str, key: &str) -> 
         .serve_with_incoming(incoming)
         .await?;
     Ok(())
+}
+
+/// Serves the echo on `listener` as a process of its own: writes its
+/// certificate and then its address into `dir` (the address last, by
+/// rename), where [`served_in`] finds them.
+pub async fn serve_in(dir: &Path, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let (cert, key) = self_signed()?;
+    std::fs::write(dir.join("echo.crt"), &cert)?;
+    std::fs::write(
+        dir.join("echo.addr.tmp"),
+        listener.local_addr()?.to_string(),
+    )?;
+    std::fs::rename(dir.join("echo.addr.tmp"), dir.join("echo.addr"))?;
+    serve(listener, &cert, &key).await
+}
+
+/// The address and certificate of the echo serving in `dir`
+/// ([`serve_in`]), once it does, waiting at most `patience`.
+pub async fn served_in(dir: &Path, patience: Duration) -> anyhow::Result<(String, String)> {
+    let deadline = Instant::now() + patience;
+    while !dir.join("echo.addr").exists() {
+        if Instant::now() > deadline {
+            anyhow::bail!("no echo serving in {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((
+        std::fs::read_to_string(dir.join("echo.addr"))?,
+        std::fs::read_to_string(dir.join("echo.crt"))?,
+    ))
 }
 
 /// A TLS client of the echo at `addr`, trusting `cert`.
