@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::segments::{Segment, segments};
+use super::segments::{is_same_file, segments};
 use super::{AuditError, AuditRecord, MAX_LINE_BYTES};
 
 /// One line as stored (without its newline).
@@ -76,7 +76,7 @@ impl<R: Read> LineReader<R> {
 /// The lines of every segment of a log in order (or of one reader), one
 /// file open at a time: memory stays bounded however long the log is.
 pub(super) struct SegmentLines {
-    pending: std::vec::IntoIter<Segment>,
+    pending: std::vec::IntoIter<Pending>,
     current: Option<LineReader<Box<dyn Read + Send>>>,
     /// The file being read (`None` for a reader).
     file: Option<PathBuf>,
@@ -86,28 +86,67 @@ pub(super) struct SegmentLines {
     count: usize,
 }
 
+/// A segment still to be read, and its file if it is open already.
+struct Pending {
+    path: PathBuf,
+    open: Option<File>,
+}
+
 impl SegmentLines {
-    /// Every segment of the log whose active file is `path`.
+    /// Every segment of the log whose active file is `path`, as they stand
+    /// when it is called, while the writer goes on: the active file is
+    /// opened before the sealed segments are listed. A seal running
+    /// meanwhile links the active file under its sealed name, then puts a
+    /// new file in its place; the file opened here is read last whatever
+    /// its name has become, and a sealed name found for it is skipped. So
+    /// records are neither missed (the active file opened only after the
+    /// seal finished) nor read twice (both names listed mid-seal).
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let all = segments(path).map_err(|source| AuditError::Io {
-            path: path.to_path_buf(),
-            op: "list the segments of",
-            source,
-        })?;
-        if all.is_empty() {
-            // The same error opening a missing single file always gave.
-            let source = File::open(path)
-                .err()
-                .unwrap_or_else(|| io::Error::other("no segments"));
-            return Err(AuditError::Io {
-                path: path.to_path_buf(),
-                op: "open",
-                source,
+        let io_err = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| AuditError::Io { path, op, source }
+        };
+        let (active, missing) = match File::open(path) {
+            Ok(file) => (Some(file), None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, Some(e)),
+            Err(e) => return Err(io_err("open", path)(e)),
+        };
+        let held = active
+            .as_ref()
+            .map(File::metadata)
+            .transpose()
+            .map_err(io_err("stat", path))?;
+        let listed = segments(path).map_err(io_err("list the segments of", path))?;
+        let mut pending = Vec::with_capacity(listed.len());
+        for segment in listed {
+            if segment.named_first.is_none() {
+                // The active file: the one opened above is read instead.
+                continue;
+            }
+            if let Some(held) = &held
+                && is_same_file(held, &segment.path).map_err(io_err("stat", &segment.path))?
+            {
+                continue;
+            }
+            pending.push(Pending {
+                path: segment.path,
+                open: None,
             });
         }
+        if let Some(file) = active {
+            pending.push(Pending {
+                path: path.to_path_buf(),
+                open: Some(file),
+            });
+        }
+        if pending.is_empty() {
+            // The same error opening a missing single file always gave.
+            let source = missing.unwrap_or_else(|| io::Error::other("no segments"));
+            return Err(io_err("open", path)(source));
+        }
         Ok(SegmentLines {
-            count: all.len(),
-            pending: all.into_iter(),
+            count: pending.len(),
+            pending: pending.into_iter(),
             current: None,
             file: None,
             index: 0,
@@ -143,11 +182,14 @@ impl SegmentLines {
             let Some(next) = self.pending.next() else {
                 return Ok(None);
             };
-            let file = File::open(&next.path).map_err(|source| AuditError::Io {
-                path: next.path.clone(),
-                op: "open",
-                source,
-            })?;
+            let file = match next.open {
+                Some(file) => file,
+                None => File::open(&next.path).map_err(|source| AuditError::Io {
+                    path: next.path.clone(),
+                    op: "open",
+                    source,
+                })?,
+            };
             self.current = Some(LineReader::new(Box::new(file)));
             self.file = Some(next.path);
         }

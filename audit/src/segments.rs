@@ -198,8 +198,13 @@ fn next_name(path: &Path) -> PathBuf {
 }
 
 fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
-    let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
-    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    is_same_file(&std::fs::metadata(a)?, b)
+}
+
+/// Whether `path` names the file `held` describes (another name for it).
+pub(super) fn is_same_file(held: &std::fs::Metadata, path: &Path) -> io::Result<bool> {
+    let other = std::fs::metadata(path)?;
+    Ok(held.dev() == other.dev() && held.ino() == other.ino())
 }
 
 fn split(path: &Path) -> io::Result<(&Path, &str)> {

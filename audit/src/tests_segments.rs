@@ -344,3 +344,39 @@ fn a_missing_syslog_daemon_never_fails_an_append() {
     }
     assert_eq!(fx.verify().records, 3);
 }
+
+#[test]
+fn a_log_read_while_a_seal_is_half_done_reads_each_record_once() {
+    let fx = Fixture::new(10);
+    // What a live reader finds between a seal's two steps: the active file
+    // linked under its sealed name, not yet replaced.
+    std::fs::hard_link(&fx.log, sealed_name(&fx.log, 1)).expect("link");
+
+    fx.assert_intact(10);
+}
+
+#[test]
+fn a_seal_finishing_while_a_log_is_read_hides_no_record() {
+    let fx = Fixture::new(10);
+    let mut lines = super::reader::SegmentLines::open(&fx.log).expect("open");
+    // The writer seals the active file (every append goes to a new one)
+    // before the reader reaches it.
+    let log = open_rotating(&fx, 1);
+    log.append(&event(11)).expect("append");
+    log.append(&event(12)).expect("append");
+    assert!(!sealed(&fx).is_empty(), "the active file was sealed");
+
+    let mut seqs = Vec::new();
+    while let Some(line) = lines.next_line().expect("read") {
+        seqs.push(line.parse().expect("record").seq);
+    }
+    assert_eq!(
+        seqs.first(),
+        Some(&1),
+        "the records sealed meanwhile are read: {seqs:?}"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap, no repeat: {seqs:?}"
+    );
+}
