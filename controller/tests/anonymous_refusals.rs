@@ -10,7 +10,10 @@ mod common;
 use common::{Files, Running};
 use kcred_audit::{Action, AuditRecord, Decision};
 use kcred_proto::kcred::v1::admin_client::AdminClient;
-use kcred_proto::kcred::v1::{HeartbeatRequest, StatusRequest};
+use kcred_proto::kcred::v1::{
+    FetchBundlesRequest, HeartbeatRequest, Reason, StatusRequest, VolumeRequest,
+};
+use kcred_proto::reason::reason_of;
 use kcred_testrealm::Realm;
 
 const CALLS: usize = 3000;
@@ -23,22 +26,27 @@ fn refused(f: &Files) -> Vec<AuditRecord> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_anonymous_calls_leave_a_bounded_number_of_records() {
-    let realm = Realm::start().expect("realm");
+/// A controller whose callers must prove a Kerberos identity.
+fn kerberos_files(realm: &Realm, dir: &std::path::Path) -> Files {
     realm.add_principal("kcred/controller.test").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let keytab = dir.path().join("kcred.keytab");
+    let keytab = dir.join("kcred.keytab");
     realm
         .extract_keytab("kcred/controller.test", &keytab)
         .unwrap();
-    let f = Files::with_auth(
+    Files::with_auth(
         &format!(
             "[auth]\nmode = \"kerberos\"\nkeytab = \"{}\"\n",
             keytab.display()
         ),
         "",
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_anonymous_calls_leave_a_bounded_number_of_records() {
+    let realm = Realm::start().expect("realm");
+    let dir = tempfile::tempdir().unwrap();
+    let f = kerberos_files(&realm, dir.path());
     let c = Running::start(&f.config).await;
     let mut node = c.node_client().await;
     for i in 0..CALLS {
@@ -79,4 +87,43 @@ async fn thousands_of_anonymous_calls_leave_a_bounded_number_of_records() {
         .split_once(" more refusals from 127.0.0.1 in ")
         .expect("a summary");
     assert_eq!(more.parse::<usize>().unwrap(), CALLS + CALLS / 3 - 1);
+}
+
+/// Two bytes an empty entry on the wire, a hundred and more decoded: the
+/// entries are counted before the message is decoded, so before the
+/// caller is authenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn millions_of_empty_entries_are_refused_before_they_are_decoded() {
+    let realm = Realm::start().expect("realm");
+    let dir = tempfile::tempdir().unwrap();
+    let f = kerberos_files(&realm, dir.path());
+    let c = Running::start(&f.config).await;
+    let mut node = c.node_client().await;
+    const ENTRIES: usize = 2_000_000;
+
+    let err = node
+        .fetch_bundles(FetchBundlesRequest {
+            node_name: "n.attacker.example".into(),
+            volumes: vec![VolumeRequest::default(); ENTRIES],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("2000000 volumes in one call, at most 256"),
+        "{err:?}"
+    );
+    assert_eq!(reason_of(&err), Some(Reason::RequestInvalid));
+
+    let err = node
+        .heartbeat(HeartbeatRequest {
+            node_name: "n.attacker.example".into(),
+            volume_ids: vec![String::new(); ENTRIES],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("lists 2000000 volumes"), "{err:?}");
+    c.stop().await;
 }

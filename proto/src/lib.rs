@@ -5,7 +5,9 @@
 //! - [`kcred::v1`]: the controller API the driver calls.
 //! - [`reason`]: the reason vocabulary carried in status details.
 //! - [`codec`]: the protobuf codec every service uses (small first
-//!   buffers for the messages of long-lived streams).
+//!   buffers for the messages of long-lived streams; repeated fields
+//!   counted before a request is decoded).
+//! - [`limits`]: how many entries a request's repeated fields may carry.
 //! - [`code_label`]: a status code as a metrics label.
 //! - [`inline_volume_id`]: the volume id kubelet gives a pod's inline CSI
 //!   volume, which the driver checks kubelet's requests against and the
@@ -33,6 +35,7 @@ pub mod kcred {
 
 mod code_label;
 pub mod codec;
+pub mod limits;
 pub mod reason;
 mod volume_id;
 

@@ -305,10 +305,8 @@ fn pods_json(pods: &[TestPod]) -> Value {
         .collect()
 }
 
-/// The name `..data` points at in a published volume (changes with every
-/// rewrite).
 /// Volumes in one `FetchBundles` call at most (the controller's limit).
-const MAX_BATCH: usize = kcred_controller::api::batch::MAX_BATCH;
+const MAX_BATCH: usize = kcred_proto::limits::MAX_BATCH;
 
 /// The controller's metrics `names` now, in order (0 for one it lacks).
 async fn metrics<const N: usize>(metrics_port: u16, names: [&str; N]) -> [f64; N] {

@@ -15,6 +15,7 @@ use kcred_proto::kcred::v1::volume_result::Outcome;
 use kcred_proto::kcred::v1::{
     Bundle, FetchBundlesRequest, FetchBundlesResponse, PodRef, Reason, VolumeRefusal, VolumeResult,
 };
+use kcred_proto::limits;
 use tonic::Status;
 use zeroize::Zeroizing;
 
@@ -27,14 +28,6 @@ use crate::issuers::IssueError;
 use crate::names;
 use crate::reasons::{Reasoned, Refusal};
 
-/// Volumes in one call at most. A rotation of a role with thousands of
-/// volumes on a node is still a handful of calls; the request (a pod
-/// token of a few KiB per volume) stays far under gRPC's 4 MiB message
-/// limit; one slow batch holds back at most this many refreshes; and the
-/// batch's audit group (a record per volume and credential) is one
-/// durable write of bounded size.
-pub const MAX_BATCH: usize = 256;
-
 fn invalid(message: String) -> Refusal {
     Refusal::new(Reason::RequestInvalid, message)
 }
@@ -45,7 +38,7 @@ fn quoted(volume_id: &str) -> String {
     format!("{short:?}")
 }
 
-/// The batch's shape: a node, 1 to [`MAX_BATCH`] volumes, each valid and
+/// The batch's shape: a node, 1 to [`limits::MAX_BATCH`] volumes, each valid and
 /// at most once. The refusal names the offending item.
 fn validate(req: &FetchBundlesRequest) -> Result<Vec<&PodRef>, Refusal> {
     names::validate_dns_name("node_name", &req.node_name).map_err(|e| invalid(e.to_string()))?;
@@ -53,10 +46,8 @@ fn validate(req: &FetchBundlesRequest) -> Result<Vec<&PodRef>, Refusal> {
     if n == 0 {
         return Err(invalid("volumes: at least one volume is required".into()));
     }
-    if n > MAX_BATCH {
-        return Err(invalid(format!(
-            "volumes: {n} volumes in one call, at most {MAX_BATCH}"
-        )));
+    if let Some(why) = limits::batch_too_large(n) {
+        return Err(invalid(why));
     }
     let mut seen = HashSet::with_capacity(n);
     let mut pods = Vec::with_capacity(n);
@@ -319,6 +310,7 @@ fn refusal_of(r: Refusal) -> Outcome {
 mod tests {
     use super::*;
     use kcred_proto::kcred::v1::VolumeRequest;
+    use kcred_proto::limits::MAX_BATCH;
 
     fn volume(id: &str) -> VolumeRequest {
         VolumeRequest {

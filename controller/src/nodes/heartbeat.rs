@@ -41,9 +41,6 @@ use crate::nodes::held::{Steady, Unlisted, Word, list_digest};
 use crate::reasons::Refusal;
 use crate::state::ControllerState;
 
-/// Most volume ids one heartbeat may list (far above what a node mounts).
-pub const MAX_HELD: usize = 10_000;
-
 /// A heartbeat's outcome: the answer to the node, and the records the
 /// controller may now forget (audited first, by [`release`]).
 pub struct Answer {
@@ -93,14 +90,8 @@ fn judge(
     held: &[String],
     wait: bool,
 ) -> Option<Result<Answer, Refusal>> {
-    if held.len() > MAX_HELD {
-        return Some(Err(Refusal::new(
-            Reason::RequestInvalid,
-            format!(
-                "volume_ids lists {} volumes; at most {MAX_HELD} are allowed",
-                held.len()
-            ),
-        )));
+    if let Some(why) = kcred_proto::limits::heartbeat_too_large(held.len()) {
+        return Some(Err(Refusal::new(Reason::RequestInvalid, why)));
     }
     let mut sorted: Vec<&str> = held.iter().map(String::as_str).collect();
     sorted.sort_unstable();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::{self, StreamExt};
 use kcred_proto::kcred::v1::{Bundle, VolumeRequest};
+use kcred_proto::limits::MAX_BATCH;
 use tokio::sync::OwnedMutexGuard;
 
 use super::lifecycle::{Cause, Plan};
@@ -26,10 +27,6 @@ use super::scheduler::Due;
 use crate::controller_client::ControllerError;
 use crate::storage::state::{Phase, PublishedVolume};
 use crate::support::lock::lock;
-
-/// Volumes in one call at most: the controller's limit (its request stays
-/// far under gRPC's 4 MiB message limit with a pod token per volume).
-pub const MAX_BATCH: usize = 256;
 
 /// Volumes of one job looked at, written (or fetched one by one) at once.
 const PER_JOB: usize = 16;
