@@ -11,7 +11,7 @@ use common::{Files, Running};
 use kcred_audit::{Action, AuditRecord, Decision};
 use kcred_proto::kcred::v1::admin_client::AdminClient;
 use kcred_proto::kcred::v1::{
-    FetchBundlesRequest, HeartbeatRequest, Reason, StatusRequest, VolumeRequest,
+    FetchBundleRequest, FetchBundlesRequest, HeartbeatRequest, Reason, StatusRequest, VolumeRequest,
 };
 use kcred_proto::reason::reason_of;
 use kcred_testrealm::Realm;
@@ -126,4 +126,36 @@ async fn millions_of_empty_entries_are_refused_before_they_are_decoded() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("lists 2000000 volumes"), "{err:?}");
     c.stop().await;
+}
+
+/// A refusal quotes the node name its caller claimed, in the audit record
+/// too: a name no node can have is refused before anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_name_no_node_can_have_is_refused_before_authentication() {
+    let realm = Realm::start().expect("realm");
+    let dir = tempfile::tempdir().unwrap();
+    let f = kerberos_files(&realm, dir.path());
+    let c = Running::start(&f.config).await;
+    let mut node = c.node_client().await;
+    let long = "n".repeat(60_000);
+
+    let err = node
+        .fetch_bundle(FetchBundleRequest {
+            node_name: long.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("node_name"), "{err:?}");
+    let err = node
+        .fetch_bundles(FetchBundlesRequest {
+            node_name: long,
+            volumes: vec![VolumeRequest::default()],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    c.stop().await;
+    assert!(refused(&f).is_empty(), "{:#?}", refused(&f));
 }

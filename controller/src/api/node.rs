@@ -175,6 +175,10 @@ impl NodeCredentials for NodeApi {
         request: Request<FetchBundleRequest>,
     ) -> Result<Response<Bundle>, Status> {
         let started = std::time::Instant::now();
+        // Checked before authenticating, as every node call does: a
+        // refusal quotes the name, and its audit record with it.
+        names::validate_dns_name("node_name", &request.get_ref().node_name)
+            .map_err(|e| status_of(&e))?;
         let result = match self
             .authenticate(&request, &request.get_ref().node_name)
             .await
@@ -191,6 +195,8 @@ impl NodeCredentials for NodeApi {
         request: Request<FetchBundlesRequest>,
     ) -> Result<Response<FetchBundlesResponse>, Status> {
         let started = std::time::Instant::now();
+        names::validate_dns_name("node_name", &request.get_ref().node_name)
+            .map_err(|e| status_of(&e))?;
         let result = match self
             .authenticate(&request, &request.get_ref().node_name)
             .await
