@@ -133,6 +133,10 @@ pub enum Plan {
     RemoveMountPoint(PathBuf),
     /// Nothing to do; the caller gets OK.
     Nothing,
+    /// Nothing to do until kubelet's next call, and no deadline kept: the
+    /// volume's refresh deadline came due but its mount is gone, so
+    /// keeping the deadline would run this again at once, and again.
+    Wait,
     /// Refuse, touching nothing.
     Refuse(Refusal),
 }
@@ -163,7 +167,13 @@ pub fn decide(trigger: &Trigger, seen: Observed<'_>) -> Plan {
                 phase: Phase::Mounted { .. },
                 ..
             }) if seen.target == Target::Mount => Plan::Refresh,
-            // Not mounted (yet, or any more): kubelet's next call decides.
+            // Its mount gone (a reboot): kubelet's next call decides, and
+            // the deadline that came due is dropped.
+            Some(PublishedVolume {
+                phase: Phase::Mounted { .. },
+                ..
+            }) => Plan::Wait,
+            // Not mounted yet, or wiped: kubelet's next call decides.
             _ => Plan::Nothing,
         },
         Trigger::Revoke => match seen.record {

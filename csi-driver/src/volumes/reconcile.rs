@@ -145,6 +145,7 @@ impl VolumeManager {
         match plan {
             Plan::Refuse(refusal) => Err(refusal.into()),
             Plan::Nothing => Ok(Step::new(Outcome::Nothing, then_of(record.as_ref()))),
+            Plan::Wait => Ok(Step::new(Outcome::Nothing, Then::Idle)),
             Plan::Issue { request, mount } => self.issue(request, record, mount, guard).await,
             Plan::Refresh => match record {
                 Some(rec) => Ok(self.refresh(rec, guard).await),

@@ -231,10 +231,9 @@ fn scheduled_refreshes_touch_only_mounted_volumes() {
     let rec = mounted();
     let due = Trigger::Refresh(Cause::Deadline);
     assert_eq!(decide(&due, seen(Some(&rec), Target::Mount)), Plan::Refresh);
-    assert_eq!(
-        decide(&due, seen(Some(&rec), Target::Missing)),
-        Plan::Nothing
-    );
+    for gone in [Target::Missing, Target::EmptyDir] {
+        assert_eq!(decide(&due, seen(Some(&rec), gone)), Plan::Wait);
+    }
     let publishing = record(Phase::Publishing);
     assert_eq!(
         decide(&due, seen(Some(&publishing), Target::Mount)),

@@ -207,3 +207,28 @@ async fn a_revoked_volume_lost_to_a_reboot_comes_back_empty() {
     assert_eq!(secret(&req.target), None, "and empty");
     assert_eq!(node.controller.fetches().len(), fetched, "nothing fetched");
 }
+
+#[tokio::test]
+async fn a_deadline_that_finds_the_mount_gone_leaves_the_volume_to_kubelet() {
+    let node = Node::start().await;
+    node.controller.always(Ok(bundle("v1", in_an_hour())));
+    let req = node.request("web-0");
+    node.volumes.publish(req.clone()).await.expect("publish");
+    // The mount is lost (a reboot), the record kept.
+    use crate::storage::Medium;
+    let rec = node.record(&req.volume_id).expect("record");
+    node.medium.unmount(&rec).expect("unmount");
+    let fetched = node.controller.fetches().len();
+
+    let outcome = node
+        .volumes
+        .reconcile_now(&req.volume_id, Cause::Deadline)
+        .await
+        .expect("looked");
+
+    assert_eq!(outcome, Outcome::Nothing);
+    assert_eq!(node.controller.fetches().len(), fetched, "nothing fetched");
+    // Kept, the deadline that came due would come due again at once.
+    assert_eq!(node.volumes.pending(&req.volume_id), None);
+    assert!(node.record(&req.volume_id).is_some(), "the record is kept");
+}
