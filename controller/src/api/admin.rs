@@ -662,22 +662,8 @@ impl Admin for AdminApi {
             },
         };
         let path = self.state.audit.path().to_path_buf();
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            audit::export(&path, &mut out, &filter).map(|_| out)
-        })
-        .await
-        .map_err(|e| status_of(&Refusal::new(Reason::Internal, e.to_string())))?
-        .map_err(|e| status_of(&e))?;
-        let lines: Vec<Result<AuditLine, Status>> = String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|l| {
-                Ok(AuditLine {
-                    json: l.to_string(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(lines))))
+        let (lines, _reading) = super::audit_export::lines(path, filter);
+        Ok(Response::new(Box::pin(lines)))
     }
 
     async fn audit_head(

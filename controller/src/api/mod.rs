@@ -1,6 +1,7 @@
 //! The controller's gRPC services.
 
 pub mod admin;
+mod audit_export;
 pub mod batch;
 pub(crate) mod date_header;
 mod heartbeats;
