@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::{Result, StorageError};
 use crate::support::time::Deadline;
 
-/// Prefix of in-flight files; never listed, removed by [`StateDir::open`].
+/// Prefix of in-flight files; never listed, removed by [`StateDir::claim`].
 const TMP_PREFIX: &str = ".tmp-";
 const SUFFIX: &str = ".json";
 
@@ -183,8 +183,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Stora
 
 impl StateDir {
     /// Creates `root` (and parents) if needed and restricts it to 0700, since
-    /// records reveal which pods hold which identities. Removes temp files
-    /// left by a save that crashed.
+    /// records reveal which pods hold which identities.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         DirBuilder::new()
@@ -194,8 +193,13 @@ impl StateDir {
             .map_err(io_err("creating state dir", &root))?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
             .map_err(io_err("chmod state dir", &root))?;
-        let dir = Self { root };
-        for entry in fs::read_dir(&dir.root).map_err(io_err("listing", &dir.root))? {
+        Ok(Self { root })
+    }
+
+    /// Removes the temp files a save that crashed left. Only the owner
+    /// ([`StateDir::claim`]) may: another process's are saves under way.
+    fn remove_stale_temp_files(&self) -> Result<()> {
+        for entry in fs::read_dir(&self.root).map_err(io_err("listing", &self.root))? {
             let Ok(entry) = entry else { continue };
             if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX)
                 && let Err(e) = fs::remove_file(entry.path())
@@ -203,18 +207,23 @@ impl StateDir {
                 tracing::warn!(path = %entry.path().display(), error = %e, "stale temp file");
             }
         }
-        Ok(dir)
+        Ok(())
     }
 
     /// Makes this process the directory's one owner for as long as the
     /// returned lock lives (an exclusive `flock` on the directory); fails
     /// at once, naming the directory, while another process owns it (a
     /// rolling update that let two drivers overlap). The kernel drops the
-    /// lock when its owner dies, however it dies.
+    /// lock when its owner dies, however it dies. The new owner then
+    /// removes the temp files a crashed save left.
     pub fn claim(&self) -> Result<StateDirOwner> {
         let dir = File::open(&self.root).map_err(io_err("opening state dir", &self.root))?;
         match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(held) => Ok(StateDirOwner { _held: held }),
+            Ok(held) => {
+                let owner = StateDirOwner { _held: held };
+                self.remove_stale_temp_files()?;
+                Ok(owner)
+            }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                 Err(StorageError::StateDirHeld(self.root.clone()))
             }

@@ -33,15 +33,31 @@ fn files(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn open_creates_a_private_dir_and_drops_stale_temp_files() {
+fn open_creates_a_private_dir_and_its_owner_drops_stale_temp_files() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("a/b");
     fs::create_dir_all(&root).unwrap();
     fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(root.join(".tmp-deadbeef"), b"{half").unwrap();
-    StateDir::open(&root).unwrap();
+    let dir = StateDir::open(&root).unwrap();
     assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+    let _owner = dir.claim().unwrap();
     assert!(files(&root).is_empty());
+}
+
+#[test]
+fn a_second_driver_leaves_the_owners_saves_under_way_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("state");
+    let _first = StateDir::open(&root).unwrap().claim().unwrap();
+    // The owner's save in flight, as a rolling update's new driver starts.
+    let in_flight = root.join(".tmp-0123456789abcdef");
+    fs::write(&in_flight, b"{\"half").unwrap();
+
+    let second = StateDir::open(&root).unwrap();
+    second.claim().expect_err("two owners");
+
+    assert!(in_flight.exists(), "the owner's save is left to finish");
 }
 
 #[test]
