@@ -551,3 +551,33 @@ async fn a_driver_with_only_its_pod_token_publishes_end_to_end() {
         .expect("unpublished");
     stack.shutdown().await.unwrap();
 }
+
+/// Anyone may send a node token; one the API server would refuse on its
+/// face costs no TokenReview, and is refused as unauthenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_refused_on_their_face_cost_no_review() {
+    let api = KubeApi::start().await.unwrap();
+    let stack = psat_stack(&api).await;
+    let dir = stack.dir.path();
+    let uid = run_driver_pod(&api, "kcred-csi-driver-a1", DRIVER_NS, DRIVER_SA, "node-a");
+    let other_audience = api.tokens().mint(TokenClaims {
+        namespace: DRIVER_NS.into(),
+        service_account: DRIVER_SA.into(),
+        pod_name: "kcred-csi-driver-a1".into(),
+        pod_uid: uid,
+        audiences: vec!["someone-else".into()],
+        valid_for: hour(),
+    });
+    let reviews = api.tokens().reviews();
+    for (i, token) in ["junk".to_string(), other_audience].iter().enumerate() {
+        let file = dir.join(format!("face-{i}.token"));
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let err = psat_client(&stack, "node-a", &file)
+            .heartbeat(vec![])
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), Some(Reason::Unauthenticated), "{err}");
+    }
+    assert_eq!(api.tokens().reviews(), reviews, "no TokenReview asked for");
+    stack.shutdown().await.unwrap();
+}

@@ -127,12 +127,55 @@ pub fn identity_of(
 /// A JWT's `exp`, read without checking its signature (the API server
 /// has just vouched for the token): how long a review of it may be cached.
 pub fn expiry(token: &str) -> Option<SystemTime> {
-    let payload = token.split('.').nth(1)?;
+    let exp = claims(token)?.get("exp")?.as_u64()?;
+    Some(UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+/// A JWT's claims (its payload, a JSON object), read without checking
+/// its signature.
+fn claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(claims.get("exp")?.as_u64()?))
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// How long past its `exp` a token is still sent for review (the API
+/// server's own leeway, and clocks apart).
+const EXPIRED_LEEWAY: Duration = Duration::from_secs(300);
+
+/// Why the API server would refuse `token` for `audience`, if that shows
+/// without asking it: not a JWT, none of its audiences (`aud`) is
+/// `audience`, or expired. Anyone may send a token, and a review is a call
+/// to the API server, so a junk token is refused here. Its claims are read
+/// unverified: one that passes is still reviewed, and a token without an
+/// `aud` or `exp` is left to the API server.
+fn refused_unasked(token: &str, audience: &str, now: SystemTime) -> Option<String> {
+    let Some(claims) = claims(token) else {
+        return Some("not a service-account token (a JWT)".into());
+    };
+    let names = |aud: &serde_json::Value| match aud {
+        serde_json::Value::String(a) => a == audience,
+        serde_json::Value::Array(all) => all.iter().any(|a| a.as_str() == Some(audience)),
+        _ => false,
+    };
+    if let Some(aud) = claims.get("aud")
+        && !names(aud)
+    {
+        return Some(format!("its audiences do not include {audience:?}"));
+    }
+    if let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64)
+        && UNIX_EPOCH + Duration::from_secs(exp) + EXPIRED_LEEWAY < now
+    {
+        return Some("it has expired".into());
+    }
+    None
 }
 
 /// Sends tokens to the API server for review, caching what it vouches for.
@@ -178,6 +221,9 @@ impl TokenReviewer {
         if let Some(id) = self.cache.get(&key, Instant::now()) {
             return Ok(id);
         }
+        if let Some(why) = refused_unasked(token.expose(), audience, SystemTime::now()) {
+            return Err(ReviewError::Rejected(why));
+        }
         let request = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.expose().to_string()),
@@ -210,6 +256,57 @@ mod tests {
     use k8s_openapi::api::authentication::v1::UserInfo;
 
     use super::*;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"RS256"}"#),
+            b64(claims.to_string().as_bytes()),
+            b64(b"signature")
+        )
+    }
+
+    #[test]
+    fn tokens_the_api_server_would_refuse_are_refused_without_asking() {
+        let now = SystemTime::now();
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let in_an_hour = secs(now) + 3600;
+        for (token, why) in [
+            ("junk".to_string(), "not a service-account token"),
+            ("a.b.c".to_string(), "not a service-account token"),
+            (
+                jwt(serde_json::json!(["aud"])),
+                "not a service-account token",
+            ),
+            (
+                jwt(serde_json::json!({"aud": ["other"], "exp": in_an_hour})),
+                "do not include \"kcred\"",
+            ),
+            (
+                jwt(serde_json::json!({"aud": "other", "exp": in_an_hour})),
+                "do not include",
+            ),
+            (
+                jwt(serde_json::json!({"aud": ["kcred"], "exp": secs(now) - 3600})),
+                "expired",
+            ),
+        ] {
+            let refused = refused_unasked(&token, "kcred", now);
+            assert!(
+                refused.as_deref().is_some_and(|r| r.contains(why)),
+                "{token}: {refused:?}"
+            );
+        }
+        for token in [
+            jwt(serde_json::json!({"aud": ["x", "kcred"], "exp": in_an_hour})),
+            jwt(serde_json::json!({"aud": "kcred", "exp": secs(now) - 60})),
+            // Without the claims (a legacy token): the API server decides.
+            jwt(serde_json::json!({"sub": "system:serviceaccount:ns:sa"})),
+        ] {
+            assert_eq!(refused_unasked(&token, "kcred", now), None, "{token}");
+        }
+    }
 
     fn answer(username: &str, audiences: &[&str], extra: &[(&str, &str)]) -> TokenReviewStatus {
         TokenReviewStatus {

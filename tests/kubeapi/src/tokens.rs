@@ -8,6 +8,7 @@
 //! server computes it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +52,8 @@ struct Minted {
 #[derive(Default)]
 pub struct Tokens {
     minted: Mutex<HashMap<String, Minted>>,
+    /// TokenReviews asked for.
+    reviews: AtomicUsize,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -89,6 +92,11 @@ impl Tokens {
         };
         minted.insert(token.clone(), Minted { claims, expires });
         token
+    }
+
+    /// How many TokenReviews were asked for.
+    pub fn reviews(&self) -> usize {
+        self.reviews.load(Ordering::SeqCst)
     }
 
     fn lookup(&self, token: &str) -> Option<(TokenClaims, SystemTime)> {
@@ -180,6 +188,7 @@ pub async fn create_review(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
                 .into_response();
         }
     };
+    shared.tokens.reviews.fetch_add(1, Ordering::SeqCst);
     let token = tr.spec.token.clone().unwrap_or_default();
     if token.is_empty() {
         return ApiError::bad_request(
