@@ -134,4 +134,9 @@ impl Medium for DirMedium {
         }
         super::remove_mount_point(root)
     }
+
+    fn forget(&self, _volume: &PublishedVolume) -> Result<()> {
+        // Plain directories: nothing kept apart from the target.
+        Ok(())
+    }
 }

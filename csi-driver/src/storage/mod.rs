@@ -69,6 +69,11 @@ pub trait Medium: Send + Sync {
     fn write(&self, volume: &PublishedVolume, files: &[FileSpec]) -> Result<bool>;
     /// Unmounts the volume and removes its target directory.
     fn unmount(&self, volume: &PublishedVolume) -> Result<()>;
+    /// Lets go of what the driver keeps for the volume apart from its
+    /// target, touching nothing at the target (what is there now is not
+    /// this driver's): a read-only volume's private view, its files wiped
+    /// first.
+    fn forget(&self, volume: &PublishedVolume) -> Result<()>;
 }
 
 /// Removes an empty mount-point directory; succeeds if it is gone.

@@ -131,6 +131,26 @@ impl Medium for TmpfsMedium {
         }
         super::remove_mount_point(&volume.target)
     }
+
+    fn forget(&self, volume: &PublishedVolume) -> Result<()> {
+        if !volume.readonly {
+            return Ok(());
+        }
+        let view = self.view_of(&volume.volume_id);
+        if tmpfs::is_tmpfs_mount(&view)? {
+            // The tmpfs may live on where it was bound (a container's copy
+            // of the target): no credential stays in it.
+            AtomicWriter::new(view.clone()).write(
+                &[],
+                Ownership {
+                    uid: volume.uid,
+                    gid: volume.gid,
+                },
+            )?;
+            tmpfs::unmount(&view)?;
+        }
+        super::remove_mount_point(&view)
+    }
 }
 
 #[cfg(test)]

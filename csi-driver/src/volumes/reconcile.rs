@@ -173,8 +173,12 @@ impl VolumeManager {
             }
             Plan::Forget => {
                 let (state, id) = (Arc::clone(&self.state), volume_id.to_string());
+                let medium = Arc::clone(&self.medium);
                 blocking(move || {
                     let _guard = guard;
+                    if let Some(rec) = &record {
+                        medium.forget(rec)?;
+                    }
                     Ok(state.remove(&id)?)
                 })
                 .await?;

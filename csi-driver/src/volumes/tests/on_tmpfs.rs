@@ -169,3 +169,40 @@ async fn a_non_empty_target_directory_is_never_mounted_over() {
     assert!(!tmpfs::is_tmpfs_mount(&req.target).expect("stat"));
     assert!(req.target.join("data").exists());
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_read_only_volume_forgotten_leaves_no_private_view_mounted() {
+    let node = TmpfsNode::start().await;
+    node.controller.always(Ok(bundle("v1", 0)));
+    let req = node.request("web-0", true);
+    node.volumes.publish(req.clone()).await.expect("publish");
+    // The target stops being this volume's mount: detached, and something
+    // else put there.
+    while nix::mount::umount2(&req.target, MntFlags::MNT_DETACH).is_ok() {}
+    std::fs::write(req.target.join("theirs"), b"x").expect("write");
+
+    node.volumes
+        .unpublish(&req.volume_id, req.target.clone())
+        .await
+        .expect("forgotten");
+
+    let state = StateDir::open(node.dir.path().join("state")).expect("state");
+    assert!(
+        state.load(&req.volume_id).expect("load").is_none(),
+        "forgotten"
+    );
+    assert!(
+        req.target.join("theirs").exists(),
+        "the target is left alone"
+    );
+    let views: Vec<_> = std::fs::read_dir(node.dir.path().join("state/views"))
+        .expect("views dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        views.is_empty(),
+        "private view unmounted and removed: {views:?}"
+    );
+}
