@@ -58,25 +58,26 @@ impl NodeService {
         }
         let pod = pod_from_context(&req.volume_context)?;
         check_kubelet_derivation(&target, &req.volume_id, Some(&pod))?;
-        match pod_token(
+        let token = pod_token(
             &req.secrets,
             &req.volume_context,
             &self.cfg.pod_token_audience,
-        )? {
-            Some(token) => self
-                .volumes
-                .remember_pod_token(&req.volume_id, &pod.uid, token),
-            None => tracing::debug!(volume = %req.volume_id,
-                audience = %self.cfg.pod_token_audience, "kubelet passed no pod token"),
+        )?;
+        if token.is_none() {
+            tracing::debug!(volume = %req.volume_id,
+                audience = %self.cfg.pod_token_audience, "kubelet passed no pod token");
         }
         let outcome = self
             .volumes
-            .publish(PublishRequest {
-                volume_id: req.volume_id.clone(),
-                target: target.path,
-                pod,
-                readonly: req.readonly,
-            })
+            .publish_with_pod_token(
+                PublishRequest {
+                    volume_id: req.volume_id.clone(),
+                    target: target.path,
+                    pod,
+                    readonly: req.readonly,
+                },
+                token,
+            )
             .await?;
         tracing::debug!(volume = %req.volume_id, ?outcome, "publish done");
         Ok(NodePublishVolumeResponse {})

@@ -174,24 +174,36 @@ impl VolumeManager {
             .map_err(|_| VolumeError::Busy(volume_id.to_string()))
     }
 
-    /// Keeps the pod token kubelet passed with a publish of `volume_id`,
-    /// for this and later fetches of that pod's volume.
-    pub fn remember_pod_token(
-        &self,
-        volume_id: &str,
-        pod_uid: &str,
-        token: crate::csi::pod_token::PodToken,
-    ) {
-        self.pod_tokens.remember(volume_id, pod_uid, token);
-    }
-
     /// Kubelet's NodePublishVolume: mounts and fills the volume the first
     /// time, refreshes it on a republish.
     pub async fn publish(&self, req: PublishRequest) -> Result<Outcome, VolumeError> {
+        self.publish_with_pod_token(req, None).await
+    }
+
+    /// [`VolumeManager::publish`] with the pod token kubelet passed, kept
+    /// for this and later fetches of the pod's volume. A publish that
+    /// leaves no record (refused, or failed before it recorded anything)
+    /// keeps no token either: kubelet sends no unpublish after it.
+    pub async fn publish_with_pod_token(
+        &self,
+        req: PublishRequest,
+        token: Option<crate::csi::pod_token::PodToken>,
+    ) -> Result<Outcome, VolumeError> {
         let guard = self.try_lock(&req.volume_id)?;
         let volume_id = req.volume_id.clone();
-        self.run(&volume_id, Trigger::Publish(req), guard, Cause::Deadline)
-            .await
+        if let Some(token) = token {
+            self.pod_tokens.remember(&volume_id, &req.pod.uid, token);
+        }
+        let result = self
+            .run(&volume_id, Trigger::Publish(req), guard, Cause::Deadline)
+            .await;
+        // Under the lock again: a publish under way now keeps its token.
+        if let Ok(_guard) = self.try_lock(&volume_id)
+            && self.state.get(&volume_id).is_none()
+        {
+            self.pod_tokens.forget(&volume_id);
+        }
+        result
     }
 
     /// Kubelet's NodeUnpublishVolume: unmounts and forgets the volume;

@@ -184,6 +184,7 @@ impl VolumeManager {
                 .await?;
                 self.metrics.mounted_volumes.dec();
                 self.freshness.forget(volume_id);
+                self.pod_tokens.forget(volume_id);
                 tracing::warn!(volume = %volume_id, "forgotten; its target holds what this driver did not put there");
                 Ok(Step::new(Outcome::Removed, Then::Idle))
             }

@@ -56,6 +56,39 @@ async fn a_refused_first_publish_leaves_nothing_behind_and_keeps_the_controllers
 }
 
 #[tokio::test]
+async fn a_refused_first_publish_keeps_no_pod_token() {
+    let node = Node::start().await;
+    node.controller
+        .always(Err(status(Reason::PodNotOnNode, "pod is bound to node-b")));
+    let req = node.request("web-0");
+    let token = crate::csi::pod_token::PodToken {
+        token: kcred_auth::BearerToken::new("a.b.c").expect("token"),
+        expires: None,
+    };
+
+    let held = || {
+        node.volumes
+            .pod_tokens
+            .current(&req.volume_id, &req.pod.uid, SystemTime::now())
+    };
+
+    node.volumes
+        .publish_with_pod_token(req.clone(), Some(token.clone()))
+        .await
+        .expect_err("refused");
+    // Kubelet sends no unpublish after a final error: nothing else would
+    // ever drop it.
+    assert!(held().is_none(), "the token is dropped");
+
+    node.controller.always(Ok(bundle("v1", 0)));
+    node.volumes
+        .publish_with_pod_token(req.clone(), Some(token))
+        .await
+        .expect("published");
+    assert!(held().is_some(), "kept for the volume's refreshes");
+}
+
+#[tokio::test]
 async fn a_transient_controller_failure_on_first_publish_is_retryable() {
     let node = Node::start().await;
     node.controller
