@@ -243,7 +243,13 @@ impl Connections {
             closed: AtomicBool::new(false),
             waker: Mutex::new(None),
         });
-        t.open.insert(peer, Arc::clone(&conn));
+        // The connection it replaces no longer owns the entry, so its end
+        // will not give back its count against the source: given back now.
+        if let Some(old) = t.open.insert(peer, Arc::clone(&conn))
+            && !old.authenticated.load(Ordering::Acquire)
+        {
+            t.release_source(ip);
+        }
         *t.unauthenticated_by_source.entry(ip).or_insert(0) += 1;
         Ok(Slot {
             conns: Arc::clone(self),
@@ -633,6 +639,23 @@ mod tests {
         let _c = c.admit(addr("10.0.0.1:3")).unwrap();
         drop(b);
         assert_eq!(c.open(), 2);
+    }
+
+    /// A connection whose end is not handled yet when its address comes
+    /// back (reset, then reconnected from the same port) still gives back
+    /// its count: the source is not shut out after a few such races.
+    #[test]
+    fn an_address_reused_before_its_connection_ended_keeps_the_count_right() {
+        let c = Connections::new(limits(100, 2));
+        for _ in 0..5 {
+            let old = c.admit(addr("10.0.0.1:1")).unwrap();
+            let new = c.admit(addr("10.0.0.1:1")).unwrap();
+            drop(old);
+            drop(new);
+        }
+        assert_eq!(c.open(), 0);
+        let _a = c.admit(addr("10.0.0.1:2")).expect("the source's first");
+        let _b = c.admit(addr("10.0.0.1:3")).expect("and its second");
     }
 
     #[test]
