@@ -125,11 +125,16 @@ impl VolumeManager {
         if ready.is_empty() {
             return;
         }
+        let asked = Instant::now();
         let answers = self.fetch_together(&ready).await;
         let steps: Vec<_> = stream::iter(ready.into_iter().zip(answers))
             .map(|((rec, guard, cause), fetched)| async move {
                 let id = rec.volume_id.clone();
-                (id, cause, self.apply_refresh(rec, guard, fetched).await)
+                (
+                    id,
+                    cause,
+                    self.apply_refresh(rec, guard, asked, fetched).await,
+                )
             })
             .buffer_unordered(PER_JOB)
             .collect()

@@ -73,9 +73,11 @@ impl Freshness {
         lock(&self.stream_since).is_some()
     }
 
-    /// The controller just answered for the volume's files.
-    pub fn confirm(&self, volume_id: &str) {
-        lock(&self.confirmed).insert(volume_id.to_string(), Instant::now());
+    /// The controller answered for the volume's files when it was asked
+    /// at `asked`: they are current as of then, not as of the answer (a
+    /// push lost to a stream that dropped in between must not be missed).
+    pub fn confirm(&self, volume_id: &str, asked: Instant) {
+        lock(&self.confirmed).insert(volume_id.to_string(), asked);
     }
 
     /// The volume's files are no longer known current (a failed refresh),
@@ -138,16 +140,30 @@ mod tests {
         assert!(!e.is_fresh(t));
     }
 
+    /// The stream dropped and came back while a refresh was under way (a
+    /// push may have been lost then): its answer confirms nothing.
+    #[test]
+    fn an_answer_asked_for_before_the_stream_came_back_is_not_fresh() {
+        let f = Freshness::default();
+        f.stream_up();
+        let asked = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        f.stream_down();
+        f.stream_up();
+        f.confirm("v", asked);
+        assert!(!f.evidence("v", false, false).is_fresh(Instant::now()));
+    }
+
     #[test]
     fn the_stream_and_confirmations_are_tracked() {
         let f = Freshness::default();
         assert!(!f.following());
         f.stream_up();
-        f.confirm("v");
+        f.confirm("v", Instant::now());
         assert!(f.evidence("v", false, false).is_fresh(Instant::now()));
         f.forget("v");
         assert!(!f.evidence("v", false, false).is_fresh(Instant::now()));
-        f.confirm("v");
+        f.confirm("v", Instant::now());
         f.stream_down();
         assert!(!f.following());
         assert!(!f.evidence("v", false, false).is_fresh(Instant::now()));

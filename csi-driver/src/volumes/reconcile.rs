@@ -260,6 +260,7 @@ impl VolumeManager {
         let token =
             self.pod_tokens
                 .current(&req.volume_id, &req.pod.uid, std::time::SystemTime::now());
+        let asked = Instant::now();
         let mut bundle = self
             .client
             .fetch_bundle_with_token(req.pod.clone(), &req.volume_id, false, token.as_ref())
@@ -320,7 +321,7 @@ impl VolumeManager {
                 refresh_at,
             };
             state.save(&rec)?;
-            freshness.confirm(&rec.volume_id);
+            freshness.confirm(&rec.volume_id, asked);
             Ok(())
         })
         .await?;
@@ -344,21 +345,23 @@ impl VolumeManager {
         let token =
             self.pod_tokens
                 .current(&rec.volume_id, &rec.pod_uid, std::time::SystemTime::now());
+        let asked = Instant::now();
         let fetched = self
             .client
             .fetch_bundle_with_token(rec.pod(), &rec.volume_id, true, token.as_ref())
             .await;
-        self.apply_refresh(rec, guard, fetched).await
+        self.apply_refresh(rec, guard, asked, fetched).await
     }
 
-    /// A refresh's second half: writes what the controller answered, or
-    /// keeps the last good files (a retry is scheduled), or wipes a
-    /// revoked volume. The caller forgot the volume's freshness before it
-    /// asked.
+    /// A refresh's second half: writes what the controller answered (to
+    /// the question asked at `asked`), or keeps the last good files (a
+    /// retry is scheduled), or wipes a revoked volume. The caller forgot
+    /// the volume's freshness before it asked.
     pub(crate) async fn apply_refresh(
         &self,
         mut rec: PublishedVolume,
         guard: OwnedMutexGuard<()>,
+        asked: Instant,
         fetched: Result<Bundle, ControllerError>,
     ) -> Step {
         let pod = format!("{}/{}", rec.pod_namespace, rec.pod_name);
@@ -402,7 +405,7 @@ impl VolumeManager {
             // or the owner changed; an unchanged record is not written.
             state.save(&rec)?;
             // Before the lock goes: a republish right after finds it current.
-            freshness.confirm(&rec.volume_id);
+            freshness.confirm(&rec.volume_id, asked);
             Ok(changed)
         })
         .await;
