@@ -26,9 +26,9 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-use crate::kcred::v1::Reason;
 use crate::kcred::v1::{
-    FetchBundlesRequest, HeartbeatRequest, HeartbeatResponse, VolumeUpdate, WatchUpdatesRequest,
+    FetchBundlesRequest, HeartbeatRequest, HeartbeatResponse, Reason, VolumeUpdate,
+    WatchUpdatesRequest,
 };
 use crate::limits;
 use crate::reason::status;
@@ -114,7 +114,8 @@ impl<U: Message + Default + 'static> Decoder for Counted<U> {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         if let Some((field, refusal)) = bounds::<U>() {
-            // The buffer holds exactly the message, in one piece.
+            // A view of one `BytesMut` holding exactly the message: its
+            // chunk is the whole message.
             let n = count_field(src.chunk(), field)?;
             if let Some(why) = refusal(n) {
                 return Err(status(Reason::RequestInvalid, why));
@@ -179,8 +180,12 @@ mod tests {
     #[test]
     fn a_batch_is_counted_before_it_is_decoded() {
         assert_eq!(count_field(&batch(limits::MAX_BATCH), 2).ok(), Some(256));
-        // 2 bytes an entry on the wire: 2 million of them fit in 4 MiB.
-        let huge = batch(2_000_000);
+        // 2 bytes an empty entry on the wire (its key, a zero length): 2
+        // million of them fit in 4 MiB, and would take 300 MiB decoded.
+        let mut huge = batch(0);
+        for _ in 0..2_000_000 {
+            huge.extend_from_slice(&[0x12, 0x00]);
+        }
         assert!(huge.len() < 4 * 1024 * 1024, "{}", huge.len());
         assert_eq!(count_field(&huge, 2).ok(), Some(2_000_000));
         assert_eq!(count_field(&huge, 1).ok(), Some(1));
