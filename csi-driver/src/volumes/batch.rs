@@ -126,7 +126,10 @@ impl VolumeManager {
             return;
         }
         let asked = Instant::now();
-        let answers = self.fetch_together(&ready).await;
+        // Within the refresh budget: every volume's lock is held meanwhile.
+        let answers = tokio::time::timeout(self.refresh_budget, self.fetch_together(&ready))
+            .await
+            .unwrap_or_else(|_| ready.iter().map(|_| Err(self.over_budget())).collect());
         let steps: Vec<_> = stream::iter(ready.into_iter().zip(answers))
             .map(|((rec, guard, cause), fetched)| async move {
                 let id = rec.volume_id.clone();

@@ -49,6 +49,15 @@ struct VolumeLocks {
     sweep_at: usize,
 }
 
+/// How long a refresh (a deadline, a pushed rotation) waits for the
+/// controllers before it keeps the last good files and retries later. It
+/// holds its volumes' locks meanwhile, and kubelet's unpublish of such a
+/// volume is answered ABORTED (and retried) until they are free: without
+/// a bound, controllers reached but not answering kept a pod from
+/// terminating for the client's every round and endpoint (about 12
+/// minutes with three).
+pub const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Drives every volume on this node.
 pub struct VolumeManager {
     pub(crate) metrics: Arc<Metrics>,
@@ -63,6 +72,9 @@ pub struct VolumeManager {
     /// Until when volumes are fetched one by one: the controller answered
     /// that it has no batch call (see [`super::batch`]).
     pub(super) batch_off_until: Mutex<Option<std::time::Instant>>,
+    /// How long a refresh waits for the controller, holding its volumes'
+    /// locks ([`REFRESH_BUDGET`]; shorter in tests).
+    pub(crate) refresh_budget: std::time::Duration,
     /// This process's hold on the state directory (a real node's driver).
     owner: Option<crate::storage::state::StateDirOwner>,
 }
@@ -113,6 +125,7 @@ impl VolumeManager {
             freshness: Arc::new(Freshness::default()),
             pod_tokens: Default::default(),
             batch_off_until: Mutex::new(None),
+            refresh_budget: REFRESH_BUDGET,
             owner: None,
         };
         manager.resume();

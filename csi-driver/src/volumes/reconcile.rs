@@ -347,10 +347,34 @@ impl VolumeManager {
                 .current(&rec.volume_id, &rec.pod_uid, std::time::SystemTime::now());
         let asked = Instant::now();
         let fetched = self
-            .client
-            .fetch_bundle_with_token(rec.pod(), &rec.volume_id, true, token.as_ref())
+            .within_budget(self.client.fetch_bundle_with_token(
+                rec.pod(),
+                &rec.volume_id,
+                true,
+                token.as_ref(),
+            ))
             .await;
         self.apply_refresh(rec, guard, asked, fetched).await
+    }
+
+    /// `fetch`, given up after the refresh budget (the volumes' locks are
+    /// held meanwhile: see [`super::manager::REFRESH_BUDGET`]).
+    pub(crate) async fn within_budget<T>(
+        &self,
+        fetch: impl std::future::Future<Output = Result<T, ControllerError>>,
+    ) -> Result<T, ControllerError> {
+        tokio::time::timeout(self.refresh_budget, fetch)
+            .await
+            .unwrap_or_else(|_| Err(self.over_budget()))
+    }
+
+    /// What a refresh the controllers did not answer within the budget
+    /// gets: a transient failure (the last good files stay, a retry comes).
+    pub(crate) fn over_budget(&self) -> ControllerError {
+        ControllerError::Unreachable(tonic::Status::deadline_exceeded(format!(
+            "no controller answered the refresh within {} s",
+            self.refresh_budget.as_secs_f64()
+        )))
     }
 
     /// A refresh's second half: writes what the controller answered (to

@@ -52,6 +52,9 @@ struct Script {
     heartbeats: Vec<Vec<String>>,
     heartbeat: HeartbeatResponse,
     updates: Vec<mpsc::UnboundedSender<Result<VolumeUpdate, Status>>>,
+    /// Fetches are held this long before they are answered (a controller
+    /// that is reached but does not answer).
+    stall: Option<std::time::Duration>,
 }
 
 /// The double's handle: script answers, read what it was asked.
@@ -92,6 +95,11 @@ impl Controller {
     }
 
     /// Every later fetch answers `answer`.
+    /// Holds every fetch `stall` before answering it.
+    pub fn stall(&self, stall: std::time::Duration) {
+        lock(&self.script).stall = Some(stall);
+    }
+
     pub fn always(&self, answer: Result<Bundle, Status>) {
         lock(&self.script).steady = Some(answer);
     }
@@ -172,6 +180,10 @@ impl NodeCredentials for Controller {
         request: Request<FetchBundleRequest>,
     ) -> Result<Response<Bundle>, Status> {
         let req = request.into_inner();
+        let stall = lock(&self.script).stall;
+        if let Some(stall) = stall {
+            tokio::time::sleep(stall).await;
+        }
         let mut s = lock(&self.script);
         s.fetches.push(Fetch {
             volume_id: req.volume_id,
@@ -188,6 +200,10 @@ impl NodeCredentials for Controller {
         request: Request<FetchBundlesRequest>,
     ) -> Result<Response<FetchBundlesResponse>, Status> {
         let req = request.into_inner();
+        let stall = lock(&self.script).stall;
+        if let Some(stall) = stall {
+            tokio::time::sleep(stall).await;
+        }
         let mut s = lock(&self.script);
         if !s.batches {
             return Err(Status::unimplemented("an older controller"));

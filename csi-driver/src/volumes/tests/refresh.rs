@@ -232,3 +232,39 @@ async fn a_deadline_that_finds_the_mount_gone_leaves_the_volume_to_kubelet() {
     assert_eq!(node.volumes.pending(&req.volume_id), None);
     assert!(node.record(&req.volume_id).is_some(), "the record is kept");
 }
+
+#[tokio::test]
+async fn a_refresh_the_controller_does_not_answer_lets_unpublish_in_within_its_budget() {
+    let mut node = Node::start().await;
+    let mut volumes = manager(node.dir.path(), &node.endpoint, &node.medium);
+    volumes.refresh_budget = Duration::from_millis(500);
+    node.volumes = Arc::new(volumes);
+    node.controller.always(Ok(bundle("v1", in_an_hour())));
+    let req = node.request("web-0");
+    node.volumes.publish(req.clone()).await.expect("publish");
+    // Reached, never answering: the client's own timeout is a minute.
+    node.controller.stall(Duration::from_secs(3600));
+
+    let refresh = node.volumes.reconcile_now(&req.volume_id, Cause::Pushed);
+    let unpublish = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            match node
+                .volumes
+                .unpublish(&req.volume_id, req.target.clone())
+                .await
+            {
+                Err(VolumeError::Busy(_)) => continue,
+                done => return done,
+            }
+        }
+    };
+    let (refreshed, unpublished) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(refresh, unpublish)
+    })
+    .await
+    .expect("the volume is let go within the budget");
+
+    assert_eq!(refreshed.expect("kept"), Outcome::KeptLastGood);
+    assert_eq!(unpublished.expect("unpublished"), Outcome::Removed);
+}
