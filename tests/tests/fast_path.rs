@@ -189,6 +189,29 @@ async fn a_heartbeat_stream_proves_its_node_once_and_speaks_only_for_it() {
         "the refused stream is gone"
     );
 
+    // A beat listing more volume ids than allowed, refused as it is
+    // decoded, ends the stream with the refusal, not quietly.
+    let (tx, beats) = beat_a();
+    let mut answers = client
+        .heartbeats(beats)
+        .await
+        .expect("a stream")
+        .into_inner();
+    answers.message().await.expect("the first beat answered");
+    tx.send(HeartbeatRequest {
+        node_name: NODE_A.into(),
+        volume_ids: vec![String::new(); 10_001],
+    })
+    .await
+    .expect("send");
+    let err = answers.message().await.expect_err("too many ids");
+    assert_eq!(
+        kcred_proto::reason::reason_of(&err),
+        Some(kcred_proto::kcred::v1::Reason::RequestInvalid),
+        "{err:?}"
+    );
+    drop(tx);
+
     // Without a token on a new connection, the stream does not open.
     let mut fresh = NodeCredentialsClient::new(stack.channel().await.expect("tls channel"));
     let err = fresh

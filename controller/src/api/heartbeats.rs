@@ -154,6 +154,12 @@ impl Session {
         let req = match message {
             Ok(Some(req)) => req,
             Ok(None) => return None,
+            // Refused as it was decoded (too many volume ids): the node
+            // learns why, as from a refusal of the message itself.
+            Err(status) if kcred_proto::reason::reason_of(&status).is_some() => {
+                self.over = true;
+                return Some((Err(status), self));
+            }
             Err(status) => {
                 tracing::debug!(node = %self.node, error = %status.message(), "heartbeat stream broke");
                 return None;

@@ -128,7 +128,7 @@ pub fn identity_of(
 /// has just vouched for the token): how long a review of it may be cached.
 pub fn expiry(token: &str) -> Option<SystemTime> {
     let exp = claims(token)?.get("exp")?.as_u64()?;
-    Some(UNIX_EPOCH + Duration::from_secs(exp))
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
 }
 
 /// A JWT's claims (its payload, a JSON object), read without checking
@@ -170,9 +170,13 @@ fn refused_unasked(token: &str, audience: &str, now: SystemTime) -> Option<Strin
     {
         return Some(format!("its audiences do not include {audience:?}"));
     }
-    if let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64)
-        && UNIX_EPOCH + Duration::from_secs(exp) + EXPIRED_LEEWAY < now
-    {
+    // Unverified: an `exp` past what a time can hold is not expired.
+    let lapsed = claims
+        .get("exp")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
+        .and_then(|exp| exp.checked_add(EXPIRED_LEEWAY));
+    if lapsed.is_some_and(|lapsed| lapsed < now) {
         return Some("it has expired".into());
     }
     None
@@ -303,6 +307,9 @@ mod tests {
             jwt(serde_json::json!({"aud": "kcred", "exp": secs(now) - 60})),
             // Without the claims (a legacy token): the API server decides.
             jwt(serde_json::json!({"sub": "system:serviceaccount:ns:sa"})),
+            // A time no clock holds: not taken as expired, and no panic.
+            jwt(serde_json::json!({"exp": u64::MAX})),
+            jwt(serde_json::json!({"exp": 9_223_372_036_854_775_000_u64})),
         ] {
             assert_eq!(refused_unasked(&token, "kcred", now), None, "{token}");
         }

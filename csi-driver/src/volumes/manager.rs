@@ -55,8 +55,14 @@ struct VolumeLocks {
 /// volume is answered ABORTED (and retried) until they are free: without
 /// a bound, controllers reached but not answering kept a pod from
 /// terminating for the client's every round and endpoint (about 12
-/// minutes with three).
-pub const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(90);
+/// minutes with three). One whole attempt fits (the node's token, then
+/// the answer), so a failed one is seen and the next is at another
+/// controller.
+pub const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(
+    crate::node_identity::TOKEN_WAIT.as_secs()
+        + crate::controller_client::CALL_TIMEOUT.as_secs()
+        + 30,
+);
 
 /// Drives every volume on this node.
 pub struct VolumeManager {
