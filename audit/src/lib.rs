@@ -101,7 +101,7 @@ use std::path::PathBuf;
 
 pub use event::{Action, Actor, AuditEvent, CredentialKind, Decision};
 pub use log::AuditLog;
-pub use query::{AuditFilter, export, query};
+pub use query::{AuditFilter, export, export_each, query};
 pub use record::{AuditHead, AuditRecord, GENESIS_HASH, MAX_LINE_BYTES, RECORD_VERSION};
 pub use segments::Rotation;
 pub use signer::{AuditSigner, key_id_of};

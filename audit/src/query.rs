@@ -67,22 +67,38 @@ pub fn export(
     mut writer: impl Write,
     filter: &AuditFilter,
 ) -> Result<u64, AuditError> {
-    let write_err = |source| AuditError::Io {
-        path: path.to_path_buf(),
-        op: "export records from",
-        source,
-    };
+    let n = export_each(path, filter, |line| {
+        writer
+            .write_all(line)
+            .and_then(|()| writer.write_all(b"\n"))
+    })?;
+    writer.flush().map_err(export_err(path))?;
+    Ok(n)
+}
+
+/// [`export`] a line at a time: `each` gets every matching record's line
+/// as stored (without its newline), in order; its error stops the export.
+/// Returns how many were given.
+pub fn export_each(
+    path: &Path,
+    filter: &AuditFilter,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<u64, AuditError> {
     let mut n = 0;
     each_match(path, filter, |bytes, _| {
-        writer
-            .write_all(bytes)
-            .and_then(|()| writer.write_all(b"\n"))
-            .map_err(write_err)?;
+        each(bytes).map_err(export_err(path))?;
         n += 1;
         Ok(())
     })?;
-    writer.flush().map_err(write_err)?;
     Ok(n)
+}
+
+fn export_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        op: "export records from",
+        source,
+    }
 }
 
 fn each_match(

@@ -86,6 +86,12 @@ pub(super) struct SegmentLines {
     count: usize,
 }
 
+/// What failed, as `op` on `path`, for `map_err`.
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AuditError {
+    let path = path.to_path_buf();
+    move |source| AuditError::Io { path, op, source }
+}
+
 /// A segment still to be read, and its file if it is open already.
 struct Pending {
     path: PathBuf,
@@ -102,10 +108,6 @@ impl SegmentLines {
     /// records are neither missed (the active file opened only after the
     /// seal finished) nor read twice (both names listed mid-seal).
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let io_err = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| AuditError::Io { path, op, source }
-        };
         let (active, missing) = match File::open(path) {
             Ok(file) => (Some(file), None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => (None, Some(e)),
@@ -184,11 +186,7 @@ impl SegmentLines {
             };
             let file = match next.open {
                 Some(file) => file,
-                None => File::open(&next.path).map_err(|source| AuditError::Io {
-                    path: next.path.clone(),
-                    op: "open",
-                    source,
-                })?,
+                None => File::open(&next.path).map_err(io_err("open", &next.path))?,
             };
             self.current = Some(LineReader::new(Box::new(file)));
             self.file = Some(next.path);

@@ -2,7 +2,7 @@
 //! of segments, gigabytes: it is read on a blocking thread a line at a
 //! time, at most [`AHEAD`] lines ahead of the caller, never held whole.
 
-use std::io::{self, Write};
+use std::io;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -40,18 +40,14 @@ pub(super) fn lines(path: PathBuf, filter: AuditFilter) -> (Lines, JoinHandle<()
     let (done_tx, done_rx) = oneshot::channel::<Result<(), Status>>();
     let handle = Handle::current();
     let reading = tokio::task::spawn_blocking(move || {
-        let mut out = Sender {
-            tx,
-            handle,
-            partial: Vec::new(),
-        };
         let read = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            audit::export(&path, &mut out, &filter).map(drop)
+            audit::export_each(&path, &filter, |line| {
+                let json = String::from_utf8_lossy(line).into_owned();
+                send(&handle, &tx, AuditLine { json })
+            })
         }));
         let verdict = match read {
-            Ok(Ok(())) => out
-                .finish()
-                .map_err(|e| status_of(&Refusal::new(Reason::AuditUnavailable, e.to_string()))),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(status_of(&e)),
             Err(_) => Err(status_of(&Refusal::new(
                 Reason::Internal,
@@ -74,61 +70,24 @@ pub(super) fn lines(path: PathBuf, filter: AuditFilter) -> (Lines, JoinHandle<()
     (Box::pin(ReceiverStream::new(rx).chain(end)), reading)
 }
 
-/// The export's writer: each line it is given, sent to the caller.
-struct Sender {
-    tx: mpsc::Sender<Result<AuditLine, Status>>,
-    handle: Handle,
-    /// The start of a line not yet ended.
-    partial: Vec<u8>,
-}
-
-impl Sender {
-    fn send(&self, item: Result<AuditLine, Status>) -> io::Result<()> {
-        let sent = self
-            .handle
-            .block_on(tokio::time::timeout(STALLED, self.tx.send(item)));
-        match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the caller hung up",
-            )),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the caller took no line for {} s", STALLED.as_secs()),
-            )),
-        }
-    }
-
-    fn send_line(&mut self) -> io::Result<()> {
-        let json = String::from_utf8_lossy(&self.partial).into_owned();
-        self.partial.clear();
-        self.send(Ok(AuditLine { json }))
-    }
-
-    /// Sends a last line the export did not end (it ends every line).
-    fn finish(&mut self) -> io::Result<()> {
-        if self.partial.is_empty() {
-            return Ok(());
-        }
-        self.send_line()
-    }
-}
-
-impl Write for Sender {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut rest = buf;
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-            self.partial.extend_from_slice(&rest[..end]);
-            self.send_line()?;
-            rest = &rest[end + 1..];
-        }
-        self.partial.extend_from_slice(rest);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+/// Sends one line to the caller, from the blocking thread the export
+/// reads on; fails once the caller hung up or took nothing for
+/// [`STALLED`].
+fn send(
+    handle: &Handle,
+    tx: &mpsc::Sender<Result<AuditLine, Status>>,
+    line: AuditLine,
+) -> io::Result<()> {
+    match handle.block_on(tokio::time::timeout(STALLED, tx.send(Ok(line)))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the caller hung up",
+        )),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the caller took no line for {} s", STALLED.as_secs()),
+        )),
     }
 }
 
