@@ -127,9 +127,10 @@ impl VolumeManager {
         }
         let asked = Instant::now();
         // Within the refresh budget: every volume's lock is held meanwhile.
-        let answers = tokio::time::timeout(self.refresh_budget, self.fetch_together(&ready))
+        let answers = self
+            .within_budget(async { Ok(self.fetch_together(&ready).await) })
             .await
-            .unwrap_or_else(|_| ready.iter().map(|_| Err(self.over_budget())).collect());
+            .unwrap_or_else(|e| ready.iter().map(|_| Err(e.clone())).collect());
         let steps: Vec<_> = stream::iter(ready.into_iter().zip(answers))
             .map(|((rec, guard, cause), fetched)| async move {
                 let id = rec.volume_id.clone();

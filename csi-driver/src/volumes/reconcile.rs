@@ -358,23 +358,22 @@ impl VolumeManager {
     }
 
     /// `fetch`, given up after the refresh budget (the volumes' locks are
-    /// held meanwhile: see [`super::manager::REFRESH_BUDGET`]).
-    pub(crate) async fn within_budget<T>(
+    /// held meanwhile: see [`super::manager::REFRESH_BUDGET`]) as a
+    /// transient failure: the last good files stay, a retry comes.
+    pub(super) async fn within_budget<T>(
         &self,
         fetch: impl std::future::Future<Output = Result<T, ControllerError>>,
     ) -> Result<T, ControllerError> {
         tokio::time::timeout(self.refresh_budget, fetch)
             .await
-            .unwrap_or_else(|_| Err(self.over_budget()))
-    }
-
-    /// What a refresh the controllers did not answer within the budget
-    /// gets: a transient failure (the last good files stay, a retry comes).
-    pub(crate) fn over_budget(&self) -> ControllerError {
-        ControllerError::Unreachable(tonic::Status::deadline_exceeded(format!(
-            "no controller answered the refresh within {} s",
-            self.refresh_budget.as_secs_f64()
-        )))
+            .unwrap_or_else(|_| {
+                Err(ControllerError::Unreachable(
+                    tonic::Status::deadline_exceeded(format!(
+                        "no controller answered the refresh within {} s",
+                        self.refresh_budget.as_secs_f64()
+                    )),
+                ))
+            })
     }
 
     /// A refresh's second half: writes what the controller answered (to
